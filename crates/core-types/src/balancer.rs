@@ -1,0 +1,183 @@
+//! The [`LoadBalancer`] trait, and call tracking for balancers that learn from outcomes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ServiceInfo;
+
+/// How a call (or a protected operation) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It succeeded.
+    Success,
+    /// It failed in a way that says something about the instance (counts as a failure).
+    Failure,
+    /// It ended without telling anything about the instance (cancelled, or an error the caller
+    /// chose not to count).
+    Ignored,
+}
+
+/// What a caller tells the balancer about one pick.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SelectContext<'a> {
+    /// A key for consistent hashing (a user or session id). Balancers that do not hash ignore it.
+    pub hash_key: Option<&'a [u8]>,
+    /// Ids of instances to avoid, for example because they just failed. A balancer skips them as
+    /// long as another healthy instance is left, and falls back to them otherwise.
+    pub avoid: &'a [String],
+}
+
+impl<'a> SelectContext<'a> {
+    /// A context carrying a consistent-hash key.
+    pub fn with_hash_key(key: &'a [u8]) -> Self {
+        SelectContext {
+            hash_key: Some(key),
+            avoid: &[],
+        }
+    }
+
+    /// Whether `instance` is on the avoid list.
+    pub fn avoids(&self, instance: &ServiceInfo) -> bool {
+        self.avoid.iter().any(|id| *id == instance.id)
+    }
+}
+
+/// Receives the end of a call that a [`CallGuard`] tracked.
+pub trait CallObserver: Send + Sync {
+    /// A tracked call to instance `id` ended after `latency` with `outcome`.
+    fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration);
+}
+
+/// Tracks one call to one instance; reports its end to the balancer exactly once.
+///
+/// Finish it with [`CallGuard::finish`]; a guard dropped unfinished (a cancelled future, an early
+/// return) reports [`Outcome::Ignored`], so a caller cannot leave an in-flight count behind.
+#[must_use = "a call guard reports the call's outcome; finish it or let it drop when the call ends"]
+pub struct CallGuard {
+    inner: Option<(Arc<dyn CallObserver>, Arc<str>, Instant)>,
+}
+
+impl CallGuard {
+    /// A guard that reports to nobody (for balancers that do not track calls).
+    pub fn noop() -> Self {
+        CallGuard { inner: None }
+    }
+
+    /// A guard reporting to `observer` for instance `id`, starting now.
+    pub fn new(observer: Arc<dyn CallObserver>, id: impl Into<Arc<str>>) -> Self {
+        CallGuard {
+            inner: Some((observer, id.into(), Instant::now())),
+        }
+    }
+
+    /// Reports the outcome, measuring latency from the guard's creation.
+    pub fn finish(mut self, outcome: Outcome) {
+        if let Some((obs, id, start)) = self.inner.take() {
+            obs.on_finish(&id, outcome, start.elapsed());
+        }
+    }
+
+    /// Reports the outcome with a latency the caller measured.
+    pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
+        if let Some((obs, id, _)) = self.inner.take() {
+            obs.on_finish(&id, outcome, latency);
+        }
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some((obs, id, start)) = self.inner.take() {
+            obs.on_finish(&id, Outcome::Ignored, start.elapsed());
+        }
+    }
+}
+
+impl fmt::Debug for CallGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallGuard")
+            .field("instance", &self.inner.as_ref().map(|(_, id, _)| id))
+            .finish()
+    }
+}
+
+/// Chooses one instance among several.
+///
+/// Every balancer skips instances that are not [`healthy`](ServiceInfo::is_healthy) and returns
+/// `None` for an empty or all-unhealthy list. Balancers that keep per-service state key it by the
+/// instances' service name.
+pub trait LoadBalancer: Send + Sync + fmt::Debug {
+    /// A short name (`"round_robin"`, `"p2c_peak_ewma"`, …).
+    fn name(&self) -> &'static str;
+
+    /// Picks one healthy instance.
+    fn select<'a>(
+        &self,
+        instances: &'a [Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>>;
+
+    /// Starts tracking a call to `instance`. Balancers that learn from load or latency (least
+    /// request, peak EWMA) count it in flight until the guard finishes; others return a no-op
+    /// guard.
+    fn begin(&self, instance: &ServiceInfo) -> CallGuard {
+        let _ = instance;
+        CallGuard::noop()
+    }
+}
+
+impl<T: LoadBalancer + ?Sized> LoadBalancer for Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn select<'a>(
+        &self,
+        instances: &'a [Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        (**self).select(instances, ctx)
+    }
+
+    fn begin(&self, instance: &ServiceInfo) -> CallGuard {
+        (**self).begin(instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Rec(Mutex<Vec<(String, Outcome)>>);
+    impl CallObserver for Rec {
+        fn on_finish(&self, id: &str, outcome: Outcome, _latency: Duration) {
+            self.0.lock().unwrap().push((id.to_owned(), outcome));
+        }
+    }
+
+    #[test]
+    fn guard_reports_exactly_once() {
+        let rec = Arc::new(Rec::default());
+        CallGuard::new(rec.clone(), "a").finish(Outcome::Success);
+        drop(CallGuard::new(rec.clone(), "b"));
+        CallGuard::noop().finish(Outcome::Failure);
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![("a".into(), Outcome::Success), ("b".into(), Outcome::Ignored)]
+        );
+    }
+
+    #[test]
+    fn avoid_list() {
+        let avoid = vec!["x".to_string()];
+        let ctx = SelectContext {
+            hash_key: None,
+            avoid: &avoid,
+        };
+        assert!(ctx.avoids(&ServiceInfo::new("x", "s", "h", 1)));
+        assert!(!ctx.avoids(&ServiceInfo::new("y", "s", "h", 1)));
+    }
+}

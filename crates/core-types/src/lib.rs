@@ -1,0 +1,54 @@
+//! Core types of waypost: the data model ([`ServiceInfo`], [`Health`], [`Protocol`],
+//! [`ServiceEvent`]), the traits every part implements ([`ServiceRegistry`],
+//! [`ServiceDiscovery`], [`LoadBalancer`], [`HealthChecker`], [`CircuitBreaker`]), the one
+//! [`Error`], validation, and the Go-compatible JSON codec.
+//!
+//! Most users want the `waypost` facade crate, which re-exports all of this.
+//!
+//! ```
+//! use std::time::Duration;
+//! use waypost_core_types::{Health, Protocol, ServiceInfo};
+//!
+//! let svc = ServiceInfo::new("user-service-1", "user-service", "localhost", 8080)
+//!     .with_version("1.0.0")
+//!     .with_protocol(Protocol::Http)
+//!     .with_health(Health::Healthy)
+//!     .with_ttl(Duration::from_secs(30));
+//! svc.validate()?;
+//! // The JSON is the Go module's: `ttl` in nanoseconds, health as a string.
+//! let json = svc.to_json()?;
+//! assert!(json.contains(r#""ttl":30000000000"#));
+//! assert_eq!(ServiceInfo::from_json(json.as_bytes())?, svc);
+//! # Ok::<(), waypost_core_types::Error>(())
+//! ```
+//!
+//! With the feature `conformance`, [`conformance`] holds the registry conformance suite.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod balancer;
+mod breaker;
+mod discovery;
+mod error;
+mod event;
+mod registry;
+mod service;
+pub mod time;
+pub mod validate;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use balancer::{CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext};
+pub use breaker::{CircuitBreaker, CircuitState, Permit};
+pub use discovery::{HealthChecker, Selection, ServiceDiscovery};
+pub use error::{BoxError, Error, Result};
+pub use event::{
+    ServiceEvent, ServiceEventStream, ServiceEventType, SnapshotReason, WatchEvent, WatchStream,
+};
+pub use registry::{RegistryState, ServiceRegistry};
+pub use service::{Health, Protocol, ServiceInfo, DEFAULT_WEIGHT};
+pub use time::Timestamp;
+
+/// Re-exported for implementors of the async traits.
+pub use async_trait::async_trait;
