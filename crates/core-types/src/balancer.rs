@@ -166,7 +166,10 @@ mod tests {
         CallGuard::noop().finish(Outcome::Failure);
         assert_eq!(
             *rec.0.lock().unwrap(),
-            vec![("a".into(), Outcome::Success), ("b".into(), Outcome::Ignored)]
+            vec![
+                ("a".into(), Outcome::Success),
+                ("b".into(), Outcome::Ignored)
+            ]
         );
     }
 

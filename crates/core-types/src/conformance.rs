@@ -199,7 +199,10 @@ pub async fn register_get_list_update_deregister(registry: &dyn ServiceRegistry)
     assert!(!got.created_at.is_zero(), "register must set created_at");
     assert!(!got.updated_at.is_zero(), "register must set updated_at");
 
-    let mut listed = registry.list_instances(&name).await.expect("list_instances");
+    let mut listed = registry
+        .list_instances(&name)
+        .await
+        .expect("list_instances");
     listed.sort_by(|x, y| x.id.cmp(&y.id));
     assert_eq!(listed.len(), 2, "list_instances must return both instances");
     assert_same_data(&listed[0], &a, "list_instances[0]");
@@ -209,9 +212,15 @@ pub async fn register_get_list_update_deregister(registry: &dyn ServiceRegistry)
     let ours: Vec<_> = all.iter().filter(|s| s.name == name).collect();
     assert_eq!(ours.len(), 2, "list_services must include both instances");
 
-    let a2 = a.clone().with_version("2.0.0").with_health(Health::Unhealthy);
+    let a2 = a
+        .clone()
+        .with_version("2.0.0")
+        .with_health(Health::Unhealthy);
     registry.update(&a2).await.expect("update a");
-    let got = registry.get_service(&a.id).await.expect("get a after update");
+    let got = registry
+        .get_service(&a.id)
+        .await
+        .expect("get a after update");
     assert_same_data(&got, &a2, "get_service after update");
 
     registry.deregister(&a.id).await.expect("deregister a");
@@ -219,7 +228,10 @@ pub async fn register_get_list_update_deregister(registry: &dyn ServiceRegistry)
         matches!(registry.get_service(&a.id).await, Err(Error::NotFound(_))),
         "get_service after deregister must be NotFound"
     );
-    let listed = registry.list_instances(&name).await.expect("list after deregister");
+    let listed = registry
+        .list_instances(&name)
+        .await
+        .expect("list after deregister");
     assert_eq!(listed.len(), 1, "one instance must remain");
     assert_eq!(listed[0].id, b.id);
     cleanup(registry, &[b.id.clone()]).await;
@@ -250,10 +262,18 @@ pub async fn upsert_emits_created_then_updated(
     registry.register(&a2).await.expect("second register");
 
     let (k1, s1) = next_change_for(&mut watch, &name, opts).await;
-    assert_eq!(k1, ServiceEventType::Created, "first register emits Created");
+    assert_eq!(
+        k1,
+        ServiceEventType::Created,
+        "first register emits Created"
+    );
     assert_same_data(&s1, &a, "Created event");
     let (k2, s2) = next_change_for(&mut watch, &name, opts).await;
-    assert_eq!(k2, ServiceEventType::Updated, "second register emits Updated");
+    assert_eq!(
+        k2,
+        ServiceEventType::Updated,
+        "second register emits Updated"
+    );
     assert_same_data(&s2, &a2, "Updated event");
 
     let listed = registry.list_instances(&name).await.expect("list");
@@ -326,7 +346,11 @@ pub async fn rejects_invalid_instances(registry: &dyn ServiceRegistry) {
         Err(Error::InvalidInstance(_))
     ));
     let listed = registry.list_instances(&name).await.expect("list");
-    assert_eq!(listed.len(), 1, "invalid input must not add or remove anything");
+    assert_eq!(
+        listed.len(),
+        1,
+        "invalid input must not add or remove anything"
+    );
     assert_same_data(&listed[0], &good, "after invalid input");
     match registry.list_instances("bad/name").await {
         Err(Error::InvalidInstance(_)) => {}
@@ -343,7 +367,10 @@ pub async fn returns_copies(registry: &dyn ServiceRegistry) {
     a.metadata.insert("mutated".into(), "yes".into());
     a.port = 9999;
     let mut got = registry.get_service(&a.id).await.expect("get");
-    assert_eq!(got.port, 8001, "changing the caller's value must not change the stored one");
+    assert_eq!(
+        got.port, 8001,
+        "changing the caller's value must not change the stored one"
+    );
     assert!(!got.metadata.contains_key("mutated"));
     got.tags.push("mutated".into());
     got.health = Health::Unhealthy;
@@ -358,11 +385,17 @@ pub async fn unknown_id_is_not_found(registry: &dyn ServiceRegistry) {
     let name = unique_name("unknown");
     let ghost = instance(&name, &format!("{name}-ghost"), 8001);
     assert!(
-        matches!(registry.get_service(&ghost.id).await, Err(Error::NotFound(_))),
+        matches!(
+            registry.get_service(&ghost.id).await,
+            Err(Error::NotFound(_))
+        ),
         "get_service of an unknown id"
     );
     assert!(
-        matches!(registry.deregister(&ghost.id).await, Err(Error::NotFound(_))),
+        matches!(
+            registry.deregister(&ghost.id).await,
+            Err(Error::NotFound(_))
+        ),
         "deregister of an unknown id"
     );
     assert!(
@@ -374,7 +407,11 @@ pub async fn unknown_id_is_not_found(registry: &dyn ServiceRegistry) {
         "renew of an unknown id"
     );
     assert!(
-        registry.list_instances(&name).await.expect("list").is_empty(),
+        registry
+            .list_instances(&name)
+            .await
+            .expect("list")
+            .is_empty(),
         "update of an unknown id must not create it"
     );
 }
@@ -402,12 +439,21 @@ pub async fn watch_delivers_changes_in_order(
     registry.deregister(&a.id).await.expect("deregister");
 
     let (k, s) = next_change_for(&mut watch, &name, opts).await;
-    assert_eq!((k, s.id.as_str()), (ServiceEventType::Created, a.id.as_str()));
+    assert_eq!(
+        (k, s.id.as_str()),
+        (ServiceEventType::Created, a.id.as_str())
+    );
     let (k, s) = next_change_for(&mut watch, &name, opts).await;
-    assert_eq!((k, s.id.as_str()), (ServiceEventType::Updated, a.id.as_str()));
+    assert_eq!(
+        (k, s.id.as_str()),
+        (ServiceEventType::Updated, a.id.as_str())
+    );
     assert_eq!(s.health, Health::Unhealthy, "Updated carries the new state");
     let (k, s) = next_change_for(&mut watch, &name, opts).await;
-    assert_eq!((k, s.id.as_str()), (ServiceEventType::Deleted, a.id.as_str()));
+    assert_eq!(
+        (k, s.id.as_str()),
+        (ServiceEventType::Deleted, a.id.as_str())
+    );
     assert_eq!(s.name, name, "Deleted carries at least the id and the name");
     cleanup(registry, &[pre.id]).await;
 }
@@ -423,14 +469,20 @@ pub async fn watch_service_sees_only_its_service(
     registry.register(&o).await.expect("register other");
     let mut watch = registry.watch_service(&mine).await.expect("watch_service");
     let snap = expect_snapshot(&mut watch, opts).await;
-    assert!(snap.iter().all(|s| s.name == mine), "snapshot limited to the service");
+    assert!(
+        snap.iter().all(|s| s.name == mine),
+        "snapshot limited to the service"
+    );
     let o2 = o.clone().with_version("9");
     registry.register(&o2).await.expect("update other");
     let m = instance(&mine, &format!("{mine}-m"), 8001);
     registry.register(&m).await.expect("register mine");
     match within(opts.event_timeout, "watch_service change", watch.next()).await {
         Some(WatchEvent::Change(ev)) => {
-            assert_eq!(ev.service.name, mine, "watch_service delivered another service");
+            assert_eq!(
+                ev.service.name, mine,
+                "watch_service delivered another service"
+            );
             assert_eq!(ev.kind, ServiceEventType::Created);
         }
         other => panic!("expected the Created change of {mine}, got {other:?}"),
@@ -598,7 +650,10 @@ pub async fn expires_after_ttl_unless_renewed(
         tokio::time::sleep(step).await;
         registry.renew(&a.id).await.expect("renew within the TTL");
     }
-    let got = registry.get_service(&a.id).await.expect("renewed instance must stay");
+    let got = registry
+        .get_service(&a.id)
+        .await
+        .expect("renewed instance must stay");
     assert!(got.last_check >= got.created_at);
 
     let stopped = tokio::time::Instant::now();
@@ -666,6 +721,9 @@ pub async fn close_ends_watches_and_is_idempotent(
     closed(registry.renew(&a.id).await, "renew");
     closed(registry.get_service(&a.id).await.map(|_| ()), "get_service");
     closed(registry.list_services().await.map(|_| ()), "list_services");
-    closed(registry.list_instances(&name).await.map(|_| ()), "list_instances");
+    closed(
+        registry.list_instances(&name).await.map(|_| ()),
+        "list_instances",
+    );
     closed(registry.watch().await.map(|_| ()), "watch");
 }

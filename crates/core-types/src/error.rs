@@ -179,7 +179,10 @@ mod tests {
             backend: "etcd",
             message: "invalid password".into(),
         };
-        assert_eq!(e.to_string(), "etcd: authentication failed: invalid password");
+        assert_eq!(
+            e.to_string(),
+            "etcd: authentication failed: invalid password"
+        );
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let e = Error::backend("consul", io);
         assert_eq!(e.to_string(), "consul: refused");

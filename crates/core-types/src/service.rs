@@ -191,10 +191,7 @@ pub struct ServiceInfo {
     #[serde(default, with = "go_duration")]
     pub ttl: Duration,
     /// Relative weight for weighted balancers (0 = never picked by them).
-    #[serde(
-        default = "default_weight",
-        skip_serializing_if = "is_default_weight"
-    )]
+    #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
     pub weight: u32,
 }
 

@@ -203,3 +203,146 @@ mod tests {
         assert!(a < b);
     }
 }
+
+/// Parses a duration written as in Go (`"300ms"`, `"1.5s"`, `"2m"`, `"1h30m"`; units `ns`, `us`,
+/// `µs`, `ms`, `s`, `m`, `h`).
+///
+/// # Errors
+/// A message naming the malformed text.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration `{text}` (expected e.g. `500ms`, `30s`, `1m30s`)");
+    let s = text.trim();
+    if s.is_empty() {
+        return Err(err());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        if num_len == 0 {
+            return Err(err());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let nanos_per = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(err()),
+        };
+        total += value * nanos_per;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(Duration::from_nanos(total as u64))
+}
+
+/// Serde helpers for durations in configuration files: a Go duration string (`"30s"`) or an
+/// integer number of nanoseconds (what Go's `encoding/json` writes for `time.Duration`).
+pub mod config_duration {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<'a> {
+        Nanos(u64),
+        #[serde(borrow)]
+        Text(std::borrow::Cow<'a, str>),
+    }
+
+    fn convert<E: de::Error>(raw: Raw<'_>) -> Result<Duration, E> {
+        match raw {
+            Raw::Nanos(n) => Ok(Duration::from_nanos(n)),
+            Raw::Text(t) => parse_duration(&t).map_err(E::custom),
+        }
+    }
+
+    /// Deserializes a required duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        convert(Raw::deserialize(deserializer)?)
+    }
+
+    /// Serializes as a Go duration string in whole milliseconds or seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
+            serializer.serialize_str(&format!("{}s", d.as_secs()))
+        } else {
+            serializer.serialize_str(&format!("{}ms", d.as_millis()))
+        }
+    }
+
+    /// The same for `Option<Duration>` (`null` or absent = `None`).
+    pub mod option {
+        use super::*;
+
+        /// Deserializes an optional duration.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            Option::<Raw<'de>>::deserialize(deserializer)?
+                .map(convert)
+                .transpose()
+        }
+
+        /// Serializes an optional duration.
+        pub fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "s", "10", "10x", "-1s", "1s2"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_duration_accepts_text_and_nanos() {
+        #[derive(Deserialize)]
+        struct C {
+            #[serde(with = "config_duration")]
+            d: Duration,
+            #[serde(with = "config_duration::option", default)]
+            o: Option<Duration>,
+        }
+        let c: C = serde_json::from_str(r#"{"d":"10s","o":30000000000}"#).unwrap();
+        assert_eq!(
+            (c.d, c.o),
+            (Duration::from_secs(10), Some(Duration::from_secs(30)))
+        );
+        let c: C = serde_json::from_str(r#"{"d":1000}"#).unwrap();
+        assert_eq!((c.d, c.o), (Duration::from_micros(1), None));
+        assert!(serde_json::from_str::<C>(r#"{"d":"soon"}"#).is_err());
+    }
+}

@@ -64,7 +64,10 @@ fn weight_is_written_only_when_not_default() {
     assert_eq!(s.weight, waypost_core_types::DEFAULT_WEIGHT);
     let heavy = s.clone().with_weight(300);
     let json = heavy.to_json().unwrap();
-    assert!(json.ends_with(r#","ttl":30000000000,"weight":300}"#), "{json}");
+    assert!(
+        json.ends_with(r#","ttl":30000000000,"weight":300}"#),
+        "{json}"
+    );
     assert_eq!(ServiceInfo::from_json(json.as_bytes()).unwrap().weight, 300);
 }
 
@@ -96,7 +99,10 @@ fn garbage_is_a_clear_error() {
     ] {
         match ServiceInfo::from_json(bad) {
             Err(Error::Codec(msg)) => assert!(!msg.is_empty()),
-            other => panic!("{:?}: expected a codec error, got {other:?}", String::from_utf8_lossy(bad)),
+            other => panic!(
+                "{:?}: expected a codec error, got {other:?}",
+                String::from_utf8_lossy(bad)
+            ),
         }
     }
     // Valid JSON, invalid instance: rejected by validation.

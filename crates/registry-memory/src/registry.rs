@@ -1,0 +1,248 @@
+//! [`MemoryRegistry`]: the in-process registry.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
+use waypost_core_types::{Error, RegistryState, Result, ServiceInfo, ServiceRegistry, WatchStream};
+
+use crate::store::Store;
+use crate::{MemoryConfig, MemoryRegistryBuilder};
+
+/// The in-process registry: a concurrent map with TTL expiry, renewal and gap-free watches.
+///
+/// Cloning is cheap and gives another handle to the same registry. Instances with a TTL (their
+/// own, or the configured default) expire unless [`renew`](ServiceRegistry::renew)ed within it;
+/// a cleanup worker owned by the registry removes them and emits `Deleted`. The worker stops on
+/// [`close`](ServiceRegistry::close) or when the last handle is dropped.
+#[derive(Clone)]
+pub struct MemoryRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    closed: AtomicBool,
+    close_tx: watch::Sender<bool>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    config: MemoryConfig,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.get_mut().take() {
+            worker.abort();
+        }
+        let _ = self.close_tx.send(true);
+    }
+}
+
+impl std::fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegistry")
+            .field("instances", &self.inner.store.len())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryRegistry {
+    /// A registry with the default [`MemoryConfig`].
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime (the cleanup worker needs one); use
+    /// [`MemoryRegistry::builder`] to get an error instead.
+    pub fn new() -> Self {
+        match Self::builder().build() {
+            Ok(r) => r,
+            Err(e) => panic!("MemoryRegistry::new: {e}"),
+        }
+    }
+
+    /// A builder for custom settings.
+    pub fn builder() -> MemoryRegistryBuilder {
+        MemoryRegistryBuilder::default()
+    }
+
+    pub(crate) fn start(config: MemoryConfig) -> Result<Self> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::InvalidConfig("memory registry must be created inside a tokio runtime".into())
+        })?;
+        let (close_tx, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            store: Arc::new(Store::new(config.watch_buffer, config.default_ttl)),
+            closed: AtomicBool::new(false),
+            close_tx,
+            worker: Mutex::new(None),
+            config,
+        });
+        let worker = handle.spawn(cleanup_worker(
+            Arc::downgrade(&inner),
+            inner.config.cleanup_interval,
+            inner.close_tx.subscribe(),
+        ));
+        *inner.worker.lock() = Some(worker);
+        Ok(MemoryRegistry { inner })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.inner.config
+    }
+
+    /// Number of registered instances.
+    pub fn len(&self) -> usize {
+        self.inner.store.len()
+    }
+
+    /// Whether no instance is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shared, immutable handles to the instances of one service, without copying their data
+    /// (the fast path for in-process discovery).
+    ///
+    /// # Errors
+    /// `Closed` after [`close`](ServiceRegistry::close).
+    pub fn instances_shared(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> {
+        self.check_open()?;
+        Ok(self.inner.store.shared_name(name))
+    }
+
+    /// Number of live watch streams.
+    pub fn watcher_count(&self) -> usize {
+        self.inner.store.changes.receiver_count()
+    }
+
+    /// Removes expired instances now (the cleanup worker does this every interval).
+    /// Returns how many were removed.
+    pub fn expire_now(&self) -> usize {
+        self.inner.store.expire(tokio::time::Instant::now())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+async fn cleanup_worker(inner: Weak<Inner>, every: Duration, mut closed: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = closed.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let removed = inner.store.expire(tokio::time::Instant::now());
+        if removed > 0 {
+            tracing::debug!(removed, "memory registry expired instances");
+        }
+    }
+}
+
+#[async_trait]
+impl ServiceRegistry for MemoryRegistry {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn register(&self, service: &ServiceInfo) -> Result<()> {
+        self.check_open()?;
+        self.inner.store.register(service)
+    }
+
+    async fn deregister(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        self.inner.store.deregister(id)
+    }
+
+    async fn update(&self, service: &ServiceInfo) -> Result<()> {
+        self.check_open()?;
+        self.inner.store.update(service)
+    }
+
+    async fn renew(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        self.inner.store.renew(id)
+    }
+
+    async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
+        self.check_open()?;
+        self.inner.store.get(id)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
+        self.check_open()?;
+        Ok(self.inner.store.list_all())
+    }
+
+    async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        Ok(self.inner.store.list_name(name))
+    }
+
+    async fn watch(&self) -> Result<WatchStream> {
+        self.check_open()?;
+        Ok(crate::watch::watch_stream(
+            &self.inner.store,
+            self.inner.close_tx.subscribe(),
+            None,
+        ))
+    }
+
+    async fn watch_service(&self, name: &str) -> Result<WatchStream> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        Ok(crate::watch::watch_stream(
+            &self.inner.store,
+            self.inner.close_tx.subscribe(),
+            Some(name.to_owned()),
+        ))
+    }
+
+    fn state(&self) -> RegistryState {
+        if self.inner.closed.load(Ordering::Acquire) {
+            RegistryState::Closed
+        } else {
+            RegistryState::Connected
+        }
+    }
+
+    fn default_ttl(&self) -> Option<Duration> {
+        self.inner.config.default_ttl
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _ = self.inner.close_tx.send(true);
+        if let Some(worker) = self.inner.worker.lock().take() {
+            worker.abort();
+        }
+        self.inner.store.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! The two concurrent maps behind the registry and every mutation of them.
+//!
+//! `names` holds the instances per service name (so listing one service touches one shard) and
+//! `ids` maps an instance id to its service name. Every mutation of an id holds that id's shard
+//! lock in `ids` first and then the name's shard lock in `names` (always in that order), takes
+//! the next sequence number and sends its change while holding both, so the changes of one id
+//! reach watchers in sequence order. Readers take one shard lock at a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use waypost_core_types::{Error, Result, ServiceEventType, ServiceInfo, Timestamp};
+
+/// One stored instance.
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub(crate) info: Arc<ServiceInfo>,
+    /// Sequence number of the last change.
+    pub(crate) seq: u64,
+    /// When it expires unless renewed; `None` never.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// One change, shared by every watcher.
+#[derive(Debug)]
+pub(crate) struct Change {
+    pub(crate) seq: u64,
+    pub(crate) kind: ServiceEventType,
+    pub(crate) info: Arc<ServiceInfo>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    ids: DashMap<String, String>,
+    names: DashMap<String, HashMap<String, Slot>>,
+    seq: AtomicU64,
+    pub(crate) changes: broadcast::Sender<Arc<Change>>,
+    default_ttl: Option<Duration>,
+}
+
+enum Mode {
+    Upsert,
+    UpdateOnly,
+}
+
+impl Store {
+    pub(crate) fn new(watch_buffer: usize, default_ttl: Option<Duration>) -> Self {
+        let (changes, _) = broadcast::channel(watch_buffer);
+        Store {
+            ids: DashMap::new(),
+            names: DashMap::new(),
+            seq: AtomicU64::new(0),
+            changes,
+            default_ttl,
+        }
+    }
+
+    fn ttl_of(&self, info: &ServiceInfo) -> Option<Duration> {
+        if info.ttl.is_zero() {
+            self.default_ttl
+        } else {
+            Some(info.ttl)
+        }
+    }
+
+    fn emit(&self, kind: ServiceEventType, info: &Arc<ServiceInfo>) -> u64 {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.changes.receiver_count() > 0 {
+            // No receiver is not an error: nobody is watching.
+            let _ = self.changes.send(Arc::new(Change {
+                seq,
+                kind,
+                info: Arc::clone(info),
+            }));
+        }
+        seq
+    }
+
+    pub(crate) fn register(&self, service: &ServiceInfo) -> Result<()> {
+        self.write(service, Mode::Upsert)
+    }
+
+    pub(crate) fn update(&self, service: &ServiceInfo) -> Result<()> {
+        self.write(service, Mode::UpdateOnly)
+    }
+
+    fn write(&self, service: &ServiceInfo, mode: Mode) -> Result<()> {
+        service.validate()?;
+        let now = Timestamp::now();
+        let deadline = self.ttl_of(service).map(|ttl| Instant::now() + ttl);
+        let mut info = service.clone();
+
+        let id_entry = self.ids.entry(service.id.clone());
+        let old_name = match &id_entry {
+            Entry::Occupied(o) => Some(o.get().clone()),
+            Entry::Vacant(_) if matches!(mode, Mode::UpdateOnly) => {
+                return Err(Error::NotFound(service.id.clone()));
+            }
+            Entry::Vacant(_) => None,
+        };
+
+        // The instance moved to another service name: it leaves the old one.
+        let mut previous: Option<Arc<ServiceInfo>> = None;
+        if let Some(old) = old_name.as_deref().filter(|old| *old != service.name) {
+            if let Some(mut map) = self.names.get_mut(old) {
+                if let Some(slot) = map.remove(&service.id) {
+                    self.emit(ServiceEventType::Deleted, &slot.info);
+                    previous = Some(slot.info);
+                }
+            }
+            self.names.remove_if(old, |_, m| m.is_empty());
+        }
+
+        let mut by_name = self.names.entry(service.name.clone()).or_default();
+        let prev_here = by_name.get(&service.id).map(|s| Arc::clone(&s.info));
+        let kind = if prev_here.is_some() {
+            ServiceEventType::Updated
+        } else {
+            ServiceEventType::Created
+        };
+        info.stamp(now, prev_here.as_deref().or(previous.as_deref()));
+        let info = Arc::new(info);
+        let seq = self.emit(kind, &info);
+        by_name.insert(
+            service.id.clone(),
+            Slot {
+                info,
+                seq,
+                deadline,
+            },
+        );
+        drop(by_name);
+        match id_entry {
+            Entry::Occupied(mut o) => {
+                if o.get() != &service.name {
+                    o.insert(service.name.clone());
+                }
+            }
+            Entry::Vacant(v) => {
+                v.insert(service.name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `id`; with `only_if_expired_at`, only when its deadline has passed by then.
+    /// Returns whether it was removed.
+    fn remove(&self, id: &str, only_if_expired_at: Option<Instant>) -> bool {
+        let Entry::Occupied(id_entry) = self.ids.entry(id.to_owned()) else {
+            return false;
+        };
+        let name = id_entry.get().clone();
+        let mut removed = false;
+        if let Some(mut map) = self.names.get_mut(&name) {
+            let expired = |slot: &Slot| match only_if_expired_at {
+                None => true,
+                Some(now) => slot.deadline.is_some_and(|d| d <= now),
+            };
+            if map.get(id).is_some_and(expired) {
+                if let Some(slot) = map.remove(id) {
+                    self.emit(ServiceEventType::Deleted, &slot.info);
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            self.names.remove_if(&name, |_, m| m.is_empty());
+            id_entry.remove();
+        }
+        removed
+    }
+
+    pub(crate) fn deregister(&self, id: &str) -> Result<()> {
+        if self.remove(id, None) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(id.to_owned()))
+        }
+    }
+
+    pub(crate) fn renew(&self, id: &str) -> Result<()> {
+        let name = self
+            .ids
+            .get(id)
+            .map(|n| n.value().clone())
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let mut map = self
+            .names
+            .get_mut(&name)
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let slot = map
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let now = Instant::now();
+        if slot.deadline.is_some_and(|d| d <= now) {
+            // Expired but not yet collected: too late to renew.
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        slot.deadline = self.ttl_of(&slot.info).map(|ttl| now + ttl);
+        let mut info = (*slot.info).clone();
+        info.last_check = Timestamp::now();
+        slot.info = Arc::new(info);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Result<ServiceInfo> {
+        let name = self
+            .ids
+            .get(id)
+            .map(|n| n.value().clone())
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let map = self
+            .names
+            .get(&name)
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        map.get(id)
+            .map(|slot| (*slot.info).clone())
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    pub(crate) fn list_all(&self) -> Vec<ServiceInfo> {
+        let mut out = Vec::new();
+        for map in self.names.iter() {
+            out.extend(map.values().map(|s| (*s.info).clone()));
+        }
+        out
+    }
+
+    pub(crate) fn list_name(&self, name: &str) -> Vec<ServiceInfo> {
+        self.names
+            .get(name)
+            .map(|map| map.values().map(|s| (*s.info).clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Shared handles to the instances of one service (no copy of the data).
+    pub(crate) fn shared_name(&self, name: &str) -> Vec<Arc<ServiceInfo>> {
+        self.names
+            .get(name)
+            .map(|map| map.values().map(|s| Arc::clone(&s.info)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The instances in scope with the sequence number of their last change.
+    pub(crate) fn snapshot(&self, scope: Option<&str>) -> Vec<(u64, Arc<ServiceInfo>)> {
+        let collect = |map: &HashMap<String, Slot>, out: &mut Vec<_>| {
+            out.extend(map.values().map(|s| (s.seq, Arc::clone(&s.info))));
+        };
+        let mut out = Vec::new();
+        match scope {
+            Some(name) => {
+                if let Some(map) = self.names.get(name) {
+                    collect(&map, &mut out);
+                }
+            }
+            None => {
+                for map in self.names.iter() {
+                    collect(&map, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes every instance whose deadline passed by `now`; returns how many.
+    pub(crate) fn expire(&self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        for map in self.names.iter() {
+            expired.extend(
+                map.iter()
+                    .filter(|(_, s)| s.deadline.is_some_and(|d| d <= now))
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+        expired
+            .iter()
+            .filter(|id| self.remove(id, Some(now)))
+            .count()
+    }
+
+    pub(crate) fn clear(&self) {
+        self.names.clear();
+        self.ids.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
