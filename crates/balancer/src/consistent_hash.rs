@@ -1,0 +1,297 @@
+//! Consistent hashing on a hash ring with virtual nodes.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
+
+use crate::pick;
+use crate::state::StateMap;
+
+/// Virtual nodes per instance by default.
+pub const DEFAULT_REPLICAS: usize = 160;
+
+/// Sends every request with the same [`SelectContext::hash_key`] (a user id, a session id) to the
+/// same instance while the set of instances stays the same, and moves only about `1/n` of the keys
+/// when one of `n` instances joins or leaves.
+///
+/// Each instance id is placed on a 64-bit ring at `replicas` points (virtual nodes); a key goes to
+/// the first point at or after its hash. Unhealthy or avoided instances stay on the ring and are
+/// stepped over, so a key whose instance is down goes to the next one and comes back when it
+/// recovers, without disturbing any other key. The ring is built once per instance set (per
+/// service) and reused while the set is unchanged (checked by identity, one pass); a pick is a
+/// binary search. Without a hash key the pick is uniformly random.
+///
+/// ```
+/// use std::sync::Arc;
+/// use waypost_balancer::ConsistentHash;
+/// use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
+///
+/// let set: Vec<_> = (0..5)
+///     .map(|i| Arc::new(ServiceInfo::new(format!("cart-{i}"), "cart", "10.0.0.1", 8000 + i)
+///         .with_health(Health::Healthy)))
+///     .collect();
+/// let lb = ConsistentHash::new();
+/// let ctx = SelectContext::with_hash_key(b"user-42");
+/// let first = lb.select(&set, &ctx).unwrap().id.clone();
+/// assert!((0..10).all(|_| lb.select(&set, &ctx).unwrap().id == first));
+/// ```
+pub struct ConsistentHash {
+    replicas: usize,
+    rings: StateMap<ArcSwap<Ring>>,
+}
+
+struct Ring {
+    /// The instance set the ring was built for, in slice order.
+    members: Vec<Arc<ServiceInfo>>,
+    /// (point, index into `members`), sorted by point.
+    points: Arc<[(u64, u32)]>,
+}
+
+impl Ring {
+    fn empty() -> Self {
+        Ring {
+            members: Vec::new(),
+            points: Arc::from(Vec::new()),
+        }
+    }
+
+    fn build(instances: &[Arc<ServiceInfo>], replicas: usize) -> Self {
+        let mut points = Vec::with_capacity(instances.len() * replicas);
+        for (i, s) in instances.iter().enumerate() {
+            let mut base = pick::Fnv::default();
+            base.write_bytes(s.id.as_bytes());
+            base.write_bytes(b"#");
+            for r in 0..replicas {
+                let mut h = base;
+                h.write_bytes(&(r as u32).to_le_bytes());
+                points.push((h.finish64(), i as u32));
+            }
+        }
+        points.sort_unstable();
+        Ring {
+            members: instances.to_vec(),
+            points: points.into(),
+        }
+    }
+
+    fn same_instances(&self, instances: &[Arc<ServiceInfo>]) -> bool {
+        self.members.len() == instances.len()
+            && self
+                .members
+                .iter()
+                .zip(instances)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    fn same_ids(&self, instances: &[Arc<ServiceInfo>]) -> bool {
+        self.members.len() == instances.len()
+            && self
+                .members
+                .iter()
+                .zip(instances)
+                .all(|(a, b)| a.id == b.id)
+    }
+
+    /// Walks the ring clockwise from `hash` to the first candidate.
+    fn lookup(
+        &self,
+        instances: &[Arc<ServiceInfo>],
+        hash: u64,
+        ctx: &SelectContext<'_>,
+        strict: bool,
+    ) -> Option<usize> {
+        let n = self.points.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.points.partition_point(|(p, _)| *p < hash);
+        (0..n)
+            .map(|k| self.points[(start + k) % n].1 as usize)
+            .find(|i| pick::usable(&instances[*i], ctx, strict))
+    }
+}
+
+impl Default for ConsistentHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConsistentHash {
+    /// A consistent-hash balancer with [`DEFAULT_REPLICAS`] virtual nodes per instance.
+    pub fn new() -> Self {
+        Self::with_replicas(DEFAULT_REPLICAS)
+    }
+
+    /// A consistent-hash balancer with `replicas` virtual nodes per instance (at least 1). More
+    /// replicas spread keys more evenly and cost memory: `16 × replicas` bytes per instance.
+    pub fn with_replicas(replicas: usize) -> Self {
+        ConsistentHash {
+            replicas: replicas.max(1),
+            rings: StateMap::default(),
+        }
+    }
+
+    /// Forgets the rings of services for which `keep` returns false.
+    pub fn retain_services(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.rings.retain(|name, _| keep(name));
+    }
+
+    fn ring_for(&self, slot: &ArcSwap<Ring>, instances: &[Arc<ServiceInfo>]) -> Arc<Ring> {
+        let cur = slot.load();
+        if cur.same_instances(instances) {
+            return arc_swap::Guard::into_inner(cur);
+        }
+        let next = if cur.same_ids(instances) {
+            // Same ids in the same order (a health or metadata change): the points still hold.
+            Ring {
+                members: instances.to_vec(),
+                points: cur.points.clone(),
+            }
+        } else {
+            Ring::build(instances, self.replicas)
+        };
+        let next = Arc::new(next);
+        slot.store(next.clone());
+        next
+    }
+}
+
+impl std::fmt::Debug for ConsistentHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsistentHash")
+            .field("replicas", &self.replicas)
+            .field("services", &self.rings.len())
+            .finish()
+    }
+}
+
+impl LoadBalancer for ConsistentHash {
+    fn name(&self) -> &'static str {
+        "consistent_hash"
+    }
+
+    fn select<'a>(
+        &self,
+        instances: &'a [Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let first = instances.first()?;
+        let Some(key) = ctx.hash_key else {
+            return pick::with_rng(|rng| pick::random_index(instances, ctx, rng))
+                .map(|i| &instances[i]);
+        };
+        let hash = pick::hash64(key);
+        let i = self.rings.with_or_insert(
+            &first.name,
+            || ArcSwap::from_pointee(Ring::empty()),
+            |slot| {
+                let cur = slot.load();
+                let strict = pick::wants_strict(ctx);
+                let find = |ring: &Ring| {
+                    ring.lookup(instances, hash, ctx, strict).or_else(|| {
+                        if strict {
+                            ring.lookup(instances, hash, ctx, false)
+                        } else {
+                            None
+                        }
+                    })
+                };
+                if cur.same_instances(instances) {
+                    find(&cur)
+                } else {
+                    drop(cur);
+                    find(&self.ring_for(slot, instances))
+                }
+            },
+        )?;
+        Some(&instances[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{index, set};
+    use waypost_core_types::Health;
+
+    fn owner(lb: &ConsistentHash, s: &[Arc<ServiceInfo>], key: &str) -> String {
+        lb.select(s, &SelectContext::with_hash_key(key.as_bytes()))
+            .unwrap()
+            .id
+            .clone()
+    }
+
+    #[test]
+    fn removing_one_of_ten_moves_only_its_keys() {
+        let s = set("h", &[true; 10]);
+        let lb = ConsistentHash::new();
+        let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
+        let before: Vec<String> = keys.iter().map(|k| owner(&lb, &s, k)).collect();
+        // Every instance owns a fair share (virtual nodes spread the keys).
+        for i in 0..10 {
+            let owned = before.iter().filter(|o| **o == format!("h-{i}")).count();
+            assert!((500..=1600).contains(&owned), "h-{i} owns {owned}");
+        }
+        let mut fewer = s.clone();
+        fewer.remove(4);
+        let after: Vec<String> = keys.iter().map(|k| owner(&lb, &fewer, k)).collect();
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        for (b, a) in before.iter().zip(&after) {
+            if b != "h-4" {
+                assert_eq!(a, b, "a key not on the removed instance moved");
+            }
+        }
+        assert!(moved as f64 / 10_000.0 <= 0.15, "{moved} keys moved");
+        // Adding it back restores the original mapping.
+        let again: Vec<String> = keys.iter().map(|k| owner(&lb, &s, k)).collect();
+        assert_eq!(again, before);
+    }
+
+    #[test]
+    fn unhealthy_owner_hands_over_and_takes_back() {
+        let mut s = set("u", &[true; 5]);
+        let lb = ConsistentHash::new();
+        let key = "session-7";
+        let home = owner(&lb, &s, key);
+        let i = s.iter().position(|x| x.id == home).unwrap();
+        let healthy = s[i].clone();
+        s[i] = Arc::new((*healthy).clone().with_health(Health::Unhealthy));
+        let other = owner(&lb, &s, key);
+        assert_ne!(other, home);
+        s[i] = healthy;
+        assert_eq!(owner(&lb, &s, key), home);
+        // Avoiding the owner is a soft preference.
+        let avoid = vec![home.clone()];
+        let ctx = SelectContext {
+            hash_key: Some(key.as_bytes()),
+            avoid: &avoid,
+        };
+        assert_eq!(lb.select(&s, &ctx).unwrap().id, other);
+        let one = set("o", &[true]);
+        let avoid = vec!["o-0".to_string()];
+        let ctx = SelectContext {
+            hash_key: Some(key.as_bytes()),
+            avoid: &avoid,
+        };
+        assert_eq!(lb.select(&one, &ctx).unwrap().id, "o-0");
+    }
+
+    #[test]
+    fn none_and_no_key() {
+        let lb = ConsistentHash::new();
+        assert!(lb
+            .select(&[], &SelectContext::with_hash_key(b"k"))
+            .is_none());
+        assert!(lb
+            .select(&set("n", &[false; 3]), &SelectContext::with_hash_key(b"k"))
+            .is_none());
+        let s = set("n", &[true; 4]);
+        let mut seen = [false; 4];
+        for _ in 0..200 {
+            seen[index(lb.select(&s, &SelectContext::default()).unwrap())] = true;
+        }
+        assert!(seen.iter().all(|x| *x), "no key: random over all");
+    }
+}

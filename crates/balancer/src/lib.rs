@@ -1,0 +1,135 @@
+//! Load balancers of waypost: pick one healthy instance among a service's instances.
+//!
+//! Every balancer implements [`LoadBalancer`]: it skips instances that are not healthy, honours
+//! [`SelectContext::avoid`] as a preference (avoided instances are used only when no other healthy
+//! one is left) and returns `None` for an empty or all-unhealthy list.
+//!
+//! | balancer | module | idea |
+//! |---|---|---|
+//! | [`RoundRobin`] | `round_robin` | the seed's rotation, per service, lock-free |
+//! | [`Random`] | `random` | uniform, from a real RNG |
+//! | [`WeightedRandom`] | `weighted` | random in proportion to [`ServiceInfo::weight`] |
+//! | [`SmoothWeightedRoundRobin`] | `smooth_weighted` | nginx's deterministic weighted rotation |
+//! | [`LeastRequest`] | `least_request` | two random choices, fewer calls in flight wins |
+//! | [`PeakEwma`] | `peak_ewma` | two random choices, lower latency × load wins |
+//! | [`ConsistentHash`] | `consistent_hash` | a hash ring with virtual nodes on a caller's key |
+//!
+//! Balancers that learn from calls ([`LeastRequest`], [`PeakEwma`]) count them through
+//! [`LoadBalancer::begin`], whose [`CallGuard`](waypost_core_types::CallGuard) reports the
+//! outcome when finished or dropped. Most users reach the balancers through the `waypost` facade
+//! and `waypost-discovery`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use waypost_balancer::RoundRobin;
+//! use waypost_core_types::{Health, LoadBalancer, Outcome, SelectContext, ServiceInfo};
+//!
+//! let instances: Vec<Arc<ServiceInfo>> = (1..=3)
+//!     .map(|i| Arc::new(ServiceInfo::new(format!("user-{i}"), "user-service", "10.0.0.1", 8080 + i)
+//!         .with_health(Health::Healthy)))
+//!     .collect();
+//! let lb = RoundRobin::new();
+//! let picked = lb.select(&instances, &SelectContext::default()).expect("a healthy instance");
+//! assert_eq!(picked.id, "user-1");
+//! let call = lb.begin(picked); // a no-op guard for round robin
+//! call.finish(Outcome::Success);
+//! ```
+
+mod consistent_hash;
+mod least_request;
+mod peak_ewma;
+mod pick;
+mod random;
+mod round_robin;
+mod smooth_weighted;
+mod state;
+#[cfg(test)]
+mod testing;
+mod weighted;
+
+use std::sync::Arc;
+
+pub use consistent_hash::{ConsistentHash, DEFAULT_REPLICAS};
+pub use least_request::LeastRequest;
+pub use peak_ewma::{PeakEwma, PeakEwmaBuilder};
+pub use random::Random;
+pub use round_robin::RoundRobin;
+pub use smooth_weighted::SmoothWeightedRoundRobin;
+pub use waypost_core_types::{LoadBalancer, SelectContext};
+pub use weighted::WeightedRandom;
+
+use waypost_core_types::{Error, Result, ServiceInfo};
+
+/// The names [`by_name`] accepts, one per balancer.
+pub const BALANCER_NAMES: &[&str] = &[
+    "round_robin",
+    "random",
+    "weighted_random",
+    "smooth_weighted_round_robin",
+    "least_request",
+    "p2c_peak_ewma",
+    "consistent_hash",
+];
+
+/// A balancer chosen by name at run time (from configuration), with default options.
+///
+/// Accepts the names in [`BALANCER_NAMES`] (which are the balancers'
+/// [`LoadBalancer::name`]s), plus the aliases `round-robin`, `rr`, `weighted`, `swrr`,
+/// `least-request`, `p2c`, `peak_ewma`, `ewma` and `ring`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for an unknown name.
+pub fn by_name(name: &str) -> Result<Arc<dyn LoadBalancer>> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "round_robin" | "round-robin" | "rr" => Arc::new(RoundRobin::new()),
+        "random" => Arc::new(Random::new()),
+        "weighted_random" | "weighted" => Arc::new(WeightedRandom::new()),
+        "smooth_weighted_round_robin" | "swrr" => Arc::new(SmoothWeightedRoundRobin::new()),
+        "least_request" | "least-request" | "p2c" => Arc::new(LeastRequest::new()),
+        "p2c_peak_ewma" | "peak_ewma" | "ewma" => Arc::new(PeakEwma::new()),
+        "consistent_hash" | "ring" => Arc::new(ConsistentHash::new()),
+        other => {
+            return Err(Error::InvalidConfig(format!(
+                "unknown load balancer `{other}`; expected one of {}",
+                BALANCER_NAMES.join(", ")
+            )))
+        }
+    })
+}
+
+/// Keeps only the healthy instances (a helper for callers that want to inspect candidates).
+pub fn healthy(instances: &[Arc<ServiceInfo>]) -> impl Iterator<Item = &Arc<ServiceInfo>> {
+    instances.iter().filter(|s| s.is_healthy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for n in BALANCER_NAMES {
+            assert_eq!(by_name(n).unwrap().name(), *n);
+        }
+        assert!(matches!(by_name("fastest"), Err(Error::InvalidConfig(_))));
+    }
+
+    /// Every balancer on the seed's demo set never returns the unhealthy instance, and returns
+    /// none on an empty or all-unhealthy list.
+    #[test]
+    fn every_balancer_skips_unhealthy() {
+        let s = testing::set("all", &[true, true, false, true]);
+        let down = testing::set("down", &[false, false]);
+        for n in BALANCER_NAMES {
+            let lb = by_name(n).unwrap();
+            for k in 0..200 {
+                let key = format!("k{k}");
+                let ctx = SelectContext::with_hash_key(key.as_bytes());
+                let p = lb.select(&s, &ctx).unwrap();
+                assert_ne!(p.id, "all-2", "{n} picked an unhealthy instance");
+            }
+            assert!(lb.select(&[], &SelectContext::default()).is_none(), "{n}");
+            assert!(lb.select(&down, &SelectContext::default()).is_none(), "{n}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Shared selection helpers: which instances are candidates, uniform picks among them, the
+//! thread-local RNG and the stable 64-bit hash.
+//!
+//! A candidate is a healthy instance. When the context names instances to avoid, the *strict*
+//! candidates (healthy and not avoided) are used as long as there is one, and the healthy ones
+//! otherwise: the avoid list is a preference, never a reason to fail.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use waypost_core_types::{SelectContext, ServiceInfo};
+
+/// How many uniform draws over the whole slice are tried before counting candidates.
+const REJECTION_TRIES: usize = 4;
+
+/// Whether `s` is a candidate; `strict` also skips avoided instances.
+#[inline]
+pub(crate) fn usable(s: &ServiceInfo, ctx: &SelectContext<'_>, strict: bool) -> bool {
+    s.is_healthy() && !(strict && ctx.avoids(s))
+}
+
+/// Whether to start in strict mode (only worth it when something is avoided).
+#[inline]
+pub(crate) fn wants_strict(ctx: &SelectContext<'_>) -> bool {
+    !ctx.avoid.is_empty()
+}
+
+/// The number of candidates and the mode they were counted in; `None` when there is none.
+#[inline]
+pub(crate) fn count(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+) -> Option<(usize, bool)> {
+    if wants_strict(ctx) {
+        let k = instances.iter().filter(|s| usable(s, ctx, true)).count();
+        if k > 0 {
+            return Some((k, true));
+        }
+    }
+    let k = instances.iter().filter(|s| s.is_healthy()).count();
+    (k > 0).then_some((k, false))
+}
+
+/// The index of the `n`-th candidate (in slice order).
+#[inline]
+pub(crate) fn nth(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    strict: bool,
+    n: usize,
+) -> Option<usize> {
+    instances
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| usable(s, ctx, strict))
+        .nth(n)
+        .map(|(i, _)| i)
+}
+
+/// A uniformly random candidate's index.
+///
+/// Draws over the whole slice a few times first (rejection sampling, O(1) when most instances are
+/// candidates), then counts the candidates and draws among them: either way every candidate has
+/// the same chance.
+pub(crate) fn random_index(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    rng: &mut SmallRng,
+) -> Option<usize> {
+    let len = instances.len();
+    if len == 0 {
+        return None;
+    }
+    let strict = wants_strict(ctx);
+    for _ in 0..REJECTION_TRIES {
+        let i = rng.random_range(0..len);
+        if usable(&instances[i], ctx, strict) {
+            return Some(i);
+        }
+    }
+    let (k, strict) = count(instances, ctx)?;
+    nth(instances, ctx, strict, rng.random_range(0..k))
+}
+
+/// Two distinct uniformly random candidates' indices (the second is `None` when there is only
+/// one candidate), for power-of-two-choices balancers.
+pub(crate) fn random_pair(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    rng: &mut SmallRng,
+) -> Option<(usize, Option<usize>)> {
+    let len = instances.len();
+    if len == 0 {
+        return None;
+    }
+    let strict = wants_strict(ctx);
+    if len >= 2 {
+        for _ in 0..REJECTION_TRIES {
+            let a = rng.random_range(0..len);
+            let mut b = rng.random_range(0..len - 1);
+            if b >= a {
+                b += 1;
+            }
+            if usable(&instances[a], ctx, strict) && usable(&instances[b], ctx, strict) {
+                return Some((a, Some(b)));
+            }
+        }
+    }
+    let (k, strict) = count(instances, ctx)?;
+    if k == 1 {
+        return Some((nth(instances, ctx, strict, 0)?, None));
+    }
+    let ra = rng.random_range(0..k);
+    let mut rb = rng.random_range(0..k - 1);
+    if rb >= ra {
+        rb += 1;
+    }
+    let (mut a, mut b) = (None, None);
+    for (pos, (i, _)) in instances
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| usable(s, ctx, strict))
+        .enumerate()
+    {
+        if pos == ra {
+            a = Some(i);
+        }
+        if pos == rb {
+            b = Some(i);
+        }
+    }
+    Some((a?, b))
+}
+
+thread_local! {
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
+/// Runs `f` with this thread's fast RNG (seeded once per thread from the OS-seeded thread RNG).
+#[inline]
+pub(crate) fn with_rng<R>(f: impl FnOnce(&mut SmallRng) -> R) -> R {
+    RNG.with(|r| f(&mut r.borrow_mut()))
+}
+
+/// A stable 64-bit hash (FNV-1a with a murmur3 finaliser): the same bytes give the same value in
+/// every process and on every platform, so hash rings agree across processes.
+#[inline]
+pub(crate) fn hash64(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.write_bytes(bytes);
+    h.finish64()
+}
+
+/// FNV-1a state, also used as the map hasher of per-service state.
+#[derive(Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    #[inline]
+    pub(crate) fn write_bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn finish64(&self) -> u64 {
+        fmix64(self.0)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.finish64()
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.write_bytes(bytes);
+    }
+}
+
+/// The murmur3 64-bit finaliser: spreads every input bit over the output.
+#[inline]
+pub(crate) fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^= k >> 33;
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waypost_core_types::Health;
+
+    fn set(health: &[bool]) -> Vec<Arc<ServiceInfo>> {
+        health
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Arc::new(
+                    ServiceInfo::new(format!("i{i}"), "s", "h", 1).with_health(if *h {
+                        Health::Healthy
+                    } else {
+                        Health::Unhealthy
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn soft_avoid_falls_back() {
+        let s = set(&[true, false, true]);
+        let avoid = vec!["i0".to_string(), "i2".to_string()];
+        let ctx = SelectContext {
+            hash_key: None,
+            avoid: &avoid,
+        };
+        assert_eq!(count(&s, &ctx), Some((2, false)));
+        let avoid1 = vec!["i0".to_string()];
+        let ctx1 = SelectContext {
+            hash_key: None,
+            avoid: &avoid1,
+        };
+        assert_eq!(count(&s, &ctx1), Some((1, true)));
+        assert_eq!(nth(&s, &ctx1, true, 0), Some(2));
+        assert_eq!(count(&set(&[false, false]), &ctx), None);
+    }
+
+    #[test]
+    fn pairs_are_distinct_candidates() {
+        let s = set(&[true, false, true, true, false]);
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            let (a, b) = random_pair(&s, &SelectContext::default(), &mut rng).unwrap();
+            let b = b.unwrap();
+            assert_ne!(a, b);
+            assert!(s[a].is_healthy() && s[b].is_healthy());
+        }
+        let one = set(&[false, true]);
+        assert_eq!(
+            random_pair(&one, &SelectContext::default(), &mut rng),
+            Some((1, None))
+        );
+        assert_eq!(random_pair(&[], &SelectContext::default(), &mut rng), None);
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // Fixed values: rings must agree across processes and releases.
+        assert_eq!(hash64(b""), fmix64(0xcbf2_9ce4_8422_2325));
+        assert_eq!(hash64(b"user-42"), hash64(b"user-42"));
+        assert_ne!(hash64(b"user-42"), hash64(b"user-43"));
+    }
+}

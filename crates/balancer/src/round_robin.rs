@@ -1,0 +1,170 @@
+//! Round robin, per service and lock-free.
+
+use std::sync::Arc;
+
+use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
+
+use crate::pick;
+use crate::state::{StateMap, Striped};
+
+/// Picks the healthy instances of each service in turn.
+///
+/// Each service (keyed by the instances' name) has its own position, so two services never
+/// disturb each other's rotation (the Go original shared one counter). The position is the n-th
+/// *healthy* instance in slice order, so on `[1 healthy, 2 healthy, 3 unhealthy, 4 healthy]` the
+/// picks are 1, 2, 4, 1, 2, 4.
+///
+/// The hot path takes no lock: the per-service counter is found in a copy-on-write map read
+/// through `ArcSwap`, and it is striped over cache-padded slots, one per thread group, so threads
+/// do not contend on one cache line. Every thread's own sequence is an exact rotation; across
+/// threads the load is spread evenly but not interleaved in a global order.
+///
+/// ```
+/// use std::sync::Arc;
+/// use waypost_balancer::RoundRobin;
+/// use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
+///
+/// let svc = |id: &str, h| Arc::new(ServiceInfo::new(id, "user-service", "10.0.0.1", 80).with_health(h));
+/// let set = [svc("1", Health::Healthy), svc("2", Health::Healthy),
+///            svc("3", Health::Unhealthy), svc("4", Health::Healthy)];
+/// let rr = RoundRobin::new();
+/// let picks: Vec<_> = (0..6)
+///     .map(|_| rr.select(&set, &SelectContext::default()).unwrap().id.clone())
+///     .collect();
+/// assert_eq!(picks, ["1", "2", "4", "1", "2", "4"]);
+/// ```
+#[derive(Default)]
+pub struct RoundRobin {
+    counters: StateMap<Striped>,
+}
+
+impl RoundRobin {
+    /// A round-robin balancer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets the position of services for which `keep` returns false (services that are gone).
+    pub fn retain_services(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.counters.retain(|name, _| keep(name));
+    }
+}
+
+impl std::fmt::Debug for RoundRobin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundRobin")
+            .field("services", &self.counters.len())
+            .finish()
+    }
+}
+
+impl LoadBalancer for RoundRobin {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+
+    fn select<'a>(
+        &self,
+        instances: &'a [Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let first = instances.first()?;
+        let (k, strict) = pick::count(instances, ctx)?;
+        let n = self
+            .counters
+            .with_or_insert(&first.name, Striped::default, Striped::next);
+        if k == instances.len() {
+            // Every instance is a candidate: no second pass.
+            return instances.get(n % k);
+        }
+        pick::nth(instances, ctx, strict, n % k).map(|i| &instances[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ids, set};
+
+    #[test]
+    fn seed_demo_order() {
+        let s = set("demo", &[true, true, false, true]);
+        let rr = RoundRobin::new();
+        let picks = ids((0..6).map(|_| rr.select(&s, &SelectContext::default())));
+        assert_eq!(
+            picks,
+            ["demo-0", "demo-1", "demo-3", "demo-0", "demo-1", "demo-3"]
+        );
+    }
+
+    #[test]
+    fn each_service_has_its_own_position() {
+        let a = set("a", &[true, true, true]);
+        let b = set("b", &[true, true]);
+        let rr = RoundRobin::new();
+        let ctx = SelectContext::default();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(rr.select(&a, &ctx).unwrap().id.clone());
+            got.push(rr.select(&b, &ctx).unwrap().id.clone());
+        }
+        assert_eq!(got, ["a-0", "b-0", "a-1", "b-1", "a-2", "b-0"]);
+    }
+
+    #[test]
+    fn none_when_empty_or_all_unhealthy() {
+        let rr = RoundRobin::new();
+        assert!(rr.select(&[], &SelectContext::default()).is_none());
+        assert!(rr
+            .select(&set("x", &[false, false]), &SelectContext::default())
+            .is_none());
+    }
+
+    #[test]
+    fn avoid_is_soft() {
+        let s = set("v", &[true, true, false]);
+        let rr = RoundRobin::new();
+        let avoid = vec!["v-0".to_string()];
+        let ctx = SelectContext {
+            hash_key: None,
+            avoid: &avoid,
+        };
+        for _ in 0..5 {
+            assert_eq!(rr.select(&s, &ctx).unwrap().id, "v-1");
+        }
+        let avoid_all = vec!["v-0".to_string(), "v-1".to_string()];
+        let ctx = SelectContext {
+            hash_key: None,
+            avoid: &avoid_all,
+        };
+        assert!(rr.select(&s, &ctx).unwrap().is_healthy());
+    }
+
+    #[test]
+    fn threads_share_the_load_evenly() {
+        let s = Arc::new(set("t", &[true; 4]));
+        let rr = Arc::new(RoundRobin::new());
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, rr) = (s.clone(), rr.clone());
+                std::thread::spawn(move || {
+                    let mut c = [0usize; 4];
+                    for _ in 0..4000 {
+                        c[crate::testing::index(
+                            rr.select(&s, &SelectContext::default()).unwrap(),
+                        )] += 1;
+                    }
+                    c
+                })
+            })
+            .collect();
+        let mut total = [0usize; 4];
+        for h in hs {
+            for (t, c) in total.iter_mut().zip(h.join().unwrap()) {
+                *t += c;
+            }
+        }
+        // Every slot's sequence is an exact rotation, so the sum is exact.
+        assert_eq!(total, [4000; 4]);
+    }
+}

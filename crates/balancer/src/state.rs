@@ -1,0 +1,176 @@
+//! Per-key balancer state with a lock-free read path.
+//!
+//! [`StateMap`] is a copy-on-write map behind an [`ArcSwap`]: a lookup loads the current map
+//! without taking a lock or writing a shared counter (arc-swap's thread-local debt slots), hashes
+//! the key with FNV and borrows the value. Inserting a key (the first pick for a service, the
+//! first call to an instance) copies the map under a mutex; that happens once per key, so the
+//! read path stays lock-free. [`Striped`] spreads a counter over cache-padded slots, one per
+//! thread group, so threads do not fight over one cache line.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::pick::Fnv;
+
+type Map<V> = HashMap<Arc<str>, Arc<V>, BuildHasherDefault<Fnv>>;
+
+/// A read-mostly map from a key (service name or instance id) to shared state.
+pub(crate) struct StateMap<V> {
+    map: ArcSwap<Map<V>>,
+    write: Mutex<()>,
+}
+
+impl<V> Default for StateMap<V> {
+    fn default() -> Self {
+        StateMap {
+            map: ArcSwap::from_pointee(Map::default()),
+            write: Mutex::new(()),
+        }
+    }
+}
+
+impl<V> StateMap<V> {
+    /// Runs `f` on the value for `key`, if there is one. Lock-free.
+    #[inline]
+    pub(crate) fn with<R>(&self, key: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let map = self.map.load();
+        map.get(key).map(|v| f(v))
+    }
+
+    /// Runs `f` on the value for `key`, creating it with `make` first if needed. Lock-free when
+    /// the key exists.
+    #[inline]
+    pub(crate) fn with_or_insert<R>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        {
+            let map = self.map.load();
+            if let Some(v) = map.get(key) {
+                return f(v);
+            }
+        }
+        let v = self.insert_slow(key, make);
+        f(&v)
+    }
+
+    #[cold]
+    fn insert_slow(&self, key: &str, make: impl FnOnce() -> V) -> Arc<V> {
+        let _w = self.write.lock();
+        let cur = self.map.load_full();
+        if let Some(v) = cur.get(key) {
+            return v.clone();
+        }
+        let mut next: Map<V> = Map::with_capacity_and_hasher(cur.len() + 1, Default::default());
+        next.extend(cur.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let v = Arc::new(make());
+        next.insert(Arc::from(key), v.clone());
+        self.map.store(Arc::new(next));
+        v
+    }
+
+    /// Drops every entry for which `keep` is false.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str, &V) -> bool) {
+        let _w = self.write.lock();
+        let cur = self.map.load_full();
+        let next: Map<V> = cur
+            .iter()
+            .filter(|(k, v)| keep(k, v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if next.len() != cur.len() {
+            self.map.store(Arc::new(next));
+        }
+    }
+
+    /// Number of keys.
+    pub(crate) fn len(&self) -> usize {
+        self.map.load().len()
+    }
+}
+
+/// Number of slots of a [`Striped`] counter.
+pub(crate) const STRIPES: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicUsize);
+
+/// A counter split into cache-padded slots; each thread always uses the same slot.
+#[derive(Default)]
+pub(crate) struct Striped {
+    slots: [Padded; STRIPES],
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+}
+
+impl Striped {
+    /// Adds one to this thread's slot and returns the slot's previous value.
+    #[inline]
+    pub(crate) fn next(&self) -> usize {
+        let i = STRIPE.with(|s| *s);
+        self.slots[i].0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The sum over all slots.
+    #[cfg(test)]
+    pub(crate) fn sum(&self) -> usize {
+        self.slots
+            .iter()
+            .fold(0usize, |a, s| a.wrapping_add(s.0.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_once_then_read() {
+        let m: StateMap<AtomicUsize> = StateMap::default();
+        assert_eq!(m.with("a", |v| v.load(Ordering::Relaxed)), None);
+        for _ in 0..3 {
+            m.with_or_insert(
+                "a",
+                || AtomicUsize::new(0),
+                |v| v.fetch_add(1, Ordering::Relaxed),
+            );
+        }
+        m.with_or_insert("b", || AtomicUsize::new(10), |_| ());
+        assert_eq!(m.with("a", |v| v.load(Ordering::Relaxed)), Some(3));
+        assert_eq!(m.len(), 2);
+        m.retain(|k, _| k == "b");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.with("b", |v| v.load(Ordering::Relaxed)), Some(10));
+    }
+
+    #[test]
+    fn striped_counts_every_thread() {
+        let c = Arc::new(Striped::default());
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.next();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(c.sum(), 4000);
+    }
+}
