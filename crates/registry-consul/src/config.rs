@@ -1,0 +1,561 @@
+//! [`ConsulConfig`]: where the agent is, how to authenticate, and the timings of the registry.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use waypost_core_types::{Error, Result};
+
+/// The default agent address.
+pub const DEFAULT_ADDRESS: &str = "localhost:8500";
+/// The default namespace marker of our services.
+pub const DEFAULT_PREFIX: &str = "laravel-go/services";
+/// The default TTL of the TTL check of each registered instance.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// An ACL token. Its value never appears in `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Token(secret.into())
+    }
+
+    /// The secret, for the `X-Consul-Token` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What to do with catalog entries that waypost did not register (no waypost `Meta`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ForeignServices {
+    /// Read them with defaults (version "", protocol http, weight from Consul's `Weights`,
+    /// health from their checks), so services registered by other tools can be discovered.
+    #[default]
+    Include,
+    /// Leave them out of lists and watches (logged at debug level).
+    Skip,
+}
+
+/// Configuration of a [`ConsulRegistry`](crate::ConsulRegistry).
+///
+/// Durations in serde input are Go duration strings (`"30s"`, `"1m30s"`, `"250ms"`) or numbers of
+/// seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use waypost_registry_consul::ConsulConfig;
+/// let cfg = ConsulConfig::default()
+///     .with_address("https://consul.internal:8501")
+///     .with_token("s3cr3t")
+///     .with_datacenter("dc1")
+///     .with_ttl(Duration::from_secs(10));
+/// assert!(!format!("{cfg:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ConsulConfig {
+    /// `host:port`, `http://host:port` or `https://host:port` (default `localhost:8500`).
+    pub address: String,
+    /// ACL token, sent as `X-Consul-Token`.
+    pub token: Option<Token>,
+    /// Datacenter for catalog and health reads (default: the agent's).
+    pub datacenter: Option<String>,
+    /// Namespace marker of our services, stored in each service's `Meta` (default
+    /// `laravel-go/services`). Services with another waypost prefix are not ours and are skipped.
+    pub prefix: String,
+    /// TTL of the TTL check of instances registered with `ttl == 0` (default 30 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    /// `DeregisterCriticalServiceAfter` of our checks: Consul removes an instance whose check
+    /// stayed critical this long (default 1 min, Consul's minimum).
+    #[serde(deserialize_with = "de_duration")]
+    pub deregister_critical_after: Duration,
+    /// PEM file with the CA certificate(s) to trust for `https` (default: the web PKI roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM text with the CA certificate(s) to trust, instead of `ca_file`.
+    pub ca_pem: Option<String>,
+    /// Bound on establishing a connection, and on `connect` as a whole (default 5 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Bound on one ordinary (non-blocking) request (default 10 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// `wait` of the blocking queries behind watches (default 60 s, at most 10 min).
+    #[serde(deserialize_with = "de_duration")]
+    pub watch_wait: Duration,
+    /// Steady-state minimum spacing of blocking queries of one watch loop when the index keeps
+    /// moving (a token bucket with a burst of 2; default 1 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub watch_min_interval: Duration,
+    /// First delay before retrying after a failure (default 200 ms); doubles per failure.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_initial_backoff: Duration,
+    /// Cap of the retry delay (default 30 s); jitter is applied below it.
+    #[serde(deserialize_with = "de_duration")]
+    pub retry_max_backoff: Duration,
+    /// Largest accepted response body (default 16 MiB).
+    pub max_response_bytes: usize,
+    /// Queue length of each watch stream before it is resynced with a snapshot (default 1024).
+    pub watch_buffer: usize,
+    /// What to do with services waypost did not register.
+    pub foreign_services: ForeignServices,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            address: DEFAULT_ADDRESS.to_owned(),
+            token: None,
+            datacenter: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            ttl: DEFAULT_TTL,
+            deregister_critical_after: Duration::from_secs(60),
+            ca_file: None,
+            ca_pem: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            watch_wait: Duration::from_secs(60),
+            watch_min_interval: Duration::from_secs(1),
+            retry_initial_backoff: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_secs(30),
+            max_response_bytes: 16 * 1024 * 1024,
+            watch_buffer: 1024,
+            foreign_services: ForeignServices::Include,
+        }
+    }
+}
+
+impl fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("deregister_critical_after", &self.deregister_critical_after)
+            .field("ca_file", &self.ca_file)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("watch_wait", &self.watch_wait)
+            .field("foreign_services", &self.foreign_services)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! with {
+    ($(#[$doc:meta])* $name:ident, $field:ident: $ty:ty) => {
+        $(#[$doc])*
+        #[must_use]
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.$field = value;
+            self
+        }
+    };
+}
+
+impl ConsulConfig {
+    /// The defaults with `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`, `CONSUL_CACERT` and
+    /// `CONSUL_DATACENTER` applied when set (the variables Consul's own tools read).
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut cfg = ConsulConfig::default();
+        if let Some(a) = var("CONSUL_HTTP_ADDR") {
+            cfg.address = a;
+        }
+        cfg.token = var("CONSUL_HTTP_TOKEN").map(Token);
+        cfg.ca_file = var("CONSUL_CACERT").map(PathBuf::from);
+        cfg.datacenter = var("CONSUL_DATACENTER");
+        cfg
+    }
+
+    /// Sets the agent address.
+    #[must_use]
+    pub fn with_address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    /// Sets the ACL token.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token(token.into()));
+        self
+    }
+
+    /// Sets the datacenter.
+    #[must_use]
+    pub fn with_datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+
+    /// Sets the prefix (namespace marker).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the PEM file of the CA to trust.
+    #[must_use]
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets the PEM text of the CA to trust.
+    #[must_use]
+    pub fn with_ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    with!(
+        /// Sets the default TTL.
+        with_ttl, ttl: Duration
+    );
+    with!(
+        /// Sets `DeregisterCriticalServiceAfter`.
+        with_deregister_critical_after, deregister_critical_after: Duration
+    );
+    with!(
+        /// Sets the connect timeout.
+        with_connect_timeout, connect_timeout: Duration
+    );
+    with!(
+        /// Sets the timeout of ordinary requests.
+        with_request_timeout, request_timeout: Duration
+    );
+    with!(
+        /// Sets the `wait` of blocking queries.
+        with_watch_wait, watch_wait: Duration
+    );
+    with!(
+        /// Sets the steady-state spacing of blocking queries.
+        with_watch_min_interval, watch_min_interval: Duration
+    );
+    with!(
+        /// Sets the first retry delay.
+        with_retry_initial_backoff, retry_initial_backoff: Duration
+    );
+    with!(
+        /// Sets the cap of the retry delay.
+        with_retry_max_backoff, retry_max_backoff: Duration
+    );
+    with!(
+        /// Sets the response size limit.
+        with_max_response_bytes, max_response_bytes: usize
+    );
+    with!(
+        /// Sets the queue length of watch streams.
+        with_watch_buffer, watch_buffer: usize
+    );
+    with!(
+        /// Sets what to do with services waypost did not register.
+        with_foreign_services, foreign_services: ForeignServices
+    );
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the bad value.
+    pub fn validate(&self) -> Result<()> {
+        Endpoint::parse(&self.address, self.ca_file.is_some() || self.ca_pem.is_some())?;
+        let bad = |m: String| Err(Error::InvalidConfig(format!("consul: {m}")));
+        if self.prefix.is_empty() || self.prefix.len() > 512 {
+            return bad(format!(
+                "prefix must be 1 to 512 bytes (it is stored in Consul service Meta), got {}",
+                self.prefix.len()
+            ));
+        }
+        if self.prefix.chars().any(char::is_control) {
+            return bad("prefix contains a control character".into());
+        }
+        if self.ttl < Duration::from_millis(100) {
+            return bad(format!("ttl {:?} is below 100ms", self.ttl));
+        }
+        for (what, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("watch_wait", self.watch_wait),
+            ("retry_initial_backoff", self.retry_initial_backoff),
+            ("retry_max_backoff", self.retry_max_backoff),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{what} must be greater than zero"));
+            }
+        }
+        if self.watch_wait > Duration::from_secs(600) {
+            return bad("watch_wait must be at most 10m (Consul's max_query_time)".into());
+        }
+        if self.max_response_bytes < 1024 {
+            return bad("max_response_bytes must be at least 1024".into());
+        }
+        if self.watch_buffer == 0 {
+            return bad("watch_buffer must be at least 1".into());
+        }
+        if let Some(dc) = &self.datacenter {
+            if dc.is_empty() || !dc.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return bad(format!("datacenter `{}` is not a valid name", dc.escape_debug()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the agent is: scheme and authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) https: bool,
+    /// `host:port` (IPv6 in brackets).
+    pub(crate) authority: String,
+}
+
+impl Endpoint {
+    /// Parses `host[:port]`, `http://host[:port]` or `https://host[:port]` (default port 8500,
+    /// https when only a CA is given for a bare address).
+    pub(crate) fn parse(address: &str, tls_hint: bool) -> Result<Endpoint> {
+        let bad = |m: &str| {
+            Err(Error::InvalidConfig(format!(
+                "consul: address `{}`: {m}",
+                address.escape_debug()
+            )))
+        };
+        let trimmed = address.trim();
+        let (https, rest) = if let Some(r) = strip_prefix_ci(trimmed, "https://") {
+            (true, r)
+        } else if let Some(r) = strip_prefix_ci(trimmed, "http://") {
+            (false, r)
+        } else if trimmed.contains("://") {
+            return bad("scheme must be http or https");
+        } else {
+            (tls_hint, trimmed)
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() {
+            return bad("host is empty");
+        }
+        if rest.contains(['/', '?', '#', '@', ' ']) {
+            return bad("expected host:port without path, query or credentials");
+        }
+        let authority = match rest.parse::<http::uri::Authority>() {
+            Ok(a) => a,
+            Err(e) => return bad(&e.to_string()),
+        };
+        let host = authority.host();
+        if host.is_empty() {
+            return bad("host is empty");
+        }
+        let port = match authority.port_u16() {
+            Some(0) => return bad("port 0"),
+            Some(p) => p,
+            None if rest.ends_with(':') => return bad("port is empty"),
+            None => 8500,
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        Ok(Endpoint {
+            https,
+            authority: format!("{host}:{port}"),
+        })
+    }
+
+    pub(crate) fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.authority
+        )
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// Parses a Go duration string (`"1m30s"`, `"250ms"`, `"1.5h"`, `"0"`).
+pub(crate) fn parse_go_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration `{s}`"))?;
+        if num_end == 0 {
+            return Err(format!("invalid duration `{s}`"));
+        }
+        let n: f64 = rest[..num_end]
+            .parse()
+            .map_err(|_| format!("invalid duration `{s}`"))?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("unknown unit `{u}` in duration `{s}`")),
+        };
+        total += n * unit;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| format!("duration `{s}`: {e}"))
+}
+
+/// Formats a duration as Go does for our requests (`"30s"`, `"1500ms"`).
+pub(crate) fn go_duration_string(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom),
+        Raw::Text(t) => parse_go_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_go_module() {
+        let c = ConsulConfig::default();
+        assert_eq!(c.address, "localhost:8500");
+        assert_eq!(c.prefix, "laravel-go/services");
+        assert_eq!(c.ttl, Duration::from_secs(30));
+        assert!(c.token.is_none());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn addresses_with_and_without_scheme() {
+        let e = Endpoint::parse("localhost:8500", false).unwrap();
+        assert_eq!((e.https, e.base_url().as_str()), (false, "http://localhost:8500"));
+        let e = Endpoint::parse("https://consul:8501/", false).unwrap();
+        assert_eq!(e.base_url(), "https://consul:8501");
+        let e = Endpoint::parse("HTTP://10.0.0.1", false).unwrap();
+        assert_eq!(e.base_url(), "http://10.0.0.1:8500");
+        let e = Endpoint::parse("[::1]:8500", false).unwrap();
+        assert_eq!(e.authority, "[::1]:8500");
+        let e = Endpoint::parse("consul:8501", true).unwrap();
+        assert!(e.https, "a CA with a bare address means https");
+        for bad in ["", "ftp://x:1", "x:0", "http://", "x:port", "http://u:p@x:1", "x:1/path", "x:"] {
+            assert!(
+                matches!(Endpoint::parse(bad, false), Err(Error::InvalidConfig(_))),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn token_is_never_printed() {
+        let c = ConsulConfig::default().with_token("top-secret-token");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("top-secret-token"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
+        let t = Token::new("top-secret-token");
+        assert!(!format!("{t:?} {t}").contains("top-secret"));
+        assert_eq!(t.expose(), "top-secret-token");
+    }
+
+    #[test]
+    fn deserializes_with_go_durations() {
+        let c: ConsulConfig = serde_json::from_str(
+            r#"{"address":"http://c:8500","token":"t","datacenter":"dc2","ttl":"10s",
+                "connect_timeout":1.5,"watch_wait":"1m30s","foreign_services":"skip"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(10));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.watch_wait, Duration::from_secs(90));
+        assert_eq!(c.datacenter.as_deref(), Some("dc2"));
+        assert_eq!(c.token.as_ref().map(Token::expose), Some("t"));
+        assert_eq!(c.foreign_services, ForeignServices::Skip);
+        assert_eq!(c.prefix, DEFAULT_PREFIX, "unset fields keep defaults");
+        assert!(serde_json::from_str::<ConsulConfig>(r#"{"ttl":"10"}"#).is_err());
+        assert!(serde_json::from_str::<ConsulConfig>(r#"{"adress":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let e = ConsulConfig::default().with_prefix("").validate().unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e}");
+        let e = ConsulConfig::default()
+            .with_ttl(Duration::from_millis(1))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("ttl"), "{e}");
+        let e = ConsulConfig::default()
+            .with_watch_wait(Duration::from_secs(3600))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("watch_wait"), "{e}");
+        let e = ConsulConfig::default().with_datacenter("dc 1").validate().unwrap_err();
+        assert!(e.to_string().contains("datacenter"), "{e}");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_go_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("5d").is_err());
+        assert_eq!(go_duration_string(Duration::from_secs(30)), "30s");
+        assert_eq!(go_duration_string(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,82 @@
+//! The Consul backend of waypost: a [`ServiceRegistry`](waypost_core_types::ServiceRegistry) on
+//! Consul's HTTP API, through a thin client of our own on hyper (agent registration with TTL
+//! checks, cluster-wide health and catalog reads, blocking queries).
+//!
+//! Most users want the `waypost` facade crate with its `consul` feature.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use waypost_core_types::{ServiceInfo, ServiceRegistry};
+//! use waypost_registry_consul::{ConsulConfig, ConsulRegistry};
+//!
+//! # async fn demo() -> waypost_core_types::Result<()> {
+//! let registry = ConsulRegistry::connect(
+//!     ConsulConfig::default()
+//!         .with_address("http://127.0.0.1:8500")
+//!         .with_ttl(Duration::from_secs(10)),
+//! )
+//! .await?;
+//! registry
+//!     .register(&ServiceInfo::new("user-1", "user", "10.0.0.5", 8080).with_version("1.0.0"))
+//!     .await?;
+//! let instances = registry.list_instances("user").await?;
+//! registry.close().await?; // deregisters user-1
+//! # drop(instances); Ok(()) }
+//! ```
+//!
+//! # How instances map onto Consul
+//!
+//! | `ServiceInfo` | Consul service |
+//! |---|---|
+//! | `id`, `name`, `address`, `port`, `tags` | `ID`, `Name`, `Address`, `Port`, `Tags` (an empty `Address` reads as the node's) |
+//! | `weight` | `Weights.Passing` (clamped to 1..65535) and, exactly, `Meta["wp-weight"]` |
+//! | `version`, `protocol`, `created_at`, `updated_at`, `ttl`, declared `health` | `Meta["wp-version"]`, `wp-protocol`, `wp-created-at`, `wp-updated-at`, `wp-ttl` (ns), `wp-health` |
+//! | `metadata` | `Meta["wpm-<key>"]`, keys escaped into `[A-Za-z0-9_-]` (`-XX` per other byte) |
+//! | prefix (namespace) | `Meta["wp-prefix"]` |
+//!
+//! Consul's `Meta` limits (64 pairs, keys ≤ 128 bytes, values ≤ 512 bytes) leave room for 56
+//! user metadata pairs; what does not fit is refused with `Error::InvalidInstance` before any
+//! request. `last_check` reads as `updated_at`.
+//!
+//! Health: each instance has a TTL check (`service:<id>`, `DeregisterCriticalServiceAfter` from
+//! the config) that this registry passes at a third of the TTL: `pass` for a healthy instance,
+//! `warn` for an unknown or unhealthy one (never `fail`: Consul would reap a critical instance).
+//! Reading, the worst of the declared health and every check of the entry (node checks
+//! included) wins: passing → healthy, warning → unknown, critical → unhealthy. So an instance
+//! whose process died turns unhealthy after its TTL and Consul removes it after
+//! `DeregisterCriticalServiceAfter` (at least 1 minute, plus Consul's 30 s reaper period).
+//!
+//! Services registered by other tools (no `wp-prefix`) are read with defaults (version "",
+//! protocol http, weight `Weights.Passing × 100`, health from checks) or left out, per
+//! [`ConsulConfig::foreign_services`]; services under another prefix are not ours and are
+//! skipped; unusable entries are skipped with a warning, never a panic.
+//!
+//! Reads (`get_service`, `list_*`, watches) use `/v1/health/service/:name` and
+//! `/v1/catalog/services` of the cluster, so instances registered through other agents are
+//! found. Writes go through the local agent, which owns what it registered: `deregister` and
+//! `update` apply to services of this agent.
+//!
+//! # Testing
+//!
+//! No Consul agent can be installed on the CI machines, so **CI checks this crate against a fake
+//! Consul agent** ([`fake`], feature `fake-agent`) written from Consul's published HTTP API
+//! documentation, plus the same suite against a real agent when `CONSUL_HTTP_ADDR` is set (for
+//! example `docker compose up consul`); without it those tests print `SKIPPED`.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backoff;
+mod client;
+pub mod codec;
+mod config;
+mod keepalive;
+mod read;
+mod registry;
+mod watch;
+
+#[cfg(feature = "fake-agent")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fake-agent")))]
+pub mod fake;
+
+pub use config::{ConsulConfig, ForeignServices, Token, DEFAULT_ADDRESS, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use registry::ConsulRegistry;

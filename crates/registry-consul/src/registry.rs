@@ -1,0 +1,511 @@
+//! [`ConsulRegistry`]: the [`ServiceRegistry`] on a Consul agent.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use http::{Method, StatusCode};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
+use waypost_core_types::{
+    Error, Health, RegistryState, Result, ServiceInfo, ServiceRegistry, Timestamp, WatchStream,
+};
+
+use crate::client::{enc, ConsulClient, BACKEND};
+use crate::codec::{self, check_id, META_CREATED, META_HEALTH, META_PREFIX};
+use crate::config::ConsulConfig;
+use crate::read::{read_instances, read_names, Scope};
+use crate::watch::{Hub, WatchSettings};
+
+/// A service registry on a Consul agent.
+///
+/// Instances are registered through the local agent with a TTL check that a task of this
+/// registry passes at a third of the TTL; reads and watches use the cluster-wide catalog and
+/// health endpoints. See the [crate documentation](crate) for the mapping.
+pub struct ConsulRegistry {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ConsulConfig,
+    pub(crate) client: ConsulClient,
+    pub(crate) scope: Scope,
+    pub(crate) hub: Arc<Hub>,
+    /// What this registry registered (stamped), by id.
+    pub(crate) owned: Mutex<BTreeMap<String, ServiceInfo>>,
+    pub(crate) state: Mutex<RegistryState>,
+    pub(crate) closed: AtomicBool,
+    /// Serialises writes to the agent (so a re-registration cannot resurrect a deregistered id).
+    pub(crate) writes: tokio::sync::Mutex<()>,
+    pub(crate) kick: Notify,
+    keepalive: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for ConsulRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulRegistry")
+            .field("agent", &self.inner.client.base())
+            .field("config", &self.inner.cfg)
+            .field("registered", &self.inner.owned.lock().len())
+            .field("state", &*self.inner.state.lock())
+            .finish()
+    }
+}
+
+/// The part of `GET /v1/agent/service/:id` we use.
+#[derive(Debug, Deserialize)]
+struct AgentService {
+    #[serde(rename = "Service", default)]
+    service: String,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+impl ConsulRegistry {
+    /// Connects to the agent: validates the configuration and checks, within
+    /// `connect_timeout`, that the agent answers (`GET /v1/status/leader`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`], [`Error::Unavailable`] or [`Error::Timeout`] when the agent
+    /// cannot be reached, [`Error::Auth`] when it refuses the token.
+    pub async fn connect(cfg: ConsulConfig) -> Result<Self> {
+        cfg.validate()?;
+        let client = ConsulClient::new(&cfg)?;
+        let limit = cfg.connect_timeout;
+        let probe = client.send(Method::GET, "/v1/status/leader", None, Some(limit));
+        let reply = tokio::time::timeout(limit, probe)
+            .await
+            .map_err(|_| Error::timeout(format!("connecting to consul at {}", client.base()), limit))??;
+        if reply.status != StatusCode::OK {
+            return Err(reply.error("checking the agent"));
+        }
+        match reply.json::<String>("checking the agent") {
+            Ok(leader) if leader.is_empty() => {
+                warn!(agent = %client.base(), "consul: the cluster has no leader right now")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Error::Unavailable(format!(
+                    "{} does not look like a Consul agent: {e}",
+                    client.base()
+                )))
+            }
+        }
+        let scope = Scope {
+            prefix: cfg.prefix.clone(),
+            foreign: cfg.foreign_services,
+        };
+        let hub = Hub::new(
+            client.clone(),
+            scope.clone(),
+            WatchSettings {
+                wait: cfg.watch_wait,
+                min_interval: cfg.watch_min_interval,
+                backoff_initial: cfg.retry_initial_backoff,
+                backoff_max: cfg.retry_max_backoff,
+                buffer: cfg.watch_buffer,
+            },
+        );
+        let inner = Arc::new(Inner {
+            cfg,
+            client,
+            scope,
+            hub,
+            owned: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(RegistryState::Connected),
+            closed: AtomicBool::new(false),
+            writes: tokio::sync::Mutex::new(()),
+            kick: Notify::new(),
+            keepalive: Mutex::new(None),
+        });
+        let task = tokio::spawn(crate::keepalive::run(Arc::downgrade(&inner)));
+        *inner.keepalive.lock() = Some(task);
+        info!(agent = %inner.client.base(), "consul: registry connected");
+        Ok(ConsulRegistry { inner })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ConsulConfig {
+        &self.inner.cfg
+    }
+
+    /// The ids this registry registered and keeps alive.
+    pub fn registered_ids(&self) -> Vec<String> {
+        self.inner.owned.lock().keys().cloned().collect()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for ConsulRegistry {
+    fn drop(&mut self) {
+        if let Some(t) = self.inner.keepalive.lock().take() {
+            t.abort();
+        }
+        self.inner.hub.close();
+    }
+}
+
+impl Inner {
+    pub(crate) fn effective_ttl(&self, info: &ServiceInfo) -> Duration {
+        if info.ttl.is_zero() {
+            self.cfg.ttl
+        } else {
+            info.ttl
+        }
+    }
+
+    /// `GET /v1/agent/service/:id`; `None` for an unknown id.
+    async fn agent_service(&self, id: &str) -> Result<Option<AgentService>> {
+        let reply = self
+            .client
+            .get(&format!("/v1/agent/service/{}", enc(id)))
+            .await?;
+        match reply.status {
+            StatusCode::OK => Ok(Some(reply.json("reading an agent service")?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(reply.error("reading an agent service")),
+        }
+    }
+
+    /// Registers `info` (validated and stamped) with the agent and sets its check status.
+    /// The caller holds `writes`.
+    pub(crate) async fn put_registration(&self, info: &ServiceInfo) -> Result<()> {
+        let body = codec::registration(
+            info,
+            &self.cfg.prefix,
+            self.effective_ttl(info),
+            self.cfg.deregister_critical_after,
+        )?;
+        let body = serde_json::to_vec(&body).map_err(|e| Error::Codec(e.to_string()))?;
+        let reply = self
+            .client
+            .put("/v1/agent/service/register?replace-existing-checks", Some(body))
+            .await?;
+        match reply.status {
+            StatusCode::OK => {}
+            StatusCode::BAD_REQUEST => {
+                return Err(Error::InvalidInstance(format!(
+                    "consul refused the registration of `{}`: {}",
+                    info.id,
+                    reply.text()
+                )))
+            }
+            _ => return Err(reply.error(&format!("registering `{}`", info.id))),
+        }
+        // Re-registering keeps a check's old status: set the one we mean now.
+        match self.pass_check(&info.id, info.health).await? {
+            CheckOutcome::Done => Ok(()),
+            CheckOutcome::Lost(why) => Err(Error::backend_msg(
+                BACKEND,
+                format!("the check of `{}` vanished right after registering: {why}", info.id),
+            )),
+        }
+    }
+
+    /// Passes (or warns) the TTL check of `id`.
+    pub(crate) async fn pass_check(&self, id: &str, health: Health) -> Result<CheckOutcome> {
+        let path = format!(
+            "/v1/agent/check/{}/{}?note={}",
+            codec::ttl_endpoint_for(health),
+            enc(&check_id(id)),
+            enc(&format!("waypost: {health}"))
+        );
+        let reply = self.client.put(&path, None).await?;
+        let text = reply.text();
+        match reply.status {
+            StatusCode::OK => Ok(CheckOutcome::Done),
+            StatusCode::NOT_FOUND => Ok(CheckOutcome::Lost(text)),
+            StatusCode::INTERNAL_SERVER_ERROR
+                if text.contains("does not have associated TTL") || text.contains("Unknown check") =>
+            {
+                Ok(CheckOutcome::Lost(text))
+            }
+            _ => Err(reply.error(&format!("passing the check of `{id}`"))),
+        }
+    }
+
+    pub(crate) fn set_state(&self, st: RegistryState) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        *self.state.lock() = st;
+    }
+
+    async fn upsert(&self, service: &ServiceInfo, must_exist: bool) -> Result<()> {
+        service.validate()?;
+        // Check what cannot fit Consul before any request.
+        codec::encode_meta(service, &self.cfg.prefix)?;
+        let owned_prev = self.owned.lock().get(&service.id).cloned();
+        let prev_created = match owned_prev {
+            Some(p) => Some(p.created_at),
+            None => match self.agent_service(&service.id).await? {
+                Some(a) => {
+                    let meta = a.meta.unwrap_or_default();
+                    let ours = meta.get(META_PREFIX) == Some(&self.cfg.prefix);
+                    Some(
+                        meta.get(META_CREATED)
+                            .filter(|_| ours)
+                            .and_then(|t| Timestamp::parse(t).ok())
+                            .unwrap_or_else(Timestamp::zero),
+                    )
+                }
+                None => None,
+            },
+        };
+        if must_exist && prev_created.is_none() {
+            return Err(Error::NotFound(service.id.clone()));
+        }
+        let mut info = service.clone();
+        let now = Timestamp::now();
+        info.created_at = match prev_created {
+            Some(t) if !t.is_zero() => t,
+            _ => now,
+        };
+        info.updated_at = now;
+        info.last_check = now;
+        {
+            let _w = self.writes.lock().await;
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            self.put_registration(&info).await?;
+            self.owned.lock().insert(info.id.clone(), info.clone());
+        }
+        self.kick.notify_one();
+        self.hub.refresh(&info.name).await;
+        Ok(())
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<ServiceInfo>> {
+        let name = match self.owned.lock().get(id) {
+            Some(s) => Some(s.name.clone()),
+            None => None,
+        };
+        let name = match name {
+            Some(n) => Some(n),
+            None => self.agent_service(id).await?.map(|a| a.service),
+        };
+        if let Some(name) = name {
+            let (_, inst) = read_instances(&self.client, &self.scope, &name, None).await?;
+            if let Some(s) = inst.get(id) {
+                return Ok(Some(s.clone()));
+            }
+        }
+        // Registered through another agent: look through the cluster's catalog.
+        let (_, names) = read_names(&self.client, None).await?;
+        let mut reads = futures_util::stream::iter(names)
+            .map(|name| async move { read_instances(&self.client, &self.scope, &name, None).await })
+            .buffer_unordered(8);
+        while let Some(r) = reads.next().await {
+            if let Some(s) = r?.1.remove(id) {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The result of passing a TTL check.
+pub(crate) enum CheckOutcome {
+    Done,
+    /// The agent does not know the check (it restarted or reaped the service).
+    Lost(String),
+}
+
+#[async_trait]
+impl ServiceRegistry for ConsulRegistry {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn register(&self, service: &ServiceInfo) -> Result<()> {
+        self.check_open()?;
+        self.inner.upsert(service, false).await
+    }
+
+    async fn deregister(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        validate_key_part("id", id, MAX_ID_LEN)?;
+        let inner = &self.inner;
+        let name;
+        {
+            let _w = inner.writes.lock().await;
+            let owned = inner.owned.lock().remove(id);
+            name = match owned {
+                Some(s) => Some(s.name),
+                // Older agents answer 200 for unknown ids: ask first.
+                None => match inner.agent_service(id).await? {
+                    Some(a) => Some(a.service),
+                    None => return Err(Error::NotFound(id.to_owned())),
+                },
+            };
+            let reply = inner
+                .client
+                .put(&format!("/v1/agent/service/deregister/{}", enc(id)), None)
+                .await?;
+            match reply.status {
+                StatusCode::OK => {}
+                // Already gone (the agent restarted): what we wanted.
+                StatusCode::NOT_FOUND => debug!(id, "consul: deregister of an id the agent no longer knows"),
+                _ => return Err(reply.error(&format!("deregistering `{id}`"))),
+            }
+        }
+        if let Some(name) = name {
+            inner.hub.refresh(&name).await;
+        }
+        Ok(())
+    }
+
+    async fn update(&self, service: &ServiceInfo) -> Result<()> {
+        self.check_open()?;
+        self.inner.upsert(service, true).await
+    }
+
+    async fn renew(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        validate_key_part("id", id, MAX_ID_LEN)?;
+        let inner = &self.inner;
+        let owned = inner.owned.lock().get(id).cloned();
+        let health = match &owned {
+            Some(s) => s.health,
+            None => match inner.agent_service(id).await? {
+                Some(a) => a
+                    .meta
+                    .and_then(|m| m.get(META_HEALTH).and_then(|h| h.parse().ok()))
+                    .unwrap_or(Health::Healthy),
+                None => return Err(Error::NotFound(id.to_owned())),
+            },
+        };
+        match inner.pass_check(id, health).await? {
+            CheckOutcome::Done => Ok(()),
+            CheckOutcome::Lost(why) => match owned {
+                Some(info) => {
+                    info!(id, "consul: the agent forgot `{id}` ({why}); registering it again");
+                    let _w = inner.writes.lock().await;
+                    if !inner.owned.lock().contains_key(id) {
+                        return Err(Error::NotFound(id.to_owned()));
+                    }
+                    inner.put_registration(&info).await
+                }
+                None => Err(Error::NotFound(id.to_owned())),
+            },
+        }
+    }
+
+    async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
+        self.check_open()?;
+        validate_key_part("id", id, MAX_ID_LEN)?;
+        self.inner
+            .find(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
+        self.check_open()?;
+        let inner = &self.inner;
+        let (_, names) = read_names(&inner.client, None).await?;
+        let lists: Vec<Result<_>> = futures_util::stream::iter(names)
+            .map(|name| async move { read_instances(&inner.client, &inner.scope, &name, None).await })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        for l in lists {
+            out.extend(l?.1.into_values());
+        }
+        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Ok(out)
+    }
+
+    async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        let (_, inst) = read_instances(&self.inner.client, &self.inner.scope, name, None).await?;
+        Ok(inst.into_values().collect())
+    }
+
+    async fn watch(&self) -> Result<WatchStream> {
+        self.check_open()?;
+        self.inner.hub.subscribe(None).await
+    }
+
+    async fn watch_service(&self, name: &str) -> Result<WatchStream> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        self.inner.hub.subscribe(Some(name.to_owned())).await
+    }
+
+    fn state(&self) -> RegistryState {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return RegistryState::Closed;
+        }
+        self.inner.state.lock().clone()
+    }
+
+    fn default_ttl(&self) -> Option<Duration> {
+        Some(self.inner.cfg.ttl)
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        *inner.state.lock() = RegistryState::Closed;
+        if let Some(t) = inner.keepalive.lock().take() {
+            t.abort();
+        }
+        inner.hub.close();
+        let _w = inner.writes.lock().await;
+        let owned: Vec<String> = std::mem::take(&mut *inner.owned.lock()).into_keys().collect();
+        let mut first_err = None;
+        for id in owned {
+            let r = inner
+                .client
+                .put(&format!("/v1/agent/service/deregister/{}", enc(&id)), None)
+                .await;
+            match r {
+                Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => {}
+                Ok(r) => {
+                    let e = r.error(&format!("deregistering `{id}` on close"));
+                    warn!("consul: {e}");
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    warn!(id, "consul: deregistering on close failed: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        info!("consul: registry closed");
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// When trouble started, for [`RegistryState::Recovering`].
+pub(crate) fn recovering(since: SystemTime, attempts: u32, last_error: &Error) -> RegistryState {
+    RegistryState::Recovering {
+        since,
+        attempts,
+        last_error: last_error.to_string(),
+    }
+}
