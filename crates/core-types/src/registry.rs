@@ -1,6 +1,7 @@
 //! The [`ServiceRegistry`] trait and the state a registry exposes.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -94,6 +95,21 @@ pub trait ServiceRegistry: Send + Sync + fmt::Debug {
     /// # Errors
     /// `InvalidInstance` for a malformed name, `Closed`, or a backend error.
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>>;
+
+    /// The same as [`list_instances`](Self::list_instances), as shared immutable values. Backends
+    /// that keep instances in process (the in-memory registry) hand out their own `Arc`s
+    /// without copying the data; the default wraps `list_instances`.
+    ///
+    /// # Errors
+    /// As [`list_instances`](Self::list_instances).
+    async fn list_instances_shared(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> {
+        Ok(self
+            .list_instances(name)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
 
     /// Watches every service: a [`WatchEvent::Snapshot`] first, then every change; a new
     /// snapshot whenever changes may have been missed. The stream ends when dropped or when the

@@ -203,6 +203,12 @@ impl ServiceRegistry for MemoryRegistry {
         Ok(self.inner.store.list_name(name))
     }
 
+    async fn list_instances_shared(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        Ok(self.inner.store.shared_name(name))
+    }
+
     async fn watch(&self) -> Result<WatchStream> {
         self.check_open()?;
         Ok(crate::watch::watch_stream(

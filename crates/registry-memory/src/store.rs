@@ -92,58 +92,74 @@ impl Store {
 
     fn write(&self, service: &ServiceInfo, mode: Mode) -> Result<()> {
         service.validate()?;
-        let now = Timestamp::now();
         let deadline = self.ttl_of(service).map(|ttl| Instant::now() + ttl);
-        let mut info = service.clone();
-
-        let id_entry = self.ids.entry(service.id.clone());
-        let old_name = match &id_entry {
-            Entry::Occupied(o) => Some(o.get().clone()),
-            Entry::Vacant(_) if matches!(mode, Mode::UpdateOnly) => {
-                return Err(Error::NotFound(service.id.clone()));
+        // Fast path: a known id is locked without allocating a key.
+        if let Some(mut name) = self.ids.get_mut(&service.id) {
+            return self.write_locked(service, Some(&mut name), deadline);
+        }
+        if matches!(mode, Mode::UpdateOnly) {
+            return Err(Error::NotFound(service.id.clone()));
+        }
+        match self.ids.entry(service.id.clone()) {
+            // Registered concurrently since the fast path looked.
+            Entry::Occupied(o) => self.write_locked(service, Some(&mut o.into_ref()), deadline),
+            Entry::Vacant(v) => {
+                self.write_locked(service, None, deadline)?;
+                v.insert(service.name.clone());
+                Ok(())
             }
-            Entry::Vacant(_) => None,
-        };
+        }
+    }
 
+    /// Writes `service` while its id's shard lock is held; `current_name` is the service name
+    /// it is registered under, if it is registered.
+    fn write_locked(
+        &self,
+        service: &ServiceInfo,
+        current_name: Option<&mut String>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let now = Timestamp::now();
         // The instance moved to another service name: it leaves the old one.
-        let mut previous: Option<Arc<ServiceInfo>> = None;
-        if let Some(old) = old_name.as_deref().filter(|old| *old != service.name) {
-            if let Some(mut map) = self.names.get_mut(old) {
-                if let Some(slot) = map.remove(&service.id) {
-                    self.emit(ServiceEventType::Deleted, &slot.info);
-                    previous = Some(slot.info);
+        let mut moved_from: Option<Arc<ServiceInfo>> = None;
+        if let Some(old) = current_name {
+            if *old != service.name {
+                if let Some(mut map) = self.names.get_mut(old.as_str()) {
+                    if let Some(slot) = map.remove(&service.id) {
+                        self.emit(ServiceEventType::Deleted, &slot.info);
+                        moved_from = Some(slot.info);
+                    }
                 }
+                self.names.remove_if(old.as_str(), |_, m| m.is_empty());
+                old.clone_from(&service.name);
             }
-            self.names.remove_if(old, |_, m| m.is_empty());
         }
 
-        let mut by_name = self.names.entry(service.name.clone()).or_default();
-        let prev_here = by_name.get(&service.id).map(|s| Arc::clone(&s.info));
-        let kind = if prev_here.is_some() {
-            ServiceEventType::Updated
-        } else {
-            ServiceEventType::Created
+        let mut by_name = match self.names.get_mut(&service.name) {
+            Some(map) => map,
+            None => self.names.entry(service.name.clone()).or_default(),
         };
-        info.stamp(now, prev_here.as_deref().or(previous.as_deref()));
-        let info = Arc::new(info);
-        let seq = self.emit(kind, &info);
-        by_name.insert(
-            service.id.clone(),
-            Slot {
-                info,
-                seq,
-                deadline,
-            },
-        );
-        drop(by_name);
-        match id_entry {
-            Entry::Occupied(mut o) => {
-                if o.get() != &service.name {
-                    o.insert(service.name.clone());
-                }
+        let mut info = service.clone();
+        match by_name.get_mut(&service.id) {
+            Some(slot) => {
+                info.stamp(now, Some(&slot.info));
+                let info = Arc::new(info);
+                slot.seq = self.emit(ServiceEventType::Updated, &info);
+                slot.info = info;
+                slot.deadline = deadline;
             }
-            Entry::Vacant(v) => {
-                v.insert(service.name.clone());
+            None => {
+                info.stamp(now, moved_from.as_deref());
+                let info = Arc::new(info);
+                let seq = self.emit(ServiceEventType::Created, &info);
+                by_name.insert(
+                    service.id.clone(),
+                    Slot {
+                        info,
+                        seq,
+                        deadline,
+                    },
+                );
             }
         }
         Ok(())

@@ -1,0 +1,50 @@
+//! waypost: register service instances in a registry (in-memory, etcd, Consul, Nacos,
+//! ZooKeeper), watch them, and build the registry a config or URL describes.
+//!
+//! This facade re-exports the waypost crates behind features: `memory` (default), `etcd`,
+//! `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> waypost::Result<()> {
+//! use std::time::Duration;
+//! use waypost::{Health, RegistryConfig, ServiceInfo};
+//!
+//! // Any backend, chosen at run time: a URL, a config file, or the builder.
+//! let config = RegistryConfig::from_url("memory://?default_ttl=30s")?;
+//! let registry = waypost::new_service_registry(&config).await?;
+//!
+//! let svc = ServiceInfo::new("user-service-1", "user-service", "localhost", 8080)
+//!     .with_version("1.0.0")
+//!     .with_health(Health::Healthy)
+//!     .with_ttl(Duration::from_secs(30));
+//! registry.register(&svc).await?;
+//!
+//! let instances = registry.list_instances("user-service").await?;
+//! assert_eq!(instances[0].endpoint(), "localhost:8080");
+//! registry.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod config;
+pub mod url;
+
+pub use builder::{new_service_registry, RegistryBuilder};
+pub use config::{
+    ConsulSettings, EtcdSettings, MemorySettings, NacosSettings, RegistryConfig, RegistryType,
+    Secret, ZookeeperSettings, DEFAULT_CONSUL_PREFIX, DEFAULT_PATH_PREFIX,
+};
+pub use waypost_core_types::{
+    async_trait, CallGuard, CallObserver, CircuitBreaker, CircuitState, Error, Health,
+    HealthChecker, LoadBalancer, Outcome, Permit, Protocol, RegistryState, Result, SelectContext,
+    Selection, ServiceDiscovery, ServiceEvent, ServiceEventStream, ServiceEventType, ServiceInfo,
+    ServiceRegistry, SnapshotReason, Timestamp, WatchEvent, WatchStream,
+};
+
+/// The core types crate, whole (validation limits, time helpers, …).
+pub use waypost_core_types as core;
+
+/// The in-memory registry (feature `memory`).
+#[cfg(feature = "memory")]
+pub use waypost_registry_memory::{MemoryConfig, MemoryRegistry, MemoryRegistryBuilder};
