@@ -39,7 +39,7 @@ impl<'a> SelectContext<'a> {
 
     /// Whether `instance` is on the avoid list.
     pub fn avoids(&self, instance: &ServiceInfo) -> bool {
-        self.avoid.iter().any(|id| *id == instance.id)
+        self.avoid.contains(&instance.id)
     }
 }
 
