@@ -1,0 +1,457 @@
+//! Configuration of the ZooKeeper registry.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use waypost_core_types::{Error, Result};
+
+use crate::paths::validate_znode_path;
+
+/// The Go module's default prefix.
+pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
+/// Default requested session timeout (the Go module's default).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on establishing the first session.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap of the reconnect backoff after a session was lost.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Default number of changes buffered per watch before it is resynced.
+pub const DEFAULT_WATCH_BUFFER: usize = 1024;
+
+/// Settings of a [`ZookeeperRegistry`](crate::ZookeeperRegistry).
+///
+/// Field names follow the Go module's `ZookeeperConfig` (`servers`, `prefix`, `ttl`,
+/// `session_timeout`); durations are read as Go strings (`"10s"`) or integer nanoseconds.
+/// `Debug` never shows the password.
+///
+/// ```
+/// use std::time::Duration;
+/// use waypost_registry_zookeeper::ZookeeperConfig;
+///
+/// let config = ZookeeperConfig::new(["127.0.0.1:2181"])
+///     .with_prefix("/laravel-go/services")
+///     .with_session_timeout(Duration::from_secs(10))
+///     .with_digest_auth("svc", "s3cret");
+/// config.validate()?;
+/// assert!(!format!("{config:?}").contains("s3cret"));
+///
+/// let from_json: ZookeeperConfig = serde_json::from_str(
+///     r#"{"servers":["zk1:2181","zk2:2181"],"session_timeout":"6s"}"#,
+/// ).unwrap();
+/// assert_eq!(from_json.session_timeout, Duration::from_secs(6));
+/// assert_eq!(from_json.prefix, "/laravel-go/services");
+/// # Ok::<(), waypost_core_types::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ZookeeperConfig {
+    /// `host:port` of every server of the ensemble (the port defaults to 2181).
+    pub servers: Vec<String>,
+    /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. Default
+    /// `/laravel-go/services`.
+    pub prefix: String,
+    /// Session timeout requested from the server (it may clamp it to its
+    /// `minSessionTimeout`/`maxSessionTimeout`). Our instances vanish about this long after our
+    /// process dies. Default 10 s.
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    pub session_timeout: Duration,
+    /// Kept for compatibility with the Go configuration; ZooKeeper liveness is the session, so
+    /// this value is not used for expiry.
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    pub ttl: Duration,
+    /// Digest-auth user name. With credentials, every node this registry creates is readable by
+    /// anyone and writable only by the same credentials.
+    pub username: Option<String>,
+    /// Digest-auth password (never shown by `Debug`).
+    pub password: Option<String>,
+    /// A chroot for the whole registry (created if missing), e.g. `/tenant-a`.
+    pub chroot: Option<String>,
+    /// How long [`ZookeeperRegistry::connect`](crate::ZookeeperRegistry::connect) may take to
+    /// establish the first session before it fails. Default 10 s.
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    pub connect_timeout: Duration,
+    /// Cap of the jittered exponential backoff between attempts to get a new session after one
+    /// was lost. Default 5 s.
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    pub max_backoff: Duration,
+    /// Changes buffered per watch stream; a watcher that falls further behind gets a resync
+    /// snapshot instead. Default 1024.
+    pub watch_buffer: usize,
+}
+
+impl Default for ZookeeperConfig {
+    fn default() -> Self {
+        ZookeeperConfig {
+            servers: vec!["127.0.0.1:2181".to_owned()],
+            prefix: DEFAULT_PREFIX.to_owned(),
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+            ttl: Duration::from_secs(30),
+            username: None,
+            password: None,
+            chroot: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            watch_buffer: DEFAULT_WATCH_BUFFER,
+        }
+    }
+}
+
+impl fmt::Debug for ZookeeperConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZookeeperConfig")
+            .field("servers", &self.servers)
+            .field("prefix", &self.prefix)
+            .field("session_timeout", &self.session_timeout)
+            .field("ttl", &self.ttl)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("chroot", &self.chroot)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("watch_buffer", &self.watch_buffer)
+            .finish()
+    }
+}
+
+impl ZookeeperConfig {
+    /// Defaults with the given servers (`host:port`).
+    pub fn new<I, S>(servers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ZookeeperConfig {
+            servers: servers.into_iter().map(Into::into).collect(),
+            ..ZookeeperConfig::default()
+        }
+    }
+
+    /// Sets [`ZookeeperConfig::servers`].
+    #[must_use]
+    pub fn with_servers<I, S>(mut self, servers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.servers = servers.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::prefix`].
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::session_timeout`].
+    #[must_use]
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::ttl`] (kept for Go compatibility, not used for expiry).
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets digest credentials ([`username`](Self::username), [`password`](Self::password)).
+    #[must_use]
+    pub fn with_digest_auth(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::chroot`].
+    #[must_use]
+    pub fn with_chroot(mut self, chroot: impl Into<String>) -> Self {
+        self.chroot = Some(chroot.into());
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::connect_timeout`].
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::max_backoff`].
+    #[must_use]
+    pub fn with_max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    /// Sets [`ZookeeperConfig::watch_buffer`].
+    #[must_use]
+    pub fn with_watch_buffer(mut self, buffer: usize) -> Self {
+        self.watch_buffer = buffer;
+        self
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidConfig(format!("zookeeper: {msg}")));
+        if self.servers.is_empty() {
+            return bad("servers must name at least one `host:port`".into());
+        }
+        for server in &self.servers {
+            validate_server(server).map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
+        }
+        validate_znode_path("prefix", &self.prefix)
+            .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
+        if self.prefix == "/" {
+            return bad("prefix must not be the root `/`".into());
+        }
+        if let Some(chroot) = &self.chroot {
+            validate_znode_path("chroot", chroot)
+                .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
+        }
+        if self.session_timeout < Duration::from_millis(1) {
+            return bad("session_timeout must be at least 1ms".into());
+        }
+        if self.session_timeout > Duration::from_millis(i32::MAX as u64) {
+            return bad("session_timeout is too large".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must be greater than zero".into());
+        }
+        if self.max_backoff.is_zero() {
+            return bad("max_backoff must be greater than zero".into());
+        }
+        if self.watch_buffer == 0 {
+            return bad("watch_buffer must be greater than zero".into());
+        }
+        match (&self.username, &self.password) {
+            (None, None) => {}
+            (Some(user), Some(_)) => {
+                if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+                    return bad(format!(
+                        "username `{}` must be non-empty, without `:` or control characters",
+                        user.escape_debug()
+                    ));
+                }
+            }
+            (Some(_), None) => return bad("username is set but password is missing".into()),
+            (None, Some(_)) => return bad("password is set but username is missing".into()),
+        }
+        Ok(())
+    }
+
+    /// The connect string for the client: the servers joined by commas (no chroot; the chroot is
+    /// applied after it has been created).
+    pub(crate) fn connect_string(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| s.trim())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The digest-auth payload `user:password`, if credentials are set.
+    pub(crate) fn digest(&self) -> Option<Vec<u8>> {
+        match (&self.username, &self.password) {
+            (Some(u), Some(p)) => Some(format!("{u}:{p}").into_bytes()),
+            _ => None,
+        }
+    }
+
+    /// The chroot, with an empty or `/` value meaning none.
+    pub(crate) fn effective_chroot(&self) -> Option<&str> {
+        self.chroot
+            .as_deref()
+            .map(|c| c.trim_end_matches('/'))
+            .filter(|c| !c.is_empty())
+    }
+}
+
+fn validate_server(server: &str) -> std::result::Result<(), String> {
+    let s = server.trim();
+    if s.is_empty() {
+        return Err("servers must not contain an empty entry".into());
+    }
+    if s.contains([',', '/', ' ']) || s.chars().any(char::is_control) {
+        return Err(format!(
+            "server `{}` must be `host:port` (no `,`, `/` or spaces; list servers separately)",
+            s.escape_debug()
+        ));
+    }
+    // `host`, `host:port`, `[v6]:port`.
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            None => return Err(format!("server `{s}` has an unclosed `[`")),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            Some(_) => {
+                return Err(format!(
+                    "server `{s}`: write IPv6 addresses as `[addr]:port`"
+                ))
+            }
+            None => (s, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("server `{s}` has an empty host"));
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(format!("server `{s}` has an invalid port `{p}`")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_go_module() {
+        let c = ZookeeperConfig::default();
+        assert_eq!(c.prefix, "/laravel-go/services");
+        assert_eq!(c.session_timeout, Duration::from_secs(10));
+        assert_eq!(c.servers, vec!["127.0.0.1:2181".to_string()]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn builders_set_fields() {
+        let c = ZookeeperConfig::new(["a:1", "b:2"])
+            .with_prefix("/x/y")
+            .with_session_timeout(Duration::from_secs(2))
+            .with_ttl(Duration::from_secs(3))
+            .with_digest_auth("u", "p")
+            .with_chroot("/root")
+            .with_connect_timeout(Duration::from_secs(4))
+            .with_max_backoff(Duration::from_secs(1))
+            .with_watch_buffer(7);
+        assert_eq!(c.connect_string(), "a:1,b:2");
+        assert_eq!(c.prefix, "/x/y");
+        assert_eq!(c.session_timeout, Duration::from_secs(2));
+        assert_eq!(c.ttl, Duration::from_secs(3));
+        assert_eq!(c.digest().unwrap(), b"u:p");
+        assert_eq!(c.effective_chroot(), Some("/root"));
+        assert_eq!(c.connect_timeout, Duration::from_secs(4));
+        assert_eq!(c.max_backoff, Duration::from_secs(1));
+        assert_eq!(c.watch_buffer, 7);
+        c.validate().unwrap();
+        let c = c.with_servers(["z:3"]);
+        assert_eq!(c.connect_string(), "z:3");
+    }
+
+    #[test]
+    fn debug_redacts_the_password() {
+        let c = ZookeeperConfig::default().with_digest_auth("alice", "hunter2-secret");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("alice"), "{shown}");
+        let pretty = format!("{c:#?}");
+        assert!(!pretty.contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn deserializes_go_style_config() {
+        let c: ZookeeperConfig = serde_json::from_str(
+            r#"{"servers":["localhost:2181","localhost:2182"],"prefix":"/laravel-go/services",
+                "ttl":30000000000,"session_timeout":"10s","username":"u","password":"p",
+                "chroot":"/app","connect_timeout":"1500ms"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.ttl, Duration::from_secs(30));
+        assert_eq!(c.session_timeout, Duration::from_secs(10));
+        assert_eq!(c.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.effective_chroot(), Some("/app"));
+        c.validate().unwrap();
+        let empty: ZookeeperConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, ZookeeperConfig::default());
+        assert!(serde_json::from_str::<ZookeeperConfig>(r#"{"unknown":1}"#).is_err());
+        assert!(serde_json::from_str::<ZookeeperConfig>(r#"{"session_timeout":"soon"}"#).is_err());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            ZookeeperConfig::new(Vec::<String>::new()),
+            ZookeeperConfig::new([""]),
+            ZookeeperConfig::new(["a:1,b:2"]),
+            ZookeeperConfig::new(["a:0"]),
+            ZookeeperConfig::new(["a:99999"]),
+            ZookeeperConfig::new([":2181"]),
+            ZookeeperConfig::new(["::1:2181"]),
+            ZookeeperConfig::new(["a/chroot"]),
+            ZookeeperConfig::default().with_prefix(""),
+            ZookeeperConfig::default().with_prefix("relative"),
+            ZookeeperConfig::default().with_prefix("/"),
+            ZookeeperConfig::default().with_prefix("/a//b"),
+            ZookeeperConfig::default().with_prefix("/a/../b"),
+            ZookeeperConfig::default().with_prefix("/zookeeper/x"),
+            ZookeeperConfig::default().with_chroot("nochroot"),
+            ZookeeperConfig::default().with_session_timeout(Duration::ZERO),
+            ZookeeperConfig::default().with_connect_timeout(Duration::ZERO),
+            ZookeeperConfig::default().with_max_backoff(Duration::ZERO),
+            ZookeeperConfig::default().with_watch_buffer(0),
+            ZookeeperConfig::default().with_digest_auth("a:b", "p"),
+            ZookeeperConfig::default().with_digest_auth("", "p"),
+            ZookeeperConfig {
+                username: Some("u".into()),
+                ..ZookeeperConfig::default()
+            },
+            ZookeeperConfig {
+                password: Some("p".into()),
+                ..ZookeeperConfig::default()
+            },
+        ];
+        for c in bad {
+            match c.validate() {
+                Err(Error::InvalidConfig(msg)) => assert!(msg.starts_with("zookeeper: "), "{msg}"),
+                other => panic!("{c:?} must be rejected, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_server_forms() {
+        for ok in [
+            "zk",
+            "zk:2181",
+            "10.0.0.1:2181",
+            "[::1]:2181",
+            "[::1]",
+            " zk:1 ",
+        ] {
+            ZookeeperConfig::new([ok]).validate().unwrap();
+        }
+        assert_eq!(
+            ZookeeperConfig::default()
+                .with_chroot("/")
+                .effective_chroot(),
+            None
+        );
+        assert_eq!(
+            ZookeeperConfig::default()
+                .with_chroot("/a/")
+                .effective_chroot(),
+            Some("/a")
+        );
+    }
+}

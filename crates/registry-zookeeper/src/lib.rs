@@ -1,0 +1,55 @@
+//! The ZooKeeper backend of waypost: a [`ServiceRegistry`](waypost_core_types::ServiceRegistry)
+//! on Apache ZooKeeper 3.6+ via `zookeeper-client`.
+//!
+//! Most users want the `waypost` facade crate (feature `zookeeper`), which re-exports this.
+//!
+//! - Layout: `<prefix>/<name>/<id>` ephemeral znodes holding the Go module's `ServiceInfo` JSON
+//!   (default prefix `/laravel-go/services`), so Go services and waypost read each other's
+//!   registrations. Parents are persistent nodes, created safely when processes race.
+//! - Liveness is the session: our instances vanish about one session timeout after our process
+//!   dies. [`renew`](waypost_core_types::ServiceRegistry::renew) has nothing to refresh.
+//! - Session expiry: a new session with capped, jittered backoff, forever; our nodes are created
+//!   again (a stale node of the old session is replaced), watches resync with
+//!   `Snapshot { reason: Reconnected }`. `state()` reports `Recovering` meanwhile.
+//! - Watches are persistent recursive watches (ZooKeeper 3.6+), one per stream, turned into
+//!   `Created`/`Updated`/`Deleted`; a reconnect or a slow consumer gets a new snapshot.
+//! - Digest auth: nodes are readable by anyone, writable only by the same credentials.
+//! - Foreign or corrupt data under the prefix is skipped with a warning.
+//!
+//! ```no_run
+//! # async fn demo() -> waypost_core_types::Result<()> {
+//! use std::time::Duration;
+//! use futures_util::StreamExt;
+//! use waypost_core_types::{ServiceInfo, ServiceRegistry};
+//! use waypost_registry_zookeeper::{ZookeeperConfig, ZookeeperRegistry};
+//!
+//! let registry = ZookeeperRegistry::connect(
+//!     ZookeeperConfig::new(["127.0.0.1:2181"]).with_session_timeout(Duration::from_secs(10)),
+//! )
+//! .await?;
+//! let mut changes = registry.watch_service("user-service").await?;
+//! registry
+//!     .register(&ServiceInfo::new("user-1", "user-service", "10.0.0.5", 8080))
+//!     .await?;
+//! let first = changes.next().await; // Snapshot { reason: Initial, .. }
+//! registry.close().await?; // removes user-1 at once
+//! # let _ = first; Ok(()) }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod acl;
+mod backoff;
+mod config;
+mod errors;
+mod ops;
+mod paths;
+mod registry;
+mod session;
+mod watch;
+
+pub use config::{
+    ZookeeperConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_PREFIX,
+    DEFAULT_SESSION_TIMEOUT, DEFAULT_WATCH_BUFFER,
+};
+pub use registry::ZookeeperRegistry;
