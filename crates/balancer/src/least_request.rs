@@ -95,10 +95,13 @@ impl LoadBalancer for LeastRequest {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let (la, lb) = (
-            self.shared.load(&instances[a].id),
-            self.shared.load(&instances[b].id),
-        );
+        let load = |c: Option<&AtomicUsize>| c.map_or(0, |c| c.load(Ordering::Relaxed));
+        let (la, lb) = self
+            .shared
+            .in_flight
+            .with2(&instances[a].id, &instances[b].id, |ca, cb| {
+                (load(ca), load(cb))
+            });
         Some(&instances[if lb < la { b } else { a }])
     }
 

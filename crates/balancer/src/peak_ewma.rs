@@ -125,14 +125,15 @@ impl Shared {
         rtt * (-elapsed / self.opts.decay.as_nanos() as f64).exp()
     }
 
-    fn cost(&self, id: &str, now: Instant) -> f64 {
-        self.instances
-            .with(id, |e| {
+    fn cost(&self, e: Option<&Estimate>, now: Instant) -> f64 {
+        match e {
+            Some(e) => {
                 let (rtt, at) = *e.rtt.lock();
                 let pending = e.in_flight.load(Ordering::Relaxed) as f64;
                 self.decayed(rtt, at, now) * (pending + 1.0)
-            })
-            .unwrap_or(self.opts.default_rtt.as_nanos() as f64)
+            }
+            None => self.opts.default_rtt.as_nanos() as f64,
+        }
     }
 }
 
@@ -210,10 +211,12 @@ impl LoadBalancer for PeakEwma {
             return Some(&instances[a]);
         };
         let now = Instant::now();
-        let (ca, cb) = (
-            self.shared.cost(&instances[a].id, now),
-            self.shared.cost(&instances[b].id, now),
-        );
+        let (ca, cb) = self
+            .shared
+            .instances
+            .with2(&instances[a].id, &instances[b].id, |ea, eb| {
+                (self.shared.cost(ea, now), self.shared.cost(eb, now))
+            });
         Some(&instances[if cb < ca { b } else { a }])
     }
 

@@ -10,9 +10,11 @@ use crate::state::{StateMap, Striped};
 /// Picks the healthy instances of each service in turn.
 ///
 /// Each service (keyed by the instances' name) has its own position, so two services never
-/// disturb each other's rotation (the Go original shared one counter). The position is the n-th
-/// *healthy* instance in slice order, so on `[1 healthy, 2 healthy, 3 unhealthy, 4 healthy]` the
-/// picks are 1, 2, 4, 1, 2, 4.
+/// disturb each other's rotation (the Go original shared one counter). A pick takes the first
+/// healthy instance at or after the position and moves the position past it, so unhealthy
+/// instances are stepped over without giving their turn to a neighbour: on
+/// `[1 healthy, 2 healthy, 3 unhealthy, 4 healthy]` the picks are 1, 2, 4, 1, 2, 4. When most
+/// instances are healthy a pick is O(1).
 ///
 /// The hot path takes no lock: the per-service counter is found in a copy-on-write map read
 /// through `ArcSwap`, and it is striped over cache-padded slots, one per thread group, so threads
@@ -69,16 +71,50 @@ impl LoadBalancer for RoundRobin {
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
         let first = instances.first()?;
-        let (k, strict) = pick::count(instances, ctx)?;
-        let n = self
-            .counters
-            .with_or_insert(&first.name, Striped::default, Striped::next);
-        if k == instances.len() {
-            // Every instance is a candidate: no second pass.
-            return instances.get(n % k);
-        }
-        pick::nth(instances, ctx, strict, n % k).map(|i| &instances[i])
+        let len = instances.len();
+        self.counters
+            .with_or_insert(&first.name, Striped::default, |counter| {
+                let start = counter.next() % len;
+                let strict = pick::wants_strict(ctx);
+                let found = next_from(instances, ctx, start, strict).or_else(|| {
+                    if strict {
+                        next_from(instances, ctx, start, false)
+                    } else {
+                        None
+                    }
+                });
+                if let Some(i) = found {
+                    // Skip the instances stepped over, so the next pick starts after this one.
+                    let skipped = (i + len - start) % len;
+                    if skipped > 0 {
+                        counter.advance(skipped);
+                    }
+                }
+                found
+            })
+            .map(|i| &instances[i])
     }
+}
+
+/// The first candidate at or after `start`, wrapping around.
+#[inline]
+fn next_from(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    start: usize,
+    strict: bool,
+) -> Option<usize> {
+    let len = instances.len();
+    (0..len)
+        .map(|k| {
+            let i = start + k;
+            if i >= len {
+                i - len
+            } else {
+                i
+            }
+        })
+        .find(|i| pick::usable(&instances[*i], ctx, strict))
 }
 
 #[cfg(test)]

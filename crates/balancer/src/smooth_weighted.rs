@@ -24,7 +24,12 @@ pub struct SmoothWeightedRoundRobin {
 
 #[derive(Default)]
 struct Scores {
+    /// The instance set the scores belong to, in slice order.
     members: Vec<Arc<ServiceInfo>>,
+    /// Each member's weight if it is healthy, else 0 (valid while `members` is unchanged:
+    /// instances are immutable behind their `Arc`).
+    weights: Vec<i64>,
+    /// Running scores.
     current: Vec<i64>,
 }
 
@@ -50,43 +55,82 @@ impl std::fmt::Debug for SmoothWeightedRoundRobin {
 
 impl Scores {
     fn sync(&mut self, instances: &[Arc<ServiceInfo>]) {
+        // No early exit: a straight pass over two pointer arrays.
+        let same = self.members.len() == instances.len()
+            && self
+                .members
+                .iter()
+                .zip(instances)
+                .fold(true, |same, (a, b)| same & Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
         if self.members.len() != instances.len() {
             self.members = instances.to_vec();
             self.current = vec![0; instances.len()];
-            return;
-        }
-        for (i, (m, s)) in self.members.iter_mut().zip(instances).enumerate() {
-            if !Arc::ptr_eq(m, s) {
-                if m.id != s.id {
-                    self.current[i] = 0;
+        } else {
+            for (i, (m, s)) in self.members.iter_mut().zip(instances).enumerate() {
+                if !Arc::ptr_eq(m, s) {
+                    if m.id != s.id {
+                        self.current[i] = 0;
+                    }
+                    *m = s.clone();
                 }
-                *m = s.clone();
             }
         }
+        self.weights = instances
+            .iter()
+            .map(|s| {
+                if s.is_healthy() {
+                    i64::from(s.weight)
+                } else {
+                    0
+                }
+            })
+            .collect();
     }
 
-    fn pick(
-        &mut self,
-        instances: &[Arc<ServiceInfo>],
-        ctx: &SelectContext<'_>,
-        strict: bool,
-    ) -> Option<usize> {
+    /// One step of the algorithm over the candidates `w(i) > 0`.
+    #[inline]
+    fn step(&mut self, w: impl Fn(usize) -> i64) -> Option<usize> {
         let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, s) in instances.iter().enumerate() {
-            if s.weight == 0 || !pick::usable(s, ctx, strict) {
+        let mut best = None;
+        let mut best_score = i64::MIN;
+        for (i, c) in self.current.iter_mut().enumerate() {
+            let w = w(i);
+            if w == 0 {
                 continue;
             }
-            let w = i64::from(s.weight);
-            self.current[i] += w;
+            *c += w;
             total += w;
-            if best.map_or(true, |b| self.current[i] > self.current[b]) {
+            if *c > best_score {
+                best_score = *c;
                 best = Some(i);
             }
         }
         let b = best?;
         self.current[b] -= total;
         Some(b)
+    }
+
+    fn pick(&mut self, instances: &[Arc<ServiceInfo>], ctx: &SelectContext<'_>) -> Option<usize> {
+        if !pick::wants_strict(ctx) {
+            let weights = std::mem::take(&mut self.weights);
+            let r = self.step(|i| weights[i]);
+            self.weights = weights;
+            return r;
+        }
+        let weights = std::mem::take(&mut self.weights);
+        let strict = |i: usize| {
+            if ctx.avoids(&instances[i]) {
+                0
+            } else {
+                weights[i]
+            }
+        };
+        let r = self.step(strict).or_else(|| self.step(|i| weights[i]));
+        self.weights = weights;
+        r
     }
 }
 
@@ -107,14 +151,7 @@ impl LoadBalancer for SmoothWeightedRoundRobin {
             |scores| {
                 let mut sc = scores.lock();
                 sc.sync(instances);
-                let strict = pick::wants_strict(ctx);
-                sc.pick(instances, ctx, strict).or_else(|| {
-                    if strict {
-                        sc.pick(instances, ctx, false)
-                    } else {
-                        None
-                    }
-                })
+                sc.pick(instances, ctx)
             },
         )?;
         Some(&instances[i])

@@ -42,6 +42,18 @@ impl<V> StateMap<V> {
         map.get(key).map(|v| f(v))
     }
 
+    /// Runs `f` on the values for two keys, with one load of the map. Lock-free.
+    #[inline]
+    pub(crate) fn with2<R>(
+        &self,
+        a: &str,
+        b: &str,
+        f: impl FnOnce(Option<&V>, Option<&V>) -> R,
+    ) -> R {
+        let map = self.map.load();
+        f(map.get(a).map(|v| &**v), map.get(b).map(|v| &**v))
+    }
+
     /// Runs `f` on the value for `key`, creating it with `make` first if needed. Lock-free when
     /// the key exists.
     #[inline]
@@ -121,6 +133,13 @@ impl Striped {
     pub(crate) fn next(&self) -> usize {
         let i = STRIPE.with(|s| *s);
         self.slots[i].0.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds `n` to this thread's slot.
+    #[inline]
+    pub(crate) fn advance(&self, n: usize) {
+        let i = STRIPE.with(|s| *s);
+        self.slots[i].0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The sum over all slots.
