@@ -1,0 +1,460 @@
+//! [`EtcdConfig`]: where the etcd cluster is, how to authenticate, and the timings.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use waypost_core_types::{Error, Result};
+
+/// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`.
+pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
+/// Default lease TTL.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Default limit for connecting (and for the first request that proves the connection).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default deadline of one registry call, retries included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap of the reconnect / re-register backoff.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Configuration of an [`EtcdRegistry`](crate::EtcdRegistry).
+///
+/// Built with [`EtcdConfig::new`] and the `with_*` methods, or deserialized (durations are
+/// strings such as `"30s"`, `"1m30s"`, `"500ms"`, or a number of seconds). The password never
+/// appears in `Debug` output.
+///
+/// ```
+/// use std::time::Duration;
+/// use waypost_registry_etcd::EtcdConfig;
+///
+/// let config = EtcdConfig::new(["http://127.0.0.1:2379"])
+///     .with_credentials("app", "secret")
+///     .with_ttl(Duration::from_secs(10));
+/// assert_eq!(config.prefix, "/laravel-go/services");
+/// assert!(!format!("{config:?}").contains("secret"));
+/// config.validate()?;
+/// # Ok::<(), waypost_core_types::Error>(())
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster members (`http://host:port`, `https://host:port`, or
+    /// `host:port`).
+    pub endpoints: Vec<String>,
+    /// User name for etcd authentication (with `password`).
+    pub username: Option<String>,
+    /// Password for etcd authentication. Redacted in `Debug`.
+    pub password: Option<String>,
+    /// Key prefix; instances are stored at `<prefix>/<name>/<id>`.
+    pub prefix: String,
+    /// TTL of the registry's lease: how long after this process dies its instances vanish.
+    /// Whole seconds, at least 1 s (etcd leases have second granularity).
+    #[serde(deserialize_with = "de_duration")]
+    pub ttl: Duration,
+    /// Limit for connecting to the cluster at construction.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Deadline of one registry call, including retries of a dead member.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// Cap of the jittered exponential backoff used while reconnecting and re-registering.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_backoff: Duration,
+    /// TLS settings; required for `https://` endpoints signed by a private CA.
+    pub tls: Option<EtcdTlsConfig>,
+}
+
+/// TLS settings of an [`EtcdConfig`]: PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EtcdTlsConfig {
+    /// CA certificate(s) that sign the server certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (for `--client-cert-auth` servers), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Private key of the client certificate.
+    pub key_file: Option<PathBuf>,
+    /// Server name to verify instead of the endpoint's host.
+    pub domain_name: Option<String>,
+}
+
+impl EtcdTlsConfig {
+    /// TLS trusting the CA in `ca_file`.
+    pub fn new(ca_file: impl Into<PathBuf>) -> Self {
+        EtcdTlsConfig {
+            ca_file: Some(ca_file.into()),
+            ..EtcdTlsConfig::default()
+        }
+    }
+
+    /// Adds a client certificate and its key.
+    #[must_use]
+    pub fn with_client_identity(
+        mut self,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> Self {
+        self.cert_file = Some(cert_file.into());
+        self.key_file = Some(key_file.into());
+        self
+    }
+
+    /// Sets the server name to verify.
+    #[must_use]
+    pub fn with_domain_name(mut self, domain: impl Into<String>) -> Self {
+        self.domain_name = Some(domain.into());
+        self
+    }
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            username: None,
+            password: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            ttl: DEFAULT_TTL,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+            tls: None,
+        }
+    }
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl EtcdConfig {
+    /// Defaults with these endpoints.
+    pub fn new<I, S>(endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..EtcdConfig::default()
+        }
+    }
+
+    /// Replaces the endpoints.
+    #[must_use]
+    pub fn with_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints = endpoints.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets user name and password.
+    #[must_use]
+    pub fn with_credentials(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets the key prefix (a trailing `/` is ignored).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the lease TTL.
+    #[must_use]
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the connect timeout.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-call deadline (retries included).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the cap of the reconnect backoff.
+    #[must_use]
+    pub fn with_max_backoff(mut self, max: Duration) -> Self {
+        self.max_backoff = max;
+        self
+    }
+
+    /// Sets TLS.
+    #[must_use]
+    pub fn with_tls(mut self, tls: EtcdTlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The prefix without trailing slashes (`""` means the key space root).
+    pub fn normalized_prefix(&self) -> String {
+        self.prefix.trim_end_matches('/').to_owned()
+    }
+
+    /// The lease TTL in whole seconds, rounded up, at least 1.
+    pub fn ttl_secs(&self) -> i64 {
+        let secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(format!("etcd: {m}")));
+        if self.endpoints.is_empty() {
+            return bad("at least one endpoint is required".into());
+        }
+        for e in &self.endpoints {
+            if e.trim().is_empty() || e.contains(char::is_whitespace) {
+                return bad(format!("endpoint `{e}` is malformed"));
+            }
+            if let Some(rest) = e.split_once("://") {
+                if rest.0 != "http" && rest.0 != "https" {
+                    return bad(format!("endpoint `{e}`: scheme must be http or https"));
+                }
+                if rest.1.is_empty() {
+                    return bad(format!("endpoint `{e}` has no host"));
+                }
+            }
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return bad("username and password must be given together".into());
+        }
+        if self.username.as_deref() == Some("") {
+            return bad("username must not be empty".into());
+        }
+        let prefix = self.normalized_prefix();
+        if !prefix.is_empty() && !prefix.starts_with('/') {
+            return bad(format!("prefix `{}` must start with `/`", self.prefix));
+        }
+        if prefix.contains("//") {
+            return bad(format!("prefix `{}` must not contain `//`", self.prefix));
+        }
+        if self.ttl < Duration::from_secs(1) {
+            return bad(format!("ttl {:?} is below etcd's 1 s lease granularity", self.ttl));
+        }
+        for (what, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("max_backoff", self.max_backoff),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{what} must be positive"));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return bad("tls.cert_file and tls.key_file must be given together".into());
+            }
+            if self.endpoints.iter().any(|e| e.starts_with("http://")) {
+                return bad("TLS is configured but an endpoint uses http://".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `"30s"`, `"1m30s"`, `"250ms"`, `"1.5s"`, `"2h"`, `"100us"`, `"10ns"` (Go's
+/// `time.ParseDuration` units) or a plain number of seconds.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return secs_to_duration(secs, text);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("duration `{text}`: missing unit"))?;
+        if num_len == 0 {
+            return Err(format!("duration `{text}`: expected a number"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("duration `{text}`: bad number"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("duration `{text}`: unknown unit `{other}`")),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    secs_to_duration(total, text)
+}
+
+fn secs_to_duration(secs: f64, text: &str) -> std::result::Result<Duration, String> {
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{text}` is out of range"))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(f64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Secs(s) => secs_to_duration(s, &s.to_string()).map_err(serde::de::Error::custom),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = EtcdConfig::default();
+        assert_eq!(c.prefix, "/laravel-go/services");
+        assert_eq!(c.ttl, Duration::from_secs(30));
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        assert!(c.username.is_none() && c.password.is_none() && c.tls.is_none());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn deserializes_with_defaults_and_durations() {
+        let c: EtcdConfig = serde_json::from_str(
+            r#"{"endpoints":["http://10.0.0.1:2379","10.0.0.2:2379"],
+                "username":"app","password":"pw","ttl":"1m30s","connect_timeout":2,
+                "request_timeout":"1500ms",
+                "tls":{"ca_file":"/etc/ca.pem","cert_file":"c.pem","key_file":"k.pem"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.ttl, Duration::from_secs(90));
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.prefix, DEFAULT_PREFIX, "missing fields take defaults");
+        assert_eq!(c.max_backoff, DEFAULT_MAX_BACKOFF);
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(serde_json::from_str::<EtcdConfig>(r#"{"passwd":"x"}"#).is_err());
+        assert!(serde_json::from_str::<EtcdConfig>(r#"{"ttl":"10 parsecs"}"#).is_err());
+        let empty: EtcdConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.prefix, DEFAULT_PREFIX);
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        let c = EtcdConfig::new(["http://h:1"]).with_credentials("root", "hunter2-secret");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2-secret"), "{dbg}");
+        assert!(dbg.contains("<redacted>") && dbg.contains("root"), "{dbg}");
+        let alt = format!("{c:#?}");
+        assert!(!alt.contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn validation() {
+        let ok = EtcdConfig::new(["http://127.0.0.1:2379"]);
+        ok.validate().unwrap();
+        let cases = [
+            EtcdConfig::new(Vec::<String>::new()),
+            EtcdConfig::new(["ftp://h:1"]),
+            EtcdConfig::new(["http://"]),
+            EtcdConfig::new(["h :1"]),
+            ok.clone().with_prefix("no-slash"),
+            ok.clone().with_prefix("/a//b"),
+            ok.clone().with_ttl(Duration::from_millis(500)),
+            ok.clone().with_connect_timeout(Duration::ZERO),
+            ok.clone().with_tls(EtcdTlsConfig::new("ca.pem")),
+            {
+                let mut c = ok.clone();
+                c.username = Some("u".into());
+                c
+            },
+            EtcdConfig::new(["https://h:1"]).with_tls(EtcdTlsConfig {
+                cert_file: Some("c".into()),
+                ..EtcdTlsConfig::default()
+            }),
+        ];
+        for c in cases {
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidConfig(_))),
+                "accepted {c:?}"
+            );
+        }
+        EtcdConfig::new(["https://h:1"])
+            .with_tls(EtcdTlsConfig::new("ca.pem").with_client_identity("c", "k"))
+            .validate()
+            .unwrap();
+        ok.clone().with_prefix("").validate().unwrap();
+        ok.with_prefix("/x/").validate().unwrap();
+    }
+
+    #[test]
+    fn prefix_and_ttl_normalization() {
+        let c = EtcdConfig::default().with_prefix("/svc/");
+        assert_eq!(c.normalized_prefix(), "/svc");
+        assert_eq!(c.clone().with_ttl(Duration::from_millis(1500)).ttl_secs(), 2);
+        assert_eq!(c.with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "s", "10x", "-1s", "1s2", "-3"] {
+            assert!(parse_duration(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The key layout: `<prefix>/<name>/<id>`, as the Go module writes it.
+
+/// Builds and parses the keys of one registry prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyLayout {
+    /// The prefix without a trailing `/`.
+    prefix: String,
+}
+
+impl KeyLayout {
+    /// A layout under `prefix` (trailing `/` ignored).
+    pub(crate) fn new(prefix: &str) -> Self {
+        KeyLayout {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// `<prefix>/`: the range holding every instance.
+    pub(crate) fn all(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// `<prefix>/<name>/`: the range holding one service's instances.
+    pub(crate) fn service(&self, name: &str) -> String {
+        format!("{}/{name}/", self.prefix)
+    }
+
+    /// `<prefix>/<name>/<id>`: one instance.
+    pub(crate) fn instance(&self, name: &str, id: &str) -> String {
+        format!("{}/{name}/{id}", self.prefix)
+    }
+
+    /// `(name, id)` of an instance key under this prefix; `None` for any other key.
+    pub(crate) fn parse<'k>(&self, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;
+        let (name, id) = rest.split_once('/')?;
+        if name.is_empty() || id.is_empty() || id.contains('/') {
+            return None;
+        }
+        Some((name, id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_go() {
+        let k = KeyLayout::new("/laravel-go/services/");
+        assert_eq!(k.all(), "/laravel-go/services/");
+        assert_eq!(k.service("user"), "/laravel-go/services/user/");
+        assert_eq!(k.instance("user", "user-1"), "/laravel-go/services/user/user-1");
+        assert_eq!(
+            k.parse(b"/laravel-go/services/user/user-1"),
+            Some(("user", "user-1"))
+        );
+    }
+
+    #[test]
+    fn foreign_keys_do_not_parse() {
+        let k = KeyLayout::new("/p");
+        for key in [
+            &b"/p/user"[..],
+            b"/p/user/",
+            b"/p//id",
+            b"/p/a/b/c",
+            b"/px/a/b",
+            b"/q/a/b",
+            b"/p/a/\xff",
+        ] {
+            assert_eq!(k.parse(key), None, "{:?}", String::from_utf8_lossy(key));
+        }
+    }
+
+    #[test]
+    fn service_prefix_does_not_cover_longer_names() {
+        // `user/` must not match `user-admin/...`: the trailing slash keeps ranges apart.
+        let k = KeyLayout::new("/p");
+        assert!(!k.instance("user-admin", "x").starts_with(&k.service("user")));
+    }
+
+    #[test]
+    fn empty_prefix_is_the_root() {
+        let k = KeyLayout::new("");
+        assert_eq!(k.instance("a", "b"), "/a/b");
+        assert_eq!(k.parse(b"/a/b"), Some(("a", "b")));
+    }
+}
+
+/// The end of the range holding every key that starts with `prefix` (etcd's `WithPrefix`):
+/// the prefix with its last byte below 0xff incremented, or `\0` (the end of the key space).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/p/"), b"/p0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
+}

@@ -1,0 +1,55 @@
+//! The etcd v3 backend of waypost: [`EtcdRegistry`], configured by [`EtcdConfig`].
+//!
+//! Most users want the `waypost` facade crate with its `etcd` feature, which re-exports this.
+//!
+//! Instances are stored at `<prefix>/<name>/<id>` (prefix `/laravel-go/services` by default) as
+//! the Go module's JSON, so waypost and the Go laravel-go services read each other's
+//! registrations. Liveness comes from one lease per registry, renewed by a task the registry
+//! owns; a lost lease is replaced and our instances are written again, forever, with backoff.
+//! Watches read a snapshot at a revision and follow changes from the next one, resume after
+//! disconnects without gaps, and send a fresh snapshot when history was compacted.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use waypost_core_types::{ServiceInfo, ServiceRegistry};
+//! use waypost_registry_etcd::{EtcdConfig, EtcdRegistry};
+//!
+//! # async fn demo() -> waypost_core_types::Result<()> {
+//! let registry = EtcdRegistry::connect(
+//!     EtcdConfig::new(["http://127.0.0.1:2379"]).with_ttl(Duration::from_secs(10)),
+//! )
+//! .await?;
+//! registry
+//!     .register(&ServiceInfo::new("user-1", "user-service", "10.0.0.5", 8080))
+//!     .await?;
+//! let instances = registry.list_instances("user-service").await?;
+//! assert_eq!(instances.len(), 1);
+//! registry.close().await?; // revokes the lease: the instance is gone at once
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Building needs `protoc` (etcd-client compiles its `.proto` files). Inside the waypost
+//! workspace `.cargo/config.toml` points `PROTOC` at the binary of the crates.io package
+//! `protoc-bin-vendored-linux-x86_64`, so no system package is needed there.
+
+mod backoff;
+mod config;
+mod error;
+mod keys;
+mod lease;
+mod registry;
+mod retry;
+mod watch;
+
+pub use config::{
+    parse_duration, EtcdConfig, EtcdTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF,
+    DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL,
+};
+pub use registry::EtcdRegistry;
+
+/// Resolves once the registry is closed (or dropped). Drops the borrow inside, so it can sit in
+/// a `select!` whose other arms await.
+pub(crate) async fn closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}

@@ -1,0 +1,660 @@
+//! [`EtcdRegistry`]: the [`ServiceRegistry`] on etcd v3.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp,
+};
+use parking_lot::Mutex;
+use tokio::sync::{watch, Notify, RwLock};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
+use waypost_core_types::{
+    Error, RegistryState, Result, ServiceInfo, ServiceRegistry, Timestamp, WatchStream,
+};
+
+use crate::backoff::Backoff;
+use crate::config::EtcdConfig;
+use crate::error::{self, BACKEND};
+use crate::keys::{prefix_end, KeyLayout};
+use crate::retry::{retry, AttemptError, RetryPolicy};
+
+/// Keys per page when listing.
+const PAGE: i64 = 1_000;
+/// Puts per transaction when registering our instances again.
+const REPUT_BATCH: usize = 64;
+
+/// The lease our instances hang on; `generation` grows with every new grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeaseSlot {
+    pub(crate) id: i64,
+    pub(crate) generation: u64,
+}
+
+/// State shared by the registry, its lease task and its watch tasks.
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) config: EtcdConfig,
+    pub(crate) keys: KeyLayout,
+    pub(crate) policy: RetryPolicy,
+    /// `true` once closed (or dropped); every task watches it.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// What this registry registered: put again after a lease loss.
+    pub(crate) ours: Mutex<HashMap<String, ServiceInfo>>,
+    /// Mutations hold it shared; re-registering after a lease loss holds it exclusively, so a
+    /// deregister can never be undone by a concurrent re-put.
+    pub(crate) gate: RwLock<()>,
+    pub(crate) lease: watch::Sender<LeaseSlot>,
+    /// A mutation found our lease gone: the lease task checks at once.
+    pub(crate) lease_suspect: Notify,
+    /// `renew` asks for an immediate keep-alive.
+    pub(crate) renew_now: Notify,
+    pub(crate) state: Mutex<RegistryState>,
+}
+
+impl Inner {
+    pub(crate) fn closed_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn lease_id(&self) -> i64 {
+        self.lease.borrow().id
+    }
+
+    pub(crate) fn set_connected(&self) {
+        let mut s = self.state.lock();
+        if !matches!(*s, RegistryState::Closed) {
+            if !s.is_connected() {
+                tracing::info!(target: "waypost::etcd", "connected; registrations in place");
+            }
+            *s = RegistryState::Connected;
+        }
+    }
+
+    pub(crate) fn set_recovering(&self, why: &str) {
+        let mut s = self.state.lock();
+        match &mut *s {
+            RegistryState::Closed => {}
+            RegistryState::Recovering {
+                attempts,
+                last_error,
+                ..
+            } => {
+                *attempts = attempts.saturating_add(1);
+                *last_error = why.to_owned();
+            }
+            _ => {
+                tracing::warn!(target: "waypost::etcd", error = why, "connection trouble; recovering");
+                *s = RegistryState::Recovering {
+                    since: SystemTime::now(),
+                    attempts: 1,
+                    last_error: why.to_owned(),
+                };
+            }
+        }
+    }
+
+    /// Runs `op` with retries under the call deadline.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, AttemptError>>,
+    {
+        let closed = self.closed_rx();
+        retry(
+            what,
+            &self.policy,
+            &closed,
+            &|| self.lease_suspect.notify_one(),
+            op,
+        )
+        .await
+    }
+
+    /// Decodes one stored value; `None` (with a warning) for foreign or corrupt data.
+    pub(crate) fn decode(&self, key: &[u8], value: &[u8]) -> Option<ServiceInfo> {
+        let Some((name, id)) = self.keys.parse(key) else {
+            tracing::warn!(
+                target: "waypost::etcd",
+                key = %String::from_utf8_lossy(key),
+                "skipping a key that is not <prefix>/<name>/<id>"
+            );
+            return None;
+        };
+        match ServiceInfo::from_json(value) {
+            Ok(info) if info.name == name && info.id == id => Some(info),
+            Ok(info) => {
+                tracing::warn!(
+                    target: "waypost::etcd",
+                    key = %String::from_utf8_lossy(key),
+                    json_name = %info.name,
+                    json_id = %info.id,
+                    "skipping a record whose name/id disagree with its key"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    target: "waypost::etcd",
+                    key = %String::from_utf8_lossy(key),
+                    error = %e,
+                    "skipping a value that is not a ServiceInfo"
+                );
+                None
+            }
+        }
+    }
+
+    /// Every valid instance under `range` (a key prefix) and the revision of that view, read in
+    /// pages at one revision.
+    pub(crate) async fn list_range(&self, range: &str) -> Result<(Vec<ServiceInfo>, i64)> {
+        let end = prefix_end(range.as_bytes());
+        'restart: loop {
+            let mut out = Vec::new();
+            let mut from = range.as_bytes().to_vec();
+            let mut revision = 0i64;
+            loop {
+                let resp = self
+                    .call("list", || {
+                        let mut kv = self.client.kv_client();
+                        let from = from.clone();
+                        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+                        if revision > 0 {
+                            opts = opts.with_revision(revision);
+                        }
+                        async move { Ok(kv.get(from, Some(opts)).await) }
+                    })
+                    .await?;
+                let resp = match resp {
+                    Ok(r) => r,
+                    // The revision of the first page was compacted meanwhile: start over.
+                    Err(e) if error::is_compacted(&e) => continue 'restart,
+                    Err(e) => return Err(error::convert(e)),
+                };
+                if revision == 0 {
+                    revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                }
+                let kvs = resp.kvs();
+                for kv in kvs {
+                    if let Some(info) = self.decode(kv.key(), kv.value()) {
+                        out.push(info);
+                    }
+                }
+                match (resp.more(), kvs.last()) {
+                    (true, Some(last)) => {
+                        from = last.key().to_vec();
+                        from.push(0);
+                    }
+                    _ => return Ok((out, revision)),
+                }
+            }
+        }
+    }
+
+    /// The key of instance `id`: from our own index, else by scanning the key names.
+    async fn find_key(&self, id: &str) -> Result<Option<String>> {
+        let known = self.ours.lock().get(id).map(|s| s.name.clone());
+        if let Some(name) = known {
+            let key = self.keys.instance(&name, id);
+            let exists = self
+                .call("get", || {
+                    let mut kv = self.client.kv_client();
+                    let key = key.clone();
+                    async move {
+                        let r = kv
+                            .get(key, Some(GetOptions::new().with_count_only()))
+                            .await?;
+                        Ok(r.count() > 0)
+                    }
+                })
+                .await?;
+            if exists {
+                return Ok(Some(key));
+            }
+        }
+        let all = self.keys.all();
+        let end = prefix_end(all.as_bytes());
+        let keys: Vec<Vec<u8>> = self
+            .call("scan", || {
+                let mut kv = self.client.kv_client();
+                let opts = GetOptions::new().with_range(end.clone()).with_keys_only();
+                let all = all.clone();
+                async move {
+                    let r = kv.get(all, Some(opts)).await?;
+                    Ok(r.kvs().iter().map(|kv| kv.key().to_vec()).collect())
+                }
+            })
+            .await?;
+        Ok(keys.into_iter().find_map(|k| match self.keys.parse(&k) {
+            Some((name, kid)) if kid == id => Some(self.keys.instance(name, id)),
+            _ => None,
+        }))
+    }
+
+    /// Reads one key: the decoded value (if valid) and its mod revision (0 when absent).
+    async fn read(&self, key: &str) -> std::result::Result<(Option<ServiceInfo>, i64, bool), AttemptError> {
+        let mut kv = self.client.kv_client();
+        let resp = kv.get(key, None).await?;
+        Ok(match resp.kvs().first() {
+            Some(found) => (
+                self.decode(found.key(), found.value()),
+                found.mod_revision(),
+                true,
+            ),
+            None => (None, 0, false),
+        })
+    }
+
+    /// Grants a new lease and puts every instance of ours again with it.
+    pub(crate) async fn regrant(&self) -> Result<()> {
+        let timeout = self.policy.attempt_timeout;
+        let ttl = self.config.ttl_secs();
+        let mut lease_client = self.client.lease_client();
+        let granted = tokio::time::timeout(timeout, lease_client.grant(ttl, None))
+            .await
+            .map_err(|_| Error::timeout("etcd lease grant", timeout))?
+            .map_err(error::convert)?;
+        let new_id = granted.id();
+        let _exclusive = self.gate.write().await;
+        let ours: Vec<ServiceInfo> = self.ours.lock().values().cloned().collect();
+        for chunk in ours.chunks(REPUT_BATCH) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for s in chunk {
+                let value = s.to_json_vec()?;
+                ops.push(TxnOp::put(
+                    self.keys.instance(&s.name, &s.id),
+                    value,
+                    Some(PutOptions::new().with_lease(new_id)),
+                ));
+            }
+            let mut kv = self.client.kv_client();
+            tokio::time::timeout(timeout, kv.txn(Txn::new().and_then(ops)))
+                .await
+                .map_err(|_| Error::timeout("etcd re-register", timeout))?
+                .map_err(error::convert)?;
+        }
+        let generation = self.lease.borrow().generation + 1;
+        self.lease.send_replace(LeaseSlot {
+            id: new_id,
+            generation,
+        });
+        tracing::info!(
+            target: "waypost::etcd",
+            lease = new_id,
+            instances = ours.len(),
+            "new lease granted; instances registered again"
+        );
+        Ok(())
+    }
+
+    async fn revoke(&self) -> Result<()> {
+        let id = self.lease_id();
+        let deadline = Instant::now() + self.policy.deadline;
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        loop {
+            let mut lease_client = self.client.lease_client();
+            let r = tokio::time::timeout(self.policy.attempt_timeout, lease_client.revoke(id)).await;
+            match r {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if error::is_lease_not_found(&e) => return Ok(()),
+                Ok(Err(e)) if !error::is_transient(&e) => return Err(error::convert(e)),
+                Ok(Err(e)) if Instant::now() >= deadline => return Err(error::convert(e)),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(Error::timeout("etcd lease revoke", self.policy.deadline))
+                }
+                _ => tokio::time::sleep(backoff.next_delay()).await,
+            }
+        }
+    }
+}
+
+/// A service registry on etcd v3.
+///
+/// Instances live at `<prefix>/<name>/<id>` as the Go module's JSON, attached to one lease per
+/// registry that a task owned by the registry keeps alive. If the lease is lost (it expired
+/// during an outage, was revoked, or the cluster was reset) the registry grants a new one and
+/// writes its instances again, with capped jittered backoff, for as long as it lives;
+/// [`state`](ServiceRegistry::state) says how that is going. Calls retry transient errors (a dead
+/// member, an election) until [`EtcdConfig::request_timeout`]. [`close`](ServiceRegistry::close)
+/// revokes the lease, so its instances vanish at once; dropping the registry without `close`
+/// stops its tasks and lets the lease expire after the TTL.
+pub struct EtcdRegistry {
+    inner: Arc<Inner>,
+    lease_task: Mutex<Option<JoinHandle<()>>>,
+    closing: AtomicBool,
+}
+
+impl fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("config", &self.inner.config)
+            .field("lease", &self.inner.lease_id())
+            .field("state", &*self.inner.state.lock())
+            .finish()
+    }
+}
+
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        Error::InvalidConfig(format!("etcd: cannot read {what} {}: {e}", path.display()))
+    })
+}
+
+fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(config.connect_timeout)
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_require_leader(true)
+        .with_auto_token_refresh(true);
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        opts = opts.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &config.tls {
+        let mut t = TlsOptions::new();
+        if let Some(ca) = &tls.ca_file {
+            t = t.ca_certificate(Certificate::from_pem(read_pem(ca, "CA certificate")?));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            t = t.identity(Identity::from_pem(
+                read_pem(cert, "client certificate")?,
+                read_pem(key, "client key")?,
+            ));
+        }
+        if let Some(domain) = &tls.domain_name {
+            t = t.domain_name(domain.clone());
+        }
+        opts = opts.with_tls(t);
+    }
+    Ok(opts)
+}
+
+impl EtcdRegistry {
+    /// Connects to the cluster, proves the connection by granting the registry's lease, and
+    /// starts the keep-alive task.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad configuration (nothing is contacted),
+    /// [`Error::Auth`] when etcd rejects the credentials, and [`Error::Unavailable`] naming the
+    /// endpoints when no member answered within [`EtcdConfig::connect_timeout`].
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        config.validate()?;
+        let opts = connect_options(&config)?;
+        let limit = config.connect_timeout;
+        let endpoints = config.endpoints.clone();
+        let ttl = config.ttl_secs();
+        let last_error = Mutex::new(String::from("no answer"));
+        let attempt = async {
+            let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+            loop {
+                let result = async {
+                    let client = Client::connect(&endpoints, Some(opts.clone())).await?;
+                    let lease = client.lease_client().grant(ttl, None).await?;
+                    Ok::<_, etcd_client::Error>((client, lease.id()))
+                }
+                .await;
+                match result {
+                    Ok(ok) => return Ok(ok),
+                    Err(e) if error::is_transient(&e) => {
+                        *last_error.lock() = e.to_string();
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(e) => return Err(error::convert(e)),
+                }
+            }
+        };
+        let (client, lease_id) = match tokio::time::timeout(limit, attempt).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "{BACKEND}: no member of {endpoints:?} answered within {limit:?} \
+                     (last error: {})",
+                    last_error.lock()
+                )))
+            }
+        };
+        let (shutdown, _) = watch::channel(false);
+        let (lease, _) = watch::channel(LeaseSlot {
+            id: lease_id,
+            generation: 0,
+        });
+        let inner = Arc::new(Inner {
+            client,
+            keys: KeyLayout::new(&config.prefix),
+            policy: RetryPolicy::new(config.request_timeout),
+            config,
+            shutdown,
+            ours: Mutex::new(HashMap::new()),
+            gate: RwLock::new(()),
+            lease,
+            lease_suspect: Notify::new(),
+            renew_now: Notify::new(),
+            state: Mutex::new(RegistryState::Connected),
+        });
+        let task = tokio::spawn(crate::lease::run(inner.clone()));
+        tracing::debug!(target: "waypost::etcd", lease = lease_id, "registry connected");
+        Ok(EtcdRegistry {
+            inner,
+            lease_task: Mutex::new(Some(task)),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration this registry was built from.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.config
+    }
+
+    /// The id of the lease our instances are attached to right now (it changes when a lost
+    /// lease is replaced).
+    pub fn lease_id(&self) -> i64 {
+        self.inner.lease_id()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Shared by `register` (upsert) and `update` (must exist).
+    async fn put(&self, service: &ServiceInfo, must_exist: bool) -> Result<()> {
+        self.check_open()?;
+        service.validate()?;
+        let inner = &*self.inner;
+        let mut wanted = service.clone();
+        if wanted.ttl.is_zero() {
+            wanted.ttl = inner.config.ttl;
+        }
+        let key = inner.keys.instance(&wanted.name, &wanted.id);
+        // The same id registered before under another name: move it.
+        let old_key = inner
+            .ours
+            .lock()
+            .get(&wanted.id)
+            .filter(|s| s.name != wanted.name)
+            .map(|s| inner.keys.instance(&s.name, &s.id));
+        let what = if must_exist { "update" } else { "register" };
+        inner
+            .call(what, || {
+                let wanted = wanted.clone();
+                let key = key.clone();
+                let old_key = old_key.clone();
+                async move {
+                    let _shared = inner.gate.read().await;
+                    let (previous, mod_rev, exists) = inner.read(&key).await?;
+                    if must_exist && !exists {
+                        return Err(AttemptError::Final(Error::NotFound(wanted.id.clone())));
+                    }
+                    let mut stored = wanted;
+                    stored.stamp(Timestamp::now(), previous.as_ref());
+                    let value = stored.to_json_vec()?;
+                    let lease = inner.lease_id();
+                    let mut ops = vec![TxnOp::put(
+                        key.as_str(),
+                        value,
+                        Some(PutOptions::new().with_lease(lease)),
+                    )];
+                    if let Some(old) = &old_key {
+                        ops.push(TxnOp::delete(old.as_str(), None));
+                    }
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)])
+                        .and_then(ops);
+                    let mut kv = inner.client.kv_client();
+                    let resp = kv.txn(txn).await?;
+                    if !resp.succeeded() {
+                        return Err(AttemptError::Conflict);
+                    }
+                    inner.ours.lock().insert(stored.id.clone(), stored);
+                    Ok(())
+                }
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl ServiceRegistry for EtcdRegistry {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn register(&self, service: &ServiceInfo) -> Result<()> {
+        self.put(service, false).await
+    }
+
+    async fn deregister(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        validate_key_part("id", id, MAX_ID_LEN)?;
+        let inner = &*self.inner;
+        let Some(key) = inner.find_key(id).await? else {
+            inner.ours.lock().remove(id);
+            return Err(Error::NotFound(id.to_owned()));
+        };
+        let deleted = inner
+            .call("deregister", || {
+                let key = key.clone();
+                async move {
+                    let _shared = inner.gate.read().await;
+                    let mut kv = inner.client.kv_client();
+                    let r = kv.delete(key, None::<DeleteOptions>).await?;
+                    inner.ours.lock().remove(id);
+                    Ok(r.deleted())
+                }
+            })
+            .await?;
+        if deleted == 0 {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    async fn update(&self, service: &ServiceInfo) -> Result<()> {
+        self.put(service, true).await
+    }
+
+    async fn renew(&self, id: &str) -> Result<()> {
+        self.check_open()?;
+        validate_key_part("id", id, MAX_ID_LEN)?;
+        match self.inner.find_key(id).await? {
+            Some(_) => {
+                if self.inner.ours.lock().contains_key(id) {
+                    self.inner.renew_now.notify_one();
+                }
+                Ok(())
+            }
+            None => Err(Error::NotFound(id.to_owned())),
+        }
+    }
+
+    async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
+        self.check_open()?;
+        validate_key_part("id", id, MAX_ID_LEN)?;
+        let inner = &*self.inner;
+        let Some(key) = inner.find_key(id).await? else {
+            return Err(Error::NotFound(id.to_owned()));
+        };
+        let (found, _, _) = inner
+            .call("get", || {
+                let key = key.clone();
+                async move { inner.read(&key).await }
+            })
+            .await?;
+        found.ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
+        self.check_open()?;
+        Ok(self.inner.list_range(&self.inner.keys.all()).await?.0)
+    }
+
+    async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        Ok(self.inner.list_range(&self.inner.keys.service(name)).await?.0)
+    }
+
+    async fn watch(&self) -> Result<WatchStream> {
+        self.check_open()?;
+        crate::watch::start(self.inner.clone(), self.inner.keys.all()).await
+    }
+
+    async fn watch_service(&self, name: &str) -> Result<WatchStream> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        crate::watch::start(self.inner.clone(), self.inner.keys.service(name)).await
+    }
+
+    fn state(&self) -> RegistryState {
+        self.inner.state.lock().clone()
+    }
+
+    fn default_ttl(&self) -> Option<Duration> {
+        Some(self.inner.config.ttl)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        *self.inner.state.lock() = RegistryState::Closed;
+        // Stop the keep-alive first, so it cannot race the revoke with a new grant.
+        if let Some(task) = self.lease_task.lock().take() {
+            task.abort();
+        }
+        // Every later call now fails with `Closed`, and every watch stream ends.
+        let _ = self.inner.shutdown.send_replace(true);
+        let revoked = {
+            // Let mutations already in flight finish, so none lands after the revoke.
+            let _exclusive = self.inner.gate.write().await;
+            self.inner.revoke().await
+        };
+        self.inner.ours.lock().clear();
+        if let Err(e) = &revoked {
+            tracing::warn!(target: "waypost::etcd", error = %e, "lease revoke failed; instances expire after the TTL");
+        }
+        revoked
+    }
+}
+
+impl Drop for EtcdRegistry {
+    fn drop(&mut self) {
+        let _ = self.inner.shutdown.send_replace(true);
+        if let Some(task) = self.lease_task.lock().take() {
+            task.abort();
+        }
+    }
+}
