@@ -1,0 +1,232 @@
+//! Username/password login against Nacos' HTTP endpoint `/nacos/v1/auth/login`.
+//!
+//! The SDK's own HTTP login plugin writes the password into its debug log and cannot tell its
+//! caller that the credentials were refused. This plugin keeps the password out of every log and
+//! `Debug` output, sends it in the request body (not in the URL), shares one token among all the
+//! SDK connections of a registry, and remembers why the last login failed so that construction
+//! can return a clear [`Error::Auth`](waypost_core_types::Error::Auth).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nacos_sdk::api::plugin::{AuthContext, AuthPlugin, LoginIdentityContext, RequestResource};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// What `Debug` shows instead of a secret.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+const ACCESS_TOKEN: &str = "accessToken";
+
+/// Why the last login did not produce a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LoginFailure {
+    /// The server answered and refused the credentials.
+    Rejected(String),
+    /// No server could be reached or understood.
+    Unreachable(String),
+}
+
+struct State {
+    token: Option<String>,
+    refresh_at: Instant,
+    last_failure: Option<LoginFailure>,
+}
+
+/// The login plugin, shared by every SDK connection of one registry.
+pub(crate) struct LoginPlugin {
+    username: String,
+    password: String,
+    servers: Vec<String>,
+    http: reqwest::Client,
+    state: Mutex<State>,
+    login_lock: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for LoginPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginPlugin")
+            .field("username", &self.username)
+            .field("password", &REDACTED)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginPlugin {
+    pub(crate) fn new(
+        username: String,
+        password: String,
+        servers: Vec<String>,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Arc::new(LoginPlugin {
+            username,
+            password,
+            servers,
+            http,
+            state: Mutex::new(State {
+                token: None,
+                refresh_at: Instant::now(),
+                last_failure: None,
+            }),
+            login_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether a token is held.
+    #[cfg(test)]
+    pub(crate) fn has_token(&self) -> bool {
+        self.state.lock().token.is_some()
+    }
+
+    /// Why the last login failed, if it did.
+    pub(crate) fn last_failure(&self) -> Option<LoginFailure> {
+        self.state.lock().last_failure.clone()
+    }
+
+    /// Logs in unless a fresh token is held.
+    ///
+    /// # Errors
+    /// Why no token could be obtained.
+    pub(crate) async fn ensure_login(&self) -> Result<(), LoginFailure> {
+        let _one_at_a_time = self.login_lock.lock().await;
+        {
+            let st = self.state.lock();
+            if st.token.is_some() && Instant::now() < st.refresh_at {
+                return Ok(());
+            }
+        }
+        let mut last = LoginFailure::Unreachable("no server address".into());
+        for server in &self.servers {
+            match self.login_once(server).await {
+                Ok((token, ttl)) => {
+                    let mut st = self.state.lock();
+                    st.token = Some(token);
+                    // Refresh well before expiry (the SDK asks every 30 s).
+                    st.refresh_at = Instant::now() + ttl.mul_f64(0.5);
+                    st.last_failure = None;
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut st = self.state.lock();
+        if matches!(last, LoginFailure::Rejected(_)) {
+            // Refused credentials: the old token (if any) is not to be trusted either.
+            st.token = None;
+        }
+        st.last_failure = Some(last.clone());
+        Err(last)
+    }
+
+    async fn login_once(&self, server: &str) -> Result<(String, Duration), LoginFailure> {
+        let url = format!("http://{server}/nacos/v1/auth/login");
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("username", &self.username)
+            .append_pair("password", &self.password)
+            .finish();
+        let resp = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| LoginFailure::Unreachable(format!("login at {server}: {e}")))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| LoginFailure::Unreachable(format!("login at {server}: {e}")))?;
+        let text: String = text.chars().take(300).collect();
+        if status.as_u16() == 401 || status.as_u16() == 403 {
+            return Err(LoginFailure::Rejected(format!(
+                "the server refused user `{}` (HTTP {}): {}",
+                self.username,
+                status.as_u16(),
+                text.trim()
+            )));
+        }
+        if !status.is_success() {
+            return Err(LoginFailure::Unreachable(format!(
+                "login at {server}: HTTP {}: {}",
+                status.as_u16(),
+                text.trim()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct LoginResponse {
+            access_token: String,
+            #[serde(default)]
+            token_ttl: u64,
+        }
+        let parsed: LoginResponse = serde_json::from_str(&text).map_err(|e| {
+            LoginFailure::Unreachable(format!("login at {server}: unexpected answer: {e}"))
+        })?;
+        let ttl = if parsed.token_ttl == 0 {
+            Duration::from_secs(18_000)
+        } else {
+            Duration::from_secs(parsed.token_ttl)
+        };
+        Ok((parsed.access_token, ttl))
+    }
+}
+
+#[async_trait::async_trait]
+impl AuthPlugin for LoginPlugin {
+    async fn login(&self, _server_list: Arc<Vec<String>>, _auth_context: Arc<AuthContext>) {
+        if let Err(e) = self.ensure_login().await {
+            // The message names the user, never the password.
+            tracing::warn!(target: "waypost::nacos", "nacos login failed: {e:?}");
+        }
+    }
+
+    fn get_login_identity(&self, _resource: RequestResource) -> LoginIdentityContext {
+        match self.state.lock().token.as_ref() {
+            Some(t) => LoginIdentityContext::default().add_context(ACCESS_TOKEN, t.clone()),
+            None => LoginIdentityContext::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let p = LoginPlugin::new(
+            "nacos".into(),
+            "top-secret-pw".into(),
+            vec!["127.0.0.1:1".into()],
+            Duration::from_millis(100),
+        );
+        let dbg = format!("{p:?}");
+        assert!(!dbg.contains("top-secret-pw"), "{dbg}");
+        assert!(dbg.contains("nacos"));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_not_a_rejection() {
+        let p = LoginPlugin::new(
+            "nacos".into(),
+            "pw".into(),
+            vec!["127.0.0.1:1".into()],
+            Duration::from_millis(300),
+        );
+        match p.ensure_login().await {
+            Err(LoginFailure::Unreachable(m)) => assert!(!m.contains("pw\""), "{m}"),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert!(!p.has_token());
+        assert!(matches!(p.last_failure(), Some(LoginFailure::Unreachable(_))));
+    }
+}
