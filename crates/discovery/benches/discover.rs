@@ -1,0 +1,68 @@
+//! `discover_one` on a warm cache of 10 instances with round robin: one thread, and the same
+//! from two threads (an iteration is one call on every thread, so equal times mean 2× throughput).
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use waypost_balancer::RoundRobin;
+use waypost_core_types::{Health, SelectContext, ServiceDiscovery, ServiceInfo, ServiceRegistry};
+use waypost_discovery::CachedDiscovery;
+use waypost_registry_memory::MemoryRegistry;
+
+fn warm_discovery(rt: &tokio::runtime::Runtime) -> CachedDiscovery {
+    rt.block_on(async {
+        let registry = Arc::new(MemoryRegistry::new());
+        for i in 0..10u16 {
+            let svc = ServiceInfo::new(format!("bench-{i}"), "bench-service", "10.0.0.1", 8000 + i)
+                .with_health(Health::Healthy);
+            registry.register(&svc).await.expect("register");
+        }
+        let d = CachedDiscovery::new(registry, Arc::new(RoundRobin::new()));
+        d.discover_one("bench-service").await.expect("warm");
+        d
+    })
+}
+
+fn discover_one(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let d = warm_discovery(&rt);
+    let mut g = c.benchmark_group("discover_one_10");
+    // The future of a warm lookup is ready at its first poll; poll it in place.
+    g.bench_function("discover_one", |b| {
+        b.iter(|| black_box(d.discover_one(black_box("bench-service")).now_or_never()))
+    });
+    g.bench_function("select_cached", |b| {
+        b.iter(|| black_box(d.select_cached(black_box("bench-service"), &SelectContext::default())))
+    });
+    for threads in [1usize, 2] {
+        g.bench_function(format!("discover_one_{threads}_threads"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|sc| {
+                    for _ in 0..threads {
+                        let d = d.clone();
+                        sc.spawn(move || {
+                            for _ in 0..iters {
+                                black_box(d.discover_one("bench-service").now_or_never());
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+    rt.block_on(async { d.close().await.expect("close") });
+}
+
+criterion_group!(benches, discover_one);
+criterion_main!(benches);

@@ -1,0 +1,192 @@
+//! One service's cache entry: the current instance set, how fresh it is, and its counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use waypost_core_types::{Error, ServiceEvent, ServiceEventType, ServiceInfo};
+
+use crate::options::Options;
+use crate::stats::{CacheStats, StripedCounter};
+
+/// An immutable instance set, sorted by id; replaced as a whole on every change.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) all: Vec<Arc<ServiceInfo>>,
+    pub(crate) healthy: usize,
+}
+
+impl Snapshot {
+    fn new(mut all: Vec<Arc<ServiceInfo>>) -> Self {
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all.dedup_by(|a, b| a.id == b.id);
+        let healthy = all.iter().filter(|s| s.is_healthy()).count();
+        Snapshot { all, healthy }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Status {
+    watching: bool,
+    last_refresh: Option<(Instant, SystemTime)>,
+    last_error: Option<String>,
+    refused: u64,
+}
+
+/// One cached service.
+pub(crate) struct Entry {
+    pub(crate) name: Arc<str>,
+    pub(crate) snap: ArcSwapOption<Snapshot>,
+    pub(crate) hits: StripedCounter,
+    pub(crate) misses: AtomicU64,
+    /// Held while the first fill runs, so concurrent first lookups wait for one fill.
+    pub(crate) fill: tokio::sync::Mutex<()>,
+    pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    status: Mutex<Status>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry").field("name", &self.name).finish()
+    }
+}
+
+impl Entry {
+    pub(crate) fn new(name: &str) -> Self {
+        Entry {
+            name: Arc::from(name),
+            snap: ArcSwapOption::empty(),
+            hits: StripedCounter::default(),
+            misses: AtomicU64::new(0),
+            fill: tokio::sync::Mutex::new(()),
+            task: Mutex::new(None),
+            status: Mutex::new(Status::default()),
+        }
+    }
+
+    fn current_len(&self) -> usize {
+        self.snap.load().as_ref().map_or(0, |s| s.all.len())
+    }
+
+    fn keep(&self, s: &ServiceInfo, opts: &Options) -> bool {
+        *s.name == *self.name && opts.filter.matches(s)
+    }
+
+    /// Replaces the set (a snapshot or a poll), unless the shrink guard refuses. `watching` says
+    /// whether a live watch delivered it.
+    pub(crate) fn apply_full(&self, services: Vec<ServiceInfo>, opts: &Options, watching: bool) {
+        let next: Vec<Arc<ServiceInfo>> = services
+            .into_iter()
+            .filter(|s| self.keep(s, opts))
+            .map(Arc::new)
+            .collect();
+        let cur = self.current_len();
+        if self.snap.load().is_some() && opts.refuses(cur, next.len()) {
+            self.refuse(cur, next.len());
+            self.status.lock().watching = watching;
+            return;
+        }
+        self.snap.store(Some(Arc::new(Snapshot::new(next))));
+        self.refreshed(watching);
+    }
+
+    /// Applies one change from the watch.
+    pub(crate) fn apply_change(&self, event: ServiceEvent, opts: &Options) {
+        if *event.service.name != *self.name {
+            return;
+        }
+        let cur = self.snap.load_full();
+        let mut all = cur.as_ref().map(|s| s.all.clone()).unwrap_or_default();
+        let pos = all.iter().position(|s| s.id == event.service.id);
+        match (event.kind, pos) {
+            (ServiceEventType::Deleted, None) => {}
+            (ServiceEventType::Deleted, Some(i)) => {
+                if all.len() == 1 && opts.refuses(1, 0) {
+                    self.refuse(1, 0);
+                    return;
+                }
+                all.remove(i);
+            }
+            (ServiceEventType::Created | ServiceEventType::Updated, pos) => {
+                let keep = self.keep(&event.service, opts);
+                match (pos, keep) {
+                    (Some(i), true) => all[i] = Arc::new(event.service),
+                    (Some(i), false) => {
+                        all.remove(i);
+                    }
+                    (None, true) => all.push(Arc::new(event.service)),
+                    (None, false) => {}
+                }
+            }
+        }
+        self.snap.store(Some(Arc::new(Snapshot::new(all))));
+        self.refreshed(true);
+    }
+
+    fn refuse(&self, cur: usize, next: usize) {
+        tracing::warn!(
+            service = %self.name,
+            cached = cur,
+            update = next,
+            "discovery: shrink guard refused an update; serving the cached instances"
+        );
+        self.status.lock().refused += 1;
+    }
+
+    fn refreshed(&self, watching: bool) {
+        let mut st = self.status.lock();
+        st.watching = watching;
+        st.last_refresh = Some((Instant::now(), SystemTime::now()));
+        if watching {
+            st.last_error = None;
+        }
+    }
+
+    /// A snapshot arrived on a fresh watch (the data itself goes through `apply_full`).
+    pub(crate) fn watch_lost(&self, why: &str) {
+        let mut st = self.status.lock();
+        st.watching = false;
+        st.last_error = Some(why.to_owned());
+    }
+
+    /// A registry call failed.
+    pub(crate) fn failed(&self, err: &Error) {
+        let mut st = self.status.lock();
+        st.watching = false;
+        st.last_error = Some(err.to_string());
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let snap = self.snap.load();
+        let st = self.status.lock();
+        CacheStats {
+            service: self.name.to_string(),
+            instances: snap.as_ref().map_or(0, |s| s.all.len()),
+            healthy: snap.as_ref().map_or(0, |s| s.healthy),
+            hits: self.hits.sum(),
+            misses: self.misses.load(Ordering::Relaxed),
+            last_refresh: st.last_refresh.map(|(_, wall)| wall),
+            watching: st.watching,
+            stale_for: if st.watching {
+                None
+            } else {
+                Some(
+                    st.last_refresh
+                        .map_or(std::time::Duration::MAX, |(at, _)| at.elapsed()),
+                )
+            },
+            last_error: st.last_error.clone(),
+            refused_updates: st.refused,
+        }
+    }
+
+    pub(crate) fn abort_task(&self) {
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+    }
+}

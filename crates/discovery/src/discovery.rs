@@ -1,0 +1,416 @@
+//! [`CachedDiscovery`]: watch-driven, cached discovery over any registry.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use waypost_core_types::{
+    Error, LoadBalancer, Result, SelectContext, Selection, ServiceDiscovery, ServiceEventStream,
+    ServiceInfo, ServiceRegistry,
+};
+
+use crate::cache::{Entry, Snapshot};
+use crate::options::{DiscoveryBuilder, Options};
+use crate::{events, refresh, CacheStats, Filter};
+
+/// FNV-1a: service names are short, and this map is read on every lookup.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        // Spread the low bits into the high ones (hashbrown uses the top 7 bits).
+        let mut k = self.0;
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type Services = HashMap<Arc<str>, Arc<Entry>, BuildHasherDefault<Fnv>>;
+
+/// Service discovery with a per-service cache kept current by the registry's watch.
+///
+/// The first lookup of a service subscribes to [`ServiceRegistry::watch_service`] and fills the
+/// cache from its snapshot; a background task owned by the discovery then applies every change,
+/// and replaces the set on every resync snapshot. If the watch ends or fails, the task polls
+/// [`ServiceRegistry::list_instances`] every [`refresh_interval`](DiscoveryBuilder::refresh_interval)
+/// and tries to watch again until it succeeds. While the registry cannot be reached, lookups keep
+/// answering from the last known set, and [`CacheStats::stale_for`] says how old it is.
+///
+/// Lookups on a filled cache take no lock: the service map and each service's instance set are
+/// immutable snapshots behind `ArcSwap`, and the hit counter is striped per thread.
+///
+/// Cloning gives another handle to the same discovery. [`close`](ServiceDiscovery::close), or
+/// dropping the last handle, stops every background task and ends every stream from
+/// [`watch`](ServiceDiscovery::watch).
+#[derive(Clone)]
+pub struct CachedDiscovery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<dyn ServiceRegistry>,
+    balancer: Arc<dyn LoadBalancer>,
+    opts: Arc<Options>,
+    services: ArcSwap<Services>,
+    write: Mutex<()>,
+    closed: AtomicBool,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for e in self.services.load().values() {
+            e.abort_task();
+        }
+    }
+}
+
+impl std::fmt::Debug for CachedDiscovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedDiscovery")
+            .field("registry", &self.inner.registry.backend())
+            .field("balancer", &self.inner.balancer.name())
+            .field("services", &self.inner.services.load().len())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl CachedDiscovery {
+    /// A discovery over `registry` picking with `balancer`, with default options (the seed's
+    /// `NewMemoryServiceDiscovery(registry, balancer)`, for any registry).
+    pub fn new(registry: Arc<dyn ServiceRegistry>, balancer: Arc<dyn LoadBalancer>) -> Self {
+        Self::from_parts(registry, balancer, Options::default())
+    }
+
+    /// Options for a discovery over `registry`.
+    pub fn builder(registry: Arc<dyn ServiceRegistry>) -> DiscoveryBuilder {
+        DiscoveryBuilder::new(registry)
+    }
+
+    pub(crate) fn from_parts(
+        registry: Arc<dyn ServiceRegistry>,
+        balancer: Arc<dyn LoadBalancer>,
+        opts: Options,
+    ) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        CachedDiscovery {
+            inner: Arc::new(Inner {
+                registry,
+                balancer,
+                opts: Arc::new(opts),
+                services: ArcSwap::from_pointee(Services::default()),
+                write: Mutex::new(()),
+                closed: AtomicBool::new(false),
+                shutdown,
+            }),
+        }
+    }
+
+    /// The registry this discovery reads.
+    pub fn registry(&self) -> &Arc<dyn ServiceRegistry> {
+        &self.inner.registry
+    }
+
+    /// The balancer `select` and `discover_one` use.
+    pub fn balancer(&self) -> &Arc<dyn LoadBalancer> {
+        &self.inner.balancer
+    }
+
+    /// Whether [`close`](ServiceDiscovery::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Picks an instance from the cache without waiting: `None` when the service is not cached
+    /// yet (then use [`select`](ServiceDiscovery::select), which fills it). The fast path of
+    /// `select` and `discover_one`.
+    #[inline]
+    pub fn select_cached(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Some(Err(Error::Closed));
+        }
+        let services = self.inner.services.load();
+        let entry = services.get(name)?;
+        let snap = entry.snap.load();
+        let snap = snap.as_ref()?;
+        entry.hits.incr();
+        Some(self.pick(name, &snap.all, snap.healthy, ctx))
+    }
+
+    fn pick(
+        &self,
+        name: &str,
+        all: &[Arc<ServiceInfo>],
+        healthy: usize,
+        ctx: &SelectContext<'_>,
+    ) -> Result<Selection> {
+        if all.is_empty() {
+            return Err(Error::ServiceNotFound(name.to_owned()));
+        }
+        if healthy == 0 {
+            return Err(Error::NoHealthyInstance(name.to_owned()));
+        }
+        match self.inner.balancer.select(all, ctx) {
+            Some(instance) => Ok(Selection {
+                guard: self.inner.balancer.begin(instance),
+                instance: instance.clone(),
+            }),
+            None => Err(Error::NoHealthyInstance(name.to_owned())),
+        }
+    }
+
+    /// The cached set of `name`, filling it on first use.
+    async fn snapshot(&self, name: &str) -> Result<Arc<Snapshot>> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if let Some(entry) = self.inner.services.load().get(name) {
+            if let Some(snap) = entry.snap.load_full() {
+                entry.hits.incr();
+                return Ok(snap);
+            }
+        }
+        self.fill(name).await
+    }
+
+    #[cold]
+    async fn fill(&self, name: &str) -> Result<Arc<Snapshot>> {
+        let entry = self.entry_or_insert(name);
+        entry.misses.fetch_add(1, Ordering::Relaxed);
+        let _filling = entry.fill.lock().await;
+        if let Some(snap) = entry.snap.load_full() {
+            return Ok(snap);
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let inner = &self.inner;
+        match refresh::first_fill(&entry, &*inner.registry, &inner.opts).await {
+            Ok(stream) => {
+                let task = tokio::spawn(refresh::run(
+                    entry.clone(),
+                    inner.registry.clone(),
+                    inner.opts.clone(),
+                    stream,
+                    inner.shutdown.subscribe(),
+                ));
+                *entry.task.lock() = Some(task);
+                // Closed or evicted while filling: nobody owns the task any more.
+                if self.is_closed() || !self.holds(name, &entry) {
+                    entry.abort_task();
+                }
+                entry
+                    .snap
+                    .load_full()
+                    .ok_or_else(|| Error::Unavailable(format!("`{name}` was not filled")))
+            }
+            Err(e) => {
+                self.remove_if(name, &entry);
+                Err(e)
+            }
+        }
+    }
+
+    fn holds(&self, name: &str, entry: &Arc<Entry>) -> bool {
+        self.inner
+            .services
+            .load()
+            .get(name)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+    }
+
+    fn entry_or_insert(&self, name: &str) -> Arc<Entry> {
+        if let Some(e) = self.inner.services.load().get(name) {
+            return e.clone();
+        }
+        let _w = self.inner.write.lock();
+        let cur = self.inner.services.load_full();
+        if let Some(e) = cur.get(name) {
+            return e.clone();
+        }
+        let mut next = (*cur).clone();
+        let entry = Arc::new(Entry::new(name));
+        next.insert(Arc::from(name), entry.clone());
+        self.inner.services.store(Arc::new(next));
+        entry
+    }
+
+    fn remove_if(&self, name: &str, entry: &Arc<Entry>) {
+        let _w = self.inner.write.lock();
+        let cur = self.inner.services.load_full();
+        if cur.get(name).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            let mut next = (*cur).clone();
+            next.remove(name);
+            self.inner.services.store(Arc::new(next));
+        }
+    }
+
+    /// Every instance of `name` that matches `filter`, healthy or not.
+    ///
+    /// # Errors
+    /// As [`discover`](ServiceDiscovery::discover); `ServiceNotFound` also when no instance
+    /// matches.
+    pub async fn discover_with(
+        &self,
+        name: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Arc<ServiceInfo>>> {
+        let snap = self.snapshot(name).await?;
+        let out: Vec<_> = snap
+            .all
+            .iter()
+            .filter(|s| filter.matches(s))
+            .cloned()
+            .collect();
+        if out.is_empty() {
+            return Err(Error::ServiceNotFound(name.to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// One healthy instance of `name` among those matching `filter`, chosen by the balancer.
+    ///
+    /// # Errors
+    /// As [`select`](ServiceDiscovery::select); `ServiceNotFound` also when no instance matches.
+    pub async fn select_with(
+        &self,
+        name: &str,
+        filter: &Filter,
+        ctx: &SelectContext<'_>,
+    ) -> Result<Selection> {
+        let snap = self.snapshot(name).await?;
+        let matching: Vec<_> = snap
+            .all
+            .iter()
+            .filter(|s| filter.matches(s))
+            .cloned()
+            .collect();
+        let healthy = matching.iter().filter(|s| s.is_healthy()).count();
+        self.pick(name, &matching, healthy, ctx)
+    }
+
+    /// Statistics of every cached service, sorted by name.
+    pub fn cache_stats(&self) -> Vec<CacheStats> {
+        let mut out: Vec<_> = self
+            .inner
+            .services
+            .load()
+            .values()
+            .map(|e| e.stats())
+            .collect();
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
+    /// Statistics of one cached service.
+    pub fn service_stats(&self, name: &str) -> Option<CacheStats> {
+        self.inner.services.load().get(name).map(|e| e.stats())
+    }
+
+    /// Empties the cache and stops every service's background task; the next lookup of each
+    /// service fills it again from the registry.
+    pub fn clear_cache(&self) {
+        let old = {
+            let _w = self.inner.write.lock();
+            self.inner.services.swap(Arc::new(Services::default()))
+        };
+        for e in old.values() {
+            e.abort_task();
+        }
+    }
+
+    /// Drops one service from the cache (and stops its task). Returns whether it was cached.
+    pub fn evict(&self, name: &str) -> bool {
+        let removed = {
+            let _w = self.inner.write.lock();
+            let cur = self.inner.services.load_full();
+            let mut next = (*cur).clone();
+            let removed = next.remove(name);
+            if removed.is_some() {
+                self.inner.services.store(Arc::new(next));
+            }
+            removed
+        };
+        match removed {
+            Some(e) => {
+                e.abort_task();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for CachedDiscovery {
+    async fn discover(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> {
+        let snap = self.snapshot(name).await?;
+        if snap.all.is_empty() {
+            return Err(Error::ServiceNotFound(name.to_owned()));
+        }
+        Ok(snap.all.clone())
+    }
+
+    async fn select(&self, name: &str, ctx: &SelectContext<'_>) -> Result<Selection> {
+        if let Some(done) = self.select_cached(name, ctx) {
+            return done;
+        }
+        let snap = self.fill(name).await?;
+        self.pick(name, &snap.all, snap.healthy, ctx)
+    }
+
+    async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
+        let ctx = SelectContext::default();
+        let sel = match self.select_cached(name, &ctx) {
+            Some(done) => done?,
+            None => {
+                let snap = self.fill(name).await?;
+                self.pick(name, &snap.all, snap.healthy, &ctx)?
+            }
+        };
+        Ok(sel.instance)
+    }
+
+    async fn watch(&self, name: &str) -> Result<ServiceEventStream> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let stream = self.inner.registry.watch_service(name).await?;
+        Ok(events::changes(stream, self.inner.shutdown.subscribe()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _ = self.inner.shutdown.send(true);
+        self.clear_cache();
+        if self.inner.opts.owns_registry {
+            self.inner.registry.close().await?;
+        }
+        Ok(())
+    }
+}

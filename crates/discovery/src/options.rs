@@ -1,0 +1,185 @@
+//! [`DiscoveryBuilder`]: the options of [`CachedDiscovery`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use waypost_balancer::RoundRobin;
+use waypost_core_types::{Error, LoadBalancer, Result, ServiceRegistry};
+
+use crate::{CachedDiscovery, Filter};
+
+/// Options shared by a discovery and its background tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) refresh_interval: Duration,
+    pub(crate) initial_timeout: Duration,
+    pub(crate) refuse_empty: bool,
+    pub(crate) min_fraction: Option<f64>,
+    pub(crate) filter: Filter,
+    pub(crate) owns_registry: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            refresh_interval: Duration::from_secs(5),
+            initial_timeout: Duration::from_secs(5),
+            refuse_empty: false,
+            min_fraction: None,
+            filter: Filter::new(),
+            owns_registry: false,
+        }
+    }
+}
+
+impl Options {
+    /// Whether the shrink guard refuses replacing `current` instances by `next`.
+    pub(crate) fn refuses(&self, current: usize, next: usize) -> bool {
+        if current == 0 || next >= current {
+            return false;
+        }
+        if next == 0 && self.refuse_empty {
+            return true;
+        }
+        match self.min_fraction {
+            Some(f) => (next as f64) < f * current as f64,
+            None => false,
+        }
+    }
+}
+
+/// Builds a [`CachedDiscovery`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use waypost_balancer::LeastRequest;
+/// use waypost_discovery::{CachedDiscovery, Filter};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> waypost_core_types::Result<()> {
+/// let registry = Arc::new(waypost_registry_memory::MemoryRegistry::new());
+/// let discovery = CachedDiscovery::builder(registry)
+///     .balancer(Arc::new(LeastRequest::new()))
+///     .refresh_interval(Duration::from_secs(2))
+///     .refuse_empty_updates(true)
+///     .filter(Filter::new().all_tags(["api"]))
+///     .build()?;
+/// # let _ = discovery; Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct DiscoveryBuilder {
+    registry: Arc<dyn ServiceRegistry>,
+    balancer: Option<Arc<dyn LoadBalancer>>,
+    opts: Options,
+}
+
+impl DiscoveryBuilder {
+    pub(crate) fn new(registry: Arc<dyn ServiceRegistry>) -> Self {
+        DiscoveryBuilder {
+            registry,
+            balancer: None,
+            opts: Options::default(),
+        }
+    }
+
+    /// The balancer `discover_one`/`select` use (default [`RoundRobin`]).
+    pub fn balancer(mut self, balancer: Arc<dyn LoadBalancer>) -> Self {
+        self.balancer = Some(balancer);
+        self
+    }
+
+    /// While the registry watch is down: how often to poll `list_instances` and try to watch
+    /// again (default 5 s).
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.opts.refresh_interval = interval;
+        self
+    }
+
+    /// How long the first lookup of a service waits for the registry (default 5 s).
+    pub fn initial_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.initial_timeout = timeout;
+        self
+    }
+
+    /// Refuse an update that would empty a non-empty cached set (for registries that push empty
+    /// lists while they restart). Default off. A refused update is counted in
+    /// [`CacheStats::refused_updates`](crate::CacheStats::refused_updates).
+    pub fn refuse_empty_updates(mut self, refuse: bool) -> Self {
+        self.opts.refuse_empty = refuse;
+        self
+    }
+
+    /// Refuse a full update (snapshot or poll) that would shrink a non-empty cached set below
+    /// `fraction` of its size (`0 < fraction ≤ 1`); implies refusing empty updates.
+    pub fn min_shrink_fraction(mut self, fraction: f64) -> Self {
+        self.opts.min_fraction = Some(fraction);
+        self
+    }
+
+    /// Only cache instances that match `filter` (per-call filters are on
+    /// [`CachedDiscovery::discover_with`] and [`CachedDiscovery::select_with`]).
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.opts.filter = filter;
+        self
+    }
+
+    /// Close the registry when the discovery is closed (default: the caller owns it).
+    pub fn owns_registry(mut self, owns: bool) -> Self {
+        self.opts.owns_registry = owns;
+        self
+    }
+
+    /// The discovery. Nothing runs until the first lookup of a service.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero interval or timeout, or a shrink fraction outside
+    /// `(0, 1]`.
+    pub fn build(self) -> Result<CachedDiscovery> {
+        if self.opts.refresh_interval.is_zero() {
+            return Err(Error::InvalidConfig(
+                "discovery: refresh_interval must be greater than zero".into(),
+            ));
+        }
+        if self.opts.initial_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "discovery: initial_timeout must be greater than zero".into(),
+            ));
+        }
+        if let Some(f) = self.opts.min_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(Error::InvalidConfig(format!(
+                    "discovery: min_shrink_fraction must be in (0, 1], got {f}"
+                )));
+            }
+        }
+        let balancer = self.balancer.unwrap_or_else(|| Arc::new(RoundRobin::new()));
+        Ok(CachedDiscovery::from_parts(
+            self.registry,
+            balancer,
+            self.opts,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options::default()
+    }
+
+    #[test]
+    fn shrink_guard() {
+        let mut o = opts();
+        assert!(!o.refuses(3, 0));
+        o.refuse_empty = true;
+        assert!(o.refuses(3, 0));
+        assert!(!o.refuses(0, 0));
+        assert!(!o.refuses(3, 1));
+        o.min_fraction = Some(0.5);
+        assert!(o.refuses(10, 4));
+        assert!(!o.refuses(10, 5));
+        assert!(!o.refuses(10, 12));
+    }
+}
