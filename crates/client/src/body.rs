@@ -1,0 +1,98 @@
+//! Reading response bodies under a size limit.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::Body;
+
+/// The default response body limit: 10 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// How much of an error response's body is kept in [`Error::Http`](waypost_core_types::Error::Http).
+pub(crate) const ERROR_BODY_PREFIX: usize = 1024;
+
+#[derive(Debug)]
+pub(crate) enum ReadError<E> {
+    /// The body is larger than the limit.
+    TooLarge,
+    /// The connection failed while reading.
+    Body(E),
+}
+
+/// The `Content-Length` header, if present and valid.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads the whole body, failing as soon as it would exceed `limit`: a `Content-Length` above the
+/// limit fails before anything is read, and a streamed body stops being buffered at the limit.
+/// A body that arrives in one chunk is returned without copying.
+pub(crate) async fn read_limited<B>(
+    headers: &HeaderMap,
+    mut body: B,
+    limit: usize,
+) -> Result<Bytes, ReadError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let declared = content_length(headers);
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Body)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err(ReadError::TooLarge);
+        }
+        if let Some(buf) = buf.as_mut() {
+            buf.extend_from_slice(&data);
+        } else if let Some(f) = first.take() {
+            let hint = declared.map_or(0, |l| l as usize).max(f.len() + data.len());
+            let mut b = BytesMut::with_capacity(hint.min(limit));
+            b.extend_from_slice(&f);
+            b.extend_from_slice(&data);
+            buf = Some(b);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(match (buf, first) {
+        (Some(b), _) => b.freeze(),
+        (None, Some(f)) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Reads at most `max` bytes of the body (for error messages), lossily decoded. Errors while
+/// reading end the prefix early.
+pub(crate) async fn read_prefix<B>(mut body: B, max: usize) -> String
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut buf = Vec::new();
+    while buf.len() < max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let take = data.len().min(max - buf.len());
+                    buf.extend_from_slice(&data[..take]);
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}

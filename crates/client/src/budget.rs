@@ -1,0 +1,153 @@
+//! [`RetryBudget`]: a token budget that caps retries at a share of requests.
+
+use std::fmt;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+const BUCKETS: u64 = 10;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    index: u64,
+    deposits: u64,
+    withdrawals: u64,
+}
+
+/// A retry budget in the manner of Finagle's and Linkerd's: over a sliding `ttl`, retries may
+/// reach `percent_can_retry` of requests, plus `min_retries_per_sec` so that low-traffic clients
+/// can still retry. When a whole service is down, every request fails, and retries are capped
+/// instead of multiplying the load by the retry count.
+///
+/// ```
+/// use std::time::Duration;
+/// use waypost_client::RetryBudget;
+///
+/// let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.2);
+/// for _ in 0..10 {
+///     budget.deposit(); // ten requests
+/// }
+/// assert!(budget.try_withdraw()); // 20 % of 10 = two retries
+/// assert!(budget.try_withdraw());
+/// assert!(!budget.try_withdraw());
+/// ```
+pub struct RetryBudget {
+    ttl: Duration,
+    min_retries_per_sec: u32,
+    percent_can_retry: f64,
+    width: u64,
+    epoch: Instant,
+    buckets: Mutex<[Bucket; BUCKETS as usize]>,
+}
+
+impl Default for RetryBudget {
+    /// Finagle's defaults: 10 s window, 10 retries per second, 20 % of requests.
+    fn default() -> Self {
+        RetryBudget::new(Duration::from_secs(10), 10, 0.2)
+    }
+}
+
+impl RetryBudget {
+    /// A budget over `ttl` (counted in ten buckets) allowing `percent_can_retry` (0–1000 %,
+    /// given as 0.0–10.0) of requests as retries plus `min_retries_per_sec`.
+    pub fn new(ttl: Duration, min_retries_per_sec: u32, percent_can_retry: f64) -> Self {
+        let ttl = ttl.max(Duration::from_millis(10));
+        RetryBudget {
+            ttl,
+            min_retries_per_sec,
+            percent_can_retry: if percent_can_retry.is_finite() {
+                percent_can_retry.clamp(0.0, 10.0)
+            } else {
+                0.0
+            },
+            width: (u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX) / BUCKETS).max(1),
+            epoch: Instant::now(),
+            buckets: Mutex::new([Bucket::default(); BUCKETS as usize]),
+        }
+    }
+
+    fn index(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) / self.width
+    }
+
+    fn slot(b: &mut [Bucket; BUCKETS as usize], now: u64) -> &mut Bucket {
+        let s = &mut b[(now % BUCKETS) as usize];
+        if s.index != now {
+            *s = Bucket {
+                index: now,
+                ..Bucket::default()
+            };
+        }
+        s
+    }
+
+    fn balance_of(&self, b: &[Bucket; BUCKETS as usize], now: u64) -> f64 {
+        let (mut d, mut w) = (0u64, 0u64);
+        for s in b {
+            if s.index + BUCKETS > now && s.index <= now {
+                d += s.deposits;
+                w += s.withdrawals;
+            }
+        }
+        let reserve = f64::from(self.min_retries_per_sec) * self.ttl.as_secs_f64();
+        reserve + d as f64 * self.percent_can_retry - w as f64
+    }
+
+    /// Counts one request (call it once per call, not per attempt).
+    pub fn deposit(&self) {
+        let now = self.index();
+        Self::slot(&mut self.buckets.lock(), now).deposits += 1;
+    }
+
+    /// Takes one retry from the budget; `false` when it is spent.
+    pub fn try_withdraw(&self) -> bool {
+        let now = self.index();
+        let mut b = self.buckets.lock();
+        if self.balance_of(&b, now) >= 1.0 {
+            Self::slot(&mut b, now).withdrawals += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Retries still available now.
+    pub fn balance(&self) -> f64 {
+        let now = self.index();
+        let b = self.buckets.lock();
+        self.balance_of(&b, now).max(0.0)
+    }
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("ttl", &self.ttl)
+            .field("min_retries_per_sec", &self.min_retries_per_sec)
+            .field("percent_can_retry", &self.percent_can_retry)
+            .field("balance", &self.balance())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn reserve_and_share_over_a_sliding_window() {
+        let b = RetryBudget::new(Duration::from_secs(10), 1, 0.5);
+        // Reserve: 1/s over 10 s = 10 retries with no traffic at all.
+        assert!((0..10).all(|_| b.try_withdraw()));
+        assert!(!b.try_withdraw());
+        for _ in 0..4 {
+            b.deposit();
+        }
+        assert!(b.try_withdraw() && b.try_withdraw(), "50 % of 4 requests");
+        assert!(!b.try_withdraw());
+        // Once the window has slid past, the withdrawals are forgotten.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!((b.balance() - 10.0).abs() < 1e-9);
+    }
+}

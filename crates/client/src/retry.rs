@@ -1,0 +1,116 @@
+//! Retry policy: which failures are retried, and the backoff between attempts.
+
+use std::time::Duration;
+
+use http::Method;
+use rand::Rng;
+
+/// How a [`ServiceClient`](crate::ServiceClient) retries.
+///
+/// Every attempt picks an instance again and avoids the ones that failed in this call. Connection
+/// failures (the request never reached a server) are retried for every method; 5xx statuses,
+/// timeouts and connections lost after the request was sent only for idempotent methods (GET,
+/// HEAD, PUT, DELETE, OPTIONS, TRACE), unless [`retry_non_idempotent`](Self::retry_non_idempotent)
+/// is set. 4xx statuses are never retried. The wait before retry *n* (1-based) is drawn uniformly
+/// from `[0, min(max_backoff, base_delay · 2^(n−1))]` ("full jitter").
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = no retry).
+    pub max_retries: u32,
+    /// The backoff base.
+    pub base_delay: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+    /// Also retry non-idempotent methods (POST, PATCH) on 5xx and timeouts.
+    pub retry_non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            base_delay: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            retry_non_idempotent: false,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// `max_retries` retries with backoff base `base_delay` (the seed's `WithRetry(count, delay)`).
+    pub fn new(max_retries: u32, base_delay: Duration) -> Self {
+        RetryPolicy {
+            max_retries,
+            base_delay,
+            max_backoff: base_delay.saturating_mul(16).max(Duration::from_secs(2)),
+            retry_non_idempotent: false,
+        }
+    }
+
+    /// No retries.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The backoff before retry number `retry` (1-based), with full jitter.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = retry.saturating_sub(1).min(31);
+        let cap = self
+            .base_delay
+            .saturating_mul(1u32 << exp)
+            .min(self.max_backoff);
+        let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        if cap_nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(rand::rng().random_range(0..=cap_nanos))
+    }
+}
+
+/// Whether `method` is idempotent (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods() {
+        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS] {
+            assert!(is_idempotent(&m), "{m}");
+        }
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_exponential_cap() {
+        let p = RetryPolicy {
+            max_retries: 5,
+            base_delay: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            retry_non_idempotent: false,
+        };
+        let mut max_seen = [Duration::ZERO; 5];
+        for _ in 0..2_000 {
+            for (i, seen) in max_seen.iter_mut().enumerate() {
+                let d = p.backoff(i as u32 + 1);
+                let cap = Duration::from_millis((10u64 << i).min(50));
+                assert!(d <= cap, "retry {}: {d:?} > {cap:?}", i + 1);
+                *seen = (*seen).max(d);
+            }
+        }
+        // Jitter really spreads: the largest draw comes close to each cap.
+        assert!(max_seen[0] > Duration::from_millis(9));
+        assert!(max_seen[3] > Duration::from_millis(45));
+    }
+}
