@@ -10,6 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::backoff::Backoff;
 use crate::error;
 use crate::registry::Inner;
@@ -100,29 +102,48 @@ async fn session(inner: &Inner, backoff: &mut Backoff) -> SessionEnd {
     backoff.reset();
     inner.set_connected();
     let interval = keep_alive_interval(inner.config.ttl_secs());
+    let mut next_send = Instant::now() + interval;
+    // When the oldest unanswered keep-alive was sent.
+    let mut waiting_since: Option<Instant> = None;
     loop {
+        let answer_deadline = waiting_since.map(|t| t + timeout);
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(next_send) => {}
             _ = inner.renew_now.notified() => {}
             _ = inner.lease_suspect.notified() => {}
+            // Read all the time, so a broken stream is noticed at once, not at the next tick.
+            msg = stream.message() => {
+                match msg {
+                    Ok(Some(resp)) if resp.ttl() > 0 => {
+                        waiting_since = None;
+                        inner.set_connected();
+                    }
+                    Ok(Some(_)) => return SessionEnd::Lost("etcd reports the lease expired".into()),
+                    Ok(None) => return SessionEnd::Broken("keep-alive stream ended".into()),
+                    Err(e) if error::is_lease_not_found(&e) => return SessionEnd::Lost(e.to_string()),
+                    Err(e) => return SessionEnd::Broken(e.to_string()),
+                }
+                continue;
+            }
+            _ = sleep_until_opt(answer_deadline) => {
+                return SessionEnd::Broken(format!("no keep-alive answer within {timeout:?}"));
+            }
         }
         if inner.lease_id() != id {
-            // Replaced meanwhile (should not happen: only this task grants).
             return SessionEnd::Broken("lease replaced".into());
         }
         if let Err(e) = keeper.keep_alive().await {
             return SessionEnd::Broken(e.to_string());
         }
-        match tokio::time::timeout(timeout, stream.message()).await {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => inner.set_connected(),
-            Ok(Ok(Some(_))) => return SessionEnd::Lost("etcd reports the lease expired".into()),
-            Ok(Ok(None)) => return SessionEnd::Broken("keep-alive stream ended".into()),
-            Ok(Err(e)) if error::is_lease_not_found(&e) => return SessionEnd::Lost(e.to_string()),
-            Ok(Err(e)) => return SessionEnd::Broken(e.to_string()),
-            Err(_) => {
-                return SessionEnd::Broken(format!("no keep-alive answer within {timeout:?}"))
-            }
-        }
+        waiting_since.get_or_insert_with(Instant::now);
+        next_send = Instant::now() + interval;
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

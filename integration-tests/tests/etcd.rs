@@ -1,0 +1,628 @@
+//! waypost-registry-etcd against a real etcd 3.4 (single node, 3-member cluster, TLS, auth).
+//!
+//! Every test starts its own server(s) on free loopback ports. Without etcd installed they
+//! print `SKIPPED` (or fail with `CI=true`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use waypost_core_types::conformance::{self, ConformanceOptions};
+use waypost_core_types::{
+    Error, Health, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason,
+    WatchEvent, WatchStream,
+};
+use waypost_integration_tests::etcd::{etcd_available, EtcdCluster, EtcdServer, TcpProxy};
+use waypost_integration_tests::{free_port, require, wait_until};
+use waypost_registry_etcd::{EtcdConfig, EtcdRegistry, EtcdTlsConfig};
+
+static PREFIX_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A prefix of its own for each test.
+fn prefix(test: &str) -> String {
+    let n = PREFIX_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("/waypost-test/{test}-{}-{n}", std::process::id())
+}
+
+async fn server(test: &str) -> Option<EtcdServer> {
+    require(test, etcd_available())?;
+    Some(EtcdServer::start().await.expect("start etcd"))
+}
+
+fn config(endpoint: &str, test: &str, ttl_secs: u64) -> EtcdConfig {
+    EtcdConfig::new([endpoint])
+        .with_prefix(prefix(test))
+        .with_ttl(Duration::from_secs(ttl_secs))
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_max_backoff(Duration::from_millis(500))
+}
+
+fn svc(name: &str, id: &str, port: u16) -> ServiceInfo {
+    ServiceInfo::new(id, name, "127.0.0.1", port)
+        .with_version("1.0.0")
+        .with_health(Health::Healthy)
+}
+
+type View = BTreeMap<String, ServiceInfo>;
+
+fn apply(view: &mut View, ev: WatchEvent) -> Option<SnapshotReason> {
+    match ev {
+        WatchEvent::Snapshot { services, reason } => {
+            *view = services.into_iter().map(|s| (s.id.clone(), s)).collect();
+            Some(reason)
+        }
+        WatchEvent::Change(c) => {
+            match c.kind {
+                ServiceEventType::Deleted => {
+                    view.remove(&c.service.id);
+                }
+                _ => {
+                    view.insert(c.service.id.clone(), c.service);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Reads the stream into `view` until `done(view)` or the deadline; returns the snapshot
+/// reasons seen.
+async fn follow_until(
+    stream: &mut WatchStream,
+    view: &mut View,
+    limit: Duration,
+    mut done: impl FnMut(&View) -> bool,
+) -> Result<Vec<SnapshotReason>, String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut reasons = Vec::new();
+    while !done(view) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(ev)) => reasons.extend(apply(view, ev)),
+            Ok(None) => return Err("watch ended".into()),
+            Err(_) => return Err(format!("condition not met within {limit:?}; view: {view:?}")),
+        }
+    }
+    Ok(reasons)
+}
+
+fn ids(list: &[ServiceInfo]) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.id.clone()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn etcd_conformance_suite() {
+    let Some(etcd) = server("etcd_conformance_suite").await else {
+        return;
+    };
+    let registry = EtcdRegistry::connect(config(&etcd.endpoint(), "conformance", 5))
+        .await
+        .expect("connect");
+    let opts = ConformanceOptions::default().with_lag_burst(1_000);
+    conformance::run_all(&registry, &opts).await;
+    assert_eq!(registry.state(), RegistryState::Closed);
+}
+
+#[tokio::test]
+async fn etcd_conformance_through_box_and_arc() {
+    let Some(etcd) = server("etcd_conformance_through_box_and_arc").await else {
+        return;
+    };
+    let opts = ConformanceOptions::default().with_lag_burst(200);
+    let boxed: Box<dyn ServiceRegistry> = Box::new(
+        EtcdRegistry::connect(config(&etcd.endpoint(), "boxed", 5))
+            .await
+            .expect("connect"),
+    );
+    conformance::run_all(boxed.as_ref(), &opts).await;
+
+    let shared: Arc<dyn ServiceRegistry> = Arc::new(
+        EtcdRegistry::connect(config(&etcd.endpoint(), "arc", 5))
+            .await
+            .expect("connect"),
+    );
+    let clone = shared.clone();
+    let task = tokio::spawn(async move {
+        conformance::register_get_list_update_deregister(clone.as_ref()).await;
+        conformance::concurrent_registrations(clone.as_ref()).await;
+    });
+    conformance::watch_delivers_changes_in_order(shared.as_ref(), &opts).await;
+    task.await.expect("checks on another task");
+    conformance::close_ends_watches_and_is_idempotent(shared.as_ref(), &opts).await;
+}
+
+#[tokio::test]
+async fn etcd_no_server_fails_within_connect_timeout() {
+    // Needs no server at all; it runs everywhere.
+    let port = free_port();
+    let limit = Duration::from_secs(1);
+    let start = Instant::now();
+    let r = EtcdRegistry::connect(
+        EtcdConfig::new([format!("http://127.0.0.1:{port}")]).with_connect_timeout(limit),
+    )
+    .await;
+    let took = start.elapsed();
+    match r {
+        Err(Error::Unavailable(msg)) => {
+            assert!(msg.contains(&port.to_string()), "the error names the endpoint: {msg}");
+            assert!(msg.contains("1s"), "the error names the limit: {msg}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(took >= limit, "gave up early: {took:?}");
+    assert!(took < limit + Duration::from_millis(500), "took {took:?}");
+}
+
+#[tokio::test]
+async fn etcd_close_revokes_lease_and_instances_vanish() {
+    let Some(etcd) = server("etcd_close_revokes_lease_and_instances_vanish").await else {
+        return;
+    };
+    let cfg = config(&etcd.endpoint(), "close", 30);
+    let observer = EtcdRegistry::connect(cfg.clone()).await.expect("observer");
+    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
+    let lease = registry.lease_id();
+    assert_ne!(lease, registry_lease(&observer), "one lease per registry, not a shared one");
+    registry.register(&svc("closing", "closing-1", 9001)).await.expect("register");
+    assert_eq!(observer.list_instances("closing").await.expect("list").len(), 1);
+    let start = Instant::now();
+    registry.close().await.expect("close");
+    // TTL is 30 s: an empty list now proves the revoke.
+    assert!(observer.list_instances("closing").await.expect("list").is_empty());
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(matches!(registry.list_services().await, Err(Error::Closed)));
+    registry.close().await.expect("idempotent");
+    let leases = etcd.etcdctl(&["lease", "list"]).expect("lease list");
+    assert!(!leases.contains(&format!("{lease:x}")), "lease revoked: {leases}");
+    observer.close().await.expect("close observer");
+}
+
+fn registry_lease(r: &EtcdRegistry) -> i64 {
+    r.lease_id()
+}
+
+#[tokio::test]
+async fn etcd_restart_after_kill9_restores_registrations_and_watch_view() {
+    let test = "etcd_restart_after_kill9_restores_registrations_and_watch_view";
+    let Some(mut etcd) = server(test).await else {
+        return;
+    };
+    let ttl = 3u64;
+    let cfg = config(&etcd.endpoint(), "restart", ttl);
+    let registry = EtcdRegistry::connect(cfg.clone()).await.expect("connect");
+    let watcher = EtcdRegistry::connect(cfg.clone()).await.expect("watcher");
+    let mut watch = watcher.watch().await.expect("watch");
+    let mut view = View::new();
+    for i in 0..5 {
+        registry
+            .register(&svc("restart", &format!("r-{i}"), 9000 + i))
+            .await
+            .expect("register");
+    }
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.len() == 5)
+        .await
+        .expect("watcher sees the five");
+
+    etcd.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        matches!(registry.state(), RegistryState::Recovering { .. }),
+        "state must show the outage, got {:?}",
+        registry.state()
+    );
+    etcd.start_again().expect("restart etcd");
+    let restarted = Instant::now();
+
+    let limit = Duration::from_secs(ttl + 5);
+    let checker = EtcdRegistry::connect(cfg.clone().with_connect_timeout(limit))
+        .await
+        .expect("checker connects after the restart");
+    wait_until("our registrations back", limit, || async {
+        checker
+            .list_instances("restart")
+            .await
+            .map(|l| l.len() == 5)
+            .unwrap_or(false)
+    })
+    .await
+    .expect("registrations present again within TTL + 5 s");
+    eprintln!("registrations present {:?} after restart", restarted.elapsed());
+    wait_until("state connected", limit, || async { registry.state().is_connected() })
+        .await
+        .expect("registry state back to Connected");
+
+    // A change after the restart reaches the watcher, and its view equals the server's.
+    registry
+        .register(&svc("restart", "r-after", 9100))
+        .await
+        .expect("register after restart");
+    let server_view = checker.list_services().await.expect("list");
+    let want = ids(&server_view);
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == want
+    })
+    .await
+    .expect("watcher's view equals the server's contents");
+    let etcdctl_keys = etcd
+        .etcdctl(&["get", cfg.prefix.as_str(), "--prefix", "--keys-only"])
+        .expect("etcdctl get");
+    assert_eq!(
+        etcdctl_keys.lines().filter(|l| !l.trim().is_empty()).count(),
+        6,
+        "{etcdctl_keys}"
+    );
+    registry.close().await.expect("close");
+    watcher.close().await.expect("close");
+    checker.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_lease_lost_during_outage_is_replaced_and_instances_return() {
+    let test = "etcd_lease_lost_during_outage_is_replaced_and_instances_return";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let ttl = 2u64;
+    let mut cfg = config(&proxy.endpoint(), "leaselost", ttl);
+    cfg = cfg.with_request_timeout(Duration::from_secs(3));
+    let registry = EtcdRegistry::connect(cfg.clone()).await.expect("connect");
+    let direct = EtcdRegistry::connect(cfg.clone().with_endpoints([etcd.endpoint()]))
+        .await
+        .expect("direct client");
+    let mut watch = direct.watch_service("ll").await.expect("watch");
+    let mut view = View::new();
+    registry.register(&svc("ll", "ll-1", 9001)).await.expect("register");
+    registry.register(&svc("ll", "ll-2", 9002)).await.expect("register");
+    let first_lease = registry.lease_id();
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.len() == 2)
+        .await
+        .expect("both visible");
+
+    // Cut the registry off for longer than the TTL: the server expires the lease.
+    proxy.set_open(false);
+    follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 3), |v| v.is_empty())
+        .await
+        .expect("instances expire while the registry is cut off");
+    assert!(matches!(registry.state(), RegistryState::Recovering { .. }));
+
+    proxy.set_open(true);
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| v.len() == 2)
+        .await
+        .expect("instances registered again on a new lease");
+    wait_until("connected", Duration::from_secs(5), || async {
+        registry.state().is_connected()
+    })
+    .await
+    .expect("state back to Connected");
+    assert_ne!(registry.lease_id(), first_lease, "a new lease was granted");
+
+    // Revoking the new lease from outside is recovered from too.
+    let lease_hex = format!("{:x}", registry.lease_id());
+    etcd.etcdctl(&["lease", "revoke", &lease_hex]).expect("revoke");
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| v.is_empty())
+        .await
+        .expect("revoked instances vanish");
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| v.len() == 2)
+        .await
+        .expect("and come back on a new lease");
+    registry.close().await.expect("close");
+    direct.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_compacted_history_gives_reconnected_snapshot() {
+    let test = "etcd_compacted_history_gives_reconnected_snapshot";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "compact", 30);
+    let watcher = EtcdRegistry::connect(cfg.clone()).await.expect("watcher");
+    let writer = EtcdRegistry::connect(cfg.clone().with_endpoints([etcd.endpoint()]))
+        .await
+        .expect("writer");
+    writer.register(&svc("cp", "cp-1", 9001)).await.expect("register");
+    let mut watch = watcher.watch().await.expect("watch");
+    let mut view = View::new();
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.len() == 1)
+        .await
+        .expect("snapshot");
+
+    // While the watcher is cut off: changes, then compaction of the history it needs.
+    proxy.set_open(false);
+    writer.register(&svc("cp", "cp-2", 9002)).await.expect("register");
+    writer.deregister("cp-1").await.expect("deregister");
+    writer.register(&svc("cp", "cp-3", 9003)).await.expect("register");
+    let status = etcd
+        .etcdctl(&["endpoint", "status", "--write-out=json"])
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let rev = v[0]["Status"]["header"]["revision"].as_i64().expect("revision");
+    etcd.etcdctl(&["compaction", &rev.to_string()]).expect("compact");
+    proxy.set_open(true);
+
+    let reasons = follow_until(&mut watch, &mut view, Duration::from_secs(15), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == ["cp-2", "cp-3"]
+    })
+    .await
+    .expect("watcher catches up after compaction");
+    assert!(
+        reasons.contains(&SnapshotReason::Reconnected),
+        "a compacted resume must send Snapshot{{Reconnected}}, got {reasons:?}"
+    );
+    watcher.close().await.expect("close");
+    writer.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_cluster_leader_kill_is_invisible_to_callers() {
+    let test = "etcd_cluster_leader_kill_is_invisible_to_callers";
+    if require(test, etcd_available()).is_none() {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3).await.expect("cluster");
+    let cfg = EtcdConfig::new(cluster.endpoints())
+        .with_prefix(prefix("cluster"))
+        .with_ttl(Duration::from_secs(5))
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_max_backoff(Duration::from_millis(500));
+    let registry = EtcdRegistry::connect(cfg.clone()).await.expect("connect");
+    let other = EtcdRegistry::connect(cfg.clone()).await.expect("other");
+    for i in 0..5 {
+        registry
+            .register(&svc("cl", &format!("before-{i}"), 9000 + i))
+            .await
+            .expect("register");
+    }
+    let leader = cluster.leader().expect("leader");
+    eprintln!("killing leader {}", cluster.members[leader].name());
+    cluster.members[leader].kill();
+
+    // Keep registering and discovering for 3 s after the kill: no call may fail.
+    let start = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut n = 0u16;
+    while start.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let id = format!("after-{n}");
+        registry
+            .register(&svc("cl", &id, 10_000 + n))
+            .await
+            .unwrap_or_else(|e| panic!("register {id} after the leader died: {e}"));
+        let listed = other
+            .list_instances("cl")
+            .await
+            .unwrap_or_else(|e| panic!("discover after the leader died: {e}"));
+        assert!(listed.iter().any(|s| s.id == id), "{id} visible to the other client");
+        let got = other.get_service(&id).await.expect("get_service");
+        assert_eq!(got.id, id);
+        worst = worst.max(t.elapsed());
+        n += 1;
+    }
+    eprintln!("{n} register+discover rounds after the leader kill; slowest {worst:?}");
+    assert!(n >= 3, "only {n} rounds in 3 s");
+    assert!(worst < Duration::from_secs(5), "a round took {worst:?}");
+    let listed = other.list_instances("cl").await.expect("list");
+    assert_eq!(listed.len(), 5 + usize::from(n));
+    registry.close().await.expect("close");
+    other.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_killed_child_instance_disappears_within_ttl() {
+    let test = "etcd_killed_child_instance_disappears_within_ttl";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let ttl = 2u64;
+    let cfg = config(&etcd.endpoint(), "child", ttl);
+    let observer = EtcdRegistry::connect(cfg.clone()).await.expect("observer");
+    let mut watch = observer.watch_service("child-svc").await.expect("watch");
+    let mut view = View::new();
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd_register_child"))
+        .args([
+            etcd.endpoint(),
+            cfg.prefix.clone(),
+            "child-svc".into(),
+            "child-1".into(),
+            ttl.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("child registers in time")
+        .expect("read child");
+    assert_eq!(line.as_deref(), Some("REGISTERED"));
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.contains_key("child-1"))
+        .await
+        .expect("observer sees the child's instance");
+    // Alive past its TTL: the child's keep-alive works.
+    tokio::time::sleep(Duration::from_secs(ttl + 1)).await;
+    assert!(observer.get_service("child-1").await.is_ok(), "kept alive");
+
+    child.start_kill().expect("SIGKILL");
+    let killed = Instant::now();
+    child.wait().await.expect("reap");
+    follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 2), |v| v.is_empty())
+        .await
+        .expect("instance gone within TTL + 2 s");
+    let gone = killed.elapsed();
+    eprintln!("child's instance gone {gone:?} after SIGKILL (TTL {ttl} s)");
+    assert!(gone <= Duration::from_secs(ttl + 2));
+    assert!(matches!(observer.get_service("child-1").await, Err(Error::NotFound(_))));
+    observer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_garbage_under_prefix_is_skipped() {
+    let Some(etcd) = server("etcd_garbage_under_prefix_is_skipped").await else {
+        return;
+    };
+    let cfg = config(&etcd.endpoint(), "garbage", 10);
+    let p = cfg.prefix.clone();
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-1"), "not json"]).expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-2"), r#"{"id":"bad-2"}"#]).expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs"), "{}"]).expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs/a/b"), "{}"]).expect("put");
+    let mismatched = svc("other-name", "bad-3", 1).to_json().expect("json");
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-3"), &mismatched]).expect("put");
+
+    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
+    let mut watch = registry.watch().await.expect("watch");
+    match watch.next().await {
+        Some(WatchEvent::Snapshot { services, reason: SnapshotReason::Initial }) => {
+            assert!(services.is_empty(), "garbage kept out of the snapshot: {services:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    registry.register(&svc("gs", "good-1", 9001)).await.expect("register");
+    assert_eq!(ids(&registry.list_services().await.expect("list")), ["good-1"]);
+    assert_eq!(ids(&registry.list_instances("gs").await.expect("list")), ["good-1"]);
+    assert!(matches!(registry.get_service("bad-1").await, Err(Error::NotFound(_))));
+
+    // Garbage written while watching is skipped too; the next valid change still arrives.
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-4"), "\u{1}\u{2}"]).expect("put");
+    registry.register(&svc("gs", "good-2", 9002)).await.expect("register");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+            Ok(Some(WatchEvent::Change(c))) => seen.push((c.kind, c.service.id)),
+            other => panic!("expected changes, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (ServiceEventType::Created, "good-1".to_owned()),
+            (ServiceEventType::Created, "good-2".to_owned())
+        ]
+    );
+    registry.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_wrong_password_is_a_clear_auth_error() {
+    let Some(etcd) = server("etcd_wrong_password_is_a_clear_auth_error").await else {
+        return;
+    };
+    etcd.enable_auth("right-pw").expect("enable auth");
+    let cfg = config(&etcd.endpoint(), "auth", 5);
+    let start = Instant::now();
+    let r = EtcdRegistry::connect(cfg.clone().with_credentials("root", "wrong-pw")).await;
+    match r {
+        Err(Error::Auth { backend, message }) => {
+            assert_eq!(backend, "etcd");
+            assert!(message.contains("authentication failed"), "{message}");
+            assert!(!message.contains("wrong-pw"), "no secret in the error");
+        }
+        other => panic!("expected Error::Auth, got {other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "auth errors are not retried");
+
+    let registry = EtcdRegistry::connect(cfg.with_credentials("root", "right-pw"))
+        .await
+        .expect("right password connects");
+    registry.register(&svc("authed", "authed-1", 9001)).await.expect("register");
+    assert_eq!(registry.list_instances("authed").await.expect("list").len(), 1);
+    let mut watch = registry.watch_service("authed").await.expect("watch");
+    assert!(matches!(watch.next().await, Some(WatchEvent::Snapshot { .. })));
+    registry.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_tls_with_test_ca() {
+    let test = "etcd_tls_with_test_ca";
+    if require(test, etcd_available()).is_none() {
+        return;
+    }
+    let etcd = EtcdServer::start_tls().await.expect("start TLS etcd");
+    let pki = etcd.pki().expect("pki").clone();
+    let tls = EtcdTlsConfig::new(&pki.ca).with_client_identity(&pki.client_cert, &pki.client_key);
+    let cfg = config(&etcd.endpoint(), "tls", 5).with_tls(tls);
+    let registry = EtcdRegistry::connect(cfg.clone()).await.expect("TLS connects");
+    registry.register(&svc("tls", "tls-1", 9443)).await.expect("register");
+    assert_eq!(registry.list_instances("tls").await.expect("list").len(), 1);
+    registry.close().await.expect("close");
+
+    // Without our CA the server is not trusted: a clear failure within the connect timeout.
+    let untrusted = config(&etcd.endpoint(), "tls", 5)
+        .with_connect_timeout(Duration::from_secs(1))
+        .with_tls(EtcdTlsConfig::default().with_domain_name("localhost"));
+    let start = Instant::now();
+    let r = EtcdRegistry::connect(untrusted).await;
+    assert!(r.is_err(), "an untrusted server must not be accepted");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    // A missing CA file is a configuration error, before any network I/O.
+    let missing = cfg.with_tls(EtcdTlsConfig::new("/nonexistent/ca.pem"));
+    assert!(matches!(EtcdRegistry::connect(missing).await, Err(Error::InvalidConfig(_))));
+}
+
+#[tokio::test]
+async fn etcd_interop_with_etcdctl_in_go_json() {
+    let Some(etcd) = server("etcd_interop_with_etcdctl_in_go_json").await else {
+        return;
+    };
+    let cfg = config(&etcd.endpoint(), "interop", 10);
+    let p = cfg.prefix.clone();
+    // What a laravel-go service writes.
+    let go_json = r#"{"id":"go-1","name":"go-svc","version":"1.2.3","address":"10.0.0.5","port":8080,"protocol":"grpc","health":"healthy","metadata":{"region":"eu"},"tags":["api","v1"],"created_at":"2024-01-15T10:30:00Z","updated_at":"2024-01-15T10:30:00.5Z","last_check":"2024-01-15T10:30:00Z","ttl":30000000000}"#;
+    etcd.etcdctl(&["put", &format!("{p}/go-svc/go-1"), go_json]).expect("put");
+    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
+    let found = registry.list_instances("go-svc").await.expect("list");
+    assert_eq!(found.len(), 1);
+    let g = &found[0];
+    assert_eq!((g.id.as_str(), g.address.as_str(), g.port), ("go-1", "10.0.0.5", 8080));
+    assert_eq!(g.protocol.as_str(), "grpc");
+    assert_eq!(g.health, Health::Healthy);
+    assert_eq!(g.metadata.get("region").map(String::as_str), Some("eu"));
+    assert_eq!(g.tags, ["api", "v1"]);
+    assert_eq!(g.ttl, Duration::from_secs(30));
+    assert_eq!(registry.get_service("go-1").await.expect("get").version, "1.2.3");
+
+    // What waypost writes reads back through etcdctl as that JSON.
+    let mine = svc("rs-svc", "rs-1", 9000)
+        .with_metadata("k", "v")
+        .with_tag("t")
+        .with_ttl(Duration::from_secs(10));
+    registry.register(&mine).await.expect("register");
+    let raw = etcd
+        .etcdctl(&["get", &format!("{p}/rs-svc/rs-1"), "--print-value-only"])
+        .expect("get");
+    let v: serde_json::Value = serde_json::from_str(raw.trim()).expect("etcdctl shows JSON");
+    assert_eq!(v["id"], "rs-1");
+    assert_eq!(v["name"], "rs-svc");
+    assert_eq!(v["port"], 9000);
+    assert_eq!(v["health"], "healthy");
+    assert_eq!(v["protocol"], "http");
+    assert_eq!(v["ttl"], 10_000_000_000u64, "ttl in Go nanoseconds");
+    assert_eq!(v["metadata"]["k"], "v");
+    assert_eq!(v["tags"][0], "t");
+    let created = v["created_at"].as_str().expect("created_at is a string");
+    assert!(created.contains('T') && created.len() >= 20, "RFC 3339: {created}");
+    let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    for k in ["id", "name", "version", "address", "port", "protocol", "health", "metadata",
+              "tags", "created_at", "updated_at", "last_check", "ttl"] {
+        assert!(keys.contains(&k), "Go field {k} missing: {keys:?}");
+    }
+    // The value carries our lease, so it vanishes with the registry.
+    registry.close().await.expect("close");
+    let after = etcd
+        .etcdctl(&["get", &format!("{p}/rs-svc/rs-1"), "--print-value-only"])
+        .expect("get");
+    assert!(after.trim().is_empty(), "revoked with the lease: {after}");
+    // Foreign (Go) data is not ours to delete.
+    let go_after = etcd
+        .etcdctl(&["get", &format!("{p}/go-svc/go-1"), "--print-value-only"])
+        .expect("get");
+    assert!(go_after.contains("go-1"));
+}
