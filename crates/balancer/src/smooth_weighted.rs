@@ -2,35 +2,146 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
-use crate::state::StateMap;
+use crate::state::{StateMap, Striped};
+
+/// Longest precomputed schedule, in picks (4 bytes each).
+const MAX_PLAN: u64 = 4096;
 
 /// Deterministic weighted rotation that spreads heavy instances out: with weights 5, 1, 1 the
 /// order is `a a b a c a a`, never five `a` in a row.
 ///
-/// Each pick adds every candidate's [`weight`](ServiceInfo::weight) to its running score, takes the
-/// highest score and subtracts the total from it (nginx's smooth weighted round robin). Over any
-/// window of `sum(weights)` picks, every instance gets exactly its share. Weight 0 is never
-/// picked. The scores are per service, behind a short per-service lock (a pick is one pass over
-/// the instances); instances are matched to their scores by identity, so a changed set resets
-/// only the scores of instances that changed.
+/// The order is nginx's smooth weighted round robin: each pick adds every candidate's
+/// [`weight`](ServiceInfo::weight) to its running score, takes the highest score and subtracts
+/// the total from it. Over any window of one period (`sum(weights) / gcd(weights)` picks) every
+/// instance gets exactly its share. Weight 0 is never picked.
+///
+/// That order is periodic, so for each instance set (per service) the balancer computes one
+/// period once, and a pick is then a lock-free step through it (a per-thread-striped counter,
+/// like [`RoundRobin`](crate::RoundRobin)). Sets whose period is longer than 4096 picks fall back
+/// to running the algorithm on each pick under a short per-service lock. Avoided instances are
+/// stepped over.
 #[derive(Default)]
 pub struct SmoothWeightedRoundRobin {
-    services: StateMap<Mutex<Scores>>,
+    services: StateMap<ServiceState>,
 }
 
 #[derive(Default)]
-struct Scores {
-    /// The instance set the scores belong to, in slice order.
+struct ServiceState {
+    counter: Striped,
+    plan: ArcSwap<Plan>,
+    live: Mutex<Scores>,
+}
+
+/// One period of picks for one instance set.
+#[derive(Default)]
+struct Plan {
+    /// The instance set the plan was made for, in slice order.
     members: Vec<Arc<ServiceInfo>>,
-    /// Each member's weight if it is healthy, else 0 (valid while `members` is unchanged:
-    /// instances are immutable behind their `Arc`).
+    /// Indices into `members`; `None` when the period is too long to precompute.
+    schedule: Option<Vec<u32>>,
+}
+
+impl Plan {
+    fn same(&self, instances: &[Arc<ServiceInfo>]) -> bool {
+        // No early exit: a straight pass over two pointer arrays.
+        self.members.len() == instances.len()
+            && self
+                .members
+                .iter()
+                .zip(instances)
+                .fold(true, |same, (a, b)| same & Arc::ptr_eq(a, b))
+    }
+
+    fn build(instances: &[Arc<ServiceInfo>]) -> Plan {
+        let weights = effective_weights(instances);
+        let g = weights.iter().fold(0u64, |g, w| gcd(g, *w as u64));
+        let total: u64 = weights.iter().map(|w| *w as u64).sum();
+        let schedule = match total.checked_div(g) {
+            None => Some(Vec::new()),
+            Some(period) if period <= MAX_PLAN => {
+                let mut scores = Scores {
+                    current: vec![0; instances.len()],
+                    weights,
+                    ..Scores::default()
+                };
+                let w = std::mem::take(&mut scores.weights);
+                let schedule = (0..period)
+                    .filter_map(|_| scores.step(&w).map(|i| i as u32))
+                    .collect();
+                Some(schedule)
+            }
+            Some(_) => None,
+        };
+        Plan {
+            members: instances.to_vec(),
+            schedule,
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Each instance's weight if it is healthy, else 0.
+fn effective_weights(instances: &[Arc<ServiceInfo>]) -> Vec<i64> {
+    instances
+        .iter()
+        .map(|s| {
+            if s.is_healthy() {
+                i64::from(s.weight)
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Live scores, for sets whose period is too long to precompute.
+#[derive(Default)]
+struct Scores {
+    members: Vec<Arc<ServiceInfo>>,
     weights: Vec<i64>,
-    /// Running scores.
     current: Vec<i64>,
+}
+
+impl ServiceState {
+    fn choose(
+        &self,
+        plan: &Plan,
+        instances: &[Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Option<usize> {
+        match &plan.schedule {
+            Some(schedule) if schedule.is_empty() => None,
+            Some(schedule) => {
+                let len = schedule.len();
+                let n = self.counter.next() % len;
+                let at = |k: usize| schedule[(n + k) % len] as usize;
+                if !pick::wants_strict(ctx) {
+                    return Some(at(0));
+                }
+                (0..len)
+                    .map(at)
+                    .find(|i| !ctx.avoids(&instances[*i]))
+                    .or(Some(at(0)))
+            }
+            None => {
+                let mut live = self.live.lock();
+                live.sync(instances);
+                live.pick(instances, ctx)
+            }
+        }
+    }
 }
 
 impl SmoothWeightedRoundRobin {
@@ -39,7 +150,7 @@ impl SmoothWeightedRoundRobin {
         Self::default()
     }
 
-    /// Forgets the scores of services for which `keep` returns false.
+    /// Forgets the state of services for which `keep` returns false.
     pub fn retain_services(&self, mut keep: impl FnMut(&str) -> bool) {
         self.services.retain(|name, _| keep(name));
     }
@@ -55,7 +166,6 @@ impl std::fmt::Debug for SmoothWeightedRoundRobin {
 
 impl Scores {
     fn sync(&mut self, instances: &[Arc<ServiceInfo>]) {
-        // No early exit: a straight pass over two pointer arrays.
         let same = self.members.len() == instances.len()
             && self
                 .members
@@ -78,31 +188,21 @@ impl Scores {
                 }
             }
         }
-        self.weights = instances
-            .iter()
-            .map(|s| {
-                if s.is_healthy() {
-                    i64::from(s.weight)
-                } else {
-                    0
-                }
-            })
-            .collect();
+        self.weights = effective_weights(instances);
     }
 
-    /// One step of the algorithm over the candidates `w(i) > 0`.
+    /// One step of the algorithm over the candidates (`weights[i] > 0`).
     #[inline]
-    fn step(&mut self, w: impl Fn(usize) -> i64) -> Option<usize> {
+    fn step(&mut self, weights: &[i64]) -> Option<usize> {
         let mut total = 0i64;
         let mut best = None;
         let mut best_score = i64::MIN;
-        for (i, c) in self.current.iter_mut().enumerate() {
-            let w = w(i);
-            if w == 0 {
+        for (i, (c, w)) in self.current.iter_mut().zip(weights).enumerate() {
+            if *w == 0 {
                 continue;
             }
-            *c += w;
-            total += w;
+            *c += *w;
+            total += *w;
             if *c > best_score {
                 best_score = *c;
                 best = Some(i);
@@ -114,21 +214,17 @@ impl Scores {
     }
 
     fn pick(&mut self, instances: &[Arc<ServiceInfo>], ctx: &SelectContext<'_>) -> Option<usize> {
-        if !pick::wants_strict(ctx) {
-            let weights = std::mem::take(&mut self.weights);
-            let r = self.step(|i| weights[i]);
-            self.weights = weights;
-            return r;
-        }
         let weights = std::mem::take(&mut self.weights);
-        let strict = |i: usize| {
-            if ctx.avoids(&instances[i]) {
-                0
-            } else {
-                weights[i]
-            }
+        let r = if pick::wants_strict(ctx) {
+            let strict: Vec<i64> = weights
+                .iter()
+                .zip(instances)
+                .map(|(w, s)| if ctx.avoids(s) { 0 } else { *w })
+                .collect();
+            self.step(&strict).or_else(|| self.step(&weights))
+        } else {
+            self.step(&weights)
         };
-        let r = self.step(strict).or_else(|| self.step(|i| weights[i]));
         self.weights = weights;
         r
     }
@@ -145,15 +241,18 @@ impl LoadBalancer for SmoothWeightedRoundRobin {
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
         let first = instances.first()?;
-        let i = self.services.with_or_insert(
-            &first.name,
-            || Mutex::new(Scores::default()),
-            |scores| {
-                let mut sc = scores.lock();
-                sc.sync(instances);
-                sc.pick(instances, ctx)
-            },
-        )?;
+        let i = self
+            .services
+            .with_or_insert(&first.name, ServiceState::default, |st| {
+                let plan = st.plan.load();
+                if plan.same(instances) {
+                    return st.choose(&plan, instances, ctx);
+                }
+                drop(plan);
+                let plan = Arc::new(Plan::build(instances));
+                st.plan.store(plan.clone());
+                st.choose(&plan, instances, ctx)
+            })?;
         Some(&instances[i])
     }
 }
@@ -184,6 +283,22 @@ mod tests {
             .select(&weighted("z", &[0, 0]), &SelectContext::default())
             .is_none());
         assert!(b.select(&[], &SelectContext::default()).is_none());
+    }
+
+    #[test]
+    fn long_periods_run_live_with_exact_shares() {
+        // Coprime weights: a period of 1009 + 1013 + 1019 + 1021 + 1031 > 4096 picks.
+        let w = [1009, 1013, 1019, 1021, 1031];
+        let s = weighted("l", &w);
+        let b = SmoothWeightedRoundRobin::new();
+        let period: u32 = w.iter().sum();
+        let mut counts = [0u32; 5];
+        for _ in 0..period {
+            counts[index(b.select(&s, &SelectContext::default()).unwrap())] += 1;
+        }
+        assert_eq!(counts, w);
+        let seq = ids((0..3).map(|_| b.select(&s, &SelectContext::default())));
+        assert_eq!(seq.len(), 3);
     }
 
     #[test]
