@@ -84,13 +84,20 @@ mod tests {
         let start = Instant::now();
         b.acquire().await;
         b.acquire().await;
-        assert_eq!(start.elapsed(), Duration::ZERO, "a burst of 2 passes at once");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "a burst of 2 passes at once"
+        );
         b.acquire().await;
         assert!(start.elapsed() >= period, "the third waits a period");
         for _ in 0..5 {
             b.acquire().await;
         }
         let e = start.elapsed();
-        assert!(e >= period * 6 && e < period * 7, "{e:?}: steady state one per period");
+        assert!(
+            e >= period * 6 && e < period * 7,
+            "{e:?}: steady state one per period"
+        );
     }
 }

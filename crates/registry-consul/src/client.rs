@@ -135,7 +135,8 @@ fn tls_config(cfg: &ConsulConfig) -> Result<rustls::ClientConfig> {
 
 impl ConsulClient {
     pub(crate) fn new(cfg: &ConsulConfig) -> Result<Self> {
-        let endpoint = Endpoint::parse(&cfg.address, cfg.ca_file.is_some() || cfg.ca_pem.is_some())?;
+        let endpoint =
+            Endpoint::parse(&cfg.address, cfg.ca_file.is_some() || cfg.ca_pem.is_some())?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -223,7 +224,9 @@ impl ConsulClient {
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
                         Error::BodyTooLarge { limit: max }
                     } else {
                         Error::backend_msg(BACKEND, format!("{what}: reading the body: {e}"))

@@ -344,7 +344,10 @@ pub fn decode_entry(value: serde_json::Value, prefix: &str) -> Decoded {
         info.weight = s
             .weights
             .map(|w| u32::try_from(w.passing.max(0)).unwrap_or(u32::MAX))
-            .map(|p| p.saturating_mul(DEFAULT_WEIGHT).min(waypost_core_types::validate::MAX_WEIGHT))
+            .map(|p| {
+                p.saturating_mul(DEFAULT_WEIGHT)
+                    .min(waypost_core_types::validate::MAX_WEIGHT)
+            })
             .unwrap_or(DEFAULT_WEIGHT);
         info.metadata = meta;
         return match info.validate() {
@@ -414,11 +417,18 @@ mod tests {
             .with_metadata("-", "")
             .with_ttl(Duration::from_millis(1500))
             .with_weight(0);
-        s.stamp(Timestamp::parse("2024-01-02T03:04:05.123456789+08:00").unwrap(), None);
+        s.stamp(
+            Timestamp::parse("2024-01-02T03:04:05.123456789+08:00").unwrap(),
+            None,
+        );
         s
     }
 
-    fn entry(meta: &BTreeMap<String, String>, status: &str, info: &ServiceInfo) -> serde_json::Value {
+    fn entry(
+        meta: &BTreeMap<String, String>,
+        status: &str,
+        info: &ServiceInfo,
+    ) -> serde_json::Value {
         json!({
             "Node": {"Node": "n1", "Address": "10.9.9.9", "Datacenter": "dc1", "Meta": null},
             "Service": {"ID": info.id, "Service": info.name, "Tags": info.tags,
@@ -433,9 +443,20 @@ mod tests {
 
     #[test]
     fn key_escaping_round_trips_into_consul_alphabet() {
-        for k in ["region", "odd key/ü-x", "-", "a_b", "consul-reserved", "ключ"] {
+        for k in [
+            "region",
+            "odd key/ü-x",
+            "-",
+            "a_b",
+            "consul-reserved",
+            "ключ",
+        ] {
             let e = escape_key(k);
-            assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'), "{e}");
+            assert!(
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "{e}"
+            );
             assert_eq!(unescape_key(&e).as_deref(), Some(k));
         }
         assert_eq!(escape_key("a-b"), "a-2Db");
@@ -474,8 +495,17 @@ mod tests {
         assert_eq!(v["Check"]["Status"], "passing");
         assert_eq!(v["Check"]["DeregisterCriticalServiceAfter"], "60s");
         assert_eq!(v["Meta"]["wp-weight"], "250");
-        let r = registration(&s.clone().with_weight(10_000_000), "p", Duration::from_secs(1), Duration::from_secs(60));
-        assert_eq!(r.unwrap().weights.passing, 65_535, "Consul caps Passing at 65535");
+        let r = registration(
+            &s.clone().with_weight(10_000_000),
+            "p",
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            r.unwrap().weights.passing,
+            65_535,
+            "Consul caps Passing at 65535"
+        );
     }
 
     #[test]
@@ -485,22 +515,37 @@ mod tests {
             s.metadata.insert(format!("k{i}"), "v".into());
         }
         let e = encode_meta(&s, "p").unwrap_err();
-        assert!(matches!(&e, Error::InvalidInstance(m) if m.contains("64 pairs")), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidInstance(m) if m.contains("64 pairs")),
+            "{e}"
+        );
         let s = sample().with_metadata("big", "x".repeat(513));
         let e = encode_meta(&s, "p").unwrap_err();
-        assert!(matches!(&e, Error::InvalidInstance(m) if m.contains("512")), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidInstance(m) if m.contains("512")),
+            "{e}"
+        );
         let s = sample().with_metadata("/".repeat(50), "v");
         let e = encode_meta(&s, "p").unwrap_err();
-        assert!(matches!(&e, Error::InvalidInstance(m) if m.contains("too long")), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidInstance(m) if m.contains("too long")),
+            "{e}"
+        );
         let s = sample().with_metadata("k".repeat(124), "v");
-        assert!(encode_meta(&s, "p").is_ok(), "a 124-byte plain key fits in 128 with `wpm-`");
+        assert!(
+            encode_meta(&s, "p").is_ok(),
+            "a 124-byte plain key fits in 128 with `wpm-`"
+        );
     }
 
     #[test]
     fn check_states_map_onto_health() {
         assert_eq!(health_from_checks(["passing", "passing"]), Health::Healthy);
         assert_eq!(health_from_checks(["passing", "warning"]), Health::Unknown);
-        assert_eq!(health_from_checks(["warning", "critical"]), Health::Unhealthy);
+        assert_eq!(
+            health_from_checks(["warning", "critical"]),
+            Health::Unhealthy
+        );
         assert_eq!(health_from_checks(["maintenance"]), Health::Unhealthy);
         assert_eq!(health_from_checks([]), Health::Healthy);
         assert_eq!(status_for(Health::Healthy), "passing");
@@ -528,7 +573,10 @@ mod tests {
             "Checks": [{"Status": "warning"}]});
         match decode_entry(v, "p") {
             Decoded::Foreign(i) => {
-                assert_eq!(i.address, "10.1.1.1", "empty Service.Address means the node's");
+                assert_eq!(
+                    i.address, "10.1.1.1",
+                    "empty Service.Address means the node's"
+                );
                 assert_eq!(i.port, 6379);
                 assert_eq!(i.weight, 300);
                 assert_eq!(i.health, Health::Unknown);
@@ -552,7 +600,10 @@ mod tests {
                 "Meta": {"wp-prefix": "p", "wp-created-at": "yesterday"}}}),
             json!({"Service": {"ID": "a", "Service": "a", "Port": 70000}}),
         ] {
-            assert!(matches!(decode_entry(bad.clone(), "p"), Decoded::Invalid(_)), "{bad}");
+            assert!(
+                matches!(decode_entry(bad.clone(), "p"), Decoded::Invalid(_)),
+                "{bad}"
+            );
         }
     }
 }

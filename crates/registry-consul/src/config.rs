@@ -283,7 +283,10 @@ impl ConsulConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming the bad value.
     pub fn validate(&self) -> Result<()> {
-        Endpoint::parse(&self.address, self.ca_file.is_some() || self.ca_pem.is_some())?;
+        Endpoint::parse(
+            &self.address,
+            self.ca_file.is_some() || self.ca_pem.is_some(),
+        )?;
         let bad = |m: String| Err(Error::InvalidConfig(format!("consul: {m}")));
         if self.prefix.is_empty() || self.prefix.len() > 512 {
             return bad(format!(
@@ -318,8 +321,15 @@ impl ConsulConfig {
             return bad("watch_buffer must be at least 1".into());
         }
         if let Some(dc) = &self.datacenter {
-            if dc.is_empty() || !dc.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return bad(format!("datacenter `{}` is not a valid name", dc.escape_debug()));
+            if dc.is_empty()
+                || !dc
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad(format!(
+                    "datacenter `{}` is not a valid name",
+                    dc.escape_debug()
+                ));
             }
         }
         Ok(())
@@ -369,11 +379,16 @@ impl Endpoint {
         if host.is_empty() {
             return bad("host is empty");
         }
-        let port = match authority.port_u16() {
-            Some(0) => return bad("port 0"),
-            Some(p) => p,
-            None if rest.ends_with(':') => return bad("port is empty"),
-            None => 8500,
+        let after_host = rest.strip_prefix(host).unwrap_or("");
+        let port = match after_host.strip_prefix(':') {
+            None if after_host.is_empty() => 8500,
+            None => return bad("expected host:port"),
+            Some("") => return bad("port is empty"),
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) => return bad("port 0"),
+                Ok(p) => p,
+                Err(_) => return bad("port must be a number from 1 to 65535"),
+            },
         };
         let host = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
@@ -483,7 +498,10 @@ mod tests {
     #[test]
     fn addresses_with_and_without_scheme() {
         let e = Endpoint::parse("localhost:8500", false).unwrap();
-        assert_eq!((e.https, e.base_url().as_str()), (false, "http://localhost:8500"));
+        assert_eq!(
+            (e.https, e.base_url().as_str()),
+            (false, "http://localhost:8500")
+        );
         let e = Endpoint::parse("https://consul:8501/", false).unwrap();
         assert_eq!(e.base_url(), "https://consul:8501");
         let e = Endpoint::parse("HTTP://10.0.0.1", false).unwrap();
@@ -492,7 +510,16 @@ mod tests {
         assert_eq!(e.authority, "[::1]:8500");
         let e = Endpoint::parse("consul:8501", true).unwrap();
         assert!(e.https, "a CA with a bare address means https");
-        for bad in ["", "ftp://x:1", "x:0", "http://", "x:port", "http://u:p@x:1", "x:1/path", "x:"] {
+        for bad in [
+            "",
+            "ftp://x:1",
+            "x:0",
+            "http://",
+            "x:port",
+            "http://u:p@x:1",
+            "x:1/path",
+            "x:",
+        ] {
             assert!(
                 matches!(Endpoint::parse(bad, false), Err(Error::InvalidConfig(_))),
                 "{bad:?} must be rejected"
@@ -531,7 +558,10 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let e = ConsulConfig::default().with_prefix("").validate().unwrap_err();
+        let e = ConsulConfig::default()
+            .with_prefix("")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("prefix"), "{e}");
         let e = ConsulConfig::default()
             .with_ttl(Duration::from_millis(1))
@@ -543,15 +573,24 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("watch_wait"), "{e}");
-        let e = ConsulConfig::default().with_datacenter("dc 1").validate().unwrap_err();
+        let e = ConsulConfig::default()
+            .with_datacenter("dc 1")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("datacenter"), "{e}");
     }
 
     #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_go_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_go_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_go_duration("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_go_duration("1.5h").unwrap(),
+            Duration::from_secs(5400)
+        );
         assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_go_duration("10").is_err());
         assert!(parse_go_duration("5d").is_err());

@@ -78,5 +78,7 @@ mod watch;
 #[cfg_attr(docsrs, doc(cfg(feature = "fake-agent")))]
 pub mod fake;
 
-pub use config::{ConsulConfig, ForeignServices, Token, DEFAULT_ADDRESS, DEFAULT_PREFIX, DEFAULT_TTL};
+pub use config::{
+    ConsulConfig, ForeignServices, Token, DEFAULT_ADDRESS, DEFAULT_PREFIX, DEFAULT_TTL,
+};
 pub use registry::ConsulRegistry;

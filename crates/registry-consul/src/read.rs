@@ -109,7 +109,12 @@ pub(crate) async fn read_names(
     ]);
     let timeout = blocking.map(|b| b.http_timeout(client.request_timeout()));
     let reply = client
-        .send(Method::GET, &format!("/v1/catalog/services{q}"), None, timeout)
+        .send(
+            Method::GET,
+            &format!("/v1/catalog/services{q}"),
+            None,
+            timeout,
+        )
         .await?;
     if reply.status != StatusCode::OK {
         return Err(reply.error("listing the catalog"));

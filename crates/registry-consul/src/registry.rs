@@ -81,9 +81,9 @@ impl ConsulRegistry {
         let client = ConsulClient::new(&cfg)?;
         let limit = cfg.connect_timeout;
         let probe = client.send(Method::GET, "/v1/status/leader", None, Some(limit));
-        let reply = tokio::time::timeout(limit, probe)
-            .await
-            .map_err(|_| Error::timeout(format!("connecting to consul at {}", client.base()), limit))??;
+        let reply = tokio::time::timeout(limit, probe).await.map_err(|_| {
+            Error::timeout(format!("connecting to consul at {}", client.base()), limit)
+        })??;
         if reply.status != StatusCode::OK {
             return Err(reply.error("checking the agent"));
         }
@@ -194,7 +194,10 @@ impl Inner {
         let body = serde_json::to_vec(&body).map_err(|e| Error::Codec(e.to_string()))?;
         let reply = self
             .client
-            .put("/v1/agent/service/register?replace-existing-checks", Some(body))
+            .put(
+                "/v1/agent/service/register?replace-existing-checks",
+                Some(body),
+            )
             .await?;
         match reply.status {
             StatusCode::OK => {}
@@ -212,7 +215,10 @@ impl Inner {
             CheckOutcome::Done => Ok(()),
             CheckOutcome::Lost(why) => Err(Error::backend_msg(
                 BACKEND,
-                format!("the check of `{}` vanished right after registering: {why}", info.id),
+                format!(
+                    "the check of `{}` vanished right after registering: {why}",
+                    info.id
+                ),
             )),
         }
     }
@@ -231,7 +237,8 @@ impl Inner {
             StatusCode::OK => Ok(CheckOutcome::Done),
             StatusCode::NOT_FOUND => Ok(CheckOutcome::Lost(text)),
             StatusCode::INTERNAL_SERVER_ERROR
-                if text.contains("does not have associated TTL") || text.contains("Unknown check") =>
+                if text.contains("does not have associated TTL")
+                    || text.contains("Unknown check") =>
             {
                 Ok(CheckOutcome::Lost(text))
             }
@@ -292,10 +299,7 @@ impl Inner {
     }
 
     async fn find(&self, id: &str) -> Result<Option<ServiceInfo>> {
-        let name = match self.owned.lock().get(id) {
-            Some(s) => Some(s.name.clone()),
-            None => None,
-        };
+        let name = self.owned.lock().get(id).map(|s| s.name.clone());
         let name = match name {
             Some(n) => Some(n),
             None => self.agent_service(id).await?.map(|a| a.service),
@@ -361,7 +365,9 @@ impl ServiceRegistry for ConsulRegistry {
             match reply.status {
                 StatusCode::OK => {}
                 // Already gone (the agent restarted): what we wanted.
-                StatusCode::NOT_FOUND => debug!(id, "consul: deregister of an id the agent no longer knows"),
+                StatusCode::NOT_FOUND => {
+                    debug!(id, "consul: deregister of an id the agent no longer knows")
+                }
                 _ => return Err(reply.error(&format!("deregistering `{id}`"))),
             }
         }
@@ -395,7 +401,10 @@ impl ServiceRegistry for ConsulRegistry {
             CheckOutcome::Done => Ok(()),
             CheckOutcome::Lost(why) => match owned {
                 Some(info) => {
-                    info!(id, "consul: the agent forgot `{id}` ({why}); registering it again");
+                    info!(
+                        id,
+                        "consul: the agent forgot `{id}` ({why}); registering it again"
+                    );
                     let _w = inner.writes.lock().await;
                     if !inner.owned.lock().contains_key(id) {
                         return Err(Error::NotFound(id.to_owned()));
@@ -420,11 +429,14 @@ impl ServiceRegistry for ConsulRegistry {
         self.check_open()?;
         let inner = &self.inner;
         let (_, names) = read_names(&inner.client, None).await?;
-        let lists: Vec<Result<_>> = futures_util::stream::iter(names)
-            .map(|name| async move { read_instances(&inner.client, &inner.scope, &name, None).await })
-            .buffer_unordered(8)
-            .collect()
-            .await;
+        let lists: Vec<Result<_>> =
+            futures_util::stream::iter(names)
+                .map(|name| async move {
+                    read_instances(&inner.client, &inner.scope, &name, None).await
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
         let mut out = Vec::new();
         for l in lists {
             out.extend(l?.1.into_values());
@@ -473,7 +485,9 @@ impl ServiceRegistry for ConsulRegistry {
         }
         inner.hub.close();
         let _w = inner.writes.lock().await;
-        let owned: Vec<String> = std::mem::take(&mut *inner.owned.lock()).into_keys().collect();
+        let owned: Vec<String> = std::mem::take(&mut *inner.owned.lock())
+            .into_keys()
+            .collect();
         let mut first_err = None;
         for id in owned {
             let r = inner

@@ -33,6 +33,9 @@ use crate::backoff::{backoff, TokenBucket};
 use crate::client::ConsulClient;
 use crate::read::{read_instances, read_names, Blocking, Scope};
 
+/// One name read for a new view: name, index, instances.
+type Fetched = (String, u64, BTreeMap<String, ServiceInfo>);
+
 /// Settings of the watch loops.
 #[derive(Debug, Clone)]
 pub(crate) struct WatchSettings {
@@ -212,15 +215,14 @@ impl Hub {
                 .cloned()
                 .collect()
         };
-        let fetched: Vec<Result<(String, u64, BTreeMap<String, ServiceInfo>)>> =
-            futures_util::stream::iter(missing)
-                .map(|name| async move {
-                    let (idx, inst) = read_instances(&self.client, &self.scope, &name, None).await?;
-                    Ok((name, idx, inst))
-                })
-                .buffer_unordered(8)
-                .collect()
-                .await;
+        let fetched: Vec<Result<Fetched>> = futures_util::stream::iter(missing)
+            .map(|name| async move {
+                let (idx, inst) = read_instances(&self.client, &self.scope, &name, None).await?;
+                Ok((name, idx, inst))
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
         let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
         let lagged = Arc::new(AtomicBool::new(false));
         let id;
@@ -275,7 +277,10 @@ impl Hub {
     fn ensure_task(self: &Arc<Self>, st: &mut HubState, name: &str) {
         if let Some(v) = st.views.get_mut(name) {
             if v.task.is_none() {
-                v.task = Some(tokio::spawn(name_loop(Arc::downgrade(self), name.to_owned())));
+                v.task = Some(tokio::spawn(name_loop(
+                    Arc::downgrade(self),
+                    name.to_owned(),
+                )));
             }
         }
     }
@@ -333,7 +338,9 @@ impl Hub {
                 }
                 st.apply(name, idx, inst, Mode::Diff);
             }
-            Err(e) => debug!(service = %name, "consul: refresh after a write failed ({e}); the watch loop catches up"),
+            Err(e) => {
+                debug!(service = %name, "consul: refresh after a write failed ({e}); the watch loop catches up")
+            }
         }
     }
 
@@ -488,7 +495,10 @@ async fn catalog_loop(hub: Weak<Hub>) {
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let d = backoff(failures, settings.backoff_initial, settings.backoff_max);
-                warn!(attempt = failures, "consul: catalog watch failed: {e}; retrying in {d:?}");
+                warn!(
+                    attempt = failures,
+                    "consul: catalog watch failed: {e}; retrying in {d:?}"
+                );
                 tokio::time::sleep(d).await;
             }
         }

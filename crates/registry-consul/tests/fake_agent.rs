@@ -2,6 +2,9 @@
 //! status codes, error texts, strict decoding, index headers, blocking queries, TTL expiry,
 //! ACLs. If the fake drifts from Consul, the backend tests above it prove nothing.
 
+// The raw HTTP helpers below are test code; a malformed answer should panic the test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -22,7 +25,10 @@ impl Resp {
             .map(|(_, v)| v.as_str())
     }
     fn index(&self) -> u64 {
-        self.header("X-Consul-Index").expect("X-Consul-Index").parse().unwrap()
+        self.header("X-Consul-Index")
+            .expect("X-Consul-Index")
+            .parse()
+            .unwrap()
     }
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
@@ -30,7 +36,13 @@ impl Resp {
 }
 
 /// One raw HTTP/1.1 request (Connection: close).
-async fn call(agent: &FakeConsul, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Resp {
+async fn call(
+    agent: &FakeConsul,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Resp {
     let mut s = tokio::net::TcpStream::connect(agent.addr()).await.unwrap();
     let body = body.unwrap_or("");
     let mut req = format!(
@@ -48,12 +60,23 @@ async fn call(agent: &FakeConsul, method: &str, path: &str, body: Option<&str>, 
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    Resp { status, headers, body: body.to_owned() }
+    Resp {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 fn reg_body(id: &str, name: &str, ttl: &str) -> String {
@@ -65,33 +88,115 @@ fn reg_body(id: &str, name: &str, ttl: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_answer_200_with_an_empty_body_and_strict_decoding() {
     let a = FakeConsul::start(FakeOptions::default()).await.unwrap();
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(&reg_body("web1", "web", "10s")), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(&reg_body("web1", "web", "10s")),
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (200, ""));
     assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("allow"));
-    assert!(r.header("X-Consul-Index").is_none(), "agent endpoints send no index");
+    assert!(
+        r.header("X-Consul-Index").is_none(),
+        "agent endpoints send no index"
+    );
     // Field names are case-insensitive; unknown fields are refused.
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"name":"web","port":1}"#), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"name":"web","port":1}"#),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Name":"web","Foo":1}"#), None).await;
-    assert_eq!((r.status, r.body.as_str()), (400, r#"Request decode failed: json: unknown field "Foo""#));
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Port":1}"#), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Name":"web","Foo":1}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, r#"Request decode failed: json: unknown field "Foo""#)
+    );
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Port":1}"#),
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (400, "Missing service name"));
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Name":"x","Check":{"ID":"c","TTL":"1s"}}"#), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Name":"x","Check":{"ID":"c","TTL":"1s"}}"#),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400, "a check has CheckID, not ID");
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Name":"x","Check":{"TTL":"10"}}"#), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Name":"x","Check":{"TTL":"10"}}"#),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400, "unitless durations are refused");
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Name":"x","Weights":{"Passing":0,"Warning":1}}"#), None).await;
-    assert_eq!((r.status, r.body.as_str()), (400, "Invalid Weights: Passing must be greater than 0"));
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Name":"x","Meta":{"consul-x":"1"}}"#), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Name":"x","Weights":{"Passing":0,"Warning":1}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, "Invalid Weights: Passing must be greater than 0")
+    );
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Name":"x","Meta":{"consul-x":"1"}}"#),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.body.starts_with("Invalid Service Meta: Couldn't load metadata pair ('consul-x', '1'): Key prefix 'consul-' is reserved"), "{}", r.body);
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(r#"{"Name":"x","Meta":{"a.b":"1"}}"#), None).await;
-    assert!(r.body.ends_with("Key contains invalid characters"), "{}", r.body);
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(r#"{"Name":"x","Meta":{"a.b":"1"}}"#),
+        None,
+    )
+    .await;
+    assert!(
+        r.body.ends_with("Key contains invalid characters"),
+        "{}",
+        r.body
+    );
     let r = call(&a, "GET", "/v1/agent/service/register", None, None).await;
     assert_eq!((r.status, r.body.as_str()), (405, "method GET not allowed"));
     assert_eq!(r.header("Allow"), Some("OPTIONS,PUT"));
     let r = call(&a, "GET", "/v1/nope", None, None).await;
-    assert_eq!((r.status, r.body.as_str()), (404, "Invalid URL path: not a recognized HTTP API endpoint\n"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            404,
+            "Invalid URL path: not a recognized HTTP API endpoint\n"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,12 +204,18 @@ async fn unknown_ids_are_404_with_consuls_texts() {
     let a = FakeConsul::start(FakeOptions::default()).await.unwrap();
     let r = call(&a, "PUT", "/v1/agent/service/deregister/ghost", None, None).await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.body, "Unknown service ID \"ghost\". Ensure that the service ID is passed, not the service name.");
+    assert_eq!(
+        r.body,
+        "Unknown service ID \"ghost\". Ensure that the service ID is passed, not the service name."
+    );
     let r = call(&a, "PUT", "/v1/agent/check/pass/service:ghost", None, None).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.body, "Unknown check ID \"service:ghost\". Ensure that the check ID is passed, not the check name.");
     let r = call(&a, "GET", "/v1/agent/service/ghost", None, None).await;
-    assert_eq!((r.status, r.body.as_str()), (404, "unknown service ID: ghost"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "unknown service ID: ghost")
+    );
     let r = call(&a, "GET", "/v1/health/service/ghost?dc=dc9", None, None).await;
     assert_eq!((r.status, r.body.as_str()), (500, "No path to datacenter"));
 }
@@ -116,28 +227,57 @@ async fn health_entries_have_consuls_shape_and_index_rules() {
     assert_eq!((r.status, r.body.as_str()), (200, "[]"));
     assert!(r.index() >= 1);
     assert_eq!(r.header("X-Consul-Knownleader"), Some("true"));
-    call(&a, "PUT", "/v1/agent/service/register", Some(&reg_body("web1", "web", "10s")), None).await;
+    call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(&reg_body("web1", "web", "10s")),
+        None,
+    )
+    .await;
     let r = call(&a, "GET", "/v1/health/service/WEB", None, None).await;
     let v = r.json();
     assert_eq!(v.as_array().unwrap().len(), 1, "names are case-insensitive");
     let e = &v[0];
     assert_eq!(e["Service"]["ID"], "web1");
     assert_eq!(e["Service"]["Weights"], json!({"Passing": 1, "Warning": 1}));
-    assert_eq!(e["Service"]["TaggedAddresses"]["lan_ipv4"]["Address"], "10.0.0.7");
+    assert_eq!(
+        e["Service"]["TaggedAddresses"]["lan_ipv4"]["Address"],
+        "10.0.0.7"
+    );
     assert_eq!(e["Node"]["Address"], "127.0.0.1");
     assert_eq!(e["Checks"][0]["CheckID"], "serfHealth");
     assert_eq!(e["Checks"][1]["CheckID"], "service:web1");
-    assert_eq!(e["Checks"][1]["Status"], "critical", "checks start critical");
+    assert_eq!(
+        e["Checks"][1]["Status"], "critical",
+        "checks start critical"
+    );
     assert_eq!(e["Checks"][1]["Name"], "Service 'web' check");
     let r = call(&a, "GET", "/v1/health/service/web?passing", None, None).await;
-    assert_eq!(r.body, "[]", "?passing drops entries with a non-passing check");
+    assert_eq!(
+        r.body, "[]",
+        "?passing drops entries with a non-passing check"
+    );
     call(&a, "PUT", "/v1/agent/check/pass/service:web1", None, None).await;
-    let r = call(&a, "GET", "/v1/health/service/web?passing&tag=V1", None, None).await;
-    assert_eq!(r.json().as_array().unwrap().len(), 1, "tags match case-insensitively");
+    let r = call(
+        &a,
+        "GET",
+        "/v1/health/service/web?passing&tag=V1",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.json().as_array().unwrap().len(),
+        1,
+        "tags match case-insensitively"
+    );
     let r = call(&a, "GET", "/v1/catalog/services", None, None).await;
     assert_eq!(r.json(), json!({"consul": [], "web": ["v1"]}));
     // Deregistering the last instance: [] at a higher (extinction) index.
-    let before = call(&a, "GET", "/v1/health/service/web", None, None).await.index();
+    let before = call(&a, "GET", "/v1/health/service/web", None, None)
+        .await
+        .index();
     call(&a, "PUT", "/v1/agent/service/deregister/web1", None, None).await;
     let r = call(&a, "GET", "/v1/health/service/web", None, None).await;
     assert_eq!(r.body, "[]");
@@ -147,45 +287,101 @@ async fn health_entries_have_consuls_shape_and_index_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_queries_wait_for_a_change_or_the_wait_time() {
     let a = FakeConsul::start(FakeOptions::default()).await.unwrap();
-    call(&a, "PUT", "/v1/agent/service/register", Some(&reg_body("web1", "web", "10s")), None).await;
-    let idx = call(&a, "GET", "/v1/health/service/web", None, None).await.index();
+    call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(&reg_body("web1", "web", "10s")),
+        None,
+    )
+    .await;
+    let idx = call(&a, "GET", "/v1/health/service/web", None, None)
+        .await
+        .index();
     // No change: returns after wait (+ up to wait/16) with the same index.
     let t = Instant::now();
-    let r = call(&a, "GET", &format!("/v1/health/service/web?index={idx}&wait=300ms"), None, None).await;
+    let r = call(
+        &a,
+        "GET",
+        &format!("/v1/health/service/web?index={idx}&wait=300ms"),
+        None,
+        None,
+    )
+    .await;
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(290) && took < Duration::from_millis(600), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(600),
+        "{took:?}"
+    );
     assert_eq!(r.index(), idx);
     // Repeated passes of an already-passing check do not wake it (no index bump).
     call(&a, "PUT", "/v1/agent/check/pass/service:web1", None, None).await;
-    let idx = call(&a, "GET", "/v1/health/service/web", None, None).await.index();
+    let idx = call(&a, "GET", "/v1/health/service/web", None, None)
+        .await
+        .index();
     let t = Instant::now();
     let blocking_path = format!("/v1/health/service/web?index={idx}&wait=2s");
-    let (r, _) = tokio::join!(
-        call(&a, "GET", &blocking_path, None, None),
-        async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            call(&a, "PUT", "/v1/agent/check/pass/service:web1?note=same-status", None, None).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            call(&a, "PUT", "/v1/agent/check/warn/service:web1", None, None).await;
-        }
-    );
+    let (r, _) = tokio::join!(call(&a, "GET", &blocking_path, None, None), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call(
+            &a,
+            "PUT",
+            "/v1/agent/check/pass/service:web1?note=same-status",
+            None,
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call(&a, "PUT", "/v1/agent/check/warn/service:web1", None, None).await;
+    });
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(1), "woken by the status change: {took:?}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(1),
+        "woken by the status change: {took:?}"
+    );
     assert!(r.index() > idx);
     // An index from the future (after a reset) blocks the full wait and returns a lower index.
-    let r = call(&a, "GET", "/v1/health/service/web?index=999999&wait=200ms", None, None).await;
+    let r = call(
+        &a,
+        "GET",
+        "/v1/health/service/web?index=999999&wait=200ms",
+        None,
+        None,
+    )
+    .await;
     assert!(r.index() < 999_999);
     let r = call(&a, "GET", "/v1/health/service/web?index=abc", None, None).await;
     assert_eq!((r.status, r.body.as_str()), (400, "Invalid index"));
-    let r = call(&a, "GET", "/v1/health/service/web?index=1&wait=soon", None, None).await;
+    let r = call(
+        &a,
+        "GET",
+        "/v1/health/service/web?index=1&wait=soon",
+        None,
+        None,
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (400, "Invalid wait time"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_checks_expire_and_reregistration_keeps_status() {
     let a = FakeConsul::start(FakeOptions::default()).await.unwrap();
-    call(&a, "PUT", "/v1/agent/service/register", Some(&reg_body("web1", "web", "300ms")), None).await;
-    call(&a, "PUT", "/v1/agent/check/pass/service:web1?note=all%20good", None, None).await;
+    call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(&reg_body("web1", "web", "300ms")),
+        None,
+    )
+    .await;
+    call(
+        &a,
+        "PUT",
+        "/v1/agent/check/pass/service:web1?note=all%20good",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(a.check_status("service:web1").as_deref(), Some("passing"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(a.check_status("service:web1").as_deref(), Some("critical"));
@@ -197,11 +393,22 @@ async fn ttl_checks_expire_and_reregistration_keeps_status() {
     call(&a, "PUT", "/v1/agent/check/warn/service:web1", None, None).await;
     // Re-registering with a different Status keeps the current one.
     let body = json!({"ID": "web1", "Name": "web", "Port": 80,
-        "Check": {"TTL": "10s", "Status": "passing"}}).to_string();
+        "Check": {"TTL": "10s", "Status": "passing"}})
+    .to_string();
     call(&a, "PUT", "/v1/agent/service/register", Some(&body), None).await;
     assert_eq!(a.check_status("service:web1").as_deref(), Some("warning"));
-    let r = call(&a, "PUT", "/v1/agent/check/update/service:web1", Some(r#"{"Status":"ok"}"#), None).await;
-    assert_eq!((r.status, r.body.as_str()), (400, "Invalid check status: 'ok'"));
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/check/update/service:web1",
+        Some(r#"{"Status":"ok"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, "Invalid check status: 'ok'")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,31 +419,72 @@ async fn critical_services_are_reaped_after_deregister_critical_service_after() 
     .await
     .unwrap();
     let body = json!({"ID": "r1", "Name": "r", "Port": 1,
-        "Check": {"TTL": "200ms", "DeregisterCriticalServiceAfter": "100ms"}}).to_string();
+        "Check": {"TTL": "200ms", "DeregisterCriticalServiceAfter": "100ms"}})
+    .to_string();
     call(&a, "PUT", "/v1/agent/service/register", Some(&body), None).await;
     // Starting critical does not start the clock; it starts when the TTL expires.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(a.local_service_ids(), vec!["r1".to_string()], "not reaped before TTL + floor");
+    assert_eq!(
+        a.local_service_ids(),
+        vec!["r1".to_string()],
+        "not reaped before TTL + floor"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(a.local_service_ids().is_empty(), "reaped after TTL + max(DCSA, floor)");
+    assert!(
+        a.local_service_ids().is_empty(),
+        "reaped after TTL + max(DCSA, floor)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_tokens_are_checked() {
-    let a = FakeConsul::start(FakeOptions::default().with_acl_token("s3")).await.unwrap();
+    let a = FakeConsul::start(FakeOptions::default().with_acl_token("s3"))
+        .await
+        .unwrap();
     let body = reg_body("web1", "web", "10s");
     let r = call(&a, "PUT", "/v1/agent/service/register", Some(&body), None).await;
     assert_eq!(r.status, 403);
-    assert!(r.body.starts_with("Permission denied: anonymous token lacks permission 'service:write' on \"web\""), "{}", r.body);
+    assert!(
+        r.body.starts_with(
+            "Permission denied: anonymous token lacks permission 'service:write' on \"web\""
+        ),
+        "{}",
+        r.body
+    );
     assert_eq!(r.header("X-Consul-Default-Acl-Policy"), Some("deny"));
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(&body), Some("nope")).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(&body),
+        Some("nope"),
+    )
+    .await;
     assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
-    let r = call(&a, "PUT", "/v1/agent/service/register", Some(&body), Some("s3")).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(&body),
+        Some("s3"),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = call(&a, "PUT", "/v1/agent/service/register?token=s3", Some(&body), None).await;
+    let r = call(
+        &a,
+        "PUT",
+        "/v1/agent/service/register?token=s3",
+        Some(&body),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "?token= works too");
     let r = call(&a, "GET", "/v1/health/service/web", None, None).await;
-    assert_eq!((r.status, r.body.as_str()), (200, "[]"), "anonymous list reads are filtered");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "[]"),
+        "anonymous list reads are filtered"
+    );
     assert!(r.header("X-Consul-Index").is_some());
     let r = call(&a, "GET", "/v1/health/service/web", None, Some("s3")).await;
     assert_eq!(r.json().as_array().unwrap().len(), 1);

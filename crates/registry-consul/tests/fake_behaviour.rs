@@ -60,23 +60,38 @@ async fn connect_to_an_unreachable_agent_fails_within_the_connect_timeout() {
     .unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert!(took >= Duration::from_millis(390) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(390) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_travels_in_the_header_and_never_in_debug_or_errors() {
     let secret = "b2c6f1c4-token-never-print-me";
-    let agent = FakeConsul::start(FakeOptions::default().with_acl_token(secret)).await.unwrap();
+    let agent = FakeConsul::start(FakeOptions::default().with_acl_token(secret))
+        .await
+        .unwrap();
     let registry = connect(fast_config(&agent).with_token(secret)).await;
     registry.register(&inst("tok", "tok-1", 80)).await.unwrap();
     assert_eq!(registry.list_instances("tok").await.unwrap().len(), 1);
     let seen = agent.requests();
-    let with_acl: Vec<_> = seen.iter().filter(|r| r.path != "/v1/status/leader").collect();
+    let with_acl: Vec<_> = seen
+        .iter()
+        .filter(|r| r.path != "/v1/status/leader")
+        .collect();
     assert!(!with_acl.is_empty());
     for r in &seen {
-        assert_eq!(r.token_header.as_deref(), Some(secret), "{r:?} lacks the token header");
-        assert!(!r.path.contains(secret), "the token must not travel in the URL: {r:?}");
+        assert_eq!(
+            r.token_header.as_deref(),
+            Some(secret),
+            "{r:?} lacks the token header"
+        );
+        assert!(
+            !r.path.contains(secret),
+            "the token must not travel in the URL: {r:?}"
+        );
     }
     let dbg = format!("{registry:?} {:?}", registry.config());
     assert!(!dbg.contains(secret), "{dbg}");
@@ -89,11 +104,16 @@ async fn token_travels_in_the_header_and_never_in_debug_or_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_is_a_clear_auth_error() {
-    let agent = FakeConsul::start(FakeOptions::default().with_acl_token("right")).await.unwrap();
+    let agent = FakeConsul::start(FakeOptions::default().with_acl_token("right"))
+        .await
+        .unwrap();
     // No token: the anonymous token lacks service:write.
     let anon = connect(fast_config(&agent)).await;
     match anon.register(&inst("acl", "acl-1", 80)).await {
-        Err(Error::Auth { backend: "consul", message }) => {
+        Err(Error::Auth {
+            backend: "consul",
+            message,
+        }) => {
             assert!(message.contains("Permission denied"), "{message}")
         }
         other => panic!("expected Auth, got {other:?}"),
@@ -106,7 +126,10 @@ async fn a_403_is_a_clear_auth_error() {
         Err(Error::Auth { message, .. }) => assert!(message.contains("ACL not found"), "{message}"),
         other => panic!("expected Auth, got {other:?}"),
     }
-    assert!(matches!(wrong.list_instances("acl").await, Err(Error::Auth { .. })));
+    assert!(matches!(
+        wrong.list_instances("acl").await,
+        Err(Error::Auth { .. })
+    ));
     assert!(agent.local_service_ids().is_empty());
 }
 
@@ -122,7 +145,10 @@ async fn registers_a_ttl_check_and_passes_it_well_inside_the_ttl() {
         .find(|r| r.method == "PUT" && r.path.starts_with("/v1/agent/service/register"))
         .expect("a register request");
     assert!(reg.path.contains("replace-existing-checks"));
-    assert_eq!(agent.check_status("service:live-1").as_deref(), Some("passing"));
+    assert_eq!(
+        agent.check_status("service:live-1").as_deref(),
+        Some("passing")
+    );
     let before = agent.count("PUT", "/v1/agent/check/pass/service%3Alive-1");
     tokio::time::sleep(Duration::from_millis(2700)).await; // three TTLs
     assert_eq!(
@@ -131,12 +157,18 @@ async fn registers_a_ttl_check_and_passes_it_well_inside_the_ttl() {
         "the registry must pass the check before the TTL expires"
     );
     let passes = agent.count("PUT", "/v1/agent/check/pass/service%3Alive-1") - before;
-    assert!((6..=14).contains(&passes), "{passes} passes in 3 TTLs (expected ~1 per TTL/3)");
+    assert!(
+        (6..=14).contains(&passes),
+        "{passes} passes in 3 TTLs (expected ~1 per TTL/3)"
+    );
     assert!(registry.state().is_connected());
     // renew = pass now.
     let before = agent.count("PUT", "/v1/agent/check/pass/service%3Alive-1");
     registry.renew("live-1").await.unwrap();
-    assert_eq!(agent.count("PUT", "/v1/agent/check/pass/service%3Alive-1"), before + 1);
+    assert_eq!(
+        agent.count("PUT", "/v1/agent/check/pass/service%3Alive-1"),
+        before + 1
+    );
     registry.close().await.unwrap();
     assert!(agent.local_service_ids().is_empty(), "close deregisters");
 }
@@ -150,11 +182,13 @@ async fn dead_process_goes_critical_then_is_reaped() {
     .unwrap();
     let observer = connect(fast_config(&agent)).await;
     let mut watch = observer.watch_service("mortal").await.unwrap();
-    assert!(matches!(next(&mut watch, Duration::from_secs(5)).await, Some(WatchEvent::Snapshot { .. })));
-    let dying = connect(
-        fast_config(&agent).with_deregister_critical_after(Duration::from_millis(800)),
-    )
-    .await;
+    assert!(matches!(
+        next(&mut watch, Duration::from_secs(5)).await,
+        Some(WatchEvent::Snapshot { .. })
+    ));
+    let dying =
+        connect(fast_config(&agent).with_deregister_critical_after(Duration::from_millis(800)))
+            .await;
     dying
         .register(&inst("mortal", "mortal-1", 80).with_ttl(Duration::from_secs(1)))
         .await
@@ -164,13 +198,25 @@ async fn dead_process_goes_critical_then_is_reaped() {
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
         match next(&mut watch, Duration::from_secs(6)).await {
-            Some(WatchEvent::Change(ev)) => kinds.push((ev.kind, ev.service.health, started.elapsed())),
+            Some(WatchEvent::Change(ev)) => {
+                kinds.push((ev.kind, ev.service.health, started.elapsed()))
+            }
             other => panic!("expected changes, got {other:?} after {kinds:?}"),
         }
     }
-    assert_eq!((kinds[0].0, kinds[0].1), (ServiceEventType::Created, Health::Healthy));
-    assert_eq!((kinds[1].0, kinds[1].1), (ServiceEventType::Updated, Health::Unhealthy), "{kinds:?}");
-    assert!(kinds[1].2 >= Duration::from_millis(700), "critical only after the TTL: {kinds:?}");
+    assert_eq!(
+        (kinds[0].0, kinds[0].1),
+        (ServiceEventType::Created, Health::Healthy)
+    );
+    assert_eq!(
+        (kinds[1].0, kinds[1].1),
+        (ServiceEventType::Updated, Health::Unhealthy),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[1].2 >= Duration::from_millis(700),
+        "critical only after the TTL: {kinds:?}"
+    );
     assert_eq!(kinds[2].0, ServiceEventType::Deleted, "{kinds:?}");
     assert!(agent.local_service_ids().is_empty());
     observer.close().await.unwrap();
@@ -180,27 +226,44 @@ async fn dead_process_goes_critical_then_is_reaped() {
 async fn agent_restart_that_forgets_registrations_leads_to_re_registration() {
     let agent = fake().await;
     let registry = connect(fast_config(&agent).with_ttl(Duration::from_millis(600))).await;
-    registry.register(&inst("phoenix", "phoenix-1", 80)).await.unwrap();
+    registry
+        .register(&inst("phoenix", "phoenix-1", 80))
+        .await
+        .unwrap();
     let original = registry.get_service("phoenix-1").await.unwrap();
 
     agent.stop();
-    eventually(Duration::from_secs(5), "state Recovering while the agent is down", || async {
-        matches!(registry.state(), RegistryState::Recovering { attempts, .. } if attempts >= 1)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "state Recovering while the agent is down",
+        || async {
+            matches!(registry.state(), RegistryState::Recovering { attempts, .. } if attempts >= 1)
+        },
+    )
     .await;
     if let RegistryState::Recovering { last_error, .. } = registry.state() {
         assert!(!last_error.is_empty());
     }
     agent.forget_everything();
     agent.resume().await.unwrap();
-    eventually(Duration::from_secs(10), "re-registered after the restart", || async {
-        agent.local_service_ids() == vec!["phoenix-1".to_string()]
-            && registry.state().is_connected()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "re-registered after the restart",
+        || async {
+            agent.local_service_ids() == vec!["phoenix-1".to_string()]
+                && registry.state().is_connected()
+        },
+    )
     .await;
-    assert_eq!(agent.check_status("service:phoenix-1").as_deref(), Some("passing"));
+    assert_eq!(
+        agent.check_status("service:phoenix-1").as_deref(),
+        Some("passing")
+    );
     let again = registry.get_service("phoenix-1").await.unwrap();
-    assert_eq!(again.created_at, original.created_at, "the same registration comes back");
+    assert_eq!(
+        again.created_at, original.created_at,
+        "the same registration comes back"
+    );
     registry.close().await.unwrap();
 }
 
@@ -214,26 +277,46 @@ async fn server_errors_back_off_and_recover() {
             .with_retry_max_backoff(Duration::from_millis(400)),
     )
     .await;
-    registry.register(&inst("flaky", "flaky-1", 80)).await.unwrap();
-    agent.fail_next(u64::MAX, 500, "rpc error making call: No cluster leader", "/v1/agent/check/");
+    registry
+        .register(&inst("flaky", "flaky-1", 80))
+        .await
+        .unwrap();
+    agent.fail_next(
+        u64::MAX,
+        500,
+        "rpc error making call: No cluster leader",
+        "/v1/agent/check/",
+    );
     let before = agent.count("PUT", "/v1/agent/check/");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let tries = agent.count("PUT", "/v1/agent/check/") - before;
     match registry.state() {
-        RegistryState::Recovering { attempts, last_error, .. } => {
+        RegistryState::Recovering {
+            attempts,
+            last_error,
+            ..
+        } => {
             assert!(attempts >= 4, "{attempts}");
             assert!(last_error.contains("No cluster leader"), "{last_error}");
         }
         other => panic!("expected Recovering, got {other:?}"),
     }
     // Backoff, not a spin: capped at 400 ms (jittered down to 200 ms) → at most ~16 in 3 s.
-    assert!((4..=20).contains(&tries), "{tries} heartbeat attempts in 3 s");
+    assert!(
+        (4..=20).contains(&tries),
+        "{tries} heartbeat attempts in 3 s"
+    );
     agent.clear_failures();
-    eventually(Duration::from_secs(3), "Connected after the errors stop", || async {
-        registry.state().is_connected()
-    })
+    eventually(
+        Duration::from_secs(3),
+        "Connected after the errors stop",
+        || async { registry.state().is_connected() },
+    )
     .await;
-    assert_eq!(agent.check_status("service:flaky-1").as_deref(), Some("passing"));
+    assert_eq!(
+        agent.check_status("service:flaky-1").as_deref(),
+        Some("passing")
+    );
     registry.close().await.unwrap();
 }
 
@@ -243,9 +326,15 @@ async fn watch_recovers_from_errors_with_a_reconnected_snapshot() {
     let watcher = connect(fast_config(&agent)).await;
     let writer = connect(fast_config(&agent)).await;
     let mut watch = watcher.watch_service("bumpy").await.unwrap();
-    assert!(matches!(next(&mut watch, Duration::from_secs(5)).await, Some(WatchEvent::Snapshot { .. })));
+    assert!(matches!(
+        next(&mut watch, Duration::from_secs(5)).await,
+        Some(WatchEvent::Snapshot { .. })
+    ));
     agent.fail_next(5, 500, "injected", "/v1/health/service/bumpy");
-    writer.register(&inst("bumpy", "bumpy-1", 80)).await.unwrap();
+    writer
+        .register(&inst("bumpy", "bumpy-1", 80))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let ev = tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut watch))
@@ -267,10 +356,16 @@ async fn watch_recovers_from_errors_with_a_reconnected_snapshot() {
 async fn blocking_query_timeouts_bring_no_spurious_events_and_no_spinning() {
     let agent = fake().await;
     let registry = connect(fast_config(&agent).with_watch_wait(Duration::from_millis(400))).await;
-    registry.register(&inst("quiet", "quiet-1", 80)).await.unwrap();
+    registry
+        .register(&inst("quiet", "quiet-1", 80))
+        .await
+        .unwrap();
     let mut watch = registry.watch_service("quiet").await.unwrap();
     match next(&mut watch, Duration::from_secs(5)).await {
-        Some(WatchEvent::Snapshot { services, reason: SnapshotReason::Initial }) => {
+        Some(WatchEvent::Snapshot {
+            services,
+            reason: SnapshotReason::Initial,
+        }) => {
             assert_eq!(services.len(), 1)
         }
         other => panic!("{other:?}"),
@@ -280,14 +375,20 @@ async fn blocking_query_timeouts_bring_no_spurious_events_and_no_spinning() {
     let got = next(&mut watch, Duration::from_secs(3)).await;
     assert!(got.is_none(), "no change, no event; got {got:?}");
     let queries = agent.count("GET", "/v1/health/service/quiet?") - before;
-    assert!((4..=10).contains(&queries), "{queries} blocking queries of 400 ms in 3 s");
+    assert!(
+        (4..=10).contains(&queries),
+        "{queries} blocking queries of 400 ms in 3 s"
+    );
     let blocking = agent
         .requests()
         .into_iter()
-        .filter(|r| r.path.starts_with("/v1/health/service/quiet?"))
-        .last()
+        .rev()
+        .find(|r| r.path.starts_with("/v1/health/service/quiet?"))
         .unwrap();
-    assert!(blocking.path.contains("index=") && blocking.path.contains("wait=400ms"), "{blocking:?}");
+    assert!(
+        blocking.path.contains("index=") && blocking.path.contains("wait=400ms"),
+        "{blocking:?}"
+    );
     registry.close().await.unwrap();
 }
 
@@ -308,7 +409,10 @@ async fn index_going_backwards_resyncs_the_watch() {
     }
     agent.forget_everything(); // the index drops from ~12 to 2
     match next(&mut watch, Duration::from_secs(5)).await {
-        Some(WatchEvent::Snapshot { services, reason: SnapshotReason::Reconnected }) => {
+        Some(WatchEvent::Snapshot {
+            services,
+            reason: SnapshotReason::Reconnected,
+        }) => {
             assert!(services.is_empty(), "{services:?}")
         }
         other => panic!("expected a Reconnected snapshot, got {other:?}"),
@@ -320,7 +424,10 @@ async fn index_going_backwards_resyncs_the_watch() {
 async fn discovery_reads_the_cluster_not_only_the_local_agent() {
     let agent = fake().await;
     let registry = connect(fast_config(&agent)).await;
-    registry.register(&inst("orders", "orders-local", 80)).await.unwrap();
+    registry
+        .register(&inst("orders", "orders-local", 80))
+        .await
+        .unwrap();
     let mut meta = waypost_meta("laravel-go/services");
     meta["wp-health"] = json!("healthy");
     agent.add_remote_service(
@@ -335,14 +442,28 @@ async fn discovery_reads_the_cluster_not_only_the_local_agent() {
     assert_eq!(all.len(), 2);
     let remote = &all[1];
     assert_eq!(remote.id, "orders-remote");
-    assert_eq!(remote.address, "10.0.0.2", "empty service address = the node's");
-    assert_eq!((remote.version.as_str(), remote.protocol), ("3.0", Protocol::Grpc));
+    assert_eq!(
+        remote.address, "10.0.0.2",
+        "empty service address = the node's"
+    );
+    assert_eq!(
+        (remote.version.as_str(), remote.protocol),
+        ("3.0", Protocol::Grpc)
+    );
     assert_eq!(remote.metadata.get("zone").map(String::as_str), Some("b"));
     let got = registry.get_service("orders-remote").await.unwrap();
     assert_eq!(&got, remote, "get_service finds instances of other agents");
-    assert!(registry.list_services().await.unwrap().iter().any(|s| s.id == "orders-remote"));
+    assert!(registry
+        .list_services()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.id == "orders-remote"));
     // An instance of another agent cannot be deregistered through this one.
-    assert!(matches!(registry.deregister("orders-remote").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        registry.deregister("orders-remote").await,
+        Err(Error::NotFound(_))
+    ));
     registry.close().await.unwrap();
 }
 
@@ -354,25 +475,50 @@ async fn foreign_and_corrupt_catalog_entries_never_panic() {
         svc["ID"] = json!(id);
         agent.add_remote_service("node-x", "10.0.0.9", svc, status);
     };
-    add("redis-1", json!({"Service": "redis", "Port": 6379, "Weights": {"Passing": 2, "Warning": 1}}), "warning");
-    add("redis 2", json!({"Service": "redis", "Port": 6379}), "passing"); // unusable id
+    add(
+        "redis-1",
+        json!({"Service": "redis", "Port": 6379, "Weights": {"Passing": 2, "Warning": 1}}),
+        "warning",
+    );
+    add(
+        "redis 2",
+        json!({"Service": "redis", "Port": 6379}),
+        "passing",
+    ); // unusable id
     add("redis-3", json!({"Service": "redis"}), "passing"); // no port
-    add("redis-4", json!({"Service": "redis", "Port": 1, "Meta": {"wp-prefix": "other/ns"}}), "passing");
-    add("redis-5", json!({"Service": "redis", "Port": 1,
-        "Meta": {"wp-prefix": "laravel-go/services", "wp-ttl": "forever"}}), "passing");
-    add("weird-1", json!({"Service": "bad name!", "Port": 1}), "passing");
+    add(
+        "redis-4",
+        json!({"Service": "redis", "Port": 1, "Meta": {"wp-prefix": "other/ns"}}),
+        "passing",
+    );
+    add(
+        "redis-5",
+        json!({"Service": "redis", "Port": 1,
+        "Meta": {"wp-prefix": "laravel-go/services", "wp-ttl": "forever"}}),
+        "passing",
+    );
+    add(
+        "weird-1",
+        json!({"Service": "bad name!", "Port": 1}),
+        "passing",
+    );
 
     let registry = connect(fast_config(&agent)).await;
     let redis = registry.list_instances("redis").await.unwrap();
     assert_eq!(redis.len(), 1, "{redis:?}");
     let r = &redis[0];
-    assert_eq!((r.id.as_str(), r.address.as_str(), r.port), ("redis-1", "10.0.0.9", 6379));
+    assert_eq!(
+        (r.id.as_str(), r.address.as_str(), r.port),
+        ("redis-1", "10.0.0.9", 6379)
+    );
     assert_eq!(r.health, Health::Unknown, "warning → unknown");
     assert_eq!(r.weight, 200, "Consul weight 2 → 200");
     assert!(r.version.is_empty() && r.protocol == Protocol::Http);
     let all = registry.list_services().await.unwrap();
     assert!(all.iter().any(|s| s.id == "redis-1"));
-    assert!(!all.iter().any(|s| s.id == "redis-4" || s.id == "redis-5" || s.name == "bad name!"));
+    assert!(!all
+        .iter()
+        .any(|s| s.id == "redis-4" || s.id == "redis-5" || s.name == "bad name!"));
     let mut watch = registry.watch().await.unwrap();
     match next(&mut watch, Duration::from_secs(5)).await {
         Some(WatchEvent::Snapshot { services, .. }) => {
@@ -412,16 +558,33 @@ async fn round_trip_through_consul_loses_nothing() {
     want.last_check = got.last_check;
     assert_eq!(got, want);
     assert!(got.created_at > Timestamp::zero());
-    assert_eq!(agent.check_status("service:rt-1").as_deref(), Some("warning"), "unknown → warning");
-    let sick = svc.clone().with_health(Health::Unhealthy).with_weight(70_000);
+    assert_eq!(
+        agent.check_status("service:rt-1").as_deref(),
+        Some("warning"),
+        "unknown → warning"
+    );
+    let sick = svc
+        .clone()
+        .with_health(Health::Unhealthy)
+        .with_weight(70_000);
     registry.update(&sick).await.unwrap();
     let got = registry.get_service("rt-1").await.unwrap();
     assert_eq!((got.health, got.weight), (Health::Unhealthy, 70_000));
-    assert_eq!(agent.check_status("service:rt-1").as_deref(), Some("warning"), "never critical");
+    assert_eq!(
+        agent.check_status("service:rt-1").as_deref(),
+        Some("warning"),
+        "never critical"
+    );
     let healthy = svc.clone().with_health(Health::Healthy);
     registry.update(&healthy).await.unwrap();
-    assert_eq!(agent.check_status("service:rt-1").as_deref(), Some("passing"));
-    assert_eq!(registry.get_service("rt-1").await.unwrap().health, Health::Healthy);
+    assert_eq!(
+        agent.check_status("service:rt-1").as_deref(),
+        Some("passing")
+    );
+    assert_eq!(
+        registry.get_service("rt-1").await.unwrap().health,
+        Health::Healthy
+    );
     registry.close().await.unwrap();
 }
 
@@ -434,9 +597,15 @@ async fn metadata_beyond_consul_limits_is_refused_before_any_request() {
         svc.metadata.insert(format!("k{i}"), "v".into());
     }
     let err = registry.register(&svc).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidInstance(m) if m.contains("56")), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidInstance(m) if m.contains("56")),
+        "{err}"
+    );
     let long = inst("big", "big-1", 80).with_metadata("k", "x".repeat(600));
-    assert!(matches!(registry.register(&long).await, Err(Error::InvalidInstance(_))));
+    assert!(matches!(
+        registry.register(&long).await,
+        Err(Error::InvalidInstance(_))
+    ));
     assert_eq!(agent.count("PUT", "/v1/agent/service/register"), 0);
     let ok = inst("big", "big-1", 80).with_metadata("k", "x".repeat(512));
     registry.register(&ok).await.unwrap();
@@ -475,5 +644,8 @@ async fn close_is_idempotent_deregisters_and_then_refuses() {
     assert_eq!(registry.state(), RegistryState::Closed);
     while next(&mut watch, Duration::from_secs(2)).await.is_some() {}
     assert!(matches!(registry.renew("bye-1").await, Err(Error::Closed)));
-    assert!(matches!(registry.watch_service("bye").await, Err(Error::Closed)));
+    assert!(matches!(
+        registry.watch_service("bye").await,
+        Err(Error::Closed)
+    ));
 }

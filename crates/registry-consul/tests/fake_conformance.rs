@@ -22,7 +22,10 @@ async fn conformance_suite_against_fake_agent() {
     // A small watch buffer, so the lagging-watcher check exercises the resync path.
     let registry = common::connect(common::fast_config(&agent).with_watch_buffer(16)).await;
     conformance::run_all(&registry, &options()).await;
-    assert!(agent.local_service_ids().is_empty(), "close deregisters everything");
+    assert!(
+        agent.local_service_ids().is_empty(),
+        "close deregisters everything"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,6 +49,9 @@ async fn lagging_watcher_is_resynced_with_a_snapshot() {
     let agent = common::fake().await;
     let registry = common::connect(common::fast_config(&agent).with_watch_buffer(4)).await;
     let report = conformance::lagging_watcher_gets_resync(&registry, &options()).await;
-    assert!(report.resynced, "a 4-item buffer must overflow and resync: {report:?}");
+    assert!(
+        report.resynced,
+        "a 4-item buffer must overflow and resync: {report:?}"
+    );
     registry.close().await.unwrap();
 }

@@ -46,23 +46,36 @@ fn options() -> ConformanceOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agent_conformance_suite() {
-    let Some(cfg) = real_config("real_agent_conformance_suite") else { return };
-    let registry = ConsulRegistry::connect(cfg).await.expect("connect to CONSUL_HTTP_ADDR");
+    let Some(cfg) = real_config("real_agent_conformance_suite") else {
+        return;
+    };
+    let registry = ConsulRegistry::connect(cfg)
+        .await
+        .expect("connect to CONSUL_HTTP_ADDR");
     conformance::run_all(&registry, &options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agent_conformance_suite_through_arc_dyn() {
-    let Some(cfg) = real_config("real_agent_conformance_suite_through_arc_dyn") else { return };
-    let registry: Arc<dyn ServiceRegistry> =
-        Arc::new(ConsulRegistry::connect(cfg).await.expect("connect to CONSUL_HTTP_ADDR"));
+    let Some(cfg) = real_config("real_agent_conformance_suite_through_arc_dyn") else {
+        return;
+    };
+    let registry: Arc<dyn ServiceRegistry> = Arc::new(
+        ConsulRegistry::connect(cfg)
+            .await
+            .expect("connect to CONSUL_HTTP_ADDR"),
+    );
     conformance::run_all(&*registry, &options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agent_keeps_the_ttl_check_passing() {
-    let Some(cfg) = real_config("real_agent_keeps_the_ttl_check_passing") else { return };
-    let registry = ConsulRegistry::connect(cfg).await.expect("connect to CONSUL_HTTP_ADDR");
+    let Some(cfg) = real_config("real_agent_keeps_the_ttl_check_passing") else {
+        return;
+    };
+    let registry = ConsulRegistry::connect(cfg)
+        .await
+        .expect("connect to CONSUL_HTTP_ADDR");
     let name = conformance::unique_name("real-ttl");
     let svc = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 8080)
         .with_health(Health::Healthy)
@@ -70,15 +83,21 @@ async fn real_agent_keeps_the_ttl_check_passing() {
     registry.register(&svc).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let got = registry.get_service(&svc.id).await.unwrap();
-    assert_eq!(got.health, Health::Healthy, "the TTL check must still pass after 2.5 TTLs");
+    assert_eq!(
+        got.health,
+        Health::Healthy,
+        "the TTL check must still pass after 2.5 TTLs"
+    );
     registry.close().await.unwrap();
     assert!(registry_list_empty(&name).await);
 }
 
 async fn registry_list_empty(name: &str) -> bool {
-    let Some(cfg) = real_config("real_agent_keeps_the_ttl_check_passing") else { return true };
-    let r = ConsulRegistry::connect(cfg).await.unwrap();
-    let empty = r.list_instances(name).await.unwrap().is_empty();
-    r.close().await.unwrap();
+    let Some(cfg) = real_config("real_agent_keeps_the_ttl_check_passing") else {
+        return true;
+    };
+    let r = ConsulRegistry::connect(cfg).await.expect("connect");
+    let empty = r.list_instances(name).await.expect("list").is_empty();
+    r.close().await.expect("close");
     empty
 }

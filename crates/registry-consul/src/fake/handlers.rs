@@ -1,5 +1,9 @@
 //! Request handling of the fake agent.
 
+// Handlers return the HTTP error response itself as `Err`; boxing it would only add noise to a
+// test double.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +84,10 @@ impl Query {
         )
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.as_str())
     }
     fn has(&self, k: &str) -> bool {
         self.0.iter().any(|(kk, _)| kk == k)
@@ -117,7 +124,9 @@ fn resolve_token(shared: &Shared, q: &Query, headers: &http::HeaderMap) -> Resul
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_owned())
         })
         .filter(|t| !t.is_empty());
     match from_query.or(from_header).or(from_bearer) {
@@ -147,7 +156,11 @@ fn method_not_allowed(m: &Method, allow: &str) -> Resp {
 
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Resp {
     let mut resp = route(&shared, req).await;
-    let policy = if shared.opts.acl_token.is_some() { "deny" } else { "allow" };
+    let policy = if shared.opts.acl_token.is_some() {
+        "deny"
+    } else {
+        "allow"
+    };
     resp.headers_mut().insert(
         "X-Consul-Default-Acl-Policy",
         http::HeaderValue::from_static(policy),
@@ -194,7 +207,11 @@ async fn route(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
     let need_get = || method_not_allowed(&method, "OPTIONS,GET");
 
     if path == "/v1/status/leader" {
-        return if is_get { json_resp(&json!("127.0.0.1:8300")) } else { need_get() };
+        return if is_get {
+            json_resp(&json!("127.0.0.1:8300"))
+        } else {
+            need_get()
+        };
     }
     let caller = match resolve_token(shared, &q, &headers) {
         Ok(c) => c,
@@ -213,10 +230,18 @@ async fn route(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         }));
     }
     if path == "/v1/agent/service/register" {
-        return if is_put { register(shared, &q, &caller, &body) } else { need_put() };
+        return if is_put {
+            register(shared, &q, &caller, &body)
+        } else {
+            need_put()
+        };
     }
     if let Some(id) = param("/v1/agent/service/deregister/") {
-        return if is_put { deregister(shared, &caller, &id) } else { need_put() };
+        return if is_put {
+            deregister(shared, &caller, &id)
+        } else {
+            need_put()
+        };
     }
     for (p, status) in [
         ("/v1/agent/check/pass/", "passing"),
@@ -299,29 +324,42 @@ async fn route(shared: &Arc<Shared>, req: Request<hyper::body::Incoming>) -> Res
         }
         let tags = q.all("tag");
         let name2 = name.clone();
-        return blocking(shared, &q, move |st| st.health_index(&name2), move |st| {
-            if caller == Caller::Anonymous {
-                json!([])
-            } else {
-                st.health_entries(&name, passing, &tags)
-            }
-        })
+        return blocking(
+            shared,
+            &q,
+            move |st| st.health_index(&name2),
+            move |st| {
+                if caller == Caller::Anonymous {
+                    json!([])
+                } else {
+                    st.health_entries(&name, passing, &tags)
+                }
+            },
+        )
         .await;
     }
     if path == "/v1/catalog/services" {
         if !is_get {
             return need_get();
         }
-        return blocking(shared, &q, |st| st.services_index, move |st| {
-            if caller == Caller::Anonymous {
-                json!({})
-            } else {
-                st.catalog_services()
-            }
-        })
+        return blocking(
+            shared,
+            &q,
+            |st| st.services_index,
+            move |st| {
+                if caller == Caller::Anonymous {
+                    json!({})
+                } else {
+                    st.catalog_services()
+                }
+            },
+        )
         .await;
     }
-    text(404, "Invalid URL path: not a recognized HTTP API endpoint\n")
+    text(
+        404,
+        "Invalid URL path: not a recognized HTTP API endpoint\n",
+    )
 }
 
 /// A read with Consul's blocking-query semantics.
@@ -332,7 +370,10 @@ async fn blocking(
     body_of: impl Fn(&State) -> Value,
 ) -> Resp {
     if q.has("stale") && q.has("consistent") {
-        return text(400, "Cannot specify ?stale with ?consistent, conflicting semantics.");
+        return text(
+            400,
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        );
     }
     let requested = match q.get("index") {
         None | Some("") => 0,
@@ -382,7 +423,10 @@ fn fields<'a>(
     for (k, v) in obj {
         let lower = k.to_ascii_lowercase();
         if !allowed.contains(&lower.as_str()) {
-            return Err(text(400, format!("Request decode failed: json: unknown field \"{k}\"")));
+            return Err(text(
+                400,
+                format!("Request decode failed: json: unknown field \"{k}\""),
+            ));
         }
         let canon = lower.replace('_', "");
         out.insert(canon, v);
@@ -405,7 +449,11 @@ fn get_str(m: &BTreeMap<String, &Value>, k: &str, field: &str) -> Result<Option<
     }
 }
 
-fn get_duration(m: &BTreeMap<String, &Value>, k: &str, field: &str) -> Result<Option<Duration>, Resp> {
+fn get_duration(
+    m: &BTreeMap<String, &Value>,
+    k: &str,
+    field: &str,
+) -> Result<Option<Duration>, Resp> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(Some(Duration::from_nanos(n.as_u64().unwrap_or(0)))),
@@ -417,16 +465,56 @@ fn get_duration(m: &BTreeMap<String, &Value>, k: &str, field: &str) -> Result<Op
 }
 
 const SERVICE_FIELDS: &[&str] = &[
-    "id", "name", "tags", "address", "port", "meta", "taggedaddresses", "tagged_addresses",
-    "weights", "enabletagoverride", "enable_tag_override", "check", "checks", "token", "kind",
-    "proxy", "connect", "socketpath", "namespace", "partition", "locality",
+    "id",
+    "name",
+    "tags",
+    "address",
+    "port",
+    "meta",
+    "taggedaddresses",
+    "tagged_addresses",
+    "weights",
+    "enabletagoverride",
+    "enable_tag_override",
+    "check",
+    "checks",
+    "token",
+    "kind",
+    "proxy",
+    "connect",
+    "socketpath",
+    "namespace",
+    "partition",
+    "locality",
 ];
 const CHECK_FIELDS: &[&str] = &[
-    "checkid", "name", "status", "notes", "ttl", "http", "method", "header", "body", "tcp",
-    "interval", "timeout", "tlsskipverify", "tls_skip_verify", "tlsservername", "tls_server_name",
-    "deregistercriticalserviceafter", "deregister_critical_service_after",
-    "successbeforepassing", "failuresbeforewarning", "failuresbeforecritical", "outputmaxsize",
-    "serviceid", "service_id", "args", "scriptargs", "script_args",
+    "checkid",
+    "name",
+    "status",
+    "notes",
+    "ttl",
+    "http",
+    "method",
+    "header",
+    "body",
+    "tcp",
+    "interval",
+    "timeout",
+    "tlsskipverify",
+    "tls_skip_verify",
+    "tlsservername",
+    "tls_server_name",
+    "deregistercriticalserviceafter",
+    "deregister_critical_service_after",
+    "successbeforepassing",
+    "failuresbeforewarning",
+    "failuresbeforecritical",
+    "outputmaxsize",
+    "serviceid",
+    "service_id",
+    "args",
+    "scriptargs",
+    "script_args",
 ];
 
 struct CheckSpec {
@@ -449,10 +537,20 @@ fn parse_check(v: &Value) -> Result<Option<CheckSpec>, Resp> {
     let ttl = get_duration(&f, "ttl", "TTL")?.unwrap_or_default();
     let interval = get_duration(&f, "interval", "Interval")?.unwrap_or_default();
     if !ttl.is_zero() && !interval.is_zero() {
-        return Err(text(400, "Invalid check: Interval and TTL cannot both be specified"));
+        return Err(text(
+            400,
+            "Invalid check: Interval and TTL cannot both be specified",
+        ));
     }
-    if f.contains_key("http") || f.contains_key("tcp") || f.contains_key("args") || f.contains_key("scriptargs") {
-        return Err(text(400, "Invalid check: the fake agent implements TTL checks only"));
+    if f.contains_key("http")
+        || f.contains_key("tcp")
+        || f.contains_key("args")
+        || f.contains_key("scriptargs")
+    {
+        return Err(text(
+            400,
+            "Invalid check: the fake agent implements TTL checks only",
+        ));
     }
     if ttl.is_zero() {
         return Err(text(400, "Invalid check: TTL must be > 0 for TTL checks"));
@@ -460,7 +558,10 @@ fn parse_check(v: &Value) -> Result<Option<CheckSpec>, Resp> {
     let status = get_str(&f, "status", "Status")?;
     if let Some(s) = &status {
         if !s.is_empty() && !matches!(s.as_str(), "passing" | "warning" | "critical") {
-            return Err(text(400, "Status for checks must 'passing', 'warning', 'critical'"));
+            return Err(text(
+                400,
+                "Status for checks must 'passing', 'warning', 'critical'",
+            ));
         }
     }
     Ok(Some(CheckSpec {
@@ -488,7 +589,10 @@ fn validate_meta(meta: &BTreeMap<String, String>) -> Result<(), Resp> {
     for (k, v) in meta {
         let why = if k.is_empty() {
             Some("Key cannot be blank")
-        } else if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        } else if !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             Some("Key contains invalid characters")
         } else if k.len() > 128 {
             Some("Key is too long (limit: 128 characters)")
@@ -518,7 +622,10 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
         Err(e) => return text(400, format!("Request decode failed: {e}")),
     };
     let Value::Object(obj) = &v else {
-        return text(400, "Request decode failed: json: cannot unmarshal into structs.ServiceDefinition");
+        return text(
+            400,
+            "Request decode failed: json: cannot unmarshal into structs.ServiceDefinition",
+        );
     };
     let f = match fields(obj, SERVICE_FIELDS) {
         Ok(f) => f,
@@ -529,7 +636,9 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
         if name.is_empty() {
             return Err(text(400, "Missing service name"));
         }
-        let id = get_str(&f, "id", "ID")?.filter(|s| !s.is_empty()).unwrap_or_else(|| name.clone());
+        let id = get_str(&f, "id", "ID")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| name.clone());
         let address = get_str(&f, "address", "Address")?.unwrap_or_default();
         if address == "0.0.0.0" || address == "::" || address == "[::]" {
             return Err(text(400, "Invalid service address"));
@@ -538,7 +647,11 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|t| t.as_str().map(str::to_owned).ok_or_else(|| type_err("Tags", "string")))
+                .map(|t| {
+                    t.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| type_err("Tags", "string"))
+                })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err(type_err("Tags", "[]string")),
         };
@@ -550,7 +663,8 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
         let meta: Option<BTreeMap<String, String>> = match f.get("meta") {
             None | Some(Value::Null) => None,
             Some(m) => Some(
-                serde_json::from_value((*m).clone()).map_err(|_| type_err("Meta", "map[string]string"))?,
+                serde_json::from_value((*m).clone())
+                    .map_err(|_| type_err("Meta", "map[string]string"))?,
             ),
         };
         let weights = match f.get("weights") {
@@ -568,10 +682,16 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
             return Err(text(400, "Invalid Weights: Passing must be greater than 0"));
         }
         if weights.1 < 0 {
-            return Err(text(400, "Invalid Weights: Warning must be greater or equal than 0"));
+            return Err(text(
+                400,
+                "Invalid Weights: Warning must be greater or equal than 0",
+            ));
         }
         if weights.0 > 65535 || weights.1 > 65535 {
-            return Err(text(400, "Invalid Weights: DNS Weight must be between 0 and 65535"));
+            return Err(text(
+                400,
+                "Invalid Weights: DNS Weight must be between 0 and 65535",
+            ));
         }
         if let Some(m) = &meta {
             validate_meta(m)?;
@@ -594,7 +714,16 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
             Some(_) => return Err(type_err("Checks", "structs.CheckTypes")),
         }
         Ok((
-            Svc { id, name, tags, address, port, meta, weights, enable_tag_override },
+            Svc {
+                id,
+                name,
+                tags,
+                address,
+                port,
+                meta,
+                weights,
+                enable_tag_override,
+            },
             checks,
         ))
     })();
@@ -626,12 +755,19 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
             });
             new_ids.push(cid.clone());
             let ckey = (node.clone(), cid.clone());
-            let name = spec.name.clone().unwrap_or_else(|| format!("Service '{}' check", svc.name));
+            let name = spec
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("Service '{}' check", svc.name));
             match st.checks.get_mut(&ckey) {
                 Some(c) => {
                     // Re-registration keeps status and output; the TTL restarts.
                     c.deadline = Some(now + spec.ttl);
-                    if c.name != name || c.ttl != Some(spec.ttl) || c.deregister_after != spec.deregister_after || c.notes != spec.notes {
+                    if c.name != name
+                        || c.ttl != Some(spec.ttl)
+                        || c.deregister_after != spec.deregister_after
+                        || c.notes != spec.notes
+                    {
                         checks_changed = true;
                     }
                     c.name = name;
@@ -665,13 +801,15 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
         }
         if replace {
             let before = st.checks.len();
-            st.checks.retain(|(n, id), c| !(n == &node && c.service_id == svc.id && !new_ids.contains(id)));
+            st.checks.retain(|(n, id), c| {
+                !(n == &node && c.service_id == svc.id && !new_ids.contains(id))
+            });
             checks_changed |= st.checks.len() != before;
         }
         if def_changed || checks_changed {
             let idx = st.bump(&svc.name, def_changed);
             if let Some(o) = &old {
-                if o.svc.name.to_ascii_lowercase() != svc.name.to_ascii_lowercase() {
+                if !o.svc.name.eq_ignore_ascii_case(&svc.name) {
                     st.bump(&o.svc.name, true);
                 }
             }
@@ -682,8 +820,20 @@ fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &Bytes) -> R
                 }
             }
             let create_index = old.as_ref().map(|o| o.create_index).unwrap_or(idx);
-            let modify_index = if def_changed { idx } else { old.as_ref().map(|o| o.modify_index).unwrap_or(idx) };
-            st.services.insert(key, Entry { node: node.clone(), svc, create_index, modify_index });
+            let modify_index = if def_changed {
+                idx
+            } else {
+                old.as_ref().map(|o| o.modify_index).unwrap_or(idx)
+            };
+            st.services.insert(
+                key,
+                Entry {
+                    node: node.clone(),
+                    svc,
+                    create_index,
+                    modify_index,
+                },
+            );
         }
     }
     shared.notify();
@@ -708,7 +858,13 @@ fn deregister(shared: &Arc<Shared>, caller: &Caller, id: &str) -> Resp {
     ok_empty()
 }
 
-fn check_update(shared: &Arc<Shared>, caller: &Caller, id: &str, status: &str, output: &str) -> Resp {
+fn check_update(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    id: &str,
+    status: &str,
+    output: &str,
+) -> Resp {
     let changed = {
         let mut st = shared.state.lock();
         let key = (st.local_node.clone(), id.to_owned());
@@ -726,7 +882,10 @@ fn check_update(shared: &Arc<Shared>, caller: &Caller, id: &str, status: &str, o
             return denied("service:write", &name);
         }
         if c.ttl.is_none() {
-            return text(500, format!("CheckID \"{id}\" does not have associated TTL"));
+            return text(
+                500,
+                format!("CheckID \"{id}\" does not have associated TTL"),
+            );
         }
         let mut out = output.to_owned();
         if out.len() > 4096 {
@@ -756,11 +915,17 @@ pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Val
         tags: v
             .get("Tags")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
         address: s("Address").unwrap_or_default(),
         port: v.get("Port").and_then(Value::as_i64).unwrap_or(0),
-        meta: v.get("Meta").and_then(|m| serde_json::from_value(m.clone()).ok()),
+        meta: v
+            .get("Meta")
+            .and_then(|m| serde_json::from_value(m.clone()).ok()),
         weights: v
             .get("Weights")
             .map(|w| {
@@ -773,15 +938,22 @@ pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Val
         enable_tag_override: false,
     };
     let mut st = shared.state.lock();
-    st.nodes.entry(node.to_owned()).or_insert_with(|| super::state::Node {
-        name: node.to_owned(),
-        address: node_address.to_owned(),
-        id: format!("5f8a0ad0-2c1b-4d0e-9d5e-{:012}", st_len_hint(node)),
-    });
+    st.nodes
+        .entry(node.to_owned())
+        .or_insert_with(|| super::state::Node {
+            name: node.to_owned(),
+            address: node_address.to_owned(),
+            id: format!("5f8a0ad0-2c1b-4d0e-9d5e-{:012}", st_len_hint(node)),
+        });
     let idx = st.bump(&name, true);
     st.services.insert(
         (node.to_owned(), id.clone()),
-        Entry { node: node.to_owned(), svc, create_index: idx, modify_index: idx },
+        Entry {
+            node: node.to_owned(),
+            svc,
+            create_index: idx,
+            modify_index: idx,
+        },
     );
     st.checks.insert(
         (node.to_owned(), format!("service:{id}")),
@@ -805,5 +977,7 @@ pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Val
 }
 
 fn st_len_hint(node: &str) -> u64 {
-    node.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 1_000_000_000_000
+    node.bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 1_000_000_000_000
 }

@@ -149,7 +149,9 @@ pub struct FakeConsul {
 
 impl std::fmt::Debug for FakeConsul {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeConsul").field("addr", &self.addr).finish()
+        f.debug_struct("FakeConsul")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 

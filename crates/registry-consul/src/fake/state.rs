@@ -97,7 +97,8 @@ impl State {
     /// Records an observable change of service `name`.
     pub(crate) fn bump(&mut self, name: &str, services_table: bool) -> u64 {
         self.index += 1;
-        self.name_index.insert(name.to_ascii_lowercase(), self.index);
+        self.name_index
+            .insert(name.to_ascii_lowercase(), self.index);
         if services_table {
             self.services_index = self.index;
         }
@@ -171,7 +172,10 @@ impl State {
         m.insert("Address".into(), json!(s.address));
         if s.address.parse::<std::net::Ipv4Addr>().is_ok() {
             let ta = json!({"Address": s.address, "Port": s.port});
-            m.insert("TaggedAddresses".into(), json!({"lan_ipv4": ta, "wan_ipv4": ta}));
+            m.insert(
+                "TaggedAddresses".into(),
+                json!({"lan_ipv4": ta, "wan_ipv4": ta}),
+            );
         }
         m.insert("Meta".into(), json!(s.meta));
         if s.port != 0 {
@@ -225,12 +229,10 @@ impl State {
     pub(crate) fn health_entries(&self, name: &str, passing: bool, tags: &[String]) -> Value {
         let mut out = Vec::new();
         for e in self.instances_of(name) {
-            if !tags.iter().all(|t| {
-                e.svc
-                    .tags
-                    .iter()
-                    .any(|own| own.eq_ignore_ascii_case(t))
-            }) {
+            if !tags
+                .iter()
+                .all(|t| e.svc.tags.iter().any(|own| own.eq_ignore_ascii_case(t)))
+            {
                 continue;
             }
             let mut checks = vec![Self::serf_json(&e.node)];

@@ -23,11 +23,15 @@ pub fn fast_config(agent: &FakeConsul) -> ConsulConfig {
 }
 
 pub async fn fake() -> FakeConsul {
-    FakeConsul::start(FakeOptions::default()).await.expect("start the fake agent")
+    FakeConsul::start(FakeOptions::default())
+        .await
+        .expect("start the fake agent")
 }
 
 pub async fn connect(cfg: ConsulConfig) -> ConsulRegistry {
-    ConsulRegistry::connect(cfg).await.expect("connect to the fake agent")
+    ConsulRegistry::connect(cfg)
+        .await
+        .expect("connect to the fake agent")
 }
 
 /// Polls `f` until it returns true or `limit` passes.
@@ -49,7 +53,10 @@ where
 }
 
 pub async fn next(stream: &mut WatchStream, limit: Duration) -> Option<WatchEvent> {
-    tokio::time::timeout(limit, stream.next()).await.ok().flatten()
+    tokio::time::timeout(limit, stream.next())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Whether the real-agent tests must run (a missing agent fails them).
