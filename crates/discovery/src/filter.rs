@@ -84,10 +84,10 @@ impl Filter {
                 .metadata
                 .iter()
                 .all(|(k, v)| service.metadata.get(k) == Some(v))
-            && self
-                .version
-                .as_deref()
-                .map_or(true, |v| v == service.version)
+            && match &self.version {
+                None => true,
+                Some(v) => *v == service.version,
+            }
     }
 }
 

@@ -88,10 +88,8 @@ pub(crate) async fn run(
             poll_now = true;
         }
         loop {
-            if poll_now {
-                if !poll(&entry, &*registry, &opts).await {
-                    return;
-                }
+            if poll_now && !poll(&entry, &*registry, &opts).await {
+                return;
             }
             poll_now = true;
             tokio::select! {

@@ -1,4 +1,5 @@
 //! Discovery over the in-memory registry: ports of the Go tests, cache behaviour, failures.
+#![allow(clippy::unwrap_used)] // tests
 
 mod common;
 

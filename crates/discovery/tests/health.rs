@@ -1,4 +1,5 @@
 //! Health checking against local servers, and the health monitor.
+#![allow(clippy::unwrap_used)] // tests
 
 mod common;
 
