@@ -1,0 +1,353 @@
+//! The service client against loopback hyper servers that answer 5xx, drop connections, stall
+//! and send huge bodies.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{dead_addr, instance, Pick, Reply, StaticDiscovery, TestServer};
+use http::Method;
+use waypost_client::{OutlierConfig, RetryBudget, ServiceClient, ServiceClientBuilder};
+use waypost_core_types::{CircuitState, Error, Outcome};
+
+fn builder(d: &Arc<StaticDiscovery>) -> ServiceClientBuilder {
+    ServiceClient::builder(d.clone())
+        .timeout(Duration::from_secs(5))
+        .retry(3, Duration::from_millis(1))
+}
+
+#[tokio::test]
+async fn get_returns_the_body_and_reports_success() {
+    let a = TestServer::start(Reply::Status(200, "hello")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    assert_eq!(client.get("svc", "/hello?x=1").await.unwrap(), "hello");
+    assert_eq!(a.state.requests.lock()[0].1, "/hello?x=1");
+    assert_eq!(*d.outcomes.0.lock(), vec![("a".to_string(), Outcome::Success)]);
+    let err = client.get("nope", "/").await.unwrap_err();
+    assert!(matches!(err, Error::ServiceNotFound(_)), "{err}");
+}
+
+#[tokio::test]
+async fn status_4xx_is_an_error_with_the_body_and_is_not_retried() {
+    let a = TestServer::start(Reply::Status(404, "no such user")).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let err = client.get("svc", "/users/9").await.unwrap_err();
+    match err {
+        Error::Http { status, body } => {
+            assert_eq!(status, 404);
+            assert_eq!(body, "no such user");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!((a.hits(), b.hits()), (1, 0));
+}
+
+#[tokio::test]
+async fn get_is_retried_on_5xx_on_another_instance() {
+    let a = TestServer::start(Reply::Status(503, "down")).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    // `First` always returns instance a unless it is avoided: the retry reaching b proves the
+    // client passes the failed instance in `avoid`.
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let resp = client.request(Method::GET, "svc", "/").send().await.unwrap();
+    assert_eq!(resp.body, "ok");
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(resp.instance.id, "b");
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    assert_eq!(
+        *d.outcomes.0.lock(),
+        vec![("a".into(), Outcome::Failure), ("b".into(), Outcome::Success)]
+    );
+}
+
+#[tokio::test]
+async fn post_is_not_retried_on_5xx_unless_opted_in() {
+    let a = TestServer::start(Reply::Status(500, "boom")).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let err = client.post("svc", "/orders", "{}").await.unwrap_err();
+    assert!(matches!(err, Error::Http { status: 500, .. }), "{err}");
+    assert_eq!((a.hits(), b.hits()), (1, 0));
+
+    // Per call.
+    let resp = client
+        .request(Method::POST, "svc", "/orders")
+        .body("{}")
+        .retry_non_idempotent(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.attempts, 2);
+    // For the whole client.
+    let client = builder(&d).retry_non_idempotent(true).build().unwrap();
+    assert_eq!(client.post("svc", "/orders", "{}").await.unwrap(), "ok");
+    assert_eq!((a.hits(), b.hits()), (3, 2));
+}
+
+#[tokio::test]
+async fn request_body_is_replayed_byte_for_byte() {
+    let a = TestServer::start(Reply::Status(502, "bad gateway")).await;
+    let b = TestServer::start(Reply::Status(503, "unavailable")).await;
+    let c = TestServer::start(Reply::Status(201, "created")).await;
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr), instance("c", c.addr)],
+        Pick::First,
+    );
+    let client = builder(&d).build().unwrap();
+    let body: Bytes = (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>().into();
+    let resp = client
+        .request(Method::POST, "svc", "/upload")
+        .body(body.clone())
+        .retry_non_idempotent(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.attempts, 3);
+    for s in [&a, &b, &c] {
+        assert_eq!(s.bodies(), vec![body.clone()]);
+    }
+}
+
+#[tokio::test]
+async fn connection_refused_is_retried_for_every_method() {
+    let dead = dead_addr().await;
+    let b = TestServer::start(Reply::Echo).await;
+    let d = StaticDiscovery::new(vec![instance("dead", dead), instance("b", b.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let resp = client
+        .request(Method::POST, "svc", "/")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.body, "payload");
+    assert_eq!(resp.attempts, 2);
+}
+
+#[tokio::test]
+async fn dropped_connection_is_retried_for_get_but_not_post() {
+    let a = TestServer::start(Reply::Close).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
+    // The POST reached a server that may have acted on it: not retried.
+    let err = client.post("svc", "/", "x").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { backend: "http", .. }), "{err}");
+    assert_eq!((a.hits(), b.hits()), (2, 1));
+}
+
+#[tokio::test]
+async fn attempt_timeout_moves_on_to_another_instance() {
+    let a = TestServer::start(Reply::Stall).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let client = builder(&d).timeout(Duration::from_millis(200)).build().unwrap();
+    let t0 = Instant::now();
+    assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "{took:?}");
+    // A stalled POST times out and is not retried.
+    let err = client.post("svc", "/", "x").await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert_eq!(b.hits(), 1);
+}
+
+#[tokio::test]
+async fn overall_deadline_holds() {
+    const TOLERANCE: Duration = Duration::from_millis(100);
+    // Every instance stalls; each attempt could wait 10 s.
+    let a = TestServer::start(Reply::Stall).await;
+    let b = TestServer::start(Reply::Stall).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::RoundRobin);
+    let deadline = Duration::from_millis(300);
+    let client = builder(&d)
+        .timeout(Duration::from_secs(10))
+        .deadline(deadline)
+        .no_retry_budget()
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = client.get("svc", "/").await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(err, Error::Timeout { after, .. } if after == deadline), "{err}");
+    assert!(took >= deadline - Duration::from_millis(5), "{took:?}");
+    assert!(took <= deadline + TOLERANCE, "took {took:?}");
+
+    // Short attempts and long backoffs: the deadline also caps the sleeps.
+    for s in [&a, &b] {
+        s.set(Reply::Status(503, "down"));
+    }
+    let client = builder(&d)
+        .retry(50, Duration::from_millis(100))
+        .deadline(deadline)
+        .no_retry_budget()
+        .no_outlier_detection()
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = client.get("svc", "/").await.unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(err, Error::Http { status: 503, .. } | Error::Timeout { .. }), "{err}");
+    assert!(took <= deadline + TOLERANCE, "took {took:?}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused() {
+    let big = TestServer::start(Reply::Sized(10 * 1024 * 1024 + 1)).await;
+    let d = StaticDiscovery::new(vec![instance("big", big.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let err = client.get("svc", "/").await.unwrap_err();
+    assert!(matches!(err, Error::BodyTooLarge { limit } if limit == 10 * 1024 * 1024), "{err}");
+    assert_eq!(big.hits(), 1, "a too-large body is not retried");
+
+    // Exactly at the limit is fine.
+    big.set(Reply::Sized(1024));
+    let client = builder(&d).body_limit(1024).build().unwrap();
+    assert_eq!(client.get("svc", "/").await.unwrap().len(), 1024);
+    big.set(Reply::Sized(1025));
+    assert!(matches!(
+        client.get("svc", "/").await.unwrap_err(),
+        Error::BodyTooLarge { limit: 1024 }
+    ));
+
+    // No Content-Length and a body that never ends: counted while streaming, stops at the limit.
+    big.set(Reply::Endless);
+    let client = builder(&d).body_limit(1024 * 1024).build().unwrap();
+    let t0 = Instant::now();
+    let err = client.get("svc", "/").await.unwrap_err();
+    assert!(matches!(err, Error::BodyTooLarge { limit: 1_048_576 }), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn failing_instance_is_ejected_then_probed_back() {
+    let a = TestServer::start(Reply::Status(503, "sick")).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let client = builder(&d)
+        .outlier_detection(OutlierConfig::new(3, Duration::from_millis(300)))
+        .no_retry_budget()
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
+    }
+    // `First` prefers a whenever it is not avoided: only ejection keeps it from the traffic.
+    assert_eq!(a.hits(), 3, "ejected after 3 consecutive failures");
+    assert_eq!(b.hits(), 20);
+    assert_eq!(client.instance_state("a"), CircuitState::Open);
+
+    // It recovers; after the ejection time one probe goes to it and brings it back.
+    a.set(Reply::Status(200, "ok again"));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("svc", "/").await.unwrap(), "ok again");
+    }
+    assert_eq!(a.hits(), 8);
+    assert_eq!(client.instance_state("a"), CircuitState::Closed);
+}
+
+#[tokio::test]
+async fn every_instance_ejected_fails_fast() {
+    let a = TestServer::start(Reply::Status(503, "sick")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
+    let client = builder(&d)
+        .retry(0, Duration::ZERO)
+        .outlier_detection(OutlierConfig::new(2, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert!(matches!(client.get("svc", "/").await, Err(Error::Http { status: 503, .. })));
+    }
+    assert!(matches!(client.get("svc", "/").await, Err(Error::CircuitOpen)));
+    assert_eq!(a.hits(), 2);
+}
+
+#[tokio::test]
+async fn retry_budget_caps_retries_in_an_outage() {
+    let a = TestServer::start(Reply::Status(503, "down")).await;
+    let b = TestServer::start(Reply::Status(503, "down")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::RoundRobin);
+    let client = builder(&d)
+        .retry(3, Duration::ZERO)
+        .retry_budget(RetryBudget::new(Duration::from_secs(10), 0, 0.1))
+        .no_outlier_detection()
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        assert!(client.get("svc", "/").await.is_err());
+    }
+    let sent = a.hits() + b.hits();
+    // Without the budget: 50 × 4 = 200 requests. With 10 %: 50 + 5.
+    assert_eq!(sent, 55, "a={} b={}", a.hits(), b.hits());
+}
+
+#[tokio::test]
+async fn json_helpers() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct User {
+        name: String,
+        email: String,
+    }
+    let a = TestServer::start(Reply::Echo).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let u = User {
+        name: "张三".into(),
+        email: "zhangsan@example.com".into(),
+    };
+    let back: User = client.post_json("svc", "/users", &u).await.unwrap();
+    assert_eq!(back, u);
+    let back: User = client
+        .call_json("svc", Method::PUT, "/users/1", Some(&u))
+        .await
+        .unwrap();
+    assert_eq!(back, u);
+    let nothing: Option<User> = client.get_json("svc", "/users").await.unwrap();
+    assert_eq!(nothing, None);
+    let err = client.get_json::<User>("svc", "/users").await.unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err}");
+}
+
+#[tokio::test]
+async fn tower_service_form() {
+    use tower::ServiceExt;
+    let a = TestServer::start(Reply::Echo).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let req = http::Request::post("http://svc/echo?q=1")
+        .header("x-trace", "7")
+        .body(Bytes::from_static(b"{\"a\":1}"))
+        .unwrap();
+    let resp = client.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body(), &Bytes::from_static(b"{\"a\":1}"));
+    assert_eq!(a.state.requests.lock()[0].1, "/echo?q=1");
+    a.set(Reply::Status(409, "conflict"));
+    let req = http::Request::get("http://svc/x").body(Bytes::new()).unwrap();
+    assert!(matches!(
+        client.oneshot(req).await,
+        Err(Error::Http { status: 409, .. })
+    ));
+}
+
+#[tokio::test]
+async fn unsupported_protocol_is_refused() {
+    let a = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr).with_protocol(waypost_core_types::Protocol::Grpc)],
+        Pick::First,
+    );
+    let client = builder(&d).build().unwrap();
+    assert!(matches!(client.get("svc", "/").await, Err(Error::Unsupported(_))));
+    assert_eq!(a.hits(), 0);
+}
