@@ -284,9 +284,13 @@ async fn etcd_lease_lost_during_outage_is_replaced_and_instances_return() {
 
     // Cut the registry off for longer than the TTL: the server expires the lease.
     proxy.set_open(false);
-    follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 3), |v| v.is_empty())
-        .await
-        .expect("instances expire while the registry is cut off");
+    if let Err(e) =
+        follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 3), |v| v.is_empty()).await
+    {
+        let keys = etcd.etcdctl(&["get", &cfg.prefix, "--prefix", "-w", "json"]);
+        let leases = etcd.etcdctl(&["lease", "list"]);
+        panic!("instances expire while the registry is cut off: {e}\n{keys:?}\n{leases:?}\nfirst lease {first_lease:x}");
+    }
     assert!(matches!(registry.state(), RegistryState::Recovering { .. }));
 
     proxy.set_open(true);

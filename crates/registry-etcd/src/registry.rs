@@ -173,7 +173,12 @@ impl Inner {
                         if revision > 0 {
                             opts = opts.with_revision(revision);
                         }
-                        async move { Ok(kv.get(from, Some(opts)).await) }
+                        async move {
+                            match kv.get(from, Some(opts)).await {
+                                Err(e) if error::is_compacted(&e) => Ok(Err(e)),
+                                other => Ok(Ok(other?)),
+                            }
+                        }
                     })
                     .await?;
                 let resp = match resp {

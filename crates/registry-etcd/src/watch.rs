@@ -189,16 +189,19 @@ async fn session(
                         return Next::Reopen;
                     }
                 }
+                // One revision can hold many events (a transaction, a lease expiry): compare
+                // against the position before this response, advance after it.
+                let floor = *next_rev;
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let rev = kv.mod_revision();
-                    if rev < *next_rev {
+                    if rev < floor {
                         continue; // already covered by a snapshot
                     }
                     if let Some(change) = convert(inner, ev.event_type(), kv, ev.prev_kv()) {
                         pending.push_back(WatchEvent::Change(change));
                     }
-                    *next_rev = rev + 1;
+                    *next_rev = (*next_rev).max(rev + 1);
                 }
                 if pending.len() > MAX_PENDING {
                     tracing::warn!(target: "waypost::etcd", backlog = pending.len(),
