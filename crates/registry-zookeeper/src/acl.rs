@@ -1,4 +1,4 @@
-//! ACLs of the nodes we create, and a check of our permission on the prefix.
+//! ACLs of the nodes we create, and the explanation of a denied write.
 
 use zookeeper_client::{Acl, Acls, CreateMode, CreateOptions, Permission};
 
@@ -38,7 +38,7 @@ impl AclPolicy {
         CreateMode::Ephemeral.with_acls(self.acls())
     }
 
-    /// The ACL entries as `(permission, scheme, id)`, for tests and messages.
+    /// The ACL entries as `(permission, scheme, id)`.
     #[cfg(test)]
     pub(crate) fn entries(&self) -> Vec<(Permission, String, String)> {
         self.acls()
@@ -48,72 +48,32 @@ impl AclPolicy {
     }
 }
 
-/// What an ACL says about one permission for our identities.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// An entry grants it to anyone or to one of our identities.
-    Granted,
-    /// An entry uses a scheme we cannot evaluate here (ip ranges, sasl, x509): let the server
-    /// decide.
-    Unknown,
-    /// No entry grants it; the text explains what we found.
-    Denied(String),
-}
-
-/// Whether `acl` grants `perm` to a session with the identities `me` (`(scheme, id)` pairs as
-/// the server's `whoami` reports them), where `user` is our digest user, if any.
-pub(crate) fn check(
-    acl: &[(Permission, String, String)],
-    me: &[(String, String)],
-    user: Option<&str>,
-    perm: Permission,
-) -> Verdict {
-    let mut unknown = false;
-    for (p, scheme, id) in acl {
-        if !p.has(perm) {
-            continue;
-        }
-        if scheme == "world" && id == "anyone" {
-            return Verdict::Granted;
-        }
-        if me.iter().any(|(s, i)| s == scheme && i == id) {
-            return Verdict::Granted;
-        }
-        if !matches!(scheme.as_str(), "world" | "digest" | "auth") {
-            unknown = true;
-        }
-    }
-    if unknown {
-        return Verdict::Unknown;
-    }
-    let owners: Vec<String> = acl
+/// Explains why a session authenticated as digest `user` may not create nodes under a node with
+/// the ACL `acl` (`(permission, scheme, id)` entries). Password digests are never printed.
+pub(crate) fn explain_denial(acl: &[(Permission, String, String)], user: &str) -> String {
+    let creators: Vec<&(Permission, String, String)> = acl
         .iter()
-        .filter(|(p, _, _)| p.has(perm))
+        .filter(|(p, _, _)| p.has(Permission::CREATE))
+        .collect();
+    let same_user = creators
+        .iter()
+        .any(|(_, scheme, id)| scheme == "digest" && id.split(':').next() == Some(user));
+    if same_user {
+        return format!(
+            "the password given for digest user `{user}` does not match the one that owns it"
+        );
+    }
+    let owners: Vec<String> = creators
+        .iter()
         .map(|(_, scheme, id)| match scheme.as_str() {
-            // Never print password digests.
             "digest" => format!("digest:{}", id.split(':').next().unwrap_or_default()),
             _ => format!("{scheme}:{id}"),
         })
         .collect();
-    let same_user_other_password = user.is_some_and(|u| {
-        acl.iter().any(|(p, scheme, id)| {
-            p.has(perm) && scheme == "digest" && id.split(':').next() == Some(u)
-        })
-    });
-    let reason = match user {
-        Some(u) if same_user_other_password => {
-            format!("the password given for digest user `{u}` does not match the one that owns it")
-        }
-        Some(u) => format!(
-            "digest user `{u}` is not among its writers [{}]",
-            owners.join(", ")
-        ),
-        None => format!(
-            "it is writable only by [{}] and no credentials are configured",
-            owners.join(", ")
-        ),
-    };
-    Verdict::Denied(reason)
+    format!(
+        "digest user `{user}` is not among the identities that may create there [{}]",
+        owners.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -139,53 +99,22 @@ mod tests {
     }
 
     #[test]
-    fn permission_check() {
-        let me = vec![
-            ("ip".to_string(), "127.0.0.1".to_string()),
-            ("digest".to_string(), "alice:HASH1".to_string()),
-        ];
-        let open = vec![entry(Permission::ALL, "world", "anyone")];
-        assert_eq!(
-            check(&open, &me, Some("alice"), Permission::CREATE),
-            Verdict::Granted
-        );
-        let mine = vec![
-            entry(Permission::READ, "world", "anyone"),
-            entry(Permission::ALL, "digest", "alice:HASH1"),
-        ];
-        assert_eq!(
-            check(&mine, &me, Some("alice"), Permission::CREATE),
-            Verdict::Granted
-        );
+    fn explains_denials_without_digests() {
         let other_pw = vec![
             entry(Permission::READ, "world", "anyone"),
             entry(Permission::ALL, "digest", "alice:HASH2"),
         ];
-        match check(&other_pw, &me, Some("alice"), Permission::CREATE) {
-            Verdict::Denied(m) => {
-                assert!(m.contains("does not match"), "{m}");
-                assert!(!m.contains("HASH"), "digests must not be printed: {m}");
-            }
-            v => panic!("{v:?}"),
-        }
-        let bobs = vec![entry(Permission::ALL, "digest", "bob:HASH3")];
-        match check(&bobs, &me, Some("alice"), Permission::CREATE) {
-            Verdict::Denied(m) => assert!(m.contains("digest:bob") && !m.contains("HASH"), "{m}"),
-            v => panic!("{v:?}"),
-        }
-        match check(&bobs, &[], None, Permission::CREATE) {
-            Verdict::Denied(m) => assert!(m.contains("no credentials"), "{m}"),
-            v => panic!("{v:?}"),
-        }
-        let by_ip = vec![entry(Permission::ALL, "ip", "10.0.0.0/8")];
-        assert_eq!(
-            check(&by_ip, &me, None, Permission::CREATE),
-            Verdict::Unknown
-        );
-        let read_only = vec![entry(Permission::READ, "world", "anyone")];
-        assert!(matches!(
-            check(&read_only, &me, Some("alice"), Permission::CREATE),
-            Verdict::Denied(_)
-        ));
+        let m = explain_denial(&other_pw, "alice");
+        assert!(m.contains("does not match"), "{m}");
+        assert!(!m.contains("HASH"), "digests must not be printed: {m}");
+        let bobs = vec![
+            entry(Permission::READ, "world", "anyone"),
+            entry(Permission::ALL, "digest", "bob:HASH3"),
+        ];
+        let m = explain_denial(&bobs, "alice");
+        assert!(m.contains("[digest:bob]") && !m.contains("HASH"), "{m}");
+        // A READ-only entry for alice does not count as ownership.
+        let read_only = vec![entry(Permission::READ, "digest", "alice:HASH1")];
+        assert!(!explain_denial(&read_only, "alice").contains("does not match"));
     }
 }

@@ -321,3 +321,21 @@ pub(crate) async fn delete(client: &Client, path: &str) -> Result<bool> {
         Err(e) => Err(convert(e, &format!("delete {path}"))),
     }
 }
+
+/// Deletes an instance node only while it belongs to this session (another session may have
+/// taken the id over); `false` when it was missing or not ours.
+pub(crate) async fn delete_own(client: &Client, path: &str) -> Result<bool> {
+    let stat = match client.check_stat(path).await {
+        Ok(Some(stat)) => stat,
+        Ok(None) => return Ok(false),
+        Err(e) => return Err(convert(e, &format!("stat {path}"))),
+    };
+    if stat.ephemeral_owner != client.session_id().0 {
+        return Ok(false);
+    }
+    match client.delete(path, Some(stat.version)).await {
+        Ok(()) => Ok(true),
+        Err(ZkError::NoNode | ZkError::BadVersion) => Ok(false),
+        Err(e) => Err(convert(e, &format!("delete {path}"))),
+    }
+}

@@ -279,7 +279,7 @@ impl ServiceRegistry for ZookeeperRegistry {
                 .map(|i| self.inner.paths.instance(&i.name, &i.id))
                 .collect();
             let limit = self.inner.config.session_timeout;
-            let deletes = join_all(paths.iter().map(|p| ops::delete(&client, p)));
+            let deletes = join_all(paths.iter().map(|p| ops::delete_own(&client, p)));
             match tokio::time::timeout(limit, deletes).await {
                 Ok(results) => {
                     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {

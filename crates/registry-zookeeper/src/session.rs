@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use waypost_core_types::{Error, RegistryState, Result, ServiceInfo};
-use zookeeper_client::{Client, Permission, SessionState};
+use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, MultiWriteError, SessionState};
 
-use crate::acl::{self, AclPolicy, Verdict};
+use crate::acl::{self, AclPolicy};
 use crate::backoff;
 use crate::config::ZookeeperConfig;
 use crate::errors::{convert, BACKEND};
@@ -244,41 +244,59 @@ pub(crate) async fn establish(
         None => client,
     };
     ops::ensure_path(&client, paths.prefix(), acl).await?;
-    check_permission(&client, paths.prefix(), config.username.as_deref()).await?;
+    // With credentials, verify them now: a wrong password should fail here, not at the first
+    // register. Without credentials a read-only user (discovery) is fine.
+    if let Some(user) = config.username.as_deref() {
+        check_permission(&client, paths.prefix(), user).await?;
+    }
     Ok(client)
 }
 
-/// Fails with a clear `Auth` error when the prefix's ACL does not let us create instances.
-async fn check_permission(client: &Client, prefix: &str, user: Option<&str>) -> Result<()> {
-    let me = match client.list_auth_users().await {
-        Ok(users) => users
-            .iter()
-            .map(|u| (u.scheme().to_owned(), u.user().to_owned()))
-            .collect::<Vec<_>>(),
-        // `whoami` needs ZooKeeper 3.7; older servers answer the first write instead.
-        Err(e) => {
-            tracing::debug!(
-                backend = BACKEND,
-                "whoami unavailable ({e}); skipping the ACL pre-check"
-            );
+/// Fails with a clear `Auth` error when our credentials may not create instances under the
+/// prefix. The server decides: a transaction that would create a probe node and then fails on
+/// purpose (a version check that cannot match) reports `NoAuth` for the create when it is not
+/// allowed, and commits nothing either way.
+async fn check_permission(client: &Client, prefix: &str, user: &str) -> Result<()> {
+    let probe = format!("{prefix}/waypost-acl-probe-{:016x}", rand::random::<u64>());
+    let mut writer = client.new_multi_writer();
+    writer
+        .add_create(
+            &probe,
+            &[],
+            &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+        )
+        .and_then(|()| writer.add_check_version(prefix, i32::MAX))
+        .map_err(|e| convert(e, &format!("probe ACL of {prefix}")))?;
+    match writer.commit().await {
+        Err(MultiWriteError::OperationFailed {
+            index: 0,
+            source: ZkError::NoAuth,
+        }) => {}
+        // The create passed its checks: we may register.
+        Err(MultiWriteError::OperationFailed { .. }) => return Ok(()),
+        Ok(_) => {
+            // Cannot happen (the version check fails), but never leave the probe behind.
+            let _ = client.delete(&probe, None).await;
             return Ok(());
         }
-    };
-    let (acls, _) = client
-        .get_acl(prefix)
-        .await
-        .map_err(|e| convert(e, &format!("get ACL of {prefix}")))?;
-    let entries: Vec<_> = acls
-        .iter()
-        .map(|a| (a.permission(), a.scheme().to_owned(), a.id().to_owned()))
-        .collect();
-    match acl::check(&entries, &me, user, Permission::CREATE) {
-        Verdict::Granted | Verdict::Unknown => Ok(()),
-        Verdict::Denied(reason) => Err(Error::Auth {
-            backend: BACKEND,
-            message: format!("may not register instances under {prefix}: {reason}"),
-        }),
+        Err(MultiWriteError::RequestFailed { source }) => {
+            return Err(convert(source, &format!("probe ACL of {prefix}")))
+        }
     }
+    let reason = match client.get_acl(prefix).await {
+        Ok((acls, _)) => {
+            let entries: Vec<_> = acls
+                .iter()
+                .map(|a| (a.permission(), a.scheme().to_owned(), a.id().to_owned()))
+                .collect();
+            acl::explain_denial(&entries, user)
+        }
+        Err(e) => format!("its ACL could not be read: {e}"),
+    };
+    Err(Error::Auth {
+        backend: BACKEND,
+        message: format!("may not register instances under {prefix}: {reason}"),
+    })
 }
 
 /// How long one recovery attempt may take.

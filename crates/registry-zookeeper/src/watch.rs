@@ -284,7 +284,11 @@ impl WatchTask {
 
     /// (Re-)adds the watch if needed, lists everything in scope and sends a snapshot.
     async fn resync_now(&mut self, reason: SnapshotReason) -> Result<Flow> {
-        if self.watcher.is_none() {
+        // After a reconnect the watch is added again even when the session survived:
+        // zookeeper-client 0.11 re-sends only one-shot watches on reconnect (`SetWatches`
+        // without the persistent ones), so the server no longer knows our persistent watch. The
+        // new watcher is in place before the old one is dropped, so there is no gap.
+        if self.watcher.is_none() || reason == SnapshotReason::Reconnected {
             self.watcher = Some(add_watch(&self.inner, &self.client, &self.scope).await?);
         }
         let known = list(&self.inner, &self.client, &self.scope).await?;

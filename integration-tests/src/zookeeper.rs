@@ -1,0 +1,342 @@
+//! ZooKeeper fixture: a standalone ZooKeeper 3.6+ (Debian's `zookeeper` package, or a release
+//! tarball via `ZOOKEEPER_HOME`) started per test on a free loopback port with its own data dir,
+//! ready when `srvr` answers `Mode: standalone`, stopped at the end.
+//!
+//! Install it with `apt-get install -y --no-install-recommends zookeeper` (Java 17 is needed).
+//! Overrides: `WAYPOST_JAVA` (the `java` binary), `WAYPOST_ZOOKEEPER_CLASSPATH` (the whole
+//! class path), `ZOOKEEPER_HOME` (an unpacked release: `lib/*.jar`, `bin/zkCli.sh`),
+//! `WAYPOST_ZKCLI` (`zkCli.sh`).
+//!
+//! The server runs with `tickTime=200` and `minSessionTimeout=400`, so tests can use 2 s sessions
+//! (the maximum is 20 ticks = 4 s), the admin server off and only `srvr`/`ruok` allowed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{find_binary, free_port, wait_until, ServerProcess};
+
+/// How to install the server, for skip messages.
+pub const INSTALL_HINT: &str = "apt-get install -y --no-install-recommends zookeeper";
+
+const DEBIAN_JAR: &str = "/usr/share/java/zookeeper.jar";
+const DEBIAN_CONF: &str = "/etc/zookeeper/conf";
+const DEBIAN_ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
+
+/// Jars the Debian `zookeeper.jar` manifest already names; listed again in case a distribution
+/// ships a jar without that manifest. Missing ones are left out.
+const DEBIAN_DEPENDENCIES: &[&str] = &[
+    "zookeeper-jute",
+    "slf4j-api",
+    "netty-buffer",
+    "netty-codec",
+    "netty-common",
+    "netty-handler",
+    "netty-resolver",
+    "netty-transport",
+    "netty-transport-native-epoll",
+    "netty-transport-native-unix-common",
+    "metrics-core",
+    "commons-cli",
+    "commons-io",
+    "snappy-java",
+    "jline",
+];
+
+/// `java`: `WAYPOST_JAVA`, `$JAVA_HOME/bin/java`, or `PATH`.
+///
+/// # Errors
+/// A message saying how to install it.
+pub fn find_java() -> Result<PathBuf, String> {
+    if std::env::var_os("WAYPOST_JAVA").is_none() {
+        if let Some(home) = std::env::var_os("JAVA_HOME") {
+            let java = Path::new(&home).join("bin/java");
+            if java.is_file() {
+                return Ok(java);
+            }
+        }
+    }
+    find_binary(
+        "WAYPOST_JAVA",
+        &["java"],
+        &["/usr/bin"],
+        "apt-get install -y --no-install-recommends openjdk-17-jre-headless",
+    )
+}
+
+/// The class path for `ZooKeeperServerMain`.
+///
+/// # Errors
+/// A message saying how to install ZooKeeper.
+pub fn server_classpath() -> Result<String, String> {
+    if let Ok(cp) = std::env::var("WAYPOST_ZOOKEEPER_CLASSPATH") {
+        return Ok(cp);
+    }
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(home) = std::env::var_os("ZOOKEEPER_HOME") {
+        let home = PathBuf::from(home);
+        let lib = home.join("lib");
+        let mut jars: Vec<PathBuf> = std::fs::read_dir(&lib)
+            .map_err(|e| format!("ZOOKEEPER_HOME: cannot read {}: {e}", lib.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jar"))
+            .collect();
+        // A release tarball has the server jar at the top level in older versions.
+        if let Ok(top) = std::fs::read_dir(&home) {
+            jars.extend(
+                top.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "jar")),
+            );
+        }
+        if jars.is_empty() {
+            return Err(format!("ZOOKEEPER_HOME={} holds no jars", home.display()));
+        }
+        jars.sort();
+        parts.push(home.join("conf").display().to_string());
+        parts.extend(jars.iter().map(|p| p.display().to_string()));
+        return Ok(parts.join(":"));
+    }
+    if !Path::new(DEBIAN_JAR).is_file() {
+        return Err(format!(
+            "ZooKeeper not found ({DEBIAN_JAR} missing; or set ZOOKEEPER_HOME); install it with: \
+             {INSTALL_HINT}"
+        ));
+    }
+    if Path::new(DEBIAN_CONF).is_dir() {
+        parts.push(DEBIAN_CONF.to_owned());
+    }
+    parts.push(DEBIAN_JAR.to_owned());
+    for name in DEBIAN_DEPENDENCIES {
+        let jar = format!("/usr/share/java/{name}.jar");
+        if Path::new(&jar).is_file() {
+            parts.push(jar);
+        }
+    }
+    // A logging backend, so the server log says what happened (optional).
+    let simple = "/usr/share/java/slf4j-simple.jar";
+    if Path::new(simple).is_file() {
+        parts.push(simple.to_owned());
+    }
+    Ok(parts.join(":"))
+}
+
+/// `zkCli.sh`: `WAYPOST_ZKCLI`, `$ZOOKEEPER_HOME/bin`, Debian's path, or `PATH`.
+///
+/// # Errors
+/// A message saying how to install it.
+pub fn find_zkcli() -> Result<PathBuf, String> {
+    let mut dirs = vec!["/usr/share/zookeeper/bin".to_owned()];
+    if let Some(home) = std::env::var_os("ZOOKEEPER_HOME") {
+        dirs.insert(0, Path::new(&home).join("bin").display().to_string());
+    }
+    let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    if std::env::var_os("WAYPOST_ZKCLI").is_none() && Path::new(DEBIAN_ZKCLI).is_file() {
+        return Ok(PathBuf::from(DEBIAN_ZKCLI));
+    }
+    find_binary(
+        "WAYPOST_ZKCLI",
+        &["zkCli.sh", "zookeeper-client"],
+        &dirs,
+        INSTALL_HINT,
+    )
+}
+
+/// Options of a started server.
+#[derive(Debug, Clone)]
+pub struct ZkOptions {
+    /// fsync every transaction (ZooKeeper's default). Off makes tests faster on a busy disk.
+    pub fsync: bool,
+    /// How long to wait for `Mode: standalone`.
+    pub ready_timeout: Duration,
+}
+
+impl Default for ZkOptions {
+    fn default() -> Self {
+        ZkOptions {
+            fsync: false,
+            ready_timeout: Duration::from_secs(40),
+        }
+    }
+}
+
+/// A running standalone ZooKeeper.
+#[derive(Debug)]
+pub struct ZkServer {
+    /// The process (for kill -9, SIGSTOP/SIGCONT and restart).
+    pub process: ServerProcess,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+    ready_timeout: Duration,
+}
+
+impl ZkServer {
+    /// Finds Java and ZooKeeper, writes `zoo.cfg` into a fresh temp dir and starts the server
+    /// on a free port; waits until it is ready.
+    ///
+    /// # Errors
+    /// When Java or ZooKeeper is missing (say how to install them), or the server does not get
+    /// ready (with the end of its log).
+    pub async fn start(opts: ZkOptions) -> Result<ZkServer, String> {
+        let java = find_java()?;
+        let classpath = server_classpath()?;
+        let port = free_port();
+        let mut process = ServerProcess::prepare("zookeeper", java);
+        let data = process.dir().join("data");
+        std::fs::create_dir_all(&data).map_err(|e| format!("create {}: {e}", data.display()))?;
+        let cfg = process.dir().join("zoo.cfg");
+        let text = format!(
+            "tickTime=200\n\
+             minSessionTimeout=400\n\
+             initLimit=10\n\
+             syncLimit=5\n\
+             dataDir={}\n\
+             clientPortAddress=127.0.0.1\n\
+             clientPort={port}\n\
+             maxClientCnxns=0\n\
+             admin.enableServer=false\n\
+             4lw.commands.whitelist=srvr,ruok\n\
+             forceSync={}\n",
+            data.display(),
+            if opts.fsync { "yes" } else { "no" },
+        );
+        std::fs::write(&cfg, text).map_err(|e| format!("write {}: {e}", cfg.display()))?;
+        process.args([
+            "-Xms32m".to_owned(),
+            "-Xmx256m".to_owned(),
+            "-XX:+UseSerialGC".to_owned(),
+            "-XX:TieredStopAtLevel=1".to_owned(),
+            "-Dzookeeper.admin.enableServer=false".to_owned(),
+            "-cp".to_owned(),
+            classpath,
+            "org.apache.zookeeper.server.ZooKeeperServerMain".to_owned(),
+            cfg.display().to_string(),
+        ]);
+        process.start()?;
+        let mut server = ZkServer {
+            process,
+            port,
+            ready_timeout: opts.ready_timeout,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// `127.0.0.1:<port>`, for `ZookeeperConfig::servers`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until `srvr` answers `Mode: standalone` (`ruok` answers before the server serves).
+    ///
+    /// # Errors
+    /// A message with the end of the server log.
+    pub async fn wait_ready(&mut self) -> Result<(), String> {
+        let port = self.port;
+        let ready = wait_until("zookeeper", self.ready_timeout, || async move {
+            srvr(port)
+                .await
+                .is_some_and(|s| s.contains("Mode: standalone"))
+        })
+        .await;
+        match ready {
+            Ok(()) if self.process.is_running() => Ok(()),
+            Ok(()) => Err(format!(
+                "zookeeper exited:\n{}",
+                self.process.log_tail(3000)
+            )),
+            Err(e) => Err(format!("{e}\n{}", self.process.log_tail(3000))),
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered.
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn pause(&self) -> Result<(), String> {
+        self.process.signal("STOP")
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    ///
+    /// # Errors
+    /// When the signal cannot be sent.
+    pub fn resume(&self) -> Result<(), String> {
+        self.process.signal("CONT")
+    }
+
+    /// Kills the server with SIGKILL (its data dir stays).
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port and data dir and waits until it is ready.
+    ///
+    /// # Errors
+    /// When it cannot be started or does not get ready.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.process.restart()?;
+        self.wait_ready().await
+    }
+
+    /// Runs `zkCli.sh -server <addr> <args…>` and returns its output (stdout and stderr).
+    ///
+    /// # Errors
+    /// When `zkCli.sh` is missing, fails, or takes longer than 60 s.
+    pub async fn zkcli(&self, args: &[&str]) -> Result<String, String> {
+        let cli = find_zkcli()?;
+        let started = Instant::now();
+        let mut cmd = tokio::process::Command::new(&cli);
+        cmd.arg("-server")
+            .arg(self.addr())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .env(
+                "JVMFLAGS",
+                "-Xmx128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+            );
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .map_err(|_| format!("zkCli.sh {args:?} timed out"))?
+            .map_err(|e| format!("run {}: {e}", cli.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            return Err(format!(
+                "zkCli.sh {args:?} failed ({}):\n{text}",
+                out.status
+            ));
+        }
+        if std::env::var_os("WAYPOST_TEST_VERBOSE").is_some() {
+            eprintln!("zkCli.sh {args:?} took {:?}", started.elapsed());
+        }
+        Ok(text)
+    }
+}
+
+/// Sends a four-letter word to `127.0.0.1:port` and returns the answer (`None` when nothing
+/// answers within a second).
+pub async fn four_letter_word(port: u16, word: &str) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream.write_all(word.as_bytes()).await.ok()?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    };
+    tokio::time::timeout(Duration::from_secs(1), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The answer to `srvr` (server status, including `Mode:`).
+pub async fn srvr(port: u16) -> Option<String> {
+    four_letter_word(port, "srvr").await
+}
