@@ -49,6 +49,8 @@ pub struct FakeOptions {
     pub node_name: String,
     /// Address of the local node.
     pub node_address: String,
+    /// Serve https with this PEM certificate chain and PEM private key.
+    pub tls: Option<(String, String)>,
 }
 
 impl Default for FakeOptions {
@@ -60,6 +62,7 @@ impl Default for FakeOptions {
             tick: Duration::from_millis(50),
             node_name: "fake-node".into(),
             node_address: "127.0.0.1".into(),
+            tls: None,
         }
     }
 }
@@ -69,6 +72,17 @@ impl FakeOptions {
     #[must_use]
     pub fn with_acl_token(mut self, token: impl Into<String>) -> Self {
         self.acl_token = Some(token.into());
+        self
+    }
+
+    /// Serves https with this PEM certificate chain and PEM private key.
+    #[must_use]
+    pub fn with_tls(
+        mut self,
+        cert_chain_pem: impl Into<String>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        self.tls = Some((cert_chain_pem.into(), key_pem.into()));
         self
     }
 
@@ -104,6 +118,7 @@ struct Injection {
 
 pub(crate) struct Shared {
     pub(crate) opts: FakeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) state: Mutex<State>,
     pub(crate) changed: tokio::sync::watch::Sender<u64>,
     injections: Mutex<VecDeque<Injection>>,
@@ -164,7 +179,12 @@ impl FakeConsul {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (changed, _) = tokio::sync::watch::channel(0);
+        let tls = match &opts.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            tls,
             state: Mutex::new(State::new(&opts.node_name, &opts.node_address)),
             opts,
             changed,
@@ -187,9 +207,14 @@ impl FakeConsul {
         self.addr
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops accepting and drops every open connection (the agent is down).
@@ -322,19 +347,49 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
                 conns.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let tls = shared.tls.clone();
                     let svc = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, std::convert::Infallible>(handlers::handle(shared, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = http
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+fn tls_acceptor(cert_pem: &str, key_pem: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("certificate PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad(format!("key PEM: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 async fn tick(shared: Arc<Shared>) {
