@@ -21,7 +21,12 @@ pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// # Errors
 /// A message saying how to install it.
 pub fn etcd_binary() -> Result<PathBuf, String> {
-    find_binary("WAYPOST_ETCD_BIN", &["etcd"], &["/usr/bin", "/usr/local/bin"], INSTALL_HINT)
+    find_binary(
+        "WAYPOST_ETCD_BIN",
+        &["etcd"],
+        &["/usr/bin", "/usr/local/bin"],
+        INSTALL_HINT,
+    )
 }
 
 /// The `etcdctl` binary.
@@ -81,8 +86,8 @@ pub fn generate_pki(dir: &Path) -> Result<TestPki, String> {
     let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
     let issuer = Issuer::new(ca_params, &ca_key);
 
-    let mut server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-        .map_err(e)?;
+    let mut server =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).map_err(e)?;
     server.distinguished_name.push(DnType::CommonName, "etcd");
     server.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -92,7 +97,9 @@ pub fn generate_pki(dir: &Path) -> Result<TestPki, String> {
     let server_cert = server.signed_by(&server_key, &issuer).map_err(e)?;
 
     let mut client = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
-    client.distinguished_name.push(DnType::CommonName, "waypost");
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "waypost");
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client_key = KeyPair::generate().map_err(e)?;
     let client_cert = client.signed_by(&client_key, &issuer).map_err(e)?;
@@ -331,7 +338,12 @@ impl EtcdServer {
     /// # Errors
     /// When an `etcdctl` step fails.
     pub fn enable_auth(&self, password: &str) -> Result<(), String> {
-        self.etcdctl(&["user", "add", &format!("root:{password}"), "--interactive=false"])?;
+        self.etcdctl(&[
+            "user",
+            "add",
+            &format!("root:{password}"),
+            "--interactive=false",
+        ])?;
         // 3.4 gives a new `root` user the root role already; granting again is harmless.
         let _ = self.etcdctl(&["user", "grant-role", "root", "root"]);
         self.etcdctl(&["auth", "enable"])?;
@@ -371,7 +383,13 @@ impl EtcdCluster {
             let mut process = ServerProcess::prepare(&format!("etcd-{name}"), &etcd);
             let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
             let data = process.dir().join("data");
-            process.args(member_args(name, &data, &client_url, ports[2 * i + 1], &initial));
+            process.args(member_args(
+                name,
+                &data,
+                &client_url,
+                ports[2 * i + 1],
+                &initial,
+            ));
             process.start()?;
             members.push(EtcdServer {
                 process,
@@ -420,8 +438,7 @@ impl EtcdCluster {
                     }
                     // Ask the leader itself to learn which of ours it is.
                     for (j, other) in self.members.iter().enumerate() {
-                        if let Ok(o) = other.etcdctl(&["endpoint", "status", "--write-out=json"])
-                        {
+                        if let Ok(o) = other.etcdctl(&["endpoint", "status", "--write-out=json"]) {
                             let ov: serde_json::Value =
                                 serde_json::from_str(&o).map_err(|e| format!("json: {e}"))?;
                             if ov[0]["Status"]["header"]["member_id"].as_u64() == Some(leader) {
@@ -479,7 +496,8 @@ impl TcpProxy {
                 }
                 let mut gate = open2.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
                         return;
                     };

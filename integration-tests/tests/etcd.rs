@@ -81,7 +81,11 @@ async fn follow_until(
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(ev)) => reasons.extend(apply(view, ev)),
             Ok(None) => return Err("watch ended".into()),
-            Err(_) => return Err(format!("condition not met within {limit:?}; view: {view:?}")),
+            Err(_) => {
+                return Err(format!(
+                    "condition not met within {limit:?}; view: {view:?}"
+                ))
+            }
         }
     }
     Ok(reasons)
@@ -147,7 +151,10 @@ async fn etcd_no_server_fails_within_connect_timeout() {
     let took = start.elapsed();
     match r {
         Err(Error::Unavailable(msg)) => {
-            assert!(msg.contains(&port.to_string()), "the error names the endpoint: {msg}");
+            assert!(
+                msg.contains(&port.to_string()),
+                "the error names the endpoint: {msg}"
+            );
             assert!(msg.contains("1s"), "the error names the limit: {msg}");
         }
         other => panic!("expected Unavailable, got {other:?}"),
@@ -165,18 +172,39 @@ async fn etcd_close_revokes_lease_and_instances_vanish() {
     let observer = EtcdRegistry::connect(cfg.clone()).await.expect("observer");
     let registry = EtcdRegistry::connect(cfg).await.expect("connect");
     let lease = registry.lease_id();
-    assert_ne!(lease, registry_lease(&observer), "one lease per registry, not a shared one");
-    registry.register(&svc("closing", "closing-1", 9001)).await.expect("register");
-    assert_eq!(observer.list_instances("closing").await.expect("list").len(), 1);
+    assert_ne!(
+        lease,
+        registry_lease(&observer),
+        "one lease per registry, not a shared one"
+    );
+    registry
+        .register(&svc("closing", "closing-1", 9001))
+        .await
+        .expect("register");
+    assert_eq!(
+        observer
+            .list_instances("closing")
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
     let start = Instant::now();
     registry.close().await.expect("close");
     // TTL is 30 s: an empty list now proves the revoke.
-    assert!(observer.list_instances("closing").await.expect("list").is_empty());
+    assert!(observer
+        .list_instances("closing")
+        .await
+        .expect("list")
+        .is_empty());
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(matches!(registry.list_services().await, Err(Error::Closed)));
     registry.close().await.expect("idempotent");
     let leases = etcd.etcdctl(&["lease", "list"]).expect("lease list");
-    assert!(!leases.contains(&format!("{lease:x}")), "lease revoked: {leases}");
+    assert!(
+        !leases.contains(&format!("{lease:x}")),
+        "lease revoked: {leases}"
+    );
     observer.close().await.expect("close observer");
 }
 
@@ -202,9 +230,11 @@ async fn etcd_restart_after_kill9_restores_registrations_and_watch_view() {
             .await
             .expect("register");
     }
-    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.len() == 5)
-        .await
-        .expect("watcher sees the five");
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.len() == 5
+    })
+    .await
+    .expect("watcher sees the five");
 
     etcd.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -229,10 +259,15 @@ async fn etcd_restart_after_kill9_restores_registrations_and_watch_view() {
     })
     .await
     .expect("registrations present again within TTL + 5 s");
-    eprintln!("registrations present {:?} after restart", restarted.elapsed());
-    wait_until("state connected", limit, || async { registry.state().is_connected() })
-        .await
-        .expect("registry state back to Connected");
+    eprintln!(
+        "registrations present {:?} after restart",
+        restarted.elapsed()
+    );
+    wait_until("state connected", limit, || async {
+        registry.state().is_connected()
+    })
+    .await
+    .expect("registry state back to Connected");
 
     // A change after the restart reaches the watcher, and its view equals the server's.
     registry
@@ -250,7 +285,10 @@ async fn etcd_restart_after_kill9_restores_registrations_and_watch_view() {
         .etcdctl(&["get", cfg.prefix.as_str(), "--prefix", "--keys-only"])
         .expect("etcdctl get");
     assert_eq!(
-        etcdctl_keys.lines().filter(|l| !l.trim().is_empty()).count(),
+        etcdctl_keys
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count(),
         6,
         "{etcdctl_keys}"
     );
@@ -275,17 +313,27 @@ async fn etcd_lease_lost_during_outage_is_replaced_and_instances_return() {
         .expect("direct client");
     let mut watch = direct.watch_service("ll").await.expect("watch");
     let mut view = View::new();
-    registry.register(&svc("ll", "ll-1", 9001)).await.expect("register");
-    registry.register(&svc("ll", "ll-2", 9002)).await.expect("register");
-    let first_lease = registry.lease_id();
-    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.len() == 2)
+    registry
+        .register(&svc("ll", "ll-1", 9001))
         .await
-        .expect("both visible");
+        .expect("register");
+    registry
+        .register(&svc("ll", "ll-2", 9002))
+        .await
+        .expect("register");
+    let first_lease = registry.lease_id();
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.len() == 2
+    })
+    .await
+    .expect("both visible");
 
     // Cut the registry off for longer than the TTL: the server expires the lease.
     proxy.set_open(false);
-    if let Err(e) =
-        follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 3), |v| v.is_empty()).await
+    if let Err(e) = follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 3), |v| {
+        v.is_empty()
+    })
+    .await
     {
         let keys = etcd.etcdctl(&["get", &cfg.prefix, "--prefix", "-w", "json"]);
         let leases = etcd.etcdctl(&["lease", "list"]);
@@ -294,9 +342,11 @@ async fn etcd_lease_lost_during_outage_is_replaced_and_instances_return() {
     assert!(matches!(registry.state(), RegistryState::Recovering { .. }));
 
     proxy.set_open(true);
-    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| v.len() == 2)
-        .await
-        .expect("instances registered again on a new lease");
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| {
+        v.len() == 2
+    })
+    .await
+    .expect("instances registered again on a new lease");
     wait_until("connected", Duration::from_secs(5), || async {
         registry.state().is_connected()
     })
@@ -306,13 +356,18 @@ async fn etcd_lease_lost_during_outage_is_replaced_and_instances_return() {
 
     // Revoking the new lease from outside is recovered from too.
     let lease_hex = format!("{:x}", registry.lease_id());
-    etcd.etcdctl(&["lease", "revoke", &lease_hex]).expect("revoke");
-    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| v.is_empty())
-        .await
-        .expect("revoked instances vanish");
-    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| v.len() == 2)
-        .await
-        .expect("and come back on a new lease");
+    etcd.etcdctl(&["lease", "revoke", &lease_hex])
+        .expect("revoke");
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| {
+        v.is_empty()
+    })
+    .await
+    .expect("revoked instances vanish");
+    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| {
+        v.len() == 2
+    })
+    .await
+    .expect("and come back on a new lease");
     registry.close().await.expect("close");
     direct.close().await.expect("close");
 }
@@ -329,24 +384,38 @@ async fn etcd_compacted_history_gives_reconnected_snapshot() {
     let writer = EtcdRegistry::connect(cfg.clone().with_endpoints([etcd.endpoint()]))
         .await
         .expect("writer");
-    writer.register(&svc("cp", "cp-1", 9001)).await.expect("register");
+    writer
+        .register(&svc("cp", "cp-1", 9001))
+        .await
+        .expect("register");
     let mut watch = watcher.watch().await.expect("watch");
     let mut view = View::new();
-    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.len() == 1)
-        .await
-        .expect("snapshot");
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.len() == 1
+    })
+    .await
+    .expect("snapshot");
 
     // While the watcher is cut off: changes, then compaction of the history it needs.
     proxy.set_open(false);
-    writer.register(&svc("cp", "cp-2", 9002)).await.expect("register");
+    writer
+        .register(&svc("cp", "cp-2", 9002))
+        .await
+        .expect("register");
     writer.deregister("cp-1").await.expect("deregister");
-    writer.register(&svc("cp", "cp-3", 9003)).await.expect("register");
+    writer
+        .register(&svc("cp", "cp-3", 9003))
+        .await
+        .expect("register");
     let status = etcd
         .etcdctl(&["endpoint", "status", "--write-out=json"])
         .expect("status");
     let v: serde_json::Value = serde_json::from_str(&status).expect("json");
-    let rev = v[0]["Status"]["header"]["revision"].as_i64().expect("revision");
-    etcd.etcdctl(&["compaction", &rev.to_string()]).expect("compact");
+    let rev = v[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    etcd.etcdctl(&["compaction", &rev.to_string()])
+        .expect("compact");
     proxy.set_open(true);
 
     let reasons = follow_until(&mut watch, &mut view, Duration::from_secs(15), |v| {
@@ -401,7 +470,10 @@ async fn etcd_cluster_leader_kill_is_invisible_to_callers() {
             .list_instances("cl")
             .await
             .unwrap_or_else(|e| panic!("discover after the leader died: {e}"));
-        assert!(listed.iter().any(|s| s.id == id), "{id} visible to the other client");
+        assert!(
+            listed.iter().any(|s| s.id == id),
+            "{id} visible to the other client"
+        );
         let got = other.get_service(&id).await.expect("get_service");
         assert_eq!(got.id, id);
         worst = worst.max(t.elapsed());
@@ -447,9 +519,11 @@ async fn etcd_killed_child_instance_disappears_within_ttl() {
         .expect("child registers in time")
         .expect("read child");
     assert_eq!(line.as_deref(), Some("REGISTERED"));
-    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| v.contains_key("child-1"))
-        .await
-        .expect("observer sees the child's instance");
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.contains_key("child-1")
+    })
+    .await
+    .expect("observer sees the child's instance");
     // Alive past its TTL: the child's keep-alive works.
     tokio::time::sleep(Duration::from_secs(ttl + 1)).await;
     assert!(observer.get_service("child-1").await.is_ok(), "kept alive");
@@ -457,13 +531,18 @@ async fn etcd_killed_child_instance_disappears_within_ttl() {
     child.start_kill().expect("SIGKILL");
     let killed = Instant::now();
     child.wait().await.expect("reap");
-    follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 2), |v| v.is_empty())
-        .await
-        .expect("instance gone within TTL + 2 s");
+    follow_until(&mut watch, &mut view, Duration::from_secs(ttl + 2), |v| {
+        v.is_empty()
+    })
+    .await
+    .expect("instance gone within TTL + 2 s");
     let gone = killed.elapsed();
     eprintln!("child's instance gone {gone:?} after SIGKILL (TTL {ttl} s)");
     assert!(gone <= Duration::from_secs(ttl + 2));
-    assert!(matches!(observer.get_service("child-1").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        observer.get_service("child-1").await,
+        Err(Error::NotFound(_))
+    ));
     observer.close().await.expect("close");
 }
 
@@ -474,29 +553,56 @@ async fn etcd_garbage_under_prefix_is_skipped() {
     };
     let cfg = config(&etcd.endpoint(), "garbage", 10);
     let p = cfg.prefix.clone();
-    etcd.etcdctl(&["put", &format!("{p}/gs/bad-1"), "not json"]).expect("put");
-    etcd.etcdctl(&["put", &format!("{p}/gs/bad-2"), r#"{"id":"bad-2"}"#]).expect("put");
-    etcd.etcdctl(&["put", &format!("{p}/gs"), "{}"]).expect("put");
-    etcd.etcdctl(&["put", &format!("{p}/gs/a/b"), "{}"]).expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-1"), "not json"])
+        .expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-2"), r#"{"id":"bad-2"}"#])
+        .expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs"), "{}"])
+        .expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs/a/b"), "{}"])
+        .expect("put");
     let mismatched = svc("other-name", "bad-3", 1).to_json().expect("json");
-    etcd.etcdctl(&["put", &format!("{p}/gs/bad-3"), &mismatched]).expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-3"), &mismatched])
+        .expect("put");
 
     let registry = EtcdRegistry::connect(cfg).await.expect("connect");
     let mut watch = registry.watch().await.expect("watch");
     match watch.next().await {
-        Some(WatchEvent::Snapshot { services, reason: SnapshotReason::Initial }) => {
-            assert!(services.is_empty(), "garbage kept out of the snapshot: {services:?}")
+        Some(WatchEvent::Snapshot {
+            services,
+            reason: SnapshotReason::Initial,
+        }) => {
+            assert!(
+                services.is_empty(),
+                "garbage kept out of the snapshot: {services:?}"
+            )
         }
         other => panic!("{other:?}"),
     }
-    registry.register(&svc("gs", "good-1", 9001)).await.expect("register");
-    assert_eq!(ids(&registry.list_services().await.expect("list")), ["good-1"]);
-    assert_eq!(ids(&registry.list_instances("gs").await.expect("list")), ["good-1"]);
-    assert!(matches!(registry.get_service("bad-1").await, Err(Error::NotFound(_))));
+    registry
+        .register(&svc("gs", "good-1", 9001))
+        .await
+        .expect("register");
+    assert_eq!(
+        ids(&registry.list_services().await.expect("list")),
+        ["good-1"]
+    );
+    assert_eq!(
+        ids(&registry.list_instances("gs").await.expect("list")),
+        ["good-1"]
+    );
+    assert!(matches!(
+        registry.get_service("bad-1").await,
+        Err(Error::NotFound(_))
+    ));
 
     // Garbage written while watching is skipped too; the next valid change still arrives.
-    etcd.etcdctl(&["put", &format!("{p}/gs/bad-4"), "\u{1}\u{2}"]).expect("put");
-    registry.register(&svc("gs", "good-2", 9002)).await.expect("register");
+    etcd.etcdctl(&["put", &format!("{p}/gs/bad-4"), "\u{1}\u{2}"])
+        .expect("put");
+    registry
+        .register(&svc("gs", "good-2", 9002))
+        .await
+        .expect("register");
     let mut seen = Vec::new();
     while seen.len() < 2 {
         match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
@@ -531,15 +637,27 @@ async fn etcd_wrong_password_is_a_clear_auth_error() {
         }
         other => panic!("expected Error::Auth, got {other:?}"),
     }
-    assert!(start.elapsed() < Duration::from_secs(2), "auth errors are not retried");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "auth errors are not retried"
+    );
 
     let registry = EtcdRegistry::connect(cfg.with_credentials("root", "right-pw"))
         .await
         .expect("right password connects");
-    registry.register(&svc("authed", "authed-1", 9001)).await.expect("register");
-    assert_eq!(registry.list_instances("authed").await.expect("list").len(), 1);
+    registry
+        .register(&svc("authed", "authed-1", 9001))
+        .await
+        .expect("register");
+    assert_eq!(
+        registry.list_instances("authed").await.expect("list").len(),
+        1
+    );
     let mut watch = registry.watch_service("authed").await.expect("watch");
-    assert!(matches!(watch.next().await, Some(WatchEvent::Snapshot { .. })));
+    assert!(matches!(
+        watch.next().await,
+        Some(WatchEvent::Snapshot { .. })
+    ));
     registry.close().await.expect("close");
 }
 
@@ -553,8 +671,13 @@ async fn etcd_tls_with_test_ca() {
     let pki = etcd.pki().expect("pki").clone();
     let tls = EtcdTlsConfig::new(&pki.ca).with_client_identity(&pki.client_cert, &pki.client_key);
     let cfg = config(&etcd.endpoint(), "tls", 5).with_tls(tls);
-    let registry = EtcdRegistry::connect(cfg.clone()).await.expect("TLS connects");
-    registry.register(&svc("tls", "tls-1", 9443)).await.expect("register");
+    let registry = EtcdRegistry::connect(cfg.clone())
+        .await
+        .expect("TLS connects");
+    registry
+        .register(&svc("tls", "tls-1", 9443))
+        .await
+        .expect("register");
     assert_eq!(registry.list_instances("tls").await.expect("list").len(), 1);
     registry.close().await.expect("close");
 
@@ -568,7 +691,10 @@ async fn etcd_tls_with_test_ca() {
     assert!(start.elapsed() < Duration::from_secs(3));
     // A missing CA file is a configuration error, before any network I/O.
     let missing = cfg.with_tls(EtcdTlsConfig::new("/nonexistent/ca.pem"));
-    assert!(matches!(EtcdRegistry::connect(missing).await, Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        EtcdRegistry::connect(missing).await,
+        Err(Error::InvalidConfig(_))
+    ));
 }
 
 #[tokio::test]
@@ -580,18 +706,25 @@ async fn etcd_interop_with_etcdctl_in_go_json() {
     let p = cfg.prefix.clone();
     // What a laravel-go service writes.
     let go_json = r#"{"id":"go-1","name":"go-svc","version":"1.2.3","address":"10.0.0.5","port":8080,"protocol":"grpc","health":"healthy","metadata":{"region":"eu"},"tags":["api","v1"],"created_at":"2024-01-15T10:30:00Z","updated_at":"2024-01-15T10:30:00.5Z","last_check":"2024-01-15T10:30:00Z","ttl":30000000000}"#;
-    etcd.etcdctl(&["put", &format!("{p}/go-svc/go-1"), go_json]).expect("put");
+    etcd.etcdctl(&["put", &format!("{p}/go-svc/go-1"), go_json])
+        .expect("put");
     let registry = EtcdRegistry::connect(cfg).await.expect("connect");
     let found = registry.list_instances("go-svc").await.expect("list");
     assert_eq!(found.len(), 1);
     let g = &found[0];
-    assert_eq!((g.id.as_str(), g.address.as_str(), g.port), ("go-1", "10.0.0.5", 8080));
+    assert_eq!(
+        (g.id.as_str(), g.address.as_str(), g.port),
+        ("go-1", "10.0.0.5", 8080)
+    );
     assert_eq!(g.protocol.as_str(), "grpc");
     assert_eq!(g.health, Health::Healthy);
     assert_eq!(g.metadata.get("region").map(String::as_str), Some("eu"));
     assert_eq!(g.tags, ["api", "v1"]);
     assert_eq!(g.ttl, Duration::from_secs(30));
-    assert_eq!(registry.get_service("go-1").await.expect("get").version, "1.2.3");
+    assert_eq!(
+        registry.get_service("go-1").await.expect("get").version,
+        "1.2.3"
+    );
 
     // What waypost writes reads back through etcdctl as that JSON.
     let mine = svc("rs-svc", "rs-1", 9000)
@@ -612,10 +745,31 @@ async fn etcd_interop_with_etcdctl_in_go_json() {
     assert_eq!(v["metadata"]["k"], "v");
     assert_eq!(v["tags"][0], "t");
     let created = v["created_at"].as_str().expect("created_at is a string");
-    assert!(created.contains('T') && created.len() >= 20, "RFC 3339: {created}");
-    let keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
-    for k in ["id", "name", "version", "address", "port", "protocol", "health", "metadata",
-              "tags", "created_at", "updated_at", "last_check", "ttl"] {
+    assert!(
+        created.contains('T') && created.len() >= 20,
+        "RFC 3339: {created}"
+    );
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "id",
+        "name",
+        "version",
+        "address",
+        "port",
+        "protocol",
+        "health",
+        "metadata",
+        "tags",
+        "created_at",
+        "updated_at",
+        "last_check",
+        "ttl",
+    ] {
         assert!(keys.contains(&k), "Go field {k} missing: {keys:?}");
     }
     // The value carries our lease, so it vanishes with the registry.

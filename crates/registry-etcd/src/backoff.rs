@@ -57,7 +57,11 @@ mod tests {
         let expected_caps = [100u64, 200, 400, 800, 1600, 2000, 2000, 2000];
         for (d, cap) in steps.iter().zip(expected_caps) {
             let cap = Duration::from_millis(cap);
-            assert!(*d <= cap && *d >= cap / 2, "{d:?} not in [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                *d <= cap && *d >= cap / 2,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
         }
         assert!(steps.iter().all(|d| *d <= Duration::from_secs(2)), "capped");
         b.reset();
@@ -72,7 +76,10 @@ mod tests {
             let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
             seen.insert(b.next_delay());
         }
-        assert!(seen.len() > 10, "delays must differ between clients: {seen:?}");
+        assert!(
+            seen.len() > 10,
+            "delays must differ between clients: {seen:?}"
+        );
     }
 
     #[test]

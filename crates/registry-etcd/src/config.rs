@@ -267,7 +267,10 @@ impl EtcdConfig {
             return bad(format!("prefix `{}` must not contain `//`", self.prefix));
         }
         if self.ttl < Duration::from_secs(1) {
-            return bad(format!("ttl {:?} is below etcd's 1 s lease granularity", self.ttl));
+            return bad(format!(
+                "ttl {:?} is below etcd's 1 s lease granularity",
+                self.ttl
+            ));
         }
         for (what, d) in [
             ("connect_timeout", self.connect_timeout),
@@ -338,7 +341,9 @@ fn secs_to_duration(secs: f64, text: &str) -> std::result::Result<Duration, Stri
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{text}` is out of range"))
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Duration, D::Error> {
+fn de_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -382,7 +387,10 @@ mod tests {
         assert_eq!(c.prefix, DEFAULT_PREFIX, "missing fields take defaults");
         assert_eq!(c.max_backoff, DEFAULT_MAX_BACKOFF);
         let tls = c.tls.as_ref().unwrap();
-        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(
+            tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         assert!(serde_json::from_str::<EtcdConfig>(r#"{"passwd":"x"}"#).is_err());
         assert!(serde_json::from_str::<EtcdConfig>(r#"{"ttl":"10 parsecs"}"#).is_err());
         let empty: EtcdConfig = serde_json::from_str("{}").unwrap();
@@ -441,7 +449,10 @@ mod tests {
     fn prefix_and_ttl_normalization() {
         let c = EtcdConfig::default().with_prefix("/svc/");
         assert_eq!(c.normalized_prefix(), "/svc");
-        assert_eq!(c.clone().with_ttl(Duration::from_millis(1500)).ttl_secs(), 2);
+        assert_eq!(
+            c.clone().with_ttl(Duration::from_millis(1500)).ttl_secs(),
+            2
+        );
         assert_eq!(c.with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
     }
 

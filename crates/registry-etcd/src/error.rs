@@ -124,7 +124,10 @@ mod tests {
         for (code, msg) in [
             (INVALID_ARGUMENT, "etcdserver: key is not provided"),
             (NOT_FOUND, "etcdserver: requested lease not found"),
-            (OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"),
+            (
+                OUT_OF_RANGE,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
         ] {
             assert!(!status_is_transient(code, msg), "{code} {msg}");
         }
@@ -141,13 +144,22 @@ mod tests {
             INVALID_ARGUMENT,
             "etcdserver: authentication failed, invalid user ID or password"
         ));
-        assert!(status_is_auth(PERMISSION_DENIED, "etcdserver: permission denied"));
-        assert!(status_is_auth(UNAUTHENTICATED, "etcdserver: invalid auth token"));
+        assert!(status_is_auth(
+            PERMISSION_DENIED,
+            "etcdserver: permission denied"
+        ));
+        assert!(status_is_auth(
+            UNAUTHENTICATED,
+            "etcdserver: invalid auth token"
+        ));
         assert!(!status_is_transient(
             INVALID_ARGUMENT,
             "etcdserver: authentication failed, invalid user ID or password"
         ));
-        assert!(!status_is_auth(INVALID_ARGUMENT, "etcdserver: key is not provided"));
+        assert!(!status_is_auth(
+            INVALID_ARGUMENT,
+            "etcdserver: key is not provided"
+        ));
     }
 
     #[test]
@@ -174,8 +186,20 @@ mod tests {
     #[test]
     fn conversion_keeps_etcd_types_private() {
         let e = convert(EtcdError::InvalidArgs("bad".into()));
-        assert!(matches!(e, Error::Backend { backend: "etcd", .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                Error::Backend {
+                    backend: "etcd",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
         let e = convert(EtcdError::IoError(std::io::Error::other("reset")));
-        assert!(matches!(e, Error::Unavailable(ref m) if m.starts_with("etcd:")), "{e:?}");
+        assert!(
+            matches!(e, Error::Unavailable(ref m) if m.starts_with("etcd:")),
+            "{e:?}"
+        );
     }
 }

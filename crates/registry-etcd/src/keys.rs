@@ -51,7 +51,10 @@ mod tests {
         let k = KeyLayout::new("/laravel-go/services/");
         assert_eq!(k.all(), "/laravel-go/services/");
         assert_eq!(k.service("user"), "/laravel-go/services/user/");
-        assert_eq!(k.instance("user", "user-1"), "/laravel-go/services/user/user-1");
+        assert_eq!(
+            k.instance("user", "user-1"),
+            "/laravel-go/services/user/user-1"
+        );
         assert_eq!(
             k.parse(b"/laravel-go/services/user/user-1"),
             Some(("user", "user-1"))
@@ -78,7 +81,9 @@ mod tests {
     fn service_prefix_does_not_cover_longer_names() {
         // `user/` must not match `user-admin/...`: the trailing slash keeps ranges apart.
         let k = KeyLayout::new("/p");
-        assert!(!k.instance("user-admin", "x").starts_with(&k.service("user")));
+        assert!(!k
+            .instance("user-admin", "x")
+            .starts_with(&k.service("user")));
     }
 
     #[test]

@@ -248,7 +248,10 @@ impl Inner {
     }
 
     /// Reads one key: the decoded value (if valid) and its mod revision (0 when absent).
-    async fn read(&self, key: &str) -> std::result::Result<(Option<ServiceInfo>, i64, bool), AttemptError> {
+    async fn read(
+        &self,
+        key: &str,
+    ) -> std::result::Result<(Option<ServiceInfo>, i64, bool), AttemptError> {
         let mut kv = self.client.kv_client();
         let resp = kv.get(key, None).await?;
         Ok(match resp.kvs().first() {
@@ -309,7 +312,8 @@ impl Inner {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         loop {
             let mut lease_client = self.client.lease_client();
-            let r = tokio::time::timeout(self.policy.attempt_timeout, lease_client.revoke(id)).await;
+            let r =
+                tokio::time::timeout(self.policy.attempt_timeout, lease_client.revoke(id)).await;
             match r {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) if error::is_lease_not_found(&e) => return Ok(()),
@@ -516,7 +520,11 @@ impl EtcdRegistry {
                         ops.push(TxnOp::delete(old.as_str(), None));
                     }
                     let txn = Txn::new()
-                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, mod_rev)])
+                        .when([Compare::mod_revision(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            mod_rev,
+                        )])
                         .and_then(ops);
                     let mut kv = inner.client.kv_client();
                     let resp = kv.txn(txn).await?;
@@ -609,7 +617,11 @@ impl ServiceRegistry for EtcdRegistry {
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
-        Ok(self.inner.list_range(&self.inner.keys.service(name)).await?.0)
+        Ok(self
+            .inner
+            .list_range(&self.inner.keys.service(name))
+            .await?
+            .0)
     }
 
     async fn watch(&self) -> Result<WatchStream> {

@@ -164,8 +164,14 @@ mod tests {
         })
         .await;
         let took = start.elapsed();
-        assert!(matches!(r, Err(Error::Unavailable(ref m)) if m.contains("refused")), "{r:?}");
-        assert!(took >= Duration::from_secs(2) && took < Duration::from_millis(2600), "{took:?}");
+        assert!(
+            matches!(r, Err(Error::Unavailable(ref m)) if m.contains("refused")),
+            "{r:?}"
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(2600),
+            "{took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

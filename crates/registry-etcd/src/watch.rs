@@ -60,7 +60,16 @@ async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(20), inner.config.max_backoff);
     let mut closed = inner.closed_rx();
     loop {
-        match session(&inner, &range, &tx, &mut pending, &mut next_rev, &mut backoff).await {
+        match session(
+            &inner,
+            &range,
+            &tx,
+            &mut pending,
+            &mut next_rev,
+            &mut backoff,
+        )
+        .await
+        {
             Next::Stop => return,
             Next::Reopen => {
                 let pause = backoff.next_delay();
