@@ -6,6 +6,7 @@
 //! failure; otherwise the test prints `SKIPPED: <test>: <why>` to stderr and returns, so plain
 //! `cargo test` on a machine without servers still passes and says what it did not run.
 
+pub mod etcd;
 pub mod process;
 
 use std::future::Future;
