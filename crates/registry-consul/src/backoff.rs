@@ -16,7 +16,7 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
     half + Duration::from_nanos(jitter)
 }
 
-/// A token bucket: `burst` requests at once, then one per `period`.
+/// A token bucket: `burst` requests at once, then one per `period` (plus up to 10% jitter).
 #[derive(Debug)]
 pub(crate) struct TokenBucket {
     tokens: f64,
@@ -49,8 +49,10 @@ impl TokenBucket {
             self.tokens -= 1.0;
             return;
         }
+        // Jitter (up to +10%) keeps many loops from waking in step.
         let missing = 1.0 - self.tokens;
-        let wait = self.period.mul_f64(missing);
+        let jitter = 1.0 + rand::rng().random_range(0.0..0.1);
+        let wait = self.period.mul_f64(missing * jitter);
         tokio::time::sleep(wait).await;
         self.tokens = 0.0;
         self.last = Instant::now();

@@ -161,12 +161,15 @@ impl Drop for ConsulRegistry {
 }
 
 impl Inner {
+    /// The TTL of an instance's check: its own, else the configured one; at least 100 ms (a
+    /// TTL that rounds to `0s` would be refused by Consul).
     pub(crate) fn effective_ttl(&self, info: &ServiceInfo) -> Duration {
-        if info.ttl.is_zero() {
+        let ttl = if info.ttl.is_zero() {
             self.cfg.ttl
         } else {
             info.ttl
-        }
+        };
+        ttl.max(Duration::from_millis(100))
     }
 
     /// `GET /v1/agent/service/:id`; `None` for an unknown id.
@@ -405,11 +408,15 @@ impl ServiceRegistry for ConsulRegistry {
                         id,
                         "consul: the agent forgot `{id}` ({why}); registering it again"
                     );
-                    let _w = inner.writes.lock().await;
-                    if !inner.owned.lock().contains_key(id) {
-                        return Err(Error::NotFound(id.to_owned()));
+                    {
+                        let _w = inner.writes.lock().await;
+                        if !inner.owned.lock().contains_key(id) {
+                            return Err(Error::NotFound(id.to_owned()));
+                        }
+                        inner.put_registration(&info).await?;
                     }
-                    inner.put_registration(&info).await
+                    inner.hub.refresh(&info.name).await;
+                    Ok(())
                 }
                 None => Err(Error::NotFound(id.to_owned())),
             },

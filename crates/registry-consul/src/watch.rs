@@ -120,7 +120,6 @@ impl HubState {
     }
 
     fn send(&mut self, name: &str, ev: &WatchEvent) {
-        self.subs.retain(|s| !s.tx.is_closed());
         for s in &self.subs {
             if s.filter.as_deref().is_some_and(|f| f != name) {
                 continue;
