@@ -772,7 +772,12 @@ async fn etcd_interop_with_etcdctl_in_go_json() {
     ] {
         assert!(keys.contains(&k), "Go field {k} missing: {keys:?}");
     }
-    // The value carries our lease, so it vanishes with the registry.
+    // Updating the Go service's record (say, its health) does not make it ours.
+    let mut go_update = g.clone();
+    go_update.health = Health::Unhealthy;
+    registry.update(&go_update).await.expect("update foreign record");
+
+    // Our value carries our lease, so it vanishes with the registry.
     registry.close().await.expect("close");
     let after = etcd
         .etcdctl(&["get", &format!("{p}/rs-svc/rs-1"), "--print-value-only"])
@@ -782,5 +787,8 @@ async fn etcd_interop_with_etcdctl_in_go_json() {
     let go_after = etcd
         .etcdctl(&["get", &format!("{p}/go-svc/go-1"), "--print-value-only"])
         .expect("get");
-    assert!(go_after.contains("go-1"));
+    assert!(
+        go_after.contains("go-1") && go_after.contains(r#""health":"unhealthy""#),
+        "a foreign record survives our close, with the update: {go_after}"
+    );
 }

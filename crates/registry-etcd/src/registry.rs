@@ -38,6 +38,17 @@ pub(crate) struct LeaseSlot {
     pub(crate) generation: u64,
 }
 
+/// One key as read before a compare-and-swap.
+struct Stored {
+    /// The decoded value, if it is a valid record.
+    info: Option<ServiceInfo>,
+    /// 0 when the key does not exist.
+    mod_revision: i64,
+    exists: bool,
+    /// The lease the key is attached to (0: none).
+    lease: i64,
+}
+
 /// State shared by the registry, its lease task and its watch tasks.
 pub(crate) struct Inner {
     pub(crate) client: Client,
@@ -247,20 +258,23 @@ impl Inner {
         }))
     }
 
-    /// Reads one key: the decoded value (if valid) and its mod revision (0 when absent).
-    async fn read(
-        &self,
-        key: &str,
-    ) -> std::result::Result<(Option<ServiceInfo>, i64, bool), AttemptError> {
+    /// Reads one key.
+    async fn read(&self, key: &str) -> std::result::Result<Stored, AttemptError> {
         let mut kv = self.client.kv_client();
         let resp = kv.get(key, None).await?;
         Ok(match resp.kvs().first() {
-            Some(found) => (
-                self.decode(found.key(), found.value()),
-                found.mod_revision(),
-                true,
-            ),
-            None => (None, 0, false),
+            Some(found) => Stored {
+                info: self.decode(found.key(), found.value()),
+                mod_revision: found.mod_revision(),
+                exists: true,
+                lease: found.lease(),
+            },
+            None => Stored {
+                info: None,
+                mod_revision: 0,
+                exists: false,
+                lease: 0,
+            },
         })
     }
 
@@ -503,19 +517,27 @@ impl EtcdRegistry {
                 let old_key = old_key.clone();
                 async move {
                     let _shared = inner.gate.read().await;
-                    let (previous, mod_rev, exists) = inner.read(&key).await?;
-                    if must_exist && !exists {
+                    let current = inner.read(&key).await?;
+                    if must_exist && !current.exists {
                         return Err(AttemptError::Final(Error::NotFound(wanted.id.clone())));
                     }
                     let mut stored = wanted;
-                    stored.stamp(Timestamp::now(), previous.as_ref());
+                    stored.stamp(Timestamp::now(), current.info.as_ref());
                     let value = stored.to_json_vec()?;
                     let lease = inner.lease_id();
-                    let mut ops = vec![TxnOp::put(
-                        key.as_str(),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )];
+                    // `update` of an instance another process registered keeps it on that
+                    // process's lease: its liveness stays tied to its owner, and this registry
+                    // does not re-register it after a lease loss. `register` takes ownership.
+                    let foreign = must_exist
+                        && current.lease != lease
+                        && !inner.ours.lock().contains_key(&stored.id);
+                    let put_opts = if foreign {
+                        PutOptions::new().with_ignore_lease()
+                    } else {
+                        PutOptions::new().with_lease(lease)
+                    };
+                    let mod_rev = current.mod_revision;
+                    let mut ops = vec![TxnOp::put(key.as_str(), value, Some(put_opts))];
                     if let Some(old) = &old_key {
                         ops.push(TxnOp::delete(old.as_str(), None));
                     }
@@ -531,7 +553,9 @@ impl EtcdRegistry {
                     if !resp.succeeded() {
                         return Err(AttemptError::Conflict);
                     }
-                    inner.ours.lock().insert(stored.id.clone(), stored);
+                    if !foreign {
+                        inner.ours.lock().insert(stored.id.clone(), stored);
+                    }
                     Ok(())
                 }
             })
@@ -600,13 +624,13 @@ impl ServiceRegistry for EtcdRegistry {
         let Some(key) = inner.find_key(id).await? else {
             return Err(Error::NotFound(id.to_owned()));
         };
-        let (found, _, _) = inner
+        let found = inner
             .call("get", || {
                 let key = key.clone();
                 async move { inner.read(&key).await }
             })
             .await?;
-        found.ok_or_else(|| Error::NotFound(id.to_owned()))
+        found.info.ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
