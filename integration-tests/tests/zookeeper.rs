@@ -769,3 +769,52 @@ async fn register_to_watch_latency() {
         "p99 with fsync {p99_fsync:?}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn chroot_holds_the_tree_and_dropping_the_registry_ends_its_session() {
+    let test = "chroot_holds_the_tree_and_dropping_the_registry_ends_its_session";
+    let Some(zk) = server(test).await else { return };
+    let root = unique_prefix("chroot");
+    let prefix = "/laravel-go/services";
+    // The chroot does not exist yet: the registry creates it.
+    let rooted = connect(config(&zk, prefix).with_chroot(root.as_str())).await;
+    rooted
+        .register(&instance("rooted", "c-1", 8001))
+        .await
+        .expect("register");
+    assert_eq!(
+        ids_of(&rooted, "rooted").await,
+        Some(vec!["c-1".to_string()])
+    );
+
+    // Without the chroot, the same node sits under `<chroot><prefix>`.
+    let plain = connect(config(&zk, &format!("{root}{prefix}"))).await;
+    assert_eq!(
+        ids_of(&plain, "rooted").await,
+        Some(vec!["c-1".to_string()])
+    );
+    let mut watch = plain.watch_service("rooted").await.expect("watch");
+    let mut view = View::default();
+    assert!(
+        drive(&mut watch, &mut view, Duration::from_secs(5), |v| v
+            .has(&["c-1"]))
+        .await
+    );
+
+    // Dropping the registry without close stops its tasks and ends its session: the
+    // ephemeral node goes at once, long before a session timeout would remove it.
+    let dropped = Instant::now();
+    drop(rooted);
+    assert!(
+        drive(&mut watch, &mut view, SESSION / 2, |v| v
+            .services
+            .is_empty())
+        .await,
+        "dropping the registry must end its session: {view:?}"
+    );
+    eprintln!(
+        "drop: node gone {:?} after the registry was dropped",
+        dropped.elapsed()
+    );
+    plain.close().await.expect("close");
+}
