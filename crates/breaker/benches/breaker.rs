@@ -1,1 +1,121 @@
-fn main(){}
+//! Breaker overhead in the closed state, and how it scales across threads.
+//!
+//! `cargo bench -p waypost-breaker --bench breaker -- --warm-up-time 1 --measurement-time 3`
+//! prints criterion's figures, then the thread-scaling figures (best of several trials).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion};
+use waypost_breaker::{
+    AdaptiveThrottle, CircuitBreakerExt, FailureRateBreaker, SimpleCircuitBreaker,
+};
+use waypost_core_types::CircuitBreaker;
+
+#[inline(never)]
+fn op(x: u64) -> Result<u64, ()> {
+    Ok(black_box(x).wrapping_mul(31).wrapping_add(7))
+}
+
+fn closed_overhead(c: &mut Criterion) {
+    let mut g = c.benchmark_group("closed");
+    let simple = SimpleCircuitBreaker::new(5, Duration::from_secs(5));
+    let dyn_simple: Arc<dyn CircuitBreaker> =
+        Arc::new(SimpleCircuitBreaker::new(5, Duration::from_secs(5)));
+    let rate = FailureRateBreaker::builder().build().unwrap();
+    let throttle = AdaptiveThrottle::new(2.0, Duration::from_secs(60));
+    g.bench_function("direct", |b| b.iter(|| op(black_box(1))));
+    g.bench_function("std_instant_now", |b| b.iter(std::time::Instant::now));
+    g.bench_function("tokio_instant_now", |b| b.iter(tokio::time::Instant::now));
+    g.bench_function("simple_execute_sync", |b| {
+        b.iter(|| simple.execute_sync(|| op(black_box(1))))
+    });
+    g.bench_function("simple_dyn_execute_sync", |b| {
+        b.iter(|| dyn_simple.execute_sync(|| op(black_box(1))))
+    });
+    g.bench_function("simple_permit_only", |b| {
+        b.iter(|| {
+            let p = simple.try_acquire().unwrap();
+            let r = op(black_box(1));
+            simple.record(p, waypost_core_types::Outcome::Success, Duration::ZERO);
+            r
+        })
+    });
+    g.bench_function("failure_rate_execute_sync", |b| {
+        b.iter(|| rate.execute_sync(|| op(black_box(1))))
+    });
+    g.bench_function("throttle_execute_sync", |b| {
+        b.iter(|| throttle.execute_sync(|| op(black_box(1))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, closed_overhead);
+
+/// Calls per second of `call` with `threads` threads.
+fn throughput<F>(call: &F, threads: usize, per_thread: u64) -> f64
+where
+    F: Fn(u64) + Sync,
+{
+    let barrier = Barrier::new(threads + 1);
+    let slowest = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let t0 = Instant::now();
+                    for i in 0..per_thread {
+                        call(i);
+                    }
+                    t0.elapsed()
+                })
+            })
+            .collect();
+        barrier.wait();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap()
+    });
+    (threads as u64 * per_thread) as f64 / slowest.as_secs_f64()
+}
+
+fn report<F: Fn(u64) + Sync>(name: &str, call: F) {
+    const PER_THREAD: u64 = 5_000_000;
+    const TRIALS: usize = 7;
+    let mut best1 = 0f64;
+    let mut best2 = 0f64;
+    for _ in 0..TRIALS {
+        best1 = best1.max(throughput(&call, 1, PER_THREAD));
+        best2 = best2.max(throughput(&call, 2, PER_THREAD));
+    }
+    println!(
+        "scaling/{name}: 1 thread {:.1} M calls/s, 2 threads {:.1} M calls/s, ratio {:.2}x (best of {TRIALS})",
+        best1 / 1e6,
+        best2 / 1e6,
+        best2 / best1
+    );
+}
+
+fn scaling() {
+    let simple = SimpleCircuitBreaker::new(5, Duration::from_secs(5));
+    report("simple_execute_sync", |i| {
+        black_box(simple.execute_sync(|| op(i)).ok());
+    });
+    let rate = FailureRateBreaker::builder().build().unwrap();
+    report("failure_rate_execute_sync", |i| {
+        black_box(rate.execute_sync(|| op(i)).ok());
+    });
+    report("direct", |i| {
+        black_box(op(i).ok());
+    });
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    scaling();
+}

@@ -481,6 +481,9 @@ impl fmt::Debug for FailureRateBreaker {
     }
 }
 
+// Only slow-call tracking needs the call's duration.
+crate::execute::inherent_execute!(FailureRateBreaker, |b| b.config.slow_call_duration.is_some());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,4 +612,25 @@ mod tests {
         }
         assert!(cb.is_open(), "2 failures in 3 probes reopen");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn execute_times_calls_on_tokio_time() {
+        let cb = FailureRateBreaker::builder()
+            .count_window(4)
+            .minimum_calls(2)
+            .slow_calls(Duration::from_millis(100), 1.0)
+            .build()
+            .expect("valid");
+        for _ in 0..2 {
+            let r = cb
+                .execute(|| async {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    Ok::<_, ()>(())
+                })
+                .await;
+            assert!(r.is_ok());
+        }
+        assert!(cb.is_open(), "two slow successes in two calls");
+    }
+
 }

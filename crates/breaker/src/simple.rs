@@ -232,10 +232,11 @@ impl fmt::Debug for SimpleCircuitBreaker {
     }
 }
 
+crate::execute::inherent_execute!(SimpleCircuitBreaker, |_b| false);
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CircuitBreakerExt;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::{Barrier, Mutex};
 

@@ -227,6 +227,8 @@ impl fmt::Debug for AdaptiveThrottle {
     }
 }
 
+crate::execute::inherent_execute!(AdaptiveThrottle, |_b| false);
+
 #[cfg(test)]
 mod tests {
     use super::*;
