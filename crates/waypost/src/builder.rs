@@ -310,6 +310,7 @@ impl RegistryBuilder {
     }
 }
 
+#[allow(dead_code)] // unused when every backend is compiled in
 fn not_compiled(kind: RegistryType) -> Error {
     Error::Unsupported(format!(
         "the {kind} backend is not compiled into this build; enable the `{kind}` feature of the \
@@ -341,9 +342,93 @@ pub async fn new_service_registry(config: &RegistryConfig) -> Result<Arc<dyn Ser
             #[cfg(not(feature = "memory"))]
             Err(not_compiled(RegistryType::Memory))
         }
-        kind @ (RegistryType::Etcd
-        | RegistryType::Consul
-        | RegistryType::Nacos
-        | RegistryType::Zookeeper) => Err(not_compiled(kind)),
+        RegistryType::Etcd => {
+            #[cfg(feature = "etcd")]
+            {
+                let s = config.etcd.unwrap_or_default();
+                let mut c = waypost_registry_etcd::EtcdConfig::new(s.endpoints)
+                    .with_prefix(s.prefix)
+                    .with_ttl(s.ttl)
+                    .with_connect_timeout(s.connect_timeout);
+                if !s.username.is_empty() {
+                    c = c.with_credentials(s.username, s.password.expose());
+                }
+                if s.ca_file.is_some() || s.cert_file.is_some() {
+                    let mut tls = match s.ca_file {
+                        Some(ca) => waypost_registry_etcd::EtcdTlsConfig::new(ca),
+                        None => waypost_registry_etcd::EtcdTlsConfig::default(),
+                    };
+                    if let (Some(cert), Some(key)) = (s.cert_file, s.key_file) {
+                        tls = tls.with_client_identity(cert, key);
+                    }
+                    c = c.with_tls(tls);
+                }
+                Ok(Arc::new(waypost_registry_etcd::EtcdRegistry::connect(c).await?))
+            }
+            #[cfg(not(feature = "etcd"))]
+            Err(not_compiled(RegistryType::Etcd))
+        }
+        RegistryType::Consul => {
+            #[cfg(feature = "consul")]
+            {
+                let s = config.consul.unwrap_or_default();
+                let mut c = waypost_registry_consul::ConsulConfig::default()
+                    .with_address(s.address)
+                    .with_prefix(s.prefix)
+                    .with_ttl(s.ttl)
+                    .with_connect_timeout(s.connect_timeout);
+                if !s.token.is_empty() {
+                    c = c.with_token(s.token.expose());
+                }
+                if !s.datacenter.is_empty() {
+                    c = c.with_datacenter(s.datacenter);
+                }
+                if let Some(ca) = s.ca_file {
+                    c = c.with_ca_file(ca);
+                }
+                Ok(Arc::new(waypost_registry_consul::ConsulRegistry::connect(c).await?))
+            }
+            #[cfg(not(feature = "consul"))]
+            Err(not_compiled(RegistryType::Consul))
+        }
+        RegistryType::Nacos => {
+            #[cfg(feature = "nacos")]
+            {
+                let s = config.nacos.unwrap_or_default();
+                let mut c = waypost_registry_nacos::NacosConfig::new(s.server_addr)
+                    .with_namespace(s.namespace)
+                    .with_group(s.group)
+                    .with_ttl(s.ttl)
+                    .with_connect_timeout(s.connect_timeout);
+                if !s.username.is_empty() {
+                    c = c.with_credentials(s.username, s.password.expose());
+                }
+                Ok(Arc::new(waypost_registry_nacos::NacosRegistry::connect(c).await?))
+            }
+            #[cfg(not(feature = "nacos"))]
+            Err(not_compiled(RegistryType::Nacos))
+        }
+        RegistryType::Zookeeper => {
+            #[cfg(feature = "zookeeper")]
+            {
+                let s = config.zookeeper.unwrap_or_default();
+                let mut c = waypost_registry_zookeeper::ZookeeperConfig::new(s.servers)
+                    .with_prefix(s.prefix)
+                    .with_session_timeout(s.session_timeout)
+                    .with_ttl(s.ttl)
+                    .with_connect_timeout(s.connect_timeout);
+                if !s.username.is_empty() {
+                    c = c.with_digest_auth(s.username, s.password.expose());
+                }
+                if !s.chroot.is_empty() {
+                    c = c.with_chroot(s.chroot);
+                }
+                Ok(Arc::new(
+                    waypost_registry_zookeeper::ZookeeperRegistry::connect(c).await?,
+                ))
+            }
+            #[cfg(not(feature = "zookeeper"))]
+            Err(not_compiled(RegistryType::Zookeeper))
+        }
     }
 }

@@ -45,6 +45,58 @@ pub use waypost_core_types::{
 /// The core types crate, whole (validation limits, time helpers, …).
 pub use waypost_core_types as core;
 
+/// Discovery: the watch-driven cache, filters, health checkers and the health monitor.
+pub use waypost_discovery as discovery;
+pub use waypost_discovery::{
+    CachedDiscovery, DiscoveryBuilder, Filter, HealthMonitor, HttpHealthChecker,
+    TcpHealthChecker,
+};
+
+/// Load balancers.
+pub use waypost_balancer as balancer;
+pub use waypost_balancer::{
+    ConsistentHash, LeastRequest, PeakEwma, Random, RoundRobin, SmoothWeightedRoundRobin,
+    WeightedRandom,
+};
+
+/// Circuit breakers.
+pub use waypost_breaker as breaker;
+pub use waypost_breaker::{
+    AdaptiveThrottle, CircuitBreakerExt, CircuitBreakerLayer, FailureRateBreaker,
+    SimpleCircuitBreaker,
+};
+
+/// The HTTP service client (feature `client`).
+#[cfg(feature = "client")]
+pub use waypost_client as client;
+#[cfg(feature = "client")]
+pub use waypost_client::{ServiceClient, ServiceClientBuilder};
+
 /// The in-memory registry (feature `memory`).
 #[cfg(feature = "memory")]
 pub use waypost_registry_memory::{MemoryConfig, MemoryRegistry, MemoryRegistryBuilder};
+
+/// The etcd backend (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use waypost_registry_etcd as etcd;
+
+/// The Consul backend (feature `consul`).
+#[cfg(feature = "consul")]
+pub use waypost_registry_consul as consul;
+
+/// The Nacos backend (feature `nacos`).
+#[cfg(feature = "nacos")]
+pub use waypost_registry_nacos as nacos;
+
+/// The ZooKeeper backend (feature `zookeeper`).
+#[cfg(feature = "zookeeper")]
+pub use waypost_registry_zookeeper as zookeeper;
+
+/// The seed's `NewMemoryServiceDiscovery(registry, balancer)`, over any registry: a caching,
+/// watch-driven [`CachedDiscovery`].
+pub fn new_service_discovery(
+    registry: std::sync::Arc<dyn ServiceRegistry>,
+    balancer: std::sync::Arc<dyn LoadBalancer>,
+) -> CachedDiscovery {
+    CachedDiscovery::new(registry, balancer)
+}
