@@ -657,13 +657,19 @@ async fn whole_registry_watch_sees_services_registered_by_other_processes() {
     let writer = connect(fast_config(&agent)).await;
     let mut watch = observer.watch().await.unwrap();
     match next(&mut watch, Duration::from_secs(5)).await {
-        Some(WatchEvent::Snapshot { reason: SnapshotReason::Initial, services }) => {
+        Some(WatchEvent::Snapshot {
+            reason: SnapshotReason::Initial,
+            services,
+        }) => {
             assert!(services.iter().all(|s| s.name == "consul"), "{services:?}")
         }
         other => panic!("{other:?}"),
     }
     // The observer learns the new name from its catalog blocking query, not from a local write.
-    writer.register(&inst("elsewhere", "elsewhere-1", 80)).await.unwrap();
+    writer
+        .register(&inst("elsewhere", "elsewhere-1", 80))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
         match next(&mut watch, Duration::from_secs(8)).await {
@@ -677,7 +683,10 @@ async fn whole_registry_watch_sees_services_registered_by_other_processes() {
             other => panic!("expected changes of `elsewhere`, got {other:?} after {seen:?}"),
         }
     }
-    assert_eq!(seen, vec![ServiceEventType::Created, ServiceEventType::Deleted]);
+    assert_eq!(
+        seen,
+        vec![ServiceEventType::Created, ServiceEventType::Deleted]
+    );
     writer.close().await.unwrap();
     observer.close().await.unwrap();
 }
@@ -689,7 +698,10 @@ async fn dropping_a_watch_stops_its_blocking_queries() {
     let mut watch = registry.watch_service("dropme").await.unwrap();
     assert!(next(&mut watch, Duration::from_secs(5)).await.is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(agent.count("GET", "/v1/health/service/dropme?") >= 2, "the watch polls while alive");
+    assert!(
+        agent.count("GET", "/v1/health/service/dropme?") >= 2,
+        "the watch polls while alive"
+    );
     drop(watch);
     tokio::time::sleep(Duration::from_millis(300)).await; // an in-flight query may finish
     let after_drop = agent.count("GET", "/v1/health/service/dropme?");
