@@ -775,7 +775,10 @@ async fn etcd_interop_with_etcdctl_in_go_json() {
     // Updating the Go service's record (say, its health) does not make it ours.
     let mut go_update = g.clone();
     go_update.health = Health::Unhealthy;
-    registry.update(&go_update).await.expect("update foreign record");
+    registry
+        .update(&go_update)
+        .await
+        .expect("update foreign record");
 
     // Our value carries our lease, so it vanishes with the registry.
     registry.close().await.expect("close");
@@ -791,4 +794,87 @@ async fn etcd_interop_with_etcdctl_in_go_json() {
         go_after.contains("go-1") && go_after.contains(r#""health":"unhealthy""#),
         "a foreign record survives our close, with the update: {go_after}"
     );
+}
+
+#[tokio::test]
+async fn etcd_lagging_watcher_gets_lagged_snapshot_not_a_gap() {
+    let test = "etcd_lagging_watcher_gets_lagged_snapshot_not_a_gap";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    // A tiny buffer: the suite's burst of 300 changes overflows it.
+    let registry = EtcdRegistry::connect(config(&etcd.endpoint(), "lag", 5).with_watch_buffer(32))
+        .await
+        .expect("connect");
+    let opts = ConformanceOptions::default().with_lag_burst(300);
+    let report = conformance::lagging_watcher_gets_resync(&registry, &opts).await;
+    assert!(
+        report.resynced,
+        "an overflowing watcher must get a Lagged snapshot: {report:?}"
+    );
+    // And the snapshot reason says so.
+    let mut watch = registry.watch_service("lag2").await.expect("watch");
+    assert!(matches!(
+        watch.next().await,
+        Some(WatchEvent::Snapshot { .. })
+    ));
+    // More than the stream's channel (256) plus the buffer (32), without reading.
+    for i in 0..500u16 {
+        registry
+            .register(&svc("lag2", &format!("l-{i}"), 9000 + i))
+            .await
+            .expect("register");
+    }
+    let mut view = View::new();
+    let reasons = follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| {
+        v.len() == 500
+    })
+    .await
+    .expect("catches up");
+    assert!(reasons.contains(&SnapshotReason::Lagged), "{reasons:?}");
+    registry.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_dropped_registry_stops_its_keep_alive() {
+    let test = "etcd_dropped_registry_stops_its_keep_alive";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let ttl = 2u64;
+    let cfg = config(&etcd.endpoint(), "drop", ttl);
+    let observer = EtcdRegistry::connect(cfg.clone()).await.expect("observer");
+    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
+    registry
+        .register(&svc("dropped", "d-1", 9001))
+        .await
+        .expect("register");
+    let lease = format!("{:x}", registry.lease_id());
+    tokio::time::sleep(Duration::from_secs(ttl + 1)).await;
+    assert_eq!(
+        observer
+            .list_instances("dropped")
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    drop(registry);
+    let dropped = Instant::now();
+    wait_until("instance expiry", Duration::from_secs(ttl + 2), || async {
+        observer
+            .list_instances("dropped")
+            .await
+            .map(|l| l.is_empty())
+            .unwrap_or(false)
+    })
+    .await
+    .expect("no task keeps the lease alive after drop");
+    eprintln!(
+        "dropped registry's instance gone after {:?}",
+        dropped.elapsed()
+    );
+    let leases = etcd.etcdctl(&["lease", "list"]).expect("lease list");
+    assert!(!leases.contains(&lease), "{leases}");
+    observer.close().await.expect("close");
 }

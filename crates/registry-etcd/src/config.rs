@@ -15,6 +15,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default deadline of one registry call, retries included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of change events buffered for a slow watcher before they are replaced by a
+/// snapshot.
+pub const DEFAULT_WATCH_BUFFER: usize = 16_384;
 /// Default cap of the reconnect / re-register backoff.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -62,6 +65,9 @@ pub struct EtcdConfig {
     /// Cap of the jittered exponential backoff used while reconnecting and re-registering.
     #[serde(deserialize_with = "de_duration")]
     pub max_backoff: Duration,
+    /// Change events buffered for a watcher that does not keep up; beyond that the backlog is
+    /// dropped and the watcher gets a `Snapshot { reason: Lagged }` instead (never a gap).
+    pub watch_buffer: usize,
     /// TLS settings; required for `https://` endpoints signed by a private CA.
     pub tls: Option<EtcdTlsConfig>,
 }
@@ -121,6 +127,7 @@ impl Default for EtcdConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            watch_buffer: DEFAULT_WATCH_BUFFER,
             tls: None,
         }
     }
@@ -137,6 +144,7 @@ impl fmt::Debug for EtcdConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("max_backoff", &self.max_backoff)
+            .field("watch_buffer", &self.watch_buffer)
             .field("tls", &self.tls)
             .finish()
     }
@@ -213,6 +221,13 @@ impl EtcdConfig {
         self
     }
 
+    /// Sets how many events a slow watcher may fall behind before it gets a snapshot instead.
+    #[must_use]
+    pub fn with_watch_buffer(mut self, events: usize) -> Self {
+        self.watch_buffer = events;
+        self
+    }
+
     /// Sets TLS.
     #[must_use]
     pub fn with_tls(mut self, tls: EtcdTlsConfig) -> Self {
@@ -280,6 +295,9 @@ impl EtcdConfig {
             if d.is_zero() {
                 return bad(format!("{what} must be positive"));
             }
+        }
+        if self.watch_buffer == 0 {
+            return bad("watch_buffer must be at least 1".into());
         }
         if let Some(tls) = &self.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -386,6 +404,7 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(c.prefix, DEFAULT_PREFIX, "missing fields take defaults");
         assert_eq!(c.max_backoff, DEFAULT_MAX_BACKOFF);
+        assert_eq!(c.watch_buffer, DEFAULT_WATCH_BUFFER);
         let tls = c.tls.as_ref().unwrap();
         assert_eq!(
             tls.ca_file.as_deref(),
@@ -420,6 +439,7 @@ mod tests {
             ok.clone().with_prefix("/a//b"),
             ok.clone().with_ttl(Duration::from_millis(500)),
             ok.clone().with_connect_timeout(Duration::ZERO),
+            ok.clone().with_watch_buffer(0),
             ok.clone().with_tls(EtcdTlsConfig::new("ca.pem")),
             {
                 let mut c = ok.clone();

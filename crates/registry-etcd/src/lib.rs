@@ -44,7 +44,7 @@ mod watch;
 
 pub use config::{
     parse_duration, EtcdConfig, EtcdTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF,
-    DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL,
+    DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, DEFAULT_WATCH_BUFFER,
 };
 pub use registry::EtcdRegistry;
 

@@ -5,7 +5,8 @@
 //! nothing is lost or repeated. If that revision was compacted (or the cluster's revision went
 //! backwards: a reset cluster), the range is read again and a `Snapshot { reason: Reconnected }`
 //! replaces everything the watcher knew. The task always drains etcd promptly; if the consumer
-//! falls more than [`MAX_PENDING`] events behind, the backlog is dropped and a
+//! falls more than [`EtcdConfig::watch_buffer`](crate::EtcdConfig::watch_buffer) events behind,
+//! the backlog is dropped and a
 //! `Snapshot { reason: Lagged }` is sent instead. The task ends when the stream is dropped or the
 //! registry closes.
 
@@ -24,8 +25,6 @@ use crate::backoff::Backoff;
 use crate::keys::prefix_end;
 use crate::registry::Inner;
 
-/// Events buffered for a slow consumer before they are replaced by a snapshot.
-pub(crate) const MAX_PENDING: usize = 16_384;
 /// Capacity of the channel between the task and the stream.
 const CHANNEL: usize = 256;
 
@@ -212,7 +211,7 @@ async fn session(
                     }
                     *next_rev = (*next_rev).max(rev + 1);
                 }
-                if pending.len() > MAX_PENDING {
+                if pending.len() > inner.config.watch_buffer.max(1) {
                     tracing::warn!(target: "waypost::etcd", backlog = pending.len(),
                         "watcher fell behind; replacing its backlog with a snapshot");
                     if !resync(inner, range, pending, next_rev, SnapshotReason::Lagged).await {
