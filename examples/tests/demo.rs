@@ -1,0 +1,112 @@
+//! The microservice demo runs to its success line, serves with a live registration, and never
+//! hangs on a remote registry it cannot use.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEMO: &str = env!("CARGO_BIN_EXE_microservice_demo");
+
+fn demo() -> Command {
+    let mut cmd = Command::new(DEMO);
+    for var in [
+        "ETCD_ENDPOINTS",
+        "CONSUL_HTTP_ADDR",
+        "NACOS_ADDR",
+        "ZOOKEEPER_SERVERS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn demo_runs_to_its_success_line() {
+    let start = Instant::now();
+    let out = demo().output().expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "round robin over [1 healthy, 2 healthy, 3 unhealthy, 4 healthy]: 1, 2, 4, 1, 2, 4",
+        "call 4: refused without running",
+        "POST /users (JSON) -> created user",
+        "etcd: not tried; set ETCD_ENDPOINTS",
+        "✔ microservice demo finished",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn an_unusable_remote_registry_fails_fast_with_a_clear_line() {
+    let start = Instant::now();
+    let out = demo()
+        .env("ETCD_ENDPOINTS", "127.0.0.1:1")
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "an etcd that cannot be used must fail the demo"
+    );
+    assert!(stdout.contains("etcd at 127.0.0.1:1: FAILED"), "{stdout}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn served_registration_stays_alive_while_the_server_runs() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = demo()
+        .args(["--serve", "--port", &port.to_string(), "--ttl", "600ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo server");
+    let result = std::panic::catch_unwind(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/health").is_none() {
+            assert!(Instant::now() < deadline, "demo server never came up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Several TTLs pass: the heartbeat keeps the registration.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(500));
+            let services = http_get(port, "/services").expect("GET /services");
+            assert!(services.starts_with("HTTP/1.1 200"), "{services}");
+            assert!(services.contains("\"id\":\"demo-service-1\""), "{services}");
+        }
+        let health = http_get(port, "/health").expect("GET /health");
+        assert!(health.contains("\"status\":\"healthy\""), "{health}");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
