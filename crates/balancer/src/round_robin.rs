@@ -1,11 +1,33 @@
 //! Round robin, per service and lock-free.
 
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
 use crate::state::{StateMap, Striped};
+
+/// Services remembered per thread, see [`RoundRobin`].
+const THREAD_CACHE: usize = 4;
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// A per-thread shortcut from an instance set to its service's counter.
+struct Cached {
+    owner: usize,
+    generation: usize,
+    /// The first instance of the set the counter was found for. Holding it keeps its name
+    /// alive, so pointer identity proves the same service name.
+    first: Arc<ServiceInfo>,
+    counter: Arc<Striped>,
+}
+
+thread_local! {
+    static CACHE: RefCell<[Option<Cached>; THREAD_CACHE]> = const { RefCell::new([None, None, None, None]) };
+    static CACHE_NEXT: Cell<usize> = const { Cell::new(0) };
+}
 
 /// Picks the healthy instances of each service in turn.
 ///
@@ -17,8 +39,10 @@ use crate::state::{StateMap, Striped};
 /// instances are healthy a pick is O(1).
 ///
 /// The hot path takes no lock: the per-service counter is found in a copy-on-write map read
-/// through `ArcSwap`, and it is striped over cache-padded slots, one per thread group, so threads
-/// do not contend on one cache line. Every thread's own sequence is an exact rotation; across
+/// through `ArcSwap` (and each thread remembers the last few services it picked for, keyed by the
+/// identity of the set's first instance, so a repeated pick skips even the map lookup), and it is
+/// striped over cache-padded slots, one per thread group, so threads do not contend on one cache
+/// line. Every thread's own sequence is an exact rotation; across
 /// threads the load is spread evenly but not interleaved in a global order.
 ///
 /// ```
@@ -35,15 +59,57 @@ use crate::state::{StateMap, Striped};
 ///     .collect();
 /// assert_eq!(picks, ["1", "2", "4", "1", "2", "4"]);
 /// ```
-#[derive(Default)]
 pub struct RoundRobin {
+    id: usize,
     counters: StateMap<Striped>,
+}
+
+impl Default for RoundRobin {
+    fn default() -> Self {
+        RoundRobin {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            counters: StateMap::default(),
+        }
+    }
 }
 
 impl RoundRobin {
     /// A round-robin balancer.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Runs `f` with the counter of the service `first` belongs to.
+    #[inline]
+    fn with_counter<R>(&self, first: &Arc<ServiceInfo>, f: impl FnOnce(&Striped) -> R) -> R {
+        let generation = self.counters.generation();
+        let mut f = Some(f);
+        let hit = CACHE.with(|c| {
+            let c = c.borrow();
+            let e = c.iter().flatten().find(|e| {
+                e.owner == self.id && e.generation == generation && Arc::ptr_eq(&e.first, first)
+            })?;
+            f.take().map(|f| f(&e.counter))
+        });
+        if let Some(r) = hit {
+            return r;
+        }
+        let counter = self.counters.get_or_insert(&first.name, Striped::default);
+        let r = f.take().map(|f| f(&counter));
+        CACHE.with(|c| {
+            let slot = CACHE_NEXT.with(|n| {
+                let i = n.get();
+                n.set((i + 1) % THREAD_CACHE);
+                i
+            });
+            c.borrow_mut()[slot] = Some(Cached {
+                owner: self.id,
+                generation,
+                first: first.clone(),
+                counter,
+            });
+        });
+        r.unwrap_or_else(|| unreachable!("f runs once"))
     }
 
     /// Forgets the position of services for which `keep` returns false (services that are gone).
@@ -72,27 +138,26 @@ impl LoadBalancer for RoundRobin {
     ) -> Option<&'a Arc<ServiceInfo>> {
         let first = instances.first()?;
         let len = instances.len();
-        self.counters
-            .with_or_insert(&first.name, Striped::default, |counter| {
-                let start = counter.next() % len;
-                let strict = pick::wants_strict(ctx);
-                let found = next_from(instances, ctx, start, strict).or_else(|| {
-                    if strict {
-                        next_from(instances, ctx, start, false)
-                    } else {
-                        None
-                    }
-                });
-                if let Some(i) = found {
-                    // Skip the instances stepped over, so the next pick starts after this one.
-                    let skipped = (i + len - start) % len;
-                    if skipped > 0 {
-                        counter.advance(skipped);
-                    }
+        self.with_counter(first, |counter| {
+            let start = counter.next() % len;
+            let strict = pick::wants_strict(ctx);
+            let found = next_from(instances, ctx, start, strict).or_else(|| {
+                if strict {
+                    next_from(instances, ctx, start, false)
+                } else {
+                    None
                 }
-                found
-            })
-            .map(|i| &instances[i])
+            });
+            if let Some(i) = found {
+                // Skip the instances stepped over, so the next pick starts after this one.
+                let skipped = (i + len - start) % len;
+                if skipped > 0 {
+                    counter.advance(skipped);
+                }
+            }
+            found
+        })
+        .map(|i| &instances[i])
     }
 }
 
@@ -145,6 +210,24 @@ mod tests {
             got.push(rr.select(&b, &ctx).unwrap().id.clone());
         }
         assert_eq!(got, ["a-0", "b-0", "a-1", "b-1", "a-2", "b-0"]);
+    }
+
+    #[test]
+    fn new_set_of_same_service_keeps_position_and_retain_resets() {
+        let rr = RoundRobin::new();
+        let ctx = SelectContext::default();
+        let a = set("p", &[true, true, true]);
+        assert_eq!(rr.select(&a, &ctx).unwrap().id, "p-0");
+        // The same service as a new snapshot (new allocations): the rotation continues.
+        let b = set("p", &[true, true, true]);
+        assert_eq!(rr.select(&b, &ctx).unwrap().id, "p-1");
+        assert_eq!(rr.select(&a, &ctx).unwrap().id, "p-2");
+        // Forgetting the service starts it over, even for sets this thread has seen.
+        rr.retain_services(|_| false);
+        assert_eq!(rr.select(&a, &ctx).unwrap().id, "p-0");
+        // Two balancers never share positions.
+        let other = RoundRobin::new();
+        assert_eq!(other.select(&a, &ctx).unwrap().id, "p-0");
     }
 
     #[test]

@@ -23,6 +23,8 @@ type Map<V> = HashMap<Arc<str>, Arc<V>, BuildHasherDefault<Fnv>>;
 pub(crate) struct StateMap<V> {
     map: ArcSwap<Map<V>>,
     write: Mutex<()>,
+    /// Bumped whenever entries are removed, so that caches of values can tell they may be stale.
+    generation: AtomicUsize,
 }
 
 impl<V> Default for StateMap<V> {
@@ -30,6 +32,7 @@ impl<V> Default for StateMap<V> {
         StateMap {
             map: ArcSwap::from_pointee(Map::default()),
             write: Mutex::new(()),
+            generation: AtomicUsize::new(0),
         }
     }
 }
@@ -73,6 +76,20 @@ impl<V> StateMap<V> {
         f(&v)
     }
 
+    /// The shared value for `key`, created with `make` if needed.
+    pub(crate) fn get_or_insert(&self, key: &str, make: impl FnOnce() -> V) -> Arc<V> {
+        if let Some(v) = self.map.load().get(key) {
+            return v.clone();
+        }
+        self.insert_slow(key, make)
+    }
+
+    /// Changes whenever entries are removed.
+    #[inline]
+    pub(crate) fn generation(&self) -> usize {
+        self.generation.load(Ordering::Acquire)
+    }
+
     #[cold]
     fn insert_slow(&self, key: &str, make: impl FnOnce() -> V) -> Arc<V> {
         let _w = self.write.lock();
@@ -99,6 +116,7 @@ impl<V> StateMap<V> {
             .collect();
         if next.len() != cur.len() {
             self.map.store(Arc::new(next));
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 
