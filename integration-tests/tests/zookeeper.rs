@@ -818,3 +818,36 @@ async fn chroot_holds_the_tree_and_dropping_the_registry_ends_its_session() {
     );
     plain.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn renew_puts_back_our_node_deleted_behind_our_back() {
+    let test = "renew_puts_back_our_node_deleted_behind_our_back";
+    let Some(zk) = server(test).await else { return };
+    let prefix = unique_prefix("renew");
+    let owner = connect(config(&zk, &prefix)).await;
+    let other = connect(config(&zk, &prefix)).await;
+    let x = instance("renewed", "n-1", 8001).with_metadata("k", "v");
+    owner.register(&x).await.expect("register");
+    owner.renew("n-1").await.expect("renew of a live instance");
+    // Someone else removes it (an operator, another tool).
+    other
+        .deregister("n-1")
+        .await
+        .expect("delete behind the owner's back");
+    assert_eq!(ids_of(&other, "renewed").await, Some(Vec::new()));
+    owner.renew("n-1").await.expect("renew puts it back");
+    let back = other.get_service("n-1").await.expect("visible again");
+    assert_eq!(back.metadata.get("k").map(String::as_str), Some("v"));
+    // `renew` of an instance that another registry owns only checks that it exists.
+    other
+        .renew("n-1")
+        .await
+        .expect("renew of another registry's live instance");
+    assert!(matches!(
+        other.renew("nobody").await,
+        Err(Error::NotFound(_))
+    ));
+    owner.close().await.expect("close");
+    assert!(matches!(other.renew("n-1").await, Err(Error::NotFound(_))));
+    other.close().await.expect("close");
+}

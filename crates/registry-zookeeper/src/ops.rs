@@ -339,3 +339,12 @@ pub(crate) async fn delete_own(client: &Client, path: &str) -> Result<bool> {
         Err(e) => Err(convert(e, &format!("delete {path}"))),
     }
 }
+
+/// Whether a node exists.
+pub(crate) async fn exists(client: &Client, path: &str) -> Result<bool> {
+    client
+        .check_stat(path)
+        .await
+        .map(|stat| stat.is_some())
+        .map_err(|e| convert(e, &format!("stat {path}")))
+}

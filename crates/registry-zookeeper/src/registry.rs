@@ -208,8 +208,18 @@ impl ServiceRegistry for ZookeeperRegistry {
     async fn renew(&self, id: &str) -> Result<()> {
         let client = self.client()?;
         known_id_shape(id)?;
-        // Our instances live as long as our session; nothing to refresh.
-        if self.inner.owned(id).is_some() {
+        // Our instances live as long as our session: nothing to refresh, but a node that was
+        // deleted behind our back (an operator, another tool) is put back.
+        if let Some(info) = self.inner.owned(id) {
+            let path = self.inner.paths.instance(&info.name, id);
+            if ops::exists(&client, &path).await? {
+                return Ok(());
+            }
+            let _shared = self.inner.gate.read().await;
+            let client = self.client()?;
+            if self.inner.owned(id).is_some() {
+                ops::restore_all(&self.inner, &client, &[info]).await?;
+            }
             return Ok(());
         }
         match ops::find(&self.inner, &client, id, None).await? {

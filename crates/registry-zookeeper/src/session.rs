@@ -376,22 +376,26 @@ async fn recover(inner: &Arc<Inner>, shutdown: &mut watch::Receiver<bool>) -> bo
         attempt += 1;
         let attempt_fut = tokio::time::timeout(limit, async {
             let client = establish(&inner.config, &inner.paths, inner.acl).await?;
+            // Writes wait until our instances are restored and the session is published, so
+            // none of them can slip in between on the old session.
             let _exclusive = inner.gate.write().await;
             let owned = inner.all_owned();
             ops::restore_all(inner, &client, &owned).await?;
-            Ok::<_, Error>((client, owned.len()))
+            let session = client.session_id();
+            if !inner.is_closed() {
+                inner.publish(client);
+            }
+            Ok::<_, Error>((session, owned.len()))
         });
         let outcome = tokio::select! {
             _ = wait_shutdown(shutdown) => return false,
             r = attempt_fut => r,
         };
         let error = match outcome {
-            Ok(Ok((client, restored))) => {
+            Ok(Ok((session, restored))) => {
                 if inner.is_closed() {
                     return false;
                 }
-                let session = client.session_id();
-                inner.publish(client);
                 inner.mark_connected();
                 tracing::info!(
                     backend = BACKEND,
