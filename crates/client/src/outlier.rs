@@ -81,7 +81,8 @@ impl OutlierDetector {
 
     /// Asks instance `id`'s breaker for a permit.
     pub(crate) fn acquire(&self, id: &str) -> Result<InstancePermit> {
-        PermitGuard::acquire(self.breaker(id))
+        // SimpleCircuitBreaker ignores `elapsed`: skip the clock.
+        PermitGuard::acquire_untimed(self.breaker(id))
     }
 
     /// Ids of the instances that would refuse a call now.
