@@ -363,7 +363,9 @@ pub async fn new_service_registry(config: &RegistryConfig) -> Result<Arc<dyn Ser
                     }
                     c = c.with_tls(tls);
                 }
-                Ok(Arc::new(waypost_registry_etcd::EtcdRegistry::connect(c).await?))
+                Ok(Arc::new(
+                    waypost_registry_etcd::EtcdRegistry::connect(c).await?,
+                ))
             }
             #[cfg(not(feature = "etcd"))]
             Err(not_compiled(RegistryType::Etcd))
@@ -386,7 +388,9 @@ pub async fn new_service_registry(config: &RegistryConfig) -> Result<Arc<dyn Ser
                 if let Some(ca) = s.ca_file {
                     c = c.with_ca_file(ca);
                 }
-                Ok(Arc::new(waypost_registry_consul::ConsulRegistry::connect(c).await?))
+                Ok(Arc::new(
+                    waypost_registry_consul::ConsulRegistry::connect(c).await?,
+                ))
             }
             #[cfg(not(feature = "consul"))]
             Err(not_compiled(RegistryType::Consul))
@@ -403,7 +407,9 @@ pub async fn new_service_registry(config: &RegistryConfig) -> Result<Arc<dyn Ser
                 if !s.username.is_empty() {
                     c = c.with_credentials(s.username, s.password.expose());
                 }
-                Ok(Arc::new(waypost_registry_nacos::NacosRegistry::connect(c).await?))
+                Ok(Arc::new(
+                    waypost_registry_nacos::NacosRegistry::connect(c).await?,
+                ))
             }
             #[cfg(not(feature = "nacos"))]
             Err(not_compiled(RegistryType::Nacos))

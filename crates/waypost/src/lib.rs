@@ -48,8 +48,7 @@ pub use waypost_core_types as core;
 /// Discovery: the watch-driven cache, filters, health checkers and the health monitor.
 pub use waypost_discovery as discovery;
 pub use waypost_discovery::{
-    CachedDiscovery, DiscoveryBuilder, Filter, HealthMonitor, HttpHealthChecker,
-    TcpHealthChecker,
+    CachedDiscovery, DiscoveryBuilder, Filter, HealthMonitor, HttpHealthChecker, TcpHealthChecker,
 };
 
 /// Load balancers.
@@ -100,3 +99,8 @@ pub fn new_service_discovery(
 ) -> CachedDiscovery {
     CachedDiscovery::new(registry, balancer)
 }
+
+/// The README's examples, compiled and run as doctests (with every feature on, as CI runs them).
+#[cfg(all(doctest, feature = "full"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
