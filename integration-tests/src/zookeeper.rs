@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{find_binary, free_port, wait_until, ServerProcess};
+use crate::{find_binary, free_port, ServerProcess};
 
 /// How to install the server, for skip messages.
 pub const INSTALL_HINT: &str = "apt-get install -y --no-install-recommends zookeeper";
@@ -180,6 +180,21 @@ impl ZkServer {
     pub async fn start(opts: ZkOptions) -> Result<ZkServer, String> {
         let java = find_java()?;
         let classpath = server_classpath()?;
+        // A free port can be taken by someone else before the JVM binds it: try another one
+        // when the server exits early.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let mut server = Self::spawn(&java, &classpath, &opts)?;
+            match server.wait_ready().await {
+                Ok(()) => return Ok(server),
+                Err(e) if !server.process.is_running() => last_error = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error)
+    }
+
+    fn spawn(java: &Path, classpath: &str, opts: &ZkOptions) -> Result<ZkServer, String> {
         let port = free_port();
         let mut process = ServerProcess::prepare("zookeeper", java);
         let data = process.dir().join("data");
@@ -208,18 +223,16 @@ impl ZkServer {
             "-XX:TieredStopAtLevel=1".to_owned(),
             "-Dzookeeper.admin.enableServer=false".to_owned(),
             "-cp".to_owned(),
-            classpath,
+            classpath.to_owned(),
             "org.apache.zookeeper.server.ZooKeeperServerMain".to_owned(),
             cfg.display().to_string(),
         ]);
         process.start()?;
-        let mut server = ZkServer {
+        Ok(ZkServer {
             process,
             port,
             ready_timeout: opts.ready_timeout,
-        };
-        server.wait_ready().await?;
-        Ok(server)
+        })
     }
 
     /// `127.0.0.1:<port>`, for `ZookeeperConfig::servers`.
@@ -232,20 +245,28 @@ impl ZkServer {
     /// # Errors
     /// A message with the end of the server log.
     pub async fn wait_ready(&mut self) -> Result<(), String> {
-        let port = self.port;
-        let ready = wait_until("zookeeper", self.ready_timeout, || async move {
-            srvr(port)
+        let start = Instant::now();
+        loop {
+            if srvr(self.port)
                 .await
                 .is_some_and(|s| s.contains("Mode: standalone"))
-        })
-        .await;
-        match ready {
-            Ok(()) if self.process.is_running() => Ok(()),
-            Ok(()) => Err(format!(
-                "zookeeper exited:\n{}",
-                self.process.log_tail(3000)
-            )),
-            Err(e) => Err(format!("{e}\n{}", self.process.log_tail(3000))),
+            {
+                return Ok(());
+            }
+            if !self.process.is_running() {
+                return Err(format!(
+                    "zookeeper exited before it was ready:\n{}",
+                    self.process.log_tail(3000)
+                ));
+            }
+            if start.elapsed() >= self.ready_timeout {
+                return Err(format!(
+                    "zookeeper not ready within {:?}:\n{}",
+                    self.ready_timeout,
+                    self.process.log_tail(3000)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
