@@ -402,10 +402,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(fut) = this.fut.as_pin_mut() else {
-            let e = this
-                .rejected
-                .take()
-                .unwrap_or(Error::CircuitOpen);
+            let e = this.rejected.take().unwrap_or(Error::CircuitOpen);
             return Poll::Ready(Err(ExecuteError::Rejected(e)));
         };
         let result = std::task::ready!(fut.poll(cx));

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use waypost_core_types::{CircuitBreaker, CircuitState, Error, Outcome, Permit, Result};
 
 use crate::state::{
-    circuit_state, count_of, nanos, state_of, ticket_of, StateCell, StateChange, CLOSED,
-    COUNT_ONE, HALF_OPEN, OPEN,
+    circuit_state, count_of, nanos, state_of, ticket_of, StateCell, StateChange, CLOSED, COUNT_ONE,
+    HALF_OPEN, OPEN,
 };
 
 /// The window over which calls are counted.
@@ -69,7 +69,9 @@ impl FailureRateConfig {
     pub fn validate(&self) -> Result<()> {
         let rate_ok = |r: f64| r > 0.0 && r <= 1.0;
         match self.window {
-            SlidingWindow::Count(0) => return Err(invalid("count window must hold at least 1 call")),
+            SlidingWindow::Count(0) => {
+                return Err(invalid("count window must hold at least 1 call"))
+            }
             SlidingWindow::Time(d) if d.is_zero() => {
                 return Err(invalid("time window must be longer than zero"))
             }
@@ -363,7 +365,11 @@ impl FailureRateBreaker {
         if outcome == Outcome::Failure {
             flags |= FAILED;
         }
-        if self.config.slow_call_duration.is_some_and(|slow| elapsed >= slow) {
+        if self
+            .config
+            .slow_call_duration
+            .is_some_and(|slow| elapsed >= slow)
+        {
             flags |= SLOW;
         }
         flags
@@ -426,8 +432,7 @@ impl CircuitBreaker for FailureRateBreaker {
         match state_of(ticket) {
             CLOSED => {
                 let totals = stats.window.add(self.cell.clock.now_nanos(), flags);
-                if totals.calls >= self.config.minimum_calls.max(1) && self.over_threshold(totals)
-                {
+                if totals.calls >= self.config.minimum_calls.max(1) && self.over_threshold(totals) {
                     stats.window.clear();
                     drop(stats);
                     self.cell.transition(ticket, OPEN);
@@ -482,7 +487,10 @@ impl fmt::Debug for FailureRateBreaker {
 }
 
 // Only slow-call tracking needs the call's duration.
-crate::execute::inherent_execute!(FailureRateBreaker, |b| b.config.slow_call_duration.is_some());
+crate::execute::inherent_execute!(FailureRateBreaker, |b| b
+    .config
+    .slow_call_duration
+    .is_some());
 
 #[cfg(test)]
 mod tests {
@@ -499,22 +507,30 @@ mod tests {
     }
 
     fn cb(window: SlidingWindow, min: u32, rate: f64) -> FailureRateBreaker {
-        let mut c = FailureRateConfig::default();
-        c.window = window;
-        c.minimum_calls = min;
-        c.failure_rate_threshold = rate;
-        c.open_timeout = Duration::from_secs(10);
-        FailureRateBreaker::new(c).expect("valid")
+        FailureRateBreaker::new(FailureRateConfig {
+            window,
+            minimum_calls: min,
+            failure_rate_threshold: rate,
+            open_timeout: Duration::from_secs(10),
+            ..FailureRateConfig::default()
+        })
+        .expect("valid")
     }
 
     #[test]
     fn invalid_config_is_refused() {
-        assert!(FailureRateBreaker::builder().count_window(0).build().is_err());
+        assert!(FailureRateBreaker::builder()
+            .count_window(0)
+            .build()
+            .is_err());
         assert!(FailureRateBreaker::builder()
             .failure_rate_threshold(1.5)
             .build()
             .is_err());
-        assert!(FailureRateBreaker::builder().half_open_probes(0).build().is_err());
+        assert!(FailureRateBreaker::builder()
+            .half_open_probes(0)
+            .build()
+            .is_err());
     }
 
     #[test]
@@ -526,7 +542,10 @@ mod tests {
         assert_eq!(cb.state(), CircuitState::Closed, "4 calls < minimum 5");
         call(&cb, Outcome::Success, Duration::ZERO); // 4/5 = 80 %
         assert!(cb.is_open());
-        assert!(!call(&cb, Outcome::Success, Duration::ZERO), "refused while open");
+        assert!(
+            !call(&cb, Outcome::Success, Duration::ZERO),
+            "refused while open"
+        );
     }
 
     #[test]
@@ -597,7 +616,11 @@ mod tests {
         assert!(cb.try_acquire().is_err(), "only 3 probes");
         let mut it = probes.into_iter();
         cb.record(it.next().unwrap(), Outcome::Failure, Duration::ZERO);
-        assert_eq!(cb.state(), CircuitState::HalfOpen, "one failure does not decide");
+        assert_eq!(
+            cb.state(),
+            CircuitState::HalfOpen,
+            "one failure does not decide"
+        );
         cb.record(it.next().unwrap(), Outcome::Success, Duration::ZERO);
         cb.record(it.next().unwrap(), Outcome::Success, Duration::ZERO);
         assert_eq!(cb.state(), CircuitState::Closed, "1 failure in 3 < 50 %");
@@ -632,5 +655,4 @@ mod tests {
         }
         assert!(cb.is_open(), "two slow successes in two calls");
     }
-
 }

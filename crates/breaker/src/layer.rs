@@ -179,9 +179,10 @@ where
 pin_project! {
     /// The response future of [`CircuitBreakerService`].
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<F, B: ?Sized, C>
+    pub struct ResponseFuture<F, B, C>
     where
         B: CircuitBreaker,
+        B: ?Sized,
     {
         #[pin]
         fut: Option<F>,

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use waypost_core_types::{CircuitBreaker, CircuitState, Error, Outcome, Permit, Result};
 
 use crate::state::{
-    circuit_state, count_of, nanos, state_of, ticket_of, StateCell, StateChange, CLOSED,
-    COUNT_ONE, HALF_OPEN, OPEN,
+    circuit_state, count_of, nanos, state_of, ticket_of, StateCell, StateChange, CLOSED, COUNT_ONE,
+    HALF_OPEN, OPEN,
 };
 
 /// The seed's consecutive-failure breaker, with a real half-open state.
@@ -253,7 +253,9 @@ mod tests {
             }));
         }
         assert_eq!(runs.load(Ordering::SeqCst), 3, "the 4th call must not run");
-        assert!(results[..3].iter().all(|r| matches!(r, Err(ExecuteError::Failed(_)))));
+        assert!(results[..3]
+            .iter()
+            .all(|r| matches!(r, Err(ExecuteError::Failed(_)))));
         assert!(matches!(
             results[3],
             Err(ExecuteError::Rejected(Error::CircuitOpen))

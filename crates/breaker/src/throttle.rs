@@ -271,10 +271,21 @@ mod tests {
             for i in 0..100 {
                 let p = Permit::new(t.index());
                 t.counts.lock().buckets[0].requests += 1;
-                t.record(p, if i % 2 == 0 { Outcome::Success } else { Outcome::Failure }, Duration::ZERO);
+                t.record(
+                    p,
+                    if i % 2 == 0 {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    },
+                    Duration::ZERO,
+                );
             }
             assert_eq!(t.counts(), (100, 50));
-            assert!((t.rejection_probability() - expected).abs() < 1e-9, "k = {k}");
+            assert!(
+                (t.rejection_probability() - expected).abs() < 1e-9,
+                "k = {k}"
+            );
         }
     }
 

@@ -156,10 +156,14 @@ impl ServiceClientBuilder {
     /// TLS setup fails.
     pub fn build(self) -> Result<ServiceClient> {
         if self.timeout.is_zero() {
-            return Err(Error::InvalidConfig("client timeout must be above zero".into()));
+            return Err(Error::InvalidConfig(
+                "client timeout must be above zero".into(),
+            ));
         }
         if self.deadline.is_some_and(|d| d.is_zero()) {
-            return Err(Error::InvalidConfig("client deadline must be above zero".into()));
+            return Err(Error::InvalidConfig(
+                "client deadline must be above zero".into(),
+            ));
         }
         let http = match self.http {
             Some(h) => h,
@@ -520,7 +524,11 @@ impl ServiceClient {
     ///
     /// # Errors
     /// As [`call_json`](Self::call_json).
-    pub async fn get_json<Resp: DeserializeOwned>(&self, service: &str, path: &str) -> Result<Resp> {
+    pub async fn get_json<Resp: DeserializeOwned>(
+        &self,
+        service: &str,
+        path: &str,
+    ) -> Result<Resp> {
         self.call_json::<(), Resp>(service, Method::GET, path, None)
             .await
     }
@@ -534,7 +542,8 @@ impl ServiceClient {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        self.call_json(service, Method::POST, path, Some(body)).await
+        self.call_json(service, Method::POST, path, Some(body))
+            .await
     }
 
     /// PUT `body` as JSON and decode the JSON response.

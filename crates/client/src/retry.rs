@@ -85,7 +85,13 @@ mod tests {
 
     #[test]
     fn idempotent_methods() {
-        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS] {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
             assert!(is_idempotent(&m), "{m}");
         }
         assert!(!is_idempotent(&Method::POST));

@@ -26,7 +26,10 @@ async fn get_returns_the_body_and_reports_success() {
     let client = builder(&d).build().unwrap();
     assert_eq!(client.get("svc", "/hello?x=1").await.unwrap(), "hello");
     assert_eq!(a.state.requests.lock()[0].1, "/hello?x=1");
-    assert_eq!(*d.outcomes.0.lock(), vec![("a".to_string(), Outcome::Success)]);
+    assert_eq!(
+        *d.outcomes.0.lock(),
+        vec![("a".to_string(), Outcome::Success)]
+    );
     let err = client.get("nope", "/").await.unwrap_err();
     assert!(matches!(err, Error::ServiceNotFound(_)), "{err}");
 }
@@ -35,7 +38,10 @@ async fn get_returns_the_body_and_reports_success() {
 async fn status_4xx_is_an_error_with_the_body_and_is_not_retried() {
     let a = TestServer::start(Reply::Status(404, "no such user")).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = builder(&d).build().unwrap();
     let err = client.get("svc", "/users/9").await.unwrap_err();
     match err {
@@ -54,16 +60,26 @@ async fn get_is_retried_on_5xx_on_another_instance() {
     let b = TestServer::start(Reply::Status(200, "ok")).await;
     // `First` always returns instance a unless it is avoided: the retry reaching b proves the
     // client passes the failed instance in `avoid`.
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = builder(&d).build().unwrap();
-    let resp = client.request(Method::GET, "svc", "/").send().await.unwrap();
+    let resp = client
+        .request(Method::GET, "svc", "/")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.body, "ok");
     assert_eq!(resp.attempts, 2);
     assert_eq!(resp.instance.id, "b");
     assert_eq!((a.hits(), b.hits()), (1, 1));
     assert_eq!(
         *d.outcomes.0.lock(),
-        vec![("a".into(), Outcome::Failure), ("b".into(), Outcome::Success)]
+        vec![
+            ("a".into(), Outcome::Failure),
+            ("b".into(), Outcome::Success)
+        ]
     );
 }
 
@@ -71,7 +87,10 @@ async fn get_is_retried_on_5xx_on_another_instance() {
 async fn post_is_not_retried_on_5xx_unless_opted_in() {
     let a = TestServer::start(Reply::Status(500, "boom")).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = builder(&d).build().unwrap();
     let err = client.post("svc", "/orders", "{}").await.unwrap_err();
     assert!(matches!(err, Error::Http { status: 500, .. }), "{err}");
@@ -98,11 +117,18 @@ async fn request_body_is_replayed_byte_for_byte() {
     let b = TestServer::start(Reply::Status(503, "unavailable")).await;
     let c = TestServer::start(Reply::Status(201, "created")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr), instance("c", c.addr)],
+        vec![
+            instance("a", a.addr),
+            instance("b", b.addr),
+            instance("c", c.addr),
+        ],
         Pick::First,
     );
     let client = builder(&d).build().unwrap();
-    let body: Bytes = (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>().into();
+    let body: Bytes = (0..70_000u32)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect::<Vec<_>>()
+        .into();
     let resp = client
         .request(Method::POST, "svc", "/upload")
         .body(body.clone())
@@ -120,7 +146,10 @@ async fn request_body_is_replayed_byte_for_byte() {
 async fn connection_refused_is_retried_for_every_method() {
     let dead = dead_addr().await;
     let b = TestServer::start(Reply::Echo).await;
-    let d = StaticDiscovery::new(vec![instance("dead", dead), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("dead", dead), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = builder(&d).build().unwrap();
     let resp = client
         .request(Method::POST, "svc", "/")
@@ -136,12 +165,24 @@ async fn connection_refused_is_retried_for_every_method() {
 async fn dropped_connection_is_retried_for_get_but_not_post() {
     let a = TestServer::start(Reply::Close).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = builder(&d).build().unwrap();
     assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
     // The POST reached a server that may have acted on it: not retried.
     let err = client.post("svc", "/", "x").await.unwrap_err();
-    assert!(matches!(err, Error::Backend { backend: "http", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Backend {
+                backend: "http",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!((a.hits(), b.hits()), (2, 1));
 }
 
@@ -149,12 +190,21 @@ async fn dropped_connection_is_retried_for_get_but_not_post() {
 async fn attempt_timeout_moves_on_to_another_instance() {
     let a = TestServer::start(Reply::Stall).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
-    let client = builder(&d).timeout(Duration::from_millis(200)).build().unwrap();
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
+    let client = builder(&d)
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let t0 = Instant::now();
     assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     // A stalled POST times out and is not retried.
     let err = client.post("svc", "/", "x").await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
@@ -167,7 +217,10 @@ async fn overall_deadline_holds() {
     // Every instance stalls; each attempt could wait 10 s.
     let a = TestServer::start(Reply::Stall).await;
     let b = TestServer::start(Reply::Stall).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::RoundRobin);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::RoundRobin,
+    );
     let deadline = Duration::from_millis(300);
     let client = builder(&d)
         .timeout(Duration::from_secs(10))
@@ -178,7 +231,10 @@ async fn overall_deadline_holds() {
     let t0 = Instant::now();
     let err = client.get("svc", "/").await.unwrap_err();
     let took = t0.elapsed();
-    assert!(matches!(err, Error::Timeout { after, .. } if after == deadline), "{err}");
+    assert!(
+        matches!(err, Error::Timeout { after, .. } if after == deadline),
+        "{err}"
+    );
     assert!(took >= deadline - Duration::from_millis(5), "{took:?}");
     assert!(took <= deadline + TOLERANCE, "took {took:?}");
 
@@ -196,7 +252,10 @@ async fn overall_deadline_holds() {
     let t0 = Instant::now();
     let err = client.get("svc", "/").await.unwrap_err();
     let took = t0.elapsed();
-    assert!(matches!(err, Error::Http { status: 503, .. } | Error::Timeout { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Http { status: 503, .. } | Error::Timeout { .. }),
+        "{err}"
+    );
     assert!(took <= deadline + TOLERANCE, "took {took:?}");
 }
 
@@ -206,7 +265,10 @@ async fn oversized_bodies_are_refused() {
     let d = StaticDiscovery::new(vec![instance("big", big.addr)], Pick::First);
     let client = builder(&d).build().unwrap();
     let err = client.get("svc", "/").await.unwrap_err();
-    assert!(matches!(err, Error::BodyTooLarge { limit } if limit == 10 * 1024 * 1024), "{err}");
+    assert!(
+        matches!(err, Error::BodyTooLarge { limit } if limit == 10 * 1024 * 1024),
+        "{err}"
+    );
     assert_eq!(big.hits(), 1, "a too-large body is not retried");
 
     // Exactly at the limit is fine.
@@ -224,7 +286,10 @@ async fn oversized_bodies_are_refused() {
     let client = builder(&d).body_limit(1024 * 1024).build().unwrap();
     let t0 = Instant::now();
     let err = client.get("svc", "/").await.unwrap_err();
-    assert!(matches!(err, Error::BodyTooLarge { limit: 1_048_576 }), "{err}");
+    assert!(
+        matches!(err, Error::BodyTooLarge { limit: 1_048_576 }),
+        "{err}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
 
@@ -232,7 +297,10 @@ async fn oversized_bodies_are_refused() {
 async fn failing_instance_is_ejected_then_probed_back() {
     let a = TestServer::start(Reply::Status(503, "sick")).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = builder(&d)
         .outlier_detection(OutlierConfig::new(3, Duration::from_millis(300)))
         .no_retry_budget()
@@ -266,9 +334,15 @@ async fn every_instance_ejected_fails_fast() {
         .build()
         .unwrap();
     for _ in 0..2 {
-        assert!(matches!(client.get("svc", "/").await, Err(Error::Http { status: 503, .. })));
+        assert!(matches!(
+            client.get("svc", "/").await,
+            Err(Error::Http { status: 503, .. })
+        ));
     }
-    assert!(matches!(client.get("svc", "/").await, Err(Error::CircuitOpen)));
+    assert!(matches!(
+        client.get("svc", "/").await,
+        Err(Error::CircuitOpen)
+    ));
     assert_eq!(a.hits(), 2);
 }
 
@@ -276,7 +350,10 @@ async fn every_instance_ejected_fails_fast() {
 async fn retry_budget_caps_retries_in_an_outage() {
     let a = TestServer::start(Reply::Status(503, "down")).await;
     let b = TestServer::start(Reply::Status(503, "down")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::RoundRobin);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::RoundRobin,
+    );
     let client = builder(&d)
         .retry(3, Duration::ZERO)
         .retry_budget(RetryBudget::new(Duration::from_secs(10), 0, 0.1))
@@ -333,7 +410,9 @@ async fn tower_service_form() {
     assert_eq!(resp.body(), &Bytes::from_static(b"{\"a\":1}"));
     assert_eq!(a.state.requests.lock()[0].1, "/echo?q=1");
     a.set(Reply::Status(409, "conflict"));
-    let req = http::Request::get("http://svc/x").body(Bytes::new()).unwrap();
+    let req = http::Request::get("http://svc/x")
+        .body(Bytes::new())
+        .unwrap();
     assert!(matches!(
         client.oneshot(req).await,
         Err(Error::Http { status: 409, .. })
@@ -348,6 +427,9 @@ async fn unsupported_protocol_is_refused() {
         Pick::First,
     );
     let client = builder(&d).build().unwrap();
-    assert!(matches!(client.get("svc", "/").await, Err(Error::Unsupported(_))));
+    assert!(matches!(
+        client.get("svc", "/").await,
+        Err(Error::Unsupported(_))
+    ));
     assert_eq!(a.hits(), 0);
 }

@@ -58,7 +58,10 @@ async fn https_instance_is_called_over_tls() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca).unwrap();
-    let http = HttpClient::builder().root_certificates(roots).build().unwrap();
+    let http = HttpClient::builder()
+        .root_certificates(roots)
+        .build()
+        .unwrap();
     let client = ServiceClient::builder(d.clone())
         .http_client(http)
         .timeout(Duration::from_secs(5))
@@ -73,6 +76,9 @@ async fn https_instance_is_called_over_tls() {
         .unwrap();
     let err = untrusting.get("svc", "/").await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
-    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
     assert_eq!(server.hits(), 1);
 }

@@ -85,7 +85,11 @@ impl ServiceDiscovery for StaticDiscovery {
             return Err(Error::NoHealthyInstance(name.into()));
         }
         let preferred: Vec<_> = healthy.iter().filter(|i| !ctx.avoids(i)).cloned().collect();
-        let pool = if preferred.is_empty() { healthy } else { preferred };
+        let pool = if preferred.is_empty() {
+            healthy
+        } else {
+            preferred
+        };
         let i = match self.pick {
             Pick::First => 0,
             Pick::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % pool.len(),
@@ -213,14 +217,24 @@ async fn handle(
     req: Request<Incoming>,
 ) -> std::result::Result<Reply_, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     st.requests.lock().push((parts.method, path, body.clone()));
     let reply = st.reply.lock().clone();
     match reply {
         Reply::Status(code, text) => Ok(Response::builder()
             .status(StatusCode::from_u16(code).unwrap())
-            .body(TestBody::Full(Full::new(Bytes::from_static(text.as_bytes()))))
+            .body(TestBody::Full(Full::new(Bytes::from_static(
+                text.as_bytes(),
+            ))))
             .unwrap()),
         Reply::Echo => Ok(Response::builder()
             .header("content-type", "application/json")
