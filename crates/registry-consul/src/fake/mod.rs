@@ -345,6 +345,8 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // As Go's net package does by default (Consul is Go).
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 conns.spawn(async move {
                     let tls = shared.tls.clone();
