@@ -19,28 +19,67 @@
 //! Most users want the `waypost` facade crate, which re-exports this one.
 //!
 //! ```
-//! # use std::sync::Arc;
-//! # use waypost_core_types::{async_trait, Result, SelectContext, Selection, ServiceDiscovery, ServiceEventStream, ServiceInfo, Error, CallGuard};
-//! # #[derive(Debug)] struct Empty;
-//! # #[async_trait] impl ServiceDiscovery for Empty {
-//! #   async fn discover(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> { Err(Error::ServiceNotFound(name.into())) }
-//! #   async fn select(&self, name: &str, _: &SelectContext<'_>) -> Result<Selection> { Err(Error::ServiceNotFound(name.into())) }
-//! #   async fn watch(&self, _: &str) -> Result<ServiceEventStream> { Err(Error::Closed) }
-//! #   async fn close(&self) -> Result<()> { Ok(()) }
+//! # use std::net::SocketAddr;
+//! # async fn start_user_service() -> SocketAddr {
+//! #     use http_body_util::{BodyExt, Full};
+//! #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! #     let addr = listener.local_addr().unwrap();
+//! #     tokio::spawn(async move {
+//! #         loop {
+//! #             let (io, _) = listener.accept().await.unwrap();
+//! #             tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+//! #                 hyper_util::rt::TokioIo::new(io),
+//! #                 hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+//! #                     let body = if req.method() == hyper::Method::POST {
+//! #                         req.into_body().collect().await?.to_bytes()
+//! #                     } else {
+//! #                         bytes::Bytes::from_static(br#"{"name":"alice"}"#)
+//! #                     };
+//! #                     Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+//! #                 }),
+//! #             ));
+//! #         }
+//! #     });
+//! #     addr
 //! # }
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
-//! # let discovery: Arc<dyn ServiceDiscovery> = Arc::new(Empty);
+//! use std::sync::Arc;
 //! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use waypost_balancer::RoundRobin;
 //! use waypost_client::ServiceClient;
+//! use waypost_core_types::{Health, ServiceInfo, ServiceRegistry};
+//! use waypost_discovery::CachedDiscovery;
+//! use waypost_registry_memory::MemoryRegistry;
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! struct User {
+//!     name: String,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> waypost_core_types::Result<()> {
+//! let addr = start_user_service().await; // a local HTTP server
+//! let registry = Arc::new(MemoryRegistry::new());
+//! let instance = ServiceInfo::new("user-1", "user-service", "127.0.0.1", addr.port())
+//!     .with_health(Health::Healthy);
+//! registry.register(&instance).await?;
+//! let discovery = Arc::new(CachedDiscovery::new(registry, Arc::new(RoundRobin::new())));
 //!
 //! let client = ServiceClient::builder(discovery)
-//!     .timeout(Duration::from_secs(5))
-//!     .retry(3, Duration::from_millis(100))
-//!     .deadline(Duration::from_secs(10))
+//!     .timeout(Duration::from_secs(5)) // per attempt
+//!     .retry(3, Duration::from_millis(100)) // 3 retries, backoff from 100 ms with jitter
+//!     .deadline(Duration::from_secs(10)) // the whole call
 //!     .build()?;
-//! // No instance of `user-service` is registered in this example:
-//! let err = client.get("user-service", "/users").await.unwrap_err();
-//! assert!(err.is_not_found());
+//!
+//! let body = client.get("user-service", "/users/1").await?;
+//! assert_eq!(body, r#"{"name":"alice"}"#);
+//!
+//! let bob = User { name: "bob".into() };
+//! let created: User = client.post_json("user-service", "/users", &bob).await?;
+//! assert_eq!(created, bob);
+//!
+//! // Not registered: discovery's error comes back as is.
+//! assert!(client.get("order-service", "/orders").await.unwrap_err().is_not_found());
 //! # Ok(()) }
 //! ```
 
