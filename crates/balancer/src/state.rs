@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -131,12 +131,25 @@ pub(crate) const STRIPES: usize = 16;
 
 #[repr(align(128))]
 #[derive(Default)]
-struct Padded(AtomicUsize);
+struct Padded {
+    value: AtomicUsize,
+    started: AtomicBool,
+}
+
+/// Spacing of the starting points of slots: a prime, so slots start at different instances for
+/// any set size it does not divide.
+const SLOT_SPREAD: usize = 7919;
 
 /// A counter split into cache-padded slots; each thread always uses the same slot.
+///
+/// The first slot used starts at 0 (a single thread sees an exact rotation from the first
+/// instance); the k-th slot to be used starts at `k × 7919`, so threads that run in step do not
+/// pick the same instance at the same time (which would make them fight over its reference
+/// count).
 #[derive(Default)]
 pub(crate) struct Striped {
     slots: [Padded; STRIPES],
+    started: AtomicUsize,
 }
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
@@ -149,23 +162,35 @@ impl Striped {
     /// Adds one to this thread's slot and returns the slot's previous value.
     #[inline]
     pub(crate) fn next(&self) -> usize {
-        let i = STRIPE.with(|s| *s);
-        self.slots[i].0.fetch_add(1, Ordering::Relaxed)
+        let slot = &self.slots[STRIPE.with(|s| *s)];
+        if !slot.started.load(Ordering::Relaxed) {
+            self.start(slot);
+        }
+        slot.value.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[cold]
+    fn start(&self, slot: &Padded) {
+        if !slot.started.swap(true, Ordering::Relaxed) {
+            let k = self.started.fetch_add(1, Ordering::Relaxed);
+            slot.value
+                .fetch_add(k.wrapping_mul(SLOT_SPREAD), Ordering::Relaxed);
+        }
     }
 
     /// Adds `n` to this thread's slot.
     #[inline]
     pub(crate) fn advance(&self, n: usize) {
         let i = STRIPE.with(|s| *s);
-        self.slots[i].0.fetch_add(n, Ordering::Relaxed);
+        self.slots[i].value.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The sum over all slots.
     #[cfg(test)]
     pub(crate) fn sum(&self) -> usize {
-        self.slots
-            .iter()
-            .fold(0usize, |a, s| a.wrapping_add(s.0.load(Ordering::Relaxed)))
+        self.slots.iter().fold(0usize, |a, s| {
+            a.wrapping_add(s.value.load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -208,6 +233,10 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
-        assert_eq!(c.sum(), 4000);
+        // Slots started at 0, 7919, 2 × 7919, … (one per thread here, unless threads share).
+        let starts: usize = (0..c.started.load(Ordering::Relaxed))
+            .map(|k| k * SLOT_SPREAD)
+            .sum();
+        assert_eq!(c.sum() - starts, 4000);
     }
 }

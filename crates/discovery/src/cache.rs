@@ -41,6 +41,8 @@ struct Status {
 pub(crate) struct Entry {
     pub(crate) name: Arc<str>,
     pub(crate) snap: ArcSwapOption<Snapshot>,
+    /// Bumped after every store to `snap`, so per-thread copies can tell they are out of date.
+    pub(crate) version: AtomicU64,
     pub(crate) hits: StripedCounter,
     pub(crate) misses: AtomicU64,
     /// Held while the first fill runs, so concurrent first lookups wait for one fill.
@@ -60,6 +62,7 @@ impl Entry {
         Entry {
             name: Arc::from(name),
             snap: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
             hits: StripedCounter::default(),
             misses: AtomicU64::new(0),
             fill: tokio::sync::Mutex::new(()),
@@ -90,7 +93,7 @@ impl Entry {
             self.status.lock().watching = watching;
             return;
         }
-        self.snap.store(Some(Arc::new(Snapshot::new(next))));
+        self.publish(Snapshot::new(next));
         self.refreshed(watching);
     }
 
@@ -123,8 +126,13 @@ impl Entry {
                 }
             }
         }
-        self.snap.store(Some(Arc::new(Snapshot::new(all))));
+        self.publish(Snapshot::new(all));
         self.refreshed(true);
+    }
+
+    fn publish(&self, snap: Snapshot) {
+        self.snap.store(Some(Arc::new(snap)));
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     fn refuse(&self, cur: usize, next: usize) {

@@ -1,8 +1,9 @@
 //! [`CachedDiscovery`]: watch-driven, cached discovery over any registry.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -48,6 +49,26 @@ impl Hasher for Fnv {
 
 type Services = HashMap<Arc<str>, Arc<Entry>, BuildHasherDefault<Fnv>>;
 
+/// Services each thread remembers, see [`CachedDiscovery`].
+const HOT_SLOTS: usize = 4;
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// A per-thread shortcut to a service's current snapshot.
+struct Hot {
+    owner: usize,
+    generation: usize,
+    name: Arc<str>,
+    entry: Arc<Entry>,
+    version: u64,
+    snap: Arc<Snapshot>,
+}
+
+thread_local! {
+    static HOT: RefCell<[Option<Hot>; HOT_SLOTS]> = const { RefCell::new([None, None, None, None]) };
+    static HOT_NEXT: Cell<usize> = const { Cell::new(0) };
+}
+
 /// Service discovery with a per-service cache kept current by the registry's watch.
 ///
 /// The first lookup of a service subscribes to [`ServiceRegistry::watch_service`] and fills the
@@ -57,8 +78,11 @@ type Services = HashMap<Arc<str>, Arc<Entry>, BuildHasherDefault<Fnv>>;
 /// and tries to watch again until it succeeds. While the registry cannot be reached, lookups keep
 /// answering from the last known set, and [`CacheStats::stale_for`] says how old it is.
 ///
-/// Lookups on a filled cache take no lock: the service map and each service's instance set are
-/// immutable snapshots behind `ArcSwap`, and the hit counter is striped per thread.
+/// Lookups on a filled cache take no lock and write no shared memory: the service map and each
+/// service's instance set are immutable snapshots behind `ArcSwap`, the hit counter is striped
+/// per thread, and each thread keeps a shortcut to the last few services it looked up (checked
+/// against a version number on every call, so it never serves an outdated set; it holds at most
+/// four snapshots per thread alive until replaced).
 ///
 /// Cloning gives another handle to the same discovery. [`close`](ServiceDiscovery::close), or
 /// dropping the last handle, stops every background task and ends every stream from
@@ -69,6 +93,9 @@ pub struct CachedDiscovery {
 }
 
 struct Inner {
+    id: usize,
+    /// Bumped whenever the service map changes, so per-thread shortcuts can tell.
+    generation: AtomicUsize,
     registry: Arc<dyn ServiceRegistry>,
     balancer: Arc<dyn LoadBalancer>,
     opts: Arc<Options>,
@@ -118,6 +145,8 @@ impl CachedDiscovery {
         let (shutdown, _) = watch::channel(false);
         CachedDiscovery {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                generation: AtomicUsize::new(0),
                 registry,
                 balancer,
                 opts: Arc::new(opts),
@@ -152,12 +181,61 @@ impl CachedDiscovery {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Some(Err(Error::Closed));
         }
+        if let Some(done) = self.select_hot(name, ctx) {
+            return Some(done);
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
         let services = self.inner.services.load();
         let entry = services.get(name)?;
-        let snap = entry.snap.load();
-        let snap = snap.as_ref()?;
+        let version = entry.version.load(Ordering::Acquire);
+        let snap = entry.snap.load_full()?;
         entry.hits.incr();
-        Some(self.pick(name, &snap.all, snap.healthy, ctx))
+        let done = self.pick(name, &snap.all, snap.healthy, ctx);
+        self.remember(generation, entry, version, snap);
+        Some(done)
+    }
+
+    /// The per-thread shortcut: the last few services this thread looked up, with their
+    /// snapshots, checked against the map generation and the entry's version. No shared write,
+    /// no hashing; a changed snapshot is reloaded.
+    #[inline]
+    fn select_hot(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        HOT.with(|hot| {
+            // A balancer that calls back into discovery finds the cell borrowed: slow path.
+            let mut hot = hot.try_borrow_mut().ok()?;
+            let h = hot.iter_mut().flatten().find(|h| {
+                h.owner == self.inner.id && h.generation == generation && *h.name == *name
+            })?;
+            let version = h.entry.version.load(Ordering::Acquire);
+            if version != h.version {
+                h.snap = h.entry.snap.load_full()?;
+                h.version = version;
+            }
+            h.entry.hits.incr();
+            Some(self.pick(name, &h.snap.all, h.snap.healthy, ctx))
+        })
+    }
+
+    fn remember(&self, generation: usize, entry: &Arc<Entry>, version: u64, snap: Arc<Snapshot>) {
+        HOT.with(|hot| {
+            let Ok(mut hot) = hot.try_borrow_mut() else {
+                return;
+            };
+            let slot = HOT_NEXT.with(|n| {
+                let i = n.get();
+                n.set((i + 1) % HOT_SLOTS);
+                i
+            });
+            hot[slot] = Some(Hot {
+                owner: self.inner.id,
+                generation,
+                name: entry.name.clone(),
+                entry: entry.clone(),
+                version,
+                snap,
+            });
+        });
     }
 
     fn pick(
@@ -255,6 +333,7 @@ impl CachedDiscovery {
         let entry = Arc::new(Entry::new(name));
         next.insert(Arc::from(name), entry.clone());
         self.inner.services.store(Arc::new(next));
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
         entry
     }
 
@@ -265,6 +344,7 @@ impl CachedDiscovery {
             let mut next = (*cur).clone();
             next.remove(name);
             self.inner.services.store(Arc::new(next));
+            self.inner.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -335,7 +415,9 @@ impl CachedDiscovery {
     pub fn clear_cache(&self) {
         let old = {
             let _w = self.inner.write.lock();
-            self.inner.services.swap(Arc::new(Services::default()))
+            let old = self.inner.services.swap(Arc::new(Services::default()));
+            self.inner.generation.fetch_add(1, Ordering::AcqRel);
+            old
         };
         for e in old.values() {
             e.abort_task();
@@ -351,6 +433,7 @@ impl CachedDiscovery {
             let removed = next.remove(name);
             if removed.is_some() {
                 self.inner.services.store(Arc::new(next));
+                self.inner.generation.fetch_add(1, Ordering::AcqRel);
             }
             removed
         };
