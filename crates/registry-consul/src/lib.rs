@@ -59,7 +59,7 @@
 //! # Testing
 //!
 //! No Consul agent can be installed on the CI machines, so **CI checks this crate against a fake
-//! Consul agent** ([`fake`], feature `fake-agent`) written from Consul's published HTTP API
+//! Consul agent** (module `fake`, feature `fake-agent`) written from Consul's published HTTP API
 //! documentation, plus the same suite against a real agent when `CONSUL_HTTP_ADDR` is set (for
 //! example `docker compose up consul`); without it those tests print `SKIPPED`.
 
