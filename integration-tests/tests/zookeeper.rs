@@ -851,3 +851,32 @@ async fn renew_puts_back_our_node_deleted_behind_our_back() {
     assert!(matches!(other.renew("n-1").await, Err(Error::NotFound(_))));
     other.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn registries_racing_to_create_the_parents_all_succeed() {
+    let test = "registries_racing_to_create_the_parents_all_succeed";
+    let Some(zk) = server(test).await else { return };
+    // Neither the prefix nor the service directory exists yet; four sessions race for both.
+    let prefix = unique_prefix("race");
+    let registries: Vec<ZookeeperRegistry> =
+        futures_util::future::join_all((0..4).map(|_| connect(config(&zk, &prefix)))).await;
+    let name = "raced";
+    let tasks = registries
+        .iter()
+        .enumerate()
+        .map(|(r, registry)| async move {
+            for i in 0..10u16 {
+                let id = format!("race-{r}-{i}");
+                registry
+                    .register(&instance(name, &id, 8000 + i))
+                    .await
+                    .unwrap_or_else(|e| panic!("register {id}: {e}"));
+            }
+        });
+    futures_util::future::join_all(tasks).await;
+    let listed = ids_of(&registries[0], name).await.expect("list");
+    assert_eq!(listed.len(), 40, "{listed:?}");
+    for registry in &registries {
+        registry.close().await.expect("close");
+    }
+}

@@ -66,7 +66,8 @@ pub struct ZookeeperConfig {
     pub username: Option<String>,
     /// Digest-auth password (never shown by `Debug`).
     pub password: Option<String>,
-    /// A chroot for the whole registry (created if missing), e.g. `/tenant-a`.
+    /// A chroot for the whole registry (created if missing), e.g. `/tenant-a`; empty or `/`
+    /// means none.
     pub chroot: Option<String>,
     /// How long [`ZookeeperRegistry::connect`](crate::ZookeeperRegistry::connect) may take to
     /// establish the first session before it fails. Default 10 s.
@@ -217,7 +218,7 @@ impl ZookeeperConfig {
         if self.prefix == "/" {
             return bad("prefix must not be the root `/`".into());
         }
-        if let Some(chroot) = &self.chroot {
+        if let Some(chroot) = self.chroot.as_deref().filter(|c| !c.is_empty()) {
             validate_znode_path("chroot", chroot)
                 .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
         }
@@ -453,5 +454,8 @@ mod tests {
                 .effective_chroot(),
             Some("/a")
         );
+        let empty = ZookeeperConfig::default().with_chroot("");
+        empty.validate().unwrap();
+        assert_eq!(empty.effective_chroot(), None);
     }
 }
