@@ -878,3 +878,74 @@ async fn etcd_dropped_registry_stops_its_keep_alive() {
     assert!(!leases.contains(&lease), "{leases}");
     observer.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn etcd_watch_resumes_from_last_revision_without_gap() {
+    let test = "etcd_watch_resumes_from_last_revision_without_gap";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "resume", 30);
+    let watcher = EtcdRegistry::connect(cfg.clone()).await.expect("watcher");
+    let writer = EtcdRegistry::connect(cfg.clone().with_endpoints([etcd.endpoint()]))
+        .await
+        .expect("writer");
+    writer
+        .register(&svc("rs", "rs-1", 9001))
+        .await
+        .expect("register");
+    let mut watch = watcher.watch_service("rs").await.expect("watch");
+    let mut view = View::new();
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.len() == 1
+    })
+    .await
+    .expect("snapshot");
+
+    // Changes while the watcher's connection is cut.
+    proxy.set_open(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writer
+        .register(&svc("rs", "rs-2", 9002))
+        .await
+        .expect("register");
+    writer.deregister("rs-1").await.expect("deregister");
+    let mut updated = svc("rs", "rs-2", 9002);
+    updated.health = Health::Unhealthy;
+    writer.update(&updated).await.expect("update");
+    proxy.set_open(true);
+
+    // Resumed from the last revision: the three changes arrive as changes, in order.
+    let mut changes = Vec::new();
+    while changes.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+            Ok(Some(WatchEvent::Change(c))) => {
+                changes.push((c.kind, c.service.id, c.service.health))
+            }
+            other => panic!("expected the missed changes, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        changes,
+        [
+            (
+                ServiceEventType::Created,
+                "rs-2".to_owned(),
+                Health::Healthy
+            ),
+            (
+                ServiceEventType::Deleted,
+                "rs-1".to_owned(),
+                Health::Healthy
+            ),
+            (
+                ServiceEventType::Updated,
+                "rs-2".to_owned(),
+                Health::Unhealthy
+            ),
+        ]
+    );
+    watcher.close().await.expect("close");
+    writer.close().await.expect("close");
+}
