@@ -11,7 +11,7 @@
 //! | `name` | the service name |
 //! | `address`, `port` | `ip`, `port` |
 //! | `weight` (100 = one share) | `weight` = weight / 100, and metadata `waypost.weight` (exact) |
-//! | `health` | `healthy` (`true` only for `Healthy`), `enabled` = true; metadata `waypost.health` tells `Unknown` from `Unhealthy` |
+//! | `health` | metadata `waypost.health`; `healthy` and `enabled` are registered `true` (the instance is alive while its connection is: some Nacos-compatible servers drop `healthy = false` registrations from their answers). Reading, Nacos' `enabled = false` or `healthy = false` (set by the server or an operator) wins, else the stored word |
 //! | `version`, `protocol`, `ttl` (ns) | metadata `waypost.version`, `waypost.protocol`, `waypost.ttl` |
 //! | `tags` | metadata `waypost.tags` (a JSON array) |
 //! | `created_at`, `updated_at`, `last_check` | metadata `waypost.created_at`, … (RFC 3339) |
@@ -74,7 +74,10 @@ pub(crate) fn to_instance(s: &ServiceInfo, cluster: &str) -> ServiceInstance {
         ip: s.address.clone(),
         port: i32::from(s.port),
         weight: f64::from(s.weight) / f64::from(DEFAULT_WEIGHT),
-        healthy: s.health == Health::Healthy,
+        // Always `true`: the instance is alive while its connection is. Nacos-compatible servers
+        // treat `healthy = false` registrations inconsistently (rnacos may drop them from query
+        // answers), so our own health travels in `waypost.health`.
+        healthy: true,
         enabled: true,
         ephemeral: true,
         cluster_name: Some(cluster.to_owned()),
@@ -162,16 +165,17 @@ pub(crate) fn foreign_id(ip: &str, port: u16, cluster: &str) -> String {
     }
 }
 
-/// Nacos `healthy`/`enabled` (and our stored health word) → [`Health`].
+/// Nacos `healthy`/`enabled` (and the health word the registering client stored) → [`Health`].
 pub(crate) fn decode_health(healthy: bool, enabled: bool, stored: Option<Health>) -> Health {
-    if !enabled {
-        Health::Unhealthy
-    } else if healthy {
-        Health::Healthy
-    } else if stored == Some(Health::Unknown) {
-        Health::Unknown
-    } else {
-        Health::Unhealthy
+    match (enabled, healthy, stored) {
+        // Nacos took it out of service, or its health check failed: Nacos wins.
+        (false, _, _) => Health::Unhealthy,
+        (true, false, Some(Health::Unknown)) => Health::Unknown,
+        (true, false, _) => Health::Unhealthy,
+        // Nacos says healthy (some servers keep every ephemeral instance healthy): the
+        // registering client's word, when it left one.
+        (true, true, Some(h)) => h,
+        (true, true, None) => Health::Healthy,
     }
 }
 
@@ -220,6 +224,7 @@ mod tests {
         assert_eq!(inst.ip, "10.0.0.5");
         assert_eq!(inst.port, 8080);
         assert!(inst.healthy && inst.enabled && inst.ephemeral);
+        assert_eq!(inst.metadata["waypost.health"], "healthy");
         assert_eq!(inst.cluster_name.as_deref(), Some("DEFAULT"));
         assert!((inst.weight - 1234.57).abs() < 1e-9);
         assert_eq!(inst.metadata["region"], "eu");
@@ -248,13 +253,17 @@ mod tests {
         for h in [Health::Healthy, Health::Unhealthy, Health::Unknown] {
             let s = full().with_health(h);
             let inst = to_instance(&s, "DEFAULT");
-            assert_eq!(inst.healthy, h == Health::Healthy, "{h}");
+            assert!(inst.healthy && inst.enabled, "{h}: registered alive");
+            assert_eq!(inst.metadata[META_HEALTH], h.as_str());
             assert_eq!(from_instance(&inst, "user-service").unwrap().health, h);
         }
         // Nacos disabled the instance: unhealthy whatever we stored.
         assert_eq!(decode_health(true, false, Some(Health::Healthy)), Health::Unhealthy);
         // Nacos marked it unhealthy.
         assert_eq!(decode_health(false, true, Some(Health::Healthy)), Health::Unhealthy);
+        // A server that keeps every ephemeral instance healthy: the stored word wins.
+        assert_eq!(decode_health(true, true, Some(Health::Unknown)), Health::Unknown);
+        assert_eq!(decode_health(true, true, Some(Health::Unhealthy)), Health::Unhealthy);
         // Foreign instances.
         assert_eq!(decode_health(true, true, None), Health::Healthy);
         assert_eq!(decode_health(false, true, None), Health::Unhealthy);

@@ -1,0 +1,556 @@
+//! The Nacos backend against a real Nacos-protocol server: rnacos (a Nacos-compatible server
+//! written in Rust, installed with `cargo install rnacos --locked`; not Alibaba's Java Nacos),
+//! started by each test on free loopback ports. With `NACOS_ADDR=host:port` the tests that do not
+//! need to stop, restart or reconfigure the server run against that server instead (e.g. the
+//! official Nacos image from `docker-compose.yml`).
+//!
+//! Without rnacos (and without `NACOS_ADDR`) the tests print `SKIPPED` and pass, unless `CI=true`,
+//! where they fail.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use waypost_core_types::conformance::{self, ConformanceOptions};
+use waypost_core_types::{
+    Error, Health, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason,
+    WatchEvent, WatchStream,
+};
+use waypost_integration_tests::nacos::{nacos_target, start_rnacos, Rnacos, RnacosOptions};
+use waypost_integration_tests::{free_port, require};
+use waypost_registry_nacos::{NacosConfig, NacosRegistry};
+
+fn cache_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("waypost-nacos-test-cache-{}", std::process::id()))
+}
+
+fn config(addr: &str) -> NacosConfig {
+    NacosConfig::new(addr)
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_cache_dir(cache_dir())
+}
+
+async fn connect(addr: &str) -> NacosRegistry {
+    NacosRegistry::connect(config(addr))
+        .await
+        .expect("connect to the Nacos server")
+}
+
+fn unique(what: &str) -> String {
+    conformance::unique_name(what)
+}
+
+fn options() -> ConformanceOptions {
+    // 150 changes for the lagging watcher: every instance of one service needs its own Nacos
+    // connection (Nacos keeps one instance per service per connection).
+    ConformanceOptions::default()
+        .with_event_timeout(Duration::from_secs(15))
+        .with_lag_burst(150)
+}
+
+/// Next change of any kind, skipping nothing; panics after `limit`.
+async fn next_event(watch: &mut WatchStream, limit: Duration) -> WatchEvent {
+    match tokio::time::timeout(limit, watch.next()).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) => panic!("watch ended"),
+        Err(_) => panic!("no watch event within {limit:?}"),
+    }
+}
+
+async fn wait_for_change(
+    watch: &mut WatchStream,
+    kind: ServiceEventType,
+    id: &str,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(WatchEvent::Change(ev))) if ev.kind == kind && ev.service.id == id => {
+                return start.elapsed()
+            }
+            Ok(Some(WatchEvent::Snapshot { services, .. }))
+                if (kind == ServiceEventType::Deleted) != services.iter().any(|s| s.id == id) =>
+            {
+                return start.elapsed()
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("watch ended while waiting for {kind} of {id}"),
+            Err(_) => panic!("no {kind} of {id} within {limit:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conformance suite, directly and through trait objects.
+
+#[tokio::test]
+async fn rnacos_conformance_suite() {
+    let Some((addr, _server)) = require("rnacos_conformance_suite", nacos_target().await) else {
+        return;
+    };
+    let registry = connect(&addr).await;
+    conformance::run_all(&registry, &options()).await;
+    assert_eq!(registry.state(), RegistryState::Closed);
+}
+
+#[tokio::test]
+async fn rnacos_conformance_suite_through_box_dyn() {
+    let Some((addr, _server)) =
+        require("rnacos_conformance_suite_through_box_dyn", nacos_target().await)
+    else {
+        return;
+    };
+    let registry: Box<dyn ServiceRegistry> = Box::new(connect(&addr).await);
+    conformance::run_all(registry.as_ref(), &options()).await;
+}
+
+#[tokio::test]
+async fn rnacos_conformance_suite_through_arc_dyn() {
+    let Some((addr, _server)) =
+        require("rnacos_conformance_suite_through_arc_dyn", nacos_target().await)
+    else {
+        return;
+    };
+    let registry: Arc<dyn ServiceRegistry> = Arc::new(connect(&addr).await);
+    let shared = registry.clone();
+    conformance::run_all(&*shared, &options()).await;
+    assert!(registry.list_services().await.unwrap_err().is_closed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Liveness: a process that dies takes its instance with it.
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn rnacos_sigkilled_process_instance_disappears_from_another_process() {
+    let Some((addr, _server)) = require(
+        "rnacos_sigkilled_process_instance_disappears_from_another_process",
+        nacos_target().await,
+    ) else {
+        return;
+    };
+    let name = unique("sigkill");
+    let id = format!("{name}-child");
+    let observer = connect(&addr).await;
+    let mut watch = observer.watch_service(&name).await.unwrap();
+    assert!(matches!(
+        next_event(&mut watch, Duration::from_secs(5)).await,
+        WatchEvent::Snapshot { reason: SnapshotReason::Initial, .. }
+    ));
+
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_nacos_child"))
+            .args([addr.as_str(), name.as_str(), id.as_str(), "7001"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nacos_child"),
+    );
+    let stdout = child.0.stdout.take().expect("child stdout");
+    let ready = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(ready.trim(), "READY", "the child did not register");
+
+    wait_for_change(&mut watch, ServiceEventType::Created, &id, Duration::from_secs(10)).await;
+    let seen = observer.get_service(&id).await.expect("another process's instance");
+    assert_eq!(seen.version, "child");
+    assert_eq!(seen.health, Health::Healthy);
+
+    // SIGKILL: no chance to deregister.
+    child.0.kill().expect("kill -9 the child");
+    let _ = child.0.wait();
+    let gone = wait_for_change(&mut watch, ServiceEventType::Deleted, &id, Duration::from_secs(20))
+        .await;
+    eprintln!("instance of the SIGKILLed process disappeared after {gone:?}");
+    assert!(
+        gone <= Duration::from_secs(5),
+        "the instance of a killed process must disappear within a few seconds, took {gone:?}"
+    );
+    assert!(observer.list_instances(&name).await.unwrap().is_empty());
+    assert!(matches!(observer.get_service(&id).await, Err(Error::NotFound(_))));
+    observer.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server restart: registrations and subscriptions come back without the application's help.
+
+async fn rnacos_only(test: &str, opts: RnacosOptions) -> Option<Rnacos> {
+    require(test, start_rnacos(opts).await)
+}
+
+#[tokio::test]
+async fn rnacos_restart_restores_registrations_and_subscriptions() {
+    let Some(mut server) = rnacos_only(
+        "rnacos_restart_restores_registrations_and_subscriptions",
+        RnacosOptions::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = server.addr();
+    let name = unique("restart");
+    let owner = NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let watcher = NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let a = ServiceInfo::new(format!("{name}-a"), &name, "127.0.0.1", 7101)
+        .with_health(Health::Healthy)
+        .with_tag("before-restart");
+    owner.register(&a).await.unwrap();
+    let mut watch = watcher.watch_service(&name).await.unwrap();
+    match next_event(&mut watch, Duration::from_secs(5)).await {
+        WatchEvent::Snapshot { services, .. } => assert!(services.iter().any(|s| s.id == a.id)),
+        other => panic!("expected the initial snapshot, got {other:?}"),
+    }
+
+    server.restart().await.expect("restart rnacos");
+
+    // The watcher is told that it may have missed changes, with the truth afterwards.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut saw_recovering = false;
+    let mut reconnected_snapshot = None;
+    while reconnected_snapshot.is_none() {
+        if !owner.state().is_connected() {
+            saw_recovering = true;
+        }
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(WatchEvent::Snapshot {
+                services,
+                reason: SnapshotReason::Reconnected,
+            })) => reconnected_snapshot = Some(services),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("watch ended across a server restart"),
+            Err(_) => panic!("no Reconnected snapshot within 30 s of the restart"),
+        }
+    }
+    eprintln!(
+        "reconnected snapshot: {:?}",
+        reconnected_snapshot.as_ref().map(|s| s.len())
+    );
+
+    // The registration is back on the server (seen by a brand-new client) ...
+    let fresh = connect(&addr).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = fresh.list_instances(&name).await.unwrap_or_default();
+        if let Some(s) = listed.iter().find(|s| s.id == a.id) {
+            assert_eq!(s.tags, vec!["before-restart".to_string()]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "registration not restored within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ... the owner says it is connected (it was recovering in between) ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !owner.state().is_connected() {
+        assert!(Instant::now() < deadline, "owner never reconnected: {:?}", owner.state());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("owner observed as recovering during the restart: {saw_recovering}");
+    // ... and the watcher's subscription works again: a new instance shows up.
+    let b = ServiceInfo::new(format!("{name}-b"), &name, "127.0.0.1", 7102).with_health(Health::Healthy);
+    fresh.register(&b).await.unwrap();
+    wait_for_change(&mut watch, ServiceEventType::Created, &b.id, Duration::from_secs(15)).await;
+    fresh.deregister(&b.id).await.unwrap();
+    wait_for_change(&mut watch, ServiceEventType::Deleted, &b.id, Duration::from_secs(15)).await;
+
+    for r in [&owner, &watcher, &fresh] {
+        r.close().await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Construction failures.
+
+#[tokio::test]
+async fn rnacos_absent_server_construction_fails_within_the_connect_timeout() {
+    // Nothing listens on this port (nor on port + 1000, the gRPC port).
+    let mut port = free_port();
+    while port > 60_000 || std::net::TcpListener::bind(("127.0.0.1", port + 1000)).is_err() {
+        port = free_port();
+    }
+    let timeout = Duration::from_millis(1500);
+    let start = Instant::now();
+    let err = NacosRegistry::connect(
+        NacosConfig::new(format!("127.0.0.1:{port}")).with_connect_timeout(timeout),
+    )
+    .await
+    .expect_err("no server: construction must fail");
+    let took = start.elapsed();
+    assert!(
+        matches!(err, Error::Timeout { .. } | Error::Unavailable(_)),
+        "a clear timeout/unavailable error, got {err:?}"
+    );
+    assert!(err.to_string().contains("127.0.0.1"), "names the address: {err}");
+    assert!(
+        took <= timeout + Duration::from_millis(500),
+        "must fail within the connect timeout ({timeout:?}), took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn rnacos_wrong_credentials_give_a_clear_auth_error() {
+    let Some(server) = rnacos_only(
+        "rnacos_wrong_credentials_give_a_clear_auth_error",
+        RnacosOptions {
+            auth: Some(("waypost-admin".into(), "right-password-123".into())),
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = server.addr();
+    let err = NacosRegistry::connect(config(&addr).with_credentials("waypost-admin", "wrong-pw-456"))
+        .await
+        .expect_err("wrong password must be refused");
+    match &err {
+        Error::Auth { backend, message } => {
+            assert_eq!(*backend, "nacos");
+            assert!(message.contains("waypost-admin"), "names the user: {message}");
+        }
+        other => panic!("expected Error::Auth, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("wrong-pw-456"), "the password leaked: {err}");
+    assert!(!format!("{err:?}").contains("wrong-pw-456"), "the password leaked: {err:?}");
+
+    let err = NacosRegistry::connect(config(&addr).with_credentials("nobody", "x"))
+        .await
+        .expect_err("unknown user must be refused");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+
+    // The right credentials work end to end.
+    let ok = NacosRegistry::connect(
+        config(&addr).with_credentials("waypost-admin", "right-password-123"),
+    )
+    .await
+    .expect("right credentials");
+    assert!(!format!("{ok:?}").contains("right-password-123"));
+    let name = unique("auth");
+    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7201);
+    ok.register(&s).await.unwrap();
+    assert_eq!(ok.list_instances(&name).await.unwrap().len(), 1);
+    ok.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Isolation by group and namespace.
+
+#[tokio::test]
+async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
+    let Some((addr, _server)) =
+        require("rnacos_groups_and_namespaces_do_not_see_each_other", nacos_target().await)
+    else {
+        return;
+    };
+    let name = unique("isolation");
+    let scopes = [
+        ("public", "DEFAULT_GROUP"),
+        ("public", "WAYPOST_OTHER_GROUP"),
+        ("waypost-test-ns", "DEFAULT_GROUP"),
+    ];
+    let mut registries = Vec::new();
+    for (i, (ns, group)) in scopes.iter().enumerate() {
+        let r = NacosRegistry::connect(config(&addr).with_namespace(*ns).with_group(*group))
+            .await
+            .unwrap();
+        let s = ServiceInfo::new(format!("{name}-{i}"), &name, "127.0.0.1", 7300 + i as u16)
+            .with_health(Health::Healthy);
+        r.register(&s).await.unwrap();
+        registries.push(r);
+    }
+    // Each sees exactly its own instance, through every read path.
+    for (i, r) in registries.iter().enumerate() {
+        let own = format!("{name}-{i}");
+        let ids: BTreeSet<String> = r
+            .list_instances(&name)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, BTreeSet::from([own.clone()]), "scope {:?}", scopes[i]);
+        let all: Vec<_> = r
+            .list_services()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(all, vec![own.clone()], "list_services in scope {:?}", scopes[i]);
+        for (j, _) in scopes.iter().enumerate().filter(|(j, _)| *j != i) {
+            let other = format!("{name}-{j}");
+            assert!(
+                matches!(r.get_service(&other).await, Err(Error::NotFound(_))),
+                "scope {:?} sees {other}",
+                scopes[i]
+            );
+        }
+        let mut watch = r.watch().await.unwrap();
+        match next_event(&mut watch, Duration::from_secs(10)).await {
+            WatchEvent::Snapshot { services, .. } => {
+                let mine: Vec<_> = services.iter().filter(|s| s.name == name).collect();
+                assert_eq!(mine.len(), 1, "watch snapshot in scope {:?}", scopes[i]);
+                assert_eq!(mine[0].id, own);
+            }
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+    }
+    // A change in one scope is not delivered to a watcher of another.
+    let mut watch0 = registries[0].watch_service(&name).await.unwrap();
+    next_event(&mut watch0, Duration::from_secs(5)).await;
+    let extra = ServiceInfo::new(format!("{name}-extra"), &name, "127.0.0.1", 7399);
+    registries[1].register(&extra).await.unwrap();
+    registries[2].deregister(&format!("{name}-2")).await.unwrap();
+    let marker = ServiceInfo::new(format!("{name}-marker"), &name, "127.0.0.1", 7398);
+    let probe = connect(&addr).await; // scope 0, another connection: arrives as a push
+    probe.register(&marker).await.unwrap();
+    match next_event(&mut watch0, Duration::from_secs(10)).await {
+        WatchEvent::Change(ev) => {
+            assert_eq!(ev.service.id, marker.id, "only scope 0's change arrives");
+            assert_eq!(ev.kind, ServiceEventType::Created);
+        }
+        other => panic!("expected the marker's Created, got {other:?}"),
+    }
+    probe.close().await.unwrap();
+    for r in &registries {
+        r.close().await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviour specific to Nacos.
+
+#[tokio::test]
+async fn rnacos_round_trip_through_another_client_loses_nothing() {
+    let Some((addr, _server)) =
+        require("rnacos_round_trip_through_another_client_loses_nothing", nacos_target().await)
+    else {
+        return;
+    };
+    let name = unique("roundtrip");
+    let writer = connect(&addr).await;
+    let reader = connect(&addr).await;
+    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7401)
+        .with_version("3.1.4")
+        .with_protocol(waypost_core_types::Protocol::Grpc)
+        .with_health(Health::Unknown)
+        .with_metadata("region", "eu-west")
+        .with_metadata("waypost.looks-reserved", "kept")
+        .with_tag("a")
+        .with_tag("b")
+        .with_ttl(Duration::from_secs(42))
+        .with_weight(12_345);
+    writer.register(&s).await.unwrap();
+    let mine = writer.get_service(&s.id).await.unwrap();
+    // Another client sees exactly what the writer stored (times included).
+    let theirs = reader.get_service(&s.id).await.unwrap();
+    assert_eq!(theirs, mine);
+    assert_eq!(theirs.version, "3.1.4");
+    assert_eq!(theirs.weight, 12_345);
+    assert_eq!(theirs.health, Health::Unknown);
+    assert_eq!(theirs.ttl, Duration::from_secs(42));
+    assert_eq!(theirs.metadata.get("waypost.looks-reserved").map(String::as_str), Some("kept"));
+    // Another client cannot change an instance bound to the writer's connection.
+    assert!(matches!(reader.deregister(&s.id).await, Err(Error::Unsupported(_))));
+    assert!(matches!(reader.update(&s).await, Err(Error::Unsupported(_))));
+    reader.renew(&s.id).await.expect("renew of a live foreign instance");
+    // Two instances of one service from one process: both live (separate connections).
+    let s2 = ServiceInfo::new(format!("{name}-2"), &name, "127.0.0.1", 7402);
+    writer.register(&s2).await.unwrap();
+    let ids: BTreeSet<_> = reader
+        .list_instances(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(writer.connection_count(), 2);
+    // close() removes everything the writer registered.
+    writer.close().await.unwrap();
+    assert!(reader.list_instances(&name).await.unwrap().is_empty());
+    reader.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark: register → visible in another client's watch.
+//
+// cargo test -p waypost-integration-tests --test nacos -- --ignored --nocapture rnacos_latency
+
+#[tokio::test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn rnacos_latency_register_to_visible_in_another_clients_watch() {
+    let Some((addr, _server)) = require(
+        "rnacos_latency_register_to_visible_in_another_clients_watch",
+        nacos_target().await,
+    ) else {
+        return;
+    };
+    let rounds: usize = std::env::var("WAYPOST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let name = unique("latency");
+    let writer = connect(&addr).await;
+    let reader = connect(&addr).await;
+    let mut watch = reader.watch_service(&name).await.unwrap();
+    next_event(&mut watch, Duration::from_secs(5)).await;
+    let mut up = Vec::with_capacity(rounds);
+    let mut down = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let s = ServiceInfo::new(format!("{name}-{i}"), &name, "127.0.0.1", 7500)
+            .with_health(Health::Healthy);
+        let t = Instant::now();
+        writer.register(&s).await.unwrap();
+        wait_for_change(&mut watch, ServiceEventType::Created, &s.id, Duration::from_secs(10)).await;
+        up.push(t.elapsed());
+        let t = Instant::now();
+        writer.deregister(&s.id).await.unwrap();
+        wait_for_change(&mut watch, ServiceEventType::Deleted, &s.id, Duration::from_secs(10)).await;
+        down.push(t.elapsed());
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        let idx = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[idx]
+    };
+    println!(
+        "nacos register→visible in another client's watch over {rounds} registrations: \
+         p50 {:?}, p99 {:?}, max {:?}",
+        pct(&mut up, 0.50),
+        pct(&mut up, 0.99),
+        up.last().copied().unwrap_or_default()
+    );
+    println!(
+        "nacos deregister→gone in another client's watch over {rounds} deregistrations: \
+         p50 {:?}, p99 {:?}, max {:?}",
+        pct(&mut down, 0.50),
+        pct(&mut down, 0.99),
+        down.last().copied().unwrap_or_default()
+    );
+    writer.close().await.unwrap();
+    reader.close().await.unwrap();
+}
