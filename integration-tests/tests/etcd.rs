@@ -105,7 +105,7 @@ async fn etcd_conformance_suite() {
     let registry = EtcdRegistry::connect(config(&etcd.endpoint(), "conformance", 5))
         .await
         .expect("connect");
-    let opts = ConformanceOptions::default().with_lag_burst(1_000);
+    let opts = ConformanceOptions::default();
     conformance::run_all(&registry, &opts).await;
     assert_eq!(registry.state(), RegistryState::Closed);
 }
