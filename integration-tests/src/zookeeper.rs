@@ -8,7 +8,8 @@
 //! `WAYPOST_ZKCLI` (`zkCli.sh`).
 //!
 //! The server runs with `tickTime=200` and `minSessionTimeout=400`, so tests can use 2 s sessions
-//! (the maximum is 20 ticks = 4 s), the admin server off and only `srvr`/`ruok` allowed.
+//! (the maximum is 20 ticks = 4 s), the admin server off and only `srvr`, `ruok` and `dump`
+//! allowed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -210,7 +211,7 @@ impl ZkServer {
              clientPort={port}\n\
              maxClientCnxns=0\n\
              admin.enableServer=false\n\
-             4lw.commands.whitelist=srvr,ruok\n\
+             4lw.commands.whitelist=srvr,ruok,dump\n\
              forceSync={}\n",
             data.display(),
             if opts.fsync { "yes" } else { "no" },
@@ -360,4 +361,130 @@ pub async fn four_letter_word(port: u16, word: &str) -> Option<String> {
 /// The answer to `srvr` (server status, including `Mode:`).
 pub async fn srvr(port: u16) -> Option<String> {
     four_letter_word(port, "srvr").await
+}
+
+/// The answer to `dump`: the sessions and the ephemeral nodes each one holds.
+pub async fn dump(port: u16) -> Option<String> {
+    four_letter_word(port, "dump").await
+}
+
+/// The ephemeral paths `dump` lists for a session (its id as the client reports it).
+pub fn ephemerals_of(dump: &str, session: i64) -> Vec<String> {
+    let header = format!("0x{:x}:", session as u64);
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in dump.lines() {
+        if line.starts_with("Sessions with Ephemerals") {
+            inside = false;
+            continue;
+        }
+        if line.starts_with("Connections") {
+            break;
+        }
+        if line.starts_with("0x") {
+            inside = line.trim() == header;
+            continue;
+        }
+        if inside && line.starts_with('\t') {
+            out.push(line.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// A TCP proxy in front of a server that can swallow everything the server sends while still
+/// forwarding what the client sends: the client hears nothing (and eventually declares its session
+/// expired) while the server keeps seeing the session's reconnect attempts (and keeps it alive).
+#[derive(Debug)]
+pub struct MuteProxy {
+    port: u16,
+    muted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl MuteProxy {
+    /// Starts a proxy on a free loopback port forwarding to `127.0.0.1:upstream`.
+    ///
+    /// # Errors
+    /// When no port can be bound.
+    pub async fn start(upstream: u16) -> std::io::Result<MuteProxy> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let muted = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (m, c) = (Arc::clone(&muted), Arc::clone(&connections));
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let muted = Arc::clone(&m);
+                let task = tokio::spawn(async move {
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = server_read.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            if !muted.load(Ordering::Acquire) {
+                                client_write.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+                let mut list = c.lock().unwrap_or_else(|e| e.into_inner());
+                list.retain(|h| !h.is_finished());
+                list.push(task.abort_handle());
+            }
+        });
+        Ok(MuteProxy {
+            port,
+            muted,
+            connections,
+            accept,
+        })
+    }
+
+    /// `127.0.0.1:<port>` of the proxy.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Swallows (`true`) or forwards (`false`) what the server sends.
+    pub fn set_muted(&self, muted: bool) {
+        self.muted
+            .store(muted, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Closes every proxied connection (new ones are accepted as usual).
+    pub fn drop_connections(&self) {
+        let list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        for handle in list.iter() {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for MuteProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.drop_connections();
+    }
 }

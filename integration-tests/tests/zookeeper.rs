@@ -880,3 +880,84 @@ async fn registries_racing_to_create_the_parents_all_succeed() {
         registry.close().await.expect("close");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn expiry_seen_only_by_the_client_replaces_the_stale_node_of_the_old_session() {
+    use waypost_integration_tests::zookeeper::{dump, ephemerals_of, MuteProxy};
+
+    let test = "expiry_seen_only_by_the_client_replaces_the_stale_node_of_the_old_session";
+    let Some(zk) = server(test).await else { return };
+    let proxy = MuteProxy::start(zk.port).await.expect("proxy");
+    let prefix = unique_prefix("stale");
+    let name = "stale-svc";
+    let path = format!("{prefix}/{name}/st-1");
+    let timeout = Duration::from_secs(4);
+    let owner = connect(
+        ZookeeperConfig::new([proxy.addr()])
+            .with_prefix(prefix.as_str())
+            .with_session_timeout(timeout)
+            .with_max_backoff(Duration::from_millis(500)),
+    )
+    .await;
+    let observer = connect(config(&zk, &prefix)).await;
+    owner
+        .register(&instance(name, "st-1", 8001))
+        .await
+        .expect("register");
+    let old_session = owner.session_id().expect("session");
+
+    // The owner hears nothing more, but its reconnect attempts keep its session alive on the
+    // server: the client gives up on the session (after 1.4 × the timeout) before the server does.
+    proxy.set_muted(true);
+    let expired = poll_until(Duration::from_secs(15), || async {
+        matches!(owner.state(), RegistryState::Recovering { ref last_error, .. } if last_error.contains("Expired"))
+    })
+    .await;
+    assert!(
+        expired.is_some(),
+        "the client never declared its session expired: {:?}",
+        owner.state()
+    );
+    let held = dump(zk.port).await.expect("dump");
+    assert_eq!(
+        ephemerals_of(&held, old_session),
+        vec![path.clone()],
+        "the old session must still hold the node when recovery starts:\n{held}"
+    );
+
+    proxy.drop_connections();
+    proxy.set_muted(false);
+    let started = Instant::now();
+    let recovered = poll_until(Duration::from_secs(5), || async {
+        owner.state().is_connected() && owner.session_id().is_some_and(|s| s != old_session)
+    })
+    .await;
+    assert!(recovered.is_some(), "no new session: {:?}", owner.state());
+    let new_session = owner.session_id().expect("session");
+    let after = dump(zk.port).await.expect("dump");
+    assert_eq!(
+        ephemerals_of(&after, new_session),
+        vec![path.clone()],
+        "the new session must own the node:\n{after}"
+    );
+    eprintln!(
+        "stale node replaced {:?} after the connection came back",
+        started.elapsed()
+    );
+    // Once the server expires the old session (at the latest one timeout after its last
+    // reconnect attempt), our node stays: it belongs to the new session.
+    tokio::time::sleep(timeout + Duration::from_secs(1)).await;
+    let later = dump(zk.port).await.expect("dump");
+    assert!(ephemerals_of(&later, old_session).is_empty(), "{later}");
+    assert_eq!(
+        ephemerals_of(&later, new_session),
+        vec![path.clone()],
+        "{later}"
+    );
+    assert_eq!(
+        ids_of(&observer, name).await,
+        Some(vec!["st-1".to_string()])
+    );
+    owner.close().await.expect("close");
+    observer.close().await.expect("close");
+}
