@@ -548,3 +548,138 @@ impl Drop for HubStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waypost_core_types::{Health, ServiceEventType};
+
+    fn svc(id: &str, version: &str) -> ServiceInfo {
+        ServiceInfo::new(id, "web", "127.0.0.1", 80).with_version(version)
+    }
+
+    fn map(items: &[ServiceInfo]) -> BTreeMap<String, ServiceInfo> {
+        items.iter().map(|s| (s.id.clone(), s.clone())).collect()
+    }
+
+    fn state_with_sub(cap: usize) -> (HubState, mpsc::Receiver<WatchEvent>, Arc<AtomicBool>) {
+        let mut st = HubState::default();
+        st.views.insert(
+            "web".into(),
+            View {
+                index: 10,
+                instances: map(&[svc("a", "1")]),
+                task: None,
+                named_subs: 1,
+            },
+        );
+        let (tx, rx) = mpsc::channel(cap);
+        let lagged = Arc::new(AtomicBool::new(false));
+        st.subs.push(Sub {
+            id: 0,
+            filter: Some("web".into()),
+            tx,
+            lagged: lagged.clone(),
+        });
+        (st, rx, lagged)
+    }
+
+    fn kinds(rx: &mut mpsc::Receiver<WatchEvent>) -> Vec<(ServiceEventType, String)> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                WatchEvent::Change(c) => out.push((c.kind, c.service.id)),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn newer_results_are_diffed_into_events() {
+        let (mut st, mut rx, _) = state_with_sub(16);
+        st.apply("web", 11, map(&[svc("a", "2"), svc("b", "1")]), Mode::Diff);
+        assert_eq!(
+            kinds(&mut rx),
+            vec![
+                (ServiceEventType::Updated, "a".into()),
+                (ServiceEventType::Created, "b".into())
+            ]
+        );
+        st.apply("web", 12, map(&[svc("b", "1")]), Mode::Diff);
+        assert_eq!(
+            kinds(&mut rx),
+            vec![(ServiceEventType::Deleted, "a".into())]
+        );
+        // Same index, same data (a blocking query that timed out): nothing.
+        st.apply("web", 12, map(&[svc("b", "1")]), Mode::Diff);
+        assert!(kinds(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn older_results_are_ignored() {
+        let (mut st, mut rx, _) = state_with_sub(16);
+        st.apply("web", 9, BTreeMap::new(), Mode::Diff);
+        assert!(
+            kinds(&mut rx).is_empty(),
+            "a stale answer must not roll the view back"
+        );
+        assert_eq!(st.views["web"].index, 10);
+        assert_eq!(st.views["web"].instances.len(), 1);
+    }
+
+    #[test]
+    fn resync_replaces_the_view_with_a_reconnected_snapshot() {
+        let (mut st, mut rx, _) = state_with_sub(16);
+        let unhealthy = svc("c", "1").with_health(Health::Unhealthy);
+        st.apply("web", 3, map(&[unhealthy.clone()]), Mode::Resync);
+        match rx.try_recv() {
+            Ok(WatchEvent::Snapshot {
+                services,
+                reason: SnapshotReason::Reconnected,
+            }) => assert_eq!(services, vec![unhealthy]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            st.views["web"].index, 3,
+            "a lower index is taken after a reset"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_watcher_lagged_and_drops_events() {
+        let (mut st, mut rx, lagged) = state_with_sub(1);
+        st.apply("web", 11, map(&[svc("a", "1"), svc("b", "1")]), Mode::Diff);
+        st.apply(
+            "web",
+            12,
+            map(&[svc("a", "1"), svc("b", "1"), svc("c", "1")]),
+            Mode::Diff,
+        );
+        assert!(lagged.load(Ordering::Acquire));
+        assert_eq!(
+            kinds(&mut rx),
+            vec![(ServiceEventType::Created, "b".into())]
+        );
+        st.apply("web", 13, map(&[svc("a", "1")]), Mode::Diff);
+        assert!(kinds(&mut rx).is_empty(), "nothing is queued while lagged");
+    }
+
+    #[test]
+    fn other_names_are_not_sent_to_a_named_watcher() {
+        let (mut st, mut rx, _) = state_with_sub(16);
+        st.views.insert(
+            "db".into(),
+            View {
+                index: 1,
+                instances: BTreeMap::new(),
+                task: None,
+                named_subs: 0,
+            },
+        );
+        let mut db = svc("d", "1");
+        db.name = "db".into();
+        st.apply("db", 2, map(&[db]), Mode::Diff);
+        assert!(kinds(&mut rx).is_empty());
+    }
+}
