@@ -62,6 +62,23 @@ struct Hot {
     entry: Arc<Entry>,
     version: u64,
     snap: Arc<Snapshot>,
+    /// This thread's own copies of `snap.all` (see [`mirror`]).
+    mirror: Vec<Arc<ServiceInfo>>,
+}
+
+/// Largest instance set copied per thread.
+const MIRROR_MAX: usize = 256;
+
+/// Copies of the instances for one thread. `discover_one` hands out `Arc`s; if every thread
+/// handed out the same ones, their reference counts would bounce between CPU caches on every
+/// call. A thread returns its own copies instead (same data; instances are immutable), and the
+/// balancer still sees the shared set, so its per-set state is unaffected. Sets larger than
+/// 256 instances are not copied.
+fn mirror(snap: &Snapshot) -> Vec<Arc<ServiceInfo>> {
+    if snap.all.len() > MIRROR_MAX {
+        return Vec::new();
+    }
+    snap.all.iter().map(|s| Arc::new((**s).clone())).collect()
 }
 
 thread_local! {
@@ -210,10 +227,11 @@ impl CachedDiscovery {
             let version = h.entry.version.load(Ordering::Acquire);
             if version != h.version {
                 h.snap = h.entry.snap.load_full()?;
+                h.mirror = mirror(&h.snap);
                 h.version = version;
             }
             h.entry.hits.incr();
-            Some(self.pick(name, &h.snap.all, h.snap.healthy, ctx))
+            Some(self.pick_mirrored(name, &h.snap.all, h.snap.healthy, &h.mirror, ctx))
         })
     }
 
@@ -233,6 +251,7 @@ impl CachedDiscovery {
                 name: entry.name.clone(),
                 entry: entry.clone(),
                 version,
+                mirror: mirror(&snap),
                 snap,
             });
         });
@@ -245,6 +264,20 @@ impl CachedDiscovery {
         healthy: usize,
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
+        self.pick_mirrored(name, all, healthy, &[], ctx)
+    }
+
+    /// Picks among the shared instances; returns the same instance from `mirror` (this thread's
+    /// copies, same order) when there is one, so that threads do not share reference counts.
+    #[inline]
+    fn pick_mirrored(
+        &self,
+        name: &str,
+        all: &[Arc<ServiceInfo>],
+        healthy: usize,
+        mirror: &[Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Result<Selection> {
         if all.is_empty() {
             return Err(Error::ServiceNotFound(name.to_owned()));
         }
@@ -252,10 +285,20 @@ impl CachedDiscovery {
             return Err(Error::NoHealthyInstance(name.to_owned()));
         }
         match self.inner.balancer.select(all, ctx) {
-            Some(instance) => Ok(Selection {
-                guard: self.inner.balancer.begin(instance),
-                instance: instance.clone(),
-            }),
+            Some(picked) => {
+                // The index of the pick in `all`, from its address (no dereference).
+                let offset = (picked as *const Arc<ServiceInfo> as usize)
+                    .wrapping_sub(all.as_ptr() as usize)
+                    / std::mem::size_of::<Arc<ServiceInfo>>();
+                let instance = match (all.get(offset), mirror.get(offset)) {
+                    (Some(at), Some(own)) if std::ptr::eq(at, picked) => own.clone(),
+                    _ => picked.clone(),
+                };
+                Ok(Selection {
+                    guard: self.inner.balancer.begin(picked),
+                    instance,
+                })
+            }
             None => Err(Error::NoHealthyInstance(name.to_owned())),
         }
     }
