@@ -721,3 +721,27 @@ async fn select_guard_feeds_the_balancer() {
     assert_eq!(lb.in_flight("a") + lb.in_flight("b"), 0);
     let _ = Health::Healthy;
 }
+
+/// The per-thread fast path never serves an outdated instance: a change to an instance (its
+/// port here) is visible to the next `discover_one` calls on the same thread.
+#[tokio::test]
+async fn repeated_lookups_see_updates() {
+    let registry = Arc::new(MemoryRegistry::new());
+    registry.register(&healthy("a", "upd", 8001)).await.unwrap();
+    let d = rr(registry.clone());
+    for _ in 0..10 {
+        assert_eq!(d.discover_one("upd").await.unwrap().port, 8001);
+    }
+    registry.update(&healthy("a", "upd", 9001)).await.unwrap();
+    wait_until(Duration::from_secs(1), || async {
+        d.discover_one("upd").await.unwrap().port == 9001
+    })
+    .await
+    .expect("update seen");
+    for _ in 0..10 {
+        assert_eq!(d.discover_one("upd").await.unwrap().port, 9001);
+    }
+    // Instances handed out equal the registry's data.
+    let got = d.discover_one("upd").await.unwrap();
+    assert_eq!(*got, registry.get_service("a").await.unwrap());
+}
