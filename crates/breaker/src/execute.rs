@@ -480,4 +480,32 @@ mod tests {
         assert!(r.unwrap_err().is_rejected());
         assert!(!created);
     }
+
+    #[tokio::test]
+    async fn no_lock_is_held_while_the_operation_runs() {
+        // The operation itself uses the same breaker: any lock held around it would deadlock
+        // (parking_lot locks are not re-entrant).
+        let simple = SimpleCircuitBreaker::new(3, Duration::from_secs(60));
+        let rate = crate::FailureRateBreaker::builder()
+            .count_window(10)
+            .minimum_calls(100)
+            .build()
+            .expect("valid");
+        let throttle = crate::AdaptiveThrottle::new(2.0, Duration::from_secs(60));
+        let breakers: [&dyn CircuitBreaker; 3] = [&simple, &rate, &throttle];
+        for cb in breakers {
+            let r = cb
+                .execute(|| async {
+                    if let Ok(inner) = cb.try_acquire() {
+                        cb.record(inner, Outcome::Failure, Duration::ZERO);
+                    }
+                    let _ = cb.state();
+                    tokio::task::yield_now().await;
+                    Ok::<_, Error>(cb.state())
+                })
+                .await;
+            assert!(r.is_ok(), "{cb:?}");
+        }
+    }
+
 }
