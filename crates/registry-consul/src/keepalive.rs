@@ -103,7 +103,7 @@ async fn beat(inner: &Inner, info: &ServiceInfo) -> Result<()> {
                 return Ok(());
             }
             info!(id = %info.id, "consul: the agent lost `{}` ({why}); registering it again", info.id);
-            inner.put_registration(&current).await?;
+            inner.put_registration(&current, false).await?;
             drop(_w);
             inner.hub.refresh(&current.name).await;
             Ok(())

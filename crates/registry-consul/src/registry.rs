@@ -185,9 +185,10 @@ impl Inner {
         }
     }
 
-    /// Registers `info` (validated and stamped) with the agent and sets its check status.
-    /// The caller holds `writes`.
-    pub(crate) async fn put_registration(&self, info: &ServiceInfo) -> Result<()> {
+    /// Registers `info` (validated and stamped) with the agent and, when the agent already had
+    /// it (`existed`), sets its check status: a re-registration keeps the old status, while a
+    /// new check starts with the `Status` of the body. The caller holds `writes`.
+    pub(crate) async fn put_registration(&self, info: &ServiceInfo, existed: bool) -> Result<()> {
         let body = codec::registration(
             info,
             &self.cfg.prefix,
@@ -212,6 +213,9 @@ impl Inner {
                 )))
             }
             _ => return Err(reply.error(&format!("registering `{}`", info.id))),
+        }
+        if !existed {
+            return Ok(());
         }
         // Re-registering keeps a check's old status: set the one we mean now.
         match self.pass_check(&info.id, info.health).await? {
@@ -293,7 +297,7 @@ impl Inner {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            self.put_registration(&info).await?;
+            self.put_registration(&info, prev_created.is_some()).await?;
             self.owned.lock().insert(info.id.clone(), info.clone());
         }
         self.kick.notify_one();
@@ -413,7 +417,7 @@ impl ServiceRegistry for ConsulRegistry {
                         if !inner.owned.lock().contains_key(id) {
                             return Err(Error::NotFound(id.to_owned()));
                         }
-                        inner.put_registration(&info).await?;
+                        inner.put_registration(&info, false).await?;
                     }
                     inner.hub.refresh(&info.name).await;
                     Ok(())
