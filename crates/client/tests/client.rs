@@ -281,6 +281,15 @@ async fn oversized_bodies_are_refused() {
         Error::BodyTooLarge { limit: 1024 }
     ));
 
+    // A declared length above the limit fails before any byte of the body is awaited (this
+    // body never comes: without the Content-Length check the attempt would time out).
+    big.set(Reply::Declared(1 << 30));
+    let client = builder(&d).timeout(Duration::from_secs(3)).build().unwrap();
+    let t0 = Instant::now();
+    let err = client.get("svc", "/").await.unwrap_err();
+    assert!(matches!(err, Error::BodyTooLarge { .. }), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+
     // No Content-Length and a body that never ends: counted while streaming, stops at the limit.
     big.set(Reply::Endless);
     let client = builder(&d).body_limit(1024 * 1024).build().unwrap();

@@ -55,8 +55,11 @@ async fn retries_avoid_the_failed_instance_with_the_real_balancer() {
 async fn ejection_keeps_traffic_off_a_failing_instance_and_deregistration_too() {
     let sick = TestServer::start(Reply::Status(500, "sick")).await;
     let well = TestServer::start(Reply::Status(200, "ok")).await;
-    let (registry, discovery) =
-        setup(&[("u1", &sick), ("u2", &well)], Arc::new(LeastRequest::new())).await;
+    let (registry, discovery) = setup(
+        &[("u1", &sick), ("u2", &well)],
+        Arc::new(LeastRequest::new()),
+    )
+    .await;
     let client = ServiceClient::builder(discovery.clone())
         .retry(2, Duration::from_millis(1))
         .outlier_detection(OutlierConfig::new(2, Duration::from_secs(60)))
@@ -78,7 +81,10 @@ async fn ejection_keeps_traffic_off_a_failing_instance_and_deregistration_too() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Only the ejected instance is left: the client fails fast without calling it.
-    assert!(matches!(client.get("user-service", "/").await, Err(Error::CircuitOpen)));
+    assert!(matches!(
+        client.get("user-service", "/").await,
+        Err(Error::CircuitOpen)
+    ));
     assert_eq!(sick.hits(), 2);
     discovery.close().await.unwrap();
 }

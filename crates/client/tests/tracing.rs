@@ -41,7 +41,10 @@ impl Subscriber for Recorder {
 async fn one_span_per_call_and_one_per_attempt() {
     let a = TestServer::start(Reply::Status(503, "down")).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr), instance("b", b.addr)], Pick::First);
+    let d = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
     let client = ServiceClient::builder(d)
         .retry(2, Duration::from_millis(1))
         .build()

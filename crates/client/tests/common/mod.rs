@@ -131,6 +131,8 @@ pub enum Reply {
     Sized(usize),
     /// A 200 with a chunked body that never ends.
     Endless,
+    /// A 200 declaring `Content-Length: n` whose body never arrives.
+    Declared(u64),
 }
 
 #[derive(Debug)]
@@ -250,6 +252,7 @@ async fn handle(
             n
         ]))))),
         Reply::Endless => Ok(Response::new(TestBody::Endless)),
+        Reply::Declared(n) => Ok(Response::new(TestBody::Declared(n))),
     }
 }
 
@@ -257,6 +260,7 @@ async fn handle(
 pub enum TestBody {
     Full(Full<Bytes>),
     Endless,
+    Declared(u64),
 }
 
 impl Body for TestBody {
@@ -272,6 +276,7 @@ impl Body for TestBody {
             TestBody::Endless => {
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[b'y'; 65536])))))
             }
+            TestBody::Declared(_) => Poll::Pending,
         }
     }
 
@@ -279,6 +284,7 @@ impl Body for TestBody {
         match self {
             TestBody::Full(f) => f.size_hint(),
             TestBody::Endless => hyper::body::SizeHint::default(),
+            TestBody::Declared(n) => hyper::body::SizeHint::with_exact(*n),
         }
     }
 }
