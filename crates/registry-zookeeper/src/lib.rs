@@ -13,6 +13,9 @@
 //!   `Snapshot { reason: Reconnected }`. `state()` reports `Recovering` meanwhile.
 //! - Watches are persistent recursive watches (ZooKeeper 3.6+), one per stream, turned into
 //!   `Created`/`Updated`/`Deleted`; a reconnect or a slow consumer gets a new snapshot.
+//!   Notifications carry no data: a node's data is fetched when its change arrives, so an update
+//!   followed at once by a delete may reach a watcher as the `Deleted` alone (the view stays
+//!   exact).
 //! - Digest auth: nodes are readable by anyone, writable only by the same credentials.
 //! - Foreign or corrupt data under the prefix is skipped with a warning.
 //!
