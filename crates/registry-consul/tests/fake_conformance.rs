@@ -13,7 +13,7 @@ use waypost_core_types::ServiceRegistry;
 fn options() -> ConformanceOptions {
     ConformanceOptions::default()
         .with_event_timeout(Duration::from_secs(10))
-        .with_lag_burst(60)
+        .with_lag_burst(40)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
