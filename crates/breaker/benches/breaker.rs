@@ -88,8 +88,8 @@ type Call<'a> = (&'a str, Box<dyn Fn(u64) + Sync + 'a>);
 /// Runs every variant in turn within each trial (so a busy moment on a shared machine hits all
 /// of them alike) and keeps each one's best.
 fn report(calls: &[Call<'_>]) {
-    const PER_THREAD: u64 = 5_000_000;
-    const TRIALS: usize = 7;
+    const PER_THREAD: u64 = 2_000_000;
+    const TRIALS: usize = 15;
     let mut best = vec![(0f64, 0f64); calls.len()];
     for _ in 0..TRIALS {
         for ((_, call), best) in calls.iter().zip(best.iter_mut()) {
