@@ -44,15 +44,70 @@ pub struct ConsistentHash {
 struct Ring {
     /// The instance set the ring was built for, in slice order.
     members: Vec<Arc<ServiceInfo>>,
-    /// (point, index into `members`), sorted by point.
-    points: Arc<[(u64, u32)]>,
+    /// The ring, shared between rings of the same ids.
+    points: Arc<Points>,
+}
+
+/// Bits of the hash that select a bucket of [`Points::buckets`].
+const BUCKET_BITS: u32 = 12;
+
+/// The ring's points, sorted, with a bucket index so that a lookup touches a few cache lines
+/// instead of binary-searching the whole ring.
+#[derive(Default)]
+struct Points {
+    /// Point hashes, sorted.
+    hashes: Vec<u64>,
+    /// The member index of each point.
+    members: Vec<u32>,
+    /// `buckets[b]` = the first point whose top `BUCKET_BITS` bits are `>= b`; one extra entry
+    /// at the end equal to the number of points.
+    buckets: Vec<u32>,
+}
+
+impl Points {
+    fn new(mut points: Vec<(u64, u32)>) -> Self {
+        points.sort_unstable();
+        let n_buckets = 1usize << BUCKET_BITS;
+        let mut buckets = Vec::with_capacity(n_buckets + 1);
+        let mut i = 0usize;
+        for b in 0..n_buckets as u64 {
+            while i < points.len() && (points[i].0 >> (64 - BUCKET_BITS)) < b {
+                i += 1;
+            }
+            buckets.push(i as u32);
+        }
+        buckets.push(points.len() as u32);
+        Points {
+            hashes: points.iter().map(|p| p.0).collect(),
+            members: points.iter().map(|p| p.1).collect(),
+            buckets,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// The first point at or after `hash` (wrapping to 0).
+    #[inline]
+    fn start(&self, hash: u64) -> usize {
+        let b = (hash >> (64 - BUCKET_BITS)) as usize;
+        let lo = self.buckets[b] as usize;
+        let hi = self.buckets[b + 1] as usize;
+        let i = lo + self.hashes[lo..hi].partition_point(|p| *p < hash);
+        if i >= self.len() {
+            0
+        } else {
+            i
+        }
+    }
 }
 
 impl Ring {
     fn empty() -> Self {
         Ring {
             members: Vec::new(),
-            points: Arc::from(Vec::new()),
+            points: Arc::new(Points::default()),
         }
     }
 
@@ -68,10 +123,9 @@ impl Ring {
                 points.push((h.finish64(), i as u32));
             }
         }
-        points.sort_unstable();
         Ring {
             members: instances.to_vec(),
-            points: points.into(),
+            points: Arc::new(Points::new(points)),
         }
     }
 
@@ -106,9 +160,13 @@ impl Ring {
         if n == 0 {
             return None;
         }
-        let start = self.points.partition_point(|(p, _)| *p < hash);
+        let start = self.points.start(hash);
+        let members = &self.points.members;
         (0..n)
-            .map(|k| self.points[(start + k) % n].1 as usize)
+            .map(|k| {
+                let i = start + k;
+                members[if i >= n { i - n } else { i }] as usize
+            })
             .find(|i| pick::usable(&instances[*i], ctx, strict))
     }
 }
@@ -126,7 +184,7 @@ impl ConsistentHash {
     }
 
     /// A consistent-hash balancer with `replicas` virtual nodes per instance (at least 1). More
-    /// replicas spread keys more evenly and cost memory: `16 × replicas` bytes per instance.
+    /// replicas spread keys more evenly and cost memory: `12 × replicas` bytes per instance.
     pub fn with_replicas(replicas: usize) -> Self {
         ConsistentHash {
             replicas: replicas.max(1),
@@ -277,6 +335,27 @@ mod tests {
             avoid: &avoid,
         };
         assert_eq!(lb.select(&one, &ctx).unwrap().id, "o-0");
+    }
+
+    #[test]
+    fn bucket_index_finds_the_same_point_as_a_full_search() {
+        let pts: Vec<(u64, u32)> = (0..5000u64)
+            .map(|i| {
+                (
+                    pick::fmix64(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    i as u32,
+                )
+            })
+            .collect();
+        let p = Points::new(pts);
+        for k in 0..20_000u64 {
+            let h = pick::fmix64(k ^ 0xdead_beef);
+            let full = p.hashes.partition_point(|x| *x < h);
+            let want = if full == p.len() { 0 } else { full };
+            assert_eq!(p.start(h), want);
+        }
+        assert_eq!(p.start(u64::MAX), 0);
+        assert_eq!(p.start(0), 0);
     }
 
     #[test]

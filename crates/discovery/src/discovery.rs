@@ -193,6 +193,10 @@ impl CachedDiscovery {
     /// Picks an instance from the cache without waiting: `None` when the service is not cached
     /// yet (then use [`select`](ServiceDiscovery::select), which fills it). The fast path of
     /// `select` and `discover_one`.
+    ///
+    /// # Errors
+    /// Inside the `Some`: `Closed`, `ServiceNotFound` when the cached set is empty,
+    /// `NoHealthyInstance` when none of it is healthy.
     #[inline]
     pub fn select_cached(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
         if self.inner.closed.load(Ordering::Relaxed) {
