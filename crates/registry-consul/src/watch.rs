@@ -632,7 +632,12 @@ mod tests {
     fn resync_replaces_the_view_with_a_reconnected_snapshot() {
         let (mut st, mut rx, _) = state_with_sub(16);
         let unhealthy = svc("c", "1").with_health(Health::Unhealthy);
-        st.apply("web", 3, map(std::slice::from_ref(&unhealthy)), Mode::Resync);
+        st.apply(
+            "web",
+            3,
+            map(std::slice::from_ref(&unhealthy)),
+            Mode::Resync,
+        );
         match rx.try_recv() {
             Ok(WatchEvent::Snapshot {
                 services,
