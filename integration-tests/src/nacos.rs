@@ -141,6 +141,9 @@ pub async fn start_rnacos(opts: RnacosOptions) -> Result<Rnacos, String> {
             .env("RNACOS_HTTP_WORKERS", "2")
             .env("RNACOS_ENABLE_METRICS", "false")
             .env("RNACOS_API_LOGIN_ONE_MINUTE_LIMIT", "10000")
+            // Otherwise rnacos pins the first metadata ever registered at an ip:port and ignores
+            // later metadata from SDK clients (updates, and a new instance at the same address).
+            .env("RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE", "false")
             .env(
                 "RUST_LOG",
                 &std::env::var("WAYPOST_RNACOS_LOG").unwrap_or_else(|_| "warn".into()),

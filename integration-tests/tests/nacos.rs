@@ -476,6 +476,14 @@ async fn rnacos_round_trip_through_another_client_loses_nothing() {
     // Another client cannot change an instance bound to the writer's connection.
     assert!(matches!(reader.deregister(&s.id).await, Err(Error::Unsupported(_))));
     assert!(matches!(reader.update(&s).await, Err(Error::Unsupported(_))));
+    // An update by the owner reaches other clients.
+    writer
+        .update(&s.clone().with_version("3.2.0").with_health(Health::Unhealthy))
+        .await
+        .unwrap();
+    let theirs = reader.get_service(&s.id).await.unwrap();
+    assert_eq!((theirs.version.as_str(), theirs.health), ("3.2.0", Health::Unhealthy));
+    assert_eq!(theirs.created_at, mine.created_at, "an update keeps created_at");
     reader.renew(&s.id).await.expect("renew of a live foreign instance");
     // Two instances of one service from one process: both live (separate connections).
     let s2 = ServiceInfo::new(format!("{name}-2"), &name, "127.0.0.1", 7402);
@@ -493,6 +501,73 @@ async fn rnacos_round_trip_through_another_client_loses_nothing() {
     writer.close().await.unwrap();
     assert!(reader.list_instances(&name).await.unwrap().is_empty());
     reader.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// close: deregisters, unsubscribes, ends watches, drops the SDK's handles.
+
+/// Established TCP connections (in this network namespace) whose remote port is `port`.
+fn established_to(port: u16) -> usize {
+    let mut n = 0;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(rem), Some(st)) = (cols.get(2), cols.get(3)) else { continue };
+            let rem_port = rem
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if rem_port == Some(port) && *st == "01" {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn rnacos_close_deregisters_ends_watches_and_drops_the_sdk() {
+    let Some(server) = rnacos_only(
+        "rnacos_close_deregisters_ends_watches_and_drops_the_sdk",
+        RnacosOptions::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = server.addr();
+    let grpc = server.grpc_port();
+    let name = unique("close");
+    let other = connect(&addr).await;
+    let baseline = established_to(grpc);
+    let registry = connect(&addr).await;
+    for i in 0..2u16 {
+        let s = ServiceInfo::new(format!("{name}-{i}"), &name, "127.0.0.1", 7600 + i);
+        registry.register(&s).await.unwrap();
+    }
+    let mut watch = registry.watch_service(&name).await.unwrap();
+    assert_eq!(registry.connection_count(), 2, "two instances of one service: two connections");
+    assert_eq!(established_to(grpc), baseline + 2, "one TCP connection per SDK connection");
+    assert_eq!(other.list_instances(&name).await.unwrap().len(), 2);
+
+    registry.close().await.unwrap();
+    assert!(other.list_instances(&name).await.unwrap().is_empty(), "close deregisters");
+    assert!(tokio::time::timeout(Duration::from_secs(5), async {
+        while watch.next().await.is_some() {}
+    })
+    .await
+    .is_ok(), "close ends the watch");
+    // nacos-sdk 0.8.3 has no shutdown call, and its bi-stream task keeps the gRPC connection
+    // open after every handle is dropped: report what is left (it carries no registration and
+    // no subscription of ours, as checked above), without asserting on the SDK's leak.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    eprintln!(
+        "gRPC connections after close: {} (before this registry: {baseline})",
+        established_to(grpc)
+    );
+    assert_eq!(registry.connection_count(), 0);
+    other.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -426,14 +426,13 @@ mod tests {
         assert_eq!(server_list("[::1]:8848").unwrap(), vec!["[::1]:8848"]);
         assert_eq!(server_list("http://h:1").unwrap(), vec!["h:1"]);
         assert_eq!(server_list("h").unwrap(), vec!["h:8848"]);
-        let mut c = NacosConfig::default();
-        c.group = "a@@b".into();
-        assert!(c.validate().is_err());
-        let mut c = NacosConfig::default();
-        c.namespace = String::new();
-        assert!(c.validate().is_err());
-        let mut c = NacosConfig::default();
-        c.password = Some("p".into());
+        assert!(NacosConfig::default().with_group("a@@b").validate().is_err());
+        assert!(NacosConfig::default().with_namespace("").validate().is_err());
+        assert!(NacosConfig::default().with_cluster("a b").validate().is_err());
+        let c = NacosConfig {
+            password: Some("p".into()),
+            ..NacosConfig::default()
+        };
         assert!(c.validate().is_err(), "password without user");
         assert!(NacosConfig::default()
             .with_connect_timeout(Duration::ZERO)

@@ -54,9 +54,17 @@
 //!   [`Reconnected`](waypost_core_types::SnapshotReason::Reconnected).
 //! - **Construction** fails within [`connect_timeout`](NacosConfig::connect_timeout) when no
 //!   server answers, proven with a real request; wrong credentials give [`Error::Auth`].
-//! - **Close** deregisters our instances, unsubscribes, ends every watch stream and drops the
-//!   SDK's handles, which closes its connections. The SDK has no shutdown call of its own and keeps
-//!   one idle timer task per connection on its private runtime after that.
+//! - **Close** deregisters our instances, unsubscribes, ends every watch stream, stops the
+//!   registry's tasks and drops every SDK handle. Known limitation of `nacos-sdk` 0.8.3: it has no
+//!   shutdown call, and its bi-directional stream task keeps each gRPC connection (and a few idle
+//!   timer tasks on the SDK's private runtime) alive after every handle is dropped. Those
+//!   connections carry no registration and no subscription of ours after `close`, but they stay
+//!   open until the process exits; create registries once per process, not per request.
+//! - **Servers**: rnacos pins the first metadata ever registered at an ip:port and ignores later
+//!   metadata from SDK clients unless started with
+//!   `RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE=false`; run it that way (our own view is
+//!   right either way, other clients' views of updates are not). nacos-sdk 0.8.3 does not set
+//!   `TCP_NODELAY`, so each request costs about 40 ms on loopback (Nagle + delayed ACK).
 //!
 //! Tested against rnacos (a Nacos-compatible server written in Rust, from crates.io) and, when
 //! `NACOS_ADDR` is set, against whatever Nacos server it names; see `integration-tests`.

@@ -627,6 +627,8 @@ impl Inner {
                 self.remote_deregister(p.slot, &p.info.name, &p.inst).await?;
                 let mut st = self.state.lock();
                 st.ours.remove(&service.id);
+                st.tombstones
+                    .insert(service.id.clone(), (p.info.name.clone(), Instant::now()));
                 st.recompute(&p.info.name);
                 None
             }
