@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::io::AsyncBufReadExt;
+use waypost_balancer::RoundRobin;
 use waypost_core_types::conformance::{self, ConformanceOptions};
 use waypost_core_types::{
-    Error, Health, RegistryState, ServiceEvent, ServiceEventType, ServiceInfo, ServiceRegistry,
-    SnapshotReason, WatchEvent, WatchStream,
+    Error, Health, RegistryState, ServiceDiscovery, ServiceEvent, ServiceEventType, ServiceInfo,
+    ServiceRegistry, SnapshotReason, WatchEvent, WatchStream,
 };
+use waypost_discovery::CachedDiscovery;
 use waypost_integration_tests::zookeeper::{ZkOptions, ZkServer};
 use waypost_integration_tests::{free_port, require};
 use waypost_registry_zookeeper::{ZookeeperConfig, ZookeeperRegistry};
@@ -117,6 +119,26 @@ async fn ids_of(registry: &ZookeeperRegistry, name: &str) -> Option<Vec<String>>
         .map(|list| list.into_iter().map(|s| s.id).collect())
 }
 
+/// A watch-driven discovery over its own registry (as another process would have).
+async fn discovery_over(zk: &ZkServer, prefix: &str) -> (Arc<ZookeeperRegistry>, CachedDiscovery) {
+    let registry = Arc::new(connect(config(zk, prefix)).await);
+    let as_dyn: Arc<dyn ServiceRegistry> = registry.clone();
+    let discovery = CachedDiscovery::new(as_dyn, Arc::new(RoundRobin::new()));
+    (registry, discovery)
+}
+
+/// The ids discovery returns for `name` (empty for "no such service").
+async fn discovered(discovery: &CachedDiscovery, name: &str) -> Vec<String> {
+    match discovery.discover(name).await {
+        Ok(list) => {
+            let mut ids: Vec<String> = list.iter().map(|s| s.id.clone()).collect();
+            ids.sort();
+            ids
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Polls until `probe` holds; returns how long it took, or `None` after `limit`.
 async fn poll_until<F, Fut>(limit: Duration, mut probe: F) -> Option<Duration>
 where
@@ -195,6 +217,9 @@ async fn session_expiry_restores_registrations_within_5s_of_resume() {
             .has(&["e-1", "e-2"]))
         .await
     );
+    let (discovery_registry, discovery) = discovery_over(&zk, &prefix).await;
+    assert_eq!(discovered(&discovery, name).await, vec!["e-1", "e-2"]);
+    let discovery_session = discovery_registry.session_id().expect("session");
     let old_session = owner.session_id().expect("session");
     let timeout = owner.negotiated_session_timeout().expect("timeout");
 
@@ -232,6 +257,24 @@ async fn session_expiry_restores_registrations_within_5s_of_resume() {
         );
     };
     eprintln!("session expiry: registrations back {after:?} after SIGCONT");
+    // Discovery in another registry: its session expired too, it resynced, and it serves both.
+    let shown = poll_until(
+        Duration::from_secs(5).saturating_sub(resumed.elapsed()),
+        || async {
+            discovery_registry
+                .session_id()
+                .is_some_and(|s| s != discovery_session)
+                && discovery_registry.state().is_connected()
+                && discovered(&discovery, name).await == vec!["e-1", "e-2"]
+        },
+    )
+    .await;
+    assert!(
+        shown.is_some(),
+        "discovery after expiry: {:?} ({:?})",
+        discovered(&discovery, name).await,
+        discovery_registry.state()
+    );
     assert!(
         owner.state().is_connected(),
         "state after recovery: {:?}",
@@ -250,6 +293,9 @@ async fn session_expiry_restores_registrations_within_5s_of_resume() {
     tokio::time::sleep(timeout).await;
     let ids = ids_of(&observer, name).await.expect("list");
     assert_eq!(ids, vec!["e-1".to_string(), "e-2".to_string()]);
+    assert_eq!(discovered(&discovery, name).await, vec!["e-1", "e-2"]);
+    discovery.close().await.expect("close discovery");
+    discovery_registry.close().await.expect("close");
     owner.close().await.expect("close");
     observer.close().await.expect("close");
 }
@@ -427,6 +473,8 @@ async fn killed_registering_process_disappears_within_session_timeout() {
         ids_of(&observer, name).await,
         Some(vec!["child-1".to_string()])
     );
+    let (discovery_registry, discovery) = discovery_over(&zk, &prefix).await;
+    assert_eq!(discovered(&discovery, name).await, vec!["child-1"]);
 
     child.start_kill().expect("SIGKILL the child");
     let killed = Instant::now();
@@ -449,6 +497,22 @@ async fn killed_registering_process_disappears_within_session_timeout() {
         .changes
         .iter()
         .any(|c| c.kind == ServiceEventType::Deleted && c.service.id == "child-1"));
+    // Another process's discovery no longer returns it.
+    let forgotten = poll_until(Duration::from_secs(1), || async {
+        discovered(&discovery, name).await.is_empty()
+    })
+    .await;
+    assert!(
+        forgotten.is_some() && killed.elapsed() <= limit + Duration::from_secs(1),
+        "discovery still returns the killed instance: {:?}",
+        discovered(&discovery, name).await
+    );
+    assert!(matches!(
+        discovery.discover(name).await,
+        Err(Error::ServiceNotFound(_))
+    ));
+    discovery.close().await.expect("close discovery");
+    discovery_registry.close().await.expect("close");
     observer.close().await.expect("close");
 }
 
