@@ -83,7 +83,6 @@ impl PeakEwmaBuilder {
             shared: Arc::new(Shared {
                 opts: self,
                 instances: StateMap::default(),
-                epoch: Instant::now(),
             }),
         })
     }
@@ -92,7 +91,6 @@ impl PeakEwmaBuilder {
 struct Shared {
     opts: PeakEwmaBuilder,
     instances: StateMap<Estimate>,
-    epoch: Instant,
 }
 
 impl std::fmt::Debug for Shared {
@@ -149,7 +147,7 @@ impl CallObserver for Shared {
                 Outcome::Failure => latency.max(self.opts.failure_penalty),
             }
             .as_nanos() as f64;
-            let now = Instant::now().max(self.epoch);
+            let now = Instant::now();
             let mut g = e.rtt.lock();
             let (rtt, at) = *g;
             let next = if sample > rtt {
