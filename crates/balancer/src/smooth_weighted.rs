@@ -12,6 +12,10 @@ use crate::state::{StateMap, Striped};
 /// Longest precomputed schedule, in picks (4 bytes each).
 const MAX_PLAN: u64 = 4096;
 
+/// Most work (picks × instances) spent precomputing a schedule, which happens on the first pick
+/// after the instance set changes.
+const MAX_PLAN_WORK: u64 = 1 << 20;
+
 /// Deterministic weighted rotation that spreads heavy instances out: with weights 5, 1, 1 the
 /// order is `a a b a c a a`, never five `a` in a row.
 ///
@@ -22,8 +26,9 @@ const MAX_PLAN: u64 = 4096;
 ///
 /// That order is periodic, so for each instance set (per service) the balancer computes one
 /// period once, and a pick is then a lock-free step through it (a per-thread-striped counter,
-/// like [`RoundRobin`](crate::RoundRobin)). Sets whose period is longer than 4096 picks fall back
-/// to running the algorithm on each pick under a short per-service lock. Avoided instances are
+/// like [`RoundRobin`](crate::RoundRobin)). Sets whose period is longer than 4096 picks (or
+/// whose period × size exceeds 2^20) fall back to running the algorithm on each pick under a
+/// short per-service lock. Avoided instances are
 /// stepped over.
 #[derive(Default)]
 pub struct SmoothWeightedRoundRobin {
@@ -63,7 +68,10 @@ impl Plan {
         let total: u64 = weights.iter().map(|w| *w as u64).sum();
         let schedule = match total.checked_div(g) {
             None => Some(Vec::new()),
-            Some(period) if period <= MAX_PLAN => {
+            Some(period)
+                if period <= MAX_PLAN
+                    && period.saturating_mul(instances.len() as u64) <= MAX_PLAN_WORK =>
+            {
                 let mut scores = Scores {
                     current: vec![0; instances.len()],
                     weights,
