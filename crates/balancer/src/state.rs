@@ -1,12 +1,14 @@
 //! Per-key balancer state with a lock-free read path.
 //!
-//! [`StateMap`] is a copy-on-write map behind an [`ArcSwap`]: a lookup loads the current map
-//! without taking a lock or writing a shared counter (arc-swap's thread-local debt slots), hashes
-//! the key with FNV and borrows the value. Inserting a key (the first pick for a service, the
+//! [`StateMap`] is a copy-on-write map behind an [`ArcSwap`]; each thread also keeps the current
+//! map's `Arc` with its version number, so a lookup checks one shared read-only counter, hashes
+//! the key and borrows the value, without a lock or any shared write. Inserting a key (the first pick for a service, the
 //! first call to an instance) copies the map under a mutex; that happens once per key, so the
 //! read path stays lock-free. [`Striped`] spreads a counter over cache-padded slots, one per
 //! thread group, so threads do not fight over one cache line.
 
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,28 +23,87 @@ type Map<V> = HashMap<Arc<str>, Arc<V>, BuildHasherDefault<Fnv>>;
 
 /// A read-mostly map from a key (service name or instance id) to shared state.
 pub(crate) struct StateMap<V> {
+    id: usize,
     map: ArcSwap<Map<V>>,
     write: Mutex<()>,
     /// Bumped whenever entries are removed, so that caches of values can tell they may be stale.
     generation: AtomicUsize,
+    /// Bumped after every store to `map`.
+    version: AtomicUsize,
+}
+
+static NEXT_MAP: AtomicUsize = AtomicUsize::new(1);
+
+/// Maps each thread keeps at hand.
+const THREAD_MAPS: usize = 8;
+
+/// A thread's copy of a map's current `Arc`: (map id, version, the map).
+type HeldMap = (usize, usize, Arc<dyn Any + Send + Sync>);
+
+thread_local! {
+    static MAPS: RefCell<[Option<HeldMap>; THREAD_MAPS]> =
+        const { RefCell::new([None, None, None, None, None, None, None, None]) };
+    static MAPS_NEXT: Cell<usize> = const { Cell::new(0) };
 }
 
 impl<V> Default for StateMap<V> {
     fn default() -> Self {
         StateMap {
+            id: NEXT_MAP.fetch_add(1, Ordering::Relaxed),
             map: ArcSwap::from_pointee(Map::default()),
             write: Mutex::new(()),
             generation: AtomicUsize::new(0),
+            version: AtomicUsize::new(0),
         }
     }
 }
 
-impl<V> StateMap<V> {
+impl<V: Send + Sync + 'static> StateMap<V> {
+    /// Runs `f` on the current map. Each thread keeps the map's current `Arc` and checks a
+    /// version number, so a read writes no shared memory at all (not even arc-swap's debt
+    /// slots); after a change, the first read on each thread loads the new map.
+    #[inline]
+    fn read<R>(&self, f: impl FnOnce(&Map<V>) -> R) -> R {
+        let version = self.version.load(Ordering::Acquire);
+        let mut f = Some(f);
+        let hit = MAPS.with(|held| {
+            let held = held.try_borrow().ok()?;
+            let (_, _, map) = held
+                .iter()
+                .flatten()
+                .find(|(id, v, _)| *id == self.id && *v == version)?;
+            let map = map.downcast_ref::<Map<V>>()?;
+            f.take().map(|f| f(map))
+        });
+        if let Some(r) = hit {
+            return r;
+        }
+        let map = self.map.load_full();
+        let r = f.take().map(|f| f(&map));
+        MAPS.with(|held| {
+            let Ok(mut held) = held.try_borrow_mut() else {
+                return;
+            };
+            let slot = match held
+                .iter()
+                .position(|h| h.as_ref().is_some_and(|h| h.0 == self.id))
+            {
+                Some(i) => i,
+                None => MAPS_NEXT.with(|n| {
+                    let i = n.get();
+                    n.set((i + 1) % THREAD_MAPS);
+                    i
+                }),
+            };
+            held[slot] = Some((self.id, version, map));
+        });
+        r.unwrap_or_else(|| unreachable!("f runs once"))
+    }
+
     /// Runs `f` on the value for `key`, if there is one. Lock-free.
     #[inline]
     pub(crate) fn with<R>(&self, key: &str, f: impl FnOnce(&V) -> R) -> Option<R> {
-        let map = self.map.load();
-        map.get(key).map(|v| f(v))
+        self.read(|map| map.get(key).map(|v| f(v)))
     }
 
     /// Runs `f` on the values for two keys, with one load of the map. Lock-free.
@@ -53,8 +114,7 @@ impl<V> StateMap<V> {
         b: &str,
         f: impl FnOnce(Option<&V>, Option<&V>) -> R,
     ) -> R {
-        let map = self.map.load();
-        f(map.get(a).map(|v| &**v), map.get(b).map(|v| &**v))
+        self.read(|map| f(map.get(a).map(|v| &**v), map.get(b).map(|v| &**v)))
     }
 
     /// Runs `f` on the value for `key`, creating it with `make` first if needed. Lock-free when
@@ -66,14 +126,16 @@ impl<V> StateMap<V> {
         make: impl FnOnce() -> V,
         f: impl FnOnce(&V) -> R,
     ) -> R {
-        {
-            let map = self.map.load();
-            if let Some(v) = map.get(key) {
-                return f(v);
-            }
+        let mut f = Some(f);
+        let hit = self.read(|map| map.get(key).map(|v| f.take().map(|f| f(v))));
+        if let Some(Some(r)) = hit {
+            return r;
         }
         let v = self.insert_slow(key, make);
-        f(&v)
+        match f.take() {
+            Some(f) => f(&v),
+            None => unreachable!("f runs once"),
+        }
     }
 
     /// The shared value for `key`, created with `make` if needed.
@@ -102,6 +164,7 @@ impl<V> StateMap<V> {
         let v = Arc::new(make());
         next.insert(Arc::from(key), v.clone());
         self.map.store(Arc::new(next));
+        self.version.fetch_add(1, Ordering::AcqRel);
         v
     }
 
@@ -116,6 +179,7 @@ impl<V> StateMap<V> {
             .collect();
         if next.len() != cur.len() {
             self.map.store(Arc::new(next));
+            self.version.fetch_add(1, Ordering::AcqRel);
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -215,6 +279,32 @@ mod tests {
         m.retain(|k, _| k == "b");
         assert_eq!(m.len(), 1);
         assert_eq!(m.with("b", |v| v.load(Ordering::Relaxed)), Some(10));
+    }
+
+    #[test]
+    fn threads_see_changes_made_elsewhere() {
+        let m: Arc<StateMap<AtomicUsize>> = Arc::default();
+        m.with_or_insert("a", || AtomicUsize::new(1), |_| ());
+        let (to_main, from_reader) = std::sync::mpsc::channel();
+        let (to_reader, from_main) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                // Holds the map at its current version.
+                assert_eq!(m.with("a", |v| v.load(Ordering::Relaxed)), Some(1));
+                assert_eq!(m.with("b", |_| ()), None);
+                to_main.send(()).unwrap();
+                from_main.recv().unwrap();
+                // After an insert and a removal elsewhere, it reads the new map.
+                assert_eq!(m.with("b", |v| v.load(Ordering::Relaxed)), Some(2));
+                assert_eq!(m.with("a", |_| ()), None);
+            })
+        };
+        from_reader.recv().unwrap();
+        m.with_or_insert("b", || AtomicUsize::new(2), |_| ());
+        m.retain(|k, _| k == "b");
+        to_reader.send(()).unwrap();
+        reader.join().unwrap();
     }
 
     #[test]
