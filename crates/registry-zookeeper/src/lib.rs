@@ -44,6 +44,7 @@
 mod acl;
 mod backoff;
 mod config;
+mod decode;
 mod errors;
 mod ops;
 mod paths;

@@ -1,7 +1,7 @@
 //! The registry's shared state, session establishment and the supervisor that replaces a lost
 //! session and restores our registrations.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,6 +14,7 @@ use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, MultiWriteErr
 use crate::acl::{self, AclPolicy};
 use crate::backoff;
 use crate::config::ZookeeperConfig;
+use crate::decode::{decode_instance, ForeignLog};
 use crate::errors::{convert, BACKEND};
 use crate::ops;
 use crate::paths::Paths;
@@ -26,9 +27,6 @@ pub(crate) struct Slot {
     /// Increases by one with every new session.
     pub(crate) generation: u64,
 }
-
-/// Most distinct foreign paths we remember having warned about.
-const MAX_WARNED: usize = 1024;
 
 /// State shared by the registry, its supervisor and its watch tasks.
 #[derive(Debug)]
@@ -44,7 +42,7 @@ pub(crate) struct Inner {
     state: Mutex<RegistryState>,
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
-    warned: Mutex<HashSet<String>>,
+    foreign: ForeignLog,
 }
 
 impl Inner {
@@ -67,7 +65,7 @@ impl Inner {
             state: Mutex::new(RegistryState::Connected),
             closed: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
-            warned: Mutex::new(HashSet::new()),
+            foreign: ForeignLog::default(),
         }
     }
 
@@ -174,7 +172,7 @@ impl Inner {
         self.owned.lock().drain().map(|(_, v)| v).collect()
     }
 
-    /// Decodes an instance node, or logs why it is skipped (once per path).
+    /// Decodes an instance node, or logs why it is skipped (one warning per path).
     pub(crate) fn decode(
         &self,
         path: &str,
@@ -182,31 +180,13 @@ impl Inner {
         id: &str,
         data: &[u8],
     ) -> Option<ServiceInfo> {
-        let problem = match ServiceInfo::from_json(data) {
-            Ok(info) if info.name == name && info.id == id => return Some(info),
-            Ok(info) => format!(
-                "it names instance `{}` of `{}`, not `{id}` of `{name}` as its path does",
-                info.id, info.name
-            ),
-            Err(e) => e.to_string(),
-        };
-        let first = {
-            let mut warned = self.warned.lock();
-            if warned.len() >= MAX_WARNED {
-                warned.clear();
+        match decode_instance(name, id, data) {
+            Ok(info) => Some(info),
+            Err(problem) => {
+                self.foreign.skip(path, &problem);
+                None
             }
-            warned.insert(path.to_owned())
-        };
-        if first {
-            tracing::warn!(
-                backend = BACKEND,
-                path,
-                "skipping foreign or corrupt data under the registry prefix: {problem}"
-            );
-        } else {
-            tracing::debug!(backend = BACKEND, path, "skipping foreign data: {problem}");
         }
-        None
     }
 }
 
