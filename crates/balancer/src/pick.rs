@@ -181,10 +181,12 @@ impl Fnv {
         }
         let rem = chunks.remainder();
         if !rem.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rem.len()].copy_from_slice(rem);
+            let mut w = 0u64;
+            for (i, b) in rem.iter().enumerate() {
+                w |= u64::from(*b) << (8 * i);
+            }
             // The length in the top byte keeps "ab" and "ab\0" apart.
-            self.mix(u64::from_le_bytes(w) ^ ((rem.len() as u64) << 56));
+            self.mix(w ^ ((rem.len() as u64) << 56));
         }
     }
 
