@@ -1,8 +1,10 @@
 //! `ServiceClient` against the raw hyper client, on the same local server, in the same run.
 //!
-//! `cargo bench -p waypost-client --bench client` runs `ROUNDS` alternating rounds of each
-//! client at `CONCURRENCY` concurrent requests and prints throughput, p50 and p99 latency and the
-//! throughput ratio. `WAYPOST_BENCH_SECS` sets the seconds per round (default 2).
+//! `cargo bench -p waypost-client --bench client` runs the two clients in `ROUNDS` short
+//! alternating slices (the order flips every round, so a busy moment on a shared machine hits
+//! both alike), each at `CONCURRENCY` concurrent requests, and prints the aggregate throughput,
+//! p50 and p99 latency of each and the throughput ratio. `WAYPOST_BENCH_SECS` sets the seconds
+//! per slice (default 0.5), `WAYPOST_BENCH_ROUNDS` the number of rounds (default 20).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -23,7 +25,6 @@ use waypost_core_types::{
 };
 
 const CONCURRENCY: usize = 32;
-const ROUNDS: usize = 7;
 
 #[derive(Debug)]
 struct OneInstance(Arc<ServiceInfo>);
@@ -63,24 +64,62 @@ async fn serve(listener: TcpListener) {
     }
 }
 
-struct Figures {
-    throughput: f64,
-    p50: Duration,
-    p99: Duration,
+/// Requests served and their latencies, over one or more slices.
+#[derive(Default)]
+struct Sample {
+    requests: u64,
+    busy: Duration,
+    cpu: Duration,
+    latencies: Vec<Duration>,
 }
 
-async fn run<F, Fut>(secs: f64, call: F) -> Figures
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (Linux; zero
+/// elsewhere). Ticks are 10 ms, fine over the whole run.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(rest) = stat.rsplit(')').next() else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+impl Sample {
+    fn add(&mut self, other: Sample) {
+        self.requests += other.requests;
+        self.busy += other.busy;
+        self.cpu += other.cpu;
+        self.latencies.extend(other.latencies);
+    }
+
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.busy.as_secs_f64()
+    }
+
+    fn pct(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1);
+        self.latencies[i]
+    }
+}
+
+async fn run<F, Fut>(secs: f64, call: F) -> Sample
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let cpu0 = process_cpu();
     let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
             let call = call.clone();
             tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(100_000);
+                let mut lat = Vec::with_capacity(4096);
                 while Instant::now() < end {
                     let t = Instant::now();
                     call().await;
@@ -90,25 +129,25 @@ where
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut sample = Sample::default();
     for t in tasks {
-        all.extend(t.await.unwrap());
+        sample.latencies.extend(t.await.unwrap());
     }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Figures {
-        throughput: all.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-    }
+    sample.busy = start.elapsed();
+    sample.cpu = process_cpu().saturating_sub(cpu0);
+    sample.requests = sample.latencies.len() as u64;
+    sample
 }
 
 fn main() {
     let secs: f64 = std::env::var("WAYPOST_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+        .unwrap_or(0.5);
+    let rounds: usize = std::env::var("WAYPOST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,41 +192,48 @@ fn main() {
         run(0.5, raw_call.clone()).await;
         run(0.5, wp_call.clone()).await;
 
-        let (mut raw_best, mut wp_best): (Option<Figures>, Option<Figures>) = (None, None);
-        let mut ratios = Vec::new();
-        for round in 1..=ROUNDS {
-            let r = run(secs, raw_call.clone()).await;
-            let w = run(secs, wp_call.clone()).await;
-            println!(
-                "round {round}: raw hyper {:>8.0} req/s p50 {:>6.0} µs p99 {:>6.0} µs | ServiceClient {:>8.0} req/s p50 {:>6.0} µs p99 {:>6.0} µs | ratio {:.3}",
-                r.throughput,
-                r.p50.as_secs_f64() * 1e6,
-                r.p99.as_secs_f64() * 1e6,
-                w.throughput,
-                w.p50.as_secs_f64() * 1e6,
-                w.p99.as_secs_f64() * 1e6,
-                w.throughput / r.throughput
-            );
-            ratios.push(w.throughput / r.throughput);
-            if raw_best.as_ref().is_none_or(|b| r.throughput > b.throughput) {
-                raw_best = Some(r);
-            }
-            if wp_best.as_ref().is_none_or(|b| w.throughput > b.throughput) {
-                wp_best = Some(w);
+        // Profiling aid: WAYPOST_BENCH_ONLY=raw|client runs one side only.
+        let only = std::env::var("WAYPOST_BENCH_ONLY").unwrap_or_default();
+        if !only.is_empty() {
+            let s = if only == "raw" {
+                run(secs * rounds as f64, raw_call.clone()).await
+            } else {
+                run(secs * rounds as f64, wp_call.clone()).await
+            };
+            println!("{only}: {:.0} req/s", s.throughput());
+            return;
+        }
+        let (mut raw, mut wp) = (Sample::default(), Sample::default());
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                raw.add(run(secs, raw_call.clone()).await);
+                wp.add(run(secs, wp_call.clone()).await);
+            } else {
+                wp.add(run(secs, wp_call.clone()).await);
+                raw.add(run(secs, raw_call.clone()).await);
             }
         }
-        ratios.sort_by(f64::total_cmp);
-        let (r, w) = (raw_best.unwrap(), wp_best.unwrap());
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let (r50, r99, w50, w99) = (raw.pct(0.5), raw.pct(0.99), wp.pct(0.5), wp.pct(0.99));
         println!(
-            "client/{CONCURRENCY} concurrent: raw hyper best {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs); ServiceClient best {:.0} req/s (p50 {:.0} µs, p99 {:.0} µs); best/best ratio {:.3}; median round ratio {:.3}",
-            r.throughput,
-            r.p50.as_secs_f64() * 1e6,
-            r.p99.as_secs_f64() * 1e6,
-            w.throughput,
-            w.p50.as_secs_f64() * 1e6,
-            w.p99.as_secs_f64() * 1e6,
-            w.throughput / r.throughput,
-            ratios[ratios.len() / 2]
+            "raw hyper:     {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  ({} requests, {:.1} µs CPU per request incl. server)",
+            raw.throughput(),
+            us(r50),
+            us(r99),
+            raw.requests,
+            us(raw.cpu) / raw.requests as f64
+        );
+        println!(
+            "ServiceClient: {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  ({} requests, {:.1} µs CPU per request incl. server)",
+            wp.throughput(),
+            us(w50),
+            us(w99),
+            wp.requests,
+            us(wp.cpu) / wp.requests as f64
+        );
+        println!(
+            "client/{CONCURRENCY} concurrent: throughput ratio ServiceClient / raw hyper = {:.3} ({rounds} rounds of {secs} s each)",
+            wp.throughput() / raw.throughput()
         );
     });
 }

@@ -579,7 +579,9 @@ impl ServiceClient {
             path = %spec.path,
             attempts = tracing::field::Empty,
         );
-        self.execute_in_span(spec).instrument(span).await
+        // Boxed once here, so the futures of `get`, `call`, `send`, … stay a pointer wide
+        // instead of carrying (and copying) the whole request state machine at every layer.
+        Box::pin(self.execute_in_span(spec).instrument(span)).await
     }
 
     async fn execute_in_span(&self, spec: CallSpec) -> Result<ServiceResponse> {
@@ -633,10 +635,12 @@ impl ServiceClient {
                 endpoint = %selection.instance.endpoint(),
             );
             let t0 = Instant::now();
-            let result = self
-                .send_once(&spec, &selection.instance, attempt_timeout)
-                .instrument(span)
-                .await;
+            // Boxed: keeps this loop's state machine small (it is moved less).
+            let result = Box::pin(
+                self.send_once(&spec, &selection.instance, attempt_timeout)
+                    .instrument(span),
+            )
+            .await;
             let elapsed = t0.elapsed();
             let Selection { instance, guard } = selection;
             match result {
@@ -784,7 +788,7 @@ impl ServiceClient {
         }
         let limit = self.inner.body_limit;
         let exchange = async {
-            let resp = match self.inner.http.inner.request(req).await {
+            let resp = match self.inner.http.request(req).await {
                 Ok(r) => r,
                 Err(e) => {
                     let retry = if e.is_connect() {

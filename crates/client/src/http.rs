@@ -13,14 +13,32 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use waypost_core_types::{Error, Result};
 
-pub(crate) type Connector = HttpsConnector<HttpConnector>;
-pub(crate) type Hyper = Client<Connector, Full<Bytes>>;
+type Plain = Client<HttpConnector, Full<Bytes>>;
+type Tls = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client for http and https (rustls with the ring provider). Cheap to clone;
-/// clones share the connection pool. The seed's `WithHTTPClient` option takes one of these.
+/// clones share the connection pools. The seed's `WithHTTPClient` option takes one of these.
+///
+/// Plain http and https use two hyper clients: the TLS connector's futures are large, and
+/// keeping them out of plain-http requests saves copying them on every call.
 #[derive(Clone)]
 pub struct HttpClient {
-    pub(crate) inner: Hyper,
+    plain: Plain,
+    tls: Tls,
+}
+
+impl HttpClient {
+    /// Sends `req` (absolute URI, `http` or `https`) on the matching pool.
+    pub(crate) fn request(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            self.tls.request(req)
+        } else {
+            self.plain.request(req)
+        }
+    }
 }
 
 impl HttpClient {
@@ -125,13 +143,17 @@ impl HttpClientBuilder {
                 .with_provider_and_webpki_roots(provider)
                 .map_err(tls_err)?,
         };
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
+        let connector = builder
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http.clone());
+        let mut pool = Client::builder(TokioExecutor::new());
+        pool.pool_idle_timeout(self.pool_idle_timeout)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Ok(HttpClient { inner })
+            .pool_timer(TokioTimer::new());
+        Ok(HttpClient {
+            plain: pool.build(http),
+            tls: pool.build(connector),
+        })
     }
 }
