@@ -99,20 +99,27 @@ async fn rnacos_conformance_suite() {
 
 #[tokio::test]
 async fn rnacos_conformance_suite_through_box_dyn() {
-    let Some((addr, _server)) =
-        require("rnacos_conformance_suite_through_box_dyn", nacos_target().await)
-    else {
+    let Some((addr, _server)) = require(
+        "rnacos_conformance_suite_through_box_dyn",
+        nacos_target().await,
+    ) else {
         return;
     };
-    let registry: Box<dyn ServiceRegistry> = Box::new(connect(&addr).await);
+    // A small watch buffer, so the lagging watcher is resynced by a snapshot (not only fed).
+    let registry: Box<dyn ServiceRegistry> = Box::new(
+        NacosRegistry::connect(config(&addr).with_watch_buffer(32))
+            .await
+            .unwrap(),
+    );
     conformance::run_all(registry.as_ref(), &options()).await;
 }
 
 #[tokio::test]
 async fn rnacos_conformance_suite_through_arc_dyn() {
-    let Some((addr, _server)) =
-        require("rnacos_conformance_suite_through_arc_dyn", nacos_target().await)
-    else {
+    let Some((addr, _server)) = require(
+        "rnacos_conformance_suite_through_arc_dyn",
+        nacos_target().await,
+    ) else {
         return;
     };
     let registry: Arc<dyn ServiceRegistry> = Arc::new(connect(&addr).await);
@@ -147,7 +154,10 @@ async fn rnacos_sigkilled_process_instance_disappears_from_another_process() {
     let mut watch = observer.watch_service(&name).await.unwrap();
     assert!(matches!(
         next_event(&mut watch, Duration::from_secs(5)).await,
-        WatchEvent::Snapshot { reason: SnapshotReason::Initial, .. }
+        WatchEvent::Snapshot {
+            reason: SnapshotReason::Initial,
+            ..
+        }
     ));
 
     let mut child = ChildGuard(
@@ -162,30 +172,49 @@ async fn rnacos_sigkilled_process_instance_disappears_from_another_process() {
     let ready = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
     })
     .await
     .unwrap()
     .unwrap();
     assert_eq!(ready.trim(), "READY", "the child did not register");
 
-    wait_for_change(&mut watch, ServiceEventType::Created, &id, Duration::from_secs(10)).await;
-    let seen = observer.get_service(&id).await.expect("another process's instance");
+    wait_for_change(
+        &mut watch,
+        ServiceEventType::Created,
+        &id,
+        Duration::from_secs(10),
+    )
+    .await;
+    let seen = observer
+        .get_service(&id)
+        .await
+        .expect("another process's instance");
     assert_eq!(seen.version, "child");
     assert_eq!(seen.health, Health::Healthy);
 
     // SIGKILL: no chance to deregister.
     child.0.kill().expect("kill -9 the child");
     let _ = child.0.wait();
-    let gone = wait_for_change(&mut watch, ServiceEventType::Deleted, &id, Duration::from_secs(20))
-        .await;
+    let gone = wait_for_change(
+        &mut watch,
+        ServiceEventType::Deleted,
+        &id,
+        Duration::from_secs(20),
+    )
+    .await;
     eprintln!("instance of the SIGKILLed process disappeared after {gone:?}");
     assert!(
         gone <= Duration::from_secs(5),
         "the instance of a killed process must disappear within a few seconds, took {gone:?}"
     );
     assert!(observer.list_instances(&name).await.unwrap().is_empty());
-    assert!(matches!(observer.get_service(&id).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        observer.get_service(&id).await,
+        Err(Error::NotFound(_))
+    ));
     observer.close().await.unwrap();
 }
 
@@ -208,12 +237,14 @@ async fn rnacos_restart_restores_registrations_and_subscriptions() {
     };
     let addr = server.addr();
     let name = unique("restart");
-    let owner = NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
-        .await
-        .unwrap();
-    let watcher = NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
-        .await
-        .unwrap();
+    let owner =
+        NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
+            .await
+            .unwrap();
+    let watcher =
+        NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
+            .await
+            .unwrap();
     let a = ServiceInfo::new(format!("{name}-a"), &name, "127.0.0.1", 7101)
         .with_health(Health::Healthy)
         .with_tag("before-restart");
@@ -258,22 +289,45 @@ async fn rnacos_restart_restores_registrations_and_subscriptions() {
             assert_eq!(s.tags, vec!["before-restart".to_string()]);
             break;
         }
-        assert!(Instant::now() < deadline, "registration not restored within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "registration not restored within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // ... the owner says it is connected (it was recovering in between) ...
     let deadline = Instant::now() + Duration::from_secs(10);
     while !owner.state().is_connected() {
-        assert!(Instant::now() < deadline, "owner never reconnected: {:?}", owner.state());
+        assert!(
+            Instant::now() < deadline,
+            "owner never reconnected: {:?}",
+            owner.state()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("owner observed as recovering during the restart: {saw_recovering}");
+    assert!(
+        saw_recovering,
+        "the owner's state() must say Recovering while the server is down"
+    );
     // ... and the watcher's subscription works again: a new instance shows up.
-    let b = ServiceInfo::new(format!("{name}-b"), &name, "127.0.0.1", 7102).with_health(Health::Healthy);
+    let b = ServiceInfo::new(format!("{name}-b"), &name, "127.0.0.1", 7102)
+        .with_health(Health::Healthy);
     fresh.register(&b).await.unwrap();
-    wait_for_change(&mut watch, ServiceEventType::Created, &b.id, Duration::from_secs(15)).await;
+    wait_for_change(
+        &mut watch,
+        ServiceEventType::Created,
+        &b.id,
+        Duration::from_secs(15),
+    )
+    .await;
     fresh.deregister(&b.id).await.unwrap();
-    wait_for_change(&mut watch, ServiceEventType::Deleted, &b.id, Duration::from_secs(15)).await;
+    wait_for_change(
+        &mut watch,
+        ServiceEventType::Deleted,
+        &b.id,
+        Duration::from_secs(15),
+    )
+    .await;
 
     for r in [&owner, &watcher, &fresh] {
         r.close().await.unwrap();
@@ -302,7 +356,10 @@ async fn rnacos_absent_server_construction_fails_within_the_connect_timeout() {
         matches!(err, Error::Timeout { .. } | Error::Unavailable(_)),
         "a clear timeout/unavailable error, got {err:?}"
     );
-    assert!(err.to_string().contains("127.0.0.1"), "names the address: {err}");
+    assert!(
+        err.to_string().contains("127.0.0.1"),
+        "names the address: {err}"
+    );
     assert!(
         took <= timeout + Duration::from_millis(500),
         "must fail within the connect timeout ({timeout:?}), took {took:?}"
@@ -322,18 +379,28 @@ async fn rnacos_wrong_credentials_give_a_clear_auth_error() {
         return;
     };
     let addr = server.addr();
-    let err = NacosRegistry::connect(config(&addr).with_credentials("waypost-admin", "wrong-pw-456"))
-        .await
-        .expect_err("wrong password must be refused");
+    let err =
+        NacosRegistry::connect(config(&addr).with_credentials("waypost-admin", "wrong-pw-456"))
+            .await
+            .expect_err("wrong password must be refused");
     match &err {
         Error::Auth { backend, message } => {
             assert_eq!(*backend, "nacos");
-            assert!(message.contains("waypost-admin"), "names the user: {message}");
+            assert!(
+                message.contains("waypost-admin"),
+                "names the user: {message}"
+            );
         }
         other => panic!("expected Error::Auth, got {other:?}"),
     }
-    assert!(!err.to_string().contains("wrong-pw-456"), "the password leaked: {err}");
-    assert!(!format!("{err:?}").contains("wrong-pw-456"), "the password leaked: {err:?}");
+    assert!(
+        !err.to_string().contains("wrong-pw-456"),
+        "the password leaked: {err}"
+    );
+    assert!(
+        !format!("{err:?}").contains("wrong-pw-456"),
+        "the password leaked: {err:?}"
+    );
 
     let err = NacosRegistry::connect(config(&addr).with_credentials("nobody", "x"))
         .await
@@ -359,9 +426,10 @@ async fn rnacos_wrong_credentials_give_a_clear_auth_error() {
 
 #[tokio::test]
 async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
-    let Some((addr, _server)) =
-        require("rnacos_groups_and_namespaces_do_not_see_each_other", nacos_target().await)
-    else {
+    let Some((addr, _server)) = require(
+        "rnacos_groups_and_namespaces_do_not_see_each_other",
+        nacos_target().await,
+    ) else {
         return;
     };
     let name = unique("isolation");
@@ -399,7 +467,12 @@ async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
             .filter(|s| s.name == name)
             .map(|s| s.id)
             .collect();
-        assert_eq!(all, vec![own.clone()], "list_services in scope {:?}", scopes[i]);
+        assert_eq!(
+            all,
+            vec![own.clone()],
+            "list_services in scope {:?}",
+            scopes[i]
+        );
         for (j, _) in scopes.iter().enumerate().filter(|(j, _)| *j != i) {
             let other = format!("{name}-{j}");
             assert!(
@@ -423,7 +496,10 @@ async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
     next_event(&mut watch0, Duration::from_secs(5)).await;
     let extra = ServiceInfo::new(format!("{name}-extra"), &name, "127.0.0.1", 7399);
     registries[1].register(&extra).await.unwrap();
-    registries[2].deregister(&format!("{name}-2")).await.unwrap();
+    registries[2]
+        .deregister(&format!("{name}-2"))
+        .await
+        .unwrap();
     let marker = ServiceInfo::new(format!("{name}-marker"), &name, "127.0.0.1", 7398);
     let probe = connect(&addr).await; // scope 0, another connection: arrives as a push
     probe.register(&marker).await.unwrap();
@@ -441,13 +517,64 @@ async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A full watch finds services created after it started.
+
+#[tokio::test]
+async fn rnacos_full_watch_discovers_services_created_later() {
+    let Some((addr, _server)) = require(
+        "rnacos_full_watch_discovers_services_created_later",
+        nacos_target().await,
+    ) else {
+        return;
+    };
+    let reader = NacosRegistry::connect(
+        config(&addr).with_service_poll_interval(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let mut watch = reader.watch().await.unwrap();
+    assert!(matches!(
+        next_event(&mut watch, Duration::from_secs(5)).await,
+        WatchEvent::Snapshot {
+            reason: SnapshotReason::Initial,
+            ..
+        }
+    ));
+    let writer = connect(&addr).await;
+    let name = unique("later");
+    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7701)
+        .with_health(Health::Healthy);
+    writer.register(&s).await.unwrap();
+    let took = wait_for_change(
+        &mut watch,
+        ServiceEventType::Created,
+        &s.id,
+        Duration::from_secs(10),
+    )
+    .await;
+    eprintln!("a new service's first instance reached the full watch after {took:?}");
+    // From then on the new service is subscribed: its changes are pushed.
+    writer.deregister(&s.id).await.unwrap();
+    wait_for_change(
+        &mut watch,
+        ServiceEventType::Deleted,
+        &s.id,
+        Duration::from_secs(10),
+    )
+    .await;
+    writer.close().await.unwrap();
+    reader.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Behaviour specific to Nacos.
 
 #[tokio::test]
 async fn rnacos_round_trip_through_another_client_loses_nothing() {
-    let Some((addr, _server)) =
-        require("rnacos_round_trip_through_another_client_loses_nothing", nacos_target().await)
-    else {
+    let Some((addr, _server)) = require(
+        "rnacos_round_trip_through_another_client_loses_nothing",
+        nacos_target().await,
+    ) else {
         return;
     };
     let name = unique("roundtrip");
@@ -472,19 +599,44 @@ async fn rnacos_round_trip_through_another_client_loses_nothing() {
     assert_eq!(theirs.weight, 12_345);
     assert_eq!(theirs.health, Health::Unknown);
     assert_eq!(theirs.ttl, Duration::from_secs(42));
-    assert_eq!(theirs.metadata.get("waypost.looks-reserved").map(String::as_str), Some("kept"));
+    assert_eq!(
+        theirs
+            .metadata
+            .get("waypost.looks-reserved")
+            .map(String::as_str),
+        Some("kept")
+    );
     // Another client cannot change an instance bound to the writer's connection.
-    assert!(matches!(reader.deregister(&s.id).await, Err(Error::Unsupported(_))));
-    assert!(matches!(reader.update(&s).await, Err(Error::Unsupported(_))));
+    assert!(matches!(
+        reader.deregister(&s.id).await,
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        reader.update(&s).await,
+        Err(Error::Unsupported(_))
+    ));
     // An update by the owner reaches other clients.
     writer
-        .update(&s.clone().with_version("3.2.0").with_health(Health::Unhealthy))
+        .update(
+            &s.clone()
+                .with_version("3.2.0")
+                .with_health(Health::Unhealthy),
+        )
         .await
         .unwrap();
     let theirs = reader.get_service(&s.id).await.unwrap();
-    assert_eq!((theirs.version.as_str(), theirs.health), ("3.2.0", Health::Unhealthy));
-    assert_eq!(theirs.created_at, mine.created_at, "an update keeps created_at");
-    reader.renew(&s.id).await.expect("renew of a live foreign instance");
+    assert_eq!(
+        (theirs.version.as_str(), theirs.health),
+        ("3.2.0", Health::Unhealthy)
+    );
+    assert_eq!(
+        theirs.created_at, mine.created_at,
+        "an update keeps created_at"
+    );
+    reader
+        .renew(&s.id)
+        .await
+        .expect("renew of a live foreign instance");
     // Two instances of one service from one process: both live (separate connections).
     let s2 = ServiceInfo::new(format!("{name}-2"), &name, "127.0.0.1", 7402);
     writer.register(&s2).await.unwrap();
@@ -510,10 +662,14 @@ async fn rnacos_round_trip_through_another_client_loses_nothing() {
 fn established_to(port: u16) -> usize {
     let mut n = 0;
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            let (Some(rem), Some(st)) = (cols.get(2), cols.get(3)) else { continue };
+            let (Some(rem), Some(st)) = (cols.get(2), cols.get(3)) else {
+                continue;
+            };
             let rem_port = rem
                 .rsplit(':')
                 .next()
@@ -547,17 +703,31 @@ async fn rnacos_close_deregisters_ends_watches_and_drops_the_sdk() {
         registry.register(&s).await.unwrap();
     }
     let mut watch = registry.watch_service(&name).await.unwrap();
-    assert_eq!(registry.connection_count(), 2, "two instances of one service: two connections");
-    assert_eq!(established_to(grpc), baseline + 2, "one TCP connection per SDK connection");
+    assert_eq!(
+        registry.connection_count(),
+        2,
+        "two instances of one service: two connections"
+    );
+    assert_eq!(
+        established_to(grpc),
+        baseline + 2,
+        "one TCP connection per SDK connection"
+    );
     assert_eq!(other.list_instances(&name).await.unwrap().len(), 2);
 
     registry.close().await.unwrap();
-    assert!(other.list_instances(&name).await.unwrap().is_empty(), "close deregisters");
-    assert!(tokio::time::timeout(Duration::from_secs(5), async {
-        while watch.next().await.is_some() {}
-    })
-    .await
-    .is_ok(), "close ends the watch");
+    assert!(
+        other.list_instances(&name).await.unwrap().is_empty(),
+        "close deregisters"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while watch.next().await.is_some() {}
+        })
+        .await
+        .is_ok(),
+        "close ends the watch"
+    );
     // nacos-sdk 0.8.3 has no shutdown call, and its bi-stream task keeps the gRPC connection
     // open after every handle is dropped: report what is left (it carries no registration and
     // no subscription of ours, as checked above), without asserting on the SDK's leak.
@@ -595,18 +765,43 @@ async fn rnacos_latency_register_to_visible_in_another_clients_watch() {
     next_event(&mut watch, Duration::from_secs(5)).await;
     let mut up = Vec::with_capacity(rounds);
     let mut down = Vec::with_capacity(rounds);
+    let mut calls = Vec::with_capacity(rounds);
+    // A pseudo-random pause between rounds, so registrations do not stay in phase with the
+    // server's push timer (rnacos batches pushes on a 500 ms tick).
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..rounds {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        tokio::time::sleep(Duration::from_millis((seed >> 33) % 500)).await;
         let s = ServiceInfo::new(format!("{name}-{i}"), &name, "127.0.0.1", 7500)
             .with_health(Health::Healthy);
         let t = Instant::now();
         writer.register(&s).await.unwrap();
-        wait_for_change(&mut watch, ServiceEventType::Created, &s.id, Duration::from_secs(10)).await;
+        calls.push(t.elapsed());
+        wait_for_change(
+            &mut watch,
+            ServiceEventType::Created,
+            &s.id,
+            Duration::from_secs(10),
+        )
+        .await;
         up.push(t.elapsed());
         let t = Instant::now();
         writer.deregister(&s.id).await.unwrap();
-        wait_for_change(&mut watch, ServiceEventType::Deleted, &s.id, Duration::from_secs(10)).await;
+        wait_for_change(
+            &mut watch,
+            ServiceEventType::Deleted,
+            &s.id,
+            Duration::from_secs(10),
+        )
+        .await;
         down.push(t.elapsed());
     }
+    let register_call = {
+        let mut v = calls.clone();
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!("nacos register() call itself: p50 {register_call:?}");
     let pct = |v: &mut Vec<Duration>, p: f64| {
         v.sort();
         let idx = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
