@@ -188,10 +188,6 @@ fn main() {
                 assert_eq!(body.len(), 23);
             }
         };
-        // Warm both pools up.
-        run(0.5, raw_call.clone()).await;
-        run(0.5, wp_call.clone()).await;
-
         // Profiling aid: WAYPOST_BENCH_ONLY=raw|client runs one side only.
         let only = std::env::var("WAYPOST_BENCH_ONLY").unwrap_or_default();
         if !only.is_empty() {
@@ -203,6 +199,10 @@ fn main() {
             println!("{only}: {:.0} req/s", s.throughput());
             return;
         }
+        // Warm both pools up.
+        run(0.5, raw_call.clone()).await;
+        run(0.5, wp_call.clone()).await;
+
         let (mut raw, mut wp) = (Sample::default(), Sample::default());
         for round in 0..rounds {
             if round % 2 == 0 {

@@ -378,7 +378,7 @@ enum RetryClass {
 }
 
 enum Attempt {
-    Done(ServiceResponse),
+    Done(StatusCode, HeaderMap, Bytes),
     Fail {
         error: Error,
         outcome: Outcome,
@@ -644,14 +644,18 @@ impl ServiceClient {
             let elapsed = t0.elapsed();
             let Selection { instance, guard } = selection;
             match result {
-                Attempt::Done(mut resp) => {
+                Attempt::Done(status, headers, body) => {
                     guard.finish_with_latency(Outcome::Success, elapsed);
                     if let Some(p) = permit {
                         p.finish(Outcome::Success);
                     }
-                    resp.attempts = attempt;
-                    resp.instance = instance;
-                    return Ok(resp);
+                    return Ok(ServiceResponse {
+                        status,
+                        headers,
+                        body,
+                        instance,
+                        attempts: attempt,
+                    });
                 }
                 Attempt::Fail {
                     error,
@@ -703,7 +707,7 @@ impl ServiceClient {
         &self,
         spec: &CallSpec,
         failed: &[String],
-    ) -> Result<(Selection, Option<InstancePermit>)> {
+    ) -> Result<(Selection, Option<InstancePermit<'_>>)> {
         let discovery = &self.inner.discovery;
         let hash_key = spec.hash_key.as_deref();
         let Some(outliers) = &self.inner.outliers else {
@@ -831,13 +835,7 @@ impl ServiceClient {
                 };
             }
             match read_limited(&parts.headers, body, limit).await {
-                Ok(body) => Attempt::Done(ServiceResponse {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                    instance: instance.clone(),
-                    attempts: 0,
-                }),
+                Ok(body) => Attempt::Done(parts.status, parts.headers, body),
                 Err(ReadError::TooLarge) => Attempt::Fail {
                     error: Error::BodyTooLarge { limit },
                     outcome: Outcome::Success,

@@ -5,9 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
-use waypost_breaker::{PermitGuard, SimpleCircuitBreaker};
-use waypost_core_types::{CircuitState, Result};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use waypost_breaker::SimpleCircuitBreaker;
+use waypost_core_types::{CircuitBreaker, CircuitState, Outcome, Permit, Result};
 
 /// How instances are ejected.
 ///
@@ -45,49 +46,96 @@ impl OutlierConfig {
 /// Entries kept before closed, failure-free breakers of vanished instances are pruned.
 const PRUNE_ABOVE: usize = 4096;
 
-pub(crate) type InstancePermit = PermitGuard<Arc<SimpleCircuitBreaker>>;
+type Breakers = HashMap<String, Arc<SimpleCircuitBreaker>>;
 
 /// Per-instance breakers, keyed by instance id.
+///
+/// The map is a copy-on-write snapshot (`ArcSwap`): the per-call reads take no lock and write no
+/// shared counter, so calls on different threads do not contend; a new instance copies the map
+/// once.
 pub(crate) struct OutlierDetector {
     config: OutlierConfig,
-    breakers: RwLock<HashMap<String, Arc<SimpleCircuitBreaker>>>,
+    breakers: ArcSwap<Breakers>,
+    insert: Mutex<()>,
+}
+
+/// A permit from one instance's breaker; records [`Outcome::Ignored`] if dropped unfinished.
+pub(crate) struct InstancePermit<'a> {
+    detector: &'a OutlierDetector,
+    id: String,
+    permit: Option<Permit>,
+}
+
+impl InstancePermit<'_> {
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        if let Some(p) = self.permit.take() {
+            self.detector.record(&self.id, p, outcome);
+        }
+    }
+}
+
+impl Drop for InstancePermit<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.detector.record(&self.id, p, Outcome::Ignored);
+        }
+    }
 }
 
 impl OutlierDetector {
     pub(crate) fn new(config: OutlierConfig) -> Self {
         OutlierDetector {
             config,
-            breakers: RwLock::new(HashMap::new()),
+            breakers: ArcSwap::from_pointee(HashMap::new()),
+            insert: Mutex::new(()),
         }
     }
 
-    fn breaker(&self, id: &str) -> Arc<SimpleCircuitBreaker> {
-        if let Some(b) = self.breakers.read().get(id) {
-            return b.clone();
+    fn insert(&self, id: &str) {
+        let _one_writer = self.insert.lock();
+        let current = self.breakers.load();
+        if current.contains_key(id) {
+            return;
         }
-        let mut map = self.breakers.write();
+        let mut map: Breakers = (**current).clone();
         if map.len() >= PRUNE_ABOVE {
             map.retain(|_, b| b.state() != CircuitState::Closed || b.consecutive_failures() > 0);
         }
-        map.entry(id.to_owned())
-            .or_insert_with(|| {
-                Arc::new(SimpleCircuitBreaker::new(
-                    self.config.consecutive_failures,
-                    self.config.ejection_time,
-                ))
-            })
-            .clone()
+        map.insert(
+            id.to_owned(),
+            Arc::new(SimpleCircuitBreaker::new(
+                self.config.consecutive_failures,
+                self.config.ejection_time,
+            )),
+        );
+        self.breakers.store(Arc::new(map));
     }
 
     /// Asks instance `id`'s breaker for a permit.
-    pub(crate) fn acquire(&self, id: &str) -> Result<InstancePermit> {
-        // SimpleCircuitBreaker ignores `elapsed`: skip the clock.
-        PermitGuard::acquire_untimed(self.breaker(id))
+    pub(crate) fn acquire(&self, id: &str) -> Result<InstancePermit<'_>> {
+        loop {
+            if let Some(b) = self.breakers.load().get(id) {
+                let permit = b.try_acquire()?;
+                return Ok(InstancePermit {
+                    detector: self,
+                    id: id.to_owned(),
+                    permit: Some(permit),
+                });
+            }
+            self.insert(id);
+        }
     }
 
-    /// Ids of the instances that would refuse a call now.
+    fn record(&self, id: &str, permit: Permit, outcome: Outcome) {
+        // SimpleCircuitBreaker ignores the duration.
+        if let Some(b) = self.breakers.load().get(id) {
+            b.record(permit, outcome, Duration::ZERO);
+        }
+    }
+
+    /// Adds the ids of the instances that would refuse a call now.
     pub(crate) fn ejected(&self, out: &mut Vec<String>) {
-        for (id, b) in self.breakers.read().iter() {
+        for (id, b) in self.breakers.load().iter() {
             if !b.admits() {
                 out.push(id.clone());
             }
@@ -97,7 +145,7 @@ impl OutlierDetector {
     /// The state of instance `id`'s breaker (`Closed` when it has none yet).
     pub(crate) fn state(&self, id: &str) -> CircuitState {
         self.breakers
-            .read()
+            .load()
             .get(id)
             .map_or(CircuitState::Closed, |b| b.state())
     }
@@ -107,7 +155,7 @@ impl fmt::Debug for OutlierDetector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutlierDetector")
             .field("config", &self.config)
-            .field("instances", &self.breakers.read().len())
+            .field("instances", &self.breakers.load().len())
             .finish()
     }
 }
