@@ -27,7 +27,9 @@ pub fn find_rnacos() -> Result<PathBuf, String> {
 
 /// `NACOS_ADDR`, when the tests should use an external Nacos server.
 pub fn external_addr() -> Option<String> {
-    std::env::var("NACOS_ADDR").ok().filter(|a| !a.trim().is_empty())
+    std::env::var("NACOS_ADDR")
+        .ok()
+        .filter(|a| !a.trim().is_empty())
 }
 
 /// Options of a started rnacos.
@@ -94,7 +96,9 @@ pub async fn login_status(http_port: u16, user: &str, password: &str) -> Option<
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await.ok()?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .ok()?;
     stream.write_all(req.as_bytes()).await.ok()?;
     let mut resp = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut resp))
@@ -143,7 +147,10 @@ pub async fn start_rnacos(opts: RnacosOptions) -> Result<Rnacos, String> {
             .env("RNACOS_API_LOGIN_ONE_MINUTE_LIMIT", "10000")
             // Otherwise rnacos pins the first metadata ever registered at an ip:port and ignores
             // later metadata from SDK clients (updates, and a new instance at the same address).
-            .env("RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE", "false")
+            .env(
+                "RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE",
+                "false",
+            )
             .env(
                 "RUST_LOG",
                 &std::env::var("WAYPOST_RNACOS_LOG").unwrap_or_else(|_| "warn".into()),

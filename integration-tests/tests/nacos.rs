@@ -770,7 +770,9 @@ async fn rnacos_latency_register_to_visible_in_another_clients_watch() {
     // server's push timer (rnacos batches pushes on a 500 ms tick).
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..rounds {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         tokio::time::sleep(Duration::from_millis((seed >> 33) % 500)).await;
         let s = ServiceInfo::new(format!("{name}-{i}"), &name, "127.0.0.1", 7500)
             .with_health(Health::Healthy);

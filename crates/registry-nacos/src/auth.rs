@@ -227,6 +227,9 @@ mod tests {
             other => panic!("expected Unreachable, got {other:?}"),
         }
         assert!(!p.has_token());
-        assert!(matches!(p.last_failure(), Some(LoginFailure::Unreachable(_))));
+        assert!(matches!(
+            p.last_failure(),
+            Some(LoginFailure::Unreachable(_))
+        ));
     }
 }

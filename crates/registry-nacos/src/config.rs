@@ -243,10 +243,11 @@ impl NacosConfig {
             ("cluster", &self.cluster),
         ] {
             if value.trim().is_empty() {
-                return Err(Error::InvalidConfig(format!("nacos {what} must not be empty")));
+                return Err(Error::InvalidConfig(format!(
+                    "nacos {what} must not be empty"
+                )));
             }
-            if value.contains("@@") || value.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if value.contains("@@") || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(Error::InvalidConfig(format!(
                     "nacos {what} `{}` must not contain `@@` or whitespace",
                     value.escape_debug()
@@ -264,11 +265,15 @@ impl NacosConfig {
             ("service_poll_interval", self.service_poll_interval),
         ] {
             if d.is_zero() {
-                return Err(Error::InvalidConfig(format!("nacos {what} must not be zero")));
+                return Err(Error::InvalidConfig(format!(
+                    "nacos {what} must not be zero"
+                )));
             }
         }
         if self.watch_buffer == 0 {
-            return Err(Error::InvalidConfig("nacos watch_buffer must not be zero".into()));
+            return Err(Error::InvalidConfig(
+                "nacos watch_buffer must not be zero".into(),
+            ));
         }
         Ok(())
     }
@@ -303,7 +308,10 @@ pub(crate) fn server_list(server_addr: &str) -> Result<Vec<String>> {
             let (host, after) = rest.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
             match after {
                 "" => (host, None),
-                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?)),
+                p => (
+                    host,
+                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?),
+                ),
             }
         } else {
             match entry.split_once(':') {
@@ -400,7 +408,10 @@ mod tests {
         assert_eq!(c.ttl, Duration::from_secs(45));
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.group, DEFAULT_GROUP);
-        assert_eq!(server_list(&c.server_addr).unwrap(), vec!["n1:8848", "n2:8848"]);
+        assert_eq!(
+            server_list(&c.server_addr).unwrap(),
+            vec!["n1:8848", "n2:8848"]
+        );
         // Nanoseconds, as Go's encoding/json writes a time.Duration.
         let c: NacosConfig = serde_json::from_str(r#"{"ttl":30000000000}"#).unwrap();
         assert_eq!(c.ttl, Duration::from_secs(30));
@@ -426,9 +437,18 @@ mod tests {
         assert_eq!(server_list("[::1]:8848").unwrap(), vec!["[::1]:8848"]);
         assert_eq!(server_list("http://h:1").unwrap(), vec!["h:1"]);
         assert_eq!(server_list("h").unwrap(), vec!["h:8848"]);
-        assert!(NacosConfig::default().with_group("a@@b").validate().is_err());
-        assert!(NacosConfig::default().with_namespace("").validate().is_err());
-        assert!(NacosConfig::default().with_cluster("a b").validate().is_err());
+        assert!(NacosConfig::default()
+            .with_group("a@@b")
+            .validate()
+            .is_err());
+        assert!(NacosConfig::default()
+            .with_namespace("")
+            .validate()
+            .is_err());
+        assert!(NacosConfig::default()
+            .with_cluster("a b")
+            .validate()
+            .is_err());
         let c = NacosConfig {
             password: Some("p".into()),
             ..NacosConfig::default()

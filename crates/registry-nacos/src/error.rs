@@ -24,12 +24,16 @@ pub(crate) fn from_sdk(what: &str, e: nacos_sdk::api::error::Error) -> Error {
             {
                 Error::Auth {
                     backend: BACKEND,
-                    message: format!("{what}: the server refused the request ({error_code}): {message}"),
+                    message: format!(
+                        "{what}: the server refused the request ({error_code}): {message}"
+                    ),
                 }
             } else {
                 Error::backend_msg(
                     BACKEND,
-                    format!("{what}: server error (result {result_code}, code {error_code}): {message}"),
+                    format!(
+                        "{what}: server error (result {result_code}, code {error_code}): {message}"
+                    ),
                 )
             }
         }
@@ -37,9 +41,7 @@ pub(crate) fn from_sdk(what: &str, e: nacos_sdk::api::error::Error) -> Error {
         | E::ClientUnhealthy(_)
         | E::ClientShutdown(_)
         | E::TonicGrpcTransport(_)
-        | E::GrpcBufferRequest(_) => {
-            Error::Unavailable(format!("{BACKEND}: {what}: {e}"))
-        }
+        | E::GrpcBufferRequest(_) => Error::Unavailable(format!("{BACKEND}: {what}: {e}")),
         E::TonicGrpcStatus(ref status) => {
             // gRPC codes: 1 cancelled, 4 deadline exceeded, 14 unavailable;
             // 7 permission denied, 16 unauthenticated.

@@ -70,6 +70,7 @@
 //! `NACOS_ADDR` is set, against whatever Nacos server it names; see `integration-tests`.
 //!
 //! [`Error::Unsupported`]: waypost_core_types::Error::Unsupported
+//! [`Error::Auth`]: waypost_core_types::Error::Auth
 //! [`RegistryState::Recovering`]: waypost_core_types::RegistryState::Recovering
 //! [`ServiceRegistry`]: waypost_core_types::ServiceRegistry
 
@@ -82,5 +83,7 @@ pub mod mapping;
 mod registry;
 mod watch;
 
-pub use config::{NacosConfig, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_NAMESPACE, DEFAULT_SERVER_ADDR};
+pub use config::{
+    NacosConfig, DEFAULT_CLUSTER, DEFAULT_GROUP, DEFAULT_NAMESPACE, DEFAULT_SERVER_ADDR,
+};
 pub use registry::NacosRegistry;

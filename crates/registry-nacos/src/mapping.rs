@@ -137,7 +137,10 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
         let nanos: u64 = ttl.parse().map_err(|_| format!("bad {META_TTL} `{ttl}`"))?;
         s.ttl = Duration::from_nanos(nanos);
     }
-    s.weight = decode_weight(inst.weight, md.get(META_WEIGHT).and_then(|w| w.parse().ok()));
+    s.weight = decode_weight(
+        inst.weight,
+        md.get(META_WEIGHT).and_then(|w| w.parse().ok()),
+    );
     let mut user = BTreeMap::new();
     for (k, v) in md {
         if let Some(orig) = k.strip_prefix(META_USER) {
@@ -192,7 +195,12 @@ pub(crate) fn decode_weight(nacos: f64, exact: Option<u32>) -> u32 {
         }
     };
     match exact {
-        Some(w) if (f64::from(w) / f64::from(DEFAULT_WEIGHT) - nacos).abs() <= 1e-3_f64.max(nacos.abs() * 1e-6) => w,
+        Some(w)
+            if (f64::from(w) / f64::from(DEFAULT_WEIGHT) - nacos).abs()
+                <= 1e-3_f64.max(nacos.abs() * 1e-6) =>
+        {
+            w
+        }
         _ => from_float(),
     }
 }
@@ -212,7 +220,10 @@ mod tests {
             .with_tag("v1")
             .with_ttl(Duration::from_millis(1500))
             .with_weight(123_457);
-        s.stamp(Timestamp::parse("2024-01-15T10:30:00.123456789Z").unwrap(), None);
+        s.stamp(
+            Timestamp::parse("2024-01-15T10:30:00.123456789Z").unwrap(),
+            None,
+        );
         s.last_check = Timestamp::parse("2024-01-15T10:31:00+08:00").unwrap();
         s
     }
@@ -229,7 +240,10 @@ mod tests {
         assert!((inst.weight - 1234.57).abs() < 1e-9);
         assert_eq!(inst.metadata["region"], "eu");
         assert_eq!(inst.metadata[META_ID], "user-1");
-        assert_eq!(inst.metadata["waypost.user.waypost.id"], "user-key-that-looks-reserved");
+        assert_eq!(
+            inst.metadata["waypost.user.waypost.id"],
+            "user-key-that-looks-reserved"
+        );
         let back = from_instance(&inst, "user-service").unwrap();
         assert_eq!(back, s);
     }
@@ -239,7 +253,10 @@ mod tests {
         let s = full();
         let mut inst = to_instance(&s, "DEFAULT");
         inst.weight = f64::from(inst.weight as f32);
-        assert_eq!(from_instance(&inst, "user-service").unwrap().weight, 123_457);
+        assert_eq!(
+            from_instance(&inst, "user-service").unwrap().weight,
+            123_457
+        );
         // Changed in the Nacos console: the float wins.
         inst.weight = 2.5;
         assert_eq!(from_instance(&inst, "user-service").unwrap().weight, 250);
@@ -258,12 +275,24 @@ mod tests {
             assert_eq!(from_instance(&inst, "user-service").unwrap().health, h);
         }
         // Nacos disabled the instance: unhealthy whatever we stored.
-        assert_eq!(decode_health(true, false, Some(Health::Healthy)), Health::Unhealthy);
+        assert_eq!(
+            decode_health(true, false, Some(Health::Healthy)),
+            Health::Unhealthy
+        );
         // Nacos marked it unhealthy.
-        assert_eq!(decode_health(false, true, Some(Health::Healthy)), Health::Unhealthy);
+        assert_eq!(
+            decode_health(false, true, Some(Health::Healthy)),
+            Health::Unhealthy
+        );
         // A server that keeps every ephemeral instance healthy: the stored word wins.
-        assert_eq!(decode_health(true, true, Some(Health::Unknown)), Health::Unknown);
-        assert_eq!(decode_health(true, true, Some(Health::Unhealthy)), Health::Unhealthy);
+        assert_eq!(
+            decode_health(true, true, Some(Health::Unknown)),
+            Health::Unknown
+        );
+        assert_eq!(
+            decode_health(true, true, Some(Health::Unhealthy)),
+            Health::Unhealthy
+        );
         // Foreign instances.
         assert_eq!(decode_health(true, true, None), Health::Healthy);
         assert_eq!(decode_health(false, true, None), Health::Unhealthy);
@@ -307,7 +336,8 @@ mod tests {
         inst.metadata.insert(META_TAGS.into(), "not json".into());
         assert!(from_instance(&inst, "user-service").is_err());
         let mut inst = to_instance(&full(), "DEFAULT");
-        inst.metadata.insert(META_CREATED.into(), "yesterday".into());
+        inst.metadata
+            .insert(META_CREATED.into(), "yesterday".into());
         assert!(from_instance(&inst, "user-service").is_err());
         let mut inst = to_instance(&full(), "DEFAULT");
         inst.port = 70_000;

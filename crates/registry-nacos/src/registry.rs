@@ -501,7 +501,10 @@ impl Inner {
             .await?;
             let got = batch.len();
             names.extend(batch);
-            if got == 0 || names.len() >= usize::try_from(count).unwrap_or(0) || got < PAGE_SIZE as usize {
+            if got == 0
+                || names.len() >= usize::try_from(count).unwrap_or(0)
+                || got < PAGE_SIZE as usize
+            {
                 break;
             }
             page += 1;
@@ -546,11 +549,7 @@ impl Inner {
             );
             st.recompute(name);
         }
-        let task = tokio::spawn(refresh_loop(
-            Arc::downgrade(self),
-            name.to_owned(),
-            notify,
-        ));
+        let task = tokio::spawn(refresh_loop(Arc::downgrade(self), name.to_owned(), notify));
         self.tasks.lock().push(task);
         Ok(())
     }
@@ -595,7 +594,12 @@ impl Inner {
         }
     }
 
-    async fn remote_deregister(&self, slot: usize, name: &str, inst: &ServiceInstance) -> Result<()> {
+    async fn remote_deregister(
+        &self,
+        slot: usize,
+        name: &str,
+        inst: &ServiceInstance,
+    ) -> Result<()> {
         let svc = self.slot(slot).await?;
         limited(
             &format!("deregistering from `{name}`"),
@@ -624,7 +628,8 @@ impl Inner {
         // The id moves to another service: remove it from the old one first.
         let prev = match prev {
             Some(p) if p.info.name != service.name => {
-                self.remote_deregister(p.slot, &p.info.name, &p.inst).await?;
+                self.remote_deregister(p.slot, &p.info.name, &p.inst)
+                    .await?;
                 let mut st = self.state.lock();
                 st.ours.remove(&service.id);
                 st.tombstones
@@ -667,10 +672,7 @@ impl Inner {
                 if prev.is_none() {
                     // The SDK keeps the request for its redo: take it back once the server is
                     // reachable, unless the slot is reused in the meantime.
-                    self.state
-                        .lock()
-                        .reserved
-                        .insert((info.name.clone(), slot));
+                    self.state.lock().reserved.insert((info.name.clone(), slot));
                     let task = tokio::spawn(retract(Arc::downgrade(self), info.name, slot, inst));
                     self.tasks.lock().push(task);
                 }
@@ -757,7 +759,10 @@ impl Inner {
         let mut st = self.state.lock();
         st.watchers.retain(|w| !w.is_closed());
         for w in &st.watchers {
-            w.push_snapshot(st.snapshot(w.filter.as_deref()), SnapshotReason::Reconnected);
+            w.push_snapshot(
+                st.snapshot(w.filter.as_deref()),
+                SnapshotReason::Reconnected,
+            );
         }
     }
 
@@ -784,10 +789,7 @@ impl Inner {
             watcher.push_snapshot(st.snapshot(filter), SnapshotReason::Initial);
             st.watchers.push(watcher.clone());
         }
-        Ok(into_stream(
-            watcher,
-            Arc::new(Source(Arc::downgrade(self))),
-        ))
+        Ok(into_stream(watcher, Arc::new(Source(Arc::downgrade(self)))))
     }
 
     /// Subscribes every service of the group that has no view yet.
@@ -845,7 +847,9 @@ impl Inner {
         let slots: Vec<NamingService> = self.slots.lock().clone();
         let mut first_err = None;
         for r in regs {
-            let Some(svc) = slots.get(r.slot) else { continue };
+            let Some(svc) = slots.get(r.slot) else {
+                continue;
+            };
             if let Err(e) = limited(
                 &format!("deregistering `{}` on close", r.info.id),
                 self.limit(),
@@ -959,11 +963,14 @@ async fn probe_loop(inner: Weak<Inner>) {
                     true
                 }
                 (Ok(_), _) => false,
-                (Err(e), RegistryState::Recovering {
-                    attempts,
-                    last_error,
-                    ..
-                }) => {
+                (
+                    Err(e),
+                    RegistryState::Recovering {
+                        attempts,
+                        last_error,
+                        ..
+                    },
+                ) => {
                     *attempts += 1;
                     *last_error = e.to_string();
                     false

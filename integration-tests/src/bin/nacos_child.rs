@@ -27,7 +27,8 @@ fn main() {
             std::process::exit(1)
         });
     rt.block_on(async move {
-        let cache = std::env::temp_dir().join(format!("waypost-nacos-child-{}", std::process::id()));
+        let cache =
+            std::env::temp_dir().join(format!("waypost-nacos-child-{}", std::process::id()));
         let cfg = NacosConfig::new(addr.clone())
             .with_connect_timeout(Duration::from_secs(5))
             .with_cache_dir(cache);
