@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use waypost_balancer::{
@@ -86,7 +86,42 @@ fn round_robin_threads(c: &mut Criterion) {
             })
         });
     }
+    // The same, timed by each thread's own CPU time (the slowest thread's): on a shared machine
+    // where other processes take the cores, wall time cannot show scaling, but contention between
+    // our threads (cache lines bouncing) would still show up as more CPU time per call.
+    for threads in [1usize, 2] {
+        g.bench_function(format!("{threads}_threads_cpu"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let cpu = std::thread::scope(|sc| {
+                    let hs: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let (set, lb) = (set.clone(), lb.clone());
+                            sc.spawn(move || {
+                                let before = thread_cpu();
+                                for _ in 0..iters {
+                                    black_box(lb.select(&set, &SelectContext::default()));
+                                }
+                                thread_cpu().zip(before).map(|(a, b)| a.saturating_sub(b))
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().filter_map(|h| h.join().ok().flatten()).max()
+                });
+                cpu.unwrap_or_else(|| start.elapsed())
+            })
+        });
+    }
     g.finish();
+}
+
+/// This thread's CPU time so far (Linux `schedstat`, nanoseconds), if readable. The kernel
+/// brings the figure up to date when the thread passes through the scheduler, hence the yield.
+fn thread_cpu() -> Option<Duration> {
+    std::thread::yield_now();
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 criterion_group!(benches, select_100, round_robin_threads);

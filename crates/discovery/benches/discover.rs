@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
@@ -60,8 +60,43 @@ fn discover_one(c: &mut Criterion) {
             })
         });
     }
+    // The same, timed by each thread's own CPU time (the slowest thread's): on a shared machine
+    // where other processes take the cores, wall time cannot show scaling, but contention between
+    // our threads (cache lines bouncing) would still show up as more CPU time per call.
+    for threads in [1usize, 2] {
+        g.bench_function(format!("discover_one_{threads}_threads_cpu"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let cpu = std::thread::scope(|sc| {
+                    let hs: Vec<_> = (0..threads)
+                        .map(|_| {
+                            let d = d.clone();
+                            sc.spawn(move || {
+                                let before = thread_cpu();
+                                for _ in 0..iters {
+                                    black_box(d.discover_one("bench-service").now_or_never());
+                                }
+                                thread_cpu().zip(before).map(|(a, b)| a.saturating_sub(b))
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().filter_map(|h| h.join().ok().flatten()).max()
+                });
+                cpu.unwrap_or_else(|| start.elapsed())
+            })
+        });
+    }
     g.finish();
     rt.block_on(async { d.close().await.expect("close") });
+}
+
+/// This thread's CPU time so far (Linux `schedstat`, nanoseconds), if readable. The kernel
+/// brings the figure up to date when the thread passes through the scheduler, hence the yield.
+fn thread_cpu() -> Option<Duration> {
+    std::thread::yield_now();
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 criterion_group!(benches, discover_one);
