@@ -335,6 +335,98 @@ async fn rnacos_restart_restores_registrations_and_subscriptions() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A registration that failed (server frozen) does not come back as an orphan later.
+
+#[tokio::test]
+async fn rnacos_failed_registration_leaves_no_orphan_after_the_server_returns() {
+    let Some(server) = rnacos_only(
+        "rnacos_failed_registration_leaves_no_orphan_after_the_server_returns",
+        RnacosOptions::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = server.addr();
+    let registry = NacosRegistry::connect(
+        config(&addr)
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_probe_interval(Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let observer = connect(&addr).await;
+    let name = unique("orphan");
+    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7801);
+
+    server.process.signal("STOP").unwrap();
+    let err = registry
+        .register(&s)
+        .await
+        .expect_err("a frozen server cannot register");
+    assert!(err.is_retryable(), "a transient error: {err:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.state().is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "state() must leave Connected while the server is frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.process.signal("CONT").unwrap();
+
+    // The SDK keeps the request for its redo; the registry takes it back.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !registry.state().is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "never reconnected: {:?}",
+            registry.state()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        observer.list_instances(&name).await.unwrap().is_empty(),
+        "the failed registration must not appear on the server"
+    );
+    assert!(matches!(
+        registry.get_service(&s.id).await,
+        Err(Error::NotFound(_))
+    ));
+    // Registering again works normally.
+    registry.register(&s).await.unwrap();
+    assert_eq!(observer.list_instances(&name).await.unwrap().len(), 1);
+    registry.close().await.unwrap();
+    observer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn rnacos_lagging_watcher_is_resynced_by_a_snapshot() {
+    let Some((addr, _server)) = require(
+        "rnacos_lagging_watcher_is_resynced_by_a_snapshot",
+        nacos_target().await,
+    ) else {
+        return;
+    };
+    let registry = NacosRegistry::connect(config(&addr).with_watch_buffer(8))
+        .await
+        .unwrap();
+    let report = conformance::lagging_watcher_gets_resync(
+        &registry,
+        &ConformanceOptions::default()
+            .with_event_timeout(Duration::from_secs(15))
+            .with_lag_burst(40),
+    )
+    .await;
+    assert!(
+        report.resynced,
+        "40 changes into an 8-event buffer must resync: {report:?}"
+    );
+    registry.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Construction failures.
 
 #[tokio::test]
