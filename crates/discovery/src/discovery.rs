@@ -104,6 +104,17 @@ thread_local! {
 /// Cloning gives another handle to the same discovery. [`close`](ServiceDiscovery::close), or
 /// dropping the last handle, stops every background task and ends every stream from
 /// [`watch`](ServiceDiscovery::watch).
+///
+/// Building one needs no runtime; the first lookup of each service spawns its watch task, so
+/// lookups must run inside a tokio runtime.
+///
+/// `discover_one` drops the balancer's [`CallGuard`](waypost_core_types::CallGuard) at once (the
+/// seed's API has no way to report the call); with load-aware balancers ([`LeastRequest`],
+/// [`PeakEwma`]) use [`select`](ServiceDiscovery::select) and finish the guard when the call
+/// ends.
+///
+/// [`LeastRequest`]: waypost_balancer::LeastRequest
+/// [`PeakEwma`]: waypost_balancer::PeakEwma
 #[derive(Clone)]
 pub struct CachedDiscovery {
     inner: Arc<Inner>,
