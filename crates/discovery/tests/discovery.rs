@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use waypost_balancer::{Random, RoundRobin};
 use waypost_core_types::{
     Error, Health, SelectContext, ServiceDiscovery, ServiceEventType, ServiceRegistry,
+    SnapshotReason, WatchEvent,
 };
 use waypost_discovery::{CachedDiscovery, Filter};
 use waypost_registry_memory::MemoryRegistry;
@@ -447,6 +448,15 @@ async fn resync_snapshot_refills_the_cache() {
         .unwrap();
     let d = rr(registry.clone());
     d.discover("burst").await.unwrap();
+    // A watcher in the same position as the discovery's task, to show the burst makes it lag.
+    let mut probe = registry.watch_service("burst").await.unwrap();
+    assert!(matches!(
+        probe.next().await,
+        Some(WatchEvent::Snapshot {
+            reason: SnapshotReason::Initial,
+            ..
+        })
+    ));
     // On this current-thread runtime the watch task cannot run during the loop: it lags.
     for i in 0..100u16 {
         registry
@@ -468,6 +478,20 @@ async fn resync_snapshot_refills_the_cache() {
         .map(|s| s.id.clone())
         .collect();
     assert!(!ids.contains(&"seed".to_string()));
+    let mut lagged = false;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(50), probe.next()).await {
+        if let WatchEvent::Snapshot {
+            reason: SnapshotReason::Lagged,
+            ..
+        } = ev
+        {
+            lagged = true;
+        }
+    }
+    assert!(
+        lagged,
+        "the burst made watchers lag, so the cache was refilled by a resync"
+    );
 }
 
 /// `close` stops every background task (the registry's watchers go away), ends the streams from
