@@ -124,6 +124,8 @@ struct Shared {
 /// Probes the instances of some services every interval with a [`HealthChecker`], and writes
 /// their health to the registry with [`ServiceRegistry::update`]: `Unhealthy` after
 /// `failure_threshold` failed probes in a row, `Healthy` after `success_threshold` passed ones.
+/// A probe that answers [`Error::Unsupported`] (the checker cannot judge that instance) counts
+/// neither way.
 /// A discovery watching the registry then stops returning a dead instance within about
 /// `interval × failure_threshold`.
 ///
@@ -260,6 +262,12 @@ fn judge(shared: &Shared, instance: &ServiceInfo, result: Result<()>) -> Option<
         });
     st.health = instance.health;
     match result {
+        // The checker cannot judge this instance (an https instance for the plain-HTTP checker):
+        // leave its health alone rather than count a failure.
+        Err(Error::Unsupported(why)) => {
+            st.last_error = Some(format!("not checked: {why}"));
+            None
+        }
         Ok(()) => {
             st.consecutive_successes = st.consecutive_successes.saturating_add(1);
             st.consecutive_failures = 0;

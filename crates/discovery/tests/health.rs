@@ -223,6 +223,39 @@ async fn monitor_removes_dead_instance_within_interval_times_threshold() {
     );
 }
 
+/// An instance the checker cannot judge (https, for the plain-HTTP checker) keeps its health.
+#[tokio::test(start_paused = true)]
+async fn monitor_leaves_unjudgeable_instances_alone() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let tls = healthy("tls", "secure", closed_port().await)
+        .with_protocol(waypost_core_types::Protocol::Https);
+    registry.register(&tls).await.unwrap();
+    let checker = HttpHealthChecker::new(Duration::from_millis(100));
+    assert!(matches!(
+        checker.check(&tls).await,
+        Err(Error::Unsupported(_))
+    ));
+    let monitor = HealthMonitor::builder(registry.clone(), Arc::new(checker))
+        .service("secure")
+        .interval(Duration::from_secs(1))
+        .failure_threshold(1)
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(monitor.rounds() >= 3);
+    assert_eq!(
+        registry.get_service("tls").await.unwrap().health,
+        Health::Healthy
+    );
+    let st = monitor.status();
+    assert_eq!(st[0].consecutive_failures, 0);
+    assert!(st[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("not checked"));
+}
+
 /// Unknown instances become healthy after the success threshold.
 #[tokio::test(start_paused = true)]
 async fn monitor_promotes_unknown_instances() {
