@@ -608,6 +608,39 @@ async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
     }
 }
 
+#[tokio::test]
+async fn rnacos_dropped_registry_deregisters_its_instances() {
+    let Some((addr, _server)) = require(
+        "rnacos_dropped_registry_deregisters_its_instances",
+        nacos_target().await,
+    ) else {
+        return;
+    };
+    let observer = connect(&addr).await;
+    let name = unique("dropped");
+    let registry = connect(&addr).await;
+    registry
+        .register(&ServiceInfo::new(
+            format!("{name}-1"),
+            &name,
+            "127.0.0.1",
+            7901,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(observer.list_instances(&name).await.unwrap().len(), 1);
+    drop(registry); // no close(): the SDK would keep the connection, and the instance, alive
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !observer.list_instances(&name).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a dropped registry left its instance behind"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    observer.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // A full watch finds services created after it started.
 

@@ -154,11 +154,6 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
     Ok(s)
 }
 
-/// Whether a Nacos instance carries our id.
-pub(crate) fn waypost_id(inst: &ServiceInstance) -> Option<&str> {
-    inst.metadata.get(META_ID).map(String::as_str)
-}
-
 /// The id given to an instance registered by another Nacos client.
 pub(crate) fn foreign_id(ip: &str, port: u16, cluster: &str) -> String {
     if cluster == DEFAULT_CLUSTER {

@@ -44,7 +44,7 @@ use waypost_core_types::{
 use crate::auth::{LoginFailure, LoginPlugin};
 use crate::config::{server_list, NacosConfig};
 use crate::error::{from_sdk, limited, BACKEND};
-use crate::mapping::{from_instance, to_instance, waypost_id};
+use crate::mapping::{from_instance, to_instance};
 use crate::watch::{into_stream, SnapshotSource, Watcher};
 
 /// How long an id we deregistered is ignored in server answers that may still show it.
@@ -85,6 +85,8 @@ struct Inner {
     conn: Mutex<RegistryState>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Whether the "server rewrites metadata" warning was logged.
+    warned_metadata: AtomicBool,
     runtime: tokio::runtime::Handle,
 }
 
@@ -360,6 +362,7 @@ impl NacosRegistry {
             conn: Mutex::new(RegistryState::Connected),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            warned_metadata: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
         let probe_task = tokio::spawn(probe_loop(Arc::downgrade(&inner)));
@@ -719,13 +722,37 @@ impl Inner {
         }
         let mut fixed = 0;
         for (name, regs) in by_service {
-            let present: HashSet<String> = self
-                .query(&name)
-                .await?
+            let listed = self.query(&name).await?;
+            // Nacos keys instances by address: ours is present when its address is.
+            let addr = |i: &ServiceInstance| {
+                (
+                    i.ip.clone(),
+                    i.port,
+                    i.cluster_name.clone().unwrap_or_default(),
+                )
+            };
+            let present: HashMap<(String, i32, String), &ServiceInstance> =
+                listed.iter().map(|i| (addr(i), i)).collect();
+            for r in &regs {
+                if let Some(seen) = present.get(&addr(&r.inst)) {
+                    if seen.metadata != r.inst.metadata
+                        && !self.warned_metadata.swap(true, Ordering::AcqRel)
+                    {
+                        tracing::warn!(
+                            target: "waypost::nacos",
+                            id = r.info.id.as_str(),
+                            service = name.as_str(),
+                            "the server answers with other metadata than we registered; other \
+                             clients will see stale data (rnacos: start it with \
+                             RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE=false)"
+                        );
+                    }
+                }
+            }
+            for r in regs
                 .iter()
-                .filter_map(|i| waypost_id(i).map(str::to_owned))
-                .collect();
-            for r in regs.iter().filter(|r| !present.contains(&r.info.id)) {
+                .filter(|r| !present.contains_key(&addr(&r.inst)))
+            {
                 let svc = self.slot(r.slot).await?;
                 tracing::info!(
                     target: "waypost::nacos",
