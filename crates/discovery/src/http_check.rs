@@ -1,14 +1,38 @@
 //! [`HttpHealthChecker`]: a real HTTP GET against the instance.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use waypost_core_types::{Error, HealthChecker, Protocol, Result, ServiceInfo};
+
+type Pool = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// A pooled client for `http://` and `https://` (rustls; `tls` or the webpki roots).
+fn pool(timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<Pool> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match tls {
+        Some(cfg) => builder.with_tls_config(cfg),
+        None => builder
+            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+            .map_err(|e| Error::InvalidConfig(format!("TLS: {e}")))?,
+    };
+    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1)
+        .build(connector))
+}
 
 /// How much of a health response body is read (the rest is dropped).
 const BODY_LIMIT: usize = 64 * 1024;
@@ -17,12 +41,13 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// `2xx` answer arrives within the timeout; unhealthy when the connection is refused, the
 /// answer is late, or the status is anything else.
 ///
-/// Connections are pooled and reused between rounds. Instances whose protocol is
-/// [`Protocol::Https`] are not supported (this checker speaks plain HTTP); check those with
-/// [`TcpHealthChecker`](crate::TcpHealthChecker) or a custom [`HealthChecker`].
+/// Instances whose protocol is [`Protocol::Https`] are checked over TLS (rustls), trusting the
+/// webpki (Mozilla) roots unless [`with_root_certificates`](Self::with_root_certificates) or
+/// [`with_tls_config`](Self::with_tls_config) says otherwise; an untrusted certificate makes the
+/// instance unhealthy. Connections are pooled and reused between rounds.
 #[derive(Debug, Clone)]
 pub struct HttpHealthChecker {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: std::result::Result<Pool, String>,
     path: String,
     timeout: Duration,
 }
@@ -36,18 +61,32 @@ impl Default for HttpHealthChecker {
 impl HttpHealthChecker {
     /// A checker of `/health` with `timeout` per check (the seed's `NewHTTPHealthChecker`).
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1)
-            .build(connector);
         HttpHealthChecker {
-            client,
+            client: pool(timeout, None).map_err(|e| e.to_string()),
             path: "/health".into(),
             timeout,
         }
+    }
+
+    /// Uses this rustls configuration for https instances.
+    #[must_use]
+    pub fn with_tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.client = pool(self.timeout, Some(config)).map_err(|e| e.to_string());
+        self
+    }
+
+    /// Trusts these roots (a private CA, say) instead of the webpki roots for https instances.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if the TLS configuration cannot be built.
+    pub fn with_root_certificates(self, roots: rustls::RootCertStore) -> Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::InvalidConfig(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(self.with_tls_config(config))
     }
 
     /// Checks `path` instead of `/health` (a leading `/` is added if missing).
@@ -77,11 +116,15 @@ impl HttpHealthChecker {
             .header(http::header::USER_AGENT, "waypost-health-check")
             .body(Empty::<Bytes>::new())
             .map_err(|e| Error::InvalidConfig(format!("health check request: {e}")))?;
-        let resp = self
+        let client = self
             .client
-            .request(req)
-            .await
-            .map_err(|e| Error::backend("http", e))?;
+            .as_ref()
+            .map_err(|e| Error::InvalidConfig(e.clone()))?;
+        let resp = client.request(req).await.map_err(|e| Error::Backend {
+            backend: "http",
+            message: chain(&e),
+            source: Some(Box::new(e)),
+        })?;
         let status = resp.status();
         // Read (a bounded part of) the body, so the connection can be reused.
         let body = Limited::new(resp.into_body(), BODY_LIMIT)
@@ -100,15 +143,27 @@ impl HttpHealthChecker {
     }
 }
 
+/// An error and its sources, as one line (hyper's own message is only "client error (Connect)").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 #[async_trait]
 impl HealthChecker for HttpHealthChecker {
     async fn check(&self, service: &ServiceInfo) -> Result<()> {
-        if service.protocol == Protocol::Https {
-            return Err(Error::Unsupported(
-                "HttpHealthChecker speaks plain HTTP; check https instances over TCP".into(),
-            ));
-        }
-        let uri: http::Uri = format!("http://{}{}", service.endpoint(), self.path)
+        let scheme = if service.protocol == Protocol::Https {
+            "https"
+        } else {
+            "http"
+        };
+        let uri: http::Uri = format!("{scheme}://{}{}", service.endpoint(), self.path)
             .parse()
             .map_err(|e| {
                 Error::InvalidConfig(format!("health check URL of `{}`: {e}", service.id))

@@ -262,8 +262,8 @@ fn judge(shared: &Shared, instance: &ServiceInfo, result: Result<()>) -> Option<
         });
     st.health = instance.health;
     match result {
-        // The checker cannot judge this instance (an https instance for the plain-HTTP checker):
-        // leave its health alone rather than count a failure.
+        // The checker cannot judge this instance: leave its health alone rather than count a
+        // failure.
         Err(Error::Unsupported(why)) => {
             st.last_error = Some(format!("not checked: {why}"));
             None

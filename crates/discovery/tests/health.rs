@@ -223,20 +223,27 @@ async fn monitor_removes_dead_instance_within_interval_times_threshold() {
     );
 }
 
-/// An instance the checker cannot judge (https, for the plain-HTTP checker) keeps its health.
+/// A checker that cannot judge anything.
+#[derive(Debug)]
+struct Unjudging;
+
+#[async_trait]
+impl HealthChecker for Unjudging {
+    async fn check(&self, _: &ServiceInfo) -> Result<()> {
+        Err(Error::Unsupported("no way to check this instance".into()))
+    }
+}
+
+/// An instance the checker cannot judge (`Unsupported`) keeps its health.
 #[tokio::test(start_paused = true)]
 async fn monitor_leaves_unjudgeable_instances_alone() {
     let registry = Arc::new(MemoryRegistry::new());
-    let tls = healthy("tls", "secure", closed_port().await)
-        .with_protocol(waypost_core_types::Protocol::Https);
-    registry.register(&tls).await.unwrap();
-    let checker = HttpHealthChecker::new(Duration::from_millis(100));
-    assert!(matches!(
-        checker.check(&tls).await,
-        Err(Error::Unsupported(_))
-    ));
-    let monitor = HealthMonitor::builder(registry.clone(), Arc::new(checker))
-        .service("secure")
+    registry
+        .register(&healthy("x", "opaque", 8001))
+        .await
+        .unwrap();
+    let monitor = HealthMonitor::builder(registry.clone(), Arc::new(Unjudging))
+        .service("opaque")
         .interval(Duration::from_secs(1))
         .failure_threshold(1)
         .start()
@@ -244,7 +251,7 @@ async fn monitor_leaves_unjudgeable_instances_alone() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(monitor.rounds() >= 3);
     assert_eq!(
-        registry.get_service("tls").await.unwrap().health,
+        registry.get_service("x").await.unwrap().health,
         Health::Healthy
     );
     let st = monitor.status();
@@ -254,6 +261,103 @@ async fn monitor_leaves_unjudgeable_instances_alone() {
         .as_deref()
         .unwrap()
         .starts_with("not checked"));
+}
+
+/// A test CA, and a TLS acceptor with a certificate for `localhost` and `127.0.0.1` it signed.
+fn pki() -> (
+    rustls::pki_types::CertificateDer<'static>,
+    tokio_rustls::TlsAcceptor,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    (
+        ca_cert.der().clone(),
+        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+    )
+}
+
+/// https instances are checked over TLS: healthy with the test CA trusted, unhealthy without.
+#[tokio::test]
+async fn http_checker_over_tls() {
+    let (ca, acceptor) = pki();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let server = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let hits = h.clone();
+            conns.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let hits = hits.clone();
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let status = if req.uri().path() == "/health" {
+                                200
+                            } else {
+                                404
+                            };
+                            hyper::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let inst = ServiceInfo::new("tls-1", "secure", "127.0.0.1", port)
+        .with_health(Health::Healthy)
+        .with_protocol(waypost_core_types::Protocol::Https);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let trusting = HttpHealthChecker::new(Duration::from_secs(5))
+        .with_root_certificates(roots)
+        .unwrap();
+    trusting.check(&inst).await.unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a real GET over TLS");
+
+    let untrusting = HttpHealthChecker::new(Duration::from_secs(5));
+    let err = untrusting.check(&inst).await.unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    server.abort();
 }
 
 /// Unknown instances become healthy after the success threshold.
