@@ -507,5 +507,4 @@ mod tests {
             assert!(r.is_ok(), "{cb:?}");
         }
     }
-
 }
