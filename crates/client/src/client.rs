@@ -586,9 +586,9 @@ impl ServiceClient {
 
     async fn execute_in_span(&self, spec: CallSpec) -> Result<ServiceResponse> {
         let inner = &*self.inner;
-        let start = Instant::now();
         let overall = spec.deadline.or(inner.deadline);
-        let deadline = overall.map(|d| start + d);
+        // One clock read per call only when there is a deadline to keep.
+        let deadline = overall.map(|d| Instant::now() + d);
         let per_attempt = spec.timeout.unwrap_or(inner.timeout);
         let max_retries = spec.max_retries.unwrap_or(inner.retry.max_retries);
         let retry_unsafe = spec
@@ -637,7 +637,7 @@ impl ServiceClient {
             let t0 = Instant::now();
             // Boxed: keeps this loop's state machine small (it is moved less).
             let result = Box::pin(
-                self.send_once(&spec, &selection.instance, attempt_timeout)
+                self.send_once(&spec, &selection.instance, t0, attempt_timeout)
                     .instrument(span),
             )
             .await;
@@ -754,6 +754,7 @@ impl ServiceClient {
         &self,
         spec: &CallSpec,
         instance: &Arc<ServiceInfo>,
+        start: Instant,
         timeout: Duration,
     ) -> Attempt {
         let scheme = match instance.protocol {
@@ -854,7 +855,7 @@ impl ServiceClient {
                 },
             }
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout_at(start + timeout, exchange).await {
             Ok(a) => a,
             Err(_) => Attempt::Fail {
                 error: Error::timeout(
