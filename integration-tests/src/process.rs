@@ -113,7 +113,9 @@ impl ServerProcess {
     /// # Errors
     /// When the process is not running or `kill` fails.
     pub fn signal(&self, signal: &str) -> Result<(), String> {
-        let pid = self.pid().ok_or_else(|| format!("{} is not running", self.name))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| format!("{} is not running", self.name))?;
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(pid.to_string())
