@@ -387,6 +387,10 @@ enum Attempt {
     },
 }
 
+fn deadline_error(service: &str, overall: Option<Duration>) -> Error {
+    Error::timeout(format!("call to `{service}`"), overall.unwrap_or_default())
+}
+
 fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
@@ -595,12 +599,7 @@ impl ServiceClient {
             .retry_non_idempotent
             .unwrap_or(inner.retry.retry_non_idempotent);
         let idempotent = is_idempotent(&spec.method);
-        let deadline_error = || {
-            Error::timeout(
-                format!("call to `{}`", spec.service),
-                overall.unwrap_or_default(),
-            )
-        };
+        let deadline_error = || deadline_error(&spec.service, overall);
         if let Some(b) = &inner.budget {
             b.deposit();
         }
@@ -619,36 +618,13 @@ impl ServiceClient {
                 }
                 None => None,
             };
-            let pick = match remaining {
-                Some(r) => tokio::time::timeout(r, self.pick(&spec, &failed))
-                    .await
-                    .unwrap_or_else(|_| Err(deadline_error())),
-                None => self.pick(&spec, &failed).await,
-            };
-            let (selection, permit) = pick?;
-            let attempt_timeout = remaining.map_or(per_attempt, |r| r.min(per_attempt));
-            let capped_by_deadline = remaining.is_some_and(|r| r <= per_attempt);
-            let span = tracing::debug_span!(
-                "attempt",
-                attempt,
-                instance = %selection.instance.id,
-                endpoint = %selection.instance.endpoint(),
-            );
-            let t0 = Instant::now();
-            // Boxed: keeps this loop's state machine small (it is moved less).
-            let result = Box::pin(
-                self.send_once(&spec, &selection.instance, t0, attempt_timeout)
-                    .instrument(span),
-            )
-            .await;
-            let elapsed = t0.elapsed();
-            let Selection { instance, guard } = selection;
+            // One attempt, boxed: the retry loop's own state stays small, and so does every
+            // allocation (below glibc's 1 KiB small-bin limit).
+            let (instance, result, capped_by_deadline) =
+                Box::pin(self.try_once(&spec, &failed, attempt, remaining, per_attempt, overall))
+                    .await?;
             match result {
                 Attempt::Done(status, headers, body) => {
-                    guard.finish_with_latency(Outcome::Success, elapsed);
-                    if let Some(p) = permit {
-                        p.finish(Outcome::Success);
-                    }
                     return Ok(ServiceResponse {
                         status,
                         headers,
@@ -659,14 +635,10 @@ impl ServiceClient {
                 }
                 Attempt::Fail {
                     error,
-                    outcome,
+                    outcome: _,
                     retry,
                     timed_out,
                 } => {
-                    guard.finish_with_latency(outcome, elapsed);
-                    if let Some(p) = permit {
-                        p.finish(outcome);
-                    }
                     tracing::debug!(attempt, instance = %instance.id, error = %error, "attempt failed");
                     if timed_out && capped_by_deadline {
                         return Err(deadline_error());
@@ -699,6 +671,50 @@ impl ServiceClient {
                 }
             }
         }
+    }
+
+    /// One attempt: picks an instance, sends, and reports the outcome to the balancer's guard
+    /// and to the instance's breaker. Returns the instance, what happened, and whether the
+    /// attempt's timeout was the call's deadline.
+    async fn try_once(
+        &self,
+        spec: &CallSpec,
+        failed: &[String],
+        attempt: u32,
+        remaining: Option<Duration>,
+        per_attempt: Duration,
+        overall: Option<Duration>,
+    ) -> Result<(Arc<ServiceInfo>, Attempt, bool)> {
+        let (selection, permit) = match remaining {
+            Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
+                .await
+                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall)))?,
+            None => self.pick(spec, failed).await?,
+        };
+        let attempt_timeout = remaining.map_or(per_attempt, |r| r.min(per_attempt));
+        let capped_by_deadline = remaining.is_some_and(|r| r <= per_attempt);
+        let span = tracing::debug_span!(
+            "attempt",
+            attempt,
+            instance = %selection.instance.id,
+            endpoint = %selection.instance.endpoint(),
+        );
+        let t0 = Instant::now();
+        let result = self
+            .send_once(spec, &selection.instance, t0, attempt_timeout)
+            .instrument(span)
+            .await;
+        let elapsed = t0.elapsed();
+        let outcome = match &result {
+            Attempt::Done(..) => Outcome::Success,
+            Attempt::Fail { outcome, .. } => *outcome,
+        };
+        let Selection { instance, guard } = selection;
+        guard.finish_with_latency(outcome, elapsed);
+        if let Some(p) = permit {
+            p.finish(outcome);
+        }
+        Ok((instance, result, capped_by_deadline))
     }
 
     /// Picks an instance that neither failed in this call nor is ejected, falling back to the
@@ -792,7 +808,8 @@ impl ServiceClient {
             *req.headers_mut() = spec.headers.clone();
         }
         let limit = self.inner.body_limit;
-        let exchange = async {
+        // Boxed on its own, for the same reason as the attempt.
+        let exchange = Box::pin(async {
             let resp = match self.inner.http.request(req).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -854,7 +871,7 @@ impl ServiceClient {
                     timed_out: false,
                 },
             }
-        };
+        });
         match tokio::time::timeout_at(start + timeout, exchange).await {
             Ok(a) => a,
             Err(_) => Attempt::Fail {
