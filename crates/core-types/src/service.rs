@@ -152,7 +152,7 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 /// assert_eq!(svc.endpoint(), "10.0.0.5:8080");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ServiceInfo {
     /// Unique id of the instance.
@@ -193,6 +193,64 @@ pub struct ServiceInfo {
     /// Relative weight for weighted balancers (0 = never picked by them).
     #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
     pub weight: u32,
+}
+
+impl Clone for ServiceInfo {
+    fn clone(&self) -> Self {
+        ServiceInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            address: self.address.clone(),
+            port: self.port,
+            protocol: self.protocol,
+            health: self.health,
+            metadata: self.metadata.clone(),
+            tags: self.tags.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_check: self.last_check,
+            ttl: self.ttl,
+            weight: self.weight,
+        }
+    }
+
+    /// Copies `source` into `self` reusing `self`'s allocations where the values fit (a
+    /// registry overwriting a stored instance with a new registration of it).
+    fn clone_from(&mut self, source: &Self) {
+        let ServiceInfo {
+            id,
+            name,
+            version,
+            address,
+            port,
+            protocol,
+            health,
+            metadata,
+            tags,
+            created_at,
+            updated_at,
+            last_check,
+            ttl,
+            weight,
+        } = source;
+        self.id.clone_from(id);
+        self.name.clone_from(name);
+        self.version.clone_from(version);
+        self.address.clone_from(address);
+        self.port = *port;
+        self.protocol = *protocol;
+        self.health = *health;
+        if self.metadata != *metadata {
+            self.metadata.clone_from(metadata);
+        }
+        self.tags.clone_from(tags);
+        self.created_at = *created_at;
+        self.updated_at = *updated_at;
+        self.last_check = *last_check;
+        self.ttl = *ttl;
+        self.weight = *weight;
+    }
 }
 
 fn default_weight() -> u32 {
@@ -385,6 +443,24 @@ mod tests {
         assert!(!s.has_all_tags(&["api", "admin"]));
         assert!(s.has_any_tag(&["admin", "user"]));
         assert!(!s.has_any_tag::<&str>(&[]));
+    }
+
+    #[test]
+    fn clone_from_copies_every_field() {
+        let a = ServiceInfo::new("a", "s", "h1", 1)
+            .with_version("1")
+            .with_tag("x")
+            .with_metadata("k", "v")
+            .with_weight(7)
+            .with_ttl(Duration::from_secs(3))
+            .with_health(Health::Healthy)
+            .with_protocol(Protocol::Grpc);
+        let mut b = ServiceInfo::new("bb", "ss", "h2", 2)
+            .with_tag("y")
+            .with_tag("z");
+        b.clone_from(&a);
+        assert_eq!(b, a);
+        assert_eq!(a.clone(), a);
     }
 
     #[test]

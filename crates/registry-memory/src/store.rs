@@ -93,6 +93,15 @@ impl Store {
     fn write(&self, service: &ServiceInfo, mode: Mode) -> Result<()> {
         service.validate()?;
         let deadline = self.ttl_of(service).map(|ttl| Instant::now() + ttl);
+        // Fastest path: the id is registered under this very name. That name's shard lock is
+        // enough: `names[n]` holds `id` only while `ids[id] == n`, and moving or removing the
+        // id takes this same lock.
+        if let Some(mut map) = self.names.get_mut(&service.name) {
+            if let Some(slot) = map.get_mut(&service.id) {
+                self.overwrite(slot, service, deadline);
+                return Ok(());
+            }
+        }
         // Fast path: a known id is locked without allocating a key.
         if let Some(mut name) = self.ids.get_mut(&service.id) {
             return self.write_locked(service, Some(&mut name), deadline);
@@ -109,6 +118,28 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Replaces a stored instance with a new registration of it (same id and name), reusing the
+    /// stored value's allocations when no watcher or reader holds it.
+    fn overwrite(&self, slot: &mut Slot, service: &ServiceInfo, deadline: Option<Instant>) {
+        let now = Timestamp::now();
+        let created_at = if slot.info.created_at.is_zero() {
+            now
+        } else {
+            slot.info.created_at
+        };
+        match Arc::get_mut(&mut slot.info) {
+            Some(info) => info.clone_from(service),
+            None => slot.info = Arc::new(service.clone()),
+        }
+        if let Some(info) = Arc::get_mut(&mut slot.info) {
+            info.created_at = created_at;
+            info.updated_at = now;
+            info.last_check = now;
+        }
+        slot.seq = self.emit(ServiceEventType::Updated, &slot.info);
+        slot.deadline = deadline;
     }
 
     /// Writes `service` while its id's shard lock is held; `current_name` is the service name
@@ -139,16 +170,10 @@ impl Store {
             Some(map) => map,
             None => self.names.entry(service.name.clone()).or_default(),
         };
-        let mut info = service.clone();
         match by_name.get_mut(&service.id) {
-            Some(slot) => {
-                info.stamp(now, Some(&slot.info));
-                let info = Arc::new(info);
-                slot.seq = self.emit(ServiceEventType::Updated, &info);
-                slot.info = info;
-                slot.deadline = deadline;
-            }
+            Some(slot) => self.overwrite(slot, service, deadline),
             None => {
+                let mut info = service.clone();
                 info.stamp(now, moved_from.as_deref());
                 let info = Arc::new(info);
                 let seq = self.emit(ServiceEventType::Created, &info);
