@@ -234,7 +234,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let nanos_per = match &rest[..unit_len] {
             "ns" => 1.0,
-            "us" | "µs" => 1e3,
+            "us" | "µs" | "μs" => 1e3,
             "ms" => 1e6,
             "s" => 1e9,
             "m" => 60e9,

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use waypost_core_types::time::config_duration;
 use waypost_core_types::{Error, Result};
 
 /// The default agent address.
@@ -58,8 +59,8 @@ pub enum ForeignServices {
 
 /// Configuration of a [`ConsulRegistry`](crate::ConsulRegistry).
 ///
-/// Durations in serde input are Go duration strings (`"30s"`, `"1m30s"`, `"250ms"`) or numbers of
-/// seconds.
+/// Durations in serde input are Go duration strings (`"30s"`, `"1m30s"`, `"250ms"`) or integer
+/// nanoseconds (as Go's `encoding/json` writes a `time.Duration`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -85,34 +86,34 @@ pub struct ConsulConfig {
     /// `laravel-go/services`). Services with another waypost prefix are not ours and are skipped.
     pub prefix: String,
     /// TTL of the TTL check of instances registered with `ttl == 0` (default 30 s).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub ttl: Duration,
     /// `DeregisterCriticalServiceAfter` of our checks: Consul removes an instance whose check
     /// stayed critical this long (default 1 min, Consul's minimum).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub deregister_critical_after: Duration,
     /// PEM file with the CA certificate(s) to trust for `https` (default: the web PKI roots).
     pub ca_file: Option<PathBuf>,
     /// PEM text with the CA certificate(s) to trust, instead of `ca_file`.
     pub ca_pem: Option<String>,
     /// Bound on establishing a connection, and on `connect` as a whole (default 5 s).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub connect_timeout: Duration,
     /// Bound on one ordinary (non-blocking) request (default 10 s).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub request_timeout: Duration,
     /// `wait` of the blocking queries behind watches (default 60 s, at most 10 min).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub watch_wait: Duration,
     /// Steady-state minimum spacing of blocking queries of one watch loop when the index keeps
     /// moving (a token bucket with a burst of 2; default 1 s).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub watch_min_interval: Duration,
     /// First delay before retrying after a failure (default 200 ms); doubles per failure.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub retry_initial_backoff: Duration,
     /// Cap of the retry delay (default 30 s); jitter is applied below it.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub retry_max_backoff: Duration,
     /// Largest accepted response body (default 16 MiB).
     pub max_response_bytes: usize,
@@ -418,46 +419,6 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     }
 }
 
-/// Parses a Go duration string (`"1m30s"`, `"250ms"`, `"1.5h"`, `"0"`).
-pub(crate) fn parse_go_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit in duration `{s}`"))?;
-        if num_end == 0 {
-            return Err(format!("invalid duration `{s}`"));
-        }
-        let n: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("invalid duration `{s}`"))?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            u => return Err(format!("unknown unit `{u}` in duration `{s}`")),
-        };
-        total += n * unit;
-        rest = &rest[unit_end..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|e| format!("duration `{s}`: {e}"))
-}
-
 /// Formats a duration as Go does for our requests (`"30s"`, `"1500ms"`).
 pub(crate) fn go_duration_string(d: Duration) -> String {
     let ms = d.as_millis();
@@ -465,19 +426,6 @@ pub(crate) fn go_duration_string(d: Duration) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
-    }
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(f64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom),
-        Raw::Text(t) => parse_go_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -542,7 +490,7 @@ mod tests {
     fn deserializes_with_go_durations() {
         let c: ConsulConfig = serde_json::from_str(
             r#"{"address":"http://c:8500","token":"t","datacenter":"dc2","ttl":"10s",
-                "connect_timeout":1.5,"watch_wait":"1m30s","foreign_services":"skip"}"#,
+                "connect_timeout":1500000000,"watch_wait":"1m30s","foreign_services":"skip"}"#,
         )
         .unwrap();
         assert_eq!(c.ttl, Duration::from_secs(10));
@@ -582,18 +530,6 @@ mod tests {
 
     #[test]
     fn go_durations() {
-        assert_eq!(parse_go_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_go_duration("250ms").unwrap(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            parse_go_duration("1.5h").unwrap(),
-            Duration::from_secs(5400)
-        );
-        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_go_duration("10").is_err());
-        assert!(parse_go_duration("5d").is_err());
         assert_eq!(go_duration_string(Duration::from_secs(30)), "30s");
         assert_eq!(go_duration_string(Duration::from_millis(1500)), "1500ms");
     }

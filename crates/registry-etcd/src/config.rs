@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use waypost_core_types::time::config_duration;
 use waypost_core_types::{Error, Result};
 
 /// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`.
@@ -24,7 +25,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Configuration of an [`EtcdRegistry`](crate::EtcdRegistry).
 ///
 /// Built with [`EtcdConfig::new`] and the `with_*` methods, or deserialized (durations are
-/// strings such as `"30s"`, `"1m30s"`, `"500ms"`, or a number of seconds). The password never
+/// strings such as `"30s"`, `"1m30s"`, `"500ms"`, or integer nanoseconds as Go writes a `time.Duration`). The password never
 /// appears in `Debug` output.
 ///
 /// ```
@@ -54,16 +55,16 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// TTL of the registry's lease: how long after this process dies its instances vanish.
     /// Whole seconds, at least 1 s (etcd leases have second granularity).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub ttl: Duration,
     /// Limit for connecting to the cluster at construction.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub connect_timeout: Duration,
     /// Deadline of one registry call, including retries of a dead member.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub request_timeout: Duration,
     /// Cap of the jittered exponential backoff used while reconnecting and re-registering.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "config_duration::deserialize")]
     pub max_backoff: Duration,
     /// Change events buffered for a watcher that does not keep up; beyond that the backlog is
     /// dropped and the watcher gets a `Snapshot { reason: Lagged }` instead (never a gap).
@@ -311,69 +312,6 @@ impl EtcdConfig {
     }
 }
 
-/// Parses `"30s"`, `"1m30s"`, `"250ms"`, `"1.5s"`, `"2h"`, `"100us"`, `"10ns"` (Go's
-/// `time.ParseDuration` units) or a plain number of seconds.
-///
-/// # Errors
-/// A message saying what is wrong.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<f64>() {
-        return secs_to_duration(secs, text);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration `{text}`: missing unit"))?;
-        if num_len == 0 {
-            return Err(format!("duration `{text}`: expected a number"));
-        }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("duration `{text}`: bad number"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("duration `{text}`: unknown unit `{other}`")),
-        };
-        total += value * scale;
-        rest = &rest[unit_len..];
-    }
-    secs_to_duration(total, text)
-}
-
-fn secs_to_duration(secs: f64, text: &str) -> std::result::Result<Duration, String> {
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration `{text}` is out of range"))
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> std::result::Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(f64),
-        Text(String),
-    }
-    match Raw::deserialize(deserializer)? {
-        Raw::Secs(s) => secs_to_duration(s, &s.to_string()).map_err(serde::de::Error::custom),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +331,7 @@ mod tests {
     fn deserializes_with_defaults_and_durations() {
         let c: EtcdConfig = serde_json::from_str(
             r#"{"endpoints":["http://10.0.0.1:2379","10.0.0.2:2379"],
-                "username":"app","password":"pw","ttl":"1m30s","connect_timeout":2,
+                "username":"app","password":"pw","ttl":"1m30s","connect_timeout":2000000000,
                 "request_timeout":"1500ms",
                 "tls":{"ca_file":"/etc/ca.pem","cert_file":"c.pem","key_file":"k.pem"}}"#,
         )
@@ -477,15 +415,9 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        for bad in ["", "s", "10x", "-1s", "1s2", "-3"] {
-            assert!(parse_duration(bad).is_err(), "accepted {bad:?}");
-        }
+    fn numbers_are_go_nanoseconds() {
+        // Go's encoding/json writes a time.Duration as integer nanoseconds.
+        let c: EtcdConfig = serde_json::from_str(r#"{"ttl":30000000000}"#).unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(30));
     }
 }

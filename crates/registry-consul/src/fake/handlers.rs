@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::state::{Check, Entry, State, Svc};
 use super::{SeenRequest, Shared};
-use crate::config::parse_go_duration;
+use waypost_core_types::time::parse_duration as parse_go_duration;
 
 type Resp = Response<Full<Bytes>>;
 
