@@ -26,6 +26,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 mod balancer;
 mod breaker;
 mod discovery;

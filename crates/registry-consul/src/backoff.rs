@@ -1,20 +1,10 @@
-//! Retry delays (capped, jittered exponential backoff) and the token bucket that keeps
-//! blocking-query loops from spinning.
+//! The token bucket that keeps blocking-query loops from spinning (retry delays come from
+//! `waypost_core_types::backoff`).
 
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
-
-/// The delay before retry number `attempt` (1-based): `initial · 2^(attempt-1)` capped at `max`,
-/// then jittered into `[d/2, d]`.
-pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let d = initial.saturating_mul(1u32 << exp).min(max);
-    let half = d / 2;
-    let jitter = rand::rng().random_range(0..=half.as_nanos().min(u128::from(u64::MAX)) as u64);
-    half + Duration::from_nanos(jitter)
-}
 
 /// A token bucket: `burst` requests at once, then one per `period` (plus up to 10% jitter).
 #[derive(Debug)]
@@ -62,22 +52,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let i = Duration::from_millis(100);
-        let m = Duration::from_secs(5);
-        for _ in 0..200 {
-            let d1 = backoff(1, i, m);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= i, "{d1:?}");
-            let d4 = backoff(4, i, m);
-            assert!(d4 >= Duration::from_millis(400) && d4 <= Duration::from_millis(800));
-            let d = backoff(u32::MAX, i, m);
-            assert!(d >= m / 2 && d <= m, "{d:?}");
-        }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| backoff(10, i, m)).collect();
-        assert!(spread.len() > 10, "delays must be jittered");
-    }
 
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_a_burst_then_one_per_period() {

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use waypost_core_types::{Error, RegistryState, Result, ServiceInfo};
 
-use crate::backoff::backoff;
 use crate::registry::{recovering, CheckOutcome, Inner};
+use waypost_core_types::backoff::delay as backoff;
 
 /// The shortest heartbeat period.
 const MIN_PERIOD: Duration = Duration::from_millis(50);

@@ -29,9 +29,10 @@ use waypost_core_types::{
     Error, Result, ServiceEvent, ServiceInfo, SnapshotReason, WatchEvent, WatchStream,
 };
 
-use crate::backoff::{backoff, TokenBucket};
+use crate::backoff::TokenBucket;
 use crate::client::ConsulClient;
 use crate::read::{read_instances, read_names, Blocking, Scope};
+use waypost_core_types::backoff::delay as backoff;
 
 /// One name read for a new view: name, index, instances.
 type Fetched = (String, u64, BTreeMap<String, ServiceInfo>);

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::error;
 use crate::registry::Inner;
+use waypost_core_types::backoff::Backoff;
 
 /// How a keep-alive session ended.
 enum SessionEnd {

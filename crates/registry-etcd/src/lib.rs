@@ -33,7 +33,6 @@
 //! workspace `.cargo/config.toml` points `PROTOC` at the binary of the crates.io package
 //! `protoc-bin-vendored-linux-x86_64`, so no system package is needed there.
 
-mod backoff;
 mod config;
 mod error;
 mod keys;

@@ -20,11 +20,11 @@ use waypost_core_types::{
     Error, RegistryState, Result, ServiceInfo, ServiceRegistry, Timestamp, WatchStream,
 };
 
-use crate::backoff::Backoff;
 use crate::config::EtcdConfig;
 use crate::error::{self, BACKEND};
 use crate::keys::{prefix_end, KeyLayout};
 use crate::retry::{retry, AttemptError, RetryPolicy};
+use waypost_core_types::backoff::Backoff;
 
 /// Keys per page when listing.
 const PAGE: i64 = 1_000;

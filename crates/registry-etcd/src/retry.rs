@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use waypost_core_types::{Error, Result};
 
-use crate::backoff::Backoff;
 use crate::error::{self, BACKEND};
+use waypost_core_types::backoff::Backoff;
 
 /// Why one attempt failed.
 #[derive(Debug)]

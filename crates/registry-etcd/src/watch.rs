@@ -21,9 +21,9 @@ use waypost_core_types::{
     Result, ServiceEvent, ServiceInfo, SnapshotReason, WatchEvent, WatchStream,
 };
 
-use crate::backoff::Backoff;
 use crate::keys::prefix_end;
 use crate::registry::Inner;
+use waypost_core_types::backoff::Backoff;
 
 /// Capacity of the channel between the task and the stream.
 const CHANNEL: usize = 256;

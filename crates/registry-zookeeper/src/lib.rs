@@ -42,7 +42,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acl;
-mod backoff;
 mod config;
 mod decode;
 mod errors;

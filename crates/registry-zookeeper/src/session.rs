@@ -12,12 +12,15 @@ use waypost_core_types::{Error, RegistryState, Result, ServiceInfo};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, MultiWriteError, SessionState};
 
 use crate::acl::{self, AclPolicy};
-use crate::backoff;
 use crate::config::ZookeeperConfig;
 use crate::decode::{decode_instance, ForeignLog};
 use crate::errors::{convert, BACKEND};
 use crate::ops;
 use crate::paths::Paths;
+use waypost_core_types::backoff;
+
+/// The first delay of session recovery; it doubles up to `max_backoff`.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// The current session, published to every task that needs it.
 #[derive(Clone, Debug)]
@@ -389,7 +392,7 @@ async fn recover(inner: &Arc<Inner>, shutdown: &mut watch::Receiver<bool>) -> bo
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no new session within {limit:?}"),
         };
-        let delay = backoff::delay(attempt, inner.config.max_backoff);
+        let delay = backoff::delay(attempt, FIRST_RETRY_DELAY, inner.config.max_backoff);
         tracing::warn!(
             backend = BACKEND,
             attempt,
