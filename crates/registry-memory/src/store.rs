@@ -129,14 +129,21 @@ impl Store {
         } else {
             slot.info.created_at
         };
-        match Arc::get_mut(&mut slot.info) {
-            Some(info) => info.clone_from(service),
-            None => slot.info = Arc::new(service.clone()),
-        }
-        if let Some(info) = Arc::get_mut(&mut slot.info) {
+        let stamp = |info: &mut ServiceInfo| {
             info.created_at = created_at;
             info.updated_at = now;
             info.last_check = now;
+        };
+        match Arc::get_mut(&mut slot.info) {
+            Some(info) => {
+                info.clone_from(service);
+                stamp(info);
+            }
+            None => {
+                let mut info = service.clone();
+                stamp(&mut info);
+                slot.info = Arc::new(info);
+            }
         }
         slot.seq = self.emit(ServiceEventType::Updated, &slot.info);
         slot.deadline = deadline;
