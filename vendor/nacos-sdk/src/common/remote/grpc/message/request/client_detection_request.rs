@@ -1,0 +1,4 @@
+use nacos_macro::request;
+
+#[request(identity = "ClientDetectionRequest", module = "internal")]
+pub(crate) struct ClientDetectionRequest {}

@@ -1,0 +1,5 @@
+use nacos_macro::response;
+
+/// ConfigPublishResponse by server.
+#[response(identity = "ConfigPublishResponse", module = "config")]
+pub(crate) struct ConfigPublishResponse {}

@@ -1,0 +1,5 @@
+use nacos_macro::response;
+
+/// ConfigRemoveResponse by server.
+#[response(identity = "ConfigRemoveResponse", module = "config")]
+pub(crate) struct ConfigRemoveResponse {}

@@ -1,0 +1,2 @@
+pub(crate) mod service_info_diff;
+pub(crate) mod service_info_observable;
