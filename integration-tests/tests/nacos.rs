@@ -633,7 +633,7 @@ async fn rnacos_dropped_registry_deregisters_its_instances() {
         .await
         .unwrap();
     assert_eq!(observer.list_instances(&name).await.unwrap().len(), 1);
-    drop(registry); // no close(): the SDK would keep the connection, and the instance, alive
+    drop(registry); // no close(): dropping undoes the registrations in the background
     let deadline = Instant::now() + Duration::from_secs(10);
     while !observer.list_instances(&name).await.unwrap().is_empty() {
         assert!(
@@ -785,7 +785,7 @@ async fn rnacos_round_trip_through_another_client_loses_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// close: deregisters, unsubscribes, ends watches, drops the SDK's handles.
+// close: deregisters, unsubscribes, ends watches, closes the SDK's connections.
 
 /// Established TCP connections (in this network namespace) whose remote port is `port`.
 fn established_to(port: u16) -> usize {
@@ -812,9 +812,9 @@ fn established_to(port: u16) -> usize {
 }
 
 #[tokio::test]
-async fn rnacos_close_deregisters_ends_watches_and_drops_the_sdk() {
+async fn rnacos_close_deregisters_ends_watches_and_closes_the_sdk_connections() {
     let Some(server) = rnacos_only(
-        "rnacos_close_deregisters_ends_watches_and_drops_the_sdk",
+        "rnacos_close_deregisters_ends_watches_and_closes_the_sdk_connections",
         RnacosOptions::default(),
     )
     .await
@@ -857,16 +857,26 @@ async fn rnacos_close_deregisters_ends_watches_and_drops_the_sdk() {
         .is_ok(),
         "close ends the watch"
     );
-    // nacos-sdk 0.8.3 has no shutdown call, and its bi-stream task keeps the gRPC connection
-    // open after every handle is dropped: report what is left (it carries no registration and
-    // no subscription of ours, as checked above), without asserting on the SDK's leak.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    eprintln!(
-        "gRPC connections after close: {} (before this registry: {baseline})",
-        established_to(grpc)
-    );
+    // Both gRPC connections of the closed registry are gone, while the registry value itself is
+    // still alive; the other client's connection is untouched.
     assert_eq!(registry.connection_count(), 0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while established_to(grpc) != baseline && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        established_to(grpc),
+        baseline,
+        "close closes the SDK's TCP connections"
+    );
+    assert!(other.list_instances(&name).await.is_ok());
     other.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while established_to(grpc) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(established_to(grpc), 0, "the other client's connection too");
+    drop(registry);
 }
 
 // ---------------------------------------------------------------------------------------------

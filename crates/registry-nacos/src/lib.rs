@@ -55,16 +55,16 @@
 //! - **Construction** fails within [`connect_timeout`](NacosConfig::connect_timeout) when no
 //!   server answers, proven with a real request; wrong credentials give [`Error::Auth`].
 //! - **Close** deregisters our instances, unsubscribes, ends every watch stream, stops the
-//!   registry's tasks and drops every SDK handle. Known limitation of `nacos-sdk` 0.8.3: it has no
-//!   shutdown call, and its bi-directional stream task keeps each gRPC connection (and a few idle
-//!   timer tasks on the SDK's private runtime) alive after every handle is dropped. Those
-//!   connections carry no registration and no subscription of ours after `close`, but they stay
-//!   open until the process exits; create registries once per process, not per request.
+//!   registry's tasks and drops every SDK handle, which closes the SDK's gRPC connections and
+//!   ends its background tasks (re-login included) within moments. This relies on the fixes in
+//!   the nacos-sdk 0.8.3 that this workspace carries in `vendor/nacos-sdk` (see its
+//!   `PATCHES.md`): the published 0.8.3 has no shutdown call and keeps each connection open
+//!   for the life of the process. Dropping a registry without `close` does the same in the
+//!   background.
 //! - **Servers**: rnacos pins the first metadata ever registered at an ip:port and ignores later
 //!   metadata from SDK clients unless started with
 //!   `RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE=false`; run it that way (our own view is
-//!   right either way, other clients' views of updates are not). nacos-sdk 0.8.3 does not set
-//!   `TCP_NODELAY`, so each request costs about 40 ms on loopback (Nagle + delayed ACK).
+//!   right either way, other clients' views of updates are not).
 //!
 //! Tested against rnacos (a Nacos-compatible server written in Rust, from crates.io) and, when
 //! `NACOS_ADDR` is set, against whatever Nacos server it names; see `integration-tests`.

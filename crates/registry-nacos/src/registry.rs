@@ -74,7 +74,9 @@ impl fmt::Debug for NacosRegistry {
 struct Inner {
     config: NacosConfig,
     servers: Vec<String>,
-    plugin: Option<Arc<LoginPlugin>>,
+    /// The login plugin for new SDK connections; taken by `close`, which ends the SDK's periodic
+    /// re-login (it holds the plugin weakly).
+    plugin: Mutex<Option<Arc<LoginPlugin>>>,
     /// SDK connections; slot 0 is the main one. Emptied by `close`.
     slots: Mutex<Vec<NamingService>>,
     slot_create: tokio::sync::Mutex<()>,
@@ -353,7 +355,7 @@ impl NacosRegistry {
         let inner = Arc::new(Inner {
             config,
             servers,
-            plugin,
+            plugin: Mutex::new(plugin),
             slots: Mutex::new(vec![main]),
             slot_create: tokio::sync::Mutex::new(()),
             ops: tokio::sync::Mutex::new(()),
@@ -463,9 +465,10 @@ impl Inner {
                 slots.len()
             };
             let what = format!("opening nacos connection #{have}");
+            let plugin = self.plugin.lock().clone();
             let svc = match tokio::time::timeout(
                 self.limit(),
-                build_naming(&self.config, &self.servers, self.plugin.clone()),
+                build_naming(&self.config, &self.servers, plugin),
             )
             .await
             {
@@ -897,9 +900,11 @@ impl Inner {
                 .await;
             }
         }
-        // Dropping the last handles closes the SDK's connections.
+        // Dropping the last handles closes the SDK's connections (see vendor/nacos-sdk/PATCHES.md)
+        // and ends its tasks, re-login included.
         drop(slots);
         self.slots.lock().clear();
+        self.plugin.lock().take();
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -1035,8 +1040,8 @@ impl Drop for NacosRegistry {
         if self.inner.closed.load(Ordering::Acquire) {
             return;
         }
-        // Not closed: undo our registrations in the background (the SDK would otherwise keep
-        // its connections, and with them our instances, alive).
+        // Not closed: undo our registrations and close the SDK's connections in the background
+        // (the tasks of a watch hold the registry weakly, so they do not keep it alive).
         let inner = self.inner.clone();
         let rt = inner.runtime.clone();
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

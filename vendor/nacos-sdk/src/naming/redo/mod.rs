@@ -1,7 +1,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -37,7 +37,9 @@ impl RedoTaskExecutor {
     fn start_schedule(&self) {
         let _span_enter = debug_span!("RedoTaskExecutor-task", id = self.id).entered();
         debug!("start schedule automatic request task.");
-        let map = self.map.clone();
+        // waypost patch: the task holds the map weakly and ends once the executor is dropped,
+        // instead of ticking forever after its naming service is gone.
+        let map = Arc::downgrade(&self.map);
         executor::spawn(
             async move {
                 sleep(Duration::from_millis(3000)).await;
@@ -45,6 +47,10 @@ impl RedoTaskExecutor {
                 loop {
                     interval.tick().await;
 
+                    let Some(map) = map.upgrade() else {
+                        debug!("redo task executor dropped, stop schedule.");
+                        break;
+                    };
                     let map = map.read().await;
                     let active_tasks: Vec<Arc<dyn RedoTask>> = map
                         .iter()
@@ -119,7 +125,9 @@ pub(crate) trait AutomaticRequest: Send + Sync + 'static {
 pub(crate) struct NamingRedoTask {
     active: Arc<AtomicBool>,
     automatic_request: Arc<dyn AutomaticRequest>,
-    grpc_client: Arc<NacosGrpcClient>,
+    // waypost patch: weak, so a task left in the executor's map cannot keep the client (and its
+    // connection) alive in a cycle: map -> task -> client -> connection listeners -> executor.
+    grpc_client: Weak<NacosGrpcClient>,
 }
 
 impl NamingRedoTask {
@@ -130,7 +138,7 @@ impl NamingRedoTask {
         Self {
             active: Arc::new(AtomicBool::new(false)),
             automatic_request,
-            grpc_client,
+            grpc_client: Arc::downgrade(&grpc_client),
         }
     }
 }
@@ -155,10 +163,13 @@ impl RedoTask for NamingRedoTask {
 
     #[instrument(skip_all)]
     async fn run(&self) {
+        let Some(grpc_client) = self.grpc_client.upgrade() else {
+            return;
+        };
         let active = self.active.clone();
         self.automatic_request
             .run(
-                self.grpc_client.clone(),
+                grpc_client,
                 Box::new(move |ret| {
                     if ret.is_ok() {
                         active.store(false, Ordering::Release);

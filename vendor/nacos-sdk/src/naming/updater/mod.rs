@@ -145,7 +145,9 @@ impl ServiceInfoUpdateTask {
         let service_name = self.service_name.clone();
 
         let cache = self.cache.clone();
-        let grpc_client = self.nacos_grpc_client.clone();
+        // waypost patch: held weakly between refreshes, so a sleeping task does not keep the
+        // client (and its connection) alive after the naming service is dropped.
+        let grpc_client = Arc::downgrade(&self.nacos_grpc_client);
         let service_info_emitter = self.service_info_emitter.clone();
 
         executor::spawn(async move {
@@ -222,6 +224,9 @@ impl ServiceInfoUpdateTask {
                     ..request.clone()
                 };
 
+                let Some(grpc_client) = grpc_client.upgrade() else {
+                    break;
+                };
                 let ret = grpc_client
                     .send_request::<ServiceQueryRequest, QueryServiceResponse>(request)
                     .in_current_span()
@@ -262,5 +267,12 @@ impl ServiceInfoUpdateTask {
 
     fn stop(&self) {
         self.running.store(false, Ordering::Release);
+    }
+}
+
+// waypost patch: a task whose updater is dropped (with its naming service) stops too.
+impl Drop for ServiceInfoUpdateTask {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

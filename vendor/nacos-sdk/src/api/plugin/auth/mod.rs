@@ -98,16 +98,24 @@ pub(crate) async fn init_auth_plugin(
         .await;
     info!("init auth finish");
 
+    // waypost patch: the refresh task holds the plugin weakly and ends once the client that owns
+    // the plugin is dropped, instead of logging in every 30 s for the life of the process.
+    let auth_plugin = Arc::downgrade(&auth_plugin);
     executor::spawn(
         async move {
             // Periodic refresh
             info!("auth plugin task start.");
             loop {
+                let Some(plugin) = auth_plugin.upgrade() else {
+                    debug!("auth plugin dropped, stop refreshing.");
+                    break;
+                };
                 let server_list = server_list_provider.current_server_list().await;
-                auth_plugin
+                plugin
                     .login(server_list.clone(), auth_context.clone())
                     .in_current_span()
                     .await;
+                drop(plugin);
                 debug!("auth_plugin schedule at fixed delay");
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }

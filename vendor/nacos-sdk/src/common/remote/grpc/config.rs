@@ -55,7 +55,9 @@ impl Default for GrpcConfiguration {
             init_stream_window_size: Default::default(),
             init_connection_window_size: Default::default(),
             tcp_keepalive: Default::default(),
-            tcp_nodelay: Default::default(),
+            // waypost patch: small request/response frames must not wait for Nagle + delayed ACK
+            // (about 40 ms per request on loopback with `false`).
+            tcp_nodelay: true,
             http2_keep_alive_interval: Some(Duration::from_secs(360)),
             http2_keep_alive_timeout: Some(Duration::from_secs(20)),
             http2_keep_alive_while_idle: Default::default(),

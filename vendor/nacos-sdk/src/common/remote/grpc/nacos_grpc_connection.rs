@@ -78,6 +78,10 @@ where
     ),
     max_retries: Option<u32>,
     is_initialized: bool,
+    // waypost patch: the bi-directional stream of the current connection lives while this guard
+    // does; dropping it (reconnect, or this connection dropped) ends the stream task, which
+    // releases the gRPC connection.
+    stream_guard: Option<oneshot::Sender<()>>,
 }
 
 impl<M> NacosGrpcConnection<M>
@@ -118,6 +122,7 @@ where
             connection_id_watcher,
             max_retries,
             is_initialized: false,
+            stream_guard: None,
         }
     }
 
@@ -182,9 +187,9 @@ where
         handler_map: Arc<HandlerMap>,
         health: Arc<AtomicBool>,
         last_active: Arc<AtomicU64>,
-    ) -> Result<(M::Service, String), Error> {
+    ) -> Result<(M::Service, String, oneshot::Sender<()>), Error> {
         // setup
-        let conn_id_sender = NacosGrpcConnection::<M>::setup(
+        let (conn_id_sender, stream_guard) = NacosGrpcConnection::<M>::setup(
             handler_map,
             &mut service,
             health,
@@ -224,7 +229,7 @@ where
         }
 
         // set connection id
-        Ok((service, connection_id))
+        Ok((service, connection_id, stream_guard))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -237,7 +242,7 @@ where
         namespace: String,
         labels: HashMap<String, String>,
         client_abilities: NacosClientAbilities,
-    ) -> Result<oneshot::Sender<String>, Error> {
+    ) -> Result<(oneshot::Sender<String>, oneshot::Sender<()>), Error> {
         info!("setup connection");
 
         let setup_request = ConnectionSetupRequest {
@@ -283,6 +288,7 @@ where
         executor::spawn(service.call(call).in_current_span());
 
         let (conn_id_sender, conn_id_receiver) = oneshot::channel::<String>();
+        let (stream_guard, stream_dropped) = oneshot::channel::<()>();
         executor::spawn(
             async move {
                 tk.want();
@@ -312,7 +318,7 @@ where
                 // create span
                 let span = debug_span!("bi_stream", conn_id = conn_id);
                 async {
-                    let mut server_stream = Box::pin(server_stream);
+                    let mut server_stream = Box::pin(server_stream.take_until(stream_dropped));
                     while let Some(Ok(response)) = server_stream.next().await {
                         last_active.store(now_millis(), Ordering::Release);
                         debug!("server stream receive message from server");
@@ -341,6 +347,11 @@ where
                             break;
                         }
                     }
+                    if server_stream.is_stopped() {
+                        // the connection was dropped or replaced: not a server failure.
+                        debug!("bi stream released by its connection.");
+                        return;
+                    }
                     warn!("server stream closed!");
                     let _ =
                         health.compare_exchange(true, false, Ordering::SeqCst, Ordering::Acquire);
@@ -352,7 +363,7 @@ where
         );
 
         let _ = waiter.await;
-        Ok(conn_id_sender)
+        Ok((conn_id_sender, stream_guard))
     }
 
     async fn connection_health_check(service: &mut M::Service) -> Result<(), Error> {
@@ -436,7 +447,9 @@ where
 pub(crate) enum State<F, S> {
     Idle,
     Connecting(Pin<Box<F>>),
-    Initializing(Pin<Box<dyn Future<Output = Result<(S, String), Error>> + Send>>),
+    Initializing(
+        Pin<Box<dyn Future<Output = Result<(S, String, oneshot::Sender<()>), Error>> + Send>>,
+    ),
     Connected(S),
     Retry(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
@@ -483,6 +496,7 @@ where
             match self.state {
                 State::Idle => {
                     info!("create new connection.");
+                    self.stream_guard = None;
                     let send_ret = self.connection_id_watcher.0.send(None);
                     if let Err(e) = send_ret {
                         // this never happen maybe.
@@ -533,7 +547,7 @@ where
                     let ret = init.as_mut().poll(cx);
                     match ret {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok((service, connection_id))) => {
+                        Poll::Ready(Ok((service, connection_id, stream_guard))) => {
                             info!(
                                 "the new connection init completed. connection id :{}",
                                 connection_id
@@ -556,6 +570,7 @@ where
                             self.last_active.store(now_millis(), Ordering::Release);
                             self.is_initialized = true;
                             self.state = State::Connected(service);
+                            self.stream_guard = Some(stream_guard);
                             self.connection_id = Some(connection_id);
                             continue;
                         }
@@ -585,6 +600,7 @@ where
                                     "the connection {:?} is not in health, destroy connection and retry, this operate will be retry after {} sec, retry count:{}.",
                                     self.connection_id, sleep_time, self.retry_count
                                 );
+                                self.stream_guard = None;
                                 self.state = State::Retry(Box::pin(sleep(Duration::from_secs(
                                     sleep_time as u64,
                                 ))));
@@ -600,6 +616,7 @@ where
                                 "connection {:?} not ready, destroy connection and retry, this operate will be retry after {} sec, retry count:{}. {}",
                                 self.connection_id, sleep_time, self.retry_count, e
                             );
+                            self.stream_guard = None;
                             self.state = State::Retry(Box::pin(sleep(Duration::from_secs(
                                 sleep_time as u64,
                             ))));
@@ -691,6 +708,9 @@ where
     inner: Buffer<Payload, S::Future>,
     svc_health: Arc<AtomicBool>,
     active_health_check: Arc<AtomicBool>,
+    // waypost patch: wakes the health check task when this connection is dropped, so it lets go
+    // of its handle (and with it the connection) at once instead of after its next sleep.
+    stop_health_check: Arc<tokio::sync::Notify>,
 }
 
 impl<S> FailoverConnection<S>
@@ -708,12 +728,14 @@ where
         executor::spawn(work);
 
         let active_health_check = Arc::new(AtomicBool::new(true));
+        let stop_health_check = Arc::new(tokio::sync::Notify::new());
 
         // start health check task
         executor::spawn(
             FailoverConnection::<S>::health_check(
                 inner.clone(),
                 active_health_check.clone(),
+                stop_health_check.clone(),
                 svc_health.clone(),
                 svc_last_active.clone(),
             )
@@ -725,6 +747,7 @@ where
             inner,
             svc_health,
             active_health_check,
+            stop_health_check,
         }
     }
 
@@ -739,6 +762,7 @@ where
     async fn health_check(
         mut svc: Buffer<Payload, S::Future>,
         active_health_check: Arc<AtomicBool>,
+        stop: Arc<tokio::sync::Notify>,
         svc_health: Arc<AtomicBool>,
         last_active: Arc<AtomicU64>,
     ) {
@@ -748,7 +772,12 @@ where
             // only probe when the connection has been idle for a full interval
             let idle_millis = now_millis().saturating_sub(last_active.load(Ordering::Acquire));
             if idle_millis < HEALTH_CHECK_INTERVAL.as_millis() as u64 {
-                sleep(HEALTH_CHECK_INTERVAL).await;
+                if tokio::time::timeout(HEALTH_CHECK_INTERVAL, stop.notified())
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
                 continue;
             }
 
@@ -809,10 +838,15 @@ where
                     svc_health.compare_exchange(true, false, Ordering::SeqCst, Ordering::Acquire);
             }
 
-            sleep(HEALTH_CHECK_INTERVAL).await;
+            if tokio::time::timeout(HEALTH_CHECK_INTERVAL, stop.notified())
+                .await
+                .is_ok()
+            {
+                break;
+            }
         }
 
-        warn!("stop health check task.");
+        debug!("stop health check task.");
     }
 }
 
@@ -823,6 +857,7 @@ where
 {
     fn drop(&mut self) {
         self.active_health_check.store(false, Ordering::Release);
+        self.stop_health_check.notify_one();
     }
 }
 
