@@ -352,10 +352,18 @@ impl ServiceInfo {
 
     /// `address:port`, with IPv6 addresses in brackets.
     pub fn endpoint(&self) -> String {
+        let mut out = String::with_capacity(self.address.len() + 8);
+        let _ = self.write_endpoint(&mut out);
+        out
+    }
+
+    /// Writes [`endpoint`](Self::endpoint) into `out`, for callers that build a larger string
+    /// (a URI) and want no separate allocation.
+    pub fn write_endpoint<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
         if self.address.contains(':') && !self.address.starts_with('[') {
-            format!("[{}]:{}", self.address, self.port)
+            write!(out, "[{}]:{}", self.address, self.port)
         } else {
-            format!("{}:{}", self.address, self.port)
+            write!(out, "{}:{}", self.address, self.port)
         }
     }
 
