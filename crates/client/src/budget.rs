@@ -3,16 +3,20 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 const BUCKETS: u64 = 10;
 
-#[derive(Debug, Clone, Copy, Default)]
+/// One tenth of the window. A deposit is one atomic add on the current bucket; the mutex is
+/// taken only to move a bucket on to a new period and to withdraw.
+#[derive(Debug, Default)]
 struct Bucket {
-    index: u64,
-    deposits: u64,
-    withdrawals: u64,
+    index: AtomicU64,
+    deposits: AtomicU64,
+    withdrawals: AtomicU64,
 }
 
 /// A retry budget in the manner of Finagle's and Linkerd's: over a sliding `ttl`, retries may
@@ -38,7 +42,9 @@ pub struct RetryBudget {
     percent_can_retry: f64,
     width: u64,
     epoch: Instant,
-    buckets: Mutex<[Bucket; BUCKETS as usize]>,
+    buckets: [Bucket; BUCKETS as usize],
+    /// Serializes bucket rotation and withdrawals.
+    lock: Mutex<()>,
 }
 
 impl Default for RetryBudget {
@@ -63,7 +69,8 @@ impl RetryBudget {
             },
             width: (u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX) / BUCKETS).max(1),
             epoch: Instant::now(),
-            buckets: Mutex::new([Bucket::default(); BUCKETS as usize]),
+            buckets: Default::default(),
+            lock: Mutex::new(()),
         }
     }
 
@@ -71,23 +78,25 @@ impl RetryBudget {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) / self.width
     }
 
-    fn slot(b: &mut [Bucket; BUCKETS as usize], now: u64) -> &mut Bucket {
-        let s = &mut b[(now % BUCKETS) as usize];
-        if s.index != now {
-            *s = Bucket {
-                index: now,
-                ..Bucket::default()
-            };
+    /// The bucket of period `now`, moved on to it if it still holds an older period. Call with
+    /// `lock` held.
+    fn slot_locked(&self, now: u64) -> &Bucket {
+        let s = &self.buckets[(now % BUCKETS) as usize];
+        if s.index.load(Ordering::Acquire) != now {
+            s.deposits.store(0, Ordering::Relaxed);
+            s.withdrawals.store(0, Ordering::Relaxed);
+            s.index.store(now, Ordering::Release);
         }
         s
     }
 
-    fn balance_of(&self, b: &[Bucket; BUCKETS as usize], now: u64) -> f64 {
+    fn balance_of(&self, now: u64) -> f64 {
         let (mut d, mut w) = (0u64, 0u64);
-        for s in b {
-            if s.index + BUCKETS > now && s.index <= now {
-                d += s.deposits;
-                w += s.withdrawals;
+        for s in &self.buckets {
+            let index = s.index.load(Ordering::Acquire);
+            if index + BUCKETS > now && index <= now {
+                d += s.deposits.load(Ordering::Relaxed);
+                w += s.withdrawals.load(Ordering::Relaxed);
             }
         }
         let reserve = f64::from(self.min_retries_per_sec) * self.ttl.as_secs_f64();
@@ -97,15 +106,25 @@ impl RetryBudget {
     /// Counts one request (call it once per call, not per attempt).
     pub fn deposit(&self) {
         let now = self.index();
-        Self::slot(&mut self.buckets.lock(), now).deposits += 1;
+        let s = &self.buckets[(now % BUCKETS) as usize];
+        if s.index.load(Ordering::Acquire) == now {
+            s.deposits.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _rotating = self.lock.lock();
+        self.slot_locked(now)
+            .deposits
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
     pub fn try_withdraw(&self) -> bool {
         let now = self.index();
-        let mut b = self.buckets.lock();
-        if self.balance_of(&b, now) >= 1.0 {
-            Self::slot(&mut b, now).withdrawals += 1;
+        let _one_at_a_time = self.lock.lock();
+        if self.balance_of(now) >= 1.0 {
+            self.slot_locked(now)
+                .withdrawals
+                .fetch_add(1, Ordering::Relaxed);
             true
         } else {
             false
@@ -114,9 +133,7 @@ impl RetryBudget {
 
     /// Retries still available now.
     pub fn balance(&self) -> f64 {
-        let now = self.index();
-        let b = self.buckets.lock();
-        self.balance_of(&b, now).max(0.0)
+        self.balance_of(self.index()).max(0.0)
     }
 }
 
@@ -149,5 +166,20 @@ mod tests {
         // Once the window has slid past, the withdrawals are forgotten.
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!((b.balance() - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn concurrent_deposits_are_all_counted() {
+        let b = RetryBudget::new(Duration::from_secs(3600), 0, 0.5);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..10_000 {
+                        b.deposit();
+                    }
+                });
+            }
+        });
+        assert!((b.balance() - 20_000.0).abs() < 1e-9, "{}", b.balance());
     }
 }

@@ -602,7 +602,7 @@ impl ServiceClient {
             service = %spec.service,
             method = %spec.method,
             path = %spec.path,
-            attempts = tracing::field::Empty,
+            attempts = 1u32,
         );
         // Boxed once here, so the futures of `get`, `call`, `send`, … stay a pointer wide
         // instead of carrying (and copying) the whole request state machine at every layer.
@@ -629,7 +629,9 @@ impl ServiceClient {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            tracing::Span::current().record("attempts", attempt);
+            if attempt > 1 {
+                tracing::Span::current().record("attempts", attempt);
+            }
             let remaining = match deadline {
                 Some(d) => {
                     let r = d.saturating_duration_since(Instant::now());
