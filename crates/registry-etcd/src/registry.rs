@@ -351,7 +351,8 @@ impl Inner {
 /// [`state`](ServiceRegistry::state) says how that is going. Calls retry transient errors (a dead
 /// member, an election) until [`EtcdConfig::request_timeout`]. [`close`](ServiceRegistry::close)
 /// revokes the lease, so its instances vanish at once; dropping the registry without `close`
-/// stops its tasks and lets the lease expire after the TTL.
+/// stops its tasks and revokes the lease in the background (when dropped on a tokio runtime;
+/// otherwise the lease expires after the TTL).
 pub struct EtcdRegistry {
     inner: Arc<Inner>,
     lease_task: Mutex<Option<JoinHandle<()>>>,
@@ -693,9 +694,29 @@ impl ServiceRegistry for EtcdRegistry {
 
 impl Drop for EtcdRegistry {
     fn drop(&mut self) {
-        let _ = self.inner.shutdown.send_replace(true);
         if let Some(task) = self.lease_task.lock().take() {
             task.abort();
         }
+        let _ = self.inner.shutdown.send_replace(true);
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return; // closed: the lease is revoked already
+        }
+        *self.inner.state.lock() = RegistryState::Closed;
+        if self.inner.ours.lock().is_empty() {
+            return;
+        }
+        // Dropped without `close`: revoke the lease in the background, so our instances go now
+        // rather than after the TTL. Without a runtime (or while it shuts down) they expire.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        rt.spawn(async move {
+            let _exclusive = inner.gate.write().await;
+            if let Err(e) = inner.revoke().await {
+                tracing::warn!(target: "waypost::etcd", error = %e, "lease revoke after drop failed; instances expire after the TTL");
+            }
+            inner.ours.lock().clear();
+        });
     }
 }
