@@ -1,7 +1,6 @@
 //! Reading response bodies under a size limit.
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 
@@ -19,32 +18,19 @@ pub(crate) enum ReadError<E> {
     Body(E),
 }
 
-/// The `Content-Length` header, if present and valid.
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Reads the whole body, failing as soon as it would exceed `limit`: a `Content-Length` above the
-/// limit fails before anything is read, and a streamed body stops being buffered at the limit.
-/// A body that arrives in one chunk is returned without copying.
-pub(crate) async fn read_limited<B>(
-    headers: &HeaderMap,
-    mut body: B,
-    limit: usize,
-) -> Result<Bytes, ReadError<B::Error>>
+/// Reads the whole body, failing as soon as it would exceed `limit`: a body whose declared size
+/// (`Content-Length`, which hyper reports as the body's size hint) is above the limit fails before
+/// anything is read, and a streamed body stops being buffered at the limit. A body that arrives
+/// in one chunk is returned without copying.
+pub(crate) async fn read_limited<B>(mut body: B, limit: usize) -> Result<Bytes, ReadError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin,
 {
-    let declared = content_length(headers);
-    if declared.is_some_and(|len| len > limit as u64) {
+    let hint = body.size_hint();
+    if hint.lower() > limit as u64 {
         return Err(ReadError::TooLarge);
     }
+    let declared = hint.exact();
     let mut first: Option<Bytes> = None;
     let mut buf: Option<BytesMut> = None;
     let mut total = 0usize;

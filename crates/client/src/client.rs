@@ -862,7 +862,7 @@ impl ServiceClient {
                     timed_out: false,
                 };
             }
-            match read_limited(&parts.headers, body, limit).await {
+            match read_limited(body, limit).await {
                 Ok(body) => Attempt::Done(parts.status, parts.headers, body),
                 Err(ReadError::TooLarge) => Attempt::Fail {
                     error: Error::BodyTooLarge { limit },

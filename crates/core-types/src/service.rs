@@ -360,11 +360,30 @@ impl ServiceInfo {
     /// Writes [`endpoint`](Self::endpoint) into `out`, for callers that build a larger string
     /// (a URI) and want no separate allocation.
     pub fn write_endpoint<W: fmt::Write + ?Sized>(&self, out: &mut W) -> fmt::Result {
-        if self.address.contains(':') && !self.address.starts_with('[') {
-            write!(out, "[{}]:{}", self.address, self.port)
-        } else {
-            write!(out, "{}:{}", self.address, self.port)
+        // Plain pushes, not `write!`: this runs once per request attempt of the service client.
+        let bracket = self.address.contains(':') && !self.address.starts_with('[');
+        if bracket {
+            out.write_char('[')?;
         }
+        out.write_str(&self.address)?;
+        if bracket {
+            out.write_char(']')?;
+        }
+        out.write_char(':')?;
+        let mut digits = [0u8; 5];
+        let mut start = digits.len();
+        let mut port = self.port;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (port % 10) as u8;
+            port /= 10;
+            if port == 0 {
+                break;
+            }
+        }
+        digits[start..]
+            .iter()
+            .try_for_each(|&d| out.write_char(char::from(d)))
     }
 
     /// Whether every tag in `tags` is present.
@@ -440,6 +459,14 @@ mod tests {
     fn endpoint_brackets_ipv6() {
         assert_eq!(ServiceInfo::new("a", "b", "::1", 80).endpoint(), "[::1]:80");
         assert_eq!(ServiceInfo::new("a", "b", "h", 80).endpoint(), "h:80");
+        assert_eq!(ServiceInfo::new("a", "b", "h", 0).endpoint(), "h:0");
+        assert_eq!(ServiceInfo::new("a", "b", "h", 65535).endpoint(), "h:65535");
+        assert_eq!(ServiceInfo::new("a", "b", "h", 1000).endpoint(), "h:1000");
+        assert_eq!(
+            ServiceInfo::new("a", "b", "[::1]", 8).endpoint(),
+            "[::1]:8",
+            "already bracketed"
+        );
     }
 
     #[test]
