@@ -392,10 +392,10 @@ enum Attempt {
     },
 }
 
-/// `scheme://address:port/path`, written once into a buffer of the right size (the URI takes
-/// the buffer over without copying).
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// `scheme://address:port/path`, written once into a buffer of the right size (the URI takes
+/// the buffer over without copying).
 fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
     // "[" "]" ":" and five digits at most around the address.
     let mut uri = String::with_capacity(scheme.len() + 3 + instance.address.len() + 8 + path.len());
@@ -643,7 +643,7 @@ impl ServiceClient {
                 None => None,
             };
             // One attempt, boxed: the retry loop's own state stays small, and so does every
-            // allocation (below glibc's 1 KiB small-bin limit).
+            // allocation (within glibc's per-thread cache, 1032 bytes; see the size test below).
             let (instance, result, capped_by_deadline) =
                 Box::pin(self.try_once(spec, &failed, attempt, remaining, per_attempt, overall))
                     .await?;
