@@ -19,7 +19,7 @@ use waypost_core_types::{
     WatchEvent, WatchStream,
 };
 use waypost_integration_tests::nacos::{nacos_target, start_rnacos, Rnacos, RnacosOptions};
-use waypost_integration_tests::{free_port, require};
+use waypost_integration_tests::{free_port, require, wait_until};
 use waypost_registry_nacos::{NacosConfig, NacosRegistry};
 
 fn cache_dir() -> std::path::PathBuf {
@@ -860,10 +860,12 @@ async fn rnacos_close_deregisters_ends_watches_and_closes_the_sdk_connections() 
     // Both gRPC connections of the closed registry are gone, while the registry value itself is
     // still alive; the other client's connection is untouched.
     assert_eq!(registry.connection_count(), 0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while established_to(grpc) != baseline && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _ = wait_until(
+        "the closed registry's connections gone",
+        Duration::from_secs(5),
+        || std::future::ready(established_to(grpc) == baseline),
+    )
+    .await;
     assert_eq!(
         established_to(grpc),
         baseline,
@@ -871,10 +873,10 @@ async fn rnacos_close_deregisters_ends_watches_and_closes_the_sdk_connections() 
     );
     assert!(other.list_instances(&name).await.is_ok());
     other.close().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while established_to(grpc) != 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _ = wait_until("every connection gone", Duration::from_secs(5), || {
+        std::future::ready(established_to(grpc) == 0)
+    })
+    .await;
     assert_eq!(established_to(grpc), 0, "the other client's connection too");
     drop(registry);
 }

@@ -78,10 +78,15 @@ impl RetryBudget {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) / self.width
     }
 
+    /// The bucket period `now` maps to, whichever period it holds.
+    fn bucket(&self, now: u64) -> &Bucket {
+        &self.buckets[(now % BUCKETS) as usize]
+    }
+
     /// The bucket of period `now`, moved on to it if it still holds an older period. Call with
     /// `lock` held.
     fn slot_locked(&self, now: u64) -> &Bucket {
-        let s = &self.buckets[(now % BUCKETS) as usize];
+        let s = self.bucket(now);
         if s.index.load(Ordering::Acquire) != now {
             s.deposits.store(0, Ordering::Relaxed);
             s.withdrawals.store(0, Ordering::Relaxed);
@@ -106,7 +111,7 @@ impl RetryBudget {
     /// Counts one request (call it once per call, not per attempt).
     pub fn deposit(&self) {
         let now = self.index();
-        let s = &self.buckets[(now % BUCKETS) as usize];
+        let s = self.bucket(now);
         if s.index.load(Ordering::Acquire) == now {
             s.deposits.fetch_add(1, Ordering::Relaxed);
             return;

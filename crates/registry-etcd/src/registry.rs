@@ -669,22 +669,39 @@ impl ServiceRegistry for EtcdRegistry {
     }
 
     async fn close(&self) -> Result<()> {
-        if self.closing.swap(true, Ordering::SeqCst) {
+        if !self.stop() {
             return Ok(());
         }
+        self.inner.release().await
+    }
+}
+
+impl EtcdRegistry {
+    /// Marks the registry closed, stops the keep-alive (first, so it cannot race a revoke with a
+    /// new grant) and ends every watch stream; every later call fails with `Closed`. `false` if
+    /// it was stopped already.
+    fn stop(&self) -> bool {
+        if self.closing.swap(true, Ordering::SeqCst) {
+            return false;
+        }
         *self.inner.state.lock() = RegistryState::Closed;
-        // Stop the keep-alive first, so it cannot race the revoke with a new grant.
         if let Some(task) = self.lease_task.lock().take() {
             task.abort();
         }
-        // Every later call now fails with `Closed`, and every watch stream ends.
         let _ = self.inner.shutdown.send_replace(true);
+        true
+    }
+}
+
+impl Inner {
+    /// Revokes the lease once the mutations in flight have finished (so none lands after it),
+    /// and forgets our instances.
+    async fn release(&self) -> Result<()> {
         let revoked = {
-            // Let mutations already in flight finish, so none lands after the revoke.
-            let _exclusive = self.inner.gate.write().await;
-            self.inner.revoke().await
+            let _exclusive = self.gate.write().await;
+            self.revoke().await
         };
-        self.inner.ours.lock().clear();
+        self.ours.lock().clear();
         if let Err(e) = &revoked {
             tracing::warn!(target: "waypost::etcd", error = %e, "lease revoke failed; instances expire after the TTL");
         }
@@ -694,15 +711,7 @@ impl ServiceRegistry for EtcdRegistry {
 
 impl Drop for EtcdRegistry {
     fn drop(&mut self) {
-        if let Some(task) = self.lease_task.lock().take() {
-            task.abort();
-        }
-        let _ = self.inner.shutdown.send_replace(true);
-        if self.closing.swap(true, Ordering::SeqCst) {
-            return; // closed: the lease is revoked already
-        }
-        *self.inner.state.lock() = RegistryState::Closed;
-        if self.inner.ours.lock().is_empty() {
+        if !self.stop() || self.inner.ours.lock().is_empty() {
             return;
         }
         // Dropped without `close`: revoke the lease in the background, so our instances go now
@@ -712,11 +721,7 @@ impl Drop for EtcdRegistry {
         };
         let inner = self.inner.clone();
         rt.spawn(async move {
-            let _exclusive = inner.gate.write().await;
-            if let Err(e) = inner.revoke().await {
-                tracing::warn!(target: "waypost::etcd", error = %e, "lease revoke after drop failed; instances expire after the TTL");
-            }
-            inner.ours.lock().clear();
+            let _ = inner.release().await;
         });
     }
 }
