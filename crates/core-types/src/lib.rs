@@ -22,7 +22,10 @@
 //! # Ok::<(), waypost_core_types::Error>(())
 //! ```
 //!
-//! With the feature `conformance`, [`conformance`] holds the registry conformance suite.
+//! With the feature `backend`, the parts every registry backend shares: the watch hub
+//! ([`WatchHub`], [`ScopedHubs`]), the registry-state cell ([`StateCell`]) and task ownership
+//! ([`Tasks`]). With the feature `conformance`, [`conformance`] holds the registry conformance
+//! suite.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -33,7 +36,16 @@ mod discovery;
 mod error;
 mod event;
 mod registry;
+mod secret;
 mod service;
+mod view;
+
+#[cfg(feature = "backend")]
+pub mod hub;
+#[cfg(feature = "backend")]
+mod state;
+#[cfg(feature = "backend")]
+pub mod tasks;
 pub mod time;
 pub mod validate;
 
@@ -47,8 +59,17 @@ pub use error::{BoxError, Error, Result};
 pub use event::{
     ServiceEvent, ServiceEventStream, ServiceEventType, SnapshotReason, WatchEvent, WatchStream,
 };
-pub use registry::{RegistryState, ServiceRegistry};
+pub use registry::{RegistryState, ServiceRegistry, StateStream};
+pub use secret::{Secret, REDACTED};
 pub use service::{Health, Protocol, ServiceInfo, DEFAULT_WEIGHT};
+pub use view::{InstanceView, Scope};
+
+#[cfg(feature = "backend")]
+pub use hub::{ScopedHubs, WatchHub};
+#[cfg(feature = "backend")]
+pub use state::StateCell;
+#[cfg(feature = "backend")]
+pub use tasks::{StopSignal, Tasks};
 pub use time::Timestamp;
 
 /// Re-exported for implementors of the async traits.

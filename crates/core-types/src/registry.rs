@@ -9,6 +9,10 @@ use futures_util::StreamExt;
 
 use crate::{Result, ServiceInfo, WatchEvent, WatchStream};
 
+/// The stream of [`ServiceRegistry::state_changes`].
+pub type StateStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = RegistryState> + Send + 'static>>;
+
 /// How a registry's connection to its backend is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -144,6 +148,14 @@ pub trait ServiceRegistry: Send + Sync + fmt::Debug {
     /// How the connection to the backend is doing.
     fn state(&self) -> RegistryState {
         RegistryState::Connected
+    }
+
+    /// The current [`state`](Self::state) first, then every change of it, until the registry
+    /// closes (the last item is then `Closed`). A consumer that falls behind sees the latest
+    /// state, not every step. The default, for registries whose state never changes, yields
+    /// the current state once.
+    fn state_changes(&self) -> StateStream {
+        Box::pin(futures_util::stream::iter([self.state()]))
     }
 
     /// The TTL used for instances registered with `ttl == 0`, if the registry has one.

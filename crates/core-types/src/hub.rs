@@ -1,0 +1,795 @@
+//! The watch hub: one [`InstanceView`] and the watch streams fed from it.
+//!
+//! Every registry backend feeds what it learns from its server (or, in memory, every write) into
+//! a [`WatchHub`]; the hub keeps the view, fans each change out to the streams whose scope covers
+//! it, and handles the rest the same way for every backend:
+//! - each stream starts with a `Snapshot { reason: Initial }` of its scope, taken under the
+//!   hub's lock, so no change is missed or repeated between the snapshot and the changes;
+//! - each stream has a bounded queue; a consumer that falls more than `capacity` items behind
+//!   loses its backlog and gets a `Snapshot { reason: Lagged }` of the current view instead
+//!   (`Initial` if it had not read its first snapshot yet), so it is never silently wrong;
+//! - [`WatchHub::replace`] with a reason (a reconnect, lost history) sends every stream in that
+//!   scope a snapshot with that reason, and streams with a wider scope the changes;
+//! - dropping a stream unsubscribes it; [`WatchHub::close`] ends every stream after what is
+//!   already queued for it.
+//!
+//! [`ScopedHubs`] keeps one hub per scope for backends that run one server-side watch per scope
+//! (etcd, ZooKeeper): the watch starts with the first stream of a scope and stops after the last
+//! one is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+
+use crate::view::{InstanceView, Scope};
+use crate::{
+    Error, Result, ServiceEvent, ServiceEventType, ServiceInfo, SnapshotReason, WatchEvent,
+    WatchStream,
+};
+
+/// How many items a stream may have queued before it counts as lagging, unless a backend's
+/// config says otherwise.
+pub const DEFAULT_WATCH_CAPACITY: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing user-supplied runs under these locks; a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fans the changes of one [`InstanceView`] out to watch streams. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct WatchHub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    /// Woken when the last stream is dropped or the hub closes.
+    idle: Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    view: InstanceView,
+    all: Vec<Arc<Sub>>,
+    by_service: HashMap<String, Vec<Arc<Sub>>>,
+    subscribers: usize,
+    closed: bool,
+}
+
+struct Sub {
+    scope: Scope,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    /// The backlog overflowed: the next item is a snapshot of the current view.
+    lagged: bool,
+    closed: bool,
+    /// The stream has handed out at least one item.
+    delivered: bool,
+}
+
+enum Item {
+    Change(ServiceEventType, Arc<ServiceInfo>),
+    Snapshot(Vec<Arc<ServiceInfo>>, SnapshotReason),
+}
+
+impl Item {
+    fn into_event(self) -> WatchEvent {
+        match self {
+            Item::Change(kind, service) => WatchEvent::Change(ServiceEvent {
+                kind,
+                service: Arc::unwrap_or_clone(service),
+            }),
+            Item::Snapshot(services, reason) => WatchEvent::Snapshot {
+                services: services.into_iter().map(Arc::unwrap_or_clone).collect(),
+                reason,
+            },
+        }
+    }
+}
+
+impl Sub {
+    fn wake(&self) {
+        self.waker.wake();
+    }
+
+    fn push_change(&self, kind: ServiceEventType, service: &Arc<ServiceInfo>) {
+        {
+            let mut q = lock(&self.queue);
+            if q.closed || q.lagged {
+                return;
+            }
+            if q.items.len() >= self.capacity {
+                q.items.clear();
+                q.lagged = true;
+            } else {
+                q.items.push_back(Item::Change(kind, Arc::clone(service)));
+            }
+        }
+        self.wake();
+    }
+
+    /// Replaces everything queued with a snapshot. A stream that has not delivered anything yet
+    /// still gets its first snapshot as `Initial`.
+    fn push_snapshot(&self, services: Vec<Arc<ServiceInfo>>, reason: SnapshotReason) {
+        {
+            let mut q = lock(&self.queue);
+            if q.closed {
+                return;
+            }
+            let reason = if q.delivered {
+                reason
+            } else {
+                SnapshotReason::Initial
+            };
+            q.items.clear();
+            q.lagged = false;
+            q.items.push_back(Item::Snapshot(services, reason));
+        }
+        self.wake();
+    }
+
+    fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.wake();
+    }
+}
+
+impl Inner {
+    fn fan_out(&self, kind: ServiceEventType, service: &Arc<ServiceInfo>) {
+        for sub in &self.all {
+            sub.push_change(kind, service);
+        }
+        if let Some(subs) = self.by_service.get(&service.name) {
+            for sub in subs {
+                sub.push_change(kind, service);
+            }
+        }
+    }
+
+    fn subs(&self) -> impl Iterator<Item = &Arc<Sub>> + '_ {
+        self.all.iter().chain(self.by_service.values().flatten())
+    }
+}
+
+impl std::fmt::Debug for WatchHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = lock(&self.shared.inner);
+        f.debug_struct("WatchHub")
+            .field("instances", &inner.view.len())
+            .field("subscribers", &inner.subscribers)
+            .field("closed", &inner.closed)
+            .finish()
+    }
+}
+
+impl WatchHub {
+    /// A hub whose streams may each fall `capacity` items behind before they are resynced
+    /// (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        WatchHub {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner::default()),
+                capacity: capacity.max(1),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// A new stream over `scope`: a `Snapshot { reason: Initial }` of the view first, then every
+    /// change in scope.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after [`close`](Self::close).
+    pub fn subscribe(&self, scope: Scope) -> Result<WatchStream> {
+        let sub = {
+            let mut inner = lock(&self.shared.inner);
+            if inner.closed {
+                return Err(Error::Closed);
+            }
+            let snapshot = inner.view.snapshot_shared(&scope);
+            let sub = Arc::new(Sub {
+                scope: scope.clone(),
+                capacity: self.shared.capacity,
+                queue: Mutex::new(Queue::default()),
+                waker: AtomicWaker::new(),
+            });
+            lock(&sub.queue)
+                .items
+                .push_back(Item::Snapshot(snapshot, SnapshotReason::Initial));
+            match scope {
+                Scope::All => inner.all.push(Arc::clone(&sub)),
+                Scope::Service(name) => inner
+                    .by_service
+                    .entry(name)
+                    .or_default()
+                    .push(Arc::clone(&sub)),
+            }
+            inner.subscribers += 1;
+            sub
+        };
+        Ok(Box::pin(HubStream {
+            sub,
+            hub: Arc::downgrade(&self.shared),
+        }))
+    }
+
+    /// Applies one change to the view and sends what it changed (see [`InstanceView::apply`])
+    /// to the streams in scope. Returns the kind of change the view saw, `None` if nothing
+    /// changed.
+    pub fn apply(&self, event: ServiceEvent) -> Option<ServiceEventType> {
+        self.apply_shared(event.kind, Arc::new(event.service))
+    }
+
+    /// [`apply`](Self::apply) with a shared instance.
+    pub fn apply_shared(
+        &self,
+        kind: ServiceEventType,
+        service: Arc<ServiceInfo>,
+    ) -> Option<ServiceEventType> {
+        let mut inner = lock(&self.shared.inner);
+        if inner.closed {
+            return None;
+        }
+        let (kind, service) = inner.view.apply_shared(kind, service)?;
+        inner.fan_out(kind, &service);
+        Some(kind)
+    }
+
+    /// Replaces everything in `scope` with `services` (the result of listing the server).
+    ///
+    /// With `reason: None` the streams get the difference as changes, as if each had happened.
+    /// With a reason (the backend reconnected, lost history, renewed its session), every stream
+    /// whose scope lies within `scope` gets a snapshot with that reason instead, and wider
+    /// streams get the difference. Returns how many instances changed.
+    pub fn replace(
+        &self,
+        scope: &Scope,
+        services: Vec<ServiceInfo>,
+        reason: Option<SnapshotReason>,
+    ) -> usize {
+        let mut inner = lock(&self.shared.inner);
+        if inner.closed {
+            return 0;
+        }
+        let diff = inner
+            .view
+            .replace_shared(scope, services.into_iter().map(Arc::new).collect());
+        let Some(reason) = reason else {
+            for (kind, service) in &diff {
+                inner.fan_out(*kind, service);
+            }
+            return diff.len();
+        };
+        for sub in inner.subs() {
+            if scope.contains(&sub.scope) {
+                sub.push_snapshot(inner.view.snapshot_shared(&sub.scope), reason);
+            } else {
+                for (kind, service) in &diff {
+                    if sub.scope.covers(&service.name) {
+                        sub.push_change(*kind, service);
+                    }
+                }
+            }
+        }
+        diff.len()
+    }
+
+    /// Reads the view under the hub's lock.
+    pub fn with_view<R>(&self, f: impl FnOnce(&InstanceView) -> R) -> R {
+        f(&lock(&self.shared.inner).view)
+    }
+
+    /// How many streams are subscribed.
+    pub fn subscribers(&self) -> usize {
+        lock(&self.shared.inner).subscribers
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared.inner).closed
+    }
+
+    /// Ends every stream (after what is queued for it) and refuses new ones. Idempotent.
+    pub fn close(&self) {
+        let subs: Vec<Arc<Sub>> = {
+            let mut inner = lock(&self.shared.inner);
+            inner.closed = true;
+            let subs = inner.subs().cloned().collect();
+            inner.all.clear();
+            inner.by_service.clear();
+            inner.subscribers = 0;
+            subs
+        };
+        for sub in subs {
+            sub.close();
+        }
+        self.shared.idle.notify_waiters();
+    }
+
+    /// Resolves when the hub has no stream (at once if it has none now) or is closed.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = lock(&self.shared.inner);
+                if inner.subscribers == 0 || inner.closed {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn same(&self, other: &WatchHub) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Shared {
+    fn unsubscribe(&self, sub: &Arc<Sub>) {
+        let now_idle = {
+            let mut inner = lock(&self.inner);
+            let list = match &sub.scope {
+                Scope::All => Some(&mut inner.all),
+                Scope::Service(name) => inner.by_service.get_mut(name),
+            };
+            let Some(list) = list else {
+                return;
+            };
+            let before = list.len();
+            list.retain(|s| !Arc::ptr_eq(s, sub));
+            let removed = before != list.len();
+            if list.is_empty() {
+                if let Scope::Service(name) = &sub.scope {
+                    inner.by_service.remove(name);
+                }
+            }
+            if removed {
+                inner.subscribers -= 1;
+            }
+            removed && inner.subscribers == 0
+        };
+        if now_idle {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Replaces a lagging stream's backlog with a snapshot of the current view.
+    fn resync(&self, sub: &Sub) {
+        let inner = lock(&self.inner);
+        let snapshot = inner.view.snapshot_shared(&sub.scope);
+        let mut q = lock(&sub.queue);
+        if !q.lagged {
+            return;
+        }
+        let reason = if q.delivered {
+            SnapshotReason::Lagged
+        } else {
+            SnapshotReason::Initial
+        };
+        q.items.clear();
+        q.lagged = false;
+        q.items.push_back(Item::Snapshot(snapshot, reason));
+    }
+}
+
+/// One subscriber's stream; dropping it unsubscribes.
+struct HubStream {
+    sub: Arc<Sub>,
+    hub: Weak<Shared>,
+}
+
+impl HubStream {
+    fn try_next(&self) -> Poll<Option<WatchEvent>> {
+        loop {
+            let lagged = {
+                let mut q = lock(&self.sub.queue);
+                if let Some(item) = q.items.pop_front() {
+                    q.delivered = true;
+                    drop(q);
+                    return Poll::Ready(Some(item.into_event()));
+                }
+                if q.closed {
+                    return Poll::Ready(None);
+                }
+                q.lagged
+            };
+            if !lagged {
+                return Poll::Pending;
+            }
+            tracing::debug!(scope = ?self.sub.scope, "watcher fell behind; resyncing it with a snapshot");
+            match self.hub.upgrade() {
+                Some(hub) => hub.resync(&self.sub),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl Stream for HubStream {
+    type Item = WatchEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+        if let Poll::Ready(item) = self.try_next() {
+            return Poll::Ready(item);
+        }
+        self.sub.waker.register(cx.waker());
+        self.try_next()
+    }
+}
+
+impl Drop for HubStream {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.unsubscribe(&self.sub);
+        }
+    }
+}
+
+/// One [`WatchHub`] per scope, for backends that run one server-side watch per scope.
+///
+/// A backend's `watch`/`watch_service` calls [`ScopedHubs::subscribe`]: the first stream of a
+/// scope runs `start`, which lists the scope into a new hub and spawns the task that feeds it;
+/// later streams of the same scope share that hub. The feed task ends when
+/// [`ScopedHubs::unwatched`] resolves (the last stream of its scope was dropped, or the registry
+/// closed).
+#[derive(Debug)]
+pub struct ScopedHubs {
+    hubs: Mutex<HashMap<Scope, WatchHub>>,
+    capacity: usize,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl ScopedHubs {
+    /// No hub yet; each hub's streams may fall `capacity` items behind.
+    pub fn new(capacity: usize) -> Self {
+        ScopedHubs {
+            hubs: Mutex::new(HashMap::new()),
+            capacity,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A stream over `scope`, from the live hub of that scope or from a new one that `start`
+    /// fills: it must put the scope's current instances in the hub with
+    /// `hub.replace(&scope, services, Some(SnapshotReason::Initial))` before it returns, and
+    /// start the task that keeps the hub current until [`unwatched`](Self::unwatched).
+    ///
+    /// # Errors
+    /// `Closed` after [`close`](Self::close); whatever `start` returns.
+    pub async fn subscribe<F, Fut>(&self, scope: Scope, start: F) -> Result<WatchStream>
+    where
+        F: FnOnce(WatchHub) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        if let Some(stream) = self.subscribe_live(&scope)? {
+            return Ok(stream);
+        }
+        let hub = WatchHub::new(self.capacity);
+        // Subscribed before `start`, so the feed task `start` spawns cannot find the hub unused.
+        let stream = hub.subscribe(scope.clone())?;
+        if let Err(e) = start(hub.clone()).await {
+            hub.close();
+            return Err(e);
+        }
+        let mut hubs = lock(&self.hubs);
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            hub.close();
+            return Err(Error::Closed);
+        }
+        if let Some(live) = hubs.get(&scope) {
+            if let Ok(shared) = live.subscribe(scope.clone()) {
+                // Another stream of this scope started its hub meanwhile: use that one.
+                drop(stream);
+                hub.close();
+                return Ok(shared);
+            }
+        }
+        hubs.insert(scope, hub);
+        Ok(stream)
+    }
+
+    fn subscribe_live(&self, scope: &Scope) -> Result<Option<WatchStream>> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let hubs = lock(&self.hubs);
+        Ok(hubs
+            .get(scope)
+            .and_then(|h| h.subscribe(scope.clone()).ok()))
+    }
+
+    /// Resolves when `hub` (of `scope`) should stop being fed: its last stream was dropped (the
+    /// hub is then removed and closed, so a new stream starts a new one) or it was closed.
+    pub async fn unwatched(&self, scope: &Scope, hub: &WatchHub) {
+        loop {
+            hub.idle().await;
+            if hub.is_closed() {
+                return;
+            }
+            let mut hubs = lock(&self.hubs);
+            if hub.subscribers() == 0 {
+                if hubs.get(scope).is_some_and(|h| h.same(hub)) {
+                    hubs.remove(scope);
+                }
+                hub.close();
+                return;
+            }
+        }
+    }
+
+    /// Every live hub, with its scope.
+    pub fn hubs(&self) -> Vec<(Scope, WatchHub)> {
+        lock(&self.hubs)
+            .iter()
+            .map(|(s, h)| (s.clone(), h.clone()))
+            .collect()
+    }
+
+    /// Closes every hub (ending every stream) and refuses new streams. Idempotent.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let hubs: Vec<WatchHub> = lock(&self.hubs).drain().map(|(_, h)| h).collect();
+        for hub in hubs {
+            hub.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn svc(name: &str, id: &str) -> ServiceInfo {
+        ServiceInfo::new(id, name, "10.0.0.1", 80)
+    }
+
+    fn ids(services: &[ServiceInfo]) -> Vec<&str> {
+        services.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    async fn next(s: &mut WatchStream) -> WatchEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(1), s.next())
+            .await
+            .expect("an item in time")
+            .expect("an item, not the end")
+    }
+
+    fn change(ev: WatchEvent) -> (ServiceEventType, String) {
+        match ev {
+            WatchEvent::Change(c) => (c.kind, c.service.id),
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_then_changes_in_scope() {
+        let hub = WatchHub::new(16);
+        hub.apply(ServiceEvent::created(svc("a", "a1")));
+        hub.apply(ServiceEvent::created(svc("b", "b1")));
+        let mut all = hub.subscribe(Scope::All).unwrap();
+        let mut only_a = hub.subscribe(Scope::Service("a".into())).unwrap();
+        match next(&mut all).await {
+            WatchEvent::Snapshot { services, reason } => {
+                assert_eq!(reason, SnapshotReason::Initial);
+                assert_eq!(ids(&services), ["a1", "b1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match next(&mut only_a).await {
+            WatchEvent::Snapshot { services, .. } => assert_eq!(ids(&services), ["a1"]),
+            other => panic!("{other:?}"),
+        }
+        // Updated of an unknown id is Created; Created of a known one is Updated; Deleted of an
+        // unknown one is nothing.
+        hub.apply(ServiceEvent::updated(svc("b", "b2")));
+        hub.apply(ServiceEvent::created(svc("a", "a1")));
+        assert_eq!(hub.apply(ServiceEvent::deleted(svc("a", "zz"))), None);
+        hub.apply(ServiceEvent::deleted(svc("a", "a1")));
+        assert_eq!(
+            change(next(&mut all).await),
+            (ServiceEventType::Created, "b2".into())
+        );
+        assert_eq!(
+            change(next(&mut all).await),
+            (ServiceEventType::Updated, "a1".into())
+        );
+        assert_eq!(
+            change(next(&mut all).await),
+            (ServiceEventType::Deleted, "a1".into())
+        );
+        assert_eq!(
+            change(next(&mut only_a).await),
+            (ServiceEventType::Updated, "a1".into())
+        );
+        assert_eq!(
+            change(next(&mut only_a).await),
+            (ServiceEventType::Deleted, "a1".into())
+        );
+        assert_eq!(hub.subscribers(), 2);
+        drop(only_a);
+        assert_eq!(hub.subscribers(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_stream_gets_a_snapshot_of_the_current_view() {
+        let hub = WatchHub::new(2);
+        let mut s = hub.subscribe(Scope::All).unwrap();
+        for i in 0..5 {
+            hub.apply(ServiceEvent::created(svc("a", &format!("x{i}"))));
+        }
+        // The first snapshot overflowed with the rest: its replacement is still `Initial`.
+        match next(&mut s).await {
+            WatchEvent::Snapshot { services, reason } => {
+                assert_eq!(reason, SnapshotReason::Initial);
+                assert_eq!(services.len(), 5);
+            }
+            other => panic!("{other:?}"),
+        }
+        hub.apply(ServiceEvent::deleted(svc("a", "x0")));
+        assert_eq!(
+            change(next(&mut s).await),
+            (ServiceEventType::Deleted, "x0".into())
+        );
+        for i in 5..9 {
+            hub.apply(ServiceEvent::created(svc("a", &format!("x{i}"))));
+        }
+        match next(&mut s).await {
+            WatchEvent::Snapshot { services, reason } => {
+                assert_eq!(reason, SnapshotReason::Lagged);
+                assert_eq!(services.len(), 8);
+            }
+            other => panic!("{other:?}"),
+        }
+        hub.apply(ServiceEvent::created(svc("a", "y")));
+        assert_eq!(
+            change(next(&mut s).await),
+            (ServiceEventType::Created, "y".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn replace_with_a_reason_resyncs_streams_in_scope_and_diffs_wider_ones() {
+        let hub = WatchHub::new(16);
+        hub.replace(&Scope::All, vec![svc("a", "a1"), svc("b", "b1")], None);
+        let mut all = hub.subscribe(Scope::All).unwrap();
+        let mut only_a = hub.subscribe(Scope::Service("a".into())).unwrap();
+        next(&mut all).await;
+        next(&mut only_a).await;
+        let mut a1 = svc("a", "a1");
+        a1.port = 81;
+        let n = hub.replace(
+            &Scope::Service("a".into()),
+            vec![a1, svc("a", "a2")],
+            Some(SnapshotReason::Reconnected),
+        );
+        assert_eq!(n, 2);
+        match next(&mut only_a).await {
+            WatchEvent::Snapshot { services, reason } => {
+                assert_eq!(reason, SnapshotReason::Reconnected);
+                assert_eq!(ids(&services), ["a1", "a2"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            change(next(&mut all).await),
+            (ServiceEventType::Updated, "a1".into())
+        );
+        assert_eq!(
+            change(next(&mut all).await),
+            (ServiceEventType::Created, "a2".into())
+        );
+        // Without a reason, everyone gets the difference: additions first, then removals.
+        hub.replace(&Scope::All, vec![svc("c", "c1")], None);
+        let got: Vec<_> = vec![
+            change(next(&mut all).await),
+            change(next(&mut all).await),
+            change(next(&mut all).await),
+            change(next(&mut all).await),
+        ];
+        assert_eq!(
+            got,
+            [
+                (ServiceEventType::Created, "c1".to_owned()),
+                (ServiceEventType::Deleted, "a1".to_owned()),
+                (ServiceEventType::Deleted, "a2".to_owned()),
+                (ServiceEventType::Deleted, "b1".to_owned()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn close_ends_streams_after_their_backlog_and_refuses_new_ones() {
+        let hub = WatchHub::new(16);
+        let mut s = hub.subscribe(Scope::All).unwrap();
+        hub.apply(ServiceEvent::created(svc("a", "a1")));
+        let idle = hub.clone();
+        let waiter = tokio::spawn(async move { idle.idle().await });
+        hub.close();
+        hub.close();
+        assert!(matches!(next(&mut s).await, WatchEvent::Snapshot { .. }));
+        assert!(matches!(next(&mut s).await, WatchEvent::Change(_)));
+        assert!(s.next().await.is_none());
+        assert!(matches!(hub.subscribe(Scope::All), Err(Error::Closed)));
+        waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn scoped_hubs_share_a_feed_and_stop_it_after_the_last_stream() {
+        let hubs = Arc::new(ScopedHubs::new(16));
+        let scope = Scope::Service("a".into());
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = |hubs: Arc<ScopedHubs>, scope: Scope| {
+            let started = Arc::clone(&started);
+            let stopped_tx = stopped_tx.clone();
+            move |hub: WatchHub| async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                hub.replace(&scope, vec![svc("a", "a1")], Some(SnapshotReason::Initial));
+                tokio::spawn(async move {
+                    hubs.unwatched(&scope, &hub).await;
+                    let _ = stopped_tx.send(());
+                });
+                Ok(())
+            }
+        };
+        let mut one = hubs
+            .subscribe(scope.clone(), start(Arc::clone(&hubs), scope.clone()))
+            .await
+            .unwrap();
+        let mut two = hubs
+            .subscribe(scope.clone(), start(Arc::clone(&hubs), scope.clone()))
+            .await
+            .unwrap();
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+        for s in [&mut one, &mut two] {
+            match next(s).await {
+                WatchEvent::Snapshot { services, reason } => {
+                    assert_eq!(reason, SnapshotReason::Initial);
+                    assert_eq!(ids(&services), ["a1"]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(one);
+        assert!(stopped_rx.try_recv().is_err());
+        drop(two);
+        tokio::time::timeout(std::time::Duration::from_secs(1), stopped_rx.recv())
+            .await
+            .unwrap();
+        assert!(hubs.hubs().is_empty());
+        // A new stream starts a new feed.
+        let _three = hubs
+            .subscribe(scope.clone(), start(Arc::clone(&hubs), scope.clone()))
+            .await
+            .unwrap();
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 2);
+        hubs.close();
+        tokio::time::timeout(std::time::Duration::from_secs(1), stopped_rx.recv())
+            .await
+            .unwrap();
+        assert!(matches!(
+            hubs.subscribe(scope.clone(), start(Arc::clone(&hubs), scope.clone()))
+                .await,
+            Err(Error::Closed)
+        ));
+    }
+}

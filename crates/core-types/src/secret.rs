@@ -1,0 +1,100 @@
+//! [`Secret`]: a password or token that never shows.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A password, token or other credential.
+///
+/// `Debug` and `Display` print `[redacted]`; serializing writes `"[redacted]"` too, so a saved
+/// or logged config never carries the value. Read it with [`expose`](Self::expose) where it is
+/// sent to the server. Deserializing accepts a plain string.
+///
+/// ```
+/// use waypost_core_types::Secret;
+///
+/// let token = Secret::new("s3cr3t");
+/// assert_eq!(format!("{token:?} {token}"), "[redacted] [redacted]");
+/// assert_eq!(serde_json::to_string(&token).unwrap(), r#""[redacted]""#);
+/// assert_eq!(token.expose(), "s3cr3t");
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+/// What every redacted secret prints as.
+pub const REDACTED: &str = "[redacted]";
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, to hand to the server. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_and_reads_plain_strings() {
+        let s: Secret = serde_json::from_str(r#""hunter2""#).unwrap();
+        assert_eq!(s.expose(), "hunter2");
+        assert!(!format!("{s:?}{s}{}", serde_json::to_string(&s).unwrap()).contains("hunter2"));
+        #[derive(Debug, serde::Serialize)]
+        struct Config {
+            password: Secret,
+        }
+        let c = Config { password: s };
+        assert_eq!(format!("{c:?}"), "Config { password: [redacted] }");
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"password":"[redacted]"}"#
+        );
+    }
+}
