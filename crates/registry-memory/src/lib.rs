@@ -33,7 +33,6 @@
 mod config;
 mod registry;
 mod store;
-mod watch;
 
 pub use config::{MemoryConfig, MemoryRegistryBuilder};
 pub use registry::MemoryRegistry;

@@ -1,15 +1,15 @@
 //! [`MemoryRegistry`]: the in-process registry.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
-use waypost_core_types::{Error, RegistryState, Result, ServiceInfo, ServiceRegistry, WatchStream};
+use waypost_core_types::{
+    Error, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, StateCell, StateStream,
+    Tasks, WatchStream,
+};
 
 use crate::store::Store;
 use crate::{MemoryConfig, MemoryRegistryBuilder};
@@ -19,7 +19,8 @@ use crate::{MemoryConfig, MemoryRegistryBuilder};
 /// Cloning is cheap and gives another handle to the same registry. Instances with a TTL (their
 /// own, or the configured default) expire unless [`renew`](ServiceRegistry::renew)ed within it;
 /// a cleanup worker owned by the registry removes them and emits `Deleted`. The worker stops on
-/// [`close`](ServiceRegistry::close) or when the last handle is dropped.
+/// [`close`](ServiceRegistry::close) or when the last handle is dropped; dropping the last handle
+/// without `close` also ends every watch stream.
 #[derive(Clone)]
 pub struct MemoryRegistry {
     inner: Arc<Inner>,
@@ -27,18 +28,17 @@ pub struct MemoryRegistry {
 
 struct Inner {
     store: Arc<Store>,
+    /// The fast check of every call; `state` says the same for observers.
     closed: AtomicBool,
-    close_tx: watch::Sender<bool>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    state: StateCell,
+    tasks: Tasks,
     config: MemoryConfig,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(worker) = self.worker.get_mut().take() {
-            worker.abort();
-        }
-        let _ = self.close_tx.send(true);
+        // The tasks abort with `tasks`; the instances go with the store. Watch streams end.
+        self.store.hub.close();
     }
 }
 
@@ -77,23 +77,20 @@ impl MemoryRegistry {
     }
 
     pub(crate) fn start(config: MemoryConfig) -> Result<Self> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        tokio::runtime::Handle::try_current().map_err(|_| {
             Error::InvalidConfig("memory registry must be created inside a tokio runtime".into())
         })?;
-        let (close_tx, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             store: Arc::new(Store::new(config.watch_buffer, config.default_ttl)),
             closed: AtomicBool::new(false),
-            close_tx,
-            worker: Mutex::new(None),
+            state: StateCell::new("memory"),
+            tasks: Tasks::new(),
             config,
         });
-        let worker = handle.spawn(cleanup_worker(
-            Arc::downgrade(&inner),
+        inner.tasks.spawn(cleanup_worker(
+            Arc::clone(&inner.store),
             inner.config.cleanup_interval,
-            inner.close_tx.subscribe(),
         ));
-        *inner.worker.lock() = Some(worker);
         Ok(MemoryRegistry { inner })
     }
 
@@ -124,7 +121,7 @@ impl MemoryRegistry {
 
     /// Number of live watch streams.
     pub fn watcher_count(&self) -> usize {
-        self.inner.store.changes.receiver_count()
+        self.inner.store.hub.subscribers()
     }
 
     /// Removes expired instances now (the cleanup worker does this every interval).
@@ -142,19 +139,13 @@ impl MemoryRegistry {
     }
 }
 
-async fn cleanup_worker(inner: Weak<Inner>, every: Duration, mut closed: watch::Receiver<bool>) {
+/// Runs until the registry's tasks stop (close, or the last handle dropped).
+async fn cleanup_worker(store: Arc<Store>, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = closed.changed() => return,
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        if inner.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let removed = inner.store.expire(tokio::time::Instant::now());
+        ticker.tick().await;
+        let removed = store.expire(tokio::time::Instant::now());
         if removed > 0 {
             tracing::debug!(removed, "memory registry expired instances");
         }
@@ -211,29 +202,24 @@ impl ServiceRegistry for MemoryRegistry {
 
     async fn watch(&self) -> Result<WatchStream> {
         self.check_open()?;
-        Ok(crate::watch::watch_stream(
-            &self.inner.store,
-            self.inner.close_tx.subscribe(),
-            None,
-        ))
+        self.inner.store.hub.subscribe(Scope::All)
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
-        Ok(crate::watch::watch_stream(
-            &self.inner.store,
-            self.inner.close_tx.subscribe(),
-            Some(name.to_owned()),
-        ))
+        self.inner
+            .store
+            .hub
+            .subscribe(Scope::Service(name.to_owned()))
     }
 
     fn state(&self) -> RegistryState {
-        if self.inner.closed.load(Ordering::Acquire) {
-            RegistryState::Closed
-        } else {
-            RegistryState::Connected
-        }
+        self.inner.state.get()
+    }
+
+    fn state_changes(&self) -> StateStream {
+        self.inner.state.changes()
     }
 
     fn default_ttl(&self) -> Option<Duration> {
@@ -244,10 +230,9 @@ impl ServiceRegistry for MemoryRegistry {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let _ = self.inner.close_tx.send(true);
-        if let Some(worker) = self.inner.worker.lock().take() {
-            worker.abort();
-        }
+        self.inner.state.close();
+        self.inner.tasks.shutdown().await;
+        self.inner.store.hub.close();
         self.inner.store.clear();
         Ok(())
     }

@@ -2,45 +2,32 @@
 //!
 //! `names` holds the instances per service name (so listing one service touches one shard) and
 //! `ids` maps an instance id to its service name. Every mutation of an id holds that id's shard
-//! lock in `ids` first and then the name's shard lock in `names` (always in that order), takes
-//! the next sequence number and sends its change while holding both, so the changes of one id
-//! reach watchers in sequence order. Readers take one shard lock at a time.
+//! lock in `ids` first and then the name's shard lock in `names` (always in that order), and
+//! hands its change to the watch hub while holding both, so the changes of one id reach the
+//! hub's view and its watchers in order. Readers take one shard lock at a time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::broadcast;
 use tokio::time::Instant;
-use waypost_core_types::{Error, Result, ServiceEventType, ServiceInfo, Timestamp};
+use waypost_core_types::{Error, Result, ServiceEventType, ServiceInfo, Timestamp, WatchHub};
 
 /// One stored instance.
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {
     pub(crate) info: Arc<ServiceInfo>,
-    /// Sequence number of the last change.
-    pub(crate) seq: u64,
     /// When it expires unless renewed; `None` never.
     pub(crate) deadline: Option<Instant>,
-}
-
-/// One change, shared by every watcher.
-#[derive(Debug)]
-pub(crate) struct Change {
-    pub(crate) seq: u64,
-    pub(crate) kind: ServiceEventType,
-    pub(crate) info: Arc<ServiceInfo>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Store {
     ids: DashMap<String, String>,
     names: DashMap<String, HashMap<String, Slot>>,
-    seq: AtomicU64,
-    pub(crate) changes: broadcast::Sender<Arc<Change>>,
+    pub(crate) hub: WatchHub,
     default_ttl: Option<Duration>,
 }
 
@@ -51,12 +38,10 @@ enum Mode {
 
 impl Store {
     pub(crate) fn new(watch_buffer: usize, default_ttl: Option<Duration>) -> Self {
-        let (changes, _) = broadcast::channel(watch_buffer);
         Store {
             ids: DashMap::new(),
             names: DashMap::new(),
-            seq: AtomicU64::new(0),
-            changes,
+            hub: WatchHub::new(watch_buffer),
             default_ttl,
         }
     }
@@ -69,17 +54,9 @@ impl Store {
         }
     }
 
-    fn emit(&self, kind: ServiceEventType, info: &Arc<ServiceInfo>) -> u64 {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.changes.receiver_count() > 0 {
-            // No receiver is not an error: nobody is watching.
-            let _ = self.changes.send(Arc::new(Change {
-                seq,
-                kind,
-                info: Arc::clone(info),
-            }));
-        }
-        seq
+    /// Hands a change to the watch hub (called with the id's shard locks held).
+    fn emit(&self, kind: ServiceEventType, info: &Arc<ServiceInfo>) {
+        self.hub.apply_shared(kind, Arc::clone(info));
     }
 
     pub(crate) fn register(&self, service: &ServiceInfo) -> Result<()> {
@@ -145,7 +122,7 @@ impl Store {
                 slot.info = Arc::new(info);
             }
         }
-        slot.seq = self.emit(ServiceEventType::Updated, &slot.info);
+        self.emit(ServiceEventType::Updated, &slot.info);
         slot.deadline = deadline;
     }
 
@@ -183,15 +160,8 @@ impl Store {
                 let mut info = service.clone();
                 info.stamp(now, moved_from.as_deref());
                 let info = Arc::new(info);
-                let seq = self.emit(ServiceEventType::Created, &info);
-                by_name.insert(
-                    service.id.clone(),
-                    Slot {
-                        info,
-                        seq,
-                        deadline,
-                    },
-                );
+                self.emit(ServiceEventType::Created, &info);
+                by_name.insert(service.id.clone(), Slot { info, deadline });
             }
         }
         Ok(())
@@ -293,27 +263,6 @@ impl Store {
             .get(name)
             .map(|map| map.values().map(|s| Arc::clone(&s.info)).collect())
             .unwrap_or_default()
-    }
-
-    /// The instances in scope with the sequence number of their last change.
-    pub(crate) fn snapshot(&self, scope: Option<&str>) -> Vec<(u64, Arc<ServiceInfo>)> {
-        let collect = |map: &HashMap<String, Slot>, out: &mut Vec<_>| {
-            out.extend(map.values().map(|s| (s.seq, Arc::clone(&s.info))));
-        };
-        let mut out = Vec::new();
-        match scope {
-            Some(name) => {
-                if let Some(map) = self.names.get(name) {
-                    collect(&map, &mut out);
-                }
-            }
-            None => {
-                for map in self.names.iter() {
-                    collect(&map, &mut out);
-                }
-            }
-        }
-        out
     }
 
     /// Removes every instance whose deadline passed by `now`; returns how many.

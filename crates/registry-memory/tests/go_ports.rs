@@ -263,3 +263,15 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn state_changes_follow_the_registry_to_closed() {
+    use waypost_core_types::RegistryState;
+    let registry = MemoryRegistry::new();
+    let mut states = registry.state_changes();
+    assert_eq!(states.next().await, Some(RegistryState::Connected));
+    registry.close().await.unwrap();
+    assert_eq!(states.next().await, Some(RegistryState::Closed));
+    assert_eq!(states.next().await, None, "the stream ends after Closed");
+    assert_eq!(registry.state(), RegistryState::Closed);
+}
