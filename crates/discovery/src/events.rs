@@ -1,10 +1,8 @@
 //! The per-service event stream of [`CachedDiscovery::watch`](crate::CachedDiscovery).
 
-use std::collections::HashMap;
-
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use waypost_core_types::{ServiceEvent, ServiceEventStream, ServiceInfo, WatchEvent, WatchStream};
+use waypost_core_types::{InstanceView, Scope, ServiceEventStream, WatchEvent, WatchStream};
 
 /// Turns a registry watch into plain change events. The initial snapshot is the starting point
 /// (no events); a later snapshot (a resync after lag or a reconnect) is turned into the
@@ -14,34 +12,17 @@ pub(crate) fn changes(
     stream: WatchStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> ServiceEventStream {
-    let mut known: HashMap<String, ServiceInfo> = HashMap::new();
+    // The stream is already scoped to one service: the view covers everything it carries.
+    let mut view = InstanceView::new();
     let mut started = false;
     let events = stream.flat_map(move |ev| {
         let out = match ev {
-            WatchEvent::Snapshot { services, .. } => {
-                let next: HashMap<String, ServiceInfo> =
-                    services.into_iter().map(|s| (s.id.clone(), s)).collect();
-                let out = if started {
-                    diff(&known, &next)
-                } else {
-                    Vec::new()
-                };
+            WatchEvent::Snapshot { .. } if !started => {
                 started = true;
-                known = next;
-                out
+                view.apply_watch_event(&Scope::All, ev);
+                Vec::new()
             }
-            WatchEvent::Change(change) => {
-                match change.kind {
-                    waypost_core_types::ServiceEventType::Deleted => {
-                        known.remove(&change.service.id);
-                    }
-                    _ => {
-                        known.insert(change.service.id.clone(), change.service.clone());
-                    }
-                }
-                vec![change]
-            }
-            _ => Vec::new(),
+            other => view.apply_watch_event(&Scope::All, other),
         };
         futures_util::stream::iter(out)
     });
@@ -51,31 +32,10 @@ pub(crate) fn changes(
     Box::pin(events.take_until(stop))
 }
 
-fn diff(
-    old: &HashMap<String, ServiceInfo>,
-    new: &HashMap<String, ServiceInfo>,
-) -> Vec<ServiceEvent> {
-    let mut out = Vec::new();
-    let mut ids: Vec<&String> = new.keys().collect();
-    ids.sort();
-    for id in ids {
-        let s = &new[id];
-        match old.get(id) {
-            None => out.push(ServiceEvent::created(s.clone())),
-            Some(o) if o != s => out.push(ServiceEvent::updated(s.clone())),
-            Some(_) => {}
-        }
-    }
-    let mut gone: Vec<&ServiceInfo> = old.values().filter(|o| !new.contains_key(&o.id)).collect();
-    gone.sort_by(|a, b| a.id.cmp(&b.id));
-    out.extend(gone.into_iter().map(|o| ServiceEvent::deleted(o.clone())));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use waypost_core_types::{ServiceEventType, SnapshotReason};
+    use waypost_core_types::{ServiceEvent, ServiceEventType, ServiceInfo, SnapshotReason};
 
     #[tokio::test]
     async fn resync_becomes_events() {
