@@ -1,12 +1,11 @@
 //! [`EtcdConfig`]: where the etcd cluster is, how to authenticate, and the timings.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use waypost_core_types::time::config_duration;
-use waypost_core_types::{Error, Result};
+use waypost_core_types::{Error, Result, Secret};
 
 /// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`.
 pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
@@ -40,7 +39,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// config.validate()?;
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdConfig {
@@ -49,8 +48,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// User name for etcd authentication (with `password`).
     pub username: Option<String>,
-    /// Password for etcd authentication. Redacted in `Debug`.
-    pub password: Option<String>,
+    /// Password for etcd authentication. Never shown (see [`Secret`]).
+    pub password: Option<Secret>,
     /// Key prefix; instances are stored at `<prefix>/<name>/<id>`.
     pub prefix: String,
     /// TTL of the registry's lease: how long after this process dies its instances vanish.
@@ -134,23 +133,6 @@ impl Default for EtcdConfig {
     }
 }
 
-impl fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("prefix", &self.prefix)
-            .field("ttl", &self.ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_backoff", &self.max_backoff)
-            .field("watch_buffer", &self.watch_buffer)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
 impl EtcdConfig {
     /// Defaults with these endpoints.
     pub fn new<I, S>(endpoints: I) -> Self
@@ -183,7 +165,7 @@ impl EtcdConfig {
         password: impl Into<String>,
     ) -> Self {
         self.username = Some(username.into());
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password));
         self
     }
 

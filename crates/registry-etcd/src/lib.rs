@@ -36,7 +36,7 @@
 mod config;
 mod error;
 mod keys;
-mod lease;
+mod liveness;
 mod registry;
 mod retry;
 mod watch;
@@ -46,9 +46,3 @@ pub use config::{
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, DEFAULT_WATCH_BUFFER,
 };
 pub use registry::EtcdRegistry;
-
-/// Resolves once the registry is closed (or dropped). Drops the borrow inside, so it can sit in
-/// a `select!` whose other arms await.
-pub(crate) async fn closed(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|c| *c).await;
-}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -13,11 +13,12 @@ use etcd_client::{
 };
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify, RwLock};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use waypost_core_types::tasks::StopSignal;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, RegistryState, Result, ServiceInfo, ServiceRegistry, Timestamp, WatchStream,
+    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
+    StateStream, Tasks, Timestamp, WatchStream,
 };
 
 use crate::config::EtcdConfig;
@@ -55,8 +56,10 @@ pub(crate) struct Inner {
     pub(crate) config: EtcdConfig,
     pub(crate) keys: KeyLayout,
     pub(crate) policy: RetryPolicy,
-    /// `true` once closed (or dropped); every task watches it.
-    pub(crate) shutdown: watch::Sender<bool>,
+    /// Resolves once the registry is closed (or dropped); every task and call watches it.
+    pub(crate) stop: StopSignal,
+    /// One hub (and one etcd watch) per watched scope.
+    pub(crate) hubs: ScopedHubs,
     /// What this registry registered: put again after a lease loss.
     pub(crate) ours: Mutex<HashMap<String, ServiceInfo>>,
     /// Mutations hold it shared; re-registering after a lease loss holds it exclusively, so a
@@ -67,16 +70,16 @@ pub(crate) struct Inner {
     pub(crate) lease_suspect: Notify,
     /// `renew` asks for an immediate keep-alive.
     pub(crate) renew_now: Notify,
-    pub(crate) state: Mutex<RegistryState>,
+    pub(crate) state: StateCell,
 }
 
 impl Inner {
-    pub(crate) fn closed_rx(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+    pub(crate) fn stop_signal(&self) -> StopSignal {
+        self.stop.clone()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        *self.shutdown.borrow()
+        self.state.is_closed() || self.stop.is_stopped()
     }
 
     pub(crate) fn lease_id(&self) -> i64 {
@@ -84,36 +87,11 @@ impl Inner {
     }
 
     pub(crate) fn set_connected(&self) {
-        let mut s = self.state.lock();
-        if !matches!(*s, RegistryState::Closed) {
-            if !s.is_connected() {
-                tracing::info!(target: "waypost::etcd", "connected; registrations in place");
-            }
-            *s = RegistryState::Connected;
-        }
+        self.state.connected();
     }
 
     pub(crate) fn set_recovering(&self, why: &str) {
-        let mut s = self.state.lock();
-        match &mut *s {
-            RegistryState::Closed => {}
-            RegistryState::Recovering {
-                attempts,
-                last_error,
-                ..
-            } => {
-                *attempts = attempts.saturating_add(1);
-                *last_error = why.to_owned();
-            }
-            _ => {
-                tracing::warn!(target: "waypost::etcd", error = why, "connection trouble; recovering");
-                *s = RegistryState::Recovering {
-                    since: SystemTime::now(),
-                    attempts: 1,
-                    last_error: why.to_owned(),
-                };
-            }
-        }
+        self.state.failed(&why);
     }
 
     /// Runs `op` with retries under the call deadline.
@@ -122,11 +100,10 @@ impl Inner {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, AttemptError>>,
     {
-        let closed = self.closed_rx();
         retry(
             what,
             &self.policy,
-            &closed,
+            &self.stop,
             &|| self.lease_suspect.notify_one(),
             op,
         )
@@ -355,7 +332,8 @@ impl Inner {
 /// otherwise the lease expires after the TTL).
 pub struct EtcdRegistry {
     inner: Arc<Inner>,
-    lease_task: Mutex<Option<JoinHandle<()>>>,
+    /// The keep-alive and the watch feeds; dropped (aborted) with the registry.
+    tasks: Tasks,
     closing: AtomicBool,
 }
 
@@ -364,7 +342,7 @@ impl fmt::Debug for EtcdRegistry {
         f.debug_struct("EtcdRegistry")
             .field("config", &self.inner.config)
             .field("lease", &self.inner.lease_id())
-            .field("state", &*self.inner.state.lock())
+            .field("state", &self.inner.state.get())
             .finish()
     }
 }
@@ -382,7 +360,7 @@ fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions> {
         .with_require_leader(true)
         .with_auto_token_refresh(true);
     if let (Some(user), Some(password)) = (&config.username, &config.password) {
-        opts = opts.with_user(user.clone(), password.clone());
+        opts = opts.with_user(user.clone(), password.expose());
     }
     if let Some(tls) = &config.tls {
         let mut t = TlsOptions::new();
@@ -447,7 +425,7 @@ impl EtcdRegistry {
                 )))
             }
         };
-        let (shutdown, _) = watch::channel(false);
+        let tasks = Tasks::new();
         let (lease, _) = watch::channel(LeaseSlot {
             id: lease_id,
             generation: 0,
@@ -456,20 +434,21 @@ impl EtcdRegistry {
             client,
             keys: KeyLayout::new(&config.prefix),
             policy: RetryPolicy::new(config.request_timeout),
+            hubs: ScopedHubs::new(config.watch_buffer),
             config,
-            shutdown,
+            stop: tasks.signal(),
             ours: Mutex::new(HashMap::new()),
             gate: RwLock::new(()),
             lease,
             lease_suspect: Notify::new(),
             renew_now: Notify::new(),
-            state: Mutex::new(RegistryState::Connected),
+            state: StateCell::new(BACKEND),
         });
-        let task = tokio::spawn(crate::lease::run(inner.clone()));
+        tasks.spawn(crate::liveness::run(inner.clone()));
         tracing::debug!(target: "waypost::etcd", lease = lease_id, "registry connected");
         Ok(EtcdRegistry {
             inner,
-            lease_task: Mutex::new(Some(task)),
+            tasks,
             closing: AtomicBool::new(false),
         })
     }
@@ -651,17 +630,21 @@ impl ServiceRegistry for EtcdRegistry {
 
     async fn watch(&self) -> Result<WatchStream> {
         self.check_open()?;
-        crate::watch::start(self.inner.clone(), self.inner.keys.all()).await
+        crate::watch::subscribe(&self.inner, &self.tasks, Scope::All).await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
-        crate::watch::start(self.inner.clone(), self.inner.keys.service(name)).await
+        crate::watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
     }
 
     fn state(&self) -> RegistryState {
-        self.inner.state.lock().clone()
+        self.inner.state.get()
+    }
+
+    fn state_changes(&self) -> StateStream {
+        self.inner.state.changes()
     }
 
     fn default_ttl(&self) -> Option<Duration> {
@@ -672,23 +655,21 @@ impl ServiceRegistry for EtcdRegistry {
         if !self.stop() {
             return Ok(());
         }
+        // The keep-alive stops before the revoke, so it cannot race it with a new grant.
+        self.tasks.shutdown().await;
         self.inner.release().await
     }
 }
 
 impl EtcdRegistry {
-    /// Marks the registry closed, stops the keep-alive (first, so it cannot race a revoke with a
-    /// new grant) and ends every watch stream; every later call fails with `Closed`. `false` if
-    /// it was stopped already.
+    /// Marks the registry closed and ends every watch stream; every later call fails with
+    /// `Closed`. `false` if it was stopped already.
     fn stop(&self) -> bool {
         if self.closing.swap(true, Ordering::SeqCst) {
             return false;
         }
-        *self.inner.state.lock() = RegistryState::Closed;
-        if let Some(task) = self.lease_task.lock().take() {
-            task.abort();
-        }
-        let _ = self.inner.shutdown.send_replace(true);
+        self.inner.state.close();
+        self.inner.hubs.close();
         true
     }
 }
@@ -714,13 +695,11 @@ impl Drop for EtcdRegistry {
         if !self.stop() || self.inner.ours.lock().is_empty() {
             return;
         }
-        // Dropped without `close`: revoke the lease in the background, so our instances go now
-        // rather than after the TTL. Without a runtime (or while it shuts down) they expire.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+        // Dropped without `close`: the tasks abort with `self.tasks`, and the lease is revoked
+        // in a bounded clean-up task, so our instances go now rather than after the TTL.
         let inner = self.inner.clone();
-        rt.spawn(async move {
+        let bound = inner.config.request_timeout;
+        self.tasks.cleanup_on_drop(bound, async move {
             let _ = inner.release().await;
         });
     }

@@ -4,8 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
+use waypost_core_types::tasks::StopSignal;
 use waypost_core_types::{Error, Result};
 
 use crate::error::{self, BACKEND};
@@ -52,12 +52,12 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `op` until it succeeds, fails for good, the deadline passes, or `closed` turns true.
+/// Runs `op` until it succeeds, fails for good, the deadline passes, or the registry stops.
 /// `on_lease_lost` runs when an attempt names a lease that no longer exists.
 pub(crate) async fn retry<T, F, Fut>(
     what: &str,
     policy: &RetryPolicy,
-    closed: &watch::Receiver<bool>,
+    closed: &StopSignal,
     on_lease_lost: &(dyn Fn() + Send + Sync),
     mut op: F,
 ) -> Result<T>
@@ -72,7 +72,7 @@ where
     let mut last = String::from("no attempt finished");
     let mut timed_out = false;
     loop {
-        if *closed.borrow() {
+        if closed.is_stopped() {
             return Err(Error::Closed);
         }
         let now = Instant::now();
@@ -118,7 +118,7 @@ where
             let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = crate::closed(&mut closed) => return Err(Error::Closed),
+                _ = closed.stopped() => return Err(Error::Closed),
             }
         }
     }
@@ -129,6 +129,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use waypost_core_types::Tasks;
 
     fn unavailable() -> etcd_client::Error {
         etcd_client::Error::IoError(std::io::Error::new(
@@ -139,7 +140,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transient_errors_are_retried_until_success() {
-        let (_tx, rx) = watch::channel(false);
+        let tasks = Tasks::new();
+        let rx = tasks.signal();
         let calls = AtomicU32::new(0);
         let policy = RetryPolicy::new(Duration::from_secs(5));
         let got = retry("get", &policy, &rx, &|| {}, || async {
@@ -156,7 +158,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadline_bounds_the_call() {
-        let (_tx, rx) = watch::channel(false);
+        let tasks = Tasks::new();
+        let rx = tasks.signal();
         let policy = RetryPolicy::new(Duration::from_secs(2));
         let start = Instant::now();
         let r: Result<()> = retry("put", &policy, &rx, &|| {}, || async {
@@ -176,7 +179,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hanging_attempts_time_out() {
-        let (_tx, rx) = watch::channel(false);
+        let tasks = Tasks::new();
+        let rx = tasks.signal();
         let policy = RetryPolicy::new(Duration::from_secs(3));
         let r: Result<()> = retry("get", &policy, &rx, &|| {}, || async {
             std::future::pending::<()>().await;
@@ -188,7 +192,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn final_errors_and_close_stop_at_once() {
-        let (tx, rx) = watch::channel(false);
+        let tasks = Tasks::new();
+        let rx = tasks.signal();
         let policy = RetryPolicy::new(Duration::from_secs(5));
         let calls = AtomicU32::new(0);
         let r: Result<()> = retry("get", &policy, &rx, &|| {}, || async {
@@ -198,14 +203,15 @@ mod tests {
         .await;
         assert!(matches!(r, Err(Error::NotFound(_))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        tx.send(true).unwrap();
+        tasks.shutdown().await;
         let r: Result<()> = retry("get", &policy, &rx, &|| {}, || async { Ok(()) }).await;
         assert!(matches!(r, Err(Error::Closed)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn lost_lease_is_reported_and_retried() {
-        let (_tx, rx) = watch::channel(false);
+        let tasks = Tasks::new();
+        let rx = tasks.signal();
         let policy = RetryPolicy::new(Duration::from_secs(5));
         let lost = AtomicU32::new(0);
         let calls = AtomicU32::new(0);

@@ -1,223 +1,165 @@
-//! Watch streams: a snapshot read at revision R, then an etcd watch of the same range from
-//! R + 1.
+//! Watch feeds: one etcd watch per watched scope, feeding that scope's [`WatchHub`].
 //!
-//! A broken watch (dead member, restarting server) is reopened from the last revision seen, so
-//! nothing is lost or repeated. If that revision was compacted (or the cluster's revision went
-//! backwards: a reset cluster), the range is read again and a `Snapshot { reason: Reconnected }`
-//! replaces everything the watcher knew. The task always drains etcd promptly; if the consumer
-//! falls more than [`EtcdConfig::watch_buffer`](crate::EtcdConfig::watch_buffer) events behind,
-//! the backlog is dropped and a
-//! `Snapshot { reason: Lagged }` is sent instead. The task ends when the stream is dropped or the
-//! registry closes.
+//! The first stream of a scope reads the range at revision R into a new hub, then an etcd watch
+//! of the same range from R + 1 feeds every change to it; later streams of the scope share the
+//! hub, and the feed stops after the last stream is dropped. A broken watch (dead member,
+//! restarting server) is reopened from the last revision seen, so nothing is lost or repeated.
+//! If that revision was compacted (or the cluster's revision went backwards: a reset cluster),
+//! the range is read again and every stream gets a `Snapshot { reason: Reconnected }`. The hub
+//! handles consumers that fall behind
+//! ([`EtcdConfig::watch_buffer`](crate::EtcdConfig::watch_buffer) items).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use waypost_core_types::backoff::Backoff;
 use waypost_core_types::{
-    Result, ServiceEvent, ServiceInfo, SnapshotReason, WatchEvent, WatchStream,
+    Result, Scope, ServiceEvent, ServiceInfo, SnapshotReason, Tasks, WatchHub, WatchStream,
 };
 
 use crate::keys::prefix_end;
 use crate::registry::Inner;
-use waypost_core_types::backoff::Backoff;
 
-/// Capacity of the channel between the task and the stream.
-const CHANNEL: usize = 256;
-
-/// Reads the range and starts the watch task.
-pub(crate) async fn start(inner: Arc<Inner>, range: String) -> Result<WatchStream> {
-    let (services, revision) = inner.list_range(&range).await?;
-    let (tx, rx) = mpsc::channel(CHANNEL);
-    let mut pending = VecDeque::new();
-    pending.push_back(WatchEvent::Snapshot {
-        services,
-        reason: SnapshotReason::Initial,
-    });
-    tokio::spawn(run(inner, range, tx, pending, revision));
-    Ok(Box::pin(ReceiverStream::new(rx)))
-}
-
-enum Next {
-    /// Reopen the etcd watch from `next_rev`.
-    Reopen,
-    /// The consumer is gone or the registry closed.
-    Stop,
-}
-
-async fn run(
-    inner: Arc<Inner>,
-    range: String,
-    tx: mpsc::Sender<WatchEvent>,
-    mut pending: VecDeque<WatchEvent>,
-    revision: i64,
-) {
-    let mut next_rev = revision + 1;
-    let mut backoff = Backoff::new(Duration::from_millis(20), inner.config.max_backoff);
-    let mut closed = inner.closed_rx();
-    loop {
-        match session(
-            &inner,
-            &range,
-            &tx,
-            &mut pending,
-            &mut next_rev,
-            &mut backoff,
-        )
+/// A stream over `scope`, from the scope's live feed or a new one.
+pub(crate) async fn subscribe(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+) -> Result<WatchStream> {
+    inner
+        .hubs
+        .subscribe(scope.clone(), |hub| async move {
+            let range = range_of(inner, &scope);
+            let (services, revision) = inner.list_range(&range).await?;
+            hub.replace(&scope, services, Some(SnapshotReason::Initial));
+            tasks.spawn(run(Arc::clone(inner), scope, range, hub, revision));
+            Ok(())
+        })
         .await
-        {
-            Next::Stop => return,
-            Next::Reopen => {
-                let pause = backoff.next_delay();
-                // Keep delivering what is buffered while waiting.
-                let deadline = tokio::time::Instant::now() + pause;
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = crate::closed(&mut closed) => return,
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        permit = tx.reserve(), if !pending.is_empty() => match permit {
-                            Ok(p) => {
-                                if let Some(ev) = pending.pop_front() {
-                                    p.send(ev);
-                                }
-                            }
-                            Err(_) => return,
-                        },
-                        _ = tx.closed(), if pending.is_empty() => return,
-                    }
-                }
+}
+
+fn range_of(inner: &Inner, scope: &Scope) -> String {
+    match scope {
+        Scope::All => inner.keys.all(),
+        Scope::Service(name) => inner.keys.service(name),
+    }
+}
+
+/// Feeds `hub` until its last stream is dropped or the registry closes.
+async fn run(inner: Arc<Inner>, scope: Scope, range: String, hub: WatchHub, revision: i64) {
+    let feed = Feed {
+        inner: &inner,
+        scope: &scope,
+        range: &range,
+        hub: &hub,
+        next_rev: revision + 1,
+        backoff: Backoff::new(Duration::from_millis(20), inner.config.max_backoff),
+    };
+    tokio::select! {
+        () = inner.hubs.unwatched(&scope, &hub) => {}
+        () = feed.run() => {}
+    }
+}
+
+struct Feed<'a> {
+    inner: &'a Inner,
+    scope: &'a Scope,
+    range: &'a str,
+    hub: &'a WatchHub,
+    /// The first revision not yet reflected in the hub.
+    next_rev: i64,
+    backoff: Backoff,
+}
+
+impl Feed<'_> {
+    async fn run(mut self) {
+        loop {
+            self.session().await;
+            tokio::time::sleep(self.backoff.next_delay()).await;
+        }
+    }
+
+    /// Re-reads the range; every stream of the scope gets a snapshot with `reason`.
+    async fn resync(&mut self, reason: SnapshotReason) {
+        match self.inner.list_range(self.range).await {
+            Ok((services, revision)) => {
+                self.hub.replace(self.scope, services, Some(reason));
+                self.next_rev = revision + 1;
+            }
+            Err(e) => {
+                tracing::warn!(target: "waypost::etcd", error = %e, range = self.range, "watch resync failed; retrying");
             }
         }
     }
-}
 
-/// Re-reads the range into a snapshot that replaces the backlog.
-async fn resync(
-    inner: &Inner,
-    range: &str,
-    pending: &mut VecDeque<WatchEvent>,
-    next_rev: &mut i64,
-    reason: SnapshotReason,
-) -> bool {
-    match inner.list_range(range).await {
-        Ok((services, revision)) => {
-            pending.clear();
-            pending.push_back(WatchEvent::Snapshot { services, reason });
-            *next_rev = revision + 1;
-            true
-        }
-        Err(e) => {
-            tracing::warn!(target: "waypost::etcd", error = %e, range, "watch resync failed; retrying");
-            false
-        }
-    }
-}
-
-async fn session(
-    inner: &Inner,
-    range: &str,
-    tx: &mpsc::Sender<WatchEvent>,
-    pending: &mut VecDeque<WatchEvent>,
-    next_rev: &mut i64,
-    backoff: &mut Backoff,
-) -> Next {
-    let mut closed = inner.closed_rx();
-    if *closed.borrow() {
-        return Next::Stop;
-    }
-    let opts = WatchOptions::new()
-        .with_range(prefix_end(range.as_bytes()))
-        .with_start_revision(*next_rev)
-        .with_prev_key()
-        .with_progress_notify();
-    let mut watch_client = inner.client.watch_client();
-    let timeout = inner.policy.attempt_timeout;
-    let opened = tokio::select! {
-        _ = crate::closed(&mut closed) => return Next::Stop,
-        r = tokio::time::timeout(timeout, watch_client.watch(range, Some(opts))) => r,
-    };
-    let mut stream = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(target: "waypost::etcd", error = %e, "watch not opened");
-            return Next::Reopen;
-        }
-        Err(_) => return Next::Reopen,
-    };
-    let mut created = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = crate::closed(&mut closed) => return Next::Stop,
-            permit = tx.reserve(), if !pending.is_empty() => match permit {
-                Ok(p) => {
-                    if let Some(ev) = pending.pop_front() {
-                        p.send(ev);
-                    }
+    /// One etcd watch from `next_rev`, until it breaks or history is lost.
+    async fn session(&mut self) {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(self.range.as_bytes()))
+            .with_start_revision(self.next_rev)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut watch_client = self.inner.client.watch_client();
+        let timeout = self.inner.policy.attempt_timeout;
+        let mut stream =
+            match tokio::time::timeout(timeout, watch_client.watch(self.range, Some(opts))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "waypost::etcd", error = %e, "watch not opened");
+                    return;
                 }
-                Err(_) => return Next::Stop,
-            },
-            _ = tx.closed(), if pending.is_empty() => return Next::Stop,
-            msg = stream.message() => {
-                let resp = match msg {
-                    Ok(Some(resp)) => resp,
-                    Ok(None) => {
-                        tracing::debug!(target: "waypost::etcd", "watch stream ended; resuming");
-                        return Next::Reopen;
-                    }
-                    Err(e) => {
-                        tracing::debug!(target: "waypost::etcd", error = %e, "watch broke; resuming");
-                        return Next::Reopen;
-                    }
-                };
-                if resp.compact_revision() > 0 || resp.canceled() {
-                    tracing::warn!(
-                        target: "waypost::etcd",
-                        compacted = resp.compact_revision(),
-                        reason = resp.cancel_reason(),
-                        "watch history lost; sending a fresh snapshot"
-                    );
-                    resync(inner, range, pending, next_rev, SnapshotReason::Reconnected).await;
-                    return Next::Reopen;
+                Err(_) => return,
+            };
+        let mut created = false;
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    tracing::debug!(target: "waypost::etcd", "watch stream ended; resuming");
+                    return;
                 }
-                if !created && resp.created() {
-                    created = true;
-                    backoff.reset();
-                    // A cluster whose revision went backwards was reset: our position means
-                    // nothing there.
-                    let current = resp.header().map(|h| h.revision()).unwrap_or(i64::MAX);
-                    if current + 1 < *next_rev {
-                        tracing::warn!(target: "waypost::etcd", current, expected = *next_rev - 1,
-                            "cluster revision went backwards; sending a fresh snapshot");
-                        resync(inner, range, pending, next_rev, SnapshotReason::Reconnected).await;
-                        return Next::Reopen;
-                    }
+                Err(e) => {
+                    tracing::debug!(target: "waypost::etcd", error = %e, "watch broke; resuming");
+                    return;
                 }
-                // One revision can hold many events (a transaction, a lease expiry): compare
-                // against the position before this response, advance after it.
-                let floor = *next_rev;
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let rev = kv.mod_revision();
-                    if rev < floor {
-                        continue; // already covered by a snapshot
-                    }
-                    if let Some(change) = convert(inner, ev.event_type(), kv, ev.prev_kv()) {
-                        pending.push_back(WatchEvent::Change(change));
-                    }
-                    *next_rev = (*next_rev).max(rev + 1);
+            };
+            if resp.compact_revision() > 0 || resp.canceled() {
+                tracing::warn!(
+                    target: "waypost::etcd",
+                    compacted = resp.compact_revision(),
+                    reason = resp.cancel_reason(),
+                    "watch history lost; sending a fresh snapshot"
+                );
+                self.resync(SnapshotReason::Reconnected).await;
+                return;
+            }
+            if !created && resp.created() {
+                created = true;
+                self.backoff.reset();
+                // A cluster whose revision went backwards was reset: our position means
+                // nothing there.
+                let current = resp.header().map(|h| h.revision()).unwrap_or(i64::MAX);
+                if current + 1 < self.next_rev {
+                    tracing::warn!(target: "waypost::etcd", current, expected = self.next_rev - 1,
+                        "cluster revision went backwards; sending a fresh snapshot");
+                    self.resync(SnapshotReason::Reconnected).await;
+                    return;
                 }
-                if pending.len() > inner.config.watch_buffer.max(1) {
-                    tracing::warn!(target: "waypost::etcd", backlog = pending.len(),
-                        "watcher fell behind; replacing its backlog with a snapshot");
-                    if !resync(inner, range, pending, next_rev, SnapshotReason::Lagged).await {
-                        return Next::Reopen;
-                    }
+            }
+            // One revision can hold many events (a transaction, a lease expiry): compare
+            // against the position before this response, advance after it.
+            let floor = self.next_rev;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision();
+                if rev < floor {
+                    continue; // already covered by a snapshot
                 }
+                if let Some(change) = convert(self.inner, ev.event_type(), kv, ev.prev_kv()) {
+                    self.hub.apply(change);
+                }
+                self.next_rev = self.next_rev.max(rev + 1);
             }
         }
     }

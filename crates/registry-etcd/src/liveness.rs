@@ -30,11 +30,11 @@ pub(crate) fn keep_alive_interval(ttl_secs: i64) -> Duration {
 }
 
 pub(crate) async fn run(inner: Arc<Inner>) {
-    let mut closed = inner.closed_rx();
+    let mut closed = inner.stop_signal();
     let mut backoff = Backoff::new(Duration::from_millis(50), inner.config.max_backoff);
     loop {
         let end = tokio::select! {
-            _ = crate::closed(&mut closed) => return,
+            _ = closed.stopped() => return,
             end = session(&inner, &mut backoff) => end,
         };
         match end {
@@ -43,7 +43,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 let pause = backoff.next_delay();
                 tracing::debug!(target: "waypost::etcd", error = %why, ?pause, "keep-alive stream broken");
                 tokio::select! {
-                    _ = crate::closed(&mut closed) => return,
+                    _ = closed.stopped() => return,
                     _ = tokio::time::sleep(pause) => {}
                 }
             }
@@ -57,7 +57,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 inner.set_recovering(&format!("lease lost: {why}"));
                 loop {
                     let r = tokio::select! {
-                        _ = crate::closed(&mut closed) => return,
+                        _ = closed.stopped() => return,
                         r = inner.regrant() => r,
                     };
                     match r {
@@ -71,7 +71,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                             let pause = backoff.next_delay();
                             tracing::debug!(target: "waypost::etcd", error = %e, ?pause, "re-register failed");
                             tokio::select! {
-                                _ = crate::closed(&mut closed) => return,
+                                _ = closed.stopped() => return,
                                 _ = tokio::time::sleep(pause) => {}
                             }
                         }
