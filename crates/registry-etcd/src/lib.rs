@@ -29,9 +29,8 @@
 //! # }
 //! ```
 //!
-//! Building needs `protoc` (etcd-client compiles its `.proto` files). Inside the waypost
-//! workspace `.cargo/config.toml` points `PROTOC` at the binary of the crates.io package
-//! `protoc-bin-vendored-linux-x86_64`, so no system package is needed there.
+//! Building needs no `protoc`: the etcd client is `etcd-client` 0.21.1 with its generated
+//! protobuf code checked in (the package `waypost-etcd-client`), so it has no build script.
 
 mod config;
 mod error;
