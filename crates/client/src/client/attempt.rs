@@ -1,0 +1,279 @@
+//! One attempt of a call: pick an instance (avoiding failed and ejected ones), send the request
+//! within the attempt's timeout, read the response, and report the outcome to the balancer and to
+//! the instance's breaker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tracing::Instrument;
+use waypost_core_types::{Error, Outcome, Protocol, Result, SelectContext, Selection, ServiceInfo};
+
+use super::execute::deadline_error;
+use super::{BoxFuture, CallSpec, ServiceClient};
+use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_PREFIX};
+use crate::outlier::InstancePermit;
+
+pub(super) enum RetryClass {
+    Never,
+    Always,
+    IfIdempotent,
+}
+
+pub(super) enum Attempt {
+    Done(StatusCode, HeaderMap, Bytes),
+    Fail {
+        error: Error,
+        outcome: Outcome,
+        retry: RetryClass,
+        timed_out: bool,
+    },
+}
+
+/// `scheme://address:port/path`, written once into a buffer of the right size (the URI takes
+/// the buffer over without copying).
+fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
+    // "[" "]" ":" and five digits at most around the address.
+    let mut uri = String::with_capacity(scheme.len() + 3 + instance.address.len() + 8 + path.len());
+    uri.push_str(scheme);
+    uri.push_str("://");
+    let _ = instance.write_endpoint(&mut uri);
+    uri.push_str(path);
+    uri
+}
+
+fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+impl ServiceClient {
+    /// One attempt: picks an instance, sends, and reports the outcome to the balancer's guard
+    /// and to the instance's breaker. Returns the instance, what happened, and whether the
+    /// attempt's timeout was the call's deadline.
+    pub(super) async fn try_once(
+        &self,
+        spec: &CallSpec,
+        failed: &[String],
+        attempt: u32,
+        remaining: Option<Duration>,
+        per_attempt: Duration,
+        overall: Option<Duration>,
+    ) -> Result<(Arc<ServiceInfo>, Attempt, bool)> {
+        let (selection, permit) = match remaining {
+            Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
+                .await
+                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall)))?,
+            None => self.pick(spec, failed).await?,
+        };
+        let attempt_timeout = remaining.map_or(per_attempt, |r| r.min(per_attempt));
+        let capped_by_deadline = remaining.is_some_and(|r| r <= per_attempt);
+        let span = tracing::debug_span!(
+            "attempt",
+            attempt,
+            instance = %selection.instance.id,
+            endpoint = %selection.instance.endpoint(),
+        );
+        let t0 = Instant::now();
+        let result = self
+            .send_once(spec, &selection.instance, t0, attempt_timeout)
+            .instrument(span)
+            .await;
+        let elapsed = t0.elapsed();
+        let outcome = match &result {
+            Attempt::Done(..) => Outcome::Success,
+            Attempt::Fail { outcome, .. } => *outcome,
+        };
+        let Selection { instance, guard } = selection;
+        guard.finish_with_latency(outcome, elapsed);
+        if let Some(p) = permit {
+            p.finish(outcome);
+        }
+        Ok((instance, result, capped_by_deadline))
+    }
+
+    /// Picks an instance that neither failed in this call nor is ejected, falling back to the
+    /// ones that failed in this call, never to an ejected one.
+    async fn pick(
+        &self,
+        spec: &CallSpec,
+        failed: &[String],
+    ) -> Result<(Selection, Option<InstancePermit>)> {
+        let discovery = &self.inner.discovery;
+        let hash_key = spec.hash_key.as_deref();
+        let Some(outliers) = &self.inner.outliers else {
+            let ctx = SelectContext {
+                hash_key,
+                avoid: failed,
+            };
+            return Ok((discovery.select(&spec.service, &ctx).await?, None));
+        };
+        let mut ejected = Vec::new();
+        outliers.ejected(&mut ejected);
+        let mut avoid: Vec<String> = failed.to_vec();
+        avoid.extend(ejected.iter().cloned());
+        for _ in 0..8 {
+            let ctx = SelectContext {
+                hash_key,
+                avoid: &avoid,
+            };
+            let selection = discovery.select(&spec.service, &ctx).await?;
+            match outliers.acquire(&selection.instance.id) {
+                Ok(permit) => return Ok((selection, Some(permit))),
+                Err(_) => {
+                    let id = selection.instance.id.clone();
+                    drop(selection);
+                    if !avoid.contains(&id) {
+                        // Ejected since we looked.
+                        ejected.push(id.clone());
+                        avoid.push(id);
+                    } else if avoid.len() > ejected.len() {
+                        // The balancer fell back on an avoided instance: allow the ones that
+                        // merely failed in this call, keep the ejected ones out.
+                        avoid.clone_from(&ejected);
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(service = %spec.service, "every instance is ejected");
+        Err(Error::CircuitOpen)
+    }
+
+    /// Builds the request for `instance` and the future that sends it and reads the response.
+    fn exchange(&self, spec: &CallSpec, instance: &ServiceInfo) -> Result<BoxFuture<'_, Attempt>> {
+        let scheme = match instance.protocol {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "instance `{}` speaks {other}; the service client speaks http and https",
+                    instance.id
+                )))
+            }
+        };
+        let uri = match http::Uri::try_from(request_uri(scheme, instance, &spec.path)) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Err(Error::InvalidConfig(format!(
+                    "request to `{}`: {e}",
+                    spec.service
+                )))
+            }
+        };
+        let mut req = Request::new(Full::new(spec.body.clone()));
+        *req.method_mut() = spec.method.clone();
+        *req.uri_mut() = uri;
+        if !spec.headers.is_empty() {
+            *req.headers_mut() = spec.headers.clone();
+        }
+        let limit = self.inner.body_limit;
+        // Boxed on its own, for the same reason as the attempt.
+        Ok(Box::pin(async move {
+            let resp = match self.inner.http.request(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let retry = if e.is_connect() {
+                        RetryClass::Always
+                    } else {
+                        RetryClass::IfIdempotent
+                    };
+                    return Attempt::Fail {
+                        error: Error::Backend {
+                            backend: "http",
+                            message: transport_error(&e),
+                            source: Some(Box::new(e)),
+                        },
+                        outcome: Outcome::Failure,
+                        retry,
+                        timed_out: false,
+                    };
+                }
+            };
+            let (parts, body) = resp.into_parts();
+            if parts.status.as_u16() >= 400 {
+                let text = read_prefix(body, ERROR_BODY_PREFIX).await;
+                let server_error = parts.status.is_server_error();
+                return Attempt::Fail {
+                    error: Error::Http {
+                        status: parts.status.as_u16(),
+                        body: text,
+                    },
+                    outcome: if server_error {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                    retry: if server_error {
+                        RetryClass::IfIdempotent
+                    } else {
+                        RetryClass::Never
+                    },
+                    timed_out: false,
+                };
+            }
+            match read_limited(body, limit).await {
+                Ok(body) => Attempt::Done(parts.status, parts.headers, body),
+                Err(ReadError::TooLarge) => Attempt::Fail {
+                    error: Error::BodyTooLarge { limit },
+                    outcome: Outcome::Success,
+                    retry: RetryClass::Never,
+                    timed_out: false,
+                },
+                Err(ReadError::Body(e)) => Attempt::Fail {
+                    error: Error::Backend {
+                        backend: "http",
+                        message: transport_error(&e),
+                        source: Some(Box::new(e)),
+                    },
+                    outcome: Outcome::Failure,
+                    retry: RetryClass::IfIdempotent,
+                    timed_out: false,
+                },
+            }
+        }))
+    }
+
+    async fn send_once(
+        &self,
+        spec: &CallSpec,
+        instance: &Arc<ServiceInfo>,
+        start: Instant,
+        timeout: Duration,
+    ) -> Attempt {
+        // The request is built outside this future, so its 256 bytes take no room here.
+        let exchange = match self.exchange(spec, instance) {
+            Ok(exchange) => exchange,
+            Err(error) => {
+                return Attempt::Fail {
+                    error,
+                    outcome: Outcome::Ignored,
+                    retry: RetryClass::Never,
+                    timed_out: false,
+                }
+            }
+        };
+        match tokio::time::timeout_at(start + timeout, exchange).await {
+            Ok(a) => a,
+            Err(_) => Attempt::Fail {
+                error: Error::timeout(
+                    format!("attempt to `{}` at {}", spec.service, instance.endpoint()),
+                    timeout,
+                ),
+                outcome: Outcome::Failure,
+                retry: RetryClass::IfIdempotent,
+                timed_out: true,
+            },
+        }
+    }
+}
