@@ -2,6 +2,7 @@
 //! within the attempt's timeout, read the response, and report the outcome to the balancer and to
 //! the instance's breaker.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,25 +11,24 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tracing::Instrument;
-use waypost_core_types::{Error, Outcome, Protocol, Result, SelectContext, Selection, ServiceInfo};
+use waypost_core_types::{
+    BoxError, Error, Outcome, Protocol, Result, SelectContext, Selection, ServiceInfo,
+};
 
 use super::execute::deadline_error;
 use super::{BoxFuture, CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_PREFIX};
 use crate::outlier::InstancePermit;
 
-pub(super) enum RetryClass {
-    Never,
-    Always,
-    IfIdempotent,
-}
-
 pub(super) enum Attempt {
     Done(StatusCode, HeaderMap, Bytes),
     Fail {
+        /// What went wrong; [`Error::is_retryable`] says whether another attempt may help.
         error: Error,
         outcome: Outcome,
-        retry: RetryClass,
+        /// Whether the request may have reached the server and been acted on: then a retry is
+        /// safe only for an idempotent method or when the caller opted in.
+        sent: bool,
         timed_out: bool,
     },
 }
@@ -54,6 +54,42 @@ fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
         src = s.source();
     }
     msg
+}
+
+/// The error for a request that failed in transport: [`Error::Backend`] with `e` as its source,
+/// which [`Error::is_retryable`] reads (a refused, reset or timed-out connection is an I/O error
+/// of that kind; a TLS failure is `InvalidData`; a response that is not HTTP has no I/O cause).
+///
+/// hyper reports a connection that closed before the response was complete (a server closing an
+/// idle keep-alive connection as the request arrived, or going down) with no I/O error under
+/// it: that one is given the I/O kind `ConnectionAborted`, the transient failure it is.
+fn transport_failure<E>(e: E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let message = transport_error(&e);
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut closed = false;
+    while let Some(c) = cause {
+        if c.is::<io::Error>() {
+            break;
+        }
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            closed = h.is_incomplete_message() || h.is_closed() || h.is_canceled();
+            break;
+        }
+        cause = c.source();
+    }
+    let source: BoxError = if closed {
+        Box::new(io::Error::new(io::ErrorKind::ConnectionAborted, e))
+    } else {
+        Box::new(e)
+    };
+    Error::Backend {
+        backend: "http",
+        message,
+        source: Some(source),
+    }
 }
 
 impl ServiceClient {
@@ -183,19 +219,12 @@ impl ServiceClient {
             let resp = match self.inner.http.request(req).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let retry = if e.is_connect() {
-                        RetryClass::Always
-                    } else {
-                        RetryClass::IfIdempotent
-                    };
+                    // A connection that could not be opened carried no request.
+                    let sent = !e.is_connect();
                     return Attempt::Fail {
-                        error: Error::Backend {
-                            backend: "http",
-                            message: transport_error(&e),
-                            source: Some(Box::new(e)),
-                        },
+                        error: transport_failure(e),
                         outcome: Outcome::Failure,
-                        retry,
+                        sent,
                         timed_out: false,
                     };
                 }
@@ -214,11 +243,7 @@ impl ServiceClient {
                     } else {
                         Outcome::Success
                     },
-                    retry: if server_error {
-                        RetryClass::IfIdempotent
-                    } else {
-                        RetryClass::Never
-                    },
+                    sent: true,
                     timed_out: false,
                 };
             }
@@ -227,17 +252,13 @@ impl ServiceClient {
                 Err(ReadError::TooLarge) => Attempt::Fail {
                     error: Error::BodyTooLarge { limit },
                     outcome: Outcome::Success,
-                    retry: RetryClass::Never,
+                    sent: true,
                     timed_out: false,
                 },
                 Err(ReadError::Body(e)) => Attempt::Fail {
-                    error: Error::Backend {
-                        backend: "http",
-                        message: transport_error(&e),
-                        source: Some(Box::new(e)),
-                    },
+                    error: transport_failure(e),
                     outcome: Outcome::Failure,
-                    retry: RetryClass::IfIdempotent,
+                    sent: true,
                     timed_out: false,
                 },
             }
@@ -258,7 +279,7 @@ impl ServiceClient {
                 return Attempt::Fail {
                     error,
                     outcome: Outcome::Ignored,
-                    retry: RetryClass::Never,
+                    sent: false,
                     timed_out: false,
                 }
             }
@@ -271,7 +292,7 @@ impl ServiceClient {
                     timeout,
                 ),
                 outcome: Outcome::Failure,
-                retry: RetryClass::IfIdempotent,
+                sent: true,
                 timed_out: true,
             },
         }

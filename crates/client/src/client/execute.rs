@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use waypost_core_types::{Error, Result};
 
-use super::attempt::{Attempt, RetryClass};
+use super::attempt::Attempt;
 use super::{BoxFuture, CallSpec, ServiceClient, ServiceResponse};
 use crate::retry::is_idempotent;
 
@@ -80,18 +80,16 @@ impl ServiceClient {
                 Attempt::Fail {
                     error,
                     outcome: _,
-                    retry,
+                    sent,
                     timed_out,
                 } => {
                     tracing::debug!(attempt, instance = %instance.id, error = %error, "attempt failed");
                     if timed_out && capped_by_deadline {
                         return Err(deadline_error());
                     }
-                    let allowed = match retry {
-                        RetryClass::Never => false,
-                        RetryClass::Always => true,
-                        RetryClass::IfIdempotent => idempotent || retry_unsafe,
-                    };
+                    // Whether another attempt may help is the error's to say; whether it is safe,
+                    // the method's (or the caller's) once the request may have been acted on.
+                    let allowed = error.is_retryable() && (!sent || idempotent || retry_unsafe);
                     if !allowed || attempt > max_retries {
                         return Err(error);
                     }
