@@ -22,7 +22,7 @@
 //! # Ok::<(), waypost_core_types::Error>(())
 //! ```
 //!
-//! With the feature `conformance`, [`conformance`] holds the registry conformance suite.
+//! With the feature `conformance`, the module `conformance` holds the registry conformance suite.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
