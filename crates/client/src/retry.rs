@@ -43,7 +43,8 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// `max_retries` retries with backoff base `base_delay` (the seed's `WithRetry(count, delay)`).
+    /// `max_retries` retries with backoff base `base_delay` (the Laravel-Go module's
+    /// `WithRetry(count, delay)`).
     pub fn new(max_retries: u32, base_delay: Duration) -> Self {
         RetryPolicy {
             max_retries,

@@ -13,10 +13,10 @@ use crate::http::HttpClient;
 use crate::outlier::{OutlierConfig, OutlierDetector};
 use crate::retry::RetryPolicy;
 
-/// The default per-attempt timeout (the seed's client used 30 s).
+/// The default per-attempt timeout (the Laravel-Go module's client used 30 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds a [`ServiceClient`] (the seed's `NewServiceClient(discovery, options...)`).
+/// Builds a [`ServiceClient`] (the Laravel-Go module's `NewServiceClient(discovery, options...)`).
 #[must_use]
 pub struct ServiceClientBuilder {
     discovery: Arc<dyn ServiceDiscovery>,
@@ -43,8 +43,8 @@ impl fmt::Debug for ServiceClientBuilder {
 }
 
 impl ServiceClientBuilder {
-    /// Per-attempt timeout, covering connect, request and reading the response body (the seed's
-    /// `WithTimeout`; default 30 s).
+    /// Per-attempt timeout, covering connect, request and reading the response body (the
+    /// Laravel-Go module's `WithTimeout`; default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -58,7 +58,7 @@ impl ServiceClientBuilder {
     }
 
     /// Up to `max_retries` retries with exponential backoff from `base_delay` with full jitter
-    /// (the seed's `WithRetry(count, delay)`; default 2 retries from 50 ms).
+    /// (the Laravel-Go module's `WithRetry(count, delay)`; default 2 retries from 50 ms).
     pub fn retry(mut self, max_retries: u32, base_delay: Duration) -> Self {
         let keep = self.retry.retry_non_idempotent;
         self.retry = RetryPolicy::new(max_retries, base_delay);
@@ -92,7 +92,7 @@ impl ServiceClientBuilder {
         self
     }
 
-    /// The HTTP client to send with (the seed's `WithHTTPClient`).
+    /// The HTTP client to send with (the Laravel-Go module's `WithHTTPClient`).
     pub fn http_client(mut self, client: HttpClient) -> Self {
         self.http = Some(client);
         self

@@ -81,7 +81,7 @@ impl ServiceClient {
     }
 
     /// Sends `body` (if any) with `method` to `path` of `service` and returns the response body
-    /// (the seed's `Call`).
+    /// (the Laravel-Go module's `Call`).
     ///
     /// # Errors
     /// As [`CallBuilder::send`].
@@ -101,7 +101,8 @@ impl ServiceClient {
         async move { Ok(sent.await?.body) }
     }
 
-    /// Sends `body` as JSON (if any) and decodes the JSON response (the seed's `CallJSON`).
+    /// Sends `body` as JSON (if any) and decodes the JSON response (the Laravel-Go module's
+    /// `CallJSON`).
     ///
     /// # Errors
     /// As [`CallBuilder::send`], and [`Error::Codec`](waypost_core_types::Error::Codec) when
@@ -173,7 +174,7 @@ impl ServiceClient {
             .await
     }
 
-    /// POST `body` as JSON and decode the JSON response (the seed's `PostJSON`).
+    /// POST `body` as JSON and decode the JSON response (the Laravel-Go module's `PostJSON`).
     ///
     /// # Errors
     /// As [`call_json`](Self::call_json).
