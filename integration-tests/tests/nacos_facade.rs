@@ -1,5 +1,6 @@
-//! The `waypost` facade's `nacos` feature: a `nacos://` URL with the seed's fields builds a
-//! working `NacosRegistry` against a Nacos-protocol server (rnacos in CI, or `NACOS_ADDR`).
+//! The `waypost` facade's `nacos` feature: a `nacos://` URL with the Laravel-Go module's fields
+//! builds a working `NacosRegistry` against a Nacos-protocol server (rnacos in CI, or
+//! `NACOS_ADDR`).
 
 use waypost::{new_service_registry, Health, RegistryConfig, ServiceInfo};
 use waypost_integration_tests::nacos::{start_rnacos, RnacosOptions};
@@ -15,7 +16,7 @@ async fn rnacos_nacos_url_builds_a_working_registry() {
         return;
     };
     let group = format!("FACADE_{}", std::process::id());
-    // The seed's config, as a URL: one port, never `host:8848:8848`.
+    // The Laravel-Go module's config, as a URL: one port, never `host:8848:8848`.
     let url = format!(
         "nacos://waypost-admin:right-password-123@{}?namespace=public&group={group}&connect_timeout=5s",
         server.addr()

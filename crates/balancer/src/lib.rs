@@ -6,7 +6,7 @@
 //!
 //! | balancer | module | idea |
 //! |---|---|---|
-//! | [`RoundRobin`] | `round_robin` | the seed's rotation, per service, lock-free |
+//! | [`RoundRobin`] | `round_robin` | the Laravel-Go module's rotation, per service, lock-free |
 //! | [`Random`] | `random` | uniform, from a real RNG |
 //! | [`WeightedRandom`] | `weighted` | random in proportion to [`ServiceInfo::weight`] |
 //! | [`SmoothWeightedRoundRobin`] | `smooth_weighted` | nginx's deterministic weighted rotation |
@@ -114,8 +114,8 @@ mod tests {
         assert!(matches!(by_name("fastest"), Err(Error::InvalidConfig(_))));
     }
 
-    /// Every balancer on the seed's demo set never returns the unhealthy instance, and returns
-    /// none on an empty or all-unhealthy list.
+    /// Every balancer on the Laravel-Go module's demo set never returns the unhealthy instance,
+    /// and returns none on an empty or all-unhealthy list.
     #[test]
     fn every_balancer_skips_unhealthy() {
         let s = testing::set("all", &[true, true, false, true]);

@@ -3,8 +3,8 @@
 //! Every breaker implements waypost's [`CircuitBreaker`] trait in its permit form (ask, run with
 //! no lock held, record), so it works as `Arc<dyn CircuitBreaker>`:
 //!
-//! * [`SimpleCircuitBreaker`] — the seed's breaker: opens after N consecutive failures, refuses
-//!   calls while open, probes with a bounded number of calls when half-open;
+//! * [`SimpleCircuitBreaker`] — the Laravel-Go module's breaker: opens after N consecutive
+//!   failures, refuses calls while open, probes with a bounded number of calls when half-open;
 //! * [`FailureRateBreaker`] — failure rate and slow-call rate over a sliding window (by count or
 //!   by time), after a minimum number of calls;
 //! * [`AdaptiveThrottle`] — client-side adaptive throttling from the Google SRE book.

@@ -12,7 +12,7 @@ use crate::state::{
     HALF_OPEN, OPEN,
 };
 
-/// The seed's consecutive-failure breaker, with a real half-open state.
+/// The Laravel-Go module's consecutive-failure breaker, with a real half-open state.
 ///
 /// * **Closed**: calls run; `threshold` failures in a row open the circuit (a success resets the
 ///   count).

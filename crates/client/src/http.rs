@@ -17,7 +17,9 @@ type Plain = Client<HttpConnector, Full<Bytes>>;
 type Tls = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client for http and https (rustls with the ring provider). Cheap to clone;
-/// clones share the connection pools. The seed's `WithHTTPClient` option takes one of these.
+/// clones share the connection pools.
+/// [`ServiceClientBuilder::http_client`](crate::ServiceClientBuilder::http_client) (the Laravel-Go
+/// module's `WithHTTPClient`) takes one of these.
 ///
 /// Plain http and https use two hyper clients: the TLS connector's futures are large, and
 /// keeping them out of plain-http requests saves copying them on every call.

@@ -4,10 +4,12 @@
 //! instance on every attempt, sends the request over a pooled hyper client (http, or https with
 //! rustls, from the instance's protocol), and
 //!
-//! * retries what is safe: connection failures for every method, 5xx and timeouts for idempotent
-//!   methods (or all, if the caller says so), never 4xx; each retry avoids the instances that
-//!   already failed in this call, waits an exponential backoff with full jitter, and must fit in a
-//!   [`RetryBudget`] so retries cannot multiply the load of an outage;
+//! * retries what may succeed on another try
+//!   ([`Error::is_retryable`](waypost_core_types::Error::is_retryable)) and is safe to repeat:
+//!   connection failures for every method, 5xx and timeouts for idempotent methods (or all, if
+//!   the caller says so), never 4xx or an undecodable response; each retry avoids the instances
+//!   that already failed in this call, waits an exponential backoff with full jitter, and must fit
+//!   in a [`RetryBudget`] so retries cannot multiply the load of an outage;
 //! * bounds each attempt with a timeout and the whole call with a deadline (which also caps the
 //!   backoff);
 //! * ejects failing instances (one breaker per instance, [`OutlierConfig`]) and probes them back;

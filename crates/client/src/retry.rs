@@ -7,12 +7,17 @@ use rand::Rng;
 
 /// How a [`ServiceClient`](crate::ServiceClient) retries.
 ///
-/// Every attempt picks an instance again and avoids the ones that failed in this call. Connection
-/// failures (the request never reached a server) are retried for every method; 5xx statuses,
-/// timeouts and connections lost after the request was sent only for idempotent methods (GET,
-/// HEAD, PUT, DELETE, OPTIONS, TRACE), unless [`retry_non_idempotent`](Self::retry_non_idempotent)
-/// is set. 4xx statuses are never retried. The wait before retry *n* (1-based) is drawn uniformly
-/// from `[0, min(max_backoff, base_delay · 2^(n−1))]` ("full jitter").
+/// Every attempt picks an instance again and avoids the ones that failed in this call. Whether
+/// another attempt may help is [`Error::is_retryable`]'s call: refused or lost connections,
+/// timeouts and 5xx statuses are retried; 4xx statuses, responses that are not HTTP, refused TLS
+/// certificates and bodies over the limit are not. Whether it is safe depends on the method: a
+/// request that never left (the connection could not be opened) is retried for every method; one
+/// that may have reached the server (a 5xx, a timeout, a connection lost after sending) only for
+/// idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS, TRACE), unless
+/// [`retry_non_idempotent`](Self::retry_non_idempotent) is set. The wait before retry *n* (1-based)
+/// is drawn uniformly from `[0, min(max_backoff, base_delay · 2^(n−1))]` ("full jitter").
+///
+/// [`Error::is_retryable`]: waypost_core_types::Error::is_retryable
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
@@ -38,7 +43,8 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// `max_retries` retries with backoff base `base_delay` (the seed's `WithRetry(count, delay)`).
+    /// `max_retries` retries with backoff base `base_delay` (the Laravel-Go module's
+    /// `WithRetry(count, delay)`).
     pub fn new(max_retries: u32, base_delay: Duration) -> Self {
         RetryPolicy {
             max_retries,

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -184,6 +185,64 @@ async fn dropped_connection_is_retried_for_get_but_not_post() {
         "{err}"
     );
     assert_eq!((a.hits(), b.hits()), (2, 1));
+}
+
+/// A loopback server that answers every connection with `answer` (not HTTP) and closes it;
+/// counts connections.
+async fn not_http_server(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(answer).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn undecodable_responses_are_not_retried() {
+    // An answer that is not HTTP: the attempt fails, and no other instance is tried.
+    let (garbage, garbage_hits) = not_http_server(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(
+        vec![instance("garbage", garbage), instance("b", b.addr)],
+        Pick::First,
+    );
+    let client = builder(&d).build().unwrap();
+    let err = client.get("svc", "/").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Backend {
+                backend: "http",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!((garbage_hits.load(Ordering::SeqCst), b.hits()), (1, 0));
+    assert_eq!(d.outcomes.0.lock().len(), 1, "one attempt");
+
+    // A 200 whose body is not the expected JSON: the exchange succeeded once, decoding failed.
+    let a = TestServer::start(Reply::Status(200, "<html>not json</html>")).await;
+    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
+    let client = builder(&d).build().unwrap();
+    let err = client
+        .get_json::<serde_json::Value>("svc", "/")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(a.hits(), 1);
 }
 
 #[tokio::test]

@@ -69,16 +69,24 @@ async fn https_instance_is_called_over_tls() {
         .unwrap();
     assert_eq!(client.get("svc", "/").await.unwrap(), "secret");
 
-    // Without the test CA the certificate is not trusted, and that is not retried into success.
-    let untrusting = ServiceClient::builder(d)
-        .retry(0, Duration::ZERO)
+    // Without the test CA the certificate is not trusted: not a transient failure, so it is not
+    // retried (the handshake fails before any request, so only the attempts count).
+    let untrusting = ServiceClient::builder(d.clone())
+        .retry(3, Duration::from_millis(1))
         .build()
         .unwrap();
+    let attempts_before = d.outcomes.0.lock().len();
     let err = untrusting.get("svc", "/").await.unwrap_err();
     assert!(matches!(err, Error::Backend { .. }), "{err}");
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
+    );
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(
+        d.outcomes.0.lock().len() - attempts_before,
+        1,
+        "one attempt"
     );
     assert_eq!(server.hits(), 1);
 }

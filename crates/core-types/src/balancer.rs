@@ -2,7 +2,9 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::ServiceInfo;
 
@@ -53,6 +55,10 @@ pub trait CallObserver: Send + Sync {
 ///
 /// Finish it with [`CallGuard::finish`]; a guard dropped unfinished (a cancelled future, an early
 /// return) reports [`Outcome::Ignored`], so a caller cannot leave an in-flight count behind.
+///
+/// Latency is measured on tokio's clock ([`tokio::time::Instant`]): the system's monotonic clock,
+/// also outside a runtime, except in a test that paused time, where it follows
+/// `tokio::time::advance` like every other timer of waypost.
 #[must_use = "a call guard reports the call's outcome; finish it or let it drop when the call ends"]
 pub struct CallGuard {
     inner: Option<(Arc<dyn CallObserver>, Arc<str>, Instant)>,
@@ -170,6 +176,28 @@ mod tests {
                 ("a".into(), Outcome::Success),
                 ("b".into(), Outcome::Ignored)
             ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_measures_latency_on_tokios_clock() {
+        #[derive(Default)]
+        struct Latencies(Mutex<Vec<Duration>>);
+        impl CallObserver for Latencies {
+            fn on_finish(&self, _id: &str, _outcome: Outcome, latency: Duration) {
+                self.0.lock().unwrap().push(latency);
+            }
+        }
+        let rec = Arc::new(Latencies::default());
+        let guard = CallGuard::new(rec.clone(), "a");
+        tokio::time::advance(Duration::from_millis(250)).await;
+        guard.finish(Outcome::Success);
+        let dropped = CallGuard::new(rec.clone(), "a");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(dropped);
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![Duration::from_millis(250), Duration::from_secs(2)]
         );
     }
 

@@ -123,16 +123,49 @@ impl Error {
         }
     }
 
-    /// Whether trying the same operation again may succeed (transient failure).
+    /// Whether trying the same operation again may succeed: the failure is transient.
     ///
-    /// Input errors, `NotFound`, `Closed`, authentication and `4xx` statuses are not retryable.
+    /// The service client retries a failed attempt only when this says so; a backend that
+    /// classifies its client library's errors itself (etcd retries the gRPC statuses it knows to
+    /// be transient) converts them so that this agrees. Use it to decide whether to retry a
+    /// waypost call yourself.
+    ///
+    /// Retryable:
+    /// - [`Timeout`](Error::Timeout) and [`Unavailable`](Error::Unavailable): backends report as
+    ///   one of these the failures of their client library that they know to be transient (a
+    ///   refused connection, a dead or leaderless member, a lost session, an overloaded server);
+    /// - [`NoHealthyInstance`](Error::NoHealthyInstance): health changes with time;
+    /// - [`Http`](Error::Http) with a 5xx status;
+    /// - [`Backend`](Error::Backend) when its chain of sources shows a transient cause: the first
+    ///   waypost `Error` in the chain decides by these same rules; failing that, the first
+    ///   [`std::io::Error`] does, and is transient unless its kind says the data or the request is
+    ///   wrong (`InvalidData`, `InvalidInput`, `NotFound`, `PermissionDenied`, `AlreadyExists`,
+    ///   `Unsupported`).
+    ///
+    /// Everything else is not retryable, in particular:
+    /// - a response or a record that cannot be decoded: [`Codec`](Error::Codec), or a `Backend`
+    ///   error whose sources hold no transient I/O error (a `serde_json` syntax error, a body that
+    ///   is not what the protocol says);
+    /// - a `Backend` error the backend did not recognise as transient (a request the server
+    ///   rejects, a node that is not empty, …);
+    /// - 4xx statuses, 429 included (the server asks for less traffic; an immediate retry adds
+    ///   to it), and a body over the limit ([`BodyTooLarge`](Error::BodyTooLarge));
+    /// - invalid input or configuration, [`NotFound`](Error::NotFound),
+    ///   [`ServiceNotFound`](Error::ServiceNotFound), [`Closed`](Error::Closed),
+    ///   [`Auth`](Error::Auth), [`CircuitOpen`](Error::CircuitOpen),
+    ///   [`Rejected`](Error::Rejected), [`Unsupported`](Error::Unsupported).
+    ///
+    /// Whether a retry is *safe* is another question: the service client retries a request that
+    /// may have reached the server (a 5xx, a timeout, a connection lost after sending) only when
+    /// its method is idempotent or the caller opted in.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout { .. }
-            | Error::Unavailable(_)
-            | Error::Backend { .. }
-            | Error::NoHealthyInstance(_) => true,
-            Error::Http { status, .. } => *status >= 500 || *status == 429,
+            Error::Timeout { .. } | Error::Unavailable(_) | Error::NoHealthyInstance(_) => true,
+            Error::Http { status, .. } => *status >= 500,
+            Error::Backend { source, .. } => source
+                .as_deref()
+                .and_then(|s| transient_cause(s))
+                .unwrap_or(false),
             _ => false,
         }
     }
@@ -148,6 +181,44 @@ impl Error {
     }
 }
 
+/// Whether the chain of errors from `cause` on shows a transient failure: the first waypost
+/// [`Error`] in it decides, else the first [`std::io::Error`]; `None` when neither is there.
+fn transient_cause(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let mut next = Some(cause);
+    while let Some(e) = next {
+        if let Some(e) = e.downcast_ref::<Error>() {
+            return Some(e.is_retryable());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            // `Other` is a wrapper's kind: what it wraps may say more (hyper-rustls reports a
+            // refused certificate as `InvalidData` inside `Other`). `source()` would skip it.
+            if io.kind() == std::io::ErrorKind::Other {
+                if let Some(found) = io.get_ref().and_then(|inner| transient_cause(inner)) {
+                    return Some(found);
+                }
+            }
+            return Some(io_is_transient(io.kind()));
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// Whether an I/O error of this kind may go away on another try (a refused, reset or timed-out
+/// connection, an unreachable host) rather than say that the data or the request is wrong.
+fn io_is_transient(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    !matches!(
+        kind,
+        K::InvalidData
+            | K::InvalidInput
+            | K::NotFound
+            | K::PermissionDenied
+            | K::AlreadyExists
+            | K::Unsupported
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,17 +231,80 @@ mod tests {
             body: String::new()
         }
         .is_retryable());
-        assert!(!Error::Http {
-            status: 404,
-            body: String::new()
+        for status in [400, 404, 409, 429] {
+            assert!(!Error::Http {
+                status,
+                body: String::new()
+            }
+            .is_retryable());
         }
-        .is_retryable());
+        assert!(Error::Unavailable("etcd: leader changed".into()).is_retryable());
+        assert!(Error::NoHealthyInstance("a".into()).is_retryable());
+        assert!(!Error::BodyTooLarge { limit: 1 }.is_retryable());
+        assert!(!Error::CircuitOpen.is_retryable());
         assert!(!Error::InvalidInstance("x".into()).is_retryable());
         assert!(!Error::Closed.is_retryable());
         assert!(Error::Closed.is_closed());
         assert!(Error::NotFound("a".into()).is_not_found());
         assert!(Error::ServiceNotFound("a".into()).is_not_found());
         assert!(!Error::NoHealthyInstance("a".into()).is_not_found());
+    }
+
+    #[test]
+    fn undecodable_data_is_not_retryable() {
+        // The client's JSON helpers and the JSON codec say `Codec`.
+        assert!(
+            !Error::Codec("response body: expected value at line 1 column 1".into()).is_retryable()
+        );
+        // A backend that keeps the decoder's error as the source.
+        let garbage = serde_json::from_slice::<serde_json::Value>(b"<html>").unwrap_err();
+        assert!(!Error::backend("consul", garbage).is_retryable());
+        // A backend that keeps only the message (Consul's "undecodable response").
+        assert!(
+            !Error::backend_msg("consul", "GET /v1/health: undecodable response: EOF")
+                .is_retryable()
+        );
+        // Bytes that are not the protocol, reported as I/O `InvalidData` (TLS, framing).
+        let invalid = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad frame");
+        assert!(!Error::backend("http", invalid).is_retryable());
+        // … also inside a generic `Other` (how hyper-rustls reports a refused certificate).
+        let invalid = std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown issuer");
+        assert!(!Error::backend("http", std::io::Error::other(invalid)).is_retryable());
+    }
+
+    #[test]
+    fn backend_errors_are_retryable_by_their_cause() {
+        use std::io::{Error as IoError, ErrorKind};
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error")]
+        struct Wrapper(#[source] IoError);
+
+        for kind in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::ConnectionReset,
+            ErrorKind::ConnectionAborted,
+            ErrorKind::TimedOut,
+            ErrorKind::UnexpectedEof,
+        ] {
+            let e = Error::backend("http", Wrapper(IoError::new(kind, "x")));
+            assert!(e.is_retryable(), "{kind:?}");
+        }
+        let e = Error::backend("http", Wrapper(IoError::new(ErrorKind::InvalidInput, "x")));
+        assert!(!e.is_retryable());
+        // A waypost error as the source decides by its own rules.
+        let status = |status| Error::Backend {
+            backend: "consul",
+            message: format!("PUT /v1/agent: HTTP {status}"),
+            source: Some(Box::new(Error::Http {
+                status,
+                body: String::new(),
+            })),
+        };
+        assert!(status(503).is_retryable());
+        assert!(!status(400).is_retryable());
+        // No cause that says "transient": a failure the backend did not recognise as such.
+        assert!(!Error::backend_msg("zookeeper", "node has not empty children").is_retryable());
     }
 
     #[test]

@@ -23,9 +23,9 @@
 //! ```
 //!
 //! With the feature `backend`, the parts every registry backend shares: the watch hub
-//! ([`WatchHub`], [`ScopedHubs`]), the registry-state cell ([`StateCell`]) and task ownership
-//! ([`Tasks`]). With the feature `conformance`, [`conformance`] holds the registry conformance
-//! suite.
+//! (`WatchHub`, `ScopedHubs`), the registry-state cell (`StateCell`) and task ownership
+//! (`Tasks`). With the feature `conformance`, the module `conformance` holds the registry
+//! conformance suite.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use waypost_core_types::{Error, Health, Protocol, ServiceEvent, ServiceInfo, Timestamp};
 
-/// The seed's example instance (README "内存注册中心"), after `Register` stamped its times, as
-/// `json.Marshal` writes it: struct field order, sorted map keys, RFC3339Nano times with the
-/// zone kept, `time.Duration` as integer nanoseconds, the zero `time.Time` for `last_check`.
+/// The Laravel-Go module's example instance (README "内存注册中心"), after `Register` stamped its
+/// times, as `json.Marshal` writes it: struct field order, sorted map keys, RFC3339Nano times with
+/// the zone kept, `time.Duration` as integer nanoseconds, the zero `time.Time` for `last_check`.
 const SEED_EXAMPLE: &str = r#"{"id":"user-service-1","name":"user-service","version":"1.0.0","address":"localhost","port":8080,"protocol":"http","health":"healthy","metadata":{"environment":"production","region":"us-west-1"},"tags":["api","user"],"created_at":"2024-01-15T10:30:00.123456789+08:00","updated_at":"2024-01-15T10:30:05Z","last_check":"0001-01-01T00:00:00Z","ttl":30000000000}"#;
 
 /// A Go value with nil map and slice (`null`), a UTC time with a millisecond fraction, a

@@ -109,9 +109,9 @@ thread_local! {
 /// lookups must run inside a tokio runtime.
 ///
 /// `discover_one` drops the balancer's [`CallGuard`](waypost_core_types::CallGuard) at once (the
-/// seed's API has no way to report the call); with load-aware balancers ([`LeastRequest`],
-/// [`PeakEwma`]) use [`select`](ServiceDiscovery::select) and finish the guard when the call
-/// ends.
+/// Laravel-Go module's API has no way to report the call); with load-aware balancers
+/// ([`LeastRequest`], [`PeakEwma`]) use [`select`](ServiceDiscovery::select) and finish the guard
+/// when the call ends.
 ///
 /// [`LeastRequest`]: waypost_balancer::LeastRequest
 /// [`PeakEwma`]: waypost_balancer::PeakEwma
@@ -154,8 +154,8 @@ impl std::fmt::Debug for CachedDiscovery {
 }
 
 impl CachedDiscovery {
-    /// A discovery over `registry` picking with `balancer`, with default options (the seed's
-    /// `NewMemoryServiceDiscovery(registry, balancer)`, for any registry).
+    /// A discovery over `registry` picking with `balancer`, with default options (the Laravel-Go
+    /// module's `NewMemoryServiceDiscovery(registry, balancer)`, for any registry).
     pub fn new(registry: Arc<dyn ServiceRegistry>, balancer: Arc<dyn LoadBalancer>) -> Self {
         Self::from_parts(registry, balancer, Options::default())
     }

@@ -59,7 +59,8 @@ impl Default for HttpHealthChecker {
 }
 
 impl HttpHealthChecker {
-    /// A checker of `/health` with `timeout` per check (the seed's `NewHTTPHealthChecker`).
+    /// A checker of `/health` with `timeout` per check (the Laravel-Go module's
+    /// `NewHTTPHealthChecker`).
     pub fn new(timeout: Duration) -> Self {
         HttpHealthChecker {
             client: pool(timeout, None).map_err(|e| e.to_string()),

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-/// What the cache knows about one service (the seed's `GetCacheStats`, extended).
+/// What the cache knows about one service (the Laravel-Go module's `GetCacheStats`, extended).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {

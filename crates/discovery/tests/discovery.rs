@@ -80,7 +80,8 @@ async fn load_balancers() {
     assert_eq!(seen.len(), 3, "random reached every instance: {seen:?}");
 }
 
-/// The seed's demo: [1 healthy, 2 healthy, 3 unhealthy, 4 healthy] gives 1, 2, 4, 1, 2, 4.
+/// The Laravel-Go module's demo: [1 healthy, 2 healthy, 3 unhealthy, 4 healthy] gives 1, 2, 4,
+/// 1, 2, 4.
 #[tokio::test]
 async fn seed_demo_round_robin_through_discovery() {
     let registry = Arc::new(MemoryRegistry::new());

@@ -184,6 +184,23 @@ mod tests {
     }
 
     #[test]
+    fn converted_errors_agree_on_retrying() {
+        // What the retry loop retries (`is_transient`) is what `Error::is_retryable` says of the
+        // converted error.
+        for e in [
+            EtcdError::IoError(std::io::Error::other("reset")),
+            EtcdError::WatchError("stream closed".into()),
+            EtcdError::LeaseKeepAliveError("channel closed".into()),
+            EtcdError::LeaseKeepAliveError("lease not found".into()),
+            EtcdError::InvalidArgs("bad".into()),
+        ] {
+            let transient = is_transient(&e);
+            let converted = convert(e);
+            assert_eq!(converted.is_retryable(), transient, "{converted:?}");
+        }
+    }
+
+    #[test]
     fn conversion_keeps_etcd_types_private() {
         let e = convert(EtcdError::InvalidArgs("bad".into()));
         assert!(

@@ -11,7 +11,8 @@
 //! use waypost_registry_nacos::{NacosConfig, NacosRegistry};
 //!
 //! # async fn demo() -> waypost_core_types::Result<()> {
-//! // The seed's own example config: localhost:8848, namespace public, group DEFAULT_GROUP.
+//! // The Laravel-Go module's example config: localhost:8848, namespace public, group
+//! // DEFAULT_GROUP.
 //! let registry = NacosRegistry::connect(
 //!     NacosConfig::new("localhost:8848").with_connect_timeout(Duration::from_secs(3)),
 //! )

@@ -74,5 +74,6 @@ mod tests {
             "zookeeper: delete /x: node has not empty children"
         );
         assert!(std::error::Error::source(&c).is_some());
+        assert!(!c.is_retryable());
     }
 }

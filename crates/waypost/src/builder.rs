@@ -7,8 +7,8 @@ use waypost_core_types::{Error, Result, ServiceRegistry};
 
 use crate::config::{RegistryConfig, RegistryType, Secret};
 
-/// Builds a registry step by step (the seed's `NewRegistryBuilder()`), with the setters the Go
-/// builder lacked: credentials, token, TTL and timeouts.
+/// Builds a registry step by step (the Laravel-Go module's `NewRegistryBuilder()`), with the
+/// setters its builder lacked: credentials, token, TTL and timeouts.
 ///
 /// `with_etcd`, `with_consul`, `with_nacos`, `with_zookeeper` choose the backend as well as
 /// setting its address; the other setters apply to the chosen backend, and one that does not
@@ -318,8 +318,8 @@ fn not_compiled(kind: RegistryType) -> Error {
     ))
 }
 
-/// Builds the registry a config describes (the seed's `NewServiceRegistry`), connecting to a
-/// remote backend within its connect timeout.
+/// Builds the registry a config describes (the Laravel-Go module's `NewServiceRegistry`),
+/// connecting to a remote backend within its connect timeout.
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for a bad config, [`Error::Unsupported`] when the backend is not

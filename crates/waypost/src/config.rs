@@ -150,7 +150,7 @@ impl Default for MemorySettings {
     }
 }
 
-/// etcd settings (the seed's `EtcdConfig`, plus timeouts and TLS).
+/// etcd settings (the Laravel-Go module's `EtcdConfig`, plus timeouts and TLS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -193,7 +193,7 @@ impl Default for EtcdSettings {
     }
 }
 
-/// Consul settings (the seed's `ConsulConfig`, plus timeouts and TLS).
+/// Consul settings (the Laravel-Go module's `ConsulConfig`, plus timeouts and TLS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -230,7 +230,7 @@ impl Default for ConsulSettings {
     }
 }
 
-/// Nacos settings (the seed's `NacosConfig`, plus a timeout).
+/// Nacos settings (the Laravel-Go module's `NacosConfig`, plus a timeout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -267,7 +267,7 @@ impl Default for NacosSettings {
     }
 }
 
-/// ZooKeeper settings (the seed's `ZookeeperConfig`, plus auth and a timeout).
+/// ZooKeeper settings (the Laravel-Go module's `ZookeeperConfig`, plus auth and a timeout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -308,7 +308,7 @@ impl Default for ZookeeperSettings {
     }
 }
 
-/// Which registry to build and how (the seed's `RegistryConfig`).
+/// Which registry to build and how (the Laravel-Go module's `RegistryConfig`).
 ///
 /// Only the section of the chosen `type` is used; a missing section means its defaults. From a
 /// config file:

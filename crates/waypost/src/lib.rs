@@ -91,8 +91,8 @@ pub use waypost_registry_nacos as nacos;
 #[cfg(feature = "zookeeper")]
 pub use waypost_registry_zookeeper as zookeeper;
 
-/// The seed's `NewMemoryServiceDiscovery(registry, balancer)`, over any registry: a caching,
-/// watch-driven [`CachedDiscovery`].
+/// The Laravel-Go module's `NewMemoryServiceDiscovery(registry, balancer)`, over any registry: a
+/// caching, watch-driven [`CachedDiscovery`].
 pub fn new_service_discovery(
     registry: std::sync::Arc<dyn ServiceRegistry>,
     balancer: std::sync::Arc<dyn LoadBalancer>,

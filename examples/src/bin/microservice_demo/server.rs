@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use waypost::ServiceRegistry;
 
-/// A user, as the seed's demo has it.
+/// A user, as the Laravel-Go module's demo has it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct User {
     /// Assigned by the server.

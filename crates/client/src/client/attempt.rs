@@ -1,0 +1,300 @@
+//! One attempt of a call: pick an instance (avoiding failed and ejected ones), send the request
+//! within the attempt's timeout, read the response, and report the outcome to the balancer and to
+//! the instance's breaker.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tracing::Instrument;
+use waypost_core_types::{
+    BoxError, Error, Outcome, Protocol, Result, SelectContext, Selection, ServiceInfo,
+};
+
+use super::execute::deadline_error;
+use super::{BoxFuture, CallSpec, ServiceClient};
+use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_PREFIX};
+use crate::outlier::InstancePermit;
+
+pub(super) enum Attempt {
+    Done(StatusCode, HeaderMap, Bytes),
+    Fail {
+        /// What went wrong; [`Error::is_retryable`] says whether another attempt may help.
+        error: Error,
+        outcome: Outcome,
+        /// Whether the request may have reached the server and been acted on: then a retry is
+        /// safe only for an idempotent method or when the caller opted in.
+        sent: bool,
+        timed_out: bool,
+    },
+}
+
+/// `scheme://address:port/path`, written once into a buffer of the right size (the URI takes
+/// the buffer over without copying).
+fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
+    // "[" "]" ":" and five digits at most around the address.
+    let mut uri = String::with_capacity(scheme.len() + 3 + instance.address.len() + 8 + path.len());
+    uri.push_str(scheme);
+    uri.push_str("://");
+    let _ = instance.write_endpoint(&mut uri);
+    uri.push_str(path);
+    uri
+}
+
+fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// The error for a request that failed in transport: [`Error::Backend`] with `e` as its source,
+/// which [`Error::is_retryable`] reads (a refused, reset or timed-out connection is an I/O error
+/// of that kind; a TLS failure is `InvalidData`; a response that is not HTTP has no I/O cause).
+///
+/// hyper reports a connection that closed before the response was complete (a server closing an
+/// idle keep-alive connection as the request arrived, or going down) with no I/O error under
+/// it: that one is given the I/O kind `ConnectionAborted`, the transient failure it is.
+fn transport_failure<E>(e: E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let message = transport_error(&e);
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut closed = false;
+    while let Some(c) = cause {
+        if c.is::<io::Error>() {
+            break;
+        }
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            closed = h.is_incomplete_message() || h.is_closed() || h.is_canceled();
+            break;
+        }
+        cause = c.source();
+    }
+    let source: BoxError = if closed {
+        Box::new(io::Error::new(io::ErrorKind::ConnectionAborted, e))
+    } else {
+        Box::new(e)
+    };
+    Error::Backend {
+        backend: "http",
+        message,
+        source: Some(source),
+    }
+}
+
+impl ServiceClient {
+    /// One attempt: picks an instance, sends, and reports the outcome to the balancer's guard
+    /// and to the instance's breaker. Returns the instance, what happened, and whether the
+    /// attempt's timeout was the call's deadline.
+    pub(super) async fn try_once(
+        &self,
+        spec: &CallSpec,
+        failed: &[String],
+        attempt: u32,
+        remaining: Option<Duration>,
+        per_attempt: Duration,
+        overall: Option<Duration>,
+    ) -> Result<(Arc<ServiceInfo>, Attempt, bool)> {
+        let (selection, permit) = match remaining {
+            Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
+                .await
+                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall)))?,
+            None => self.pick(spec, failed).await?,
+        };
+        let attempt_timeout = remaining.map_or(per_attempt, |r| r.min(per_attempt));
+        let capped_by_deadline = remaining.is_some_and(|r| r <= per_attempt);
+        let span = tracing::debug_span!(
+            "attempt",
+            attempt,
+            instance = %selection.instance.id,
+            endpoint = %selection.instance.endpoint(),
+        );
+        let t0 = Instant::now();
+        let result = self
+            .send_once(spec, &selection.instance, t0, attempt_timeout)
+            .instrument(span)
+            .await;
+        let elapsed = t0.elapsed();
+        let outcome = match &result {
+            Attempt::Done(..) => Outcome::Success,
+            Attempt::Fail { outcome, .. } => *outcome,
+        };
+        let Selection { instance, guard } = selection;
+        guard.finish_with_latency(outcome, elapsed);
+        if let Some(p) = permit {
+            p.finish(outcome);
+        }
+        Ok((instance, result, capped_by_deadline))
+    }
+
+    /// Picks an instance that neither failed in this call nor is ejected, falling back to the
+    /// ones that failed in this call, never to an ejected one.
+    async fn pick(
+        &self,
+        spec: &CallSpec,
+        failed: &[String],
+    ) -> Result<(Selection, Option<InstancePermit>)> {
+        let discovery = &self.inner.discovery;
+        let hash_key = spec.hash_key.as_deref();
+        let Some(outliers) = &self.inner.outliers else {
+            let ctx = SelectContext {
+                hash_key,
+                avoid: failed,
+            };
+            return Ok((discovery.select(&spec.service, &ctx).await?, None));
+        };
+        let mut ejected = Vec::new();
+        outliers.ejected(&mut ejected);
+        let mut avoid: Vec<String> = failed.to_vec();
+        avoid.extend(ejected.iter().cloned());
+        for _ in 0..8 {
+            let ctx = SelectContext {
+                hash_key,
+                avoid: &avoid,
+            };
+            let selection = discovery.select(&spec.service, &ctx).await?;
+            match outliers.acquire(&selection.instance.id) {
+                Ok(permit) => return Ok((selection, Some(permit))),
+                Err(_) => {
+                    let id = selection.instance.id.clone();
+                    drop(selection);
+                    if !avoid.contains(&id) {
+                        // Ejected since we looked.
+                        ejected.push(id.clone());
+                        avoid.push(id);
+                    } else if avoid.len() > ejected.len() {
+                        // The balancer fell back on an avoided instance: allow the ones that
+                        // merely failed in this call, keep the ejected ones out.
+                        avoid.clone_from(&ejected);
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(service = %spec.service, "every instance is ejected");
+        Err(Error::CircuitOpen)
+    }
+
+    /// Builds the request for `instance` and the future that sends it and reads the response.
+    fn exchange(&self, spec: &CallSpec, instance: &ServiceInfo) -> Result<BoxFuture<'_, Attempt>> {
+        let scheme = match instance.protocol {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "instance `{}` speaks {other}; the service client speaks http and https",
+                    instance.id
+                )))
+            }
+        };
+        let uri = match http::Uri::try_from(request_uri(scheme, instance, &spec.path)) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Err(Error::InvalidConfig(format!(
+                    "request to `{}`: {e}",
+                    spec.service
+                )))
+            }
+        };
+        let mut req = Request::new(Full::new(spec.body.clone()));
+        *req.method_mut() = spec.method.clone();
+        *req.uri_mut() = uri;
+        if !spec.headers.is_empty() {
+            *req.headers_mut() = spec.headers.clone();
+        }
+        let limit = self.inner.body_limit;
+        // Boxed on its own, for the same reason as the attempt.
+        Ok(Box::pin(async move {
+            let resp = match self.inner.http.request(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // A connection that could not be opened carried no request.
+                    let sent = !e.is_connect();
+                    return Attempt::Fail {
+                        error: transport_failure(e),
+                        outcome: Outcome::Failure,
+                        sent,
+                        timed_out: false,
+                    };
+                }
+            };
+            let (parts, body) = resp.into_parts();
+            if parts.status.as_u16() >= 400 {
+                let text = read_prefix(body, ERROR_BODY_PREFIX).await;
+                let server_error = parts.status.is_server_error();
+                return Attempt::Fail {
+                    error: Error::Http {
+                        status: parts.status.as_u16(),
+                        body: text,
+                    },
+                    outcome: if server_error {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                    sent: true,
+                    timed_out: false,
+                };
+            }
+            match read_limited(body, limit).await {
+                Ok(body) => Attempt::Done(parts.status, parts.headers, body),
+                Err(ReadError::TooLarge) => Attempt::Fail {
+                    error: Error::BodyTooLarge { limit },
+                    outcome: Outcome::Success,
+                    sent: true,
+                    timed_out: false,
+                },
+                Err(ReadError::Body(e)) => Attempt::Fail {
+                    error: transport_failure(e),
+                    outcome: Outcome::Failure,
+                    sent: true,
+                    timed_out: false,
+                },
+            }
+        }))
+    }
+
+    async fn send_once(
+        &self,
+        spec: &CallSpec,
+        instance: &Arc<ServiceInfo>,
+        start: Instant,
+        timeout: Duration,
+    ) -> Attempt {
+        // The request is built outside this future, so its 256 bytes take no room here.
+        let exchange = match self.exchange(spec, instance) {
+            Ok(exchange) => exchange,
+            Err(error) => {
+                return Attempt::Fail {
+                    error,
+                    outcome: Outcome::Ignored,
+                    sent: false,
+                    timed_out: false,
+                }
+            }
+        };
+        match tokio::time::timeout_at(start + timeout, exchange).await {
+            Ok(a) => a,
+            Err(_) => Attempt::Fail {
+                error: Error::timeout(
+                    format!("attempt to `{}` at {}", spec.service, instance.endpoint()),
+                    timeout,
+                ),
+                outcome: Outcome::Failure,
+                sent: true,
+                timed_out: true,
+            },
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! [`ServiceClientBuilder`]: a client's settings, their defaults, and their validation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use waypost_core_types::{Error, Result, ServiceDiscovery};
+
+use super::{Inner, ServiceClient};
+use crate::body::DEFAULT_BODY_LIMIT;
+use crate::budget::RetryBudget;
+use crate::http::HttpClient;
+use crate::outlier::{OutlierConfig, OutlierDetector};
+use crate::retry::RetryPolicy;
+
+/// The default per-attempt timeout (the Laravel-Go module's client used 30 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a [`ServiceClient`] (the Laravel-Go module's `NewServiceClient(discovery, options...)`).
+#[must_use]
+pub struct ServiceClientBuilder {
+    discovery: Arc<dyn ServiceDiscovery>,
+    http: Option<HttpClient>,
+    timeout: Duration,
+    deadline: Option<Duration>,
+    retry: RetryPolicy,
+    budget: Option<RetryBudget>,
+    body_limit: usize,
+    outlier: Option<OutlierConfig>,
+}
+
+impl fmt::Debug for ServiceClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceClientBuilder")
+            .field("timeout", &self.timeout)
+            .field("deadline", &self.deadline)
+            .field("retry", &self.retry)
+            .field("budget", &self.budget)
+            .field("body_limit", &self.body_limit)
+            .field("outlier", &self.outlier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceClientBuilder {
+    /// Per-attempt timeout, covering connect, request and reading the response body (the
+    /// Laravel-Go module's `WithTimeout`; default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Overall deadline of a call: all attempts and the waits between them (default: none, each
+    /// attempt is bounded by [`timeout`](Self::timeout)).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Up to `max_retries` retries with exponential backoff from `base_delay` with full jitter
+    /// (the Laravel-Go module's `WithRetry(count, delay)`; default 2 retries from 50 ms).
+    pub fn retry(mut self, max_retries: u32, base_delay: Duration) -> Self {
+        let keep = self.retry.retry_non_idempotent;
+        self.retry = RetryPolicy::new(max_retries, base_delay);
+        self.retry.retry_non_idempotent = keep;
+        self
+    }
+
+    /// The whole retry policy.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Also retry POST and PATCH on 5xx and timeouts (default: only idempotent methods; a
+    /// connection that could not be opened is retried for every method).
+    pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
+        self.retry.retry_non_idempotent = yes;
+        self
+    }
+
+    /// The retry budget (default [`RetryBudget::default`]: 20 % of requests plus 10 per second
+    /// over 10 s).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: every call may use all its retries.
+    pub fn no_retry_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// The HTTP client to send with (the Laravel-Go module's `WithHTTPClient`).
+    pub fn http_client(mut self, client: HttpClient) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// Largest response body accepted, in bytes (default 10 MiB).
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.body_limit = limit;
+        self
+    }
+
+    /// Per-instance breakers (default [`OutlierConfig::default`]).
+    pub fn outlier_detection(mut self, config: OutlierConfig) -> Self {
+        self.outlier = Some(config);
+        self
+    }
+
+    /// No outlier ejection.
+    pub fn no_outlier_detection(mut self) -> Self {
+        self.outlier = None;
+        self
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero timeout or deadline, or when the default HTTP client's
+    /// TLS setup fails.
+    pub fn build(self) -> Result<ServiceClient> {
+        if self.timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "client timeout must be above zero".into(),
+            ));
+        }
+        if self.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "client deadline must be above zero".into(),
+            ));
+        }
+        let http = match self.http {
+            Some(h) => h,
+            None => HttpClient::new()?,
+        };
+        Ok(ServiceClient {
+            inner: Arc::new(Inner {
+                discovery: self.discovery,
+                http,
+                timeout: self.timeout,
+                deadline: self.deadline,
+                retry: self.retry,
+                budget: self.budget,
+                body_limit: self.body_limit,
+                outliers: self.outlier.map(OutlierDetector::new),
+            }),
+        })
+    }
+}
+
+impl ServiceClient {
+    /// A builder over `discovery`.
+    pub fn builder(discovery: Arc<dyn ServiceDiscovery>) -> ServiceClientBuilder {
+        ServiceClientBuilder {
+            discovery,
+            http: None,
+            timeout: DEFAULT_TIMEOUT,
+            deadline: None,
+            retry: RetryPolicy::default(),
+            budget: Some(RetryBudget::default()),
+            body_limit: DEFAULT_BODY_LIMIT,
+            outlier: Some(OutlierConfig::default()),
+        }
+    }
+
+    /// A client with the default settings.
+    ///
+    /// # Errors
+    /// As [`ServiceClientBuilder::build`].
+    pub fn new(discovery: Arc<dyn ServiceDiscovery>) -> Result<Self> {
+        ServiceClient::builder(discovery).build()
+    }
+}

@@ -1,0 +1,117 @@
+//! Running a call: the retry loop, under the overall deadline and the retry budget.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+use waypost_core_types::{Error, Result};
+
+use super::attempt::Attempt;
+use super::{BoxFuture, CallSpec, ServiceClient, ServiceResponse};
+use crate::retry::is_idempotent;
+
+pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error {
+    Error::timeout(format!("call to `{service}`"), overall.unwrap_or_default())
+}
+
+impl ServiceClient {
+    pub(crate) fn execute(&self, spec: CallSpec) -> BoxFuture<'_, Result<ServiceResponse>> {
+        let span = tracing::info_span!(
+            "waypost_client.call",
+            service = %spec.service,
+            method = %spec.method,
+            path = %spec.path,
+            attempts = 1u32,
+        );
+        // Boxed once here, so the futures of `get`, `call`, `send`, … stay a pointer wide
+        // instead of carrying (and copying) the whole request state machine at every layer.
+        // The spec lives in this block; the loop below borrows it.
+        Box::pin(async move { self.execute_in_span(&spec).await }.instrument(span))
+    }
+
+    pub(super) async fn execute_in_span(&self, spec: &CallSpec) -> Result<ServiceResponse> {
+        let inner = &*self.inner;
+        let overall = spec.deadline.or(inner.deadline);
+        // One clock read per call only when there is a deadline to keep.
+        let deadline = overall.map(|d| Instant::now() + d);
+        let per_attempt = spec.timeout.unwrap_or(inner.timeout);
+        let max_retries = spec.max_retries.unwrap_or(inner.retry.max_retries);
+        let retry_unsafe = spec
+            .retry_non_idempotent
+            .unwrap_or(inner.retry.retry_non_idempotent);
+        let idempotent = is_idempotent(&spec.method);
+        let deadline_error = || deadline_error(&spec.service, overall);
+        if let Some(b) = &inner.budget {
+            b.deposit();
+        }
+        let mut failed: Vec<String> = Vec::new();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                tracing::Span::current().record("attempts", attempt);
+            }
+            let remaining = match deadline {
+                Some(d) => {
+                    let r = d.saturating_duration_since(Instant::now());
+                    if r.is_zero() {
+                        return Err(deadline_error());
+                    }
+                    Some(r)
+                }
+                None => None,
+            };
+            // One attempt, boxed: the retry loop's own state stays small, and so does every
+            // allocation (within glibc's per-thread cache, 1032 bytes; see the size test in
+            // `mod.rs`).
+            let (instance, result, capped_by_deadline) =
+                Box::pin(self.try_once(spec, &failed, attempt, remaining, per_attempt, overall))
+                    .await?;
+            match result {
+                Attempt::Done(status, headers, body) => {
+                    return Ok(ServiceResponse {
+                        status,
+                        headers,
+                        body,
+                        instance,
+                        attempts: attempt,
+                    });
+                }
+                Attempt::Fail {
+                    error,
+                    outcome: _,
+                    sent,
+                    timed_out,
+                } => {
+                    tracing::debug!(attempt, instance = %instance.id, error = %error, "attempt failed");
+                    if timed_out && capped_by_deadline {
+                        return Err(deadline_error());
+                    }
+                    // Whether another attempt may help is the error's to say; whether it is safe,
+                    // the method's (or the caller's) once the request may have been acted on.
+                    let allowed = error.is_retryable() && (!sent || idempotent || retry_unsafe);
+                    if !allowed || attempt > max_retries {
+                        return Err(error);
+                    }
+                    if let Some(b) = &inner.budget {
+                        if !b.try_withdraw() {
+                            tracing::debug!("retry budget exhausted");
+                            return Err(error);
+                        }
+                    }
+                    if !failed.contains(&instance.id) {
+                        failed.push(instance.id.clone());
+                    }
+                    let wait = inner.retry.backoff(attempt);
+                    if let Some(d) = deadline {
+                        // The deadline caps the backoff: no point sleeping past it.
+                        if Instant::now() + wait >= d {
+                            return Err(error);
+                        }
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
