@@ -7,7 +7,6 @@
 //! Runtimes are current-thread: the watch task then fetches a changed node's data before the
 //! test's next write reaches the server, which the ordering checks of the suite rely on.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +15,8 @@ use tokio::io::AsyncBufReadExt;
 use waypost_balancer::RoundRobin;
 use waypost_core_types::conformance::{self, ConformanceOptions};
 use waypost_core_types::{
-    Error, Health, RegistryState, ServiceDiscovery, ServiceEvent, ServiceEventType, ServiceInfo,
-    ServiceRegistry, SnapshotReason, WatchEvent, WatchStream,
+    Error, Health, InstanceView, RegistryState, Scope, ServiceDiscovery, ServiceEvent,
+    ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason, WatchEvent, WatchStream,
 };
 use waypost_discovery::CachedDiscovery;
 use waypost_integration_tests::zookeeper::{ZkOptions, ZkServer};
@@ -58,39 +57,28 @@ fn instance(name: &str, id: &str, port: u16) -> ServiceInfo {
         .with_health(Health::Healthy)
 }
 
-/// A watcher's view: the snapshots it got and the instances it knows.
+/// A watcher's view: the snapshots it got, the changes as the registry sent them, and the
+/// instances it knows.
 #[derive(Debug, Default)]
 struct View {
-    services: BTreeMap<String, ServiceInfo>,
+    view: InstanceView,
     snapshots: Vec<SnapshotReason>,
     changes: Vec<ServiceEvent>,
 }
 
 impl View {
     fn apply(&mut self, event: WatchEvent) {
-        match event {
-            WatchEvent::Snapshot { services, reason } => {
-                self.snapshots.push(reason);
-                self.services = services.into_iter().map(|s| (s.id.clone(), s)).collect();
-            }
-            WatchEvent::Change(change) => {
-                match change.kind {
-                    ServiceEventType::Deleted => {
-                        self.services.remove(&change.service.id);
-                    }
-                    _ => {
-                        self.services
-                            .insert(change.service.id.clone(), change.service.clone());
-                    }
-                }
-                self.changes.push(change);
-            }
+        match &event {
+            WatchEvent::Snapshot { reason, .. } => self.snapshots.push(*reason),
+            WatchEvent::Change(change) => self.changes.push(change.clone()),
             _ => {}
         }
+        self.view.apply_watch_event(&Scope::All, event);
     }
 
     fn has(&self, ids: &[&str]) -> bool {
-        ids.iter().all(|id| self.services.contains_key(*id))
+        ids.iter()
+            .all(|id| self.view.iter(&Scope::All).any(|s| s.id == *id))
     }
 }
 
@@ -308,6 +296,15 @@ async fn connection_loss_without_expiry_keeps_the_session() {
     // 4 s is the server's maximum (20 ticks); the client declares a connection lost after 1.6 s.
     let cfg = config(&zk, &prefix).with_session_timeout(Duration::from_secs(4));
     let registry = connect(cfg).await;
+    // Every state the registry reports, until the stream ends after `Closed`.
+    let mut changes = registry.state_changes();
+    let states = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(state) = changes.next().await {
+            seen.push(state);
+        }
+        seen
+    });
     registry
         .register(&instance("steady", "s-1", 8001))
         .await
@@ -369,6 +366,20 @@ async fn connection_loss_without_expiry_keeps_the_session() {
         "the watch must deliver changes after the reconnect: {view:?}"
     );
     registry.close().await.expect("close");
+    let seen = tokio::time::timeout(Duration::from_secs(1), states)
+        .await
+        .expect("state_changes ends after close")
+        .expect("collector");
+    assert_eq!(seen.first(), Some(&RegistryState::Connected), "{seen:?}");
+    let recovering = seen
+        .iter()
+        .position(|s| matches!(s, RegistryState::Recovering { .. }))
+        .unwrap_or_else(|| panic!("state_changes must report Recovering: {seen:?}"));
+    assert!(
+        seen[recovering..].contains(&RegistryState::Connected),
+        "state_changes must report Connected again after Recovering: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&RegistryState::Closed), "{seen:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -740,7 +751,7 @@ async fn register_takes_over_another_sessions_node_and_close_removes_only_ours()
     second.close().await.expect("close second");
     assert!(
         drive(&mut watch, &mut view, Duration::from_secs(1), |v| v
-            .services
+            .view
             .is_empty())
         .await,
         "close must remove our nodes at once: {view:?}"
@@ -870,10 +881,7 @@ async fn chroot_holds_the_tree_and_dropping_the_registry_ends_its_session() {
     let dropped = Instant::now();
     drop(rooted);
     assert!(
-        drive(&mut watch, &mut view, SESSION / 2, |v| v
-            .services
-            .is_empty())
-        .await,
+        drive(&mut watch, &mut view, SESSION / 2, |v| v.view.is_empty()).await,
         "dropping the registry must end its session: {view:?}"
     );
     eprintln!(
