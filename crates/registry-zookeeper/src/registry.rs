@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
@@ -148,8 +149,13 @@ impl Inner {
         self.owned.lock().values().cloned().collect()
     }
 
-    fn take_owned(&self) -> Vec<ServiceInfo> {
-        self.owned.lock().drain().map(|(_, v)| v).collect()
+    /// Forgets what we registered and returns the paths of its nodes.
+    fn take_owned_paths(&self) -> Vec<String> {
+        self.owned
+            .lock()
+            .drain()
+            .map(|(_, i)| self.paths.instance(&i.name, &i.id))
+            .collect()
     }
 
     /// Decodes an instance node, or logs why it is skipped (one warning per path).
@@ -170,14 +176,8 @@ impl Inner {
     }
 }
 
-/// Deletes the nodes of `owned` that still belong to `client`'s session, within the session
-/// timeout.
-async fn remove_owned(inner: &Inner, client: &Client, owned: &[ServiceInfo]) -> Result<()> {
-    let paths: Vec<String> = owned
-        .iter()
-        .map(|i| inner.paths.instance(&i.name, &i.id))
-        .collect();
-    let limit = inner.config.session_timeout;
+/// Deletes the nodes at `paths` that still belong to `client`'s session, within `limit`.
+async fn remove_owned(client: &Client, paths: &[String], limit: Duration) -> Result<()> {
     let deletes = join_all(paths.iter().map(|p| ops::delete_own(client, p)));
     match tokio::time::timeout(limit, deletes).await {
         Ok(results) => results
@@ -186,7 +186,7 @@ async fn remove_owned(inner: &Inner, client: &Client, owned: &[ServiceInfo]) -> 
             .unwrap_or(Ok(true))
             .map(|_| ()),
         Err(_) => Err(Error::timeout(
-            format!("{BACKEND}: removing our instances on close"),
+            format!("{BACKEND}: removing our instances"),
             limit,
         )),
     }
@@ -258,19 +258,19 @@ impl Drop for ZookeeperRegistry {
     /// Without `close`: the tasks are aborted (when `tasks` is dropped right after this), every
     /// watch stream ends, and one bounded clean-up task deletes our nodes and ends the session.
     fn drop(&mut self) {
+        // Idempotent: also ends the streams when a `close` was cancelled half-way.
+        self.inner.hubs.close();
         if self.inner.is_closed() {
             return;
         }
         self.inner.state.close();
-        self.inner.hubs.close();
-        let owned = self.inner.take_owned();
+        let paths = self.inner.take_owned_paths();
         let Some(client) = self.inner.take_session() else {
             return;
         };
-        let inner = Arc::clone(&self.inner);
         let bound = self.inner.config.session_timeout;
         self.tasks.cleanup_on_drop(bound, async move {
-            if let Err(e) = remove_owned(&inner, &client, &owned).await {
+            if let Err(e) = remove_owned(&client, &paths, bound).await {
                 tracing::debug!(backend = BACKEND, "clean-up of a dropped registry: {e}");
             }
             // The session ends with its last client.
@@ -452,9 +452,9 @@ impl ServiceRegistry for ZookeeperRegistry {
         }
         let client = self.inner.slot().client;
         self.inner.state.close();
-        let owned = self.inner.take_owned();
+        let paths = self.inner.take_owned_paths();
         let result = match &client {
-            Some(client) => remove_owned(&self.inner, client, &owned).await,
+            Some(client) => remove_owned(client, &paths, self.inner.config.session_timeout).await,
             None => Ok(()),
         };
         self.tasks.shutdown().await;
