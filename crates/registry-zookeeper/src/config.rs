@@ -364,6 +364,9 @@ mod tests {
         assert_eq!(c.session_timeout, Duration::from_secs(10));
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.effective_chroot(), Some("/app"));
+        // The password is read as a plain string and kept as a `Secret`.
+        assert_eq!(c.digest().unwrap(), b"u:p");
+        assert!(!format!("{c:?}").contains("\"p\""));
         c.validate().unwrap();
         let empty: ZookeeperConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, ZookeeperConfig::default());

@@ -90,13 +90,15 @@ pub(crate) async fn subscribe(
     let start = |hub: WatchHub| {
         let scope = scope.clone();
         async move {
-            let slot = inner.slot();
+            // Subscribed before reading the session, so a session published meanwhile is seen.
+            let mut sessions = inner.subscribe_slot();
+            let slot = sessions.borrow_and_update().clone();
             let client = slot.client.clone().ok_or(Error::Closed)?;
             let watcher = add_watch(inner, &client, &scope).await?;
             let (services, versions) = list(inner, &client, &scope).await?;
             hub.replace(&scope, services, Some(SnapshotReason::Initial));
             let feed = Feed {
-                sessions: inner.subscribe_slot(),
+                sessions,
                 inner: Arc::clone(inner),
                 hub,
                 scope,
