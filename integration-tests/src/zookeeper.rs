@@ -211,7 +211,7 @@ impl ZkServer {
              clientPort={port}\n\
              maxClientCnxns=0\n\
              admin.enableServer=false\n\
-             4lw.commands.whitelist=srvr,ruok,dump\n\
+             4lw.commands.whitelist=srvr,ruok,dump,wchp\n\
              forceSync={}\n",
             data.display(),
             if opts.fsync { "yes" } else { "no" },
@@ -366,6 +366,30 @@ pub async fn srvr(port: u16) -> Option<String> {
 /// The answer to `dump`: the sessions and the ephemeral nodes each one holds.
 pub async fn dump(port: u16) -> Option<String> {
     four_letter_word(port, "dump").await
+}
+
+/// The answer to `wchp`: every watched path and the sessions watching it.
+pub async fn wchp(port: u16) -> Option<String> {
+    four_letter_word(port, "wchp").await
+}
+
+/// The paths `wchp` lists as watched by a session (its id as the client reports it).
+pub fn watched_by(wchp: &str, session: i64) -> Vec<String> {
+    let id = format!("0x{:x}", session as u64);
+    let mut out = Vec::new();
+    let mut path = None;
+    for line in wchp.lines() {
+        let line = line.trim();
+        if line.starts_with('/') {
+            path = Some(line);
+        } else if line == id {
+            if let Some(p) = path {
+                out.push(p.to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The ephemeral paths `dump` lists for a session (its id as the client reports it).

@@ -1,13 +1,12 @@
 //! The ZooKeeper backend against a real ZooKeeper started by the test (Debian's `zookeeper`
 //! package): the conformance suite, session expiry, connection loss, server restart, a killed
-//! registering process, construction failures, digest ACLs, interop with `zkCli.sh`, and the
-//! register-to-watch latency.
+//! registering process, construction failures, digest ACLs, interop with `zkCli.sh`, streams
+//! sharing one watch per scope, `state_changes`, and the register-to-watch latency.
 //!
 //! Without ZooKeeper installed these tests print `SKIPPED` (and fail with `CI=true`).
 //! Runtimes are current-thread: the watch task then fetches a changed node's data before the
 //! test's next write reaches the server, which the ordering checks of the suite rely on.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +15,11 @@ use tokio::io::AsyncBufReadExt;
 use waypost_balancer::RoundRobin;
 use waypost_core_types::conformance::{self, ConformanceOptions};
 use waypost_core_types::{
-    Error, Health, RegistryState, ServiceDiscovery, ServiceEvent, ServiceEventType, ServiceInfo,
-    ServiceRegistry, SnapshotReason, WatchEvent, WatchStream,
+    Error, Health, InstanceView, RegistryState, Scope, ServiceDiscovery, ServiceEvent,
+    ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason, WatchEvent, WatchStream,
 };
 use waypost_discovery::CachedDiscovery;
-use waypost_integration_tests::zookeeper::{ZkOptions, ZkServer};
+use waypost_integration_tests::zookeeper::{dump, ZkOptions, ZkServer};
 use waypost_integration_tests::{free_port, require};
 use waypost_registry_zookeeper::{ZookeeperConfig, ZookeeperRegistry};
 
@@ -58,39 +57,28 @@ fn instance(name: &str, id: &str, port: u16) -> ServiceInfo {
         .with_health(Health::Healthy)
 }
 
-/// A watcher's view: the snapshots it got and the instances it knows.
+/// A watcher's view: the snapshots it got, the changes as the registry sent them, and the
+/// instances it knows.
 #[derive(Debug, Default)]
 struct View {
-    services: BTreeMap<String, ServiceInfo>,
+    view: InstanceView,
     snapshots: Vec<SnapshotReason>,
     changes: Vec<ServiceEvent>,
 }
 
 impl View {
     fn apply(&mut self, event: WatchEvent) {
-        match event {
-            WatchEvent::Snapshot { services, reason } => {
-                self.snapshots.push(reason);
-                self.services = services.into_iter().map(|s| (s.id.clone(), s)).collect();
-            }
-            WatchEvent::Change(change) => {
-                match change.kind {
-                    ServiceEventType::Deleted => {
-                        self.services.remove(&change.service.id);
-                    }
-                    _ => {
-                        self.services
-                            .insert(change.service.id.clone(), change.service.clone());
-                    }
-                }
-                self.changes.push(change);
-            }
+        match &event {
+            WatchEvent::Snapshot { reason, .. } => self.snapshots.push(*reason),
+            WatchEvent::Change(change) => self.changes.push(change.clone()),
             _ => {}
         }
+        self.view.apply_watch_event(&Scope::All, event);
     }
 
     fn has(&self, ids: &[&str]) -> bool {
-        ids.iter().all(|id| self.services.contains_key(*id))
+        ids.iter()
+            .all(|id| self.view.iter(&Scope::All).any(|s| s.id == *id))
     }
 }
 
@@ -308,6 +296,15 @@ async fn connection_loss_without_expiry_keeps_the_session() {
     // 4 s is the server's maximum (20 ticks); the client declares a connection lost after 1.6 s.
     let cfg = config(&zk, &prefix).with_session_timeout(Duration::from_secs(4));
     let registry = connect(cfg).await;
+    // Every state the registry reports, until the stream ends after `Closed`.
+    let mut changes = registry.state_changes();
+    let states = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(state) = changes.next().await {
+            seen.push(state);
+        }
+        seen
+    });
     registry
         .register(&instance("steady", "s-1", 8001))
         .await
@@ -369,6 +366,20 @@ async fn connection_loss_without_expiry_keeps_the_session() {
         "the watch must deliver changes after the reconnect: {view:?}"
     );
     registry.close().await.expect("close");
+    let seen = tokio::time::timeout(Duration::from_secs(1), states)
+        .await
+        .expect("state_changes ends after close")
+        .expect("collector");
+    assert_eq!(seen.first(), Some(&RegistryState::Connected), "{seen:?}");
+    let recovering = seen
+        .iter()
+        .position(|s| matches!(s, RegistryState::Recovering { .. }))
+        .unwrap_or_else(|| panic!("state_changes must report Recovering: {seen:?}"));
+    assert!(
+        seen[recovering..].contains(&RegistryState::Connected),
+        "state_changes must report Connected again after Recovering: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&RegistryState::Closed), "{seen:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -740,7 +751,7 @@ async fn register_takes_over_another_sessions_node_and_close_removes_only_ours()
     second.close().await.expect("close second");
     assert!(
         drive(&mut watch, &mut view, Duration::from_secs(1), |v| v
-            .services
+            .view
             .is_empty())
         .await,
         "close must remove our nodes at once: {view:?}"
@@ -865,20 +876,29 @@ async fn chroot_holds_the_tree_and_dropping_the_registry_ends_its_session() {
         .await
     );
 
-    // Dropping the registry without close stops its tasks and ends its session: the
-    // ephemeral node goes at once, long before a session timeout would remove it.
+    // Dropping the registry without close aborts its tasks, and its clean-up task removes the
+    // ephemeral node and ends its session at once, long before a session timeout would.
+    let session = format!("0x{:x}", rooted.session_id().expect("session") as u64);
+    let held = dump(zk.port).await.expect("dump");
+    assert!(held.contains(&session), "{session} not in:\n{held}");
     let dropped = Instant::now();
     drop(rooted);
     assert!(
-        drive(&mut watch, &mut view, SESSION / 2, |v| v
-            .services
-            .is_empty())
-        .await,
-        "dropping the registry must end its session: {view:?}"
+        drive(&mut watch, &mut view, SESSION / 2, |v| v.view.is_empty()).await,
+        "dropping the registry must remove its node: {view:?}"
     );
     eprintln!(
         "drop: node gone {:?} after the registry was dropped",
         dropped.elapsed()
+    );
+    let ended = poll_until(SESSION / 2, || async {
+        dump(zk.port).await.is_some_and(|d| !d.contains(&session))
+    })
+    .await;
+    assert!(
+        ended.is_some(),
+        "dropping the registry must end its session {session}: {:?}",
+        dump(zk.port).await
     );
     plain.close().await.expect("close");
 }
@@ -947,7 +967,7 @@ async fn registries_racing_to_create_the_parents_all_succeed() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn expiry_seen_only_by_the_client_replaces_the_stale_node_of_the_old_session() {
-    use waypost_integration_tests::zookeeper::{dump, ephemerals_of, MuteProxy};
+    use waypost_integration_tests::zookeeper::{ephemerals_of, MuteProxy};
 
     let test = "expiry_seen_only_by_the_client_replaces_the_stale_node_of_the_old_session";
     let Some(zk) = server(test).await else { return };
@@ -1024,4 +1044,95 @@ async fn expiry_seen_only_by_the_client_replaces_the_stale_node_of_the_old_sessi
     );
     owner.close().await.expect("close");
     observer.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn streams_of_a_scope_share_its_watch_until_the_last_is_dropped() {
+    use waypost_integration_tests::zookeeper::{watched_by, wchp};
+
+    let test = "streams_of_a_scope_share_its_watch_until_the_last_is_dropped";
+    let Some(zk) = server(test).await else { return };
+    let prefix = unique_prefix("shared");
+    let registry = connect(config(&zk, &prefix)).await;
+    let session = registry.session_id().expect("session");
+    let name = "shared-svc";
+    let watched = || async {
+        let out = wchp(zk.port).await.expect("wchp");
+        watched_by(&out, session)
+    };
+    assert!(watched().await.is_empty(), "no watch before a stream");
+
+    let mut first = registry.watch_service(name).await.expect("watch_service");
+    let mut second = registry.watch_service(name).await.expect("watch_service");
+    let mut all = registry.watch().await.expect("watch");
+    let service_path = format!("{prefix}/{name}");
+    assert_eq!(
+        watched().await,
+        vec![prefix.clone(), service_path.clone()],
+        "the server watches the path of each watched scope"
+    );
+    // Every stream of the scope gets its snapshot and the same changes.
+    registry
+        .register(&instance(name, "sh-1", 8001))
+        .await
+        .expect("register");
+    for stream in [&mut first, &mut second, &mut all] {
+        let mut view = View::default();
+        assert!(
+            drive(stream, &mut view, Duration::from_secs(5), |v| v
+                .has(&["sh-1"]))
+            .await,
+            "{view:?}"
+        );
+        assert_eq!(view.snapshots, vec![SnapshotReason::Initial]);
+    }
+
+    // Another stream of a watched scope joins its hub: it starts without asking the server.
+    zk.pause().expect("SIGSTOP");
+    let joined =
+        tokio::time::timeout(Duration::from_millis(500), registry.watch_service(name)).await;
+    zk.resume().expect("SIGCONT");
+    let mut third = joined
+        .expect("a stream of a watched scope must start without a server round trip")
+        .expect("watch_service");
+    let mut view = View::default();
+    assert!(
+        drive(&mut third, &mut view, Duration::from_secs(5), |v| v
+            .has(&["sh-1"]))
+        .await
+    );
+    assert_eq!(view.snapshots, vec![SnapshotReason::Initial]);
+
+    // The scope's watch stays while one of its streams is alive, and goes with the last one.
+    drop(first);
+    drop(third);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(watched().await, vec![prefix.clone(), service_path.clone()]);
+    drop(second);
+    let gone = poll_until(Duration::from_secs(2), || async {
+        watched().await == vec![prefix.clone()]
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "service watch still set: {:?}",
+        watched().await
+    );
+    // A new stream of that scope starts a new watch with a fresh snapshot.
+    let mut again = registry.watch_service(name).await.expect("watch_service");
+    let mut view = View::default();
+    assert!(
+        drive(&mut again, &mut view, Duration::from_secs(5), |v| v
+            .has(&["sh-1"]))
+        .await
+    );
+    assert_eq!(watched().await, vec![prefix.clone(), service_path.clone()]);
+    drop(all);
+    drop(again);
+    let none = poll_until(Duration::from_secs(2), || async {
+        watched().await.is_empty()
+    })
+    .await;
+    assert!(none.is_some(), "watches left: {:?}", watched().await);
+    registry.close().await.expect("close");
 }

@@ -1,12 +1,11 @@
 //! Configuration of the ZooKeeper registry.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use waypost_core_types::{Error, Result};
+use waypost_core_types::{Error, Result, Secret};
 
-use crate::paths::validate_znode_path;
+use crate::keys::validate_znode_path;
 
 /// The Go module's default prefix.
 pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
@@ -43,7 +42,7 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 /// assert_eq!(from_json.prefix, "/laravel-go/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ZookeeperConfig {
@@ -64,8 +63,8 @@ pub struct ZookeeperConfig {
     /// Digest-auth user name. With credentials, every node this registry creates is readable by
     /// anyone and writable only by the same credentials.
     pub username: Option<String>,
-    /// Digest-auth password (never shown by `Debug`).
-    pub password: Option<String>,
+    /// Digest-auth password (a [`Secret`]: never shown by `Debug`, `Display` or logs).
+    pub password: Option<Secret>,
     /// A chroot for the whole registry (created if missing), e.g. `/tenant-a`; empty or `/`
     /// means none.
     pub chroot: Option<String>,
@@ -96,23 +95,6 @@ impl Default for ZookeeperConfig {
             max_backoff: DEFAULT_MAX_BACKOFF,
             watch_buffer: DEFAULT_WATCH_BUFFER,
         }
-    }
-}
-
-impl fmt::Debug for ZookeeperConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZookeeperConfig")
-            .field("servers", &self.servers)
-            .field("prefix", &self.prefix)
-            .field("session_timeout", &self.session_timeout)
-            .field("ttl", &self.ttl)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("chroot", &self.chroot)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_backoff", &self.max_backoff)
-            .field("watch_buffer", &self.watch_buffer)
-            .finish()
     }
 }
 
@@ -169,7 +151,7 @@ impl ZookeeperConfig {
         password: impl Into<String>,
     ) -> Self {
         self.username = Some(username.into());
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password));
         self
     }
 
@@ -266,7 +248,7 @@ impl ZookeeperConfig {
     /// The digest-auth payload `user:password`, if credentials are set.
     pub(crate) fn digest(&self) -> Option<Vec<u8>> {
         match (&self.username, &self.password) {
-            (Some(u), Some(p)) => Some(format!("{u}:{p}").into_bytes()),
+            (Some(u), Some(p)) => Some(format!("{u}:{}", p.expose()).into_bytes()),
             _ => None,
         }
     }
@@ -363,7 +345,7 @@ mod tests {
         let c = ZookeeperConfig::default().with_digest_auth("alice", "hunter2-secret");
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
-        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains(waypost_core_types::REDACTED), "{shown}");
         assert!(shown.contains("alice"), "{shown}");
         let pretty = format!("{c:#?}");
         assert!(!pretty.contains("hunter2-secret"));
@@ -382,6 +364,9 @@ mod tests {
         assert_eq!(c.session_timeout, Duration::from_secs(10));
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.effective_chroot(), Some("/app"));
+        // The password is read as a plain string and kept as a `Secret`.
+        assert_eq!(c.digest().unwrap(), b"u:p");
+        assert!(!format!("{c:?}").contains("\"p\""));
         c.validate().unwrap();
         let empty: ZookeeperConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(empty, ZookeeperConfig::default());

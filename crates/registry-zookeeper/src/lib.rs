@@ -11,13 +11,24 @@
 //! - Session expiry: a new session with capped, jittered backoff, forever; our nodes are created
 //!   again (a stale node of the old session is replaced), watches resync with
 //!   `Snapshot { reason: Reconnected }`. `state()` reports `Recovering` meanwhile.
-//! - Watches are persistent recursive watches (ZooKeeper 3.6+), one per stream, turned into
-//!   `Created`/`Updated`/`Deleted`; a reconnect or a slow consumer gets a new snapshot.
+//! - Watches: one persistent recursive watch (ZooKeeper 3.6+) per watched scope (the prefix, or
+//!   one service), shared by every stream of that scope through waypost's watch hub and removed
+//!   after the last of them is dropped. Each stream starts with `Snapshot { reason: Initial }`;
+//!   after a reconnect or a new session it gets `Snapshot { reason: Reconnected }`, and a
+//!   consumer that falls more than `watch_buffer` items behind gets `Snapshot { reason: Lagged }`.
 //!   Notifications carry no data: a node's data is fetched when its change arrives, so an update
 //!   followed at once by a delete may reach a watcher as the `Deleted` alone (the view stays
 //!   exact).
+//! - [`state_changes`](waypost_core_types::ServiceRegistry::state_changes) follows `Connected`,
+//!   `Recovering` (connection lost, session expired, each failed attempt at a new one) and
+//!   `Closed`.
 //! - Digest auth: nodes are readable by anyone, writable only by the same credentials.
 //! - Foreign or corrupt data under the prefix is skipped with a warning.
+//! - `close` deletes our nodes, stops every background task, ends every watch stream and the
+//!   session. Dropping a registry without `close` behaves the same on every backend: its tasks
+//!   are aborted, and the registry removes what it registered with one bounded clean-up task
+//!   spawned on the runtime it was created on (it ends with that runtime). If that runtime is
+//!   gone, the server expires the instances after their session timeout.
 //!
 //! ```no_run
 //! # async fn demo() -> waypost_core_types::Result<()> {
@@ -42,13 +53,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acl;
+mod codec;
 mod config;
-mod decode;
-mod errors;
+mod error;
+mod keys;
+mod liveness;
 mod ops;
-mod paths;
 mod registry;
-mod session;
 mod watch;
 
 pub use config::{

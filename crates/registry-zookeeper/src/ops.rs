@@ -5,9 +5,9 @@ use waypost_core_types::{Error, Result, ServiceInfo, Timestamp};
 use zookeeper_client::{Client, Error as ZkError, Stat};
 
 use crate::acl::AclPolicy;
-use crate::errors::{convert, BACKEND};
-use crate::paths::{ancestors_and_self, parent};
-use crate::session::Inner;
+use crate::error::{convert, BACKEND};
+use crate::keys::{ancestors_and_self, parent};
+use crate::registry::Inner;
 
 /// Requests sent in one pipelined batch.
 const BATCH: usize = 256;

@@ -1,20 +1,29 @@
-//! [`ZookeeperRegistry`]: the [`ServiceRegistry`] over ZooKeeper.
+//! [`ZookeeperRegistry`]: the [`ServiceRegistry`] over ZooKeeper, and the state its tasks share.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use parking_lot::Mutex;
+use tokio::sync::watch as channel;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
-use waypost_core_types::{Error, RegistryState, Result, ServiceInfo, ServiceRegistry, WatchStream};
+use waypost_core_types::{
+    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
+    StateStream, Tasks, WatchStream,
+};
+use zookeeper_client::Client;
 
 use crate::acl::AclPolicy;
+use crate::codec::{decode_instance, ForeignLog};
 use crate::config::ZookeeperConfig;
-use crate::errors::BACKEND;
+use crate::error::BACKEND;
+use crate::keys::Paths;
+use crate::liveness::{self, Slot};
 use crate::ops::{self, WriteMode};
-use crate::paths::Paths;
-use crate::session::{self, Inner};
-use crate::watch::{self, Scope};
+use crate::watch;
 
 /// A service registry on ZooKeeper.
 ///
@@ -24,22 +33,162 @@ use crate::watch::{self, Scope};
 /// backoff, forever), creates our nodes again, replacing a stale node of the old session that
 /// may still exist, and every watch stream receives a `Snapshot { reason: Reconnected }`. A
 /// connection loss without expiry waits for the session to resume. [`state`](Self::state) tells
-/// which of these is happening.
+/// which of these is happening, and [`state_changes`](Self::state_changes) follows it.
 ///
 /// With digest credentials, every node created is readable by anyone and writable only by the
 /// same credentials; construction fails with [`Error::Auth`] when the prefix belongs to other
 /// credentials.
 pub struct ZookeeperRegistry {
     inner: Arc<Inner>,
-    supervisor: tokio::task::JoinHandle<()>,
+    /// The session supervisor and the watch feeds. Owned here, not in `Inner` (which they hold),
+    /// so that dropping the registry aborts them.
+    tasks: Tasks,
 }
 
 impl fmt::Debug for ZookeeperRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ZookeeperRegistry")
             .field("config", &self.inner.config)
-            .field("state", &self.inner.state())
+            .field("state", &self.inner.state.get())
             .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the registry, its session supervisor and its watch feeds.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: ZookeeperConfig,
+    pub(crate) paths: Paths,
+    pub(crate) acl: AclPolicy,
+    /// The current session.
+    slot: channel::Sender<Slot>,
+    /// What this registry registered, by id: restored after a session loss, removed by `close`.
+    owned: Mutex<HashMap<String, ServiceInfo>>,
+    /// Writes take it shared; restoring registrations in a new session takes it exclusively.
+    pub(crate) gate: tokio::sync::RwLock<()>,
+    pub(crate) state: StateCell,
+    /// One hub per watched scope, each fed by one persistent recursive watch.
+    pub(crate) hubs: ScopedHubs,
+    foreign: ForeignLog,
+}
+
+impl Inner {
+    fn new(config: ZookeeperConfig, paths: Paths, acl: AclPolicy, client: Client) -> Self {
+        let hubs = ScopedHubs::new(config.watch_buffer);
+        Inner {
+            config,
+            paths,
+            acl,
+            slot: channel::Sender::new(Slot {
+                client: Some(client),
+                generation: 1,
+            }),
+            owned: Mutex::new(HashMap::new()),
+            gate: tokio::sync::RwLock::new(()),
+            state: StateCell::new(BACKEND),
+            hubs,
+            foreign: ForeignLog::default(),
+        }
+    }
+
+    /// The client of the current session.
+    ///
+    /// # Errors
+    /// `Closed` after `close`.
+    pub(crate) fn client(&self) -> Result<Client> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.slot.borrow().client.clone().ok_or(Error::Closed)
+    }
+
+    /// The current session.
+    pub(crate) fn slot(&self) -> Slot {
+        self.slot.borrow().clone()
+    }
+
+    /// Follows the session as it is replaced.
+    pub(crate) fn subscribe_slot(&self) -> channel::Receiver<Slot> {
+        self.slot.subscribe()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.is_closed()
+    }
+
+    /// Publishes a new session.
+    pub(crate) fn publish(&self, client: Client) {
+        self.slot.send_modify(|s| {
+            s.client = Some(client);
+            s.generation += 1;
+        });
+    }
+
+    /// Takes the session out (it closes once the last clone of its client is gone).
+    fn take_session(&self) -> Option<Client> {
+        let mut taken = None;
+        self.slot.send_modify(|s| taken = s.client.take());
+        taken
+    }
+
+    // --- what we registered ---
+
+    pub(crate) fn owned(&self, id: &str) -> Option<ServiceInfo> {
+        self.owned.lock().get(id).cloned()
+    }
+
+    fn own(&self, info: ServiceInfo) {
+        self.owned.lock().insert(info.id.clone(), info);
+    }
+
+    fn disown(&self, id: &str) -> Option<ServiceInfo> {
+        self.owned.lock().remove(id)
+    }
+
+    pub(crate) fn all_owned(&self) -> Vec<ServiceInfo> {
+        self.owned.lock().values().cloned().collect()
+    }
+
+    /// Forgets what we registered and returns the paths of its nodes.
+    fn take_owned_paths(&self) -> Vec<String> {
+        self.owned
+            .lock()
+            .drain()
+            .map(|(_, i)| self.paths.instance(&i.name, &i.id))
+            .collect()
+    }
+
+    /// Decodes an instance node, or logs why it is skipped (one warning per path).
+    pub(crate) fn decode(
+        &self,
+        path: &str,
+        name: &str,
+        id: &str,
+        data: &[u8],
+    ) -> Option<ServiceInfo> {
+        match decode_instance(name, id, data) {
+            Ok(info) => Some(info),
+            Err(problem) => {
+                self.foreign.skip(path, &problem);
+                None
+            }
+        }
+    }
+}
+
+/// Deletes the nodes at `paths` that still belong to `client`'s session, within `limit`.
+async fn remove_owned(client: &Client, paths: &[String], limit: Duration) -> Result<()> {
+    let deletes = join_all(paths.iter().map(|p| ops::delete_own(client, p)));
+    match tokio::time::timeout(limit, deletes).await {
+        Ok(results) => results
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(true))
+            .map(|_| ()),
+        Err(_) => Err(Error::timeout(
+            format!("{BACKEND}: removing our instances"),
+            limit,
+        )),
     }
 }
 
@@ -60,7 +209,7 @@ impl ZookeeperRegistry {
         let acl = AclPolicy::new(config.digest().is_some());
         let limit = config.connect_timeout;
         let client =
-            match tokio::time::timeout(limit, session::establish(&config, &paths, acl)).await {
+            match tokio::time::timeout(limit, liveness::establish(&config, &paths, acl)).await {
                 Ok(result) => result?,
                 Err(_) => {
                     return Err(Error::timeout(
@@ -79,8 +228,9 @@ impl ZookeeperRegistry {
             "ZooKeeper session established"
         );
         let inner = Arc::new(Inner::new(config, paths, acl, client));
-        let supervisor = tokio::spawn(session::supervise(Arc::clone(&inner)));
-        Ok(ZookeeperRegistry { inner, supervisor })
+        let tasks = Tasks::new();
+        tasks.spawn(liveness::supervise(Arc::clone(&inner)));
+        Ok(ZookeeperRegistry { inner, tasks })
     }
 
     /// The configuration in use.
@@ -105,11 +255,27 @@ impl ZookeeperRegistry {
 }
 
 impl Drop for ZookeeperRegistry {
+    /// Without `close`: the tasks are aborted (when `tasks` is dropped right after this), every
+    /// watch stream ends, and one bounded clean-up task deletes our nodes and ends the session.
     fn drop(&mut self) {
-        // Stop the background tasks; the session closes with its last client and ZooKeeper
-        // removes our ephemeral nodes.
-        self.inner.shut_down();
-        self.supervisor.abort();
+        // Idempotent: also ends the streams when a `close` was cancelled half-way.
+        self.inner.hubs.close();
+        if self.inner.is_closed() {
+            return;
+        }
+        self.inner.state.close();
+        let paths = self.inner.take_owned_paths();
+        let Some(client) = self.inner.take_session() else {
+            return;
+        };
+        let bound = self.inner.config.session_timeout;
+        self.tasks.cleanup_on_drop(bound, async move {
+            if let Err(e) = remove_owned(&client, &paths, bound).await {
+                tracing::debug!(backend = BACKEND, "clean-up of a dropped registry: {e}");
+            }
+            // The session ends with its last client.
+            drop(client);
+        });
     }
 }
 
@@ -263,49 +429,38 @@ impl ServiceRegistry for ZookeeperRegistry {
 
     async fn watch(&self) -> Result<WatchStream> {
         self.client()?;
-        watch::start(Arc::clone(&self.inner), Scope::All).await
+        watch::subscribe(&self.inner, &self.tasks, Scope::All).await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
         self.client()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
-        watch::start(Arc::clone(&self.inner), Scope::Service(name.to_owned())).await
+        watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
     }
 
     fn state(&self) -> RegistryState {
-        self.inner.state()
+        self.inner.state.get()
+    }
+
+    fn state_changes(&self) -> StateStream {
+        self.inner.state.changes()
     }
 
     async fn close(&self) -> Result<()> {
-        let client = self.inner.slot().client;
-        if !self.inner.mark_closed() {
+        if self.inner.is_closed() {
             return Ok(());
         }
-        let owned = self.inner.take_owned();
-        let mut result = Ok(());
-        if let Some(client) = client {
-            let paths: Vec<String> = owned
-                .iter()
-                .map(|i| self.inner.paths.instance(&i.name, &i.id))
-                .collect();
-            let limit = self.inner.config.session_timeout;
-            let deletes = join_all(paths.iter().map(|p| ops::delete_own(&client, p)));
-            match tokio::time::timeout(limit, deletes).await {
-                Ok(results) => {
-                    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-                        result = Err(e);
-                    }
-                }
-                Err(_) => {
-                    result = Err(Error::timeout(
-                        format!("{BACKEND}: removing our instances on close"),
-                        limit,
-                    ))
-                }
-            }
-        }
-        self.inner.shut_down();
-        self.supervisor.abort();
+        let client = self.inner.slot().client;
+        self.inner.state.close();
+        let paths = self.inner.take_owned_paths();
+        let result = match &client {
+            Some(client) => remove_owned(client, &paths, self.inner.config.session_timeout).await,
+            None => Ok(()),
+        };
+        self.tasks.shutdown().await;
+        self.inner.hubs.close();
+        drop(client);
+        drop(self.inner.take_session());
         result
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use parking_lot::Mutex;
 use waypost_core_types::ServiceInfo;
 
-use crate::errors::BACKEND;
+use crate::error::BACKEND;
 
 /// Most distinct foreign paths remembered as already reported.
 const MAX_REMEMBERED: usize = 1024;
