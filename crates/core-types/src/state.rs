@@ -124,8 +124,9 @@ impl StateCell {
         });
     }
 
-    /// The registry closed. Final.
-    pub fn close(&self) {
+    /// The registry closed. Final. Returns whether this call closed it (`false` if it was
+    /// closed already), so that of two concurrent `close` calls exactly one cleans up.
+    pub fn close(&self) -> bool {
         self.tx.send_if_modified(|state| {
             if matches!(state, RegistryState::Closed) {
                 false
@@ -133,7 +134,7 @@ impl StateCell {
                 *state = RegistryState::Closed;
                 true
             }
-        });
+        })
     }
 }
 
@@ -197,7 +198,8 @@ mod tests {
     #[test]
     fn closed_is_final() {
         let cell = StateCell::new("test");
-        cell.close();
+        assert!(cell.close());
+        assert!(!cell.close());
         cell.failed(&"x");
         cell.connected();
         assert_eq!(cell.get(), RegistryState::Closed);
