@@ -97,6 +97,14 @@ async fn dead_instance_is_reaped_on_consuls_real_schedule() {
         )
         .await
         .unwrap();
+    // The process "dies": no more heartbeats, and its deregistration never reaches the agent
+    // (a registry dropped on a live runtime would deregister at once).
+    agent.fail_next(
+        u64::MAX,
+        500,
+        "unreachable",
+        "/v1/agent/service/deregister/",
+    );
     let died = tokio::time::Instant::now();
     drop(dying);
     let mut seen = Vec::new();
