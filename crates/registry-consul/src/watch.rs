@@ -118,7 +118,10 @@ impl Feed {
         true
     }
 
-    /// Replaces the whole view (a whole-registry feed after a reset or recovery of the catalog).
+    /// Replaces the whole view (a whole-registry feed after a reset or recovery of the catalog)
+    /// with what was read of each listed name. Indexes are taken as read, even lower ones (a
+    /// reset); should a write's refresh have put a newer answer in meanwhile, the name's loop
+    /// reads it again at once.
     fn apply_all(&self, read: Vec<(String, u64, Vec<ServiceInfo>)>, reason: SnapshotReason) {
         let mut indexes = self.indexes.lock();
         let mut all = Vec::new();
@@ -186,12 +189,13 @@ impl Watches {
                     }
                 };
                 self.feeds.lock().push(Arc::clone(&feed));
-                let watches = Arc::clone(self);
+                // Dropped with the task (or with the task refused after close).
+                let registered = FeedGuard {
+                    watches: Arc::clone(self),
+                    feed,
+                };
                 tasks.spawn(async move {
-                    let _registered = FeedGuard {
-                        watches: Arc::clone(&watches),
-                        feed: Arc::clone(&feed),
-                    };
+                    let FeedGuard { watches, feed } = &registered;
                     let unwatched = watches.hubs.unwatched(&feed.scope, &feed.hub);
                     tokio::select! {
                         () = unwatched => {}

@@ -500,6 +500,37 @@ async fn index_going_backwards_resyncs_the_watch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_going_backwards_resyncs_a_whole_registry_watch() {
+    let agent = fake().await;
+    let registry = connect(fast_config(&agent).with_watch_wait(Duration::from_millis(500))).await;
+    agent.add_remote_service(
+        "node-b",
+        "10.0.0.2",
+        json!({"ID": "gone-1", "Service": "gone", "Port": 81}),
+        "passing",
+    );
+    let mut watch = registry.watch().await.unwrap();
+    match next(&mut watch, Duration::from_secs(5)).await {
+        Some(WatchEvent::Snapshot {
+            services,
+            reason: SnapshotReason::Initial,
+        }) => assert!(services.iter().any(|s| s.id == "gone-1"), "{services:?}"),
+        other => panic!("{other:?}"),
+    }
+    agent.forget_everything(); // the catalog's and the name's index drop to 2
+    match next(&mut watch, Duration::from_secs(5)).await {
+        Some(WatchEvent::Snapshot {
+            services,
+            reason: SnapshotReason::Reconnected,
+        }) => {
+            assert!(services.iter().all(|s| s.id != "gone-1"), "{services:?}")
+        }
+        other => panic!("expected a Reconnected snapshot, got {other:?}"),
+    }
+    registry.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_reads_the_cluster_not_only_the_local_agent() {
     let agent = fake().await;
     let registry = connect(fast_config(&agent)).await;
