@@ -31,8 +31,8 @@ use crate::watch::{WatchSettings, Watches};
 /// health endpoints. See the [crate documentation](crate) for the mapping.
 pub struct ConsulRegistry {
     inner: Arc<Inner>,
-    /// The keep-alive and watch feed tasks. They hold `inner`, never the other way round, so
-    /// dropping the registry drops (and aborts) them.
+    /// The keep-alive and watch feed tasks. They hold `inner` (or its watches), never the other
+    /// way round, so dropping the registry drops (and aborts) them.
     tasks: Tasks,
 }
 
