@@ -13,9 +13,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use waypost_core_types::{Error, Result};
+use waypost_core_types::{Error, Result, Secret};
 
-use crate::config::{ConsulConfig, Endpoint, Token};
+use crate::config::{ConsulConfig, Endpoint};
 
 pub(crate) const BACKEND: &str = "consul";
 
@@ -81,7 +81,7 @@ pub(crate) struct ConsulClient {
 struct Inner {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
-    token: Option<Token>,
+    token: Option<Secret>,
     datacenter: Option<String>,
     request_timeout: Duration,
     max_body: usize,
@@ -91,7 +91,7 @@ impl fmt::Debug for ConsulClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsulClient")
             .field("base", &self.inner.base)
-            .field("token", &self.inner.token.as_ref().map(|_| "<redacted>"))
+            .field("token", &self.inner.token)
             .field("datacenter", &self.inner.datacenter)
             .finish()
     }

@@ -1,12 +1,11 @@
 //! [`ConsulConfig`]: where the agent is, how to authenticate, and the timings of the registry.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use waypost_core_types::time::config_duration;
-use waypost_core_types::{Error, Result};
+use waypost_core_types::{Error, Result, Secret};
 
 /// The default agent address.
 pub const DEFAULT_ADDRESS: &str = "localhost:8500";
@@ -14,35 +13,6 @@ pub const DEFAULT_ADDRESS: &str = "localhost:8500";
 pub const DEFAULT_PREFIX: &str = "laravel-go/services";
 /// The default TTL of the TTL check of each registered instance.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
-
-/// An ACL token. Its value never appears in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Token(String);
-
-impl Token {
-    /// Wraps a token.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Token(secret.into())
-    }
-
-    /// The secret, for the `X-Consul-Token` header only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// What to do with catalog entries that waypost did not register (no waypost `Meta`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -72,14 +42,14 @@ pub enum ForeignServices {
 ///     .with_ttl(Duration::from_secs(10));
 /// assert!(!format!("{cfg:?}").contains("s3cr3t"));
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConsulConfig {
     /// `host:port`, `http://host:port` or `https://host:port` (default `localhost:8500`).
     pub address: String,
-    /// ACL token, sent as `X-Consul-Token`.
-    pub token: Option<Token>,
+    /// ACL token, sent as `X-Consul-Token`; never printed.
+    pub token: Option<Secret>,
     /// Datacenter for catalog and health reads (default: the agent's).
     pub datacenter: Option<String>,
     /// Namespace marker of our services, stored in each service's `Meta` (default
@@ -147,25 +117,6 @@ impl Default for ConsulConfig {
     }
 }
 
-impl fmt::Debug for ConsulConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsulConfig")
-            .field("address", &self.address)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("datacenter", &self.datacenter)
-            .field("prefix", &self.prefix)
-            .field("ttl", &self.ttl)
-            .field("deregister_critical_after", &self.deregister_critical_after)
-            .field("ca_file", &self.ca_file)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("watch_wait", &self.watch_wait)
-            .field("foreign_services", &self.foreign_services)
-            .finish_non_exhaustive()
-    }
-}
-
 macro_rules! with {
     ($(#[$doc:meta])* $name:ident, $field:ident: $ty:ty) => {
         $(#[$doc])*
@@ -186,7 +137,7 @@ impl ConsulConfig {
         if let Some(a) = var("CONSUL_HTTP_ADDR") {
             cfg.address = a;
         }
-        cfg.token = var("CONSUL_HTTP_TOKEN").map(Token);
+        cfg.token = var("CONSUL_HTTP_TOKEN").map(Secret::from);
         cfg.ca_file = var("CONSUL_CACERT").map(PathBuf::from);
         cfg.datacenter = var("CONSUL_DATACENTER");
         cfg
@@ -202,7 +153,7 @@ impl ConsulConfig {
     /// Sets the ACL token.
     #[must_use]
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(Token(token.into()));
+        self.token = Some(Secret::new(token));
         self
     }
 
@@ -480,10 +431,11 @@ mod tests {
         let c = ConsulConfig::default().with_token("top-secret-token");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("top-secret-token"), "{dbg}");
-        assert!(dbg.contains("<redacted>"));
-        let t = Token::new("top-secret-token");
-        assert!(!format!("{t:?} {t}").contains("top-secret"));
-        assert_eq!(t.expose(), "top-secret-token");
+        assert!(dbg.contains("[redacted]"), "{dbg}");
+        assert_eq!(
+            c.token.as_ref().map(Secret::expose),
+            Some("top-secret-token")
+        );
     }
 
     #[test]
@@ -497,7 +449,7 @@ mod tests {
         assert_eq!(c.connect_timeout, Duration::from_millis(1500));
         assert_eq!(c.watch_wait, Duration::from_secs(90));
         assert_eq!(c.datacenter.as_deref(), Some("dc2"));
-        assert_eq!(c.token.as_ref().map(Token::expose), Some("t"));
+        assert_eq!(c.token.as_ref().map(Secret::expose), Some("t"));
         assert_eq!(c.foreign_services, ForeignServices::Skip);
         assert_eq!(c.prefix, DEFAULT_PREFIX, "unset fields keep defaults");
         assert!(serde_json::from_str::<ConsulConfig>(r#"{"ttl":"10"}"#).is_err());

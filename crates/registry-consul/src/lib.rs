@@ -56,6 +56,14 @@
 //! found. Writes go through the local agent, which owns what it registered: `deregister` and
 //! `update` apply to services of this agent.
 //!
+//! # Dropping without `close`
+//!
+//! Dropping a registry without `close` behaves the same on every backend: its tasks are
+//! aborted, and the registry removes what it registered with one bounded clean-up task spawned
+//! on the runtime it was created on (it ends with that runtime). If that runtime is gone, the
+//! server expires the instances after their TTL: Consul marks them critical, then removes them
+//! after `DeregisterCriticalServiceAfter`.
+//!
 //! # Testing
 //!
 //! No Consul agent can be installed on the CI machines, so **CI checks this crate against a fake
@@ -65,11 +73,11 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod backoff;
 mod client;
 pub mod codec;
 mod config;
-mod keepalive;
+mod liveness;
+mod pacing;
 mod read;
 mod registry;
 mod watch;
@@ -78,7 +86,5 @@ mod watch;
 #[cfg_attr(docsrs, doc(cfg(feature = "fake-agent")))]
 pub mod fake;
 
-pub use config::{
-    ConsulConfig, ForeignServices, Token, DEFAULT_ADDRESS, DEFAULT_PREFIX, DEFAULT_TTL,
-};
+pub use config::{ConsulConfig, ForeignServices, DEFAULT_ADDRESS, DEFAULT_PREFIX, DEFAULT_TTL};
 pub use registry::ConsulRegistry;

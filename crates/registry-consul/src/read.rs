@@ -13,7 +13,7 @@ use crate::config::{go_duration_string, ForeignServices};
 
 /// What reads keep: our prefix, and whether foreign services count.
 #[derive(Debug, Clone)]
-pub(crate) struct Scope {
+pub(crate) struct Filter {
     pub(crate) prefix: String,
     pub(crate) foreign: ForeignServices,
 }
@@ -56,7 +56,7 @@ fn join_query(parts: &[String]) -> String {
 /// The instances of one service name in scope, keyed by id, and the `X-Consul-Index`.
 pub(crate) async fn read_instances(
     client: &ConsulClient,
-    scope: &Scope,
+    filter: &Filter,
     name: &str,
     blocking: Option<Blocking>,
 ) -> Result<(u64, BTreeMap<String, ServiceInfo>)> {
@@ -74,14 +74,14 @@ pub(crate) async fn read_instances(
     let entries: Vec<serde_json::Value> = reply.json(&format!("reading service `{name}`"))?;
     let mut out = BTreeMap::new();
     for entry in entries {
-        match decode_entry(entry, &scope.prefix) {
+        match decode_entry(entry, &filter.prefix) {
             Decoded::Ours(s) => {
                 if s.name == name {
                     out.insert(s.id.clone(), s);
                 }
             }
             Decoded::Foreign(s) => {
-                if scope.foreign == ForeignServices::Include && s.name == name {
+                if filter.foreign == ForeignServices::Include && s.name == name {
                     out.insert(s.id.clone(), s);
                 } else {
                     debug!(service = %name, id = %s.id, "consul: skipping a service not registered by waypost");

@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -12,18 +11,18 @@ use http::{Method, StatusCode};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, Health, RegistryState, Result, ServiceInfo, ServiceRegistry, Timestamp, WatchStream,
+    Error, Health, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, StateCell,
+    StateStream, Tasks, Timestamp, WatchStream,
 };
 
 use crate::client::{enc, ConsulClient, BACKEND};
 use crate::codec::{self, check_id, META_CREATED, META_HEALTH, META_PREFIX};
 use crate::config::ConsulConfig;
-use crate::read::{read_instances, read_names, Scope};
-use crate::watch::{Hub, WatchSettings};
+use crate::read::{read_instances, read_names, Filter};
+use crate::watch::{WatchSettings, Watches};
 
 /// A service registry on a Consul agent.
 ///
@@ -32,21 +31,24 @@ use crate::watch::{Hub, WatchSettings};
 /// health endpoints. See the [crate documentation](crate) for the mapping.
 pub struct ConsulRegistry {
     inner: Arc<Inner>,
+    /// The keep-alive and watch feed tasks. They hold `inner` (or its watches), never the other
+    /// way round, so dropping the registry drops (and aborts) them.
+    tasks: Tasks,
 }
 
+/// What the registry and its tasks share.
 pub(crate) struct Inner {
     pub(crate) cfg: ConsulConfig,
     pub(crate) client: ConsulClient,
-    pub(crate) scope: Scope,
-    pub(crate) hub: Arc<Hub>,
+    filter: Filter,
+    pub(crate) watches: Arc<Watches>,
     /// What this registry registered (stamped), by id.
     pub(crate) owned: Mutex<BTreeMap<String, ServiceInfo>>,
-    pub(crate) state: Mutex<RegistryState>,
-    pub(crate) closed: AtomicBool,
+    pub(crate) state: StateCell,
     /// Serialises writes to the agent (so a re-registration cannot resurrect a deregistered id).
     pub(crate) writes: tokio::sync::Mutex<()>,
+    /// Wakes the keep-alive after a registration.
     pub(crate) kick: Notify,
-    keepalive: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for ConsulRegistry {
@@ -55,7 +57,7 @@ impl fmt::Debug for ConsulRegistry {
             .field("agent", &self.inner.client.base())
             .field("config", &self.inner.cfg)
             .field("registered", &self.inner.owned.lock().len())
-            .field("state", &*self.inner.state.lock())
+            .field("state", &self.inner.state.get())
             .finish()
     }
 }
@@ -99,13 +101,13 @@ impl ConsulRegistry {
                 )))
             }
         }
-        let scope = Scope {
+        let filter = Filter {
             prefix: cfg.prefix.clone(),
             foreign: cfg.foreign_services,
         };
-        let hub = Hub::new(
+        let watches = Watches::new(
             client.clone(),
-            scope.clone(),
+            filter.clone(),
             WatchSettings {
                 wait: cfg.watch_wait,
                 min_interval: cfg.watch_min_interval,
@@ -117,19 +119,17 @@ impl ConsulRegistry {
         let inner = Arc::new(Inner {
             cfg,
             client,
-            scope,
-            hub,
+            filter,
+            watches: Arc::new(watches),
             owned: Mutex::new(BTreeMap::new()),
-            state: Mutex::new(RegistryState::Connected),
-            closed: AtomicBool::new(false),
+            state: StateCell::new(BACKEND),
             writes: tokio::sync::Mutex::new(()),
             kick: Notify::new(),
-            keepalive: Mutex::new(None),
         });
-        let task = tokio::spawn(crate::keepalive::run(Arc::downgrade(&inner)));
-        *inner.keepalive.lock() = Some(task);
+        let tasks = Tasks::new();
+        tasks.spawn(crate::liveness::run(Arc::clone(&inner)));
         info!(agent = %inner.client.base(), "consul: registry connected");
-        Ok(ConsulRegistry { inner })
+        Ok(ConsulRegistry { inner, tasks })
     }
 
     /// The configuration in use.
@@ -143,7 +143,7 @@ impl ConsulRegistry {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
+        if self.inner.state.is_closed() {
             Err(Error::Closed)
         } else {
             Ok(())
@@ -151,12 +151,60 @@ impl ConsulRegistry {
     }
 }
 
+/// Dropped without `close`: the tasks are aborted (with `self.tasks`), every watch stream ends,
+/// and one bounded clean-up task deregisters what this registry registered.
 impl Drop for ConsulRegistry {
     fn drop(&mut self) {
-        if let Some(t) = self.inner.keepalive.lock().take() {
-            t.abort();
+        let inner = &self.inner;
+        if inner.state.is_closed() {
+            return;
         }
-        self.inner.hub.close();
+        inner.state.close();
+        inner.watches.close();
+        let ids: Vec<String> = std::mem::take(&mut *inner.owned.lock())
+            .into_keys()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let client = inner.client.clone();
+        let bound = inner.cfg.request_timeout;
+        let started = self.tasks.cleanup_on_drop(bound, async move {
+            // Errors are logged inside; nobody is left to report them to.
+            let _ = deregister_all(&client, ids).await;
+        });
+        if !started {
+            debug!(
+                "consul: registry dropped outside a runtime; its instances expire after their TTL"
+            );
+        }
+    }
+}
+
+/// Deregisters `ids` from the agent (an id it no longer knows counts as done); the first error,
+/// after trying every id.
+async fn deregister_all(client: &ConsulClient, ids: Vec<String>) -> Result<()> {
+    let mut first_err = None;
+    for id in ids {
+        let r = client
+            .put(&format!("/v1/agent/service/deregister/{}", enc(&id)), None)
+            .await;
+        match r {
+            Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => {}
+            Ok(r) => {
+                let e = r.error(&format!("deregistering `{id}` on close"));
+                warn!("consul: {e}");
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                warn!(id, "consul: deregistering on close failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -253,13 +301,6 @@ impl Inner {
         }
     }
 
-    pub(crate) fn set_state(&self, st: RegistryState) {
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        *self.state.lock() = st;
-    }
-
     async fn upsert(&self, service: &ServiceInfo, must_exist: bool) -> Result<()> {
         service.validate()?;
         // Check what cannot fit Consul before any request.
@@ -294,14 +335,14 @@ impl Inner {
         info.last_check = now;
         {
             let _w = self.writes.lock().await;
-            if self.closed.load(Ordering::Acquire) {
+            if self.state.is_closed() {
                 return Err(Error::Closed);
             }
             self.put_registration(&info, prev_created.is_some()).await?;
             self.owned.lock().insert(info.id.clone(), info.clone());
         }
         self.kick.notify_one();
-        self.hub.refresh(&info.name).await;
+        self.watches.refresh(&info.name).await;
         Ok(())
     }
 
@@ -312,7 +353,7 @@ impl Inner {
             None => self.agent_service(id).await?.map(|a| a.service),
         };
         if let Some(name) = name {
-            let (_, inst) = read_instances(&self.client, &self.scope, &name, None).await?;
+            let (_, inst) = read_instances(&self.client, &self.filter, &name, None).await?;
             if let Some(s) = inst.get(id) {
                 return Ok(Some(s.clone()));
             }
@@ -320,7 +361,9 @@ impl Inner {
         // Registered through another agent: look through the cluster's catalog.
         let (_, names) = read_names(&self.client, None).await?;
         let mut reads = futures_util::stream::iter(names)
-            .map(|name| async move { read_instances(&self.client, &self.scope, &name, None).await })
+            .map(
+                |name| async move { read_instances(&self.client, &self.filter, &name, None).await },
+            )
             .buffer_unordered(8);
         while let Some(r) = reads.next().await {
             if let Some(s) = r?.1.remove(id) {
@@ -379,7 +422,7 @@ impl ServiceRegistry for ConsulRegistry {
             }
         }
         if let Some(name) = name {
-            inner.hub.refresh(&name).await;
+            inner.watches.refresh(&name).await;
         }
         Ok(())
     }
@@ -419,7 +462,7 @@ impl ServiceRegistry for ConsulRegistry {
                         }
                         inner.put_registration(&info, false).await?;
                     }
-                    inner.hub.refresh(&info.name).await;
+                    inner.watches.refresh(&info.name).await;
                     Ok(())
                 }
                 None => Err(Error::NotFound(id.to_owned())),
@@ -443,7 +486,7 @@ impl ServiceRegistry for ConsulRegistry {
         let lists: Vec<Result<_>> =
             futures_util::stream::iter(names)
                 .map(|name| async move {
-                    read_instances(&inner.client, &inner.scope, &name, None).await
+                    read_instances(&inner.client, &inner.filter, &name, None).await
                 })
                 .buffer_unordered(8)
                 .collect()
@@ -459,26 +502,28 @@ impl ServiceRegistry for ConsulRegistry {
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
-        let (_, inst) = read_instances(&self.inner.client, &self.inner.scope, name, None).await?;
+        let (_, inst) = read_instances(&self.inner.client, &self.inner.filter, name, None).await?;
         Ok(inst.into_values().collect())
     }
 
     async fn watch(&self) -> Result<WatchStream> {
         self.check_open()?;
-        self.inner.hub.subscribe(None).await
+        self.inner.watches.subscribe(&self.tasks, Scope::All).await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
-        self.inner.hub.subscribe(Some(name.to_owned())).await
+        let scope = Scope::Service(name.to_owned());
+        self.inner.watches.subscribe(&self.tasks, scope).await
     }
 
     fn state(&self) -> RegistryState {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return RegistryState::Closed;
-        }
-        self.inner.state.lock().clone()
+        self.inner.state.get()
+    }
+
+    fn state_changes(&self) -> StateStream {
+        self.inner.state.changes()
     }
 
     fn default_ttl(&self) -> Option<Duration> {
@@ -487,50 +532,20 @@ impl ServiceRegistry for ConsulRegistry {
 
     async fn close(&self) -> Result<()> {
         let inner = &self.inner;
-        if inner.closed.swap(true, Ordering::AcqRel) {
+        if inner.state.is_closed() {
             return Ok(());
         }
-        *inner.state.lock() = RegistryState::Closed;
-        if let Some(t) = inner.keepalive.lock().take() {
-            t.abort();
-        }
-        inner.hub.close();
-        let _w = inner.writes.lock().await;
-        let owned: Vec<String> = std::mem::take(&mut *inner.owned.lock())
-            .into_keys()
-            .collect();
-        let mut first_err = None;
-        for id in owned {
-            let r = inner
-                .client
-                .put(&format!("/v1/agent/service/deregister/{}", enc(&id)), None)
-                .await;
-            match r {
-                Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => {}
-                Ok(r) => {
-                    let e = r.error(&format!("deregistering `{id}` on close"));
-                    warn!("consul: {e}");
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => {
-                    warn!(id, "consul: deregistering on close failed: {e}");
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        inner.state.close();
+        inner.watches.close();
+        let result = {
+            let _w = inner.writes.lock().await;
+            let owned: Vec<String> = std::mem::take(&mut *inner.owned.lock())
+                .into_keys()
+                .collect();
+            deregister_all(&inner.client, owned).await
+        };
+        self.tasks.shutdown().await;
         info!("consul: registry closed");
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-/// When trouble started, for [`RegistryState::Recovering`].
-pub(crate) fn recovering(since: SystemTime, attempts: u32, last_error: &Error) -> RegistryState {
-    RegistryState::Recovering {
-        since,
-        attempts,
-        last_error: last_error.to_string(),
+        result
     }
 }

@@ -1,41 +1,38 @@
-//! Watches: one hub per registry keeps a view of every watched service name, fed by blocking
-//! queries on `/v1/health/service/:name` (one loop per name) and, for whole-registry watches,
-//! on `/v1/catalog/services` (to learn names). New results are diffed against the view into
-//! `Created`/`Updated`/`Deleted`.
+//! Watches: Consul's blocking queries feeding the shared watch hub.
 //!
-//! Consul's rules are followed: results older than the view (by `X-Consul-Index`) are ignored;
-//! an index that goes backwards (a reset or restore) or a loop that recovers from errors
-//! replaces the view and sends `Snapshot { reason: Reconnected }`; a loop never spins (a token
-//! bucket spaces queries, failures back off with jitter).
+//! Each watched scope has one hub ([`ScopedHubs`]) and one feed task:
+//! - `watch_service(name)`: a blocking-query loop on `/v1/health/service/:name`;
+//! - `watch()`: a blocking-query loop on `/v1/catalog/services` (to learn names) and one loop per
+//!   listed name.
 //!
-//! Writes made through the registry refresh the view of their service before the write
+//! A blocking query hands over the whole list of a name, so each answer replaces that name in
+//! the hub (`hub.replace(&Scope::Service(name), list, None)`), which turns it into
+//! `Created`/`Updated`/`Deleted` events. Consul's rules are followed: an answer older than what
+//! the hub holds (by `X-Consul-Index`) is ignored; an index that goes backwards (a reset or
+//! restore) or a loop that recovers from errors replaces the scope with a
+//! `Snapshot { reason: Reconnected }`; a loop never spins (a token bucket spaces queries,
+//! failures back off with jitter). The hub handles slow consumers and stream ends.
+//!
+//! Writes made through the registry refresh the watched views of their service before the write
 //! returns, so a watcher sees each of them as its own event, in order, even when they happen
 //! faster than a blocking query round-trip.
 
-use std::collections::{BTreeMap, HashMap};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_core::Stream;
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, warn};
+use waypost_core_types::backoff::Backoff;
 use waypost_core_types::{
-    Error, Result, ServiceEvent, ServiceInfo, SnapshotReason, WatchEvent, WatchStream,
+    Result, Scope, ScopedHubs, ServiceInfo, SnapshotReason, Tasks, WatchHub, WatchStream,
 };
 
-use crate::backoff::TokenBucket;
 use crate::client::ConsulClient;
-use crate::read::{read_instances, read_names, Blocking, Scope};
-use waypost_core_types::backoff::delay as backoff;
-
-/// One name read for a new view: name, index, instances.
-type Fetched = (String, u64, BTreeMap<String, ServiceInfo>);
+use crate::pacing::TokenBucket;
+use crate::read::{read_instances, read_names, Blocking, Filter};
 
 /// Settings of the watch loops.
 #[derive(Debug, Clone)]
@@ -44,299 +41,191 @@ pub(crate) struct WatchSettings {
     pub(crate) min_interval: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
+    /// Queue length of each stream (the hub's capacity).
     pub(crate) buffer: usize,
 }
 
-pub(crate) struct Hub {
+/// The watches of one registry.
+pub(crate) struct Watches {
     client: ConsulClient,
-    scope: Scope,
+    filter: Filter,
     settings: WatchSettings,
-    state: Mutex<HubState>,
+    hubs: ScopedHubs,
+    /// The feed of every live hub, for refreshes after writes.
+    feeds: Mutex<Vec<Arc<Feed>>>,
 }
 
-#[derive(Default)]
-struct HubState {
-    closed: bool,
-    views: HashMap<String, View>,
-    subs: Vec<Sub>,
-    next_id: u64,
-    catalog_task: Option<JoinHandle<()>>,
-    catalog_index: u64,
+/// What feeds one hub: the `X-Consul-Index` of what it holds, per name.
+struct Feed {
+    scope: Scope,
+    hub: WatchHub,
+    /// Held while the hub is changed, so answers of several loops apply one at a time.
+    indexes: Mutex<HashMap<String, u64>>,
+    /// The names the catalog lists (whole-registry feeds only).
+    listed: Mutex<BTreeSet<String>>,
 }
 
-struct View {
-    index: u64,
-    instances: BTreeMap<String, ServiceInfo>,
-    task: Option<JoinHandle<()>>,
-    /// Subscribers of this name only.
-    named_subs: usize,
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
-}
-
-struct Sub {
-    id: u64,
-    filter: Option<String>,
-    tx: mpsc::Sender<WatchEvent>,
-    lagged: Arc<AtomicBool>,
-}
-
-/// How a result is applied to a view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Diff against the view, if not older than it.
-    Diff,
-    /// Replace the view and send a `Reconnected` snapshot.
-    Resync,
-}
-
-impl HubState {
-    fn full_subs(&self) -> usize {
-        self.subs.iter().filter(|s| s.filter.is_none()).count()
-    }
-
-    fn snapshot(&self, filter: Option<&str>) -> Vec<ServiceInfo> {
-        match filter {
-            Some(name) => self
-                .views
-                .get(name)
-                .map(|v| v.instances.values().cloned().collect())
-                .unwrap_or_default(),
-            None => {
-                let mut all: Vec<ServiceInfo> = self
-                    .views
-                    .values()
-                    .flat_map(|v| v.instances.values().cloned())
-                    .collect();
-                all.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-                all
-            }
-        }
-    }
-
-    fn send(&mut self, name: &str, ev: &WatchEvent) {
-        for s in &self.subs {
-            if s.filter.as_deref().is_some_and(|f| f != name) {
-                continue;
-            }
-            if s.lagged.load(Ordering::Acquire) {
-                continue;
-            }
-            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(ev.clone()) {
-                debug!(service = %name, "consul: a watcher fell behind; it will get a snapshot");
-                s.lagged.store(true, Ordering::Release);
-            }
-        }
-    }
-
-    fn apply(&mut self, name: &str, index: u64, new: BTreeMap<String, ServiceInfo>, mode: Mode) {
-        let Some(view) = self.views.get_mut(name) else {
-            return;
-        };
-        if mode == Mode::Diff && index < view.index {
-            debug!(service = %name, index, view = view.index, "consul: ignoring an older result");
-            return;
-        }
-        view.index = index;
-        let old = std::mem::replace(&mut view.instances, new);
-        if mode == Mode::Resync {
-            let subs: Vec<(u64, Option<String>)> = self
-                .subs
-                .iter()
-                .filter(|s| s.filter.as_deref().is_none_or(|f| f == name))
-                .map(|s| (s.id, s.filter.clone()))
-                .collect();
-            for (id, filter) in subs {
-                let services = self.snapshot(filter.as_deref());
-                if let Some(s) = self.subs.iter().find(|s| s.id == id) {
-                    let ev = WatchEvent::Snapshot {
-                        services,
-                        reason: SnapshotReason::Reconnected,
-                    };
-                    if s.tx.try_send(ev).is_err() {
-                        s.lagged.store(true, Ordering::Release);
-                    }
-                }
-            }
-            return;
-        }
-        let mut events = Vec::new();
-        {
-            let view = &self.views[name];
-            for (id, s) in &view.instances {
-                match old.get(id) {
-                    None => events.push(ServiceEvent::created(s.clone())),
-                    Some(o) if o != s => events.push(ServiceEvent::updated(s.clone())),
-                    Some(_) => {}
-                }
-            }
-            for (id, o) in &old {
-                if !view.instances.contains_key(id) {
-                    events.push(ServiceEvent::deleted(o.clone()));
-                }
-            }
-        }
-        for ev in events {
-            self.send(name, &WatchEvent::Change(ev));
-        }
-    }
-}
-
-impl Hub {
-    pub(crate) fn new(client: ConsulClient, scope: Scope, settings: WatchSettings) -> Arc<Hub> {
-        Arc::new(Hub {
-            client,
+impl Feed {
+    fn new(scope: Scope, hub: WatchHub) -> Self {
+        Feed {
             scope,
-            settings,
-            state: Mutex::new(HubState::default()),
-        })
+            hub,
+            indexes: Mutex::new(HashMap::new()),
+            listed: Mutex::new(BTreeSet::new()),
+        }
     }
 
-    /// Starts a watch of one name (`Some`) or of everything (`None`).
-    pub(crate) async fn subscribe(self: &Arc<Self>, filter: Option<String>) -> Result<WatchStream> {
-        let names: Vec<String> = match &filter {
-            Some(n) => vec![n.clone()],
-            None => read_names(&self.client, None).await?.1,
-        };
-        let missing: Vec<String> = {
-            let st = self.state.lock();
-            if st.closed {
-                return Err(Error::Closed);
-            }
-            names
-                .iter()
-                .filter(|n| !st.views.contains_key(*n))
-                .cloned()
-                .collect()
-        };
-        let fetched: Vec<Result<Fetched>> = futures_util::stream::iter(missing)
-            .map(|name| async move {
-                let (idx, inst) = read_instances(&self.client, &self.scope, &name, None).await?;
-                Ok((name, idx, inst))
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        let (tx, rx) = mpsc::channel(self.settings.buffer.max(1));
-        let lagged = Arc::new(AtomicBool::new(false));
-        let id;
-        {
-            let mut st = self.state.lock();
-            if st.closed {
-                return Err(Error::Closed);
-            }
-            for f in fetched {
-                let (name, idx, inst) = f?;
-                st.views.entry(name).or_insert_with(|| View {
-                    index: idx,
-                    instances: inst,
-                    task: None,
-                    named_subs: 0,
+    /// The index of what the hub holds of `name` (0: nothing read yet).
+    fn index(&self, name: &str) -> u64 {
+        self.indexes.lock().get(name).copied().unwrap_or(0)
+    }
+
+    /// Puts one answer for `name`, read at `index`, into the hub. Without a reason, an answer
+    /// older than what the hub holds is ignored; with one (a reset, a recovery), it is taken
+    /// whatever its index, and the streams of this feed get a snapshot with that reason.
+    fn apply(
+        &self,
+        name: &str,
+        index: u64,
+        list: Vec<ServiceInfo>,
+        reason: Option<SnapshotReason>,
+    ) -> bool {
+        let mut indexes = self.indexes.lock();
+        let known = indexes.get(name).copied().unwrap_or(0);
+        if reason.is_none() && index < known {
+            debug!(service = %name, index, known, "consul: ignoring an older result");
+            return false;
+        }
+        indexes.insert(name.to_owned(), index);
+        let scope = Scope::Service(name.to_owned());
+        match (&self.scope, reason) {
+            (Scope::All, Some(reason)) => {
+                // A whole-registry stream is resynced too: the rest of the view with this name's
+                // new list (consistent, as every change of this hub holds `indexes`).
+                let mut all: Vec<ServiceInfo> = self.hub.with_view(|v| {
+                    v.iter(&Scope::All)
+                        .filter(|s| s.name != name)
+                        .map(|s| ServiceInfo::clone(s))
+                        .collect()
                 });
+                all.extend(list);
+                self.hub.replace(&Scope::All, all, Some(reason));
             }
-            if let Some(name) = &filter {
-                if let Some(v) = st.views.get_mut(name) {
-                    v.named_subs += 1;
-                }
-            } else if st.catalog_task.is_none() {
-                st.catalog_task = Some(tokio::spawn(catalog_loop(Arc::downgrade(self))));
+            (_, reason) => {
+                self.hub.replace(&scope, list, reason);
             }
-            for name in &names {
-                self.ensure_task(&mut st, name);
-            }
-            id = st.next_id;
-            st.next_id += 1;
-            let services = st.snapshot(filter.as_deref());
-            // A fresh channel has room for the first item.
-            let _ = tx.try_send(WatchEvent::Snapshot {
-                services,
-                reason: SnapshotReason::Initial,
-            });
-            st.subs.push(Sub {
-                id,
-                filter: filter.clone(),
-                tx,
-                lagged: lagged.clone(),
-            });
         }
-        Ok(Box::pin(HubStream {
-            rx,
-            lagged,
-            hub: Arc::downgrade(self),
-            id,
+        true
+    }
+
+    /// Replaces the whole view (a whole-registry feed after a reset or recovery of the catalog)
+    /// with what was read of each listed name. Indexes are taken as read, even lower ones (a
+    /// reset); should a write's refresh have put a newer answer in meanwhile, the name's loop
+    /// reads it again at once.
+    fn apply_all(&self, read: Vec<(String, u64, Vec<ServiceInfo>)>, reason: SnapshotReason) {
+        let mut indexes = self.indexes.lock();
+        let mut all = Vec::new();
+        for (name, index, list) in read {
+            indexes.insert(name, index);
+            all.extend(list);
+        }
+        self.hub.replace(&Scope::All, all, Some(reason));
+    }
+
+    /// Whether a loop on `name` should keep running after an empty answer.
+    fn still_listed(&self, name: &str) -> bool {
+        match &self.scope {
+            Scope::Service(_) => true,
+            Scope::All => self.listed.lock().contains(name),
+        }
+    }
+}
+
+impl Watches {
+    pub(crate) fn new(client: ConsulClient, filter: Filter, settings: WatchSettings) -> Self {
+        Watches {
+            hubs: ScopedHubs::new(settings.buffer),
+            client,
             filter,
-        }))
-    }
-
-    fn ensure_task(self: &Arc<Self>, st: &mut HubState, name: &str) {
-        if let Some(v) = st.views.get_mut(name) {
-            if v.task.is_none() {
-                v.task = Some(tokio::spawn(name_loop(
-                    Arc::downgrade(self),
-                    name.to_owned(),
-                )));
-            }
+            settings,
+            feeds: Mutex::new(Vec::new()),
         }
     }
 
-    fn unsubscribe(&self, id: u64) {
-        let mut st = self.state.lock();
-        let Some(pos) = st.subs.iter().position(|s| s.id == id) else {
-            return;
-        };
-        let sub = st.subs.remove(pos);
-        if let Some(name) = &sub.filter {
-            if let Some(v) = st.views.get_mut(name) {
-                v.named_subs = v.named_subs.saturating_sub(1);
-            }
-        }
-        let full = st.full_subs();
-        if full == 0 {
-            if let Some(t) = st.catalog_task.take() {
-                t.abort();
-            }
-            st.views.retain(|_, v| v.named_subs > 0);
-        }
-    }
-
-    /// After a write through the registry: read `name` now and apply it, so watchers see the
-    /// write as its own event before the write call returns.
-    pub(crate) async fn refresh(self: &Arc<Self>, name: &str) {
-        let needed = {
-            let st = self.state.lock();
-            !st.closed && (st.views.contains_key(name) || st.full_subs() > 0)
-        };
-        if !needed {
-            return;
-        }
-        match read_instances(&self.client, &self.scope, name, None).await {
-            Ok((idx, inst)) => {
-                let mut st = self.state.lock();
-                if st.closed {
-                    return;
-                }
-                if !st.views.contains_key(name) {
-                    if st.full_subs() == 0 || inst.is_empty() {
-                        return;
+    /// A stream over `scope`, sharing the hub and blocking queries of live streams of the same
+    /// scope; the first stream of a scope starts its feed task on `tasks`.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        tasks: &Tasks,
+        scope: Scope,
+    ) -> Result<WatchStream> {
+        let start_scope = scope.clone();
+        self.hubs
+            .subscribe(scope, |hub| async move {
+                let feed = Arc::new(Feed::new(start_scope, hub));
+                let run = match &feed.scope {
+                    Scope::Service(name) => {
+                        let (index, list) =
+                            read_instances(&self.client, &self.filter, name, None).await?;
+                        feed.apply(
+                            name,
+                            index,
+                            list.into_values().collect(),
+                            Some(SnapshotReason::Initial),
+                        );
+                        Arc::clone(self)
+                            .name_loop(Arc::clone(&feed), name.clone())
+                            .map(drop)
+                            .boxed()
                     }
-                    st.views.insert(
-                        name.to_owned(),
-                        View {
-                            index: 0,
-                            instances: BTreeMap::new(),
-                            task: None,
-                            named_subs: 0,
-                        },
-                    );
-                    self.ensure_task(&mut st, name);
+                    Scope::All => {
+                        let (catalog_index, names) = read_names(&self.client, None).await?;
+                        let read = self.read_all(names.clone()).await?;
+                        *feed.listed.lock() = names.iter().cloned().collect();
+                        feed.apply_all(read, SnapshotReason::Initial);
+                        Arc::clone(self)
+                            .feed_all(Arc::clone(&feed), catalog_index, names)
+                            .boxed()
+                    }
+                };
+                self.feeds.lock().push(Arc::clone(&feed));
+                // Dropped with the task (or with the task refused after close).
+                let registered = FeedGuard {
+                    watches: Arc::clone(self),
+                    feed,
+                };
+                tasks.spawn(async move {
+                    let FeedGuard { watches, feed } = &registered;
+                    let unwatched = watches.hubs.unwatched(&feed.scope, &feed.hub);
+                    tokio::select! {
+                        () = unwatched => {}
+                        () = run => {}
+                    }
+                });
+                Ok(())
+            })
+            .await
+    }
+
+    /// Reads `name` now and puts it in every hub that watches it, so watchers see a write made
+    /// through this registry before the write returns.
+    pub(crate) async fn refresh(&self, name: &str) {
+        let feeds: Vec<Arc<Feed>> = self
+            .feeds
+            .lock()
+            .iter()
+            .filter(|f| f.scope.covers(name))
+            .cloned()
+            .collect();
+        if feeds.is_empty() {
+            return;
+        }
+        match read_instances(&self.client, &self.filter, name, None).await {
+            Ok((index, list)) => {
+                let list: Vec<ServiceInfo> = list.into_values().collect();
+                for feed in feeds {
+                    feed.apply(name, index, list.clone(), None);
                 }
-                st.apply(name, idx, inst, Mode::Diff);
             }
             Err(e) => {
                 debug!(service = %name, "consul: refresh after a write failed ({e}); the watch loop catches up")
@@ -344,348 +233,352 @@ impl Hub {
         }
     }
 
-    /// Ends every stream and stops every loop.
+    /// Ends every stream; the feed tasks stop with the registry's tasks.
     pub(crate) fn close(&self) {
-        let mut st = self.state.lock();
-        st.closed = true;
-        st.subs.clear();
-        st.views.clear();
-        if let Some(t) = st.catalog_task.take() {
-            t.abort();
-        }
+        self.hubs.close();
+        self.feeds.lock().clear();
     }
-}
 
-impl Drop for Hub {
-    fn drop(&mut self) {
-        self.close();
+    /// Reads the instances of every name, 8 at a time.
+    async fn read_all(&self, names: Vec<String>) -> Result<Vec<(String, u64, Vec<ServiceInfo>)>> {
+        let read: Vec<Result<(String, u64, Vec<ServiceInfo>)>> = futures_util::stream::iter(names)
+            .map(|name| async move {
+                let (index, list) = read_instances(&self.client, &self.filter, &name, None).await?;
+                Ok((name, index, list.into_values().collect()))
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        read.into_iter().collect()
     }
-}
 
-async fn name_loop(hub: Weak<Hub>, name: String) {
-    let (client, scope, settings) = match hub.upgrade() {
-        Some(h) => (h.client.clone(), h.scope.clone(), h.settings.clone()),
-        None => return,
-    };
-    let mut bucket = TokenBucket::new(2, settings.min_interval);
-    let mut failures = 0u32;
-    loop {
-        let requested = {
-            let Some(h) = hub.upgrade() else { return };
-            let st = h.state.lock();
-            match st.views.get(&name) {
-                Some(v) => v.index.max(1),
-                None => return,
-            }
-        };
-        bucket.acquire().await;
-        let res = read_instances(
-            &client,
-            &scope,
-            &name,
-            Some(Blocking {
+    /// Blocking queries on one name, forever (a whole-registry feed's loop ends once the name
+    /// is empty and gone from the catalog). Returns the name.
+    async fn name_loop(self: Arc<Self>, feed: Arc<Feed>, name: String) -> String {
+        let s = &self.settings;
+        let mut bucket = TokenBucket::new(2, s.min_interval);
+        let mut backoff = Backoff::new(s.backoff_initial, s.backoff_max);
+        loop {
+            let requested = feed.index(&name).max(1);
+            bucket.acquire().await;
+            let blocking = Blocking {
                 index: requested,
-                wait: settings.wait,
-            }),
-        )
-        .await;
-        let Some(h) = hub.upgrade() else { return };
-        match res {
-            Ok((idx, inst)) => {
-                let mode = if failures > 0 {
-                    debug!(service = %name, "consul: watch recovered; resyncing");
-                    Mode::Resync
-                } else if idx < requested {
-                    debug!(service = %name, idx, requested, "consul: index went backwards; resyncing");
-                    Mode::Resync
-                } else {
-                    Mode::Diff
-                };
-                failures = 0;
-                h.state.lock().apply(&name, idx, inst, mode);
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                drop(h);
-                let d = backoff(failures, settings.backoff_initial, settings.backoff_max);
-                warn!(service = %name, attempt = failures, "consul: watch query failed: {e}; retrying in {d:?}");
-                tokio::time::sleep(d).await;
-            }
-        }
-    }
-}
-
-async fn catalog_loop(hub: Weak<Hub>) {
-    let (client, scope, settings) = match hub.upgrade() {
-        Some(h) => (h.client.clone(), h.scope.clone(), h.settings.clone()),
-        None => return,
-    };
-    let mut bucket = TokenBucket::new(2, settings.min_interval);
-    let mut failures = 0u32;
-    loop {
-        let requested = match hub.upgrade() {
-            Some(h) => h.state.lock().catalog_index.max(1),
-            None => return,
-        };
-        bucket.acquire().await;
-        let res = read_names(
-            &client,
-            Some(Blocking {
-                index: requested,
-                wait: settings.wait,
-            }),
-        )
-        .await;
-        match res {
-            Ok((idx, names)) => {
-                failures = 0;
-                let Some(h) = hub.upgrade() else { return };
-                let missing: Vec<String> = {
-                    let mut st = h.state.lock();
-                    st.catalog_index = idx;
-                    // Names gone from the catalog (and not watched by name): their instances
-                    // are deleted, unless the view is newer than this answer.
-                    let gone: Vec<String> = st
-                        .views
-                        .iter()
-                        .filter(|(n, v)| v.named_subs == 0 && v.index <= idx && !names.contains(n))
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for n in gone {
-                        st.apply(&n, idx, BTreeMap::new(), Mode::Diff);
-                        st.views.remove(&n);
+                wait: s.wait,
+            };
+            match read_instances(&self.client, &self.filter, &name, Some(blocking)).await {
+                Ok((index, list)) => {
+                    let reason = if backoff.attempts() > 0 {
+                        debug!(service = %name, "consul: watch recovered; resyncing");
+                        Some(SnapshotReason::Reconnected)
+                    } else if index < requested {
+                        debug!(service = %name, index, requested, "consul: index went backwards; resyncing");
+                        Some(SnapshotReason::Reconnected)
+                    } else {
+                        None
+                    };
+                    backoff.reset();
+                    let empty = list.is_empty();
+                    feed.apply(&name, index, list.into_values().collect(), reason);
+                    if empty && !feed.still_listed(&name) {
+                        return name;
                     }
-                    names
-                        .into_iter()
-                        .filter(|n| !st.views.contains_key(n))
-                        .collect()
-                };
-                drop(h);
-                for name in missing {
-                    let r = read_instances(&client, &scope, &name, None).await;
-                    let Some(h) = hub.upgrade() else { return };
-                    match r {
-                        Ok((idx, inst)) => {
-                            let mut st = h.state.lock();
-                            if st.closed || st.full_subs() == 0 {
-                                return;
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    warn!(service = %name, attempt = backoff.attempts(), "consul: watch query failed: {e}; retrying in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    /// A whole-registry feed: the catalog's blocking queries, and one loop per listed name.
+    async fn feed_all(self: Arc<Self>, feed: Arc<Feed>, catalog_index: u64, names: Vec<String>) {
+        let mut loops = FuturesUnordered::new();
+        let mut running = BTreeSet::new();
+        for name in names {
+            running.insert(name.clone());
+            loops.push(Arc::clone(&self).name_loop(Arc::clone(&feed), name));
+        }
+        let catalog = catalog_answers(Arc::clone(&self), catalog_index);
+        tokio::pin!(catalog);
+        loop {
+            tokio::select! {
+                Some(answer) = catalog.next() => {
+                    let CatalogAnswer { index, names, reason } = answer;
+                    *feed.listed.lock() = names.iter().cloned().collect();
+                    match reason {
+                        Some(reason) => match self.read_all(names.clone()).await {
+                            Ok(read) => feed.apply_all(read, reason),
+                            // The name loops catch up on their own.
+                            Err(e) => warn!("consul: re-reading the catalog's services failed: {e}"),
+                        },
+                        None => {
+                            // Names gone from the catalog: their instances are deleted, unless
+                            // the hub holds a newer answer.
+                            let held: Vec<String> =
+                                feed.hub.with_view(|v| v.names().map(str::to_owned).collect());
+                            for name in held.iter().filter(|n| !names.contains(n)) {
+                                feed.apply(name, index, Vec::new(), None);
                             }
-                            if !st.views.contains_key(&name) {
-                                st.views.insert(
-                                    name.clone(),
-                                    View {
-                                        index: 0,
-                                        instances: BTreeMap::new(),
-                                        task: None,
-                                        named_subs: 0,
-                                    },
-                                );
-                                h.ensure_task(&mut st, &name);
-                            }
-                            st.apply(&name, idx, inst, Mode::Diff);
                         }
-                        Err(e) => {
-                            // The next catalog answer lists it again.
-                            warn!(service = %name, "consul: reading a new service failed: {e}");
-                            h.state.lock().catalog_index = 0;
+                    }
+                    for name in names {
+                        if running.insert(name.clone()) {
+                            loops.push(Arc::clone(&self).name_loop(Arc::clone(&feed), name));
                         }
                     }
                 }
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                let d = backoff(failures, settings.backoff_initial, settings.backoff_max);
-                warn!(
-                    attempt = failures,
-                    "consul: catalog watch failed: {e}; retrying in {d:?}"
-                );
-                tokio::time::sleep(d).await;
+                Some(name) = loops.next(), if !loops.is_empty() => {
+                    // Listed again since the loop decided to end: keep watching it.
+                    if feed.still_listed(&name) {
+                        loops.push(Arc::clone(&self).name_loop(Arc::clone(&feed), name));
+                    } else {
+                        running.remove(&name);
+                    }
+                }
+                else => return,
             }
         }
     }
 }
 
-struct HubStream {
-    rx: mpsc::Receiver<WatchEvent>,
-    lagged: Arc<AtomicBool>,
-    hub: Weak<Hub>,
-    id: u64,
-    filter: Option<String>,
+/// Removes a feed from the refresh list when its task ends.
+struct FeedGuard {
+    watches: Arc<Watches>,
+    feed: Arc<Feed>,
 }
 
-impl Stream for HubStream {
-    type Item = WatchEvent;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(v) => return Poll::Ready(v),
-            Poll::Pending => {}
-        }
-        if self.lagged.load(Ordering::Acquire) {
-            let Some(hub) = self.hub.upgrade() else {
-                return Poll::Ready(None);
-            };
-            let st = hub.state.lock();
-            if st.closed {
-                return Poll::Ready(None);
-            }
-            // Under the hub lock nothing is sent: drop what queued up since, then resync.
-            while self.rx.try_recv().is_ok() {}
-            self.lagged.store(false, Ordering::Release);
-            let services = st.snapshot(self.filter.as_deref());
-            return Poll::Ready(Some(WatchEvent::Snapshot {
-                services,
-                reason: SnapshotReason::Lagged,
-            }));
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for HubStream {
+impl Drop for FeedGuard {
     fn drop(&mut self) {
-        if let Some(h) = self.hub.upgrade() {
-            h.unsubscribe(self.id);
-        }
+        self.watches
+            .feeds
+            .lock()
+            .retain(|f| !Arc::ptr_eq(f, &self.feed));
     }
+}
+
+/// One answer of the catalog's blocking query.
+struct CatalogAnswer {
+    index: u64,
+    names: Vec<String>,
+    /// Set after a reset (the index went backwards) or a recovery from errors.
+    reason: Option<SnapshotReason>,
+}
+
+/// The catalog's blocking queries as a stream of answers (retrying failures with backoff).
+fn catalog_answers(
+    watches: Arc<Watches>,
+    index: u64,
+) -> impl futures_core::Stream<Item = CatalogAnswer> {
+    let s = &watches.settings;
+    let bucket = TokenBucket::new(2, s.min_interval);
+    let backoff = Backoff::new(s.backoff_initial, s.backoff_max);
+    futures_util::stream::unfold(
+        (watches, index, bucket, backoff),
+        |(watches, index, mut bucket, mut backoff)| async move {
+            loop {
+                let requested = index.max(1);
+                bucket.acquire().await;
+                let blocking = Blocking {
+                    index: requested,
+                    wait: watches.settings.wait,
+                };
+                match read_names(&watches.client, Some(blocking)).await {
+                    Ok((index, names)) => {
+                        let reason = (backoff.attempts() > 0 || index < requested)
+                            .then_some(SnapshotReason::Reconnected);
+                        backoff.reset();
+                        let answer = CatalogAnswer {
+                            index,
+                            names,
+                            reason,
+                        };
+                        return Some((answer, (watches, index, bucket, backoff)));
+                    }
+                    Err(e) => {
+                        let d = backoff.next_delay();
+                        warn!(
+                            attempt = backoff.attempts(),
+                            "consul: catalog watch failed: {e}; retrying in {d:?}"
+                        );
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use waypost_core_types::{Health, ServiceEventType};
+    use waypost_core_types::{Health, ServiceEventType, WatchEvent};
 
-    fn svc(id: &str, version: &str) -> ServiceInfo {
-        ServiceInfo::new(id, "web", "127.0.0.1", 80).with_version(version)
+    fn svc(name: &str, id: &str, version: &str) -> ServiceInfo {
+        ServiceInfo::new(id, name, "127.0.0.1", 80).with_version(version)
     }
 
-    fn map(items: &[ServiceInfo]) -> BTreeMap<String, ServiceInfo> {
-        items.iter().map(|s| (s.id.clone(), s.clone())).collect()
+    /// Instances in id order, as the reads return them.
+    fn list(items: &[ServiceInfo]) -> Vec<ServiceInfo> {
+        let by_id: std::collections::BTreeMap<_, _> =
+            items.iter().map(|s| (s.id.clone(), s.clone())).collect();
+        by_id.into_values().collect()
     }
 
-    fn state_with_sub(cap: usize) -> (HubState, mpsc::Receiver<WatchEvent>, Arc<AtomicBool>) {
-        let mut st = HubState::default();
-        st.views.insert(
-            "web".into(),
-            View {
-                index: 10,
-                instances: map(&[svc("a", "1")]),
-                task: None,
-                named_subs: 1,
-            },
-        );
-        let (tx, rx) = mpsc::channel(cap);
-        let lagged = Arc::new(AtomicBool::new(false));
-        st.subs.push(Sub {
-            id: 0,
-            filter: Some("web".into()),
-            tx,
-            lagged: lagged.clone(),
-        });
-        (st, rx, lagged)
+    /// A feed of `scope` holding `web` = [a@1] at index 10, and one stream past its snapshot.
+    fn feed_with_stream(scope: Scope, capacity: usize) -> (Feed, WatchStream) {
+        let feed = Feed::new(scope.clone(), WatchHub::new(capacity));
+        feed.apply("web", 10, list(&[svc("web", "a", "1")]), None);
+        let mut stream = feed.hub.subscribe(scope).unwrap();
+        assert!(matches!(
+            stream.next().now_or_never(),
+            Some(Some(WatchEvent::Snapshot {
+                reason: SnapshotReason::Initial,
+                ..
+            }))
+        ));
+        (feed, stream)
     }
 
-    fn kinds(rx: &mut mpsc::Receiver<WatchEvent>) -> Vec<(ServiceEventType, String)> {
+    fn ready(stream: &mut WatchStream) -> Vec<WatchEvent> {
         let mut out = Vec::new();
-        while let Ok(ev) = rx.try_recv() {
-            match ev {
-                WatchEvent::Change(c) => out.push((c.kind, c.service.id)),
-                other => panic!("unexpected {other:?}"),
-            }
+        while let Some(Some(ev)) = stream.next().now_or_never() {
+            out.push(ev);
         }
         out
     }
 
+    fn kinds(stream: &mut WatchStream) -> Vec<(ServiceEventType, String)> {
+        ready(stream)
+            .into_iter()
+            .map(|ev| match ev {
+                WatchEvent::Change(c) => (c.kind, c.service.id),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    fn web() -> Scope {
+        Scope::Service("web".into())
+    }
+
     #[test]
     fn newer_results_are_diffed_into_events() {
-        let (mut st, mut rx, _) = state_with_sub(16);
-        st.apply("web", 11, map(&[svc("a", "2"), svc("b", "1")]), Mode::Diff);
+        let (feed, mut stream) = feed_with_stream(web(), 16);
+        feed.apply(
+            "web",
+            11,
+            list(&[svc("web", "a", "2"), svc("web", "b", "1")]),
+            None,
+        );
         assert_eq!(
-            kinds(&mut rx),
+            kinds(&mut stream),
             vec![
                 (ServiceEventType::Updated, "a".into()),
                 (ServiceEventType::Created, "b".into())
             ]
         );
-        st.apply("web", 12, map(&[svc("b", "1")]), Mode::Diff);
+        feed.apply("web", 12, list(&[svc("web", "b", "1")]), None);
         assert_eq!(
-            kinds(&mut rx),
+            kinds(&mut stream),
             vec![(ServiceEventType::Deleted, "a".into())]
         );
         // Same index, same data (a blocking query that timed out): nothing.
-        st.apply("web", 12, map(&[svc("b", "1")]), Mode::Diff);
-        assert!(kinds(&mut rx).is_empty());
+        feed.apply("web", 12, list(&[svc("web", "b", "1")]), None);
+        assert!(kinds(&mut stream).is_empty());
     }
 
     #[test]
     fn older_results_are_ignored() {
-        let (mut st, mut rx, _) = state_with_sub(16);
-        st.apply("web", 9, BTreeMap::new(), Mode::Diff);
+        let (feed, mut stream) = feed_with_stream(web(), 16);
+        assert!(!feed.apply("web", 9, Vec::new(), None));
         assert!(
-            kinds(&mut rx).is_empty(),
+            kinds(&mut stream).is_empty(),
             "a stale answer must not roll the view back"
         );
-        assert_eq!(st.views["web"].index, 10);
-        assert_eq!(st.views["web"].instances.len(), 1);
+        assert_eq!(feed.index("web"), 10);
+        assert_eq!(feed.hub.with_view(|v| v.len()), 1);
     }
 
     #[test]
     fn resync_replaces_the_view_with_a_reconnected_snapshot() {
-        let (mut st, mut rx, _) = state_with_sub(16);
-        let unhealthy = svc("c", "1").with_health(Health::Unhealthy);
-        st.apply(
+        let (feed, mut stream) = feed_with_stream(web(), 16);
+        let unhealthy = svc("web", "c", "1").with_health(Health::Unhealthy);
+        feed.apply(
             "web",
             3,
-            map(std::slice::from_ref(&unhealthy)),
-            Mode::Resync,
+            vec![unhealthy.clone()],
+            Some(SnapshotReason::Reconnected),
         );
-        match rx.try_recv() {
-            Ok(WatchEvent::Snapshot {
+        match ready(&mut stream).as_slice() {
+            [WatchEvent::Snapshot {
                 services,
                 reason: SnapshotReason::Reconnected,
-            }) => assert_eq!(services, vec![unhealthy]),
+            }] => assert_eq!(services, &vec![unhealthy]),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            st.views["web"].index, 3,
-            "a lower index is taken after a reset"
-        );
+        assert_eq!(feed.index("web"), 3, "a lower index is taken after a reset");
     }
 
     #[test]
-    fn a_full_queue_marks_the_watcher_lagged_and_drops_events() {
-        let (mut st, mut rx, lagged) = state_with_sub(1);
-        st.apply("web", 11, map(&[svc("a", "1"), svc("b", "1")]), Mode::Diff);
-        st.apply(
+    fn a_whole_registry_stream_is_resynced_with_every_name() {
+        let (feed, mut stream) = feed_with_stream(Scope::All, 16);
+        feed.apply("db", 5, list(&[svc("db", "d", "1")]), None);
+        assert_eq!(
+            kinds(&mut stream),
+            vec![(ServiceEventType::Created, "d".into())]
+        );
+        feed.apply(
+            "web",
+            2,
+            list(&[svc("web", "b", "1")]),
+            Some(SnapshotReason::Reconnected),
+        );
+        match ready(&mut stream).as_slice() {
+            [WatchEvent::Snapshot {
+                services,
+                reason: SnapshotReason::Reconnected,
+            }] => {
+                let ids: Vec<&str> = services.iter().map(|s| s.id.as_str()).collect();
+                assert_eq!(ids, ["d", "b"], "db kept, web replaced");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_watcher_past_the_watch_buffer_gets_a_lagged_snapshot() {
+        let (feed, mut stream) = feed_with_stream(web(), 1);
+        feed.apply(
+            "web",
+            11,
+            list(&[svc("web", "a", "1"), svc("web", "b", "1")]),
+            None,
+        );
+        feed.apply(
             "web",
             12,
-            map(&[svc("a", "1"), svc("b", "1"), svc("c", "1")]),
-            Mode::Diff,
+            list(&[
+                svc("web", "a", "1"),
+                svc("web", "b", "1"),
+                svc("web", "c", "1"),
+            ]),
+            None,
         );
-        assert!(lagged.load(Ordering::Acquire));
-        assert_eq!(
-            kinds(&mut rx),
-            vec![(ServiceEventType::Created, "b".into())]
-        );
-        st.apply("web", 13, map(&[svc("a", "1")]), Mode::Diff);
-        assert!(kinds(&mut rx).is_empty(), "nothing is queued while lagged");
+        match ready(&mut stream).as_slice() {
+            [WatchEvent::Snapshot {
+                services,
+                reason: SnapshotReason::Lagged,
+            }] => assert_eq!(services.len(), 3),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn other_names_are_not_sent_to_a_named_watcher() {
-        let (mut st, mut rx, _) = state_with_sub(16);
-        st.views.insert(
-            "db".into(),
-            View {
-                index: 1,
-                instances: BTreeMap::new(),
-                task: None,
-                named_subs: 0,
-            },
-        );
-        let mut db = svc("d", "1");
-        db.name = "db".into();
-        st.apply("db", 2, map(&[db]), Mode::Diff);
-        assert!(kinds(&mut rx).is_empty());
+        let (feed, mut stream) = feed_with_stream(web(), 16);
+        feed.apply("db", 2, list(&[svc("db", "d", "1")]), None);
+        assert!(kinds(&mut stream).is_empty());
     }
 }

@@ -5,10 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
 use waypost_core_types::{
-    Error, Health, Protocol, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry,
-    SnapshotReason, Timestamp, WatchEvent,
+    Error, Health, InstanceView, Protocol, RegistryState, Scope, ServiceEventType, ServiceInfo,
+    ServiceRegistry, SnapshotReason, Timestamp, WatchEvent,
 };
 use waypost_registry_consul::fake::{FakeConsul, FakeOptions};
 use waypost_registry_consul::{ConsulConfig, ConsulRegistry, ForeignServices};
@@ -186,15 +187,30 @@ async fn dead_process_goes_critical_then_is_reaped() {
         next(&mut watch, Duration::from_secs(5)).await,
         Some(WatchEvent::Snapshot { .. })
     ));
-    let dying =
-        connect(fast_config(&agent).with_deregister_critical_after(Duration::from_millis(800)))
-            .await;
-    dying
-        .register(&inst("mortal", "mortal-1", 80).with_ttl(Duration::from_secs(1)))
-        .await
-        .unwrap();
-    let started = Instant::now();
-    drop(dying); // the process "dies": no close, no deregistration, no more heartbeats
+    // The process "dies": its runtime goes away with every task of the registry, so there is
+    // no close, no deregistration, no more heartbeats. (A registry merely dropped on a live
+    // runtime deregisters its instances; see `dropping_without_close_deregisters`.)
+    let cfg = fast_config(&agent).with_deregister_critical_after(Duration::from_millis(800));
+    let started = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dying = runtime.block_on(async {
+            let dying = connect(cfg).await;
+            dying
+                .register(&inst("mortal", "mortal-1", 80).with_ttl(Duration::from_secs(1)))
+                .await
+                .unwrap();
+            dying
+        });
+        let started = Instant::now();
+        drop(runtime);
+        drop(dying);
+        started
+    })
+    .join()
+    .unwrap();
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
         match next(&mut watch, Duration::from_secs(6)).await {
@@ -231,6 +247,7 @@ async fn agent_restart_that_forgets_registrations_leads_to_re_registration() {
         .await
         .unwrap();
     let original = registry.get_service("phoenix-1").await.unwrap();
+    let states = tokio::spawn(registry.state_changes().collect::<Vec<_>>());
 
     agent.stop();
     eventually(
@@ -265,6 +282,68 @@ async fn agent_restart_that_forgets_registrations_leads_to_re_registration() {
         "the same registration comes back"
     );
     registry.close().await.unwrap();
+    let states = tokio::time::timeout(Duration::from_secs(5), states)
+        .await
+        .expect("the state stream ends after Closed")
+        .unwrap();
+    assert_eq!(
+        states.first(),
+        Some(&RegistryState::Connected),
+        "{states:?}"
+    );
+    assert_eq!(states.last(), Some(&RegistryState::Closed), "{states:?}");
+    let recovering = states
+        .iter()
+        .position(|s| matches!(s, RegistryState::Recovering { .. }))
+        .unwrap_or_else(|| panic!("Recovering reported: {states:?}"));
+    assert!(
+        states[recovering..].iter().any(RegistryState::is_connected),
+        "Connected again after Recovering: {states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_without_close_deregisters() {
+    let agent = fake().await;
+    let observer = connect(fast_config(&agent)).await;
+    let mut seen = observer.watch_service("dropped").await.unwrap();
+    assert!(matches!(
+        next(&mut seen, Duration::from_secs(5)).await,
+        Some(WatchEvent::Snapshot { .. })
+    ));
+    let registry = connect(fast_config(&agent)).await;
+    for (id, port) in [("dropped-1", 80), ("dropped-2", 81)] {
+        registry.register(&inst("dropped", id, port)).await.unwrap();
+    }
+    let mut own = registry.watch_service("dropped").await.unwrap();
+    drop(registry);
+    // Its streams end after what was queued for them.
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while own.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "a dropped registry's watch streams end");
+    // Its instances leave at once, not after the TTL (3 s) and
+    // DeregisterCriticalServiceAfter (1 min).
+    eventually(
+        Duration::from_secs(2),
+        "deregistered by the drop clean-up",
+        || async { agent.local_service_ids().is_empty() },
+    )
+    .await;
+    let mut deleted = Vec::new();
+    while deleted.len() < 2 {
+        match next(&mut seen, Duration::from_secs(5)).await {
+            Some(WatchEvent::Change(ev)) if ev.kind == ServiceEventType::Deleted => {
+                deleted.push(ev.service.id)
+            }
+            Some(WatchEvent::Change(_)) => {}
+            other => panic!("expected the instances to leave, got {other:?}"),
+        }
+    }
+    deleted.sort();
+    assert_eq!(deleted, ["dropped-1", "dropped-2"]);
+    observer.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,6 +495,61 @@ async fn index_going_backwards_resyncs_the_watch() {
             assert!(services.is_empty(), "{services:?}")
         }
         other => panic!("expected a Reconnected snapshot, got {other:?}"),
+    }
+    registry.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_going_backwards_resyncs_a_whole_registry_watch() {
+    let agent = fake().await;
+    let registry = connect(fast_config(&agent).with_watch_wait(Duration::from_millis(500))).await;
+    agent.add_remote_service(
+        "node-b",
+        "10.0.0.2",
+        json!({"ID": "gone-1", "Service": "gone", "Port": 81}),
+        "passing",
+    );
+    let mut watch = registry.watch().await.unwrap();
+    let mut view = InstanceView::new();
+    match next(&mut watch, Duration::from_secs(5)).await {
+        Some(
+            ev @ WatchEvent::Snapshot {
+                reason: SnapshotReason::Initial,
+                ..
+            },
+        ) => {
+            view.apply_watch_event(&Scope::All, ev);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(view.get("gone", "gone-1").is_some());
+    agent.forget_everything(); // the catalog's and every name's index drop to 2
+                               // Each loop that sees the reset resyncs the stream; the first one may still hold names
+                               // whose own loops have not answered yet, the view is right once they all have.
+    match next(&mut watch, Duration::from_secs(5)).await {
+        Some(
+            ev @ WatchEvent::Snapshot {
+                reason: SnapshotReason::Reconnected,
+                ..
+            },
+        ) => {
+            view.apply_watch_event(&Scope::All, ev);
+        }
+        other => panic!("expected a Reconnected snapshot, got {other:?}"),
+    }
+    while view.get("gone", "gone-1").is_some() {
+        match next(&mut watch, Duration::from_secs(5)).await {
+            Some(
+                ev @ (WatchEvent::Change(_)
+                | WatchEvent::Snapshot {
+                    reason: SnapshotReason::Reconnected,
+                    ..
+                }),
+            ) => {
+                view.apply_watch_event(&Scope::All, ev);
+            }
+            other => panic!("expected gone-1 to leave after the reset, got {other:?}"),
+        }
     }
     registry.close().await.unwrap();
 }

@@ -37,6 +37,34 @@ async fn heartbeats_run_at_a_third_of_the_ttl() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_idle_keep_alive_waits_for_a_registration_not_a_timer() {
+    let agent = common::fake().await;
+    let registry = common::connect(
+        common::fast_config(&agent)
+            .with_ttl(Duration::from_secs(3))
+            .with_request_timeout(Duration::from_secs(600)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(
+        agent.count("PUT", "/v1/agent/check/"),
+        0,
+        "nothing registered, nothing to pass"
+    );
+    registry
+        .register(&ServiceInfo::new("late-1", "late", "127.0.0.1", 80).with_health(Health::Healthy))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let passes = agent.count("PUT", "/v1/agent/check/pass/service%3Alate-1");
+    assert!(
+        (3..=4).contains(&passes),
+        "{passes} passes in 3.5 s with a 3 s TTL (every 1 s) right after registering"
+    );
+    registry.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn outage_backoff_is_capped_and_retries_forever() {
     let agent = common::fake().await;
     let registry = common::connect(
@@ -97,6 +125,14 @@ async fn dead_instance_is_reaped_on_consuls_real_schedule() {
         )
         .await
         .unwrap();
+    // The process "dies": no more heartbeats, and its deregistration never reaches the agent
+    // (a registry dropped on a live runtime would deregister at once).
+    agent.fail_next(
+        u64::MAX,
+        500,
+        "unreachable",
+        "/v1/agent/service/deregister/",
+    );
     let died = tokio::time::Instant::now();
     drop(dying);
     let mut seen = Vec::new();

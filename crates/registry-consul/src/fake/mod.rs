@@ -16,7 +16,17 @@
 //! # }
 //! ```
 
-mod handlers;
+// Request handling returns the HTTP error response itself as `Err`; boxing it would only add
+// noise to a test double.
+#![allow(clippy::result_large_err)]
+
+mod acl;
+mod agent;
+mod blocking;
+mod decode;
+mod query;
+mod respond;
+mod routes;
 mod state;
 
 use std::collections::VecDeque;
@@ -327,7 +337,7 @@ impl FakeConsul {
         service: serde_json::Value,
         status: &str,
     ) {
-        handlers::add_remote(&self.shared, node, node_address, service, status);
+        agent::add_remote(&self.shared, node, node_address, service, status);
         self.shared.notify();
     }
 }
@@ -352,7 +362,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     let tls = shared.tls.clone();
                     let svc = hyper::service::service_fn(move |req| {
                         let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handlers::handle(shared, req).await) }
+                        async move { Ok::<_, std::convert::Infallible>(routes::handle(shared, req).await) }
                     });
                     let http = hyper::server::conn::http1::Builder::new();
                     match tls {

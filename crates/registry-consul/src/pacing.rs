@@ -1,5 +1,5 @@
-//! The token bucket that keeps blocking-query loops from spinning (retry delays come from
-//! `waypost_core_types::backoff`).
+//! The token bucket that paces the blocking queries of watch loops, so a loop whose index
+//! keeps moving never spins (retry delays come from `waypost_core_types::backoff`).
 
 use std::time::Duration;
 
