@@ -47,6 +47,7 @@ mod state;
 #[cfg(feature = "backend")]
 pub mod tasks;
 pub mod time;
+pub mod url;
 pub mod validate;
 
 #[cfg(feature = "conformance")]

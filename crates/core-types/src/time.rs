@@ -275,13 +275,17 @@ pub mod config_duration {
         convert(Raw::deserialize(deserializer)?)
     }
 
-    /// Serializes as a Go duration string in whole milliseconds or seconds.
+    /// Serializes as a Go duration string, exactly: whole seconds (`"30s"`), else milliseconds
+    /// (`"1500ms"`), else nanoseconds (`"1500ns"`), so that reading it back gives the same value.
     pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
-            serializer.serialize_str(&format!("{}s", d.as_secs()))
+        let text = if d.subsec_nanos() == 0 {
+            format!("{}s", d.as_secs())
+        } else if d.subsec_nanos() % 1_000_000 == 0 {
+            format!("{}ms", d.as_millis())
         } else {
-            serializer.serialize_str(&format!("{}ms", d.as_millis()))
-        }
+            format!("{}ns", d.as_nanos())
+        };
+        serializer.serialize_str(&text)
     }
 
     /// The same for `Option<Duration>` (`null` or absent = `None`).
@@ -344,5 +348,23 @@ mod duration_tests {
         let c: C = serde_json::from_str(r#"{"d":1000}"#).unwrap();
         assert_eq!((c.d, c.o), (Duration::from_micros(1), None));
         assert!(serde_json::from_str::<C>(r#"{"d":"soon"}"#).is_err());
+    }
+
+    #[test]
+    fn config_duration_round_trips_exactly() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct C {
+            #[serde(with = "config_duration")]
+            d: Duration,
+        }
+        for (d, text) in [
+            (Duration::from_secs(30), r#"{"d":"30s"}"#),
+            (Duration::from_millis(1500), r#"{"d":"1500ms"}"#),
+            (Duration::from_nanos(1_500_001), r#"{"d":"1500001ns"}"#),
+        ] {
+            let json = serde_json::to_string(&C { d }).unwrap();
+            assert_eq!(json, text);
+            assert_eq!(serde_json::from_str::<C>(&json).unwrap(), C { d });
+        }
     }
 }
