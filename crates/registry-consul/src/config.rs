@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_core_types::time::config_duration;
 use waypost_core_types::{Error, Result, Secret};
 
@@ -15,7 +15,7 @@ pub const DEFAULT_PREFIX: &str = "laravel-go/services";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// What to do with catalog entries that waypost did not register (no waypost `Meta`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ForeignServices {
@@ -42,7 +42,7 @@ pub enum ForeignServices {
 ///     .with_ttl(Duration::from_secs(10));
 /// assert!(!format!("{cfg:?}").contains("s3cr3t"));
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConsulConfig {
@@ -56,34 +56,34 @@ pub struct ConsulConfig {
     /// `laravel-go/services`). Services with another waypost prefix are not ours and are skipped.
     pub prefix: String,
     /// TTL of the TTL check of instances registered with `ttl == 0` (default 30 s).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub ttl: Duration,
     /// `DeregisterCriticalServiceAfter` of our checks: Consul removes an instance whose check
     /// stayed critical this long (default 1 min, Consul's minimum).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub deregister_critical_after: Duration,
     /// PEM file with the CA certificate(s) to trust for `https` (default: the web PKI roots).
     pub ca_file: Option<PathBuf>,
     /// PEM text with the CA certificate(s) to trust, instead of `ca_file`.
     pub ca_pem: Option<String>,
     /// Bound on establishing a connection, and on `connect` as a whole (default 5 s).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub connect_timeout: Duration,
     /// Bound on one ordinary (non-blocking) request (default 10 s).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub request_timeout: Duration,
     /// `wait` of the blocking queries behind watches (default 60 s, at most 10 min).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub watch_wait: Duration,
     /// Steady-state minimum spacing of blocking queries of one watch loop when the index keeps
     /// moving (a token bucket with a burst of 2; default 1 s).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub watch_min_interval: Duration,
     /// First delay before retrying after a failure (default 200 ms); doubles per failure.
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub retry_initial_backoff: Duration,
     /// Cap of the retry delay (default 30 s); jitter is applied below it.
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub retry_max_backoff: Duration,
     /// Largest accepted response body (default 16 MiB).
     pub max_response_bytes: usize,

@@ -80,6 +80,7 @@ mod liveness;
 mod pacing;
 mod read;
 mod registry;
+mod url;
 mod watch;
 
 #[cfg(feature = "fake-agent")]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_core_types::time::config_duration;
 use waypost_core_types::{Error, Result, Secret};
 
@@ -25,7 +25,9 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 ///
 /// Built with [`EtcdConfig::new`] and the `with_*` methods, or deserialized (durations are
 /// strings such as `"30s"`, `"1m30s"`, `"500ms"`, or integer nanoseconds as Go writes a `time.Duration`). The password never
-/// appears in `Debug` output.
+/// appears in `Debug` output; serializing writes it as `"[redacted]"`. From a URL:
+/// `"etcd://user:pass@h1:2379,h2:2379/prefix?ttl=30s".parse()` (the parameters, one per field,
+/// are listed at its `FromStr` impl).
 ///
 /// ```
 /// use std::time::Duration;
@@ -39,7 +41,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// config.validate()?;
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdConfig {
@@ -54,16 +56,16 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// TTL of the registry's lease: how long after this process dies its instances vanish.
     /// Whole seconds, at least 1 s (etcd leases have second granularity).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub ttl: Duration,
     /// Limit for connecting to the cluster at construction.
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub connect_timeout: Duration,
     /// Deadline of one registry call, including retries of a dead member.
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub request_timeout: Duration,
     /// Cap of the jittered exponential backoff used while reconnecting and re-registering.
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub max_backoff: Duration,
     /// Change events buffered for a watcher that does not keep up; beyond that the backlog is
     /// dropped and the watcher gets a `Snapshot { reason: Lagged }` instead (never a gap).
@@ -73,7 +75,7 @@ pub struct EtcdConfig {
 }
 
 /// TLS settings of an [`EtcdConfig`]: PEM files.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdTlsConfig {
@@ -341,7 +343,7 @@ mod tests {
         let c = EtcdConfig::new(["http://h:1"]).with_credentials("root", "hunter2-secret");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2-secret"), "{dbg}");
-        assert!(dbg.contains("<redacted>") && dbg.contains("root"), "{dbg}");
+        assert!(dbg.contains("[redacted]") && dbg.contains("root"), "{dbg}");
         let alt = format!("{c:#?}");
         assert!(!alt.contains("hunter2-secret"));
     }

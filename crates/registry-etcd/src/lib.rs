@@ -38,6 +38,7 @@ mod keys;
 mod liveness;
 mod registry;
 mod retry;
+mod url;
 mod watch;
 
 pub use config::{

@@ -2,12 +2,16 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_core_types::{Error, Result};
 
 use crate::MemoryRegistry;
 
 /// Settings of a [`MemoryRegistry`].
+///
+/// From a config file (serde; durations as `"30s"`, `"500ms"` or integer nanoseconds) or a URL
+/// (`"memory://?cleanup_interval=500ms&default_ttl=30s".parse()`; the parameters are listed at
+/// its `FromStr` impl).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> waypost_core_types::Result<()> {
@@ -19,7 +23,7 @@ use crate::MemoryRegistry;
 ///     .build()?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MemoryConfig {

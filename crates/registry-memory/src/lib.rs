@@ -33,6 +33,7 @@
 mod config;
 mod registry;
 mod store;
+mod url;
 
 pub use config::{MemoryConfig, MemoryRegistryBuilder};
 pub use registry::MemoryRegistry;
