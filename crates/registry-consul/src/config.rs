@@ -30,7 +30,9 @@ pub enum ForeignServices {
 /// Configuration of a [`ConsulRegistry`](crate::ConsulRegistry).
 ///
 /// Durations in serde input are Go duration strings (`"30s"`, `"1m30s"`, `"250ms"`) or integer
-/// nanoseconds (as Go's `encoding/json` writes a `time.Duration`).
+/// nanoseconds (as Go's `encoding/json` writes a `time.Duration`). Serializing writes the token as
+/// `"[redacted]"`. From a URL: `"consul://:TOKEN@host:8500/prefix?dc=dc1".parse()` (the
+/// parameters, one per field, are listed at its `FromStr` impl).
 ///
 /// ```
 /// use std::time::Duration;
