@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_core_types::{Error, Result, Secret};
 
 use crate::keys::validate_znode_path;
@@ -22,7 +22,9 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 ///
 /// Field names follow the Go module's `ZookeeperConfig` (`servers`, `prefix`, `ttl`,
 /// `session_timeout`); durations are read as Go strings (`"10s"`) or integer nanoseconds.
-/// `Debug` never shows the password.
+/// `Debug` never shows the password, and serializing writes it as `"[redacted]"`. From a URL:
+/// `"zookeeper://user:pass@h1:2181,h2:2181/prefix?session_timeout=10s".parse()` (the
+/// parameters, one per field, are listed at its `FromStr` impl).
 ///
 /// ```
 /// use std::time::Duration;
@@ -42,7 +44,7 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 /// assert_eq!(from_json.prefix, "/laravel-go/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ZookeeperConfig {

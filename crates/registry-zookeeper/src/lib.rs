@@ -60,6 +60,7 @@ mod keys;
 mod liveness;
 mod ops;
 mod registry;
+mod url;
 mod watch;
 
 pub use config::{
