@@ -82,6 +82,7 @@ mod config;
 mod error;
 pub mod mapping;
 mod registry;
+mod url;
 mod watch;
 
 pub use config::{
