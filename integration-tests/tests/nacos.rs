@@ -18,7 +18,9 @@ use waypost_core_types::{
     Error, Health, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason,
     WatchEvent, WatchStream,
 };
-use waypost_integration_tests::nacos::{nacos_target, start_rnacos, Rnacos, RnacosOptions};
+use waypost_integration_tests::nacos::{
+    nacos_target, start_rnacos, subscriber_count, Rnacos, RnacosOptions,
+};
 use waypost_integration_tests::{free_port, require, wait_until};
 use waypost_registry_nacos::{NacosConfig, NacosRegistry};
 
@@ -714,6 +716,82 @@ async fn rnacos_full_watch_discovers_services_created_later() {
     .await;
     writer.close().await.unwrap();
     reader.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams of one scope share one subscription; the last one dropped unsubscribes.
+
+#[tokio::test]
+async fn rnacos_dropping_the_last_stream_of_a_service_unsubscribes_it() {
+    let Some(server) = rnacos_only(
+        "rnacos_dropping_the_last_stream_of_a_service_unsubscribes_it",
+        RnacosOptions::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = server.addr();
+    let port = server.http_port;
+    let name = unique("unsub");
+    let registry = connect(&addr).await;
+    let writer = connect(&addr).await;
+    let subscribers = || subscriber_count(port, &name);
+    assert_eq!(subscribers().await, Some(0));
+    let mut one = registry.watch_service(&name).await.unwrap();
+    let mut two = registry.watch_service(&name).await.unwrap();
+    for w in [&mut one, &mut two] {
+        assert!(matches!(
+            next_event(w, Duration::from_secs(5)).await,
+            WatchEvent::Snapshot {
+                reason: SnapshotReason::Initial,
+                ..
+            }
+        ));
+    }
+    assert_eq!(
+        subscribers().await,
+        Some(1),
+        "one subscription for both streams"
+    );
+    drop(one);
+    // The other stream still gets pushed changes.
+    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7951);
+    writer.register(&s).await.unwrap();
+    wait_for_change(
+        &mut two,
+        ServiceEventType::Created,
+        &s.id,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(subscribers().await, Some(1));
+    drop(two);
+    let _ = wait_until("the subscription gone", Duration::from_secs(5), || async {
+        subscribers().await == Some(0)
+    })
+    .await;
+    assert_eq!(subscribers().await, Some(0), "the last stream unsubscribes");
+    // A new stream subscribes again and starts from the server's state.
+    let mut three = registry.watch_service(&name).await.unwrap();
+    match next_event(&mut three, Duration::from_secs(5)).await {
+        WatchEvent::Snapshot { services, reason } => {
+            assert_eq!(reason, SnapshotReason::Initial);
+            assert_eq!(services.len(), 1);
+            assert_eq!(services[0].id, s.id);
+        }
+        other => panic!("expected the initial snapshot, got {other:?}"),
+    }
+    assert_eq!(subscribers().await, Some(1));
+    writer.close().await.unwrap();
+    wait_for_change(
+        &mut three,
+        ServiceEventType::Deleted,
+        &s.id,
+        Duration::from_secs(10),
+    )
+    .await;
+    registry.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
