@@ -336,8 +336,9 @@ impl Inner {
     /// SDK's connections (see vendor/nacos-sdk/PATCHES.md) and ends its tasks, re-login
     /// included. Returns the first deregistration error.
     async fn undo(&self) -> Result<()> {
-        // Wait for an operation in flight, then undo what we registered.
+        // Wait for an operation or a subscription in flight, then undo what we registered.
         let _op = self.ops.lock().await;
+        let _subscriptions = self.subscribe_lock.lock().await;
         let (regs, subscribed) = {
             let mut st = self.state.lock();
             let regs: Vec<Reg> = st.ours.drain().map(|(_, r)| r).collect();
