@@ -329,7 +329,7 @@ impl Inner {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn pushes_mark_services_dirty_once_until_taken() {
         let dirty = Arc::new(Dirty::default());
         let listener = Listener {
@@ -350,10 +350,14 @@ mod tests {
             .unwrap();
         assert_eq!(taken.into_iter().collect::<Vec<_>>(), ["a", "b"]);
         // Nothing is dirty now: `take` waits for the next push.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), dirty.take())
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(Duration::from_secs(60), dirty.take())
+            .await
+            .is_err());
+        // A push while nobody waits is not lost.
+        dirty.mark("c");
+        let taken = tokio::time::timeout(Duration::from_secs(1), dirty.take())
+            .await
+            .unwrap();
+        assert_eq!(taken.into_iter().collect::<Vec<_>>(), ["c"]);
     }
 }
