@@ -328,7 +328,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_laravel_go_module() {
         let c = NacosConfig::default();
         assert_eq!(c.server_addr, "localhost:8848");
         assert_eq!(c.namespace, "public");
