@@ -1,12 +1,11 @@
 //! [`NacosConfig`]: where the Nacos server is and how to talk to it.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use waypost_core_types::time::config_duration;
-use waypost_core_types::{Error, Result};
+use waypost_core_types::{Error, Result, Secret};
 
 /// The default server address (Nacos' HTTP port; the gRPC port is this plus 1000).
 pub const DEFAULT_SERVER_ADDR: &str = "localhost:8848";
@@ -29,15 +28,19 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 ///         "password": "s3cret", "connect_timeout": "3s"}"#,
 /// ).unwrap();
 /// assert_eq!(cfg.group, "DEFAULT_GROUP");
-/// // The password never shows up in Debug output (or in logs).
+/// // The password never shows up in Debug output (or in logs), nor in a saved config.
 /// assert!(!format!("{cfg:?}").contains("s3cret"));
+/// assert!(!serde_json::to_string(&cfg).unwrap().contains("s3cret"));
 /// ```
+///
+/// From a URL: `"nacos://user:pass@host:8848?namespace=public&group=DEFAULT_GROUP".parse()` (the
+/// parameters, one per field, are listed at its `FromStr` impl).
 ///
 /// The `ttl` is kept for compatibility with the Go module's configuration: Nacos 2.x keeps
 /// ephemeral instances alive through the client's gRPC connection, not through a TTL, so an
 /// instance disappears when its process (its connection) dies. It is stored with the instance and
 /// used as the TTL of instances registered with `ttl == 0`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NacosConfig {
@@ -53,23 +56,23 @@ pub struct NacosConfig {
     pub cluster: String,
     /// User name, when the server has authentication enabled.
     pub username: Option<String>,
-    /// Password (never printed by `Debug`).
-    pub password: Option<String>,
+    /// Password (a [`Secret`]: never printed by `Debug` or logged).
+    pub password: Option<Secret>,
     /// TTL kept for config compatibility (see the type's docs).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub ttl: Duration,
     /// How long construction may take before it fails, and the limit of every single request.
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub connect_timeout: Duration,
     /// How often the connection is probed (to expose [`RegistryState`] and to resync watchers
     /// after a reconnect).
     ///
     /// [`RegistryState`]: waypost_core_types::RegistryState
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub probe_interval: Duration,
     /// How often a full [`watch`](waypost_core_types::ServiceRegistry::watch) looks for service
     /// names that appeared since (Nacos pushes changes of subscribed services only).
-    #[serde(deserialize_with = "config_duration::deserialize")]
+    #[serde(with = "config_duration")]
     pub service_poll_interval: Duration,
     /// Events buffered per watcher before it is considered lagging (it then gets a resync
     /// snapshot instead of the missed events).
@@ -100,30 +103,6 @@ impl Default for NacosConfig {
             app_name: "waypost".to_owned(),
             cache_dir: None,
         }
-    }
-}
-
-impl fmt::Debug for NacosConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NacosConfig")
-            .field("server_addr", &self.server_addr)
-            .field("namespace", &self.namespace)
-            .field("group", &self.group)
-            .field("cluster", &self.cluster)
-            .field("username", &self.username)
-            .field(
-                "password",
-                &self.password.as_ref().map(|_| crate::auth::REDACTED),
-            )
-            .field("ttl", &self.ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("probe_interval", &self.probe_interval)
-            .field("service_poll_interval", &self.service_poll_interval)
-            .field("watch_buffer", &self.watch_buffer)
-            .field("grpc_port", &self.grpc_port)
-            .field("app_name", &self.app_name)
-            .field("cache_dir", &self.cache_dir)
-            .finish()
     }
 }
 
@@ -169,7 +148,7 @@ impl NacosConfig {
         password: impl Into<String>,
     ) -> Self {
         self.username = Some(username.into());
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password));
         self
     }
 
@@ -353,7 +332,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_laravel_go_module() {
         let c = NacosConfig::default();
         assert_eq!(c.server_addr, "localhost:8848");
         assert_eq!(c.namespace, "public");
@@ -379,7 +358,7 @@ mod tests {
         assert_eq!((c.namespace.as_str(), c.group.as_str()), ("dev", "G"));
         assert_eq!(c.cluster, "C1");
         assert_eq!(c.username.as_deref(), Some("u"));
-        assert_eq!(c.password.as_deref(), Some("p"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("p"));
         assert_eq!(c.ttl, Duration::from_secs(7));
         assert_eq!(c.connect_timeout, Duration::from_millis(300));
         assert_eq!(c.grpc_port, Some(9999));
@@ -393,7 +372,7 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2-secret"), "{dbg}");
         assert!(dbg.contains("alice"));
-        assert!(dbg.contains("redacted"));
+        assert!(dbg.contains("[redacted]"));
         let none = format!("{:?}", NacosConfig::default());
         assert!(none.contains("password: None"));
     }

@@ -1,13 +1,9 @@
-//! `nacos://` URLs, and how a [`NacosConfig`] is written to a config file.
+//! `nacos://` URLs.
 
 use std::str::FromStr;
-use std::time::Duration;
 
-use serde::ser::SerializeStruct;
-use serde::{Serialize, Serializer};
-use waypost_core_types::time::config_duration;
 use waypost_core_types::url::{invalid, RegistryUrl};
-use waypost_core_types::{Error, Result, REDACTED};
+use waypost_core_types::{Error, Result};
 
 use crate::NacosConfig;
 
@@ -47,9 +43,7 @@ impl FromStr for NacosConfig {
         }
         url.no_path("use `?namespace=…&group=…`")?;
         let mut config = NacosConfig::new(url.hosts_with_port(8848)?.join(","));
-        let (username, password) = url.take_credentials();
-        config.username = username;
-        config.password = password.map(|p| p.expose().to_owned().into());
+        (config.username, config.password) = url.take_credentials();
         for (key, field) in [
             ("namespace", &mut config.namespace),
             ("group", &mut config.group),
@@ -81,44 +75,10 @@ impl FromStr for NacosConfig {
     }
 }
 
-/// A duration written as the config files read it (`"30s"`).
-struct GoDuration(Duration);
-
-impl Serialize for GoDuration {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        config_duration::serialize(&self.0, serializer)
-    }
-}
-
-/// Writes the fields a config file reads, durations as Go strings (`"30s"`) and the password as
-/// `"[redacted]"`.
-impl Serialize for NacosConfig {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("NacosConfig", 14)?;
-        s.serialize_field("server_addr", &self.server_addr)?;
-        s.serialize_field("namespace", &self.namespace)?;
-        s.serialize_field("group", &self.group)?;
-        s.serialize_field("cluster", &self.cluster)?;
-        s.serialize_field("username", &self.username)?;
-        s.serialize_field("password", &self.password.as_ref().map(|_| REDACTED))?;
-        s.serialize_field("ttl", &GoDuration(self.ttl))?;
-        s.serialize_field("connect_timeout", &GoDuration(self.connect_timeout))?;
-        s.serialize_field("probe_interval", &GoDuration(self.probe_interval))?;
-        s.serialize_field(
-            "service_poll_interval",
-            &GoDuration(self.service_poll_interval),
-        )?;
-        s.serialize_field("watch_buffer", &self.watch_buffer)?;
-        s.serialize_field("grpc_port", &self.grpc_port)?;
-        s.serialize_field("app_name", &self.app_name)?;
-        s.serialize_field("cache_dir", &self.cache_dir)?;
-        s.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+    use std::time::Duration;
 
     use super::*;
 
