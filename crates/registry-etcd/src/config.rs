@@ -244,13 +244,23 @@ impl EtcdConfig {
             if e.trim().is_empty() || e.contains(char::is_whitespace) {
                 return bad(format!("endpoint `{e}` is malformed"));
             }
-            if let Some(rest) = e.split_once("://") {
-                if rest.0 != "http" && rest.0 != "https" {
+            let authority = match e.split_once("://") {
+                Some((scheme, _)) if scheme != "http" && scheme != "https" => {
                     return bad(format!("endpoint `{e}`: scheme must be http or https"));
                 }
-                if rest.1.is_empty() {
-                    return bad(format!("endpoint `{e}` has no host"));
-                }
+                Some((_, rest)) => rest.trim_end_matches('/'),
+                None => e.as_str(),
+            };
+            if authority.is_empty() || authority.starts_with(':') {
+                return bad(format!("endpoint `{e}` has no host"));
+            }
+            // `host:port` or `[v6]:port`: the port, when there is one, is 1-65535.
+            let port = match authority.rsplit_once(':') {
+                Some((host, port)) if !host.starts_with('[') || host.ends_with(']') => Some(port),
+                _ => None,
+            };
+            if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+                return bad(format!("endpoint `{e}` has an invalid port (1-65535)"));
             }
         }
         if self.username.is_some() != self.password.is_some() {
@@ -357,6 +367,10 @@ mod tests {
             EtcdConfig::new(["ftp://h:1"]),
             EtcdConfig::new(["http://"]),
             EtcdConfig::new(["h :1"]),
+            EtcdConfig::new(["h:0"]),
+            EtcdConfig::new(["http://h:99999"]),
+            EtcdConfig::new(["h:port"]),
+            EtcdConfig::new([":2379"]),
             ok.clone().with_prefix("no-slash"),
             ok.clone().with_prefix("/a//b"),
             ok.clone().with_ttl(Duration::from_millis(500)),
