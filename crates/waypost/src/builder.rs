@@ -3,21 +3,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(any(
+    feature = "etcd",
+    feature = "consul",
+    feature = "nacos",
+    feature = "zookeeper"
+))]
+use waypost_core_types::Secret;
 use waypost_core_types::{Error, Result, ServiceRegistry};
 
-use crate::config::{RegistryConfig, RegistryType, Secret};
+use crate::config::{RegistryConfig, RegistryType};
 
 /// Builds a registry step by step (the Laravel-Go module's `NewRegistryBuilder()`), with the
 /// setters its builder lacked: credentials, token, TTL and timeouts.
 ///
+/// It edits a [`RegistryConfig`], so every default and rule is the chosen backend's own.
 /// `with_etcd`, `with_consul`, `with_nacos`, `with_zookeeper` choose the backend as well as
 /// setting its address; the other setters apply to the chosen backend, and one that does not
 /// apply to it (a token for etcd, say) makes [`build`](Self::build) fail with a clear error.
+/// For a setting without a setter, start [`from_config`](Self::from_config) or
+/// [`from_url`](Self::from_url).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> waypost::Result<()> {
 /// use std::time::Duration;
-/// use waypost::{RegistryBuilder, RegistryType};
+/// use waypost::{RegistryBuilder, RegistryConfig, RegistryType};
 ///
 /// let registry = RegistryBuilder::new()
 ///     .with_type(RegistryType::Memory)
@@ -26,23 +36,64 @@ use crate::config::{RegistryConfig, RegistryType, Secret};
 ///     .await?;
 /// assert_eq!(registry.backend(), "memory");
 ///
+/// # #[cfg(feature = "etcd")] {
 /// let config = RegistryBuilder::new()
 ///     .with_etcd(["10.0.0.1:2379", "10.0.0.2:2379"], "/laravel-go/services")
 ///     .with_credentials("admin", "password")
 ///     .with_ttl(Duration::from_secs(15))
 ///     .config()?;
-/// assert_eq!(config.etcd.unwrap().endpoints.len(), 2);
+/// let RegistryConfig::Etcd(etcd) = config else { unreachable!() };
+/// assert_eq!(etcd.endpoints.len(), 2);
+/// # }
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Default)]
+///
+/// Its `Debug` output shows the config with secrets redacted, and a URL that failed to parse only
+/// as the parse error (which never quotes the URL's password).
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct RegistryBuilder {
-    config: RegistryConfig,
-    error: Option<String>,
+    /// `None` only when no backend was chosen and the in-memory one is not compiled in.
+    config: Option<RegistryConfig>,
+    /// The first error of a setter or of `from_url`, reported by `config`/`build`.
+    error: Option<Pending>,
+}
+
+/// An error kept until [`RegistryBuilder::config`].
+#[derive(Debug, Clone)]
+enum Pending {
+    Invalid(String),
+    Unsupported(String),
+}
+
+impl Pending {
+    fn from_error(e: Error) -> Self {
+        match e {
+            Error::InvalidConfig(m) => Pending::Invalid(m),
+            Error::Unsupported(m) => Pending::Unsupported(m),
+            other => Pending::Invalid(other.to_string()),
+        }
+    }
+
+    fn to_error(&self) -> Error {
+        match self {
+            Pending::Invalid(m) => Error::InvalidConfig(m.clone()),
+            Pending::Unsupported(m) => Error::Unsupported(m.clone()),
+        }
+    }
+}
+
+impl Default for RegistryBuilder {
+    fn default() -> Self {
+        RegistryBuilder {
+            config: RegistryConfig::of(RegistryType::Memory).ok(),
+            error: None,
+        }
+    }
 }
 
 impl RegistryBuilder {
-    /// A builder for the in-memory registry with defaults.
+    /// A builder for the in-memory registry with its defaults.
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,27 +101,69 @@ impl RegistryBuilder {
     /// Starts from an existing config.
     pub fn from_config(config: RegistryConfig) -> Self {
         RegistryBuilder {
-            config,
+            config: Some(config),
             error: None,
         }
     }
 
-    /// Starts from a registry URL (see [`crate::url`]); a malformed URL fails at `build`.
+    /// Starts from a registry URL (see [`RegistryConfig::from_url`]); a malformed URL fails at
+    /// [`config`](Self::config) / [`build`](Self::build). Only the parse error is kept, not the
+    /// URL.
     pub fn from_url(url: &str) -> Self {
         match RegistryConfig::from_url(url) {
             Ok(config) => Self::from_config(config),
             Err(e) => RegistryBuilder {
-                config: RegistryConfig::default(),
-                error: Some(e.to_string()),
+                config: None,
+                error: Some(Pending::from_error(e)),
             },
         }
     }
 
-    /// Chooses the backend (its section starts from defaults unless already set).
-    pub fn with_type(mut self, kind: RegistryType) -> Self {
-        self.config.kind = kind;
-        self.config.ensure_section();
+    fn fail(mut self, error: Error) -> Self {
+        self.error.get_or_insert_with(|| Pending::from_error(error));
         self
+    }
+
+    /// Chooses the backend; its config starts from the backend's defaults unless that backend
+    /// is already the chosen one.
+    pub fn with_type(mut self, kind: RegistryType) -> Self {
+        if self.config.as_ref().map(RegistryConfig::kind) == Some(kind) {
+            return self;
+        }
+        match RegistryConfig::of(kind) {
+            Ok(config) => {
+                self.config = Some(config);
+                self
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Applies `f` to the chosen backend's config; `f` returns `false` when the setting does not
+    /// apply to that backend.
+    fn set(
+        mut self,
+        setter: &str,
+        applies_to: &str,
+        f: impl FnOnce(&mut RegistryConfig) -> bool,
+    ) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        let (applied, kind) = match self.config.as_mut() {
+            Some(config) => (f(config), Some(config.kind())),
+            None => (false, None),
+        };
+        if applied {
+            return self;
+        }
+        let msg = match kind {
+            Some(kind) => {
+                format!("{setter} applies to {applies_to}, not to the chosen {kind} backend")
+            }
+            None => format!("{setter} applies to {applies_to}, but no backend is chosen"),
+        };
+        self.fail(Error::InvalidConfig(msg))
     }
 
     /// etcd with these endpoints and key prefix.
@@ -79,22 +172,39 @@ impl RegistryBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut b = self.with_type(RegistryType::Etcd);
-        if let Some(e) = b.config.etcd.as_mut() {
-            e.endpoints = endpoints.into_iter().map(Into::into).collect();
-            e.prefix = prefix.into();
-        }
-        b
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        let prefix = prefix.into();
+        self.with_type(RegistryType::Etcd)
+            .set("with_etcd", "etcd", |config| match config {
+                #[cfg(feature = "etcd")]
+                RegistryConfig::Etcd(c) => {
+                    (c.endpoints, c.prefix) = (endpoints, prefix);
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = (endpoints, prefix);
+                    false
+                }
+            })
     }
 
     /// Consul at this agent address with this prefix.
     pub fn with_consul(self, address: impl Into<String>, prefix: impl Into<String>) -> Self {
-        let mut b = self.with_type(RegistryType::Consul);
-        if let Some(c) = b.config.consul.as_mut() {
-            c.address = address.into();
-            c.prefix = prefix.into();
-        }
-        b
+        let (address, prefix) = (address.into(), prefix.into());
+        self.with_type(RegistryType::Consul)
+            .set("with_consul", "consul", |config| match config {
+                #[cfg(feature = "consul")]
+                RegistryConfig::Consul(c) => {
+                    (c.address, c.prefix) = (address, prefix);
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = (address, prefix);
+                    false
+                }
+            })
     }
 
     /// Nacos at this server address, namespace and group.
@@ -104,13 +214,20 @@ impl RegistryBuilder {
         namespace: impl Into<String>,
         group: impl Into<String>,
     ) -> Self {
-        let mut b = self.with_type(RegistryType::Nacos);
-        if let Some(n) = b.config.nacos.as_mut() {
-            n.server_addr = server_addr.into();
-            n.namespace = namespace.into();
-            n.group = group.into();
-        }
-        b
+        let (server_addr, namespace, group) = (server_addr.into(), namespace.into(), group.into());
+        self.with_type(RegistryType::Nacos)
+            .set("with_nacos", "nacos", |config| match config {
+                #[cfg(feature = "nacos")]
+                RegistryConfig::Nacos(c) => {
+                    (c.server_addr, c.namespace, c.group) = (server_addr, namespace, group);
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = (server_addr, namespace, group);
+                    false
+                }
+            })
     }
 
     /// ZooKeeper with these servers and path prefix.
@@ -119,183 +236,228 @@ impl RegistryBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut b = self.with_type(RegistryType::Zookeeper);
-        if let Some(z) = b.config.zookeeper.as_mut() {
-            z.servers = servers.into_iter().map(Into::into).collect();
-            z.prefix = prefix.into();
-        }
-        b
-    }
-
-    fn not_for(mut self, setter: &str, applies_to: &str) -> Self {
-        self.error.get_or_insert_with(|| {
-            format!(
-                "{setter} applies to {applies_to}, not to the chosen {} backend",
-                self.config.kind
-            )
-        });
-        self
+        let servers: Vec<String> = servers.into_iter().map(Into::into).collect();
+        let prefix = prefix.into();
+        self.with_type(RegistryType::Zookeeper)
+            .set("with_zookeeper", "zookeeper", |config| match config {
+                #[cfg(feature = "zookeeper")]
+                RegistryConfig::Zookeeper(c) => {
+                    (c.servers, c.prefix) = (servers, prefix);
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = (servers, prefix);
+                    false
+                }
+            })
     }
 
     /// User name and password (etcd, Nacos, ZooKeeper digest auth).
     pub fn with_credentials(
-        mut self,
+        self,
         username: impl Into<String>,
         password: impl Into<String>,
     ) -> Self {
-        let (u, p) = (username.into(), Secret::new(password.into()));
-        match self.config.kind {
-            RegistryType::Etcd => {
-                let e = self.config.etcd.get_or_insert_with(Default::default);
-                (e.username, e.password) = (u, p);
-            }
-            RegistryType::Nacos => {
-                let n = self.config.nacos.get_or_insert_with(Default::default);
-                (n.username, n.password) = (u, p);
-            }
-            RegistryType::Zookeeper => {
-                let z = self.config.zookeeper.get_or_insert_with(Default::default);
-                (z.username, z.password) = (u, p);
-            }
-            _ => return self.not_for("with_credentials", "etcd, nacos and zookeeper"),
-        }
-        self
+        let (username, password) = (username.into(), password.into());
+        self.set(
+            "with_credentials",
+            "etcd, nacos and zookeeper",
+            |config| match config {
+                #[cfg(feature = "etcd")]
+                RegistryConfig::Etcd(c) => {
+                    c.username = Some(username);
+                    c.password = Some(Secret::new(password));
+                    true
+                }
+                #[cfg(feature = "nacos")]
+                RegistryConfig::Nacos(c) => {
+                    c.username = Some(username);
+                    c.password = Some(Secret::new(password));
+                    true
+                }
+                #[cfg(feature = "zookeeper")]
+                RegistryConfig::Zookeeper(c) => {
+                    c.username = Some(username);
+                    c.password = Some(Secret::new(password));
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = (username, password);
+                    false
+                }
+            },
+        )
     }
 
     /// The Consul ACL token.
-    pub fn with_token(mut self, token: impl Into<String>) -> Self {
-        match self.config.kind {
-            RegistryType::Consul => {
-                self.config
-                    .consul
-                    .get_or_insert_with(Default::default)
-                    .token = Secret::new(token.into());
-                self
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.set("with_token", "consul", |config| match config {
+            #[cfg(feature = "consul")]
+            RegistryConfig::Consul(c) => {
+                c.token = Some(Secret::new(token));
+                true
             }
-            _ => self.not_for("with_token", "consul"),
-        }
+            #[allow(unreachable_patterns)] // when only this backend is compiled in
+            _ => {
+                let _ = token;
+                false
+            }
+        })
     }
 
     /// The Consul datacenter.
-    pub fn with_datacenter(mut self, datacenter: impl Into<String>) -> Self {
-        match self.config.kind {
-            RegistryType::Consul => {
-                self.config
-                    .consul
-                    .get_or_insert_with(Default::default)
-                    .datacenter = datacenter.into();
-                self
+    pub fn with_datacenter(self, datacenter: impl Into<String>) -> Self {
+        let datacenter = datacenter.into();
+        self.set("with_datacenter", "consul", |config| match config {
+            #[cfg(feature = "consul")]
+            RegistryConfig::Consul(c) => {
+                c.datacenter = Some(datacenter);
+                true
             }
-            _ => self.not_for("with_datacenter", "consul"),
-        }
+            #[allow(unreachable_patterns)] // when only this backend is compiled in
+            _ => {
+                let _ = datacenter;
+                false
+            }
+        })
     }
 
     /// The TTL of registrations (etcd lease, Consul check; kept for Nacos and ZooKeeper).
     /// For the in-memory registry, use [`with_default_ttl`](Self::with_default_ttl).
-    pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        match self.config.kind {
-            RegistryType::Etcd => self.config.etcd.get_or_insert_with(Default::default).ttl = ttl,
-            RegistryType::Consul => {
-                self.config.consul.get_or_insert_with(Default::default).ttl = ttl
-            }
-            RegistryType::Nacos => self.config.nacos.get_or_insert_with(Default::default).ttl = ttl,
-            RegistryType::Zookeeper => {
-                self.config
-                    .zookeeper
-                    .get_or_insert_with(Default::default)
-                    .ttl = ttl
-            }
-            RegistryType::Memory => {
-                return self.not_for("with_ttl", "remote backends (use with_default_ttl)")
-            }
-        }
-        self
+    pub fn with_ttl(self, ttl: Duration) -> Self {
+        self.set(
+            "with_ttl",
+            "remote backends (use with_default_ttl for memory)",
+            |config| match config {
+                #[cfg(feature = "etcd")]
+                RegistryConfig::Etcd(c) => {
+                    c.ttl = ttl;
+                    true
+                }
+                #[cfg(feature = "consul")]
+                RegistryConfig::Consul(c) => {
+                    c.ttl = ttl;
+                    true
+                }
+                #[cfg(feature = "nacos")]
+                RegistryConfig::Nacos(c) => {
+                    c.ttl = ttl;
+                    true
+                }
+                #[cfg(feature = "zookeeper")]
+                RegistryConfig::Zookeeper(c) => {
+                    c.ttl = ttl;
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = ttl;
+                    false
+                }
+            },
+        )
     }
 
     /// How long construction may take to reach a remote backend.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        match self.config.kind {
-            RegistryType::Etcd => {
-                self.config
-                    .etcd
-                    .get_or_insert_with(Default::default)
-                    .connect_timeout = timeout
-            }
-            RegistryType::Consul => {
-                self.config
-                    .consul
-                    .get_or_insert_with(Default::default)
-                    .connect_timeout = timeout
-            }
-            RegistryType::Nacos => {
-                self.config
-                    .nacos
-                    .get_or_insert_with(Default::default)
-                    .connect_timeout = timeout
-            }
-            RegistryType::Zookeeper => {
-                self.config
-                    .zookeeper
-                    .get_or_insert_with(Default::default)
-                    .connect_timeout = timeout
-            }
-            RegistryType::Memory => return self.not_for("with_connect_timeout", "remote backends"),
-        }
-        self
+    pub fn with_connect_timeout(self, timeout: Duration) -> Self {
+        self.set(
+            "with_connect_timeout",
+            "remote backends",
+            |config| match config {
+                #[cfg(feature = "etcd")]
+                RegistryConfig::Etcd(c) => {
+                    c.connect_timeout = timeout;
+                    true
+                }
+                #[cfg(feature = "consul")]
+                RegistryConfig::Consul(c) => {
+                    c.connect_timeout = timeout;
+                    true
+                }
+                #[cfg(feature = "nacos")]
+                RegistryConfig::Nacos(c) => {
+                    c.connect_timeout = timeout;
+                    true
+                }
+                #[cfg(feature = "zookeeper")]
+                RegistryConfig::Zookeeper(c) => {
+                    c.connect_timeout = timeout;
+                    true
+                }
+                #[allow(unreachable_patterns)] // when only this backend is compiled in
+                _ => {
+                    let _ = timeout;
+                    false
+                }
+            },
+        )
     }
 
     /// The ZooKeeper session timeout.
-    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
-        match self.config.kind {
-            RegistryType::Zookeeper => {
-                self.config
-                    .zookeeper
-                    .get_or_insert_with(Default::default)
-                    .session_timeout = timeout;
-                self
+    pub fn with_session_timeout(self, timeout: Duration) -> Self {
+        self.set("with_session_timeout", "zookeeper", |config| match config {
+            #[cfg(feature = "zookeeper")]
+            RegistryConfig::Zookeeper(c) => {
+                c.session_timeout = timeout;
+                true
             }
-            _ => self.not_for("with_session_timeout", "zookeeper"),
-        }
+            #[allow(unreachable_patterns)] // when only this backend is compiled in
+            _ => {
+                let _ = timeout;
+                false
+            }
+        })
     }
 
     /// The in-memory registry's TTL for instances registered without one.
-    pub fn with_default_ttl(mut self, ttl: Duration) -> Self {
-        match self.config.kind {
-            RegistryType::Memory => {
-                self.config
-                    .memory
-                    .get_or_insert_with(Default::default)
-                    .default_ttl = Some(ttl);
-                self
+    pub fn with_default_ttl(self, ttl: Duration) -> Self {
+        self.set("with_default_ttl", "memory", |config| match config {
+            #[cfg(feature = "memory")]
+            RegistryConfig::Memory(c) => {
+                c.default_ttl = Some(ttl);
+                true
             }
-            _ => self.not_for("with_default_ttl", "memory"),
-        }
+            #[allow(unreachable_patterns)] // when only this backend is compiled in
+            _ => {
+                let _ = ttl;
+                false
+            }
+        })
     }
 
     /// The in-memory registry's cleanup interval.
-    pub fn with_cleanup_interval(mut self, interval: Duration) -> Self {
-        match self.config.kind {
-            RegistryType::Memory => {
-                self.config
-                    .memory
-                    .get_or_insert_with(Default::default)
-                    .cleanup_interval = interval;
-                self
+    pub fn with_cleanup_interval(self, interval: Duration) -> Self {
+        self.set("with_cleanup_interval", "memory", |config| match config {
+            #[cfg(feature = "memory")]
+            RegistryConfig::Memory(c) => {
+                c.cleanup_interval = interval;
+                true
             }
-            _ => self.not_for("with_cleanup_interval", "memory"),
-        }
+            #[allow(unreachable_patterns)] // when only this backend is compiled in
+            _ => {
+                let _ = interval;
+                false
+            }
+        })
     }
 
     /// The validated config, without connecting.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a misapplied setter or a bad value.
+    /// [`Error::InvalidConfig`] for a malformed URL, a misapplied setter or a bad value;
+    /// [`Error::Unsupported`] for a backend that is not compiled in.
     pub fn config(&self) -> Result<RegistryConfig> {
         if let Some(e) = &self.error {
-            return Err(Error::InvalidConfig(e.clone()));
+            return Err(e.to_error());
         }
-        let mut config = self.config.clone();
-        config.ensure_section();
+        let config = self.config.clone().ok_or_else(|| {
+            Error::InvalidConfig(
+                "no registry backend chosen (the in-memory one is not compiled in)".into(),
+            )
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -310,131 +472,34 @@ impl RegistryBuilder {
     }
 }
 
-#[allow(dead_code)] // unused when every backend is compiled in
-fn not_compiled(kind: RegistryType) -> Error {
-    Error::Unsupported(format!(
-        "the {kind} backend is not compiled into this build; enable the `{kind}` feature of the \
-         waypost crate"
-    ))
-}
-
 /// Builds the registry a config describes (the Laravel-Go module's `NewServiceRegistry`),
 /// connecting to a remote backend within its connect timeout.
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] for a bad config, [`Error::Unsupported`] when the backend is not
-/// compiled in, or the backend's connection error.
+/// [`Error::InvalidConfig`] for a bad config, or the backend's connection error.
 pub async fn new_service_registry(config: &RegistryConfig) -> Result<Arc<dyn ServiceRegistry>> {
     config.validate()?;
-    let mut config = config.clone();
-    config.ensure_section();
-    match config.kind {
-        RegistryType::Memory => {
-            #[cfg(feature = "memory")]
-            {
-                let s = config.memory.unwrap_or_default();
-                let registry = waypost_registry_memory::MemoryRegistry::builder()
-                    .cleanup_interval(s.cleanup_interval)
-                    .default_ttl(s.default_ttl)
-                    .build()?;
-                Ok(Arc::new(registry))
-            }
-            #[cfg(not(feature = "memory"))]
-            Err(not_compiled(RegistryType::Memory))
+    let registry: Arc<dyn ServiceRegistry> = match *config {
+        #[cfg(feature = "memory")]
+        RegistryConfig::Memory(ref c) => Arc::new(
+            waypost_registry_memory::MemoryRegistryBuilder::from_config(c.clone()).build()?,
+        ),
+        #[cfg(feature = "etcd")]
+        RegistryConfig::Etcd(ref c) => {
+            Arc::new(waypost_registry_etcd::EtcdRegistry::connect(c.clone()).await?)
         }
-        RegistryType::Etcd => {
-            #[cfg(feature = "etcd")]
-            {
-                let s = config.etcd.unwrap_or_default();
-                let mut c = waypost_registry_etcd::EtcdConfig::new(s.endpoints)
-                    .with_prefix(s.prefix)
-                    .with_ttl(s.ttl)
-                    .with_connect_timeout(s.connect_timeout);
-                if !s.username.is_empty() {
-                    c = c.with_credentials(s.username, s.password.expose());
-                }
-                if s.ca_file.is_some() || s.cert_file.is_some() {
-                    let mut tls = match s.ca_file {
-                        Some(ca) => waypost_registry_etcd::EtcdTlsConfig::new(ca),
-                        None => waypost_registry_etcd::EtcdTlsConfig::default(),
-                    };
-                    if let (Some(cert), Some(key)) = (s.cert_file, s.key_file) {
-                        tls = tls.with_client_identity(cert, key);
-                    }
-                    c = c.with_tls(tls);
-                }
-                Ok(Arc::new(
-                    waypost_registry_etcd::EtcdRegistry::connect(c).await?,
-                ))
-            }
-            #[cfg(not(feature = "etcd"))]
-            Err(not_compiled(RegistryType::Etcd))
+        #[cfg(feature = "consul")]
+        RegistryConfig::Consul(ref c) => {
+            Arc::new(waypost_registry_consul::ConsulRegistry::connect(c.clone()).await?)
         }
-        RegistryType::Consul => {
-            #[cfg(feature = "consul")]
-            {
-                let s = config.consul.unwrap_or_default();
-                let mut c = waypost_registry_consul::ConsulConfig::default()
-                    .with_address(s.address)
-                    .with_prefix(s.prefix)
-                    .with_ttl(s.ttl)
-                    .with_connect_timeout(s.connect_timeout);
-                if !s.token.is_empty() {
-                    c = c.with_token(s.token.expose());
-                }
-                if !s.datacenter.is_empty() {
-                    c = c.with_datacenter(s.datacenter);
-                }
-                if let Some(ca) = s.ca_file {
-                    c = c.with_ca_file(ca);
-                }
-                Ok(Arc::new(
-                    waypost_registry_consul::ConsulRegistry::connect(c).await?,
-                ))
-            }
-            #[cfg(not(feature = "consul"))]
-            Err(not_compiled(RegistryType::Consul))
+        #[cfg(feature = "nacos")]
+        RegistryConfig::Nacos(ref c) => {
+            Arc::new(waypost_registry_nacos::NacosRegistry::connect(c.clone()).await?)
         }
-        RegistryType::Nacos => {
-            #[cfg(feature = "nacos")]
-            {
-                let s = config.nacos.unwrap_or_default();
-                let mut c = waypost_registry_nacos::NacosConfig::new(s.server_addr)
-                    .with_namespace(s.namespace)
-                    .with_group(s.group)
-                    .with_ttl(s.ttl)
-                    .with_connect_timeout(s.connect_timeout);
-                if !s.username.is_empty() {
-                    c = c.with_credentials(s.username, s.password.expose());
-                }
-                Ok(Arc::new(
-                    waypost_registry_nacos::NacosRegistry::connect(c).await?,
-                ))
-            }
-            #[cfg(not(feature = "nacos"))]
-            Err(not_compiled(RegistryType::Nacos))
+        #[cfg(feature = "zookeeper")]
+        RegistryConfig::Zookeeper(ref c) => {
+            Arc::new(waypost_registry_zookeeper::ZookeeperRegistry::connect(c.clone()).await?)
         }
-        RegistryType::Zookeeper => {
-            #[cfg(feature = "zookeeper")]
-            {
-                let s = config.zookeeper.unwrap_or_default();
-                let mut c = waypost_registry_zookeeper::ZookeeperConfig::new(s.servers)
-                    .with_prefix(s.prefix)
-                    .with_session_timeout(s.session_timeout)
-                    .with_ttl(s.ttl)
-                    .with_connect_timeout(s.connect_timeout);
-                if !s.username.is_empty() {
-                    c = c.with_digest_auth(s.username, s.password.expose());
-                }
-                if !s.chroot.is_empty() {
-                    c = c.with_chroot(s.chroot);
-                }
-                Ok(Arc::new(
-                    waypost_registry_zookeeper::ZookeeperRegistry::connect(c).await?,
-                ))
-            }
-            #[cfg(not(feature = "zookeeper"))]
-            Err(not_compiled(RegistryType::Zookeeper))
-        }
-    }
+    };
+    Ok(registry)
 }

@@ -1,15 +1,26 @@
-//! [`RegistryConfig`]: which backend to use and its settings, from code, a config file (serde)
-//! or a registry URL.
+//! [`RegistryConfig`]: which backend to use, holding that backend's own config; from code, a
+//! config file (serde) or a registry URL.
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use waypost_core_types::time::config_duration;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 use waypost_core_types::{Error, Result};
 
-/// The registry backends.
+#[cfg(feature = "consul")]
+use waypost_registry_consul::ConsulConfig;
+#[cfg(feature = "etcd")]
+use waypost_registry_etcd::EtcdConfig;
+#[cfg(feature = "memory")]
+use waypost_registry_memory::MemoryConfig;
+#[cfg(feature = "nacos")]
+use waypost_registry_nacos::NacosConfig;
+#[cfg(feature = "zookeeper")]
+use waypost_registry_zookeeper::ZookeeperConfig;
+
+/// The registry backends, compiled in or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -28,8 +39,10 @@ pub enum RegistryType {
     Zookeeper,
 }
 
+const TYPE_NAMES: &[&str] = &["memory", "etcd", "consul", "nacos", "zookeeper"];
+
 impl RegistryType {
-    /// The name used in configs and URL schemes.
+    /// The name used in configs, URL schemes and feature names.
     pub fn as_str(&self) -> &'static str {
         match self {
             RegistryType::Memory => "memory",
@@ -50,6 +63,24 @@ impl RegistryType {
             RegistryType::Zookeeper => cfg!(feature = "zookeeper"),
         }
     }
+
+    /// The names its section may have in a Laravel-Go style config file.
+    fn section_names(&self) -> &'static [&'static str] {
+        match self {
+            RegistryType::Memory => &["memory"],
+            RegistryType::Etcd => &["etcd"],
+            RegistryType::Consul => &["consul"],
+            RegistryType::Nacos => &["nacos"],
+            RegistryType::Zookeeper => &["zookeeper", "zk"],
+        }
+    }
+
+    pub(crate) fn not_compiled(&self) -> Error {
+        Error::Unsupported(format!(
+            "the {self} backend is not compiled into this build; enable the `{self}` feature of \
+             the waypost crate"
+        ))
+    }
 }
 
 impl fmt::Display for RegistryType {
@@ -61,6 +92,7 @@ impl fmt::Display for RegistryType {
 impl FromStr for RegistryType {
     type Err = Error;
 
+    /// `memory` (or `mem`), `etcd`, `consul`, `nacos`, `zookeeper` (or `zk`), in any case.
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "memory" | "mem" => Ok(RegistryType::Memory),
@@ -69,537 +101,573 @@ impl FromStr for RegistryType {
             "nacos" => Ok(RegistryType::Nacos),
             "zookeeper" | "zk" => Ok(RegistryType::Zookeeper),
             other => Err(Error::InvalidConfig(format!(
-                "unknown registry type `{other}` (expected memory, etcd, consul, nacos or zookeeper)"
+                "unknown registry type `{}` (expected memory, etcd, consul, nacos or zookeeper)",
+                other.escape_debug()
             ))),
         }
     }
 }
 
-/// A secret (password, token): never shown by `Debug` or `Display`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for handing to a backend.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether it is empty (not set).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            f.write_str("\"\"")
-        } else {
-            f.write_str("\"<redacted>\"")
-        }
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Secret(s.to_owned())
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Secret(s)
-    }
-}
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// The Go module's default key prefix for etcd and ZooKeeper.
-pub const DEFAULT_PATH_PREFIX: &str = "/laravel-go/services";
-/// The Go module's default Consul prefix.
-pub const DEFAULT_CONSUL_PREFIX: &str = "laravel-go/services";
-
-/// In-memory registry settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct MemorySettings {
-    /// How often expired instances are removed. Default 1 s.
-    #[serde(with = "config_duration")]
-    pub cleanup_interval: Duration,
-    /// TTL for instances registered without one; unset means they never expire.
-    #[serde(with = "config_duration::option")]
-    pub default_ttl: Option<Duration>,
-}
-
-impl Default for MemorySettings {
-    fn default() -> Self {
-        MemorySettings {
-            cleanup_interval: secs(1),
-            default_ttl: None,
-        }
-    }
-}
-
-/// etcd settings (the Laravel-Go module's `EtcdConfig`, plus timeouts and TLS).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct EtcdSettings {
-    /// `host:port` of each member. Default `localhost:2379`.
-    pub endpoints: Vec<String>,
-    /// User name, if authentication is on.
-    pub username: String,
-    /// Password (redacted in `Debug`).
-    pub password: Secret,
-    /// Key prefix. Default `/laravel-go/services`.
-    pub prefix: String,
-    /// Lease TTL. Default 30 s.
-    #[serde(with = "config_duration")]
-    pub ttl: Duration,
-    /// How long construction may take to reach the cluster. Default 5 s.
-    #[serde(with = "config_duration")]
-    pub connect_timeout: Duration,
-    /// PEM file of the CA to trust; enables TLS.
-    pub ca_file: Option<String>,
-    /// PEM client certificate for mutual TLS.
-    pub cert_file: Option<String>,
-    /// PEM client key for mutual TLS.
-    pub key_file: Option<String>,
-}
-
-impl Default for EtcdSettings {
-    fn default() -> Self {
-        EtcdSettings {
-            endpoints: vec!["localhost:2379".into()],
-            username: String::new(),
-            password: Secret::default(),
-            prefix: DEFAULT_PATH_PREFIX.into(),
-            ttl: secs(30),
-            connect_timeout: secs(5),
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-        }
-    }
-}
-
-/// Consul settings (the Laravel-Go module's `ConsulConfig`, plus timeouts and TLS).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ConsulSettings {
-    /// Agent address, `host:port` or a URL. Default `localhost:8500`.
-    pub address: String,
-    /// ACL token (redacted in `Debug`).
-    pub token: Secret,
-    /// Datacenter; empty means the agent's own.
-    pub datacenter: String,
-    /// Prefix that marks our services. Default `laravel-go/services`.
-    pub prefix: String,
-    /// TTL of the health check. Default 30 s.
-    #[serde(with = "config_duration")]
-    pub ttl: Duration,
-    /// How long construction may take to reach the agent. Default 5 s.
-    #[serde(with = "config_duration")]
-    pub connect_timeout: Duration,
-    /// PEM file of the CA to trust for an `https` agent.
-    pub ca_file: Option<String>,
-}
-
-impl Default for ConsulSettings {
-    fn default() -> Self {
-        ConsulSettings {
-            address: "localhost:8500".into(),
-            token: Secret::default(),
-            datacenter: String::new(),
-            prefix: DEFAULT_CONSUL_PREFIX.into(),
-            ttl: secs(30),
-            connect_timeout: secs(5),
-            ca_file: None,
-        }
-    }
-}
-
-/// Nacos settings (the Laravel-Go module's `NacosConfig`, plus a timeout).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct NacosSettings {
-    /// `host:port` of the server (several separated by commas). Default `localhost:8848`.
-    pub server_addr: String,
-    /// Namespace. Default `public`.
-    pub namespace: String,
-    /// Group. Default `DEFAULT_GROUP`.
-    pub group: String,
-    /// User name, if authentication is on.
-    pub username: String,
-    /// Password (redacted in `Debug`).
-    pub password: Secret,
-    /// Kept for compatibility with the Go config; Nacos manages liveness itself.
-    #[serde(with = "config_duration")]
-    pub ttl: Duration,
-    /// How long construction may take to reach the server. Default 5 s.
-    #[serde(with = "config_duration")]
-    pub connect_timeout: Duration,
-}
-
-impl Default for NacosSettings {
-    fn default() -> Self {
-        NacosSettings {
-            server_addr: "localhost:8848".into(),
-            namespace: "public".into(),
-            group: "DEFAULT_GROUP".into(),
-            username: String::new(),
-            password: Secret::default(),
-            ttl: secs(30),
-            connect_timeout: secs(5),
-        }
-    }
-}
-
-/// ZooKeeper settings (the Laravel-Go module's `ZookeeperConfig`, plus auth and a timeout).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ZookeeperSettings {
-    /// `host:port` of each server. Default `localhost:2181`.
-    pub servers: Vec<String>,
-    /// Path prefix. Default `/laravel-go/services`.
-    pub prefix: String,
-    /// Kept for compatibility with the Go config; the session provides liveness.
-    #[serde(with = "config_duration")]
-    pub ttl: Duration,
-    /// Session timeout. Default 10 s.
-    #[serde(with = "config_duration")]
-    pub session_timeout: Duration,
-    /// Digest auth user, if any.
-    pub username: String,
-    /// Digest auth password (redacted in `Debug`).
-    pub password: Secret,
-    /// Chroot applied to every path, if any.
-    pub chroot: String,
-    /// How long construction may take to reach the ensemble. Default 5 s.
-    #[serde(with = "config_duration")]
-    pub connect_timeout: Duration,
-}
-
-impl Default for ZookeeperSettings {
-    fn default() -> Self {
-        ZookeeperSettings {
-            servers: vec!["localhost:2181".into()],
-            prefix: DEFAULT_PATH_PREFIX.into(),
-            ttl: secs(30),
-            session_timeout: secs(10),
-            username: String::new(),
-            password: Secret::default(),
-            chroot: String::new(),
-            connect_timeout: secs(5),
-        }
-    }
-}
-
-/// Which registry to build and how (the Laravel-Go module's `RegistryConfig`).
+/// Which registry to build, holding that backend's own config (the Laravel-Go module's
+/// `RegistryConfig`, without its invalid states: one backend, one config).
 ///
-/// Only the section of the chosen `type` is used; a missing section means its defaults. From a
-/// config file:
+/// Each variant exists when its feature is on. The configs, their defaults and their validation
+/// are the backends' own: [`MemoryConfig`](crate::MemoryConfig),
+/// `EtcdConfig`, `ConsulConfig`, `NacosConfig`, `ZookeeperConfig` (re-exported at the crate
+/// root with their features).
+///
+/// # Config files
+///
+/// Any self-describing serde format (JSON, YAML, TOML, …). The backend's fields sit next to
+/// `type`, or, as the Laravel-Go module writes them, in a section named after the backend; a
+/// missing section means that backend's defaults, a missing `type` means `memory`. Sections of
+/// other backends (the Go module's config has one per backend) are ignored. `zk` is accepted for
+/// `zookeeper`, as the type and as the section name.
 ///
 /// ```
-/// let config: waypost::RegistryConfig = serde_json::from_str(r#"{
-///     "type": "etcd",
-///     "etcd": { "endpoints": ["10.0.0.1:2379"], "ttl": "15s", "username": "app", "password": "s3cret" }
+/// use waypost::RegistryConfig;
+///
+/// // The Laravel-Go module's shape:
+/// let go: RegistryConfig = serde_json::from_str(r#"{
+///     "type": "memory",
+///     "memory": { "default_ttl": "30s" }
 /// }"#)?;
-/// config.validate()?;
-/// assert!(!format!("{config:?}").contains("s3cret"));
+/// // The tagged shape, which is also what serializing writes:
+/// let tagged: RegistryConfig =
+///     serde_json::from_str(r#"{ "type": "memory", "default_ttl": "30s" }"#)?;
+/// assert_eq!(go, tagged);
+/// assert_eq!(
+///     serde_json::to_string(&tagged)?,
+///     r#"{"type":"memory","cleanup_interval":"1s","default_ttl":"30s","watch_buffer":4096}"#
+/// );
+/// tagged.validate()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+///
+/// Serializing writes passwords and tokens as `"[redacted]"`: a saved config never carries a
+/// secret (give it again, from the environment or a secret store, before building).
+///
+/// # Registry URLs
+///
+/// [`from_url`](Self::from_url) (or `parse()`) looks at the scheme and hands the URL to that
+/// backend's own parser; see each config's `FromStr` for its parameters (every field of the
+/// config is one).
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory://?cleanup_interval=1s&default_ttl=30s&watch_buffer=4096` (or `mem://`) | in-memory |
+/// | `etcd://user:pass@h1:2379,h2:2379/laravel-go/services?ttl=30s&request_timeout=10s` | etcd |
+/// | `consul://:TOKEN@localhost:8500/laravel-go/services?datacenter=dc1&scheme=https` | Consul |
+/// | `nacos://user:pass@h1:8848,h2:8848?namespace=public&group=DEFAULT_GROUP` | Nacos |
+/// | `zookeeper://user:pass@h1:2181,h2:2181/laravel-go/services?session_timeout=10s` (or `zk://`) | ZooKeeper |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
 #[non_exhaustive]
-pub struct RegistryConfig {
-    /// The backend.
-    #[serde(rename = "type")]
-    pub kind: RegistryType,
-    /// In-memory settings.
-    pub memory: Option<MemorySettings>,
-    /// etcd settings.
-    pub etcd: Option<EtcdSettings>,
-    /// Consul settings.
-    pub consul: Option<ConsulSettings>,
-    /// Nacos settings.
-    pub nacos: Option<NacosSettings>,
-    /// ZooKeeper settings.
-    pub zookeeper: Option<ZookeeperSettings>,
+pub enum RegistryConfig {
+    /// The in-memory registry.
+    #[cfg(feature = "memory")]
+    #[serde(rename = "memory")]
+    Memory(MemoryConfig),
+    /// etcd.
+    #[cfg(feature = "etcd")]
+    #[serde(rename = "etcd")]
+    Etcd(EtcdConfig),
+    /// Consul.
+    #[cfg(feature = "consul")]
+    #[serde(rename = "consul")]
+    Consul(ConsulConfig),
+    /// Nacos.
+    #[cfg(feature = "nacos")]
+    #[serde(rename = "nacos")]
+    Nacos(NacosConfig),
+    /// ZooKeeper.
+    #[cfg(feature = "zookeeper")]
+    #[serde(rename = "zookeeper")]
+    Zookeeper(ZookeeperConfig),
 }
 
-fn invalid(backend: &str, msg: impl fmt::Display) -> Error {
-    Error::InvalidConfig(format!("{backend}: {msg}"))
-}
-
-/// Checks a `host:port` (or `[v6]:port`) address.
-pub(crate) fn check_host_port(backend: &str, what: &str, addr: &str) -> Result<()> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid(backend, format!("{what} `{addr}` must be host:port")))?;
-    let host_ok = !host.is_empty()
-        && !host.contains(['/', ' ', '@', '?', '#', ','])
-        && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
-    if !host_ok {
-        return Err(invalid(
-            backend,
-            format!("{what} `{addr}` has an invalid host"),
-        ));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(invalid(
-            backend,
-            format!("{what} `{addr}` has an invalid port `{port}` (1-65535)"),
-        )),
-    }
-}
-
-fn check_path_prefix(backend: &str, prefix: &str) -> Result<()> {
-    if !prefix.starts_with('/') {
-        return Err(invalid(
-            backend,
-            format!("prefix `{prefix}` must start with `/`"),
-        ));
-    }
-    if prefix.len() > 1 && prefix.ends_with('/') {
-        return Err(invalid(
-            backend,
-            format!("prefix `{prefix}` must not end with `/`"),
-        ));
-    }
-    if prefix.contains("//") || prefix.split('/').any(|p| p == "." || p == "..") {
-        return Err(invalid(
-            backend,
-            format!("prefix `{prefix}` is not a clean path"),
-        ));
-    }
-    if prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(
-            backend,
-            format!("prefix `{}` has invalid characters", prefix.escape_debug()),
-        ));
-    }
-    Ok(())
-}
-
-fn check_positive(backend: &str, what: &str, d: Duration) -> Result<()> {
-    if d.is_zero() {
-        return Err(invalid(
-            backend,
-            format!("{what} must be greater than zero"),
-        ));
-    }
-    Ok(())
-}
-
-impl MemorySettings {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad value.
-    pub fn validate(&self) -> Result<()> {
-        check_positive("memory", "cleanup_interval", self.cleanup_interval)?;
-        if self.default_ttl.is_some_and(|t| t.is_zero()) {
-            return Err(invalid("memory", "default_ttl must be greater than zero"));
+/// Runs `$body` with `$c` bound to the backend config inside the place `$config` (`*self`), so
+/// that the match compiles with any set of features, none included.
+macro_rules! each_backend {
+    ($config:expr, |ref $c:ident| $body:expr) => {
+        match $config {
+            #[cfg(feature = "memory")]
+            RegistryConfig::Memory(ref $c) => $body,
+            #[cfg(feature = "etcd")]
+            RegistryConfig::Etcd(ref $c) => $body,
+            #[cfg(feature = "consul")]
+            RegistryConfig::Consul(ref $c) => $body,
+            #[cfg(feature = "nacos")]
+            RegistryConfig::Nacos(ref $c) => $body,
+            #[cfg(feature = "zookeeper")]
+            RegistryConfig::Zookeeper(ref $c) => $body,
         }
-        Ok(())
-    }
-}
-
-impl EtcdSettings {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad value.
-    pub fn validate(&self) -> Result<()> {
-        if self.endpoints.is_empty() {
-            return Err(invalid("etcd", "at least one endpoint is required"));
-        }
-        for e in &self.endpoints {
-            let hostport = e
-                .strip_prefix("http://")
-                .or_else(|| e.strip_prefix("https://"))
-                .unwrap_or(e);
-            check_host_port("etcd", "endpoint", hostport)?;
-        }
-        check_path_prefix("etcd", &self.prefix)?;
-        if self.ttl < secs(1) {
-            return Err(invalid(
-                "etcd",
-                "ttl must be at least 1s (etcd leases count whole seconds)",
-            ));
-        }
-        check_positive("etcd", "connect_timeout", self.connect_timeout)?;
-        if !self.password.is_empty() && self.username.is_empty() {
-            return Err(invalid("etcd", "a password needs a username"));
-        }
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(invalid("etcd", "cert_file and key_file go together"));
-        }
-        Ok(())
-    }
-}
-
-impl ConsulSettings {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad value.
-    pub fn validate(&self) -> Result<()> {
-        let hostport = self
-            .address
-            .strip_prefix("http://")
-            .or_else(|| self.address.strip_prefix("https://"))
-            .unwrap_or(&self.address);
-        check_host_port("consul", "address", hostport.trim_end_matches('/'))?;
-        if self.prefix.starts_with('/') || self.prefix.contains(char::is_whitespace) {
-            return Err(invalid(
-                "consul",
-                format!(
-                    "prefix `{}` must not start with `/` or contain spaces",
-                    self.prefix
-                ),
-            ));
-        }
-        if self.ttl < secs(1) {
-            return Err(invalid("consul", "ttl must be at least 1s"));
-        }
-        check_positive("consul", "connect_timeout", self.connect_timeout)
-    }
-}
-
-impl NacosSettings {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad value.
-    pub fn validate(&self) -> Result<()> {
-        if self.server_addr.trim().is_empty() {
-            return Err(invalid("nacos", "server_addr is required"));
-        }
-        for addr in self.server_addr.split(',') {
-            check_host_port("nacos", "server_addr", addr.trim())?;
-        }
-        if self.group.is_empty() {
-            return Err(invalid("nacos", "group must not be empty"));
-        }
-        if !self.password.is_empty() && self.username.is_empty() {
-            return Err(invalid("nacos", "a password needs a username"));
-        }
-        check_positive("nacos", "connect_timeout", self.connect_timeout)
-    }
-}
-
-impl ZookeeperSettings {
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad value.
-    pub fn validate(&self) -> Result<()> {
-        if self.servers.is_empty() {
-            return Err(invalid("zookeeper", "at least one server is required"));
-        }
-        for s in &self.servers {
-            check_host_port("zookeeper", "server", s)?;
-        }
-        check_path_prefix("zookeeper", &self.prefix)?;
-        if !self.chroot.is_empty() {
-            check_path_prefix("zookeeper", &self.chroot).map_err(|_| {
-                invalid(
-                    "zookeeper",
-                    format!("chroot `{}` is not a clean absolute path", self.chroot),
-                )
-            })?;
-        }
-        check_positive("zookeeper", "session_timeout", self.session_timeout)?;
-        check_positive("zookeeper", "connect_timeout", self.connect_timeout)?;
-        if !self.password.is_empty() && self.username.is_empty() {
-            return Err(invalid("zookeeper", "a password needs a username"));
-        }
-        Ok(())
-    }
+    };
 }
 
 impl RegistryConfig {
-    /// An in-memory registry config.
+    /// The in-memory registry with its defaults.
+    #[cfg(feature = "memory")]
     pub fn memory() -> Self {
-        RegistryConfig::default()
+        RegistryConfig::Memory(MemoryConfig::default())
     }
 
-    /// A config for `kind` with that backend's default section.
-    pub fn of(kind: RegistryType) -> Self {
-        let mut c = RegistryConfig {
-            kind,
-            ..RegistryConfig::default()
-        };
-        c.ensure_section();
-        c
-    }
-
-    /// Makes sure the section of `kind` exists (filled with defaults).
-    pub(crate) fn ensure_section(&mut self) {
-        match self.kind {
-            RegistryType::Memory => {
-                self.memory.get_or_insert_with(Default::default);
-            }
-            RegistryType::Etcd => {
-                self.etcd.get_or_insert_with(Default::default);
-            }
-            RegistryType::Consul => {
-                self.consul.get_or_insert_with(Default::default);
-            }
-            RegistryType::Nacos => {
-                self.nacos.get_or_insert_with(Default::default);
-            }
-            RegistryType::Zookeeper => {
-                self.zookeeper.get_or_insert_with(Default::default);
-            }
+    /// The defaults of the backend `kind`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when that backend is not compiled in.
+    pub fn of(kind: RegistryType) -> Result<Self> {
+        match kind {
+            #[cfg(feature = "memory")]
+            RegistryType::Memory => Ok(RegistryConfig::Memory(MemoryConfig::default())),
+            #[cfg(feature = "etcd")]
+            RegistryType::Etcd => Ok(RegistryConfig::Etcd(EtcdConfig::default())),
+            #[cfg(feature = "consul")]
+            RegistryType::Consul => Ok(RegistryConfig::Consul(ConsulConfig::default())),
+            #[cfg(feature = "nacos")]
+            RegistryType::Nacos => Ok(RegistryConfig::Nacos(NacosConfig::default())),
+            #[cfg(feature = "zookeeper")]
+            RegistryType::Zookeeper => Ok(RegistryConfig::Zookeeper(ZookeeperConfig::default())),
+            #[allow(unreachable_patterns)] // with every backend compiled in
+            other => Err(other.not_compiled()),
         }
     }
 
-    /// Parses a registry URL (see [`crate::url`]).
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] saying what is wrong with the URL.
-    pub fn from_url(url: &str) -> Result<Self> {
-        crate::url::parse(url)
+    /// The backend this config is for.
+    pub fn kind(&self) -> RegistryType {
+        match *self {
+            #[cfg(feature = "memory")]
+            RegistryConfig::Memory(_) => RegistryType::Memory,
+            #[cfg(feature = "etcd")]
+            RegistryConfig::Etcd(_) => RegistryType::Etcd,
+            #[cfg(feature = "consul")]
+            RegistryConfig::Consul(_) => RegistryType::Consul,
+            #[cfg(feature = "nacos")]
+            RegistryConfig::Nacos(_) => RegistryType::Nacos,
+            #[cfg(feature = "zookeeper")]
+            RegistryConfig::Zookeeper(_) => RegistryType::Zookeeper,
+        }
     }
 
-    /// Checks the section of the chosen backend (a missing section is checked as its defaults).
+    /// Parses a registry URL: the scheme picks the backend, whose own parser reads the rest
+    /// (see the table in the type's docs).
+    ///
+    /// ```
+    /// let config = waypost::RegistryConfig::from_url("memory://?default_ttl=30s")?;
+    /// assert_eq!(config.kind(), waypost::RegistryType::Memory);
+    /// let err = waypost::RegistryConfig::from_url("etdc://admin:pw@h:2379").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "invalid configuration: registry URL: unknown scheme `etdc` \
+    ///      (expected memory, etcd, consul, nacos or zookeeper)"
+    /// );
+    /// # Ok::<(), waypost::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] saying what is wrong with the URL (never quoting its password);
+    /// [`Error::Unsupported`] when the scheme's backend is not compiled in.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let scheme = waypost_core_types::url::scheme(url)?;
+        let kind: RegistryType = scheme.parse().map_err(|_| {
+            waypost_core_types::url::invalid(format!(
+                "unknown scheme `{}` (expected memory, etcd, consul, nacos or zookeeper)",
+                scheme.escape_debug()
+            ))
+        })?;
+        match kind {
+            #[cfg(feature = "memory")]
+            RegistryType::Memory => url.parse().map(RegistryConfig::Memory),
+            #[cfg(feature = "etcd")]
+            RegistryType::Etcd => url.parse().map(RegistryConfig::Etcd),
+            #[cfg(feature = "consul")]
+            RegistryType::Consul => url.parse().map(RegistryConfig::Consul),
+            #[cfg(feature = "nacos")]
+            RegistryType::Nacos => url.parse().map(RegistryConfig::Nacos),
+            #[cfg(feature = "zookeeper")]
+            RegistryType::Zookeeper => url.parse().map(RegistryConfig::Zookeeper),
+            #[allow(unreachable_patterns)] // with every backend compiled in
+            other => Err(other.not_compiled()),
+        }
+    }
+
+    /// Checks the backend's config with the backend's own rules.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the bad value.
     pub fn validate(&self) -> Result<()> {
-        let mut c = self.clone();
-        c.ensure_section();
-        match c.kind {
-            RegistryType::Memory => c.memory.unwrap_or_default().validate(),
-            RegistryType::Etcd => c.etcd.unwrap_or_default().validate(),
-            RegistryType::Consul => c.consul.unwrap_or_default().validate(),
-            RegistryType::Nacos => c.nacos.unwrap_or_default().validate(),
-            RegistryType::Zookeeper => c.zookeeper.unwrap_or_default().validate(),
-        }
+        each_backend!(*self, |ref c| c.validate())
+    }
+}
+
+#[cfg(feature = "memory")]
+impl Default for RegistryConfig {
+    /// The in-memory registry with its defaults.
+    fn default() -> Self {
+        RegistryConfig::memory()
     }
 }
 
 impl FromStr for RegistryConfig {
     type Err = Error;
 
+    /// See [`RegistryConfig::from_url`].
     fn from_str(s: &str) -> Result<Self> {
         Self::from_url(s)
+    }
+}
+
+macro_rules! from_backend {
+    ($feature:literal, $variant:ident, $ty:ty) => {
+        #[cfg(feature = $feature)]
+        impl From<$ty> for RegistryConfig {
+            fn from(config: $ty) -> Self {
+                RegistryConfig::$variant(config)
+            }
+        }
+    };
+}
+from_backend!("memory", Memory, MemoryConfig);
+from_backend!("etcd", Etcd, EtcdConfig);
+from_backend!("consul", Consul, ConsulConfig);
+from_backend!("nacos", Nacos, NacosConfig);
+from_backend!("zookeeper", Zookeeper, ZookeeperConfig);
+
+/// Every section name a Laravel-Go style config may carry.
+const SECTION_NAMES: &[&str] = &["memory", "etcd", "consul", "nacos", "zookeeper", "zk"];
+
+impl<'de> Deserialize<'de> for RegistryConfig {
+    /// Reads the tagged shape (`{"type":"etcd","endpoints":[…]}`) and the Laravel-Go module's
+    /// (`{"type":"etcd","etcd":{"endpoints":[…]}}`) from any self-describing format: the input
+    /// is first read as a map of values, then the chosen backend's config is read from them.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let mut fields = Map::<String, Value>::deserialize(deserializer)?;
+        let kind = match fields.remove("type") {
+            None | Some(Value::Null) => RegistryType::Memory,
+            Some(Value::String(name)) => name
+                .parse()
+                .map_err(|_| D::Error::unknown_variant(&name, TYPE_NAMES))?,
+            Some(_) => {
+                return Err(D::Error::custom(
+                    "`type` must be a string: memory, etcd, consul, nacos or zookeeper",
+                ))
+            }
+        };
+        let mut section = None;
+        for name in SECTION_NAMES {
+            let Some(value) = fields.remove(*name) else {
+                continue;
+            };
+            // Sections of other backends are ignored, as the Laravel-Go module ignores them.
+            if !kind.section_names().contains(name) || value.is_null() {
+                continue;
+            }
+            if section.replace(value).is_some() {
+                return Err(D::Error::custom(
+                    "give the zookeeper section once, as `zookeeper` or as `zk`",
+                ));
+            }
+        }
+        let body = match section {
+            None => fields,
+            Some(Value::Object(inner)) => {
+                if let Some(key) = fields.keys().next() {
+                    return Err(D::Error::custom(format!(
+                        "`{key}` is next to a `{kind}` section: give the {kind} settings either \
+                         beside `type` or inside the section, not both"
+                    )));
+                }
+                inner
+            }
+            Some(_) => {
+                return Err(D::Error::custom(format!(
+                    "the `{kind}` section must be a map of settings"
+                )))
+            }
+        };
+        let body = Value::Object(body);
+        let config: std::result::Result<Self, serde_json::Error> = match kind {
+            #[cfg(feature = "memory")]
+            RegistryType::Memory => MemoryConfig::deserialize(body).map(RegistryConfig::Memory),
+            #[cfg(feature = "etcd")]
+            RegistryType::Etcd => EtcdConfig::deserialize(body).map(RegistryConfig::Etcd),
+            #[cfg(feature = "consul")]
+            RegistryType::Consul => ConsulConfig::deserialize(body).map(RegistryConfig::Consul),
+            #[cfg(feature = "nacos")]
+            RegistryType::Nacos => NacosConfig::deserialize(body).map(RegistryConfig::Nacos),
+            #[cfg(feature = "zookeeper")]
+            RegistryType::Zookeeper => {
+                ZookeeperConfig::deserialize(body).map(RegistryConfig::Zookeeper)
+            }
+            #[allow(unreachable_patterns)] // with every backend compiled in
+            other => return Err(D::Error::custom(other.not_compiled())),
+        };
+        config.map_err(|e| D::Error::custom(format!("{kind}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(json: &str) -> RegistryConfig {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    fn read_err(json: &str) -> String {
+        match serde_json::from_str::<RegistryConfig>(json) {
+            Err(e) => e.to_string(),
+            Ok(c) => panic!("{json}: accepted as {c:?}"),
+        }
+    }
+
+    /// Serializes, checks the tagged shape, reads back and compares.
+    fn round_trip(config: RegistryConfig, kind: &str) -> String {
+        let json = serde_json::to_string(&config).unwrap();
+        assert!(
+            json.starts_with(&format!(r#"{{"type":"{kind}","#)),
+            "{json}"
+        );
+        assert_eq!(read(&json), config, "{json}");
+        json
+    }
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn memory_round_trip_and_defaults() {
+        let c: RegistryConfig = "memory://?cleanup_interval=250ms&default_ttl=30s&watch_buffer=8"
+            .parse()
+            .unwrap();
+        round_trip(c, "memory");
+        assert_eq!(
+            read("{}"),
+            RegistryConfig::default(),
+            "no type means memory"
+        );
+        assert_eq!(
+            read(r#"{"type":"memory","memory":null}"#),
+            RegistryConfig::default()
+        );
+        assert_eq!(read(r#"{"type":"MEM"}"#).kind(), RegistryType::Memory);
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_round_trip_and_laravel_go_shape() {
+        let c: RegistryConfig = "etcd://h1:2379,h2/svc?ttl=15s&connect_timeout=2s\
+             &request_timeout=1500ms&max_backoff=3s&watch_buffer=64&ca_file=/ca.pem\
+             &cert_file=/c.pem&key_file=/k.pem&domain_name=etcd.local"
+            .parse()
+            .unwrap();
+        round_trip(c, "etcd");
+        // The Laravel-Go module's EtcdConfig: Endpoints, Username, Password, Prefix, TTL.
+        let go = read(
+            r#"{"type":"etcd","etcd":{"endpoints":["localhost:2379","localhost:2380"],
+                "username":"admin","password":"password","prefix":"/laravel-go/services",
+                "ttl":30000000000}}"#,
+        );
+        let RegistryConfig::Etcd(e) = &go else {
+            panic!("{go:?}")
+        };
+        assert_eq!(e.endpoints, ["localhost:2379", "localhost:2380"]);
+        assert_eq!(e.username.as_deref(), Some("admin"));
+        assert_eq!(e.password.as_ref().map(|p| p.expose()), Some("password"));
+        assert_eq!(e.ttl, std::time::Duration::from_secs(30));
+        go.validate().unwrap();
+        let defaults = read(r#"{"type":"etcd"}"#);
+        assert_eq!(defaults, RegistryConfig::Etcd(EtcdConfig::default()));
+        assert_eq!(read(r#"{"type":"etcd","etcd":{}}"#), defaults);
+    }
+
+    #[cfg(feature = "consul")]
+    #[test]
+    fn consul_round_trip_and_laravel_go_shape() {
+        let c: RegistryConfig = "consul://agent:8501/team?scheme=https&datacenter=dc2\
+             &ca_file=/ca.pem&ca_pem=PEM&max_response_bytes=4096&watch_buffer=8\
+             &foreign_services=skip&ttl=10s&deregister_critical_after=2m&connect_timeout=1s\
+             &request_timeout=2s&watch_wait=30s&watch_min_interval=250ms\
+             &retry_initial_backoff=100ms&retry_max_backoff=5s"
+            .parse()
+            .unwrap();
+        round_trip(c, "consul");
+        // Address, Token, Datacenter, Prefix, TTL.
+        let go = read(
+            r#"{"type":"consul","consul":{"address":"localhost:8500","token":"consul-token",
+                "datacenter":"dc1","prefix":"laravel-go/services","ttl":"30s"}}"#,
+        );
+        let RegistryConfig::Consul(c) = &go else {
+            panic!("{go:?}")
+        };
+        assert_eq!(c.token.as_ref().map(|t| t.expose()), Some("consul-token"));
+        assert_eq!(c.datacenter.as_deref(), Some("dc1"));
+        go.validate().unwrap();
+    }
+
+    #[cfg(feature = "nacos")]
+    #[test]
+    fn nacos_round_trip_and_laravel_go_shape() {
+        let c: RegistryConfig = "nacos://n1,n2:9848?namespace=dev&group=G&cluster=C1\
+             &app_name=orders&cache_dir=/tmp/nacos&grpc_port=9999&watch_buffer=8&ttl=45s\
+             &connect_timeout=2s&probe_interval=250ms&service_poll_interval=3s"
+            .parse()
+            .unwrap();
+        round_trip(c, "nacos");
+        // ServerAddr, Namespace, Group, Username, Password, TTL.
+        let go = read(
+            r#"{"type":"nacos","nacos":{"server_addr":"localhost:8848","namespace":"public",
+                "group":"DEFAULT_GROUP","username":"nacos","password":"nacos","ttl":"30s"}}"#,
+        );
+        let RegistryConfig::Nacos(n) = &go else {
+            panic!("{go:?}")
+        };
+        assert_eq!(n.server_addr, "localhost:8848");
+        assert_eq!(n.password.as_ref().map(|p| p.expose()), Some("nacos"));
+        go.validate().unwrap();
+    }
+
+    #[cfg(feature = "zookeeper")]
+    #[test]
+    fn zookeeper_round_trip_and_laravel_go_shape() {
+        let c: RegistryConfig = "zk://z1,z2:2182/svc?session_timeout=4s&ttl=20s\
+             &connect_timeout=3s&max_backoff=2s&chroot=/app&watch_buffer=32"
+            .parse()
+            .unwrap();
+        round_trip(c, "zookeeper");
+        // Servers, Prefix, TTL, SessionTimeout; `zk` as the type and as the section name.
+        let body = r#"{"servers":["localhost:2181","localhost:2182"],
+            "prefix":"/laravel-go/services","ttl":"30s","session_timeout":"10s"}"#;
+        let go = read(&format!(r#"{{"type":"zookeeper","zookeeper":{body}}}"#));
+        assert_eq!(read(&format!(r#"{{"type":"zk","zookeeper":{body}}}"#)), go);
+        assert_eq!(read(&format!(r#"{{"type":"zk","zk":{body}}}"#)), go);
+        let RegistryConfig::Zookeeper(z) = &go else {
+            panic!("{go:?}")
+        };
+        assert_eq!(z.session_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(z.servers.len(), 2);
+        go.validate().unwrap();
+        let both = format!(r#"{{"type":"zk","zk":{body},"zookeeper":{body}}}"#);
+        assert!(read_err(&both).contains("once"));
+    }
+
+    #[cfg(feature = "full")]
+    #[test]
+    fn the_laravel_go_config_with_every_section_uses_the_chosen_one() {
+        let c = read(
+            r#"{"type":"memory","memory":{"cleanup_interval":"200ms"},
+                "etcd":{"endpoints":["localhost:2379"],"password":"etcd-pw"},
+                "consul":{"token":"consul-token"},"nacos":null,
+                "zookeeper":{"servers":["localhost:2181"]}}"#,
+        );
+        let RegistryConfig::Memory(m) = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(m.cleanup_interval, std::time::Duration::from_millis(200));
+        let saved = serde_json::to_string(&c).unwrap();
+        assert!(
+            !saved.contains("etcd") && !saved.contains("consul"),
+            "{saved}"
+        );
+    }
+
+    #[cfg(feature = "full")]
+    #[test]
+    fn a_saved_config_never_contains_a_secret() {
+        for url in [
+            "etcd://admin:SeCrEt-1@h:2379",
+            "consul://:SeCrEt-1@h:8500",
+            "consul://h:8500?token=SeCrEt-1",
+            "nacos://nacos:SeCrEt-1@h:8848",
+            "zk://alice:SeCrEt-1@h:2181",
+        ] {
+            let c = RegistryConfig::from_url(url).unwrap();
+            let saved = serde_json::to_string(&c).unwrap();
+            assert!(!saved.contains("SeCrEt"), "{url}: {saved}");
+            assert!(saved.contains(r#""[redacted]""#), "{url}: {saved}");
+            assert!(!format!("{c:?}").contains("SeCrEt"), "{url}");
+            // Read back, the secret is the placeholder, not the value: give it again.
+            let back = read(&saved);
+            assert!(!format!("{:?}", serde_json::to_value(&back)).contains("SeCrEt"));
+        }
+    }
+
+    #[cfg(feature = "full")]
+    #[test]
+    fn urls_dispatch_on_the_scheme() {
+        for (url, kind) in [
+            ("memory://", RegistryType::Memory),
+            ("mem://", RegistryType::Memory),
+            ("etcd://h", RegistryType::Etcd),
+            ("consul://h", RegistryType::Consul),
+            ("nacos://h", RegistryType::Nacos),
+            ("zookeeper://h", RegistryType::Zookeeper),
+            ("ZK://h", RegistryType::Zookeeper),
+        ] {
+            assert_eq!(url.parse::<RegistryConfig>().unwrap().kind(), kind, "{url}");
+        }
+    }
+
+    #[test]
+    fn url_errors_never_show_the_password_or_the_url() {
+        let unknown = RegistryConfig::from_url("etdc://admin:PASSWORD@h:2379").unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "invalid configuration: registry URL: unknown scheme `etdc` (expected memory, \
+             etcd, consul, nacos or zookeeper)"
+        );
+        #[cfg(feature = "etcd")]
+        for url in [
+            "etcd:/admin:PASSWORD@h:2379",
+            "etcd//admin:PASSWORD@h",
+            "admin:PASSWORD@h:2379",
+            "etcd://admin:PASSWORD/x@h:2379",
+            "etcd://admin:Qz7k/x@h:2379",
+            "memory://admin:PASSWORD@",
+        ] {
+            let e = RegistryConfig::from_url(url).unwrap_err().to_string();
+            assert!(
+                !e.contains("PASSWORD") && !e.contains("Qz7k") && !e.contains("admin"),
+                "{url}: {e}"
+            );
+            assert!(e.contains("registry URL: "), "{url}: {e}");
+        }
+        let e = RegistryConfig::from_url("etcd:/admin:PASSWORD@h:2379").unwrap_err();
+        assert!(e.to_string().contains("no `scheme://`"), "{e}");
+    }
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn invalid_shapes_are_errors() {
+        for (json, want) in [
+            (r#"{"type":"redis"}"#, "unknown variant `redis`"),
+            (r#"{"type":7}"#, "`type` must be a string"),
+            (
+                r#"{"type":"memory","colour":"blue"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"type":"memory","default_ttl":"1s","memory":{"cleanup_interval":"1s"}}"#,
+                "not both",
+            ),
+            (r#"{"type":"memory","memory":[1]}"#, "must be a map"),
+            (
+                r#"{"type":"memory","cleanup_interval":"soon"}"#,
+                "invalid duration",
+            ),
+        ] {
+            let e = read_err(json);
+            assert!(e.contains(want), "{json}: {e}");
+        }
+    }
+
+    /// The Deserialize is not tied to JSON: here a plain map of strings, as serde's own
+    /// `MapDeserializer` gives it (the shape of an environment or a flat key-value store).
+    #[cfg(feature = "memory")]
+    #[test]
+    fn reads_from_a_non_json_format() {
+        use serde::de::value::{Error as ValueError, MapDeserializer};
+        let entries = [("type", "memory"), ("default_ttl", "30s")];
+        let de = MapDeserializer::<_, ValueError>::new(entries.into_iter());
+        let c = RegistryConfig::deserialize(de).unwrap();
+        assert_eq!(c, "memory://?default_ttl=30s".parse().unwrap());
     }
 }

@@ -4,6 +4,14 @@
 //! This facade re-exports the waypost crates behind features: `memory` (default), `etcd`,
 //! `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
 //!
+//! [`RegistryConfig`] says which backend to use; it holds that backend's own config
+//! (`MemoryConfig`, `EtcdConfig`, `ConsulConfig`, `NacosConfig`, `ZookeeperConfig`, with their
+//! defaults and validation), read from a config file (the tagged shape
+//! `{"type":"etcd","endpoints":[…]}` or the Laravel-Go module's
+//! `{"type":"etcd","etcd":{"endpoints":[…]}}`) or from a registry URL, whose scheme picks the
+//! backend that parses the rest. [`RegistryBuilder`] edits it step by step, and
+//! [`new_service_registry`] builds the registry it describes.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> waypost::Result<()> {
@@ -28,18 +36,14 @@
 
 mod builder;
 mod config;
-pub mod url;
 
 pub use builder::{new_service_registry, RegistryBuilder};
-pub use config::{
-    ConsulSettings, EtcdSettings, MemorySettings, NacosSettings, RegistryConfig, RegistryType,
-    Secret, ZookeeperSettings, DEFAULT_CONSUL_PREFIX, DEFAULT_PATH_PREFIX,
-};
+pub use config::{RegistryConfig, RegistryType};
 pub use waypost_core_types::{
     async_trait, CallGuard, CallObserver, CircuitBreaker, CircuitState, Error, Health,
-    HealthChecker, LoadBalancer, Outcome, Permit, Protocol, RegistryState, Result, SelectContext,
-    Selection, ServiceDiscovery, ServiceEvent, ServiceEventStream, ServiceEventType, ServiceInfo,
-    ServiceRegistry, SnapshotReason, Timestamp, WatchEvent, WatchStream,
+    HealthChecker, LoadBalancer, Outcome, Permit, Protocol, RegistryState, Result, Secret,
+    SelectContext, Selection, ServiceDiscovery, ServiceEvent, ServiceEventStream, ServiceEventType,
+    ServiceInfo, ServiceRegistry, SnapshotReason, Timestamp, WatchEvent, WatchStream,
 };
 
 /// The core types crate, whole (validation limits, time helpers, …).
@@ -78,18 +82,26 @@ pub use waypost_registry_memory::{MemoryConfig, MemoryRegistry, MemoryRegistryBu
 /// The etcd backend (feature `etcd`).
 #[cfg(feature = "etcd")]
 pub use waypost_registry_etcd as etcd;
+#[cfg(feature = "etcd")]
+pub use waypost_registry_etcd::{EtcdConfig, EtcdTlsConfig};
 
 /// The Consul backend (feature `consul`).
 #[cfg(feature = "consul")]
 pub use waypost_registry_consul as consul;
+#[cfg(feature = "consul")]
+pub use waypost_registry_consul::ConsulConfig;
 
 /// The Nacos backend (feature `nacos`).
 #[cfg(feature = "nacos")]
 pub use waypost_registry_nacos as nacos;
+#[cfg(feature = "nacos")]
+pub use waypost_registry_nacos::NacosConfig;
 
 /// The ZooKeeper backend (feature `zookeeper`).
 #[cfg(feature = "zookeeper")]
 pub use waypost_registry_zookeeper as zookeeper;
+#[cfg(feature = "zookeeper")]
+pub use waypost_registry_zookeeper::ZookeeperConfig;
 
 /// The Laravel-Go module's `NewMemoryServiceDiscovery(registry, balancer)`, over any registry: a
 /// caching, watch-driven [`CachedDiscovery`].
