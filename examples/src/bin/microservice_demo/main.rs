@@ -327,8 +327,14 @@ async fn run_demo() -> DemoResult {
         waypost::new_service_registry(&RegistryConfig::from_url("memory://?default_ttl=30s")?)
             .await?;
     smoke("memory (URL memory://?default_ttl=30s)", from_url.as_ref()).await?;
+    // A config file in the Laravel-Go module's shape (the section under the backend's name)
+    // reads the same as the tagged shape that saving writes.
     let from_json: RegistryConfig =
         serde_json::from_str(r#"{"type":"memory","memory":{"cleanup_interval":"1s"}}"#)?;
+    let tagged: RegistryConfig =
+        serde_json::from_str(r#"{"type":"memory","cleanup_interval":"1s"}"#)?;
+    check(from_json == tagged, "both config shapes read the same")?;
+    println!("  saved config: {}", serde_json::to_string(&from_json)?);
     let from_json = waypost::new_service_registry(&from_json).await?;
     smoke("memory (JSON config)", from_json.as_ref()).await?;
     let from_builder = RegistryBuilder::new()
