@@ -69,4 +69,23 @@ async fn etcd_url_builds_a_working_registry() {
         .expect("right credentials");
     assert!(registry.list_services().await.expect("list").is_empty());
     registry.close().await.expect("close");
+
+    // The Laravel-Go module's config file reaches the same etcd, credentials included; saving
+    // the config writes the password as a placeholder.
+    let file = format!(
+        r#"{{"type":"etcd","etcd":{{"endpoints":["127.0.0.1:{}"],"username":"root",
+            "password":"pw","prefix":"{prefix}","ttl":"5s"}}}}"#,
+        etcd.client_port()
+    );
+    let from_file: RegistryConfig = serde_json::from_str(&file).expect("read the config file");
+    let saved = serde_json::to_string(&from_file).expect("save");
+    assert!(
+        saved.contains(r#""password":"[redacted]""#) && !saved.contains(r#""pw""#),
+        "{saved}"
+    );
+    let registry = new_service_registry(&from_file)
+        .await
+        .expect("build from the config file");
+    assert!(registry.list_services().await.expect("list").is_empty());
+    registry.close().await.expect("close");
 }
