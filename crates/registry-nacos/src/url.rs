@@ -20,10 +20,10 @@ use crate::NacosConfig;
 /// use waypost_registry_nacos::NacosConfig;
 ///
 /// let config: NacosConfig =
-///     "nacos://nacos:nacos@localhost:8848?namespace=public&group=DEFAULT_GROUP".parse()?;
+///     "nacos://nacos:s3cret@localhost:8848?namespace=public&group=DEFAULT_GROUP".parse()?;
 /// // One port, never the Laravel-Go module's `localhost:8848:8848`.
 /// assert_eq!(config.server_addr, "localhost:8848");
-/// assert!(!format!("{config:?}").contains("nacos\""));
+/// assert!(!format!("{config:?}").contains("s3cret"));
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
 ///
