@@ -47,8 +47,7 @@ impl FromStr for ConsulConfig {
         let [host] = hosts.as_slice() else {
             return Err(invalid("a `consul://` URL names exactly one agent"));
         };
-        let mut config = ConsulConfig::default();
-        config.address = match url.take("scheme").as_deref() {
+        let address = match url.take("scheme").as_deref() {
             None | Some("http") => host.clone(),
             Some("https") => format!("https://{host}"),
             Some(other) => {
@@ -58,6 +57,7 @@ impl FromStr for ConsulConfig {
                 )))
             }
         };
+        let mut config = ConsulConfig::default().with_address(address);
         let prefix = url.path().trim_matches('/');
         if !prefix.is_empty() {
             config.prefix = prefix.to_owned();
