@@ -1,4 +1,6 @@
 //! Discovery over the in-memory registry: ports of the Go tests, cache behaviour, failures.
+//!
+//! One idea in one file: `CachedDiscovery` as a user sees it.
 #![allow(clippy::unwrap_used)] // tests
 
 mod common;
