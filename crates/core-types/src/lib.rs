@@ -22,6 +22,9 @@
 //! # Ok::<(), waypost_core_types::Error>(())
 //! ```
 //!
+//! The module [`url`] holds what every backend's registry-URL parser shares (splitting,
+//! percent-decoding, typed parameters, errors that never quote a password).
+//!
 //! With the feature `backend`, the parts every registry backend shares: the watch hub
 //! (`WatchHub`, `ScopedHubs`), the registry-state cell (`StateCell`) and task ownership
 //! (`Tasks`). With the feature `conformance`, the module `conformance` holds the registry
