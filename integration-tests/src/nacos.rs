@@ -109,6 +109,29 @@ pub async fn login_status(http_port: u16, user: &str, password: &str) -> Option<
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// How many clients subscribe to `service` (group `DEFAULT_GROUP`, namespace `public`), from
+/// rnacos' `/nacos/v1/ns/service/subscribers` (a bare HTTP/1.0 request).
+pub async fn subscriber_count(http_port: u16, service: &str) -> Option<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "GET /nacos/v1/ns/service/subscribers?serviceName={service}&groupName=DEFAULT_GROUP \
+         HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .ok()?;
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut resp))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&resp);
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    json.get("count")?.as_u64().map(|c| c as usize)
+}
+
 /// Picks an HTTP port whose +1000 and +2000 neighbours are free too.
 fn rnacos_ports() -> u16 {
     loop {

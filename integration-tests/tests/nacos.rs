@@ -18,7 +18,9 @@ use waypost_core_types::{
     Error, Health, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason,
     WatchEvent, WatchStream,
 };
-use waypost_integration_tests::nacos::{nacos_target, start_rnacos, Rnacos, RnacosOptions};
+use waypost_integration_tests::nacos::{
+    nacos_target, start_rnacos, subscriber_count, Rnacos, RnacosOptions,
+};
 use waypost_integration_tests::{free_port, require, wait_until};
 use waypost_registry_nacos::{NacosConfig, NacosRegistry};
 
@@ -254,6 +256,10 @@ async fn rnacos_restart_restores_registrations_and_subscriptions() {
         WatchEvent::Snapshot { services, .. } => assert!(services.iter().any(|s| s.id == a.id)),
         other => panic!("expected the initial snapshot, got {other:?}"),
     }
+    // Everything the owner's state goes through, until it closes.
+    let mut owner_changes = owner.state_changes();
+    assert_eq!(owner_changes.next().await, Some(RegistryState::Connected));
+    let owner_states = tokio::spawn(owner_changes.collect::<Vec<RegistryState>>());
 
     server.restart().await.expect("restart rnacos");
 
@@ -336,6 +342,20 @@ async fn rnacos_restart_restores_registrations_and_subscriptions() {
     for r in [&owner, &watcher, &fresh] {
         r.close().await.unwrap();
     }
+    // state_changes() told the same story: (Connected,) Recovering, Connected again, Closed.
+    let states = tokio::time::timeout(Duration::from_secs(5), owner_states)
+        .await
+        .expect("state_changes ends after close")
+        .unwrap();
+    assert!(
+        matches!(states.first(), Some(RegistryState::Recovering { .. })),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&RegistryState::Connected),
+        "no Connected after Recovering in {states:?}"
+    );
+    assert_eq!(states.last(), Some(&RegistryState::Closed), "{states:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,6 +716,82 @@ async fn rnacos_full_watch_discovers_services_created_later() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Streams of one scope share one subscription; the last one dropped unsubscribes.
+
+#[tokio::test]
+async fn rnacos_dropping_the_last_stream_of_a_service_unsubscribes_it() {
+    let Some(server) = rnacos_only(
+        "rnacos_dropping_the_last_stream_of_a_service_unsubscribes_it",
+        RnacosOptions::default(),
+    )
+    .await
+    else {
+        return;
+    };
+    let addr = server.addr();
+    let port = server.http_port;
+    let name = unique("unsub");
+    let registry = connect(&addr).await;
+    let writer = connect(&addr).await;
+    let subscribers = || subscriber_count(port, &name);
+    assert_eq!(subscribers().await, Some(0));
+    let mut one = registry.watch_service(&name).await.unwrap();
+    let mut two = registry.watch_service(&name).await.unwrap();
+    for w in [&mut one, &mut two] {
+        assert!(matches!(
+            next_event(w, Duration::from_secs(5)).await,
+            WatchEvent::Snapshot {
+                reason: SnapshotReason::Initial,
+                ..
+            }
+        ));
+    }
+    assert_eq!(
+        subscribers().await,
+        Some(1),
+        "one subscription for both streams"
+    );
+    drop(one);
+    // The other stream still gets pushed changes.
+    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7951);
+    writer.register(&s).await.unwrap();
+    wait_for_change(
+        &mut two,
+        ServiceEventType::Created,
+        &s.id,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(subscribers().await, Some(1));
+    drop(two);
+    let _ = wait_until("the subscription gone", Duration::from_secs(5), || async {
+        subscribers().await == Some(0)
+    })
+    .await;
+    assert_eq!(subscribers().await, Some(0), "the last stream unsubscribes");
+    // A new stream subscribes again and starts from the server's state.
+    let mut three = registry.watch_service(&name).await.unwrap();
+    match next_event(&mut three, Duration::from_secs(5)).await {
+        WatchEvent::Snapshot { services, reason } => {
+            assert_eq!(reason, SnapshotReason::Initial);
+            assert_eq!(services.len(), 1);
+            assert_eq!(services[0].id, s.id);
+        }
+        other => panic!("expected the initial snapshot, got {other:?}"),
+    }
+    assert_eq!(subscribers().await, Some(1));
+    writer.close().await.unwrap();
+    wait_for_change(
+        &mut three,
+        ServiceEventType::Deleted,
+        &s.id,
+        Duration::from_secs(10),
+    )
+    .await;
+    registry.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Behaviour specific to Nacos.
 
 #[tokio::test]
@@ -843,8 +939,13 @@ async fn rnacos_close_deregisters_ends_watches_and_closes_the_sdk_connections() 
         "one TCP connection per SDK connection"
     );
     assert_eq!(other.list_instances(&name).await.unwrap().len(), 2);
+    let mut states = registry.state_changes();
+    assert_eq!(states.next().await, Some(RegistryState::Connected));
 
     registry.close().await.unwrap();
+    // state_changes() of a registry closed without trouble: Connected, then Closed, then the end.
+    assert_eq!(states.next().await, Some(RegistryState::Closed));
+    assert_eq!(states.next().await, None);
     assert!(
         other.list_instances(&name).await.unwrap().is_empty(),
         "close deregisters"

@@ -188,7 +188,7 @@ mod tests {
     use crate::testing::{ids, set};
 
     #[test]
-    fn seed_demo_order() {
+    fn laravel_go_demo_order() {
         let s = set("demo", &[true, true, false, true]);
         let rr = RoundRobin::new();
         let picks = ids((0..6).map(|_| rr.select(&s, &SelectContext::default())));

@@ -1,5 +1,7 @@
 //! [`FailureRateBreaker`]: opens when the failure rate or the slow-call rate over a sliding
 //! window crosses a threshold.
+//!
+//! One idea in one file: the failure-rate breaker, its window and its tests.
 
 use std::fmt;
 use std::sync::Arc;

@@ -7,15 +7,15 @@ use waypost_core_types::{Error, Health, Protocol, ServiceEvent, ServiceInfo, Tim
 /// The Laravel-Go module's example instance (README "内存注册中心"), after `Register` stamped its
 /// times, as `json.Marshal` writes it: struct field order, sorted map keys, RFC3339Nano times with
 /// the zone kept, `time.Duration` as integer nanoseconds, the zero `time.Time` for `last_check`.
-const SEED_EXAMPLE: &str = r#"{"id":"user-service-1","name":"user-service","version":"1.0.0","address":"localhost","port":8080,"protocol":"http","health":"healthy","metadata":{"environment":"production","region":"us-west-1"},"tags":["api","user"],"created_at":"2024-01-15T10:30:00.123456789+08:00","updated_at":"2024-01-15T10:30:05Z","last_check":"0001-01-01T00:00:00Z","ttl":30000000000}"#;
+const GO_EXAMPLE: &str = r#"{"id":"user-service-1","name":"user-service","version":"1.0.0","address":"localhost","port":8080,"protocol":"http","health":"healthy","metadata":{"environment":"production","region":"us-west-1"},"tags":["api","user"],"created_at":"2024-01-15T10:30:00.123456789+08:00","updated_at":"2024-01-15T10:30:05Z","last_check":"0001-01-01T00:00:00Z","ttl":30000000000}"#;
 
 /// A Go value with nil map and slice (`null`), a UTC time with a millisecond fraction, a
 /// one-and-a-half-second TTL, and the grpc protocol.
 const NIL_FIELDS: &str = r#"{"id":"order-1","name":"order-service","version":"","address":"10.0.0.7","port":9090,"protocol":"grpc","health":"unknown","metadata":null,"tags":null,"created_at":"2023-12-31T23:59:59.5Z","updated_at":"2023-12-31T23:59:59.5Z","last_check":"2024-01-01T00:00:00.001Z","ttl":1500000000}"#;
 
 #[test]
-fn seed_example_decodes_to_the_expected_value() {
-    let s = ServiceInfo::from_json(SEED_EXAMPLE.as_bytes()).unwrap();
+fn go_example_decodes_to_the_expected_value() {
+    let s = ServiceInfo::from_json(GO_EXAMPLE.as_bytes()).unwrap();
     let want = ServiceInfo::new("user-service-1", "user-service", "localhost", 8080)
         .with_version("1.0.0")
         .with_protocol(Protocol::Http)
@@ -33,9 +33,9 @@ fn seed_example_decodes_to_the_expected_value() {
 }
 
 #[test]
-fn seed_example_reencodes_byte_for_byte() {
-    let s = ServiceInfo::from_json(SEED_EXAMPLE.as_bytes()).unwrap();
-    assert_eq!(s.to_json().unwrap(), SEED_EXAMPLE);
+fn go_example_reencodes_byte_for_byte() {
+    let s = ServiceInfo::from_json(GO_EXAMPLE.as_bytes()).unwrap();
+    assert_eq!(s.to_json().unwrap(), GO_EXAMPLE);
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn nil_map_and_slice_decode_as_empty() {
 
 #[test]
 fn weight_is_written_only_when_not_default() {
-    let s = ServiceInfo::from_json(SEED_EXAMPLE.as_bytes()).unwrap();
+    let s = ServiceInfo::from_json(GO_EXAMPLE.as_bytes()).unwrap();
     assert_eq!(s.weight, waypost_core_types::DEFAULT_WEIGHT);
     let heavy = s.clone().with_weight(300);
     let json = heavy.to_json().unwrap();
@@ -73,15 +73,15 @@ fn weight_is_written_only_when_not_default() {
 
 #[test]
 fn unknown_fields_are_ignored() {
-    let with_extra = SEED_EXAMPLE.replacen('{', r#"{"cluster":"a","extra":{"x":[1,2]},"#, 1);
+    let with_extra = GO_EXAMPLE.replacen('{', r#"{"cluster":"a","extra":{"x":[1,2]},"#, 1);
     let s = ServiceInfo::from_json(with_extra.as_bytes()).unwrap();
     assert_eq!(s.id, "user-service-1");
 }
 
 #[test]
 fn go_event_json() {
-    let s = ServiceInfo::from_json(SEED_EXAMPLE.as_bytes()).unwrap();
-    let json = format!(r#"{{"type":"created","service":{SEED_EXAMPLE}}}"#);
+    let s = ServiceInfo::from_json(GO_EXAMPLE.as_bytes()).unwrap();
+    let json = format!(r#"{{"type":"created","service":{GO_EXAMPLE}}}"#);
     let ev: ServiceEvent = serde_json::from_str(&json).unwrap();
     assert_eq!(ev, ServiceEvent::created(s));
     assert_eq!(serde_json::to_string(&ev).unwrap(), json);
@@ -120,7 +120,7 @@ fn garbage_is_a_clear_error() {
 
 #[test]
 fn negative_go_duration_reads_as_zero() {
-    let json = SEED_EXAMPLE.replace("30000000000", "-5");
+    let json = GO_EXAMPLE.replace("30000000000", "-5");
     assert_eq!(
         ServiceInfo::from_json(json.as_bytes()).unwrap().ttl,
         Duration::ZERO

@@ -1,4 +1,6 @@
 //! Discovery over the in-memory registry: ports of the Go tests, cache behaviour, failures.
+//!
+//! One idea in one file: `CachedDiscovery` as a user sees it.
 #![allow(clippy::unwrap_used)] // tests
 
 mod common;
@@ -83,7 +85,7 @@ async fn load_balancers() {
 /// The Laravel-Go module's demo: [1 healthy, 2 healthy, 3 unhealthy, 4 healthy] gives 1, 2, 4,
 /// 1, 2, 4.
 #[tokio::test]
-async fn seed_demo_round_robin_through_discovery() {
+async fn laravel_go_demo_round_robin_through_discovery() {
     let registry = Arc::new(MemoryRegistry::new());
     registry
         .register(&healthy("1", "demo", 8001))

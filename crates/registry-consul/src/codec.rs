@@ -6,6 +6,8 @@
 //! alphabet (`[A-Za-z0-9_-]`) under `wpm-`. Consul's limits (64 pairs, keys ≤ 128 bytes, values
 //! ≤ 512 bytes) are checked before anything is sent, with an [`Error::InvalidInstance`] naming
 //! what does not fit.
+//!
+//! One idea in one file: the mapping both ways and its tests (about 400 lines of code).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

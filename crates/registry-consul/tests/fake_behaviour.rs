@@ -1,5 +1,7 @@
 //! Behaviour of the Consul backend against the fake agent: liveness, outages, watches, ACLs,
 //! foreign data, limits.
+//!
+//! One idea in one file: the backend's behaviour against one fake agent, one test per promise.
 
 mod common;
 

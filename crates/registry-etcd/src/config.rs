@@ -341,7 +341,7 @@ mod tests {
         let c = EtcdConfig::new(["http://h:1"]).with_credentials("root", "hunter2-secret");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2-secret"), "{dbg}");
-        assert!(dbg.contains("<redacted>") && dbg.contains("root"), "{dbg}");
+        assert!(dbg.contains("[redacted]") && dbg.contains("root"), "{dbg}");
         let alt = format!("{c:#?}");
         assert!(!alt.contains("hunter2-secret"));
     }

@@ -36,6 +36,7 @@ mod config;
 mod error;
 mod keys;
 mod liveness;
+mod ops;
 mod registry;
 mod retry;
 mod watch;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error;
-use crate::registry::Inner;
+use crate::ops::Inner;
 use waypost_core_types::backoff::Backoff;
 
 /// How a keep-alive session ended.

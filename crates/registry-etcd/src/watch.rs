@@ -19,7 +19,7 @@ use waypost_core_types::{
 };
 
 use crate::keys::prefix_end;
-use crate::registry::Inner;
+use crate::ops::Inner;
 
 /// A stream over `scope`, from the scope's live feed or a new one.
 pub(crate) async fn subscribe(

@@ -12,7 +12,7 @@ use waypost_core_types::{
 };
 use waypost_registry_memory::MemoryRegistry;
 
-fn seed_service() -> ServiceInfo {
+fn go_service() -> ServiceInfo {
     ServiceInfo::new("user-service-1", "user-service", "localhost", 8080)
         .with_version("1.0.0")
         .with_protocol(Protocol::Http)
@@ -26,7 +26,7 @@ fn seed_service() -> ServiceInfo {
 
 #[test]
 fn test_service_info() {
-    let s = seed_service();
+    let s = go_service();
     assert_eq!(s.id, "user-service-1");
     assert_eq!(s.name, "user-service");
     assert_eq!(s.version, "1.0.0");
@@ -44,7 +44,7 @@ fn test_service_info() {
 #[tokio::test]
 async fn test_memory_service_registry() {
     let registry = MemoryRegistry::new();
-    let s = seed_service();
+    let s = go_service();
     registry.register(&s).await.unwrap();
 
     let got = registry.get_service("user-service-1").await.unwrap();
@@ -87,7 +87,7 @@ async fn test_service_registry_cleanup() {
             ..
         })
     ));
-    let s = seed_service().with_ttl(Duration::from_secs(1));
+    let s = go_service().with_ttl(Duration::from_secs(1));
     registry.register(&s).await.unwrap();
     let forever = ServiceInfo::new("static-1", "static", "localhost", 9000);
     registry.register(&forever).await.unwrap();
@@ -125,7 +125,7 @@ async fn renewal_keeps_an_instance_alive_and_late_renewal_fails() {
         .cleanup_interval(Duration::from_millis(100))
         .build()
         .unwrap();
-    let s = seed_service().with_ttl(Duration::from_secs(1));
+    let s = go_service().with_ttl(Duration::from_secs(1));
     registry.register(&s).await.unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(800)).await;

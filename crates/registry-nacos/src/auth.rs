@@ -6,16 +6,13 @@
 //! SDK connections of a registry, and remembers why the last login failed so that construction
 //! can return a clear [`Error::Auth`](waypost_core_types::Error::Auth).
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nacos_sdk::api::plugin::{AuthContext, AuthPlugin, LoginIdentityContext, RequestResource};
 use parking_lot::Mutex;
 use tokio::time::Instant;
-
-/// What `Debug` shows instead of a secret.
-pub(crate) const REDACTED: &str = "<redacted>";
+use waypost_core_types::Secret;
 
 const ACCESS_TOKEN: &str = "accessToken";
 
@@ -28,36 +25,28 @@ pub(crate) enum LoginFailure {
     Unreachable(String),
 }
 
+#[derive(Debug)]
 struct State {
-    token: Option<String>,
+    token: Option<Secret>,
     refresh_at: Instant,
     last_failure: Option<LoginFailure>,
 }
 
 /// The login plugin, shared by every SDK connection of one registry.
+#[derive(Debug)]
 pub(crate) struct LoginPlugin {
     username: String,
-    password: String,
+    password: Secret,
     servers: Vec<String>,
     http: reqwest::Client,
     state: Mutex<State>,
     login_lock: tokio::sync::Mutex<()>,
 }
 
-impl fmt::Debug for LoginPlugin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoginPlugin")
-            .field("username", &self.username)
-            .field("password", &REDACTED)
-            .field("servers", &self.servers)
-            .finish_non_exhaustive()
-    }
-}
-
 impl LoginPlugin {
     pub(crate) fn new(
         username: String,
-        password: String,
+        password: Secret,
         servers: Vec<String>,
         timeout: Duration,
     ) -> Arc<Self> {
@@ -108,7 +97,7 @@ impl LoginPlugin {
             match self.login_once(server).await {
                 Ok((token, ttl)) => {
                     let mut st = self.state.lock();
-                    st.token = Some(token);
+                    st.token = Some(Secret::new(token));
                     // Refresh well before expiry (the SDK asks every 30 s).
                     st.refresh_at = Instant::now() + ttl.mul_f64(0.5);
                     st.last_failure = None;
@@ -130,7 +119,7 @@ impl LoginPlugin {
         let url = format!("http://{server}/nacos/v1/auth/login");
         let body = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("username", &self.username)
-            .append_pair("password", &self.password)
+            .append_pair("password", self.password.expose())
             .finish();
         let resp = self
             .http
@@ -191,7 +180,7 @@ impl AuthPlugin for LoginPlugin {
 
     fn get_login_identity(&self, _resource: RequestResource) -> LoginIdentityContext {
         match self.state.lock().token.as_ref() {
-            Some(t) => LoginIdentityContext::default().add_context(ACCESS_TOKEN, t.clone()),
+            Some(t) => LoginIdentityContext::default().add_context(ACCESS_TOKEN, t.expose()),
             None => LoginIdentityContext::default(),
         }
     }
@@ -205,7 +194,7 @@ mod tests {
     fn debug_never_shows_the_password() {
         let p = LoginPlugin::new(
             "nacos".into(),
-            "top-secret-pw".into(),
+            Secret::new("top-secret-pw"),
             vec!["127.0.0.1:1".into()],
             Duration::from_millis(100),
         );
@@ -218,7 +207,7 @@ mod tests {
     async fn unreachable_server_is_not_a_rejection() {
         let p = LoginPlugin::new(
             "nacos".into(),
-            "pw".into(),
+            Secret::new("pw"),
             vec!["127.0.0.1:1".into()],
             Duration::from_millis(300),
         );

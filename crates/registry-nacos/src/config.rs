@@ -1,12 +1,11 @@
 //! [`NacosConfig`]: where the Nacos server is and how to talk to it.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use waypost_core_types::time::config_duration;
-use waypost_core_types::{Error, Result};
+use waypost_core_types::{Error, Result, Secret};
 
 /// The default server address (Nacos' HTTP port; the gRPC port is this plus 1000).
 pub const DEFAULT_SERVER_ADDR: &str = "localhost:8848";
@@ -37,7 +36,7 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 /// ephemeral instances alive through the client's gRPC connection, not through a TTL, so an
 /// instance disappears when its process (its connection) dies. It is stored with the instance and
 /// used as the TTL of instances registered with `ttl == 0`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NacosConfig {
@@ -53,8 +52,8 @@ pub struct NacosConfig {
     pub cluster: String,
     /// User name, when the server has authentication enabled.
     pub username: Option<String>,
-    /// Password (never printed by `Debug`).
-    pub password: Option<String>,
+    /// Password (a [`Secret`]: never printed by `Debug` or logged).
+    pub password: Option<Secret>,
     /// TTL kept for config compatibility (see the type's docs).
     #[serde(deserialize_with = "config_duration::deserialize")]
     pub ttl: Duration,
@@ -103,30 +102,6 @@ impl Default for NacosConfig {
     }
 }
 
-impl fmt::Debug for NacosConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NacosConfig")
-            .field("server_addr", &self.server_addr)
-            .field("namespace", &self.namespace)
-            .field("group", &self.group)
-            .field("cluster", &self.cluster)
-            .field("username", &self.username)
-            .field(
-                "password",
-                &self.password.as_ref().map(|_| crate::auth::REDACTED),
-            )
-            .field("ttl", &self.ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("probe_interval", &self.probe_interval)
-            .field("service_poll_interval", &self.service_poll_interval)
-            .field("watch_buffer", &self.watch_buffer)
-            .field("grpc_port", &self.grpc_port)
-            .field("app_name", &self.app_name)
-            .field("cache_dir", &self.cache_dir)
-            .finish()
-    }
-}
-
 impl NacosConfig {
     /// The defaults with another server address.
     pub fn new(server_addr: impl Into<String>) -> Self {
@@ -169,7 +144,7 @@ impl NacosConfig {
         password: impl Into<String>,
     ) -> Self {
         self.username = Some(username.into());
-        self.password = Some(password.into());
+        self.password = Some(Secret::new(password));
         self
     }
 
@@ -353,7 +328,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_laravel_go_module() {
         let c = NacosConfig::default();
         assert_eq!(c.server_addr, "localhost:8848");
         assert_eq!(c.namespace, "public");
@@ -379,7 +354,7 @@ mod tests {
         assert_eq!((c.namespace.as_str(), c.group.as_str()), ("dev", "G"));
         assert_eq!(c.cluster, "C1");
         assert_eq!(c.username.as_deref(), Some("u"));
-        assert_eq!(c.password.as_deref(), Some("p"));
+        assert_eq!(c.password.as_ref().map(Secret::expose), Some("p"));
         assert_eq!(c.ttl, Duration::from_secs(7));
         assert_eq!(c.connect_timeout, Duration::from_millis(300));
         assert_eq!(c.grpc_port, Some(9999));
@@ -393,7 +368,7 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2-secret"), "{dbg}");
         assert!(dbg.contains("alice"));
-        assert!(dbg.contains("redacted"));
+        assert!(dbg.contains("[redacted]"));
         let none = format!("{:?}", NacosConfig::default());
         assert!(none.contains("password: None"));
     }

@@ -35,23 +35,25 @@
 //!   the connection's instances). `renew` checks that the server still has the instance and
 //!   registers it again if not. The configured `ttl` is kept for compatibility (see
 //!   [`NacosConfig`]).
-//! - **Ids**: our instance id travels in metadata (see [`mapping`] for the full mapping), and is
+//! - **Ids**: our instance id travels in metadata (see [`codec`] for the full mapping), and is
 //!   what `get_service`, `update`, `deregister` and `renew` take, although Nacos keys instances by
 //!   ip/port/cluster. Two of our ids with the same address in the same service are therefore one
 //!   Nacos instance; give each instance its own address or port. Instances of other Nacos clients
 //!   can be listed, watched and fetched (their id is `ip:port`), but only their owner can change
 //!   them: `update`/`deregister` of such an id return [`Error::Unsupported`].
-//! - **Watch**: subscriptions on the main connection; each push triggers a query whose answer is
-//!   diffed against the watcher's view into `Created/Updated/Deleted`. The SDK's empty-push
-//!   protection is off, so the last instance leaving is seen (guard against empty sets in the
-//!   discovery cache, which you control). A full `watch()` subscribes to every service of the
-//!   namespace and group and polls for new service names every
-//!   [`service_poll_interval`](NacosConfig::service_poll_interval).
+//! - **Watch**: subscriptions on the main connection; each push triggers a query whose answer
+//!   replaces the service in the watch hub of `waypost-core-types`, which tells every stream what
+//!   changed (and resyncs a stream that falls [`watch_buffer`](NacosConfig::watch_buffer) changes
+//!   behind with a snapshot). The SDK's empty-push protection is off, so the last instance leaving
+//!   is seen (guard against empty sets in the discovery cache, which you control). A full
+//!   `watch()` subscribes to every service of the namespace and group and polls for new service
+//!   names every [`service_poll_interval`](NacosConfig::service_poll_interval). Streams of one
+//!   scope share one feed; dropping the last one unsubscribes its services.
 //! - **Reconnects**: the SDK re-applies registrations and subscriptions after a reconnect; the
-//!   registry probes its connection, exposes [`RegistryState::Recovering`] meanwhile, then checks
-//!   that the server has all our instances again (registering any that are missing), queries every
-//!   watched service again and sends every watcher a
-//!   [`Snapshot`](waypost_core_types::WatchEvent::Snapshot) with reason
+//!   registry probes its connection, exposes [`RegistryState::Recovering`] meanwhile (follow it
+//!   with `state_changes()`), then checks that the server has all our instances again
+//!   (registering any that are missing), queries every watched service again and sends every
+//!   watch stream a [`Snapshot`](waypost_core_types::WatchEvent::Snapshot) with reason
 //!   [`Reconnected`](waypost_core_types::SnapshotReason::Reconnected).
 //! - **Construction** fails within [`connect_timeout`](NacosConfig::connect_timeout) when no
 //!   server answers, proven with a real request; wrong credentials give [`Error::Auth`].
@@ -60,8 +62,12 @@
 //!   ends its background tasks (re-login included) within moments. This relies on the fixes in
 //!   the nacos-sdk 0.8.3 that this workspace carries in `vendor/nacos-sdk` (see its
 //!   `PATCHES.md`): the published 0.8.3 has no shutdown call and keeps each connection open
-//!   for the life of the process. Dropping a registry without `close` does the same in the
-//!   background.
+//!   for the life of the process.
+//! - **Drop without close**: dropping a registry without `close` behaves the same on every
+//!   backend: its tasks are aborted, and the registry removes what it registered with one bounded
+//!   clean-up task on the runtime it was created on (it ends with that runtime). If that runtime
+//!   is gone, the server expires the instances after their TTL or session timeout; on Nacos, as
+//!   soon as the registry's connections close.
 //! - **Servers**: rnacos pins the first metadata ever registered at an ip:port and ignores later
 //!   metadata from SDK clients unless started with
 //!   `RNACOS_NAMING_INSTANCE_METADATA_PERSISTENCE_ENABLE=false`; run it that way (our own view is
@@ -78,10 +84,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
+pub mod codec;
 mod config;
 mod error;
-pub mod mapping;
+mod liveness;
 mod registry;
+mod slots;
+mod view;
 mod watch;
 
 pub use config::{

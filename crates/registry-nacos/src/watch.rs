@@ -1,222 +1,363 @@
-//! Watchers: one bounded queue per watch stream, fed by the registry's view of each service.
+//! Feeding the watch hubs: SDK subscriptions, the queries that follow each push, and the
+//! periodic look for new services of a full watch.
 //!
-//! Every change is computed under the registry's state lock and pushed to the queues of the
-//! matching watchers under that same lock, so a snapshot taken under the lock and the changes
-//! that follow it never overlap or leave a gap. A watcher whose queue is full is marked lagging:
-//! its queued changes are dropped and its next item is a fresh snapshot
-//! ([`SnapshotReason::Lagged`]).
+//! `watch_service(name)` and `watch()` share one hub per scope ([`ScopedHubs`]); each hub is a
+//! [`Feed`] following a set of services: `{name}`, or every service of the namespace and group
+//! for a full watch (Nacos pushes changes of subscribed services only, so a full watch polls for
+//! new names every [`service_poll_interval`](crate::NacosConfig::service_poll_interval)). Each
+//! service is subscribed with the SDK once, however many feeds follow it, and unsubscribed when
+//! the last feed following it ends (its last stream was dropped).
+//!
+//! A push only marks its service dirty; one task queries the dirty services and publishes the
+//! answers (see [`crate::view`]). After a reconnect every followed service is queried again and
+//! every stream gets a `Snapshot { reason: Reconnected }`.
 
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::stream;
+use nacos_sdk::api::naming::{NamingChangeEvent, NamingEventListener};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
-use waypost_core_types::{ServiceEvent, ServiceInfo, SnapshotReason, WatchEvent, WatchStream};
+use tokio::sync::{MutexGuard, Notify};
+use waypost_core_types::{Result, Scope, SnapshotReason, Tasks, WatchHub, WatchStream};
 
-/// Builds a snapshot of the current view for a watcher (called with the registry's state lock
-/// held, so it is consistent with the events queued after it).
-pub(crate) trait SnapshotSource: Send + Sync + 'static {
-    /// Locks the state and calls [`Watcher::push_resync`] with the instances in scope.
-    fn resync(&self, watcher: &Watcher);
-}
+use crate::error::limited;
+use crate::registry::{check_name, Inner};
+use crate::view::{Feed, State, Subscribed};
 
-/// One watch stream's queue.
-#[derive(Debug)]
-pub(crate) struct Watcher {
-    /// `Some(name)`: only this service; `None`: every service.
-    pub(crate) filter: Option<String>,
-    capacity: usize,
-    queue: Mutex<Queue>,
+/// How long a failed query waits before it is tried again.
+const REFRESH_RETRY: Duration = Duration::from_millis(500);
+
+/// Services whose server state changed since they were last queried.
+#[derive(Default)]
+pub(crate) struct Dirty {
+    names: Mutex<BTreeSet<String>>,
     notify: Notify,
 }
 
-#[derive(Debug, Default)]
-struct Queue {
-    items: VecDeque<WatchEvent>,
-    lagged: bool,
-    closed: bool,
-    delivered: bool,
-}
-
-impl Watcher {
-    pub(crate) fn new(filter: Option<String>, capacity: usize) -> Arc<Self> {
-        Arc::new(Watcher {
-            filter,
-            capacity: capacity.max(1),
-            queue: Mutex::new(Queue::default()),
-            notify: Notify::new(),
-        })
-    }
-
-    /// Whether this watcher wants changes of service `name`.
-    pub(crate) fn wants(&self, name: &str) -> bool {
-        self.filter.as_deref().is_none_or(|f| f == name)
-    }
-
-    /// Whether the stream was dropped or closed.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.queue.lock().closed
-    }
-
-    /// Queues one change (or marks the watcher lagging when its queue is full).
-    pub(crate) fn push_change(&self, ev: ServiceEvent) {
-        {
-            let mut q = self.queue.lock();
-            if q.closed || q.lagged {
-                return;
-            }
-            if q.items.len() >= self.capacity {
-                q.items.clear();
-                q.lagged = true;
-            } else {
-                q.items.push_back(WatchEvent::Change(ev));
-            }
-        }
+impl Dirty {
+    fn mark(&self, name: &str) {
+        self.names.lock().insert(name.to_owned());
         self.notify.notify_one();
     }
 
-    /// Replaces everything queued by a snapshot (the caller holds the state lock).
-    pub(crate) fn push_snapshot(&self, services: Vec<ServiceInfo>, reason: SnapshotReason) {
-        {
-            let mut q = self.queue.lock();
-            if q.closed {
-                return;
-            }
-            q.items.clear();
-            q.lagged = false;
-            q.items.push_back(WatchEvent::Snapshot { services, reason });
-        }
-        self.notify.notify_one();
-    }
-
-    /// Replaces everything queued by a resync snapshot: `Initial` if the stream has not
-    /// delivered anything yet (its initial snapshot was dropped with the overflow), else `Lagged`.
-    pub(crate) fn push_resync(&self, services: Vec<ServiceInfo>) {
-        let reason = if self.queue.lock().delivered {
-            SnapshotReason::Lagged
-        } else {
-            SnapshotReason::Initial
-        };
-        self.push_snapshot(services, reason);
-    }
-
-    /// Ends the stream (after what is queued has been read).
-    pub(crate) fn close(&self) {
-        self.queue.lock().closed = true;
-        self.notify.notify_one();
-    }
-
-    fn is_lagged(&self) -> bool {
-        self.queue.lock().lagged
-    }
-
-    /// The next queued item, `Err(())` when the stream is over.
-    fn pop(&self) -> Result<Option<WatchEvent>, ()> {
-        let mut q = self.queue.lock();
-        if let Some(ev) = q.items.pop_front() {
-            q.delivered = true;
-            return Ok(Some(ev));
-        }
-        if q.closed {
-            return Err(());
-        }
-        Ok(None)
-    }
-}
-
-/// Ends the watcher when the stream is dropped, so the registry stops feeding it.
-struct Guard {
-    watcher: Arc<Watcher>,
-    source: Arc<dyn SnapshotSource>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.watcher.close();
-    }
-}
-
-/// The stream of a watcher whose first item (the initial snapshot) is already queued.
-pub(crate) fn into_stream(watcher: Arc<Watcher>, source: Arc<dyn SnapshotSource>) -> WatchStream {
-    let guard = Guard { watcher, source };
-    Box::pin(stream::unfold(guard, |guard| async move {
+    /// Waits until at least one service is dirty and takes them all.
+    async fn take(&self) -> BTreeSet<String> {
         loop {
-            if guard.watcher.is_lagged() {
-                guard.source.resync(&guard.watcher);
+            let names = std::mem::take(&mut *self.names.lock());
+            if !names.is_empty() {
+                return names;
             }
-            match guard.watcher.pop() {
-                Ok(Some(ev)) => return Some((ev, guard)),
-                Err(()) => return None,
-                Ok(None) => guard.watcher.notify.notified().await,
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The SDK listener of one service: it only says "something changed"; the registry queries.
+struct Listener {
+    name: String,
+    dirty: Arc<Dirty>,
+}
+
+impl NamingEventListener for Listener {
+    fn event(&self, _event: Arc<NamingChangeEvent>) {
+        self.dirty.mark(&self.name);
+    }
+}
+
+/// A new stream over `scope`, sharing the scope's hub or starting one.
+pub(crate) async fn subscribe(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+) -> Result<WatchStream> {
+    inner.check_open()?;
+    inner
+        .hubs
+        .subscribe(scope.clone(), |hub| start(inner, tasks, scope, hub))
+        .await
+}
+
+/// The `start` of [`ScopedHubs::subscribe`]: follows the scope's services, puts them in the
+/// hub and spawns the task that ends the feed once the hub is unwatched.
+async fn start(inner: &Arc<Inner>, tasks: &Tasks, scope: Scope, hub: WatchHub) -> Result<()> {
+    let names = match &scope {
+        Scope::Service(name) => vec![name.clone()],
+        Scope::All => inner.all_names().await?,
+    };
+    let id = {
+        let guard = inner.subscribe_lock.lock().await;
+        let mut followed: BTreeSet<String> = BTreeSet::new();
+        for name in names {
+            if let Err(e) = inner.acquire(&guard, &name).await {
+                for name in followed {
+                    inner.release(&guard, &name).await;
+                }
+                return Err(e);
+            }
+            followed.insert(name);
+        }
+        let mut st = inner.state.lock();
+        let id = st.next_feed;
+        st.next_feed += 1;
+        let feed = Feed {
+            id,
+            scope: scope.clone(),
+            hub: hub.clone(),
+            names: followed,
+        };
+        st.publish_snapshot(&feed, SnapshotReason::Initial);
+        st.feeds.push(feed);
+        id
+    };
+    let inner = Arc::clone(inner);
+    tasks.spawn(async move {
+        let unwatched = inner.hubs.unwatched(&scope, &hub);
+        if scope == Scope::All {
+            let mut unwatched = std::pin::pin!(unwatched);
+            loop {
+                tokio::select! {
+                    () = &mut unwatched => break,
+                    () = tokio::time::sleep(inner.config.service_poll_interval) => {
+                        if let Err(e) = inner.follow_new_services(id).await {
+                            tracing::debug!(target: "waypost::nacos", "service discovery poll failed: {e}");
+                        }
+                    }
+                }
+            }
+        } else {
+            unwatched.await;
+        }
+        inner.end_feed(id).await;
+    });
+    Ok(())
+}
+
+/// Queries dirty services and publishes the answers, until the registry's tasks stop.
+pub(crate) async fn refresh_loop(inner: Arc<Inner>) {
+    loop {
+        let names = inner.dirty.take().await;
+        let results =
+            futures_util::future::join_all(names.iter().map(|name| inner.refresh(name))).await;
+        let mut failed = false;
+        for (name, res) in names.iter().zip(results) {
+            if let Err(e) = res {
+                tracing::debug!(target: "waypost::nacos", service = name.as_str(), "refresh failed, retrying: {e}");
+                failed = true;
+                inner.dirty.names.lock().insert(name.clone());
             }
         }
-    }))
+        if failed {
+            tokio::time::sleep(REFRESH_RETRY).await;
+        }
+    }
+}
+
+impl Inner {
+    /// Every service name a full watch follows: the server's and ours.
+    async fn all_names(&self) -> Result<Vec<String>> {
+        let mut names = self.slots.service_names().await?;
+        names.extend(self.state.lock().ours.values().map(|r| r.info.name.clone()));
+        names.sort();
+        names.dedup();
+        names.retain(|n| check_name(n).is_ok());
+        Ok(names)
+    }
+
+    /// Follows service `name` once more: subscribes it with the SDK and queries it the first
+    /// time.
+    async fn acquire(&self, _one_at_a_time: &MutexGuard<'_, ()>, name: &str) -> Result<()> {
+        if let Some(sub) = self.state.lock().subscribed.get_mut(name) {
+            sub.users += 1;
+            return Ok(());
+        }
+        self.check_open()?;
+        let listener: Arc<dyn NamingEventListener> = Arc::new(Listener {
+            name: name.to_owned(),
+            dirty: Arc::clone(&self.dirty),
+        });
+        let main = self.slots.main()?;
+        limited(
+            &format!("subscribing to `{name}`"),
+            self.config.connect_timeout,
+            main.subscribe(name.to_owned(), self.group(), Vec::new(), listener.clone()),
+        )
+        .await?;
+        let list = match self.slots.query(name).await {
+            Ok(list) => list,
+            Err(e) => {
+                self.unsubscribe(name, listener).await;
+                return Err(e);
+            }
+        };
+        let mut st = self.state.lock();
+        let foreign = st.decode_foreign(name, &list);
+        st.subscribed.insert(
+            name.to_owned(),
+            Subscribed {
+                foreign,
+                listener,
+                users: 1,
+            },
+        );
+        Ok(())
+    }
+
+    /// Follows service `name` once less; the last one unsubscribes it.
+    async fn release(&self, _one_at_a_time: &MutexGuard<'_, ()>, name: &str) {
+        let listener = {
+            let mut st = self.state.lock();
+            let Some(sub) = st.subscribed.get_mut(name) else {
+                return;
+            };
+            sub.users = sub.users.saturating_sub(1);
+            if sub.users > 0 {
+                return;
+            }
+            st.subscribed.remove(name).map(|s| s.listener)
+        };
+        if let Some(listener) = listener {
+            self.unsubscribe(name, listener).await;
+        }
+    }
+
+    pub(crate) async fn unsubscribe(&self, name: &str, listener: Arc<dyn NamingEventListener>) {
+        let Ok(main) = self.slots.main() else {
+            return;
+        };
+        if let Err(e) = limited(
+            &format!("unsubscribing from `{name}`"),
+            self.config.connect_timeout,
+            main.unsubscribe(name.to_owned(), self.group(), Vec::new(), listener),
+        )
+        .await
+        {
+            tracing::debug!(target: "waypost::nacos", service = name, "{e}");
+        }
+    }
+
+    /// A feed's last stream is gone: stop following its services (unless the registry closed,
+    /// which unsubscribes everything itself).
+    async fn end_feed(&self, id: u64) {
+        if self.is_closed() {
+            return;
+        }
+        let guard = self.subscribe_lock.lock().await;
+        let feed = {
+            let mut st = self.state.lock();
+            let Some(i) = st.feeds.iter().position(|f| f.id == id) else {
+                return;
+            };
+            st.feeds.swap_remove(i)
+        };
+        for name in &feed.names {
+            self.release(&guard, name).await;
+        }
+    }
+
+    /// Adds services that appeared on the server (or among ours) to full-watch feed `id`.
+    async fn follow_new_services(&self, id: u64) -> Result<()> {
+        for name in self.all_names().await? {
+            self.follow_in(Some(id), &name).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes full-watch feed `id` (or every full-watch feed) follow service `name` and publishes
+    /// what it has.
+    pub(crate) async fn follow_in(&self, id: Option<u64>, name: &str) -> Result<()> {
+        let wanting = |st: &State| -> Vec<u64> {
+            st.feeds
+                .iter()
+                .filter(|f| f.scope == Scope::All && id.is_none_or(|id| f.id == id))
+                .filter(|f| !f.names.contains(name))
+                .map(|f| f.id)
+                .collect()
+        };
+        if wanting(&self.state.lock()).is_empty() {
+            return Ok(());
+        }
+        let guard = self.subscribe_lock.lock().await;
+        // Feeds start and end under this guard only: the list is stable while it is held.
+        let ids = wanting(&self.state.lock());
+        for _ in &ids {
+            self.acquire(&guard, name).await?;
+        }
+        let mut st = self.state.lock();
+        for id in ids {
+            if let Some(f) = st.feed_mut(id) {
+                f.names.insert(name.to_owned());
+            }
+        }
+        st.publish(name);
+        Ok(())
+    }
+
+    /// Queries `name` and publishes the answer, if some feed follows it.
+    async fn refresh(&self, name: &str) -> Result<()> {
+        if !self.state.lock().subscribed.contains_key(name) {
+            return Ok(());
+        }
+        let list = self.slots.query(name).await?;
+        let mut st = self.state.lock();
+        st.set_foreign(name, &list);
+        st.publish(name);
+        Ok(())
+    }
+
+    /// After a reconnect: queries every followed service again and sends every stream a
+    /// `Snapshot { reason: Reconnected }`.
+    pub(crate) async fn resnapshot(&self) {
+        let names: Vec<String> = self.state.lock().subscribed.keys().cloned().collect();
+        for name in names {
+            match self.slots.query(&name).await {
+                Ok(list) => self.state.lock().set_foreign(&name, &list),
+                Err(e) => {
+                    tracing::warn!(target: "waypost::nacos", service = name.as_str(), "query after reconnect: {e}");
+                    self.dirty.mark(&name);
+                }
+            }
+        }
+        let st = self.state.lock();
+        for feed in &st.feeds {
+            st.publish_snapshot(feed, SnapshotReason::Reconnected);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
 
-    struct Fixed(Vec<ServiceInfo>);
-    impl SnapshotSource for Fixed {
-        fn resync(&self, w: &Watcher) {
-            w.push_resync(self.0.clone());
-        }
-    }
-
-    fn svc(id: &str) -> ServiceInfo {
-        ServiceInfo::new(id, "s", "h", 1)
-    }
-
-    #[tokio::test]
-    async fn delivers_in_order_then_ends_on_close() {
-        let w = Watcher::new(None, 10);
-        w.push_snapshot(vec![], SnapshotReason::Initial);
-        w.push_change(ServiceEvent::created(svc("a")));
-        w.push_change(ServiceEvent::deleted(svc("a")));
-        let mut s = into_stream(w.clone(), Arc::new(Fixed(vec![])));
-        assert!(matches!(s.next().await, Some(WatchEvent::Snapshot { .. })));
-        assert_eq!(s.next().await.unwrap().as_change().unwrap().service.id, "a");
-        assert!(s.next().await.unwrap().as_change().is_some());
-        w.close();
-        assert!(s.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn overflow_becomes_a_lagged_snapshot() {
-        let w = Watcher::new(Some("s".into()), 2);
-        w.push_snapshot(vec![], SnapshotReason::Initial);
-        for i in 0..5 {
-            w.push_change(ServiceEvent::created(svc(&format!("x{i}"))));
-        }
-        let mut s = into_stream(w.clone(), Arc::new(Fixed(vec![svc("final")])));
-        // The initial snapshot overflowed with the rest: the replacement is still `Initial`.
-        match s.next().await {
-            Some(WatchEvent::Snapshot { services, reason }) => {
-                assert_eq!(reason, SnapshotReason::Initial);
-                assert_eq!(services[0].id, "final");
-            }
-            other => panic!("expected a resync snapshot, got {other:?}"),
-        }
-        for i in 0..5 {
-            w.push_change(ServiceEvent::created(svc(&format!("y{i}"))));
-        }
-        match s.next().await {
-            Some(WatchEvent::Snapshot { reason, .. }) => assert_eq!(reason, SnapshotReason::Lagged),
-            other => panic!("expected a lagged snapshot, got {other:?}"),
-        }
-        assert!(w.wants("s") && !w.wants("t"));
-    }
-
-    #[tokio::test]
-    async fn dropping_the_stream_closes_the_watcher() {
-        let w = Watcher::new(None, 2);
-        w.push_snapshot(vec![], SnapshotReason::Initial);
-        let s = into_stream(w.clone(), Arc::new(Fixed(vec![])));
-        assert!(!w.is_closed());
-        drop(s);
-        assert!(w.is_closed());
+    #[tokio::test(start_paused = true)]
+    async fn pushes_mark_services_dirty_once_until_taken() {
+        let dirty = Arc::new(Dirty::default());
+        let listener = Listener {
+            name: "a".into(),
+            dirty: Arc::clone(&dirty),
+        };
+        let event = Arc::new(NamingChangeEvent {
+            service_name: "a".into(),
+            group_name: "g".into(),
+            clusters: String::new(),
+            instances: None,
+        });
+        listener.event(event.clone());
+        listener.event(event);
+        dirty.mark("b");
+        let taken = tokio::time::timeout(Duration::from_secs(1), dirty.take())
+            .await
+            .unwrap();
+        assert_eq!(taken.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+        // Nothing is dirty now: `take` waits for the next push.
+        assert!(tokio::time::timeout(Duration::from_secs(60), dirty.take())
+            .await
+            .is_err());
+        // A push while nobody waits is not lost.
+        dirty.mark("c");
+        let taken = tokio::time::timeout(Duration::from_secs(1), dirty.take())
+            .await
+            .unwrap();
+        assert_eq!(taken.into_iter().collect::<Vec<_>>(), ["c"]);
     }
 }

@@ -93,6 +93,7 @@ pub async fn run_all(registry: &dyn ServiceRegistry, opts: &ConformanceOptions) 
     returns_copies(registry).await;
     unknown_id_is_not_found(registry).await;
     watch_delivers_changes_in_order(registry, opts).await;
+    same_sequence_same_events(registry, opts).await;
     watch_service_sees_only_its_service(registry, opts).await;
     dropped_watch_does_not_block(registry, opts).await;
     lagging_watcher_gets_resync(registry, opts).await;
@@ -458,6 +459,49 @@ pub async fn watch_delivers_changes_in_order(
     );
     assert_eq!(s.name, name, "Deleted carries at least the id and the name");
     cleanup(registry, &[pre.id]).await;
+}
+
+/// One sequence of calls gives one sequence of events, on every backend and on both kinds of
+/// stream (`watch` and `watch_service`): each call's change, in the order of the calls, with
+/// nothing merged, reordered or dropped. Ids are chosen so that id order differs from call order.
+pub async fn same_sequence_same_events(registry: &dyn ServiceRegistry, opts: &ConformanceOptions) {
+    let name = unique_name("order");
+    let mut all = registry.watch().await.expect("watch");
+    let mut one = registry.watch_service(&name).await.expect("watch_service");
+    expect_snapshot(&mut all, opts).await;
+    expect_snapshot(&mut one, opts).await;
+    let a = instance(&name, &format!("{name}-a"), 8101);
+    let b = instance(&name, &format!("{name}-b"), 8102);
+    let c = instance(&name, &format!("{name}-c"), 8103);
+    registry.register(&c).await.expect("register c");
+    registry.register(&a).await.expect("register a");
+    registry
+        .update(&c.clone().with_metadata("step", "2"))
+        .await
+        .expect("update c");
+    registry.deregister(&a.id).await.expect("deregister a");
+    registry.register(&b).await.expect("register b");
+    registry.deregister(&c.id).await.expect("deregister c");
+    let want = [
+        (ServiceEventType::Created, c.id.clone()),
+        (ServiceEventType::Created, a.id.clone()),
+        (ServiceEventType::Updated, c.id.clone()),
+        (ServiceEventType::Deleted, a.id.clone()),
+        (ServiceEventType::Created, b.id.clone()),
+        (ServiceEventType::Deleted, c.id.clone()),
+    ];
+    for (label, stream) in [("watch", &mut all), ("watch_service", &mut one)] {
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let (kind, s) = next_change_for(stream, &name, opts).await;
+            got.push((kind, s.id));
+        }
+        assert_eq!(
+            got, want,
+            "{label}: events must follow the calls, one each, in order"
+        );
+    }
+    cleanup(registry, &[b.id]).await;
 }
 
 /// `watch_service` sees its own service only.
