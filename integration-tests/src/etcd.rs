@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use waypost_core_types::conformance::faults::{self, FaultTiming};
+use waypost_core_types::conformance::faults::{self, FaultOptions};
 use waypost_core_types::ServiceRegistry;
 use waypost_registry_etcd::{EtcdConfig, EtcdRegistry};
 
@@ -578,8 +578,8 @@ impl EtcdFixture {
 
 #[waypost_core_types::async_trait]
 impl faults::ServerFixture for EtcdFixture {
-    fn timing(&self) -> FaultTiming {
-        FaultTiming::default()
+    fn options(&self) -> FaultOptions {
+        FaultOptions::default()
             .with_connect_bound(Duration::from_secs(1))
             .with_liveness(Self::TTL, Duration::from_secs(5))
             .with_recovery(Duration::from_secs(8))
@@ -594,7 +594,7 @@ impl faults::ServerFixture for EtcdFixture {
         port: u16,
     ) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
         let cfg = EtcdConfig::new([format!("http://127.0.0.1:{port}")])
-            .with_connect_timeout(self.timing().connect_bound);
+            .with_connect_timeout(self.options().connect_bound);
         Ok(Box::new(EtcdRegistry::connect(cfg).await?))
     }
 
@@ -614,7 +614,7 @@ impl faults::ServerFixture for EtcdFixture {
             .config
             .clone()
             .with_endpoints([endpoint])
-            .with_connect_timeout(self.timing().connect_bound)
+            .with_connect_timeout(self.options().connect_bound)
             .with_credentials("root", password);
         Some(
             EtcdRegistry::connect(cfg)

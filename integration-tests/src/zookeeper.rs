@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use waypost_core_types::conformance::faults::{self, FaultTiming};
+use waypost_core_types::conformance::faults::{self, FaultOptions};
 use waypost_core_types::ServiceRegistry;
 use waypost_registry_zookeeper::{ZookeeperConfig, ZookeeperRegistry};
 
@@ -554,11 +554,12 @@ impl ZkFixture {
 
 #[waypost_core_types::async_trait]
 impl faults::ServerFixture for ZkFixture {
-    fn timing(&self) -> FaultTiming {
-        FaultTiming::default()
+    fn options(&self) -> FaultOptions {
+        FaultOptions::default()
             .with_connect_bound(Duration::from_secs(2))
             .with_liveness(Self::SESSION, Self::SESSION / 2)
             .with_recovery(Duration::from_secs(15))
+            .with_reconnected_snapshot(true)
     }
 
     async fn connect(&self) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
@@ -571,7 +572,7 @@ impl faults::ServerFixture for ZkFixture {
     ) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
         let cfg = ZookeeperConfig::new([format!("127.0.0.1:{port}")])
             .with_session_timeout(Self::SESSION)
-            .with_connect_timeout(self.timing().connect_bound);
+            .with_connect_timeout(self.options().connect_bound);
         Ok(Box::new(ZookeeperRegistry::connect(cfg).await?))
     }
 
@@ -590,7 +591,7 @@ impl faults::ServerFixture for ZkFixture {
         let cfg = self
             .config()
             .with_prefix(format!("{}-acl", self.prefix))
-            .with_connect_timeout(self.timing().connect_bound)
+            .with_connect_timeout(self.options().connect_bound)
             .with_digest_auth("alice", password);
         Some(
             ZookeeperRegistry::connect(cfg)

@@ -491,10 +491,6 @@ async fn zookeeper_fault_suite() {
     let frozen = faults::freeze_and_thaw_recovers(&mut fixture).await;
     eprintln!("freeze: {frozen:?}");
     let restarted = faults::kill_and_restart_recovers(&mut fixture).await;
-    assert!(
-        restarted.resyncs.contains(&SnapshotReason::Reconnected),
-        "the watch must resync after the restart: {restarted:?}"
-    );
     eprintln!(
         "server restart: recovered {:?} after the server was ready",
         restarted.recovered_after

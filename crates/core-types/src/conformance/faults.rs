@@ -3,7 +3,7 @@
 //! A backend's tests implement [`ServerFixture`] for the server they run (a real process, or an
 //! in-process fake) and call [`run_faults`], or one check at a time. Each check:
 //!
-//! - asserts the behaviour a user relies on, with the timing tolerances of [`FaultTiming`];
+//! - asserts the behaviour a user relies on, with the timing tolerances of [`FaultOptions`];
 //! - uses service names of its own ([`unique_name`](super::unique_name)) and never wipes data,
 //!   so the checks can share one server (and one prefix) with each other and with other tests;
 //! - panics with a message naming the broken behaviour;
@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::{instance, unique_name};
+use super::{assert_same_data, instance, unique_name};
 use crate::{
     Error, InstanceView, RegistryState, Result, Scope, ServiceRegistry, SnapshotReason, WatchEvent,
     WatchStream,
@@ -49,10 +49,11 @@ const SLACK: Duration = Duration::from_millis(500);
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(25);
 
-/// The timing a fixture's registries are configured with, and the bounds the checks hold them to.
+/// The timing a fixture's registries are configured with, the bounds the checks hold them to,
+/// and what the backend's watch promises after an outage.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct FaultTiming {
+pub struct FaultOptions {
     /// The connect timeout of [`ServerFixture::connect_unreachable`] and of
     /// [`ServerFixture::connect_with_password`]: construction must fail within it.
     pub connect_bound: Duration,
@@ -70,11 +71,17 @@ pub struct FaultTiming {
     pub event_timeout: Duration,
     /// How long [`freeze_and_thaw_recovers`] keeps the server frozen; less than `liveness`.
     pub freeze_for: Duration,
+    /// Whether a watch of this backend tells its consumer, with a `Snapshot { reason:
+    /// Reconnected }`, that it may have missed changes while the server was down (a new
+    /// session, a re-subscription). Then [`kill_and_restart_recovers`] expects one within
+    /// `recovery`. A backend that resumes its watch without a possible gap (etcd, from the last
+    /// revision) needs none; every backend must end with the true set either way.
+    pub reconnected_snapshot: bool,
 }
 
-impl Default for FaultTiming {
+impl Default for FaultOptions {
     fn default() -> Self {
-        FaultTiming {
+        FaultOptions {
             connect_bound: Duration::from_secs(2),
             outage_detect: Duration::from_secs(5),
             recovery: Duration::from_secs(10),
@@ -82,33 +89,34 @@ impl Default for FaultTiming {
             drop_bound: Duration::from_secs(5),
             event_timeout: Duration::from_secs(10),
             freeze_for: Duration::from_secs(1),
+            reconnected_snapshot: false,
         }
     }
 }
 
-impl FaultTiming {
-    /// Sets [`FaultTiming::connect_bound`].
+impl FaultOptions {
+    /// Sets [`FaultOptions::connect_bound`].
     #[must_use]
     pub fn with_connect_bound(mut self, bound: Duration) -> Self {
         self.connect_bound = bound;
         self
     }
 
-    /// Sets [`FaultTiming::outage_detect`].
+    /// Sets [`FaultOptions::outage_detect`].
     #[must_use]
     pub fn with_outage_detect(mut self, bound: Duration) -> Self {
         self.outage_detect = bound;
         self
     }
 
-    /// Sets [`FaultTiming::recovery`].
+    /// Sets [`FaultOptions::recovery`].
     #[must_use]
     pub fn with_recovery(mut self, bound: Duration) -> Self {
         self.recovery = bound;
         self
     }
 
-    /// Sets [`FaultTiming::liveness`] and [`FaultTiming::drop_bound`].
+    /// Sets [`FaultOptions::liveness`] and [`FaultOptions::drop_bound`].
     #[must_use]
     pub fn with_liveness(mut self, liveness: Duration, drop_bound: Duration) -> Self {
         self.liveness = liveness;
@@ -116,14 +124,21 @@ impl FaultTiming {
         self
     }
 
-    /// Sets [`FaultTiming::event_timeout`].
+    /// Sets [`FaultOptions::event_timeout`].
     #[must_use]
     pub fn with_event_timeout(mut self, timeout: Duration) -> Self {
         self.event_timeout = timeout;
         self
     }
 
-    /// Sets [`FaultTiming::freeze_for`].
+    /// Sets [`FaultOptions::reconnected_snapshot`].
+    #[must_use]
+    pub fn with_reconnected_snapshot(mut self, expected: bool) -> Self {
+        self.reconnected_snapshot = expected;
+        self
+    }
+
+    /// Sets [`FaultOptions::freeze_for`].
     #[must_use]
     pub fn with_freeze_for(mut self, freeze: Duration) -> Self {
         self.freeze_for = freeze;
@@ -133,13 +148,13 @@ impl FaultTiming {
 
 /// What a fault check needs from a real or fake server. Implemented by each backend's tests.
 ///
-/// Registries it hands out are configured with short timeouts (those of [`timing`](Self::timing))
+/// Registries it hands out are configured with short timeouts (those of [`options`](Self::options))
 /// and share one namespace (prefix, chroot, group), so that a registry sees what another one
 /// registered. Fault injection panics when it fails: it is test code.
 #[async_trait]
 pub trait ServerFixture: Send + Sync {
     /// The timing the fixture's registries use, and the bounds the checks hold them to.
-    fn timing(&self) -> FaultTiming;
+    fn options(&self) -> FaultOptions;
 
     /// A new registry against the server.
     ///
@@ -148,7 +163,7 @@ pub trait ServerFixture: Send + Sync {
     async fn connect(&self) -> Result<Box<dyn ServiceRegistry>>;
 
     /// Builds a registry against `127.0.0.1:port`, where nothing listens, with
-    /// [`FaultTiming::connect_bound`] as its connect timeout.
+    /// [`FaultOptions::connect_bound`] as its connect timeout.
     ///
     /// # Errors
     /// What the backend returns: the check expects `Unavailable` or `Timeout`.
@@ -295,6 +310,26 @@ impl Follower {
             .collect::<Vec<_>>()
     }
 
+    /// Applies the stream until a `Reconnected` snapshot came.
+    async fn until_resync(&mut self, deadline: Instant, what: &str) {
+        while !self.resyncs.contains(&SnapshotReason::Reconnected) {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(event)) => {
+                    if let WatchEvent::Snapshot { reason, .. } = &event {
+                        self.resyncs.push(*reason);
+                    }
+                    self.view.apply_watch_event(&self.scope, event);
+                }
+                Ok(None) => panic!("{what}: the watch ended"),
+                Err(_) => panic!(
+                    "{what}: the watch sent no Reconnected snapshot (snapshots: {:?}); its \
+                     consumer cannot know it may have missed changes",
+                    self.resyncs
+                ),
+            }
+        }
+    }
+
     /// Applies the stream until the view holds exactly `want` (sorted ids).
     async fn until(&mut self, want: &[String], limit: Duration, what: &str) {
         let deadline = Instant::now() + limit;
@@ -350,7 +385,7 @@ async fn close_all(registries: &[&dyn ServiceRegistry]) {
 /// (a) Construction against a port where nothing listens fails within the connect timeout with
 /// `Unavailable` or `Timeout`, and the error names the server; nothing hangs.
 pub async fn no_server_fails_fast(fixture: &dyn ServerFixture) -> UnreachableReport {
-    let bound = fixture.timing().connect_bound;
+    let bound = fixture.options().connect_bound;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -389,11 +424,16 @@ pub async fn no_server_fails_fast(fixture: &dyn ServerFixture) -> UnreachableRep
 pub async fn wrong_credentials_are_a_clear_auth_error(
     fixture: &mut dyn ServerFixture,
 ) -> Option<Error> {
-    let bound = fixture.timing().connect_bound;
+    let bound = fixture.options().connect_bound;
     let right = fixture
         .connect_with_password(RIGHT_PASSWORD)
         .await?
         .expect("the right password connects");
+    let debug = format!("{right:?}");
+    assert!(
+        !debug.contains(RIGHT_PASSWORD),
+        "a registry's Debug must not show its password: {debug}"
+    );
     let name = unique_name("auth");
     let mine = instance(&name, &format!("{name}-a"), 8001);
     right
@@ -408,7 +448,7 @@ pub async fn wrong_credentials_are_a_clear_auth_error(
     watch
         .until(
             std::slice::from_ref(&mine.id),
-            fixture.timing().event_timeout,
+            fixture.options().event_timeout,
             "a watch with the right password",
         )
         .await;
@@ -456,10 +496,10 @@ pub async fn wrong_credentials_are_a_clear_auth_error(
 
 /// (d) A registry dropped without `close`: its watch streams end, and its instances vanish
 /// (a watcher in another registry sees them go, and that registry lists none) within
-/// [`FaultTiming::drop_bound`], well before the server would expire them. Returns how long they
+/// [`FaultOptions::drop_bound`], well before the server would expire them. Returns how long they
 /// took to vanish.
 pub async fn dropped_registry_vanishes_promptly(fixture: &dyn ServerFixture) -> Duration {
-    let t = fixture.timing();
+    let t = fixture.options();
     assert!(
         t.drop_bound < t.liveness,
         "fixture timing: drop_bound {:?} must be below liveness {:?} to prove anything",
@@ -522,7 +562,7 @@ pub async fn dropped_registry_vanishes_promptly(fixture: &dyn ServerFixture) -> 
 /// (e) `close` deregisters (another registry sees the instance go), is idempotent, ends every
 /// watch stream and the state stream (its last item `Closed`), and every later call is `Closed`.
 pub async fn close_is_idempotent_and_ends_streams(fixture: &dyn ServerFixture) {
-    let t = fixture.timing();
+    let t = fixture.options();
     let name = unique_name("fclose");
     let registry = fixture.connect().await.expect("connect");
     let observer = fixture.connect().await.expect("connect the observer");
@@ -590,16 +630,17 @@ enum Fault {
 }
 
 /// (b) The server is killed and restarted: the owner's state goes `Recovering` (within
-/// [`FaultTiming::outage_detect`]) and back to `Connected`; our registrations are on the server
-/// again (as a registry connected after the restart sees) within [`FaultTiming::recovery`]; a
+/// [`FaultOptions::outage_detect`]) and back to `Connected`; our registrations are on the server
+/// again (as a registry connected after the restart sees) within [`FaultOptions::recovery`]; a
 /// watcher in another registry ends with the true set (by a `Reconnected` snapshot or by the
-/// changes: no gap), and changes made after the restart reach it.
+/// changes: no gap; the snapshot is required with [`FaultOptions::reconnected_snapshot`]), and
+/// changes made after the restart reach it.
 pub async fn kill_and_restart_recovers(fixture: &mut dyn ServerFixture) -> RecoveryReport {
     outage_recovers(fixture, Fault::KillRestart).await
 }
 
-/// The server is frozen for [`FaultTiming::freeze_for`] (shorter than the liveness) and thawed:
-/// our registrations stay (or are back within [`FaultTiming::recovery`]), the owner is
+/// The server is frozen for [`FaultOptions::freeze_for`] (shorter than the liveness) and thawed:
+/// our registrations stay (or are back within [`FaultOptions::recovery`]), the owner is
 /// `Connected`, and a watcher in another registry ends with the true set, changes after the thaw
 /// included.
 pub async fn freeze_and_thaw_recovers(fixture: &mut dyn ServerFixture) -> RecoveryReport {
@@ -607,7 +648,7 @@ pub async fn freeze_and_thaw_recovers(fixture: &mut dyn ServerFixture) -> Recove
 }
 
 async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> RecoveryReport {
-    let t = fixture.timing();
+    let t = fixture.options();
     let tag = match fault {
         Fault::KillRestart => "restart",
         Fault::FreezeThaw => "freeze",
@@ -617,14 +658,11 @@ async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> Recov
     let observer = fixture.connect().await.expect("connect the observer");
     let states = collect_states(owner.as_ref());
     let mut ids: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
-    let mut ports = BTreeMap::new();
+    let mut registered = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
-        let port = 8001 + i as u16;
-        owner
-            .register(&instance(&name, id, port))
-            .await
-            .expect("register");
-        ports.insert(id.clone(), port);
+        let s = instance(&name, id, 8001 + i as u16);
+        owner.register(&s).await.expect("register");
+        registered.insert(id.clone(), s);
     }
     let mut seen = Follower::new(observer.as_ref(), &name).await;
     seen.until(&ids, t.event_timeout, "the observer sees our instances")
@@ -690,16 +728,18 @@ async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> Recov
         owner.state()
     );
     let recovered_after = back.elapsed();
+    if fault == Fault::KillRestart && t.reconnected_snapshot {
+        seen.until_resync(deadline + SLACK, "after the restart")
+            .await;
+    }
 
     // The watch ends with the true set, and changes after the fault still reach it.
     seen.until(&ids, t.event_timeout, "the watch after the fault")
         .await;
     let after = format!("{name}-after");
-    owner
-        .register(&instance(&name, &after, 8100))
-        .await
-        .expect("register after the fault");
-    ports.insert(after.clone(), 8100);
+    let s = instance(&name, &after, 8100);
+    owner.register(&s).await.expect("register after the fault");
+    registered.insert(after.clone(), s);
     owner
         .deregister(&ids[0])
         .await
@@ -719,11 +759,17 @@ async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> Recov
         "the server holds what the watch shows"
     );
     for s in seen.view.iter(&seen.scope) {
-        assert_eq!(
-            Some(&s.port),
-            ports.get(&s.id),
-            "the watch's data of {}",
-            s.id
+        assert_same_data(
+            s,
+            &registered[&s.id],
+            "the watch's instance after the fault",
+        );
+    }
+    for s in checker.list_instances(&name).await.expect("list") {
+        assert_same_data(
+            &s,
+            &registered[&s.id],
+            "the server's instance after the fault",
         );
     }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use waypost_core_types::conformance::faults::{self, FaultTiming};
+use waypost_core_types::conformance::faults::{self, FaultOptions};
 use waypost_core_types::{ServiceRegistry, WatchEvent, WatchStream};
 use waypost_registry_consul::fake::{FakeConsul, FakeOptions};
 use waypost_registry_consul::{ConsulConfig, ConsulRegistry};
@@ -91,13 +91,15 @@ impl ConsulFixture {
 
 #[waypost_core_types::async_trait]
 impl faults::ServerFixture for ConsulFixture {
-    fn timing(&self) -> FaultTiming {
+    fn options(&self) -> FaultOptions {
         // An instance that is not renewed stays for its TTL (3 s) plus
-        // DeregisterCriticalServiceAfter (at least a minute).
-        FaultTiming::default()
+        // DeregisterCriticalServiceAfter (at least a minute). A watch whose blocking queries
+        // failed, or whose index went backwards, resyncs with a Reconnected snapshot.
+        FaultOptions::default()
             .with_connect_bound(Duration::from_millis(500))
             .with_liveness(Duration::from_secs(63), Duration::from_secs(2))
             .with_recovery(Duration::from_secs(10))
+            .with_reconnected_snapshot(true)
     }
 
     async fn connect(&self) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
@@ -112,7 +114,7 @@ impl faults::ServerFixture for ConsulFixture {
     ) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
         let cfg = ConsulConfig::default()
             .with_address(format!("127.0.0.1:{port}"))
-            .with_connect_timeout(self.timing().connect_bound);
+            .with_connect_timeout(self.options().connect_bound);
         Ok(Box::new(ConsulRegistry::connect(cfg).await?))
     }
 
