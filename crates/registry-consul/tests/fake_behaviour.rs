@@ -76,11 +76,34 @@ async fn fault_suite_against_the_fake_agent() {
     }
     faults::dropped_registry_vanishes_promptly(&fixture).await;
     faults::close_is_idempotent_and_ends_streams(&fixture).await;
+    nothing_left_on(&fixture);
+}
+
+// The outages, each on an agent of its own, so that they run side by side.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_frozen_agent() {
+    let mut fixture = ConsulFixture::start().await;
     faults::freeze_and_thaw_recovers(&mut fixture).await;
-    // An agent restarted with its data dir, then one restarted without it.
+    nothing_left_on(&fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_agent_restarted_with_its_data() {
+    let mut fixture = ConsulFixture::start().await;
     faults::kill_and_restart_recovers(&mut fixture).await;
+    nothing_left_on(&fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_agent_restarted_without_its_data() {
+    let mut fixture = ConsulFixture::start().await;
     fixture.forget_on_restart = true;
     faults::kill_and_restart_recovers(&mut fixture).await;
+    nothing_left_on(&fixture);
+}
+
+fn nothing_left_on(fixture: &ConsulFixture) {
     assert!(
         fixture.agent.local_service_ids().is_empty(),
         "every registry closed or dropped: nothing left on the agent: {:?}",

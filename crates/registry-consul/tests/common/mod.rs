@@ -103,9 +103,10 @@ impl faults::ServerFixture for ConsulFixture {
     }
 
     async fn connect(&self) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
-        Ok(Box::new(
-            ConsulRegistry::connect(fast_config(&self.agent)).await?,
-        ))
+        // A watch whose blocking query outlived an outage resyncs when that query returns:
+        // a short wait keeps the checks short.
+        let cfg = fast_config(&self.agent).with_watch_wait(Duration::from_millis(500));
+        Ok(Box::new(ConsulRegistry::connect(cfg).await?))
     }
 
     async fn connect_unreachable(
