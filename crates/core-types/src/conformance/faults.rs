@@ -4,7 +4,7 @@
 //! in-process fake) and call [`run_faults`], or one check at a time. Each check:
 //!
 //! - asserts the behaviour a user relies on, with the timing tolerances of [`FaultOptions`];
-//! - uses service names of its own ([`unique_name`](super::unique_name)) and never wipes data,
+//! - uses service names of its own ([`super::unique_name`]) and never wipes data,
 //!   so the checks can share one server (and one prefix) with each other and with other tests;
 //! - panics with a message naming the broken behaviour;
 //! - returns what it measured, so a backend's test can assert more about its own backend.
