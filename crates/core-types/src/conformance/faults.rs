@@ -417,10 +417,11 @@ pub async fn no_server_fails_fast(fixture: &dyn ServerFixture) -> UnreachableRep
     UnreachableReport { port, took, error }
 }
 
-/// (c) A wrong password gives `Error::Auth` (at construction, or at the first write for
-/// backends that check per request) within the connect timeout; neither the wrong nor the right
-/// password appears in its `Display` or `Debug`; and nothing registered with the right password
-/// changes. Returns `None` when the backend has no authentication.
+/// (c) A wrong password gives `Error::Auth` (at construction, or, for backends that check per
+/// request, at the first write and at reads) within the connect timeout; neither the wrong nor
+/// the right password appears in its `Display` or `Debug`, nor in a registry's `Debug`; and
+/// nothing registered with the right password changes. Returns `None` when the backend has no
+/// authentication.
 pub async fn wrong_credentials_are_a_clear_auth_error(
     fixture: &mut dyn ServerFixture,
 ) -> Option<Error> {
@@ -467,6 +468,11 @@ pub async fn wrong_credentials_are_a_clear_auth_error(
                 .register(&intruder)
                 .await
                 .expect_err("a write with a wrong password must be refused");
+            let read = wrong.list_instances(&name).await;
+            assert!(
+                matches!(read, Err(Error::Auth { .. })),
+                "a read with a wrong password must be refused with Auth, got {read:?}"
+            );
             let _ = wrong.close().await;
             e
         }
