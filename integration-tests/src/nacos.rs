@@ -258,10 +258,11 @@ impl NacosFixture {
         })
     }
 
-    /// The configuration of the fixture's registries against `addr`.
+    /// The configuration of the fixture's registries against `addr`. The connect timeout also
+    /// bounds each liveness probe, so it decides how soon a dead server shows as `Recovering`.
     pub fn config(&self, addr: &str) -> NacosConfig {
         NacosConfig::new(addr)
-            .with_connect_timeout(Duration::from_secs(5))
+            .with_connect_timeout(Duration::from_millis(1500))
             .with_probe_interval(Duration::from_millis(200))
             .with_cache_dir(self.cache_dir.clone())
     }

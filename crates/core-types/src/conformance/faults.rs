@@ -663,7 +663,7 @@ async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> Recov
     let owner = fixture.connect().await.expect("connect the owner");
     let observer = fixture.connect().await.expect("connect the observer");
     let states = collect_states(owner.as_ref());
-    let mut ids: Vec<String> = (0..3).map(|i| format!("{name}-{i}")).collect();
+    let mut ids: Vec<String> = (0..2).map(|i| format!("{name}-{i}")).collect();
     let mut registered = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
         let s = instance(&name, id, 8001 + i as u16);
