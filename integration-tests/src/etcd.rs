@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use waypost_core_types::conformance::faults::{self, FaultOptions};
+use waypost_core_types::ServiceRegistry;
+use waypost_registry_etcd::{EtcdConfig, EtcdRegistry};
+
 use crate::{find_binary, free_ports, wait_until, ServerProcess};
 
 const INSTALL_HINT: &str = "apt-get install -y --no-install-recommends etcd-server etcd-client";
@@ -526,5 +530,112 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
         self.open.send_replace(false);
+    }
+}
+
+/// The fault suite's view of an etcd server ([`faults::ServerFixture`]): a single node whose
+/// registries share one prefix, and (started on first use) a second node with authentication
+/// on, whose `root` user has [`faults::RIGHT_PASSWORD`].
+#[derive(Debug)]
+pub struct EtcdFixture {
+    server: EtcdServer,
+    config: EtcdConfig,
+    auth: Option<EtcdServer>,
+}
+
+impl EtcdFixture {
+    /// The TTL of the fixture's registries.
+    pub const TTL: Duration = Duration::from_secs(15);
+
+    /// Starts a single-node etcd; registries use `prefix`.
+    ///
+    /// # Errors
+    /// As [`EtcdServer::start`].
+    pub async fn start(prefix: &str) -> Result<Self, String> {
+        let server = EtcdServer::start().await?;
+        let config = EtcdConfig::new([server.endpoint()])
+            .with_prefix(prefix)
+            .with_ttl(Self::TTL)
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_max_backoff(Duration::from_millis(500));
+        Ok(EtcdFixture {
+            server,
+            config,
+            auth: None,
+        })
+    }
+
+    /// The server.
+    pub fn server(&self) -> &EtcdServer {
+        &self.server
+    }
+
+    /// The configuration of the fixture's registries.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+}
+
+#[waypost_core_types::async_trait]
+impl faults::ServerFixture for EtcdFixture {
+    fn options(&self) -> FaultOptions {
+        FaultOptions::default()
+            .with_connect_bound(Duration::from_secs(1))
+            .with_liveness(Self::TTL, Duration::from_secs(5))
+            .with_recovery(Duration::from_secs(8))
+    }
+
+    async fn connect(&self) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
+        Ok(Box::new(EtcdRegistry::connect(self.config.clone()).await?))
+    }
+
+    async fn connect_unreachable(
+        &self,
+        port: u16,
+    ) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
+        let cfg = EtcdConfig::new([format!("http://127.0.0.1:{port}")])
+            .with_connect_timeout(self.options().connect_bound);
+        Ok(Box::new(EtcdRegistry::connect(cfg).await?))
+    }
+
+    async fn connect_with_password(
+        &mut self,
+        password: &str,
+    ) -> Option<waypost_core_types::Result<Box<dyn ServiceRegistry>>> {
+        if self.auth.is_none() {
+            let server = EtcdServer::start().await.expect("start etcd for auth");
+            server
+                .enable_auth(faults::RIGHT_PASSWORD)
+                .expect("enable auth");
+            self.auth = Some(server);
+        }
+        let endpoint = self.auth.as_ref().map(EtcdServer::endpoint)?;
+        let cfg = self
+            .config
+            .clone()
+            .with_endpoints([endpoint])
+            .with_connect_timeout(self.options().connect_bound)
+            .with_credentials("root", password);
+        Some(
+            EtcdRegistry::connect(cfg)
+                .await
+                .map(|r| Box::new(r) as Box<dyn ServiceRegistry>),
+        )
+    }
+
+    async fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart().await.expect("restart etcd");
+    }
+
+    async fn freeze(&mut self) {
+        self.server.process.signal("STOP").expect("SIGSTOP etcd");
+    }
+
+    async fn thaw(&mut self) {
+        self.server.process.signal("CONT").expect("SIGCONT etcd");
     }
 }

@@ -12,6 +12,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use waypost_core_types::conformance::faults::{self, FaultOptions};
+use waypost_core_types::ServiceRegistry;
+use waypost_registry_nacos::{NacosConfig, NacosRegistry};
+
 use crate::{find_binary, port_open, wait_until, ServerProcess};
 
 /// How to install the server, for skip messages.
@@ -224,4 +228,110 @@ pub async fn nacos_target() -> Result<(String, Option<Rnacos>), String> {
     }
     let server = start_rnacos(RnacosOptions::default()).await?;
     Ok((server.addr(), Some(server)))
+}
+
+/// The fault suite's view of rnacos ([`faults::ServerFixture`]): registries with a fast probe
+/// on one server; authentication is checked on a second rnacos (started on first use) whose
+/// admin user [`NacosFixture::USER`] has [`faults::RIGHT_PASSWORD`].
+#[derive(Debug)]
+pub struct NacosFixture {
+    /// The server.
+    pub server: Rnacos,
+    /// The server with authentication on, once started.
+    pub auth: Option<Rnacos>,
+    cache_dir: PathBuf,
+}
+
+impl NacosFixture {
+    /// The admin user of the authenticating server.
+    pub const USER: &'static str = "waypost-admin";
+
+    /// Starts rnacos; the SDK keeps its cache under `cache_dir`.
+    ///
+    /// # Errors
+    /// As [`start_rnacos`].
+    pub async fn start(cache_dir: PathBuf) -> Result<Self, String> {
+        Ok(NacosFixture {
+            server: start_rnacos(RnacosOptions::default()).await?,
+            auth: None,
+            cache_dir,
+        })
+    }
+
+    /// The configuration of the fixture's registries against `addr`. The connect timeout also
+    /// bounds each liveness probe, so it decides how soon a dead server shows as `Recovering`.
+    pub fn config(&self, addr: &str) -> NacosConfig {
+        NacosConfig::new(addr)
+            .with_connect_timeout(Duration::from_millis(1500))
+            .with_probe_interval(Duration::from_millis(200))
+            .with_cache_dir(self.cache_dir.clone())
+    }
+}
+
+#[waypost_core_types::async_trait]
+impl faults::ServerFixture for NacosFixture {
+    fn options(&self) -> FaultOptions {
+        // rnacos drops an instance whose connection is gone when its connection check fails;
+        // the SDK's client gives up on a silent server after about 15 s.
+        FaultOptions::default()
+            .with_connect_bound(Duration::from_millis(1500))
+            .with_outage_detect(Duration::from_secs(10))
+            .with_recovery(Duration::from_secs(30))
+            .with_liveness(Duration::from_secs(15), Duration::from_secs(5))
+            .with_event_timeout(Duration::from_secs(15))
+            .with_reconnected_snapshot(true)
+    }
+
+    async fn connect(&self) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
+        let cfg = self.config(&self.server.addr());
+        Ok(Box::new(NacosRegistry::connect(cfg).await?))
+    }
+
+    async fn connect_unreachable(
+        &self,
+        port: u16,
+    ) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
+        let cfg = self
+            .config(&format!("127.0.0.1:{port}"))
+            .with_connect_timeout(self.options().connect_bound);
+        Ok(Box::new(NacosRegistry::connect(cfg).await?))
+    }
+
+    async fn connect_with_password(
+        &mut self,
+        password: &str,
+    ) -> Option<waypost_core_types::Result<Box<dyn ServiceRegistry>>> {
+        if self.auth.is_none() {
+            let opts = RnacosOptions {
+                auth: Some((Self::USER.into(), faults::RIGHT_PASSWORD.into())),
+            };
+            self.auth = Some(start_rnacos(opts).await.expect("start rnacos with auth"));
+        }
+        let addr = self.auth.as_ref().map(Rnacos::addr)?;
+        let cfg = self
+            .config(&addr)
+            .with_connect_timeout(self.options().connect_bound)
+            .with_credentials(Self::USER, password);
+        Some(
+            NacosRegistry::connect(cfg)
+                .await
+                .map(|r| Box::new(r) as Box<dyn ServiceRegistry>),
+        )
+    }
+
+    async fn kill(&mut self) {
+        self.server.process.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart().await.expect("restart rnacos");
+    }
+
+    async fn freeze(&mut self) {
+        self.server.process.signal("STOP").expect("SIGSTOP rnacos");
+    }
+
+    async fn thaw(&mut self) {
+        self.server.process.signal("CONT").expect("SIGCONT rnacos");
+    }
 }

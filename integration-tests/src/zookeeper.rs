@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use waypost_core_types::conformance::faults::{self, FaultOptions};
+use waypost_core_types::ServiceRegistry;
+use waypost_registry_zookeeper::{ZookeeperConfig, ZookeeperRegistry};
+
 use crate::{find_binary, free_port, ServerProcess};
 
 /// How to install the server, for skip messages.
@@ -510,5 +514,105 @@ impl Drop for MuteProxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.drop_connections();
+    }
+}
+
+/// The fault suite's view of a ZooKeeper server ([`faults::ServerFixture`]): registries with
+/// 2 s sessions under one prefix; authenticated ones (digest user `alice`) under a prefix of
+/// their own, which the first of them creates with its ACL.
+#[derive(Debug)]
+pub struct ZkFixture {
+    /// The server.
+    pub server: ZkServer,
+    prefix: String,
+}
+
+impl ZkFixture {
+    /// The session timeout of the fixture's registries.
+    pub const SESSION: Duration = Duration::from_secs(2);
+
+    /// Starts a server; registries use `prefix`.
+    ///
+    /// # Errors
+    /// As [`ZkServer::start`].
+    pub async fn start(prefix: &str) -> Result<Self, String> {
+        Ok(ZkFixture {
+            server: ZkServer::start(ZkOptions::default()).await?,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The configuration of the fixture's registries.
+    pub fn config(&self) -> ZookeeperConfig {
+        ZookeeperConfig::new([self.server.addr()])
+            .with_prefix(self.prefix.as_str())
+            .with_session_timeout(Self::SESSION)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_max_backoff(Duration::from_secs(1))
+    }
+}
+
+#[waypost_core_types::async_trait]
+impl faults::ServerFixture for ZkFixture {
+    fn options(&self) -> FaultOptions {
+        FaultOptions::default()
+            .with_connect_bound(Duration::from_secs(2))
+            .with_liveness(Self::SESSION, Self::SESSION / 2)
+            .with_recovery(Duration::from_secs(15))
+            .with_reconnected_snapshot(true)
+    }
+
+    async fn connect(&self) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
+        Ok(Box::new(ZookeeperRegistry::connect(self.config()).await?))
+    }
+
+    async fn connect_unreachable(
+        &self,
+        port: u16,
+    ) -> waypost_core_types::Result<Box<dyn ServiceRegistry>> {
+        let cfg = ZookeeperConfig::new([format!("127.0.0.1:{port}")])
+            .with_session_timeout(Self::SESSION)
+            .with_connect_timeout(self.options().connect_bound);
+        Ok(Box::new(ZookeeperRegistry::connect(cfg).await?))
+    }
+
+    async fn connect_with_password(
+        &mut self,
+        password: &str,
+    ) -> Option<waypost_core_types::Result<Box<dyn ServiceRegistry>>> {
+        // The first registry creates the missing parents of its prefix with its own ACL (world
+        // may only read): let an anonymous one create the shared parents first.
+        match self.connect().await {
+            Ok(anonymous) => {
+                let _ = anonymous.close().await;
+            }
+            Err(e) => return Some(Err(e)),
+        }
+        let cfg = self
+            .config()
+            .with_prefix(format!("{}-acl", self.prefix))
+            .with_connect_timeout(self.options().connect_bound)
+            .with_digest_auth("alice", password);
+        Some(
+            ZookeeperRegistry::connect(cfg)
+                .await
+                .map(|r| Box::new(r) as Box<dyn ServiceRegistry>),
+        )
+    }
+
+    async fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    async fn restart(&mut self) {
+        self.server.restart().await.expect("restart ZooKeeper");
+    }
+
+    async fn freeze(&mut self) {
+        self.server.pause().expect("SIGSTOP ZooKeeper");
+    }
+
+    async fn thaw(&mut self) {
+        self.server.resume().expect("SIGCONT ZooKeeper");
     }
 }

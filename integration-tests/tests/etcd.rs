@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use waypost_core_types::conformance::{self, ConformanceOptions};
+use waypost_core_types::conformance::{self, faults, ConformanceOptions};
 use waypost_core_types::{
     Error, Health, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason,
     WatchEvent, WatchStream,
 };
-use waypost_integration_tests::etcd::{etcd_available, EtcdCluster, EtcdServer, TcpProxy};
-use waypost_integration_tests::{free_port, require, wait_until};
+use waypost_integration_tests::etcd::{
+    etcd_available, EtcdCluster, EtcdFixture, EtcdServer, TcpProxy,
+};
+use waypost_integration_tests::{require, wait_until};
 use waypost_registry_etcd::{EtcdConfig, EtcdRegistry, EtcdTlsConfig};
 
 static PREFIX_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -139,28 +141,53 @@ async fn etcd_conformance_through_box_and_arc() {
 }
 
 #[tokio::test]
-async fn etcd_no_server_fails_within_connect_timeout() {
-    // Needs no server at all; it runs everywhere.
-    let port = free_port();
-    let limit = Duration::from_secs(1);
-    let start = Instant::now();
-    let r = EtcdRegistry::connect(
-        EtcdConfig::new([format!("http://127.0.0.1:{port}")]).with_connect_timeout(limit),
-    )
-    .await;
-    let took = start.elapsed();
-    match r {
-        Err(Error::Unavailable(msg)) => {
-            assert!(
-                msg.contains(&port.to_string()),
-                "the error names the endpoint: {msg}"
-            );
-            assert!(msg.contains("1s"), "the error names the limit: {msg}");
-        }
-        other => panic!("expected Unavailable, got {other:?}"),
+async fn etcd_fault_suite() {
+    let test = "etcd_fault_suite";
+    if require(test, etcd_available()).is_none() {
+        return;
     }
-    assert!(took >= limit, "gave up early: {took:?}");
-    assert!(took < limit + Duration::from_millis(500), "took {took:?}");
+    let mut fixture = EtcdFixture::start(&prefix("faults"))
+        .await
+        .expect("start etcd");
+
+    // Without a server: Unavailable after exactly the connect timeout (etcd-client retries
+    // until then), naming the limit.
+    let unreachable = faults::no_server_fails_fast(&fixture).await;
+    let text = unreachable.error.to_string();
+    assert!(matches!(unreachable.error, Error::Unavailable(_)), "{text}");
+    assert!(text.contains("1s"), "the error names the limit: {text}");
+    assert!(
+        unreachable.took >= Duration::from_secs(1),
+        "gave up early: {:?}",
+        unreachable.took
+    );
+
+    match faults::wrong_credentials_are_a_clear_auth_error(&mut fixture).await {
+        Some(Error::Auth { backend, message }) => {
+            assert_eq!(backend, "etcd");
+            assert!(message.contains("authentication failed"), "{message}");
+        }
+        other => panic!("etcd has authentication: {other:?}"),
+    }
+
+    // A TTL (15 s) far longer than the bound (5 s): the instances can only be gone in time if
+    // the drop revoked the lease (and no task kept it alive); no lease is left behind.
+    let gone = faults::dropped_registry_vanishes_promptly(&fixture).await;
+    eprintln!("dropped registry's instances gone after {gone:?}");
+    let leases = fixture
+        .server()
+        .etcdctl(&["lease", "list"])
+        .expect("lease list");
+    assert!(
+        leases.lines().filter(|l| l.contains("id(")).count() == 0,
+        "a dropped (and every closed) registry revokes its lease: {leases}"
+    );
+
+    faults::close_is_idempotent_and_ends_streams(&fixture).await;
+    let frozen = faults::freeze_and_thaw_recovers(&mut fixture).await;
+    eprintln!("freeze: {frozen:?}");
+    let restarted = faults::kill_and_restart_recovers(&mut fixture).await;
+    eprintln!("kill -9 and restart: {restarted:?}");
 }
 
 #[tokio::test]
@@ -210,91 +237,6 @@ async fn etcd_close_revokes_lease_and_instances_vanish() {
 
 fn registry_lease(r: &EtcdRegistry) -> i64 {
     r.lease_id()
-}
-
-#[tokio::test]
-async fn etcd_restart_after_kill9_restores_registrations_and_watch_view() {
-    let test = "etcd_restart_after_kill9_restores_registrations_and_watch_view";
-    let Some(mut etcd) = server(test).await else {
-        return;
-    };
-    let ttl = 3u64;
-    let cfg = config(&etcd.endpoint(), "restart", ttl);
-    let registry = EtcdRegistry::connect(cfg.clone()).await.expect("connect");
-    let watcher = EtcdRegistry::connect(cfg.clone()).await.expect("watcher");
-    let mut watch = watcher.watch().await.expect("watch");
-    let mut view = View::new();
-    for i in 0..5 {
-        registry
-            .register(&svc("restart", &format!("r-{i}"), 9000 + i))
-            .await
-            .expect("register");
-    }
-    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
-        v.len() == 5
-    })
-    .await
-    .expect("watcher sees the five");
-
-    etcd.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        matches!(registry.state(), RegistryState::Recovering { .. }),
-        "state must show the outage, got {:?}",
-        registry.state()
-    );
-    etcd.start_again().expect("restart etcd");
-    let restarted = Instant::now();
-
-    let limit = Duration::from_secs(ttl + 5);
-    let checker = EtcdRegistry::connect(cfg.clone().with_connect_timeout(limit))
-        .await
-        .expect("checker connects after the restart");
-    wait_until("our registrations back", limit, || async {
-        checker
-            .list_instances("restart")
-            .await
-            .map(|l| l.len() == 5)
-            .unwrap_or(false)
-    })
-    .await
-    .expect("registrations present again within TTL + 5 s");
-    eprintln!(
-        "registrations present {:?} after restart",
-        restarted.elapsed()
-    );
-    wait_until("state connected", limit, || async {
-        registry.state().is_connected()
-    })
-    .await
-    .expect("registry state back to Connected");
-
-    // A change after the restart reaches the watcher, and its view equals the server's.
-    registry
-        .register(&svc("restart", "r-after", 9100))
-        .await
-        .expect("register after restart");
-    let server_view = checker.list_services().await.expect("list");
-    let want = ids(&server_view);
-    follow_until(&mut watch, &mut view, Duration::from_secs(10), |v| {
-        v.keys().cloned().collect::<Vec<_>>() == want
-    })
-    .await
-    .expect("watcher's view equals the server's contents");
-    let etcdctl_keys = etcd
-        .etcdctl(&["get", cfg.prefix.as_str(), "--prefix", "--keys-only"])
-        .expect("etcdctl get");
-    assert_eq!(
-        etcdctl_keys
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .count(),
-        6,
-        "{etcdctl_keys}"
-    );
-    registry.close().await.expect("close");
-    watcher.close().await.expect("close");
-    checker.close().await.expect("close");
 }
 
 #[tokio::test]
@@ -621,47 +563,6 @@ async fn etcd_garbage_under_prefix_is_skipped() {
 }
 
 #[tokio::test]
-async fn etcd_wrong_password_is_a_clear_auth_error() {
-    let Some(etcd) = server("etcd_wrong_password_is_a_clear_auth_error").await else {
-        return;
-    };
-    etcd.enable_auth("right-pw").expect("enable auth");
-    let cfg = config(&etcd.endpoint(), "auth", 5);
-    let start = Instant::now();
-    let r = EtcdRegistry::connect(cfg.clone().with_credentials("root", "wrong-pw")).await;
-    match r {
-        Err(Error::Auth { backend, message }) => {
-            assert_eq!(backend, "etcd");
-            assert!(message.contains("authentication failed"), "{message}");
-            assert!(!message.contains("wrong-pw"), "no secret in the error");
-        }
-        other => panic!("expected Error::Auth, got {other:?}"),
-    }
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "auth errors are not retried"
-    );
-
-    let registry = EtcdRegistry::connect(cfg.with_credentials("root", "right-pw"))
-        .await
-        .expect("right password connects");
-    registry
-        .register(&svc("authed", "authed-1", 9001))
-        .await
-        .expect("register");
-    assert_eq!(
-        registry.list_instances("authed").await.expect("list").len(),
-        1
-    );
-    let mut watch = registry.watch_service("authed").await.expect("watch");
-    assert!(matches!(
-        watch.next().await,
-        Some(WatchEvent::Snapshot { .. })
-    ));
-    registry.close().await.expect("close");
-}
-
-#[tokio::test]
 async fn etcd_tls_with_test_ca() {
     let test = "etcd_tls_with_test_ca";
     if require(test, etcd_available()).is_none() {
@@ -833,51 +734,6 @@ async fn etcd_lagging_watcher_gets_lagged_snapshot_not_a_gap() {
     .expect("catches up");
     assert!(reasons.contains(&SnapshotReason::Lagged), "{reasons:?}");
     registry.close().await.expect("close");
-}
-
-#[tokio::test]
-async fn etcd_dropped_registry_revokes_its_lease() {
-    let test = "etcd_dropped_registry_revokes_its_lease";
-    let Some(etcd) = server(test).await else {
-        return;
-    };
-    // A TTL far longer than the wait below: the instance can only be gone in time if the drop
-    // revoked the lease (and no task kept it alive).
-    let ttl = 60u64;
-    let cfg = config(&etcd.endpoint(), "drop", ttl);
-    let observer = EtcdRegistry::connect(cfg.clone()).await.expect("observer");
-    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
-    registry
-        .register(&svc("dropped", "d-1", 9001))
-        .await
-        .expect("register");
-    let lease = format!("{:x}", registry.lease_id());
-    assert_eq!(
-        observer
-            .list_instances("dropped")
-            .await
-            .expect("list")
-            .len(),
-        1
-    );
-    drop(registry);
-    let dropped = Instant::now();
-    wait_until("instance removal", Duration::from_secs(5), || async {
-        observer
-            .list_instances("dropped")
-            .await
-            .map(|l| l.is_empty())
-            .unwrap_or(false)
-    })
-    .await
-    .expect("a dropped registry revokes its lease instead of leaving it to the TTL");
-    eprintln!(
-        "dropped registry's instance gone after {:?}",
-        dropped.elapsed()
-    );
-    let leases = etcd.etcdctl(&["lease", "list"]).expect("lease list");
-    assert!(!leases.contains(&lease), "{leases}");
-    observer.close().await.expect("close");
 }
 
 #[tokio::test]

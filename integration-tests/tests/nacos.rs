@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use waypost_core_types::conformance::{self, ConformanceOptions};
+use waypost_core_types::conformance::{self, faults, ConformanceOptions};
 use waypost_core_types::{
     Error, Health, RegistryState, ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason,
     WatchEvent, WatchStream,
 };
 use waypost_integration_tests::nacos::{
-    nacos_target, start_rnacos, subscriber_count, Rnacos, RnacosOptions,
+    nacos_target, start_rnacos, subscriber_count, NacosFixture, Rnacos, RnacosOptions,
 };
-use waypost_integration_tests::{free_port, require, wait_until};
+use waypost_integration_tests::{require, wait_until};
 use waypost_registry_nacos::{NacosConfig, NacosRegistry};
 
 fn cache_dir() -> std::path::PathBuf {
@@ -221,141 +221,69 @@ async fn rnacos_sigkilled_process_instance_disappears_from_another_process() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Server restart: registrations and subscriptions come back without the application's help.
-
-async fn rnacos_only(test: &str, opts: RnacosOptions) -> Option<Rnacos> {
-    require(test, start_rnacos(opts).await)
-}
+// The fault suite: no server, wrong credentials, a dropped registry, close, a frozen server, and
+// a restart after which registrations and subscriptions come back without the application's help.
 
 #[tokio::test]
-async fn rnacos_restart_restores_registrations_and_subscriptions() {
-    let Some(mut server) = rnacos_only(
-        "rnacos_restart_restores_registrations_and_subscriptions",
-        RnacosOptions::default(),
-    )
-    .await
+async fn rnacos_fault_suite() {
+    let Some(mut fixture) = require("rnacos_fault_suite", NacosFixture::start(cache_dir()).await)
     else {
         return;
     };
-    let addr = server.addr();
-    let name = unique("restart");
-    let owner =
-        NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
-            .await
-            .unwrap();
-    let watcher =
-        NacosRegistry::connect(config(&addr).with_probe_interval(Duration::from_millis(200)))
-            .await
-            .unwrap();
-    let a = ServiceInfo::new(format!("{name}-a"), &name, "127.0.0.1", 7101)
-        .with_health(Health::Healthy)
-        .with_tag("before-restart");
-    owner.register(&a).await.unwrap();
-    let mut watch = watcher.watch_service(&name).await.unwrap();
-    match next_event(&mut watch, Duration::from_secs(5)).await {
-        WatchEvent::Snapshot { services, .. } => assert!(services.iter().any(|s| s.id == a.id)),
-        other => panic!("expected the initial snapshot, got {other:?}"),
-    }
-    // Everything the owner's state goes through, until it closes.
-    let mut owner_changes = owner.state_changes();
-    assert_eq!(owner_changes.next().await, Some(RegistryState::Connected));
-    let owner_states = tokio::spawn(owner_changes.collect::<Vec<RegistryState>>());
-
-    server.restart().await.expect("restart rnacos");
-
-    // The watcher is told that it may have missed changes, with the truth afterwards.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut saw_recovering = false;
-    let mut reconnected_snapshot = None;
-    while reconnected_snapshot.is_none() {
-        if !owner.state().is_connected() {
-            saw_recovering = true;
-        }
-        // Short waits, so the owner's state is sampled while the server is down.
-        match tokio::time::timeout(Duration::from_millis(50), watch.next()).await {
-            Ok(Some(WatchEvent::Snapshot {
-                services,
-                reason: SnapshotReason::Reconnected,
-            })) => reconnected_snapshot = Some(services),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("watch ended across a server restart"),
-            Err(_) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "no Reconnected snapshot within 30 s of the restart"
-            ),
-        }
-    }
-    eprintln!(
-        "reconnected snapshot: {:?}",
-        reconnected_snapshot.as_ref().map(|s| s.len())
-    );
-
-    // The registration is back on the server (seen by a brand-new client) ...
-    let fresh = connect(&addr).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed = fresh.list_instances(&name).await.unwrap_or_default();
-        if let Some(s) = listed.iter().find(|s| s.id == a.id) {
-            assert_eq!(s.tags, vec!["before-restart".to_string()]);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "registration not restored within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // ... the owner says it is connected (it was recovering in between) ...
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !owner.state().is_connected() {
-        assert!(
-            Instant::now() < deadline,
-            "owner never reconnected: {:?}",
-            owner.state()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let unreachable = faults::no_server_fails_fast(&fixture).await;
     assert!(
-        saw_recovering,
-        "the owner's state() must say Recovering while the server is down"
+        unreachable.error.to_string().contains("127.0.0.1"),
+        "names the address: {}",
+        unreachable.error
     );
-    // ... and the watcher's subscription works again: a new instance shows up.
-    let b = ServiceInfo::new(format!("{name}-b"), &name, "127.0.0.1", 7102)
-        .with_health(Health::Healthy);
-    fresh.register(&b).await.unwrap();
-    wait_for_change(
-        &mut watch,
-        ServiceEventType::Created,
-        &b.id,
-        Duration::from_secs(15),
-    )
-    .await;
-    fresh.deregister(&b.id).await.unwrap();
-    wait_for_change(
-        &mut watch,
-        ServiceEventType::Deleted,
-        &b.id,
-        Duration::from_secs(15),
-    )
-    .await;
-
-    for r in [&owner, &watcher, &fresh] {
-        r.close().await.unwrap();
+    match faults::wrong_credentials_are_a_clear_auth_error(&mut fixture).await {
+        Some(Error::Auth { backend, message }) => {
+            assert_eq!(backend, "nacos");
+            assert!(
+                message.contains(NacosFixture::USER),
+                "names the user: {message}"
+            );
+        }
+        other => panic!("rnacos has authentication: {other:?}"),
     }
-    // state_changes() told the same story: (Connected,) Recovering, Connected again, Closed.
-    let states = tokio::time::timeout(Duration::from_secs(5), owner_states)
+    let auth_addr = fixture
+        .auth
+        .as_ref()
+        .map(Rnacos::addr)
+        .expect("auth server");
+    let err = NacosRegistry::connect(config(&auth_addr).with_credentials("nobody", "x"))
         .await
-        .expect("state_changes ends after close")
-        .unwrap();
-    assert!(
-        matches!(states.first(), Some(RegistryState::Recovering { .. })),
-        "{states:?}"
+        .expect_err("unknown user must be refused");
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+
+    let gone = faults::dropped_registry_vanishes_promptly(&fixture).await;
+    eprintln!("dropped registry's instances gone after {gone:?}");
+    faults::close_is_idempotent_and_ends_streams(&fixture).await;
+}
+
+/// The faults that stop the server, on a server of their own, so that they run beside the
+/// checks above.
+#[tokio::test]
+async fn rnacos_fault_suite_outages() {
+    let test = "rnacos_fault_suite_outages";
+    let Some(mut fixture) = require(test, NacosFixture::start(cache_dir()).await) else {
+        return;
+    };
+    let started = Instant::now();
+    let frozen = faults::freeze_and_thaw_recovers(&mut fixture).await;
+    eprintln!("freeze check took {:?}", started.elapsed());
+    let started = Instant::now();
+    eprintln!("freeze: {frozen:?}");
+    let restarted = faults::kill_and_restart_recovers(&mut fixture).await;
+    eprintln!(
+        "restart: recovered after {:?}; the check took {:?}",
+        restarted.recovered_after,
+        started.elapsed()
     );
-    assert!(
-        states.contains(&RegistryState::Connected),
-        "no Connected after Recovering in {states:?}"
-    );
-    assert_eq!(states.last(), Some(&RegistryState::Closed), "{states:?}");
+}
+
+async fn rnacos_only(test: &str, opts: RnacosOptions) -> Option<Rnacos> {
+    require(test, start_rnacos(opts).await)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,90 +381,6 @@ async fn rnacos_lagging_watcher_is_resynced_by_a_snapshot() {
 // ---------------------------------------------------------------------------------------------
 // Construction failures.
 
-#[tokio::test]
-async fn rnacos_absent_server_construction_fails_within_the_connect_timeout() {
-    // Nothing listens on this port (nor on port + 1000, the gRPC port).
-    let mut port = free_port();
-    while port > 60_000 || std::net::TcpListener::bind(("127.0.0.1", port + 1000)).is_err() {
-        port = free_port();
-    }
-    let timeout = Duration::from_millis(1500);
-    let start = Instant::now();
-    let err = NacosRegistry::connect(
-        NacosConfig::new(format!("127.0.0.1:{port}")).with_connect_timeout(timeout),
-    )
-    .await
-    .expect_err("no server: construction must fail");
-    let took = start.elapsed();
-    assert!(
-        matches!(err, Error::Timeout { .. } | Error::Unavailable(_)),
-        "a clear timeout/unavailable error, got {err:?}"
-    );
-    assert!(
-        err.to_string().contains("127.0.0.1"),
-        "names the address: {err}"
-    );
-    assert!(
-        took <= timeout + Duration::from_millis(500),
-        "must fail within the connect timeout ({timeout:?}), took {took:?}"
-    );
-}
-
-#[tokio::test]
-async fn rnacos_wrong_credentials_give_a_clear_auth_error() {
-    let Some(server) = rnacos_only(
-        "rnacos_wrong_credentials_give_a_clear_auth_error",
-        RnacosOptions {
-            auth: Some(("waypost-admin".into(), "right-password-123".into())),
-        },
-    )
-    .await
-    else {
-        return;
-    };
-    let addr = server.addr();
-    let err =
-        NacosRegistry::connect(config(&addr).with_credentials("waypost-admin", "wrong-pw-456"))
-            .await
-            .expect_err("wrong password must be refused");
-    match &err {
-        Error::Auth { backend, message } => {
-            assert_eq!(*backend, "nacos");
-            assert!(
-                message.contains("waypost-admin"),
-                "names the user: {message}"
-            );
-        }
-        other => panic!("expected Error::Auth, got {other:?}"),
-    }
-    assert!(
-        !err.to_string().contains("wrong-pw-456"),
-        "the password leaked: {err}"
-    );
-    assert!(
-        !format!("{err:?}").contains("wrong-pw-456"),
-        "the password leaked: {err:?}"
-    );
-
-    let err = NacosRegistry::connect(config(&addr).with_credentials("nobody", "x"))
-        .await
-        .expect_err("unknown user must be refused");
-    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
-
-    // The right credentials work end to end.
-    let ok = NacosRegistry::connect(
-        config(&addr).with_credentials("waypost-admin", "right-password-123"),
-    )
-    .await
-    .expect("right credentials");
-    assert!(!format!("{ok:?}").contains("right-password-123"));
-    let name = unique("auth");
-    let s = ServiceInfo::new(format!("{name}-1"), &name, "127.0.0.1", 7201);
-    ok.register(&s).await.unwrap();
-    assert_eq!(ok.list_instances(&name).await.unwrap().len(), 1);
-    ok.close().await.unwrap();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Isolation by group and namespace.
 
@@ -630,39 +474,6 @@ async fn rnacos_groups_and_namespaces_do_not_see_each_other() {
     for r in &registries {
         r.close().await.unwrap();
     }
-}
-
-#[tokio::test]
-async fn rnacos_dropped_registry_deregisters_its_instances() {
-    let Some((addr, _server)) = require(
-        "rnacos_dropped_registry_deregisters_its_instances",
-        nacos_target().await,
-    ) else {
-        return;
-    };
-    let observer = connect(&addr).await;
-    let name = unique("dropped");
-    let registry = connect(&addr).await;
-    registry
-        .register(&ServiceInfo::new(
-            format!("{name}-1"),
-            &name,
-            "127.0.0.1",
-            7901,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(observer.list_instances(&name).await.unwrap().len(), 1);
-    drop(registry); // no close(): dropping undoes the registrations in the background
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !observer.list_instances(&name).await.unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "a dropped registry left its instance behind"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    observer.close().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

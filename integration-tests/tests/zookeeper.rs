@@ -1,7 +1,8 @@
 //! The ZooKeeper backend against a real ZooKeeper started by the test (Debian's `zookeeper`
-//! package): the conformance suite, session expiry, connection loss, server restart, a killed
-//! registering process, construction failures, digest ACLs, interop with `zkCli.sh`, streams
-//! sharing one watch per scope, `state_changes`, and the register-to-watch latency.
+//! package): the conformance suite, the fault suite (no server, wrong credentials, a dropped
+//! registry, close, a frozen and a killed-and-restarted server), session expiry, connection loss,
+//! a killed registering process, digest ACLs, interop with `zkCli.sh`, streams sharing one watch
+//! per scope, `state_changes`, and the register-to-watch latency.
 //!
 //! Without ZooKeeper installed these tests print `SKIPPED` (and fail with `CI=true`).
 //! Runtimes are current-thread: the watch task then fetches a changed node's data before the
@@ -13,14 +14,14 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::io::AsyncBufReadExt;
 use waypost_balancer::RoundRobin;
-use waypost_core_types::conformance::{self, ConformanceOptions};
+use waypost_core_types::conformance::{self, faults, ConformanceOptions};
 use waypost_core_types::{
     Error, Health, InstanceView, RegistryState, Scope, ServiceDiscovery, ServiceEvent,
     ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason, WatchEvent, WatchStream,
 };
 use waypost_discovery::CachedDiscovery;
-use waypost_integration_tests::zookeeper::{dump, ZkOptions, ZkServer};
-use waypost_integration_tests::{free_port, require};
+use waypost_integration_tests::require;
+use waypost_integration_tests::zookeeper::{dump, ZkFixture, ZkOptions, ZkServer};
 use waypost_registry_zookeeper::{ZookeeperConfig, ZookeeperRegistry};
 
 const SESSION: Duration = Duration::from_secs(2);
@@ -383,70 +384,6 @@ async fn connection_loss_without_expiry_keeps_the_session() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn server_kill_and_restart_registrations_and_watches_recover() {
-    let test = "server_kill_and_restart_registrations_and_watches_recover";
-    let Some(mut zk) = server(test).await else {
-        return;
-    };
-    let prefix = unique_prefix("restart");
-    let owner = connect(config(&zk, &prefix)).await;
-    let observer = connect(config(&zk, &prefix)).await;
-    let name = "restarting";
-    owner
-        .register(&instance(name, "r-1", 8001))
-        .await
-        .expect("register");
-    let mut watch = observer.watch_service(name).await.expect("watch");
-    let mut view = View::default();
-    assert!(
-        drive(&mut watch, &mut view, Duration::from_secs(5), |v| v
-            .has(&["r-1"]))
-        .await
-    );
-
-    zk.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    zk.restart().await.expect("restart ZooKeeper");
-    let restarted = Instant::now();
-
-    let back = poll_until(Duration::from_secs(15), || async {
-        ids_of(&observer, name).await == Some(vec!["r-1".to_string()])
-            && owner.state().is_connected()
-    })
-    .await;
-    assert!(
-        back.is_some(),
-        "registration not back after restart: owner {:?}, observer sees {:?}",
-        owner.state(),
-        ids_of(&observer, name).await
-    );
-    assert!(
-        drive(&mut watch, &mut view, Duration::from_secs(10), |v| {
-            v.snapshots.contains(&SnapshotReason::Reconnected) && v.has(&["r-1"])
-        })
-        .await,
-        "watch did not resync after the restart: {view:?}"
-    );
-    // New changes flow through the recovered watch.
-    owner
-        .register(&instance(name, "r-2", 8002))
-        .await
-        .expect("register after restart");
-    assert!(
-        drive(&mut watch, &mut view, Duration::from_secs(5), |v| v
-            .has(&["r-1", "r-2"]))
-        .await,
-        "the watch must deliver changes after the restart: {view:?}"
-    );
-    eprintln!(
-        "server restart: recovered {:?} after the server was ready",
-        restarted.elapsed()
-    );
-    owner.close().await.expect("close");
-    observer.close().await.expect("close");
-}
-
-#[tokio::test(flavor = "current_thread")]
 async fn killed_registering_process_disappears_within_session_timeout() {
     let test = "killed_registering_process_disappears_within_session_timeout";
     let Some(zk) = server(test).await else { return };
@@ -528,38 +465,47 @@ async fn killed_registering_process_disappears_within_session_timeout() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn construction_without_a_server_fails_within_the_connect_timeout() {
-    // Nothing listens on this port.
-    let port = free_port();
-    let cfg = ZookeeperConfig::new([format!("127.0.0.1:{port}")])
-        .with_session_timeout(SESSION)
-        .with_connect_timeout(Duration::from_secs(2));
-    let started = Instant::now();
-    let result = ZookeeperRegistry::connect(cfg).await;
-    let took = started.elapsed();
-    let err = result.expect_err("no server: construction must fail");
+async fn zookeeper_fault_suite() {
+    let test = "zookeeper_fault_suite";
+    let Some(mut fixture) = require(test, ZkFixture::start(&unique_prefix("faults")).await) else {
+        return;
+    };
+    let unreachable = faults::no_server_fails_fast(&fixture).await;
+    let text = unreachable.error.to_string();
     assert!(
-        took <= Duration::from_secs(3),
-        "took {took:?} with a 2 s bound"
-    );
-    assert!(
-        matches!(err, Error::Timeout { .. } | Error::Unavailable(_)),
-        "expected Timeout or Unavailable, got {err:?}"
-    );
-    let text = err.to_string();
-    assert!(
-        text.contains(&format!("127.0.0.1:{port}")),
+        text.contains(&format!("127.0.0.1:{}", unreachable.port)),
         "the error names the server: {text}"
     );
-    eprintln!("no server: failed after {took:?}: {text}");
+    eprintln!("no server: failed after {:?}: {text}", unreachable.took);
 
+    match faults::wrong_credentials_are_a_clear_auth_error(&mut fixture).await {
+        Some(Error::Auth { backend, message }) => {
+            assert_eq!(backend, "zookeeper");
+            assert!(message.contains("does not match"), "{message}");
+        }
+        other => panic!("ZooKeeper has digest authentication: {other:?}"),
+    }
+    let gone = faults::dropped_registry_vanishes_promptly(&fixture).await;
+    eprintln!("drop: nodes gone {gone:?} after the registry was dropped");
+    faults::close_is_idempotent_and_ends_streams(&fixture).await;
+    let frozen = faults::freeze_and_thaw_recovers(&mut fixture).await;
+    eprintln!("freeze: {frozen:?}");
+    let restarted = faults::kill_and_restart_recovers(&mut fixture).await;
+    eprintln!(
+        "server restart: recovered {:?} after the server was ready",
+        restarted.recovered_after
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn invalid_prefix_is_a_config_error() {
     let invalid =
         ZookeeperRegistry::connect(ZookeeperConfig::new(["a:1"]).with_prefix("bad")).await;
     assert!(matches!(invalid, Err(Error::InvalidConfig(_))));
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn digest_acl_and_wrong_credentials() {
+async fn digest_acl_guards_writes_and_other_users() {
     let test = "digest_acl_and_wrong_credentials";
     let Some(zk) = server(test).await else { return };
     let prefix = unique_prefix("acl");
@@ -568,18 +514,7 @@ async fn digest_acl_and_wrong_credentials() {
     let x = instance(name, "g-1", 8001);
     owner.register(&x).await.expect("owner registers");
 
-    // Wrong password: a clear Auth error at construction, without the password in it.
-    let wrong =
-        ZookeeperRegistry::connect(config(&zk, &prefix).with_digest_auth("alice", "wrong-pw"))
-            .await;
-    match wrong {
-        Err(Error::Auth { backend, message }) => {
-            assert_eq!(backend, "zookeeper");
-            assert!(message.contains("does not match"), "{message}");
-            assert!(!message.contains("wrong-pw") && !message.contains("right-password"));
-        }
-        other => panic!("wrong password must give Error::Auth, got {other:?}"),
-    }
+    // A wrong password: the fault suite (`zookeeper_fault_suite`) checks it. Another user:
     let bob = ZookeeperRegistry::connect(config(&zk, &prefix).with_digest_auth("bob", "pw")).await;
     assert!(
         matches!(bob, Err(Error::Auth { .. })),

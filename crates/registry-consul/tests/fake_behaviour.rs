@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::json;
+use waypost_core_types::conformance::faults;
 use waypost_core_types::{
     Error, Health, InstanceView, Protocol, RegistryState, Scope, ServiceEventType, ServiceInfo,
     ServiceRegistry, SnapshotReason, Timestamp, WatchEvent,
@@ -16,7 +16,7 @@ use waypost_core_types::{
 use waypost_registry_consul::fake::{FakeConsul, FakeOptions};
 use waypost_registry_consul::{ConsulConfig, ConsulRegistry, ForeignServices};
 
-use common::{connect, eventually, fake, fast_config, next};
+use common::{connect, eventually, fake, fast_config, next, ConsulFixture};
 
 fn inst(name: &str, id: &str, port: u16) -> ServiceInfo {
     ServiceInfo::new(id, name, "127.0.0.1", port)
@@ -31,25 +31,8 @@ fn waypost_meta(prefix: &str) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_to_an_unreachable_agent_fails_within_the_connect_timeout() {
-    // A port nobody listens on: refused at once.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let started = Instant::now();
-    let err = ConsulRegistry::connect(
-        ConsulConfig::default()
-            .with_address(format!("127.0.0.1:{port}"))
-            .with_connect_timeout(Duration::from_millis(500)),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
-    assert!(err.to_string().contains("unreachable"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
-
+async fn an_agent_that_accepts_but_never_answers_fails_within_the_connect_timeout() {
+    // (A port nobody listens on: `fault_suite_against_the_fake_agent`.)
     // A listener that accepts but never answers: the connect timeout bounds it.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
@@ -68,6 +51,64 @@ async fn connect_to_an_unreachable_agent_fails_within_the_connect_timeout() {
         "{took:?}"
     );
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_against_the_fake_agent() {
+    let mut fixture = ConsulFixture::start().await;
+    let unreachable = faults::no_server_fails_fast(&fixture).await;
+    assert!(
+        matches!(unreachable.error, Error::Unavailable(_)),
+        "{:?}",
+        unreachable.error
+    );
+    assert!(
+        unreachable.error.to_string().contains("unreachable"),
+        "{}",
+        unreachable.error
+    );
+    match faults::wrong_credentials_are_a_clear_auth_error(&mut fixture).await {
+        Some(Error::Auth { backend, message }) => {
+            assert_eq!(backend, "consul");
+            assert!(message.contains("ACL not found"), "{message}");
+        }
+        other => panic!("Consul has ACL tokens: {other:?}"),
+    }
+    faults::dropped_registry_vanishes_promptly(&fixture).await;
+    faults::close_is_idempotent_and_ends_streams(&fixture).await;
+    nothing_left_on(&fixture);
+}
+
+// The outages, each on an agent of its own, so that they run side by side.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_frozen_agent() {
+    let mut fixture = ConsulFixture::start().await;
+    faults::freeze_and_thaw_recovers(&mut fixture).await;
+    nothing_left_on(&fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_agent_restarted_with_its_data() {
+    let mut fixture = ConsulFixture::start().await;
+    faults::kill_and_restart_recovers(&mut fixture).await;
+    nothing_left_on(&fixture);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite_agent_restarted_without_its_data() {
+    let mut fixture = ConsulFixture::start().await;
+    fixture.forget_on_restart = true;
+    faults::kill_and_restart_recovers(&mut fixture).await;
+    nothing_left_on(&fixture);
+}
+
+fn nothing_left_on(fixture: &ConsulFixture) {
+    assert!(
+        fixture.agent.local_service_ids().is_empty(),
+        "every registry closed or dropped: nothing left on the agent: {:?}",
+        fixture.agent.local_service_ids()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,16 +164,7 @@ async fn a_403_is_a_clear_auth_error() {
     }
     // Anonymous list reads are filtered (200, empty), as in Consul.
     assert!(anon.list_instances("acl").await.unwrap().is_empty());
-    // A wrong token: ACL not found.
-    let wrong = connect(fast_config(&agent).with_token("wrong")).await;
-    match wrong.register(&inst("acl", "acl-1", 80)).await {
-        Err(Error::Auth { message, .. }) => assert!(message.contains("ACL not found"), "{message}"),
-        other => panic!("expected Auth, got {other:?}"),
-    }
-    assert!(matches!(
-        wrong.list_instances("acl").await,
-        Err(Error::Auth { .. })
-    ));
+    // A wrong token: `fault_suite_against_the_fake_agent`.
     assert!(agent.local_service_ids().is_empty());
 }
 
@@ -249,7 +281,6 @@ async fn agent_restart_that_forgets_registrations_leads_to_re_registration() {
         .await
         .unwrap();
     let original = registry.get_service("phoenix-1").await.unwrap();
-    let states = tokio::spawn(registry.state_changes().collect::<Vec<_>>());
 
     agent.stop();
     eventually(
@@ -284,68 +315,6 @@ async fn agent_restart_that_forgets_registrations_leads_to_re_registration() {
         "the same registration comes back"
     );
     registry.close().await.unwrap();
-    let states = tokio::time::timeout(Duration::from_secs(5), states)
-        .await
-        .expect("the state stream ends after Closed")
-        .unwrap();
-    assert_eq!(
-        states.first(),
-        Some(&RegistryState::Connected),
-        "{states:?}"
-    );
-    assert_eq!(states.last(), Some(&RegistryState::Closed), "{states:?}");
-    let recovering = states
-        .iter()
-        .position(|s| matches!(s, RegistryState::Recovering { .. }))
-        .unwrap_or_else(|| panic!("Recovering reported: {states:?}"));
-    assert!(
-        states[recovering..].iter().any(RegistryState::is_connected),
-        "Connected again after Recovering: {states:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_without_close_deregisters() {
-    let agent = fake().await;
-    let observer = connect(fast_config(&agent)).await;
-    let mut seen = observer.watch_service("dropped").await.unwrap();
-    assert!(matches!(
-        next(&mut seen, Duration::from_secs(5)).await,
-        Some(WatchEvent::Snapshot { .. })
-    ));
-    let registry = connect(fast_config(&agent)).await;
-    for (id, port) in [("dropped-1", 80), ("dropped-2", 81)] {
-        registry.register(&inst("dropped", id, port)).await.unwrap();
-    }
-    let mut own = registry.watch_service("dropped").await.unwrap();
-    drop(registry);
-    // Its streams end after what was queued for them.
-    let ended = tokio::time::timeout(Duration::from_secs(2), async {
-        while own.next().await.is_some() {}
-    })
-    .await;
-    assert!(ended.is_ok(), "a dropped registry's watch streams end");
-    // Its instances leave at once, not after the TTL (3 s) and
-    // DeregisterCriticalServiceAfter (1 min).
-    eventually(
-        Duration::from_secs(2),
-        "deregistered by the drop clean-up",
-        || async { agent.local_service_ids().is_empty() },
-    )
-    .await;
-    let mut deleted = Vec::new();
-    while deleted.len() < 2 {
-        match next(&mut seen, Duration::from_secs(5)).await {
-            Some(WatchEvent::Change(ev)) if ev.kind == ServiceEventType::Deleted => {
-                deleted.push(ev.service.id)
-            }
-            Some(WatchEvent::Change(_)) => {}
-            other => panic!("expected the instances to leave, got {other:?}"),
-        }
-    }
-    deleted.sort();
-    assert_eq!(deleted, ["dropped-1", "dropped-2"]);
-    observer.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,25 +734,6 @@ async fn response_bodies_are_size_limited() {
         other => panic!("expected BodyTooLarge, got {other:?}"),
     }
     registry.close().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn close_is_idempotent_deregisters_and_then_refuses() {
-    let agent = fake().await;
-    let registry = connect(fast_config(&agent)).await;
-    registry.register(&inst("bye", "bye-1", 80)).await.unwrap();
-    registry.register(&inst("bye", "bye-2", 81)).await.unwrap();
-    let mut watch = registry.watch().await.unwrap();
-    registry.close().await.unwrap();
-    registry.close().await.unwrap();
-    assert!(agent.local_service_ids().is_empty());
-    assert_eq!(registry.state(), RegistryState::Closed);
-    while next(&mut watch, Duration::from_secs(2)).await.is_some() {}
-    assert!(matches!(registry.renew("bye-1").await, Err(Error::Closed)));
-    assert!(matches!(
-        registry.watch_service("bye").await,
-        Err(Error::Closed)
-    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,12 +131,20 @@ pub(crate) struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) state: Mutex<State>,
     pub(crate) changed: tokio::sync::watch::Sender<u64>,
+    frozen: tokio::sync::watch::Sender<bool>,
     injections: Mutex<VecDeque<Injection>>,
     log: Mutex<Vec<SeenRequest>>,
     requests: AtomicU64,
 }
 
 impl Shared {
+    /// Returns at once unless the agent is frozen; then when it is thawed.
+    pub(crate) async fn until_thawed(&self) {
+        let mut rx = self.frozen.subscribe();
+        // The sender lives as long as `self`.
+        let _ = rx.wait_for(|frozen| !*frozen).await;
+    }
+
     pub(crate) fn notify(&self) {
         let idx = self.state.lock().index;
         self.changed.send_replace(idx);
@@ -198,6 +206,7 @@ impl FakeConsul {
             state: Mutex::new(State::new(&opts.node_name, &opts.node_address)),
             opts,
             changed,
+            frozen: tokio::sync::watch::Sender::new(false),
             injections: Mutex::new(VecDeque::new()),
             log: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
@@ -253,6 +262,18 @@ impl FakeConsul {
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("bind failed")))
+    }
+
+    /// Freezes the agent, as SIGSTOP would: connections stay open and new ones are accepted,
+    /// but no request is answered until [`thaw`](Self::thaw). TTLs keep running (a stopped
+    /// agent finds them expired when it continues).
+    pub fn freeze(&self) {
+        self.shared.frozen.send_replace(true);
+    }
+
+    /// Answers again after [`freeze`](Self::freeze); held requests are served.
+    pub fn thaw(&self) {
+        self.shared.frozen.send_replace(false);
     }
 
     /// Simulates an agent restarted without its data: every service and check is forgotten and

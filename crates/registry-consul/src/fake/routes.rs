@@ -48,7 +48,11 @@ impl Call {
 
 /// Serves one request.
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) -> Resp {
+    // A frozen agent answers nothing: neither requests that arrive nor those in progress (a
+    // blocking query that returns during the freeze waits for the thaw).
+    shared.until_thawed().await;
     let mut resp = route(&shared, req).await;
+    shared.until_thawed().await;
     let policy = if shared.opts.acl_token.is_some() {
         "deny"
     } else {

@@ -13,6 +13,12 @@
 //! conformance::run_all(registry, &ConformanceOptions::default()).await;
 //! # }
 //! ```
+//!
+//! The fault suite, [`faults`], checks what happens around a registry when its server fails
+//! (absent, killed and restarted, frozen, refusing credentials) and when a registry is dropped
+//! without `close`. It drives a [`faults::ServerFixture`] that each backend's tests implement.
+
+pub mod faults;
 
 use std::collections::BTreeMap;
 use std::future::Future;
