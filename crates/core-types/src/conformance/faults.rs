@@ -25,6 +25,9 @@
 //! println!("{report:?}");
 //! # }
 //! ```
+//!
+//! One idea in one file: the fault checks, one `pub async fn` per fault, and the fixture trait
+//! they drive.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -17,6 +17,8 @@
 //! The fault suite, [`faults`], checks what happens around a registry when its server fails
 //! (absent, killed and restarted, frozen, refusing credentials) and when a registry is dropped
 //! without `close`. It drives a [`faults::ServerFixture`] that each backend's tests implement.
+//!
+//! One idea in one file: the conformance checks, one `pub async fn` per behaviour.
 
 pub mod faults;
 
