@@ -153,6 +153,15 @@ impl InstanceView {
 
     /// Inserts or replaces one instance; `Created` or `Updated`.
     pub fn insert(&mut self, service: Arc<ServiceInfo>) -> (ServiceEventType, Arc<ServiceInfo>) {
+        // A known instance is replaced without allocating its keys again.
+        if let Some(slot) = self
+            .services
+            .get_mut(service.name.as_str())
+            .and_then(|ids| ids.get_mut(service.id.as_str()))
+        {
+            *slot = Arc::clone(&service);
+            return (ServiceEventType::Updated, service);
+        }
         let ids = self.services.entry(service.name.clone()).or_default();
         match ids.entry(service.id.clone()) {
             Entry::Occupied(mut o) => {
