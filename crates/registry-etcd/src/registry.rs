@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +40,6 @@ pub struct EtcdRegistry {
     inner: Arc<Inner>,
     /// The keep-alive and the watch feeds; dropped (aborted) with the registry.
     tasks: Tasks,
-    closing: AtomicBool,
 }
 
 impl fmt::Debug for EtcdRegistry {
@@ -153,11 +151,7 @@ impl EtcdRegistry {
         });
         tasks.spawn(crate::liveness::run(inner.clone()));
         tracing::debug!(target: "waypost::etcd", lease = lease_id, "registry connected");
-        Ok(EtcdRegistry {
-            inner,
-            tasks,
-            closing: AtomicBool::new(false),
-        })
+        Ok(EtcdRegistry { inner, tasks })
     }
 
     /// The configuration this registry was built from.
@@ -372,10 +366,10 @@ impl EtcdRegistry {
     /// Marks the registry closed and ends every watch stream; every later call fails with
     /// `Closed`. `false` if it was stopped already.
     fn stop(&self) -> bool {
-        if self.closing.swap(true, Ordering::SeqCst) {
+        // The state cell says which of two concurrent stops closed it.
+        if !self.inner.state.close() {
             return false;
         }
-        self.inner.state.close();
         self.inner.hubs.close();
         true
     }
