@@ -38,6 +38,7 @@ mod breaker;
 mod discovery;
 mod error;
 mod event;
+pub mod quote;
 mod registry;
 mod secret;
 mod service;
