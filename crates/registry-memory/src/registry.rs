@@ -18,7 +18,8 @@ use crate::{MemoryConfig, MemoryRegistryBuilder};
 ///
 /// Cloning is cheap and gives another handle to the same registry. Instances with a TTL (their
 /// own, or the configured default) expire unless [`renew`](ServiceRegistry::renew)ed within it;
-/// a cleanup worker owned by the registry removes them and emits `Deleted`. The worker stops on
+/// a cleanup worker owned by the registry removes them and emits `Deleted`. A TTL too long to
+/// represent as a point in time (`Duration::MAX`, "no limit") never expires. The worker stops on
 /// [`close`](ServiceRegistry::close) or when the last handle is dropped; dropping the last handle
 /// without `close` also ends every watch stream.
 #[derive(Clone)]

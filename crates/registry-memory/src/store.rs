@@ -46,6 +46,7 @@ impl Store {
         }
     }
 
+    /// The TTL that applies to `info`: its own, else the registry's default.
     fn ttl_of(&self, info: &ServiceInfo) -> Option<Duration> {
         if info.ttl.is_zero() {
             self.default_ttl
@@ -69,7 +70,7 @@ impl Store {
 
     fn write(&self, service: &ServiceInfo, mode: Mode) -> Result<()> {
         service.validate()?;
-        let deadline = self.ttl_of(service).map(|ttl| Instant::now() + ttl);
+        let deadline = expiry(Instant::now(), self.ttl_of(service));
         // Fastest path: the id is registered under this very name. That name's shard lock is
         // enough: `names[n]` holds `id` only while `ids[id] == n`, and moving or removing the
         // id takes this same lock.
@@ -220,7 +221,7 @@ impl Store {
             // Expired but not yet collected: too late to renew.
             return Err(Error::NotFound(id.to_owned()));
         }
-        slot.deadline = self.ttl_of(&slot.info).map(|ttl| now + ttl);
+        slot.deadline = expiry(now, self.ttl_of(&slot.info));
         let mut info = (*slot.info).clone();
         info.last_check = Timestamp::now();
         slot.info = Arc::new(info);
@@ -289,4 +290,10 @@ impl Store {
     pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
+}
+
+/// When an instance with `ttl` renewed at `now` expires: `None` without a TTL, and also for a
+/// TTL too long to represent as an instant (`Duration::MAX` and the like), which never expires.
+fn expiry(now: Instant, ttl: Option<Duration>) -> Option<Instant> {
+    ttl.and_then(|ttl| now.checked_add(ttl))
 }

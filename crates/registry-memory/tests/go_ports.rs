@@ -275,3 +275,48 @@ async fn state_changes_follow_the_registry_to_closed() {
     assert_eq!(states.next().await, None, "the stream ends after Closed");
     assert_eq!(registry.state(), RegistryState::Closed);
 }
+
+/// `Duration::MAX` as an instance TTL or as the default TTL means "never expires": register and
+/// renew accept it (no instant overflow), and a year later the instance is still there.
+#[tokio::test(start_paused = true)]
+async fn a_ttl_of_duration_max_never_expires() {
+    let registry = MemoryRegistry::builder()
+        .cleanup_interval(Duration::from_secs(3600))
+        .default_ttl(Some(Duration::MAX))
+        .build()
+        .unwrap();
+    let own = go_service().with_ttl(Duration::MAX);
+    let default = ServiceInfo::new("b", "svc", "h", 1);
+    registry.register(&own).await.unwrap();
+    registry.register(&default).await.unwrap();
+    registry.renew(&own.id).await.unwrap();
+    registry.renew(&default.id).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+    assert_eq!(registry.len(), 2);
+    registry.renew(&own.id).await.unwrap();
+    registry.close().await.unwrap();
+}
+
+/// The cleanup interval at its extremes: `Duration::MAX` is accepted (the worker never has to
+/// run; expired instances are still refused on renew and read), zero is a configuration error.
+#[tokio::test(start_paused = true)]
+async fn cleanup_interval_extremes() {
+    let registry = MemoryRegistry::builder()
+        .cleanup_interval(Duration::MAX)
+        .build()
+        .unwrap();
+    let s = go_service().with_ttl(Duration::from_secs(1));
+    registry.register(&s).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(matches!(
+        registry.renew(&s.id).await,
+        Err(Error::NotFound(_))
+    ));
+    registry.close().await.unwrap();
+    assert!(matches!(
+        MemoryRegistry::builder()
+            .cleanup_interval(Duration::ZERO)
+            .build(),
+        Err(Error::InvalidConfig(_))
+    ));
+}
