@@ -12,9 +12,34 @@ use std::time::Duration;
 use nacos_sdk::api::plugin::{AuthContext, AuthPlugin, LoginIdentityContext, RequestResource};
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use waypost_core_types::quote::{quoted, quoted_up_to};
 use waypost_core_types::Secret;
 
 const ACCESS_TOKEN: &str = "accessToken";
+/// Largest login answer read; a token answer is well under 1 KiB.
+const MAX_LOGIN_ANSWER: usize = 64 * 1024;
+/// Longest time a token is used before it is asked for again, whatever TTL the server states.
+const MAX_REFRESH: Duration = Duration::from_secs(3600);
+
+/// When to log in again for a token valid for `ttl`: halfway through its life, at most an hour
+/// away (a server stating an absurd TTL cannot make the instant overflow or the token stale).
+fn refresh_time(now: Instant, ttl: Duration) -> Instant {
+    now + (ttl / 2).min(MAX_REFRESH)
+}
+
+/// The body of a login answer, refused beyond [`MAX_LOGIN_ANSWER`] bytes.
+async fn read_bounded(mut resp: reqwest::Response) -> Result<String, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_LOGIN_ANSWER {
+            return Err(format!(
+                "the answer is larger than {MAX_LOGIN_ANSWER} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
 
 /// Why the last login did not produce a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +124,7 @@ impl LoginPlugin {
                     let mut st = self.state.lock();
                     st.token = Some(Secret::new(token));
                     // Refresh well before expiry (the SDK asks every 30 s).
-                    st.refresh_at = Instant::now() + ttl.mul_f64(0.5);
+                    st.refresh_at = refresh_time(Instant::now(), ttl);
                     st.last_failure = None;
                     return Ok(());
                 }
@@ -130,24 +155,22 @@ impl LoginPlugin {
             .await
             .map_err(|e| LoginFailure::Unreachable(format!("login at {server}: {e}")))?;
         let status = resp.status();
-        let text = resp
-            .text()
+        let text = read_bounded(resp)
             .await
             .map_err(|e| LoginFailure::Unreachable(format!("login at {server}: {e}")))?;
-        let text: String = text.chars().take(300).collect();
         if status.as_u16() == 401 || status.as_u16() == 403 {
             return Err(LoginFailure::Rejected(format!(
                 "the server refused user `{}` (HTTP {}): {}",
-                self.username,
+                quoted(&self.username),
                 status.as_u16(),
-                text.trim()
+                quoted_up_to(text.trim(), 300)
             )));
         }
         if !status.is_success() {
             return Err(LoginFailure::Unreachable(format!(
                 "login at {server}: HTTP {}: {}",
                 status.as_u16(),
-                text.trim()
+                quoted_up_to(text.trim(), 300)
             )));
         }
         #[derive(serde::Deserialize)]
@@ -158,7 +181,10 @@ impl LoginPlugin {
             token_ttl: u64,
         }
         let parsed: LoginResponse = serde_json::from_str(&text).map_err(|e| {
-            LoginFailure::Unreachable(format!("login at {server}: unexpected answer: {e}"))
+            LoginFailure::Unreachable(format!(
+                "login at {server}: unexpected answer: {}",
+                quoted(&e.to_string())
+            ))
         })?;
         let ttl = if parsed.token_ttl == 0 {
             Duration::from_secs(18_000)
@@ -220,5 +246,77 @@ mod tests {
             p.last_failure(),
             Some(LoginFailure::Unreachable(_))
         ));
+    }
+
+    /// A one-shot HTTP server on loopback that answers every request with `status` and `body`.
+    async fn hostile_server(status: &'static str, body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_absurd_token_ttl_is_used_for_an_hour_at_most() {
+        let answer = format!(r#"{{"accessToken":"tok","tokenTtl":{}}}"#, u64::MAX);
+        let server = hostile_server("200 OK", answer.into_bytes()).await;
+        let p = LoginPlugin::new(
+            "nacos".into(),
+            Secret::new("pw"),
+            vec![server],
+            Duration::from_secs(5),
+        );
+        p.ensure_login().await.unwrap();
+        assert!(p.has_token());
+        let now = Instant::now();
+        assert_eq!(refresh_time(now, Duration::MAX), now + MAX_REFRESH);
+        assert_eq!(
+            refresh_time(now, Duration::from_secs(60)),
+            now + Duration::from_secs(30)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hostile_login_answer_is_bounded_and_escaped() {
+        let mut body = b"\x1b[2J\r\nFAKE LOG LINE\x07".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 10_000));
+        let server = hostile_server("401 Unauthorized", body).await;
+        let p = LoginPlugin::new(
+            "nacos".into(),
+            Secret::new("pw"),
+            vec![server.clone()],
+            Duration::from_secs(5),
+        );
+        match p.ensure_login().await {
+            Err(LoginFailure::Rejected(m)) => {
+                assert!(!m.chars().any(char::is_control), "{m:?}");
+                assert!(m.contains(r"\u{1b}[2J\r\nFAKE LOG LINE\u{7}"), "{m}");
+                assert!(m.len() < 600, "{} bytes", m.len());
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        let huge = hostile_server("200 OK", vec![b'{'; MAX_LOGIN_ANSWER + 1]).await;
+        let p = LoginPlugin::new(
+            "nacos".into(),
+            Secret::new("pw"),
+            vec![huge],
+            Duration::from_secs(5),
+        );
+        match p.ensure_login().await {
+            Err(LoginFailure::Unreachable(m)) => assert!(m.contains("larger than"), "{m}"),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
     }
 }

@@ -18,6 +18,9 @@ use waypost_core_types::{
 };
 
 use crate::auth::{LoginFailure, LoginPlugin};
+
+/// Stands for "no limit" where a deadline must be an instant: about 30 years.
+const NO_LIMIT: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 use crate::codec::{from_instance, to_instance};
 use crate::config::{server_list, NacosConfig};
 use crate::error::{from_sdk, BACKEND};
@@ -85,7 +88,10 @@ impl NacosRegistry {
         config.validate()?;
         let servers = server_list(&config.server_addr)?;
         let limit = config.connect_timeout;
-        let deadline = Instant::now() + limit;
+        // A limit too long to represent (`Duration::MAX`) means no limit.
+        let deadline = Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| Instant::now() + NO_LIMIT);
         let what = format!("connecting to nacos at {}", servers.join(","));
 
         let plugin = match (&config.username, &config.password) {
@@ -525,5 +531,19 @@ mod tests {
             "{err:?}"
         );
         assert!(took < Duration::from_millis(1_800), "took {took:?}");
+    }
+
+    /// `Duration::MAX` as the connect timeout means "no limit": connecting does not panic and
+    /// keeps trying (here cut short by the test).
+    #[tokio::test]
+    async fn a_connect_timeout_of_duration_max_waits_without_panicking() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = NacosConfig::new(format!("127.0.0.1:{port}")).with_connect_timeout(Duration::MAX);
+        let attempt = tokio::time::timeout(Duration::from_millis(500), NacosRegistry::connect(cfg));
+        assert!(attempt.await.is_err(), "still trying after 500 ms");
     }
 }
