@@ -4,12 +4,21 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// The longest delay [`delay`] returns, whatever `initial` and `max` say: one day. With it a
+/// retry time is always representable (`Instant::now() + delay` cannot overflow), and
+/// `Duration::MAX` as `max` means "no cap of its own".
+pub const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 /// The delay before retry number `attempt` (1-based): `initial · 2^(attempt-1)`, capped at
-/// `max`, then drawn uniformly from its upper half `[d/2, d]`, so that many clients retrying
-/// together spread out while every wait still grows.
+/// `max` (and at [`MAX_DELAY`]), then drawn uniformly from its upper half `[d/2, d]`, so that
+/// many clients retrying together spread out while every wait still grows. A zero `initial`
+/// and `max` mean "retry at once".
 pub fn delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
-    let d = initial.saturating_mul(1u32 << exp).min(max.max(initial));
+    let d = initial
+        .saturating_mul(1u32 << exp)
+        .min(max.max(initial))
+        .min(MAX_DELAY);
     let half = d / 2;
     let span = u64::try_from((d - half).as_nanos()).unwrap_or(u64::MAX);
     let jitter = if span == 0 {
@@ -29,7 +38,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Starts at `initial`, never waits longer than `max` (raised to `initial` if below it).
+    /// Starts at `initial`, never waits longer than `max` (raised to `initial` if below it) nor
+    /// than [`MAX_DELAY`].
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
@@ -91,5 +101,27 @@ mod tests {
         assert_eq!(b.attempts(), 20);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(10));
+    }
+
+    #[test]
+    fn extreme_durations_are_bounded_and_never_panic() {
+        for (initial, max) in [
+            (Duration::MAX, Duration::MAX),
+            (Duration::from_secs(1), Duration::MAX),
+            (Duration::MAX, Duration::ZERO),
+        ] {
+            let mut b = Backoff::new(initial, max);
+            for _ in 0..64 {
+                let d = b.next_delay();
+                assert!(d <= MAX_DELAY, "{d:?}");
+                let _ = tokio::time::Instant::now() + d;
+            }
+        }
+        assert_eq!(
+            delay(1, Duration::MAX, Duration::MAX).max(MAX_DELAY),
+            MAX_DELAY
+        );
+        assert!(delay(1, Duration::MAX, Duration::MAX) >= MAX_DELAY / 2);
+        assert_eq!(delay(7, Duration::ZERO, Duration::ZERO), Duration::ZERO);
     }
 }

@@ -39,7 +39,9 @@
 //! request. `last_check` reads as `updated_at`.
 //!
 //! Health: each instance has a TTL check (`service:<id>`, `DeregisterCriticalServiceAfter` from
-//! the config) that this registry passes at a third of the TTL: `pass` for a healthy instance,
+//! the config). Its TTL is the instance's own ([`ServiceInfo::with_ttl`](waypost_core_types::ServiceInfo::with_ttl)), else the configured
+//! `ttl`, kept between 100 ms and 24 h (a longer one, `Duration::MAX` included, is clamped to
+//! 24 h). This registry passes the check at a third of the TTL: `pass` for a healthy instance,
 //! `warn` for an unknown or unhealthy one (never `fail`: Consul would reap a critical instance).
 //! Reading, the worst of the declared health and every check of the entry (node checks
 //! included) wins: passing → healthy, warning → unknown, critical → unhealthy. So an instance

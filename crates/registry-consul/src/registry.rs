@@ -208,16 +208,23 @@ async fn deregister_all(client: &ConsulClient, ids: Vec<String>) -> Result<()> {
     }
 }
 
+/// The shortest TTL check: a TTL that rounds to `0s` would be refused by Consul.
+pub(crate) const MIN_CHECK_TTL: Duration = Duration::from_millis(100);
+/// The longest TTL check: Consul reads it as a Go duration (at most about 292 years), and an
+/// instance whose registrant died should not stay listed for longer than a day. A longer TTL
+/// (`Duration::MAX` included) is clamped to this; the heartbeat still runs at a third of it.
+pub(crate) const MAX_CHECK_TTL: Duration = Duration::from_secs(24 * 3600);
+
 impl Inner {
-    /// The TTL of an instance's check: its own, else the configured one; at least 100 ms (a
-    /// TTL that rounds to `0s` would be refused by Consul).
+    /// The TTL of an instance's check: its own, else the configured one, kept within
+    /// [`MIN_CHECK_TTL`]..=[`MAX_CHECK_TTL`].
     pub(crate) fn effective_ttl(&self, info: &ServiceInfo) -> Duration {
         let ttl = if info.ttl.is_zero() {
             self.cfg.ttl
         } else {
             info.ttl
         };
-        ttl.max(Duration::from_millis(100))
+        ttl.clamp(MIN_CHECK_TTL, MAX_CHECK_TTL)
     }
 
     /// `GET /v1/agent/service/:id`; `None` for an unknown id.

@@ -208,6 +208,29 @@ async fn registers_a_ttl_check_and_passes_it_well_inside_the_ttl() {
     assert!(agent.local_service_ids().is_empty(), "close deregisters");
 }
 
+/// A TTL of `Duration::MAX` ("no limit") is clamped to Consul's longest check TTL here (24 h):
+/// the agent accepts the registration, the check passes, and the heartbeat loop keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_of_duration_max_is_clamped_not_a_panic() {
+    let agent = fake().await;
+    let registry = connect(fast_config(&agent)).await;
+    let forever = inst("forever", "forever-1", 80).with_ttl(Duration::MAX);
+    let short = inst("short", "short-1", 81).with_ttl(Duration::from_millis(600));
+    registry.register(&forever).await.unwrap();
+    registry.register(&short).await.unwrap();
+    assert_eq!(
+        agent.check_status("service:forever-1").as_deref(),
+        Some("passing")
+    );
+    registry.renew("forever-1").await.unwrap();
+    // The heartbeat loop (shared by both instances) still runs after seeing the huge TTL.
+    let before = agent.count("PUT", "/v1/agent/check/pass/service%3Ashort-1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(agent.count("PUT", "/v1/agent/check/pass/service%3Ashort-1") > before);
+    assert!(registry.state().is_connected());
+    registry.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_process_goes_critical_then_is_reaped() {
     let agent = FakeConsul::start(
