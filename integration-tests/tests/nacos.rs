@@ -142,6 +142,33 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Nacos cannot enforce a per-instance TTL (ephemeral instances live with the connection): the
+/// registration works, and the registry says so once, not on every write.
+#[tokio::test]
+async fn rnacos_per_instance_ttls_are_logged_once_as_not_enforced() {
+    let test = "rnacos_per_instance_ttls_are_logged_once_as_not_enforced";
+    let Some((addr, _server)) = require(test, nacos_target().await) else {
+        return;
+    };
+    let (logs, _guard) = waypost_integration_tests::logs::capture();
+    let registry = connect(&addr).await;
+    let name = unique("ttl-note");
+    let ttl = Duration::from_secs(5);
+    for (id, port) in [("t-1", 1), ("t-2", 2)] {
+        let svc = ServiceInfo::new(id, &name, "127.0.0.1", port).with_ttl(ttl);
+        registry.register(&svc).await.expect("register");
+    }
+    let svc = ServiceInfo::new("t-1", &name, "127.0.0.1", 1).with_ttl(Duration::MAX);
+    registry.update(&svc).await.expect("update");
+    assert_eq!(
+        logs.count("per-instance TTLs are not enforced"),
+        1,
+        "{}",
+        logs.text()
+    );
+    registry.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn rnacos_sigkilled_process_instance_disappears_from_another_process() {
     let Some((addr, _server)) = require(

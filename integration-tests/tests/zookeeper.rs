@@ -1071,3 +1071,34 @@ async fn streams_of_a_scope_share_its_watch_until_the_last_is_dropped() {
     assert!(none.is_some(), "watches left: {:?}", watched().await);
     registry.close().await.expect("close");
 }
+
+/// ZooKeeper cannot enforce a per-instance TTL (liveness is the session): the registration
+/// works, and the registry says so once, not on every write.
+#[tokio::test(flavor = "current_thread")]
+async fn per_instance_ttls_are_logged_once_as_not_enforced() {
+    let test = "per_instance_ttls_are_logged_once_as_not_enforced";
+    let Some(zk) = server(test).await else { return };
+    let (logs, _guard) = waypost_integration_tests::logs::capture();
+    let registry = connect(config(&zk, &unique_prefix("ttl-note"))).await;
+    let ttl = Duration::from_secs(5);
+    registry
+        .register(&instance("ttl", "t-1", 1).with_ttl(ttl))
+        .await
+        .expect("register");
+    registry
+        .register(&instance("ttl", "t-2", 2).with_ttl(ttl))
+        .await
+        .expect("register");
+    registry
+        .update(&instance("ttl", "t-1", 1).with_ttl(Duration::MAX))
+        .await
+        .expect("update");
+    assert_eq!(
+        logs.count("per-instance TTLs are not enforced"),
+        1,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(registry.list_instances("ttl").await.expect("list").len(), 2);
+    registry.close().await.expect("close");
+}

@@ -34,7 +34,8 @@
 //!   connection: they stay while the process lives and disappear when it dies (the server drops
 //!   the connection's instances). `renew` checks that the server still has the instance and
 //!   registers it again if not. The configured `ttl` is kept for compatibility (see
-//!   [`NacosConfig`]).
+//!   [`NacosConfig`]); a per-instance TTL is not enforced either (the registry logs that once,
+//!   at the first instance with one).
 //! - **Ids**: our instance id travels in metadata (see [`codec`] for the full mapping), and is
 //!   what `get_service`, `update`, `deregister` and `renew` take, although Nacos keys instances by
 //!   ip/port/cluster. Two of our ids with the same address in the same service are therefore one

@@ -11,6 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use tracing::warn;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
@@ -64,6 +66,8 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// Whether the "server rewrites metadata" warning was logged.
     pub(crate) warned_metadata: AtomicBool,
+    /// Whether the "per-instance TTLs are not enforced" notice was logged.
+    warned_ttl: AtomicBool,
 }
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -156,6 +160,7 @@ impl NacosRegistry {
             dirty: Arc::new(Dirty::default()),
             closing: AtomicBool::new(false),
             warned_metadata: AtomicBool::new(false),
+            warned_ttl: AtomicBool::new(false),
         });
         let tasks = Tasks::new();
         tasks.spawn(crate::liveness::probe_loop(Arc::clone(&inner)));
@@ -236,6 +241,13 @@ impl Inner {
         service.validate()?;
         check_name(&service.name)?;
         self.check_open()?;
+        if !service.ttl.is_zero() && !self.warned_ttl.swap(true, Ordering::AcqRel) {
+            warn!(
+                id = %quoted(&service.id),
+                "nacos: per-instance TTLs are not enforced; an ephemeral instance lives as long \
+                 as this registry's connection to the server (logged once)"
+            );
+        }
         let _op = self.ops.lock().await;
         self.check_open()?;
         let prev = self.state.lock().ours.get(&service.id).cloned();

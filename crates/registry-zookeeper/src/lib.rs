@@ -7,7 +7,9 @@
 //!   (default prefix `/laravel-go/services`), so Go services and waypost read each other's
 //!   registrations. Parents are persistent nodes, created safely when processes race.
 //! - Liveness is the session: our instances vanish about one session timeout after our process
-//!   dies. [`renew`](waypost_core_types::ServiceRegistry::renew) has nothing to refresh.
+//!   dies. [`renew`](waypost_core_types::ServiceRegistry::renew) has nothing to refresh, and a
+//!   per-instance TTL is not enforced (the registry logs that once, at the first instance with
+//!   one).
 //! - Session expiry: a new session with capped, jittered backoff, forever; our nodes are created
 //!   again (a stale node of the old session is replaced), watches resync with
 //!   `Snapshot { reason: Reconnected }`. `state()` reports `Recovering` meanwhile.

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::sync::watch as channel;
+use tracing::warn;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
@@ -70,6 +73,8 @@ pub(crate) struct Inner {
     /// One hub per watched scope, each fed by one persistent recursive watch.
     pub(crate) hubs: ScopedHubs,
     foreign: ForeignLog,
+    /// Whether the "per-instance TTLs are not enforced" notice was logged.
+    warned_ttl: AtomicBool,
 }
 
 impl Inner {
@@ -88,6 +93,19 @@ impl Inner {
             state: StateCell::new(BACKEND),
             hubs,
             foreign: ForeignLog::default(),
+            warned_ttl: AtomicBool::new(false),
+        }
+    }
+
+    /// Logs once per registry that per-instance TTLs are not enforced here.
+    fn note_ttl(&self, service: &ServiceInfo) {
+        if !service.ttl.is_zero() && !self.warned_ttl.swap(true, Ordering::AcqRel) {
+            warn!(
+                id = %quoted(&service.id),
+                session_timeout = ?self.config.session_timeout,
+                "zookeeper: per-instance TTLs are not enforced; an instance lives as long as \
+                 this registry's session (logged once)"
+            );
         }
     }
 
@@ -293,6 +311,7 @@ impl ServiceRegistry for ZookeeperRegistry {
     async fn register(&self, service: &ServiceInfo) -> Result<()> {
         self.client()?;
         service.validate()?;
+        self.inner.note_ttl(service);
         let _shared = self.inner.gate.read().await;
         let client = self.client()?;
         let previous = self.inner.owned(&service.id);
@@ -333,6 +352,7 @@ impl ServiceRegistry for ZookeeperRegistry {
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
         self.client()?;
         service.validate()?;
+        self.inner.note_ttl(service);
         let _shared = self.inner.gate.read().await;
         let client = self.client()?;
         let owned = self.inner.owned(&service.id);
