@@ -110,7 +110,8 @@ impl FailureRateBuilder {
         self
     }
 
-    /// Counts the calls of the last `period`.
+    /// Counts the calls of the last `period` (`Duration::MAX`: every call ever made; zero is
+    /// refused by [`build`](Self::build)).
     pub fn time_window(mut self, period: Duration) -> Self {
         self.config.window = SlidingWindow::Time(period);
         self
@@ -135,7 +136,7 @@ impl FailureRateBuilder {
         self
     }
 
-    /// Stays open this long before probing.
+    /// Stays open this long before probing: zero probes at once, `Duration::MAX` never.
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.config.open_timeout = timeout;
         self

@@ -51,7 +51,8 @@ pub struct SimpleCircuitBreaker {
 
 impl SimpleCircuitBreaker {
     /// A breaker that opens after `threshold` consecutive failures (0 is taken as 1) and probes
-    /// again after `timeout`, one probe at a time.
+    /// again after `timeout`, one probe at a time. A zero `timeout` probes at once;
+    /// `Duration::MAX` never probes (the breaker stays open until [`reset`](CircuitBreaker::reset)).
     pub fn new(threshold: u32, timeout: Duration) -> Self {
         SimpleCircuitBreaker {
             cell: StateCell::new(),

@@ -66,7 +66,8 @@ pub struct AdaptiveThrottle {
 
 impl AdaptiveThrottle {
     /// A throttle with multiplier `k` (values below 1 are taken as 1) over `window` (counted in
-    /// ten buckets).
+    /// ten buckets). A zero window remembers only the calls of the current nanosecond;
+    /// `Duration::MAX` never forgets.
     pub fn new(k: f64, window: Duration) -> Self {
         AdaptiveThrottle {
             k: if k.is_finite() { k.max(1.0) } else { 2.0 },
