@@ -188,4 +188,34 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(Arc::strong_count(&alive), 1, "the task's state was dropped");
     }
+
+    /// The clean-up bound at its extremes: zero still lets a clean-up that needs no waiting run,
+    /// `Duration::MAX` lets a slow one finish; neither panics.
+    #[tokio::test(start_paused = true)]
+    async fn cleanup_bound_zero_and_max() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let tasks = Tasks::new();
+        for bound in [Duration::ZERO, Duration::MAX] {
+            let d = Arc::clone(&done);
+            assert!(tasks.cleanup_on_drop(bound, async move {
+                d.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        let d = Arc::clone(&done);
+        assert!(tasks.cleanup_on_drop(Duration::MAX, async move {
+            tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+            d.fetch_add(10, Ordering::SeqCst);
+        }));
+        let d = Arc::clone(&done);
+        assert!(tasks.cleanup_on_drop(Duration::ZERO, async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            d.fetch_add(100, Ordering::SeqCst);
+        }));
+        tokio::time::sleep(Duration::from_secs(24 * 3600 + 1)).await;
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            12,
+            "the zero-bound sleeper was cut off"
+        );
+    }
 }

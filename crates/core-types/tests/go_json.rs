@@ -126,3 +126,17 @@ fn negative_go_duration_reads_as_zero() {
         Duration::ZERO
     );
 }
+
+/// A TTL beyond Go's `time.Duration` (about 292 years, `Duration::MAX` included) validates and
+/// is written as Go's largest duration, which reads back as that; zero stays zero.
+#[test]
+fn extreme_ttls_validate_and_encode_as_go_durations() {
+    let max = ServiceInfo::new("a", "svc", "h", 1).with_ttl(Duration::MAX);
+    max.validate().unwrap();
+    let json = max.to_json().unwrap();
+    assert!(json.contains(&format!(r#""ttl":{}"#, i64::MAX)), "{json}");
+    let back = ServiceInfo::from_json(json.as_bytes()).unwrap();
+    assert_eq!(back.ttl, Duration::from_nanos(i64::MAX as u64));
+    let zero = ServiceInfo::new("a", "svc", "h", 1).with_ttl(Duration::ZERO);
+    assert!(zero.to_json().unwrap().contains(r#""ttl":0"#));
+}
