@@ -34,7 +34,10 @@
 
 mod config;
 mod error;
+mod guard;
+mod history;
 mod keys;
+mod lease;
 mod liveness;
 mod ops;
 mod registry;
@@ -46,4 +49,5 @@ pub use config::{
     EtcdConfig, EtcdTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_PREFIX,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, DEFAULT_WATCH_BUFFER,
 };
+pub use lease::MAX_LEASE_TTL;
 pub use registry::EtcdRegistry;
