@@ -26,15 +26,6 @@ use crate::keys::prefix_end;
 use crate::lease::Lease;
 use crate::ops::{Inner, Trouble};
 
-/// The outcome of [`verify`].
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Checked {
-    /// Every key of ours on the lease is in place (again).
-    Fine,
-    /// etcd no longer knows the lease: it must be granted again.
-    LeaseGone,
-}
-
 /// The keys etcd has attached to `lease`, or `None` when it does not know the lease.
 async fn attached(inner: &Inner, lease: &Lease) -> Result<Option<Vec<Vec<u8>>>, String> {
     let timeout = inner.policy.attempt_timeout;
@@ -68,101 +59,144 @@ async fn missing(inner: &Inner, lease: &Lease) -> Result<Option<Vec<ServiceInfo>
     ))
 }
 
-/// Checks that every instance of ours on `lease` is stored on it, and puts back the missing
-/// ones.
+/// Checks that every instance of ours is stored on its lease, for every lease at once, and puts
+/// back the missing ones. One check runs at a time; all leases are checked together, so the
+/// registry's state goes `Recovering` and back once per episode, not once per lease.
+///
+/// Returns the TTLs (in seconds) of the leases etcd does not know any more; their keep-alive
+/// tasks are told to check them.
 ///
 /// # Errors
 /// The text of the failure when etcd did not answer; the caller tries again later.
-pub(crate) async fn verify(inner: &Inner, lease: &Lease) -> Result<Checked, String> {
-    match missing(inner, lease).await? {
-        None => return Ok(Checked::LeaseGone),
-        Some(m) if m.is_empty() => {
-            inner.resolved(Trouble::MissingKeys(lease.ttl_secs));
-            return Ok(Checked::Fine);
-        }
-        Some(_) => {}
-    }
-    // Something looked missing: look again with every mutation held off, so a deregister in
-    // flight is not mistaken for a deletion and cannot be undone by the repair.
-    let _exclusive = inner.gate.write().await;
-    let missing = match missing(inner, lease).await? {
-        None => return Ok(Checked::LeaseGone),
-        Some(m) if m.is_empty() => {
-            inner.resolved(Trouble::MissingKeys(lease.ttl_secs));
-            return Ok(Checked::Fine);
-        }
-        Some(m) => m,
-    };
-    let why = format!(
-        "{} instance(s) of ours missing from etcd though their lease lives (deleted, or etcd \
-         restored from an older backup), e.g. {}; putting them back",
-        missing.len(),
-        quoted(&missing[0].id)
-    );
-    if !lease.keys_missing.swap(true, Ordering::Relaxed) {
-        tracing::warn!(target: "waypost::etcd", lease = lease.id(), missing = missing.len(), "{why}");
-    }
-    inner.trouble(Trouble::MissingKeys(lease.ttl_secs), &why);
-    let mut restored = 0usize;
-    for s in &missing {
-        if restore(inner, lease, s).await? {
-            restored += 1;
+pub(crate) async fn verify(inner: &Inner) -> Result<Vec<i64>, String> {
+    let _one_at_a_time = inner.verifying.lock().await;
+    let leases = inner.leases.all();
+    let mut gone = Vec::new();
+    let mut suspicious = Vec::new();
+    for lease in &leases {
+        match missing(inner, lease).await? {
+            None => gone.push(lease.clone()),
+            Some(m) if m.is_empty() => inner.resolved(Trouble::MissingKeys(lease.ttl_secs)),
+            Some(_) => suspicious.push(lease.clone()),
         }
     }
-    lease.keys_missing.store(false, Ordering::Relaxed);
-    inner.resolved(Trouble::MissingKeys(lease.ttl_secs));
-    tracing::info!(target: "waypost::etcd", lease = lease.id(), restored, "missing instances put back");
-    Ok(Checked::Fine)
+    if !suspicious.is_empty() {
+        repair(inner, &suspicious, &mut gone).await?;
+    }
+    for lease in &gone {
+        lease.suspect.notify_one();
+    }
+    Ok(gone.iter().map(|l| l.ttl_secs).collect())
 }
 
-/// Writes `s` again on `lease` if its key is absent; forgets it if another client wrote the key
-/// meanwhile. `true` when it was put back.
-async fn restore(inner: &Inner, lease: &Lease, s: &ServiceInfo) -> Result<bool, String> {
-    let key = inner.keys.instance(&s.name, &s.id);
-    let value = s.to_json_vec().map_err(|e| e.to_string())?;
-    let txn = Txn::new()
-        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(lease.id())),
-        )])
-        .or_else([TxnOp::get(key.as_str(), None)]);
+/// Looks at `leases` again with every mutation held off (so a deregister in flight is not
+/// mistaken for a deletion and cannot be undone by the repair), and puts back what is missing.
+async fn repair(
+    inner: &Inner,
+    leases: &[Arc<Lease>],
+    gone: &mut Vec<Arc<Lease>>,
+) -> Result<(), String> {
+    let _exclusive = inner.gate.write().await;
+    let mut todo = Vec::new();
+    for lease in leases {
+        match missing(inner, lease).await? {
+            None => gone.push(lease.clone()),
+            Some(m) if m.is_empty() => inner.resolved(Trouble::MissingKeys(lease.ttl_secs)),
+            Some(m) => todo.push((lease.clone(), m)),
+        }
+    }
+    // Every affected lease is marked before the first is repaired.
+    for (lease, missing) in &todo {
+        let why = format!(
+            "{} instance(s) of ours missing from etcd though their lease lives (deleted, or etcd \
+             restored from an older backup), e.g. {}; putting them back",
+            missing.len(),
+            quoted(&missing[0].id)
+        );
+        if !lease.keys_missing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: "waypost::etcd", lease = lease.id(), missing = missing.len(), "{why}");
+        }
+        inner.trouble(Trouble::MissingKeys(lease.ttl_secs), &why);
+    }
+    for (lease, missing) in &todo {
+        let mut restored = 0usize;
+        for chunk in missing.chunks(RESTORE_BATCH) {
+            restored += restore(inner, lease, chunk).await?;
+        }
+        lease.keys_missing.store(false, Ordering::Relaxed);
+        tracing::info!(target: "waypost::etcd", lease = lease.id(), restored, "missing instances put back");
+    }
+    for (lease, _) in &todo {
+        inner.resolved(Trouble::MissingKeys(lease.ttl_secs));
+    }
+    Ok(())
+}
+
+/// Instances put back per request (each a nested transaction of its own).
+const RESTORE_BATCH: usize = 64;
+
+/// Writes each of `services` again on `lease` if its key is absent, in one request; forgets
+/// those whose key another client wrote meanwhile. Returns how many were put back.
+async fn restore(inner: &Inner, lease: &Lease, services: &[ServiceInfo]) -> Result<usize, String> {
+    let mut ops = Vec::with_capacity(services.len());
+    for s in services {
+        let key = inner.keys.instance(&s.name, &s.id);
+        let value = s.to_json_vec().map_err(|e| e.to_string())?;
+        // Put only if absent; otherwise tell us who holds it.
+        ops.push(TxnOp::txn(
+            Txn::new()
+                .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease.id())),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]),
+        ));
+    }
     let timeout = inner.policy.attempt_timeout;
     let mut kv = inner.client.kv_client();
-    let resp = match tokio::time::timeout(timeout, kv.txn(txn)).await {
+    let resp = match tokio::time::timeout(timeout, kv.txn(Txn::new().and_then(ops))).await {
         Err(_) => return Err(format!("put back: no answer within {timeout:?}")),
         Ok(Err(e)) => return Err(format!("put back: {e}")),
         Ok(Ok(r)) => r,
     };
-    if resp.succeeded() {
-        return Ok(true);
-    }
-    // The key exists: on one of our leases it is still ours (it moved), otherwise another
-    // client registered this id and owns it now.
-    let holder = resp.op_responses().into_iter().find_map(|r| match r {
-        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
-        _ => None,
-    });
-    match holder {
-        Some(l) if inner.leases.owns(l) => Ok(false),
-        Some(l) => {
-            inner.ours.lock().remove(&s.id);
-            tracing::warn!(
-                target: "waypost::etcd",
-                id = %quoted(&s.id),
-                lease = l,
-                "another client wrote this instance again; it is theirs now and no longer kept \
-                 alive by this registry"
-            );
-            Ok(false)
+    let mut restored = 0;
+    for (s, r) in services.iter().zip(resp.op_responses()) {
+        let TxnOpResponse::Txn(one) = r else {
+            return Err("put back: unexpected answer".into());
+        };
+        if one.succeeded() {
+            restored += 1;
+            continue;
         }
-        None => Err("put back: the key changed meanwhile".into()),
+        // The key exists: on one of our leases it is still ours, otherwise another client
+        // registered this id and owns it now.
+        let holder = one.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
+            _ => None,
+        });
+        match holder {
+            Some(l) if inner.leases.owns(l) => {}
+            Some(l) => {
+                inner.ours.lock().remove(&s.id);
+                tracing::warn!(
+                    target: "waypost::etcd",
+                    id = %quoted(&s.id),
+                    lease = l,
+                    "another client wrote this instance again; it is theirs now and no longer \
+                     kept alive by this registry"
+                );
+            }
+            // Deleted again between the two: the next check puts it back.
+            None => inner.recheck.notify_one(),
+        }
     }
+    Ok(restored)
 }
 
-/// Watches deletions under the prefix and has the owning lease's task verify our keys when one
-/// of ours is deleted. Runs until the registry closes.
+/// Watches deletions under the prefix and checks our keys when one of ours is deleted (and
+/// whenever a check is asked for). Runs until the registry closes.
 pub(crate) async fn watch_deletions(inner: Arc<Inner>) {
     let all = inner.keys.all();
     let mut backoff = Backoff::new(Duration::from_millis(50), inner.config.max_backoff);
@@ -187,36 +221,41 @@ async fn deletions_session(inner: &Inner, all: &str, backoff: &mut Backoff) {
         Err(_) => return,
     };
     loop {
-        let resp = match stream.message().await {
-            Ok(Some(r)) => r,
-            Ok(None) | Err(_) => return,
+        let check = tokio::select! {
+            msg = stream.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) | Err(_) => return,
+                };
+                if resp.canceled() {
+                    return;
+                }
+                // Deletions while this watch was down went unseen: check everything.
+                resp.created() || resp.events().iter().any(|ev| ours_deleted(inner, ev))
+            }
+            _ = inner.recheck.notified() => true,
         };
-        if resp.created() {
+        if check {
             backoff.reset();
-            // Deletions while this watch was down went unseen: check everything.
-            for lease in inner.leases.all() {
-                lease.check_keys.notify_one();
-            }
-        }
-        if resp.canceled() {
-            return;
-        }
-        for ev in resp.events() {
-            if ev.event_type() != EventType::Delete {
-                continue;
-            }
-            let Some((name, id)) = ev.kv().and_then(|kv| inner.keys.parse(kv.key())) else {
-                continue;
-            };
-            let secs = inner
-                .ours
-                .lock()
-                .get(id)
-                .filter(|o| o.info.name == name)
-                .map(|o| o.lease_secs);
-            if let Some(lease) = secs.and_then(|s| inner.leases.get(s)) {
-                lease.check_keys.notify_one();
+            if let Err(why) = verify(inner).await {
+                tracing::debug!(target: "waypost::etcd", error = %why, "checking our keys failed");
+                return;
             }
         }
     }
+}
+
+/// Whether `ev` deleted a key of ours.
+fn ours_deleted(inner: &Inner, ev: &etcd_client::Event) -> bool {
+    if ev.event_type() != EventType::Delete {
+        return false;
+    }
+    let Some((name, id)) = ev.kv().and_then(|kv| inner.keys.parse(kv.key())) else {
+        return false;
+    };
+    inner
+        .ours
+        .lock()
+        .get(id)
+        .is_some_and(|o| o.info.name == name)
 }

@@ -69,8 +69,6 @@ pub(crate) struct Lease {
     pub(crate) suspect: Notify,
     /// `renew` asks for an immediate keep-alive.
     pub(crate) renew_now: Notify,
-    /// One of our keys on this lease was deleted: the task verifies them at once.
-    pub(crate) check_keys: Notify,
     /// Keys of ours on this lease are known to be missing (logged once per episode).
     pub(crate) keys_missing: AtomicBool,
     /// Set when the last instance left: the keep-alive task ends.
@@ -84,7 +82,6 @@ impl Lease {
             slot: watch::Sender::new(LeaseSlot { id, generation: 0 }),
             suspect: Notify::new(),
             renew_now: Notify::new(),
-            check_keys: Notify::new(),
             keys_missing: AtomicBool::new(false),
             retired: watch::Sender::new(false),
         }

@@ -4,9 +4,8 @@
 //! A broken stream (a dead member, a restarting server) is reopened with backoff while the
 //! lease may still be alive; once etcd says the lease is gone (expired during an outage,
 //! revoked, cluster reset), a new lease is granted and every instance of ours on it is written
-//! again. When a session starts, after every keep-alive answer and when a deletion is reported,
-//! it checks that our keys on the lease are all there and puts back the missing ones
-//! ([`guard`](crate::guard)). Both loops back off with jitter up to
+//! again. When a session starts and after every keep-alive answer it checks that our keys are
+//! all there and puts back the missing ones ([`guard`](crate::guard)). Both loops back off with jitter up to
 //! [`EtcdConfig::max_backoff`](crate::EtcdConfig::max_backoff) and never give up; the registry's
 //! state says `Recovering` meanwhile. The task ends when the registry closes or is dropped, or
 //! when the lease's last instance is deregistered.
@@ -17,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error;
-use crate::guard::{self, Checked};
+use crate::guard;
 use crate::lease::Lease;
 use crate::ops::{Inner, Trouble};
 use waypost_core_types::backoff::Backoff;
@@ -91,11 +90,13 @@ async fn keep_alive(inner: &Inner, lease: &Lease) {
     }
 }
 
-/// Checks our keys on the lease (see [`guard::verify`]); how the session ends if it must.
+/// Checks our keys (see [`guard::verify`]); how the session ends if it must.
 async fn check_keys(inner: &Inner, lease: &Lease) -> Option<SessionEnd> {
-    match guard::verify(inner, lease).await {
-        Ok(Checked::Fine) => None,
-        Ok(Checked::LeaseGone) => Some(SessionEnd::Lost("etcd does not know the lease".into())),
+    match guard::verify(inner).await {
+        Ok(gone) if gone.contains(&lease.ttl_secs) => {
+            Some(SessionEnd::Lost("etcd does not know the lease".into()))
+        }
+        Ok(_) => None,
         Err(why) => Some(SessionEnd::Broken(why)),
     }
 }
@@ -134,12 +135,6 @@ async fn session(inner: &Inner, lease: &Lease, backoff: &mut Backoff) -> Session
             _ = tokio::time::sleep_until(next_send) => {}
             _ = lease.renew_now.notified() => {}
             _ = lease.suspect.notified() => {}
-            _ = lease.check_keys.notified() => {
-                if let Some(end) = check_keys(inner, lease).await {
-                    return end;
-                }
-                continue;
-            }
             // Read all the time, so a broken stream is noticed at once, not at the next tick.
             msg = stream.message() => {
                 match msg {

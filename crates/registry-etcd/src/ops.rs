@@ -74,6 +74,10 @@ pub(crate) struct Inner {
     pub(crate) troubles: Mutex<BTreeSet<Trouble>>,
     /// Whether the watch of deletions of our keys runs (started with the first registration).
     pub(crate) guarding: std::sync::atomic::AtomicBool,
+    /// One check of our keys at a time ([`guard::verify`](crate::guard::verify)).
+    pub(crate) verifying: tokio::sync::Mutex<()>,
+    /// Asks the deletion watch for another check of our keys.
+    pub(crate) recheck: tokio::sync::Notify,
     pub(crate) state: StateCell,
 }
 

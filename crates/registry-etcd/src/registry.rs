@@ -149,6 +149,8 @@ impl EtcdRegistry {
             leases: Leases::new(Lease::new(ttl, lease_id)),
             troubles: Mutex::default(),
             guarding: AtomicBool::new(false),
+            verifying: tokio::sync::Mutex::new(()),
+            recheck: tokio::sync::Notify::new(),
             state: StateCell::new(BACKEND),
         });
         let default_lease = inner.leases.default_lease().clone();
