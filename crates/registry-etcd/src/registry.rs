@@ -307,6 +307,9 @@ impl ServiceRegistry for EtcdRegistry {
             inner.release_idle_leases().await;
             return Err(Error::NotFound(id.to_owned()));
         };
+        // Forgotten before the delete, so the watch of deletions does not take our own
+        // deregistration for a loss; remembered again if the delete fails.
+        let owned = inner.ours.lock().remove(id);
         let deleted = inner
             .call("deregister", || {
                 let key = key.clone();
@@ -314,11 +317,15 @@ impl ServiceRegistry for EtcdRegistry {
                     let _shared = inner.gate.read().await;
                     let mut kv = inner.client.kv_client();
                     let r = kv.delete(key, None::<DeleteOptions>).await?;
-                    inner.ours.lock().remove(id);
                     Ok(r.deleted())
                 }
             })
             .await;
+        if let (Err(_), Some(owned)) = (&deleted, owned) {
+            if !inner.is_closed() {
+                inner.ours.lock().insert(owned);
+            }
+        }
         inner.release_idle_leases().await;
         if deleted? == 0 {
             return Err(Error::NotFound(id.to_owned()));
