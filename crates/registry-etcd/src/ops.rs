@@ -10,6 +10,7 @@ use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
+use waypost_core_types::quote::{quoted, quoted_up_to};
 use waypost_core_types::tasks::StopSignal;
 use waypost_core_types::{Error, Result, ScopedHubs, ServiceInfo, StateCell};
 
@@ -21,6 +22,8 @@ use crate::lease::{Lease, Leases, Ours};
 use crate::retry::{retry, AttemptError, RetryPolicy};
 use waypost_core_types::backoff::Backoff;
 
+/// Characters of a key shown in a log line.
+const KEY_IN_LOG: usize = 256;
 /// Keys per page when listing.
 const PAGE: i64 = 1_000;
 /// Puts per transaction when registering our instances again.
@@ -71,7 +74,7 @@ pub(crate) struct Inner {
     /// One lease per distinct TTL; the default one lives as long as the registry.
     pub(crate) leases: Leases,
     /// What keeps the registry from being `Connected` right now.
-    pub(crate) troubles: Mutex<BTreeSet<Trouble>>,
+    pub(crate) troubles: Troubles,
     /// Whether the watch of deletions of our keys runs (started with the first registration).
     pub(crate) guarding: std::sync::atomic::AtomicBool,
     /// One check of our keys at a time ([`guard::verify`](crate::guard::verify)).
@@ -79,6 +82,30 @@ pub(crate) struct Inner {
     /// Asks the deletion watch for another check of our keys.
     pub(crate) recheck: tokio::sync::Notify,
     pub(crate) state: StateCell,
+}
+
+/// The reasons the registry is not `Connected` right now: the state cell says `Connected` only
+/// when the last one is resolved.
+#[derive(Debug, Default)]
+pub(crate) struct Troubles(Mutex<BTreeSet<Trouble>>);
+
+impl Troubles {
+    /// One attempt failed because of `trouble`: `state` is `Recovering`.
+    pub(crate) fn add(&self, state: &StateCell, trouble: Trouble, why: &str) {
+        let mut troubles = self.0.lock();
+        troubles.insert(trouble);
+        state.failed(&why);
+    }
+
+    /// `trouble` is resolved; `state` is `Connected` if nothing else is wrong.
+    pub(crate) fn resolve(&self, state: &StateCell, trouble: Trouble) {
+        let mut troubles = self.0.lock();
+        troubles.remove(&trouble);
+        // Under the lock, so a concurrent `add` cannot be overwritten by `connected`.
+        if troubles.is_empty() {
+            state.connected();
+        }
+    }
 }
 
 /// One reason the registry is not `Connected`; it is `Connected` when there is none.
@@ -106,19 +133,12 @@ impl Inner {
 
     /// `trouble` is resolved; the registry is `Connected` when nothing else is wrong.
     pub(crate) fn resolved(&self, trouble: Trouble) {
-        let mut troubles = self.troubles.lock();
-        troubles.remove(&trouble);
-        // Under the lock, so a concurrent `trouble` cannot be overwritten by `connected`.
-        if troubles.is_empty() {
-            self.state.connected();
-        }
+        self.troubles.resolve(&self.state, trouble);
     }
 
     /// One attempt failed because of `trouble`: the registry is `Recovering`.
     pub(crate) fn trouble(&self, trouble: Trouble, why: &str) {
-        let mut troubles = self.troubles.lock();
-        troubles.insert(trouble);
-        self.state.failed(&why);
+        self.troubles.add(&self.state, trouble, why);
     }
 
     /// Forgets the troubles of a retired lease.
@@ -144,11 +164,14 @@ impl Inner {
     }
 
     /// Decodes one stored value; `None` (with a warning) for foreign or corrupt data.
+    /// Keys and names are peer bytes: logged bounded and escaped.
     pub(crate) fn decode(&self, key: &[u8], value: &[u8]) -> Option<ServiceInfo> {
-        let Some((name, id)) = self.keys.parse(key) else {
+        let text = String::from_utf8_lossy(key);
+        let key = quoted_up_to(&text, KEY_IN_LOG);
+        let Some((name, id)) = self.keys.parse(text.as_bytes()) else {
             tracing::warn!(
                 target: "waypost::etcd",
-                key = %String::from_utf8_lossy(key),
+                key = %key,
                 "skipping a key that is not <prefix>/<name>/<id>"
             );
             return None;
@@ -158,9 +181,9 @@ impl Inner {
             Ok(info) => {
                 tracing::warn!(
                     target: "waypost::etcd",
-                    key = %String::from_utf8_lossy(key),
-                    json_name = %info.name,
-                    json_id = %info.id,
+                    key = %key,
+                    json_name = %quoted(&info.name),
+                    json_id = %quoted(&info.id),
                     "skipping a record whose name/id disagree with its key"
                 );
                 None
@@ -168,7 +191,7 @@ impl Inner {
             Err(e) => {
                 tracing::warn!(
                     target: "waypost::etcd",
-                    key = %String::from_utf8_lossy(key),
+                    key = %key,
                     error = %e,
                     "skipping a value that is not a ServiceInfo"
                 );
@@ -422,5 +445,36 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waypost_core_types::RegistryState;
+
+    #[test]
+    fn connected_only_when_every_trouble_is_resolved() {
+        let state = StateCell::new("etcd");
+        let troubles = Troubles::default();
+        troubles.add(&state, Trouble::Lease(30), "keep-alive broken");
+        troubles.add(
+            &state,
+            Trouble::MissingKeys(5),
+            "2 instance(s) of ours missing",
+        );
+        // The default lease's keep-alive answers again: the 5 s lease's keys are still missing.
+        troubles.resolve(&state, Trouble::Lease(30));
+        match state.get() {
+            RegistryState::Recovering { last_error, .. } => {
+                assert!(last_error.contains("missing"), "{last_error}")
+            }
+            other => panic!("{other:?}"),
+        }
+        troubles.resolve(&state, Trouble::MissingKeys(5));
+        assert_eq!(state.get(), RegistryState::Connected);
+        // Resolving what is not there changes nothing.
+        troubles.resolve(&state, Trouble::MissingKeys(5));
+        assert_eq!(state.get(), RegistryState::Connected);
     }
 }

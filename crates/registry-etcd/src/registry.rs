@@ -147,7 +147,7 @@ impl EtcdRegistry {
             ours: Mutex::new(Ours::default()),
             gate: RwLock::new(()),
             leases: Leases::new(Lease::new(ttl, lease_id)),
-            troubles: Mutex::default(),
+            troubles: crate::ops::Troubles::default(),
             guarding: AtomicBool::new(false),
             verifying: tokio::sync::Mutex::new(()),
             recheck: tokio::sync::Notify::new(),
