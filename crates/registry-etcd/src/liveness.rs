@@ -10,6 +10,8 @@
 //! state says `Recovering` meanwhile. The task ends when the registry closes or is dropped, or
 //! when the lease's last instance is deregistered.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,12 +121,11 @@ async fn session(inner: &Inner, lease: &Lease, backoff: &mut Backoff) -> Session
         Err(_) => return SessionEnd::Broken(format!("keep-alive not opened within {timeout:?}")),
     };
     // The first keep-alive went through. A server that came back may have lost our keys (a
-    // restored backup): check them before saying all is well.
-    if let Some(end) = check_keys(inner, lease).await {
-        return end;
-    }
-    backoff.reset();
-    inner.resolved(trouble);
+    // restored backup): they are checked before the registry says all is well. Checks run
+    // beside the keep-alives, never in their way: one may wait for mutations in flight, and
+    // a short lease must not expire meanwhile.
+    let mut check: Option<KeysCheck<'_>> = Some(Box::pin(check_keys(inner, lease)));
+    let mut verified = false;
     let interval = keep_alive_interval(lease.ttl_secs);
     let mut next_send = Instant::now() + interval;
     // When the oldest unanswered keep-alive was sent.
@@ -135,17 +136,31 @@ async fn session(inner: &Inner, lease: &Lease, backoff: &mut Backoff) -> Session
             _ = tokio::time::sleep_until(next_send) => {}
             _ = lease.renew_now.notified() => {}
             _ = lease.suspect.notified() => {}
+            end = poll_check(&mut check) => {
+                check = None;
+                if let Some(end) = end {
+                    return end;
+                }
+                if !verified {
+                    verified = true;
+                    backoff.reset();
+                    inner.resolved(trouble);
+                }
+                continue;
+            }
             // Read all the time, so a broken stream is noticed at once, not at the next tick.
             msg = stream.message() => {
                 match msg {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         waiting_since = None;
-                        // The lease lives; do its keys? (A backstop for deletions the
-                        // deletion watch did not report.)
-                        if let Some(end) = check_keys(inner, lease).await {
-                            return end;
+                        if verified {
+                            inner.resolved(trouble);
                         }
-                        inner.resolved(trouble);
+                        // The lease lives; do our keys? (A backstop for deletions the
+                        // deletion watch did not report.)
+                        if check.is_none() {
+                            check = Some(Box::pin(check_keys(inner, lease)));
+                        }
                     }
                     Ok(Some(_)) => return SessionEnd::Lost("etcd reports the lease expired".into()),
                     Ok(None) => return SessionEnd::Broken("keep-alive stream ended".into()),
@@ -166,6 +181,17 @@ async fn session(inner: &Inner, lease: &Lease, backoff: &mut Backoff) -> Session
         }
         waiting_since.get_or_insert_with(Instant::now);
         next_send = Instant::now() + interval;
+    }
+}
+
+/// A check of our keys running beside a keep-alive session.
+type KeysCheck<'a> = Pin<Box<dyn Future<Output = Option<SessionEnd>> + Send + 'a>>;
+
+/// The running check's outcome; pending forever when none runs.
+async fn poll_check(check: &mut Option<KeysCheck<'_>>) -> Option<SessionEnd> {
+    match check {
+        Some(c) => c.await,
+        None => std::future::pending().await,
     }
 }
 
