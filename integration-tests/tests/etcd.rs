@@ -1100,6 +1100,37 @@ async fn etcd_wiped_server_that_caught_up_gets_a_reconnected_snapshot() {
     })
     .await
     .expect("changes after the resync arrive");
+
+    // Wiped again, now without catching up, and without cutting the watcher off: the revision
+    // went back.
+    etcd.etcdctl(&[
+        "put",
+        &format!("{p}/wp/gone-2"),
+        &gone.replace("gone-1", "gone-2"),
+    ])
+    .expect("put");
+    follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.contains_key("gone-2")
+    })
+    .await
+    .expect("seen");
+    etcd.wipe_and_restart().await.expect("wipe and restart");
+    wait_until("writer registers again", Duration::from_secs(10), || {
+        let n = stored(&etcd, &p).len();
+        async move { n == 4 }
+    })
+    .await
+    .expect("the writer's instances are back");
+    let expected: Vec<String> = stored(&etcd, &p).into_keys().collect();
+    let reasons = follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == expected
+    })
+    .await
+    .expect("the watch view equals etcd's again");
+    assert!(
+        reasons.contains(&SnapshotReason::Reconnected),
+        "{reasons:?}"
+    );
     watcher.close().await.expect("close");
     writer.close().await.expect("close");
 }
