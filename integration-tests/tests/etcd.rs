@@ -1320,3 +1320,54 @@ async fn etcd_restored_backup_without_our_instances_gets_them_back() {
     assert_eq!(now["rb-2"], default_lease);
     registry.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn etcd_instance_registered_again_elsewhere_is_left_to_its_new_owner() {
+    let test = "etcd_instance_registered_again_elsewhere_is_left_to_its_new_owner";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let cfg = config(&etcd.endpoint(), "takeover", 3);
+    let p = cfg.prefix.clone();
+    let first = EtcdRegistry::connect(cfg.clone()).await.expect("connect");
+    let second = EtcdRegistry::connect(cfg).await.expect("connect");
+    first
+        .register(&svc("to", "to-1", 9001))
+        .await
+        .expect("register");
+    second
+        .register(&svc("to", "to-1", 9002))
+        .await
+        .expect("register the same id");
+    // Two keep-alive rounds of the first registry (TTL 3 s: one a second), each with a check of
+    // its keys: it must not take the instance back.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(
+            stored(&etcd, &p).get("to-1"),
+            Some(&second.lease_id()),
+            "the instance stays with the registry that registered it last"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(first.state().is_connected(), "{:?}", first.state());
+    // Nor after losing its lease: it writes again only what is still its own.
+    etcd.etcdctl(&["lease", "revoke", &format!("{:x}", first.lease_id())])
+        .expect("revoke");
+    let revoked = first.lease_id();
+    wait_until("a new lease", Duration::from_secs(10), || {
+        let done = first.lease_id() != revoked && first.state().is_connected();
+        async move { done }
+    })
+    .await
+    .expect("the first registry recovers its lease");
+    assert_eq!(stored(&etcd, &p).get("to-1"), Some(&second.lease_id()));
+    assert_eq!(
+        second.get_service("to-1").await.expect("get").port,
+        9002,
+        "the second registration's data"
+    );
+    first.close().await.expect("close");
+    assert_eq!(stored(&etcd, &p).get("to-1"), Some(&second.lease_id()));
+    second.close().await.expect("close");
+}
