@@ -310,6 +310,7 @@ impl ServiceRegistry for EtcdRegistry {
         // Forgotten before the delete, so the watch of deletions does not take our own
         // deregistration for a loss; remembered again if the delete fails.
         let owned = inner.ours.lock().remove(id);
+        let was_ours = owned.is_some();
         let deleted = inner
             .call("deregister", || {
                 let key = key.clone();
@@ -327,7 +328,8 @@ impl ServiceRegistry for EtcdRegistry {
             }
         }
         inner.release_idle_leases().await;
-        if deleted? == 0 {
+        // Ours, and gone meanwhile (its lease released by a concurrent call): deregistered.
+        if deleted? == 0 && !was_ours {
             return Err(Error::NotFound(id.to_owned()));
         }
         Ok(())
