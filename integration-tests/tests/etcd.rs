@@ -1170,17 +1170,19 @@ async fn etcd_instances_deleted_behind_our_back_are_put_back() {
     let sampler = {
         let (registry, stop) = (registry.clone(), stop.clone());
         tokio::spawn(async move {
-            // Whether the registry said "instances missing", in the order seen.
+            // Whether the registry said "instances missing", in the order seen, and when.
             let mut seen = vec![false];
+            let mut at = vec![Instant::now()];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let missing = matches!(registry.state(), RegistryState::Recovering { last_error, .. }
                     if last_error.contains("missing"));
                 if seen.last() != Some(&missing) {
                     seen.push(missing);
+                    at.push(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            seen
+            (seen, at)
         })
     };
     etcd.etcdctl(&["del", &format!("{p}/"), "--prefix"])
@@ -1194,11 +1196,16 @@ async fn etcd_instances_deleted_behind_our_back_are_put_back() {
     .expect("every deleted instance is back on its own lease within 10 s, and Connected");
     let back_after = deleted.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = sampler.await.expect("sampler");
+    let (seen, at) = sampler.await.expect("sampler");
     assert_eq!(
         seen,
         [false, true, false],
         "Recovering (instances missing) while putting them back, Connected after"
+    );
+    eprintln!(
+        "{N} deleted instances: Recovering {:?} after the `etcdctl del` returned, for {:?}",
+        at[1].saturating_duration_since(deleted),
+        at[2] - at[1]
     );
     assert_eq!(
         registry.lease_id(),
