@@ -1355,7 +1355,7 @@ async fn etcd_instance_registered_again_elsewhere_is_left_to_its_new_owner() {
             Some(&second.lease_id()),
             "the instance stays with the registry that registered it last"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(first.state().is_connected(), "{:?}", first.state());
     // Nor after losing its lease: it writes again only what is still its own.

@@ -97,39 +97,95 @@ async fn repair(
     gone: &mut Vec<Arc<Lease>>,
 ) -> Result<(), String> {
     let _exclusive = inner.gate.write().await;
-    let mut todo = Vec::new();
+    let mut suspects = Vec::new();
     for lease in leases {
         match missing(inner, lease).await? {
             None => gone.push(lease.clone()),
             Some(m) if m.is_empty() => inner.resolved(Trouble::MissingKeys(lease.ttl_secs)),
-            Some(m) => todo.push((lease.clone(), m)),
+            Some(m) => suspects.push((lease.clone(), m)),
         }
     }
-    // Every affected lease is marked before the first is repaired.
-    for (lease, missing) in &todo {
+    // Every affected lease is marked before any is looked at further: from here until they are
+    // back, the registry does not say `Connected`.
+    for (lease, m) in &suspects {
         let why = format!(
-            "{} instance(s) of ours missing from etcd though their lease lives (deleted, or etcd \
-             restored from an older backup), e.g. {}; putting them back",
-            missing.len(),
-            quoted(&missing[0].id)
+            "{} instance(s) of ours not on their lease in etcd, e.g. {}; checking",
+            m.len(),
+            quoted(&m[0].id)
         );
-        if !lease.keys_missing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(target: "waypost::etcd", lease = lease.id(), missing = missing.len(), "{why}");
-        }
         inner.trouble(Trouble::MissingKeys(lease.ttl_secs), &why);
     }
-    for (lease, missing) in &todo {
-        let mut restored = 0usize;
-        for chunk in missing.chunks(RESTORE_BATCH) {
-            restored += restore(inner, lease, chunk).await?;
+    for (lease, m) in suspects {
+        // Not on our lease is not always gone: another client may hold it now.
+        let absent = absent(inner, m).await?;
+        if !absent.is_empty() {
+            let why = format!(
+                "{} instance(s) of ours missing from etcd though their lease lives (deleted, or \
+                 etcd restored from an older backup), e.g. {}; putting them back",
+                absent.len(),
+                quoted(&absent[0].id)
+            );
+            if !lease.keys_missing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target: "waypost::etcd", lease = lease.id(), missing = absent.len(), "{why}");
+            }
+            inner.trouble(Trouble::MissingKeys(lease.ttl_secs), &why);
+            let mut restored = 0usize;
+            for chunk in absent.chunks(RESTORE_BATCH) {
+                restored += restore(inner, &lease, chunk).await?;
+            }
+            lease.keys_missing.store(false, Ordering::Relaxed);
+            tracing::info!(target: "waypost::etcd", lease = lease.id(), restored, "missing instances put back");
         }
-        lease.keys_missing.store(false, Ordering::Relaxed);
-        tracing::info!(target: "waypost::etcd", lease = lease.id(), restored, "missing instances put back");
     }
-    for (lease, _) in &todo {
-        inner.resolved(Trouble::MissingKeys(lease.ttl_secs));
+    for lease in leases {
+        if !gone.iter().any(|g| Arc::ptr_eq(g, lease)) {
+            inner.resolved(Trouble::MissingKeys(lease.ttl_secs));
+        }
     }
     Ok(())
+}
+
+/// Of `services` (not on their lease), those whose key is absent. One that another client has
+/// written again (on a lease that is not ours) is theirs now: forgotten, with a warning.
+async fn absent(inner: &Inner, services: Vec<ServiceInfo>) -> Result<Vec<ServiceInfo>, String> {
+    let timeout = inner.policy.attempt_timeout;
+    let mut out = Vec::new();
+    for chunk in services.chunks(RESTORE_BATCH) {
+        let ops = chunk
+            .iter()
+            .map(|s| TxnOp::get(inner.keys.instance(&s.name, &s.id), None))
+            .collect::<Vec<_>>();
+        let mut kv = inner.client.kv_client();
+        let resp = match tokio::time::timeout(timeout, kv.txn(Txn::new().and_then(ops))).await {
+            Err(_) => return Err(format!("reading our keys: no answer within {timeout:?}")),
+            Ok(Err(e)) => return Err(format!("reading our keys: {e}")),
+            Ok(Ok(r)) => r,
+        };
+        for (s, r) in chunk.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(g) = r else {
+                return Err("reading our keys: unexpected answer".into());
+            };
+            match g.kvs().first().map(|kv| kv.lease()) {
+                None => out.push(s.clone()),
+                // On another lease of ours (it moved meanwhile): in place.
+                Some(l) if inner.leases.owns(l) => {}
+                Some(l) => taken_over(inner, s, l),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Another client registered `s` again, on lease `holder`: it is theirs now.
+fn taken_over(inner: &Inner, s: &ServiceInfo, holder: i64) {
+    inner.ours.lock().remove(&s.id);
+    tracing::warn!(
+        target: "waypost::etcd",
+        id = %quoted(&s.id),
+        lease = holder,
+        "another client registered this instance again; it is theirs now and no longer kept \
+         alive by this registry"
+    );
 }
 
 /// Instances put back per request (each a nested transaction of its own).
@@ -178,16 +234,7 @@ async fn restore(inner: &Inner, lease: &Lease, services: &[ServiceInfo]) -> Resu
         });
         match holder {
             Some(l) if inner.leases.owns(l) => {}
-            Some(l) => {
-                inner.ours.lock().remove(&s.id);
-                tracing::warn!(
-                    target: "waypost::etcd",
-                    id = %quoted(&s.id),
-                    lease = l,
-                    "another client wrote this instance again; it is theirs now and no longer \
-                     kept alive by this registry"
-                );
-            }
+            Some(l) => taken_over(inner, s, l),
             // Deleted again between the two: the next check puts it back.
             None => inner.recheck.notify_one(),
         }
