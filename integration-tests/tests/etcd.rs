@@ -1378,3 +1378,56 @@ async fn etcd_instance_registered_again_elsewhere_is_left_to_its_new_owner() {
     assert_eq!(stored(&etcd, &p).get("to-1"), Some(&second.lease_id()));
     second.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn etcd_restored_backup_with_the_same_count_gets_a_reconnected_snapshot() {
+    let test = "etcd_restored_backup_with_the_same_count_gets_a_reconnected_snapshot";
+    let Some(mut etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "same-count", 30);
+    let p = cfg.prefix.clone();
+    let watcher = EtcdRegistry::connect(cfg).await.expect("watcher");
+    let put = |id: &str| {
+        let json = svc("sc", id, 9000).to_json().expect("json");
+        etcd.etcdctl(&["put", &format!("{p}/sc/{id}"), &json])
+            .expect("put");
+    };
+    put("a");
+    put("b");
+    put("k");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = dir.path().join("backup.db");
+    etcd.snapshot_save(&backup).expect("snapshot save");
+    let mut watch = watcher.watch_service("sc").await.expect("watch");
+    let mut view = View::new();
+    etcd.etcdctl(&["del", &format!("{p}/sc/a")]).expect("del");
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == ["b", "k"]
+    })
+    .await
+    .expect("view {b, k}");
+    let old_revision = etcd.revision().expect("revision");
+
+    // Restored to before `a` was deleted, then `b` deleted instead: as many keys as the watcher
+    // saw, the last one written (`k`) the same, but {a, k} where the watcher has {b, k}.
+    proxy.set_open(false);
+    etcd.restore_and_restart(&backup).await.expect("restore");
+    etcd.etcdctl(&["del", &format!("{p}/sc/b")]).expect("del");
+    while etcd.revision().expect("revision") <= old_revision + 2 {
+        etcd.etcdctl(&["put", "/unrelated/counter", "x"])
+            .expect("put");
+    }
+    proxy.set_open(true);
+    let reasons = follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == ["a", "k"]
+    })
+    .await
+    .expect("the watch view equals etcd's within 5 s");
+    assert!(
+        reasons.contains(&SnapshotReason::Reconnected),
+        "{reasons:?}"
+    );
+    watcher.close().await.expect("close");
+}

@@ -7,8 +7,12 @@
 //! keep instances that are long gone. So a watch checks, on every response, that the server's
 //! identity did not change (cluster id; raft term and revision never go backwards), and before
 //! it resumes after a break, that the server agrees with its view at the last revision it saw:
-//! the number of keys in its range, and the last key it saw written, at that revision. If not,
-//! the range is read again and every stream gets `Snapshot { reason: Reconnected }`.
+//! the same keys, each last written at the same revision (compared as a [`Digest`] of the keys
+//! of the range read at that revision, keys only); where the watch could not keep the digest
+//! (an event without its previous value), the number of keys and the last key it saw written.
+//! If not, the range is read again and every stream gets `Snapshot { reason: Reconnected }`.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use etcd_client::{GetOptions, KeyValue, ResponseHeader};
 
@@ -125,6 +129,22 @@ impl Anchor {
     }
 }
 
+/// A fingerprint of the keys of a range and the revision each was last written at: the XOR of
+/// a hash of each (key, modification revision), so it follows puts and deletes one at a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Digest(u64);
+
+impl Digest {
+    /// Adds the pair if absent, removes it if present.
+    pub(crate) fn toggle(&mut self, key: &[u8], mod_revision: i64) {
+        // `DefaultHasher::new` has fixed keys: the same pair hashes the same in this process.
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        mod_revision.hash(&mut h);
+        self.0 ^= h.finish();
+    }
+}
+
 /// A watch's view of its range at the last revision it saw.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Position {
@@ -133,6 +153,8 @@ pub(crate) struct Position {
     /// Keys in the range (valid records or not).
     pub(crate) raw_count: i64,
     pub(crate) anchor: Option<Anchor>,
+    /// `None` when an event came without its previous value.
+    pub(crate) digest: Option<Digest>,
 }
 
 /// The outcome of [`check`].
@@ -153,6 +175,89 @@ pub(crate) async fn check(
     range: &str,
     at: &Position,
 ) -> Verdict {
+    match at.digest {
+        Some(digest) => check_digest(inner, identity, range, at, digest).await,
+        None => check_count_and_anchor(inner, identity, range, at).await,
+    }
+}
+
+/// How a read for [`check`] failed.
+fn failed(at: &Position, e: etcd_client::Error) -> Verdict {
+    if error::is_compacted(&e) {
+        Verdict::Lost(format!(
+            "revision {} is compacted or not reached there ({e})",
+            at.revision
+        ))
+    } else {
+        Verdict::Unreachable(e.to_string())
+    }
+}
+
+/// Reads the keys of `range` at `at.revision` (keys only, in pages) and compares their digest.
+async fn check_digest(
+    inner: &Inner,
+    identity: &mut Identity,
+    range: &str,
+    at: &Position,
+    want: Digest,
+) -> Verdict {
+    let timeout = inner.policy.attempt_timeout;
+    let end = prefix_end(range.as_bytes());
+    let mut kv = inner.client.kv_client();
+    let mut from = range.as_bytes().to_vec();
+    let (mut got, mut count) = (Digest::default(), 0i64);
+    loop {
+        let opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_keys_only()
+            .with_revision(at.revision)
+            .with_limit(PAGE);
+        let resp = match tokio::time::timeout(timeout, kv.get(from.clone(), Some(opts))).await {
+            Err(_) => return Verdict::Unreachable(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => return failed(at, e),
+            Ok(Ok(r)) => r,
+        };
+        if let Some(h) = resp.header() {
+            if let Err(why) = identity.observe(&ServerHeader::from(h)) {
+                return Verdict::Lost(why);
+            }
+        }
+        for kv in resp.kvs() {
+            got.toggle(kv.key(), kv.mod_revision());
+            count += 1;
+        }
+        match (resp.more(), resp.kvs().last()) {
+            (true, Some(last)) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    if count != at.raw_count {
+        Verdict::Lost(format!(
+            "{count} keys in the range at revision {}, the watch saw {}",
+            at.revision, at.raw_count
+        ))
+    } else if got != want {
+        Verdict::Lost(format!(
+            "the keys in the range at revision {} were written at other revisions than the \
+             watch saw",
+            at.revision
+        ))
+    } else {
+        Verdict::Same
+    }
+}
+
+/// Without a digest: the number of keys at `at.revision`, and the last key the watch saw
+/// written.
+async fn check_count_and_anchor(
+    inner: &Inner,
+    identity: &mut Identity,
+    range: &str,
+    at: &Position,
+) -> Verdict {
     let timeout = inner.policy.attempt_timeout;
     let mut kv = inner.client.kv_client();
     let count = GetOptions::new()
@@ -161,13 +266,7 @@ pub(crate) async fn check(
         .with_revision(at.revision);
     let resp = match tokio::time::timeout(timeout, kv.get(range, Some(count))).await {
         Err(_) => return Verdict::Unreachable(format!("no answer within {timeout:?}")),
-        Ok(Err(e)) if error::is_compacted(&e) => {
-            return Verdict::Lost(format!(
-                "revision {} is compacted or not reached there ({e})",
-                at.revision
-            ))
-        }
-        Ok(Err(e)) => return Verdict::Unreachable(e.to_string()),
+        Ok(Err(e)) => return failed(at, e),
         Ok(Ok(r)) => r,
     };
     if let Some(h) = resp.header() {
@@ -189,10 +288,7 @@ pub(crate) async fn check(
     let one = GetOptions::new().with_revision(at.revision);
     let resp = match tokio::time::timeout(timeout, kv.get(anchor.key.clone(), Some(one))).await {
         Err(_) => return Verdict::Unreachable(format!("no answer within {timeout:?}")),
-        Ok(Err(e)) if error::is_compacted(&e) => {
-            return Verdict::Lost(format!("revision {} is compacted ({e})", at.revision))
-        }
-        Ok(Err(e)) => return Verdict::Unreachable(e.to_string()),
+        Ok(Err(e)) => return failed(at, e),
         Ok(Ok(r)) => r,
     };
     let found = resp
@@ -208,6 +304,9 @@ pub(crate) async fn check(
         ))
     }
 }
+
+/// Keys per page of a digest read.
+const PAGE: i64 = 1_000;
 
 #[cfg(test)]
 mod tests {
@@ -242,6 +341,28 @@ mod tests {
             let why = base.clone().observe(&h).unwrap_err();
             assert!(why.contains(word), "{why}");
         }
+    }
+
+    #[test]
+    fn a_digest_follows_puts_and_deletes_in_any_order() {
+        let mut listed = Digest::default();
+        listed.toggle(b"/p/s/a", 3);
+        listed.toggle(b"/p/s/b", 5);
+        // b rewritten at 7, a deleted, c created at 8.
+        let mut followed = listed;
+        followed.toggle(b"/p/s/b", 5);
+        followed.toggle(b"/p/s/b", 7);
+        followed.toggle(b"/p/s/a", 3);
+        followed.toggle(b"/p/s/c", 8);
+        let mut read = Digest::default();
+        read.toggle(b"/p/s/c", 8);
+        read.toggle(b"/p/s/b", 7);
+        assert_eq!(followed, read);
+        // The same keys written at other revisions (another history) differ.
+        let mut other = Digest::default();
+        other.toggle(b"/p/s/c", 2);
+        other.toggle(b"/p/s/b", 7);
+        assert_ne!(followed, other);
     }
 
     #[test]

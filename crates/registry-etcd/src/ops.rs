@@ -16,7 +16,7 @@ use waypost_core_types::{Error, Result, ScopedHubs, ServiceInfo, StateCell};
 
 use crate::config::EtcdConfig;
 use crate::error::{self};
-use crate::history::{Anchor, ServerHeader};
+use crate::history::{Anchor, Digest, ServerHeader};
 use crate::keys::{prefix_end, KeyLayout};
 use crate::lease::{Lease, Leases, Ours};
 use crate::retry::{retry, AttemptError, RetryPolicy};
@@ -40,6 +40,8 @@ pub(crate) struct Listing {
     pub(crate) raw_count: i64,
     /// The most recently modified key of the range.
     pub(crate) anchor: Option<Anchor>,
+    /// The keys of the range and their modification revisions.
+    pub(crate) digest: Digest,
     /// Who answered.
     pub(crate) server: Option<ServerHeader>,
 }
@@ -244,6 +246,7 @@ impl Inner {
                 let kvs = resp.kvs();
                 for kv in kvs {
                     listing.raw_count += 1;
+                    listing.digest.toggle(kv.key(), kv.mod_revision());
                     if listing
                         .anchor
                         .as_ref()

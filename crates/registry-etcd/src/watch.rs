@@ -20,7 +20,7 @@ use waypost_core_types::{
     Result, Scope, ServiceEvent, ServiceInfo, SnapshotReason, Tasks, WatchHub, WatchStream,
 };
 
-use crate::history::{self, Anchor, Identity, Position, ServerHeader, Verdict};
+use crate::history::{self, Anchor, Digest, Identity, Position, ServerHeader, Verdict};
 use crate::keys::prefix_end;
 use crate::ops::{Inner, Listing};
 
@@ -60,6 +60,7 @@ async fn run(inner: Arc<Inner>, scope: Scope, range: String, hub: WatchHub, list
         next_rev: 0,
         raw_count: 0,
         anchor: None,
+        digest: None,
         identity: Identity::default(),
         check_first: false,
         backoff: Backoff::new(Duration::from_millis(20), inner.config.max_backoff),
@@ -82,6 +83,9 @@ struct Feed<'a> {
     raw_count: i64,
     /// The last key seen written in the range.
     anchor: Option<Anchor>,
+    /// The keys of the range and their modification revisions; `None` once an event came
+    /// without its previous value.
+    digest: Option<Digest>,
     /// The server's identity as seen so far.
     identity: Identity,
     /// The watch broke since the last read: check the server's history before resuming.
@@ -102,6 +106,7 @@ impl Feed<'_> {
         self.next_rev = listing.revision + 1;
         self.raw_count = listing.raw_count;
         self.anchor = listing.anchor;
+        self.digest = Some(listing.digest);
         self.identity = Identity::new(listing.server);
         self.check_first = false;
     }
@@ -132,6 +137,7 @@ impl Feed<'_> {
             revision: self.next_rev - 1,
             raw_count: self.raw_count,
             anchor: self.anchor.clone(),
+            digest: self.digest,
         };
         match history::check(self.inner, &mut self.identity, self.range, &at).await {
             Verdict::Same => {
@@ -227,7 +233,7 @@ impl Feed<'_> {
                 if rev < floor {
                     continue; // already covered by a snapshot
                 }
-                self.track(ev.event_type(), kv);
+                self.track(ev.event_type(), kv, ev.prev_kv());
                 if let Some(change) = convert(self.inner, ev.event_type(), kv, ev.prev_kv()) {
                     self.hub.apply(change);
                 }
@@ -238,18 +244,42 @@ impl Feed<'_> {
 }
 
 impl Feed<'_> {
-    /// Keeps the key count and the anchor in step with an applied event.
-    fn track(&mut self, kind: EventType, kv: &etcd_client::KeyValue) {
+    /// Keeps the key count, the anchor and the digest in step with an applied event.
+    fn track(
+        &mut self,
+        kind: EventType,
+        kv: &etcd_client::KeyValue,
+        prev: Option<&etcd_client::KeyValue>,
+    ) {
+        let key = kv.key();
+        // The pair the key had before, if it existed.
+        let before = match (kind, kv.version(), prev) {
+            (EventType::Put, 1, _) => Ok(None),
+            (_, _, Some(p)) => Ok(Some(p.mod_revision())),
+            (_, _, None) => Err(()),
+        };
+        match before {
+            Ok(old) => {
+                if let (Some(d), Some(old)) = (self.digest.as_mut(), old) {
+                    d.toggle(key, old);
+                }
+            }
+            // No previous value (compacted): the digest cannot follow any more.
+            Err(()) => self.digest = None,
+        }
         match kind {
             EventType::Put => {
                 if kv.version() == 1 {
                     self.raw_count += 1;
                 }
+                if let Some(d) = self.digest.as_mut() {
+                    d.toggle(key, kv.mod_revision());
+                }
                 self.anchor = Some(Anchor::of(kv));
             }
             EventType::Delete => {
                 self.raw_count -= 1;
-                if let Some(a) = self.anchor.as_mut().filter(|a| a.key == kv.key()) {
+                if let Some(a) = self.anchor.as_mut().filter(|a| a.key == key) {
                     a.deleted = true;
                 }
             }
