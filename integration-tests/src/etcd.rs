@@ -131,6 +131,8 @@ pub struct EtcdServer {
     peer_port: u16,
     etcdctl: PathBuf,
     pki: Option<TestPki>,
+    /// `--initial-cluster`, for restoring a backup into this member.
+    initial_cluster: String,
 }
 
 fn member_args(
@@ -226,6 +228,7 @@ impl EtcdServer {
             peer_port: ports[1],
             etcdctl,
             pki,
+            initial_cluster: initial,
         };
         server.process.start()?;
         server.wait_ready(READY_DEADLINE).await?;
@@ -278,6 +281,140 @@ impl EtcdServer {
     pub async fn restart(&mut self) -> Result<(), String> {
         self.process.restart()?;
         self.wait_ready(READY_DEADLINE).await
+    }
+
+    /// The member's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.process.dir().join("data")
+    }
+
+    /// SIGKILL, delete the data directory, and start again, empty, on the same ports (a wiped
+    /// server: same cluster and member ids, revisions from 1). Waits until it is healthy.
+    ///
+    /// # Errors
+    /// When the directory cannot be removed or the server is not healthy in time.
+    pub async fn wipe_and_restart(&mut self) -> Result<(), String> {
+        self.process.kill();
+        let data = self.data_dir();
+        std::fs::remove_dir_all(&data).map_err(|e| format!("wipe {}: {e}", data.display()))?;
+        self.restart().await
+    }
+
+    /// Saves a backup of the member's data to `path` (`etcdctl snapshot save`).
+    ///
+    /// # Errors
+    /// When `etcdctl` fails.
+    pub fn snapshot_save(&self, path: &Path) -> Result<(), String> {
+        self.etcdctl(&["snapshot", "save", &path.display().to_string()])
+            .map(|_| ())
+    }
+
+    /// SIGKILL, replace the data directory with the backup at `path` (`etcdctl snapshot
+    /// restore`, same name, peer URL and cluster token), and start again on the same ports.
+    /// Waits until it is healthy. For a single-node server.
+    ///
+    /// # Errors
+    /// When the restore fails or the server is not healthy in time.
+    pub async fn restore_and_restart(&mut self, path: &Path) -> Result<(), String> {
+        self.process.kill();
+        let data = self.data_dir();
+        std::fs::remove_dir_all(&data).map_err(|e| format!("wipe {}: {e}", data.display()))?;
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = Command::new(&self.etcdctl)
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore", &path.display().to_string()])
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-token=waypost-test")
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .output()
+            .map_err(|e| format!("run etcdctl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "etcdctl snapshot restore failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        self.restart().await
+    }
+
+    /// The server's current revision (`etcdctl endpoint status`).
+    ///
+    /// # Errors
+    /// When `etcdctl` fails or answers something else than JSON with a revision.
+    pub fn revision(&self) -> Result<i64, String> {
+        let out = self.etcdctl(&["endpoint", "status", "--write-out=json"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("status json: {e}"))?;
+        v[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .ok_or_else(|| format!("no revision in {out}"))
+    }
+
+    /// Every key under `prefix` with its value and lease (`etcdctl get --prefix`), sorted by
+    /// key.
+    ///
+    /// # Errors
+    /// When `etcdctl` fails or its JSON is not as expected.
+    pub fn get_prefix(&self, prefix: &str) -> Result<Vec<StoredKey>, String> {
+        let out = self.etcdctl(&["get", prefix, "--prefix", "--write-out=json"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("get json: {e}"))?;
+        let mut keys = Vec::new();
+        for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let text = |field: &str| -> Result<String, String> {
+                let raw = kv[field].as_str().unwrap_or_default();
+                Ok(String::from_utf8_lossy(&base64_decode(raw)?).into_owned())
+            };
+            keys.push(StoredKey {
+                key: text("key")?,
+                value: text("value")?,
+                lease: kv["lease"].as_i64().unwrap_or(0),
+            });
+        }
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(keys)
+    }
+
+    /// The TTL a lease was granted with (`etcdctl lease timetolive`), `None` if etcd does not
+    /// know it.
+    ///
+    /// # Errors
+    /// When `etcdctl` fails or its JSON is not as expected.
+    pub fn lease_granted_ttl(&self, lease: i64) -> Result<Option<i64>, String> {
+        let out = self.etcdctl(&[
+            "lease",
+            "timetolive",
+            &format!("{lease:x}"),
+            "--write-out=json",
+        ])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("timetolive json: {e}"))?;
+        if v["ttl"].as_i64().unwrap_or(-1) < 0 {
+            return Ok(None);
+        }
+        Ok(v["granted-ttl"].as_i64())
+    }
+
+    /// The ids of every lease etcd holds (`etcdctl lease list`).
+    ///
+    /// # Errors
+    /// When `etcdctl` fails.
+    pub fn leases(&self) -> Result<Vec<i64>, String> {
+        let out = self.etcdctl(&["lease", "list", "--write-out=json"])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("lease list json: {e}"))?;
+        let mut ids: Vec<i64> = v["leases"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["id"].as_i64())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// Waits until `etcdctl endpoint health` passes.
@@ -360,6 +497,42 @@ impl EtcdServer {
     }
 }
 
+/// One key as `etcdctl get` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The key.
+    pub key: String,
+    /// The value (lossy UTF-8).
+    pub value: String,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
+}
+
+/// Decodes standard base64 (what `etcdctl --write-out=json` writes keys and values in).
+fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(format!("not base64: {text:?}")),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
 /// A 3-member (or n-member) loopback cluster.
 #[derive(Debug)]
 pub struct EtcdCluster {
@@ -402,6 +575,7 @@ impl EtcdCluster {
                 peer_port: ports[2 * i + 1],
                 etcdctl: etcdctl.clone(),
                 pki: None,
+                initial_cluster: initial.clone(),
             });
         }
         for m in &mut members {
@@ -637,5 +811,19 @@ impl faults::ServerFixture for EtcdFixture {
 
     async fn thaw(&mut self) {
         self.server.process.signal("CONT").expect("SIGCONT etcd");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64_as_etcdctl_writes_it() {
+        assert_eq!(base64_decode("L3Avcy9h").unwrap(), b"/p/s/a");
+        assert_eq!(base64_decode("eA==").unwrap(), b"x");
+        assert_eq!(base64_decode("eHk=").unwrap(), b"xy");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("*").is_err());
     }
 }

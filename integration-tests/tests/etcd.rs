@@ -806,3 +806,628 @@ async fn etcd_watch_resumes_from_last_revision_without_gap() {
     watcher.close().await.expect("close");
     writer.close().await.expect("close");
 }
+
+/// Spawns `etcd_register_child` and waits for its `REGISTERED` line.
+async fn spawn_registrant(args: Vec<String>) -> tokio::process::Child {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_etcd_register_child"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("child registers in time")
+        .expect("read child");
+    assert_eq!(line.as_deref(), Some("REGISTERED"));
+    child
+}
+
+/// The instances `etcdctl` sees under `prefix`: id → lease.
+fn stored(etcd: &EtcdServer, prefix: &str) -> BTreeMap<String, i64> {
+    etcd.get_prefix(&format!("{prefix}/"))
+        .expect("etcdctl get")
+        .into_iter()
+        .filter_map(|k| {
+            let info = ServiceInfo::from_json(k.value.as_bytes()).ok()?;
+            Some((info.id, k.lease))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn etcd_killed_child_with_an_instance_ttl_disappears_within_it() {
+    let test = "etcd_killed_child_with_an_instance_ttl_disappears_within_it";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    // The registry's TTL is long; the instance asks for 5 s of its own.
+    let (registry_ttl, instance_ttl) = (60u64, 5u64);
+    let cfg = config(&etcd.endpoint(), "child-ttl", registry_ttl);
+    let observer = EtcdRegistry::connect(cfg.clone()).await.expect("observer");
+    let mut watch = observer.watch_service("ttl-svc").await.expect("watch");
+    let mut view = View::new();
+    let mut child = spawn_registrant(vec![
+        etcd.endpoint(),
+        cfg.prefix.clone(),
+        "ttl-svc".into(),
+        "ttl-1".into(),
+        registry_ttl.to_string(),
+        instance_ttl.to_string(),
+    ])
+    .await;
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.contains_key("ttl-1")
+    })
+    .await
+    .expect("observer sees the child's instance");
+    let lease = stored(&etcd, &cfg.prefix)["ttl-1"];
+    assert_eq!(
+        etcd.lease_granted_ttl(lease).expect("timetolive"),
+        Some(5),
+        "the instance hangs on a lease with its own TTL"
+    );
+    // Alive past its TTL: its lease is kept alive.
+    tokio::time::sleep(Duration::from_secs(instance_ttl + 1)).await;
+    assert!(observer.get_service("ttl-1").await.is_ok(), "kept alive");
+
+    child.start_kill().expect("SIGKILL");
+    let killed = Instant::now();
+    child.wait().await.expect("reap");
+    follow_until(
+        &mut watch,
+        &mut view,
+        Duration::from_secs(instance_ttl + 2),
+        |v| v.is_empty(),
+    )
+    .await
+    .expect("instance gone within its TTL + 2 s");
+    let gone = killed.elapsed();
+    eprintln!(
+        "instance with a {instance_ttl} s TTL (registry TTL {registry_ttl} s) gone {gone:?} after SIGKILL"
+    );
+    assert!(gone <= Duration::from_secs(instance_ttl + 2));
+    observer.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_instance_ttls_get_leases_of_their_own() {
+    let test = "etcd_instance_ttls_get_leases_of_their_own";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "own-ttl", 30).with_request_timeout(Duration::from_secs(3));
+    let p = cfg.prefix.clone();
+    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
+
+    // Beyond etcd's longest lease: a clear error, nothing stored, no panic.
+    for ttl in [
+        Duration::MAX,
+        waypost_registry_etcd::MAX_LEASE_TTL + Duration::from_secs(1),
+    ] {
+        let err = registry
+            .register(&svc("ot", "too-long", 9000).with_ttl(ttl))
+            .await
+            .expect_err("a TTL beyond etcd's maximum is refused");
+        assert!(
+            matches!(err, Error::InvalidInstance(ref m) if m.contains("9000000000 s")),
+            "{err}"
+        );
+    }
+    assert!(stored(&etcd, &p).is_empty(), "nothing stored");
+
+    let five = Duration::from_secs(5);
+    for s in [
+        svc("ot", "a", 9001).with_ttl(five),
+        svc("ot", "b", 9002).with_ttl(five),
+        svc("ot", "c", 9003),
+        svc("ot", "d", 9004).with_ttl(Duration::from_millis(1500)),
+        svc("ot", "z", 9005).with_ttl(Duration::ZERO),
+    ] {
+        registry.register(&s).await.expect("register");
+    }
+    let leases = stored(&etcd, &p);
+    let default = registry.lease_id();
+    assert_eq!(leases["c"], default, "no TTL: the registry's lease");
+    assert_eq!(leases["z"], default, "a zero TTL means the registry's TTL");
+    assert_eq!(leases["a"], leases["b"], "one lease per distinct TTL");
+    assert_ne!(leases["a"], default);
+    let granted = |id: &str| etcd.lease_granted_ttl(leases[id]).expect("timetolive");
+    assert_eq!(granted("c"), Some(30));
+    assert_eq!(granted("a"), Some(5));
+    assert_eq!(granted("d"), Some(2), "1.5 s rounds up to etcd's 2 s");
+    let a = registry.get_service("a").await.expect("get");
+    assert_eq!(a.ttl, five, "the stored record keeps its TTL");
+
+    // The 2 s lease is kept alive past its TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stored(&etcd, &p).contains_key("d"), "kept alive");
+
+    // Cut off longer than 2 s: that lease expires in etcd; the others live on.
+    proxy.set_open(false);
+    wait_until("the 2 s lease expires", Duration::from_secs(6), || {
+        let gone = !stored(&etcd, &p).contains_key("d");
+        async move { gone }
+    })
+    .await
+    .expect("expired while cut off");
+    assert!(!registry.state().is_connected());
+    proxy.set_open(true);
+    wait_until(
+        "every instance registered again",
+        Duration::from_secs(10),
+        || {
+            let n = stored(&etcd, &p).len();
+            let connected = registry.state().is_connected();
+            async move { n == 5 && connected }
+        },
+    )
+    .await
+    .expect("the expired lease is granted again and its instance written again");
+    let after = stored(&etcd, &p);
+    assert_ne!(after["d"], leases["d"], "a new lease for the 2 s TTL");
+    assert_eq!(etcd.lease_granted_ttl(after["d"]).expect("ttl"), Some(2));
+
+    // A lease is released with its last instance; the registry's own lease stays.
+    registry.deregister("a").await.expect("deregister");
+    assert_eq!(
+        etcd.lease_granted_ttl(after["b"]).expect("ttl"),
+        Some(5),
+        "b still uses it"
+    );
+    registry.deregister("b").await.expect("deregister");
+    registry.deregister("d").await.expect("deregister");
+    assert_eq!(etcd.lease_granted_ttl(after["b"]).expect("ttl"), None);
+    assert_eq!(etcd.lease_granted_ttl(after["d"]).expect("ttl"), None);
+    assert_eq!(etcd.leases().expect("lease list"), [registry.lease_id()]);
+    registry.close().await.expect("close");
+    assert!(etcd.leases().expect("lease list").is_empty());
+}
+
+#[tokio::test]
+async fn etcd_wiped_server_that_caught_up_gets_a_reconnected_snapshot() {
+    let test = "etcd_wiped_server_that_caught_up_gets_a_reconnected_snapshot";
+    let Some(mut etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "wipe", 30);
+    let p = cfg.prefix.clone();
+    let watcher = EtcdRegistry::connect(cfg.clone()).await.expect("watcher");
+    let writer = EtcdRegistry::connect(cfg.clone().with_endpoints([etcd.endpoint()]))
+        .await
+        .expect("writer");
+    for s in [svc("wp", "live-1", 9001), svc("wp", "live-2", 9002)] {
+        writer.register(&s).await.expect("register");
+    }
+    // A record a tool wrote without a lease: after the wipe it is gone for good.
+    let gone = svc("wp", "gone-1", 9003).to_json().expect("json");
+    etcd.etcdctl(&["put", &format!("{p}/wp/gone-1"), &gone])
+        .expect("put");
+    // A service whose one instance comes back after the wipe, as it was: same count, other
+    // history.
+    writer
+        .register(&svc("kept", "kept-1", 9004))
+        .await
+        .expect("register");
+    for health in [Health::Unhealthy, Health::Healthy] {
+        let mut k = svc("kept", "kept-1", 9004);
+        k.health = health;
+        writer.update(&k).await.expect("update");
+    }
+    let mut all = watcher.watch().await.expect("watch");
+    let mut kept = watcher.watch_service("kept").await.expect("watch");
+    let (mut all_view, mut kept_view) = (View::new(), View::new());
+    follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.len() == 4
+    })
+    .await
+    .expect("initial view");
+    follow_until(&mut kept, &mut kept_view, Duration::from_secs(5), |v| {
+        v.len() == 1
+    })
+    .await
+    .expect("initial view");
+    for i in 0..5 {
+        let live = svc("wp", "live-1", 9001).with_metadata("round", i.to_string());
+        writer.update(&live).await.expect("update");
+    }
+    follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v["live-1"].metadata.get("round").map(String::as_str) == Some("4")
+    })
+    .await
+    .expect("updates seen");
+    let old_revision = etcd.revision().expect("revision");
+
+    // The watcher is cut off; etcd is wiped and restarted on the same port; the writer's lease
+    // is gone with the data, so it registers its instances again; then enough writes land for
+    // the new revision to pass the old one, all before the watcher reconnects.
+    proxy.set_open(false);
+    etcd.wipe_and_restart().await.expect("wipe and restart");
+    wait_until("writer registers again", Duration::from_secs(10), || {
+        let n = stored(&etcd, &p).len();
+        async move { n == 3 }
+    })
+    .await
+    .expect("the writer's instances are back");
+    let mut writes = 0;
+    while writes < 20 || etcd.revision().expect("revision") <= old_revision + 5 {
+        etcd.etcdctl(&["put", "/unrelated/counter", &writes.to_string()])
+            .expect("put");
+        writes += 1;
+    }
+    let new_revision = etcd.revision().expect("revision");
+    assert!(new_revision > old_revision);
+    proxy.set_open(true);
+    let reconnected = Instant::now();
+
+    let expected: Vec<String> = stored(&etcd, &p).into_keys().collect();
+    assert_eq!(expected, ["kept-1", "live-1", "live-2"]);
+    let reasons = follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == expected
+    })
+    .await
+    .expect("the watch view equals etcd's within 5 s");
+    let took = reconnected.elapsed();
+    assert!(
+        reasons.contains(&SnapshotReason::Reconnected),
+        "a wiped server must give Snapshot{{Reconnected}}, got {reasons:?}"
+    );
+    // The same number of instances, but not the same writes: found out too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut kept_reasons = Vec::new();
+    while !kept_reasons.contains(&SnapshotReason::Reconnected) {
+        match tokio::time::timeout_at(deadline, kept.next()).await {
+            Ok(Some(ev)) => kept_reasons.extend(apply(&mut kept_view, ev)),
+            other => panic!("no Reconnected snapshot for `kept`: {other:?}, {kept_reasons:?}"),
+        }
+    }
+    assert_eq!(kept_view.keys().collect::<Vec<_>>(), ["kept-1"]);
+    eprintln!(
+        "wiped etcd (revision {old_revision} before, {new_revision} after {writes} writes): \
+         watch view equal to etcd's {took:?} after reconnecting"
+    );
+    // And it follows the new history from there.
+    writer
+        .register(&svc("wp", "live-3", 9005))
+        .await
+        .expect("register");
+    follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.contains_key("live-3")
+    })
+    .await
+    .expect("changes after the resync arrive");
+
+    // Wiped again, now without catching up, and without cutting the watcher off: the revision
+    // went back.
+    etcd.etcdctl(&[
+        "put",
+        &format!("{p}/wp/gone-2"),
+        &gone.replace("gone-1", "gone-2"),
+    ])
+    .expect("put");
+    follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.contains_key("gone-2")
+    })
+    .await
+    .expect("seen");
+    etcd.wipe_and_restart().await.expect("wipe and restart");
+    wait_until("writer registers again", Duration::from_secs(10), || {
+        let n = stored(&etcd, &p).len();
+        async move { n == 4 }
+    })
+    .await
+    .expect("the writer's instances are back");
+    let expected: Vec<String> = stored(&etcd, &p).into_keys().collect();
+    let reasons = follow_until(&mut all, &mut all_view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == expected
+    })
+    .await
+    .expect("the watch view equals etcd's again");
+    assert!(
+        reasons.contains(&SnapshotReason::Reconnected),
+        "{reasons:?}"
+    );
+    watcher.close().await.expect("close");
+    writer.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_instances_deleted_behind_our_back_are_put_back() {
+    let test = "etcd_instances_deleted_behind_our_back_are_put_back";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "deleted", 15);
+    let p = cfg.prefix.clone();
+    let registry = Arc::new(EtcdRegistry::connect(cfg).await.expect("connect"));
+    // Enough instances that putting them back takes a moment the test can see.
+    const N: usize = 1_000;
+    futures_util::stream::iter(0..N)
+        .map(|i| {
+            let registry = registry.clone();
+            async move {
+                let mut s = svc("dl", &format!("dl-{i}"), 9000 + i as u16);
+                if i % 10 == 0 {
+                    s = s.with_ttl(Duration::from_secs(5));
+                }
+                registry.register(&s).await.expect("register");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let before = stored(&etcd, &p);
+    assert_eq!(before.len(), N);
+    let default_lease = registry.lease_id();
+
+    // 1. An operator deletes them all while the registry is connected.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (registry, stop) = (registry.clone(), stop.clone());
+        tokio::spawn(async move {
+            // Whether the registry said "instances missing", in the order seen, and when.
+            let mut seen = vec![false];
+            let mut at = vec![Instant::now()];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let missing = matches!(registry.state(), RegistryState::Recovering { last_error, .. }
+                    if last_error.contains("missing"));
+                if seen.last() != Some(&missing) {
+                    seen.push(missing);
+                    at.push(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (seen, at)
+        })
+    };
+    etcd.etcdctl(&["del", &format!("{p}/"), "--prefix"])
+        .expect("etcdctl del");
+    let deleted = Instant::now();
+    wait_until("instances put back", Duration::from_secs(10), || {
+        let back = stored(&etcd, &p) == before && registry.state().is_connected();
+        async move { back }
+    })
+    .await
+    .expect("every deleted instance is back on its own lease within 10 s, and Connected");
+    let back_after = deleted.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, at) = sampler.await.expect("sampler");
+    assert_eq!(
+        seen,
+        [false, true, false],
+        "Recovering (instances missing) while putting them back, Connected after"
+    );
+    eprintln!(
+        "{N} deleted instances: Recovering {:?} after the `etcdctl del` returned, for {:?}",
+        at[1].saturating_duration_since(deleted),
+        at[2] - at[1]
+    );
+    assert_eq!(
+        registry.lease_id(),
+        default_lease,
+        "put back, not re-registered"
+    );
+    eprintln!("{N} deleted instances back after {back_after:?}");
+
+    // 2. Deleted while the registry is cut off: it must not say Connected until they are back.
+    proxy.set_open(false);
+    wait_until("cut off", Duration::from_secs(5), || {
+        let connected = registry.state().is_connected();
+        async move { !connected }
+    })
+    .await
+    .expect("the registry notices the cut");
+    etcd.etcdctl(&["del", &format!("{p}/dl/dl-1"), &format!("{p}/dl/dl-2")])
+        .expect("etcdctl del");
+    etcd.etcdctl(&["del", &format!("{p}/dl/dl-10")])
+        .expect("etcdctl del");
+    proxy.set_open(true);
+    let reopened = Instant::now();
+    loop {
+        let connected_before = registry.state().is_connected();
+        let now = stored(&etcd, &p);
+        let connected_after = registry.state().is_connected();
+        let complete = now == before;
+        assert!(
+            complete || !(connected_before && connected_after),
+            "Connected while {} instances are missing",
+            N - now.len()
+        );
+        if complete && connected_after {
+            break;
+        }
+        assert!(
+            reopened.elapsed() < Duration::from_secs(10),
+            "not back within 10 s: {} missing, state {:?}",
+            N - now.len(),
+            registry.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "instances deleted during a cut-off back {:?} after reconnecting",
+        reopened.elapsed()
+    );
+    registry.close().await.expect("close");
+    assert!(stored(&etcd, &p).is_empty());
+}
+
+// Multi-threaded: the registry's tasks run while the test blocks on `etcdctl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_restored_backup_without_our_instances_gets_them_back() {
+    let test = "etcd_restored_backup_without_our_instances_gets_them_back";
+    let Some(mut etcd) = server(test).await else {
+        return;
+    };
+    let cfg = config(&etcd.endpoint(), "restore", 15);
+    let p = cfg.prefix.clone();
+    let registry = EtcdRegistry::connect(cfg).await.expect("connect");
+    // The backup holds the registry's lease, but none of its instances.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = dir.path().join("backup.db");
+    etcd.snapshot_save(&backup).expect("snapshot save");
+    registry
+        .register(&svc("rb", "rb-1", 9001))
+        .await
+        .expect("register");
+    registry
+        .register(&svc("rb", "rb-2", 9002))
+        .await
+        .expect("register");
+    // On a lease granted after the backup: lost with the restore, granted again.
+    registry
+        .register(&svc("rb", "rb-3", 9003).with_ttl(Duration::from_secs(5)))
+        .await
+        .expect("register");
+    let default_lease = registry.lease_id();
+
+    etcd.restore_and_restart(&backup)
+        .await
+        .expect("restore the backup");
+    let restarted = Instant::now();
+    assert!(
+        etcd.lease_granted_ttl(default_lease)
+            .expect("ttl")
+            .is_some(),
+        "the backup holds the registry's lease"
+    );
+    loop {
+        let connected_before = registry.state().is_connected();
+        let now = stored(&etcd, &p);
+        let connected_after = registry.state().is_connected();
+        let complete = now.len() == 3;
+        assert!(
+            complete || !(connected_before && connected_after),
+            "Connected while instances are missing: {now:?}"
+        );
+        if complete && connected_after {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "not back within 10 s: {now:?}, state {:?}",
+            registry.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "instances missing from a restored backup back {:?} after the restart",
+        restarted.elapsed()
+    );
+    let now = stored(&etcd, &p);
+    assert_eq!(
+        now["rb-1"], default_lease,
+        "put back on the lease that lived on"
+    );
+    assert_eq!(now["rb-2"], default_lease);
+    registry.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_instance_registered_again_elsewhere_is_left_to_its_new_owner() {
+    let test = "etcd_instance_registered_again_elsewhere_is_left_to_its_new_owner";
+    let Some(etcd) = server(test).await else {
+        return;
+    };
+    let cfg = config(&etcd.endpoint(), "takeover", 3);
+    let p = cfg.prefix.clone();
+    let first = EtcdRegistry::connect(cfg.clone()).await.expect("connect");
+    let second = EtcdRegistry::connect(cfg).await.expect("connect");
+    first
+        .register(&svc("to", "to-1", 9001))
+        .await
+        .expect("register");
+    second
+        .register(&svc("to", "to-1", 9002))
+        .await
+        .expect("register the same id");
+    // Two keep-alive rounds of the first registry (TTL 3 s: one a second), each with a check of
+    // its keys: it must not take the instance back.
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(
+            stored(&etcd, &p).get("to-1"),
+            Some(&second.lease_id()),
+            "the instance stays with the registry that registered it last"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(first.state().is_connected(), "{:?}", first.state());
+    // Nor after losing its lease: it writes again only what is still its own.
+    etcd.etcdctl(&["lease", "revoke", &format!("{:x}", first.lease_id())])
+        .expect("revoke");
+    let revoked = first.lease_id();
+    wait_until("a new lease", Duration::from_secs(10), || {
+        let done = first.lease_id() != revoked && first.state().is_connected();
+        async move { done }
+    })
+    .await
+    .expect("the first registry recovers its lease");
+    assert_eq!(stored(&etcd, &p).get("to-1"), Some(&second.lease_id()));
+    assert_eq!(
+        second.get_service("to-1").await.expect("get").port,
+        9002,
+        "the second registration's data"
+    );
+    first.close().await.expect("close");
+    assert_eq!(stored(&etcd, &p).get("to-1"), Some(&second.lease_id()));
+    second.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn etcd_restored_backup_with_the_same_count_gets_a_reconnected_snapshot() {
+    let test = "etcd_restored_backup_with_the_same_count_gets_a_reconnected_snapshot";
+    let Some(mut etcd) = server(test).await else {
+        return;
+    };
+    let proxy = TcpProxy::start(etcd.client_port()).await.expect("proxy");
+    let cfg = config(&proxy.endpoint(), "same-count", 30);
+    let p = cfg.prefix.clone();
+    let watcher = EtcdRegistry::connect(cfg).await.expect("watcher");
+    let put = |id: &str| {
+        let json = svc("sc", id, 9000).to_json().expect("json");
+        etcd.etcdctl(&["put", &format!("{p}/sc/{id}"), &json])
+            .expect("put");
+    };
+    put("a");
+    put("b");
+    put("k");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = dir.path().join("backup.db");
+    etcd.snapshot_save(&backup).expect("snapshot save");
+    let mut watch = watcher.watch_service("sc").await.expect("watch");
+    let mut view = View::new();
+    etcd.etcdctl(&["del", &format!("{p}/sc/a")]).expect("del");
+    follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == ["b", "k"]
+    })
+    .await
+    .expect("view {b, k}");
+    let old_revision = etcd.revision().expect("revision");
+
+    // Restored to before `a` was deleted, then `b` deleted instead: as many keys as the watcher
+    // saw, the last one written (`k`) the same, but {a, k} where the watcher has {b, k}.
+    proxy.set_open(false);
+    etcd.restore_and_restart(&backup).await.expect("restore");
+    etcd.etcdctl(&["del", &format!("{p}/sc/b")]).expect("del");
+    while etcd.revision().expect("revision") <= old_revision + 2 {
+        etcd.etcdctl(&["put", "/unrelated/counter", "x"])
+            .expect("put");
+    }
+    proxy.set_open(true);
+    let reasons = follow_until(&mut watch, &mut view, Duration::from_secs(5), |v| {
+        v.keys().cloned().collect::<Vec<_>>() == ["a", "k"]
+    })
+    .await
+    .expect("the watch view equals etcd's within 5 s");
+    assert!(
+        reasons.contains(&SnapshotReason::Reconnected),
+        "{reasons:?}"
+    );
+    watcher.close().await.expect("close");
+}

@@ -54,8 +54,10 @@ pub struct EtcdConfig {
     pub password: Option<Secret>,
     /// Key prefix; instances are stored at `<prefix>/<name>/<id>`.
     pub prefix: String,
-    /// TTL of the registry's lease: how long after this process dies its instances vanish.
-    /// Whole seconds, at least 1 s (etcd leases have second granularity).
+    /// TTL of the registry's default lease: how long after this process dies its instances
+    /// vanish (an instance with a [`ServiceInfo::ttl`](waypost_core_types::ServiceInfo::ttl) of
+    /// its own gets a lease with that TTL instead). Rounded up to whole seconds; from 1 s to
+    /// [`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL) (9,000,000,000 s, etcd's limit).
     #[serde(with = "config_duration")]
     pub ttl: Duration,
     /// Limit for connecting to the cluster at construction.
@@ -225,10 +227,10 @@ impl EtcdConfig {
         self.prefix.trim_end_matches('/').to_owned()
     }
 
-    /// The lease TTL in whole seconds, rounded up, at least 1.
+    /// The lease TTL in whole seconds, rounded up, at least 1, at most etcd's longest lease
+    /// ([`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL); `validate` refuses a longer `ttl`).
     pub fn ttl_secs(&self) -> i64 {
-        let secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
-        i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+        crate::lease::lease_secs(self.ttl.min(crate::MAX_LEASE_TTL)).unwrap_or(1)
     }
 
     /// Checks the configuration.
@@ -280,6 +282,13 @@ impl EtcdConfig {
             return bad(format!(
                 "ttl {:?} is below etcd's 1 s lease granularity",
                 self.ttl
+            ));
+        }
+        if self.ttl > crate::MAX_LEASE_TTL {
+            return bad(format!(
+                "ttl {:?} is above etcd's longest lease TTL ({} s)",
+                self.ttl,
+                crate::MAX_LEASE_TTL.as_secs()
             ));
         }
         for (what, d) in [

@@ -1,7 +1,11 @@
 //! Classification and conversion of `etcd-client` errors. No `etcd-client` type leaves the crate.
 
 use etcd_client::Error as EtcdError;
+use waypost_core_types::quote::quoted_up_to;
 use waypost_core_types::Error;
+
+/// Characters of a server's message kept in an error text.
+const SERVER_TEXT: usize = 512;
 
 /// The backend name in errors and logs.
 pub(crate) const BACKEND: &str = "etcd";
@@ -94,12 +98,17 @@ pub(crate) fn convert(e: EtcdError) -> Error {
         if status_is_auth(code, msg) {
             return Error::Auth {
                 backend: BACKEND,
-                message: msg.trim_start_matches("etcdserver: ").to_owned(),
+                message: quoted_up_to(msg.trim_start_matches("etcdserver: "), SERVER_TEXT)
+                    .to_string(),
             };
         }
     }
     if is_transient(&e) {
-        return Error::Unavailable(format!("{BACKEND}: {e}"));
+        // The server's words, bounded and escaped.
+        return Error::Unavailable(format!(
+            "{BACKEND}: {}",
+            quoted_up_to(&e.to_string(), SERVER_TEXT)
+        ));
     }
     Error::backend(BACKEND, e)
 }
@@ -198,6 +207,15 @@ mod tests {
             let converted = convert(e);
             assert_eq!(converted.is_retryable(), transient, "{converted:?}");
         }
+    }
+
+    #[test]
+    fn server_text_in_errors_is_bounded_and_escaped() {
+        let hostile = format!("reset\u{1b}[31m\r\nFAKE LOG LINE{}", "x".repeat(1 << 20));
+        let text = convert(EtcdError::IoError(std::io::Error::other(hostile))).to_string();
+        assert!(text.len() < 2 * SERVER_TEXT, "{} bytes", text.len());
+        assert!(!text.contains('\u{1b}') && !text.contains('\n') && !text.contains('\r'));
+        assert!(text.contains("reset"), "{text}");
     }
 
     #[test]

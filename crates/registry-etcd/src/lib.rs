@@ -4,10 +4,18 @@
 //!
 //! Instances are stored at `<prefix>/<name>/<id>` (prefix `/laravel-go/services` by default) as
 //! the Go module's JSON, so waypost and the Go laravel-go services read each other's
-//! registrations. Liveness comes from one lease per registry, renewed by a task the registry
-//! owns; a lost lease is replaced and our instances are written again, forever, with backoff.
-//! Watches read a snapshot at a revision and follow changes from the next one, resume after
-//! disconnects without gaps, and send a fresh snapshot when history was compacted.
+//! registrations. Liveness comes from leases renewed by tasks the registry owns: its default
+//! lease ([`EtcdConfig::ttl`]) and one per other distinct [`ServiceInfo::ttl`] its instances
+//! ask for (whole seconds, 1 s to [`MAX_LEASE_TTL`]; beyond that a clear error). A lost lease is
+//! replaced and its instances are written again, forever, with backoff; instances of ours
+//! deleted while their lease lives (`etcdctl del`, a restored backup) are put back.
+//! [`state`](waypost_core_types::ServiceRegistry::state) is `Connected` only while every lease
+//! lives and every instance is in place. Watches read a snapshot at a revision and follow
+//! changes from the next one, resume after disconnects without gaps, and send a fresh snapshot
+//! (`Reconnected`) when history was compacted or the server no longer holds the history they
+//! followed (wiped or restored, even after its revision caught up).
+//!
+//! [`ServiceInfo::ttl`]: waypost_core_types::ServiceInfo::ttl
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -34,7 +42,10 @@
 
 mod config;
 mod error;
+mod guard;
+mod history;
 mod keys;
+mod lease;
 mod liveness;
 mod ops;
 mod registry;
@@ -46,4 +57,5 @@ pub use config::{
     EtcdConfig, EtcdTlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_PREFIX,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, DEFAULT_WATCH_BUFFER,
 };
+pub use lease::MAX_LEASE_TTL;
 pub use registry::EtcdRegistry;

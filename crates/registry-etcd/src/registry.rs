@@ -1,7 +1,7 @@
 //! [`EtcdRegistry`]: the [`ServiceRegistry`] on etcd v3.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use etcd_client::{
     TlsOptions, Txn, TxnOp,
 };
 use parking_lot::Mutex;
-use tokio::sync::{watch, Notify, RwLock};
+use tokio::sync::RwLock;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
@@ -21,21 +21,27 @@ use waypost_core_types::{
 use crate::config::EtcdConfig;
 use crate::error::{self, BACKEND};
 use crate::keys::KeyLayout;
-use crate::ops::{Inner, LeaseSlot};
+use crate::lease::{self, Lease, Leases, Ours, Owned};
+use crate::ops::Inner;
 use crate::retry::{AttemptError, RetryPolicy};
 use waypost_core_types::backoff::Backoff;
 
 /// A service registry on etcd v3.
 ///
-/// Instances live at `<prefix>/<name>/<id>` as the Go module's JSON, attached to one lease per
-/// registry that a task owned by the registry keeps alive. If the lease is lost (it expired
-/// during an outage, was revoked, or the cluster was reset) the registry grants a new one and
-/// writes its instances again, with capped jittered backoff, for as long as it lives;
-/// [`state`](ServiceRegistry::state) says how that is going. Calls retry transient errors (a dead
-/// member, an election) until [`EtcdConfig::request_timeout`]. [`close`](ServiceRegistry::close)
-/// revokes the lease, so its instances vanish at once; dropping the registry without `close`
-/// stops its tasks and revokes the lease in the background (when dropped on a tokio runtime;
-/// otherwise the lease expires after the TTL).
+/// Instances live at `<prefix>/<name>/<id>` as the Go module's JSON, attached to a lease that a
+/// task owned by the registry keeps alive: the registry's default lease (TTL
+/// [`EtcdConfig::ttl`]) for instances without a TTL of their own, and one lease per other
+/// distinct [`ServiceInfo::ttl`], revoked when its last instance is deregistered. If a lease is
+/// lost (it expired during an outage, was revoked, or the cluster was reset) the registry grants
+/// a new one and writes its instances again, with capped jittered backoff, for as long as it
+/// lives; instances of ours deleted while their lease lives (an operator's `etcdctl del`, a
+/// restored backup) are put back. [`state`](ServiceRegistry::state) is `Recovering` while any
+/// of that is under way, and `Connected` only when every lease is alive and every instance of
+/// ours is in place. Calls retry transient errors (a dead member, an election) until
+/// [`EtcdConfig::request_timeout`]. [`close`](ServiceRegistry::close) revokes the leases, so
+/// its instances vanish at once; dropping the registry without `close` stops its tasks and
+/// revokes the leases in the background (when dropped on a tokio runtime; otherwise they expire
+/// after their TTL).
 pub struct EtcdRegistry {
     inner: Arc<Inner>,
     /// The keep-alive and the watch feeds; dropped (aborted) with the registry.
@@ -131,10 +137,6 @@ impl EtcdRegistry {
             }
         };
         let tasks = Tasks::new();
-        let (lease, _) = watch::channel(LeaseSlot {
-            id: lease_id,
-            generation: 0,
-        });
         let inner = Arc::new(Inner {
             client,
             keys: KeyLayout::new(&config.prefix),
@@ -142,14 +144,17 @@ impl EtcdRegistry {
             hubs: ScopedHubs::new(config.watch_buffer),
             config,
             stop: tasks.signal(),
-            ours: Mutex::new(HashMap::new()),
+            ours: Mutex::new(Ours::default()),
             gate: RwLock::new(()),
-            lease,
-            lease_suspect: Notify::new(),
-            renew_now: Notify::new(),
+            leases: Leases::new(Lease::new(ttl, lease_id)),
+            troubles: crate::ops::Troubles::default(),
+            guarding: AtomicBool::new(false),
+            verifying: tokio::sync::Mutex::new(()),
+            recheck: tokio::sync::Notify::new(),
             state: StateCell::new(BACKEND),
         });
-        tasks.spawn(crate::liveness::run(inner.clone()));
+        let default_lease = inner.leases.default_lease().clone();
+        tasks.spawn(crate::liveness::run(inner.clone(), default_lease));
         tracing::debug!(target: "waypost::etcd", lease = lease_id, "registry connected");
         Ok(EtcdRegistry { inner, tasks })
     }
@@ -159,10 +164,39 @@ impl EtcdRegistry {
         &self.inner.config
     }
 
-    /// The id of the lease our instances are attached to right now (it changes when a lost
-    /// lease is replaced).
+    /// The id of the registry's default lease, the one instances without a TTL of their own
+    /// are attached to right now (it changes when a lost lease is replaced).
     pub fn lease_id(&self) -> i64 {
         self.inner.lease_id()
+    }
+
+    /// The lease of `ttl_secs` (rounded up to whole seconds), granting it and starting its
+    /// keep-alive if there is none. The caller holds the gate shared, so the lease cannot be
+    /// released before the instance using it is recorded.
+    async fn lease_for(&self, ttl_secs: i64) -> std::result::Result<Arc<Lease>, AttemptError> {
+        let inner = &self.inner;
+        if let Some(lease) = inner.leases.get(ttl_secs) {
+            return Ok(lease);
+        }
+        let granted = inner.client.lease_client().grant(ttl_secs, None).await?;
+        let (lease, fresh) = inner.leases.insert(Lease::new(ttl_secs, granted.id()));
+        if fresh {
+            tracing::debug!(target: "waypost::etcd", lease = granted.id(), ttl_secs, "lease granted for a TTL of its own");
+            self.tasks
+                .spawn(crate::liveness::run(inner.clone(), lease.clone()));
+        } else {
+            // A concurrent registration granted one first.
+            let _ = inner.revoke_id(granted.id()).await;
+        }
+        Ok(lease)
+    }
+
+    /// Starts watching deletions of our keys (once, with the first registration).
+    fn guard(&self) {
+        if !self.inner.guarding.swap(true, Ordering::AcqRel) {
+            self.tasks
+                .spawn(crate::guard::watch_deletions(self.inner.clone()));
+        }
     }
 
     fn check_open(&self) -> Result<()> {
@@ -178,6 +212,7 @@ impl EtcdRegistry {
         self.check_open()?;
         service.validate()?;
         let inner = &*self.inner;
+        let lease_secs = lease::instance_lease_secs(service, inner.leases.default_secs())?;
         let mut wanted = service.clone();
         if wanted.ttl.is_zero() {
             wanted.ttl = inner.config.ttl;
@@ -188,10 +223,10 @@ impl EtcdRegistry {
             .ours
             .lock()
             .get(&wanted.id)
-            .filter(|s| s.name != wanted.name)
-            .map(|s| inner.keys.instance(&s.name, &s.id));
+            .filter(|s| s.info.name != wanted.name)
+            .map(|s| inner.keys.instance(&s.info.name, &s.info.id));
         let what = if must_exist { "update" } else { "register" };
-        inner
+        let result = inner
             .call(what, || {
                 let wanted = wanted.clone();
                 let key = key.clone();
@@ -205,17 +240,16 @@ impl EtcdRegistry {
                     let mut stored = wanted;
                     stored.stamp(Timestamp::now(), current.info.as_ref());
                     let value = stored.to_json_vec()?;
-                    let lease = inner.lease_id();
                     // `update` of an instance another process registered keeps it on that
                     // process's lease: its liveness stays tied to its owner, and this registry
                     // does not re-register it after a lease loss. `register` takes ownership.
                     let foreign = must_exist
-                        && current.lease != lease
-                        && !inner.ours.lock().contains_key(&stored.id);
+                        && !inner.leases.owns(current.lease)
+                        && !inner.ours.lock().contains(&stored.id);
                     let put_opts = if foreign {
                         PutOptions::new().with_ignore_lease()
                     } else {
-                        PutOptions::new().with_lease(lease)
+                        PutOptions::new().with_lease(self.lease_for(lease_secs).await?.id())
                     };
                     let mod_rev = current.mod_revision;
                     let mut ops = vec![TxnOp::put(key.as_str(), value, Some(put_opts))];
@@ -235,12 +269,22 @@ impl EtcdRegistry {
                         return Err(AttemptError::Conflict);
                     }
                     if !foreign {
-                        inner.ours.lock().insert(stored.id.clone(), stored);
+                        inner.ours.lock().insert(Owned {
+                            info: stored,
+                            lease_secs,
+                        });
                     }
-                    Ok(())
+                    Ok(!foreign)
                 }
             })
-            .await
+            .await;
+        // A TTL that changed, or a lease granted for a call that then failed, may leave a lease
+        // without instances.
+        inner.release_idle_leases().await;
+        if result? {
+            self.guard();
+        }
+        Ok(())
     }
 }
 
@@ -260,8 +304,13 @@ impl ServiceRegistry for EtcdRegistry {
         let inner = &*self.inner;
         let Some(key) = inner.find_key(id).await? else {
             inner.ours.lock().remove(id);
+            inner.release_idle_leases().await;
             return Err(Error::NotFound(id.to_owned()));
         };
+        // Forgotten before the delete, so the watch of deletions does not take our own
+        // deregistration for a loss; remembered again if the delete fails.
+        let owned = inner.ours.lock().remove(id);
+        let was_ours = owned.is_some();
         let deleted = inner
             .call("deregister", || {
                 let key = key.clone();
@@ -269,12 +318,18 @@ impl ServiceRegistry for EtcdRegistry {
                     let _shared = inner.gate.read().await;
                     let mut kv = inner.client.kv_client();
                     let r = kv.delete(key, None::<DeleteOptions>).await?;
-                    inner.ours.lock().remove(id);
                     Ok(r.deleted())
                 }
             })
-            .await?;
-        if deleted == 0 {
+            .await;
+        if let (Err(_), Some(owned)) = (&deleted, owned) {
+            if !inner.is_closed() {
+                inner.ours.lock().insert(owned);
+            }
+        }
+        inner.release_idle_leases().await;
+        // Ours, and gone meanwhile (its lease released by a concurrent call): deregistered.
+        if deleted? == 0 && !was_ours {
             return Err(Error::NotFound(id.to_owned()));
         }
         Ok(())
@@ -289,8 +344,9 @@ impl ServiceRegistry for EtcdRegistry {
         validate_key_part("id", id, MAX_ID_LEN)?;
         match self.inner.find_key(id).await? {
             Some(_) => {
-                if self.inner.ours.lock().contains_key(id) {
-                    self.inner.renew_now.notify_one();
+                let secs = self.inner.ours.lock().get(id).map(|o| o.lease_secs);
+                if let Some(lease) = secs.and_then(|s| self.inner.leases.get(s)) {
+                    lease.renew_now.notify_one();
                 }
                 Ok(())
             }
@@ -356,7 +412,7 @@ impl ServiceRegistry for EtcdRegistry {
         if !self.stop() {
             return Ok(());
         }
-        // The keep-alive stops before the revoke, so it cannot race it with a new grant.
+        // The keep-alives stop before the revokes, so they cannot race them with new grants.
         self.tasks.shutdown().await;
         self.inner.release().await
     }
@@ -380,7 +436,7 @@ impl Drop for EtcdRegistry {
         if !self.stop() || self.inner.ours.lock().is_empty() {
             return;
         }
-        // Dropped without `close`: the tasks abort with `self.tasks`, and the lease is revoked
+        // Dropped without `close`: the tasks abort with `self.tasks`, and the leases are revoked
         // in a bounded clean-up task, so our instances go now rather than after the TTL.
         let inner = self.inner.clone();
         let bound = inner.config.request_timeout;
