@@ -27,6 +27,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::quote::quoted;
 use crate::time::parse_duration;
 use crate::{Error, Result, Secret};
 
@@ -87,9 +88,17 @@ pub struct RegistryUrl {
 impl RegistryUrl {
     /// Splits `scheme://[user[:password]@]host[:port][,host[:port]…][/path][?key=value&…]`.
     ///
-    /// The user name, password, path and query are percent-decoded (write a `/`, `@`, `:` or `?`
-    /// in a password as `%2F`, `%40`, `%3A`, `%3F`). Fragments (`#`), parameters without a value
-    /// and parameters given twice are errors.
+    /// The user name, password, path and query are percent-decoded (write a `/`, `@`, `:`, `?`
+    /// or `#` in a password as `%2F`, `%40`, `%3A`, `%3F`, `%23`; a `%` not followed by two hex
+    /// digits stays as it is). A password with one of these characters left unencoded is
+    /// rejected, never guessed at: the user info ends at the first `/`, `?` or `#`, so an `@`
+    /// after one of them (`user:pa/ss@host`) is an error that says which character to encode,
+    /// and `#` anywhere is an error. Neither error quotes any part of the URL.
+    ///
+    /// Each host is checked with
+    /// [`check_endpoint`](crate::validate::check_endpoint): a DNS name, an IPv4 address or a
+    /// bracketed IPv6 address, with an optional port of 1 to 65535 in plain digits. Fragments,
+    /// parameters without a value and parameters given twice are errors.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] saying what is wrong, never quoting the password or the URL.
@@ -98,7 +107,10 @@ impl RegistryUrl {
         let url = url.trim();
         let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
         if rest.contains('#') {
-            return Err(invalid("fragments (`#`) are not allowed"));
+            return Err(invalid(
+                "`#` is not allowed (fragments have no meaning here; write `#` in a password \
+                 as `%23`)",
+            ));
         }
         let (before_query, query_text) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = match before_query.find('/') {
@@ -151,15 +163,15 @@ impl RegistryUrl {
             let Some((k, v)) = pair.split_once('=') else {
                 return Err(invalid(format!(
                     "parameter `{}` has no value (write `key=value`)",
-                    decode("parameter name", pair)?.escape_debug()
+                    quoted(&decode("parameter name", pair)?)
                 )));
             };
             let k = decode("parameter name", k)?;
-            let v = decode(&format!("value of `{}`", k.escape_debug()), v)?;
+            let v = decode(&format!("value of `{}`", quoted(&k)), v)?;
             if query.insert(k.clone(), v).is_some() {
                 return Err(invalid(format!(
                     "parameter `{}` is given twice",
-                    k.escape_debug()
+                    quoted(&k)
                 )));
             }
         }
@@ -206,7 +218,7 @@ impl RegistryUrl {
         if self.hosts.is_empty() {
             return Err(invalid(format!(
                 "a `{}://` URL needs at least one host",
-                self.scheme
+                quoted(&self.scheme)
             )));
         }
         Ok(self
@@ -241,7 +253,7 @@ impl RegistryUrl {
         if self.username.is_some() || self.password.is_some() {
             return Err(invalid(format!(
                 "a `{}://` URL takes no user name or password",
-                self.scheme
+                quoted(&self.scheme)
             )));
         }
         Ok(())
@@ -253,7 +265,10 @@ impl RegistryUrl {
     /// [`Error::InvalidConfig`].
     pub fn no_hosts(&self) -> Result<()> {
         if !self.hosts.is_empty() {
-            return Err(invalid(format!("a `{}://` URL takes no host", self.scheme)));
+            return Err(invalid(format!(
+                "a `{}://` URL takes no host",
+                quoted(&self.scheme)
+            )));
         }
         Ok(())
     }
@@ -266,7 +281,7 @@ impl RegistryUrl {
         if !self.path.trim_matches('/').is_empty() {
             return Err(invalid(format!(
                 "a `{}://` URL has no path; {hint}",
-                self.scheme
+                quoted(&self.scheme)
             )));
         }
         Ok(())
@@ -302,7 +317,7 @@ impl RegistryUrl {
                 v.parse().map_err(|_| {
                     invalid(format!(
                         "parameter `{key}`: `{}` is not a valid {}",
-                        v.escape_debug(),
+                        quoted(&v),
                         short_type_name::<T>()
                     ))
                 })
@@ -318,8 +333,8 @@ impl RegistryUrl {
         match self.query.keys().next() {
             Some(key) => Err(invalid(format!(
                 "unknown parameter `{}` for a `{}://` URL",
-                key.escape_debug(),
-                self.scheme
+                quoted(key),
+                quoted(&self.scheme)
             ))),
             None => Ok(()),
         }
@@ -340,32 +355,12 @@ fn has_port(host: &str) -> bool {
     }
 }
 
-/// Checks one `host[:port]` of the host list. The reason does not quote the host: when a
-/// password holds an unencoded `/` or `?`, what looks like the host is part of the password.
+/// Checks one `host[:port]` of the host list with the rules every backend shares
+/// ([`check_endpoint`](crate::validate::check_endpoint)). The reason does not quote the host:
+/// when a password holds an unencoded `/` or `?`, what looks like the host is part of the
+/// password.
 fn check_host(h: &str) -> std::result::Result<(), &'static str> {
-    let (host, port) = if let Some(rest) = h.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']').ok_or("unclosed `[`")?;
-        if v6.is_empty() || !v6.contains(':') {
-            return Err("not an IPv6 address inside `[…]`");
-        }
-        match after {
-            "" => (v6, None),
-            p => (v6, Some(p.strip_prefix(':').ok_or("junk after `]`")?)),
-        }
-    } else {
-        match h.split_once(':') {
-            None => (h, None),
-            Some((host, port)) if !port.contains(':') => (host, Some(port)),
-            Some(_) => return Err("more than one `:` (write IPv6 addresses in brackets)"),
-        }
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("invalid host name");
-    }
-    match port.map(str::parse::<u16>) {
-        None | Some(Ok(1..)) => Ok(()),
-        Some(_) => Err("invalid port (1-65535)"),
-    }
+    crate::validate::check_endpoint(h).map(|_| ())
 }
 
 #[cfg(test)]
@@ -427,10 +422,66 @@ mod tests {
         assert!(err("etcd://h:x").contains("invalid port"));
         assert!(err("etcd://::1").contains("more than one"));
         assert!(err("etcd://[::1").contains("unclosed"));
-        assert!(err("etcd://h#frag").contains("fragments"));
+        assert!(err("etcd://h#frag").contains("`#` is not allowed"));
         assert!(err("etcd://%ff@h").contains("user name is not valid UTF-8"));
         assert!(err("1tcd://h").contains("malformed scheme"));
         assert_eq!(scheme("ZK://h").unwrap(), "zk");
+    }
+
+    #[test]
+    fn hosts_and_ports_follow_the_shared_rules() {
+        for bad in [
+            "etcd://[]:2379",
+            "etcd://[zz]:2379",
+            "etcd://h%00st:2379",
+            "etcd://h\0st:2379",
+            "etcd://h\tst:2379",
+            "etcd://%68ost:2379",
+            "etcd://!ocalhost:2379",
+            "etcd://h:+80",
+            "etcd://h:080",
+            "etcd://h:",
+            "etcd://h:65536",
+            "etcd://256.0.0.1",
+        ] {
+            let e = err(bad);
+            assert!(e.contains("host #1"), "{bad:?}: {e}");
+        }
+        let u = RegistryUrl::parse("etcd://a-b.c_d:1,10.0.0.1:65535,[fe80::1]").unwrap();
+        assert_eq!(u.hosts(), ["a-b.c_d:1", "10.0.0.1:65535", "[fe80::1]"]);
+    }
+
+    #[test]
+    fn unencoded_specials_in_a_password_are_rejected_with_a_hint() {
+        for (url, hint) in [
+            ("etcd://admin:Qz7k/x@h:2379", "%2F"),
+            ("etcd://admin:Qz7k?x@h:2379", "%3F"),
+            ("etcd://admin:Qz7k#x@h:2379", "%23"),
+        ] {
+            let e = err(url);
+            assert!(e.contains(hint) && !e.contains("Qz7k"), "{url}: {e}");
+        }
+        // `@` in a password: the user info ends at the last `@` of the authority.
+        let u = RegistryUrl::parse("etcd://admin:p@ss@h:2379").unwrap();
+        assert_eq!(u.password().map(Secret::expose), Some("p@ss"));
+        assert_eq!(u.hosts(), ["h:2379"]);
+        // A lone `%` stays as it is; encoded specials decode.
+        let u = RegistryUrl::parse("etcd://admin:100%25%2F%3F%23%40x%zz@h").unwrap();
+        assert_eq!(u.password().map(Secret::expose), Some("100%/?#@x%zz"));
+    }
+
+    #[test]
+    fn errors_quote_bounded_input() {
+        let long = "k".repeat(100_000);
+        for url in [
+            format!("etcd://h?{long}=1"),
+            format!("etcd://h?{long}"),
+            format!("etcd://h?watch_buffer={long}"),
+            format!("etcd://h?ttl={long}"),
+        ] {
+            let e = err(&url);
+            assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..100]);
+        }
     }
 
     /// The password (and the URL as a whole) never ends up in an error, whatever the typo.
