@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use waypost_core_types::quote::quoted;
 use waypost_core_types::time::config_duration;
+use waypost_core_types::validate::{
+    check_duration, check_endpoint, check_prefix, DurationBounds, TIMEOUT, TTL,
+};
 use waypost_core_types::{Error, Result, Secret};
 
 /// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`.
@@ -233,34 +237,28 @@ impl EtcdConfig {
 
     /// Checks the configuration.
     ///
+    /// Endpoints, the prefix and the durations follow the rules every backend shares
+    /// ([`waypost_core_types::validate`]):
+    ///
+    /// | setting | accepted |
+    /// |---|---|
+    /// | `endpoints` | at least one; `host[:port]` with an optional `http://` or `https://` |
+    /// | `prefix` | empty, or starting with `/`; at most 512 bytes, no `.`/`..` or empty segment, no control character |
+    /// | `ttl` | 1 s to 365 days (etcd leases have second granularity) |
+    /// | `connect_timeout`, `request_timeout`, `max_backoff` | 1 ms to 24 h |
+    /// | `watch_buffer` | at least 1 |
+    ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad field.
+    /// [`Error::InvalidConfig`] naming the bad field (an endpoint by its position: it is never
+    /// quoted, as it could hold credentials).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(format!("etcd: {m}")));
         if self.endpoints.is_empty() {
             return bad("at least one endpoint is required".into());
         }
-        for e in &self.endpoints {
-            if e.trim().is_empty() || e.contains(char::is_whitespace) {
-                return bad(format!("endpoint `{e}` is malformed"));
-            }
-            let authority = match e.split_once("://") {
-                Some((scheme, _)) if scheme != "http" && scheme != "https" => {
-                    return bad(format!("endpoint `{e}`: scheme must be http or https"));
-                }
-                Some((_, rest)) => rest.trim_end_matches('/'),
-                None => e.as_str(),
-            };
-            if authority.is_empty() || authority.starts_with(':') {
-                return bad(format!("endpoint `{e}` has no host"));
-            }
-            // `host:port` or `[v6]:port`: the port, when there is one, is 1-65535.
-            let port = match authority.rsplit_once(':') {
-                Some((host, port)) if !host.starts_with('[') || host.ends_with(']') => Some(port),
-                _ => None,
-            };
-            if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
-                return bad(format!("endpoint `{e}` has an invalid port (1-65535)"));
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if let Err(why) = check_etcd_endpoint(e) {
+                return bad(format!("endpoint #{}: {why}", i + 1));
             }
         }
         if self.username.is_some() != self.password.is_some() {
@@ -269,26 +267,23 @@ impl EtcdConfig {
         if self.username.as_deref() == Some("") {
             return bad("username must not be empty".into());
         }
-        let prefix = self.normalized_prefix();
-        if !prefix.is_empty() && !prefix.starts_with('/') {
-            return bad(format!("prefix `{}` must start with `/`", self.prefix));
-        }
-        if prefix.contains("//") {
-            return bad(format!("prefix `{}` must not contain `//`", self.prefix));
-        }
-        if self.ttl < Duration::from_secs(1) {
+        if !self.prefix.is_empty() && !self.prefix.starts_with('/') {
             return bad(format!(
-                "ttl {:?} is below etcd's 1 s lease granularity",
-                self.ttl
+                "prefix `{}` must start with `/`",
+                quoted(&self.prefix)
             ));
         }
-        for (what, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-            ("max_backoff", self.max_backoff),
+        if let Err(why) = check_prefix(&self.prefix) {
+            return bad(format!("prefix `{}` {why}", quoted(&self.prefix)));
+        }
+        for (what, d, bounds) in [
+            ("ttl", self.ttl, LEASE_TTL),
+            ("connect_timeout", self.connect_timeout, TIMEOUT),
+            ("request_timeout", self.request_timeout, TIMEOUT),
+            ("max_backoff", self.max_backoff, TIMEOUT),
         ] {
-            if d.is_zero() {
-                return bad(format!("{what} must be positive"));
+            if let Err(m) = check_duration(what, d, bounds) {
+                return bad(m);
             }
         }
         if self.watch_buffer == 0 {
@@ -304,6 +299,22 @@ impl EtcdConfig {
         }
         Ok(())
     }
+}
+
+/// The bounds of the lease TTL: etcd leases have second granularity.
+const LEASE_TTL: DurationBounds = DurationBounds::new(Duration::from_secs(1), TTL.max);
+
+/// `host[:port]`, `http://host[:port]` or `https://host[:port]` (a trailing `/` allowed).
+fn check_etcd_endpoint(endpoint: &str) -> std::result::Result<(), &'static str> {
+    let authority = match endpoint.split_once("://") {
+        Some(("http" | "https", rest)) => rest.strip_suffix('/').unwrap_or(rest),
+        Some(_) => return Err("the scheme must be http or https"),
+        None => endpoint,
+    };
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err("expected `host:port` without a path, query or credentials");
+    }
+    check_endpoint(authority).map(|_| ())
 }
 
 #[cfg(test)]
@@ -371,6 +382,24 @@ mod tests {
             EtcdConfig::new(["http://h:99999"]),
             EtcdConfig::new(["h:port"]),
             EtcdConfig::new([":2379"]),
+            EtcdConfig::new(["[]:2379"]),
+            EtcdConfig::new(["[zz]:2379"]),
+            EtcdConfig::new(["h\0st:2379"]),
+            EtcdConfig::new(["h\tst:2379"]),
+            EtcdConfig::new(["%68:2379"]),
+            EtcdConfig::new(["!ocalhost:2379"]),
+            EtcdConfig::new(["h:+80"]),
+            EtcdConfig::new(["h:080"]),
+            EtcdConfig::new(["h:"]),
+            EtcdConfig::new(["http://user:pw@h:2379"]),
+            ok.clone().with_prefix("/a/../b"),
+            ok.clone().with_prefix("/a/\0"),
+            ok.clone().with_prefix(format!("/{}", "a".repeat(600))),
+            ok.clone().with_ttl(Duration::MAX),
+            ok.clone().with_connect_timeout(Duration::MAX),
+            ok.clone().with_request_timeout(Duration::MAX),
+            ok.clone().with_max_backoff(Duration::MAX),
+            ok.clone().with_request_timeout(Duration::ZERO),
             ok.clone().with_prefix("no-slash"),
             ok.clone().with_prefix("/a//b"),
             ok.clone().with_ttl(Duration::from_millis(500)),
@@ -398,6 +427,30 @@ mod tests {
             .validate()
             .unwrap();
         ok.clone().with_prefix("").validate().unwrap();
+        for good in [
+            "http://[::1]:2379",
+            "https://etcd-0.etcd:2379/",
+            "10.0.0.1",
+            "e_1:1",
+        ] {
+            EtcdConfig::new([good]).validate().unwrap();
+        }
+        // An endpoint is named by its position, never quoted.
+        let e = EtcdConfig::new(["h:1", "http://admin:SECRET@h:2379"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("endpoint #2") && !e.contains("SECRET"), "{e}");
+        let e = ok
+            .clone()
+            .with_ttl(Duration::MAX)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ttl 18446744073709551615.999999999s is outside 1s..=365d"),
+            "{e}"
+        );
         ok.with_prefix("/x/").validate().unwrap();
     }
 
