@@ -72,8 +72,48 @@ impl Serialize for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// Reads a string. Any other value is an error that does not repeat it (serde's own message
+    /// would write a number or a byte string out in full).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        struct Visitor;
+
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a password or token as a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(E::custom("a password or token must be a string"))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("a password or token must be a string (quote it)"))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("a password or token must be a string (quote it)"))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a password or token must be a string (quote it)"))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a password or token must be a string (quote it)"))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -89,6 +129,16 @@ mod tests {
         #[derive(Debug, serde::Serialize)]
         struct Config {
             password: Secret,
+        }
+        for wrong in ["12345678", "1.5", "true", "[1]"] {
+            let e = serde_json::from_str::<Secret>(wrong)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("must be a string") || e.contains("a password or token"),
+                "{e}"
+            );
+            assert!(!e.contains("12345678"), "{e}");
         }
         let c = Config { password: s };
         assert_eq!(format!("{c:?}"), "Config { password: [redacted] }");

@@ -307,6 +307,20 @@ impl RegistryUrl {
             .transpose()
     }
 
+    /// Takes a port parameter: 1 to 65535 in plain digits (see
+    /// [`check_port`](crate::validate::check_port)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the parameter.
+    pub fn take_port(&mut self, key: &str) -> Result<Option<u16>> {
+        self.take(key)
+            .map(|v| {
+                crate::validate::check_port(&v)
+                    .map_err(|why| invalid(format!("parameter `{key}`: `{}`: {why}", quoted(&v))))
+            })
+            .transpose()
+    }
+
     /// Takes a parameter parsed with [`FromStr`] (numbers, `true`/`false`, enums).
     ///
     /// # Errors
@@ -399,6 +413,16 @@ mod tests {
     }
 
     #[test]
+    fn port_parameters() {
+        let mut u = RegistryUrl::parse("x://h?a=80&b=+80&c=080&d=0&e=65536").unwrap();
+        assert_eq!(u.take_port("a").unwrap(), Some(80));
+        for k in ["b", "c", "d", "e"] {
+            let e = u.take_port(k).unwrap_err().to_string();
+            assert!(e.contains(&format!("parameter `{k}`")), "{e}");
+        }
+    }
+
+    #[test]
     fn typed_parameters() {
         let mut u = RegistryUrl::parse("x://h?n=12&b=true&bad=zz&t=soon").unwrap();
         assert_eq!(u.take_parsed::<usize>("n").unwrap(), Some(12));
@@ -406,6 +430,7 @@ mod tests {
         assert_eq!(u.take_parsed::<u16>("missing").unwrap(), None);
         let e = u.take_parsed::<u16>("bad").unwrap_err().to_string();
         assert!(e.contains("`bad`") && e.contains("u16"), "{e}");
+        assert!(u.take_port("missing").unwrap().is_none());
         let e = u.take_duration("t").unwrap_err().to_string();
         assert!(e.contains("`t`") && e.contains("invalid duration"), "{e}");
         u.finish().unwrap();

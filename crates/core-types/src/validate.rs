@@ -311,6 +311,79 @@ pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Serde helper for a list of hosts (`endpoints`, `servers`): a sequence of strings, or one
+/// string with the hosts separated by commas. A value of another shape is an error that does not
+/// repeat it (an endpoint written as `http://user:password@host` must not end up in the error).
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct C {
+///     #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
+///     servers: Vec<String>,
+/// }
+/// let c: C = serde_json::from_str(r#"{"servers":"z1:2181, z2:2181"}"#).unwrap();
+/// assert_eq!(c.servers, ["z1:2181", "z2:2181"]);
+/// let c: C = serde_json::from_str(r#"{"servers":["z1:2181"]}"#).unwrap();
+/// assert_eq!(c.servers, ["z1:2181"]);
+/// let e = serde_json::from_str::<C>(r#"{"servers":{"u":"p4ss"}}"#).err().unwrap().to_string();
+/// assert!(!e.contains("p4ss"));
+/// ```
+///
+/// # Errors
+/// When the value is neither a string nor a sequence of strings.
+pub fn host_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    use serde::de::{self, SeqAccess, Visitor};
+
+    struct Hosts;
+
+    impl<'de> Visitor<'de> for Hosts {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of `host:port` strings, or one string of them separated by `,`")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(host) = seq.next_element::<HostText>()? {
+                out.push(host.0);
+            }
+            Ok(out)
+        }
+    }
+
+    /// One host of a sequence: a string, else an error without the value.
+    struct HostText(String);
+
+    impl<'de> serde::Deserialize<'de> for HostText {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct One;
+            impl Visitor<'_> for One {
+                type Value = HostText;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a `host:port` string")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<HostText, E> {
+                    Ok(HostText(v.to_owned()))
+                }
+            }
+            d.deserialize_str(One)
+        }
+    }
+
+    deserializer.deserialize_any(Hosts)
+}
+
 /// The accepted range of one kind of duration setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationBounds {

@@ -50,7 +50,8 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs of the cluster members (`http://host:port`, `https://host:port`, or
-    /// `host:port`).
+    /// `host:port`). In a config file, a list or one string separated by commas.
+    #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
     pub endpoints: Vec<String>,
     /// User name for etcd authentication (with `password`).
     pub username: Option<String>,

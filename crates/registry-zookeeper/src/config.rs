@@ -52,7 +52,9 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ZookeeperConfig {
-    /// `host:port` of every server of the ensemble (the port defaults to 2181).
+    /// `host:port` of every server of the ensemble (the port defaults to 2181). In a config
+    /// file, a list or one string separated by commas.
+    #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
     pub servers: Vec<String>,
     /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. Default
     /// `/laravel-go/services`.
