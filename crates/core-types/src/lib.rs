@@ -40,7 +40,7 @@ mod error;
 mod event;
 pub mod quote;
 mod registry;
-mod secret;
+pub mod secret;
 mod service;
 mod view;
 

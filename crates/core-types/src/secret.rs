@@ -117,9 +117,58 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// An address or list of addresses (`http://user:pass@h:1`) for `Debug` output: whatever comes
+/// before the last `@` (credentials a user wrote into an address, which may hold `,`, `/` or
+/// `@` of their own) is shown as `[redacted]`, after a leading `scheme://`.
+///
+/// ```
+/// use waypost_core_types::secret::redact_userinfo;
+///
+/// assert_eq!(redact_userinfo("http://admin:p,w@h:1"), "http://[redacted]@h:1");
+/// assert_eq!(redact_userinfo("h:1,h:2"), "h:1,h:2");
+/// ```
+pub fn redact_userinfo(addresses: &str) -> std::borrow::Cow<'_, str> {
+    match addresses.rfind('@') {
+        None => std::borrow::Cow::Borrowed(addresses),
+        Some(at) => {
+            let start = addresses.find("://").map_or(0, |i| i + 3).min(at);
+            std::borrow::Cow::Owned(format!(
+                "{}{REDACTED}{}",
+                &addresses[..start],
+                &addresses[at..]
+            ))
+        }
+    }
+}
+
+/// [`redact_userinfo`] over each address of a list, for `Debug` output.
+pub struct RedactedList<'a>(pub &'a [String]);
+
+impl fmt::Debug for RedactedList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|a| redact_userinfo(a)))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_in_addresses_is_redacted() {
+        assert_eq!(
+            redact_userinfo("https://a:b@c@h:1,x@y:2,z:3"),
+            "https://[redacted]@y:2,z:3"
+        );
+        assert_eq!(redact_userinfo("a:/SECRET,@h"), "[redacted]@h");
+        let list = ["u:SECRET@h:1".to_owned(), "h:2".to_owned()];
+        assert_eq!(
+            format!("{:?}", RedactedList(&list)),
+            r#"["[redacted]@h:1", "h:2"]"#
+        );
+    }
 
     #[test]
     fn never_shows_and_reads_plain_strings() {

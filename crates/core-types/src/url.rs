@@ -162,16 +162,16 @@ impl RegistryUrl {
         for pair in query_text.split('&').filter(|p| !p.is_empty()) {
             let Some((k, v)) = pair.split_once('=') else {
                 return Err(invalid(format!(
-                    "parameter `{}` has no value (write `key=value`)",
-                    quoted(&decode("parameter name", pair)?)
+                    "parameter {} has no value (write `key=value`)",
+                    ParamName(&decode("parameter name", pair)?)
                 )));
             };
             let k = decode("parameter name", k)?;
-            let v = decode(&format!("value of `{}`", quoted(&k)), v)?;
+            let v = decode(&format!("value of {}", ParamName(&k)), v)?;
             if query.insert(k.clone(), v).is_some() {
                 return Err(invalid(format!(
-                    "parameter `{}` is given twice",
-                    quoted(&k)
+                    "parameter {} is given twice",
+                    ParamName(&k)
                 )));
             }
         }
@@ -346,11 +346,34 @@ impl RegistryUrl {
     pub fn finish(self) -> Result<()> {
         match self.query.keys().next() {
             Some(key) => Err(invalid(format!(
-                "unknown parameter `{}` for a `{}://` URL",
-                quoted(key),
+                "unknown parameter {} for a `{}://` URL",
+                ParamName(key),
                 quoted(&self.scheme)
             ))),
             None => Ok(()),
+        }
+    }
+}
+
+/// A parameter name for an error text: shown only when it has the shape of every parameter name
+/// (lower-case ASCII letters and `_`, at most 32 characters). Anything else may be part of a
+/// password whose `?` ended the user info early, so it is described, not shown.
+struct ParamName<'a>(&'a str);
+
+impl fmt::Display for ParamName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.0;
+        if !name.is_empty()
+            && name.len() <= 32
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            write!(f, "`{name}`")
+        } else {
+            write!(
+                f,
+                "(a name not shown: {} bytes, not a known parameter)",
+                name.len()
+            )
         }
     }
 }
@@ -493,6 +516,23 @@ mod tests {
         // A lone `%` stays as it is; encoded specials decode.
         let u = RegistryUrl::parse("etcd://admin:100%25%2F%3F%23%40x%zz@h").unwrap();
         assert_eq!(u.password().map(Secret::expose), Some("100%/?#@x%zz"));
+    }
+
+    #[test]
+    fn parameter_names_are_shown_only_when_they_look_like_one() {
+        assert!(err("etcd://h?colour=1").contains("unknown parameter `colour`"));
+        for url in [
+            "etcd:///admin:?Pw7Marker=h",
+            "etcd:///admin:?Pw7Marker",
+            "etcd://h?Pw7Marker=1&Pw7Marker=2",
+            "etcd://h?Pw7Marker=%ff",
+        ] {
+            let e = err(url);
+            assert!(
+                !e.contains("Pw7Marker") && e.contains("not shown"),
+                "{url}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -346,6 +346,11 @@ pub fn host_list<'de, D: serde::Deserializer<'de>>(
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            if v.contains('@') {
+                // Credentials written into an address may hold a `,`: keep it whole (it is
+                // rejected by validation, and redacted in `Debug`).
+                return Ok(vec![v.to_owned()]);
+            }
             Ok(v.split(',')
                 .map(str::trim)
                 .filter(|h| !h.is_empty())

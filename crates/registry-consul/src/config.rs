@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::redact_userinfo;
 use waypost_core_types::time::config_duration;
 use waypost_core_types::validate::{
     check_duration, check_endpoint, check_prefix, DurationBounds, TIMEOUT, TTL,
@@ -48,7 +49,7 @@ pub enum ForeignServices {
 ///     .with_ttl(Duration::from_secs(10));
 /// assert!(!format!("{cfg:?}").contains("s3cr3t"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConsulConfig {
@@ -97,6 +98,32 @@ pub struct ConsulConfig {
     pub watch_buffer: usize,
     /// What to do with services waypost did not register.
     pub foreign_services: ForeignServices,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &redact_userinfo(&self.address))
+            .field("token", &self.token)
+            .field("datacenter", &self.datacenter)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("deregister_critical_after", &self.deregister_critical_after)
+            .field("ca_file", &self.ca_file)
+            .field("ca_pem", &self.ca_pem)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("watch_wait", &self.watch_wait)
+            .field("watch_min_interval", &self.watch_min_interval)
+            .field("retry_initial_backoff", &self.retry_initial_backoff)
+            .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("foreign_services", &self.foreign_services)
+            .finish()
+    }
 }
 
 impl Default for ConsulConfig {
@@ -443,6 +470,8 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("top-secret-token"), "{dbg}");
         assert!(dbg.contains("[redacted]"), "{dbg}");
+        let in_address = ConsulConfig::default().with_address("http://u:top-secret-token@h:8500");
+        assert!(!format!("{in_address:?}").contains("top-secret-token"));
         assert_eq!(
             c.token.as_ref().map(Secret::expose),
             Some("top-secret-token")

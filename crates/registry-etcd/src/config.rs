@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::RedactedList;
 use waypost_core_types::time::config_duration;
 use waypost_core_types::validate::{
     check_duration, check_endpoint, check_prefix, DurationBounds, TIMEOUT, TTL,
@@ -45,7 +46,7 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// config.validate()?;
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdConfig {
@@ -77,6 +78,25 @@ pub struct EtcdConfig {
     pub watch_buffer: usize,
     /// TLS settings; required for `https://` endpoints signed by a private CA.
     pub tls: Option<EtcdTlsConfig>,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &RedactedList(&self.endpoints))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// TLS settings of an [`EtcdConfig`]: PEM files.
@@ -368,6 +388,13 @@ mod tests {
         assert!(dbg.contains("[redacted]") && dbg.contains("root"), "{dbg}");
         let alt = format!("{c:#?}");
         assert!(!alt.contains("hunter2-secret"));
+        // Credentials written into an endpoint do not show either.
+        let c = EtcdConfig::new(["http://root:hunter2-secret@h:1", "h:2"]);
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2-secret") && dbg.contains("h:2"),
+            "{dbg}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::redact_userinfo;
 use waypost_core_types::time::config_duration;
 use waypost_core_types::validate::{check_duration, check_endpoint, COMPAT_TTL, INTERVAL, TIMEOUT};
 use waypost_core_types::{Error, Result, Secret};
@@ -42,7 +43,7 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 /// ephemeral instances alive through the client's gRPC connection, not through a TTL, so an
 /// instance disappears when its process (its connection) dies. It is stored with the instance and
 /// used as the TTL of instances registered with `ttl == 0`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NacosConfig {
@@ -85,6 +86,29 @@ pub struct NacosConfig {
     pub app_name: String,
     /// Directory of the SDK's on-disk naming cache (default: the SDK's `~/nacos`).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for NacosConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NacosConfig")
+            .field("server_addr", &redact_userinfo(&self.server_addr))
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("service_poll_interval", &self.service_poll_interval)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("grpc_port", &self.grpc_port)
+            .field("app_name", &self.app_name)
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
 }
 
 impl Default for NacosConfig {
@@ -369,6 +393,8 @@ mod tests {
         assert!(!dbg.contains("hunter2-secret"), "{dbg}");
         assert!(dbg.contains("alice"));
         assert!(dbg.contains("[redacted]"));
+        let c = NacosConfig::new("http://alice:hunter2-secret@h:8848");
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
         let none = format!("{:?}", NacosConfig::default());
         assert!(none.contains("password: None"));
     }

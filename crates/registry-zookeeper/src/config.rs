@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::RedactedList;
 use waypost_core_types::validate::{
     check_duration, check_endpoint, check_prefix, DurationBounds, COMPAT_TTL, TIMEOUT,
 };
@@ -48,7 +49,7 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 /// assert_eq!(from_json.prefix, "/laravel-go/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ZookeeperConfig {
@@ -87,6 +88,25 @@ pub struct ZookeeperConfig {
     /// Changes buffered per watch stream; a watcher that falls further behind gets a resync
     /// snapshot instead. Default 1024.
     pub watch_buffer: usize,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for ZookeeperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZookeeperConfig")
+            .field("servers", &RedactedList(&self.servers))
+            .field("prefix", &self.prefix)
+            .field("session_timeout", &self.session_timeout)
+            .field("ttl", &self.ttl)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("chroot", &self.chroot)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("watch_buffer", &self.watch_buffer)
+            .finish()
+    }
 }
 
 impl Default for ZookeeperConfig {
@@ -349,6 +369,8 @@ mod tests {
         assert!(shown.contains("alice"), "{shown}");
         let pretty = format!("{c:#?}");
         assert!(!pretty.contains("hunter2-secret"));
+        let c = ZookeeperConfig::new(["alice:hunter2-secret@z:2181"]);
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
     }
 
     #[test]
