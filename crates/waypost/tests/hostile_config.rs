@@ -305,7 +305,7 @@ fn url(rng: &mut Rng) -> String {
         out.push('#');
         out.push_str(&secret(rng, PASSWORD));
     }
-    if rng.chance(1_000) {
+    if rng.chance(2_500) {
         // Huge inputs: a long password, host list, parameter or duration.
         let blob = "9".repeat(100_000);
         match rng.below(4) {
@@ -462,7 +462,7 @@ fn config_json(rng: &mut Rng) -> String {
         top.extend(body);
     }
     let mut text = Value::Object(top).to_string();
-    if rng.chance(1_000) {
+    if rng.chance(2_500) {
         text = format!(
             r#"{{"type":"zookeeper","password":"{PASSWORD}","session_timeout":"{}s"}}"#,
             "9".repeat(100_000)
@@ -556,32 +556,120 @@ impl Captured {
     }
 }
 
-/// Every parser and constructor that does not connect.
-fn parse_all(findings: &mut Findings, input: &str, is_url: bool) -> Option<RegistryConfig> {
-    let parsed = if is_url {
-        let facade = RegistryConfig::from_url(input);
-        findings.result(input, "RegistryConfig::from_url", &facade);
-        findings.result(
+/// One backend's own URL parser (`from_str`), by number.
+fn backend_url(findings: &mut Findings, input: &str, backend: usize) {
+    match backend {
+        0 => findings.result(
             input,
             "MemoryConfig::from_str",
             &MemoryConfig::from_str(input),
-        );
-        findings.result(input, "EtcdConfig::from_str", &EtcdConfig::from_str(input));
-        findings.result(
+        ),
+        1 => findings.result(input, "EtcdConfig::from_str", &EtcdConfig::from_str(input)),
+        2 => findings.result(
             input,
             "ConsulConfig::from_str",
             &ConsulConfig::from_str(input),
-        );
-        findings.result(
+        ),
+        3 => findings.result(
             input,
             "NacosConfig::from_str",
             &NacosConfig::from_str(input),
-        );
-        findings.result(
+        ),
+        _ => findings.result(
             input,
             "ZookeeperConfig::from_str",
             &ZookeeperConfig::from_str(input),
-        );
+        ),
+    }
+}
+
+/// One backend's own serde config, by number, then its `validate`.
+fn backend_serde(findings: &mut Findings, input: &str, body: &str, backend: usize) {
+    fn one<C>(
+        findings: &mut Findings,
+        input: &str,
+        body: &str,
+        what: &str,
+        validate: fn(&C) -> waypost::Result<()>,
+    ) where
+        C: serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let r = serde_json::from_str::<C>(body);
+        findings.result(input, what, &r);
+        if let Ok(c) = &r {
+            findings.result(input, what, &validate(c));
+        }
+    }
+    match backend {
+        0 => one(
+            findings,
+            input,
+            body,
+            "MemoryConfig serde",
+            MemoryConfig::validate,
+        ),
+        1 => one(
+            findings,
+            input,
+            body,
+            "EtcdConfig serde",
+            EtcdConfig::validate,
+        ),
+        2 => one(
+            findings,
+            input,
+            body,
+            "ConsulConfig serde",
+            ConsulConfig::validate,
+        ),
+        3 => one(
+            findings,
+            input,
+            body,
+            "NacosConfig serde",
+            NacosConfig::validate,
+        ),
+        _ => one(
+            findings,
+            input,
+            body,
+            "ZookeeperConfig serde",
+            ZookeeperConfig::validate,
+        ),
+    }
+}
+
+/// The backend a scheme or type names (the rotating one for anything else).
+fn backend_of(name: &str, rotating: usize) -> usize {
+    match name.to_ascii_lowercase().as_str() {
+        "memory" | "mem" => 0,
+        "etcd" => 1,
+        "consul" => 2,
+        "nacos" => 3,
+        "zookeeper" | "zk" => 4,
+        _ => rotating,
+    }
+}
+
+/// Every parser and constructor that does not connect: the facade's, the backend the input
+/// names, and one other backend in turn (each input is also tried on a backend it was not
+/// written for).
+fn parse_all(
+    findings: &mut Findings,
+    input: &str,
+    is_url: bool,
+    case: usize,
+) -> Option<RegistryConfig> {
+    let rotating = case / 2 % 5;
+    let parsed = if is_url {
+        let facade = RegistryConfig::from_url(input);
+        findings.result(input, "RegistryConfig::from_url", &facade);
+        let scheme = input.split("://").next().unwrap_or("");
+        let own = backend_of(scheme, rotating);
+        backend_url(findings, input, own);
+        if own != rotating {
+            backend_url(findings, input, rotating);
+        }
         let builder = RegistryBuilder::from_url(input);
         findings.check(
             input,
@@ -594,35 +682,24 @@ fn parse_all(findings: &mut Findings, input: &str, is_url: bool) -> Option<Regis
     } else {
         let facade = serde_json::from_str::<RegistryConfig>(input);
         findings.result(input, "RegistryConfig serde", &facade);
-        let inner = serde_json::from_str::<Value>(input)
+        let top = serde_json::from_str::<Value>(input)
             .ok()
             .and_then(|v| v.as_object().cloned())
-            .map(|mut m| {
+            .unwrap_or_default();
+        let kind = top.get("type").and_then(Value::as_str).unwrap_or("memory");
+        let own = backend_of(kind, rotating);
+        // The backend's own settings: its section (Laravel-Go shape), or the map beside `type`.
+        let body = match top.get(&kind.to_ascii_lowercase()) {
+            Some(Value::Object(section)) => Value::Object(section.clone()).to_string(),
+            _ => {
+                let mut m = top.clone();
                 m.remove("type");
                 Value::Object(m).to_string()
-            })
-            .unwrap_or_default();
-        let r = serde_json::from_str::<MemoryConfig>(&inner);
-        findings.result(input, "MemoryConfig serde", &r);
-        let r = serde_json::from_str::<EtcdConfig>(&inner);
-        findings.result(input, "EtcdConfig serde", &r);
-        if let Ok(c) = &r {
-            findings.result(input, "EtcdConfig::validate", &c.validate());
-        }
-        let r = serde_json::from_str::<ConsulConfig>(&inner);
-        findings.result(input, "ConsulConfig serde", &r);
-        if let Ok(c) = &r {
-            findings.result(input, "ConsulConfig::validate", &c.validate());
-        }
-        let r = serde_json::from_str::<NacosConfig>(&inner);
-        findings.result(input, "NacosConfig serde", &r);
-        if let Ok(c) = &r {
-            findings.result(input, "NacosConfig::validate", &c.validate());
-        }
-        let r = serde_json::from_str::<ZookeeperConfig>(&inner);
-        findings.result(input, "ZookeeperConfig serde", &r);
-        if let Ok(c) = &r {
-            findings.result(input, "ZookeeperConfig::validate", &c.validate());
+            }
+        };
+        backend_serde(findings, input, &body, own);
+        if own != rotating {
+            backend_serde(findings, input, &body, rotating);
         }
         facade.ok()
     };
@@ -758,7 +835,7 @@ fn hostile_urls_and_configs_never_panic_nor_leak_a_secret() {
         inputs += 1;
         let t0 = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            parse_all(&mut findings, &input, is_url)
+            parse_all(&mut findings, &input, is_url, case)
         }));
         phases[usize::from(is_url)] += t0.elapsed();
         let parsed = match outcome {
