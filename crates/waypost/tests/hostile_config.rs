@@ -535,7 +535,10 @@ struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -547,7 +550,12 @@ impl Write for Captured {
 impl Captured {
     /// Checks what was logged since the last call, then forgets it.
     fn drain(&self, findings: &mut Findings, input: &str) -> usize {
-        let bytes = std::mem::take(&mut *self.0.lock().unwrap());
+        let bytes = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let text = String::from_utf8_lossy(&bytes);
         for line in text.lines() {
             findings.check(input, "log line", line, false);
