@@ -74,8 +74,9 @@ fn decode(what: &str, s: &str) -> Result<String> {
 
 /// A registry URL split into its parts, with the query parameters still to be taken.
 ///
-/// `Debug` shows the password as `[redacted]`.
-#[derive(Debug, Clone)]
+/// `Debug` shows the password as `[redacted]`, and the query parameters by name only (a value
+/// may be a token, as Consul's `token=`).
+#[derive(Clone)]
 pub struct RegistryUrl {
     scheme: String,
     username: Option<String>,
@@ -83,6 +84,19 @@ pub struct RegistryUrl {
     hosts: Vec<String>,
     path: String,
     query: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for RegistryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryUrl")
+            .field("scheme", &self.scheme)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("hosts", &self.hosts)
+            .field("path", &self.path)
+            .field("parameters", &self.query.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl RegistryUrl {
@@ -429,6 +443,12 @@ mod tests {
         assert_eq!(u.take("k").as_deref(), Some("v&w"));
         assert_eq!(u.take_duration("d").unwrap(), Some(Duration::from_secs(2)));
         assert!(!format!("{u:?}").contains("p:w/"));
+        let t = RegistryUrl::parse("consul://h?token=T0ken").unwrap();
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("T0ken") && shown.contains("token"),
+            "{shown}"
+        );
         u.finish().unwrap();
         let u = RegistryUrl::parse("memory://").unwrap();
         assert!(u.hosts().is_empty() && u.path_prefix().is_none());

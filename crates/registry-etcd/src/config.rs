@@ -250,9 +250,13 @@ impl EtcdConfig {
         self.prefix.trim_end_matches('/').to_owned()
     }
 
-    /// The lease TTL in whole seconds, rounded up, at least 1.
+    /// The lease TTL in whole seconds, rounded up, at least 1 (and at most `i64::MAX`, even for
+    /// a `Duration::MAX` that [`validate`](Self::validate) would reject).
     pub fn ttl_secs(&self) -> i64 {
-        let secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        let secs = self
+            .ttl
+            .as_secs()
+            .saturating_add(u64::from(self.ttl.subsec_nanos() > 0));
         i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
     }
 
@@ -490,7 +494,9 @@ mod tests {
             c.clone().with_ttl(Duration::from_millis(1500)).ttl_secs(),
             2
         );
-        assert_eq!(c.with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
+        assert_eq!(c.clone().with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
+        assert_eq!(c.clone().with_ttl(Duration::MAX).ttl_secs(), i64::MAX);
+        assert_eq!(c.with_ttl(Duration::ZERO).ttl_secs(), 1);
     }
 
     #[test]
