@@ -285,7 +285,7 @@ pub fn check_port(port: &str) -> Result<u16, &'static str> {
 ///
 /// # Errors
 /// A short reason (the prefix is not quoted; the caller may quote it with
-/// [`quoted`](crate::quote::quoted)).
+/// [`quoted`]).
 pub fn check_prefix(prefix: &str) -> Result<(), &'static str> {
     if prefix.len() > MAX_PREFIX_LEN {
         return Err("longer than 512 bytes");
