@@ -771,19 +771,23 @@ fn builder_cases(findings: &mut Findings, rng: &mut Rng) {
     findings.result(&input, "RegistryBuilder::config", &b.config());
 }
 
-/// Points a remote config at a closed loopback port with short timeouts.
+/// Points a remote config at a closed loopback port with short timeouts, carrying the marker
+/// credentials, so that every log line of the connection attempt is checked for them.
 fn at_closed_port(config: &mut RegistryConfig, port: u16) {
     let addr = format!("127.0.0.1:{port}");
     let short = Duration::from_millis(300);
     match config {
         RegistryConfig::Memory(_) => {}
         RegistryConfig::Etcd(c) => {
+            c.username = Some("admin".into());
+            c.password = Some(PASSWORD.into());
             c.endpoints = vec![addr];
             c.tls = None;
             c.connect_timeout = short;
             c.request_timeout = short;
         }
         RegistryConfig::Consul(c) => {
+            c.token = Some(TOKEN.into());
             c.address = addr;
             c.ca_file = None;
             c.ca_pem = None;
@@ -791,12 +795,16 @@ fn at_closed_port(config: &mut RegistryConfig, port: u16) {
             c.request_timeout = short;
         }
         RegistryConfig::Nacos(c) => {
+            c.username = Some("admin".into());
+            c.password = Some(PASSWORD.into());
             c.server_addr = addr;
             c.grpc_port = None;
             c.connect_timeout = short;
             c.cache_dir = Some(std::env::temp_dir().join("waypost-hostile-config-nacos"));
         }
         RegistryConfig::Zookeeper(c) => {
+            c.username = Some("admin".into());
+            c.password = Some(PASSWORD.into());
             c.servers = vec![addr];
             c.connect_timeout = short;
             c.session_timeout = Duration::from_secs(1);
