@@ -3,6 +3,18 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::quote::{quoted, quoted_up_to};
+
+/// Most characters of a message (a config error, a backend's answer, a response body) that an
+/// [`Error`]'s `Display` and `Debug` show; ids and names are shown up to
+/// [`MAX_QUOTED_CHARS`](crate::quote::MAX_QUOTED_CHARS).
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// A message, bounded and with control characters escaped.
+fn msg(m: &str) -> crate::quote::Quoted<'_> {
+    quoted_up_to(m, MAX_MESSAGE_CHARS)
+}
+
 /// A boxed error from a lower layer (a client library, an I/O call).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -14,29 +26,44 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Backend crates convert their client libraries' errors into this type; no backend error type
 /// appears in a public signature. Use [`Error::is_retryable`] to decide whether trying again can
 /// help.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Display` and `Debug` never write more than a bounded prefix of what the error carries, with
+/// control characters escaped: ids and service names at most 64 characters
+/// ([`quoted`](crate::quote::quoted)), messages and response bodies at most
+/// [`MAX_MESSAGE_CHARS`]. A 10 MiB id given to `deregister` gives a short error text, and bytes
+/// from a peer cannot forge a log line.
+///
+/// ```
+/// use waypost_core_types::Error;
+///
+/// let e = Error::NotFound("x".repeat(10 << 20));
+/// assert!(e.to_string().len() < 200 && format!("{e:?}").len() < 200);
+/// let e = Error::Http { status: 500, body: "oops\r\nforged: line\u{1b}[2J".into() };
+/// assert_eq!(e.to_string(), r"HTTP status 500: oops\r\nforged: line\u{1b}[2J");
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// No instance with this id is registered.
-    #[error("service instance `{0}` not found")]
+    #[error("service instance `{}` not found", quoted(.0))]
     NotFound(String),
     /// No instance of this service name is registered at all.
-    #[error("no instance of service `{0}` is registered")]
+    #[error("no instance of service `{}` is registered", quoted(.0))]
     ServiceNotFound(String),
     /// The service has instances, but none is healthy (or all were excluded).
-    #[error("service `{0}` has no healthy instance")]
+    #[error("service `{}` has no healthy instance", quoted(.0))]
     NoHealthyInstance(String),
     /// A [`ServiceInfo`](crate::ServiceInfo) failed validation; nothing was stored.
-    #[error("invalid service instance: {0}")]
+    #[error("invalid service instance: {}", msg(.0))]
     InvalidInstance(String),
     /// A configuration value or registry URL is malformed.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration: {}", msg(.0))]
     InvalidConfig(String),
     /// The object was closed; no further calls are served.
     #[error("closed")]
     Closed,
     /// An operation did not finish in time.
-    #[error("{what} timed out after {after:?}")]
+    #[error("{} timed out after {after:?}", msg(.what))]
     Timeout {
         /// What timed out.
         what: String,
@@ -44,13 +71,13 @@ pub enum Error {
         after: Duration,
     },
     /// The backend (or every instance) cannot be reached right now.
-    #[error("unavailable: {0}")]
+    #[error("unavailable: {}", msg(.0))]
     Unavailable(String),
     /// A circuit breaker refused the call without running it.
     #[error("circuit breaker is open")]
     CircuitOpen,
     /// The backend rejected our credentials.
-    #[error("{backend}: authentication failed: {message}")]
+    #[error("{backend}: authentication failed: {}", msg(.message))]
     Auth {
         /// The backend that refused us (`"etcd"`, `"nacos"`, …).
         backend: &'static str,
@@ -58,13 +85,13 @@ pub enum Error {
         message: String,
     },
     /// The feature or backend is not compiled in, or not supported by this backend.
-    #[error("unsupported: {0}")]
+    #[error("unsupported: {}", msg(.0))]
     Unsupported(String),
     /// Data could not be encoded or decoded.
-    #[error("codec error: {0}")]
+    #[error("codec error: {}", msg(.0))]
     Codec(String),
     /// A remote service answered with an error status.
-    #[error("HTTP status {status}: {body}")]
+    #[error("HTTP status {status}: {}", msg(.body))]
     Http {
         /// The HTTP status code (≥ 400).
         status: u16,
@@ -78,10 +105,10 @@ pub enum Error {
         limit: usize,
     },
     /// A retry budget or concurrency limit refused the attempt.
-    #[error("rejected: {0}")]
+    #[error("rejected: {}", msg(.0))]
     Rejected(String),
     /// An error from a backend's client library or transport.
-    #[error("{backend}: {message}")]
+    #[error("{backend}: {}", msg(.message))]
     Backend {
         /// The backend (`"etcd"`, `"consul"`, `"http"`, …).
         backend: &'static str,
@@ -91,6 +118,62 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+}
+
+impl fmt::Debug for Error {
+    /// Like a derived `Debug`, with every text bounded and escaped as in `Display`; the source of
+    /// a [`Backend`](Error::Backend) error is shown by its (bounded) `Display`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotFound(id) => f.debug_tuple("NotFound").field(&quoted(id)).finish(),
+            Error::ServiceNotFound(n) => {
+                f.debug_tuple("ServiceNotFound").field(&quoted(n)).finish()
+            }
+            Error::NoHealthyInstance(n) => f
+                .debug_tuple("NoHealthyInstance")
+                .field(&quoted(n))
+                .finish(),
+            Error::InvalidInstance(m) => f.debug_tuple("InvalidInstance").field(&msg(m)).finish(),
+            Error::InvalidConfig(m) => f.debug_tuple("InvalidConfig").field(&msg(m)).finish(),
+            Error::Closed => f.write_str("Closed"),
+            Error::Timeout { what, after } => f
+                .debug_struct("Timeout")
+                .field("what", &msg(what))
+                .field("after", after)
+                .finish(),
+            Error::Unavailable(m) => f.debug_tuple("Unavailable").field(&msg(m)).finish(),
+            Error::CircuitOpen => f.write_str("CircuitOpen"),
+            Error::Auth { backend, message } => f
+                .debug_struct("Auth")
+                .field("backend", backend)
+                .field("message", &msg(message))
+                .finish(),
+            Error::Unsupported(m) => f.debug_tuple("Unsupported").field(&msg(m)).finish(),
+            Error::Codec(m) => f.debug_tuple("Codec").field(&msg(m)).finish(),
+            Error::Http { status, body } => f
+                .debug_struct("Http")
+                .field("status", status)
+                .field("body", &msg(body))
+                .finish(),
+            Error::BodyTooLarge { limit } => f
+                .debug_struct("BodyTooLarge")
+                .field("limit", limit)
+                .finish(),
+            Error::Rejected(m) => f.debug_tuple("Rejected").field(&msg(m)).finish(),
+            Error::Backend {
+                backend,
+                message,
+                source,
+            } => {
+                let source = source.as_ref().map(|s| s.to_string());
+                f.debug_struct("Backend")
+                    .field("backend", backend)
+                    .field("message", &msg(message))
+                    .field("source", &source.as_deref().map(msg))
+                    .finish()
+            }
+        }
+    }
 }
 
 impl Error {
@@ -305,6 +388,53 @@ mod tests {
         assert!(!status(400).is_retryable());
         // No cause that says "transient": a failure the backend did not recognise as such.
         assert!(!Error::backend_msg("zookeeper", "node has not empty children").is_retryable());
+    }
+
+    #[test]
+    fn texts_are_bounded_and_escaped() {
+        let huge = "x".repeat(10 << 20);
+        let errors = [
+            Error::NotFound(huge.clone()),
+            Error::ServiceNotFound(huge.clone()),
+            Error::NoHealthyInstance(huge.clone()),
+            Error::InvalidInstance(huge.clone()),
+            Error::InvalidConfig(huge.clone()),
+            Error::timeout(huge.clone(), Duration::MAX),
+            Error::Unavailable(huge.clone()),
+            Error::Auth {
+                backend: "etcd",
+                message: huge.clone(),
+            },
+            Error::Unsupported(huge.clone()),
+            Error::Codec(huge.clone()),
+            Error::Http {
+                status: 500,
+                body: huge.clone(),
+            },
+            Error::Rejected(huge.clone()),
+            Error::backend_msg("etcd", &huge),
+            Error::backend("etcd", std::io::Error::other(huge.clone())),
+        ];
+        for e in &errors {
+            let (shown, debug) = (e.to_string(), format!("{e:?}"));
+            assert!(shown.len() < MAX_MESSAGE_CHARS + 100, "{}", &shown[..100]);
+            assert!(
+                debug.len() < 2 * MAX_MESSAGE_CHARS + 200,
+                "{}",
+                &debug[..100]
+            );
+            assert!(shown.contains("(10485760 bytes)"), "{}", &shown[..100]);
+        }
+        let e = Error::NotFound("a\nb\u{1b}[31m".into());
+        assert_eq!(
+            e.to_string(),
+            r"service instance `a\nb\u{1b}[31m` not found"
+        );
+        assert_eq!(format!("{e:?}"), r#"NotFound("a\nb\u{1b}[31m")"#);
+        assert_eq!(
+            format!("{:?}", Error::InvalidConfig("x".into())),
+            r#"InvalidConfig("x")"#
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod error;
 mod event;
 pub mod quote;
 mod registry;
-mod secret;
+pub mod secret;
 mod service;
 mod view;
 
@@ -60,7 +60,7 @@ pub mod conformance;
 pub use balancer::{CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext};
 pub use breaker::{CircuitBreaker, CircuitState, Permit};
 pub use discovery::{HealthChecker, Selection, ServiceDiscovery};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, MAX_MESSAGE_CHARS};
 pub use event::{
     ServiceEvent, ServiceEventStream, ServiceEventType, SnapshotReason, WatchEvent, WatchStream,
 };

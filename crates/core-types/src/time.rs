@@ -63,7 +63,7 @@ impl Timestamp {
     pub fn parse(s: &str) -> Result<Self, String> {
         DateTime::parse_from_rfc3339(s)
             .map(Timestamp)
-            .map_err(|e| format!("invalid RFC 3339 time `{s}`: {e}"))
+            .map_err(|e| format!("invalid RFC 3339 time `{}`: {e}", crate::quote::quoted(s)))
     }
 
     /// Formats like Go's `time.RFC3339Nano`.
@@ -205,49 +205,78 @@ mod tests {
 }
 
 /// Parses a duration written as in Go (`"300ms"`, `"1.5s"`, `"2m"`, `"1h30m"`; units `ns`, `us`,
-/// `µs`, `ms`, `s`, `m`, `h`).
+/// `µs`, `ms`, `s`, `m`, `h`), exactly: no rounding through floating point, and a value beyond
+/// `u64::MAX` nanoseconds (about 584 years), such as `18446744073709551616ns`, is an error rather
+/// than a silently saturated value. Digits after the point that are finer than a nanosecond are
+/// dropped, as Go does.
 ///
 /// # Errors
-/// A message naming the malformed text.
+/// A message quoting at most the first 64 characters of the text (control characters escaped).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let err = || format!("invalid duration `{text}` (expected e.g. `500ms`, `30s`, `1m30s`)");
+    let err = |why: &str| {
+        format!(
+            "invalid duration `{}`: {why} (expected e.g. `500ms`, `30s`, `1m30s`)",
+            crate::quote::quoted(text)
+        )
+    };
     let s = text.trim();
     if s.is_empty() {
-        return Err(err());
+        return Err(err("empty"));
     }
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    let mut total = 0f64;
+    let too_large = || err("larger than 18446744073709551615ns");
+    let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let num_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        if num_len == 0 {
-            return Err(err());
-        }
-        let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
+            .ok_or_else(|| err("a number without a unit"))?;
+        let number = &rest[..num_len];
         rest = &rest[num_len..];
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(err("a unit without a number"));
+        }
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let nanos_per = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(err()),
+        let nanos_per: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(err("unknown unit")),
         };
-        total += value * nanos_per;
         rest = &rest[unit_len..];
+        let mut value: u128 = 0;
+        for d in whole.bytes() {
+            value = value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u128::from(d - b'0')))
+                .filter(|v| *v <= u128::from(u64::MAX))
+                .ok_or_else(too_large)?;
+        }
+        let mut part = value * nanos_per;
+        // The fraction, digit by digit: `scale` is what one unit of this digit is worth.
+        let mut scale = nanos_per;
+        for d in frac.bytes() {
+            scale /= 10;
+            if scale == 0 {
+                break;
+            }
+            part += u128::from(d - b'0') * scale;
+        }
+        total = total
+            .checked_add(part)
+            .filter(|t| *t <= u128::from(u64::MAX))
+            .ok_or_else(too_large)?;
     }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(err());
-    }
-    Ok(Duration::from_nanos(total as u64))
+    let nanos = u64::try_from(total).map_err(|_| too_large())?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// Serde helpers for durations in configuration files: a Go duration string (`"30s"`) or an
@@ -255,18 +284,64 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub mod config_duration {
     use super::*;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw<'a> {
+    /// A duration as written in a config file: text or integer nanoseconds.
+    enum Raw {
         Nanos(u64),
-        #[serde(borrow)]
-        Text(std::borrow::Cow<'a, str>),
+        Text(Result<Duration, String>),
     }
 
-    fn convert<E: de::Error>(raw: Raw<'_>) -> Result<Duration, E> {
+    struct RawVisitor;
+
+    impl de::Visitor<'_> for RawVisitor {
+        type Value = Raw;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"30s\" or \"500ms\", or integer nanoseconds")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
+            Ok(Raw::Nanos(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+            u64::try_from(v)
+                .map(Raw::Nanos)
+                .map_err(|_| E::custom("a duration must not be negative"))
+        }
+
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<Raw, E> {
+            u64::try_from(v)
+                .map(Raw::Nanos)
+                .map_err(|_| E::custom("a duration larger than 18446744073709551615ns"))
+        }
+
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<Raw, E> {
+            u64::try_from(v)
+                .map(Raw::Nanos)
+                .map_err(|_| E::custom("a duration out of range (0 to 18446744073709551615ns)"))
+        }
+
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Raw, E> {
+            Err(E::custom(
+                "a duration in nanoseconds must be an integer (or write e.g. \"1.5s\")",
+            ))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+            Ok(Raw::Text(parse_duration(v)))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Raw {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(RawVisitor)
+        }
+    }
+
+    fn convert<E: de::Error>(raw: Raw) -> Result<Duration, E> {
         match raw {
             Raw::Nanos(n) => Ok(Duration::from_nanos(n)),
-            Raw::Text(t) => parse_duration(&t).map_err(E::custom),
+            Raw::Text(parsed) => parsed.map_err(E::custom),
         }
     }
 
@@ -296,7 +371,7 @@ pub mod config_duration {
         pub fn deserialize<'de, D: Deserializer<'de>>(
             deserializer: D,
         ) -> Result<Option<Duration>, D::Error> {
-            Option::<Raw<'de>>::deserialize(deserializer)?
+            Option::<Raw>::deserialize(deserializer)?
                 .map(convert)
                 .transpose()
         }
@@ -326,9 +401,43 @@ mod duration_tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "s", "10", "10x", "-1s", "1s2"] {
+        for bad in [
+            "", "s", "10", "10x", "-1s", "1s2", ".s", "1..2s", "+1s", "1e3s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_exactly_and_rejects_overflow() {
+        assert_eq!(parse_duration("1.000000001s").unwrap(), Duration::new(1, 1));
+        assert_eq!(parse_duration("0.1s").unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_duration(".5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5ns").unwrap(), Duration::from_nanos(1));
+        assert_eq!(
+            parse_duration("18446744073709551615ns").unwrap(),
+            Duration::from_nanos(u64::MAX)
+        );
+        for overflow in [
+            "18446744073709551616ns",
+            "99999999999999999999999999999999h",
+            "5124096h",
+            "18446744073709551615ns1ns",
+            "307445734561825861m",
+        ] {
+            let e = parse_duration(overflow).unwrap_err();
+            assert!(e.contains("larger than"), "{overflow}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_quote_a_bounded_prefix() {
+        let huge = format!("{}x", "1".repeat(100_000));
+        let e = parse_duration(&huge).unwrap_err();
+        assert!(e.len() < 300, "{} bytes", e.len());
+        assert!(e.contains("(100001 bytes)"), "{e}");
+        let e = parse_duration("1s\u{1b}[2J").unwrap_err();
+        assert!(!e.contains('\u{1b}') && e.contains(r"\u{1b}"), "{e}");
     }
 
     #[test]
@@ -348,6 +457,21 @@ mod duration_tests {
         let c: C = serde_json::from_str(r#"{"d":1000}"#).unwrap();
         assert_eq!((c.d, c.o), (Duration::from_micros(1), None));
         assert!(serde_json::from_str::<C>(r#"{"d":"soon"}"#).is_err());
+        for (bad, why) in [
+            (r#"{"d":-1}"#, "negative"),
+            (r#"{"d":1.5}"#, "integer"),
+            (r#"{"d":18446744073709551616}"#, "nanoseconds"),
+            (r#"{"d":"18446744073709551616ns"}"#, "larger than"),
+            (r#"{"d":true}"#, "a duration such as"),
+        ] {
+            let e = serde_json::from_str::<C>(bad).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(why)),
+                "{bad}: {e:?}"
+            );
+        }
+        let c: C = serde_json::from_str(r#"{"d":18446744073709551615}"#).unwrap();
+        assert_eq!(c.d, Duration::from_nanos(u64::MAX));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::quote::quoted;
 use crate::time::parse_duration;
 use crate::{Error, Result, Secret};
 
@@ -73,8 +74,9 @@ fn decode(what: &str, s: &str) -> Result<String> {
 
 /// A registry URL split into its parts, with the query parameters still to be taken.
 ///
-/// `Debug` shows the password as `[redacted]`.
-#[derive(Debug, Clone)]
+/// `Debug` shows the password as `[redacted]`, and the query parameters by name only (a value
+/// may be a token, as Consul's `token=`).
+#[derive(Clone)]
 pub struct RegistryUrl {
     scheme: String,
     username: Option<String>,
@@ -84,12 +86,33 @@ pub struct RegistryUrl {
     query: BTreeMap<String, String>,
 }
 
+impl fmt::Debug for RegistryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryUrl")
+            .field("scheme", &self.scheme)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("hosts", &self.hosts)
+            .field("path", &self.path)
+            .field("parameters", &self.query.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl RegistryUrl {
     /// Splits `scheme://[user[:password]@]host[:port][,host[:port]…][/path][?key=value&…]`.
     ///
-    /// The user name, password, path and query are percent-decoded (write a `/`, `@`, `:` or `?`
-    /// in a password as `%2F`, `%40`, `%3A`, `%3F`). Fragments (`#`), parameters without a value
-    /// and parameters given twice are errors.
+    /// The user name, password, path and query are percent-decoded (write a `/`, `@`, `:`, `?`
+    /// or `#` in a password as `%2F`, `%40`, `%3A`, `%3F`, `%23`; a `%` not followed by two hex
+    /// digits stays as it is). A password with one of these characters left unencoded is
+    /// rejected, never guessed at: the user info ends at the first `/`, `?` or `#`, so an `@`
+    /// after one of them (`user:pa/ss@host`) is an error that says which character to encode,
+    /// and `#` anywhere is an error. Neither error quotes any part of the URL.
+    ///
+    /// Each host is checked with
+    /// [`check_endpoint`](crate::validate::check_endpoint): a DNS name, an IPv4 address or a
+    /// bracketed IPv6 address, with an optional port of 1 to 65535 in plain digits. Fragments,
+    /// parameters without a value and parameters given twice are errors.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] saying what is wrong, never quoting the password or the URL.
@@ -98,7 +121,10 @@ impl RegistryUrl {
         let url = url.trim();
         let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
         if rest.contains('#') {
-            return Err(invalid("fragments (`#`) are not allowed"));
+            return Err(invalid(
+                "`#` is not allowed (fragments have no meaning here; write `#` in a password \
+                 as `%23`)",
+            ));
         }
         let (before_query, query_text) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = match before_query.find('/') {
@@ -150,16 +176,16 @@ impl RegistryUrl {
         for pair in query_text.split('&').filter(|p| !p.is_empty()) {
             let Some((k, v)) = pair.split_once('=') else {
                 return Err(invalid(format!(
-                    "parameter `{}` has no value (write `key=value`)",
-                    decode("parameter name", pair)?.escape_debug()
+                    "parameter {} has no value (write `key=value`)",
+                    ParamName(&decode("parameter name", pair)?)
                 )));
             };
             let k = decode("parameter name", k)?;
-            let v = decode(&format!("value of `{}`", k.escape_debug()), v)?;
+            let v = decode(&format!("value of {}", ParamName(&k)), v)?;
             if query.insert(k.clone(), v).is_some() {
                 return Err(invalid(format!(
-                    "parameter `{}` is given twice",
-                    k.escape_debug()
+                    "parameter {} is given twice",
+                    ParamName(&k)
                 )));
             }
         }
@@ -206,7 +232,7 @@ impl RegistryUrl {
         if self.hosts.is_empty() {
             return Err(invalid(format!(
                 "a `{}://` URL needs at least one host",
-                self.scheme
+                quoted(&self.scheme)
             )));
         }
         Ok(self
@@ -241,7 +267,7 @@ impl RegistryUrl {
         if self.username.is_some() || self.password.is_some() {
             return Err(invalid(format!(
                 "a `{}://` URL takes no user name or password",
-                self.scheme
+                quoted(&self.scheme)
             )));
         }
         Ok(())
@@ -253,7 +279,10 @@ impl RegistryUrl {
     /// [`Error::InvalidConfig`].
     pub fn no_hosts(&self) -> Result<()> {
         if !self.hosts.is_empty() {
-            return Err(invalid(format!("a `{}://` URL takes no host", self.scheme)));
+            return Err(invalid(format!(
+                "a `{}://` URL takes no host",
+                quoted(&self.scheme)
+            )));
         }
         Ok(())
     }
@@ -266,7 +295,7 @@ impl RegistryUrl {
         if !self.path.trim_matches('/').is_empty() {
             return Err(invalid(format!(
                 "a `{}://` URL has no path; {hint}",
-                self.scheme
+                quoted(&self.scheme)
             )));
         }
         Ok(())
@@ -292,6 +321,20 @@ impl RegistryUrl {
             .transpose()
     }
 
+    /// Takes a port parameter: 1 to 65535 in plain digits (see
+    /// [`check_port`](crate::validate::check_port)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the parameter.
+    pub fn take_port(&mut self, key: &str) -> Result<Option<u16>> {
+        self.take(key)
+            .map(|v| {
+                crate::validate::check_port(&v)
+                    .map_err(|why| invalid(format!("parameter `{key}`: `{}`: {why}", quoted(&v))))
+            })
+            .transpose()
+    }
+
     /// Takes a parameter parsed with [`FromStr`] (numbers, `true`/`false`, enums).
     ///
     /// # Errors
@@ -302,7 +345,7 @@ impl RegistryUrl {
                 v.parse().map_err(|_| {
                     invalid(format!(
                         "parameter `{key}`: `{}` is not a valid {}",
-                        v.escape_debug(),
+                        quoted(&v),
                         short_type_name::<T>()
                     ))
                 })
@@ -317,11 +360,34 @@ impl RegistryUrl {
     pub fn finish(self) -> Result<()> {
         match self.query.keys().next() {
             Some(key) => Err(invalid(format!(
-                "unknown parameter `{}` for a `{}://` URL",
-                key.escape_debug(),
-                self.scheme
+                "unknown parameter {} for a `{}://` URL",
+                ParamName(key),
+                quoted(&self.scheme)
             ))),
             None => Ok(()),
+        }
+    }
+}
+
+/// A parameter name for an error text: shown only when it has the shape of every parameter name
+/// (lower-case ASCII letters and `_`, at most 32 characters). Anything else may be part of a
+/// password whose `?` ended the user info early, so it is described, not shown.
+struct ParamName<'a>(&'a str);
+
+impl fmt::Display for ParamName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.0;
+        if !name.is_empty()
+            && name.len() <= 32
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            write!(f, "`{name}`")
+        } else {
+            write!(
+                f,
+                "(a name not shown: {} bytes, not a known parameter)",
+                name.len()
+            )
         }
     }
 }
@@ -340,32 +406,12 @@ fn has_port(host: &str) -> bool {
     }
 }
 
-/// Checks one `host[:port]` of the host list. The reason does not quote the host: when a
-/// password holds an unencoded `/` or `?`, what looks like the host is part of the password.
+/// Checks one `host[:port]` of the host list with the rules every backend shares
+/// ([`check_endpoint`](crate::validate::check_endpoint)). The reason does not quote the host:
+/// when a password holds an unencoded `/` or `?`, what looks like the host is part of the
+/// password.
 fn check_host(h: &str) -> std::result::Result<(), &'static str> {
-    let (host, port) = if let Some(rest) = h.strip_prefix('[') {
-        let (v6, after) = rest.split_once(']').ok_or("unclosed `[`")?;
-        if v6.is_empty() || !v6.contains(':') {
-            return Err("not an IPv6 address inside `[…]`");
-        }
-        match after {
-            "" => (v6, None),
-            p => (v6, Some(p.strip_prefix(':').ok_or("junk after `]`")?)),
-        }
-    } else {
-        match h.split_once(':') {
-            None => (h, None),
-            Some((host, port)) if !port.contains(':') => (host, Some(port)),
-            Some(_) => return Err("more than one `:` (write IPv6 addresses in brackets)"),
-        }
-    };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("invalid host name");
-    }
-    match port.map(str::parse::<u16>) {
-        None | Some(Ok(1..)) => Ok(()),
-        Some(_) => Err("invalid port (1-65535)"),
-    }
+    crate::validate::check_endpoint(h).map(|_| ())
 }
 
 #[cfg(test)]
@@ -397,10 +443,26 @@ mod tests {
         assert_eq!(u.take("k").as_deref(), Some("v&w"));
         assert_eq!(u.take_duration("d").unwrap(), Some(Duration::from_secs(2)));
         assert!(!format!("{u:?}").contains("p:w/"));
+        let t = RegistryUrl::parse("consul://h?token=T0ken").unwrap();
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("T0ken") && shown.contains("token"),
+            "{shown}"
+        );
         u.finish().unwrap();
         let u = RegistryUrl::parse("memory://").unwrap();
         assert!(u.hosts().is_empty() && u.path_prefix().is_none());
         assert!(u.username().is_none() && u.password().is_none());
+    }
+
+    #[test]
+    fn port_parameters() {
+        let mut u = RegistryUrl::parse("x://h?a=80&b=+80&c=080&d=0&e=65536").unwrap();
+        assert_eq!(u.take_port("a").unwrap(), Some(80));
+        for k in ["b", "c", "d", "e"] {
+            let e = u.take_port(k).unwrap_err().to_string();
+            assert!(e.contains(&format!("parameter `{k}`")), "{e}");
+        }
     }
 
     #[test]
@@ -411,6 +473,7 @@ mod tests {
         assert_eq!(u.take_parsed::<u16>("missing").unwrap(), None);
         let e = u.take_parsed::<u16>("bad").unwrap_err().to_string();
         assert!(e.contains("`bad`") && e.contains("u16"), "{e}");
+        assert!(u.take_port("missing").unwrap().is_none());
         let e = u.take_duration("t").unwrap_err().to_string();
         assert!(e.contains("`t`") && e.contains("invalid duration"), "{e}");
         u.finish().unwrap();
@@ -427,10 +490,83 @@ mod tests {
         assert!(err("etcd://h:x").contains("invalid port"));
         assert!(err("etcd://::1").contains("more than one"));
         assert!(err("etcd://[::1").contains("unclosed"));
-        assert!(err("etcd://h#frag").contains("fragments"));
+        assert!(err("etcd://h#frag").contains("`#` is not allowed"));
         assert!(err("etcd://%ff@h").contains("user name is not valid UTF-8"));
         assert!(err("1tcd://h").contains("malformed scheme"));
         assert_eq!(scheme("ZK://h").unwrap(), "zk");
+    }
+
+    #[test]
+    fn hosts_and_ports_follow_the_shared_rules() {
+        for bad in [
+            "etcd://[]:2379",
+            "etcd://[zz]:2379",
+            "etcd://h%00st:2379",
+            "etcd://h\0st:2379",
+            "etcd://h\tst:2379",
+            "etcd://%68ost:2379",
+            "etcd://!ocalhost:2379",
+            "etcd://h:+80",
+            "etcd://h:080",
+            "etcd://h:",
+            "etcd://h:65536",
+            "etcd://256.0.0.1",
+        ] {
+            let e = err(bad);
+            assert!(e.contains("host #1"), "{bad:?}: {e}");
+        }
+        let u = RegistryUrl::parse("etcd://a-b.c_d:1,10.0.0.1:65535,[fe80::1]").unwrap();
+        assert_eq!(u.hosts(), ["a-b.c_d:1", "10.0.0.1:65535", "[fe80::1]"]);
+    }
+
+    #[test]
+    fn unencoded_specials_in_a_password_are_rejected_with_a_hint() {
+        for (url, hint) in [
+            ("etcd://admin:Qz7k/x@h:2379", "%2F"),
+            ("etcd://admin:Qz7k?x@h:2379", "%3F"),
+            ("etcd://admin:Qz7k#x@h:2379", "%23"),
+        ] {
+            let e = err(url);
+            assert!(e.contains(hint) && !e.contains("Qz7k"), "{url}: {e}");
+        }
+        // `@` in a password: the user info ends at the last `@` of the authority.
+        let u = RegistryUrl::parse("etcd://admin:p@ss@h:2379").unwrap();
+        assert_eq!(u.password().map(Secret::expose), Some("p@ss"));
+        assert_eq!(u.hosts(), ["h:2379"]);
+        // A lone `%` stays as it is; encoded specials decode.
+        let u = RegistryUrl::parse("etcd://admin:100%25%2F%3F%23%40x%zz@h").unwrap();
+        assert_eq!(u.password().map(Secret::expose), Some("100%/?#@x%zz"));
+    }
+
+    #[test]
+    fn parameter_names_are_shown_only_when_they_look_like_one() {
+        assert!(err("etcd://h?colour=1").contains("unknown parameter `colour`"));
+        for url in [
+            "etcd:///admin:?Pw7Marker=h",
+            "etcd:///admin:?Pw7Marker",
+            "etcd://h?Pw7Marker=1&Pw7Marker=2",
+            "etcd://h?Pw7Marker=%ff",
+        ] {
+            let e = err(url);
+            assert!(
+                !e.contains("Pw7Marker") && e.contains("not shown"),
+                "{url}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_quote_bounded_input() {
+        let long = "k".repeat(100_000);
+        for url in [
+            format!("etcd://h?{long}=1"),
+            format!("etcd://h?{long}"),
+            format!("etcd://h?watch_buffer={long}"),
+            format!("etcd://h?ttl={long}"),
+        ] {
+            let e = err(&url);
+            assert!(e.len() < 400, "{} bytes: {}", e.len(), &e[..100]);
+        }
     }
 
     /// The password (and the URL as a whole) never ends up in an error, whatever the typo.

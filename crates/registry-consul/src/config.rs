@@ -4,7 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::redact_userinfo;
 use waypost_core_types::time::config_duration;
+use waypost_core_types::validate::{
+    check_duration, check_endpoint, check_prefix, DurationBounds, TIMEOUT, TTL,
+};
 use waypost_core_types::{Error, Result, Secret};
 
 /// The default agent address.
@@ -44,7 +49,7 @@ pub enum ForeignServices {
 ///     .with_ttl(Duration::from_secs(10));
 /// assert!(!format!("{cfg:?}").contains("s3cr3t"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ConsulConfig {
@@ -93,6 +98,32 @@ pub struct ConsulConfig {
     pub watch_buffer: usize,
     /// What to do with services waypost did not register.
     pub foreign_services: ForeignServices,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &redact_userinfo(&self.address))
+            .field("token", &self.token)
+            .field("datacenter", &self.datacenter)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("deregister_critical_after", &self.deregister_critical_after)
+            .field("ca_file", &self.ca_file)
+            .field("ca_pem", &self.ca_pem)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("watch_wait", &self.watch_wait)
+            .field("watch_min_interval", &self.watch_min_interval)
+            .field("retry_initial_backoff", &self.retry_initial_backoff)
+            .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("foreign_services", &self.foreign_services)
+            .finish()
+    }
 }
 
 impl Default for ConsulConfig {
@@ -234,39 +265,53 @@ impl ConsulConfig {
 
     /// Checks the configuration.
     ///
+    /// The address, the prefix and the durations follow the rules every backend shares
+    /// ([`waypost_core_types::validate`]):
+    ///
+    /// | setting | accepted |
+    /// |---|---|
+    /// | `address` | `host[:port]` with an optional `http://` or `https://` |
+    /// | `prefix` | 1 to 512 bytes (Consul's limit for a `Meta` value), no `.`/`..` or empty segment, no control character |
+    /// | `ttl` | 100 ms to 365 days |
+    /// | `deregister_critical_after` | 1 ms to 365 days (Consul itself raises values below 1 min to 1 min) |
+    /// | `connect_timeout`, `request_timeout`, `retry_initial_backoff`, `retry_max_backoff` | 1 ms to 24 h |
+    /// | `watch_wait` | 1 ms to 10 min (Consul's `max_query_time`) |
+    /// | `watch_min_interval` | 0 (no spacing) to 24 h |
+    /// | `max_response_bytes` | at least 1024 |
+    /// | `watch_buffer` | at least 1 |
+    ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad value.
+    /// [`Error::InvalidConfig`] naming the bad value (never quoting the address, which could
+    /// hold credentials).
     pub fn validate(&self) -> Result<()> {
         Endpoint::parse(
             &self.address,
             self.ca_file.is_some() || self.ca_pem.is_some(),
         )?;
         let bad = |m: String| Err(Error::InvalidConfig(format!("consul: {m}")));
-        if self.prefix.is_empty() || self.prefix.len() > 512 {
-            return bad(format!(
-                "prefix must be 1 to 512 bytes (it is stored in Consul service Meta), got {}",
-                self.prefix.len()
-            ));
+        if self.prefix.is_empty() {
+            return bad("prefix must not be empty (it is stored in Consul service Meta)".into());
         }
-        if self.prefix.chars().any(char::is_control) {
-            return bad("prefix contains a control character".into());
+        if let Err(why) = check_prefix(&self.prefix) {
+            return bad(format!("prefix `{}` {why}", quoted(&self.prefix)));
         }
-        if self.ttl < Duration::from_millis(100) {
-            return bad(format!("ttl {:?} is below 100ms", self.ttl));
-        }
-        for (what, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-            ("watch_wait", self.watch_wait),
-            ("retry_initial_backoff", self.retry_initial_backoff),
-            ("retry_max_backoff", self.retry_max_backoff),
+        for (what, d, bounds) in [
+            ("ttl", self.ttl, CHECK_TTL),
+            (
+                "deregister_critical_after",
+                self.deregister_critical_after,
+                TTL,
+            ),
+            ("connect_timeout", self.connect_timeout, TIMEOUT),
+            ("request_timeout", self.request_timeout, TIMEOUT),
+            ("watch_wait", self.watch_wait, WATCH_WAIT),
+            ("watch_min_interval", self.watch_min_interval, MIN_SPACING),
+            ("retry_initial_backoff", self.retry_initial_backoff, TIMEOUT),
+            ("retry_max_backoff", self.retry_max_backoff, TIMEOUT),
         ] {
-            if d.is_zero() {
-                return bad(format!("{what} must be greater than zero"));
+            if let Err(m) = check_duration(what, d, bounds) {
+                return bad(m);
             }
-        }
-        if self.watch_wait > Duration::from_secs(600) {
-            return bad("watch_wait must be at most 10m (Consul's max_query_time)".into());
         }
         if self.max_response_bytes < 1024 {
             return bad("max_response_bytes must be at least 1024".into());
@@ -276,19 +321,25 @@ impl ConsulConfig {
         }
         if let Some(dc) = &self.datacenter {
             if dc.is_empty()
+                || dc.len() > 128
                 || !dc
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return bad(format!(
-                    "datacenter `{}` is not a valid name",
-                    dc.escape_debug()
-                ));
+                return bad(format!("datacenter `{}` is not a valid name", quoted(dc)));
             }
         }
         Ok(())
     }
 }
+
+/// The TTL of our TTL checks.
+const CHECK_TTL: DurationBounds = DurationBounds::new(Duration::from_millis(100), TTL.max);
+/// `wait` of blocking queries: Consul caps it at 10 min.
+const WATCH_WAIT: DurationBounds =
+    DurationBounds::new(Duration::from_millis(1), Duration::from_secs(600));
+/// The spacing of blocking queries (zero: none).
+const MIN_SPACING: DurationBounds = DurationBounds::new(Duration::ZERO, TIMEOUT.max);
 
 /// Where the agent is: scheme and authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,12 +353,8 @@ impl Endpoint {
     /// Parses `host[:port]`, `http://host[:port]` or `https://host[:port]` (default port 8500,
     /// https when only a CA is given for a bare address).
     pub(crate) fn parse(address: &str, tls_hint: bool) -> Result<Endpoint> {
-        let bad = |m: &str| {
-            Err(Error::InvalidConfig(format!(
-                "consul: address `{}`: {m}",
-                address.escape_debug()
-            )))
-        };
+        // The address is never quoted: `http://user:token@host` must not print the token.
+        let bad = |m: &str| Err(Error::InvalidConfig(format!("consul: address: {m}")));
         let trimmed = address.trim();
         let (https, rest) = if let Some(r) = strip_prefix_ci(trimmed, "https://") {
             (true, r)
@@ -318,40 +365,20 @@ impl Endpoint {
         } else {
             (tls_hint, trimmed)
         };
-        let rest = rest.trim_end_matches('/');
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.is_empty() {
             return bad("host is empty");
         }
-        if rest.contains(['/', '?', '#', '@', ' ']) {
+        if rest.contains(['/', '?', '#', '@']) {
             return bad("expected host:port without path, query or credentials");
         }
-        let authority = match rest.parse::<http::uri::Authority>() {
-            Ok(a) => a,
-            Err(e) => return bad(&e.to_string()),
-        };
-        let host = authority.host();
-        if host.is_empty() {
-            return bad("host is empty");
-        }
-        let after_host = rest.strip_prefix(host).unwrap_or("");
-        let port = match after_host.strip_prefix(':') {
-            None if after_host.is_empty() => 8500,
-            None => return bad("expected host:port"),
-            Some("") => return bad("port is empty"),
-            Some(p) => match p.parse::<u16>() {
-                Ok(0) => return bad("port 0"),
-                Ok(p) => p,
-                Err(_) => return bad("port must be a number from 1 to 65535"),
-            },
-        };
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
+        let (host, port) = match check_endpoint(rest) {
+            Ok(parts) => parts,
+            Err(why) => return bad(why),
         };
         Ok(Endpoint {
             https,
-            authority: format!("{host}:{port}"),
+            authority: format!("{host}:{}", port.unwrap_or(8500)),
         })
     }
 
@@ -420,6 +447,15 @@ mod tests {
             "http://u:p@x:1",
             "x:1/path",
             "x:",
+            "[]:8500",
+            "[zz]:8500",
+            "h\0st:8500",
+            "h\tst",
+            "%68:8500",
+            "!ocalhost",
+            "h:+80",
+            "h:080",
+            "x :1",
         ] {
             assert!(
                 matches!(Endpoint::parse(bad, false), Err(Error::InvalidConfig(_))),
@@ -434,6 +470,8 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("top-secret-token"), "{dbg}");
         assert!(dbg.contains("[redacted]"), "{dbg}");
+        let in_address = ConsulConfig::default().with_address("http://u:top-secret-token@h:8500");
+        assert!(!format!("{in_address:?}").contains("top-secret-token"));
         assert_eq!(
             c.token.as_ref().map(Secret::expose),
             Some("top-secret-token")
@@ -480,6 +518,57 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("datacenter"), "{e}");
+        for prefix in ["a/../b", "..", "a//b", "a\0b", "a\u{1b}b"] {
+            let e = ConsulConfig::default()
+                .with_prefix(prefix)
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains("prefix"), "{prefix:?}: {e}");
+        }
+        let e = ConsulConfig::default()
+            .with_prefix("p".repeat(513))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("longer than 512"), "{e}");
+        let e = ConsulConfig::default()
+            .with_address("http://admin:SECRET@h:8500")
+            .validate()
+            .unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn every_duration_has_bounds() {
+        type Set = fn(ConsulConfig, Duration) -> ConsulConfig;
+        let setters: [(&str, Set); 8] = [
+            ("ttl", ConsulConfig::with_ttl),
+            (
+                "deregister_critical_after",
+                ConsulConfig::with_deregister_critical_after,
+            ),
+            ("connect_timeout", ConsulConfig::with_connect_timeout),
+            ("request_timeout", ConsulConfig::with_request_timeout),
+            ("watch_wait", ConsulConfig::with_watch_wait),
+            ("watch_min_interval", ConsulConfig::with_watch_min_interval),
+            (
+                "retry_initial_backoff",
+                ConsulConfig::with_retry_initial_backoff,
+            ),
+            ("retry_max_backoff", ConsulConfig::with_retry_max_backoff),
+        ];
+        for (name, set) in setters {
+            let e = set(ConsulConfig::default(), Duration::MAX)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains("is outside"), "{e}");
+            let zero = set(ConsulConfig::default(), Duration::ZERO).validate();
+            assert_eq!(
+                zero.is_ok(),
+                name == "watch_min_interval",
+                "{name}: {zero:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl FromStr for ConsulConfig {
         if url.scheme() != "consul" {
             return Err(invalid(format!(
                 "a Consul URL starts with `consul://`, not `{}://`",
-                url.scheme()
+                waypost_core_types::quote::quoted(url.scheme())
             )));
         }
         let hosts = url.hosts_with_port(8500)?;
@@ -53,7 +53,7 @@ impl FromStr for ConsulConfig {
             Some(other) => {
                 return Err(invalid(format!(
                     "parameter `scheme`: `{}` must be http or https",
-                    other.escape_debug()
+                    waypost_core_types::quote::quoted(other)
                 )))
             }
         };
@@ -126,7 +126,7 @@ impl FromStr for ForeignServices {
             "skip" => Ok(ForeignServices::Skip),
             other => Err(Error::InvalidConfig(format!(
                 "consul: foreign_services `{}` must be include or skip",
-                other.escape_debug()
+                waypost_core_types::quote::quoted(other)
             ))),
         }
     }
@@ -189,6 +189,16 @@ mod tests {
             ("consul://h?foreign_services=maybe", "`foreign_services`"),
             ("consul://h?watch_wait=1h", "watch_wait"),
             ("consul://h?colour=blue", "unknown parameter `colour`"),
+            ("consul://:SeCrEt@h/a/../b", "`.` or `..` segment"),
+            ("consul://:SeCrEt@h/a%00b", "control character"),
+            (
+                "consul://:SeCrEt@h?ttl=18446744073709551616ns",
+                "larger than",
+            ),
+            (
+                "consul://:SeCrEt@h?request_timeout=48h",
+                "outside 1ms..=24h",
+            ),
         ] {
             let e = url.parse::<ConsulConfig>().unwrap_err().to_string();
             assert!(e.contains(want), "{url}: {e}");

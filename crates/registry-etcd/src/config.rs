@@ -4,7 +4,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::RedactedList;
 use waypost_core_types::time::config_duration;
+use waypost_core_types::validate::{
+    check_duration, check_endpoint, check_prefix, DurationBounds, TIMEOUT, TTL,
+};
 use waypost_core_types::{Error, Result, Secret};
 
 /// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`.
@@ -41,12 +46,13 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// config.validate()?;
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs of the cluster members (`http://host:port`, `https://host:port`, or
-    /// `host:port`).
+    /// `host:port`). In a config file, a list or one string separated by commas.
+    #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
     pub endpoints: Vec<String>,
     /// User name for etcd authentication (with `password`).
     pub username: Option<String>,
@@ -56,8 +62,9 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// TTL of the registry's default lease: how long after this process dies its instances
     /// vanish (an instance with a [`ServiceInfo::ttl`](waypost_core_types::ServiceInfo::ttl) of
-    /// its own gets a lease with that TTL instead). Rounded up to whole seconds; from 1 s to
-    /// [`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL) (9,000,000,000 s, etcd's limit).
+    /// its own gets a lease with that TTL instead, up to
+    /// [`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL), etcd's limit). Rounded up to whole seconds; from
+    /// 1 s to 365 days.
     #[serde(with = "config_duration")]
     pub ttl: Duration,
     /// Limit for connecting to the cluster at construction.
@@ -74,6 +81,25 @@ pub struct EtcdConfig {
     pub watch_buffer: usize,
     /// TLS settings; required for `https://` endpoints signed by a private CA.
     pub tls: Option<EtcdTlsConfig>,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &RedactedList(&self.endpoints))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// TLS settings of an [`EtcdConfig`]: PEM files.
@@ -228,41 +254,36 @@ impl EtcdConfig {
     }
 
     /// The lease TTL in whole seconds, rounded up, at least 1, at most etcd's longest lease
-    /// ([`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL); `validate` refuses a longer `ttl`).
+    /// ([`MAX_LEASE_TTL`](crate::MAX_LEASE_TTL)), even for a `ttl` that
+    /// [`validate`](Self::validate) refuses (above 365 days).
     pub fn ttl_secs(&self) -> i64 {
         crate::lease::lease_secs(self.ttl.min(crate::MAX_LEASE_TTL)).unwrap_or(1)
     }
 
     /// Checks the configuration.
     ///
+    /// Endpoints, the prefix and the durations follow the rules every backend shares
+    /// ([`waypost_core_types::validate`]):
+    ///
+    /// | setting | accepted |
+    /// |---|---|
+    /// | `endpoints` | at least one; `host[:port]` with an optional `http://` or `https://` |
+    /// | `prefix` | empty, or starting with `/`; at most 512 bytes, no `.`/`..` or empty segment, no control character |
+    /// | `ttl` | 1 s to 365 days (etcd leases have second granularity) |
+    /// | `connect_timeout`, `request_timeout`, `max_backoff` | 1 ms to 24 h |
+    /// | `watch_buffer` | at least 1 |
+    ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad field.
+    /// [`Error::InvalidConfig`] naming the bad field (an endpoint by its position: it is never
+    /// quoted, as it could hold credentials).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(format!("etcd: {m}")));
         if self.endpoints.is_empty() {
             return bad("at least one endpoint is required".into());
         }
-        for e in &self.endpoints {
-            if e.trim().is_empty() || e.contains(char::is_whitespace) {
-                return bad(format!("endpoint `{e}` is malformed"));
-            }
-            let authority = match e.split_once("://") {
-                Some((scheme, _)) if scheme != "http" && scheme != "https" => {
-                    return bad(format!("endpoint `{e}`: scheme must be http or https"));
-                }
-                Some((_, rest)) => rest.trim_end_matches('/'),
-                None => e.as_str(),
-            };
-            if authority.is_empty() || authority.starts_with(':') {
-                return bad(format!("endpoint `{e}` has no host"));
-            }
-            // `host:port` or `[v6]:port`: the port, when there is one, is 1-65535.
-            let port = match authority.rsplit_once(':') {
-                Some((host, port)) if !host.starts_with('[') || host.ends_with(']') => Some(port),
-                _ => None,
-            };
-            if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
-                return bad(format!("endpoint `{e}` has an invalid port (1-65535)"));
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if let Err(why) = check_etcd_endpoint(e) {
+                return bad(format!("endpoint #{}: {why}", i + 1));
             }
         }
         if self.username.is_some() != self.password.is_some() {
@@ -271,33 +292,23 @@ impl EtcdConfig {
         if self.username.as_deref() == Some("") {
             return bad("username must not be empty".into());
         }
-        let prefix = self.normalized_prefix();
-        if !prefix.is_empty() && !prefix.starts_with('/') {
-            return bad(format!("prefix `{}` must start with `/`", self.prefix));
-        }
-        if prefix.contains("//") {
-            return bad(format!("prefix `{}` must not contain `//`", self.prefix));
-        }
-        if self.ttl < Duration::from_secs(1) {
+        if !self.prefix.is_empty() && !self.prefix.starts_with('/') {
             return bad(format!(
-                "ttl {:?} is below etcd's 1 s lease granularity",
-                self.ttl
+                "prefix `{}` must start with `/`",
+                quoted(&self.prefix)
             ));
         }
-        if self.ttl > crate::MAX_LEASE_TTL {
-            return bad(format!(
-                "ttl {:?} is above etcd's longest lease TTL ({} s)",
-                self.ttl,
-                crate::MAX_LEASE_TTL.as_secs()
-            ));
+        if let Err(why) = check_prefix(&self.prefix) {
+            return bad(format!("prefix `{}` {why}", quoted(&self.prefix)));
         }
-        for (what, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-            ("max_backoff", self.max_backoff),
+        for (what, d, bounds) in [
+            ("ttl", self.ttl, LEASE_TTL),
+            ("connect_timeout", self.connect_timeout, TIMEOUT),
+            ("request_timeout", self.request_timeout, TIMEOUT),
+            ("max_backoff", self.max_backoff, TIMEOUT),
         ] {
-            if d.is_zero() {
-                return bad(format!("{what} must be positive"));
+            if let Err(m) = check_duration(what, d, bounds) {
+                return bad(m);
             }
         }
         if self.watch_buffer == 0 {
@@ -313,6 +324,22 @@ impl EtcdConfig {
         }
         Ok(())
     }
+}
+
+/// The bounds of the lease TTL: etcd leases have second granularity.
+const LEASE_TTL: DurationBounds = DurationBounds::new(Duration::from_secs(1), TTL.max);
+
+/// `host[:port]`, `http://host[:port]` or `https://host[:port]` (a trailing `/` allowed).
+fn check_etcd_endpoint(endpoint: &str) -> std::result::Result<(), &'static str> {
+    let authority = match endpoint.split_once("://") {
+        Some(("http" | "https", rest)) => rest.strip_suffix('/').unwrap_or(rest),
+        Some(_) => return Err("the scheme must be http or https"),
+        None => endpoint,
+    };
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err("expected `host:port` without a path, query or credentials");
+    }
+    check_endpoint(authority).map(|_| ())
 }
 
 #[cfg(test)]
@@ -365,6 +392,13 @@ mod tests {
         assert!(dbg.contains("[redacted]") && dbg.contains("root"), "{dbg}");
         let alt = format!("{c:#?}");
         assert!(!alt.contains("hunter2-secret"));
+        // Credentials written into an endpoint do not show either.
+        let c = EtcdConfig::new(["http://root:hunter2-secret@h:1", "h:2"]);
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2-secret") && dbg.contains("h:2"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -380,6 +414,24 @@ mod tests {
             EtcdConfig::new(["http://h:99999"]),
             EtcdConfig::new(["h:port"]),
             EtcdConfig::new([":2379"]),
+            EtcdConfig::new(["[]:2379"]),
+            EtcdConfig::new(["[zz]:2379"]),
+            EtcdConfig::new(["h\0st:2379"]),
+            EtcdConfig::new(["h\tst:2379"]),
+            EtcdConfig::new(["%68:2379"]),
+            EtcdConfig::new(["!ocalhost:2379"]),
+            EtcdConfig::new(["h:+80"]),
+            EtcdConfig::new(["h:080"]),
+            EtcdConfig::new(["h:"]),
+            EtcdConfig::new(["http://user:pw@h:2379"]),
+            ok.clone().with_prefix("/a/../b"),
+            ok.clone().with_prefix("/a/\0"),
+            ok.clone().with_prefix(format!("/{}", "a".repeat(600))),
+            ok.clone().with_ttl(Duration::MAX),
+            ok.clone().with_connect_timeout(Duration::MAX),
+            ok.clone().with_request_timeout(Duration::MAX),
+            ok.clone().with_max_backoff(Duration::MAX),
+            ok.clone().with_request_timeout(Duration::ZERO),
             ok.clone().with_prefix("no-slash"),
             ok.clone().with_prefix("/a//b"),
             ok.clone().with_ttl(Duration::from_millis(500)),
@@ -407,6 +459,30 @@ mod tests {
             .validate()
             .unwrap();
         ok.clone().with_prefix("").validate().unwrap();
+        for good in [
+            "http://[::1]:2379",
+            "https://etcd-0.etcd:2379/",
+            "10.0.0.1",
+            "e_1:1",
+        ] {
+            EtcdConfig::new([good]).validate().unwrap();
+        }
+        // An endpoint is named by its position, never quoted.
+        let e = EtcdConfig::new(["h:1", "http://admin:SECRET@h:2379"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("endpoint #2") && !e.contains("SECRET"), "{e}");
+        let e = ok
+            .clone()
+            .with_ttl(Duration::MAX)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ttl 18446744073709551615.999999999s is outside 1s..=365d"),
+            "{e}"
+        );
         ok.with_prefix("/x/").validate().unwrap();
     }
 
@@ -418,7 +494,9 @@ mod tests {
             c.clone().with_ttl(Duration::from_millis(1500)).ttl_secs(),
             2
         );
-        assert_eq!(c.with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
+        assert_eq!(c.clone().with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
+        assert_eq!(c.clone().with_ttl(Duration::MAX).ttl_secs(), i64::MAX);
+        assert_eq!(c.with_ttl(Duration::ZERO).ttl_secs(), 1);
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl FromStr for EtcdConfig {
         if url.scheme() != "etcd" {
             return Err(invalid(format!(
                 "an etcd URL starts with `etcd://`, not `{}://`",
-                url.scheme()
+                waypost_core_types::quote::quoted(url.scheme())
             )));
         }
         let mut config = EtcdConfig::new(url.hosts_with_port(2379)?);
@@ -134,7 +134,13 @@ mod tests {
         for (url, want) in [
             ("etcd://", "at least one host"),
             ("etdc://h", "not `etdc://`"),
-            ("etcd://h?ttl=500ms", "1 s lease granularity"),
+            ("etcd://h?ttl=500ms", "ttl 500ms is outside 1s..=365d"),
+            ("etcd://h/a/../b", "`.` or `..` segment"),
+            (
+                "etcd://h?request_timeout=18446744073709551616ns",
+                "larger than",
+            ),
+            ("etcd://h?connect_timeout=25h", "outside 1ms..=24h"),
             ("etcd://h?watch_buffer=many", "`watch_buffer`"),
             ("etcd://h?tls=false&ca_file=x", "contradicts"),
             ("etcd://h?colour=blue", "unknown parameter `colour`"),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use waypost_core_types::validate::{check_duration, INTERVAL, TTL};
 use waypost_core_types::{Error, Result};
 
 use crate::MemoryRegistry;
@@ -27,11 +28,12 @@ use crate::MemoryRegistry;
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct MemoryConfig {
-    /// How often expired instances are removed (and their `Deleted` events sent). Default 1 s.
+    /// How often expired instances are removed (and their `Deleted` events sent). Default 1 s;
+    /// 10 ms to 24 h.
     #[serde(with = "waypost_core_types::time::config_duration")]
     pub cleanup_interval: Duration,
     /// TTL for instances registered with `ttl == 0`; `None` (the default) means such instances
-    /// never expire.
+    /// never expire. 1 ms to 365 days.
     #[serde(with = "waypost_core_types::time::config_duration::option")]
     pub default_ttl: Option<Duration>,
     /// Changes buffered per watcher before it is considered lagging and resynced. Default 4096.
@@ -51,23 +53,28 @@ impl Default for MemoryConfig {
 impl MemoryConfig {
     /// Checks the values.
     ///
+    /// | setting | accepted |
+    /// |---|---|
+    /// | `cleanup_interval` | 10 ms to 24 h ([`INTERVAL`]); below 10 ms the sweep would keep a core busy |
+    /// | `default_ttl` | unset (no expiry), or 1 ms to 365 days ([`TTL`]) |
+    /// | `watch_buffer` | at least 1 |
+    ///
+    /// Values outside, `Duration::MAX` included, are rejected, never clamped.
+    ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a zero cleanup interval or watch buffer.
+    /// [`Error::InvalidConfig`] naming the setting and its bounds.
     pub fn validate(&self) -> Result<()> {
-        if self.cleanup_interval.is_zero() {
-            return Err(Error::InvalidConfig(
-                "memory: cleanup_interval must be greater than zero".into(),
-            ));
+        let bad = |m: String| Err(Error::InvalidConfig(format!("memory: {m}")));
+        if let Err(m) = check_duration("cleanup_interval", self.cleanup_interval, INTERVAL) {
+            return bad(m);
+        }
+        if let Some(ttl) = self.default_ttl {
+            if let Err(m) = check_duration("default_ttl", ttl, TTL) {
+                return bad(format!("{m} (leave it unset for no expiry)"));
+            }
         }
         if self.watch_buffer == 0 {
-            return Err(Error::InvalidConfig(
-                "memory: watch_buffer must be greater than zero".into(),
-            ));
-        }
-        if self.default_ttl.is_some_and(|t| t.is_zero()) {
-            return Err(Error::InvalidConfig(
-                "memory: default_ttl must be greater than zero (or unset for no expiry)".into(),
-            ));
+            return bad("watch_buffer must be greater than zero".into());
         }
         Ok(())
     }
@@ -111,5 +118,52 @@ impl MemoryRegistryBuilder {
     pub fn build(self) -> Result<MemoryRegistry> {
         self.config.validate()?;
         MemoryRegistry::start(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_bounds() {
+        let with = |cleanup: Duration, ttl: Option<Duration>| MemoryConfig {
+            cleanup_interval: cleanup,
+            default_ttl: ttl,
+            ..MemoryConfig::default()
+        };
+        with(Duration::from_millis(10), Some(Duration::from_millis(1)))
+            .validate()
+            .unwrap();
+        with(
+            Duration::from_secs(86_400),
+            Some(Duration::from_secs(365 * 86_400)),
+        )
+        .validate()
+        .unwrap();
+        for (config, want) in [
+            (
+                with(Duration::ZERO, None),
+                "cleanup_interval 0ns is outside 10ms..=24h",
+            ),
+            (with(Duration::from_nanos(1), None), "cleanup_interval 1ns"),
+            (with(Duration::from_millis(9), None), "cleanup_interval 9ms"),
+            (
+                with(Duration::MAX, None),
+                "cleanup_interval 18446744073709551615.999999999s",
+            ),
+            (
+                with(Duration::from_secs(1), Some(Duration::ZERO)),
+                "default_ttl 0ns",
+            ),
+            (
+                with(Duration::from_secs(1), Some(Duration::MAX)),
+                "default_ttl",
+            ),
+        ] {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.starts_with("invalid configuration: memory: "), "{e}");
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

@@ -30,7 +30,7 @@ impl FromStr for MemoryConfig {
         if !matches!(url.scheme(), "memory" | "mem") {
             return Err(waypost_core_types::url::invalid(format!(
                 "a memory URL starts with `memory://`, not `{}://`",
-                url.scheme()
+                waypost_core_types::quote::quoted(url.scheme())
             )));
         }
         url.no_credentials()?;
@@ -79,6 +79,12 @@ mod tests {
             ("etcd://h", "memory://"),
             ("memory://?colour=blue", "unknown parameter `colour`"),
             ("memory://?cleanup_interval=0s", "cleanup_interval"),
+            ("memory://?cleanup_interval=1ns", "outside 10ms..=24h"),
+            (
+                "memory://?cleanup_interval=18446744073709551616ns",
+                "larger than",
+            ),
+            ("memory://?default_ttl=1000000h", "outside 1ms..=365d"),
         ] {
             let e = url.parse::<MemoryConfig>().unwrap_err().to_string();
             assert!(e.contains(want), "{url}: {e}");

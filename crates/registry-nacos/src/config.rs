@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::redact_userinfo;
 use waypost_core_types::time::config_duration;
+use waypost_core_types::validate::{check_duration, check_endpoint, COMPAT_TTL, INTERVAL, TIMEOUT};
 use waypost_core_types::{Error, Result, Secret};
 
 /// The default server address (Nacos' HTTP port; the gRPC port is this plus 1000).
@@ -40,7 +43,7 @@ pub const DEFAULT_CLUSTER: &str = "DEFAULT";
 /// ephemeral instances alive through the client's gRPC connection, not through a TTL, so an
 /// instance disappears when its process (its connection) dies. It is stored with the instance and
 /// used as the TTL of instances registered with `ttl == 0`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NacosConfig {
@@ -83,6 +86,29 @@ pub struct NacosConfig {
     pub app_name: String,
     /// Directory of the SDK's on-disk naming cache (default: the SDK's `~/nacos`).
     pub cache_dir: Option<PathBuf>,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for NacosConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NacosConfig")
+            .field("server_addr", &redact_userinfo(&self.server_addr))
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("probe_interval", &self.probe_interval)
+            .field("service_poll_interval", &self.service_poll_interval)
+            .field("watch_buffer", &self.watch_buffer)
+            .field("grpc_port", &self.grpc_port)
+            .field("app_name", &self.app_name)
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
 }
 
 impl Default for NacosConfig {
@@ -210,10 +236,23 @@ impl NacosConfig {
 
     /// Checks the configuration without touching the network.
     ///
+    /// Server addresses and durations follow the rules every backend shares
+    /// ([`waypost_core_types::validate`]):
+    ///
+    /// | setting | accepted |
+    /// |---|---|
+    /// | `server_addr` | one or more `host[:port]` (optional `http://`), separated by `,` or `;`; the port at most 64535 (gRPC is port + 1000) |
+    /// | `namespace`, `group`, `cluster` | 1 to 512 bytes, no whitespace, control character or `@@` |
+    /// | `grpc_port` | 1 to 65535 when set |
+    /// | `ttl` | 0 to 365 days (kept for compatibility) |
+    /// | `connect_timeout` | 1 ms to 24 h |
+    /// | `probe_interval`, `service_poll_interval` | 10 ms to 24 h |
+    /// | `watch_buffer` | at least 1 |
+    ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the first problem: an empty or malformed server address
     /// (such as the Go module's `localhost:8848:8848`), an empty namespace, group or cluster, a
-    /// password without a user name, a zero timeout or interval.
+    /// password without a user name, a duration outside its bounds.
     pub fn validate(&self) -> Result<()> {
         server_list(&self.server_addr)?;
         for (what, value) in [
@@ -226,10 +265,13 @@ impl NacosConfig {
                     "nacos {what} must not be empty"
                 )));
             }
-            if value.contains("@@") || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if value.len() > 512
+                || value.contains("@@")
+                || value.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(Error::InvalidConfig(format!(
-                    "nacos {what} `{}` must not contain `@@` or whitespace",
-                    value.escape_debug()
+                    "nacos {what} `{}` must be at most 512 bytes, without `@@` or whitespace",
+                    quoted(value)
                 )));
             }
         }
@@ -238,15 +280,23 @@ impl NacosConfig {
                 "nacos password given without a username".into(),
             ));
         }
-        for (what, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("probe_interval", self.probe_interval),
-            ("service_poll_interval", self.service_poll_interval),
+        if self.grpc_port == Some(0) {
+            return Err(Error::InvalidConfig(
+                "nacos grpc_port must be between 1 and 65535".into(),
+            ));
+        }
+        for (what, d, bounds) in [
+            ("ttl", self.ttl, COMPAT_TTL),
+            ("connect_timeout", self.connect_timeout, TIMEOUT),
+            ("probe_interval", self.probe_interval, INTERVAL),
+            (
+                "service_poll_interval",
+                self.service_poll_interval,
+                INTERVAL,
+            ),
         ] {
-            if d.is_zero() {
-                return Err(Error::InvalidConfig(format!(
-                    "nacos {what} must not be zero"
-                )));
+            if let Err(m) = check_duration(what, d, bounds) {
+                return Err(Error::InvalidConfig(format!("nacos {m}")));
             }
         }
         if self.watch_buffer == 0 {
@@ -259,65 +309,35 @@ impl NacosConfig {
 }
 
 /// Splits and checks `server_addr`: each entry is `host` or `host:port` (IPv6 in brackets),
-/// optionally with an `http://` prefix.
+/// optionally with an `http://` prefix. Entries are named by position, never quoted (an entry
+/// could hold credentials).
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for an empty list or a malformed entry.
 pub(crate) fn server_list(server_addr: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for raw in server_addr.split([',', ';']) {
+    for (i, raw) in server_addr.split([',', ';']).enumerate() {
         let entry = raw.trim();
         if entry.is_empty() {
             continue;
         }
-        let entry = entry
-            .strip_prefix("http://")
-            .unwrap_or(entry)
-            .trim_end_matches('/');
+        let entry = entry.strip_prefix("http://").unwrap_or(entry);
+        let entry = entry.strip_suffix('/').unwrap_or(entry);
         let bad = |why: &str| {
             Error::InvalidConfig(format!(
-                "nacos server address `{}`: {why} (expected `host:port`, e.g. `localhost:8848`)",
-                entry.escape_debug()
+                "nacos server address #{}: {why} (expected `host:port`, e.g. `localhost:8848`)",
+                i + 1
             ))
         };
-        if entry.contains(['/', '?', '#', '@']) || entry.chars().any(char::is_whitespace) {
+        if entry.contains(['/', '?', '#', '@']) {
             return Err(bad("not a host:port"));
         }
-        let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
-            match after {
-                "" => (host, None),
-                p => (
-                    host,
-                    Some(p.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?),
-                ),
-            }
-        } else {
-            match entry.split_once(':') {
-                None => (entry, None),
-                Some((h, p)) if !p.contains(':') => (h, Some(p)),
-                Some(_) => return Err(bad("more than one `:`")),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("empty host"));
-        }
-        let port: u16 = match port {
-            None => 8848,
-            Some(p) => p
-                .parse()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port must be a number between 1 and 65535"))?,
-        };
+        let (host, port) = check_endpoint(entry).map_err(bad)?;
+        let port = port.unwrap_or(8848);
         if port > u16::MAX - 1000 {
             return Err(bad("the gRPC port (HTTP port + 1000) would exceed 65535"));
         }
-        if host.contains(':') {
-            out.push(format!("[{host}]:{port}"));
-        } else {
-            out.push(format!("{host}:{port}"));
-        }
+        out.push(format!("{host}:{port}"));
     }
     if out.is_empty() {
         return Err(Error::InvalidConfig(
@@ -373,6 +393,8 @@ mod tests {
         assert!(!dbg.contains("hunter2-secret"), "{dbg}");
         assert!(dbg.contains("alice"));
         assert!(dbg.contains("[redacted]"));
+        let c = NacosConfig::new("http://alice:hunter2-secret@h:8848");
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
         let none = format!("{:?}", NacosConfig::default());
         assert!(none.contains("password: None"));
     }
@@ -409,6 +431,15 @@ mod tests {
             "http://h/path",
             ":8848",
             "[::1",
+            "[]:8848",
+            "[zz]:8848",
+            "h\0st:8848",
+            "h\tst",
+            "%68:8848",
+            "!ocalhost",
+            "h:+80",
+            "h:080",
+            "h:",
         ] {
             let err = NacosConfig::new(bad).validate().unwrap_err();
             assert!(matches!(err, Error::InvalidConfig(_)), "{bad}: {err:?}");
@@ -437,5 +468,47 @@ mod tests {
             .with_connect_timeout(Duration::ZERO)
             .validate()
             .is_err());
+        let e = NacosConfig::new("h:1,admin:SECRET@h:8848")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("address #2") && !e.contains("SECRET"), "{e}");
+        assert!(NacosConfig::default()
+            .with_namespace("n".repeat(513))
+            .validate()
+            .is_err());
+        assert!(NacosConfig::default().with_grpc_port(0).validate().is_err());
+    }
+
+    #[test]
+    fn every_duration_has_bounds() {
+        type Set = fn(NacosConfig, Duration) -> NacosConfig;
+        let setters: [(&str, Set); 4] = [
+            ("ttl", NacosConfig::with_ttl),
+            ("connect_timeout", NacosConfig::with_connect_timeout),
+            ("probe_interval", NacosConfig::with_probe_interval),
+            (
+                "service_poll_interval",
+                NacosConfig::with_service_poll_interval,
+            ),
+        ];
+        for (name, set) in setters {
+            let e = set(NacosConfig::default(), Duration::MAX)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(name) && e.contains("is outside"), "{e}");
+            let zero = set(NacosConfig::default(), Duration::ZERO).validate();
+            assert_eq!(zero.is_ok(), name == "ttl", "{name}: {zero:?}");
+        }
+        let e = NacosConfig::default()
+            .with_probe_interval(Duration::from_millis(1))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("probe_interval 1ms is outside 10ms..=24h"),
+            "{e}"
+        );
     }
 }

@@ -38,7 +38,7 @@ impl FromStr for NacosConfig {
         if url.scheme() != "nacos" {
             return Err(invalid(format!(
                 "a Nacos URL starts with `nacos://`, not `{}://`",
-                url.scheme()
+                waypost_core_types::quote::quoted(url.scheme())
             )));
         }
         url.no_path("use `?namespace=…&group=…`")?;
@@ -55,7 +55,7 @@ impl FromStr for NacosConfig {
             }
         }
         config.cache_dir = url.take("cache_dir").map(Into::into);
-        config.grpc_port = url.take_parsed("grpc_port")?;
+        config.grpc_port = url.take_port("grpc_port")?;
         if let Some(n) = url.take_parsed("watch_buffer")? {
             config.watch_buffer = n;
         }
@@ -118,6 +118,13 @@ mod tests {
             ("nacos://h?group=", "group must not be empty"),
             ("nacos://:pw@h", "without a username"),
             ("nacos://h?colour=blue", "unknown parameter `colour`"),
+            ("nacos://h?grpc_port=+80", "`grpc_port`"),
+            ("nacos://h?grpc_port=080", "`grpc_port`"),
+            (
+                "nacos://h?connect_timeout=18446744073709551616ns",
+                "larger than",
+            ),
+            ("nacos://h?connect_timeout=1000h", "outside 1ms..=24h"),
         ] {
             let e = url.parse::<NacosConfig>().unwrap_err().to_string();
             assert!(e.contains(want), "{url}: {e}");

@@ -3,6 +3,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use waypost_core_types::quote::quoted;
+use waypost_core_types::secret::RedactedList;
+use waypost_core_types::validate::{
+    check_duration, check_endpoint, check_prefix, DurationBounds, COMPAT_TTL, TIMEOUT,
+};
 use waypost_core_types::{Error, Result, Secret};
 
 use crate::keys::validate_znode_path;
@@ -44,11 +49,13 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 /// assert_eq!(from_json.prefix, "/laravel-go/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct ZookeeperConfig {
-    /// `host:port` of every server of the ensemble (the port defaults to 2181).
+    /// `host:port` of every server of the ensemble (the port defaults to 2181). In a config
+    /// file, a list or one string separated by commas.
+    #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
     pub servers: Vec<String>,
     /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. Default
     /// `/laravel-go/services`.
@@ -81,6 +88,25 @@ pub struct ZookeeperConfig {
     /// Changes buffered per watch stream; a watcher that falls further behind gets a resync
     /// snapshot instead. Default 1024.
     pub watch_buffer: usize,
+}
+
+/// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
+/// anything a user wrote before an `@` in an address.
+impl std::fmt::Debug for ZookeeperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZookeeperConfig")
+            .field("servers", &RedactedList(&self.servers))
+            .field("prefix", &self.prefix)
+            .field("session_timeout", &self.session_timeout)
+            .field("ttl", &self.ttl)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("chroot", &self.chroot)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_backoff", &self.max_backoff)
+            .field("watch_buffer", &self.watch_buffer)
+            .finish()
+    }
 }
 
 impl Default for ZookeeperConfig {
@@ -187,36 +213,53 @@ impl ZookeeperConfig {
 
     /// Checks every value.
     ///
+    /// Servers, the prefix and the durations follow the rules every backend shares
+    /// ([`waypost_core_types::validate`]):
+    ///
+    /// | setting | accepted |
+    /// |---|---|
+    /// | `servers` | at least one `host[:port]` |
+    /// | `prefix`, `chroot` | an absolute path (`/…`), at most 512 bytes, no `.`/`..` or empty segment, no control character, not in `/zookeeper`; the prefix not `/` |
+    /// | `session_timeout` | 100 ms to 24 h (the server may narrow it further to its `minSessionTimeout`..`maxSessionTimeout`) |
+    /// | `ttl` | 0 to 365 days (kept for compatibility) |
+    /// | `connect_timeout`, `max_backoff` | 1 ms to 24 h |
+    /// | `watch_buffer` | at least 1 |
+    ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the bad field.
+    /// [`Error::InvalidConfig`] naming the bad field (a server by its position: it is never
+    /// quoted).
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(format!("zookeeper: {msg}")));
         if self.servers.is_empty() {
             return bad("servers must name at least one `host:port`".into());
         }
-        for server in &self.servers {
-            validate_server(server).map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
+        for (i, server) in self.servers.iter().enumerate() {
+            if let Err(why) = validate_server(server) {
+                return bad(format!("server #{}: {why}", i + 1));
+            }
         }
-        validate_znode_path("prefix", &self.prefix)
-            .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
+        let path = |what: &str, value: &str| {
+            check_prefix(value)
+                .map_err(|why| format!("{what} `{}` {why}", quoted(value)))
+                .and_then(|()| validate_znode_path(what, value))
+                .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))
+        };
+        path("prefix", &self.prefix)?;
         if self.prefix == "/" {
             return bad("prefix must not be the root `/`".into());
         }
         if let Some(chroot) = self.chroot.as_deref().filter(|c| !c.is_empty()) {
-            validate_znode_path("chroot", chroot)
-                .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))?;
+            path("chroot", chroot)?;
         }
-        if self.session_timeout < Duration::from_millis(1) {
-            return bad("session_timeout must be at least 1ms".into());
-        }
-        if self.session_timeout > Duration::from_millis(i32::MAX as u64) {
-            return bad("session_timeout is too large".into());
-        }
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout must be greater than zero".into());
-        }
-        if self.max_backoff.is_zero() {
-            return bad("max_backoff must be greater than zero".into());
+        for (what, d, bounds) in [
+            ("session_timeout", self.session_timeout, SESSION_TIMEOUT),
+            ("ttl", self.ttl, COMPAT_TTL),
+            ("connect_timeout", self.connect_timeout, TIMEOUT),
+            ("max_backoff", self.max_backoff, TIMEOUT),
+        ] {
+            if let Err(m) = check_duration(what, d, bounds) {
+                return bad(m);
+            }
         }
         if self.watch_buffer == 0 {
             return bad("watch_buffer must be greater than zero".into());
@@ -227,7 +270,7 @@ impl ZookeeperConfig {
                 if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
                     return bad(format!(
                         "username `{}` must be non-empty, without `:` or control characters",
-                        user.escape_debug()
+                        quoted(user)
                     ));
                 }
             }
@@ -264,44 +307,19 @@ impl ZookeeperConfig {
     }
 }
 
-fn validate_server(server: &str) -> std::result::Result<(), String> {
+/// The session timeouts we ask for.
+pub const SESSION_TIMEOUT: DurationBounds =
+    DurationBounds::new(Duration::from_millis(100), Duration::from_secs(24 * 3600));
+
+fn validate_server(server: &str) -> std::result::Result<(), &'static str> {
     let s = server.trim();
     if s.is_empty() {
-        return Err("servers must not contain an empty entry".into());
+        return Err("empty entry");
     }
-    if s.contains([',', '/', ' ']) || s.chars().any(char::is_control) {
-        return Err(format!(
-            "server `{}` must be `host:port` (no `,`, `/` or spaces; list servers separately)",
-            s.escape_debug()
-        ));
+    if s.contains([',', '/', '?', '#', '@']) {
+        return Err("must be `host:port` (no `,`, `/` or credentials; list servers separately)");
     }
-    // `host`, `host:port`, `[v6]:port`.
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((h, tail)) => (h, tail.strip_prefix(':')),
-            None => return Err(format!("server `{s}` has an unclosed `[`")),
-        }
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') => (h, Some(p)),
-            Some(_) => {
-                return Err(format!(
-                    "server `{s}`: write IPv6 addresses as `[addr]:port`"
-                ))
-            }
-            None => (s, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("server `{s}` has an empty host"));
-    }
-    if let Some(p) = port {
-        match p.parse::<u16>() {
-            Ok(n) if n > 0 => {}
-            _ => return Err(format!("server `{s}` has an invalid port `{p}`")),
-        }
-    }
-    Ok(())
+    check_endpoint(s).map(|_| ())
 }
 
 #[cfg(test)]
@@ -351,6 +369,8 @@ mod tests {
         assert!(shown.contains("alice"), "{shown}");
         let pretty = format!("{c:#?}");
         assert!(!pretty.contains("hunter2-secret"));
+        let c = ZookeeperConfig::new(["alice:hunter2-secret@z:2181"]);
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
     }
 
     #[test]
@@ -387,6 +407,21 @@ mod tests {
             ZookeeperConfig::new([":2181"]),
             ZookeeperConfig::new(["::1:2181"]),
             ZookeeperConfig::new(["a/chroot"]),
+            ZookeeperConfig::new(["[]:2181"]),
+            ZookeeperConfig::new(["[zz]:2181"]),
+            ZookeeperConfig::new(["h\0st:2181"]),
+            ZookeeperConfig::new(["h\tst"]),
+            ZookeeperConfig::new(["%68:2181"]),
+            ZookeeperConfig::new(["!ocalhost"]),
+            ZookeeperConfig::new(["h:+80"]),
+            ZookeeperConfig::new(["h:080"]),
+            ZookeeperConfig::default().with_prefix(format!("/{}", "a".repeat(600))),
+            ZookeeperConfig::default().with_session_timeout(Duration::from_millis(99)),
+            ZookeeperConfig::default().with_session_timeout(Duration::MAX),
+            ZookeeperConfig::default().with_session_timeout(Duration::from_secs(25 * 3600)),
+            ZookeeperConfig::default().with_ttl(Duration::MAX),
+            ZookeeperConfig::default().with_connect_timeout(Duration::MAX),
+            ZookeeperConfig::default().with_max_backoff(Duration::MAX),
             ZookeeperConfig::default().with_prefix(""),
             ZookeeperConfig::default().with_prefix("relative"),
             ZookeeperConfig::default().with_prefix("/"),
@@ -415,6 +450,24 @@ mod tests {
                 other => panic!("{c:?} must be rejected, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn errors_never_quote_a_server() {
+        let e = ZookeeperConfig::new(["z:1", "admin:SECRET"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server #2") && !e.contains("SECRET"), "{e}");
+        let e = ZookeeperConfig::default()
+            .with_session_timeout(Duration::from_millis(50))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("session_timeout 50ms is outside 100ms..=24h"),
+            "{e}"
+        );
     }
 
     #[test]

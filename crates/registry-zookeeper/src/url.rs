@@ -37,7 +37,7 @@ impl FromStr for ZookeeperConfig {
         if !matches!(url.scheme(), "zookeeper" | "zk") {
             return Err(invalid(format!(
                 "a ZooKeeper URL starts with `zookeeper://` or `zk://`, not `{}://`",
-                url.scheme()
+                waypost_core_types::quote::quoted(url.scheme())
             )));
         }
         let mut config = ZookeeperConfig::new(url.hosts_with_port(2181)?);
@@ -100,6 +100,12 @@ mod tests {
             ("zoo://h", "not `zoo://`"),
             ("zk://h?session_timeout=0s", "session_timeout"),
             ("zk://h?colour=blue", "unknown parameter `colour`"),
+            ("zk://h?session_timeout=10ms", "outside 100ms..=24h"),
+            (
+                "zk://h?session_timeout=18446744073709551616ns",
+                "larger than",
+            ),
+            ("zk://h/a/../b", "`.` or `..` segment"),
             ("zk://u@h", "password is missing"),
         ] {
             let e = url.parse::<ZookeeperConfig>().unwrap_err().to_string();

@@ -34,6 +34,36 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! # Validation and error texts
+//!
+//! Every backend checks hosts (DNS names, IPv4, bracketed IPv6), ports (1 to 65535 in plain
+//! digits), key prefixes (at most 512 bytes, no `.`/`..` or empty segment, no control character)
+//! and durations with the same functions ([`core::validate`]), from a URL, a config file or code;
+//! reading a config file validates it. A duration outside its bounds, `Duration::MAX` included,
+//! is rejected with an error naming the setting and its bounds; nothing is clamped:
+//!
+//! | setting | backend | accepted |
+//! |---|---|---|
+//! | `cleanup_interval` | memory | 10 ms to 24 h |
+//! | `default_ttl` | memory | unset (no expiry), or 1 ms to 365 days |
+//! | `ttl` | etcd | 1 s to 365 days |
+//! | `ttl` | Consul | 100 ms to 365 days |
+//! | `ttl` | Nacos, ZooKeeper | 0 to 365 days (kept for compatibility) |
+//! | `session_timeout` | ZooKeeper | 100 ms to 24 h |
+//! | `deregister_critical_after` | Consul | 1 ms to 365 days |
+//! | `watch_wait` | Consul | 1 ms to 10 min |
+//! | `watch_min_interval` | Consul | 0 to 24 h |
+//! | `probe_interval`, `service_poll_interval` | Nacos | 10 ms to 24 h |
+//! | `connect_timeout` | etcd, Consul, Nacos, ZooKeeper | 1 ms to 24 h |
+//! | `request_timeout` | etcd, Consul | 1 ms to 24 h |
+//! | `max_backoff` | etcd, ZooKeeper | 1 ms to 24 h |
+//! | `retry_initial_backoff`, `retry_max_backoff` | Consul | 1 ms to 24 h |
+//!
+//! Errors never quote a password, a token or a malformed URL (hosts are named by position), and
+//! what they echo is cut to a short prefix with control characters escaped, in `Display` and in
+//! `Debug` (see [`Error`]).
+
 mod builder;
 mod config;
 

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use waypost_core_types::quote::{quoted, quoted_up_to};
 use waypost_core_types::{Error, Result};
 
 #[cfg(feature = "consul")]
@@ -38,8 +39,6 @@ pub enum RegistryType {
     #[serde(alias = "zk")]
     Zookeeper,
 }
-
-const TYPE_NAMES: &[&str] = &["memory", "etcd", "consul", "nacos", "zookeeper"];
 
 impl RegistryType {
     /// The name used in configs, URL schemes and feature names.
@@ -100,9 +99,9 @@ impl FromStr for RegistryType {
             "consul" => Ok(RegistryType::Consul),
             "nacos" => Ok(RegistryType::Nacos),
             "zookeeper" | "zk" => Ok(RegistryType::Zookeeper),
-            other => Err(Error::InvalidConfig(format!(
+            _ => Err(Error::InvalidConfig(format!(
                 "unknown registry type `{}` (expected memory, etcd, consul, nacos or zookeeper)",
-                other.escape_debug()
+                quoted(s)
             ))),
         }
     }
@@ -272,7 +271,7 @@ impl RegistryConfig {
         let kind: RegistryType = scheme.parse().map_err(|_| {
             waypost_core_types::url::invalid(format!(
                 "unknown scheme `{}` (expected memory, etcd, consul, nacos or zookeeper)",
-                scheme.escape_debug()
+                quoted(&scheme)
             ))
         })?;
         match kind {
@@ -336,17 +335,60 @@ from_backend!("zookeeper", Zookeeper, ZookeeperConfig);
 /// Every section name a Laravel-Go style config may carry.
 const SECTION_NAMES: &[&str] = &["memory", "etcd", "consul", "nacos", "zookeeper", "zk"];
 
+/// How much of a nested error a config error shows.
+const MAX_NESTED_ERROR_CHARS: usize = 512;
+
+/// The top level of a config: a map, read into values; anything else is an error that does not
+/// echo it (serde's own "invalid type" message would repeat a string in full).
+struct TopLevel;
+
+impl<'de> serde::de::Visitor<'de> for TopLevel {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map of registry settings")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<Self::Value, E> {
+        Err(E::custom(
+            "expected a map of registry settings, found a string",
+        ))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> std::result::Result<Self::Value, E> {
+        Err(E::custom(
+            "expected a map of registry settings, found bytes",
+        ))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut map = Map::new();
+        while let Some((key, value)) = access.next_entry::<String, Value>()? {
+            map.insert(key, value);
+        }
+        Ok(map)
+    }
+}
+
 impl<'de> Deserialize<'de> for RegistryConfig {
     /// Reads the tagged shape (`{"type":"etcd","endpoints":[…]}`) and the Laravel-Go module's
     /// (`{"type":"etcd","etcd":{"endpoints":[…]}}`) from any self-describing format: the input
-    /// is first read as a map of values, then the chosen backend's config is read from them.
+    /// is first read as a map of values, then the chosen backend's config is read from them and
+    /// validated.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let mut fields = Map::<String, Value>::deserialize(deserializer)?;
+        let mut fields = deserializer.deserialize_any(TopLevel)?;
         let kind = match fields.remove("type") {
             None | Some(Value::Null) => RegistryType::Memory,
-            Some(Value::String(name)) => name
-                .parse()
-                .map_err(|_| D::Error::unknown_variant(&name, TYPE_NAMES))?,
+            Some(Value::String(name)) => name.parse().map_err(|_| {
+                D::Error::custom(format_args!(
+                    "unknown variant `{}`, expected one of `memory`, `etcd`, `consul`, `nacos`, \
+                     `zookeeper`",
+                    quoted(&name)
+                ))
+            })?,
             Some(_) => {
                 return Err(D::Error::custom(
                     "`type` must be a string: memory, etcd, consul, nacos or zookeeper",
@@ -372,15 +414,16 @@ impl<'de> Deserialize<'de> for RegistryConfig {
             None => fields,
             Some(Value::Object(inner)) => {
                 if let Some(key) = fields.keys().next() {
-                    return Err(D::Error::custom(format!(
-                        "`{key}` is next to a `{kind}` section: give the {kind} settings either \
-                         beside `type` or inside the section, not both"
+                    return Err(D::Error::custom(format_args!(
+                        "`{}` is next to a `{kind}` section: give the {kind} settings either \
+                         beside `type` or inside the section, not both",
+                        quoted(key)
                     )));
                 }
                 inner
             }
             Some(_) => {
-                return Err(D::Error::custom(format!(
+                return Err(D::Error::custom(format_args!(
                     "the `{kind}` section must be a map of settings"
                 )))
             }
@@ -402,7 +445,18 @@ impl<'de> Deserialize<'de> for RegistryConfig {
             #[allow(unreachable_patterns)] // with every backend compiled in
             other => return Err(D::Error::custom(other.not_compiled())),
         };
-        config.map_err(|e| D::Error::custom(format!("{kind}: {e}")))
+        // serde's messages may repeat a value in full (`invalid type: string "…"`): bound them.
+        let config = config.map_err(|e| {
+            D::Error::custom(format_args!(
+                "{kind}: {}",
+                quoted_up_to(&e.to_string(), MAX_NESTED_ERROR_CHARS)
+            ))
+        })?;
+        config.validate().map_err(|e| match e {
+            Error::InvalidConfig(m) => D::Error::custom(quoted_up_to(&m, MAX_NESTED_ERROR_CHARS)),
+            other => D::Error::custom(other),
+        })?;
+        Ok(config)
     }
 }
 
