@@ -276,33 +276,44 @@ async fn state_changes_follow_the_registry_to_closed() {
     assert_eq!(registry.state(), RegistryState::Closed);
 }
 
-/// `Duration::MAX` as an instance TTL or as the default TTL means "never expires": register and
-/// renew accept it (no instant overflow), and a year later the instance is still there.
+/// `Duration::MAX` as an instance's own TTL means "never expires": register and renew accept
+/// it (no instant overflow), and a year later the instance is still there. As the registry's
+/// `default_ttl` it is outside the documented bounds (1 ms to 365 days): a configuration error.
 #[tokio::test(start_paused = true)]
 async fn a_ttl_of_duration_max_never_expires() {
     let registry = MemoryRegistry::builder()
         .cleanup_interval(Duration::from_secs(3600))
-        .default_ttl(Some(Duration::MAX))
+        .default_ttl(Some(Duration::from_secs(365 * 24 * 3600)))
         .build()
         .unwrap();
     let own = go_service().with_ttl(Duration::MAX);
-    let default = ServiceInfo::new("b", "svc", "h", 1);
     registry.register(&own).await.unwrap();
-    registry.register(&default).await.unwrap();
     registry.renew(&own.id).await.unwrap();
-    registry.renew(&default.id).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
-    assert_eq!(registry.len(), 2);
+    tokio::time::sleep(Duration::from_secs(2 * 365 * 24 * 3600)).await;
+    assert_eq!(registry.len(), 1);
     registry.renew(&own.id).await.unwrap();
     registry.close().await.unwrap();
+    assert!(matches!(
+        MemoryRegistry::builder()
+            .default_ttl(Some(Duration::MAX))
+            .build(),
+        Err(Error::InvalidConfig(_))
+    ));
 }
 
-/// The cleanup interval at its extremes: `Duration::MAX` is accepted (the worker never has to
-/// run; expired instances are still refused on renew and read), zero is a configuration error.
+/// The cleanup interval at its extremes: zero and `Duration::MAX` are configuration errors (the
+/// bounds are 10 ms to 24 h); at 24 h, expired instances are still refused on renew before the
+/// worker collects them.
 #[tokio::test(start_paused = true)]
 async fn cleanup_interval_extremes() {
+    for bad in [Duration::ZERO, Duration::MAX] {
+        assert!(matches!(
+            MemoryRegistry::builder().cleanup_interval(bad).build(),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
     let registry = MemoryRegistry::builder()
-        .cleanup_interval(Duration::MAX)
+        .cleanup_interval(Duration::from_secs(24 * 3600))
         .build()
         .unwrap();
     let s = go_service().with_ttl(Duration::from_secs(1));
@@ -313,10 +324,4 @@ async fn cleanup_interval_extremes() {
         Err(Error::NotFound(_))
     ));
     registry.close().await.unwrap();
-    assert!(matches!(
-        MemoryRegistry::builder()
-            .cleanup_interval(Duration::ZERO)
-            .build(),
-        Err(Error::InvalidConfig(_))
-    ));
 }
