@@ -36,9 +36,11 @@
 
 mod builder;
 mod config;
+mod env;
 
 pub use builder::{new_service_registry, RegistryBuilder};
 pub use config::{RegistryConfig, RegistryType};
+pub use env::REGISTRY_ENV;
 pub use waypost_core_types::{
     async_trait, CallGuard, CallObserver, CircuitBreaker, CircuitState, Error, Health,
     HealthChecker, LoadBalancer, Outcome, Permit, Protocol, RegistryState, Result, Secret,
@@ -74,6 +76,13 @@ pub use waypost_breaker::{
 pub use waypost_client as client;
 #[cfg(feature = "client")]
 pub use waypost_client::{ServiceClient, ServiceClientBuilder};
+
+/// The service lifecycle: [`Announcer`] registers a service once its listener is bound, keeps it
+/// registered, and deregisters, drains and stops it on SIGTERM (feature `lifecycle`).
+#[cfg(feature = "lifecycle")]
+pub use waypost_lifecycle as lifecycle;
+#[cfg(feature = "lifecycle")]
+pub use waypost_lifecycle::{Announcer, Phase};
 
 /// The in-memory registry (feature `memory`).
 #[cfg(feature = "memory")]
