@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
 use waypost_core_types::{Protocol, ServiceInfo, ServiceRegistry};
 
@@ -56,6 +57,8 @@ pub(crate) enum Trigger {
     Signals,
     /// A future given by the user; the stop deadline bounds the rest.
     Custom(BoxFuture<'static, ()>),
+    /// A stream of requests given by the user: the first stops gracefully, a second at once.
+    Requests(BoxStream<'static, ()>),
 }
 
 /// Joins a service to the fleet and takes it out again, in one call.
@@ -262,6 +265,17 @@ impl Announcer {
     /// Stops when `shutdown` completes, instead of on SIGTERM or Ctrl-C.
     pub fn with_shutdown(mut self, shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
         self.trigger = Trigger::Custom(shutdown.boxed());
+        self
+    }
+
+    /// Stops gracefully on the first item of `requests` and at once on the second, instead of
+    /// on SIGTERM or Ctrl-C (for a process that handles its signals itself, or another source
+    /// of stop requests).
+    pub fn with_shutdown_requests(
+        mut self,
+        requests: impl Stream<Item = ()> + Send + 'static,
+    ) -> Self {
+        self.trigger = Trigger::Requests(requests.boxed());
         self
     }
 

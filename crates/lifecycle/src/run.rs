@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -56,6 +57,7 @@ pub(crate) fn default_id(name: &str, host: &str, port: u16) -> String {
 /// Stop requests: the first asks for a graceful stop, a second one for an immediate stop.
 struct Requests {
     custom: Option<BoxFuture<'static, ()>>,
+    stream: Option<BoxStream<'static, ()>>,
     #[cfg(feature = "signal")]
     signals: Option<crate::signal::Signals>,
 }
@@ -66,10 +68,18 @@ impl Requests {
             #[cfg(feature = "signal")]
             Trigger::Signals => Ok(Requests {
                 custom: None,
+                stream: None,
                 signals: Some(crate::signal::Signals::new()?),
             }),
             Trigger::Custom(fut) => Ok(Requests {
                 custom: Some(fut),
+                stream: None,
+                #[cfg(feature = "signal")]
+                signals: None,
+            }),
+            Trigger::Requests(stream) => Ok(Requests {
+                custom: None,
+                stream: Some(stream),
                 #[cfg(feature = "signal")]
                 signals: None,
             }),
@@ -81,6 +91,15 @@ impl Requests {
         #[cfg(feature = "signal")]
         if let Some(signals) = &mut self.signals {
             return signals.next().await;
+        }
+        if let Some(stream) = &mut self.stream {
+            return match stream.next().await {
+                Some(()) => "shutdown request",
+                None => {
+                    self.stream = None;
+                    std::future::pending().await
+                }
+            };
         }
         match &mut self.custom {
             Some(fut) => {

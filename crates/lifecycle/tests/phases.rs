@@ -300,3 +300,41 @@ async fn nothing_starts_without_an_address_or_with_an_invalid_instance() {
     assert!(!started.load(Ordering::SeqCst));
     assert!(registry.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_request_stops_at_once_during_the_drain_and_during_the_stop() {
+    for second_after in [Duration::from_secs(2), Duration::from_secs(12)] {
+        let registry = MemoryRegistry::new();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let a = Announcer::new(Arc::new(registry.clone()), "users")
+            .with_advertise_addr(ADDR)
+            .with_drain_delay(Duration::from_secs(10))
+            .with_stop_deadline(Duration::from_secs(60))
+            .with_shutdown_requests(tokio_stream_from(rx));
+        let mut phases = a.phases();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stopped);
+        // The server never finishes once stopped: only the second request ends it early.
+        let run = tokio::spawn(a.serve(ADDR.parse().unwrap(), move |stop| server(stop, None, s)));
+        phases.wait_for(|p| *p == Phase::Serving).await.unwrap();
+        let start = Instant::now();
+        tx.send(()).unwrap();
+        tokio::time::sleep(second_after).await;
+        tx.send(()).unwrap();
+        run.await.unwrap().unwrap();
+        assert_eq!(
+            start.elapsed(),
+            second_after,
+            "stopped at the second request"
+        );
+        assert_eq!(*phases.borrow(), Phase::Stopped);
+        assert!(registry.is_empty(), "deregistered first");
+    }
+}
+
+/// An unbounded receiver as a stream of requests.
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
