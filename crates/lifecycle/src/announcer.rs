@@ -213,7 +213,8 @@ impl Announcer {
     }
 
     /// How often the registration is renewed (default: a third of the TTL, else
-    /// [`DEFAULT_RENEW_INTERVAL`]; at least 50 ms).
+    /// [`DEFAULT_RENEW_INTERVAL`]; kept within 50 ms..=1 day). It is also checked at once when
+    /// the registry reports `Connected` again after an outage.
     pub fn with_renew_interval(mut self, every: Duration) -> Self {
         self.renew_interval = Some(every);
         self
@@ -235,14 +236,17 @@ impl Announcer {
     }
 
     /// Holds the instance `Unhealthy` (never picked by waypost's balancers) until `check`
-    /// returns `true`, running it every `interval` until then.
+    /// returns `true`, running it every `interval` (10 ms..=1 day) until then.
     pub fn with_readiness<F, Fut>(mut self, interval: Duration, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = bool> + Send + 'static,
     {
         let check: Readiness = Arc::new(move || check().boxed());
-        self.readiness = Some((check, interval.max(Duration::from_millis(10))));
+        self.readiness = Some((
+            check,
+            interval.clamp(Duration::from_millis(10), Duration::from_secs(24 * 3600)),
+        ));
         self
     }
 

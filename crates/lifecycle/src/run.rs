@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::is_safe_name_char;
-use waypost_core_types::{Error, Health, Result, ServiceInfo, ServiceRegistry};
+use waypost_core_types::{
+    Error, Health, RegistryState, Result, ServiceInfo, ServiceRegistry, StateStream,
+};
 
 use crate::address::{self, Inputs, ADVERTISE_ADDR_ENV};
 use crate::announcer::REGISTRY_CALL_BOUND;
@@ -25,6 +27,8 @@ use crate::{Announcer, Phase};
 
 /// The shortest renew interval.
 const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest renew or readiness interval (`Duration::MAX` included): a day.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// Completes when the server should stop accepting connections: pass it to the server's
 /// graceful shutdown (`axum::serve(..).with_graceful_shutdown(stop)`,
@@ -286,7 +290,7 @@ impl Announcer {
         let every = renew_interval
             .or_else(|| ttl.map(|t| t / 3))
             .unwrap_or(DEFAULT_RENEW_INTERVAL)
-            .max(MIN_RENEW_INTERVAL);
+            .clamp(MIN_RENEW_INTERVAL, MAX_INTERVAL);
         let ended = serving(&run, &mut server, &mut requests, readiness, every).await;
         let reason = match ended {
             Ended::Server(result) => {
@@ -354,6 +358,10 @@ where
     let mut failing = false;
     let start = tokio::time::Instant::now();
     let mut renew = tokio::time::interval_at(start + every, every);
+    // The registry's own state: back to `Connected` after an outage, check our registration
+    // at once instead of at the next renewal.
+    let mut states = Some(run.registry.state_changes());
+    let mut was_connected = true;
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check_at = start;
     if ready_check.is_some() {
@@ -375,6 +383,16 @@ where
             why = requests.next() => return Ended::Requested(why),
             joined = &mut *server => return Ended::Server(server_result(joined)),
             _ = renew.tick() => run.keep_alive(&current, &mut failing).await,
+            state = next_state(&mut states) => {
+                let connected = state.is_connected();
+                if connected && !was_connected {
+                    info!(id = %run.info.id, "lifecycle: the registry is connected again; checking our registration");
+                    run.keep_alive(&current, &mut failing).await;
+                } else if !connected && was_connected {
+                    warn!(id = %run.info.id, "lifecycle: the registry is {state:?}; it keeps our registration and restores it when it can");
+                }
+                was_connected = connected;
+            }
             ready = check => {
                 let interval = ready_check.as_ref().map_or(Duration::ZERO, |(_, i)| *i);
                 if ready {
@@ -387,15 +405,32 @@ where
                         Err(e) => {
                             current.health = Health::Unhealthy;
                             warn!(id = %run.info.id, "lifecycle: marking the instance healthy failed (retrying): {e}");
-                            check_at = tokio::time::Instant::now() + interval;
+                            check_at = later(interval);
                         }
                     }
                 } else {
-                    check_at = tokio::time::Instant::now() + interval;
+                    check_at = later(interval);
                 }
             }
         }
     }
+}
+
+/// The next state of the registry; pending once its stream has ended.
+async fn next_state(states: &mut Option<StateStream>) -> RegistryState {
+    if let Some(stream) = states {
+        if let Some(state) = stream.next().await {
+            return state;
+        }
+        *states = None;
+    }
+    std::future::pending().await
+}
+
+/// `after` from now (a duration too long to represent is taken as a day, which the loop
+/// recomputes anyway).
+fn later(after: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + after.min(MAX_INTERVAL)
 }
 
 /// Removes the instance; a failure is logged (the registry's TTL or session takes it out).
