@@ -60,7 +60,7 @@ impl ServiceRegistry for Driven {
         let mut rx = self
             .states
             .lock()
-            .unwrap()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
             .expect("state_changes once");
         Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
