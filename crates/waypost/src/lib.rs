@@ -1,8 +1,12 @@
 //! waypost: register service instances in a registry (in-memory, etcd, Consul, Nacos,
 //! ZooKeeper), watch them, and build the registry a config or URL describes.
 //!
-//! This facade re-exports the waypost crates behind features: `memory` (default), `etcd`,
-//! `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
+//! This facade re-exports the waypost crates behind features: `memory` and `lifecycle`
+//! (default), `etcd`, `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
+//!
+//! A service joins the fleet through [`Announcer`] (feature `lifecycle`): it registers once the
+//! listener is bound, keeps the registration alive, and on SIGTERM deregisters, drains and
+//! stops; [`RegistryBuilder::from_env`] takes the registry from `WAYPOST_REGISTRY`.
 //!
 //! [`RegistryConfig`] says which backend to use; it holds that backend's own config
 //! (`MemoryConfig`, `EtcdConfig`, `ConsulConfig`, `NacosConfig`, `ZookeeperConfig`, with their
