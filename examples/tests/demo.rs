@@ -110,3 +110,80 @@ fn served_registration_stays_alive_while_the_server_runs() {
         std::panic::resume_unwind(panic);
     }
 }
+
+#[test]
+fn sigterm_deregisters_first_keeps_serving_through_the_drain_then_exits_cleanly() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = demo()
+        .args(["--serve", "--port", &port.to_string(), "--drain", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo server");
+    let pid = child.id();
+    let mut child = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(port, "/services").is_some_and(|s| s.contains("\"id\":\"demo-service-1\"")) {
+        assert!(Instant::now() < deadline, "demo server never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Draining: no longer registered, still answering.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let services = http_get(port, "/services").expect("still serving while draining");
+        if !services.contains("\"id\":\"demo-service-1\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not deregistered after SIGTERM: {services}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let health = http_get(port, "/health").expect("GET /health while draining");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // Then it stops by itself, cleanly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop after its drain delay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    assert!(out.contains("deregistered, drained and stopped"), "{out}");
+    assert!(
+        http_get(port, "/health").is_none(),
+        "the listener is closed"
+    );
+}
+
+/// Kills the child if the test fails before it exits.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -119,7 +119,7 @@ impl RegistryBuilder {
         }
     }
 
-    fn fail(mut self, error: Error) -> Self {
+    pub(crate) fn fail(mut self, error: Error) -> Self {
         self.error.get_or_insert_with(|| Pending::from_error(error));
         self
     }

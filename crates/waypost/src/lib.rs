@@ -1,8 +1,12 @@
 //! waypost: register service instances in a registry (in-memory, etcd, Consul, Nacos,
 //! ZooKeeper), watch them, and build the registry a config or URL describes.
 //!
-//! This facade re-exports the waypost crates behind features: `memory` (default), `etcd`,
-//! `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
+//! This facade re-exports the waypost crates behind features: `memory` and `lifecycle`
+//! (default), `etcd`, `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
+//!
+//! A service joins the fleet through [`Announcer`] (feature `lifecycle`): it registers once the
+//! listener is bound, keeps the registration alive, and on SIGTERM deregisters, drains and
+//! stops; [`RegistryBuilder::from_env`] takes the registry from `WAYPOST_REGISTRY`.
 //!
 //! [`RegistryConfig`] says which backend to use; it holds that backend's own config
 //! (`MemoryConfig`, `EtcdConfig`, `ConsulConfig`, `NacosConfig`, `ZookeeperConfig`, with their
@@ -66,9 +70,11 @@
 
 mod builder;
 mod config;
+mod env;
 
 pub use builder::{new_service_registry, RegistryBuilder};
 pub use config::{RegistryConfig, RegistryType};
+pub use env::REGISTRY_ENV;
 pub use waypost_core_types::{
     async_trait, CallGuard, CallObserver, CircuitBreaker, CircuitState, Error, Health,
     HealthChecker, LoadBalancer, Outcome, Permit, Protocol, RegistryState, Result, Secret,
@@ -104,6 +110,13 @@ pub use waypost_breaker::{
 pub use waypost_client as client;
 #[cfg(feature = "client")]
 pub use waypost_client::{ServiceClient, ServiceClientBuilder};
+
+/// The service lifecycle: [`Announcer`] registers a service once its listener is bound, keeps it
+/// registered, and deregisters, drains and stops it on SIGTERM (feature `lifecycle`).
+#[cfg(feature = "lifecycle")]
+pub use waypost_lifecycle as lifecycle;
+#[cfg(feature = "lifecycle")]
+pub use waypost_lifecycle::{Announcer, Phase};
 
 /// The in-memory registry (feature `memory`).
 #[cfg(feature = "memory")]

@@ -7,8 +7,9 @@
 //!    their address is in the environment and the demo is built with `--features remote`).
 //!
 //! `cargo run -p waypost-examples --bin microservice_demo` runs it once;
-//! `… -- --serve [--port 8080] [--ttl 10s]` then keeps serving `/health`, `/users`, `/orders`
-//! and `/services`, renewing its own registration until Ctrl-C.
+//! `… -- --serve [--port 8080] [--ttl 10s] [--drain 100ms]` then keeps serving `/health`,
+//! `/users`, `/orders` and `/services` through waypost's `Announcer`, which keeps its
+//! registration alive and, on SIGTERM or Ctrl-C, deregisters, drains and stops.
 
 mod server;
 
@@ -45,6 +46,7 @@ struct Args {
     serve: bool,
     port: u16,
     ttl: Duration,
+    drain: Duration,
 }
 
 fn parse_args() -> DemoResult<Args> {
@@ -52,6 +54,7 @@ fn parse_args() -> DemoResult<Args> {
         serve: false,
         port: 8080,
         ttl: Duration::from_secs(10),
+        drain: waypost::lifecycle::default_drain_delay("memory"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -68,8 +71,14 @@ fn parse_args() -> DemoResult<Args> {
                     return Err("--ttl must be at least 300ms".into());
                 }
             }
+            "--drain" => {
+                let v = it.next().ok_or("--drain needs a value")?;
+                args.drain = waypost::core::time::parse_duration(&v)?;
+            }
             "-h" | "--help" => {
-                println!("usage: microservice_demo [--serve [--port N] [--ttl 10s]]");
+                println!(
+                    "usage: microservice_demo [--serve [--port N] [--ttl 10s] [--drain 100ms]]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument `{other}` (try --help)").into()),
@@ -421,47 +430,43 @@ async fn smoke(label: &str, registry: &dyn ServiceRegistry) -> DemoResult {
 
 async fn serve(args: Args) -> DemoResult {
     section("Demo server");
-    let registry: Arc<dyn ServiceRegistry> = RegistryBuilder::new()
-        .with_type(RegistryType::Memory)
-        .with_cleanup_interval(Duration::from_millis(100))
-        .build()
-        .await?;
+    // The embedded registry, unless WAYPOST_REGISTRY names another one.
+    let registry: Arc<dyn ServiceRegistry> = if std::env::var_os(waypost::REGISTRY_ENV).is_some() {
+        RegistryBuilder::from_env().build().await?
+    } else {
+        RegistryBuilder::new()
+            .with_type(RegistryType::Memory)
+            .with_cleanup_interval(Duration::from_millis(100))
+            .build()
+            .await?
+    };
     let addr: SocketAddr = ([127, 0, 0, 1], args.port).into();
     let server = server::start(addr, "demo-service-1", Arc::clone(&registry)).await?;
-    let me = ServiceInfo::new(
-        "demo-service-1",
-        "demo-service",
-        "127.0.0.1",
-        server.addr.port(),
-    )
-    .with_version("1.0.0")
-    .with_health(Health::Healthy)
-    .with_ttl(args.ttl);
-    registry.register(&me).await?;
     println!(
         "  serving http://{} (/health, /users, /orders, /services)",
         server.addr
     );
     println!(
-        "  registered demo-service-1 with a {:?} TTL, renewed every {:?}; Ctrl-C stops",
+        "  registered demo-service-1 on the {} registry, with a {:?} TTL renewed every {:?}; \
+         SIGTERM or Ctrl-C drains for {:?} and stops",
+        registry.backend(),
         args.ttl,
-        args.ttl / 3
+        args.ttl / 3,
+        args.drain,
     );
-    let mut heartbeat = tokio::time::interval(args.ttl / 3);
-    loop {
-        tokio::select! {
-            _ = heartbeat.tick() => {
-                if let Err(e) = registry.renew("demo-service-1").await {
-                    // Expired (the process was suspended longer than the TTL): register again.
-                    eprintln!("  renew failed ({e}); registering again");
-                    registry.register(&me).await?;
-                }
-            }
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    registry.deregister("demo-service-1").await?;
-    registry.close().await?;
-    println!("  deregistered and stopped");
+    let bound = server.addr;
+    waypost::Announcer::new(registry, "demo-service")
+        .with_id("demo-service-1")
+        .with_version("1.0.0")
+        .with_ttl(args.ttl)
+        .with_drain_delay(args.drain)
+        .allow_loopback(true) // the demo listens on 127.0.0.1
+        .serve(bound, |stop| async move {
+            stop.await;
+            server.shutdown().await;
+            Ok::<(), std::io::Error>(())
+        })
+        .await?;
+    println!("  deregistered, drained and stopped");
     Ok(())
 }

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use waypost::ServiceRegistry;
 
 /// A user, as the Laravel-Go module's demo has it.
@@ -45,12 +45,21 @@ pub struct DemoServer {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     state: Arc<State>,
+    /// Held by the accept loop and every connection; `recv` ends once all of them are gone.
+    done: mpsc::Receiver<()>,
 }
 
 impl DemoServer {
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets every open connection finish its request in flight, and returns
+    /// when the last one is closed.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.done.recv().await.is_some() {}
     }
 }
 
@@ -69,6 +78,7 @@ pub async fn start(
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
+    let (alive, done) = mpsc::channel::<()>(1);
     let state = Arc::new(State {
         instance: instance.to_owned(),
         registry,
@@ -85,18 +95,30 @@ pub async fn start(
             let Ok((stream, _)) = conn else { continue };
             let state = Arc::clone(&accept_state);
             let mut stopped = stopped.clone();
+            let alive = alive.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(req, Arc::clone(&state)));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
                 tokio::select! {
-                    _ = conn => {}
-                    _ = stopped.changed() => {}
+                    _ = conn.as_mut() => {}
+                    _ = stopped.changed() => {
+                        // Finish the request in flight, then close (hyper's graceful shutdown).
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
                 }
+                drop(alive);
             });
         }
     });
-    Ok(DemoServer { addr, stop, state })
+    Ok(DemoServer {
+        addr,
+        stop,
+        state,
+        done,
+    })
 }
 
 fn json(status: StatusCode, value: &serde_json::Value, instance: &str) -> Response<Full<Bytes>> {
