@@ -10,6 +10,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use waypost_core_types::quote::quoted_up_to;
 use waypost_core_types::{Error, HealthChecker, Protocol, Result, ServiceInfo};
 
 type Pool = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -138,7 +139,9 @@ impl HttpHealthChecker {
         } else {
             Err(Error::Http {
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned(),
+                // Peer bytes: escaped and bounded.
+                body: quoted_up_to(&String::from_utf8_lossy(&body[..body.len().min(1024)]), 256)
+                    .to_string(),
             })
         }
     }

@@ -96,6 +96,18 @@ impl CallSpec {
             max_retries: None,
         }
     }
+
+    /// The path as logs show it: without its query string and fragment, which may carry
+    /// secrets (`?access_token=…`).
+    pub(crate) fn log_path(&self) -> &str {
+        path_for_logs(&self.path)
+    }
+}
+
+/// `path` without its query string and fragment.
+pub(crate) fn path_for_logs(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
 }
 
 /// One request being built; send it with [`send`](Self::send).

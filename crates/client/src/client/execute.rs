@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{Error, Result};
 
 use super::attempt::Attempt;
@@ -11,16 +12,21 @@ use super::{BoxFuture, CallSpec, ServiceClient, ServiceResponse};
 use crate::retry::is_idempotent;
 
 pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error {
-    Error::timeout(format!("call to `{service}`"), overall.unwrap_or_default())
+    Error::timeout(
+        format!("call to `{}`", quoted(service)),
+        overall.unwrap_or_default(),
+    )
 }
 
 impl ServiceClient {
     pub(crate) fn execute(&self, spec: CallSpec) -> BoxFuture<'_, Result<ServiceResponse>> {
+        // The path without its query string (it may carry a token), both bounded and escaped:
+        // they can come from request input.
         let span = tracing::info_span!(
             "waypost_client.call",
-            service = %spec.service,
+            service = %quoted(&spec.service),
             method = %spec.method,
-            path = %spec.path,
+            path = %quoted(spec.log_path()),
             attempts = 1u32,
         );
         // Boxed once here, so the futures of `get`, `call`, `send`, … stay a pointer wide
