@@ -8,7 +8,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use waypost_core_types::{Error, ServiceEvent, ServiceEventType, ServiceInfo};
+use waypost_core_types::{Error, Health, ServiceEvent, ServiceEventType, ServiceInfo};
 
 use crate::options::Options;
 use crate::stats::{CacheStats, StripedCounter};
@@ -17,7 +17,11 @@ use crate::stats::{CacheStats, StripedCounter};
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) all: Vec<Arc<ServiceInfo>>,
+    /// Healthy instances.
     pub(crate) healthy: usize,
+    /// Instances a balancer may pick: the healthy ones, or the `Unknown` ones when none is
+    /// healthy ([`Health::SELECTION_ORDER`](waypost_core_types::Health::SELECTION_ORDER)).
+    pub(crate) selectable: usize,
 }
 
 impl Snapshot {
@@ -25,7 +29,20 @@ impl Snapshot {
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all.dedup_by(|a, b| a.id == b.id);
         let healthy = all.iter().filter(|s| s.is_healthy()).count();
-        Snapshot { all, healthy }
+        let selectable = selectable(&all);
+        Snapshot {
+            all,
+            healthy,
+            selectable,
+        }
+    }
+}
+
+/// How many of `all` a balancer may pick (see [`Snapshot::selectable`]).
+pub(crate) fn selectable(all: &[Arc<ServiceInfo>]) -> usize {
+    match Health::selection_tier(all.iter().map(|s| &**s)) {
+        Some(tier) => all.iter().filter(|s| s.health == tier).count(),
+        None => 0,
     }
 }
 

@@ -207,7 +207,7 @@ impl CachedDiscovery {
     ///
     /// # Errors
     /// Inside the `Some`: `Closed`, `ServiceNotFound` when the cached set is empty,
-    /// `NoHealthyInstance` when none of it is healthy.
+    /// `NoHealthyInstance` when all of it is unhealthy.
     #[inline]
     pub fn select_cached(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
         if self.inner.closed.load(Ordering::Relaxed) {
@@ -222,7 +222,7 @@ impl CachedDiscovery {
         let version = entry.version.load(Ordering::Acquire);
         let snap = entry.snap.load_full()?;
         entry.hits.incr();
-        let done = self.pick(name, &snap.all, snap.healthy, ctx);
+        let done = self.pick(name, &snap.all, snap.selectable, ctx);
         self.remember(generation, entry, version, snap);
         Some(done)
     }
@@ -246,7 +246,7 @@ impl CachedDiscovery {
                 h.version = version;
             }
             h.entry.hits.incr();
-            Some(self.pick_mirrored(name, &h.snap.all, h.snap.healthy, &h.mirror, ctx))
+            Some(self.pick_mirrored(name, &h.snap.all, h.snap.selectable, &h.mirror, ctx))
         })
     }
 
@@ -276,10 +276,10 @@ impl CachedDiscovery {
         &self,
         name: &str,
         all: &[Arc<ServiceInfo>],
-        healthy: usize,
+        selectable: usize,
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
-        self.pick_mirrored(name, all, healthy, &[], ctx)
+        self.pick_mirrored(name, all, selectable, &[], ctx)
     }
 
     /// Picks among the shared instances; returns the same instance from `mirror` (this thread's
@@ -289,14 +289,14 @@ impl CachedDiscovery {
         &self,
         name: &str,
         all: &[Arc<ServiceInfo>],
-        healthy: usize,
+        selectable: usize,
         mirror: &[Arc<ServiceInfo>],
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
         if all.is_empty() {
             return Err(Error::ServiceNotFound(name.to_owned()));
         }
-        if healthy == 0 {
+        if selectable == 0 {
             return Err(Error::NoHealthyInstance(name.to_owned()));
         }
         match self.inner.balancer.select(all, ctx) {
@@ -429,7 +429,8 @@ impl CachedDiscovery {
         Ok(out)
     }
 
-    /// One healthy instance of `name` among those matching `filter`, chosen by the balancer.
+    /// One instance of `name` among those matching `filter`, chosen by the balancer (healthy
+    /// ones first, `Unknown` ones when none is healthy, as [`select`](ServiceDiscovery::select)).
     ///
     /// # Errors
     /// As [`select`](ServiceDiscovery::select); `ServiceNotFound` also when no instance matches.
@@ -446,8 +447,8 @@ impl CachedDiscovery {
             .filter(|s| filter.matches(s))
             .cloned()
             .collect();
-        let healthy = matching.iter().filter(|s| s.is_healthy()).count();
-        self.pick(name, &matching, healthy, ctx)
+        let selectable = crate::cache::selectable(&matching);
+        self.pick(name, &matching, selectable, ctx)
     }
 
     /// Statistics of every cached service, sorted by name.
@@ -520,7 +521,7 @@ impl ServiceDiscovery for CachedDiscovery {
             return done;
         }
         let snap = self.fill(name).await?;
-        self.pick(name, &snap.all, snap.healthy, ctx)
+        self.pick(name, &snap.all, snap.selectable, ctx)
     }
 
     async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
@@ -529,7 +530,7 @@ impl ServiceDiscovery for CachedDiscovery {
             Some(done) => done?,
             None => {
                 let snap = self.fill(name).await?;
-                self.pick(name, &snap.all, snap.healthy, &ctx)?
+                self.pick(name, &snap.all, snap.selectable, &ctx)?
             }
         };
         Ok(sel.instance)
