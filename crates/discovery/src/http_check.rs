@@ -61,7 +61,9 @@ impl Default for HttpHealthChecker {
 
 impl HttpHealthChecker {
     /// A checker of `/health` with `timeout` per check (the Laravel-Go module's
-    /// `NewHTTPHealthChecker`).
+    /// `NewHTTPHealthChecker`). `Duration::MAX` means no limit of its own (a
+    /// [`HealthMonitor`](crate::HealthMonitor)'s check timeout still applies). With a zero
+    /// timeout every check fails at once with [`Error::InvalidConfig`], without a request.
     pub fn new(timeout: Duration) -> Self {
         HttpHealthChecker {
             client: pool(timeout, None).map_err(|e| e.to_string()),
@@ -147,6 +149,11 @@ impl HttpHealthChecker {
     }
 }
 
+/// The error of a check with a zero timeout.
+pub(crate) fn zero_timeout() -> Error {
+    Error::InvalidConfig("health check timeout must be above zero".into())
+}
+
 /// An error and its sources, as one line (hyper's own message is only "client error (Connect)").
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -162,6 +169,9 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[async_trait]
 impl HealthChecker for HttpHealthChecker {
     async fn check(&self, service: &ServiceInfo) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(zero_timeout());
+        }
         let scheme = if service.protocol == Protocol::Https {
             "https"
         } else {

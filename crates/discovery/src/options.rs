@@ -89,13 +89,16 @@ impl DiscoveryBuilder {
     }
 
     /// While the registry watch is down: how often to poll `list_instances` and try to watch
-    /// again (default 5 s).
+    /// again (default 5 s). It also bounds each of those calls. `Duration::MAX` means never:
+    /// after the watch ends the cache keeps its last set. Zero is refused by
+    /// [`build`](Self::build).
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.opts.refresh_interval = interval;
         self
     }
 
     /// How long the first lookup of a service waits for the registry (default 5 s).
+    /// `Duration::MAX` means no limit; zero is refused by [`build`](Self::build).
     pub fn initial_timeout(mut self, timeout: Duration) -> Self {
         self.opts.initial_timeout = timeout;
         self

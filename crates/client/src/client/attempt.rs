@@ -288,7 +288,12 @@ impl ServiceClient {
                 }
             }
         };
-        match tokio::time::timeout_at(start + timeout, exchange).await {
+        // A timeout too far to represent (`Duration::MAX`) is no timeout.
+        let timed = match start.checked_add(timeout) {
+            Some(at) => tokio::time::timeout_at(at, exchange).await,
+            None => Ok(exchange.await),
+        };
+        match timed {
             Ok(a) => a,
             Err(_) => Attempt::Fail {
                 error: Error::timeout(

@@ -38,8 +38,9 @@ impl ServiceClient {
     pub(super) async fn execute_in_span(&self, spec: &CallSpec) -> Result<ServiceResponse> {
         let inner = &*self.inner;
         let overall = spec.deadline.or(inner.deadline);
-        // One clock read per call only when there is a deadline to keep.
-        let deadline = overall.map(|d| Instant::now() + d);
+        // One clock read per call only when there is a deadline to keep. A deadline too far to
+        // represent (`Duration::MAX`) is no deadline.
+        let deadline = overall.and_then(|d| Instant::now().checked_add(d));
         let per_attempt = spec.timeout.unwrap_or(inner.timeout);
         let max_retries = spec.max_retries.unwrap_or(inner.retry.max_retries);
         let retry_unsafe = spec
@@ -111,7 +112,7 @@ impl ServiceClient {
                     let wait = inner.retry.backoff(attempt);
                     if let Some(d) = deadline {
                         // The deadline caps the backoff: no point sleeping past it.
-                        if Instant::now() + wait >= d {
+                        if Instant::now().checked_add(wait).is_none_or(|end| end >= d) {
                             return Err(error);
                         }
                     }
