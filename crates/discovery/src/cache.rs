@@ -1,6 +1,6 @@
 //! One service's cache entry: the current instance set, how fresh it is, and its counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -65,6 +65,12 @@ pub(crate) struct Entry {
     /// Held while the first fill runs, so concurrent first lookups wait for one fill.
     pub(crate) fill: tokio::sync::Mutex<()>,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
+    /// Set once the entry is out of the service map (evicted, idle, cleared); per-thread
+    /// shortcuts to it are then stale.
+    pub(crate) evicted: AtomicBool,
+    /// For the idle sweep: the lookups counted at the last sweep, and since when that count has
+    /// not changed.
+    idle: Mutex<(u64, Instant)>,
     status: Mutex<Status>,
 }
 
@@ -84,8 +90,39 @@ impl Entry {
             misses: AtomicU64::new(0),
             fill: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
+            evicted: AtomicBool::new(false),
+            idle: Mutex::new((0, Instant::now())),
             status: Mutex::new(Status::default()),
         }
+    }
+
+    /// Whether nobody looked the service up for `idle` (or `empty_idle`, when its cached set is
+    /// empty) as of `now`, counting from the sweeps that saw its lookup count unchanged. An entry
+    /// still being filled is never idle.
+    pub(crate) fn idle_at(
+        &self,
+        now: Instant,
+        idle: std::time::Duration,
+        empty_idle: std::time::Duration,
+    ) -> bool {
+        let Some(snap) = self.snap.load_full() else {
+            return false;
+        };
+        let uses = self
+            .hits
+            .sum()
+            .wrapping_add(self.misses.load(Ordering::Relaxed));
+        let mut st = self.idle.lock();
+        if st.0 != uses {
+            *st = (uses, now);
+            return false;
+        }
+        let limit = if snap.all.is_empty() {
+            empty_idle
+        } else {
+            idle
+        };
+        now.saturating_duration_since(st.1) >= limit
     }
 
     fn current_len(&self) -> usize {

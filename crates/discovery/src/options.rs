@@ -17,7 +17,16 @@ pub(crate) struct Options {
     pub(crate) min_fraction: Option<f64>,
     pub(crate) filter: Filter,
     pub(crate) owns_registry: bool,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) empty_idle_timeout: Duration,
 }
+
+/// How long a cached service nobody looks up is kept, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a cached service with no instance (an unknown name) nobody looks up is kept, by
+/// default.
+pub const DEFAULT_EMPTY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for Options {
     fn default() -> Self {
@@ -28,11 +37,20 @@ impl Default for Options {
             min_fraction: None,
             filter: Filter::new(),
             owns_registry: false,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            empty_idle_timeout: DEFAULT_EMPTY_IDLE_TIMEOUT,
         }
     }
 }
 
 impl Options {
+    /// How often idle services are looked for: half the shorter idle time (at least 1 ms);
+    /// `None` when both are `Duration::MAX` (nothing is ever dropped).
+    pub(crate) fn sweep_tick(&self) -> Option<Duration> {
+        let shortest = self.idle_timeout.min(self.empty_idle_timeout);
+        (shortest != Duration::MAX).then(|| (shortest / 2).max(Duration::from_millis(1)))
+    }
+
     /// Whether the shrink guard refuses replacing `current` instances by `next`.
     pub(crate) fn refuses(&self, current: usize, next: usize) -> bool {
         if current == 0 || next >= current {
@@ -126,6 +144,28 @@ impl DiscoveryBuilder {
         self
     }
 
+    /// Drops a cached service, with its watch task, when nobody looked it up for `idle`
+    /// (default 5 min, [`DEFAULT_IDLE_TIMEOUT`]); the next lookup fills it again. Service names
+    /// can come from request input (a [`ServiceClient`] call names its service), so the cache
+    /// must not keep every name it was ever asked for. The sweep runs every half of the shorter
+    /// idle time, so a service goes between `idle` and 1.5 × `idle` after its last lookup.
+    /// `Duration::MAX` keeps services for good; zero is refused by [`build`](Self::build).
+    ///
+    /// [`ServiceClient`]: https://docs.rs/waypost-client
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.opts.idle_timeout = idle;
+        self
+    }
+
+    /// The same for a service whose cached set is empty, typically a name nothing is
+    /// registered under (default 30 s, [`DEFAULT_EMPTY_IDLE_TIMEOUT`]). Until then, lookups of
+    /// it answer `ServiceNotFound` from the cache (and its watch says when it appears).
+    /// `Duration::MAX` keeps them for good; zero is refused by [`build`](Self::build).
+    pub fn empty_idle_timeout(mut self, idle: Duration) -> Self {
+        self.opts.empty_idle_timeout = idle;
+        self
+    }
+
     /// Close the registry when the discovery is closed (default: the caller owns it).
     pub fn owns_registry(mut self, owns: bool) -> Self {
         self.opts.owns_registry = owns;
@@ -135,8 +175,8 @@ impl DiscoveryBuilder {
     /// The discovery. Nothing runs until the first lookup of a service.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a zero interval or timeout, or a shrink fraction outside
-    /// `(0, 1]`.
+    /// [`Error::InvalidConfig`] for a zero interval, timeout or idle time, or a shrink fraction
+    /// outside `(0, 1]`.
     pub fn build(self) -> Result<CachedDiscovery> {
         if self.opts.refresh_interval.is_zero() {
             return Err(Error::InvalidConfig(
@@ -146,6 +186,11 @@ impl DiscoveryBuilder {
         if self.opts.initial_timeout.is_zero() {
             return Err(Error::InvalidConfig(
                 "discovery: initial_timeout must be greater than zero".into(),
+            ));
+        }
+        if self.opts.idle_timeout.is_zero() || self.opts.empty_idle_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "discovery: idle_timeout and empty_idle_timeout must be greater than zero".into(),
             ));
         }
         if let Some(f) = self.opts.min_fraction {
