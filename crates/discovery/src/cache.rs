@@ -10,7 +10,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use waypost_core_types::{Error, Health, ServiceEvent, ServiceEventType, ServiceInfo};
 
+use waypost_core_types::quote::quoted;
+
 use crate::options::Options;
+
 use crate::stats::{CacheStats, StripedCounter};
 
 /// An immutable instance set, sorted by id; replaced as a whole on every change.
@@ -46,12 +49,24 @@ pub(crate) fn selectable(all: &[Arc<ServiceInfo>]) -> usize {
     }
 }
 
+/// Instances kept after a full set that followed a watch gap left them out (see
+/// [`DiscoveryBuilder::reconnect_grace`](crate::DiscoveryBuilder::reconnect_grace)).
+#[derive(Debug)]
+struct Grace {
+    /// When the instances still held are dropped (`None`: a grace of `Duration::MAX`, until
+    /// they come back or are deleted).
+    until: Option<Instant>,
+    /// Ids of the instances held, not yet back and not confirmed gone.
+    held: Vec<String>,
+}
+
 #[derive(Debug, Default)]
 struct Status {
     watching: bool,
     last_refresh: Option<(Instant, SystemTime)>,
     last_error: Option<String>,
     refused: u64,
+    grace: Option<Grace>,
 }
 
 /// One cached service.
@@ -125,30 +140,123 @@ impl Entry {
         now.saturating_duration_since(st.1) >= limit
     }
 
-    fn current_len(&self) -> usize {
-        self.snap.load().as_ref().map_or(0, |s| s.all.len())
-    }
-
     fn keep(&self, s: &ServiceInfo, opts: &Options) -> bool {
         *s.name == *self.name && opts.filter.matches(s)
     }
 
     /// Replaces the set (a snapshot or a poll), unless the shrink guard refuses. `watching` says
-    /// whether a live watch delivered it.
-    pub(crate) fn apply_full(&self, services: Vec<ServiceInfo>, opts: &Options, watching: bool) {
-        let next: Vec<Arc<ServiceInfo>> = services
+    /// whether a live watch delivered it; `after_gap` whether it follows a gap in the watch (a
+    /// reconnect snapshot, the first snapshot of a new watch, a poll while the watch is down):
+    /// then the instances it leaves out are kept for the reconnect grace, unless a `Deleted`
+    /// change confirms they are gone.
+    pub(crate) fn apply_full(
+        &self,
+        services: Vec<ServiceInfo>,
+        opts: &Options,
+        watching: bool,
+        after_gap: bool,
+    ) {
+        let mut next: Vec<Arc<ServiceInfo>> = services
             .into_iter()
             .filter(|s| self.keep(s, opts))
             .map(Arc::new)
             .collect();
-        let cur = self.current_len();
-        if self.snap.load().is_some() && opts.refuses(cur, next.len()) {
-            self.refuse(cur, next.len());
+        let cur = self.snap.load_full();
+        let cur_len = cur.as_ref().map_or(0, |s| s.all.len());
+        if cur.is_some() && opts.refuses(cur_len, next.len()) {
+            self.refuse(cur_len, next.len());
             self.status.lock().watching = watching;
             return;
         }
+        let mut st = self.status.lock();
+        // Instances held by a grace still running stay held; after a gap, so do the ones this
+        // set leaves out.
+        let grace_on = !opts.reconnect_grace.is_zero();
+        let holding = st
+            .grace
+            .as_ref()
+            .map(|g| g.held.clone())
+            .unwrap_or_default();
+        let mut held = Vec::new();
+        if let Some(cur) = cur.as_ref().filter(|_| grace_on) {
+            for s in &cur.all {
+                let missing = !next.iter().any(|n| n.id == s.id);
+                if missing && (after_gap || holding.contains(&s.id)) {
+                    held.push(s.id.clone());
+                    next.push(s.clone());
+                }
+            }
+        }
+        if held.is_empty() {
+            st.grace = None;
+        } else {
+            let now = Instant::now();
+            // A grace already running keeps its end: repeated polls while the watch is down
+            // must not hold an instance for ever.
+            let until = match &st.grace {
+                Some(g) => g.until,
+                None => now.checked_add(opts.reconnect_grace),
+            };
+            tracing::info!(
+                service = %quoted(&self.name),
+                held = held.len(),
+                grace = ?opts.reconnect_grace,
+                "discovery: a full set after a watch gap left instances out; serving them until they come back, the registry deletes them, or the grace ends"
+            );
+            st.grace = Some(Grace { until, held });
+        }
+        drop(st);
         self.publish(Snapshot::new(next));
         self.refreshed(watching);
+    }
+
+    /// When the instances held after a watch gap are dropped, if any are held.
+    pub(crate) fn grace_deadline(&self) -> Option<Instant> {
+        self.status.lock().grace.as_ref().and_then(|g| g.until)
+    }
+
+    /// Drops the instances still held if their grace has ended by `now`.
+    pub(crate) fn expire_grace(&self, now: Instant) {
+        let held = {
+            let mut st = self.status.lock();
+            match &st.grace {
+                Some(g) if g.until.is_some_and(|until| until <= now) => {
+                    st.grace.take().map(|g| g.held)
+                }
+                _ => None,
+            }
+        };
+        let Some(held) = held else {
+            return;
+        };
+        let cur = self.snap.load_full();
+        let all: Vec<_> = cur
+            .as_ref()
+            .map(|s| {
+                s.all
+                    .iter()
+                    .filter(|s| !held.contains(&s.id))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::info!(
+            service = %quoted(&self.name),
+            dropped = held.len(),
+            "discovery: reconnect grace ended; dropping the instances that did not come back"
+        );
+        self.publish(Snapshot::new(all));
+    }
+
+    /// Stops holding instance `id` (it is back, or the registry confirmed it is gone).
+    fn release(&self, id: &str) {
+        let mut st = self.status.lock();
+        if let Some(g) = st.grace.as_mut() {
+            g.held.retain(|h| h != id);
+            if g.held.is_empty() {
+                st.grace = None;
+            }
+        }
     }
 
     /// Applies one change from the watch.
@@ -159,6 +267,8 @@ impl Entry {
         let cur = self.snap.load_full();
         let mut all = cur.as_ref().map(|s| s.all.clone()).unwrap_or_default();
         let pos = all.iter().position(|s| s.id == event.service.id);
+        // Back, or confirmed gone: either way no longer held.
+        self.release(&event.service.id);
         match (event.kind, pos) {
             (ServiceEventType::Deleted, None) => {}
             (ServiceEventType::Deleted, Some(i)) => {
@@ -243,6 +353,7 @@ impl Entry {
             },
             last_error: st.last_error.clone(),
             refused_updates: st.refused,
+            stale_instances: st.grace.as_ref().map_or(0, |g| g.held.len()),
         }
     }
 

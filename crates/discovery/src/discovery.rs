@@ -63,7 +63,10 @@ thread_local! {
 /// and replaces the set on every resync snapshot. If the watch ends or fails, the task polls
 /// [`ServiceRegistry::list_instances`] every [`refresh_interval`](DiscoveryBuilder::refresh_interval)
 /// and tries to watch again until it succeeds. While the registry cannot be reached, lookups keep
-/// answering from the last known set, and [`CacheStats::stale_for`] says how old it is.
+/// answering from the last known set, and [`CacheStats::stale_for`] says how old it is. After a
+/// gap in the watch (a registry restart), instances the first full set leaves out are still
+/// served for the [`reconnect_grace`](DiscoveryBuilder::reconnect_grace) unless the registry
+/// deletes them, so a service about to register again is never "not found" meanwhile.
 ///
 /// Lookups on a filled cache take no lock and write no shared memory: the service map (in 256
 /// shards) and each service's instance set are immutable snapshots behind `ArcSwap`, the hit

@@ -19,7 +19,12 @@ pub(crate) struct Options {
     pub(crate) owns_registry: bool,
     pub(crate) idle_timeout: Duration,
     pub(crate) empty_idle_timeout: Duration,
+    pub(crate) reconnect_grace: Duration,
 }
+
+/// How long instances left out by the first full set after a watch gap are still served, by
+/// default.
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a cached service nobody looks up is kept, by default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +44,7 @@ impl Default for Options {
             owns_registry: false,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             empty_idle_timeout: DEFAULT_EMPTY_IDLE_TIMEOUT,
+            reconnect_grace: DEFAULT_RECONNECT_GRACE,
         }
     }
 }
@@ -163,6 +169,28 @@ impl DiscoveryBuilder {
     /// `Duration::MAX` keeps them for good; zero is refused by [`build`](Self::build).
     pub fn empty_idle_timeout(mut self, idle: Duration) -> Self {
         self.opts.empty_idle_timeout = idle;
+        self
+    }
+
+    /// How long instances are still served when the first full set after a gap in the watch
+    /// leaves them out (default 10 s, [`DEFAULT_RECONNECT_GRACE`]).
+    ///
+    /// A registry that restarts can answer with an empty (or partial) list before the services
+    /// have registered again: Nacos sends its reconnect snapshot about a second before the
+    /// re-registrations land. Taken as the truth, that list would make lookups fail with
+    /// `ServiceNotFound` for services about to come back. So after a reconnect snapshot
+    /// ([`SnapshotReason::Reconnected`](waypost_core_types::SnapshotReason::Reconnected)), the
+    /// first snapshot of a watch started again, or a poll while the watch is down, the instances
+    /// the new set leaves out stay in the cache (counted in
+    /// [`CacheStats::stale_instances`](crate::CacheStats::stale_instances)) until they come back,
+    /// a `Deleted` change confirms they are gone, or the grace ends. A snapshot after a lag, and
+    /// every change, are applied as they are. This applies to every backend.
+    ///
+    /// Zero turns it off (the new set replaces the old at once); `Duration::MAX` holds them
+    /// until they come back or are deleted. The shrink guard
+    /// ([`refuse_empty_updates`](Self::refuse_empty_updates)) still applies first.
+    pub fn reconnect_grace(mut self, grace: Duration) -> Self {
+        self.opts.reconnect_grace = grace;
         self
     }
 
