@@ -58,7 +58,16 @@ struct Grace {
     until: Option<Instant>,
     /// Ids of the instances held, not yet back and not confirmed gone.
     held: Vec<String>,
+    /// A hold of the last instance after its `Deleted` change (see [`LAST_DELETE_HOLD`]), not
+    /// a reconnect grace: a full set after a gap starts the grace proper.
+    last_delete: bool,
 }
+
+/// How long the `Deleted` change of a service's last instance waits before it empties the
+/// cached set, while the reconnect grace is on. A backend may deliver the server's empty state
+/// as a deletion just before its reconnect snapshot (the Nacos backend does, a millisecond
+/// before); the snapshot then finds the instance still cached and holds it for the grace.
+pub(crate) const LAST_DELETE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Status {
@@ -169,6 +178,10 @@ impl Entry {
             return;
         }
         let mut st = self.status.lock();
+        // A last instance waiting out its deletion, with a gap now: the grace proper starts.
+        if after_gap && st.grace.as_ref().is_some_and(|g| g.last_delete) {
+            st.grace = None;
+        }
         // Instances held by a grace still running stay held; after a gap, so do the ones this
         // set leaves out.
         let grace_on = !opts.reconnect_grace.is_zero();
@@ -203,7 +216,11 @@ impl Entry {
                 grace = ?opts.reconnect_grace,
                 "discovery: a full set after a watch gap left instances out; serving them until they come back, the registry deletes them, or the grace ends"
             );
-            st.grace = Some(Grace { until, held });
+            st.grace = Some(Grace {
+                until,
+                held,
+                last_delete: false,
+            });
         }
         drop(st);
         self.publish(Snapshot::new(next));
@@ -248,6 +265,26 @@ impl Entry {
         self.publish(Snapshot::new(all));
     }
 
+    /// The `Deleted` change of the last instance `id`: holds it for [`LAST_DELETE_HOLD`] (when
+    /// the reconnect grace is on and nothing holds it yet). Returns whether it is held.
+    fn hold_last(&self, id: &str, opts: &Options) -> bool {
+        if opts.reconnect_grace.is_zero() {
+            return false;
+        }
+        let mut st = self.status.lock();
+        if let Some(g) = &st.grace {
+            // Held already: a reconnect grace confirmed by this deletion ends; a hold goes on.
+            return g.last_delete && g.held.iter().any(|h| h == id);
+        }
+        let now = Instant::now();
+        st.grace = Some(Grace {
+            until: now.checked_add(LAST_DELETE_HOLD.min(opts.reconnect_grace)),
+            held: vec![id.to_owned()],
+            last_delete: true,
+        });
+        true
+    }
+
     /// Stops holding instance `id` (it is back, or the registry confirmed it is gone).
     fn release(&self, id: &str) {
         let mut st = self.status.lock();
@@ -267,15 +304,20 @@ impl Entry {
         let cur = self.snap.load_full();
         let mut all = cur.as_ref().map(|s| s.all.clone()).unwrap_or_default();
         let pos = all.iter().position(|s| s.id == event.service.id);
+        if event.kind == ServiceEventType::Deleted && pos.is_some() && all.len() == 1 {
+            if opts.refuses(1, 0) {
+                self.refuse(1, 0);
+                return;
+            }
+            if self.hold_last(&event.service.id, opts) {
+                return;
+            }
+        }
         // Back, or confirmed gone: either way no longer held.
         self.release(&event.service.id);
         match (event.kind, pos) {
             (ServiceEventType::Deleted, None) => {}
             (ServiceEventType::Deleted, Some(i)) => {
-                if all.len() == 1 && opts.refuses(1, 0) {
-                    self.refuse(1, 0);
-                    return;
-                }
                 all.remove(i);
             }
             (ServiceEventType::Created | ServiceEventType::Updated, pos) => {
@@ -301,7 +343,7 @@ impl Entry {
 
     fn refuse(&self, cur: usize, next: usize) {
         tracing::warn!(
-            service = %self.name,
+            service = %quoted(&self.name),
             cached = cur,
             update = next,
             "discovery: shrink guard refused an update; serving the cached instances"
@@ -353,7 +395,11 @@ impl Entry {
             },
             last_error: st.last_error.clone(),
             refused_updates: st.refused,
-            stale_instances: st.grace.as_ref().map_or(0, |g| g.held.len()),
+            stale_instances: st
+                .grace
+                .as_ref()
+                .filter(|g| !g.last_delete)
+                .map_or(0, |g| g.held.len()),
         }
     }
 

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{
     Error, LoadBalancer, Result, SelectContext, Selection, ServiceDiscovery, ServiceEventStream,
     ServiceInfo, ServiceRegistry,
@@ -391,7 +392,7 @@ impl CachedDiscovery {
                 entry
                     .snap
                     .load_full()
-                    .ok_or_else(|| Error::Unavailable(format!("`{name}` was not filled")))
+                    .ok_or_else(|| Error::Unavailable(format!("`{}` was not filled", quoted(name))))
             }
             Err(e) => {
                 self.remove_if(name, &entry);

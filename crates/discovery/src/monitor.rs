@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{
     Error, Health, HealthChecker, Result, ServiceInfo, ServiceRegistry, Timestamp,
 };
@@ -242,7 +243,7 @@ async fn round(shared: &Shared) {
         let instances = match shared.registry.list_instances(name).await {
             Ok(list) => list,
             Err(e) => {
-                tracing::warn!(service = %name, error = %e, "health monitor: cannot list instances");
+                tracing::warn!(service = %quoted(name), error = %e, "health monitor: cannot list instances");
                 continue;
             }
         };

@@ -184,7 +184,13 @@ impl DiscoveryBuilder {
     /// the new set leaves out stay in the cache (counted in
     /// [`CacheStats::stale_instances`](crate::CacheStats::stale_instances)) until they come back,
     /// a `Deleted` change confirms they are gone, or the grace ends. A snapshot after a lag, and
-    /// every change, are applied as they are. This applies to every backend.
+    /// every other change, are applied as they are. This applies to every backend.
+    ///
+    /// A backend may also deliver the server's empty state as a `Deleted` change just before its
+    /// reconnect snapshot (the Nacos backend does, about a millisecond before). So while the
+    /// grace is on, the `Deleted` change of a service's *last* cached instance takes effect one
+    /// second later (or at the end of a shorter grace): a reconnect snapshot meanwhile holds the
+    /// instance for the grace, a `Created` change keeps it, and otherwise the set empties then.
     ///
     /// Zero turns it off (the new set replaces the old at once); `Duration::MAX` holds them
     /// until they come back or are deleted. The shrink guard

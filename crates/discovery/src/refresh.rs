@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{Error, Result, ServiceRegistry, SnapshotReason, WatchEvent, WatchStream};
 
 use crate::cache::Entry;
@@ -29,16 +30,18 @@ pub(crate) async fn first_fill(
             Ok(Some(_)) => {
                 Error::backend_msg("discovery", "the watch did not start with a snapshot")
             }
-            Ok(None) => Error::Unavailable(format!("the watch of `{name}` ended at once")),
-            Err(_) => Error::timeout(format!("the first snapshot of `{name}`"), limit),
+            Ok(None) => {
+                Error::Unavailable(format!("the watch of `{}` ended at once", quoted(name)))
+            }
+            Err(_) => Error::timeout(format!("the first snapshot of `{}`", quoted(name)), limit),
         },
         Ok(Err(e)) => e,
-        Err(_) => Error::timeout(format!("starting the watch of `{name}`"), limit),
+        Err(_) => Error::timeout(format!("starting the watch of `{}`", quoted(name)), limit),
     };
     if matches!(watch_err, Error::InvalidInstance(_) | Error::Closed) {
         return Err(watch_err);
     }
-    tracing::warn!(service = %name, error = %watch_err, "discovery: watch failed; polling instead");
+    tracing::warn!(service = %quoted(name), error = %watch_err, "discovery: watch failed; polling instead");
     entry.failed(&watch_err);
     match timeout(limit, registry.list_instances(name)).await {
         Ok(Ok(list)) => {
@@ -46,7 +49,7 @@ pub(crate) async fn first_fill(
             Ok(None)
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::timeout(format!("listing `{name}`"), limit)),
+        Err(_) => Err(Error::timeout(format!("listing `{}`", quoted(name)), limit)),
     }
 }
 
@@ -97,7 +100,7 @@ pub(crate) async fn run(
                     },
                 }
             }
-            tracing::warn!(service = %name, "discovery: registry watch ended; polling until it is back");
+            tracing::warn!(service = %quoted(&name), "discovery: registry watch ended; polling until it is back");
             entry.watch_lost("the registry watch ended");
             poll_now = true;
         }
@@ -129,7 +132,10 @@ pub(crate) async fn run(
                     return;
                 }
                 Ok(Err(e)) => entry.failed(&e),
-                Err(_) => entry.failed(&Error::timeout(format!("watching `{name}`"), interval)),
+                Err(_) => entry.failed(&Error::timeout(
+                    format!("watching `{}`", quoted(&name)),
+                    interval,
+                )),
             }
         }
     }
@@ -155,7 +161,10 @@ async fn poll(entry: &Entry, registry: &dyn ServiceRegistry, opts: &Options) -> 
             entry.failed(&e);
             return !e.is_closed();
         }
-        Err(_) => entry.failed(&Error::timeout(format!("listing `{name}`"), interval)),
+        Err(_) => entry.failed(&Error::timeout(
+            format!("listing `{}`", quoted(name)),
+            interval,
+        )),
     }
     true
 }
