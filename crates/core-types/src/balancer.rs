@@ -111,11 +111,10 @@ impl fmt::Debug for CallGuard {
 /// Chooses one instance among several.
 ///
 /// Every balancer picks among the `Healthy` instances, among the `Unknown` ones when no `Healthy`
-/// instance can be picked, never an `Unhealthy` one ([`Health::SELECTION_ORDER`]), and returns
-/// `None` for an empty or all-unhealthy list.
-///
-/// [`Health::SELECTION_ORDER`]: crate::Health::SELECTION_ORDER Balancers that keep per-service state key it by the
-/// instances' service name.
+/// instance can be picked, never an `Unhealthy` one
+/// ([`Health::SELECTION_ORDER`](crate::Health::SELECTION_ORDER)), and returns `None` for an empty
+/// or all-unhealthy list. Balancers that keep per-service state key it by the instances' service
+/// name.
 pub trait LoadBalancer: Send + Sync + fmt::Debug {
     /// A short name (`"round_robin"`, `"p2c_peak_ewma"`, …).
     fn name(&self) -> &'static str;
