@@ -22,13 +22,21 @@ const REJECTION_TRIES: usize = 4;
 /// the `Unknown` instances are tried only when no `Healthy` one could be picked. The second try
 /// runs only where a balancer would otherwise have returned `None`, so a set with a healthy
 /// instance costs nothing more.
-#[inline]
+#[inline(always)]
 pub(crate) fn in_tiers<T>(mut pick: impl FnMut(Health) -> Option<T>) -> Option<T> {
     let [first, second] = Health::SELECTION_ORDER;
     match pick(first) {
         Some(t) => Some(t),
-        None => pick(second),
+        None => second_tier(|| pick(second)),
     }
+}
+
+/// The second tier's pick, kept out of line so that the first stays as small as a balancer
+/// without tiers.
+#[cold]
+#[inline(never)]
+fn second_tier<T>(pick: impl FnOnce() -> Option<T>) -> Option<T> {
+    pick()
 }
 
 /// Whether `s` is a candidate of health `tier`; `strict` also skips avoided instances.
@@ -81,6 +89,7 @@ pub(crate) fn nth(
 }
 
 /// A uniformly random candidate's index, from the first health tier that has one.
+#[inline]
 pub(crate) fn random_index(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,
@@ -94,7 +103,7 @@ pub(crate) fn random_index(
 /// Draws over the whole slice a few times first (rejection sampling, O(1) when most instances are
 /// candidates), then counts the candidates and draws among them: either way every candidate has
 /// the same chance.
-#[inline]
+#[inline(always)]
 fn random_index_in(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,
@@ -126,7 +135,7 @@ pub(crate) fn random_pair(
     in_tiers(|tier| random_pair_in(instances, ctx, rng, tier))
 }
 
-#[inline]
+#[inline(always)]
 fn random_pair_in(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,

@@ -1,6 +1,7 @@
 //! One service's cache entry: the current instance set, how fresh it is, and its counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,6 +16,9 @@ use waypost_core_types::quote::quoted;
 use crate::options::Options;
 
 use crate::stats::{CacheStats, StripedCounter};
+
+/// The bit of [`Entry::version`] that says the entry is out of the service map.
+pub(crate) const EVICTED: u64 = 1 << 63;
 
 /// An immutable instance set, sorted by id; replaced as a whole on every change.
 #[derive(Debug)]
@@ -82,16 +86,15 @@ struct Status {
 pub(crate) struct Entry {
     pub(crate) name: Arc<str>,
     pub(crate) snap: ArcSwapOption<Snapshot>,
-    /// Bumped after every store to `snap`, so per-thread copies can tell they are out of date.
+    /// Bumped after every store to `snap`, so per-thread copies can tell they are out of date;
+    /// [`EVICTED`] is set in it once the entry is out of the service map (evicted, idle,
+    /// cleared), so that one load tells both.
     pub(crate) version: AtomicU64,
     pub(crate) hits: StripedCounter,
     pub(crate) misses: AtomicU64,
     /// Held while the first fill runs, so concurrent first lookups wait for one fill.
     pub(crate) fill: tokio::sync::Mutex<()>,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
-    /// Set once the entry is out of the service map (evicted, idle, cleared); per-thread
-    /// shortcuts to it are then stale.
-    pub(crate) evicted: AtomicBool,
     /// For the idle sweep: the lookups counted at the last sweep, and since when that count has
     /// not changed.
     idle: Mutex<(u64, Instant)>,
@@ -114,7 +117,6 @@ impl Entry {
             misses: AtomicU64::new(0),
             fill: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
-            evicted: AtomicBool::new(false),
             idle: Mutex::new((0, Instant::now())),
             status: Mutex::new(Status::default()),
         }
@@ -192,8 +194,9 @@ impl Entry {
             .unwrap_or_default();
         let mut held = Vec::new();
         if let Some(cur) = cur.as_ref().filter(|_| grace_on) {
+            let listed: HashSet<String> = next.iter().map(|n| n.id.clone()).collect();
             for s in &cur.all {
-                let missing = !next.iter().any(|n| n.id == s.id);
+                let missing = !listed.contains(&s.id);
                 if missing && (after_gap || holding.contains(&s.id)) {
                     held.push(s.id.clone());
                     next.push(s.clone());
@@ -216,10 +219,12 @@ impl Entry {
                 grace = ?opts.reconnect_grace,
                 "discovery: a full set after a watch gap left instances out; serving them until they come back, the registry deletes them, or the grace ends"
             );
+            // Without a gap, a last instance waiting out its deletion keeps waiting.
+            let last_delete = st.grace.as_ref().is_some_and(|g| g.last_delete);
             st.grace = Some(Grace {
                 until,
                 held,
-                last_delete: false,
+                last_delete,
             });
         }
         drop(st);
@@ -401,6 +406,11 @@ impl Entry {
                 .filter(|g| !g.last_delete)
                 .map_or(0, |g| g.held.len()),
         }
+    }
+
+    /// Marks the entry as out of the service map.
+    pub(crate) fn mark_evicted(&self) {
+        self.version.fetch_or(EVICTED, Ordering::AcqRel);
     }
 
     pub(crate) fn abort_task(&self) {

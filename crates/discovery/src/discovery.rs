@@ -16,7 +16,7 @@ use waypost_core_types::{
     ServiceInfo, ServiceRegistry,
 };
 
-use crate::cache::{Entry, Snapshot};
+use crate::cache::{Entry, Snapshot, EVICTED};
 use crate::map::ServiceMap;
 use crate::options::{DiscoveryBuilder, Options};
 use crate::{events, refresh, CacheStats, Filter};
@@ -256,19 +256,24 @@ impl CachedDiscovery {
     }
 
     /// The per-thread shortcut: the last few services this thread looked up, with their
-    /// snapshots, checked against the entry's eviction flag and version. No shared write, no
-    /// hashing; a changed snapshot is reloaded.
+    /// snapshots, checked against the entry's version (which also says whether the entry was
+    /// evicted). No shared write, no hashing; a changed snapshot is reloaded.
     #[inline]
     fn select_hot(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
         HOT.with(|hot| {
             // A balancer that calls back into discovery finds the cell borrowed: slow path.
             let mut hot = hot.try_borrow_mut().ok()?;
-            let h = hot.iter_mut().flatten().find(|h| {
-                h.owner == self.inner.id
-                    && *h.name == *name
-                    && !h.entry.evicted.load(Ordering::Relaxed)
+            let slot = hot.iter_mut().find(|slot| {
+                slot.as_ref()
+                    .is_some_and(|h| h.owner == self.inner.id && *h.name == *name)
             })?;
+            let h = slot.as_mut()?;
             let version = h.entry.version.load(Ordering::Acquire);
+            if version & EVICTED != 0 {
+                // Out of the map: forget it, the slow path finds the current entry.
+                *slot = None;
+                return None;
+            }
             if version != h.version {
                 h.snap = h.entry.snap.load_full()?;
                 h.mirror = mirror(&h.snap);

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -106,7 +105,7 @@ impl ServiceMap {
         let mut next = (*cur).clone();
         next.remove(name);
         self.shards[i].store(Arc::new(next));
-        entry.evicted.store(true, Ordering::Release);
+        entry.mark_evicted();
         true
     }
 
@@ -119,7 +118,7 @@ impl ServiceMap {
         let mut next = (*cur).clone();
         next.remove(name);
         self.shards[i].store(Arc::new(next));
-        entry.evicted.store(true, Ordering::Release);
+        entry.mark_evicted();
         Some(entry)
     }
 
@@ -135,7 +134,7 @@ impl ServiceMap {
             let mut next = Shard::with_capacity_and_hasher(cur.len(), Default::default());
             for (k, v) in cur.iter() {
                 if drop(v) {
-                    v.evicted.store(true, Ordering::Release);
+                    v.mark_evicted();
                     removed.push(v.clone());
                 } else {
                     next.insert(k.clone(), v.clone());
