@@ -71,7 +71,7 @@ struct Grace {
 /// cached set, while the reconnect grace is on. A backend may deliver the server's empty state
 /// as a deletion just before its reconnect snapshot (the Nacos backend does, a millisecond
 /// before); the snapshot then finds the instance still cached and holds it for the grace.
-pub(crate) const LAST_DELETE_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const LAST_DELETE_HOLD: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 struct Status {

@@ -188,8 +188,8 @@ impl DiscoveryBuilder {
     ///
     /// A backend may also deliver the server's empty state as a `Deleted` change just before its
     /// reconnect snapshot (the Nacos backend does, about a millisecond before). So while the
-    /// grace is on, the `Deleted` change of a service's *last* cached instance takes effect one
-    /// second later (or at the end of a shorter grace): a reconnect snapshot meanwhile holds the
+    /// grace is on, the `Deleted` change of a service's *last* cached instance takes effect
+    /// 250 ms later (or at the end of a shorter grace): a reconnect snapshot meanwhile holds the
     /// instance for the grace, a `Created` change keeps it, and otherwise the set empties then.
     ///
     /// Zero turns it off (the new set replaces the old at once); `Duration::MAX` holds them

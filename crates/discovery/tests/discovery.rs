@@ -441,10 +441,10 @@ async fn shrink_guard_refuses_emptying_and_large_shrinks() {
     let d = rr(registry.clone());
     d.discover("open").await.unwrap();
     registry.deregister("only").await.unwrap();
-    // The last instance's deletion waits a second (the reconnect grace's hold), then applies.
+    // The last instance's deletion waits 250 ms (the reconnect grace's hold), then applies.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(d.discover("open").await.is_ok());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(matches!(
         d.discover("open").await,
         Err(Error::ServiceNotFound(_))

@@ -233,7 +233,7 @@ async fn shrink_guard_first() {
 
 /// The race the Nacos backend runs after a restart: the server's empty state arrives as a
 /// `Deleted` change a millisecond before the `Reconnected` snapshot. The last instance's deletion
-/// waits a second, the snapshot finds it still cached and holds it for the grace.
+/// waits 250 ms, the snapshot finds it still cached and holds it for the grace.
 #[tokio::test(start_paused = true)]
 async fn deletion_just_before_a_reconnect_snapshot_is_held_too() {
     let (r, d) = setup(&["a"]).await;
@@ -244,7 +244,7 @@ async fn deletion_just_before_a_reconnect_snapshot_is_held_too() {
     applied().await;
     assert_eq!(d.service_stats("svc").unwrap().stale_instances, 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(ids(&d).await, ["a"], "held for the grace, not the 1 s hold");
+    assert_eq!(ids(&d).await, ["a"], "held for the grace, not the 250 ms hold");
     r.send(WatchEvent::Change(ServiceEvent::created(svc("a"))));
     applied().await;
     assert_eq!(d.service_stats("svc").unwrap().stale_instances, 0);
@@ -252,7 +252,7 @@ async fn deletion_just_before_a_reconnect_snapshot_is_held_too() {
     assert_eq!(ids(&d).await, ["a"]);
 }
 
-/// Without a reconnect, the last instance's deletion takes effect after the 1 s hold; other
+/// Without a reconnect, the last instance's deletion takes effect after the 250 ms hold; other
 /// deletions at once.
 #[tokio::test(start_paused = true)]
 async fn a_plain_deletion_of_the_last_instance_takes_a_second() {
@@ -263,7 +263,7 @@ async fn a_plain_deletion_of_the_last_instance_takes_a_second() {
     r.send(WatchEvent::Change(ServiceEvent::deleted(svc("b"))));
     applied().await;
     assert_eq!(ids(&d).await, ["b"]);
-    tokio::time::sleep(Duration::from_millis(990)).await;
+    tokio::time::sleep(Duration::from_millis(240)).await;
     assert_eq!(ids(&d).await, ["b"]);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(ids(&d).await.is_empty());
