@@ -244,7 +244,11 @@ async fn deletion_just_before_a_reconnect_snapshot_is_held_too() {
     applied().await;
     assert_eq!(d.service_stats("svc").unwrap().stale_instances, 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(ids(&d).await, ["a"], "held for the grace, not the 250 ms hold");
+    assert_eq!(
+        ids(&d).await,
+        ["a"],
+        "held for the grace, not the 250 ms hold"
+    );
     r.send(WatchEvent::Change(ServiceEvent::created(svc("a"))));
     applied().await;
     assert_eq!(d.service_stats("svc").unwrap().stale_instances, 0);
