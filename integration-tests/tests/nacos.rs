@@ -906,3 +906,176 @@ async fn rnacos_latency_register_to_visible_in_another_clients_watch() {
     writer.close().await.unwrap();
     reader.close().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Discovery through a server restart: never "not found" for a service whose instances come back.
+
+/// rnacos is killed and restarted while a tight loop asks `discover_one` for a service. After
+/// the restart the watcher gets a `Reconnected` snapshot with no instance about a second before
+/// the re-registration lands; the discovery cache keeps serving the instance it knew through
+/// that gap (the reconnect grace), so the loop never sees `ServiceNotFound`. A second discovery
+/// with the grace off, over the same registry, shows the gap the grace covers.
+#[tokio::test]
+async fn rnacos_restart_discovery_never_answers_not_found() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use waypost_core_types::ServiceDiscovery;
+    use waypost_discovery::CachedDiscovery;
+
+    let test = "rnacos_restart_discovery_never_answers_not_found";
+    let Some(mut server) = rnacos_only(test, RnacosOptions::default()).await else {
+        return;
+    };
+    let addr = server.addr();
+    let fast = |addr: &str| {
+        config(addr)
+            .with_connect_timeout(Duration::from_millis(1500))
+            .with_probe_interval(Duration::from_millis(200))
+    };
+    let name = unique("restart-discovery");
+    let owner = NacosRegistry::connect(fast(&addr)).await.unwrap();
+    let instance =
+        ServiceInfo::new("restart-1", &name, "127.0.0.1", 7601).with_health(Health::Healthy);
+    owner.register(&instance).await.unwrap();
+
+    let reader: Arc<NacosRegistry> = Arc::new(NacosRegistry::connect(fast(&addr)).await.unwrap());
+    let balancer = || Arc::new(waypost_balancer::RoundRobin::new());
+    let guarded = CachedDiscovery::builder(reader.clone())
+        .balancer(balancer())
+        .build()
+        .unwrap();
+    let control = CachedDiscovery::builder(reader.clone())
+        .balancer(balancer())
+        .reconnect_grace(Duration::ZERO)
+        .build()
+        .unwrap();
+    wait_until("the instance in both caches", Duration::from_secs(15), || {
+        let (g, c, name) = (guarded.clone(), control.clone(), name.clone());
+        async move { g.discover_one(&name).await.is_ok() && c.discover_one(&name).await.is_ok() }
+    })
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, not_found, other_errors, control_not_found, max_stale) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let looper = {
+        let (g, c, name, stop) = (guarded.clone(), control.clone(), name.clone(), stop.clone());
+        let (calls, not_found, other_errors, control_not_found, max_stale) = (
+            calls.clone(),
+            not_found.clone(),
+            other_errors.clone(),
+            control_not_found.clone(),
+            max_stale.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                calls.fetch_add(1, Ordering::Relaxed);
+                match g.discover_one(&name).await {
+                    Ok(found) => assert_eq!(found.id, "restart-1"),
+                    Err(Error::ServiceNotFound(_)) => {
+                        not_found.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("discover_one: {e}");
+                        other_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if let Err(Error::ServiceNotFound(_)) = c.discover_one(&name).await {
+                    control_not_found.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(stats) = g.service_stats(&name) {
+                    max_stale.fetch_max(stats.stale_instances, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    // What the reader's watch delivers through the restart (printed at the end).
+    let mut raw = reader.watch_service(&name).await.unwrap();
+    let t0 = Instant::now();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = tokio::spawn({
+        let seen = seen.clone();
+        let reader = reader.clone();
+        async move {
+            while let Some(ev) = raw.next().await {
+                let what = match ev {
+                    WatchEvent::Snapshot { services, reason } => {
+                        format!("snapshot {reason:?} with {}", services.len())
+                    }
+                    WatchEvent::Change(c) => format!("{} {}", c.kind, c.service.id),
+                    other => format!("{other:?}"),
+                };
+                seen.lock().unwrap().push(format!(
+                    "{:?}: {what} ({:?})",
+                    t0.elapsed(),
+                    reader.state()
+                ));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let restarted = Instant::now();
+    server.restart().await.unwrap();
+    eprintln!("server restarted after {:?}", restarted.elapsed());
+    // Back: the owner re-registered, the reader's watch delivered it (no instance held any more),
+    // and the server lists it.
+    let back = wait_until(
+        "the instance registered again",
+        Duration::from_secs(40),
+        || {
+            let (g, name, reader) = (guarded.clone(), name.clone(), reader.clone());
+            async move {
+                let listed = reader
+                    .list_instances(&name)
+                    .await
+                    .is_ok_and(|l| l.iter().any(|s| s.id == "restart-1"));
+                listed
+                    && reader.state() == RegistryState::Connected
+                    && g.service_stats(&name)
+                        .is_some_and(|s| s.stale_instances == 0)
+            }
+        },
+    )
+    .await;
+    // A little longer, so a late empty push would be caught too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    looper.await.unwrap();
+    recorder.abort();
+    eprintln!(
+        "the reader's watch through the restart: {:?}",
+        seen.lock().unwrap()
+    );
+    back.unwrap();
+    let (calls, not_found, other_errors, control_not_found, max_stale) = (
+        calls.load(Ordering::SeqCst),
+        not_found.load(Ordering::SeqCst),
+        other_errors.load(Ordering::SeqCst),
+        control_not_found.load(Ordering::SeqCst),
+        max_stale.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "restart: back after {:?}; {calls} lookups, {not_found} not found, {other_errors} other \
+         errors; most instances held at once {max_stale}; without the grace: {control_not_found} \
+         not found",
+        restarted.elapsed()
+    );
+    assert!(calls > 100, "the loop ran ({calls} lookups)");
+    assert_eq!(
+        not_found, 0,
+        "discovery answered \"not found\" during the restart"
+    );
+    assert_eq!(other_errors, 0);
+    assert_eq!(guarded.discover_one(&name).await.unwrap().id, "restart-1");
+    guarded.close().await.unwrap();
+    control.close().await.unwrap();
+    owner.close().await.unwrap();
+    reader.close().await.unwrap();
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
+use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
 use crate::state::StateMap;
@@ -155,6 +155,7 @@ impl Ring {
         hash: u64,
         ctx: &SelectContext<'_>,
         strict: bool,
+        tier: Health,
     ) -> Option<usize> {
         let n = self.points.len();
         if n == 0 {
@@ -167,7 +168,7 @@ impl Ring {
                 let i = start + k;
                 members[if i >= n { i - n } else { i }] as usize
             })
-            .find(|i| pick::usable(&instances[*i], ctx, strict))
+            .find(|i| pick::usable(&instances[*i], ctx, strict, tier))
     }
 }
 
@@ -249,12 +250,14 @@ impl LoadBalancer for ConsistentHash {
                 let cur = slot.load();
                 let strict = pick::wants_strict(ctx);
                 let find = |ring: &Ring| {
-                    ring.lookup(instances, hash, ctx, strict).or_else(|| {
-                        if strict {
-                            ring.lookup(instances, hash, ctx, false)
-                        } else {
-                            None
-                        }
+                    pick::in_tiers(|tier| {
+                        ring.lookup(instances, hash, ctx, strict, tier).or_else(|| {
+                            if strict {
+                                ring.lookup(instances, hash, ctx, false, tier)
+                            } else {
+                                None
+                            }
+                        })
                     })
                 };
                 if cur.same_instances(instances) {

@@ -1,8 +1,11 @@
 //! Load balancers of waypost: pick one healthy instance among a service's instances.
 //!
-//! Every balancer implements [`LoadBalancer`]: it skips instances that are not healthy, honours
-//! [`SelectContext::avoid`] as a preference (avoided instances are used only when no other healthy
-//! one is left) and returns `None` for an empty or all-unhealthy list.
+//! Every balancer implements [`LoadBalancer`]: it picks among the `Healthy` instances, and when
+//! none of them can be picked, among the `Unknown` ones (a newly registered instance that nothing
+//! has checked yet); it never picks an `Unhealthy` one
+//! ([`Health::SELECTION_ORDER`](waypost_core_types::Health::SELECTION_ORDER)). It honours
+//! [`SelectContext::avoid`] as a preference (avoided instances are used only when no other
+//! candidate is left) and returns `None` for an empty or all-unhealthy list.
 //!
 //! | balancer | module | idea |
 //! |---|---|---|
@@ -102,9 +105,18 @@ pub fn healthy(instances: &[Arc<ServiceInfo>]) -> impl Iterator<Item = &Arc<Serv
     instances.iter().filter(|s| s.is_healthy())
 }
 
+/// The instances a balancer picks from: the healthy ones, or the `Unknown` ones when none is
+/// healthy (see [`Health::SELECTION_ORDER`](waypost_core_types::Health::SELECTION_ORDER));
+/// empty when every instance is unhealthy.
+pub fn candidates(instances: &[Arc<ServiceInfo>]) -> impl Iterator<Item = &Arc<ServiceInfo>> {
+    let tier = waypost_core_types::Health::selection_tier(instances.iter().map(|s| &**s));
+    instances.iter().filter(move |s| Some(s.health) == tier)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use waypost_core_types::Health;
 
     #[test]
     fn names_round_trip() {
@@ -131,5 +143,61 @@ mod tests {
             assert!(lb.select(&[], &SelectContext::default()).is_none(), "{n}");
             assert!(lb.select(&down, &SelectContext::default()).is_none(), "{n}");
         }
+    }
+
+    fn with_health(name: &str, health: &[Health]) -> Vec<Arc<ServiceInfo>> {
+        health
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Arc::new(
+                    ServiceInfo::new(format!("{name}-{i}"), name, "127.0.0.1", 8000 + i as u16)
+                        .with_health(*h),
+                )
+            })
+            .collect()
+    }
+
+    /// The selection rule, for every balancer, with and without a hash key and an avoid list:
+    /// healthy instances first; unknown ones only when none is healthy; unhealthy ones never.
+    #[test]
+    fn every_balancer_prefers_healthy_then_unknown_never_unhealthy() {
+        use Health::{Healthy as H, Unhealthy as D, Unknown as U};
+        let newcomer = with_health("new", &[U]);
+        let mixed = with_health("mix", &[U, H, D, U, H]);
+        let no_healthy = with_health("nh", &[D, U, D, U]);
+        let avoid = vec!["mix-1".to_string(), "nh-1".to_string()];
+        for n in BALANCER_NAMES {
+            let lb = by_name(n).unwrap();
+            for k in 0..200 {
+                let key = format!("k{k}");
+                let keyed = SelectContext::with_hash_key(key.as_bytes());
+                let avoiding = SelectContext {
+                    hash_key: None,
+                    avoid: &avoid,
+                };
+                for ctx in [SelectContext::default(), keyed, avoiding] {
+                    let p = lb.select(&newcomer, &ctx).expect(n);
+                    assert_eq!(p.id, "new-0", "{n}");
+                    let p = lb.select(&mixed, &ctx).expect(n);
+                    assert_eq!(p.health, H, "{n} picked {} among healthy ones", p.id);
+                    let p = lb.select(&no_healthy, &ctx).expect(n);
+                    assert_eq!(p.health, U, "{n} picked {}", p.id);
+                }
+                // Avoiding the only healthy instance left falls back to it, not to an unknown one.
+                let p = lb.select(
+                    &mixed,
+                    &SelectContext {
+                        hash_key: None,
+                        avoid: &avoid,
+                    },
+                );
+                assert!(p.is_some_and(|p| p.health == H), "{n}");
+            }
+        }
+        let ids = |v: &[Arc<ServiceInfo>]| candidates(v).map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&mixed), ["mix-1", "mix-4"]);
+        assert_eq!(ids(&no_healthy), ["nh-1", "nh-3"]);
+        assert!(ids(&with_health("d", &[D, D])).is_empty());
     }
 }

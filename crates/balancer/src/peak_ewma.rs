@@ -55,19 +55,23 @@ impl Default for PeakEwmaBuilder {
 }
 
 impl PeakEwmaBuilder {
-    /// The latency assumed for an instance that was never measured (default 30 ms).
+    /// The latency assumed for an instance that was never measured (default 30 ms). Any value
+    /// works: zero makes new instances look fastest, `Duration::MAX` slowest.
     pub fn default_rtt(mut self, rtt: Duration) -> Self {
         self.default_rtt = rtt;
         self
     }
 
-    /// The time constant of the moving average (default 10 s).
+    /// The time constant of the moving average (default 10 s). `Duration::MAX` means estimates
+    /// never decay with time; zero is refused by [`build`](Self::build).
     pub fn decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
         self
     }
 
-    /// The latency a failed call counts as at least (default 1 s).
+    /// The latency a failed call counts as at least (default 1 s). Zero counts a failure as its
+    /// own latency; `Duration::MAX` makes a failed instance the last choice until faster
+    /// samples bring its estimate down.
     pub fn failure_penalty(mut self, penalty: Duration) -> Self {
         self.failure_penalty = penalty;
         self
@@ -304,6 +308,52 @@ mod tests {
             assert_eq!(lb.select(&s, &SelectContext::default()).unwrap().id, "f-1");
         }
         assert!(PeakEwma::builder().decay(Duration::ZERO).build().is_err());
+    }
+
+    /// Zero and `Duration::MAX` for every option and for a measured latency: no panic, and the
+    /// documented meaning (MAX decay: estimates stay; MAX penalty: the failed one is avoided).
+    #[tokio::test(start_paused = true)]
+    async fn zero_and_max_durations() {
+        let s = set("z", &[true; 2]);
+        assert!(PeakEwma::builder().decay(Duration::ZERO).build().is_err());
+        for rtt in [Duration::ZERO, Duration::MAX] {
+            let lb = PeakEwma::builder().default_rtt(rtt).build().unwrap();
+            assert!(lb.select(&s, &SelectContext::default()).is_some());
+            lb.begin(&s[0]).finish(Outcome::Success);
+            assert!(lb.estimate("z-0").is_some());
+        }
+        let lb = PeakEwma::builder()
+            .decay(Duration::MAX)
+            .failure_penalty(Duration::MAX)
+            .build()
+            .unwrap();
+        lb.begin(&s[0])
+            .finish_with_latency(Outcome::Failure, Duration::ZERO);
+        lb.begin(&s[1])
+            .finish_with_latency(Outcome::Success, Duration::from_millis(5));
+        let fast = lb.estimate("z-1").unwrap();
+        assert!(fast < Duration::from_millis(30), "{fast:?}");
+        tokio::time::advance(Duration::from_secs(100 * 365 * 24 * 3600)).await;
+        assert_eq!(lb.estimate("z-0"), Some(Duration::from_nanos(u64::MAX)));
+        let later = lb.estimate("z-1").unwrap();
+        assert!(
+            fast - later < Duration::from_micros(1),
+            "no decay: {later:?}"
+        );
+        for _ in 0..100 {
+            assert_eq!(lb.select(&s, &SelectContext::default()).unwrap().id, "z-1");
+        }
+        let lb = PeakEwma::builder()
+            .failure_penalty(Duration::ZERO)
+            .build()
+            .unwrap();
+        lb.begin(&s[0])
+            .finish_with_latency(Outcome::Failure, Duration::from_millis(2));
+        // No penalty: the failure counts as its 2 ms.
+        assert_eq!(lb.estimate("z-0"), Some(Duration::from_micros(27_200)));
+        lb.begin(&s[1])
+            .finish_with_latency(Outcome::Success, Duration::MAX);
+        assert_eq!(lb.estimate("z-1"), Some(Duration::from_nanos(u64::MAX)));
     }
 
     #[test]

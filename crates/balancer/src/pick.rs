@@ -1,24 +1,48 @@
 //! Shared selection helpers: which instances are candidates, uniform picks among them, the
 //! thread-local RNG and the stable 64-bit hash.
 //!
-//! A candidate is a healthy instance. When the context names instances to avoid, the *strict*
-//! candidates (healthy and not avoided) are used as long as there is one, and the healthy ones
-//! otherwise: the avoid list is a preference, never a reason to fail.
+//! A candidate is an instance of the health *tier* being tried: balancers try the `Healthy`
+//! instances, and only when none of them can be picked, the `Unknown` ones ([`in_tiers`],
+//! [`Health::SELECTION_ORDER`]); `Unhealthy` ones never. Within a tier, when the context names
+//! instances to avoid, the *strict* candidates (of the tier and not avoided) are used as long as
+//! there is one, and all of the tier otherwise: the avoid list is a preference, never a reason to
+//! fail.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use waypost_core_types::{SelectContext, ServiceInfo};
+use waypost_core_types::{Health, SelectContext, ServiceInfo};
 
 /// How many uniform draws over the whole slice are tried before counting candidates.
 const REJECTION_TRIES: usize = 4;
 
-/// Whether `s` is a candidate; `strict` also skips avoided instances.
+/// Runs `pick` for each health tier of [`Health::SELECTION_ORDER`] until one gives a result:
+/// the `Unknown` instances are tried only when no `Healthy` one could be picked. The second try
+/// runs only where a balancer would otherwise have returned `None`, so a set with a healthy
+/// instance costs nothing more.
+#[inline(always)]
+pub(crate) fn in_tiers<T>(mut pick: impl FnMut(Health) -> Option<T>) -> Option<T> {
+    let [first, second] = Health::SELECTION_ORDER;
+    match pick(first) {
+        Some(t) => Some(t),
+        None => second_tier(|| pick(second)),
+    }
+}
+
+/// The second tier's pick, kept out of line so that the first stays as small as a balancer
+/// without tiers.
+#[cold]
+#[inline(never)]
+fn second_tier<T>(pick: impl FnOnce() -> Option<T>) -> Option<T> {
+    pick()
+}
+
+/// Whether `s` is a candidate of health `tier`; `strict` also skips avoided instances.
 #[inline]
-pub(crate) fn usable(s: &ServiceInfo, ctx: &SelectContext<'_>, strict: bool) -> bool {
-    s.is_healthy() && !(strict && ctx.avoids(s))
+pub(crate) fn usable(s: &ServiceInfo, ctx: &SelectContext<'_>, strict: bool, tier: Health) -> bool {
+    s.health == tier && !(strict && ctx.avoids(s))
 }
 
 /// Whether to start in strict mode (only worth it when something is avoided).
@@ -32,14 +56,18 @@ pub(crate) fn wants_strict(ctx: &SelectContext<'_>) -> bool {
 pub(crate) fn count(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,
+    tier: Health,
 ) -> Option<(usize, bool)> {
     if wants_strict(ctx) {
-        let k = instances.iter().filter(|s| usable(s, ctx, true)).count();
+        let k = instances
+            .iter()
+            .filter(|s| usable(s, ctx, true, tier))
+            .count();
         if k > 0 {
             return Some((k, true));
         }
     }
-    let k = instances.iter().filter(|s| s.is_healthy()).count();
+    let k = instances.iter().filter(|s| s.health == tier).count();
     (k > 0).then_some((k, false))
 }
 
@@ -49,25 +77,54 @@ pub(crate) fn nth(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,
     strict: bool,
+    tier: Health,
     n: usize,
 ) -> Option<usize> {
     instances
         .iter()
         .enumerate()
-        .filter(|(_, s)| usable(s, ctx, strict))
+        .filter(|(_, s)| usable(s, ctx, strict, tier))
         .nth(n)
         .map(|(i, _)| i)
 }
 
-/// A uniformly random candidate's index.
-///
-/// Draws over the whole slice a few times first (rejection sampling, O(1) when most instances are
-/// candidates), then counts the candidates and draws among them: either way every candidate has
-/// the same chance.
+/// A uniformly random candidate's index, from the first health tier that has one.
+#[inline]
 pub(crate) fn random_index(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,
     rng: &mut SmallRng,
+) -> Option<usize> {
+    // Written out rather than through `in_tiers`: the closure cost a few nanoseconds here.
+    let [first, second] = Health::SELECTION_ORDER;
+    match random_index_in(instances, ctx, rng, first) {
+        Some(i) => Some(i),
+        None => random_index_cold(instances, ctx, rng, second),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn random_index_cold(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    rng: &mut SmallRng,
+    tier: Health,
+) -> Option<usize> {
+    random_index_in(instances, ctx, rng, tier)
+}
+
+/// A uniformly random candidate's index in `tier`.
+///
+/// Draws over the whole slice a few times first (rejection sampling, O(1) when most instances are
+/// candidates), then counts the candidates and draws among them: either way every candidate has
+/// the same chance.
+#[inline(always)]
+fn random_index_in(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    rng: &mut SmallRng,
+    tier: Health,
 ) -> Option<usize> {
     let len = instances.len();
     if len == 0 {
@@ -76,20 +133,45 @@ pub(crate) fn random_index(
     let strict = wants_strict(ctx);
     for _ in 0..REJECTION_TRIES {
         let i = rng.random_range(0..len);
-        if usable(&instances[i], ctx, strict) {
+        if usable(&instances[i], ctx, strict, tier) {
             return Some(i);
         }
     }
-    let (k, strict) = count(instances, ctx)?;
-    nth(instances, ctx, strict, rng.random_range(0..k))
+    let (k, strict) = count(instances, ctx, tier)?;
+    nth(instances, ctx, strict, tier, rng.random_range(0..k))
 }
 
 /// Two distinct uniformly random candidates' indices (the second is `None` when there is only
-/// one candidate), for power-of-two-choices balancers.
+/// one candidate), from the first health tier that has one, for power-of-two-choices balancers.
 pub(crate) fn random_pair(
     instances: &[Arc<ServiceInfo>],
     ctx: &SelectContext<'_>,
     rng: &mut SmallRng,
+) -> Option<(usize, Option<usize>)> {
+    let [first, second] = Health::SELECTION_ORDER;
+    match random_pair_in(instances, ctx, rng, first) {
+        Some(p) => Some(p),
+        None => random_pair_cold(instances, ctx, rng, second),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn random_pair_cold(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    rng: &mut SmallRng,
+    tier: Health,
+) -> Option<(usize, Option<usize>)> {
+    random_pair_in(instances, ctx, rng, tier)
+}
+
+#[inline(always)]
+fn random_pair_in(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    rng: &mut SmallRng,
+    tier: Health,
 ) -> Option<(usize, Option<usize>)> {
     let len = instances.len();
     if len == 0 {
@@ -103,14 +185,15 @@ pub(crate) fn random_pair(
             if b >= a {
                 b += 1;
             }
-            if usable(&instances[a], ctx, strict) && usable(&instances[b], ctx, strict) {
+            if usable(&instances[a], ctx, strict, tier) && usable(&instances[b], ctx, strict, tier)
+            {
                 return Some((a, Some(b)));
             }
         }
     }
-    let (k, strict) = count(instances, ctx)?;
+    let (k, strict) = count(instances, ctx, tier)?;
     if k == 1 {
-        return Some((nth(instances, ctx, strict, 0)?, None));
+        return Some((nth(instances, ctx, strict, tier, 0)?, None));
     }
     let ra = rng.random_range(0..k);
     let mut rb = rng.random_range(0..k - 1);
@@ -121,7 +204,7 @@ pub(crate) fn random_pair(
     for (pos, (i, _)) in instances
         .iter()
         .enumerate()
-        .filter(|(_, s)| usable(s, ctx, strict))
+        .filter(|(_, s)| usable(s, ctx, strict, tier))
         .enumerate()
     {
         if pos == ra {
@@ -248,15 +331,16 @@ mod tests {
             hash_key: None,
             avoid: &avoid,
         };
-        assert_eq!(count(&s, &ctx), Some((2, false)));
+        let h = Health::Healthy;
+        assert_eq!(count(&s, &ctx, h), Some((2, false)));
         let avoid1 = vec!["i0".to_string()];
         let ctx1 = SelectContext {
             hash_key: None,
             avoid: &avoid1,
         };
-        assert_eq!(count(&s, &ctx1), Some((1, true)));
-        assert_eq!(nth(&s, &ctx1, true, 0), Some(2));
-        assert_eq!(count(&set(&[false, false]), &ctx), None);
+        assert_eq!(count(&s, &ctx1, h), Some((1, true)));
+        assert_eq!(nth(&s, &ctx1, true, h, 0), Some(2));
+        assert_eq!(count(&set(&[false, false]), &ctx, h), None);
     }
 
     #[test]

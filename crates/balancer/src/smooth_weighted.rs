@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
+use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
 use crate::state::{StateMap, Striped};
@@ -100,18 +100,23 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Each instance's weight if it is healthy, else 0.
+/// Each instance's weight if it is in the health tier picked from, else 0: the healthy ones,
+/// or the `Unknown` ones when no healthy one has a weight (see [`pick::in_tiers`]).
 fn effective_weights(instances: &[Arc<ServiceInfo>]) -> Vec<i64> {
-    instances
-        .iter()
-        .map(|s| {
-            if s.is_healthy() {
-                i64::from(s.weight)
-            } else {
-                0
-            }
-        })
-        .collect()
+    let of = |tier: Health| -> Option<Vec<i64>> {
+        let w: Vec<i64> = instances
+            .iter()
+            .map(|s| {
+                if s.health == tier {
+                    i64::from(s.weight)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        w.iter().any(|w| *w > 0).then_some(w)
+    };
+    pick::in_tiers(of).unwrap_or_else(|| vec![0; instances.len()])
 }
 
 /// Live scores, for sets whose period is too long to precompute.

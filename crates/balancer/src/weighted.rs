@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use waypost_core_types::{LoadBalancer, SelectContext, ServiceInfo};
+use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
 
 /// Picks a healthy instance at random with probability proportional to
-/// [`ServiceInfo::weight`] (default 100; weight 0 is never picked).
+/// [`ServiceInfo::weight`] (default 100; weight 0 is never picked). When no healthy instance
+/// can be picked, the same among the `Unknown` ones (see [`Health`]).
 ///
 /// Stateless and lock-free; a pick is two passes over the instances.
 #[derive(Debug, Default, Clone, Copy)]
@@ -21,10 +22,15 @@ impl WeightedRandom {
     }
 }
 
-fn total(instances: &[Arc<ServiceInfo>], ctx: &SelectContext<'_>, strict: bool) -> u64 {
+fn total(
+    instances: &[Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    strict: bool,
+    tier: Health,
+) -> u64 {
     instances
         .iter()
-        .filter(|s| pick::usable(s, ctx, strict))
+        .filter(|s| pick::usable(s, ctx, strict, tier))
         .map(|s| u64::from(s.weight))
         .sum()
 }
@@ -39,29 +45,38 @@ impl LoadBalancer for WeightedRandom {
         instances: &'a [Arc<ServiceInfo>],
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        let mut strict = pick::wants_strict(ctx);
-        let mut sum = total(instances, ctx, strict);
-        if sum == 0 && strict {
-            strict = false;
-            sum = total(instances, ctx, false);
-        }
-        if sum == 0 {
-            return None;
-        }
-        let mut r = pick::with_rng(|rng| rng.random_range(0..sum));
-        instances.iter().find(|s| {
-            if !pick::usable(s, ctx, strict) {
-                return false;
-            }
-            let w = u64::from(s.weight);
-            if r < w {
-                true
-            } else {
-                r -= w;
-                false
-            }
-        })
+        pick::in_tiers(|tier| select_in(instances, ctx, tier))
     }
+}
+
+/// A weighted pick among the instances of health `tier`.
+fn select_in<'a>(
+    instances: &'a [Arc<ServiceInfo>],
+    ctx: &SelectContext<'_>,
+    tier: Health,
+) -> Option<&'a Arc<ServiceInfo>> {
+    let mut strict = pick::wants_strict(ctx);
+    let mut sum = total(instances, ctx, strict, tier);
+    if sum == 0 && strict {
+        strict = false;
+        sum = total(instances, ctx, false, tier);
+    }
+    if sum == 0 {
+        return None;
+    }
+    let mut r = pick::with_rng(|rng| rng.random_range(0..sum));
+    instances.iter().find(|s| {
+        if !pick::usable(s, ctx, strict, tier) {
+            return false;
+        }
+        let w = u64::from(s.weight);
+        if r < w {
+            true
+        } else {
+            r -= w;
+            false
+        }
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
 /// How much of an error response's body is kept in [`Error::Http`](waypost_core_types::Error::Http).
 pub(crate) const ERROR_BODY_PREFIX: usize = 1024;
 
+/// How many characters of that prefix [`Error::Http`](waypost_core_types::Error::Http) shows,
+/// control and bidi characters escaped (`waypost_core_types::quote::quoted_up_to`).
+pub(crate) const ERROR_BODY_CHARS: usize = 512;
+
 #[derive(Debug)]
 pub(crate) enum ReadError<E> {
     /// The body is larger than the limit.

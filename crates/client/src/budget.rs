@@ -57,6 +57,11 @@ impl Default for RetryBudget {
 impl RetryBudget {
     /// A budget over `ttl` (counted in ten buckets) allowing `percent_can_retry` (0–1000 %,
     /// given as 0.0–10.0) of requests as retries plus `min_retries_per_sec`.
+    ///
+    /// A `ttl` below 10 ms (zero included) is raised to 10 ms. `Duration::MAX` is accepted: the
+    /// window then never slides (it counts every request since the budget was made), and a
+    /// `min_retries_per_sec` above zero makes the reserve unbounded, so retries are never
+    /// refused.
     pub fn new(ttl: Duration, min_retries_per_sec: u32, percent_can_retry: f64) -> Self {
         let ttl = ttl.max(Duration::from_millis(10));
         RetryBudget {

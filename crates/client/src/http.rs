@@ -14,6 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use waypost_core_types::{Error, Result};
 
 type Plain = Client<HttpConnector, Full<Bytes>>;
+
+/// Idle timeouts above this mean "keep idle connections without a limit".
+const IDLE_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 type Tls = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client for http and https (rustls with the ring provider). Cheap to clone;
@@ -88,14 +91,17 @@ impl Default for HttpClientBuilder {
 }
 
 impl HttpClientBuilder {
-    /// Gives up connecting after `timeout` (default 5 s; `None` waits as long as the call's own
-    /// timeout allows).
+    /// Gives up connecting after `timeout` (default 5 s; `None` or `Some(Duration::MAX)` waits
+    /// as long as the call's own timeout allows). `Some(Duration::ZERO)` is refused by
+    /// [`build`](Self::build).
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Closes pooled connections idle this long (default 90 s).
+    /// Closes pooled connections idle this long (default 90 s). Zero keeps no idle connection
+    /// (every request opens a new one); `Duration::MAX` (or anything above 100 years) keeps
+    /// them without an idle limit.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.pool_idle_timeout = timeout;
         self
@@ -123,8 +129,18 @@ impl HttpClientBuilder {
     /// Builds the client.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the TLS configuration cannot be built.
+    /// [`Error::InvalidConfig`] for a zero connect timeout, or if the TLS configuration cannot
+    /// be built.
     pub fn build(self) -> Result<HttpClient> {
+        if self.connect_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::InvalidConfig(
+                "HTTP client: connect_timeout must be above zero (None: no limit of its own)"
+                    .into(),
+            ));
+        }
+        // hyper's pool adds the idle timeout to the current time: beyond 100 years it is no
+        // limit at all (and could overflow the clock).
+        let idle = Some(self.pool_idle_timeout).filter(|t| *t <= IDLE_FOREVER);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls_err = |e: rustls::Error| Error::InvalidConfig(format!("TLS: {e}"));
         let mut http = HttpConnector::new();
@@ -150,7 +166,7 @@ impl HttpClientBuilder {
             .enable_http1()
             .wrap_connector(http.clone());
         let mut pool = Client::builder(TokioExecutor::new());
-        pool.pool_idle_timeout(self.pool_idle_timeout)
+        pool.pool_idle_timeout(idle)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new());
         Ok(HttpClient {

@@ -14,7 +14,10 @@
 //!   backoff);
 //! * ejects failing instances (one breaker per instance, [`OutlierConfig`]) and probes them back;
 //! * refuses response bodies above a limit (default 10 MiB) without buffering them;
-//! * reports each attempt's outcome to the balancer, and traces a span per call and per attempt.
+//! * reports each attempt's outcome to the balancer, and traces a span per call and per attempt;
+//!   the call span records the path without its query string and fragment (they may carry a
+//!   token), and [`Error::Http`](waypost_core_types::Error::Http) quotes at most 512 characters
+//!   of an error body with control characters escaped.
 //!
 //! It is also a `tower::Service<http::Request<Bytes>>` (see [`ServiceClient`]'s `Service` impl).
 //!

@@ -20,7 +20,9 @@ use waypost_core_types::{CircuitBreaker, CircuitState, Outcome, Permit, Result};
 pub struct OutlierConfig {
     /// Consecutive failures that eject an instance (default 5).
     pub consecutive_failures: u32,
-    /// How long an ejected instance gets no traffic before a probe (default 10 s).
+    /// How long an ejected instance gets no traffic before a probe (default 10 s). Zero probes
+    /// it again at once (one call at a time until one succeeds); `Duration::MAX` keeps it
+    /// ejected for the life of the client.
     pub ejection_time: Duration,
 }
 

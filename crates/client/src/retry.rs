@@ -44,7 +44,12 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// `max_retries` retries with backoff base `base_delay` (the Laravel-Go module's
-    /// `WithRetry(count, delay)`).
+    /// `WithRetry(count, delay)`); the largest backoff is 16 × `base_delay`, at least 2 s.
+    ///
+    /// A zero `base_delay` retries at once. `Duration::MAX` is accepted and means waits without
+    /// a bound of their own (drawn up to about 584 years): set a
+    /// [`deadline`](crate::ServiceClientBuilder::deadline), which gives up as soon as a wait
+    /// would end past it.
     pub fn new(max_retries: u32, base_delay: Duration) -> Self {
         RetryPolicy {
             max_retries,
@@ -62,7 +67,9 @@ impl RetryPolicy {
         }
     }
 
-    /// The backoff before retry number `retry` (1-based), with full jitter.
+    /// The backoff before retry number `retry` (1-based), with full jitter. Never panics: the
+    /// exponential growth saturates, and a cap above `u64::MAX` nanoseconds (about 584 years) is
+    /// drawn up to that.
     pub fn backoff(&self, retry: u32) -> Duration {
         let exp = retry.saturating_sub(1).min(31);
         let cap = self

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tower_service::Service;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{Error, Result};
 
 use crate::client::{CallSpec, ServiceClient};
@@ -28,9 +29,10 @@ impl Service<http::Request<Bytes>> for ServiceClient {
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let service = parts.uri.host().ok_or_else(|| {
+                // Never the query string: it may carry a token.
                 Error::InvalidConfig(format!(
-                    "request URI `{}` needs the service name as its host (http://user-service/path)",
-                    parts.uri
+                    "request URI with path `{}` needs the service name as its host (http://user-service/path)",
+                    quoted(parts.uri.path())
                 ))
             })?;
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

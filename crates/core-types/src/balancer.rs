@@ -26,7 +26,7 @@ pub struct SelectContext<'a> {
     /// A key for consistent hashing (a user or session id). Balancers that do not hash ignore it.
     pub hash_key: Option<&'a [u8]>,
     /// Ids of instances to avoid, for example because they just failed. A balancer skips them as
-    /// long as another healthy instance is left, and falls back to them otherwise.
+    /// long as another candidate (of the same health tier) is left, and falls back to them otherwise.
     pub avoid: &'a [String],
 }
 
@@ -110,14 +110,16 @@ impl fmt::Debug for CallGuard {
 
 /// Chooses one instance among several.
 ///
-/// Every balancer skips instances that are not [`healthy`](ServiceInfo::is_healthy) and returns
-/// `None` for an empty or all-unhealthy list. Balancers that keep per-service state key it by the
-/// instances' service name.
+/// Every balancer picks among the `Healthy` instances, among the `Unknown` ones when no `Healthy`
+/// instance can be picked, never an `Unhealthy` one
+/// ([`Health::SELECTION_ORDER`](crate::Health::SELECTION_ORDER)), and returns `None` for an empty
+/// or all-unhealthy list. Balancers that keep per-service state key it by the instances' service
+/// name.
 pub trait LoadBalancer: Send + Sync + fmt::Debug {
     /// A short name (`"round_robin"`, `"p2c_peak_ewma"`, …).
     fn name(&self) -> &'static str;
 
-    /// Picks one healthy instance.
+    /// Picks one instance: a healthy one, or an `Unknown` one when none is healthy.
     fn select<'a>(
         &self,
         instances: &'a [Arc<ServiceInfo>],

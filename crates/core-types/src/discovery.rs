@@ -26,16 +26,19 @@ pub trait ServiceDiscovery: Send + Sync + fmt::Debug {
     /// `Closed`, or a registry error when nothing is cached.
     async fn discover(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>>;
 
-    /// One healthy instance chosen by the balancer, honouring `ctx` (hash key, instances to
-    /// avoid), with a guard to report the call's outcome.
+    /// One instance chosen by the balancer, honouring `ctx` (hash key, instances to avoid), with
+    /// a guard to report the call's outcome. A healthy instance, or, when the service has none,
+    /// one whose health is unknown; never an unhealthy one (see
+    /// [`Health`](crate::Health#which-instances-a-balancer-picks)).
     ///
     /// # Errors
     /// `ServiceNotFound` when no instance is registered,
-    /// [`Error::NoHealthyInstance`](crate::Error::NoHealthyInstance) when none is healthy,
+    /// [`Error::NoHealthyInstance`](crate::Error::NoHealthyInstance) when every instance is
+    /// unhealthy,
     /// `Closed`, or a registry error when nothing is cached.
     async fn select(&self, name: &str, ctx: &SelectContext<'_>) -> Result<Selection>;
 
-    /// One healthy instance chosen by the balancer.
+    /// One instance chosen by the balancer, as [`select`](Self::select) picks it.
     ///
     /// # Errors
     /// As [`select`](Self::select).

@@ -95,7 +95,8 @@ pub enum Error {
     Http {
         /// The HTTP status code (≥ 400).
         status: u16,
-        /// The start of the response body, lossily decoded.
+        /// The start of the response body, lossily decoded; waypost's clients bound it and
+        /// escape its control characters ([`quoted_up_to`](crate::quote::quoted_up_to)).
         body: String,
     },
     /// A response body was larger than the configured limit.

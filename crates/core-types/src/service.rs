@@ -11,18 +11,60 @@ use crate::time::{go_duration, Timestamp};
 use crate::Error;
 
 /// The health of one instance, written in JSON as `"healthy"`, `"unhealthy"` or `"unknown"`.
+///
+/// # Which instances a balancer picks
+///
+/// Balancers (and `discover_one`/`select`) pick among the `Healthy` instances of a service. When
+/// a service has no `Healthy` instance that can be picked, they pick among its `Unknown` ones
+/// instead; they never pick an `Unhealthy` one. This is [`Health::SELECTION_ORDER`].
+///
+/// So a newly registered instance (health `Unknown` until something checks it) is used as soon
+/// as it is registered, yet it takes no traffic away from instances known to be healthy; a
+/// health checker that marks it `Healthy` adds it to the rotation, one that marks it `Unhealthy`
+/// takes it out. The JSON is unchanged: a new instance is still written `"health":"unknown"`,
+/// as the Laravel-Go module writes it.
+///
+/// ```
+/// use waypost_core_types::Health;
+///
+/// assert_eq!(Health::default(), Health::Unknown);
+/// assert_eq!(Health::SELECTION_ORDER, [Health::Healthy, Health::Unknown]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Health {
-    /// Passing its checks; balancers may pick it.
+    /// Passing its checks; balancers pick it first.
     Healthy,
-    /// Failing its checks; balancers skip it.
+    /// Failing its checks; balancers never pick it.
     Unhealthy,
-    /// Not checked yet, or the backend does not say. Balancers skip it.
+    /// Not checked yet, or the backend does not say. Balancers pick it only when the service has
+    /// no `Healthy` instance to pick.
     #[default]
     Unknown,
 }
 
 impl Health {
+    /// The health tiers balancers pick from, best first: the `Healthy` instances, and only when
+    /// none of them can be picked, the `Unknown` ones. `Unhealthy` is never picked.
+    pub const SELECTION_ORDER: [Health; 2] = [Health::Healthy, Health::Unknown];
+
+    /// The tier balancers pick from among `instances` (the first of
+    /// [`SELECTION_ORDER`](Self::SELECTION_ORDER) that any of them has), or `None` when none
+    /// can be picked (empty, or all `Unhealthy`). Weights are not considered here.
+    pub fn selection_tier<'a, I>(instances: I) -> Option<Health>
+    where
+        I: IntoIterator<Item = &'a ServiceInfo>,
+    {
+        let mut unknown = false;
+        for s in instances {
+            match s.health {
+                Health::Healthy => return Some(Health::Healthy),
+                Health::Unknown => unknown = true,
+                Health::Unhealthy => {}
+            }
+        }
+        unknown.then_some(Health::Unknown)
+    }
+
     /// The Go module's string for this state.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -270,8 +312,9 @@ where
 }
 
 impl ServiceInfo {
-    /// A new instance with protocol `http`, health `unknown`, no TTL (registry default) and
-    /// the default weight.
+    /// A new instance with protocol `http`, health `unknown` (picked by balancers while its
+    /// service has no healthy instance, see [`Health`]), no TTL (registry default) and the
+    /// default weight.
     pub fn new(
         id: impl Into<String>,
         name: impl Into<String>,
@@ -345,7 +388,8 @@ impl ServiceInfo {
         self
     }
 
-    /// Whether the instance is healthy (balancers only pick healthy instances).
+    /// Whether the instance is `Healthy` (balancers pick healthy instances first, and `Unknown`
+    /// ones only when the service has no healthy instance; see [`Health`]).
     pub fn is_healthy(&self) -> bool {
         self.health == Health::Healthy
     }

@@ -1,53 +1,25 @@
 //! [`CachedDiscovery`]: watch-driven, cached discovery over any registry.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{
     Error, LoadBalancer, Result, SelectContext, Selection, ServiceDiscovery, ServiceEventStream,
     ServiceInfo, ServiceRegistry,
 };
 
-use crate::cache::{Entry, Snapshot};
+use crate::cache::{Entry, Snapshot, EVICTED};
+use crate::map::ServiceMap;
 use crate::options::{DiscoveryBuilder, Options};
 use crate::{events, refresh, CacheStats, Filter};
-
-/// FNV-1a: service names are short, and this map is read on every lookup.
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        // Spread the low bits into the high ones (hashbrown uses the top 7 bits).
-        let mut k = self.0;
-        k ^= k >> 33;
-        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        k ^= k >> 33;
-        k
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-type Services = HashMap<Arc<str>, Arc<Entry>, BuildHasherDefault<Fnv>>;
 
 /// Services each thread remembers, see [`CachedDiscovery`].
 const HOT_SLOTS: usize = 4;
@@ -57,7 +29,6 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 /// A per-thread shortcut to a service's current snapshot.
 struct Hot {
     owner: usize,
-    generation: usize,
     name: Arc<str>,
     entry: Arc<Entry>,
     version: u64,
@@ -93,13 +64,24 @@ thread_local! {
 /// and replaces the set on every resync snapshot. If the watch ends or fails, the task polls
 /// [`ServiceRegistry::list_instances`] every [`refresh_interval`](DiscoveryBuilder::refresh_interval)
 /// and tries to watch again until it succeeds. While the registry cannot be reached, lookups keep
-/// answering from the last known set, and [`CacheStats::stale_for`] says how old it is.
+/// answering from the last known set, and [`CacheStats::stale_for`] says how old it is. After a
+/// gap in the watch (a registry restart), instances the first full set leaves out are still
+/// served for the [`reconnect_grace`](DiscoveryBuilder::reconnect_grace) unless the registry
+/// deletes them, so a service about to register again is never "not found" meanwhile.
 ///
-/// Lookups on a filled cache take no lock and write no shared memory: the service map and each
-/// service's instance set are immutable snapshots behind `ArcSwap`, the hit counter is striped
-/// per thread, and each thread keeps a shortcut to the last few services it looked up (checked
-/// against a version number on every call, so it never serves an outdated set; it holds at most
-/// four snapshots per thread alive until replaced).
+/// Lookups on a filled cache take no lock and write no shared memory: the service map (in 256
+/// shards) and each service's instance set are immutable snapshots behind `ArcSwap`, the hit
+/// counter is striped per thread, and each thread keeps a shortcut to the last few services it
+/// looked up (checked against a version number and an eviction flag on every call, so it never
+/// serves an outdated set; it holds at most four snapshots per thread alive until replaced).
+///
+/// The cache does not keep every name it was ever asked for (service names can come from request
+/// input): a service nobody looked up for
+/// [`idle_timeout`](DiscoveryBuilder::idle_timeout) (default 5 min), or for
+/// [`empty_idle_timeout`](DiscoveryBuilder::empty_idle_timeout) (default 30 s) when it has no
+/// instance, is dropped with its watch task, and filled again by its next lookup. Lookups of a
+/// name with no instance are answered from the cache (`ServiceNotFound`) until then. The idle
+/// sweep is a task of the discovery, started by the first lookup.
 ///
 /// Cloning gives another handle to the same discovery. [`close`](ServiceDiscovery::close), or
 /// dropping the last handle, stops every background task and ends every stream from
@@ -122,13 +104,12 @@ pub struct CachedDiscovery {
 
 struct Inner {
     id: usize,
-    /// Bumped whenever the service map changes, so per-thread shortcuts can tell.
-    generation: AtomicUsize,
     registry: Arc<dyn ServiceRegistry>,
     balancer: Arc<dyn LoadBalancer>,
     opts: Arc<Options>,
-    services: ArcSwap<Services>,
-    write: Mutex<()>,
+    services: ServiceMap,
+    /// The task that drops idle services, started with the first lookup.
+    sweeper: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
@@ -136,8 +117,57 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        for e in self.services.load().values() {
+        if let Some(t) = self.sweeper.lock().take() {
+            t.abort();
+        }
+        for e in self.services.entries() {
             e.abort_task();
+        }
+    }
+}
+
+impl Inner {
+    /// Drops the services nobody looked up for the idle time (see
+    /// [`DiscoveryBuilder::idle_timeout`]), with their watch tasks.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let (idle, empty) = (self.opts.idle_timeout, self.opts.empty_idle_timeout);
+        let stale: HashSet<*const Entry> = self
+            .services
+            .entries()
+            .iter()
+            .filter(|e| e.idle_at(now, idle, empty))
+            .map(Arc::as_ptr)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let removed = self
+            .services
+            .remove_where(|e| stale.contains(&(e as *const Entry)));
+        for e in &removed {
+            e.abort_task();
+        }
+        tracing::debug!(
+            dropped = removed.len(),
+            "discovery: dropped services nobody looked up"
+        );
+    }
+}
+
+/// Sweeps `inner` every `tick` until it is closed or dropped (it holds only a weak reference).
+async fn sweep_idle(inner: Weak<Inner>, tick: std::time::Duration) {
+    let Some(mut shutdown) = inner.upgrade().map(|i| i.shutdown.subscribe()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|closed| *closed) => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        match inner.upgrade() {
+            Some(inner) => inner.sweep(),
+            None => return,
         }
     }
 }
@@ -147,7 +177,7 @@ impl std::fmt::Debug for CachedDiscovery {
         f.debug_struct("CachedDiscovery")
             .field("registry", &self.inner.registry.backend())
             .field("balancer", &self.inner.balancer.name())
-            .field("services", &self.inner.services.load().len())
+            .field("services", &self.inner.services.len())
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish()
     }
@@ -174,12 +204,11 @@ impl CachedDiscovery {
         CachedDiscovery {
             inner: Arc::new(Inner {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                generation: AtomicUsize::new(0),
                 registry,
                 balancer,
                 opts: Arc::new(opts),
-                services: ArcSwap::from_pointee(Services::default()),
-                write: Mutex::new(()),
+                services: ServiceMap::default(),
+                sweeper: Mutex::new(None),
                 closed: AtomicBool::new(false),
                 shutdown,
             }),
@@ -207,7 +236,7 @@ impl CachedDiscovery {
     ///
     /// # Errors
     /// Inside the `Some`: `Closed`, `ServiceNotFound` when the cached set is empty,
-    /// `NoHealthyInstance` when none of it is healthy.
+    /// `NoHealthyInstance` when all of it is unhealthy.
     #[inline]
     pub fn select_cached(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
         if self.inner.closed.load(Ordering::Relaxed) {
@@ -216,41 +245,46 @@ impl CachedDiscovery {
         if let Some(done) = self.select_hot(name, ctx) {
             return Some(done);
         }
-        let generation = self.inner.generation.load(Ordering::Acquire);
-        let services = self.inner.services.load();
-        let entry = services.get(name)?;
-        let version = entry.version.load(Ordering::Acquire);
-        let snap = entry.snap.load_full()?;
-        entry.hits.incr();
-        let done = self.pick(name, &snap.all, snap.healthy, ctx);
-        self.remember(generation, entry, version, snap);
-        Some(done)
+        self.inner.services.with(name, |entry| {
+            let version = entry.version.load(Ordering::Acquire);
+            let snap = entry.snap.load_full()?;
+            entry.hits.incr();
+            let done = self.pick(name, &snap.all, snap.selectable, ctx);
+            self.remember(entry, version, snap);
+            Some(done)
+        })?
     }
 
     /// The per-thread shortcut: the last few services this thread looked up, with their
-    /// snapshots, checked against the map generation and the entry's version. No shared write,
-    /// no hashing; a changed snapshot is reloaded.
+    /// snapshots, checked against the entry's version (which also says whether the entry was
+    /// evicted). No shared write, no hashing; a changed snapshot is reloaded.
     #[inline]
     fn select_hot(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
-        let generation = self.inner.generation.load(Ordering::Acquire);
         HOT.with(|hot| {
             // A balancer that calls back into discovery finds the cell borrowed: slow path.
             let mut hot = hot.try_borrow_mut().ok()?;
-            let h = hot.iter_mut().flatten().find(|h| {
-                h.owner == self.inner.id && h.generation == generation && *h.name == *name
+            let slot = hot.iter_mut().find(|slot| {
+                slot.as_ref()
+                    .is_some_and(|h| h.owner == self.inner.id && *h.name == *name)
             })?;
+            let h = slot.as_mut()?;
             let version = h.entry.version.load(Ordering::Acquire);
+            if version & EVICTED != 0 {
+                // Out of the map: forget it, the slow path finds the current entry.
+                *slot = None;
+                return None;
+            }
             if version != h.version {
                 h.snap = h.entry.snap.load_full()?;
                 h.mirror = mirror(&h.snap);
                 h.version = version;
             }
             h.entry.hits.incr();
-            Some(self.pick_mirrored(name, &h.snap.all, h.snap.healthy, &h.mirror, ctx))
+            Some(self.pick_mirrored(name, &h.snap.all, h.snap.selectable, &h.mirror, ctx))
         })
     }
 
-    fn remember(&self, generation: usize, entry: &Arc<Entry>, version: u64, snap: Arc<Snapshot>) {
+    fn remember(&self, entry: &Arc<Entry>, version: u64, snap: Arc<Snapshot>) {
         HOT.with(|hot| {
             let Ok(mut hot) = hot.try_borrow_mut() else {
                 return;
@@ -262,7 +296,6 @@ impl CachedDiscovery {
             });
             hot[slot] = Some(Hot {
                 owner: self.inner.id,
-                generation,
                 name: entry.name.clone(),
                 entry: entry.clone(),
                 version,
@@ -276,10 +309,10 @@ impl CachedDiscovery {
         &self,
         name: &str,
         all: &[Arc<ServiceInfo>],
-        healthy: usize,
+        selectable: usize,
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
-        self.pick_mirrored(name, all, healthy, &[], ctx)
+        self.pick_mirrored(name, all, selectable, &[], ctx)
     }
 
     /// Picks among the shared instances; returns the same instance from `mirror` (this thread's
@@ -289,14 +322,14 @@ impl CachedDiscovery {
         &self,
         name: &str,
         all: &[Arc<ServiceInfo>],
-        healthy: usize,
+        selectable: usize,
         mirror: &[Arc<ServiceInfo>],
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
         if all.is_empty() {
             return Err(Error::ServiceNotFound(name.to_owned()));
         }
-        if healthy == 0 {
+        if selectable == 0 {
             return Err(Error::NoHealthyInstance(name.to_owned()));
         }
         match self.inner.balancer.select(all, ctx) {
@@ -323,18 +356,21 @@ impl CachedDiscovery {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        if let Some(entry) = self.inner.services.load().get(name) {
-            if let Some(snap) = entry.snap.load_full() {
-                entry.hits.incr();
-                return Ok(snap);
-            }
+        let cached = self.inner.services.with(name, |entry| {
+            let snap = entry.snap.load_full()?;
+            entry.hits.incr();
+            Some(snap)
+        });
+        if let Some(Some(snap)) = cached {
+            return Ok(snap);
         }
         self.fill(name).await
     }
 
     #[cold]
     async fn fill(&self, name: &str) -> Result<Arc<Snapshot>> {
-        let entry = self.entry_or_insert(name);
+        self.start_sweeper();
+        let entry = self.inner.services.get_or_insert(name, || Entry::new(name));
         entry.misses.fetch_add(1, Ordering::Relaxed);
         let _filling = entry.fill.lock().await;
         if let Some(snap) = entry.snap.load_full() {
@@ -361,7 +397,7 @@ impl CachedDiscovery {
                 entry
                     .snap
                     .load_full()
-                    .ok_or_else(|| Error::Unavailable(format!("`{name}` was not filled")))
+                    .ok_or_else(|| Error::Unavailable(format!("`{}` was not filled", quoted(name))))
             }
             Err(e) => {
                 self.remove_if(name, &entry);
@@ -373,37 +409,31 @@ impl CachedDiscovery {
     fn holds(&self, name: &str, entry: &Arc<Entry>) -> bool {
         self.inner
             .services
-            .load()
-            .get(name)
-            .is_some_and(|e| Arc::ptr_eq(e, entry))
-    }
-
-    fn entry_or_insert(&self, name: &str) -> Arc<Entry> {
-        if let Some(e) = self.inner.services.load().get(name) {
-            return e.clone();
-        }
-        let _w = self.inner.write.lock();
-        let cur = self.inner.services.load_full();
-        if let Some(e) = cur.get(name) {
-            return e.clone();
-        }
-        let mut next = (*cur).clone();
-        let entry = Arc::new(Entry::new(name));
-        next.insert(Arc::from(name), entry.clone());
-        self.inner.services.store(Arc::new(next));
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        entry
+            .with(name, |e| Arc::ptr_eq(e, entry))
+            .unwrap_or(false)
     }
 
     fn remove_if(&self, name: &str, entry: &Arc<Entry>) {
-        let _w = self.inner.write.lock();
-        let cur = self.inner.services.load_full();
-        if cur.get(name).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-            let mut next = (*cur).clone();
-            next.remove(name);
-            self.inner.services.store(Arc::new(next));
-            self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.services.remove_if(name, entry);
+    }
+
+    /// Starts the task that drops idle services, once (none when both idle times are
+    /// `Duration::MAX`).
+    fn start_sweeper(&self) {
+        let opts = &self.inner.opts;
+        let Some(tick) = opts.sweep_tick() else {
+            return;
+        };
+        let mut slot = self.inner.sweeper.lock();
+        if slot.is_some() || self.is_closed() {
+            return;
         }
+        *slot = Some(tokio::spawn(sweep_idle(Arc::downgrade(&self.inner), tick)));
+    }
+
+    /// How many services are cached.
+    pub fn cached_services(&self) -> usize {
+        self.inner.services.len()
     }
 
     /// Every instance of `name` that matches `filter`, healthy or not.
@@ -429,7 +459,8 @@ impl CachedDiscovery {
         Ok(out)
     }
 
-    /// One healthy instance of `name` among those matching `filter`, chosen by the balancer.
+    /// One instance of `name` among those matching `filter`, chosen by the balancer (healthy
+    /// ones first, `Unknown` ones when none is healthy, as [`select`](ServiceDiscovery::select)).
     ///
     /// # Errors
     /// As [`select`](ServiceDiscovery::select); `ServiceNotFound` also when no instance matches.
@@ -446,8 +477,8 @@ impl CachedDiscovery {
             .filter(|s| filter.matches(s))
             .cloned()
             .collect();
-        let healthy = matching.iter().filter(|s| s.is_healthy()).count();
-        self.pick(name, &matching, healthy, ctx)
+        let selectable = crate::cache::selectable(&matching);
+        self.pick(name, &matching, selectable, ctx)
     }
 
     /// Statistics of every cached service, sorted by name.
@@ -455,8 +486,8 @@ impl CachedDiscovery {
         let mut out: Vec<_> = self
             .inner
             .services
-            .load()
-            .values()
+            .entries()
+            .iter()
             .map(|e| e.stats())
             .collect();
         out.sort_by(|a, b| a.service.cmp(&b.service));
@@ -465,37 +496,20 @@ impl CachedDiscovery {
 
     /// Statistics of one cached service.
     pub fn service_stats(&self, name: &str) -> Option<CacheStats> {
-        self.inner.services.load().get(name).map(|e| e.stats())
+        self.inner.services.with(name, |e| e.stats())
     }
 
     /// Empties the cache and stops every service's background task; the next lookup of each
     /// service fills it again from the registry.
     pub fn clear_cache(&self) {
-        let old = {
-            let _w = self.inner.write.lock();
-            let old = self.inner.services.swap(Arc::new(Services::default()));
-            self.inner.generation.fetch_add(1, Ordering::AcqRel);
-            old
-        };
-        for e in old.values() {
+        for e in self.inner.services.remove_where(|_| true) {
             e.abort_task();
         }
     }
 
     /// Drops one service from the cache (and stops its task). Returns whether it was cached.
     pub fn evict(&self, name: &str) -> bool {
-        let removed = {
-            let _w = self.inner.write.lock();
-            let cur = self.inner.services.load_full();
-            let mut next = (*cur).clone();
-            let removed = next.remove(name);
-            if removed.is_some() {
-                self.inner.services.store(Arc::new(next));
-                self.inner.generation.fetch_add(1, Ordering::AcqRel);
-            }
-            removed
-        };
-        match removed {
+        match self.inner.services.remove(name) {
             Some(e) => {
                 e.abort_task();
                 true
@@ -520,7 +534,7 @@ impl ServiceDiscovery for CachedDiscovery {
             return done;
         }
         let snap = self.fill(name).await?;
-        self.pick(name, &snap.all, snap.healthy, ctx)
+        self.pick(name, &snap.all, snap.selectable, ctx)
     }
 
     async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
@@ -529,7 +543,7 @@ impl ServiceDiscovery for CachedDiscovery {
             Some(done) => done?,
             None => {
                 let snap = self.fill(name).await?;
-                self.pick(name, &snap.all, snap.healthy, &ctx)?
+                self.pick(name, &snap.all, snap.selectable, &ctx)?
             }
         };
         Ok(sel.instance)
@@ -548,6 +562,9 @@ impl ServiceDiscovery for CachedDiscovery {
             return Ok(());
         }
         let _ = self.inner.shutdown.send(true);
+        if let Some(t) = self.inner.sweeper.lock().take() {
+            t.abort();
+        }
         self.clear_cache();
         if self.inner.opts.owns_registry {
             self.inner.registry.close().await?;

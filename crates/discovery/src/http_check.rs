@@ -10,6 +10,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use waypost_core_types::quote::quoted_up_to;
 use waypost_core_types::{Error, HealthChecker, Protocol, Result, ServiceInfo};
 
 type Pool = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -60,7 +61,9 @@ impl Default for HttpHealthChecker {
 
 impl HttpHealthChecker {
     /// A checker of `/health` with `timeout` per check (the Laravel-Go module's
-    /// `NewHTTPHealthChecker`).
+    /// `NewHTTPHealthChecker`). `Duration::MAX` means no limit of its own (a
+    /// [`HealthMonitor`](crate::HealthMonitor)'s check timeout still applies). With a zero
+    /// timeout every check fails at once with [`Error::InvalidConfig`], without a request.
     pub fn new(timeout: Duration) -> Self {
         HttpHealthChecker {
             client: pool(timeout, None).map_err(|e| e.to_string()),
@@ -138,10 +141,17 @@ impl HttpHealthChecker {
         } else {
             Err(Error::Http {
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned(),
+                // Peer bytes: escaped and bounded.
+                body: quoted_up_to(&String::from_utf8_lossy(&body[..body.len().min(1024)]), 256)
+                    .to_string(),
             })
         }
     }
+}
+
+/// The error of a check with a zero timeout.
+pub(crate) fn zero_timeout() -> Error {
+    Error::InvalidConfig("health check timeout must be above zero".into())
 }
 
 /// An error and its sources, as one line (hyper's own message is only "client error (Connect)").
@@ -159,6 +169,9 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[async_trait]
 impl HealthChecker for HttpHealthChecker {
     async fn check(&self, service: &ServiceInfo) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(zero_timeout());
+        }
         let scheme = if service.protocol == Protocol::Https {
             "https"
         } else {

@@ -40,6 +40,7 @@ mod discovery;
 mod events;
 mod filter;
 mod http_check;
+mod map;
 mod monitor;
 mod options;
 mod refresh;
@@ -50,6 +51,8 @@ pub use discovery::CachedDiscovery;
 pub use filter::Filter;
 pub use http_check::HttpHealthChecker;
 pub use monitor::{HealthMonitor, HealthMonitorBuilder, InstanceHealth};
-pub use options::DiscoveryBuilder;
+pub use options::{
+    DiscoveryBuilder, DEFAULT_EMPTY_IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_GRACE,
+};
 pub use stats::CacheStats;
 pub use tcp_check::TcpHealthChecker;

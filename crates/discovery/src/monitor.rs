@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
+use tokio::time::Instant;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{
     Error, Health, HealthChecker, Result, ServiceInfo, ServiceRegistry, Timestamp,
 };
@@ -33,13 +34,17 @@ impl HealthMonitorBuilder {
         self
     }
 
-    /// Time between probe rounds (default 10 s). The first round runs at once.
+    /// Time between the starts of probe rounds (default 10 s; a round that takes longer is
+    /// followed by the next one `interval` after it ends). The first round runs at once.
+    /// `Duration::MAX` probes once; zero is refused by [`start`](Self::start).
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
 
     /// A limit on one probe on top of the checker's own (default: the interval).
+    /// `Duration::MAX` leaves only the checker's own limit; zero is refused by
+    /// [`start`](Self::start).
     pub fn check_timeout(mut self, timeout: Duration) -> Self {
         self.check_timeout = Some(timeout);
         self
@@ -60,17 +65,22 @@ impl HealthMonitorBuilder {
     /// Starts probing, on the current tokio runtime.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for no service, a zero interval or threshold, or when called
-    /// outside a tokio runtime.
+    /// [`Error::InvalidConfig`] for no service, a zero interval, check timeout or threshold, or
+    /// when called outside a tokio runtime.
     pub fn start(self) -> Result<HealthMonitor> {
         if self.services.is_empty() {
             return Err(Error::InvalidConfig(
                 "health monitor: no service to probe".into(),
             ));
         }
-        if self.interval.is_zero() || self.failure_threshold == 0 || self.success_threshold == 0 {
+        if self.interval.is_zero()
+            || self.check_timeout.is_some_and(|t| t.is_zero())
+            || self.failure_threshold == 0
+            || self.success_threshold == 0
+        {
             return Err(Error::InvalidConfig(
-                "health monitor: interval and thresholds must be greater than zero".into(),
+                "health monitor: interval, check timeout and thresholds must be greater than zero"
+                    .into(),
             ));
         }
         let rt = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -209,12 +219,21 @@ impl HealthMonitor {
 }
 
 async fn run(shared: Arc<Shared>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        let started = Instant::now();
         round(&shared).await;
         *shared.rounds.lock() += 1;
+        // The next round `interval` after this one started, or after it ended if it ran late;
+        // a time too far to represent (`Duration::MAX`) means no further round.
+        let now = Instant::now();
+        let next = started
+            .checked_add(interval)
+            .filter(|next| *next >= now)
+            .or_else(|| now.checked_add(interval));
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending::<()>().await,
+        }
     }
 }
 
@@ -224,11 +243,12 @@ async fn round(shared: &Shared) {
         let instances = match shared.registry.list_instances(name).await {
             Ok(list) => list,
             Err(e) => {
-                tracing::warn!(service = %name, error = %e, "health monitor: cannot list instances");
+                tracing::warn!(service = %quoted(name), error = %e, "health monitor: cannot list instances");
                 continue;
             }
         };
         let results = join_all(instances.iter().map(|s| async move {
+            // `timeout` takes any duration: one too far to represent is no limit.
             match tokio::time::timeout(shared.check_timeout, shared.checker.check(s)).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::timeout(

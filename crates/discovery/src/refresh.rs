@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio::time::timeout;
-use waypost_core_types::{Error, Result, ServiceRegistry, WatchEvent, WatchStream};
+use tokio::time::{timeout, Instant};
+use waypost_core_types::quote::quoted;
+use waypost_core_types::{Error, Result, ServiceRegistry, SnapshotReason, WatchEvent, WatchStream};
 
 use crate::cache::Entry;
 use crate::options::Options;
@@ -23,36 +24,47 @@ pub(crate) async fn first_fill(
     let watch_err = match timeout(limit, registry.watch_service(name)).await {
         Ok(Ok(mut stream)) => match timeout(limit, stream.next()).await {
             Ok(Some(WatchEvent::Snapshot { services, .. })) => {
-                entry.apply_full(services, opts, true);
+                entry.apply_full(services, opts, true, false);
                 return Ok(Some(stream));
             }
             Ok(Some(_)) => {
                 Error::backend_msg("discovery", "the watch did not start with a snapshot")
             }
-            Ok(None) => Error::Unavailable(format!("the watch of `{name}` ended at once")),
-            Err(_) => Error::timeout(format!("the first snapshot of `{name}`"), limit),
+            Ok(None) => {
+                Error::Unavailable(format!("the watch of `{}` ended at once", quoted(name)))
+            }
+            Err(_) => Error::timeout(format!("the first snapshot of `{}`", quoted(name)), limit),
         },
         Ok(Err(e)) => e,
-        Err(_) => Error::timeout(format!("starting the watch of `{name}`"), limit),
+        Err(_) => Error::timeout(format!("starting the watch of `{}`", quoted(name)), limit),
     };
     if matches!(watch_err, Error::InvalidInstance(_) | Error::Closed) {
         return Err(watch_err);
     }
-    tracing::warn!(service = %name, error = %watch_err, "discovery: watch failed; polling instead");
+    tracing::warn!(service = %quoted(name), error = %watch_err, "discovery: watch failed; polling instead");
     entry.failed(&watch_err);
     match timeout(limit, registry.list_instances(name)).await {
         Ok(Ok(list)) => {
-            entry.apply_full(list, opts, false);
+            entry.apply_full(list, opts, false, false);
             Ok(None)
         }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::timeout(format!("listing `{name}`"), limit)),
+        Err(_) => Err(Error::timeout(format!("listing `{}`", quoted(name)), limit)),
     }
 }
 
 /// Resolves when the discovery shuts down (or is dropped).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|closed| *closed).await;
+}
+
+/// Resolves when the instances `entry` holds after a watch gap are due to be dropped (never if
+/// it holds none).
+async fn grace_ends(entry: &Entry) {
+    match entry.grace_deadline() {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The background task of one service: applies the watch; when it ends or fails, polls
@@ -68,14 +80,19 @@ pub(crate) async fn run(
     let interval = opts.refresh_interval;
     // Without a watch at the start, the first fill has just listed: wait before polling.
     let mut poll_now = false;
+    // The first snapshot of a watch started again follows a gap, as a reconnect snapshot does.
+    let mut fresh_watch = false;
     loop {
         if let Some(mut s) = stream.take() {
             loop {
                 tokio::select! {
                     _ = stopped(&mut shutdown) => return,
+                    _ = grace_ends(&entry) => entry.expire_grace(Instant::now()),
                     ev = s.next() => match ev {
-                        Some(WatchEvent::Snapshot { services, .. }) => {
-                            entry.apply_full(services, &opts, true);
+                        Some(WatchEvent::Snapshot { services, reason }) => {
+                            let after_gap = reason == SnapshotReason::Reconnected || fresh_watch;
+                            fresh_watch = false;
+                            entry.apply_full(services, &opts, true, after_gap);
                         }
                         Some(WatchEvent::Change(change)) => entry.apply_change(change, &opts),
                         Some(_) => {}
@@ -83,7 +100,7 @@ pub(crate) async fn run(
                     },
                 }
             }
-            tracing::warn!(service = %name, "discovery: registry watch ended; polling until it is back");
+            tracing::warn!(service = %quoted(&name), "discovery: registry watch ended; polling until it is back");
             entry.watch_lost("the registry watch ended");
             poll_now = true;
         }
@@ -92,13 +109,22 @@ pub(crate) async fn run(
                 return;
             }
             poll_now = true;
-            tokio::select! {
-                _ = stopped(&mut shutdown) => return,
-                _ = tokio::time::sleep(interval) => {}
+            let wake = Instant::now().checked_add(interval);
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => return,
+                    _ = grace_ends(&entry) => {
+                        entry.expire_grace(Instant::now());
+                        continue;
+                    }
+                    _ = sleep_until_or_never(wake) => {}
+                }
+                break;
             }
             match timeout(interval, registry.watch_service(&name)).await {
                 Ok(Ok(s)) => {
                     stream = Some(s);
+                    fresh_watch = true;
                     break;
                 }
                 Ok(Err(Error::Closed)) => {
@@ -106,9 +132,20 @@ pub(crate) async fn run(
                     return;
                 }
                 Ok(Err(e)) => entry.failed(&e),
-                Err(_) => entry.failed(&Error::timeout(format!("watching `{name}`"), interval)),
+                Err(_) => entry.failed(&Error::timeout(
+                    format!("watching `{}`", quoted(&name)),
+                    interval,
+                )),
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none (an interval of `Duration::MAX`).
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -118,12 +155,16 @@ async fn poll(entry: &Entry, registry: &dyn ServiceRegistry, opts: &Options) -> 
     let name = &*entry.name;
     let interval = opts.refresh_interval;
     match timeout(interval, registry.list_instances(name)).await {
-        Ok(Ok(list)) => entry.apply_full(list, opts, false),
+        // A poll runs while the watch is down: what it leaves out may be coming back.
+        Ok(Ok(list)) => entry.apply_full(list, opts, false, true),
         Ok(Err(e)) => {
             entry.failed(&e);
             return !e.is_closed();
         }
-        Err(_) => entry.failed(&Error::timeout(format!("listing `{name}`"), interval)),
+        Err(_) => entry.failed(&Error::timeout(
+            format!("listing `{}`", quoted(name)),
+            interval,
+        )),
     }
     true
 }

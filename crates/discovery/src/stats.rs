@@ -29,6 +29,10 @@ pub struct CacheStats {
     pub last_error: Option<String>,
     /// Updates the shrink guard refused.
     pub refused_updates: u64,
+    /// Instances still served although the last full set (after a registry reconnect or a
+    /// watch gap) left them out: held for the reconnect grace until they come back, the
+    /// registry deletes them, or the grace ends.
+    pub stale_instances: usize,
 }
 
 #[repr(align(128))]

@@ -19,7 +19,8 @@ impl Default for TcpHealthChecker {
 }
 
 impl TcpHealthChecker {
-    /// A checker with `timeout` per check.
+    /// A checker with `timeout` per check. `Duration::MAX` means no limit of its own. With a zero
+    /// timeout every check fails at once with [`Error::InvalidConfig`], without connecting.
     pub fn new(timeout: Duration) -> Self {
         TcpHealthChecker { timeout }
     }
@@ -28,6 +29,9 @@ impl TcpHealthChecker {
 #[async_trait]
 impl HealthChecker for TcpHealthChecker {
     async fn check(&self, service: &ServiceInfo) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Err(crate::http_check::zero_timeout());
+        }
         let addr = service
             .address
             .trim_start_matches('[')

@@ -360,7 +360,8 @@ async fn http_checker_over_tls() {
     server.abort();
 }
 
-/// Unknown instances become healthy after the success threshold.
+/// Unknown instances are picked while the service has no healthy one, and become healthy after
+/// the success threshold.
 #[tokio::test(start_paused = true)]
 async fn monitor_promotes_unknown_instances() {
     let registry = Arc::new(MemoryRegistry::new());
@@ -372,10 +373,8 @@ async fn monitor_promotes_unknown_instances() {
         registry.clone(),
         Arc::new(waypost_balancer::RoundRobin::new()),
     );
-    assert!(matches!(
-        d.discover_one("fresh").await,
-        Err(Error::NoHealthyInstance(_))
-    ));
+    let picked = d.discover_one("fresh").await.unwrap();
+    assert_eq!((picked.id.as_str(), picked.health), ("u", Health::Unknown));
     let _monitor = HealthMonitor::builder(registry.clone(), Arc::new(Scripted::default()))
         .service("fresh")
         .interval(Duration::from_secs(1))
@@ -383,7 +382,64 @@ async fn monitor_promotes_unknown_instances() {
         .start()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(d.discover_one("fresh").await.unwrap().id, "u");
+    let picked = d.discover_one("fresh").await.unwrap();
+    assert_eq!((picked.id.as_str(), picked.health), ("u", Health::Healthy));
+}
+
+/// The first-use rule through discovery: healthy first, unknown when none is healthy, never
+/// unhealthy; `NoHealthyInstance` only when every instance is unhealthy.
+#[tokio::test(start_paused = true)]
+async fn discover_one_prefers_healthy_then_unknown() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let d = CachedDiscovery::new(
+        registry.clone(),
+        Arc::new(waypost_balancer::RoundRobin::new()),
+    );
+    let set = |id: &str, h: Health| ServiceInfo::new(id, "svc", "127.0.0.1", 8001).with_health(h);
+    registry
+        .register(&set("new", Health::Unknown))
+        .await
+        .unwrap();
+    assert_eq!(d.discover_one("svc").await.unwrap().id, "new");
+    registry
+        .register(&set("ok", Health::Healthy))
+        .await
+        .unwrap();
+    registry
+        .register(&set("down", Health::Unhealthy))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..10 {
+        assert_eq!(d.discover_one("svc").await.unwrap().id, "ok");
+    }
+    registry
+        .register(&set("ok", Health::Unhealthy))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    for _ in 0..10 {
+        assert_eq!(d.discover_one("svc").await.unwrap().id, "new");
+    }
+    let filtered = d
+        .select_with(
+            "svc",
+            &waypost_discovery::Filter::new(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(filtered.instance.id, "new");
+    registry
+        .register(&set("new", Health::Unhealthy))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(matches!(
+        d.discover_one("svc").await,
+        Err(Error::NoHealthyInstance(_))
+    ));
+    assert_eq!(d.discover("svc").await.unwrap().len(), 3);
 }
 
 /// The probing task belongs to the monitor: stopping or dropping it ends the probes.

@@ -37,6 +37,45 @@
 //! registry.close().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## First use: a new instance is picked at once
+//!
+//! A new [`ServiceInfo`] has health [`Health::Unknown`] (nothing has checked it yet; its JSON says
+//! `"health":"unknown"`, as the Laravel-Go module writes it). Balancers, and so
+//! `discover_one`, pick the healthy instances of a service, and its `Unknown` ones when it has no
+//! healthy instance; never an unhealthy one ([`Health::SELECTION_ORDER`]). So registering an
+//! instance and asking for one works without any health check:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> waypost::Result<()> {
+//! use std::sync::Arc;
+//! use waypost::{CachedDiscovery, Health, MemoryRegistry, RoundRobin, ServiceDiscovery,
+//!               ServiceInfo, ServiceRegistry};
+//!
+//! let registry = Arc::new(MemoryRegistry::new());
+//! let svc = ServiceInfo::new("user-1", "user-service", "127.0.0.1", 8080);
+//! assert_eq!(svc.health, Health::Unknown);
+//! registry.register(&svc).await?;
+//!
+//! let discovery = CachedDiscovery::new(registry.clone(), Arc::new(RoundRobin::new()));
+//! assert_eq!(discovery.discover_one("user-service").await?.id, "user-1");
+//!
+//! // Once an instance is known to be healthy, it is preferred over the unchecked ones...
+//! registry.register(&ServiceInfo::new("user-2", "user-service", "127.0.0.1", 8081)
+//!     .with_health(Health::Healthy)).await?;
+//! # tokio::task::yield_now().await;
+//! for _ in 0..4 {
+//!     assert_eq!(discovery.discover_one("user-service").await?.id, "user-2");
+//! }
+//! // ...and an unhealthy one is never picked.
+//! registry.register(&ServiceInfo::new("user-2", "user-service", "127.0.0.1", 8081)
+//!     .with_health(Health::Unhealthy)).await?;
+//! # tokio::task::yield_now().await;
+//! assert_eq!(discovery.discover_one("user-service").await?.id, "user-1");
+//! discovery.close().await?;
+//! # Ok(()) }
+//! ```
 
 //!
 //! # Validation and error texts

@@ -11,13 +11,14 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tracing::Instrument;
+use waypost_core_types::quote::{quoted, quoted_up_to};
 use waypost_core_types::{
     BoxError, Error, Outcome, Protocol, Result, SelectContext, Selection, ServiceInfo,
 };
 
 use super::execute::deadline_error;
 use super::{BoxFuture, CallSpec, ServiceClient};
-use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_PREFIX};
+use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
 use crate::outlier::InstancePermit;
 
 pub(super) enum Attempt {
@@ -182,7 +183,7 @@ impl ServiceClient {
                 }
             }
         }
-        tracing::debug!(service = %spec.service, "every instance is ejected");
+        tracing::debug!(service = %quoted(&spec.service), "every instance is ejected");
         Err(Error::CircuitOpen)
     }
 
@@ -203,7 +204,7 @@ impl ServiceClient {
             Err(e) => {
                 return Err(Error::InvalidConfig(format!(
                     "request to `{}`: {e}",
-                    spec.service
+                    quoted(&spec.service)
                 )))
             }
         };
@@ -232,6 +233,9 @@ impl ServiceClient {
             let (parts, body) = resp.into_parts();
             if parts.status.as_u16() >= 400 {
                 let text = read_prefix(body, ERROR_BODY_PREFIX).await;
+                // Peer bytes in an error text: escaped and bounded, so a body cannot forge a
+                // log line or drive a terminal.
+                let text = quoted_up_to(&text, ERROR_BODY_CHARS).to_string();
                 let server_error = parts.status.is_server_error();
                 return Attempt::Fail {
                     error: Error::Http {
@@ -284,11 +288,20 @@ impl ServiceClient {
                 }
             }
         };
-        match tokio::time::timeout_at(start + timeout, exchange).await {
+        // A timeout too far to represent (`Duration::MAX`) is no timeout.
+        let timed = match start.checked_add(timeout) {
+            Some(at) => tokio::time::timeout_at(at, exchange).await,
+            None => Ok(exchange.await),
+        };
+        match timed {
             Ok(a) => a,
             Err(_) => Attempt::Fail {
                 error: Error::timeout(
-                    format!("attempt to `{}` at {}", spec.service, instance.endpoint()),
+                    format!(
+                        "attempt to `{}` at {}",
+                        quoted(&spec.service),
+                        instance.endpoint()
+                    ),
                     timeout,
                 ),
                 outcome: Outcome::Failure,

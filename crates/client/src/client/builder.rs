@@ -44,21 +44,24 @@ impl fmt::Debug for ServiceClientBuilder {
 
 impl ServiceClientBuilder {
     /// Per-attempt timeout, covering connect, request and reading the response body (the
-    /// Laravel-Go module's `WithTimeout`; default 30 s).
+    /// Laravel-Go module's `WithTimeout`; default 30 s). `Duration::MAX` means no per-attempt
+    /// limit; zero is refused by [`build`](Self::build).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
     /// Overall deadline of a call: all attempts and the waits between them (default: none, each
-    /// attempt is bounded by [`timeout`](Self::timeout)).
+    /// attempt is bounded by [`timeout`](Self::timeout)). `Duration::MAX` means no deadline;
+    /// zero is refused by [`build`](Self::build).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
     /// Up to `max_retries` retries with exponential backoff from `base_delay` with full jitter
-    /// (the Laravel-Go module's `WithRetry(count, delay)`; default 2 retries from 50 ms).
+    /// (the Laravel-Go module's `WithRetry(count, delay)`; default 2 retries from 50 ms). See
+    /// [`RetryPolicy::new`] for zero and `Duration::MAX`.
     pub fn retry(mut self, max_retries: u32, base_delay: Duration) -> Self {
         let keep = self.retry.retry_non_idempotent;
         self.retry = RetryPolicy::new(max_retries, base_delay);

@@ -96,6 +96,18 @@ impl CallSpec {
             max_retries: None,
         }
     }
+
+    /// The path as logs show it: without its query string and fragment, which may carry
+    /// secrets (`?access_token=…`).
+    pub(crate) fn log_path(&self) -> &str {
+        path_for_logs(&self.path)
+    }
+}
+
+/// `path` without its query string and fragment.
+pub(crate) fn path_for_logs(path: &str) -> &str {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    &path[..end]
 }
 
 /// One request being built; send it with [`send`](Self::send).
@@ -161,14 +173,26 @@ impl<'a> CallBuilder<'a> {
         self
     }
 
-    /// Per-attempt timeout for this call.
+    /// Per-attempt timeout for this call. `Duration::MAX` means no per-attempt limit; zero makes
+    /// [`send`](Self::send) fail with [`Error::InvalidConfig`] without sending.
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        if timeout.is_zero() {
+            self.error.get_or_insert(Error::InvalidConfig(
+                "call timeout must be above zero".into(),
+            ));
+        }
         self.spec.timeout = Some(timeout);
         self
     }
 
-    /// Overall deadline for this call.
+    /// Overall deadline for this call. `Duration::MAX` means no deadline; zero makes
+    /// [`send`](Self::send) fail with [`Error::InvalidConfig`] without sending.
     pub fn deadline(mut self, deadline: Duration) -> Self {
+        if deadline.is_zero() {
+            self.error.get_or_insert(Error::InvalidConfig(
+                "call deadline must be above zero".into(),
+            ));
+        }
         self.spec.deadline = Some(deadline);
         self
     }
@@ -193,7 +217,8 @@ impl<'a> CallBuilder<'a> {
     /// [`Error::Timeout`] when an attempt or the deadline runs out; [`Error::Backend`] for
     /// transport failures; [`Error::CircuitOpen`] when every instance is ejected; discovery's
     /// errors ([`Error::ServiceNotFound`], [`Error::NoHealthyInstance`], …); [`Error::Codec`] or
-    /// [`Error::InvalidConfig`] for a request that could not be built.
+    /// [`Error::InvalidConfig`] for a request that could not be built (also a zero timeout or
+    /// deadline).
     pub fn send(self) -> impl Future<Output = Result<ServiceResponse>> + Send + 'a {
         // Not an `async fn`: its argument would be stored twice in the future (rust-lang/rust
         // #62958); this way the call's state lives once, in the box `execute` makes.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{Error, Result};
 
 use super::attempt::Attempt;
@@ -11,16 +12,21 @@ use super::{BoxFuture, CallSpec, ServiceClient, ServiceResponse};
 use crate::retry::is_idempotent;
 
 pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error {
-    Error::timeout(format!("call to `{service}`"), overall.unwrap_or_default())
+    Error::timeout(
+        format!("call to `{}`", quoted(service)),
+        overall.unwrap_or_default(),
+    )
 }
 
 impl ServiceClient {
     pub(crate) fn execute(&self, spec: CallSpec) -> BoxFuture<'_, Result<ServiceResponse>> {
+        // The path without its query string (it may carry a token), both bounded and escaped:
+        // they can come from request input.
         let span = tracing::info_span!(
             "waypost_client.call",
-            service = %spec.service,
+            service = %quoted(&spec.service),
             method = %spec.method,
-            path = %spec.path,
+            path = %quoted(spec.log_path()),
             attempts = 1u32,
         );
         // Boxed once here, so the futures of `get`, `call`, `send`, … stay a pointer wide
@@ -32,8 +38,9 @@ impl ServiceClient {
     pub(super) async fn execute_in_span(&self, spec: &CallSpec) -> Result<ServiceResponse> {
         let inner = &*self.inner;
         let overall = spec.deadline.or(inner.deadline);
-        // One clock read per call only when there is a deadline to keep.
-        let deadline = overall.map(|d| Instant::now() + d);
+        // One clock read per call only when there is a deadline to keep. A deadline too far to
+        // represent (`Duration::MAX`) is no deadline.
+        let deadline = overall.and_then(|d| Instant::now().checked_add(d));
         let per_attempt = spec.timeout.unwrap_or(inner.timeout);
         let max_retries = spec.max_retries.unwrap_or(inner.retry.max_retries);
         let retry_unsafe = spec
@@ -105,7 +112,7 @@ impl ServiceClient {
                     let wait = inner.retry.backoff(attempt);
                     if let Some(d) = deadline {
                         // The deadline caps the backoff: no point sleeping past it.
-                        if Instant::now() + wait >= d {
+                        if Instant::now().checked_add(wait).is_none_or(|end| end >= d) {
                             return Err(error);
                         }
                     }
