@@ -98,39 +98,40 @@ impl Default for FaultOptions {
 }
 
 impl FaultOptions {
-    /// Sets [`FaultOptions::connect_bound`].
+    /// Sets [`FaultOptions::connect_bound`]. Like every duration here, at most
+    /// [`MAX_BOUND`](super::MAX_BOUND).
     #[must_use]
     pub fn with_connect_bound(mut self, bound: Duration) -> Self {
-        self.connect_bound = bound;
+        self.connect_bound = super::bounded(bound);
         self
     }
 
     /// Sets [`FaultOptions::outage_detect`].
     #[must_use]
     pub fn with_outage_detect(mut self, bound: Duration) -> Self {
-        self.outage_detect = bound;
+        self.outage_detect = super::bounded(bound);
         self
     }
 
     /// Sets [`FaultOptions::recovery`].
     #[must_use]
     pub fn with_recovery(mut self, bound: Duration) -> Self {
-        self.recovery = bound;
+        self.recovery = super::bounded(bound);
         self
     }
 
     /// Sets [`FaultOptions::liveness`] and [`FaultOptions::drop_bound`].
     #[must_use]
     pub fn with_liveness(mut self, liveness: Duration, drop_bound: Duration) -> Self {
-        self.liveness = liveness;
-        self.drop_bound = drop_bound;
+        self.liveness = super::bounded(liveness);
+        self.drop_bound = super::bounded(drop_bound);
         self
     }
 
     /// Sets [`FaultOptions::event_timeout`].
     #[must_use]
     pub fn with_event_timeout(mut self, timeout: Duration) -> Self {
-        self.event_timeout = timeout;
+        self.event_timeout = super::bounded(timeout);
         self
     }
 
@@ -144,7 +145,7 @@ impl FaultOptions {
     /// Sets [`FaultOptions::freeze_for`].
     #[must_use]
     pub fn with_freeze_for(mut self, freeze: Duration) -> Self {
-        self.freeze_for = freeze;
+        self.freeze_for = super::bounded(freeze);
         self
     }
 }

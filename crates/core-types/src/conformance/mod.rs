@@ -62,19 +62,30 @@ impl Default for ConformanceOptions {
     }
 }
 
+/// The longest bound a check waits for, whatever an option says: an hour. Every option that
+/// takes a `Duration` keeps at most this (so `Duration::MAX` means "an hour", and adding bounds
+/// to an instant cannot overflow); zero means "at once", so such a check fails unless the
+/// result is already there.
+pub const MAX_BOUND: Duration = Duration::from_secs(3600);
+
+/// `d`, at most [`MAX_BOUND`].
+pub(crate) fn bounded(d: Duration) -> Duration {
+    d.min(MAX_BOUND)
+}
+
 impl ConformanceOptions {
-    /// Sets [`ConformanceOptions::ttl_expiry`].
+    /// Sets [`ConformanceOptions::ttl_expiry`] (each at most [`MAX_BOUND`]).
     #[must_use]
     pub fn with_ttl_expiry(mut self, ttl: Duration, tolerance: Duration) -> Self {
-        self.ttl_expiry = Some(ttl);
-        self.expiry_tolerance = tolerance;
+        self.ttl_expiry = Some(bounded(ttl));
+        self.expiry_tolerance = bounded(tolerance);
         self
     }
 
-    /// Sets [`ConformanceOptions::event_timeout`].
+    /// Sets [`ConformanceOptions::event_timeout`] (at most [`MAX_BOUND`]).
     #[must_use]
     pub fn with_event_timeout(mut self, timeout: Duration) -> Self {
-        self.event_timeout = timeout;
+        self.event_timeout = bounded(timeout);
         self
     }
 
@@ -774,4 +785,40 @@ pub async fn close_ends_watches_and_is_idempotent(
         "list_instances",
     );
     closed(registry.watch().await.map(|_| ()), "watch");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_durations_at_the_extremes_stay_within_the_bound() {
+        let o = ConformanceOptions::default()
+            .with_event_timeout(Duration::MAX)
+            .with_ttl_expiry(Duration::MAX, Duration::MAX);
+        assert_eq!(o.event_timeout, MAX_BOUND);
+        assert_eq!(o.ttl_expiry, Some(MAX_BOUND));
+        // What the checks compute from them stays representable.
+        let _ = tokio::time::Instant::now() + o.event_timeout * 3 + o.expiry_tolerance * 2;
+        let f = faults::FaultOptions::default()
+            .with_connect_bound(Duration::MAX)
+            .with_outage_detect(Duration::MAX)
+            .with_recovery(Duration::MAX)
+            .with_liveness(Duration::MAX, Duration::MAX)
+            .with_event_timeout(Duration::MAX)
+            .with_freeze_for(Duration::ZERO);
+        for d in [
+            f.connect_bound,
+            f.outage_detect,
+            f.recovery,
+            f.liveness,
+            f.drop_bound,
+            f.event_timeout,
+        ] {
+            assert_eq!(d, MAX_BOUND);
+        }
+        assert_eq!(f.freeze_for, Duration::ZERO);
+        let zero = ConformanceOptions::default().with_event_timeout(Duration::ZERO);
+        assert_eq!(zero.event_timeout, Duration::ZERO);
+    }
 }
