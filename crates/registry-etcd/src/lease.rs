@@ -340,8 +340,13 @@ mod config_tests {
             // Never an overflow, even unvalidated.
             assert!((1..=9_000_000_000).contains(&c.ttl_secs()));
         }
+        // The configured TTL's bound is 365 days; ttl_secs never goes past etcd's limit even for
+        // a config that was not validated.
+        let year = base.clone().with_ttl(Duration::from_secs(365 * 24 * 3600));
+        year.validate().unwrap();
+        assert_eq!(year.ttl_secs(), 365 * 24 * 3600);
         let longest = base.with_ttl(MAX_LEASE_TTL);
-        longest.validate().unwrap();
+        assert!(longest.validate().is_err());
         assert_eq!(longest.ttl_secs(), 9_000_000_000);
     }
 }
