@@ -46,5 +46,9 @@ pub fn capture() -> (Captured, DefaultGuard) {
         .with_ansi(false)
         .with_writer(move || Sink(Arc::clone(&buf)))
         .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Tracing caches each callsite's interest process-wide; a callsite another test reached
+    // without a subscriber may still be cached as disabled. Recompute with ours in place.
+    tracing::callsite::rebuild_interest_cache();
+    (captured, guard)
 }

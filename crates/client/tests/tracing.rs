@@ -15,6 +15,11 @@ use tracing::{Event, Metadata, Subscriber};
 use waypost_client::ServiceClient;
 use waypost_core_types::Error;
 
+/// One test at a time: tracing caches each callsite's interest process-wide, and a test that
+/// reaches a callsite without a subscriber while another installs its own can leave that
+/// callsite disabled for the other (a race in `tracing-core`'s interest cache).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Records the name of every span created.
 #[derive(Default)]
 struct SpanNames {
@@ -41,6 +46,7 @@ impl Subscriber for Recorder {
 
 #[tokio::test(flavor = "current_thread")]
 async fn one_span_per_call_and_one_per_attempt() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let a = TestServer::start(Reply::Status(503, "down")).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
@@ -109,6 +115,7 @@ impl Subscriber for Capture {
 /// itself does, so a call can still be told apart.
 #[tokio::test(flavor = "current_thread")]
 async fn the_query_string_never_reaches_a_log_line() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let a = TestServer::start(Reply::Status(503, "down")).await;
     let b = TestServer::start(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
@@ -148,6 +155,7 @@ async fn the_query_string_never_reaches_a_log_line() {
 /// text (and through it a log line or a terminal).
 #[tokio::test(flavor = "current_thread")]
 async fn error_bodies_are_escaped_and_bounded() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let hostile = "denied\u{1b}[31m\r\nINFO forged line\u{7}\u{202e}txt.exe\u{2066}";
     let a = TestServer::start(Reply::Status(403, hostile)).await;
     let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
