@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ServiceInfo;
+use crate::{InstanceSet, ServiceInfo};
 
 /// How a call (or a protected operation) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,6 +133,50 @@ pub trait LoadBalancer: Send + Sync + fmt::Debug {
         let _ = instance;
         CallGuard::noop()
     }
+
+    /// Picks one instance of a versioned [`InstanceSet`], with the same rules as
+    /// [`select`](Self::select).
+    ///
+    /// Balancers that precompute per set (weights, rings, per-instance state) key it by the
+    /// set's [`generation`](InstanceSet::generation) and override this; the default copies the
+    /// set into a list and calls [`select`](Self::select), so it costs O(n).
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let all = set.to_vec();
+        let picked = self.select(&all, ctx)?;
+        let at = all.iter().position(|s| Arc::ptr_eq(s, picked))?;
+        set.get(at)
+    }
+
+    /// Picks one instance of `set` and starts tracking a call to it: what a client does for
+    /// every attempt. The default is [`select_set`](Self::select_set) then
+    /// [`begin`](Self::begin); balancers that track calls override it to reach their
+    /// per-instance state without a lookup by id.
+    fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let picked = self.select_set(set, ctx)?;
+        Some((picked, self.begin(picked)))
+    }
+
+    /// Tells the balancer that `set` is (or is about to become) its service's current set, so
+    /// that it can build what picks on it need (an alias table, a hash ring, per-instance state)
+    /// off the request path. A discovery cache calls it on every change, before it publishes
+    /// the set. Picks stay correct without it; the default does nothing.
+    fn prepare(&self, set: &InstanceSet) {
+        let _ = set;
+    }
+
+    /// Forgets what the balancer keeps for `service` (its cache entry was evicted or cleared).
+    /// The default does nothing.
+    fn forget(&self, service: &str) {
+        let _ = service;
+    }
 }
 
 impl<T: LoadBalancer + ?Sized> LoadBalancer for Arc<T> {
@@ -150,6 +194,30 @@ impl<T: LoadBalancer + ?Sized> LoadBalancer for Arc<T> {
 
     fn begin(&self, instance: &ServiceInfo) -> CallGuard {
         (**self).begin(instance)
+    }
+
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        (**self).select_set(set, ctx)
+    }
+
+    fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        (**self).pick(set, ctx)
+    }
+
+    fn prepare(&self, set: &InstanceSet) {
+        (**self).prepare(set)
+    }
+
+    fn forget(&self, service: &str) {
+        (**self).forget(service)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,46 @@ impl WatchEvent {
 
 /// A registry watch: dropping it stops the watch.
 pub type WatchStream = Pin<Box<dyn Stream<Item = WatchEvent> + Send + 'static>>;
+
+/// One item of a shared watch stream: a [`WatchEvent`] whose instances are shared immutable
+/// values, so that a registry that keeps instances in process and the caches fed by it hold one
+/// copy of each instance between them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SharedWatchEvent {
+    /// The complete current set of instances in scope.
+    Snapshot {
+        /// Every instance in scope.
+        services: Vec<Arc<ServiceInfo>>,
+        /// Why the snapshot was sent.
+        reason: SnapshotReason,
+    },
+    /// One change after the last snapshot.
+    Change {
+        /// What happened.
+        kind: ServiceEventType,
+        /// The instance it happened to (for `Deleted`, its last known state).
+        service: Arc<ServiceInfo>,
+    },
+}
+
+impl From<WatchEvent> for SharedWatchEvent {
+    fn from(event: WatchEvent) -> Self {
+        match event {
+            WatchEvent::Snapshot { services, reason } => SharedWatchEvent::Snapshot {
+                services: services.into_iter().map(Arc::new).collect(),
+                reason,
+            },
+            WatchEvent::Change(c) => SharedWatchEvent::Change {
+                kind: c.kind,
+                service: Arc::new(c.service),
+            },
+        }
+    }
+}
+
+/// A registry watch of shared events: dropping it stops the watch.
+pub type SharedWatchStream = Pin<Box<dyn Stream<Item = SharedWatchEvent> + Send + 'static>>;
 
 /// A stream of plain change events (the Go module's `Watch` channel).
 pub type ServiceEventStream = Pin<Box<dyn Stream<Item = ServiceEvent> + Send + 'static>>;

@@ -38,6 +38,7 @@ mod breaker;
 mod discovery;
 mod error;
 mod event;
+mod instances;
 pub mod quote;
 mod registry;
 pub mod secret;
@@ -62,8 +63,10 @@ pub use breaker::{CircuitBreaker, CircuitState, Permit};
 pub use discovery::{HealthChecker, Selection, ServiceDiscovery};
 pub use error::{BoxError, Error, Result, MAX_MESSAGE_CHARS};
 pub use event::{
-    ServiceEvent, ServiceEventStream, ServiceEventType, SnapshotReason, WatchEvent, WatchStream,
+    ServiceEvent, ServiceEventStream, ServiceEventType, SharedWatchEvent, SharedWatchStream,
+    SnapshotReason, WatchEvent, WatchStream,
 };
+pub use instances::{InstanceSet, InstanceSetWriter, SetChange};
 pub use registry::{RegistryState, ServiceRegistry, StateStream};
 pub use secret::{Secret, REDACTED};
 pub use service::{Health, Protocol, ServiceInfo, DEFAULT_WEIGHT};

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use crate::{Result, ServiceInfo, WatchEvent, WatchStream};
+use crate::{Result, ServiceInfo, SharedWatchEvent, SharedWatchStream, WatchEvent, WatchStream};
 
 /// The stream of [`ServiceRegistry::state_changes`].
 pub type StateStream =
@@ -143,6 +143,18 @@ pub trait ServiceRegistry: Send + Sync + fmt::Debug {
             };
             std::future::ready(out)
         })))
+    }
+
+    /// [`watch_service`](Self::watch_service) with shared instances: backends that keep
+    /// instances in process (the in-memory registry, and every backend's watch hub) hand out
+    /// their own `Arc`s, so a cache fed by the stream holds no copy of its own. The default wraps
+    /// `watch_service`.
+    ///
+    /// # Errors
+    /// As [`watch_service`](Self::watch_service).
+    async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
+        let inner = self.watch_service(name).await?;
+        Ok(Box::pin(inner.map(SharedWatchEvent::from)))
     }
 
     /// How the connection to the backend is doing.
