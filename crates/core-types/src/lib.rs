@@ -1,5 +1,5 @@
 //! Core types of waypost: the data model ([`ServiceInfo`], [`Health`], [`Protocol`],
-//! [`ServiceEvent`]), the traits every part implements ([`ServiceRegistry`],
+//! [`ServiceEvent`], [`Metadata`]), the traits every part implements ([`ServiceRegistry`],
 //! [`ServiceDiscovery`], [`LoadBalancer`], [`HealthChecker`], [`CircuitBreaker`]), the one
 //! [`Error`], validation, and the Go-compatible JSON codec.
 //!
@@ -39,6 +39,7 @@ mod discovery;
 mod error;
 mod event;
 mod instances;
+mod metadata;
 pub mod quote;
 mod registry;
 pub mod secret;
@@ -67,6 +68,7 @@ pub use event::{
     SnapshotReason, WatchEvent, WatchStream,
 };
 pub use instances::{InstanceSet, InstanceSetWriter, SetChange};
+pub use metadata::{Iter as MetadataIter, Metadata};
 pub use registry::{RegistryState, ServiceRegistry, StateStream};
 pub use secret::{Secret, REDACTED};
 pub use service::{Health, Protocol, ServiceInfo, DEFAULT_WEIGHT};

@@ -1,6 +1,5 @@
 //! The data model: [`ServiceInfo`], [`Health`] and [`Protocol`].
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::time::{go_duration, Timestamp};
-use crate::Error;
+use crate::{Error, Metadata};
 
 /// The health of one instance, written in JSON as `"healthy"`, `"unhealthy"` or `"unknown"`.
 ///
@@ -214,9 +213,9 @@ pub struct ServiceInfo {
     /// Current health.
     #[serde(default)]
     pub health: Health,
-    /// Free-form key/value pairs (sorted, as Go writes maps).
+    /// Free-form key/value pairs, sorted by key (as Go writes maps); see [`Metadata`].
     #[serde(default, deserialize_with = "null_as_default")]
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     /// Free-form tags.
     #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
@@ -283,9 +282,7 @@ impl Clone for ServiceInfo {
         self.port = *port;
         self.protocol = *protocol;
         self.health = *health;
-        if self.metadata != *metadata {
-            self.metadata.clone_from(metadata);
-        }
+        self.metadata.clone_from(metadata);
         self.tags.clone_from(tags);
         self.created_at = *created_at;
         self.updated_at = *updated_at;
@@ -329,7 +326,7 @@ impl ServiceInfo {
             port,
             protocol: Protocol::Http,
             health: Health::Unknown,
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
             tags: Vec::new(),
             created_at: Timestamp::zero(),
             updated_at: Timestamp::zero(),

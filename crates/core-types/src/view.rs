@@ -26,7 +26,8 @@
 //! assert_eq!(diff, vec![ServiceEvent::created(b), ServiceEvent::deleted(a)]);
 //! ```
 
-use std::collections::btree_map::{BTreeMap, Entry};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::{ServiceEvent, ServiceEventType, ServiceInfo, WatchEvent};
@@ -62,11 +63,56 @@ impl Scope {
 /// A set of instances keyed by service name and instance id, kept in that order.
 ///
 /// Instances are shared (`Arc`), so taking a snapshot or fanning a change out copies pointers,
-/// not data.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// not data; and the view keys each instance by the id inside it, so it holds no copy of any id.
+#[derive(Debug, Clone, Default)]
 pub struct InstanceView {
-    services: BTreeMap<String, BTreeMap<String, Arc<ServiceInfo>>>,
+    services: BTreeMap<String, BTreeSet<ById>>,
     len: usize,
+}
+
+/// An instance ordered, compared and looked up by its id alone.
+#[derive(Debug, Clone)]
+struct ById(Arc<ServiceInfo>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
+/// Two views are equal when they hold equal instances (not only the same ids).
+impl PartialEq for InstanceView {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len
+            && self.services.len() == other.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&other.services)
+                .all(|((n1, a), (n2, b))| {
+                    n1 == n2 && a.len() == b.len() && a.iter().zip(b).all(|(x, y)| *x.0 == *y.0)
+                })
+    }
 }
 
 impl InstanceView {
@@ -87,12 +133,15 @@ impl InstanceView {
 
     /// One instance.
     pub fn get(&self, name: &str, id: &str) -> Option<&Arc<ServiceInfo>> {
-        self.services.get(name)?.get(id)
+        self.services.get(name)?.get(id).map(|s| &s.0)
     }
 
     /// The instances of one service, by id.
     pub fn service(&self, name: &str) -> impl Iterator<Item = &Arc<ServiceInfo>> + '_ {
-        self.services.get(name).into_iter().flat_map(|m| m.values())
+        self.services
+            .get(name)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|s| &s.0))
     }
 
     /// The names of the services that have at least one instance, in order.
@@ -106,7 +155,7 @@ impl InstanceView {
         scope: &'a Scope,
     ) -> Box<dyn Iterator<Item = &'a Arc<ServiceInfo>> + 'a> {
         match scope {
-            Scope::All => Box::new(self.services.values().flat_map(|m| m.values())),
+            Scope::All => Box::new(self.services.values().flat_map(|m| m.iter().map(|s| &s.0))),
             Scope::Service(name) => Box::new(self.service(name)),
         }
     }
@@ -153,38 +202,28 @@ impl InstanceView {
 
     /// Inserts or replaces one instance; `Created` or `Updated`.
     pub fn insert(&mut self, service: Arc<ServiceInfo>) -> (ServiceEventType, Arc<ServiceInfo>) {
-        // A known instance is replaced without allocating its keys again.
-        if let Some(slot) = self
-            .services
-            .get_mut(service.name.as_str())
-            .and_then(|ids| ids.get_mut(service.id.as_str()))
-        {
-            *slot = Arc::clone(&service);
-            return (ServiceEventType::Updated, service);
-        }
-        let ids = self.services.entry(service.name.clone()).or_default();
-        match ids.entry(service.id.clone()) {
-            Entry::Occupied(mut o) => {
-                o.insert(Arc::clone(&service));
-                (ServiceEventType::Updated, service)
-            }
-            Entry::Vacant(v) => {
-                v.insert(Arc::clone(&service));
-                self.len += 1;
-                (ServiceEventType::Created, service)
-            }
+        let ids = match self.services.get_mut(service.name.as_str()) {
+            Some(ids) => ids,
+            // A new service name is the only key the view allocates.
+            None => self.services.entry(service.name.clone()).or_default(),
+        };
+        if ids.replace(ById(Arc::clone(&service))).is_some() {
+            (ServiceEventType::Updated, service)
+        } else {
+            self.len += 1;
+            (ServiceEventType::Created, service)
         }
     }
 
     /// Removes one instance and returns it.
     pub fn remove(&mut self, name: &str, id: &str) -> Option<Arc<ServiceInfo>> {
         let ids = self.services.get_mut(name)?;
-        let old = ids.remove(id)?;
+        let old = ids.take(id)?;
         if ids.is_empty() {
             self.services.remove(name);
         }
         self.len -= 1;
-        Some(old)
+        Some(old.0)
     }
 
     /// Replaces everything in `scope` with `services` (instances outside the scope are ignored)
@@ -206,22 +245,21 @@ impl InstanceView {
         scope: &Scope,
         services: Vec<Arc<ServiceInfo>>,
     ) -> Vec<(ServiceEventType, Arc<ServiceInfo>)> {
-        let mut next: BTreeMap<String, BTreeMap<String, Arc<ServiceInfo>>> = BTreeMap::new();
+        let mut next: BTreeMap<String, BTreeSet<ById>> = BTreeMap::new();
         for s in services {
             if scope.covers(&s.name) {
-                next.entry(s.name.clone())
-                    .or_default()
-                    .insert(s.id.clone(), s);
+                // The last instance given for an id wins.
+                next.entry(s.name.clone()).or_default().replace(ById(s));
             }
         }
         let mut changed = Vec::new();
         for (name, ids) in &next {
             let old = self.services.get(name);
-            for (id, s) in ids {
-                match old.and_then(|o| o.get(id)) {
-                    None => changed.push((ServiceEventType::Created, Arc::clone(s))),
-                    Some(o) if **o != **s => {
-                        changed.push((ServiceEventType::Updated, Arc::clone(s)))
+            for s in ids {
+                match old.and_then(|o| o.get(s.0.id.as_str())) {
+                    None => changed.push((ServiceEventType::Created, Arc::clone(&s.0))),
+                    Some(o) if *o.0 != *s.0 => {
+                        changed.push((ServiceEventType::Updated, Arc::clone(&s.0)))
                     }
                     Some(_) => {}
                 }
@@ -238,9 +276,9 @@ impl InstanceView {
             };
             self.len -= old.len();
             let fresh = next.get(&name);
-            for (id, s) in old {
-                if fresh.is_none_or(|f| !f.contains_key(&id)) {
-                    deleted.push((ServiceEventType::Deleted, s));
+            for s in old {
+                if fresh.is_none_or(|f| !f.contains(s.0.id.as_str())) {
+                    deleted.push((ServiceEventType::Deleted, s.0));
                 }
             }
         }

@@ -195,7 +195,7 @@ impl Announcer {
 
     /// Replaces the metadata.
     pub fn with_metadata_map(mut self, metadata: BTreeMap<String, String>) -> Self {
-        self.template.metadata = metadata;
+        self.template.metadata = metadata.into();
         self
     }
 

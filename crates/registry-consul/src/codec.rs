@@ -351,7 +351,7 @@ pub fn decode_entry(value: serde_json::Value, prefix: &str) -> Decoded {
                     .min(waypost_core_types::validate::MAX_WEIGHT)
             })
             .unwrap_or(DEFAULT_WEIGHT);
-        info.metadata = meta;
+        info.metadata = meta.into();
         return match info.validate() {
             Ok(()) => Decoded::Foreign(info),
             Err(e) => Decoded::Invalid(e.to_string()),

@@ -9,6 +9,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use futures_util::StreamExt;
 use waypost_core_types::{Health, ServiceInfo, ServiceRegistry};
 use waypost_registry_memory::MemoryRegistry;
 
@@ -84,5 +85,45 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches_group, benches);
+/// Registration throughput with 0 and with 100 watchers of services that are not registered
+/// to, each drained by a task on a worker thread: what unrelated watchers (every service a
+/// discovery cache holds is one) cost a registration.
+fn unrelated_watchers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+
+    let mut group = c.benchmark_group("memory_registry_watchers");
+    group.throughput(Throughput::Elements(1));
+    let services: Vec<ServiceInfo> = (0..10_000)
+        .map(|i| instance(&format!("svc{}", i % 100), i))
+        .collect();
+    for watchers in [0, 100] {
+        let registry = MemoryRegistry::new();
+        let drains: Vec<_> = (0..watchers)
+            .map(|w| {
+                let mut stream =
+                    now(registry.watch_service(&format!("watched{w}"))).expect("watch");
+                rt.spawn(async move { while stream.next().await.is_some() {} })
+            })
+            .collect();
+        let mut i = 0;
+        group.bench_function(format!("register_{watchers}_unrelated_watchers"), |b| {
+            b.iter(|| {
+                i = (i + 1) % services.len();
+                now(registry.register(black_box(&services[i]))).expect("register");
+            })
+        });
+        rt.block_on(registry.close()).expect("close");
+        for d in drains {
+            rt.block_on(d).expect("drain task");
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches_group, benches, unrelated_watchers);
 criterion_main!(benches_group);

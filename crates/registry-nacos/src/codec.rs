@@ -149,7 +149,7 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
             user.insert(k.clone(), v.clone());
         }
     }
-    s.metadata = user;
+    s.metadata = user.into();
     s.validate().map_err(|e| e.to_string())?;
     Ok(s)
 }

@@ -18,6 +18,7 @@
 //! one is dropped.
 
 use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -31,8 +32,8 @@ use crate::view::{InstanceView, Scope};
 mod scoped;
 
 use crate::{
-    Error, Result, ServiceEvent, ServiceEventType, ServiceInfo, SnapshotReason, WatchEvent,
-    WatchStream,
+    Error, Result, ServiceEvent, ServiceEventType, ServiceInfo, SharedWatchEvent,
+    SharedWatchStream, SnapshotReason, WatchEvent, WatchStream,
 };
 pub use scoped::ScopedHubs;
 
@@ -89,9 +90,15 @@ enum Item {
     Snapshot(Vec<Arc<ServiceInfo>>, SnapshotReason),
 }
 
-impl Item {
-    fn into_event(self) -> WatchEvent {
-        match self {
+/// What a stream hands out: copies ([`WatchEvent`]) or the hub's own instances
+/// ([`SharedWatchEvent`]).
+trait FromItem: Send + 'static {
+    fn from_item(item: Item) -> Self;
+}
+
+impl FromItem for WatchEvent {
+    fn from_item(item: Item) -> Self {
+        match item {
             Item::Change(kind, service) => WatchEvent::Change(ServiceEvent {
                 kind,
                 service: Arc::unwrap_or_clone(service),
@@ -100,6 +107,15 @@ impl Item {
                 services: services.into_iter().map(Arc::unwrap_or_clone).collect(),
                 reason,
             },
+        }
+    }
+}
+
+impl FromItem for SharedWatchEvent {
+    fn from_item(item: Item) -> Self {
+        match item {
+            Item::Change(kind, service) => SharedWatchEvent::Change { kind, service },
+            Item::Snapshot(services, reason) => SharedWatchEvent::Snapshot { services, reason },
         }
     }
 }
@@ -195,9 +211,25 @@ impl WatchHub {
     /// A new stream over `scope`: a `Snapshot { reason: Initial }` of the view first, then every
     /// change in scope.
     ///
+    /// A change of service `S` costs only the streams of `S` and the streams of every service:
+    /// streams of other services are not touched, however many there are.
+    ///
     /// # Errors
     /// [`Error::Closed`] after [`close`](Self::close).
     pub fn subscribe(&self, scope: Scope) -> Result<WatchStream> {
+        Ok(Box::pin(self.open::<WatchEvent>(scope)?))
+    }
+
+    /// [`subscribe`](Self::subscribe) with the hub's own instances: every snapshot and change
+    /// hands out the `Arc`s the view holds, without copying them.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after [`close`](Self::close).
+    pub fn subscribe_shared(&self, scope: Scope) -> Result<SharedWatchStream> {
+        Ok(Box::pin(self.open::<SharedWatchEvent>(scope)?))
+    }
+
+    fn open<E: FromItem>(&self, scope: Scope) -> Result<HubStream<E>> {
         let sub = {
             let mut inner = lock(&self.shared.inner);
             if inner.closed {
@@ -224,10 +256,11 @@ impl WatchHub {
             inner.subscribers += 1;
             sub
         };
-        Ok(Box::pin(HubStream {
+        Ok(HubStream {
             sub,
             hub: Arc::downgrade(&self.shared),
-        }))
+            out: PhantomData,
+        })
     }
 
     /// Applies one change to the view and sends what it changed (see [`InstanceView::apply`])
@@ -393,20 +426,21 @@ impl Shared {
 }
 
 /// One subscriber's stream; dropping it unsubscribes.
-struct HubStream {
+struct HubStream<E> {
     sub: Arc<Sub>,
     hub: Weak<Shared>,
+    out: PhantomData<fn() -> E>,
 }
 
-impl HubStream {
-    fn try_next(&self) -> Poll<Option<WatchEvent>> {
+impl<E: FromItem> HubStream<E> {
+    fn try_next(&self) -> Poll<Option<E>> {
         loop {
             let lagged = {
                 let mut q = lock(&self.sub.queue);
                 if let Some(item) = q.items.pop_front() {
                     q.delivered = true;
                     drop(q);
-                    return Poll::Ready(Some(item.into_event()));
+                    return Poll::Ready(Some(E::from_item(item)));
                 }
                 if q.closed {
                     return Poll::Ready(None);
@@ -425,10 +459,10 @@ impl HubStream {
     }
 }
 
-impl Stream for HubStream {
-    type Item = WatchEvent;
+impl<E: FromItem> Stream for HubStream<E> {
+    type Item = E;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<WatchEvent>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<E>> {
         if let Poll::Ready(item) = self.try_next() {
             return Poll::Ready(item);
         }
@@ -437,7 +471,7 @@ impl Stream for HubStream {
     }
 }
 
-impl Drop for HubStream {
+impl<E> Drop for HubStream<E> {
     fn drop(&mut self) {
         if let Some(hub) = self.hub.upgrade() {
             hub.unsubscribe(&self.sub);

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::{lock, WatchHub};
 use crate::view::Scope;
-use crate::{Error, Result, WatchStream};
+use crate::{Error, Result, SharedWatchStream, WatchStream};
 
 /// One [`WatchHub`] per scope, for backends that run one server-side watch per scope.
 ///
@@ -46,12 +46,43 @@ impl ScopedHubs {
         F: FnOnce(WatchHub) -> Fut,
         Fut: Future<Output = Result<()>>,
     {
-        if let Some(stream) = self.subscribe_live(&scope)? {
+        self.subscribe_with(scope, start, WatchHub::subscribe).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with the hub's own instances (see
+    /// [`WatchHub::subscribe_shared`]); `start` as there.
+    ///
+    /// # Errors
+    /// `Closed` after [`close`](Self::close); whatever `start` returns.
+    pub async fn subscribe_shared<F, Fut>(
+        &self,
+        scope: Scope,
+        start: F,
+    ) -> Result<SharedWatchStream>
+    where
+        F: FnOnce(WatchHub) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        self.subscribe_with(scope, start, WatchHub::subscribe_shared)
+            .await
+    }
+
+    async fn subscribe_with<S, F, Fut>(
+        &self,
+        scope: Scope,
+        start: F,
+        open: fn(&WatchHub, Scope) -> Result<S>,
+    ) -> Result<S>
+    where
+        F: FnOnce(WatchHub) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        if let Some(stream) = self.subscribe_live(&scope, open)? {
             return Ok(stream);
         }
         let hub = WatchHub::new(self.capacity);
         // Subscribed before `start`, so the feed task `start` spawns cannot find the hub unused.
-        let stream = hub.subscribe(scope.clone())?;
+        let stream = open(&hub, scope.clone())?;
         if let Err(e) = start(hub.clone()).await {
             hub.close();
             return Err(e);
@@ -62,7 +93,7 @@ impl ScopedHubs {
             return Err(Error::Closed);
         }
         if let Some(live) = hubs.get(&scope) {
-            if let Ok(shared) = live.subscribe(scope.clone()) {
+            if let Ok(shared) = open(live, scope.clone()) {
                 // Another stream of this scope started its hub meanwhile: use that one.
                 drop(stream);
                 hub.close();
@@ -73,14 +104,16 @@ impl ScopedHubs {
         Ok(stream)
     }
 
-    fn subscribe_live(&self, scope: &Scope) -> Result<Option<WatchStream>> {
+    fn subscribe_live<S>(
+        &self,
+        scope: &Scope,
+        open: fn(&WatchHub, Scope) -> Result<S>,
+    ) -> Result<Option<S>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let hubs = lock(&self.hubs);
-        Ok(hubs
-            .get(scope)
-            .and_then(|h| h.subscribe(scope.clone()).ok()))
+        Ok(hubs.get(scope).and_then(|h| open(h, scope.clone()).ok()))
     }
 
     /// Resolves when `hub` (of `scope`) should stop being fed: its last stream was dropped (the
