@@ -215,6 +215,19 @@ impl InstanceView {
         }
     }
 
+    /// Replaces a known instance without reporting a change (for a source that changed only
+    /// its own bookkeeping, such as a renewal's `last_check`, and wants the view to share its
+    /// current value). Returns whether the instance was known; an unknown one is not added.
+    pub fn refresh(&mut self, service: Arc<ServiceInfo>) -> bool {
+        match self.services.get_mut(service.name.as_str()) {
+            Some(ids) if ids.contains(service.id.as_str()) => {
+                ids.replace(ById(service));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Removes one instance and returns it.
     pub fn remove(&mut self, name: &str, id: &str) -> Option<Arc<ServiceInfo>> {
         let ids = self.services.get_mut(name)?;

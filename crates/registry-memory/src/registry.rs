@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, StateCell, StateStream,
-    Tasks, WatchStream,
+    Error, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, SharedWatchStream,
+    StateCell, StateStream, Tasks, WatchStream,
 };
 
 use crate::store::Store;
@@ -213,6 +213,18 @@ impl ServiceRegistry for MemoryRegistry {
             .store
             .hub
             .subscribe(Scope::Service(name.to_owned()))
+    }
+
+    /// The registry's own instances: the `Arc`s of every snapshot and change are the ones
+    /// [`list_instances_shared`](ServiceRegistry::list_instances_shared) hands out, so a cache
+    /// fed by this stream holds no copy of its own.
+    async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        self.inner
+            .store
+            .hub
+            .subscribe_shared(Scope::Service(name.to_owned()))
     }
 
     fn state(&self) -> RegistryState {

@@ -5,6 +5,10 @@
 //! lock in `ids` first and then the name's shard lock in `names` (always in that order), and
 //! hands its change to the watch hub while holding both, so the changes of one id reach the
 //! hub's view and its watchers in order. Readers take one shard lock at a time.
+//!
+//! Each id and each name is allocated once as an `Arc<str>` and shared by both maps, and each
+//! instance once as an `Arc<ServiceInfo>` shared by the store, the hub's view and every shared
+//! watcher and reader: a registered instance costs its own data plus a few pointers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,8 +29,10 @@ pub(crate) struct Slot {
 
 #[derive(Debug)]
 pub(crate) struct Store {
-    ids: DashMap<String, String>,
-    names: DashMap<String, HashMap<String, Slot>>,
+    /// Id → service name (the same `Arc` as the key of `names`).
+    ids: DashMap<Arc<str>, Arc<str>>,
+    /// Service name → id (the same `Arc` as the key of `ids`) → instance.
+    names: DashMap<Arc<str>, HashMap<Arc<str>, Slot>>,
     pub(crate) hub: WatchHub,
     default_ttl: Option<Duration>,
 }
@@ -74,25 +80,34 @@ impl Store {
         // Fastest path: the id is registered under this very name. That name's shard lock is
         // enough: `names[n]` holds `id` only while `ids[id] == n`, and moving or removing the
         // id takes this same lock.
-        if let Some(mut map) = self.names.get_mut(&service.name) {
-            if let Some(slot) = map.get_mut(&service.id) {
+        if let Some(mut map) = self.names.get_mut(service.name.as_str()) {
+            if let Some(slot) = map.get_mut(service.id.as_str()) {
                 self.overwrite(slot, service, deadline);
                 return Ok(());
             }
         }
         // Fast path: a known id is locked without allocating a key.
-        if let Some(mut name) = self.ids.get_mut(&service.id) {
-            return self.write_locked(service, Some(&mut name), deadline);
+        if let Some(mut entry) = self.ids.get_mut(service.id.as_str()) {
+            let id = Arc::clone(entry.key());
+            return self
+                .write_locked(service, &id, Some(entry.value_mut()), deadline)
+                .map(drop);
         }
         if matches!(mode, Mode::UpdateOnly) {
             return Err(Error::NotFound(service.id.clone()));
         }
-        match self.ids.entry(service.id.clone()) {
+        match self.ids.entry(Arc::from(service.id.as_str())) {
             // Registered concurrently since the fast path looked.
-            Entry::Occupied(o) => self.write_locked(service, Some(&mut o.into_ref()), deadline),
+            Entry::Occupied(o) => {
+                let id = Arc::clone(o.key());
+                let mut entry = o.into_ref();
+                self.write_locked(service, &id, Some(entry.value_mut()), deadline)
+                    .map(drop)
+            }
             Entry::Vacant(v) => {
-                self.write_locked(service, None, deadline)?;
-                v.insert(service.name.clone());
+                let id = Arc::clone(v.key());
+                let name = self.write_locked(service, &id, None, deadline)?;
+                v.insert(name);
                 Ok(())
             }
         }
@@ -128,71 +143,81 @@ impl Store {
     }
 
     /// Writes `service` while its id's shard lock is held; `current_name` is the service name
-    /// it is registered under, if it is registered.
+    /// it is registered under, if it is registered (it is set to the new name). Returns the
+    /// service name as the key `names` holds it.
     fn write_locked(
         &self,
         service: &ServiceInfo,
-        current_name: Option<&mut String>,
+        id: &Arc<str>,
+        current_name: Option<&mut Arc<str>>,
         deadline: Option<Instant>,
-    ) -> Result<()> {
+    ) -> Result<Arc<str>> {
         let now = Timestamp::now();
         // The instance moved to another service name: it leaves the old one.
         let mut moved_from: Option<Arc<ServiceInfo>> = None;
-        if let Some(old) = current_name {
-            if *old != service.name {
-                if let Some(mut map) = self.names.get_mut(old.as_str()) {
-                    if let Some(slot) = map.remove(&service.id) {
-                        self.emit(ServiceEventType::Deleted, &slot.info);
-                        moved_from = Some(slot.info);
-                    }
+        let moved = match &current_name {
+            Some(old) => &***old != service.name.as_str(),
+            None => false,
+        };
+        if let (true, Some(old)) = (moved, &current_name) {
+            if let Some(mut map) = self.names.get_mut(&***old) {
+                if let Some(slot) = map.remove(service.id.as_str()) {
+                    self.emit(ServiceEventType::Deleted, &slot.info);
+                    moved_from = Some(slot.info);
                 }
-                self.names.remove_if(old.as_str(), |_, m| m.is_empty());
-                old.clone_from(&service.name);
             }
+            self.names.remove_if(&***old, |_, m| m.is_empty());
         }
 
-        let mut by_name = match self.names.get_mut(&service.name) {
+        let mut by_name = match self.names.get_mut(service.name.as_str()) {
             Some(map) => map,
-            None => self.names.entry(service.name.clone()).or_default(),
+            None => self
+                .names
+                .entry(Arc::from(service.name.as_str()))
+                .or_default(),
         };
-        match by_name.get_mut(&service.id) {
+        let name = Arc::clone(by_name.key());
+        match by_name.get_mut(service.id.as_str()) {
             Some(slot) => self.overwrite(slot, service, deadline),
             None => {
                 let mut info = service.clone();
                 info.stamp(now, moved_from.as_deref());
                 let info = Arc::new(info);
                 self.emit(ServiceEventType::Created, &info);
-                by_name.insert(service.id.clone(), Slot { info, deadline });
+                by_name.insert(Arc::clone(id), Slot { info, deadline });
             }
         }
-        Ok(())
+        if let (true, Some(old)) = (moved, current_name) {
+            *old = Arc::clone(&name);
+        }
+        Ok(name)
     }
 
     /// Removes `id`; with `only_if_expired_at`, only when its deadline has passed by then.
     /// Returns whether it was removed.
     fn remove(&self, id: &str, only_if_expired_at: Option<Instant>) -> bool {
-        let Entry::Occupied(id_entry) = self.ids.entry(id.to_owned()) else {
-            return false;
-        };
-        let name = id_entry.get().clone();
-        let mut removed = false;
-        if let Some(mut map) = self.names.get_mut(&name) {
-            let expired = |slot: &Slot| match only_if_expired_at {
-                None => true,
-                Some(now) => slot.deadline.is_some_and(|d| d <= now),
-            };
-            if map.get(id).is_some_and(expired) {
-                if let Some(slot) = map.remove(id) {
-                    self.emit(ServiceEventType::Deleted, &slot.info);
-                    removed = true;
+        // The id's shard lock is held while the closure runs, then the name's.
+        self.ids
+            .remove_if(id, |_, name| {
+                let mut removed = false;
+                if let Some(mut map) = self.names.get_mut(&**name) {
+                    let expired = |slot: &Slot| match only_if_expired_at {
+                        None => true,
+                        Some(now) => slot.deadline.is_some_and(|d| d <= now),
+                    };
+                    if map.get(id).is_some_and(expired) {
+                        if let Some(slot) = map.remove(id) {
+                            self.emit(ServiceEventType::Deleted, &slot.info);
+                            removed = true;
+                        }
+                    }
                 }
-            }
-        }
-        if removed {
-            self.names.remove_if(&name, |_, m| m.is_empty());
-            id_entry.remove();
-        }
-        removed
+                if removed {
+                    self.names.remove_if(&**name, |_, m| m.is_empty());
+                }
+                removed
+            })
+            .is_some()
     }
 
     pub(crate) fn deregister(&self, id: &str) -> Result<()> {
@@ -204,14 +229,14 @@ impl Store {
     }
 
     pub(crate) fn renew(&self, id: &str) -> Result<()> {
+        // The id's shard lock is held throughout, as by every mutation.
         let name = self
             .ids
             .get(id)
-            .map(|n| n.value().clone())
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         let mut map = self
             .names
-            .get_mut(&name)
+            .get_mut(&**name)
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         let slot = map
             .get_mut(id)
@@ -222,9 +247,18 @@ impl Store {
             return Err(Error::NotFound(id.to_owned()));
         }
         slot.deadline = expiry(now, self.ttl_of(&slot.info));
-        let mut info = (*slot.info).clone();
-        info.last_check = Timestamp::now();
-        slot.info = Arc::new(info);
+        let now = Timestamp::now();
+        match Arc::get_mut(&mut slot.info) {
+            Some(info) => info.last_check = now,
+            None => {
+                let mut info = (*slot.info).clone();
+                info.last_check = now;
+                slot.info = Arc::new(info);
+                // A renewal is no change for watchers, but the view shares the new value so that
+                // snapshots show it and the old one is freed once no reader holds it.
+                self.hub.refresh_shared(Arc::clone(&slot.info));
+            }
+        }
         Ok(())
     }
 
@@ -232,11 +266,11 @@ impl Store {
         let name = self
             .ids
             .get(id)
-            .map(|n| n.value().clone())
+            .map(|n| Arc::clone(n.value()))
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         let map = self
             .names
-            .get(&name)
+            .get(&*name)
             .ok_or_else(|| Error::NotFound(id.to_owned()))?;
         map.get(id)
             .map(|slot| (*slot.info).clone())

@@ -285,6 +285,15 @@ impl WatchHub {
         Some(kind)
     }
 
+    /// Replaces a known instance in the view without sending anything to the streams (see
+    /// [`InstanceView::refresh`]): for a renewal that only moves `last_check`, which watchers
+    /// are not told of, so that the view keeps sharing the instance its source holds. Later
+    /// snapshots show the new value. Returns whether the view knew the instance.
+    pub fn refresh_shared(&self, service: Arc<ServiceInfo>) -> bool {
+        let mut inner = lock(&self.shared.inner);
+        !inner.closed && inner.view.refresh(service)
+    }
+
     /// Replaces everything in `scope` with `services` (the result of listing the server).
     ///
     /// With `reason: None` the streams get the difference as changes, as if each had happened.
