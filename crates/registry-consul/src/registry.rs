@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, Health, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, StateCell,
-    StateStream, Tasks, Timestamp, WatchStream,
+    Error, Health, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, SharedWatchStream,
+    StateCell, StateStream, Tasks, Timestamp, WatchStream,
 };
 
 use crate::client::{enc, ConsulClient, BACKEND};
@@ -523,6 +523,16 @@ impl ServiceRegistry for ConsulRegistry {
         validate_key_part("name", name, MAX_NAME_LEN)?;
         let scope = Scope::Service(name.to_owned());
         self.inner.watches.subscribe(&self.tasks, scope).await
+    }
+
+    async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        let scope = Scope::Service(name.to_owned());
+        self.inner
+            .watches
+            .subscribe_shared(&self.tasks, scope)
+            .await
     }
 
     fn state(&self) -> RegistryState {

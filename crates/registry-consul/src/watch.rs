@@ -27,7 +27,8 @@ use parking_lot::Mutex;
 use tracing::{debug, warn};
 use waypost_core_types::backoff::Backoff;
 use waypost_core_types::{
-    Result, Scope, ScopedHubs, ServiceInfo, SnapshotReason, Tasks, WatchHub, WatchStream,
+    Result, Scope, ScopedHubs, ServiceInfo, SharedWatchStream, SnapshotReason, Tasks, WatchHub,
+    WatchStream,
 };
 
 use crate::client::ConsulClient;
@@ -159,51 +160,74 @@ impl Watches {
         tasks: &Tasks,
         scope: Scope,
     ) -> Result<WatchStream> {
+        self.subscribe_with(tasks, scope, WatchHub::subscribe).await
+    }
+
+    /// [`subscribe`](Self::subscribe) with the hub's own instances.
+    pub(crate) async fn subscribe_shared(
+        self: &Arc<Self>,
+        tasks: &Tasks,
+        scope: Scope,
+    ) -> Result<SharedWatchStream> {
+        self.subscribe_with(tasks, scope, WatchHub::subscribe_shared)
+            .await
+    }
+
+    async fn subscribe_with<S>(
+        self: &Arc<Self>,
+        tasks: &Tasks,
+        scope: Scope,
+        open: fn(&WatchHub, Scope) -> Result<S>,
+    ) -> Result<S> {
         let start_scope = scope.clone();
         self.hubs
-            .subscribe(scope, |hub| async move {
-                let feed = Arc::new(Feed::new(start_scope, hub));
-                let run = match &feed.scope {
-                    Scope::Service(name) => {
-                        let (index, list) =
-                            read_instances(&self.client, &self.filter, name, None).await?;
-                        feed.apply(
-                            name,
-                            index,
-                            list.into_values().collect(),
-                            Some(SnapshotReason::Initial),
-                        );
-                        Arc::clone(self)
-                            .name_loop(Arc::clone(&feed), name.clone())
-                            .map(drop)
-                            .boxed()
-                    }
-                    Scope::All => {
-                        let (catalog_index, names) = read_names(&self.client, None).await?;
-                        let read = self.read_all(names.clone()).await?;
-                        *feed.listed.lock() = names.iter().cloned().collect();
-                        feed.apply_all(read, SnapshotReason::Initial);
-                        Arc::clone(self)
-                            .feed_all(Arc::clone(&feed), catalog_index, names)
-                            .boxed()
-                    }
-                };
-                self.feeds.lock().push(Arc::clone(&feed));
-                // Dropped with the task (or with the task refused after close).
-                let registered = FeedGuard {
-                    watches: Arc::clone(self),
-                    feed,
-                };
-                tasks.spawn(async move {
-                    let FeedGuard { watches, feed } = &registered;
-                    let unwatched = watches.hubs.unwatched(&feed.scope, &feed.hub);
-                    tokio::select! {
-                        () = unwatched => {}
-                        () = run => {}
-                    }
-                });
-                Ok(())
-            })
+            .subscribe_with(
+                scope,
+                |hub| async move {
+                    let feed = Arc::new(Feed::new(start_scope, hub));
+                    let run = match &feed.scope {
+                        Scope::Service(name) => {
+                            let (index, list) =
+                                read_instances(&self.client, &self.filter, name, None).await?;
+                            feed.apply(
+                                name,
+                                index,
+                                list.into_values().collect(),
+                                Some(SnapshotReason::Initial),
+                            );
+                            Arc::clone(self)
+                                .name_loop(Arc::clone(&feed), name.clone())
+                                .map(drop)
+                                .boxed()
+                        }
+                        Scope::All => {
+                            let (catalog_index, names) = read_names(&self.client, None).await?;
+                            let read = self.read_all(names.clone()).await?;
+                            *feed.listed.lock() = names.iter().cloned().collect();
+                            feed.apply_all(read, SnapshotReason::Initial);
+                            Arc::clone(self)
+                                .feed_all(Arc::clone(&feed), catalog_index, names)
+                                .boxed()
+                        }
+                    };
+                    self.feeds.lock().push(Arc::clone(&feed));
+                    // Dropped with the task (or with the task refused after close).
+                    let registered = FeedGuard {
+                        watches: Arc::clone(self),
+                        feed,
+                    };
+                    tasks.spawn(async move {
+                        let FeedGuard { watches, feed } = &registered;
+                        let unwatched = watches.hubs.unwatched(&feed.scope, &feed.hub);
+                        tokio::select! {
+                            () = unwatched => {}
+                            () = run => {}
+                        }
+                    });
+                    Ok(())
+                },
+                open,
+            )
             .await
     }
 

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use tokio::sync::RwLock;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
-    StateStream, Tasks, Timestamp, WatchStream,
+    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry,
+    SharedWatchStream, StateCell, StateStream, Tasks, Timestamp, WatchStream,
 };
 
 use crate::config::EtcdConfig;
@@ -394,6 +394,13 @@ impl ServiceRegistry for EtcdRegistry {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
         crate::watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+    }
+
+    async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
+        self.check_open()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        let scope = Scope::Service(name.to_owned());
+        crate::watch::subscribe_shared(&self.inner, &self.tasks, scope).await
     }
 
     fn state(&self) -> RegistryState {

@@ -17,7 +17,8 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use waypost_core_types::backoff::Backoff;
 use waypost_core_types::{
-    Result, Scope, ServiceEvent, ServiceInfo, SnapshotReason, Tasks, WatchHub, WatchStream,
+    Result, Scope, ServiceEvent, ServiceInfo, SharedWatchStream, SnapshotReason, Tasks, WatchHub,
+    WatchStream,
 };
 
 use crate::history::{self, Anchor, Digest, Identity, Position, ServerHeader, Verdict};
@@ -30,16 +31,38 @@ pub(crate) async fn subscribe(
     tasks: &Tasks,
     scope: Scope,
 ) -> Result<WatchStream> {
+    subscribe_with(inner, tasks, scope, WatchHub::subscribe).await
+}
+
+/// [`subscribe`] with the hub's own instances.
+pub(crate) async fn subscribe_shared(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+) -> Result<SharedWatchStream> {
+    subscribe_with(inner, tasks, scope, WatchHub::subscribe_shared).await
+}
+
+async fn subscribe_with<S>(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+    open: fn(&WatchHub, Scope) -> Result<S>,
+) -> Result<S> {
     inner
         .hubs
-        .subscribe(scope.clone(), |hub| async move {
-            let range = range_of(inner, &scope);
-            let mut listing = inner.list_range_full(&range).await?;
-            let services = std::mem::take(&mut listing.services);
-            hub.replace(&scope, services, Some(SnapshotReason::Initial));
-            tasks.spawn(run(Arc::clone(inner), scope, range, hub, listing));
-            Ok(())
-        })
+        .subscribe_with(
+            scope.clone(),
+            |hub| async move {
+                let range = range_of(inner, &scope);
+                let mut listing = inner.list_range_full(&range).await?;
+                let services = std::mem::take(&mut listing.services);
+                hub.replace(&scope, services, Some(SnapshotReason::Initial));
+                tasks.spawn(run(Arc::clone(inner), scope, range, hub, listing));
+                Ok(())
+            },
+            open,
+        )
         .await
 }
 

@@ -15,8 +15,8 @@ use tracing::warn;
 use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
-    StateStream, Tasks, Timestamp, WatchStream,
+    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry,
+    SharedWatchStream, StateCell, StateStream, Tasks, Timestamp, WatchStream,
 };
 
 use crate::auth::{LoginFailure, LoginPlugin};
@@ -489,6 +489,12 @@ impl ServiceRegistry for NacosRegistry {
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
         check_name(name)?;
         watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+    }
+
+    async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
+        check_name(name)?;
+        let scope = Scope::Service(name.to_owned());
+        watch::subscribe_shared(&self.inner, &self.tasks, scope).await
     }
 
     fn state(&self) -> RegistryState {

@@ -19,7 +19,9 @@ use std::time::Duration;
 use nacos_sdk::api::naming::{NamingChangeEvent, NamingEventListener};
 use parking_lot::Mutex;
 use tokio::sync::{MutexGuard, Notify};
-use waypost_core_types::{Result, Scope, SnapshotReason, Tasks, WatchHub, WatchStream};
+use waypost_core_types::{
+    Result, Scope, SharedWatchStream, SnapshotReason, Tasks, WatchHub, WatchStream,
+};
 
 use crate::error::limited;
 use crate::registry::{check_name, Inner};
@@ -75,6 +77,19 @@ pub(crate) async fn subscribe(
     inner
         .hubs
         .subscribe(scope.clone(), |hub| start(inner, tasks, scope, hub))
+        .await
+}
+
+/// [`subscribe`] with the hub's own instances.
+pub(crate) async fn subscribe_shared(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+) -> Result<SharedWatchStream> {
+    inner.check_open()?;
+    inner
+        .hubs
+        .subscribe_shared(scope.clone(), |hub| start(inner, tasks, scope, hub))
         .await
 }
 

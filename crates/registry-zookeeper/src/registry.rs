@@ -14,8 +14,8 @@ use tracing::warn;
 use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
-    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry, StateCell,
-    StateStream, Tasks, WatchStream,
+    Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry,
+    SharedWatchStream, StateCell, StateStream, Tasks, WatchStream,
 };
 use zookeeper_client::Client;
 
@@ -456,6 +456,13 @@ impl ServiceRegistry for ZookeeperRegistry {
         self.client()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
         watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+    }
+
+    async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
+        self.client()?;
+        validate_key_part("name", name, MAX_NAME_LEN)?;
+        let scope = Scope::Service(name.to_owned());
+        watch::subscribe_shared(&self.inner, &self.tasks, scope).await
     }
 
     fn state(&self) -> RegistryState {

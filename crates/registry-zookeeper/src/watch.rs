@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use waypost_core_types::backoff::Backoff;
 use waypost_core_types::{
-    Error, Result, Scope, ServiceEvent, ServiceInfo, SnapshotReason, Tasks, WatchHub, WatchStream,
+    Error, Result, Scope, ServiceEvent, ServiceInfo, SharedWatchStream, SnapshotReason, Tasks,
+    WatchHub, WatchStream,
 };
 use zookeeper_client::{
     AddWatchMode, Client, Error as ZkError, EventType, PersistentWatcher, SessionState,
@@ -87,6 +88,24 @@ pub(crate) async fn subscribe(
     tasks: &Tasks,
     scope: Scope,
 ) -> Result<WatchStream> {
+    subscribe_with(inner, tasks, scope, WatchHub::subscribe).await
+}
+
+/// [`subscribe`] with the hub's own instances.
+pub(crate) async fn subscribe_shared(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+) -> Result<SharedWatchStream> {
+    subscribe_with(inner, tasks, scope, WatchHub::subscribe_shared).await
+}
+
+async fn subscribe_with<S>(
+    inner: &Arc<Inner>,
+    tasks: &Tasks,
+    scope: Scope,
+    open: fn(&WatchHub, Scope) -> Result<S>,
+) -> Result<S> {
     let start = |hub: WatchHub| {
         let scope = scope.clone();
         async move {
@@ -114,7 +133,7 @@ pub(crate) async fn subscribe(
             Ok(())
         }
     };
-    inner.hubs.subscribe(scope.clone(), start).await
+    inner.hubs.subscribe_with(scope.clone(), start, open).await
 }
 
 /// The task that keeps one scope's hub current.

@@ -67,7 +67,13 @@ impl ScopedHubs {
             .await
     }
 
-    async fn subscribe_with<S, F, Fut>(
+    /// [`subscribe`](Self::subscribe) or [`subscribe_shared`](Self::subscribe_shared), as `open`
+    /// says ([`WatchHub::subscribe`] or [`WatchHub::subscribe_shared`]): for a backend that
+    /// starts both kinds of stream with one `start`.
+    ///
+    /// # Errors
+    /// `Closed` after [`close`](Self::close); whatever `start` or `open` returns.
+    pub async fn subscribe_with<S, F, Fut>(
         &self,
         scope: Scope,
         start: F,
