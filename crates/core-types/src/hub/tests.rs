@@ -176,3 +176,65 @@ async fn close_ends_streams_after_their_backlog_and_refuses_new_ones() {
     assert!(matches!(hub.subscribe(Scope::All), Err(Error::Closed)));
     waiter.await.unwrap();
 }
+
+#[tokio::test]
+async fn streams_of_other_services_are_not_touched_by_a_change() {
+    // Capacity 1: one change queued for a stream of another service would already lag it.
+    let hub = WatchHub::new(1);
+    hub.apply(ServiceEvent::created(svc("b", "b1")));
+    let mut others: Vec<WatchStream> = (0..10)
+        .map(|i| hub.subscribe(Scope::Service(format!("other{i}"))).unwrap())
+        .collect();
+    let mut only_b = hub.subscribe(Scope::Service("b".into())).unwrap();
+    next(&mut only_b).await;
+    for i in 0..100 {
+        hub.apply(ServiceEvent::created(svc("a", &format!("a{i}"))));
+    }
+    hub.apply(ServiceEvent::deleted(svc("b", "b1")));
+    for s in &mut others {
+        match next(s).await {
+            WatchEvent::Snapshot { services, reason } => {
+                assert_eq!(reason, SnapshotReason::Initial);
+                assert!(services.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(futures_util::FutureExt::now_or_never(s.next()).is_none());
+    }
+    assert_eq!(
+        change(next(&mut only_b).await),
+        (ServiceEventType::Deleted, "b1".into())
+    );
+}
+
+#[tokio::test]
+async fn shared_streams_hand_out_the_view_s_own_instances() {
+    let hub = WatchHub::new(16);
+    hub.apply(ServiceEvent::created(svc("a", "a1")));
+    let mut shared = hub.subscribe_shared(Scope::Service("a".into())).unwrap();
+    let held = hub.with_view(|v| Arc::clone(v.get("a", "a1").unwrap()));
+    match shared.next().await.unwrap() {
+        SharedWatchEvent::Snapshot { services, reason } => {
+            assert_eq!(reason, SnapshotReason::Initial);
+            assert!(Arc::ptr_eq(&services[0], &held));
+        }
+        other => panic!("{other:?}"),
+    }
+    let a2 = Arc::new(svc("a", "a2"));
+    hub.apply_shared(ServiceEventType::Created, Arc::clone(&a2));
+    match shared.next().await.unwrap() {
+        SharedWatchEvent::Change { kind, service } => {
+            assert_eq!(kind, ServiceEventType::Created);
+            assert!(Arc::ptr_eq(&service, &a2));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A refresh replaces the view's value and tells nobody.
+    let mut a1 = svc("a", "a1");
+    a1.port = 99;
+    assert!(hub.refresh_shared(Arc::new(a1)));
+    assert!(!hub.refresh_shared(Arc::new(svc("a", "unknown"))));
+    assert!(futures_util::FutureExt::now_or_never(shared.next()).is_none());
+    assert_eq!(hub.with_view(|v| v.get("a", "a1").unwrap().port), 99);
+    assert!(hub.with_view(|v| v.get("a", "unknown").is_none()));
+}
