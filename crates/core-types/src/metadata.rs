@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// pairs each, and a `BTreeMap` spends a node of about 550 bytes on even one pair. Lookups are
 /// binary searches; [`insert`](Self::insert) and [`remove`](Self::remove) shift the pairs after
 /// the key, O(n) for n pairs, which is what a handful of pairs wants (the registries refuse more
-/// than [`MAX_METADATA_ENTRIES`](crate::validate::MAX_METADATA_ENTRIES) anyway).
+/// than [`MAX_METADATA_ENTRIES`](crate::validate::MAX_METADATA_ENTRIES) pairs anyway).
 ///
 /// In JSON it is an object whose keys are in sorted order, as the Go module's `encoding/json`
 /// writes a `map[string]string`. When reading, a key that appears more than once keeps its last

@@ -116,9 +116,10 @@ pub use config::{RegistryConfig, RegistryType};
 pub use env::REGISTRY_ENV;
 pub use waypost_core_types::{
     async_trait, CallGuard, CallObserver, CircuitBreaker, CircuitState, Error, Health,
-    HealthChecker, LoadBalancer, Outcome, Permit, Protocol, RegistryState, Result, Secret,
-    SelectContext, Selection, ServiceDiscovery, ServiceEvent, ServiceEventStream, ServiceEventType,
-    ServiceInfo, ServiceRegistry, SnapshotReason, Timestamp, WatchEvent, WatchStream,
+    HealthChecker, LoadBalancer, Metadata, Outcome, Permit, Protocol, RegistryState, Result,
+    Secret, SelectContext, Selection, ServiceDiscovery, ServiceEvent, ServiceEventStream,
+    ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason, Timestamp, WatchEvent,
+    WatchStream,
 };
 
 /// The core types crate, whole (validation limits, time helpers, …).
