@@ -13,6 +13,7 @@ use waypost_registry_memory::MemoryRegistry;
 
 const CHANGES: usize = 20_000;
 const UNRELATED: usize = 100;
+const BUFFER: usize = 256;
 
 fn hot(i: usize) -> ServiceInfo {
     ServiceInfo::new(format!("hot-{}", i % 100), "hot", "10.0.0.1", 8080)
@@ -67,7 +68,11 @@ async fn follow(mut stream: WatchStream, last: usize) -> usize {
 
 #[tokio::test]
 async fn a_hundred_unrelated_watchers_get_nothing_but_their_snapshot() {
-    let registry = MemoryRegistry::new();
+    // A small buffer: one change in 256 reaching a watcher of another service would lag it.
+    let registry = MemoryRegistry::builder()
+        .watch_buffer(BUFFER)
+        .build()
+        .unwrap();
     for k in 0..UNRELATED {
         registry
             .register(&ServiceInfo::new(
@@ -81,27 +86,9 @@ async fn a_hundred_unrelated_watchers_get_nothing_but_their_snapshot() {
     }
     let mut unrelated = Vec::new();
     for k in 0..UNRELATED {
-        unrelated.push(registry.watch_service(&format!("other{k}")).await.unwrap());
-    }
-    let of_hot = tokio::spawn(follow(
-        registry.watch_service("hot").await.unwrap(),
-        CHANGES - 1,
-    ));
-    let of_all = tokio::spawn(follow(registry.watch().await.unwrap(), CHANGES - 1));
-    for i in 0..CHANGES {
-        registry.register(&hot(i)).await.unwrap();
-        if i % 500 == 0 {
-            // Let the two followers read some of it: they see changes, and may lag and resync.
-            tokio::task::yield_now().await;
-        }
-    }
-    for task in [of_hot, of_all] {
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("the follower saw every change")
-            .expect("the follower's checks held");
-    }
-    for (k, mut s) in unrelated.into_iter().enumerate() {
+        let mut s = registry.watch_service(&format!("other{k}")).await.unwrap();
+        // Read before the changes: a stream that has delivered its first snapshot gets any later
+        // one as `Lagged`, and changes as changes, so whatever reaches it shows.
         match s.next().now_or_never() {
             Some(Some(WatchEvent::Snapshot { services, reason })) => {
                 assert_eq!(reason, SnapshotReason::Initial);
@@ -110,10 +97,35 @@ async fn a_hundred_unrelated_watchers_get_nothing_but_their_snapshot() {
             }
             other => panic!("watcher of other{k}: expected its snapshot, got {other:?}"),
         }
+        unrelated.push(s);
+    }
+    let of_hot = tokio::spawn(follow(
+        registry.watch_service("hot").await.unwrap(),
+        CHANGES - 1,
+    ));
+    let of_all = tokio::spawn(follow(registry.watch().await.unwrap(), CHANGES - 1));
+    for i in 0..CHANGES {
+        registry.register(&hot(i)).await.unwrap();
+        // On this one thread the followers read only when the writer yields: after 100 changes
+        // they read them one by one; after 1,000 (more than the buffer) they must resync.
+        if i < 10_000 && i % 100 == 99 || i % 1_000 == 999 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for task in [of_hot, of_all] {
+        let resyncs = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the follower saw every change")
+            .expect("the follower's checks held");
         assert!(
-            s.next().now_or_never().is_none(),
-            "watcher of other{k} got more than its snapshot"
+            resyncs > 0,
+            "the follower never lagged: the test missed a path"
         );
+    }
+    for (k, mut s) in unrelated.into_iter().enumerate() {
+        if let Some(item) = s.next().now_or_never() {
+            panic!("watcher of other{k} got more than its snapshot: {item:?}");
+        }
     }
     registry.close().await.unwrap();
 }
