@@ -88,23 +88,30 @@ async fn every_set_picked_in_was_prepared_first() {
             }
         })
     };
+    let mut expected: Vec<String> = vec!["s-0".into()];
     for i in 1..=100u16 {
         registry
             .register(&healthy(&format!("s-{i}"), "svc", 8000 + i))
             .await
             .unwrap();
+        expected.push(format!("s-{i}"));
         if i % 3 == 0 {
             registry.deregister(&format!("s-{}", i - 1)).await.unwrap();
+            expected.retain(|id| *id != format!("s-{}", i - 1));
         }
-        // Wait until the cache shows the change, then pick in its set.
-        let want = usize::from(i) + 1 - usize::from(i / 3);
+        expected.sort();
+        // Wait until the cache shows both changes, then pick in its set.
+        let cached = || async {
+            let all = d.discover("svc").await.unwrap();
+            all.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
+        };
         for _ in 0..10_000 {
-            if d.discover("svc").await.unwrap().len() == want {
+            if cached().await == expected {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(d.discover("svc").await.unwrap().len(), want);
+        assert_eq!(cached().await, expected);
         d.discover_one("svc").await.unwrap();
     }
     looking.await.unwrap();

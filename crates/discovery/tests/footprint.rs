@@ -10,6 +10,7 @@
 //! measurement over a registry that hands out copies shows the cache's own copies, so the
 //! measurement can tell the two apart. One test in its own binary: nothing else allocates
 //! meanwhile.
+#![cfg(target_os = "linux")] // reads /proc
 #![allow(clippy::unwrap_used)] // tests
 
 use std::collections::HashMap;
