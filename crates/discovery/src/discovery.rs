@@ -45,11 +45,28 @@ const MIRROR_MAX: usize = 256;
 /// call. A thread returns its own copies instead (same data; instances are immutable), and the
 /// balancer still sees the shared set, so its per-set state is unaffected. Sets larger than
 /// 256 instances are not copied.
-fn mirror(set: &InstanceSet) -> Vec<Arc<ServiceInfo>> {
+///
+/// `old` and `old_mirror` are the thread's previous set and its copies: an instance still at
+/// the same position (the same `Arc`) keeps its copy, so after a change only the instances it
+/// touched are copied again, not the whole set.
+fn mirror(
+    set: &InstanceSet,
+    old: Option<&InstanceSet>,
+    old_mirror: &[Arc<ServiceInfo>],
+) -> Vec<Arc<ServiceInfo>> {
     if set.len() > MIRROR_MAX {
         return Vec::new();
     }
-    set.iter().map(|s| Arc::new((**s).clone())).collect()
+    set.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let kept = old.and_then(|o| o.get(i)).zip(old_mirror.get(i));
+            match kept {
+                Some((was, own)) if Arc::ptr_eq(was, s) => Arc::clone(own),
+                _ => Arc::new((**s).clone()),
+            }
+        })
+        .collect()
 }
 
 /// Instances per chunk of an [`InstanceSet`]: positions `k * CHUNK ..` are contiguous in
@@ -303,8 +320,9 @@ impl CachedDiscovery {
                 return None;
             }
             if version != h.version {
-                h.set = h.entry.snap.load_full()?;
-                h.mirror = mirror(&h.set);
+                let set = h.entry.snap.load_full()?;
+                h.mirror = mirror(&set, Some(&h.set), &h.mirror);
+                h.set = set;
                 h.version = version;
             }
             h.entry.hits.incr();
@@ -327,7 +345,7 @@ impl CachedDiscovery {
                 name: entry.name.clone(),
                 entry: entry.clone(),
                 version,
-                mirror: mirror(&set),
+                mirror: mirror(&set, None, &[]),
                 set,
             });
         });
@@ -611,5 +629,58 @@ impl ServiceDiscovery for CachedDiscovery {
             self.inner.registry.close().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use waypost_core_types::InstanceSetWriter;
+
+    use super::*;
+
+    fn svc(i: usize) -> Arc<ServiceInfo> {
+        Arc::new(ServiceInfo::new(format!("i{i:03}"), "s", "10.0.0.1", 80))
+    }
+
+    #[test]
+    fn positions_from_addresses() {
+        for n in [1, 63, 64, 65, 200, 256, 300] {
+            let set = InstanceSet::new("s", (0..n).map(svc));
+            for i in 0..n {
+                assert_eq!(
+                    position_of(&set, set.get(i).unwrap()),
+                    Some(i),
+                    "{i} of {n}"
+                );
+            }
+            // The same instance, not in the set: never mistaken for a position.
+            let stranger = set.get(0).unwrap().clone();
+            assert_eq!(position_of(&set, &stranger), None);
+        }
+    }
+
+    #[test]
+    fn mirrors_copy_only_what_changed() {
+        let mut w = InstanceSetWriter::new("s");
+        w.replace((0..100).map(svc));
+        let first = Arc::clone(w.current());
+        let mine = mirror(&first, None, &[]);
+        assert!(mine
+            .iter()
+            .zip(first.iter())
+            .all(|(m, s)| !Arc::ptr_eq(m, s) && **m == **s));
+        w.remove("i010"); // the last instance moves to position 10
+        w.upsert(Arc::new(ServiceInfo::new("i020", "s", "10.0.0.2", 81)));
+        let second = Arc::clone(w.current());
+        let next = mirror(&second, Some(&first), &mine);
+        assert_eq!(next.len(), 99);
+        for (i, (m, s)) in next.iter().zip(second.iter()).enumerate() {
+            assert_eq!(**m, **s, "position {i}");
+            let reused = Arc::ptr_eq(m, &mine[i]);
+            assert_eq!(reused, i != 10 && i != 20, "position {i}");
+        }
+        assert!(mirror(&InstanceSet::new("s", (0..300).map(svc)), None, &[]).is_empty());
     }
 }
