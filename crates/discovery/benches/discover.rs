@@ -1,23 +1,25 @@
-//! `discover_one` on a warm cache of 10 instances with round robin: one thread, and the same
-//! from two threads (an iteration is one call on every thread, so equal times mean 2× throughput).
+//! `discover_one` on a warm cache with round robin: at 10, 1,000, 10,000 and 100,000 instances,
+//! and at 10 instances from two threads too (an iteration is one call on every thread, so equal
+//! times mean 2× throughput).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use futures_util::FutureExt;
 use waypost_balancer::RoundRobin;
 use waypost_core_types::{Health, SelectContext, ServiceDiscovery, ServiceInfo, ServiceRegistry};
 use waypost_discovery::CachedDiscovery;
 use waypost_registry_memory::MemoryRegistry;
 
-fn warm_discovery(rt: &tokio::runtime::Runtime) -> CachedDiscovery {
+fn warm_discovery(rt: &tokio::runtime::Runtime, n: usize) -> CachedDiscovery {
     rt.block_on(async {
         let registry = Arc::new(MemoryRegistry::new());
-        for i in 0..10u16 {
-            let svc = ServiceInfo::new(format!("bench-{i}"), "bench-service", "10.0.0.1", 8000 + i)
+        for i in 0..n {
+            let port = 8000 + (i % 50_000) as u16;
+            let svc = ServiceInfo::new(format!("bench-{i}"), "bench-service", "10.0.0.1", port)
                 .with_health(Health::Healthy);
             registry.register(&svc).await.expect("register");
         }
@@ -33,7 +35,32 @@ fn discover_one(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let d = warm_discovery(&rt);
+    let mut sizes = c.benchmark_group("discover_one");
+    for n in [10usize, 1_000, 10_000, 100_000] {
+        let d = warm_discovery(&rt, n);
+        // The future of a warm lookup is ready at its first poll; poll it in place.
+        sizes.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| black_box(d.discover_one(black_box("bench-service")).now_or_never()))
+        });
+        // The same, timed by the thread's CPU time: on a shared machine, time spent waiting
+        // for a core is not counted.
+        sizes.bench_function(BenchmarkId::new("cpu", n), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let before = thread_cpu();
+                for _ in 0..iters {
+                    black_box(d.discover_one(black_box("bench-service")).now_or_never());
+                }
+                match (thread_cpu(), before) {
+                    (Some(after), Some(before)) => after.saturating_sub(before),
+                    _ => start.elapsed(),
+                }
+            })
+        });
+        rt.block_on(async { d.close().await.expect("close") });
+    }
+    sizes.finish();
+    let d = warm_discovery(&rt, 10);
     let mut g = c.benchmark_group("discover_one_10");
     // The future of a warm lookup is ready at its first poll; poll it in place.
     g.bench_function("discover_one", |b| {

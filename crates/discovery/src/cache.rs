@@ -1,4 +1,11 @@
 //! One service's cache entry: the current instance set, how fresh it is, and its counters.
+//!
+//! The set is kept by an [`InstanceSetWriter`]: a watch change is one writer operation
+//! (O(n / 64 + 64) pointer copies, never a copy or a sort of the whole set), and a full set (a
+//! snapshot or a poll) replaces it. Every new set is handed to the balancer's
+//! [`prepare`](LoadBalancer::prepare) before it is published, so picks never build per-set state
+//! on the request path. Instances are the registry's own `Arc`s: the cache copies pointers, not
+//! instances.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +16,9 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use waypost_core_types::{Error, Health, ServiceEvent, ServiceEventType, ServiceInfo};
+use waypost_core_types::{
+    Error, Health, InstanceSet, InstanceSetWriter, LoadBalancer, ServiceEventType, ServiceInfo,
+};
 
 use waypost_core_types::quote::quoted;
 
@@ -20,32 +29,8 @@ use crate::stats::{CacheStats, StripedCounter};
 /// The bit of [`Entry::version`] that says the entry is out of the service map.
 pub(crate) const EVICTED: u64 = 1 << 63;
 
-/// An immutable instance set, sorted by id; replaced as a whole on every change.
-#[derive(Debug)]
-pub(crate) struct Snapshot {
-    pub(crate) all: Vec<Arc<ServiceInfo>>,
-    /// Healthy instances.
-    pub(crate) healthy: usize,
-    /// Instances a balancer may pick: the healthy ones, or the `Unknown` ones when none is
-    /// healthy ([`Health::SELECTION_ORDER`](waypost_core_types::Health::SELECTION_ORDER)).
-    pub(crate) selectable: usize,
-}
-
-impl Snapshot {
-    fn new(mut all: Vec<Arc<ServiceInfo>>) -> Self {
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all.dedup_by(|a, b| a.id == b.id);
-        let healthy = all.iter().filter(|s| s.is_healthy()).count();
-        let selectable = selectable(&all);
-        Snapshot {
-            all,
-            healthy,
-            selectable,
-        }
-    }
-}
-
-/// How many of `all` a balancer may pick (see [`Snapshot::selectable`]).
+/// How many of `all` a balancer may pick: the healthy ones, or the `Unknown` ones when none is
+/// healthy ([`Health::SELECTION_ORDER`](waypost_core_types::Health::SELECTION_ORDER)).
 pub(crate) fn selectable(all: &[Arc<ServiceInfo>]) -> usize {
     match Health::selection_tier(all.iter().map(|s| &**s)) {
         Some(tier) => all.iter().filter(|s| s.health == tier).count(),
@@ -85,11 +70,19 @@ struct Status {
 /// One cached service.
 pub(crate) struct Entry {
     pub(crate) name: Arc<str>,
-    pub(crate) snap: ArcSwapOption<Snapshot>,
+    /// The published set; `None` until the first fill.
+    pub(crate) snap: ArcSwapOption<InstanceSet>,
     /// Bumped after every store to `snap`, so per-thread copies can tell they are out of date;
     /// [`EVICTED`] is set in it once the entry is out of the service map (evicted, idle,
     /// cleared), so that one load tells both.
     pub(crate) version: AtomicU64,
+    /// Applies the changes; its current set is the one published in `snap`. Only the service's
+    /// task (and, before it starts, the first fill) applies changes, so the lock is never
+    /// contended; [`retire`](Self::retire) takes it so that no set is prepared after the
+    /// balancer forgot the service.
+    writer: Mutex<InstanceSetWriter>,
+    /// Prepares every set before it is published; forgets the service when the entry retires.
+    balancer: Arc<dyn LoadBalancer>,
     pub(crate) hits: StripedCounter,
     pub(crate) misses: AtomicU64,
     /// Held while the first fill runs, so concurrent first lookups wait for one fill.
@@ -108,9 +101,12 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
-    pub(crate) fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str, balancer: Arc<dyn LoadBalancer>) -> Self {
+        let name: Arc<str> = Arc::from(name);
         Entry {
-            name: Arc::from(name),
+            writer: Mutex::new(InstanceSetWriter::new(name.clone())),
+            balancer,
+            name,
             snap: ArcSwapOption::empty(),
             version: AtomicU64::new(0),
             hits: StripedCounter::default(),
@@ -143,11 +139,7 @@ impl Entry {
             *st = (uses, now);
             return false;
         }
-        let limit = if snap.all.is_empty() {
-            empty_idle
-        } else {
-            idle
-        };
+        let limit = if snap.is_empty() { empty_idle } else { idle };
         now.saturating_duration_since(st.1) >= limit
     }
 
@@ -162,7 +154,7 @@ impl Entry {
     /// change confirms they are gone.
     pub(crate) fn apply_full(
         &self,
-        services: Vec<ServiceInfo>,
+        services: Vec<Arc<ServiceInfo>>,
         opts: &Options,
         watching: bool,
         after_gap: bool,
@@ -170,11 +162,12 @@ impl Entry {
         let mut next: Vec<Arc<ServiceInfo>> = services
             .into_iter()
             .filter(|s| self.keep(s, opts))
-            .map(Arc::new)
             .collect();
+        let mut w = self.writer.lock();
         let cur = self.snap.load_full();
-        let cur_len = cur.as_ref().map_or(0, |s| s.all.len());
+        let cur_len = cur.as_ref().map_or(0, |s| s.len());
         if cur.is_some() && opts.refuses(cur_len, next.len()) {
+            drop(w);
             self.refuse(cur_len, next.len());
             self.status.lock().watching = watching;
             return;
@@ -194,14 +187,16 @@ impl Entry {
             .unwrap_or_default();
         let mut held = Vec::new();
         if let Some(cur) = cur.as_ref().filter(|_| grace_on) {
-            let listed: HashSet<String> = next.iter().map(|n| n.id.clone()).collect();
-            for s in &cur.all {
-                let missing = !listed.contains(&s.id);
+            let listed: HashSet<&str> = next.iter().map(|n| n.id.as_str()).collect();
+            let mut kept = Vec::new();
+            for s in cur.iter() {
+                let missing = !listed.contains(s.id.as_str());
                 if missing && (after_gap || holding.contains(&s.id)) {
                     held.push(s.id.clone());
-                    next.push(s.clone());
+                    kept.push(s.clone());
                 }
             }
+            next.extend(kept);
         }
         if held.is_empty() {
             st.grace = None;
@@ -228,7 +223,9 @@ impl Entry {
             });
         }
         drop(st);
-        self.publish(Snapshot::new(next));
+        w.replace(next);
+        self.publish(&w);
+        drop(w);
         self.refreshed(watching);
     }
 
@@ -251,23 +248,19 @@ impl Entry {
         let Some(held) = held else {
             return;
         };
-        let cur = self.snap.load_full();
-        let all: Vec<_> = cur
-            .as_ref()
-            .map(|s| {
-                s.all
-                    .iter()
-                    .filter(|s| !held.contains(&s.id))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
         tracing::info!(
             service = %quoted(&self.name),
             dropped = held.len(),
             "discovery: reconnect grace ended; dropping the instances that did not come back"
         );
-        self.publish(Snapshot::new(all));
+        let mut w = self.writer.lock();
+        let mut changed = false;
+        for id in &held {
+            changed |= w.remove(id).is_some();
+        }
+        if changed {
+            self.publish(&w);
+        }
     }
 
     /// The `Deleted` change of the last instance `id`: holds it for [`LAST_DELETE_HOLD`] (when
@@ -301,48 +294,57 @@ impl Entry {
         }
     }
 
-    /// Applies one change from the watch.
-    pub(crate) fn apply_change(&self, event: ServiceEvent, opts: &Options) {
-        if *event.service.name != *self.name {
+    /// Applies one change from the watch: one writer operation, then the new set is prepared
+    /// and published (nothing is published when the change changes nothing).
+    pub(crate) fn apply_change(
+        &self,
+        kind: ServiceEventType,
+        service: Arc<ServiceInfo>,
+        opts: &Options,
+    ) {
+        if *service.name != *self.name {
             return;
         }
-        let cur = self.snap.load_full();
-        let mut all = cur.as_ref().map(|s| s.all.clone()).unwrap_or_default();
-        let pos = all.iter().position(|s| s.id == event.service.id);
-        if event.kind == ServiceEventType::Deleted && pos.is_some() && all.len() == 1 {
+        let mut w = self.writer.lock();
+        if kind == ServiceEventType::Deleted
+            && w.current().len() == 1
+            && w.get(&service.id).is_some()
+        {
             if opts.refuses(1, 0) {
+                drop(w);
                 self.refuse(1, 0);
                 return;
             }
-            if self.hold_last(&event.service.id, opts) {
+            if self.hold_last(&service.id, opts) {
                 return;
             }
         }
         // Back, or confirmed gone: either way no longer held.
-        self.release(&event.service.id);
-        match (event.kind, pos) {
-            (ServiceEventType::Deleted, None) => {}
-            (ServiceEventType::Deleted, Some(i)) => {
-                all.remove(i);
+        self.release(&service.id);
+        let changed = match kind {
+            ServiceEventType::Created | ServiceEventType::Updated if self.keep(&service, opts) => {
+                w.upsert(service);
+                true
             }
-            (ServiceEventType::Created | ServiceEventType::Updated, pos) => {
-                let keep = self.keep(&event.service, opts);
-                match (pos, keep) {
-                    (Some(i), true) => all[i] = Arc::new(event.service),
-                    (Some(i), false) => {
-                        all.remove(i);
-                    }
-                    (None, true) => all.push(Arc::new(event.service)),
-                    (None, false) => {}
-                }
-            }
+            // Deleted, or no longer matching the discovery's filter.
+            _ => w.remove(&service.id).is_some(),
+        };
+        if changed {
+            self.publish(&w);
         }
-        self.publish(Snapshot::new(all));
+        drop(w);
         self.refreshed(true);
     }
 
-    fn publish(&self, snap: Snapshot) {
-        self.snap.store(Some(Arc::new(snap)));
+    /// Prepares the writer's current set and publishes it. The balancer prepares every set
+    /// before any lookup can see it; an entry out of the service map publishes (a lookup
+    /// filling it still answers) but prepares nothing, since the balancer forgets it.
+    fn publish(&self, w: &InstanceSetWriter) {
+        let set = w.current();
+        if self.version.load(Ordering::Acquire) & EVICTED == 0 {
+            self.balancer.prepare(set);
+        }
+        self.snap.store(Some(Arc::clone(set)));
         self.version.fetch_add(1, Ordering::Release);
     }
 
@@ -384,8 +386,8 @@ impl Entry {
         let st = self.status.lock();
         CacheStats {
             service: self.name.to_string(),
-            instances: snap.as_ref().map_or(0, |s| s.all.len()),
-            healthy: snap.as_ref().map_or(0, |s| s.healthy),
+            instances: snap.as_ref().map_or(0, |s| s.len()),
+            healthy: snap.as_ref().map_or(0, |s| s.healthy()),
             hits: self.hits.sum(),
             misses: self.misses.load(Ordering::Relaxed),
             last_refresh: st.last_refresh.map(|(_, wall)| wall),
@@ -417,5 +419,232 @@ impl Entry {
         if let Some(t) = self.task.lock().take() {
             t.abort();
         }
+    }
+
+    /// The entry left the service map (evicted, idle, cleared, closed): stops its task and
+    /// tells the balancer to forget the service. Waits for a change being applied, if any, so
+    /// that no set is prepared after the balancer forgot (the entry is marked evicted first,
+    /// which stops later changes from preparing).
+    pub(crate) fn retire(&self) {
+        debug_assert!(self.version.load(Ordering::Acquire) & EVICTED != 0);
+        self.abort_task();
+        let _applying = self.writer.lock();
+        self.balancer.forget(&self.name);
+    }
+}
+
+/// One service's cache entry without a registry or a task: the apply path the service's watch
+/// task runs, callable on its own. For the crate's benchmarks (`benches/apply.rs`); not part of
+/// the API.
+#[doc(hidden)]
+pub struct EntryHarness {
+    entry: Entry,
+    opts: Options,
+}
+
+impl EntryHarness {
+    /// An empty entry of service `name` whose sets `balancer` prepares, with default options.
+    pub fn new(name: &str, balancer: Arc<dyn LoadBalancer>) -> Self {
+        EntryHarness {
+            entry: Entry::new(name, balancer),
+            opts: Options::default(),
+        }
+    }
+
+    /// Applies a full set, as a watch snapshot delivers it.
+    pub fn apply_snapshot(&self, services: Vec<Arc<ServiceInfo>>) {
+        self.entry.apply_full(services, &self.opts, true, false);
+    }
+
+    /// Applies one watch change.
+    pub fn apply_change(&self, kind: ServiceEventType, service: Arc<ServiceInfo>) {
+        self.entry.apply_change(kind, service, &self.opts);
+    }
+
+    /// The published set, if one was.
+    pub fn current(&self) -> Option<Arc<InstanceSet>> {
+        self.entry.snap.load_full()
+    }
+
+    /// How many instances the published set holds.
+    pub fn len(&self) -> usize {
+        self.entry.snap.load().as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Whether the published set is empty (or none was published).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use waypost_core_types::SelectContext;
+
+    use super::*;
+    use crate::Filter;
+
+    /// Records the generation of every set it was asked to prepare.
+    #[derive(Debug, Default)]
+    struct Recording {
+        prepared: Mutex<Vec<u64>>,
+        forgotten: Mutex<Vec<String>>,
+    }
+
+    impl LoadBalancer for Recording {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn select<'a>(
+            &self,
+            instances: &'a [Arc<ServiceInfo>],
+            _ctx: &SelectContext<'_>,
+        ) -> Option<&'a Arc<ServiceInfo>> {
+            instances.first()
+        }
+        fn prepare(&self, set: &InstanceSet) {
+            self.prepared.lock().push(set.generation());
+        }
+        fn forget(&self, service: &str) {
+            self.forgotten.lock().push(service.to_owned());
+        }
+    }
+
+    fn svc(id: u32, port: u16, health: Health, tag: &str) -> Arc<ServiceInfo> {
+        Arc::new(
+            ServiceInfo::new(format!("i{id:03}"), "s", "10.0.0.1", port)
+                .with_health(health)
+                .with_tag(tag),
+        )
+    }
+
+    fn sorted(set: &InstanceSet) -> Vec<Arc<ServiceInfo>> {
+        let mut all = set.to_vec();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Changes applied one at a time through the writer give the same instances (the very same
+    /// `Arc`s, the same health counts) as a full re-list of the result, with the discovery's
+    /// filter applied on both paths; every published set was prepared, in publication order.
+    #[test]
+    fn changes_through_the_writer_match_a_full_relist() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let opts = Options {
+            filter: Filter::new().all_tags(["api"]),
+            ..Options::default()
+        };
+        let balancer = Arc::new(Recording::default());
+        let entry = Entry::new("s", balancer.clone());
+        // What the registry holds, by id.
+        let mut registry: BTreeMap<String, Arc<ServiceInfo>> = BTreeMap::new();
+        for id in 0..40 {
+            let s = svc(id, 80, Health::Healthy, "api");
+            registry.insert(s.id.clone(), s);
+        }
+        entry.apply_full(registry.values().cloned().collect(), &opts, true, false);
+        let healths = [Health::Healthy, Health::Unknown, Health::Unhealthy];
+        for step in 0..3_000u32 {
+            let id = rng.random_range(0..120);
+            let key = format!("i{id:03}");
+            if rng.random_bool(0.35) {
+                if let Some(gone) = registry.remove(&key) {
+                    entry.apply_change(ServiceEventType::Deleted, gone, &opts);
+                }
+            } else {
+                // One in four registrations lacks the tag the filter asks for.
+                let tag = if rng.random_bool(0.25) { "web" } else { "api" };
+                let s = svc(
+                    id,
+                    (step % 60_000) as u16 + 1,
+                    healths[rng.random_range(0..3)],
+                    tag,
+                );
+                let kind = if registry.contains_key(&key) {
+                    ServiceEventType::Updated
+                } else {
+                    ServiceEventType::Created
+                };
+                registry.insert(key, s.clone());
+                entry.apply_change(kind, s, &opts);
+            }
+            if step % 100 == 99 || registry.len() <= 1 {
+                let relisted = Entry::new("s", Arc::new(Recording::default()));
+                relisted.apply_full(registry.values().cloned().collect(), &opts, true, false);
+                let (a, b) = (
+                    entry.snap.load_full().unwrap(),
+                    relisted.snap.load_full().unwrap(),
+                );
+                let (a_all, b_all) = (sorted(&a), sorted(&b));
+                assert_eq!(a_all.len(), b_all.len(), "step {step}");
+                for (x, y) in a_all.iter().zip(&b_all) {
+                    assert!(Arc::ptr_eq(x, y), "step {step}: {} vs {}", x.id, y.id);
+                }
+                assert_eq!((a.healthy(), a.unknown()), (b.healthy(), b.unknown()));
+                assert!(a.iter().all(|s| opts.filter.matches(s)));
+            }
+        }
+        let prepared = balancer.prepared.lock().clone();
+        assert_eq!(
+            prepared.last().copied(),
+            entry.snap.load().as_ref().map(|s| s.generation()),
+            "the published set is the last one prepared"
+        );
+        assert!(prepared.len() > 1_000, "one prepare per change");
+        assert!(prepared.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_change_that_changes_nothing_publishes_nothing() {
+        let balancer = Arc::new(Recording::default());
+        let entry = Entry::new("s", balancer.clone());
+        let opts = Options::default();
+        entry.apply_full(vec![svc(1, 80, Health::Healthy, "api")], &opts, true, false);
+        let (version, prepared) = (
+            entry.version.load(Ordering::Acquire),
+            balancer.prepared.lock().len(),
+        );
+        entry.apply_change(
+            ServiceEventType::Deleted,
+            svc(2, 80, Health::Healthy, "api"),
+            &opts,
+        );
+        // Another service's change is not ours.
+        entry.apply_change(
+            ServiceEventType::Created,
+            Arc::new(ServiceInfo::new("x", "other", "10.0.0.1", 80)),
+            &opts,
+        );
+        assert_eq!(entry.version.load(Ordering::Acquire), version);
+        assert_eq!(balancer.prepared.lock().len(), prepared);
+        assert_eq!(entry.snap.load().as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_retired_entry_prepares_nothing_and_is_forgotten() {
+        let balancer = Arc::new(Recording::default());
+        let entry = Entry::new("s", balancer.clone());
+        let opts = Options::default();
+        entry.apply_full(vec![svc(1, 80, Health::Healthy, "api")], &opts, true, false);
+        entry.mark_evicted();
+        entry.retire();
+        assert_eq!(*balancer.forgotten.lock(), ["s"]);
+        let prepared = balancer.prepared.lock().len();
+        entry.apply_change(
+            ServiceEventType::Created,
+            svc(2, 80, Health::Healthy, "api"),
+            &opts,
+        );
+        assert_eq!(balancer.prepared.lock().len(), prepared);
+        assert_eq!(
+            entry.snap.load().as_ref().unwrap().len(),
+            2,
+            "still published"
+        );
     }
 }

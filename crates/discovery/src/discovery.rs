@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use waypost_core_types::quote::quoted;
 use waypost_core_types::{
-    Error, LoadBalancer, Result, SelectContext, Selection, ServiceDiscovery, ServiceEventStream,
-    ServiceInfo, ServiceRegistry,
+    Error, InstanceSet, LoadBalancer, Result, SelectContext, Selection, ServiceDiscovery,
+    ServiceEventStream, ServiceInfo, ServiceRegistry,
 };
 
-use crate::cache::{Entry, Snapshot, EVICTED};
+use crate::cache::{Entry, EVICTED};
 use crate::map::ServiceMap;
 use crate::options::{DiscoveryBuilder, Options};
 use crate::{events, refresh, CacheStats, Filter};
@@ -26,14 +26,14 @@ const HOT_SLOTS: usize = 4;
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// A per-thread shortcut to a service's current snapshot.
+/// A per-thread shortcut to a service's current set.
 struct Hot {
     owner: usize,
     name: Arc<str>,
     entry: Arc<Entry>,
     version: u64,
-    snap: Arc<Snapshot>,
-    /// This thread's own copies of `snap.all` (see [`mirror`]).
+    set: Arc<InstanceSet>,
+    /// This thread's own copies of the set's instances, in its order (see [`mirror`]).
     mirror: Vec<Arc<ServiceInfo>>,
 }
 
@@ -45,11 +45,48 @@ const MIRROR_MAX: usize = 256;
 /// call. A thread returns its own copies instead (same data; instances are immutable), and the
 /// balancer still sees the shared set, so its per-set state is unaffected. Sets larger than
 /// 256 instances are not copied.
-fn mirror(snap: &Snapshot) -> Vec<Arc<ServiceInfo>> {
-    if snap.all.len() > MIRROR_MAX {
+///
+/// `old` and `old_mirror` are the thread's previous set and its copies: an instance still at
+/// the same position (the same `Arc`) keeps its copy, so after a change only the instances it
+/// touched are copied again, not the whole set.
+fn mirror(
+    set: &InstanceSet,
+    old: Option<&InstanceSet>,
+    old_mirror: &[Arc<ServiceInfo>],
+) -> Vec<Arc<ServiceInfo>> {
+    if set.len() > MIRROR_MAX {
         return Vec::new();
     }
-    snap.all.iter().map(|s| Arc::new((**s).clone())).collect()
+    set.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let kept = old.and_then(|o| o.get(i)).zip(old_mirror.get(i));
+            match kept {
+                Some((was, own)) if Arc::ptr_eq(was, s) => Arc::clone(own),
+                _ => Arc::new((**s).clone()),
+            }
+        })
+        .collect()
+}
+
+/// Instances per chunk of an [`InstanceSet`]: positions `k * CHUNK ..` are contiguous in
+/// memory. Only a shortcut for [`position_of`]; a different chunk size makes it miss, never
+/// err, since every guess is checked by address.
+const CHUNK: usize = 64;
+
+/// The position of `picked` in `set`, from its address (no dereference, no scan of the
+/// instances): `picked` is a reference into one of the set's chunks. For sets of at most
+/// [`MIRROR_MAX`] instances, a few comparisons.
+#[inline]
+fn position_of(set: &InstanceSet, picked: &Arc<ServiceInfo>) -> Option<usize> {
+    let size = std::mem::size_of::<Arc<ServiceInfo>>();
+    let addr = picked as *const Arc<ServiceInfo> as usize;
+    (0..set.len()).step_by(CHUNK).find_map(|start| {
+        let base = set.get(start)? as *const Arc<ServiceInfo> as usize;
+        let offset = addr.wrapping_sub(base) / size;
+        let at = start + offset;
+        (offset < CHUNK && set.get(at).is_some_and(|s| std::ptr::eq(s, picked))).then_some(at)
+    })
 }
 
 thread_local! {
@@ -59,10 +96,18 @@ thread_local! {
 
 /// Service discovery with a per-service cache kept current by the registry's watch.
 ///
-/// The first lookup of a service subscribes to [`ServiceRegistry::watch_service`] and fills the
-/// cache from its snapshot; a background task owned by the discovery then applies every change,
-/// and replaces the set on every resync snapshot. If the watch ends or fails, the task polls
-/// [`ServiceRegistry::list_instances`] every [`refresh_interval`](DiscoveryBuilder::refresh_interval)
+/// The first lookup of a service subscribes to [`ServiceRegistry::watch_service_shared`] and
+/// fills the cache from its snapshot; a background task owned by the discovery then applies every
+/// change, and replaces the set on every resync snapshot. A change costs the same whatever the
+/// size of the service (a few microseconds at 100,000 instances): the cached set is an
+/// [`InstanceSet`] kept by an [`InstanceSetWriter`](waypost_core_types::InstanceSetWriter),
+/// which copies a few pointers per change, and its instances are the registry's own `Arc`s when
+/// the registry keeps them in process (the in-memory registry), so the cache holds pointers,
+/// not copies. Every new set goes through the balancer's
+/// [`prepare`](LoadBalancer::prepare) before any lookup sees it, and a service dropped from the
+/// cache (evicted, idle, cleared, closed) is [forgotten](LoadBalancer::forget) by the
+/// balancer. If the watch ends or fails, the task polls
+/// [`ServiceRegistry::list_instances_shared`] every [`refresh_interval`](DiscoveryBuilder::refresh_interval)
 /// and tries to watch again until it succeeds. While the registry cannot be reached, lookups keep
 /// answering from the last known set, and [`CacheStats::stale_for`] says how old it is. After a
 /// gap in the watch (a registry restart), instances the first full set leaves out are still
@@ -120,8 +165,8 @@ impl Drop for Inner {
         if let Some(t) = self.sweeper.lock().take() {
             t.abort();
         }
-        for e in self.services.entries() {
-            e.abort_task();
+        for e in self.services.remove_where(|_| true) {
+            e.retire();
         }
     }
 }
@@ -146,7 +191,7 @@ impl Inner {
             .services
             .remove_where(|e| stale.contains(&(e as *const Entry)));
         for e in &removed {
-            e.abort_task();
+            e.retire();
         }
         tracing::debug!(
             dropped = removed.len(),
@@ -247,16 +292,16 @@ impl CachedDiscovery {
         }
         self.inner.services.with(name, |entry| {
             let version = entry.version.load(Ordering::Acquire);
-            let snap = entry.snap.load_full()?;
+            let set = entry.snap.load_full()?;
             entry.hits.incr();
-            let done = self.pick(name, &snap.all, snap.selectable, ctx);
-            self.remember(entry, version, snap);
+            let done = self.pick(name, &set, &[], ctx);
+            self.remember(entry, version, set);
             Some(done)
         })?
     }
 
     /// The per-thread shortcut: the last few services this thread looked up, with their
-    /// snapshots, checked against the entry's version (which also says whether the entry was
+    /// sets, checked against the entry's version (which also says whether the entry was
     /// evicted). No shared write, no hashing; a changed snapshot is reloaded.
     #[inline]
     fn select_hot(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
@@ -275,16 +320,17 @@ impl CachedDiscovery {
                 return None;
             }
             if version != h.version {
-                h.snap = h.entry.snap.load_full()?;
-                h.mirror = mirror(&h.snap);
+                let set = h.entry.snap.load_full()?;
+                h.mirror = mirror(&set, Some(&h.set), &h.mirror);
+                h.set = set;
                 h.version = version;
             }
             h.entry.hits.incr();
-            Some(self.pick_mirrored(name, &h.snap.all, h.snap.selectable, &h.mirror, ctx))
+            Some(self.pick(name, &h.set, &h.mirror, ctx))
         })
     }
 
-    fn remember(&self, entry: &Arc<Entry>, version: u64, snap: Arc<Snapshot>) {
+    fn remember(&self, entry: &Arc<Entry>, version: u64, set: Arc<InstanceSet>) {
         HOT.with(|hot| {
             let Ok(mut hot) = hot.try_borrow_mut() else {
                 return;
@@ -299,60 +345,70 @@ impl CachedDiscovery {
                 name: entry.name.clone(),
                 entry: entry.clone(),
                 version,
-                mirror: mirror(&snap),
-                snap,
+                mirror: mirror(&set, None, &[]),
+                set,
             });
         });
     }
 
+    /// Picks in `set` with the balancer (select and begin in one); returns the same instance
+    /// from `mirror` (this thread's copies, in the set's order) when there is one, so that
+    /// threads do not share reference counts.
+    #[inline]
     fn pick(
         &self,
         name: &str,
-        all: &[Arc<ServiceInfo>],
-        selectable: usize,
-        ctx: &SelectContext<'_>,
-    ) -> Result<Selection> {
-        self.pick_mirrored(name, all, selectable, &[], ctx)
-    }
-
-    /// Picks among the shared instances; returns the same instance from `mirror` (this thread's
-    /// copies, same order) when there is one, so that threads do not share reference counts.
-    #[inline]
-    fn pick_mirrored(
-        &self,
-        name: &str,
-        all: &[Arc<ServiceInfo>],
-        selectable: usize,
+        set: &InstanceSet,
         mirror: &[Arc<ServiceInfo>],
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
-        if all.is_empty() {
+        if set.is_empty() {
             return Err(Error::ServiceNotFound(name.to_owned()));
         }
-        if selectable == 0 {
+        if set.selectable() == 0 {
             return Err(Error::NoHealthyInstance(name.to_owned()));
         }
-        match self.inner.balancer.select(all, ctx) {
-            Some(picked) => {
-                // The index of the pick in `all`, from its address (no dereference).
-                let offset = (picked as *const Arc<ServiceInfo> as usize)
-                    .wrapping_sub(all.as_ptr() as usize)
-                    / std::mem::size_of::<Arc<ServiceInfo>>();
-                let instance = match (all.get(offset), mirror.get(offset)) {
-                    (Some(at), Some(own)) if std::ptr::eq(at, picked) => own.clone(),
-                    _ => picked.clone(),
+        match self.inner.balancer.pick(set, ctx) {
+            Some((picked, guard)) => {
+                let own = if mirror.is_empty() {
+                    None
+                } else {
+                    position_of(set, picked).and_then(|at| mirror.get(at))
                 };
                 Ok(Selection {
-                    guard: self.inner.balancer.begin(picked),
-                    instance,
+                    instance: Arc::clone(own.unwrap_or(picked)),
+                    guard,
                 })
             }
             None => Err(Error::NoHealthyInstance(name.to_owned())),
         }
     }
 
+    /// Picks among `matching` (a filtered list, not a cached set) with the balancer's
+    /// list-based [`select`](LoadBalancer::select).
+    fn pick_listed(
+        &self,
+        name: &str,
+        matching: &[Arc<ServiceInfo>],
+        ctx: &SelectContext<'_>,
+    ) -> Result<Selection> {
+        if matching.is_empty() {
+            return Err(Error::ServiceNotFound(name.to_owned()));
+        }
+        if crate::cache::selectable(matching) == 0 {
+            return Err(Error::NoHealthyInstance(name.to_owned()));
+        }
+        match self.inner.balancer.select(matching, ctx) {
+            Some(picked) => Ok(Selection {
+                guard: self.inner.balancer.begin(picked),
+                instance: picked.clone(),
+            }),
+            None => Err(Error::NoHealthyInstance(name.to_owned())),
+        }
+    }
+
     /// The cached set of `name`, filling it on first use.
-    async fn snapshot(&self, name: &str) -> Result<Arc<Snapshot>> {
+    async fn snapshot(&self, name: &str) -> Result<Arc<InstanceSet>> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -368,9 +424,12 @@ impl CachedDiscovery {
     }
 
     #[cold]
-    async fn fill(&self, name: &str) -> Result<Arc<Snapshot>> {
+    async fn fill(&self, name: &str) -> Result<Arc<InstanceSet>> {
         self.start_sweeper();
-        let entry = self.inner.services.get_or_insert(name, || Entry::new(name));
+        let entry = self
+            .inner
+            .services
+            .get_or_insert(name, || Entry::new(name, self.inner.balancer.clone()));
         entry.misses.fetch_add(1, Ordering::Relaxed);
         let _filling = entry.fill.lock().await;
         if let Some(snap) = entry.snap.load_full() {
@@ -414,7 +473,9 @@ impl CachedDiscovery {
     }
 
     fn remove_if(&self, name: &str, entry: &Arc<Entry>) {
-        self.inner.services.remove_if(name, entry);
+        if self.inner.services.remove_if(name, entry) {
+            entry.retire();
+        }
     }
 
     /// Starts the task that drops idle services, once (none when both idle times are
@@ -446,17 +507,12 @@ impl CachedDiscovery {
         name: &str,
         filter: &Filter,
     ) -> Result<Vec<Arc<ServiceInfo>>> {
-        let snap = self.snapshot(name).await?;
-        let out: Vec<_> = snap
-            .all
-            .iter()
-            .filter(|s| filter.matches(s))
-            .cloned()
-            .collect();
+        let set = self.snapshot(name).await?;
+        let out: Vec<_> = set.iter().filter(|s| filter.matches(s)).cloned().collect();
         if out.is_empty() {
             return Err(Error::ServiceNotFound(name.to_owned()));
         }
-        Ok(out)
+        Ok(sorted_by_id(out))
     }
 
     /// One instance of `name` among those matching `filter`, chosen by the balancer (healthy
@@ -470,15 +526,9 @@ impl CachedDiscovery {
         filter: &Filter,
         ctx: &SelectContext<'_>,
     ) -> Result<Selection> {
-        let snap = self.snapshot(name).await?;
-        let matching: Vec<_> = snap
-            .all
-            .iter()
-            .filter(|s| filter.matches(s))
-            .cloned()
-            .collect();
-        let selectable = crate::cache::selectable(&matching);
-        self.pick(name, &matching, selectable, ctx)
+        let set = self.snapshot(name).await?;
+        let matching: Vec<_> = set.iter().filter(|s| filter.matches(s)).cloned().collect();
+        self.pick_listed(name, &matching, ctx)
     }
 
     /// Statistics of every cached service, sorted by name.
@@ -503,15 +553,16 @@ impl CachedDiscovery {
     /// service fills it again from the registry.
     pub fn clear_cache(&self) {
         for e in self.inner.services.remove_where(|_| true) {
-            e.abort_task();
+            e.retire();
         }
     }
 
-    /// Drops one service from the cache (and stops its task). Returns whether it was cached.
+    /// Drops one service from the cache (and stops its task; the balancer forgets it). Returns
+    /// whether it was cached.
     pub fn evict(&self, name: &str) -> bool {
         match self.inner.services.remove(name) {
             Some(e) => {
-                e.abort_task();
+                e.retire();
                 true
             }
             None => false,
@@ -519,22 +570,30 @@ impl CachedDiscovery {
     }
 }
 
+/// `all`, sorted by id: the order `discover` promises. A cached set is in arrival order (a
+/// full set starts sorted, later changes append or fill gaps), so the run-adaptive stable sort
+/// has little to do.
+fn sorted_by_id(mut all: Vec<Arc<ServiceInfo>>) -> Vec<Arc<ServiceInfo>> {
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    all
+}
+
 #[async_trait]
 impl ServiceDiscovery for CachedDiscovery {
     async fn discover(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> {
-        let snap = self.snapshot(name).await?;
-        if snap.all.is_empty() {
+        let set = self.snapshot(name).await?;
+        if set.is_empty() {
             return Err(Error::ServiceNotFound(name.to_owned()));
         }
-        Ok(snap.all.clone())
+        Ok(sorted_by_id(set.to_vec()))
     }
 
     async fn select(&self, name: &str, ctx: &SelectContext<'_>) -> Result<Selection> {
         if let Some(done) = self.select_cached(name, ctx) {
             return done;
         }
-        let snap = self.fill(name).await?;
-        self.pick(name, &snap.all, snap.selectable, ctx)
+        let set = self.fill(name).await?;
+        self.pick(name, &set, &[], ctx)
     }
 
     async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
@@ -542,8 +601,8 @@ impl ServiceDiscovery for CachedDiscovery {
         let sel = match self.select_cached(name, &ctx) {
             Some(done) => done?,
             None => {
-                let snap = self.fill(name).await?;
-                self.pick(name, &snap.all, snap.selectable, &ctx)?
+                let set = self.fill(name).await?;
+                self.pick(name, &set, &[], &ctx)?
             }
         };
         Ok(sel.instance)
@@ -570,5 +629,58 @@ impl ServiceDiscovery for CachedDiscovery {
             self.inner.registry.close().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use waypost_core_types::InstanceSetWriter;
+
+    use super::*;
+
+    fn svc(i: usize) -> Arc<ServiceInfo> {
+        Arc::new(ServiceInfo::new(format!("i{i:03}"), "s", "10.0.0.1", 80))
+    }
+
+    #[test]
+    fn positions_from_addresses() {
+        for n in [1, 63, 64, 65, 200, 256, 300] {
+            let set = InstanceSet::new("s", (0..n).map(svc));
+            for i in 0..n {
+                assert_eq!(
+                    position_of(&set, set.get(i).unwrap()),
+                    Some(i),
+                    "{i} of {n}"
+                );
+            }
+            // The same instance, not in the set: never mistaken for a position.
+            let stranger = set.get(0).unwrap().clone();
+            assert_eq!(position_of(&set, &stranger), None);
+        }
+    }
+
+    #[test]
+    fn mirrors_copy_only_what_changed() {
+        let mut w = InstanceSetWriter::new("s");
+        w.replace((0..100).map(svc));
+        let first = Arc::clone(w.current());
+        let mine = mirror(&first, None, &[]);
+        assert!(mine
+            .iter()
+            .zip(first.iter())
+            .all(|(m, s)| !Arc::ptr_eq(m, s) && **m == **s));
+        w.remove("i010"); // the last instance moves to position 10
+        w.upsert(Arc::new(ServiceInfo::new("i020", "s", "10.0.0.2", 81)));
+        let second = Arc::clone(w.current());
+        let next = mirror(&second, Some(&first), &mine);
+        assert_eq!(next.len(), 99);
+        for (i, (m, s)) in next.iter().zip(second.iter()).enumerate() {
+            assert_eq!(**m, **s, "position {i}");
+            let reused = Arc::ptr_eq(m, &mine[i]);
+            assert_eq!(reused, i != 10 && i != 20, "position {i}");
+        }
+        assert!(mirror(&InstanceSet::new("s", (0..300).map(svc)), None, &[]).is_empty());
     }
 }

@@ -47,6 +47,8 @@ mod refresh;
 mod stats;
 mod tcp_check;
 
+#[doc(hidden)]
+pub use cache::EntryHarness;
 pub use discovery::CachedDiscovery;
 pub use filter::Filter;
 pub use http_check::HttpHealthChecker;

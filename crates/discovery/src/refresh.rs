@@ -7,23 +7,29 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use waypost_core_types::quote::quoted;
-use waypost_core_types::{Error, Result, ServiceRegistry, SnapshotReason, WatchEvent, WatchStream};
+use waypost_core_types::{
+    Error, Result, ServiceRegistry, SharedWatchEvent, SharedWatchStream, SnapshotReason,
+};
 
 use crate::cache::Entry;
 use crate::options::Options;
 
 /// Fills `entry` for the first time: from the registry watch's initial snapshot, or, when the
 /// watch cannot start, from `list_instances`. Returns the live watch, if there is one.
+///
+/// Both are the shared variants ([`ServiceRegistry::watch_service_shared`],
+/// [`ServiceRegistry::list_instances_shared`]): a registry that keeps its instances in process
+/// hands out its own `Arc`s, and the cache holds those, not copies.
 pub(crate) async fn first_fill(
     entry: &Entry,
     registry: &dyn ServiceRegistry,
     opts: &Options,
-) -> Result<Option<WatchStream>> {
+) -> Result<Option<SharedWatchStream>> {
     let name = &*entry.name;
     let limit = opts.initial_timeout;
-    let watch_err = match timeout(limit, registry.watch_service(name)).await {
+    let watch_err = match timeout(limit, registry.watch_service_shared(name)).await {
         Ok(Ok(mut stream)) => match timeout(limit, stream.next()).await {
-            Ok(Some(WatchEvent::Snapshot { services, .. })) => {
+            Ok(Some(SharedWatchEvent::Snapshot { services, .. })) => {
                 entry.apply_full(services, opts, true, false);
                 return Ok(Some(stream));
             }
@@ -43,7 +49,7 @@ pub(crate) async fn first_fill(
     }
     tracing::warn!(service = %quoted(name), error = %watch_err, "discovery: watch failed; polling instead");
     entry.failed(&watch_err);
-    match timeout(limit, registry.list_instances(name)).await {
+    match timeout(limit, registry.list_instances_shared(name)).await {
         Ok(Ok(list)) => {
             entry.apply_full(list, opts, false, false);
             Ok(None)
@@ -73,7 +79,7 @@ pub(crate) async fn run(
     entry: Arc<Entry>,
     registry: Arc<dyn ServiceRegistry>,
     opts: Arc<Options>,
-    mut stream: Option<WatchStream>,
+    mut stream: Option<SharedWatchStream>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = entry.name.clone();
@@ -89,12 +95,14 @@ pub(crate) async fn run(
                     _ = stopped(&mut shutdown) => return,
                     _ = grace_ends(&entry) => entry.expire_grace(Instant::now()),
                     ev = s.next() => match ev {
-                        Some(WatchEvent::Snapshot { services, reason }) => {
+                        Some(SharedWatchEvent::Snapshot { services, reason }) => {
                             let after_gap = reason == SnapshotReason::Reconnected || fresh_watch;
                             fresh_watch = false;
                             entry.apply_full(services, &opts, true, after_gap);
                         }
-                        Some(WatchEvent::Change(change)) => entry.apply_change(change, &opts),
+                        Some(SharedWatchEvent::Change { kind, service }) => {
+                            entry.apply_change(kind, service, &opts)
+                        }
                         Some(_) => {}
                         None => break,
                     },
@@ -121,7 +129,7 @@ pub(crate) async fn run(
                 }
                 break;
             }
-            match timeout(interval, registry.watch_service(&name)).await {
+            match timeout(interval, registry.watch_service_shared(&name)).await {
                 Ok(Ok(s)) => {
                     stream = Some(s);
                     fresh_watch = true;
@@ -154,7 +162,7 @@ async fn sleep_until_or_never(at: Option<Instant>) {
 async fn poll(entry: &Entry, registry: &dyn ServiceRegistry, opts: &Options) -> bool {
     let name = &*entry.name;
     let interval = opts.refresh_interval;
-    match timeout(interval, registry.list_instances(name)).await {
+    match timeout(interval, registry.list_instances_shared(name)).await {
         // A poll runs while the watch is down: what it leaves out may be coming back.
         Ok(Ok(list)) => entry.apply_full(list, opts, false, true),
         Ok(Err(e)) => {
