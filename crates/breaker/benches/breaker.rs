@@ -46,6 +46,13 @@ fn closed_overhead(c: &mut Criterion) {
     g.bench_function("failure_rate_execute_sync", |b| {
         b.iter(|| rate.execute_sync(|| op(black_box(1))))
     });
+    let rate_time = FailureRateBreaker::builder()
+        .time_window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    g.bench_function("failure_rate_time_execute_sync", |b| {
+        b.iter(|| rate_time.execute_sync(|| op(black_box(1))))
+    });
     g.bench_function("throttle_execute_sync", |b| {
         b.iter(|| throttle.execute_sync(|| op(black_box(1))))
     });
@@ -112,6 +119,11 @@ static CONTROL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 fn scaling() {
     let simple = SimpleCircuitBreaker::new(5, Duration::from_secs(5));
     let rate = FailureRateBreaker::builder().build().unwrap();
+    let rate_time = FailureRateBreaker::builder()
+        .time_window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let throttle = AdaptiveThrottle::new(2.0, Duration::from_secs(60));
     report(&[
         (
             "direct",
@@ -145,6 +157,18 @@ fn scaling() {
             "failure_rate_execute_sync",
             Box::new(|i| {
                 black_box(rate.execute_sync(|| op(i)).ok());
+            }),
+        ),
+        (
+            "failure_rate_time_execute_sync",
+            Box::new(|i| {
+                black_box(rate_time.execute_sync(|| op(i)).ok());
+            }),
+        ),
+        (
+            "throttle_execute_sync",
+            Box::new(|i| {
+                black_box(throttle.execute_sync(|| op(i)).ok());
             }),
         ),
     ]);
