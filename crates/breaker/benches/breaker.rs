@@ -1,7 +1,13 @@
 //! Breaker overhead in the closed state, and how it scales across threads.
 //!
 //! `cargo bench -p waypost-breaker --bench breaker -- --warm-up-time 1 --measurement-time 3`
-//! prints criterion's figures, then the thread-scaling figures (best of several trials).
+//! prints criterion's figures, then the thread-scaling figures (best of several trials), then
+//! the CPU time per call. `WAYPOST_SCALING_ONLY=1` skips criterion's part.
+//!
+//! On a machine shared with other work, wall-clock figures include the time the benchmark waits
+//! for a core. The CPU figures do not: they divide the threads' own CPU time (Linux
+//! `/proc/thread-self/schedstat`) by the calls made, and the "CPU-normalised" scaling ratio is
+//! two threads' calls per CPU-second of each thread against one thread's.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -61,33 +67,50 @@ fn closed_overhead(c: &mut Criterion) {
 
 criterion_group!(benches, closed_overhead);
 
-/// Calls per second of `call` with `threads` threads.
-fn throughput<F>(call: &F, threads: usize, per_thread: u64) -> f64
+/// Nanoseconds this thread has run on a CPU (Linux; 0 elsewhere).
+fn thread_cpu_nanos() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Calls per second of `call` with `threads` threads (wall clock), and calls per CPU-second of
+/// one thread (mean over the threads).
+fn throughput<F>(call: &F, threads: usize, per_thread: u64) -> (f64, f64)
 where
     F: Fn(u64) + Sync + ?Sized,
 {
     let barrier = Barrier::new(threads + 1);
-    let slowest = std::thread::scope(|s| {
+    let (slowest, cpu) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     barrier.wait();
+                    let c0 = thread_cpu_nanos();
                     let t0 = Instant::now();
                     for i in 0..per_thread {
                         call(i);
                     }
-                    t0.elapsed()
+                    (t0.elapsed(), thread_cpu_nanos().saturating_sub(c0))
                 })
             })
             .collect();
         barrier.wait();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap()
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let slowest = results.iter().map(|r| r.0).max().unwrap();
+        let cpu: u64 = results.iter().map(|r| r.1).sum();
+        (slowest, cpu)
     });
-    (threads as u64 * per_thread) as f64 / slowest.as_secs_f64()
+    let per_cpu_second = if cpu == 0 {
+        0.0
+    } else {
+        (threads as u64 * per_thread) as f64 / (cpu as f64 / 1e9) / threads as f64
+    };
+    (
+        (threads as u64 * per_thread) as f64 / slowest.as_secs_f64(),
+        per_cpu_second,
+    )
 }
 
 type Call<'a> = (&'a str, Box<dyn Fn(u64) + Sync + 'a>);
@@ -97,19 +120,26 @@ type Call<'a> = (&'a str, Box<dyn Fn(u64) + Sync + 'a>);
 fn report(calls: &[Call<'_>]) {
     const PER_THREAD: u64 = 2_000_000;
     const TRIALS: usize = 15;
-    let mut best = vec![(0f64, 0f64); calls.len()];
+    // (wall 1 thread, wall 2 threads, per CPU-second 1 thread, per CPU-second 2 threads)
+    let mut best = vec![[0f64; 4]; calls.len()];
     for _ in 0..TRIALS {
         for ((_, call), best) in calls.iter().zip(best.iter_mut()) {
-            best.0 = best.0.max(throughput(call, 1, PER_THREAD));
-            best.1 = best.1.max(throughput(call, 2, PER_THREAD));
+            let one = throughput(call, 1, PER_THREAD);
+            let two = throughput(call, 2, PER_THREAD);
+            for (b, v) in best.iter_mut().zip([one.0, two.0, one.1, two.1]) {
+                *b = b.max(v);
+            }
         }
     }
-    for ((name, _), (one, two)) in calls.iter().zip(best) {
+    for ((name, _), [one, two, cpu_one, cpu_two]) in calls.iter().zip(best) {
         println!(
-            "scaling/{name}: 1 thread {:.1} M calls/s, 2 threads {:.1} M calls/s, ratio {:.2}x (best of {TRIALS})",
+            "scaling/{name}: 1 thread {:.1} M calls/s, 2 threads {:.1} M calls/s, ratio {:.2}x (best of {TRIALS}); CPU per call {:.1} ns (1 thread), {:.1} ns (2 threads), CPU-normalised ratio {:.2}x",
             one / 1e6,
             two / 1e6,
-            two / one
+            two / one,
+            1e9 / cpu_one,
+            1e9 / cpu_two,
+            2.0 * cpu_two / cpu_one,
         );
     }
 }
