@@ -392,8 +392,9 @@ pub struct FailureRateBreaker {
     /// `tag << 32 | generation` while plain successes of that closed generation may be counted
     /// in the stripes' epoch `tag`, [`NO_FAST_PATH`] otherwise.
     fast: AtomicU64,
-    /// The time-window bucket the fast path counts into; written before `fast` is opened.
-    fast_bucket: AtomicU64,
+    /// When the time-window bucket the fast path counts into ends, in clock nanoseconds;
+    /// written before `fast` is opened.
+    fast_until: AtomicU64,
     /// Pending plain successes per slot at most: a count window's size (more change nothing),
     /// or `u32::MAX` for a time window.
     cap: u32,
@@ -427,7 +428,7 @@ impl FailureRateBreaker {
                 probe_results: Totals::default(),
             }),
             fast: AtomicU64::new(NO_FAST_PATH),
-            fast_bucket: AtomicU64::new(0),
+            fast_until: AtomicU64::new(0),
             cap: match config.window {
                 SlidingWindow::Count(n) => n,
                 SlidingWindow::Time(_) => u32::MAX,
@@ -495,11 +496,10 @@ impl FailureRateBreaker {
             if fast == NO_FAST_PATH || fast as u32 != generation_of(ticket) as u32 {
                 return false;
             }
-            if self.bucket_width != 0 {
-                let bucket = self.cell.clock.now_nanos() / self.bucket_width;
-                if self.fast_bucket.load(Ordering::Acquire) != bucket {
-                    return false;
-                }
+            if self.bucket_width != 0
+                && self.cell.clock.now_nanos() >= self.fast_until.load(Ordering::Acquire)
+            {
+                return false;
             }
             match self.stripes.add(0, (fast >> 32) as u32, self.cap) {
                 Add::Added => return true,
@@ -605,7 +605,12 @@ impl CircuitBreaker for FailureRateBreaker {
                     // From here until the bucket ends, a plain success cannot open the circuit.
                     let bucket = stats.window.bucket_index(now);
                     stats.epoch_bucket = bucket;
-                    self.fast_bucket.store(bucket, Ordering::Release);
+                    if self.bucket_width != 0 {
+                        self.fast_until.store(
+                            bucket.saturating_add(1).saturating_mul(self.bucket_width),
+                            Ordering::Release,
+                        );
+                    }
                     let fast = u64::from(stats.tag) << 32 | (generation_of(ticket) as u32 as u64);
                     self.fast.store(fast, Ordering::Release);
                 }

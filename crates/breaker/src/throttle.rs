@@ -132,8 +132,9 @@ pub struct AdaptiveThrottle {
     /// `tag << 32 | share` while calls may skip the mutex (each slot may admit `share` requests
     /// in epoch `tag`), [`SLOW`] otherwise.
     fast: AtomicU64,
-    /// The bucket the fast path counts into; written before `fast` is opened.
-    fast_bucket: AtomicU64,
+    /// When the bucket the fast path counts into ends, in [`Clock`] nanoseconds; written before
+    /// `fast` is opened.
+    fast_until: AtomicU64,
     stripes: Stripes<2>,
     notifier: Notifier,
 }
@@ -150,7 +151,7 @@ impl AdaptiveThrottle {
             clock: Clock::new(),
             counts: Mutex::new(Counts::new()),
             fast: AtomicU64::new(SLOW),
-            fast_bucket: AtomicU64::new(0),
+            fast_until: AtomicU64::new(0),
             stripes: Stripes::new(),
             notifier: Notifier::new(),
         }
@@ -240,7 +241,10 @@ impl AdaptiveThrottle {
             };
         }
         c.epoch_bucket = now;
-        self.fast_bucket.store(now, Ordering::Release);
+        self.fast_until.store(
+            now.saturating_add(1).saturating_mul(self.width),
+            Ordering::Release,
+        );
     }
 
     /// Opens the fast path when the slots can admit requests that could not be refused: a
@@ -330,10 +334,12 @@ impl CircuitBreaker for AdaptiveThrottle {
     /// clock read and one increment of this thread's own counter; otherwise (throttling, a new
     /// bucket, a thread that used up its share of the headroom) it is decided under a mutex.
     fn try_acquire(&self) -> Result<Permit> {
-        let now = self.index();
+        let nanos = self.clock.now_nanos();
         loop {
             let fast = self.fast.load(Ordering::Acquire);
-            if fast == SLOW || self.fast_bucket.load(Ordering::Acquire) != now {
+            // A reading from just before the bucket began (another thread rolled over since)
+            // counts in it: the two moments are as good as one.
+            if fast == SLOW || nanos >= self.fast_until.load(Ordering::Acquire) {
                 break;
             }
             let tag = (fast >> 32) as u32;
@@ -343,7 +349,7 @@ impl CircuitBreaker for AdaptiveThrottle {
                 Add::Stale => {}
             }
         }
-        self.acquire_slow(now)
+        self.acquire_slow(nanos / self.width)
     }
 
     /// An accept is counted in the bucket of its request (so the two leave the window
@@ -356,7 +362,7 @@ impl CircuitBreaker for AdaptiveThrottle {
                 // The fast path admits only requests that, even if they all fail, leave the
                 // probability at zero: within its bucket a failure changes nothing.
                 Outcome::Failure => {
-                    if self.fast_bucket.load(Ordering::Acquire) == self.index() {
+                    if self.clock.now_nanos() < self.fast_until.load(Ordering::Acquire) {
                         return;
                     }
                 }
@@ -491,6 +497,11 @@ mod tests {
     #[test]
     fn counts_are_exact_across_threads() {
         let t = Arc::new(AdaptiveThrottle::new(2.0, Duration::from_secs(3600)));
+        // A history first: with none, a request in flight on one thread (counted, not yet
+        // accepted) is enough for another thread's request to be refused at random.
+        for _ in 0..100 {
+            assert!(attempt(&t, Outcome::Success));
+        }
         let threads: Vec<_> = (0..4)
             .map(|i| {
                 let t = t.clone();
@@ -510,7 +521,7 @@ mod tests {
         for th in threads {
             th.join().expect("thread");
         }
-        assert_eq!(t.counts(), (20_000, 18_000));
+        assert_eq!(t.counts(), (20_100, 18_100));
         assert!(
             t.fast.load(Ordering::Relaxed) != SLOW,
             "a healthy backend is served without the mutex"
