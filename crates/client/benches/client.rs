@@ -167,8 +167,14 @@ fn main() {
 
         let instance = ServiceInfo::new("user-1", "user-service", "127.0.0.1", addr.port())
             .with_health(Health::Healthy);
+        // Profiling aid: WAYPOST_BENCH_NO_ATTEMPT_TIMEOUT=1 drops the per-attempt timer.
+        let attempt_timeout = if std::env::var_os("WAYPOST_BENCH_NO_ATTEMPT_TIMEOUT").is_some() {
+            Duration::MAX
+        } else {
+            Duration::from_secs(5)
+        };
         let client = ServiceClient::builder(Arc::new(OneInstance(Arc::new(instance))))
-            .timeout(Duration::from_secs(5))
+            .timeout(attempt_timeout)
             .build()
             .unwrap();
 
