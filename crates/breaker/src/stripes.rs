@@ -9,6 +9,7 @@
 //! [`Add::Stale`] and starts over.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 /// Slots per thread group, at most.
 const MAX_SLOTS: usize = 64;
@@ -57,8 +58,12 @@ fn count_of(word: u64) -> u32 {
 impl<const C: usize> Stripes<C> {
     /// Two slots per available core (a power of two, 2 to 64), every word at tag 0, count 0.
     pub(crate) fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-        let n = (cores * 2).next_power_of_two().clamp(2, MAX_SLOTS);
+        // Asked once: on Linux the answer reads cgroup files.
+        static SLOTS: OnceLock<usize> = OnceLock::new();
+        let n = *SLOTS.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+            (cores * 2).next_power_of_two().clamp(2, MAX_SLOTS)
+        });
         Stripes {
             slots: (0..n)
                 .map(|_| Slot(std::array::from_fn(|_| AtomicU64::new(0))))
