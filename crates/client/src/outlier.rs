@@ -197,3 +197,45 @@ impl fmt::Debug for OutlierDetector {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(d: &OutlierDetector, id: &str) {
+        if let Ok(p) = d.acquire(id) {
+            p.finish(Outcome::Failure);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_instances_are_listed_until_they_close_again() {
+        let d = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
+        let mut out = Vec::new();
+        d.acquire("a").expect("closed").finish(Outcome::Success);
+        fail(&d, "b");
+        d.ejected(&mut out);
+        assert!(out.is_empty(), "one failure of two: nothing ejected");
+        assert_eq!(d.not_closed.load(Ordering::Acquire), 0);
+
+        fail(&d, "b");
+        d.ejected(&mut out);
+        assert_eq!(out, ["b"]);
+        assert_eq!(d.not_closed.load(Ordering::Acquire), 1);
+
+        // After the ejection time a probe is let through, and its success closes the breaker.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        out.clear();
+        d.ejected(&mut out);
+        assert!(out.is_empty(), "b may be probed");
+        d.acquire("b").expect("probe").finish(Outcome::Success);
+        assert_eq!(d.state("b"), CircuitState::Closed);
+        assert_eq!(d.not_closed.load(Ordering::Acquire), 0);
+
+        // And it is listed again when it fails again.
+        fail(&d, "b");
+        fail(&d, "b");
+        d.ejected(&mut out);
+        assert_eq!(out, ["b"]);
+    }
+}
