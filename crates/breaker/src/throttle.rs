@@ -105,7 +105,14 @@ impl Counts {
 ///
 /// so while the backend accepts at least one call in K nothing is refused, and as it fails more
 /// the client sheds load before sending it. K = 2 (the default) is the book's choice; a lower K
-/// throttles more aggressively. [`Outcome::Ignored`] removes the request from the counts.
+/// throttles more aggressively. [`Outcome::Ignored`] removes the request from the counts, and an
+/// accept is counted in the ten-bucket window where its request was, so the two leave the window
+/// together.
+///
+/// While nothing could be refused (`requests` stays at most `K·accepts` even if every call in
+/// flight fails), a call costs one clock read and two increments of counters of the calling
+/// thread's own: no lock and no write shared with other threads. Throttling, the start of a new
+/// bucket, and a thread that has used up its share of that headroom take a short mutex.
 ///
 /// [`state`](CircuitBreaker::state) is `Closed` while nothing is being refused and `HalfOpen`
 /// while some calls are (the probability never reaches 1, so it is never `Open`).
