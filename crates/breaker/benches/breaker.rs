@@ -1,7 +1,14 @@
 //! Breaker overhead in the closed state, and how it scales across threads.
 //!
 //! `cargo bench -p waypost-breaker --bench breaker -- --warm-up-time 1 --measurement-time 3`
-//! prints criterion's figures, then the thread-scaling figures (best of several trials).
+//! prints criterion's figures, then the thread-scaling figures (best of several trials), then
+//! the CPU time per call. `WAYPOST_SCALING_ONLY=1` skips criterion's part.
+//!
+//! On a machine shared with other work, wall-clock figures include the time the benchmark waits
+//! for a core. The CPU figures do not: they divide the threads' own CPU time (Linux
+//! `/proc/thread-self/schedstat`) by the calls made. Their ratio shows what sharing costs (cache
+//! lines moving between cores, a contended lock) only when the two threads really ran at the
+//! same time: on a busy machine they are often time-sliced, and then nothing is shared.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
@@ -46,6 +53,13 @@ fn closed_overhead(c: &mut Criterion) {
     g.bench_function("failure_rate_execute_sync", |b| {
         b.iter(|| rate.execute_sync(|| op(black_box(1))))
     });
+    let rate_time = FailureRateBreaker::builder()
+        .time_window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    g.bench_function("failure_rate_time_execute_sync", |b| {
+        b.iter(|| rate_time.execute_sync(|| op(black_box(1))))
+    });
     g.bench_function("throttle_execute_sync", |b| {
         b.iter(|| throttle.execute_sync(|| op(black_box(1))))
     });
@@ -54,33 +68,50 @@ fn closed_overhead(c: &mut Criterion) {
 
 criterion_group!(benches, closed_overhead);
 
-/// Calls per second of `call` with `threads` threads.
-fn throughput<F>(call: &F, threads: usize, per_thread: u64) -> f64
+/// Nanoseconds this thread has run on a CPU (Linux; 0 elsewhere).
+fn thread_cpu_nanos() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Calls per second of `call` with `threads` threads (wall clock), and calls per CPU-second
+/// (the threads' calls over the threads' CPU time).
+fn throughput<F>(call: &F, threads: usize, per_thread: u64) -> (f64, f64)
 where
     F: Fn(u64) + Sync + ?Sized,
 {
     let barrier = Barrier::new(threads + 1);
-    let slowest = std::thread::scope(|s| {
+    let (slowest, cpu) = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     barrier.wait();
+                    let c0 = thread_cpu_nanos();
                     let t0 = Instant::now();
                     for i in 0..per_thread {
                         call(i);
                     }
-                    t0.elapsed()
+                    (t0.elapsed(), thread_cpu_nanos().saturating_sub(c0))
                 })
             })
             .collect();
         barrier.wait();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap()
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let slowest = results.iter().map(|r| r.0).max().unwrap();
+        let cpu: u64 = results.iter().map(|r| r.1).sum();
+        (slowest, cpu)
     });
-    (threads as u64 * per_thread) as f64 / slowest.as_secs_f64()
+    let per_cpu_second = if cpu == 0 {
+        0.0
+    } else {
+        (threads as u64 * per_thread) as f64 / (cpu as f64 / 1e9)
+    };
+    (
+        (threads as u64 * per_thread) as f64 / slowest.as_secs_f64(),
+        per_cpu_second,
+    )
 }
 
 type Call<'a> = (&'a str, Box<dyn Fn(u64) + Sync + 'a>);
@@ -90,19 +121,25 @@ type Call<'a> = (&'a str, Box<dyn Fn(u64) + Sync + 'a>);
 fn report(calls: &[Call<'_>]) {
     const PER_THREAD: u64 = 2_000_000;
     const TRIALS: usize = 15;
-    let mut best = vec![(0f64, 0f64); calls.len()];
+    // (wall 1 thread, wall 2 threads, per CPU-second 1 thread, per CPU-second 2 threads)
+    let mut best = vec![[0f64; 4]; calls.len()];
     for _ in 0..TRIALS {
         for ((_, call), best) in calls.iter().zip(best.iter_mut()) {
-            best.0 = best.0.max(throughput(call, 1, PER_THREAD));
-            best.1 = best.1.max(throughput(call, 2, PER_THREAD));
+            let one = throughput(call, 1, PER_THREAD);
+            let two = throughput(call, 2, PER_THREAD);
+            for (b, v) in best.iter_mut().zip([one.0, two.0, one.1, two.1]) {
+                *b = b.max(v);
+            }
         }
     }
-    for ((name, _), (one, two)) in calls.iter().zip(best) {
+    for ((name, _), [one, two, cpu_one, cpu_two]) in calls.iter().zip(best) {
         println!(
-            "scaling/{name}: 1 thread {:.1} M calls/s, 2 threads {:.1} M calls/s, ratio {:.2}x (best of {TRIALS})",
+            "scaling/{name}: 1 thread {:.1} M calls/s, 2 threads {:.1} M calls/s, ratio {:.2}x (best of {TRIALS}); CPU per call {:.1} ns (1 thread), {:.1} ns (2 threads)",
             one / 1e6,
             two / 1e6,
-            two / one
+            two / one,
+            1e9 / cpu_one,
+            1e9 / cpu_two,
         );
     }
 }
@@ -112,6 +149,11 @@ static CONTROL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 fn scaling() {
     let simple = SimpleCircuitBreaker::new(5, Duration::from_secs(5));
     let rate = FailureRateBreaker::builder().build().unwrap();
+    let rate_time = FailureRateBreaker::builder()
+        .time_window(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let throttle = AdaptiveThrottle::new(2.0, Duration::from_secs(60));
     report(&[
         (
             "direct",
@@ -145,6 +187,18 @@ fn scaling() {
             "failure_rate_execute_sync",
             Box::new(|i| {
                 black_box(rate.execute_sync(|| op(i)).ok());
+            }),
+        ),
+        (
+            "failure_rate_time_execute_sync",
+            Box::new(|i| {
+                black_box(rate_time.execute_sync(|| op(i)).ok());
+            }),
+        ),
+        (
+            "throttle_execute_sync",
+            Box::new(|i| {
+                black_box(throttle.execute_sync(|| op(i)).ok());
             }),
         ),
     ]);

@@ -4,6 +4,7 @@
 //! One idea in one file: the failure-rate breaker, its window and its tests.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ use tokio::sync::watch;
 use waypost_core_types::{CircuitBreaker, CircuitState, Error, Outcome, Permit, Result};
 
 use crate::state::{
-    circuit_state, count_of, nanos, state_of, ticket_of, StateCell, StateChange, CLOSED, COUNT_ONE,
-    HALF_OPEN, OPEN,
+    circuit_state, count_of, generation_of, nanos, state_of, ticket_of, StateCell, StateChange,
+    CLOSED, COUNT_ONE, HALF_OPEN, OPEN,
 };
+use crate::stripes::{Add, Stripes};
 
 /// The window over which calls are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,79 @@ impl Window {
         }
     }
 
+    /// The bucket index of `now` (time windows; count windows have one bucket, 0).
+    fn bucket_index(&self, now: u64) -> u64 {
+        match self {
+            Window::Count { .. } => 0,
+            Window::Time { width, .. } => now / *width,
+        }
+    }
+
+    /// Adds `n` plain successes (not failed, not slow) made in bucket `index`, before any call
+    /// added after this.
+    fn add_successes(&mut self, index: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self {
+            Window::Count {
+                ring,
+                next,
+                len,
+                totals,
+            } => {
+                // More than the ring holds leaves only successes in it.
+                let n = n.min(ring.len() as u64) as usize;
+                for _ in 0..n {
+                    if *len == ring.len() {
+                        let old = ring[*next];
+                        totals.calls -= 1;
+                        totals.failures -= u32::from(old & FAILED != 0);
+                        totals.slow -= u32::from(old & SLOW != 0);
+                    } else {
+                        *len += 1;
+                    }
+                    ring[*next] = 0;
+                    *next = (*next + 1) % ring.len();
+                    totals.calls += 1;
+                }
+            }
+            Window::Time { buckets, .. } => {
+                let slot = &mut buckets[(index % TIME_BUCKETS) as usize];
+                if slot.index < index {
+                    *slot = Bucket {
+                        index,
+                        ..Bucket::default()
+                    };
+                }
+                if slot.index == index {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    slot.calls = slot.calls.saturating_add(n);
+                }
+            }
+        }
+    }
+
+    /// The totals of the window ending at `now`.
+    #[cfg(test)]
+    fn totals(&self, now: u64) -> Totals {
+        match self {
+            Window::Count { totals, .. } => *totals,
+            Window::Time { buckets, width } => {
+                let index = now / *width;
+                let mut t = Totals::default();
+                for b in buckets.iter() {
+                    if b.index + TIME_BUCKETS > index && b.index <= index {
+                        t.calls += b.calls;
+                        t.failures += b.failures;
+                        t.slow += b.slow;
+                    }
+                }
+                t
+            }
+        }
+    }
+
     fn add(&mut self, now: u64, flags: u8) -> Totals {
         let failed = u32::from(flags & FAILED != 0);
         let slow = u32::from(flags & SLOW != 0);
@@ -274,6 +349,10 @@ impl Window {
 #[derive(Debug)]
 struct Stats {
     window: Window,
+    /// The epoch the stripes count plain successes in.
+    tag: u32,
+    /// The window bucket those successes belong to.
+    epoch_bucket: u64,
     /// Generation ticket of the half-open period the probe results belong to.
     probe_ticket: u64,
     probe_results: Totals,
@@ -282,8 +361,11 @@ struct Stats {
 /// A breaker that opens on the failure rate (or slow-call rate) over a sliding window, after a
 /// minimum number of calls, like resilience4j's.
 ///
-/// While closed, every call is admitted with one atomic load; the outcome is added to the window
-/// under a short mutex (never held while the call runs). Open and half-open behave as in
+/// While closed, every call is admitted with one atomic load. Once the window holds the minimum
+/// number of calls, a plain success (not slow) cannot open the circuit, so it is only counted in
+/// a counter of the calling thread's own, and joins the window (in its place, before any later
+/// call) when the next failure or slow call is added under a short mutex, or when a time window
+/// moves to its next bucket. No lock is ever held while the call runs. Open and half-open behave as in
 /// [`SimpleCircuitBreaker`](crate::SimpleCircuitBreaker), except that the half-open verdict waits
 /// for all `half_open_probes` probes and compares their rates with the thresholds.
 ///
@@ -307,7 +389,21 @@ pub struct FailureRateBreaker {
     config: FailureRateConfig,
     timeout_nanos: u64,
     stats: Mutex<Stats>,
+    /// `tag << 32 | generation` while plain successes of that closed generation may be counted
+    /// in the stripes' epoch `tag`, [`NO_FAST_PATH`] otherwise.
+    fast: AtomicU64,
+    /// When the time-window bucket the fast path counts into ends, in clock nanoseconds;
+    /// written before `fast` is opened.
+    fast_until: AtomicU64,
+    /// Pending plain successes per slot at most: a count window's size (more change nothing),
+    /// or `u32::MAX` for a time window.
+    cap: u32,
+    /// A time window's bucket width in nanoseconds; 0 for a count window.
+    bucket_width: u64,
+    stripes: Stripes<1>,
 }
+
+const NO_FAST_PATH: u64 = u64::MAX;
 
 impl FailureRateBreaker {
     /// A builder with the default configuration.
@@ -326,9 +422,22 @@ impl FailureRateBreaker {
             timeout_nanos: nanos(config.open_timeout),
             stats: Mutex::new(Stats {
                 window: Window::new(config.window),
+                tag: 0,
+                epoch_bucket: 0,
                 probe_ticket: u64::MAX,
                 probe_results: Totals::default(),
             }),
+            fast: AtomicU64::new(NO_FAST_PATH),
+            fast_until: AtomicU64::new(0),
+            cap: match config.window {
+                SlidingWindow::Count(n) => n,
+                SlidingWindow::Time(_) => u32::MAX,
+            },
+            bucket_width: match config.window {
+                SlidingWindow::Count(_) => 0,
+                SlidingWindow::Time(d) => (nanos(d) / TIME_BUCKETS).max(1),
+            },
+            stripes: Stripes::new(),
             config,
         })
     }
@@ -376,6 +485,52 @@ impl FailureRateBreaker {
             flags |= SLOW;
         }
         flags
+    }
+
+    /// Counts a plain success of closed generation `ticket` without the mutex, if the fast path
+    /// is open for it.
+    #[inline]
+    fn record_fast(&self, ticket: u64) -> bool {
+        loop {
+            let fast = self.fast.load(Ordering::Acquire);
+            if fast == NO_FAST_PATH || fast as u32 != generation_of(ticket) as u32 {
+                return false;
+            }
+            if self.bucket_width != 0
+                && self.cell.clock.now_nanos() >= self.fast_until.load(Ordering::Acquire)
+            {
+                return false;
+            }
+            match self.stripes.add(0, (fast >> 32) as u32, self.cap) {
+                Add::Added => return true,
+                // A slot holding a whole count window of successes needs no more.
+                Add::Full => return matches!(self.config.window, SlidingWindow::Count(_)),
+                Add::Stale => {}
+            }
+        }
+    }
+
+    /// Closes the fast path and ends its epoch; returns the plain successes it counted.
+    fn end_epoch(&self, stats: &mut Stats) -> u64 {
+        self.fast.store(NO_FAST_PATH, Ordering::Release);
+        let next = stats.tag.wrapping_add(1);
+        let [n] = self.stripes.retag(stats.tag, next);
+        stats.tag = next;
+        n
+    }
+
+    /// Moves the fast path's successes into the window, in their place before any call added
+    /// after this.
+    fn drain(&self, stats: &mut Stats) {
+        let n = self.end_epoch(stats);
+        let at = stats.epoch_bucket;
+        stats.window.add_successes(at, n);
+    }
+
+    /// Clears the window and closes the fast path (its pending successes are dropped).
+    fn clear(&self, stats: &mut Stats) {
+        self.end_epoch(stats);
+        stats.window.clear();
     }
 
     fn over_threshold(&self, t: Totals) -> bool {
@@ -428,17 +583,36 @@ impl CircuitBreaker for FailureRateBreaker {
             return;
         }
         let flags = self.flags(outcome, elapsed);
+        if flags == 0 && state_of(ticket) == CLOSED && self.record_fast(ticket) {
+            return;
+        }
         let mut stats = self.stats.lock();
         if ticket_of(self.cell.load()) != ticket {
             return; // a permit from an earlier generation
         }
         match state_of(ticket) {
             CLOSED => {
-                let totals = stats.window.add(self.cell.clock.now_nanos(), flags);
-                if totals.calls >= self.config.minimum_calls.max(1) && self.over_threshold(totals) {
-                    stats.window.clear();
-                    drop(stats);
-                    self.cell.transition(ticket, OPEN);
+                let now = self.cell.clock.now_nanos();
+                self.drain(&mut stats);
+                let totals = stats.window.add(now, flags);
+                if totals.calls >= self.config.minimum_calls.max(1) {
+                    if self.over_threshold(totals) {
+                        self.clear(&mut stats);
+                        drop(stats);
+                        self.cell.transition(ticket, OPEN);
+                        return;
+                    }
+                    // From here until the bucket ends, a plain success cannot open the circuit.
+                    let bucket = stats.window.bucket_index(now);
+                    stats.epoch_bucket = bucket;
+                    if self.bucket_width != 0 {
+                        self.fast_until.store(
+                            bucket.saturating_add(1).saturating_mul(self.bucket_width),
+                            Ordering::Release,
+                        );
+                    }
+                    let fast = u64::from(stats.tag) << 32 | (generation_of(ticket) as u32 as u64);
+                    self.fast.store(fast, Ordering::Release);
                 }
             }
             HALF_OPEN => {
@@ -452,7 +626,7 @@ impl CircuitBreaker for FailureRateBreaker {
                 r.slow += u32::from(flags & SLOW != 0);
                 if r.calls >= self.config.half_open_probes {
                     let reopen = self.over_threshold(*r);
-                    stats.window.clear();
+                    self.clear(&mut stats);
                     drop(stats);
                     self.cell
                         .transition(ticket, if reopen { OPEN } else { CLOSED });
@@ -473,7 +647,7 @@ impl CircuitBreaker for FailureRateBreaker {
 
     fn reset(&self) {
         let mut stats = self.stats.lock();
-        stats.window.clear();
+        self.clear(&mut stats);
         stats.probe_ticket = u64::MAX;
         drop(stats);
         self.cell.reset();
@@ -498,6 +672,18 @@ crate::execute::inherent_execute!(FailureRateBreaker, |b| b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `(calls, failures)` in the window now, the fast path's successes included.
+    fn window(cb: &FailureRateBreaker) -> (u32, u32) {
+        let mut stats = cb.stats.lock();
+        cb.drain(&mut stats);
+        let t = stats.window.totals(cb.cell.clock.now_nanos());
+        (t.calls, t.failures)
+    }
+
+    fn fast_path_open(cb: &FailureRateBreaker) -> bool {
+        cb.fast.load(Ordering::Relaxed) != NO_FAST_PATH
+    }
 
     fn call(cb: &FailureRateBreaker, outcome: Outcome, elapsed: Duration) -> bool {
         match cb.try_acquire() {
@@ -657,5 +843,123 @@ mod tests {
             assert!(r.is_ok());
         }
         assert!(cb.is_open(), "two slow successes in two calls");
+    }
+
+    #[test]
+    fn counts_are_exact_across_threads() {
+        let cb = Arc::new(cb(SlidingWindow::Count(100_000), 10, 0.5));
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let cb = cb.clone();
+                std::thread::spawn(move || {
+                    for n in 0..5_000 {
+                        let o = if (n + i) % 10 == 0 {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        assert!(call(&cb, o, Duration::ZERO));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(window(&cb), (20_000, 2_000));
+        assert_eq!(cb.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn successes_off_the_mutex_keep_their_place_in_a_count_window() {
+        let cb = cb(SlidingWindow::Count(4), 4, 0.5);
+        for o in [
+            Outcome::Failure,
+            Outcome::Success,
+            Outcome::Success,
+            Outcome::Success,
+        ] {
+            call(&cb, o, Duration::ZERO);
+        }
+        assert!(fast_path_open(&cb), "warm and under the threshold");
+        for _ in 0..1_000 {
+            call(&cb, Outcome::Success, Duration::ZERO);
+        }
+        assert_eq!(window(&cb), (4, 0), "the successes pushed the failure out");
+        call(&cb, Outcome::Failure, Duration::ZERO); // S S S F = 25 %
+        assert_eq!(cb.state(), CircuitState::Closed);
+        call(&cb, Outcome::Success, Duration::ZERO); // S S F S
+        call(&cb, Outcome::Failure, Duration::ZERO); // S F S F = 50 %
+        assert!(cb.is_open());
+    }
+
+    #[test]
+    fn below_the_minimum_every_success_is_counted_under_the_mutex() {
+        // A success can open the circuit while the window is short of its minimum.
+        let cb = cb(SlidingWindow::Count(10), 5, 0.6);
+        for _ in 0..4 {
+            call(&cb, Outcome::Failure, Duration::ZERO);
+        }
+        assert!(!fast_path_open(&cb));
+        call(&cb, Outcome::Success, Duration::ZERO); // 4 / 5
+        assert!(cb.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_window_rolls_over_exactly() {
+        // Ten buckets of one second.
+        let cb = cb(SlidingWindow::Time(Duration::from_secs(10)), 4, 0.5);
+        for _ in 0..10 {
+            call(&cb, Outcome::Success, Duration::ZERO);
+        }
+        assert!(fast_path_open(&cb));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..9 {
+            call(&cb, Outcome::Failure, Duration::ZERO);
+        }
+        assert_eq!(window(&cb), (19, 9));
+        assert_eq!(cb.state(), CircuitState::Closed, "9 / 19");
+        tokio::time::advance(Duration::from_millis(5_500)).await; // t = 10.5 s
+        assert_eq!(
+            window(&cb),
+            (9, 9),
+            "the first second's successes have left"
+        );
+        call(&cb, Outcome::Success, Duration::ZERO); // 9 / 10
+        assert!(cb.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_successes_in_a_new_bucket_count_in_it() {
+        let cb = cb(SlidingWindow::Time(Duration::from_secs(10)), 4, 0.5);
+        for _ in 0..10 {
+            call(&cb, Outcome::Success, Duration::ZERO);
+        }
+        tokio::time::advance(Duration::from_secs(9)).await;
+        for _ in 0..10 {
+            call(&cb, Outcome::Success, Duration::ZERO);
+        }
+        tokio::time::advance(Duration::from_millis(1_500)).await; // t = 10.5 s
+        assert_eq!(
+            window(&cb),
+            (10, 0),
+            "only the successes of second 9 remain"
+        );
+    }
+
+    #[test]
+    fn a_permit_from_an_earlier_generation_never_counts() {
+        let cb = cb(SlidingWindow::Count(100), 4, 0.5);
+        for _ in 0..4 {
+            call(&cb, Outcome::Success, Duration::ZERO);
+        }
+        let old = cb.try_acquire().expect("closed");
+        cb.reset();
+        for _ in 0..4 {
+            call(&cb, Outcome::Success, Duration::ZERO);
+        }
+        assert!(fast_path_open(&cb));
+        cb.record(old, Outcome::Success, Duration::ZERO);
+        assert_eq!(window(&cb), (4, 0));
     }
 }

@@ -44,6 +44,7 @@ mod failure_rate;
 mod layer;
 mod simple;
 mod state;
+mod stripes;
 mod throttle;
 
 pub use execute::{CircuitBreakerExt, Classify, Execute, ExecuteError, FailOnError, PermitGuard};

@@ -35,6 +35,11 @@ pub(crate) fn count_of(word: u64) -> u64 {
     (word & COUNT_MASK) >> COUNT_SHIFT
 }
 
+/// The generation of a word or ticket.
+pub(crate) fn generation_of(word: u64) -> u64 {
+    word >> GEN_SHIFT
+}
+
 /// Generation and state, without the counter: what a permit carries.
 pub(crate) fn ticket_of(word: u64) -> u64 {
     word & !COUNT_MASK

@@ -80,7 +80,12 @@ impl RetryBudget {
     }
 
     fn index(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) / self.width
+        self.index_at(Instant::now())
+    }
+
+    fn index_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+            / self.width
     }
 
     /// The bucket period `now` maps to, whichever period it holds.
@@ -115,7 +120,12 @@ impl RetryBudget {
 
     /// Counts one request (call it once per call, not per attempt).
     pub fn deposit(&self) {
-        let now = self.index();
+        self.deposit_at(Instant::now());
+    }
+
+    /// [`deposit`](Self::deposit) with the time already read by the caller.
+    pub(crate) fn deposit_at(&self, at: Instant) {
+        let now = self.index_at(at);
         let s = self.bucket(now);
         if s.index.load(Ordering::Acquire) == now {
             s.deposits.fetch_add(1, Ordering::Relaxed);

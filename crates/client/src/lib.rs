@@ -8,8 +8,10 @@
 //!   ([`Error::is_retryable`](waypost_core_types::Error::is_retryable)) and is safe to repeat:
 //!   connection failures for every method, 5xx and timeouts for idempotent methods (or all, if
 //!   the caller says so), never 4xx or an undecodable response; each retry avoids the instances
-//!   that already failed in this call, waits an exponential backoff with full jitter, and must fit
-//!   in a [`RetryBudget`] so retries cannot multiply the load of an outage;
+//!   that already failed in this call, and must fit in a [`RetryBudget`] so retries cannot
+//!   multiply the load of an outage; the first retry goes out at once when it goes to another
+//!   instance, later ones (and a first one to an instance that failed) wait an exponential backoff
+//!   with full jitter ([`RetryPolicy::immediate_failover`]);
 //! * bounds each attempt with a timeout and the whole call with a deadline (which also caps the
 //!   backoff);
 //! * ejects failing instances (one breaker per instance, [`OutlierConfig`]) and probes them back;

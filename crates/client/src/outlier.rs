@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +50,31 @@ impl OutlierConfig {
 /// Entries kept before closed, failure-free breakers of vanished instances are pruned.
 const PRUNE_ABOVE: usize = 4096;
 
-type Breakers = HashMap<String, Arc<SimpleCircuitBreaker>>;
+/// FNV-1a: instance ids are short and not chosen by an attacker who could aim at collisions
+/// (they come from the registry), and SipHash costs more than the rest of the lookup.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type Breakers = HashMap<String, Arc<SimpleCircuitBreaker>, BuildHasherDefault<Fnv>>;
 
 /// Per-instance breakers, keyed by instance id.
 ///
@@ -59,6 +85,9 @@ pub(crate) struct OutlierDetector {
     config: OutlierConfig,
     breakers: ArcSwap<Breakers>,
     insert: Mutex<()>,
+    /// Breakers not closed: while there are none, nothing is ejected and a pick looks at no
+    /// breaker but its own.
+    not_closed: Arc<AtomicUsize>,
 }
 
 /// A permit from one instance's breaker; records [`Outcome::Ignored`] if dropped unfinished.
@@ -91,8 +120,9 @@ impl OutlierDetector {
     pub(crate) fn new(config: OutlierConfig) -> Self {
         OutlierDetector {
             config,
-            breakers: ArcSwap::from_pointee(HashMap::new()),
+            breakers: ArcSwap::from_pointee(Breakers::default()),
             insert: Mutex::new(()),
+            not_closed: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -106,13 +136,21 @@ impl OutlierDetector {
         if map.len() >= PRUNE_ABOVE {
             map.retain(|_, b| b.state() != CircuitState::Closed || b.consecutive_failures() > 0);
         }
-        map.insert(
-            id.to_owned(),
-            Arc::new(SimpleCircuitBreaker::new(
-                self.config.consecutive_failures,
-                self.config.ejection_time,
-            )),
-        );
+        let breaker =
+            SimpleCircuitBreaker::new(self.config.consecutive_failures, self.config.ejection_time);
+        let not_closed = self.not_closed.clone();
+        breaker.on_state_change(move |change| {
+            match (change.from, change.to) {
+                (CircuitState::Closed, to) if to != CircuitState::Closed => {
+                    not_closed.fetch_add(1, Ordering::AcqRel);
+                }
+                (from, CircuitState::Closed) if from != CircuitState::Closed => {
+                    not_closed.fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
+            };
+        });
+        map.insert(id.to_owned(), Arc::new(breaker));
         self.breakers.store(Arc::new(map));
     }
 
@@ -132,6 +170,9 @@ impl OutlierDetector {
 
     /// Adds the ids of the instances that would refuse a call now.
     pub(crate) fn ejected(&self, out: &mut Vec<String>) {
+        if self.not_closed.load(Ordering::Acquire) == 0 {
+            return;
+        }
         for (id, b) in self.breakers.load().iter() {
             if !b.admits() {
                 out.push(id.clone());
@@ -154,5 +195,47 @@ impl fmt::Debug for OutlierDetector {
             .field("config", &self.config)
             .field("instances", &self.breakers.load().len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(d: &OutlierDetector, id: &str) {
+        if let Ok(p) = d.acquire(id) {
+            p.finish(Outcome::Failure);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_instances_are_listed_until_they_close_again() {
+        let d = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
+        let mut out = Vec::new();
+        d.acquire("a").expect("closed").finish(Outcome::Success);
+        fail(&d, "b");
+        d.ejected(&mut out);
+        assert!(out.is_empty(), "one failure of two: nothing ejected");
+        assert_eq!(d.not_closed.load(Ordering::Acquire), 0);
+
+        fail(&d, "b");
+        d.ejected(&mut out);
+        assert_eq!(out, ["b"]);
+        assert_eq!(d.not_closed.load(Ordering::Acquire), 1);
+
+        // After the ejection time a probe is let through, and its success closes the breaker.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        out.clear();
+        d.ejected(&mut out);
+        assert!(out.is_empty(), "b may be probed");
+        d.acquire("b").expect("probe").finish(Outcome::Success);
+        assert_eq!(d.state("b"), CircuitState::Closed);
+        assert_eq!(d.not_closed.load(Ordering::Acquire), 0);
+
+        // And it is listed again when it fails again.
+        fail(&d, "b");
+        fail(&d, "b");
+        d.ejected(&mut out);
+        assert_eq!(out, ["b"]);
     }
 }

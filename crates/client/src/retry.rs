@@ -17,6 +17,15 @@ use rand::Rng;
 /// [`retry_non_idempotent`](Self::retry_non_idempotent) is set. The wait before retry *n* (1-based)
 /// is drawn uniformly from `[0, min(max_backoff, base_delay · 2^(n−1))]` ("full jitter").
 ///
+/// The first retry goes out at once when it goes to another instance than the one that failed
+/// ([`immediate_failover`](Self::immediate_failover), on by default): the backoff gives a
+/// struggling instance time to recover, and a different instance does not need it. With 30 % of
+/// 503s from one instance among several, retries then hide the errors without adding the backoff
+/// to the call's latency. The first retry waits its backoff when the only instance to pick is
+/// one that already failed in this call, and every later retry waits its backoff. The
+/// [`RetryBudget`](crate::RetryBudget) still bounds how many retries there are, so an outage
+/// cannot turn into a retry storm.
+///
 /// [`Error::is_retryable`]: waypost_core_types::Error::is_retryable
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -29,6 +38,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Also retry non-idempotent methods (POST, PATCH) on 5xx and timeouts.
     pub retry_non_idempotent: bool,
+    /// Send the first retry without waiting when it goes to another instance than the ones that
+    /// failed in this call (default `true`); `false` waits the backoff before every retry.
+    pub immediate_failover: bool,
 }
 
 impl Default for RetryPolicy {
@@ -38,6 +50,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             retry_non_idempotent: false,
+            immediate_failover: true,
         }
     }
 }
@@ -56,6 +69,7 @@ impl RetryPolicy {
             base_delay,
             max_backoff: base_delay.saturating_mul(16).max(Duration::from_secs(2)),
             retry_non_idempotent: false,
+            immediate_failover: true,
         }
     }
 
@@ -118,6 +132,7 @@ mod tests {
             base_delay: Duration::from_millis(10),
             max_backoff: Duration::from_millis(50),
             retry_non_idempotent: false,
+            immediate_failover: true,
         };
         let mut max_seen = [Duration::ZERO; 5];
         for _ in 0..2_000 {

@@ -501,3 +501,108 @@ async fn unsupported_protocol_is_refused() {
     ));
     assert_eq!(a.hits(), 0);
 }
+
+/// The first retry to another instance goes out at once; one to an instance that already failed
+/// (here the only one) waits its backoff; `immediate_failover = false` waits before every retry.
+/// Paused time: a backoff shows as virtual time passing, the loopback exchanges take none.
+#[tokio::test(start_paused = true)]
+async fn first_retry_to_another_instance_does_not_wait_for_the_backoff() {
+    let a = TestServer::start(Reply::Status(503, "down")).await;
+    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let two = StaticDiscovery::new(
+        vec![instance("a", a.addr), instance("b", b.addr)],
+        Pick::First,
+    );
+    let client = ServiceClient::builder(two.clone())
+        .retry(2, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let t0 = tokio::time::Instant::now();
+        let resp = client
+            .request(Method::GET, "svc", "/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((resp.instance.id.as_str(), resp.attempts), ("b", 2));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "no backoff before failing over"
+        );
+    }
+    assert_eq!((a.hits(), b.hits()), (3, 3));
+    // The balancer saw one outcome per attempt: the picks that were sent.
+    assert_eq!(two.outcomes.0.lock().len(), 6);
+
+    // One instance: the retry goes to the instance that just failed, after its backoff.
+    let one = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
+    let client = ServiceClient::builder(one.clone())
+        .retry(1, Duration::from_secs(1))
+        .no_outlier_detection()
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let err = client.get("svc", "/").await.unwrap_err();
+    assert!(matches!(err, Error::Http { status: 503, .. }), "{err}");
+    let waited = t0.elapsed();
+    assert!(
+        waited > Duration::ZERO && waited <= Duration::from_secs(1),
+        "full jitter up to 1 s: {waited:?}"
+    );
+    assert_eq!(a.hits(), 3 + 2);
+    // The pick given back before the wait reports `Ignored`, the attempts their failures.
+    assert_eq!(
+        *one.outcomes.0.lock(),
+        vec![
+            ("a".into(), Outcome::Failure),
+            ("a".into(), Outcome::Ignored),
+            ("a".into(), Outcome::Failure)
+        ]
+    );
+
+    // Opted out: the failover waits too.
+    let mut policy = waypost_client::RetryPolicy::new(2, Duration::from_secs(1));
+    policy.immediate_failover = false;
+    let client = ServiceClient::builder(two.clone())
+        .retry_policy(policy)
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
+    assert!(t0.elapsed() > Duration::ZERO);
+}
+
+/// Later retries keep their exponential backoff, even to an instance that has not failed.
+#[tokio::test(start_paused = true)]
+async fn second_retry_waits_its_backoff() {
+    let a = TestServer::start(Reply::Status(503, "down")).await;
+    let b = TestServer::start(Reply::Status(503, "down")).await;
+    let c = TestServer::start(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(
+        vec![
+            instance("a", a.addr),
+            instance("b", b.addr),
+            instance("c", c.addr),
+        ],
+        Pick::First,
+    );
+    let client = ServiceClient::builder(d)
+        .retry(2, Duration::from_secs(1))
+        .no_outlier_detection()
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let resp = client
+        .request(Method::GET, "svc", "/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.instance.id.as_str(), resp.attempts), ("c", 3));
+    let waited = t0.elapsed();
+    // Retry 1 to b at once, retry 2 to c after up to 2 s.
+    assert!(
+        waited > Duration::ZERO && waited <= Duration::from_secs(2),
+        "{waited:?}"
+    );
+}

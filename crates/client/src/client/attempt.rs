@@ -2,12 +2,14 @@
 //! within the attempt's timeout, read the response, and report the outcome to the balancer and to
 //! the instance's breaker.
 
+use std::cell::RefCell;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -44,6 +46,59 @@ fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
     let _ = instance.write_endpoint(&mut uri);
     uri.push_str(path);
     uri
+}
+
+/// Instances whose scheme and authority a thread keeps parsed.
+const ENDPOINTS: usize = 8;
+
+/// An instance's scheme and authority, parsed once. The `Weak` keeps the instance's allocation
+/// (not the instance) alive, so its address names this instance as long as the entry exists.
+type Endpoint = (Weak<ServiceInfo>, Scheme, Authority);
+
+thread_local! {
+    static PARSED: RefCell<(usize, Vec<Endpoint>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// The URI of `path` on `instance`. The scheme and authority come from a small per-thread cache
+/// keyed by the instance's `Arc` (an instance is immutable), so a request to an instance this
+/// thread has sent to before only parses its path.
+fn instance_uri(scheme: &str, instance: &Arc<ServiceInfo>, path: &str) -> Result<Uri, String> {
+    let cached = PARSED.with(|p| {
+        let p = p.borrow();
+        p.1.iter()
+            .find(|(w, ..)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(instance)))
+            .map(|(_, s, a)| (s.clone(), a.clone()))
+    });
+    let (scheme, authority) = match cached {
+        Some(parts) => parts,
+        None => {
+            // Parsed as a whole, as before there was a cache: the same URIs are accepted.
+            let uri =
+                Uri::try_from(request_uri(scheme, instance, "/")).map_err(|e| e.to_string())?;
+            let parts = uri.into_parts();
+            let (Some(s), Some(a)) = (parts.scheme, parts.authority) else {
+                return Err("no scheme or authority".into());
+            };
+            PARSED.with(|p| {
+                let mut p = p.borrow_mut();
+                let entry = (Arc::downgrade(instance), s.clone(), a.clone());
+                if p.1.len() < ENDPOINTS {
+                    p.1.push(entry);
+                } else {
+                    let i = p.0 % ENDPOINTS;
+                    p.1[i] = entry;
+                    p.0 = i + 1;
+                }
+            });
+            (s, a)
+        }
+    };
+    let path = PathAndQuery::try_from(path).map_err(|e| e.to_string())?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).map_err(|e| e.to_string())
 }
 
 fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
@@ -97,21 +152,44 @@ impl ServiceClient {
     /// One attempt: picks an instance, sends, and reports the outcome to the balancer's guard
     /// and to the instance's breaker. Returns the instance, what happened, and whether the
     /// attempt's timeout was the call's deadline.
+    ///
+    /// With `backoff_if_again`, the pick is made first: an instance that has not failed in this
+    /// call gets the request at once; one that has (the only candidate left) gets it after the
+    /// backoff, and a new pick. `started`: a clock reading taken just before, which starts the
+    /// attempt's clock instead of a new one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn try_once(
         &self,
         spec: &CallSpec,
         failed: &[String],
         attempt: u32,
-        remaining: Option<Duration>,
+        mut remaining: Option<Duration>,
         per_attempt: Duration,
         overall: Option<Duration>,
+        backoff_if_again: Option<Duration>,
+        mut started: Option<Instant>,
     ) -> Result<(Arc<ServiceInfo>, Attempt, bool)> {
-        let (selection, permit) = match remaining {
-            Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
-                .await
-                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall)))?,
-            None => self.pick(spec, failed).await?,
-        };
+        let mut picked = self.pick_within(spec, failed, remaining, overall).await?;
+        if let Some(wait) = backoff_if_again {
+            if failed.contains(&picked.0.instance.id) {
+                // Given back unused (the guard and the permit report `Ignored`).
+                drop(picked);
+                tracing::debug!(
+                    ?wait,
+                    "the retry goes to an instance that failed: backing off"
+                );
+                Box::pin(tokio::time::sleep(wait)).await;
+                started = None;
+                if let Some(r) = &mut remaining {
+                    *r = r.saturating_sub(wait);
+                    if r.is_zero() {
+                        return Err(deadline_error(&spec.service, overall));
+                    }
+                }
+                picked = self.pick_within(spec, failed, remaining, overall).await?;
+            }
+        }
+        let (selection, permit) = picked;
         let attempt_timeout = remaining.map_or(per_attempt, |r| r.min(per_attempt));
         let capped_by_deadline = remaining.is_some_and(|r| r <= per_attempt);
         let span = tracing::debug_span!(
@@ -120,7 +198,7 @@ impl ServiceClient {
             instance = %selection.instance.id,
             endpoint = %selection.instance.endpoint(),
         );
-        let t0 = Instant::now();
+        let t0 = started.unwrap_or_else(Instant::now);
         let result = self
             .send_once(spec, &selection.instance, t0, attempt_timeout)
             .instrument(span)
@@ -136,6 +214,22 @@ impl ServiceClient {
             p.finish(outcome);
         }
         Ok((instance, result, capped_by_deadline))
+    }
+
+    /// [`pick`](Self::pick), within what is left of the call's deadline.
+    async fn pick_within(
+        &self,
+        spec: &CallSpec,
+        failed: &[String],
+        remaining: Option<Duration>,
+        overall: Option<Duration>,
+    ) -> Result<(Selection, Option<InstancePermit>)> {
+        match remaining {
+            Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
+                .await
+                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall))),
+            None => self.pick(spec, failed).await,
+        }
     }
 
     /// Picks an instance that neither failed in this call nor is ejected, falling back to the
@@ -188,7 +282,11 @@ impl ServiceClient {
     }
 
     /// Builds the request for `instance` and the future that sends it and reads the response.
-    fn exchange(&self, spec: &CallSpec, instance: &ServiceInfo) -> Result<BoxFuture<'_, Attempt>> {
+    fn exchange(
+        &self,
+        spec: &CallSpec,
+        instance: &Arc<ServiceInfo>,
+    ) -> Result<BoxFuture<'_, Attempt>> {
         let scheme = match instance.protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
@@ -199,7 +297,7 @@ impl ServiceClient {
                 )))
             }
         };
-        let uri = match http::Uri::try_from(request_uri(scheme, instance, &spec.path)) {
+        let uri = match instance_uri(scheme, instance, &spec.path) {
             Ok(uri) => uri,
             Err(e) => {
                 return Err(Error::InvalidConfig(format!(

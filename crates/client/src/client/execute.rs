@@ -40,7 +40,9 @@ impl ServiceClient {
         let overall = spec.deadline.or(inner.deadline);
         // One clock read per call only when there is a deadline to keep. A deadline too far to
         // represent (`Duration::MAX`) is no deadline.
-        let deadline = overall.and_then(|d| Instant::now().checked_add(d));
+        // The same reading serves the retry budget and starts the first attempt's clock.
+        let start = (overall.is_some() || inner.budget.is_some()).then(Instant::now);
+        let deadline = overall.and_then(|d| start.and_then(|s| s.checked_add(d)));
         let per_attempt = spec.timeout.unwrap_or(inner.timeout);
         let max_retries = spec.max_retries.unwrap_or(inner.retry.max_retries);
         let retry_unsafe = spec
@@ -48,17 +50,21 @@ impl ServiceClient {
             .unwrap_or(inner.retry.retry_non_idempotent);
         let idempotent = is_idempotent(&spec.method);
         let deadline_error = || deadline_error(&spec.service, overall);
-        if let Some(b) = &inner.budget {
-            b.deposit();
+        if let (Some(b), Some(start)) = (&inner.budget, start) {
+            b.deposit_at(start);
         }
         let mut failed: Vec<String> = Vec::new();
         let mut attempt: u32 = 0;
+        // The first retry's backoff, waited only if that retry picks an instance that failed.
+        let mut backoff_if_again: Option<Duration> = None;
         loop {
             attempt += 1;
             if attempt > 1 {
                 tracing::Span::current().record("attempts", attempt);
             }
             let remaining = match deadline {
+                // Nothing of the deadline is spent before the first attempt.
+                Some(_) if attempt == 1 => overall,
                 Some(d) => {
                     let r = d.saturating_duration_since(Instant::now());
                     if r.is_zero() {
@@ -71,9 +77,17 @@ impl ServiceClient {
             // One attempt, boxed: the retry loop's own state stays small, and so does every
             // allocation (within glibc's per-thread cache, 1032 bytes; see the size test in
             // `mod.rs`).
-            let (instance, result, capped_by_deadline) =
-                Box::pin(self.try_once(spec, &failed, attempt, remaining, per_attempt, overall))
-                    .await?;
+            let (instance, result, capped_by_deadline) = Box::pin(self.try_once(
+                spec,
+                &failed,
+                attempt,
+                remaining,
+                per_attempt,
+                overall,
+                backoff_if_again.take(),
+                if attempt == 1 { start } else { None },
+            ))
+            .await?;
             match result {
                 Attempt::Done(status, headers, body) => {
                     return Ok(ServiceResponse {
@@ -116,7 +130,13 @@ impl ServiceClient {
                             return Err(error);
                         }
                     }
-                    tokio::time::sleep(wait).await;
+                    if attempt == 1 && inner.retry.immediate_failover {
+                        // Another instance needs no time to recover: `try_once` waits only if
+                        // the pick is one that already failed.
+                        backoff_if_again = Some(wait);
+                    } else {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
             }
         }

@@ -272,6 +272,8 @@ mod tests {
             None,
             Duration::from_secs(1),
             None,
+            Some(Duration::from_millis(50)),
+            None,
         ));
         assert!(get <= 512, "get future: {get} bytes");
         assert!(call_box <= 1000, "call box: about {call_box} bytes");
