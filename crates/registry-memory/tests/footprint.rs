@@ -1,67 +1,25 @@
 //! Memory per registered instance, while 10,000 instances (2 metadata pairs, 2 tags) are
-//! registered: the growth of the process's resident memory, and the bytes the registry asked
-//! the allocator for.
+//! registered: the live bytes the registry asked the allocator for (its stored instances, its
+//! indexes and the watch hub's view), counted exactly by a counting global allocator.
 //!
-//! A test binary of its own with no test harness, so that nothing else runs or allocates
-//! meanwhile, on one thread (the allocator's main arena).
-//!
-//! A counting global allocator would give the requested bytes directly, but implementing
-//! `GlobalAlloc` takes `unsafe`, which this workspace forbids. So the requested bytes are
-//! bounded from above instead: the stored instances' own blocks are known exactly (the `Arc`
-//! and every string and vector the registry's copy holds, from their lengths and capacities);
-//! everything else the process grew by (the registry's indexes and the watch hub's view,
-//! with the allocator's overhead on their blocks) is charged in full. On glibc (the only
-//! allocator whose block sizes this test knows) that bound is asserted against the budget;
-//! elsewhere the figures are printed.
+//! A test binary of its own with no test harness, on one thread, so that nothing else
+//! allocates meanwhile.
 //!
 //! `cargo test -p waypost-registry-memory --release --test footprint`
 
-use std::sync::Arc;
+use std::alloc::System;
 use std::time::Duration;
 
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use waypost_core_types::{ServiceInfo, ServiceRegistry};
 use waypost_registry_memory::MemoryRegistry;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const N: usize = 10_000;
 /// The budget per instance, in bytes.
 const BUDGET: usize = 700;
-
-/// The process's resident memory in bytes, from `/proc/self/status`.
-fn resident() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// What glibc's malloc takes from the heap for a request of `n` bytes on a 64-bit target: the
-/// request plus an 8-byte header, rounded up to 16, at least 32.
-fn glibc_block(n: usize) -> usize {
-    if n == 0 {
-        0
-    } else {
-        ((n + 8 + 15) & !15).max(32)
-    }
-}
-
-/// The sizes of the blocks one stored instance owns: its `Arc` and each string and vector.
-fn blocks_of(info: &Arc<ServiceInfo>) -> Vec<usize> {
-    let mut out = vec![
-        2 * size_of::<usize>() + size_of::<ServiceInfo>(),
-        info.id.capacity(),
-        info.name.capacity(),
-        info.version.capacity(),
-        info.address.capacity(),
-        // A stored copy's pairs sit in a vector of exactly their number.
-        info.metadata.len() * size_of::<(String, String)>(),
-        info.tags.capacity() * size_of::<String>(),
-    ];
-    for (k, v) in &info.metadata {
-        out.extend([k.capacity(), v.capacity()]);
-    }
-    out.extend(info.tags.iter().map(String::capacity));
-    out
-}
 
 fn instance(i: usize) -> ServiceInfo {
     ServiceInfo::new(
@@ -77,11 +35,13 @@ fn instance(i: usize) -> ServiceInfo {
     .with_tag("v1")
 }
 
+/// Live bytes allocated since `region` started.
+fn live(region: &Region<'_, System>) -> isize {
+    let c = region.change();
+    c.bytes_allocated as isize - c.bytes_deallocated as isize
+}
+
 fn main() {
-    let Some(_) = resident() else {
-        println!("footprint: no /proc/self/status on this system; nothing measured");
-        return;
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -91,38 +51,59 @@ fn main() {
             .cleanup_interval(Duration::from_secs(3600))
             .build()
             .expect("registry");
-        let before = resident().expect("resident memory");
+        // Warm up whatever the first registration allocates once (maps' first buckets).
+        registry.register(&instance(N)).await.expect("register");
+        registry
+            .deregister(&format!("svc-{N}"))
+            .await
+            .expect("deregister");
+
+        let region = Region::new(GLOBAL);
         for i in 0..N {
+            // The caller's value is built and dropped inside the measured region; only what
+            // the registry keeps stays live.
             registry.register(&instance(i)).await.expect("register");
         }
-        let after = resident().expect("resident memory");
+        let per_instance = live(&region) / N as isize;
         assert_eq!(registry.len(), N);
-        let grown = after.saturating_sub(before);
-        let stored = registry.instances_shared("bench-service").expect("list");
-        assert_eq!(stored.len(), N);
-        let (mut data, mut data_blocks) = (0, 0);
-        for info in &stored {
-            let blocks = blocks_of(info);
-            data += blocks.iter().sum::<usize>();
-            data_blocks += blocks.into_iter().map(glibc_block).sum::<usize>();
-        }
-        drop(stored);
-        let rest = grown.saturating_sub(data_blocks);
-        let bound = (data + rest) / N;
+        let one = registry
+            .instances_shared("bench-service")
+            .expect("list")
+            .into_iter()
+            .next()
+            .expect("an instance");
+        let own = size_of::<ServiceInfo>() + 2 * size_of::<usize>();
         println!(
-            "footprint: per instance ({N} instances, 2 metadata pairs and 2 tags): resident \
-             memory grew {} B; the instance's own data {} B requested; indexes and view at most \
-             {} B; requested in all at most {bound} B (budget {BUDGET} B)",
-            grown / N,
-            data / N,
-            rest / N
+            "footprint: {per_instance} B live per registered instance ({N} instances, 2 metadata \
+             pairs and 2 tags; ServiceInfo is {own} B with its Arc counts, id {:?}); budget \
+             {BUDGET} B",
+            one.id
         );
-        if cfg!(all(target_os = "linux", target_env = "gnu")) {
-            assert!(
-                bound <= BUDGET,
-                "at most {bound} bytes per instance; the budget is {BUDGET}"
-            );
+        drop(one);
+        assert!(
+            per_instance > own as isize,
+            "the count must include at least the stored instances ({per_instance} B)"
+        );
+        assert!(
+            per_instance <= BUDGET as isize,
+            "{per_instance} bytes per instance; the budget is {BUDGET}"
+        );
+        // Deregistering everything gives the memory back.
+        let region = Region::new(GLOBAL);
+        for i in 0..N {
+            registry
+                .deregister(&format!("svc-{i}"))
+                .await
+                .expect("deregister");
         }
+        let freed = -live(&region) / N as isize;
+        println!(
+            "footprint: {freed} B freed per deregistered instance (the maps keep their buckets)"
+        );
+        assert!(
+            freed >= own as isize,
+            "deregistering freed {freed} B per instance, less than the instance itself"
+        );
         registry.close().await.expect("close");
     });
 }
