@@ -42,6 +42,7 @@ mod consistent_hash;
 mod least_request;
 mod peak_ewma;
 mod pick;
+mod prepared;
 mod random;
 mod round_robin;
 mod smooth_weighted;

@@ -184,6 +184,13 @@ impl<V: Send + Sync + 'static> StateMap<V> {
         }
     }
 
+    /// Runs `f` on every entry.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, &V)) {
+        for (k, v) in self.map.load().iter() {
+            f(k, v);
+        }
+    }
+
     /// Number of keys.
     pub(crate) fn len(&self) -> usize {
         self.map.load().len()

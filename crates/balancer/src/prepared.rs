@@ -1,0 +1,375 @@
+//! What balancers precompute per [`InstanceSet`] generation, and how a pick finds it.
+//!
+//! [`PerService`] keeps, for each service, the state prepared for the latest set it saw (an
+//! alias table, a schedule, per-instance state, a ring). A pick looks it up by the set's
+//! generation: each thread keeps the last few prepared states it used, keyed by (balancer,
+//! generation), so a pick on an unchanged set costs a short scan of a thread-local array and
+//! no hashing, no lock and no shared write. A miss reads the per-service map (lock-free); a
+//! set whose generation was never prepared is left to the balancer (`None`).
+//!
+//! Generations grow in the process, so a set older than the one prepared (a request that took
+//! the set just before a change) is recognised and never replaces the newer state.
+//!
+//! [`Candidates`] holds the positions of a set's selection tier when not every instance is of
+//! it, so uniform picks stay O(1) whatever the health mix.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::Rng;
+use waypost_core_types::{Health, InstanceSet, SelectContext, ServiceInfo};
+
+use crate::pick::REJECTION_TRIES;
+use crate::state::StateMap;
+
+/// State prepared for one generation of one service's set.
+pub(crate) trait Generational: Send + Sync + 'static {
+    /// The generation of the set it was prepared for.
+    fn generation(&self) -> u64;
+}
+
+/// Prepared states each thread keeps at hand.
+const THREAD_SLOTS: usize = 8;
+
+/// (balancer id, balancer epoch, set generation, the prepared state).
+type Held = (usize, usize, u64, Arc<dyn Any + Send + Sync>);
+
+thread_local! {
+    static HELD: RefCell<[Option<Held>; THREAD_SLOTS]> =
+        const { RefCell::new([None, None, None, None, None, None, None, None]) };
+    static HELD_NEXT: Cell<usize> = const { Cell::new(0) };
+}
+
+static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
+
+/// The latest prepared state of each service, for one balancer.
+pub(crate) struct PerService<T> {
+    owner: usize,
+    /// Bumped when a service is forgotten, so that threads stop using what they hold.
+    epoch: AtomicUsize,
+    services: StateMap<ArcSwapOption<T>>,
+    write: Mutex<()>,
+}
+
+impl<T> Default for PerService<T> {
+    fn default() -> Self {
+        PerService {
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            epoch: AtomicUsize::new(0),
+            services: StateMap::default(),
+            write: Mutex::new(()),
+        }
+    }
+}
+
+impl<T: Generational> PerService<T> {
+    /// Runs `f` on the state prepared for `set`'s generation; `None` when there is none.
+    #[inline]
+    pub(crate) fn with<R>(&self, set: &InstanceSet, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let generation = set.generation();
+        let mut f = Some(f);
+        let hit = HELD.with(|held| {
+            let held = held.try_borrow().ok()?;
+            let (_, _, _, value) = held.iter().flatten().find(|(owner, e, g, _)| {
+                *g == generation && *owner == self.owner && *e == epoch
+            })?;
+            let value = value.downcast_ref::<T>()?;
+            f.take().map(|f| f(value))
+        });
+        if hit.is_some() {
+            return hit;
+        }
+        self.with_shared(set, epoch, f.take()?)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn with_shared<R>(&self, set: &InstanceSet, epoch: usize, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let latest = self.latest(set.service())?;
+        if latest.generation() != set.generation() {
+            return None;
+        }
+        let r = f(&latest);
+        HELD.with(|held| {
+            let Ok(mut held) = held.try_borrow_mut() else {
+                return;
+            };
+            // Replace what this thread held for an older generation of the same balancer and
+            // service, else the next slot in turn.
+            let same = held.iter().position(|h| {
+                h.as_ref().is_some_and(|(owner, _, _, v)| {
+                    *owner == self.owner
+                        && v.downcast_ref::<T>()
+                            .is_some_and(|v| v.generation() < latest.generation())
+                })
+            });
+            let slot = same.unwrap_or_else(|| {
+                HELD_NEXT.with(|n| {
+                    let i = n.get();
+                    n.set((i + 1) % THREAD_SLOTS);
+                    i
+                })
+            });
+            held[slot] = Some((self.owner, epoch, latest.generation(), latest));
+        });
+        Some(r)
+    }
+
+    /// The latest state prepared for `service`.
+    pub(crate) fn latest(&self, service: &str) -> Option<Arc<T>> {
+        self.services.with(service, |slot| slot.load_full()).flatten()
+    }
+
+    /// Makes `value` the state of `service`, unless a newer generation is already there.
+    pub(crate) fn store(&self, service: &str, value: Arc<T>) {
+        let _w = self.write.lock();
+        let slot = self
+            .services
+            .get_or_insert(service, ArcSwapOption::empty);
+        if slot
+            .load()
+            .as_ref()
+            .is_some_and(|cur| cur.generation() >= value.generation())
+        {
+            return;
+        }
+        slot.store(Some(value));
+    }
+
+    /// Drops the state of `service`; threads stop using what they hold of it.
+    pub(crate) fn forget(&self, service: &str) {
+        let _w = self.write.lock();
+        self.services.retain(|name, _| name != service);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops the state of services for which `keep` is false.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        let _w = self.write.lock();
+        self.services.retain(|name, _| keep(name));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The latest state of every service.
+    pub(crate) fn all(&self) -> Vec<Arc<T>> {
+        let mut out = Vec::new();
+        self.services.for_each(|_, slot| {
+            if let Some(v) = slot.load_full() {
+                out.push(v);
+            }
+        });
+        out
+    }
+
+    /// Number of services with state.
+    pub(crate) fn len(&self) -> usize {
+        self.services.len()
+    }
+}
+
+/// The positions a uniform pick draws from: every position when the whole set is of its
+/// selection tier, else the positions of that tier.
+pub(crate) struct Candidates {
+    len: usize,
+    tier: Option<Health>,
+    positions: Option<Box<[u32]>>,
+}
+
+impl Candidates {
+    pub(crate) fn new(set: &InstanceSet) -> Self {
+        let tier = set.selection_tier();
+        let positions = (!set.all_selectable()).then(|| {
+            set.iter()
+                .enumerate()
+                .filter(|(_, s)| Some(s.health) == tier)
+                .map(|(i, _)| i as u32)
+                .collect()
+        });
+        Candidates {
+            len: set.selectable(),
+            tier,
+            positions,
+        }
+    }
+
+    /// How many candidates.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The health of the candidates.
+    #[inline]
+    pub(crate) fn tier(&self) -> Option<Health> {
+        self.tier
+    }
+
+    /// The position of the `k`-th candidate.
+    #[inline]
+    pub(crate) fn at(&self, k: usize) -> usize {
+        match &self.positions {
+            None => k,
+            Some(p) => p[k] as usize,
+        }
+    }
+
+    /// A uniformly random candidate; avoided ones only when every candidate is avoided.
+    #[inline]
+    pub(crate) fn random(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+        rng: &mut SmallRng,
+    ) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let first = self.at(rng.random_range(0..self.len));
+        if ctx.avoid.is_empty() || !avoided(set, first, ctx) {
+            return Some(first);
+        }
+        self.random_strict(set, ctx, rng).or(Some(first))
+    }
+
+    /// A uniformly random candidate that is not avoided, if there is one.
+    #[cold]
+    fn random_strict(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+        rng: &mut SmallRng,
+    ) -> Option<usize> {
+        for _ in 0..REJECTION_TRIES {
+            let i = self.at(rng.random_range(0..self.len));
+            if !avoided(set, i, ctx) {
+                return Some(i);
+            }
+        }
+        let free = self.not_avoided(set, ctx);
+        (!free.is_empty()).then(|| free[rng.random_range(0..free.len())])
+    }
+
+    /// The candidates that are not avoided (a scan, for when most are avoided).
+    fn not_avoided(&self, set: &InstanceSet, ctx: &SelectContext<'_>) -> Vec<usize> {
+        (0..self.len)
+            .map(|k| self.at(k))
+            .filter(|i| !avoided(set, *i, ctx))
+            .collect()
+    }
+
+    /// Two distinct uniformly random candidates (the second `None` when there is only one),
+    /// for power-of-two-choices balancers: not avoided ones while there is one, like
+    /// [`pick::random_pair`](crate::pick::random_pair).
+    #[inline]
+    pub(crate) fn random_pair(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+        rng: &mut SmallRng,
+    ) -> Option<(usize, Option<usize>)> {
+        match self.len {
+            0 => None,
+            1 => Some((self.at(0), None)),
+            k => {
+                let a = rng.random_range(0..k);
+                let mut b = rng.random_range(0..k - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (self.at(a), self.at(b));
+                if ctx.avoid.is_empty() || (!avoided(set, a, ctx) && !avoided(set, b, ctx)) {
+                    return Some((a, Some(b)));
+                }
+                Some(self.pair_strict(set, ctx, rng).unwrap_or((a, Some(b))))
+            }
+        }
+    }
+
+    #[cold]
+    fn pair_strict(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+        rng: &mut SmallRng,
+    ) -> Option<(usize, Option<usize>)> {
+        let k = self.len;
+        for _ in 0..REJECTION_TRIES {
+            let a = rng.random_range(0..k);
+            let mut b = rng.random_range(0..k - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (self.at(a), self.at(b));
+            if !avoided(set, a, ctx) && !avoided(set, b, ctx) {
+                return Some((a, Some(b)));
+            }
+        }
+        let free = self.not_avoided(set, ctx);
+        match free.len() {
+            0 => None,
+            1 => Some((free[0], None)),
+            k => {
+                let a = rng.random_range(0..k);
+                let mut b = rng.random_range(0..k - 1);
+                if b >= a {
+                    b += 1;
+                }
+                Some((free[a], Some(free[b])))
+            }
+        }
+    }
+}
+
+/// Whether the instance at `i` is on the avoid list.
+#[inline]
+pub(crate) fn avoided(set: &InstanceSet, i: usize, ctx: &SelectContext<'_>) -> bool {
+    set.get(i).is_some_and(|s| ctx.avoids(s))
+}
+
+/// Carries per-instance state from one set to the next by id: what the previous set held at
+/// a position is reused when the same id sits there (the common case: a change touches one or
+/// two positions), else found by id; instances that left are dropped with the previous set.
+pub(crate) fn carry_over<S>(
+    set: &InstanceSet,
+    prev: Option<(&InstanceSet, &[Arc<S>])>,
+    mut make: impl FnMut(&Arc<ServiceInfo>) -> Arc<S>,
+) -> Vec<Arc<S>> {
+    let mut by_id: Option<std::collections::HashMap<&str, &Arc<S>>> = None;
+    set.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let Some((prev_set, prev_slots)) = prev else {
+                return make(s);
+            };
+            if let (Some(p), Some(slot)) = (prev_set.get(i), prev_slots.get(i)) {
+                if Arc::ptr_eq(p, s) || p.id == s.id {
+                    return Arc::clone(slot);
+                }
+            }
+            // A removal moves the last instance into the freed position: look there first.
+            let last = prev_set.len().wrapping_sub(1);
+            if let (Some(p), Some(slot)) = (prev_set.get(last), prev_slots.get(last)) {
+                if p.id == s.id {
+                    return Arc::clone(slot);
+                }
+            }
+            let map = by_id.get_or_insert_with(|| {
+                prev_set
+                    .iter()
+                    .map(|p| p.id.as_str())
+                    .zip(prev_slots.iter())
+                    .collect()
+            });
+            match map.get(s.id.as_str()) {
+                Some(slot) => Arc::clone(slot),
+                None => make(s),
+            }
+        })
+        .collect()
+}
