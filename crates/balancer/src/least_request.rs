@@ -5,21 +5,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use waypost_core_types::{
-    CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext, ServiceInfo,
+    CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
 use crate::pick;
+use crate::prepared::{prepare_tracked, PerService, Tracked};
 use crate::state::StateMap;
 
-/// Above this many tracked instances, idle entries are dropped when a new one is added.
-const PRUNE_ABOVE: usize = 1024;
+/// The slice path tracks at least this many ids before it drops idle ones.
+const PRUNE_FLOOR: usize = 1024;
 
 /// Draws two healthy instances at random and picks the one with fewer calls in flight.
 ///
-/// Calls are counted through [`LoadBalancer::begin`]: the returned [`CallGuard`] keeps the call
-/// in flight until it is finished or dropped, so a caller cannot leave a count behind. Two random
-/// choices avoid the herd behaviour of always taking the global minimum, and need no lock: counts
-/// live in a lock-free read map keyed by instance id.
+/// Calls are counted from the moment they begin until their [`CallGuard`] is finished or
+/// dropped, so a caller cannot leave a count behind. Two random choices avoid the herd
+/// behaviour of always taking the global minimum, and need no lock.
+///
+/// On an [`InstanceSet`] ([`LoadBalancer::pick`]), each instance's count lives in a per-service
+/// vector aligned with the set's positions, built in [`LoadBalancer::prepare`] (counts of the
+/// instances that stay are carried over by id, those of instances that left are dropped), so a
+/// pick and its guard cost the same at 10 or 100,000 instances and allocate nothing.
+/// [`LoadBalancer::forget`] drops a service's counts. On a slice ([`LoadBalancer::select`] then
+/// [`LoadBalancer::begin`]), counts are kept by instance id; ids with no call in flight are
+/// dropped now and then, in amortised O(1). The two paths count separately: use one of them
+/// per balancer.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -40,32 +49,84 @@ pub struct LeastRequest {
     shared: Arc<Counts>,
 }
 
+/// One instance's calls in flight; the observer of its calls' guards.
+pub(crate) struct Load {
+    id: Arc<str>,
+    in_flight: AtomicUsize,
+}
+
+impl Load {
+    fn new(id: &str) -> Self {
+        Load {
+            id: Arc::from(id),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call in flight until the guard ends.
+    #[inline]
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        CallGuard::new(Arc::clone(self) as Arc<dyn CallObserver>, Arc::clone(&self.id))
+    }
+}
+
+impl CallObserver for Load {
+    fn on_finish(&self, _id: &str, _outcome: Outcome, _latency: Duration) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+}
+
 #[derive(Default)]
 struct Counts {
-    in_flight: StateMap<AtomicUsize>,
+    /// The slice path's counts, by instance id.
+    in_flight: StateMap<Load>,
+    /// The slice path drops idle ids when it tracks this many.
+    prune_at: AtomicUsize,
+    /// The set path's counts, per service, aligned with the prepared set.
+    sets: PerService<Tracked<Load>>,
 }
 
 impl std::fmt::Debug for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Counts")
             .field("instances", &self.in_flight.len())
+            .field("services", &self.sets.len())
             .finish()
     }
 }
 
 impl Counts {
     fn load(&self, id: &str) -> usize {
-        self.in_flight
-            .with(id, |c| c.load(Ordering::Relaxed))
+        if let Some(n) = self.in_flight.with(id, Load::load) {
+            return n;
+        }
+        self.sets
+            .all()
+            .iter()
+            .find_map(|t| t.find(id).map(|l| l.load()))
             .unwrap_or(0)
     }
-}
 
-impl CallObserver for Counts {
-    fn on_finish(&self, id: &str, _outcome: Outcome, _latency: Duration) {
-        self.in_flight.with(id, |c| {
-            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-        });
+    /// The slice path's count of `id`, created if needed; idle ids are dropped first when
+    /// the map has doubled since the last time (amortised O(1) per new id, no cliff).
+    fn slot(&self, id: &str) -> Arc<Load> {
+        if self.in_flight.with(id, |_| ()).is_none() {
+            let at = self.prune_at.load(Ordering::Relaxed).max(PRUNE_FLOOR);
+            if self.in_flight.len() >= at {
+                self.in_flight.retain(|_, l| l.load() > 0);
+                self.prune_at
+                    .store((2 * self.in_flight.len()).max(PRUNE_FLOOR), Ordering::Relaxed);
+            }
+        }
+        self.in_flight.get_or_insert(id, || Load::new(id))
     }
 }
 
@@ -75,9 +136,56 @@ impl LeastRequest {
         Self::default()
     }
 
-    /// Calls currently in flight to instance `id`.
+    /// Calls currently in flight to instance `id` (on the set path, a scan of the services'
+    /// instances: for diagnostics).
     pub fn in_flight(&self, id: &str) -> usize {
         self.shared.load(id)
+    }
+
+    fn prepare_set(&self, set: &InstanceSet) {
+        prepare_tracked(&self.shared.sets, set, |s| Arc::new(Load::new(&s.id)));
+    }
+
+    /// The less loaded of two random candidates of the prepared generation.
+    #[inline]
+    fn choose(t: &Tracked<Load>, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
+        let Some(b) = b else {
+            return Some(a);
+        };
+        Some(if t.slots[b].load() < t.slots[a].load() {
+            b
+        } else {
+            a
+        })
+    }
+
+    #[inline]
+    fn choose_and_begin(
+        t: &Tracked<Load>,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        let i = Self::choose(t, set, ctx)?;
+        Some((i, t.slots[i].begin()))
+    }
+
+    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
+    /// than the prepared one, carries the state over into a copy made for this pick alone.
+    #[cold]
+    #[inline(never)]
+    fn pick_unprepared(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        self.prepare_set(set);
+        if let Some(r) = self.shared.sets.with(set, |t| Self::choose_and_begin(t, set, ctx)) {
+            return r;
+        }
+        let latest = self.shared.sets.latest(set.service());
+        let t = Tracked::new(set, latest.as_deref(), |s| Arc::new(Load::new(&s.id)));
+        Self::choose_and_begin(&t, set, ctx)
     }
 }
 
@@ -95,7 +203,7 @@ impl LoadBalancer for LeastRequest {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let load = |c: Option<&AtomicUsize>| c.map_or(0, |c| c.load(Ordering::Relaxed));
+        let load = |c: Option<&Load>| c.map_or(0, Load::load);
         let (la, lb) = self
             .shared
             .in_flight
@@ -106,16 +214,46 @@ impl LoadBalancer for LeastRequest {
     }
 
     fn begin(&self, instance: &ServiceInfo) -> CallGuard {
-        let counts = &self.shared.in_flight;
-        if counts.with(&instance.id, |_| ()).is_none() && counts.len() >= PRUNE_ABOVE {
-            counts.retain(|_, c| c.load(Ordering::Relaxed) > 0);
-        }
-        counts.with_or_insert(
-            &instance.id,
-            || AtomicUsize::new(0),
-            |c| c.fetch_add(1, Ordering::Relaxed),
-        );
-        CallGuard::new(self.shared.clone(), instance.id.as_str())
+        self.shared.slot(&instance.id).begin()
+    }
+
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.shared.sets.with(set, |t| Self::choose(t, set, ctx)) {
+            Some(i) => i,
+            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
+        }?;
+        set.get(i)
+    }
+
+    /// O(1): two random candidates, their counts reached by position, and a guard whose
+    /// observer is the chosen instance's count (no lookup, no allocation).
+    #[inline]
+    fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let (i, guard) = match self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
+            Some(r) => r,
+            None => self.pick_unprepared(set, ctx),
+        }?;
+        Some((set.get(i)?, guard))
+    }
+
+    fn prepare(&self, set: &InstanceSet) {
+        self.prepare_set(set);
+    }
+
+    fn forget(&self, service: &str) {
+        self.shared.sets.forget(service);
     }
 }
 
@@ -146,7 +284,7 @@ mod tests {
         drop(g2);
         assert_eq!(lb.in_flight("g-0"), 0);
         // A stray report never underflows.
-        CallObserver::on_finish(&*lb.shared, "g-0", Outcome::Success, Duration::ZERO);
+        CallObserver::on_finish(&*lb.shared.slot("g-0"), "g-0", Outcome::Success, Duration::ZERO);
         assert_eq!(lb.in_flight("g-0"), 0);
     }
 

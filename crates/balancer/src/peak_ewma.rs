@@ -7,26 +7,43 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use waypost_core_types::{
-    CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext, ServiceInfo,
+    CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
 use crate::pick;
+use crate::prepared::{prepare_tracked, PerService, Tracked};
 use crate::state::StateMap;
 
-/// Above this many tracked instances, idle entries are dropped when a new one is added.
-const PRUNE_ABOVE: usize = 1024;
+/// The slice path tracks at least this many ids before it drops idle ones.
+const PRUNE_FLOOR: usize = 1024;
 
 /// Draws two healthy instances at random and picks the one with the lower expected cost:
 /// its peak-sensitive moving average of latency times (calls in flight + 1), as in Finagle,
 /// linkerd and tower.
 ///
-/// Latency is learnt through [`LoadBalancer::begin`]: finish the returned [`CallGuard`] (or let it
+/// Latency is learnt from each call's [`CallGuard`] ([`LoadBalancer::pick`] on a set, or
+/// [`LoadBalancer::begin`] after a [`select`](LoadBalancer::select)): finish it (or let it
 /// drop, which reports [`Outcome::Ignored`]) and the balancer records how long the call took.
-/// The average jumps up at once to a slower sample (the *peak*) and decays towards faster samples
-/// and, while an instance is not used, towards zero with time constant
-/// [`decay`](PeakEwmaBuilder::decay), so a recovered instance is tried again. Failures count as
-/// at least [`failure_penalty`](PeakEwmaBuilder::failure_penalty); ignored outcomes only end the
-/// in-flight count. Instances never measured cost [`default_rtt`](PeakEwmaBuilder::default_rtt).
+/// The average jumps up at once to a slower sample (the *peak*) and decays towards faster
+/// samples and, while an instance is not used, towards zero with time constant
+/// [`decay`](PeakEwmaBuilder::decay), so a recovered instance is tried again. Ignored outcomes
+/// only end the in-flight count. Instances never measured cost
+/// [`default_rtt`](PeakEwmaBuilder::default_rtt).
+///
+/// A failure counts as its latency and also sets a *penalty*: the instance costs at least
+/// [`failure_penalty`](PeakEwmaBuilder::failure_penalty) (default 1 s), fading with time
+/// constant [`penalty_decay`](PeakEwmaBuilder::penalty_decay) (default 1 s). So one failure
+/// keeps traffic away from an instance for a few seconds (about 4 s next to 20 ms instances,
+/// 2.3 s next to 100 ms ones), then it is tried again; another failure renews the penalty.
+///
+/// On an [`InstanceSet`], each instance's estimate lives in a per-service vector aligned with
+/// the set's positions, built in [`LoadBalancer::prepare`] (estimates, penalties included, of the
+/// instances that stay are carried over by id; those of instances that left are dropped), so a
+/// pick and its guard cost the same at any size and allocate nothing; no estimate is ever
+/// dropped because the fleet is large. [`LoadBalancer::forget`] drops a service's estimates.
+/// On a slice, estimates are kept by instance id; ids with no call in flight and no update for
+/// five time constants are dropped now and then, in amortised O(1). The two paths keep
+/// separate estimates: use one of them per balancer.
 ///
 /// Time, for latencies and for the decay, is tokio's clock ([`tokio::time::Instant`]), as for
 /// [`CallGuard`]: the system's monotonic clock, or the paused clock of a test.
@@ -42,6 +59,7 @@ pub struct PeakEwmaBuilder {
     default_rtt: Duration,
     decay: Duration,
     failure_penalty: Duration,
+    penalty_decay: Duration,
 }
 
 impl Default for PeakEwmaBuilder {
@@ -50,6 +68,7 @@ impl Default for PeakEwmaBuilder {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
             failure_penalty: Duration::from_secs(1),
+            penalty_decay: Duration::from_secs(1),
         }
     }
 }
@@ -62,18 +81,27 @@ impl PeakEwmaBuilder {
         self
     }
 
-    /// The time constant of the moving average (default 10 s). `Duration::MAX` means estimates
-    /// never decay with time; zero is refused by [`build`](Self::build).
+    /// The time constant of the latency average (default 10 s). `Duration::MAX` means
+    /// estimates never decay with time; zero is refused by [`build`](Self::build).
     pub fn decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
         self
     }
 
-    /// The latency a failed call counts as at least (default 1 s). Zero counts a failure as its
-    /// own latency; `Duration::MAX` makes a failed instance the last choice until faster
-    /// samples bring its estimate down.
+    /// The cost a failed call gives its instance at least (default 1 s), fading with
+    /// [`penalty_decay`](Self::penalty_decay). Zero: no penalty, a failure counts as its own
+    /// latency; `Duration::MAX`: a failed instance is the last choice until the penalty fades.
     pub fn failure_penalty(mut self, penalty: Duration) -> Self {
         self.failure_penalty = penalty;
+        self
+    }
+
+    /// The time constant with which a failure's penalty fades (default 1 s): after `t` it
+    /// counts `failure_penalty × e^(-t / penalty_decay)`, so with the defaults an instance
+    /// that failed once costs like a 20 ms instance again after about 4 s. Zero: the penalty
+    /// lasts only the instant of the failure; `Duration::MAX`: it never fades.
+    pub fn penalty_decay(mut self, decay: Duration) -> Self {
+        self.penalty_decay = decay;
         self
     }
 
@@ -89,87 +117,177 @@ impl PeakEwmaBuilder {
         }
         Ok(PeakEwma {
             shared: Arc::new(Shared {
-                opts: self,
+                opts: Arc::new(Opts::from(&self)),
+                builder: self,
                 instances: StateMap::default(),
+                prune_at: AtomicUsize::new(PRUNE_FLOOR),
+                sets: PerService::default(),
             }),
         })
     }
 }
 
+/// The options in the form the arithmetic uses (nanoseconds).
+struct Opts {
+    default_rtt: f64,
+    decay: f64,
+    failure_penalty: f64,
+    penalty_decay: f64,
+    /// Idle time after which the slice path may drop an estimate.
+    forget_after: Duration,
+}
+
+impl From<&PeakEwmaBuilder> for Opts {
+    fn from(b: &PeakEwmaBuilder) -> Self {
+        Opts {
+            default_rtt: b.default_rtt.as_nanos() as f64,
+            decay: b.decay.as_nanos() as f64,
+            failure_penalty: b.failure_penalty.as_nanos() as f64,
+            penalty_decay: b.penalty_decay.as_nanos() as f64,
+            forget_after: b.decay.max(b.penalty_decay).saturating_mul(5),
+        }
+    }
+}
+
+/// `value` after `elapsed` nanoseconds of exponential decay with time constant `tau`.
+#[inline]
+fn decayed(value: f64, elapsed: f64, tau: f64) -> f64 {
+    if elapsed <= 0.0 {
+        value
+    } else if tau <= 0.0 {
+        0.0
+    } else {
+        value * (-elapsed / tau).exp()
+    }
+}
+
 struct Shared {
-    opts: PeakEwmaBuilder,
+    builder: PeakEwmaBuilder,
+    opts: Arc<Opts>,
+    /// The slice path's estimates, by instance id.
     instances: StateMap<Estimate>,
+    prune_at: AtomicUsize,
+    /// The set path's estimates, per service, aligned with the prepared set.
+    sets: PerService<Tracked<Estimate>>,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("opts", &self.opts)
+            .field("opts", &self.builder)
             .field("instances", &self.instances.len())
+            .field("services", &self.sets.len())
             .finish()
     }
 }
 
-struct Estimate {
+/// One instance's estimate; the observer of its calls' guards.
+pub(crate) struct Estimate {
+    id: Arc<str>,
     in_flight: AtomicUsize,
-    /// (average latency in nanoseconds, when it was last updated)
-    rtt: Mutex<(f64, Instant)>,
+    state: Mutex<Ewma>,
+    opts: Arc<Opts>,
+}
+
+#[derive(Clone, Copy)]
+struct Ewma {
+    /// Average latency in nanoseconds, as of `at`.
+    rtt: f64,
+    at: Instant,
+    /// The failure penalty in nanoseconds, as of `penalty_at`.
+    penalty: f64,
+    penalty_at: Instant,
+}
+
+impl Ewma {
+    fn rtt_at(&self, opts: &Opts, now: Instant) -> f64 {
+        let since = |t: Instant| now.saturating_duration_since(t).as_nanos() as f64;
+        let rtt = decayed(self.rtt, since(self.at), opts.decay);
+        if self.penalty > 0.0 {
+            rtt.max(decayed(
+                self.penalty,
+                since(self.penalty_at),
+                opts.penalty_decay,
+            ))
+        } else {
+            rtt
+        }
+    }
 }
 
 impl Estimate {
-    fn new(default_rtt: Duration, now: Instant) -> Self {
+    fn new(id: &str, opts: &Arc<Opts>, now: Instant) -> Self {
         Estimate {
+            id: Arc::from(id),
             in_flight: AtomicUsize::new(0),
-            rtt: Mutex::new((default_rtt.as_nanos() as f64, now)),
+            state: Mutex::new(Ewma {
+                rtt: opts.default_rtt,
+                at: now,
+                penalty: 0.0,
+                penalty_at: now,
+            }),
+            opts: Arc::clone(opts),
         }
+    }
+
+    /// Expected cost of one more call: latency estimate × (calls in flight + 1).
+    #[inline]
+    fn cost(&self, now: Instant) -> f64 {
+        let rtt = self.state.lock().rtt_at(&self.opts, now);
+        rtt * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+    }
+
+    fn estimate(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.state.lock().rtt_at(&self.opts, now) as u64)
+    }
+
+    /// Counts a call in flight until the guard ends.
+    #[inline]
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        CallGuard::new(Arc::clone(self) as Arc<dyn CallObserver>, Arc::clone(&self.id))
+    }
+
+    /// Whether the slice path may drop it: no call in flight and idle for five time constants.
+    fn idle(&self, now: Instant) -> bool {
+        let g = self.state.lock();
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && now.saturating_duration_since(g.at.max(g.penalty_at)) > self.opts.forget_after
     }
 }
 
-impl Shared {
-    fn decayed(&self, rtt: f64, since: Instant, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(since).as_nanos() as f64;
-        rtt * (-elapsed / self.opts.decay.as_nanos() as f64).exp()
-    }
-
-    fn cost(&self, e: Option<&Estimate>, now: Instant) -> f64 {
-        match e {
-            Some(e) => {
-                let (rtt, at) = *e.rtt.lock();
-                let pending = e.in_flight.load(Ordering::Relaxed) as f64;
-                self.decayed(rtt, at, now) * (pending + 1.0)
-            }
-            None => self.opts.default_rtt.as_nanos() as f64,
+impl CallObserver for Estimate {
+    fn on_finish(&self, _id: &str, outcome: Outcome, latency: Duration) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        if outcome == Outcome::Ignored {
+            return;
         }
-    }
-}
-
-impl CallObserver for Shared {
-    fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration) {
-        self.instances.with(id, |e| {
-            let _ = e
-                .in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-            let sample = match outcome {
-                Outcome::Ignored => return,
-                Outcome::Success => latency,
-                Outcome::Failure => latency.max(self.opts.failure_penalty),
-            }
-            .as_nanos() as f64;
-            let now = Instant::now();
-            let mut g = e.rtt.lock();
-            let (rtt, at) = *g;
-            let next = if sample > rtt {
-                sample
-            } else {
-                let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
-                let w = (-elapsed / self.opts.decay.as_nanos() as f64).exp();
-                // A sample arriving with no time passed still moves the average a little, so a
-                // burst of fast answers is not ignored.
-                let w = w.min(0.9);
-                rtt * w + sample * (1.0 - w)
-            };
-            *g = (next, now);
-        });
+        let sample = latency.as_nanos() as f64;
+        let now = Instant::now();
+        let opts = &*self.opts;
+        let mut g = self.state.lock();
+        let rtt = if sample > g.rtt {
+            sample
+        } else {
+            let elapsed = now.saturating_duration_since(g.at).as_nanos() as f64;
+            // A sample arriving with no time passed still moves the average a little, so a
+            // burst of fast answers is not ignored.
+            let w = decayed(1.0, elapsed, opts.decay).min(0.9);
+            g.rtt * w + sample * (1.0 - w)
+        };
+        g.rtt = rtt;
+        g.at = now;
+        if outcome == Outcome::Failure && opts.failure_penalty > 0.0 {
+            let left = decayed(
+                g.penalty,
+                now.saturating_duration_since(g.penalty_at).as_nanos() as f64,
+                opts.penalty_decay,
+            );
+            g.penalty = left.max(opts.failure_penalty);
+            g.penalty_at = now;
+        }
     }
 }
 
@@ -192,13 +310,86 @@ impl PeakEwma {
         PeakEwmaBuilder::default()
     }
 
-    /// The current latency estimate of instance `id`, if it was ever used.
+    /// The current latency estimate of instance `id` (its failure penalty included), if it
+    /// was ever used (on the set path, a scan of the services' instances: for diagnostics).
     pub fn estimate(&self, id: &str) -> Option<Duration> {
         let now = Instant::now();
-        self.shared.instances.with(id, |e| {
-            let (rtt, at) = *e.rtt.lock();
-            Duration::from_nanos(self.shared.decayed(rtt, at, now) as u64)
+        if let Some(d) = self.shared.instances.with(id, |e| e.estimate(now)) {
+            return Some(d);
+        }
+        self.shared
+            .sets
+            .all()
+            .iter()
+            .find_map(|t| t.find(id).map(|e| e.estimate(now)))
+    }
+
+    fn make(&self) -> impl FnMut(&Arc<ServiceInfo>) -> Arc<Estimate> + '_ {
+        let now = Instant::now();
+        move |s| Arc::new(Estimate::new(&s.id, &self.shared.opts, now))
+    }
+
+    /// The cheaper of two random candidates of the prepared generation.
+    #[inline]
+    fn choose(t: &Tracked<Estimate>, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
+        let Some(b) = b else {
+            return Some(a);
+        };
+        let now = Instant::now();
+        Some(if t.slots[b].cost(now) < t.slots[a].cost(now) {
+            b
+        } else {
+            a
         })
+    }
+
+    #[inline]
+    fn choose_and_begin(
+        t: &Tracked<Estimate>,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        let i = Self::choose(t, set, ctx)?;
+        Some((i, t.slots[i].begin()))
+    }
+
+    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
+    /// than the prepared one, carries the state over into a copy made for this pick alone.
+    #[cold]
+    #[inline(never)]
+    fn pick_unprepared(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        prepare_tracked(&self.shared.sets, set, self.make());
+        if let Some(r) = self.shared.sets.with(set, |t| Self::choose_and_begin(t, set, ctx)) {
+            return r;
+        }
+        let latest = self.shared.sets.latest(set.service());
+        let t = Tracked::new(set, latest.as_deref(), self.make());
+        Self::choose_and_begin(&t, set, ctx)
+    }
+
+    /// The slice path's estimate of `id`, created if needed; idle ids are dropped first when
+    /// the map has doubled since the last time (amortised O(1) per new id, no cliff).
+    fn slot(&self, id: &str) -> Arc<Estimate> {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        if shared.instances.with(id, |_| ()).is_none() {
+            let at = shared.prune_at.load(Ordering::Relaxed);
+            if shared.instances.len() >= at {
+                shared.instances.retain(|_, e| !e.idle(now));
+                shared.prune_at.store(
+                    (2 * shared.instances.len()).max(PRUNE_FLOOR),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        shared
+            .instances
+            .get_or_insert(id, || Estimate::new(id, &shared.opts, now))
     }
 }
 
@@ -217,27 +408,58 @@ impl LoadBalancer for PeakEwma {
             return Some(&instances[a]);
         };
         let now = Instant::now();
+        let default = self.shared.opts.default_rtt;
+        let cost = |e: Option<&Estimate>| e.map_or(default, |e| e.cost(now));
         let (ca, cb) = self
             .shared
             .instances
             .with2(&instances[a].id, &instances[b].id, |ea, eb| {
-                (self.shared.cost(ea, now), self.shared.cost(eb, now))
+                (cost(ea), cost(eb))
             });
         Some(&instances[if cb < ca { b } else { a }])
     }
 
     fn begin(&self, instance: &ServiceInfo) -> CallGuard {
-        let map = &self.shared.instances;
-        if map.with(&instance.id, |_| ()).is_none() && map.len() >= PRUNE_ABOVE {
-            map.retain(|_, e| e.in_flight.load(Ordering::Relaxed) > 0);
-        }
-        let default_rtt = self.shared.opts.default_rtt;
-        map.with_or_insert(
-            &instance.id,
-            || Estimate::new(default_rtt, Instant::now()),
-            |e| e.in_flight.fetch_add(1, Ordering::Relaxed),
-        );
-        CallGuard::new(self.shared.clone(), instance.id.as_str())
+        self.slot(&instance.id).begin()
+    }
+
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.shared.sets.with(set, |t| Self::choose(t, set, ctx)) {
+            Some(i) => i,
+            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
+        }?;
+        set.get(i)
+    }
+
+    /// O(1): two random candidates, their estimates reached by position, and a guard whose
+    /// observer is the chosen instance's estimate (no lookup, no allocation).
+    #[inline]
+    fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let (i, guard) = match self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
+            Some(r) => r,
+            None => self.pick_unprepared(set, ctx),
+        }?;
+        Some((set.get(i)?, guard))
+    }
+
+    fn prepare(&self, set: &InstanceSet) {
+        prepare_tracked(&self.shared.sets, set, self.make());
+    }
+
+    fn forget(&self, service: &str) {
+        self.shared.sets.forget(service);
     }
 }
 
@@ -325,6 +547,7 @@ mod tests {
         let lb = PeakEwma::builder()
             .decay(Duration::MAX)
             .failure_penalty(Duration::MAX)
+            .penalty_decay(Duration::MAX)
             .build()
             .unwrap();
         lb.begin(&s[0])

@@ -373,3 +373,64 @@ pub(crate) fn carry_over<S>(
         })
         .collect()
 }
+
+/// Per-instance state of one set generation, aligned with the set's positions, for balancers
+/// that track calls: a pick reaches an instance's state by index.
+pub(crate) struct Tracked<S> {
+    generation: u64,
+    /// The set it was made for (kept to carry state over to the next one).
+    set: InstanceSet,
+    pub(crate) slots: Vec<Arc<S>>,
+    pub(crate) candidates: Candidates,
+}
+
+impl<S: Send + Sync + 'static> Generational for Tracked<S> {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl<S> Tracked<S> {
+    /// The state for `set`, reusing `prev`'s per-instance state for the instances that stay.
+    pub(crate) fn new(
+        set: &InstanceSet,
+        prev: Option<&Tracked<S>>,
+        make: impl FnMut(&Arc<ServiceInfo>) -> Arc<S>,
+    ) -> Self {
+        let slots = carry_over(set, prev.map(|p| (&p.set, &p.slots[..])), make);
+        Tracked {
+            generation: set.generation(),
+            set: set.clone(),
+            slots,
+            candidates: Candidates::new(set),
+        }
+    }
+
+    /// The state of the instance with `id` (a scan: for diagnostics).
+    pub(crate) fn find(&self, id: &str) -> Option<&Arc<S>> {
+        self.set
+            .iter()
+            .position(|s| s.id == id)
+            .and_then(|i| self.slots.get(i))
+    }
+}
+
+/// Prepares `set` in `sets` unless the same or a newer generation is there, carrying the
+/// per-instance state of the latest generation over.
+pub(crate) fn prepare_tracked<S: Send + Sync + 'static>(
+    sets: &PerService<Tracked<S>>,
+    set: &InstanceSet,
+    make: impl FnMut(&Arc<ServiceInfo>) -> Arc<S>,
+) {
+    let prev = sets.latest(set.service());
+    if prev
+        .as_ref()
+        .is_some_and(|p| p.generation >= set.generation())
+    {
+        return;
+    }
+    sets.store(
+        set.service(),
+        Arc::new(Tracked::new(set, prev.as_deref(), make)),
+    );
+}
