@@ -3,10 +3,17 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
+use waypost_core_types::{Health, InstanceSet, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
+use crate::prepared::{Generational, PerService};
+use crate::ring::SetRing;
 use crate::state::StateMap;
+
+/// Sets of at most this many instances get their ring built on the pick when nobody
+/// prepared their generation (at the default 160 replicas, 10,240 points: well under a
+/// millisecond); larger ones use the latest ring prepared for their service.
+pub const SYNC_BUILD_MAX: usize = 64;
 
 /// Virtual nodes per instance by default.
 pub const DEFAULT_REPLICAS: usize = 160;
@@ -39,6 +46,7 @@ pub const DEFAULT_REPLICAS: usize = 160;
 pub struct ConsistentHash {
     replicas: usize,
     rings: StateMap<ArcSwap<Ring>>,
+    sets: PerService<SetRing>,
 }
 
 struct Ring {
@@ -190,12 +198,72 @@ impl ConsistentHash {
         ConsistentHash {
             replicas: replicas.max(1),
             rings: StateMap::default(),
+            sets: PerService::default(),
         }
     }
 
     /// Forgets the rings of services for which `keep` returns false.
     pub fn retain_services(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.sets.retain(&mut keep);
         self.rings.retain(|name, _| keep(name));
+    }
+
+    /// The position to pick on `set` with a ring prepared for it.
+    #[inline]
+    fn find(ring: &SetRing, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let Some(key) = ctx.hash_key else {
+            return pick::with_rng(|rng| ring.candidates.random(set, ctx, rng));
+        };
+        let hash = pick::hash64(key);
+        if ctx.avoid.is_empty() {
+            return ring.lookup(hash, |_| true);
+        }
+        ring.lookup(hash, |p| !crate::prepared::avoided(set, p, ctx))
+            .or_else(|| ring.lookup(hash, |_| true))
+    }
+
+    /// A pick on a generation that was not prepared. A small set (at most
+    /// [`SYNC_BUILD_MAX`] instances) is prepared on the spot; a larger one is looked up on the
+    /// latest ring prepared for its service, each point mapped to the set by id, and nothing
+    /// is built (the service's first ring ever is the exception: without one there is nothing
+    /// to map from).
+    #[cold]
+    #[inline(never)]
+    fn find_unprepared(&self, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let latest = self.sets.latest(set.service());
+        let latest = match latest {
+            Some(l) if set.len() > SYNC_BUILD_MAX => l,
+            _ => {
+                self.prepare(set);
+                if let Some(r) = self.sets.with(set, |ring| Self::find(ring, set, ctx)) {
+                    return r;
+                }
+                // Older than the prepared generation: a ring for this pick alone.
+                return Self::find(&SetRing::build(set, self.replicas), set, ctx);
+            }
+        };
+        let tier = set.selection_tier()?;
+        let usable = |p: usize, strict: bool| {
+            set.get(p)
+                .is_some_and(|s| s.health == tier && !(strict && ctx.avoids(s)))
+        };
+        let on_ring = match ctx.hash_key {
+            Some(key) => {
+                let hash = pick::hash64(key);
+                let strict = !ctx.avoid.is_empty();
+                latest
+                    .lookup_in(set, hash, |p| usable(p, strict))
+                    .or_else(|| latest.lookup_in(set, hash, |p| usable(p, false)))
+            }
+            None => None,
+        };
+        // No key, or no instance of the latest ring left in the set: any candidate.
+        on_ring.or_else(|| {
+            let strict = !ctx.avoid.is_empty();
+            (0..set.len())
+                .find(|p| usable(*p, strict))
+                .or_else(|| (0..set.len()).find(|p| usable(*p, false)))
+        })
     }
 
     fn ring_for(&self, slot: &ArcSwap<Ring>, instances: &[Arc<ServiceInfo>]) -> Arc<Ring> {
@@ -269,6 +337,39 @@ impl LoadBalancer for ConsistentHash {
             },
         )?;
         Some(&instances[i])
+    }
+
+    /// A lookup on the ring prepared for the set's generation: O(log n), no ring is ever built
+    /// here for a prepared set.
+    #[inline]
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.sets.with(set, |ring| Self::find(ring, set, ctx)) {
+            Some(i) => i,
+            None => self.find_unprepared(set, ctx),
+        }?;
+        set.get(i)
+    }
+
+    /// Updates the service's ring from the latest one: only the points of instances that
+    /// joined or left are added or removed (a full build for the service's first set, or when
+    /// the selection tier changed).
+    fn prepare(&self, set: &InstanceSet) {
+        let latest = self.sets.latest(set.service());
+        let ring = match latest {
+            Some(l) if l.generation() >= set.generation() => return,
+            Some(l) => l.next(set, self.replicas),
+            None => SetRing::build(set, self.replicas),
+        };
+        self.sets.store(set.service(), Arc::new(ring));
+    }
+
+    fn forget(&self, service: &str) {
+        self.sets.forget(service);
+        self.rings.retain(|name, _| name != service);
     }
 }
 

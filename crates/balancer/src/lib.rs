@@ -44,6 +44,7 @@ mod peak_ewma;
 mod pick;
 mod prepared;
 mod random;
+mod ring;
 mod round_robin;
 mod smooth_weighted;
 mod state;
@@ -53,7 +54,7 @@ mod weighted;
 
 use std::sync::Arc;
 
-pub use consistent_hash::{ConsistentHash, DEFAULT_REPLICAS};
+pub use consistent_hash::{ConsistentHash, DEFAULT_REPLICAS, SYNC_BUILD_MAX};
 pub use least_request::LeastRequest;
 pub use peak_ewma::{PeakEwma, PeakEwmaBuilder};
 pub use random::Random;

@@ -177,7 +177,6 @@ impl<T: Generational> PerService<T> {
 /// selection tier, else the positions of that tier.
 pub(crate) struct Candidates {
     len: usize,
-    tier: Option<Health>,
     positions: Option<Box<[u32]>>,
 }
 
@@ -193,7 +192,6 @@ impl Candidates {
         });
         Candidates {
             len: set.selectable(),
-            tier,
             positions,
         }
     }
@@ -202,12 +200,6 @@ impl Candidates {
     #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    /// The health of the candidates.
-    #[inline]
-    pub(crate) fn tier(&self) -> Option<Health> {
-        self.tier
     }
 
     /// The position of the `k`-th candidate.
