@@ -1,56 +1,108 @@
-//! The balancers' hot path as the fleet grows: 10, 1,000 and 10,000 instances of one service.
+//! The balancers' hot path as the fleet grows: 10, 1,000, 10,000 and 100,000 instances of one
+//! service.
 //!
-//! - `full_call/<balancer>/<n>`: `select` then `begin` then finish (what a client does per
-//!   request), so the load-aware balancers' bookkeeping is measured with the pick;
-//! - `pick/<balancer>/<n>`: `select` alone on an unchanged set;
-//! - `after_change/consistent_hash/<n>`: the first pick after the set changed by one instance
-//!   (today the ring is rebuilt on the request path).
+//! - `set_pick/<balancer>/<n>`: on an [`InstanceSet`] prepared once (`prepare(&set)`), one
+//!   `pick(&set, &ctx)` and `guard.finish(Outcome::Success)` per iteration: what the discovery
+//!   cache and the client do per request;
+//! - `slice_call/<balancer>/<n>`: the slice API for comparison: `select(&slice, &ctx)`, then
+//!   `begin` and finish;
+//! - `prepare_one_change/<balancer>/<n>`: one instance leaves or comes back (the writer's change,
+//!   a few microseconds, is included), then `prepare(&new_set)`: the work a change costs off the
+//!   request path;
+//! - `first_pick_after_change/<balancer>/<n>`: the first pick on a set changed by one instance
+//!   and prepared (set-up untimed): a pick never waits for a build;
+//! - `unprepared_pick_after_change/consistent_hash/<n>`: the same when nobody prepared the new
+//!   set: the latest ring is used, mapped to the set by id.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use waypost_balancer::{
-    ConsistentHash, LeastRequest, PeakEwma, RoundRobin, SmoothWeightedRoundRobin, WeightedRandom,
+    ConsistentHash, LeastRequest, PeakEwma, Random, RoundRobin, SmoothWeightedRoundRobin,
+    WeightedRandom,
 };
-use waypost_core_types::{Health, LoadBalancer, Outcome, SelectContext, ServiceInfo};
+use waypost_core_types::{
+    Health, InstanceSet, InstanceSetWriter, LoadBalancer, Outcome, SelectContext, ServiceInfo,
+};
 
-const SIZES: [usize; 3] = [10, 1_000, 10_000];
+const SIZES: [usize; 4] = [10, 1_000, 10_000, 100_000];
 
-fn instances(n: usize, tag: &str) -> Vec<Arc<ServiceInfo>> {
-    (0..n)
-        .map(|i| {
-            Arc::new(
-                ServiceInfo::new(
-                    format!("{tag}-{i}"),
-                    "bench-service",
-                    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-                    8080,
-                )
-                .with_health(Health::Healthy)
-                .with_weight(50 + (i as u32 % 4) * 50),
-            )
-        })
-        .collect()
+fn instance(i: usize, tag: &str) -> Arc<ServiceInfo> {
+    Arc::new(
+        ServiceInfo::new(
+            format!("{tag}-{i}"),
+            "bench-service",
+            format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+            8080,
+        )
+        .with_health(Health::Healthy)
+        .with_weight(50 + (i as u32 % 4) * 50),
+    )
 }
 
-fn full_call(c: &mut Criterion) {
-    let mut g = c.benchmark_group("full_call");
-    g.measurement_time(Duration::from_secs(3));
+fn instances(n: usize, tag: &str) -> Vec<Arc<ServiceInfo>> {
+    (0..n).map(|i| instance(i, tag)).collect()
+}
+
+fn balancers() -> Vec<Box<dyn LoadBalancer>> {
+    vec![
+        Box::new(RoundRobin::new()),
+        Box::new(Random::new()),
+        Box::new(WeightedRandom::new()),
+        Box::new(SmoothWeightedRoundRobin::new()),
+        Box::new(LeastRequest::new()),
+        Box::new(PeakEwma::new()),
+        Box::new(ConsistentHash::new()),
+    ]
+}
+
+/// 1,024 hash keys the consistent-hash picks cycle through (other balancers ignore them).
+fn keys() -> Vec<String> {
+    (0..1024).map(|k| format!("user-{k}")).collect()
+}
+
+fn set_pick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("set_pick");
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
+    let keys = keys();
     for n in SIZES {
-        let set = instances(n, "full");
-        let balancers: Vec<Box<dyn LoadBalancer>> = vec![
-            Box::new(RoundRobin::new()),
-            Box::new(LeastRequest::new()),
-            Box::new(PeakEwma::new()),
-        ];
-        for lb in &balancers {
+        let set = InstanceSet::new("bench-service", instances(n, "set"));
+        for lb in balancers() {
+            lb.prepare(&set);
+            let mut k = 0usize;
             g.bench_with_input(BenchmarkId::new(lb.name(), n), &set, |b, set| {
                 b.iter(|| {
-                    let picked = lb.select(black_box(set), &SelectContext::default());
-                    if let Some(s) = picked {
+                    k = (k + 1) & 1023;
+                    let ctx = SelectContext::with_hash_key(keys[k].as_bytes());
+                    if let Some((s, guard)) = lb.pick(black_box(set), &ctx) {
+                        black_box(s);
+                        guard.finish(Outcome::Success);
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn slice_call(c: &mut Criterion) {
+    let mut g = c.benchmark_group("slice_call");
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
+    let keys = keys();
+    for n in SIZES {
+        let all = instances(n, "slice");
+        for lb in balancers() {
+            let mut k = 0usize;
+            g.bench_with_input(BenchmarkId::new(lb.name(), n), &all, |b, all| {
+                b.iter(|| {
+                    k = (k + 1) & 1023;
+                    let ctx = SelectContext::with_hash_key(keys[k].as_bytes());
+                    if let Some(s) = lb.select(black_box(all), &ctx) {
                         lb.begin(s).finish(Outcome::Success);
                     }
                 })
@@ -60,54 +112,96 @@ fn full_call(c: &mut Criterion) {
     g.finish();
 }
 
-fn pick(c: &mut Criterion) {
-    let mut g = c.benchmark_group("pick");
-    g.measurement_time(Duration::from_secs(3));
-    let keys: Vec<String> = (0..1024).map(|k| format!("user-{k}")).collect();
+/// A writer holding `n` instances, and the id of one of them to remove and add back.
+fn writer(n: usize) -> (InstanceSetWriter, Arc<ServiceInfo>) {
+    let mut w = InstanceSetWriter::new("bench-service");
+    w.replace(instances(n, "chg"));
+    (w, instance(n / 2, "chg"))
+}
+
+/// Removes `moving` if it is in the set, else adds it back: one change either way.
+fn toggle(w: &mut InstanceSetWriter, moving: &Arc<ServiceInfo>) -> Arc<InstanceSet> {
+    if w.remove(&moving.id).is_none() {
+        w.upsert(Arc::clone(moving));
+    }
+    Arc::clone(w.current())
+}
+
+fn prepare_one_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("prepare_one_change");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
     for n in SIZES {
-        let set = instances(n, "pick");
-        let balancers: Vec<Box<dyn LoadBalancer>> = vec![
-            Box::new(WeightedRandom::new()),
-            Box::new(SmoothWeightedRoundRobin::new()),
-        ];
-        for lb in &balancers {
-            g.bench_with_input(BenchmarkId::new(lb.name(), n), &set, |b, set| {
-                b.iter(|| black_box(lb.select(black_box(set), &SelectContext::default())))
+        for lb in balancers() {
+            let (mut w, moving) = writer(n);
+            lb.prepare(w.current());
+            g.bench_function(BenchmarkId::new(lb.name(), n), |b| {
+                b.iter(|| {
+                    let set = toggle(&mut w, &moving);
+                    lb.prepare(&set);
+                })
             });
         }
-        let ch = ConsistentHash::new();
-        let mut k = 0usize;
-        g.bench_with_input(BenchmarkId::new("consistent_hash", n), &set, |b, set| {
-            b.iter(|| {
-                k = (k + 1) & 1023;
-                let ctx = SelectContext::with_hash_key(keys[k].as_bytes());
-                black_box(ch.select(black_box(set), &ctx))
-            })
-        });
     }
     g.finish();
 }
 
-fn after_change(c: &mut Criterion) {
-    let mut g = c.benchmark_group("after_change");
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(5));
+fn first_pick_after_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("first_pick_after_change");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(2));
+    g.warm_up_time(Duration::from_millis(500));
+    let ctx = SelectContext::with_hash_key(b"user-1");
     for n in SIZES {
-        let a = instances(n, "a");
-        let mut b_set = a.clone();
-        b_set[0] = instances(1, "b").remove(0);
-        let ch = ConsistentHash::new();
-        let mut flip = false;
-        g.bench_with_input(BenchmarkId::new("consistent_hash", n), &n, |b, _| {
-            b.iter(|| {
-                flip = !flip;
-                let set = if flip { &a } else { &b_set };
-                black_box(ch.select(set, &SelectContext::with_hash_key(b"user-1")))
-            })
-        });
+        for lb in balancers() {
+            let (mut w, moving) = writer(n);
+            lb.prepare(w.current());
+            g.bench_function(BenchmarkId::new(lb.name(), n), |b| {
+                b.iter_batched(
+                    || {
+                        let set = toggle(&mut w, &moving);
+                        lb.prepare(&set);
+                        set
+                    },
+                    |set| {
+                        if let Some((s, guard)) = lb.pick(&set, &ctx) {
+                            black_box(s);
+                            guard.finish(Outcome::Success);
+                        }
+                        set
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    for n in SIZES {
+        let lb = ConsistentHash::new();
+        let (mut w, moving) = writer(n);
+        lb.prepare(w.current());
+        g.bench_function(
+            BenchmarkId::new("unprepared/consistent_hash", n),
+            |b| {
+                b.iter_batched(
+                    || toggle(&mut w, &moving),
+                    |set| {
+                        black_box(lb.select_set(&set, &ctx));
+                        set
+                    },
+                    BatchSize::PerIteration,
+                )
+            },
+        );
     }
     g.finish();
 }
 
-criterion_group!(benches, full_call, pick, after_change);
+criterion_group!(
+    benches,
+    set_pick,
+    slice_call,
+    prepare_one_change,
+    first_pick_after_change
+);
 criterion_main!(benches);

@@ -8,12 +8,9 @@ use waypost_core_types::{
     CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
+use crate::by_id::ById;
 use crate::pick;
 use crate::prepared::{prepare_tracked, PerService, Tracked};
-use crate::state::StateMap;
-
-/// The slice path tracks at least this many ids before it drops idle ones.
-const PRUNE_FLOOR: usize = 1024;
 
 /// Draws two healthy instances at random and picks the one with fewer calls in flight.
 ///
@@ -87,9 +84,7 @@ impl CallObserver for Load {
 #[derive(Default)]
 struct Counts {
     /// The slice path's counts, by instance id.
-    in_flight: StateMap<Load>,
-    /// The slice path drops idle ids when it tracks this many.
-    prune_at: AtomicUsize,
+    in_flight: ById<Load>,
     /// The set path's counts, per service, aligned with the prepared set.
     sets: PerService<Tracked<Load>>,
 }
@@ -115,18 +110,11 @@ impl Counts {
             .unwrap_or(0)
     }
 
-    /// The slice path's count of `id`, created if needed; idle ids are dropped first when
-    /// the map has doubled since the last time (amortised O(1) per new id, no cliff).
+    /// The slice path's count of `id`, created if needed (ids with no call in flight are
+    /// dropped now and then: their count is 0 either way).
     fn slot(&self, id: &str) -> Arc<Load> {
-        if self.in_flight.with(id, |_| ()).is_none() {
-            let at = self.prune_at.load(Ordering::Relaxed).max(PRUNE_FLOOR);
-            if self.in_flight.len() >= at {
-                self.in_flight.retain(|_, l| l.load() > 0);
-                self.prune_at
-                    .store((2 * self.in_flight.len()).max(PRUNE_FLOOR), Ordering::Relaxed);
-            }
-        }
-        self.in_flight.get_or_insert(id, || Load::new(id))
+        self.in_flight
+            .get_or_insert(id, || Load::new(id), |l| l.load() > 0)
     }
 }
 
@@ -203,13 +191,8 @@ impl LoadBalancer for LeastRequest {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let load = |c: Option<&Load>| c.map_or(0, Load::load);
-        let (la, lb) = self
-            .shared
-            .in_flight
-            .with2(&instances[a].id, &instances[b].id, |ca, cb| {
-                (load(ca), load(cb))
-            });
+        let load = |s: &ServiceInfo| self.shared.in_flight.with(&s.id, Load::load).unwrap_or(0);
+        let (la, lb) = (load(&instances[a]), load(&instances[b]));
         Some(&instances[if lb < la { b } else { a }])
     }
 

@@ -38,6 +38,7 @@
 //! call.finish(Outcome::Success);
 //! ```
 
+mod by_id;
 mod consistent_hash;
 mod least_request;
 mod peak_ewma;

@@ -10,12 +10,9 @@ use waypost_core_types::{
     CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
+use crate::by_id::ById;
 use crate::pick;
 use crate::prepared::{prepare_tracked, PerService, Tracked};
-use crate::state::StateMap;
-
-/// The slice path tracks at least this many ids before it drops idle ones.
-const PRUNE_FLOOR: usize = 1024;
 
 /// Draws two healthy instances at random and picks the one with the lower expected cost:
 /// its peak-sensitive moving average of latency times (calls in flight + 1), as in Finagle,
@@ -119,8 +116,7 @@ impl PeakEwmaBuilder {
             shared: Arc::new(Shared {
                 opts: Arc::new(Opts::from(&self)),
                 builder: self,
-                instances: StateMap::default(),
-                prune_at: AtomicUsize::new(PRUNE_FLOOR),
+                instances: ById::default(),
                 sets: PerService::default(),
             }),
         })
@@ -165,8 +161,7 @@ struct Shared {
     builder: PeakEwmaBuilder,
     opts: Arc<Opts>,
     /// The slice path's estimates, by instance id.
-    instances: StateMap<Estimate>,
-    prune_at: AtomicUsize,
+    instances: ById<Estimate>,
     /// The set path's estimates, per service, aligned with the prepared set.
     sets: PerService<Tracked<Estimate>>,
 }
@@ -372,24 +367,14 @@ impl PeakEwma {
         Self::choose_and_begin(&t, set, ctx)
     }
 
-    /// The slice path's estimate of `id`, created if needed; idle ids are dropped first when
-    /// the map has doubled since the last time (amortised O(1) per new id, no cliff).
+    /// The slice path's estimate of `id`, created if needed (ids with no call in flight and
+    /// no update for five time constants are dropped now and then).
     fn slot(&self, id: &str) -> Arc<Estimate> {
-        let shared = &*self.shared;
         let now = Instant::now();
-        if shared.instances.with(id, |_| ()).is_none() {
-            let at = shared.prune_at.load(Ordering::Relaxed);
-            if shared.instances.len() >= at {
-                shared.instances.retain(|_, e| !e.idle(now));
-                shared.prune_at.store(
-                    (2 * shared.instances.len()).max(PRUNE_FLOOR),
-                    Ordering::Relaxed,
-                );
-            }
-        }
-        shared
+        let opts = &self.shared.opts;
+        self.shared
             .instances
-            .get_or_insert(id, || Estimate::new(id, &shared.opts, now))
+            .get_or_insert(id, || Estimate::new(id, opts, now), |e| !e.idle(now))
     }
 }
 
@@ -409,13 +394,13 @@ impl LoadBalancer for PeakEwma {
         };
         let now = Instant::now();
         let default = self.shared.opts.default_rtt;
-        let cost = |e: Option<&Estimate>| e.map_or(default, |e| e.cost(now));
-        let (ca, cb) = self
-            .shared
-            .instances
-            .with2(&instances[a].id, &instances[b].id, |ea, eb| {
-                (cost(ea), cost(eb))
-            });
+        let cost = |s: &ServiceInfo| {
+            self.shared
+                .instances
+                .with(&s.id, |e| e.cost(now))
+                .unwrap_or(default)
+        };
+        let (ca, cb) = (cost(&instances[a]), cost(&instances[b]));
         Some(&instances[if cb < ca { b } else { a }])
     }
 

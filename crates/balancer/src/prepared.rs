@@ -22,7 +22,7 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use waypost_core_types::{Health, InstanceSet, SelectContext, ServiceInfo};
+use waypost_core_types::{InstanceSet, SelectContext, ServiceInfo};
 
 use crate::pick::REJECTION_TRIES;
 use crate::state::StateMap;
