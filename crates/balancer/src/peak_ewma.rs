@@ -1,6 +1,6 @@
 //! Latency-aware choice: peak EWMA with the power of two choices.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +114,7 @@ impl PeakEwmaBuilder {
         }
         Ok(PeakEwma {
             shared: Arc::new(Shared {
-                opts: Arc::new(Opts::from(&self)),
+                opts: Arc::new(Opts::new(&self, Instant::now())),
                 builder: self,
                 instances: ById::default(),
                 sets: PerService::default(),
@@ -131,29 +131,38 @@ struct Opts {
     penalty_decay: f64,
     /// Idle time after which the slice path may drop an estimate.
     forget_after: Duration,
+    /// Times are kept as nanoseconds since this instant (the balancer's creation).
+    base: Instant,
 }
 
-impl From<&PeakEwmaBuilder> for Opts {
-    fn from(b: &PeakEwmaBuilder) -> Self {
+impl Opts {
+    fn new(b: &PeakEwmaBuilder, base: Instant) -> Self {
         Opts {
             default_rtt: b.default_rtt.as_nanos() as f64,
             decay: b.decay.as_nanos() as f64,
             failure_penalty: b.failure_penalty.as_nanos() as f64,
             penalty_decay: b.penalty_decay.as_nanos() as f64,
             forget_after: b.decay.max(b.penalty_decay).saturating_mul(5),
+            base,
         }
+    }
+
+    /// `now` in nanoseconds since `base`.
+    #[inline]
+    fn stamp(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
 /// `value` after `elapsed` nanoseconds of exponential decay with time constant `tau`.
 #[inline]
-fn decayed(value: f64, elapsed: f64, tau: f64) -> f64 {
-    if elapsed <= 0.0 {
+fn decayed(value: f64, elapsed: u64, tau: f64) -> f64 {
+    if elapsed == 0 {
         value
     } else if tau <= 0.0 {
         0.0
     } else {
-        value * (-elapsed / tau).exp()
+        value * (-(elapsed as f64) / tau).exp()
     }
 }
 
@@ -177,63 +186,62 @@ impl std::fmt::Debug for Shared {
 }
 
 /// One instance's estimate; the observer of its calls' guards.
+///
+/// Readers (picks) load the atomics without a lock; updates (finished calls) are serialised by
+/// a mutex, so a pick never waits for one.
 pub(crate) struct Estimate {
     id: Arc<str>,
     in_flight: AtomicUsize,
-    state: Mutex<Ewma>,
+    /// The latency average in nanoseconds (`f64` bits), as of `at`.
+    rtt: AtomicU64,
+    /// When `rtt` was last updated (nanoseconds since `opts.base`).
+    at: AtomicU64,
+    /// The failure penalty in nanoseconds (`f64` bits), as of `penalty_at`.
+    penalty: AtomicU64,
+    penalty_at: AtomicU64,
+    update: Mutex<()>,
     opts: Arc<Opts>,
-}
-
-#[derive(Clone, Copy)]
-struct Ewma {
-    /// Average latency in nanoseconds, as of `at`.
-    rtt: f64,
-    at: Instant,
-    /// The failure penalty in nanoseconds, as of `penalty_at`.
-    penalty: f64,
-    penalty_at: Instant,
-}
-
-impl Ewma {
-    fn rtt_at(&self, opts: &Opts, now: Instant) -> f64 {
-        let since = |t: Instant| now.saturating_duration_since(t).as_nanos() as f64;
-        let rtt = decayed(self.rtt, since(self.at), opts.decay);
-        if self.penalty > 0.0 {
-            rtt.max(decayed(
-                self.penalty,
-                since(self.penalty_at),
-                opts.penalty_decay,
-            ))
-        } else {
-            rtt
-        }
-    }
 }
 
 impl Estimate {
     fn new(id: &str, opts: &Arc<Opts>, now: Instant) -> Self {
+        let now = opts.stamp(now);
         Estimate {
             id: Arc::from(id),
             in_flight: AtomicUsize::new(0),
-            state: Mutex::new(Ewma {
-                rtt: opts.default_rtt,
-                at: now,
-                penalty: 0.0,
-                penalty_at: now,
-            }),
+            rtt: AtomicU64::new(opts.default_rtt.to_bits()),
+            at: AtomicU64::new(now),
+            penalty: AtomicU64::new(0f64.to_bits()),
+            penalty_at: AtomicU64::new(now),
+            update: Mutex::new(()),
             opts: Arc::clone(opts),
+        }
+    }
+
+    /// The latency estimate at `now` (nanoseconds since `opts.base`), penalty included.
+    #[inline]
+    fn rtt_at(&self, now: u64) -> f64 {
+        let opts = &*self.opts;
+        let rtt = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let at = self.at.load(Ordering::Relaxed);
+        let rtt = decayed(rtt, now.saturating_sub(at), opts.decay);
+        let penalty = f64::from_bits(self.penalty.load(Ordering::Relaxed));
+        if penalty > 0.0 {
+            let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
+            rtt.max(decayed(penalty, since, opts.penalty_decay))
+        } else {
+            rtt
         }
     }
 
     /// Expected cost of one more call: latency estimate × (calls in flight + 1).
     #[inline]
-    fn cost(&self, now: Instant) -> f64 {
-        let rtt = self.state.lock().rtt_at(&self.opts, now);
-        rtt * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+    fn cost(&self, now: u64) -> f64 {
+        self.rtt_at(now) * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
     }
 
     fn estimate(&self, now: Instant) -> Duration {
-        Duration::from_nanos(self.state.lock().rtt_at(&self.opts, now) as u64)
+        Duration::from_nanos(self.rtt_at(self.opts.stamp(now)) as u64)
     }
 
     /// Counts a call in flight until the guard ends.
@@ -245,9 +253,13 @@ impl Estimate {
 
     /// Whether the slice path may drop it: no call in flight and idle for five time constants.
     fn idle(&self, now: Instant) -> bool {
-        let g = self.state.lock();
+        let last = self
+            .at
+            .load(Ordering::Relaxed)
+            .max(self.penalty_at.load(Ordering::Relaxed));
+        let idle = self.opts.stamp(now).saturating_sub(last);
         self.in_flight.load(Ordering::Relaxed) == 0
-            && now.saturating_duration_since(g.at.max(g.penalty_at)) > self.opts.forget_after
+            && Duration::from_nanos(idle) > self.opts.forget_after
     }
 }
 
@@ -260,28 +272,31 @@ impl CallObserver for Estimate {
             return;
         }
         let sample = latency.as_nanos() as f64;
-        let now = Instant::now();
         let opts = &*self.opts;
-        let mut g = self.state.lock();
-        let rtt = if sample > g.rtt {
+        let now = opts.stamp(Instant::now());
+        let _w = self.update.lock();
+        let old = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let rtt = if sample > old {
             sample
         } else {
-            let elapsed = now.saturating_duration_since(g.at).as_nanos() as f64;
+            let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed));
             // A sample arriving with no time passed still moves the average a little, so a
             // burst of fast answers is not ignored.
             let w = decayed(1.0, elapsed, opts.decay).min(0.9);
-            g.rtt * w + sample * (1.0 - w)
+            old * w + sample * (1.0 - w)
         };
-        g.rtt = rtt;
-        g.at = now;
+        self.rtt.store(rtt.to_bits(), Ordering::Relaxed);
+        self.at.store(now, Ordering::Relaxed);
         if outcome == Outcome::Failure && opts.failure_penalty > 0.0 {
+            let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
             let left = decayed(
-                g.penalty,
-                now.saturating_duration_since(g.penalty_at).as_nanos() as f64,
+                f64::from_bits(self.penalty.load(Ordering::Relaxed)),
+                since,
                 opts.penalty_decay,
             );
-            g.penalty = left.max(opts.failure_penalty);
-            g.penalty_at = now;
+            self.penalty
+                .store(left.max(opts.failure_penalty).to_bits(), Ordering::Relaxed);
+            self.penalty_at.store(now, Ordering::Relaxed);
         }
     }
 }
@@ -331,7 +346,7 @@ impl PeakEwma {
         let Some(b) = b else {
             return Some(a);
         };
-        let now = Instant::now();
+        let now = t.slots[a].opts.stamp(Instant::now());
         Some(if t.slots[b].cost(now) < t.slots[a].cost(now) {
             b
         } else {
@@ -392,7 +407,7 @@ impl LoadBalancer for PeakEwma {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let now = Instant::now();
+        let now = self.shared.opts.stamp(Instant::now());
         let default = self.shared.opts.default_rtt;
         let cost = |s: &ServiceInfo| {
             self.shared

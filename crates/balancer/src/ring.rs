@@ -69,11 +69,15 @@ impl Chunk {
 }
 
 /// The sorted points, in shared chunks.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Points {
     chunks: Vec<Arc<Chunk>>,
     /// The first hash of each chunk.
     firsts: Vec<u64>,
+    /// `buckets[b]` = the number of chunks whose first hash is below `b << (64 - bits)`, so a
+    /// lookup searches only the few `firsts` of its bucket; one extra entry at the end.
+    buckets: Vec<u32>,
+    bits: u32,
     len: usize,
 }
 
@@ -81,10 +85,28 @@ impl Points {
     fn build(mut all: Vec<(u64, u32)>) -> Self {
         all.sort_unstable();
         let chunks: Vec<Arc<Chunk>> = all.chunks(CHUNK).map(|c| Arc::new(Chunk::of(c))).collect();
+        Self::of(chunks, all.len())
+    }
+
+    fn of(chunks: Vec<Arc<Chunk>>, len: usize) -> Self {
+        let firsts: Vec<u64> = chunks.iter().map(|c| c.hashes[0]).collect();
+        // About one chunk per bucket.
+        let bits = (usize::BITS - firsts.len().leading_zeros()).clamp(1, 20);
+        let mut buckets = Vec::with_capacity((1 << bits) + 1);
+        let mut i = 0usize;
+        for b in 0..1u64 << bits {
+            while i < firsts.len() && (firsts[i] >> (64 - bits)) < b {
+                i += 1;
+            }
+            buckets.push(i as u32);
+        }
+        buckets.push(firsts.len() as u32);
         Points {
-            firsts: chunks.iter().map(|c| c.hashes[0]).collect(),
             chunks,
-            len: all.len(),
+            firsts,
+            buckets,
+            bits,
+            len,
         }
     }
 
@@ -92,12 +114,18 @@ impl Points {
     /// (the first chunk for a hash below every point).
     #[inline]
     fn chunk_of(&self, hash: u64) -> usize {
-        self.firsts.partition_point(|f| *f <= hash).saturating_sub(1)
+        let b = (hash >> (64 - self.bits)) as usize;
+        let lo = self.buckets[b] as usize;
+        let hi = self.buckets[b + 1] as usize;
+        (lo + self.firsts[lo..hi].partition_point(|f| *f <= hash)).saturating_sub(1)
     }
 
     /// The first point at or after `hash`, as (chunk, index), wrapping to the first point.
     #[inline]
     fn start(&self, hash: u64) -> (usize, usize) {
+        if self.chunks.is_empty() {
+            return (0, 0);
+        }
         let c = self.chunk_of(hash);
         let chunk = &self.chunks[c];
         let i = chunk.hashes.partition_point(|h| *h < hash);
@@ -184,11 +212,7 @@ impl Points {
             next = c + 1;
         }
         out.extend(self.chunks[next..].iter().cloned());
-        Points {
-            firsts: out.iter().map(|c| c.hashes[0]).collect(),
-            chunks: out,
-            len,
-        }
+        Points::of(out, len)
     }
 }
 
