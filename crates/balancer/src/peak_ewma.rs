@@ -240,6 +240,27 @@ impl Estimate {
         self.rtt_at(now) * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
     }
 
+    /// Whether `other` costs less than `self` now. Without a failure penalty on either, the
+    /// clock is not read: both averages decay at the same rate, so comparing them at the later
+    /// of their update times orders them as at any later time.
+    #[inline]
+    fn costlier_than(&self, other: &Estimate) -> bool {
+        let penalised = self.penalty.load(Ordering::Relaxed) != 0f64.to_bits()
+            || other.penalty.load(Ordering::Relaxed) != 0f64.to_bits();
+        if penalised {
+            let now = self.opts.stamp(Instant::now());
+            return other.cost(now) < self.cost(now);
+        }
+        let decay = self.opts.decay;
+        let (at_a, at_b) = (self.at.load(Ordering::Relaxed), other.at.load(Ordering::Relaxed));
+        let t = at_a.max(at_b);
+        let cost = |e: &Estimate, at: u64| {
+            decayed(f64::from_bits(e.rtt.load(Ordering::Relaxed)), t - at, decay)
+                * (e.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+        };
+        cost(other, at_b) < cost(self, at_a)
+    }
+
     fn estimate(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.rtt_at(self.opts.stamp(now)) as u64)
     }
@@ -346,8 +367,7 @@ impl PeakEwma {
         let Some(b) = b else {
             return Some(a);
         };
-        let now = t.slots[a].opts.stamp(Instant::now());
-        Some(if t.slots[b].cost(now) < t.slots[a].cost(now) {
+        Some(if t.slots[a].costlier_than(&t.slots[b]) {
             b
         } else {
             a

@@ -39,39 +39,21 @@ pub(crate) fn point_hashes(id: &str, replicas: usize) -> impl Iterator<Item = u6
     })
 }
 
-/// Sorted points: (hash, slot), ordered by hash then slot.
-#[derive(Clone, Default)]
-struct Chunk {
-    hashes: Vec<u64>,
-    slots: Vec<u32>,
+/// One point of the ring: a hash and the slot of the instance it belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Point {
+    hash: u64,
+    slot: u32,
 }
 
-impl Chunk {
-    fn of(points: &[(u64, u32)]) -> Self {
-        Chunk {
-            hashes: points.iter().map(|p| p.0).collect(),
-            slots: points.iter().map(|p| p.1).collect(),
-        }
-    }
-
-    fn find(&self, p: (u64, u32)) -> Result<usize, usize> {
-        let lo = self.hashes.partition_point(|h| *h < p.0);
-        let mut i = lo;
-        while i < self.hashes.len() && self.hashes[i] == p.0 {
-            match self.slots[i].cmp(&p.1) {
-                std::cmp::Ordering::Equal => return Ok(i),
-                std::cmp::Ordering::Greater => return Err(i),
-                std::cmp::Ordering::Less => i += 1,
-            }
-        }
-        Err(i)
-    }
-}
+/// A chunk: sorted points (by hash, then slot), right behind its `Arc` (one indirection from
+/// the table).
+type Chunk = Arc<[Point]>;
 
 /// The sorted points, in shared chunks.
 #[derive(Clone)]
 struct Points {
-    chunks: Vec<Arc<Chunk>>,
+    chunks: Vec<Chunk>,
     /// The first hash of each chunk.
     firsts: Vec<u64>,
     /// `buckets[b]` = the number of chunks whose first hash is below `b << (64 - bits)`, so a
@@ -82,14 +64,14 @@ struct Points {
 }
 
 impl Points {
-    fn build(mut all: Vec<(u64, u32)>) -> Self {
+    fn build(mut all: Vec<Point>) -> Self {
         all.sort_unstable();
-        let chunks: Vec<Arc<Chunk>> = all.chunks(CHUNK).map(|c| Arc::new(Chunk::of(c))).collect();
-        Self::of(chunks, all.len())
+        let chunks: Vec<Chunk> = all.chunks(CHUNK).map(Arc::from).collect();
+        let firsts = chunks.iter().map(|c| c[0].hash).collect();
+        Self::of(chunks, firsts, all.len())
     }
 
-    fn of(chunks: Vec<Arc<Chunk>>, len: usize) -> Self {
-        let firsts: Vec<u64> = chunks.iter().map(|c| c.hashes[0]).collect();
+    fn of(chunks: Vec<Chunk>, firsts: Vec<u64>, len: usize) -> Self {
         // About one chunk per bucket.
         let bits = (usize::BITS - firsts.len().leading_zeros()).clamp(1, 20);
         let mut buckets = Vec::with_capacity((1 << bits) + 1);
@@ -128,8 +110,8 @@ impl Points {
         }
         let c = self.chunk_of(hash);
         let chunk = &self.chunks[c];
-        let i = chunk.hashes.partition_point(|h| *h < hash);
-        if i < chunk.hashes.len() {
+        let i = chunk.partition_point(|p| p.hash < hash);
+        if i < chunk.len() {
             (c, i)
         } else if c + 1 < self.chunks.len() {
             (c + 1, 0)
@@ -138,54 +120,59 @@ impl Points {
         }
     }
 
-    /// The slots clockwise from `hash`, once around the ring.
-    fn walk(&self, hash: u64) -> impl Iterator<Item = u32> + '_ {
-        let (c0, i0) = if self.len == 0 { (0, 0) } else { self.start(hash) };
-        let n = self.chunks.len();
-        (0..=n).flat_map(move |k| {
-            let c = (c0 + k) % n.max(1);
-            let chunk = self.chunks.get(c);
-            let (from, to) = match chunk {
-                None => (0, 0),
-                Some(ch) if k == 0 => (i0, ch.slots.len()),
-                Some(ch) if k == n => (0, i0.min(ch.slots.len())),
-                Some(ch) => (0, ch.slots.len()),
-            };
-            chunk
-                .map(|ch| &ch.slots[from..to])
-                .unwrap_or(&[])
-                .iter()
-                .copied()
-        })
+    /// The first slot clockwise from `hash` (once around the ring) for which `f` gives a
+    /// value, and that value.
+    #[inline]
+    fn find_map<T>(&self, hash: u64, mut f: impl FnMut(u32) -> Option<T>) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        let (mut c, mut i) = self.start(hash);
+        let mut left = self.len;
+        loop {
+            for p in &self.chunks[c][i..] {
+                if let Some(t) = f(p.slot) {
+                    return Some(t);
+                }
+                left -= 1;
+                if left == 0 {
+                    return None;
+                }
+            }
+            i = 0;
+            c += 1;
+            if c == self.chunks.len() {
+                c = 0;
+            }
+        }
     }
 
-    /// A copy with `ops` applied ((hash, slot, add?) sorted by hash): only the chunks they fall
-    /// in are copied.
-    fn apply(&self, mut ops: Vec<(u64, u32, bool)>) -> Self {
+    /// A copy with `ops` applied ((point, add?)): only the chunks they fall in are copied; the
+    /// others are shared.
+    fn apply(&self, mut ops: Vec<(Point, bool)>) -> Self {
         if self.chunks.is_empty() {
-            let all: Vec<(u64, u32)> = ops.iter().filter(|o| o.2).map(|o| (o.0, o.1)).collect();
-            return Points::build(all);
+            return Points::build(ops.iter().filter(|o| o.1).map(|o| o.0).collect());
         }
         ops.sort_unstable();
-        let mut out: Vec<Arc<Chunk>> = Vec::with_capacity(self.chunks.len() + 8);
+        let mut out: Vec<Chunk> = Vec::with_capacity(self.chunks.len() + 8);
+        let mut firsts: Vec<u64> = Vec::with_capacity(self.chunks.len() + 8);
         let mut len = self.len;
         let mut next = 0usize;
         let mut k = 0usize;
         while k < ops.len() {
-            let c = self.chunk_of(ops[k].0);
+            let c = self.chunk_of(ops[k].0.hash);
             out.extend(self.chunks[next..c].iter().cloned());
-            let mut chunk = Chunk::clone(&self.chunks[c]);
-            while k < ops.len() && self.chunk_of(ops[k].0) == c {
-                let (hash, slot, add) = ops[k];
-                match (chunk.find((hash, slot)), add) {
+            firsts.extend_from_slice(&self.firsts[next..c]);
+            let mut chunk: Vec<Point> = self.chunks[c].to_vec();
+            while k < ops.len() && self.chunk_of(ops[k].0.hash) == c {
+                let (point, add) = ops[k];
+                match (chunk.binary_search(&point), add) {
                     (Err(i), true) => {
-                        chunk.hashes.insert(i, hash);
-                        chunk.slots.insert(i, slot);
+                        chunk.insert(i, point);
                         len += 1;
                     }
                     (Ok(i), false) => {
-                        chunk.hashes.remove(i);
-                        chunk.slots.remove(i);
+                        chunk.remove(i);
                         len -= 1;
                     }
                     // Adding a point that is there or removing one that is not: nothing to do.
@@ -193,26 +180,16 @@ impl Points {
                 }
                 k += 1;
             }
-            if chunk.hashes.len() > 2 * CHUNK {
-                out.extend(
-                    chunk
-                        .hashes
-                        .chunks(CHUNK)
-                        .zip(chunk.slots.chunks(CHUNK))
-                        .map(|(h, s)| {
-                            Arc::new(Chunk {
-                                hashes: h.to_vec(),
-                                slots: s.to_vec(),
-                            })
-                        }),
-                );
-            } else if !chunk.hashes.is_empty() {
-                out.push(Arc::new(chunk));
+            let pieces = if chunk.len() > 2 * CHUNK { CHUNK } else { chunk.len().max(1) };
+            for piece in chunk.chunks(pieces) {
+                firsts.push(piece[0].hash);
+                out.push(Arc::from(piece));
             }
             next = c + 1;
         }
         out.extend(self.chunks[next..].iter().cloned());
-        Points::of(out, len)
+        firsts.extend_from_slice(&self.firsts[next..]);
+        Points::of(out, firsts, len)
     }
 }
 
@@ -247,7 +224,7 @@ impl SetRing {
         for (i, s) in set.iter().enumerate() {
             if on_ring(s) {
                 pos_slot[i] = i as u32;
-                all.extend(point_hashes(&s.id, replicas).map(|h| (h, i as u32)));
+                all.extend(point_hashes(&s.id, replicas).map(|hash| Point { hash, slot: i as u32 }));
             }
         }
         let slot_pos = pos_slot.clone();
@@ -296,9 +273,9 @@ impl SetRing {
         pos_slot.resize(set.len(), NONE);
         let mut slot_pos = self.slot_pos.clone();
         let mut free = self.free.clone();
-        let mut ops: Vec<(u64, u32, bool)> = Vec::new();
+        let mut ops: Vec<(Point, bool)> = Vec::new();
         let mut unplace = |slot: u32, id: &str, slot_pos: &mut Vec<u32>, free: &mut Vec<u32>| {
-            ops.extend(point_hashes(id, replicas).map(|h| (h, slot, false)));
+            ops.extend(point_hashes(id, replicas).map(|hash| (Point { hash, slot }, false)));
             slot_pos[slot as usize] = NONE;
             free.push(slot);
         };
@@ -333,7 +310,7 @@ impl SetRing {
             });
             slot_pos[slot as usize] = i as u32;
             pos_slot[i] = slot;
-            ops.extend(point_hashes(&s.id, replicas).map(|h| (h, slot, true)));
+            ops.extend(point_hashes(&s.id, replicas).map(|hash| (Point { hash, slot }, true)));
         }
         let points = if ops.is_empty() {
             Arc::clone(&self.points)
@@ -356,11 +333,10 @@ impl SetRing {
     /// set this ring was prepared for.
     #[inline]
     pub(crate) fn lookup(&self, hash: u64, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
-        self.points
-            .walk(hash)
-            .map(|slot| self.slot_pos.get(slot as usize).copied().unwrap_or(NONE))
-            .find(|p| *p != NONE && usable(*p as usize))
-            .map(|p| p as usize)
+        self.points.find_map(hash, |slot| {
+            let p = self.slot_pos.get(slot as usize).copied().unwrap_or(NONE);
+            (p != NONE && usable(p as usize)).then_some(p as usize)
+        })
     }
 
     /// Like [`lookup`](Self::lookup) on `other`, a set this ring was not prepared for: each
