@@ -53,11 +53,10 @@ type Chunk = Arc<[Point]>;
 /// The sorted points, in shared chunks.
 #[derive(Clone)]
 struct Points {
-    chunks: Vec<Chunk>,
-    /// The first hash of each chunk.
-    firsts: Vec<u64>,
+    /// Each chunk with its first hash (read together: one cache line for both).
+    chunks: Vec<(u64, Chunk)>,
     /// `buckets[b]` = the number of chunks whose first hash is below `b << (64 - bits)`, so a
-    /// lookup searches only the few `firsts` of its bucket; one extra entry at the end.
+    /// lookup searches only the few chunks of its bucket; one extra entry at the end.
     buckets: Vec<u32>,
     bits: u32,
     len: usize,
@@ -66,26 +65,24 @@ struct Points {
 impl Points {
     fn build(mut all: Vec<Point>) -> Self {
         all.sort_unstable();
-        let chunks: Vec<Chunk> = all.chunks(CHUNK).map(Arc::from).collect();
-        let firsts = chunks.iter().map(|c| c[0].hash).collect();
-        Self::of(chunks, firsts, all.len())
+        let chunks: Vec<(u64, Chunk)> = all.chunks(CHUNK).map(|c| (c[0].hash, Arc::from(c))).collect();
+        Self::of(chunks, all.len())
     }
 
-    fn of(chunks: Vec<Chunk>, firsts: Vec<u64>, len: usize) -> Self {
+    fn of(chunks: Vec<(u64, Chunk)>, len: usize) -> Self {
         // About one chunk per bucket.
-        let bits = (usize::BITS - firsts.len().leading_zeros()).clamp(1, 20);
+        let bits = (usize::BITS - chunks.len().leading_zeros()).clamp(1, 20);
         let mut buckets = Vec::with_capacity((1 << bits) + 1);
         let mut i = 0usize;
         for b in 0..1u64 << bits {
-            while i < firsts.len() && (firsts[i] >> (64 - bits)) < b {
+            while i < chunks.len() && (chunks[i].0 >> (64 - bits)) < b {
                 i += 1;
             }
             buckets.push(i as u32);
         }
-        buckets.push(firsts.len() as u32);
+        buckets.push(chunks.len() as u32);
         Points {
             chunks,
-            firsts,
             buckets,
             bits,
             len,
@@ -99,7 +96,7 @@ impl Points {
         let b = (hash >> (64 - self.bits)) as usize;
         let lo = self.buckets[b] as usize;
         let hi = self.buckets[b + 1] as usize;
-        (lo + self.firsts[lo..hi].partition_point(|f| *f <= hash)).saturating_sub(1)
+        (lo + self.chunks[lo..hi].partition_point(|c| c.0 <= hash)).saturating_sub(1)
     }
 
     /// The first point at or after `hash`, as (chunk, index), wrapping to the first point.
@@ -109,7 +106,7 @@ impl Points {
             return (0, 0);
         }
         let c = self.chunk_of(hash);
-        let chunk = &self.chunks[c];
+        let chunk = &self.chunks[c].1;
         let i = chunk.partition_point(|p| p.hash < hash);
         if i < chunk.len() {
             (c, i)
@@ -130,7 +127,7 @@ impl Points {
         let (mut c, mut i) = self.start(hash);
         let mut left = self.len;
         loop {
-            for p in &self.chunks[c][i..] {
+            for p in &self.chunks[c].1[i..] {
                 if let Some(t) = f(p.slot) {
                     return Some(t);
                 }
@@ -154,16 +151,14 @@ impl Points {
             return Points::build(ops.iter().filter(|o| o.1).map(|o| o.0).collect());
         }
         ops.sort_unstable();
-        let mut out: Vec<Chunk> = Vec::with_capacity(self.chunks.len() + 8);
-        let mut firsts: Vec<u64> = Vec::with_capacity(self.chunks.len() + 8);
+        let mut out: Vec<(u64, Chunk)> = Vec::with_capacity(self.chunks.len() + 8);
         let mut len = self.len;
         let mut next = 0usize;
         let mut k = 0usize;
         while k < ops.len() {
             let c = self.chunk_of(ops[k].0.hash);
             out.extend(self.chunks[next..c].iter().cloned());
-            firsts.extend_from_slice(&self.firsts[next..c]);
-            let mut chunk: Vec<Point> = self.chunks[c].to_vec();
+            let mut chunk: Vec<Point> = self.chunks[c].1.to_vec();
             while k < ops.len() && self.chunk_of(ops[k].0.hash) == c {
                 let (point, add) = ops[k];
                 match (chunk.binary_search(&point), add) {
@@ -181,15 +176,11 @@ impl Points {
                 k += 1;
             }
             let pieces = if chunk.len() > 2 * CHUNK { CHUNK } else { chunk.len().max(1) };
-            for piece in chunk.chunks(pieces) {
-                firsts.push(piece[0].hash);
-                out.push(Arc::from(piece));
-            }
+            out.extend(chunk.chunks(pieces).map(|p| (p[0].hash, Arc::from(p))));
             next = c + 1;
         }
         out.extend(self.chunks[next..].iter().cloned());
-        firsts.extend_from_slice(&self.firsts[next..]);
-        Points::of(out, firsts, len)
+        Points::of(out, len)
     }
 }
 
