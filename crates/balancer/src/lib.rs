@@ -203,4 +203,111 @@ mod tests {
         assert_eq!(ids(&no_healthy), ["nh-1", "nh-3"]);
         assert!(ids(&with_health("d", &[D, D])).is_empty());
     }
+
+    /// Whether `picked` follows the selection rules on `set` for `avoid`: of the selection
+    /// tier, never unhealthy, not avoided while another candidate is left; `None` only when
+    /// the set has no candidate.
+    fn follows_rules(
+        set: &waypost_core_types::InstanceSet,
+        avoid: &[String],
+        picked: Option<&Arc<ServiceInfo>>,
+    ) -> Result<(), String> {
+        let tier = set.selection_tier();
+        let free = set
+            .iter()
+            .filter(|s| Some(s.health) == tier && !avoid.contains(&s.id))
+            .count();
+        match (tier, picked) {
+            (None, None) => Ok(()),
+            (None, Some(p)) => Err(format!("picked {} from a set with no candidate", p.id)),
+            (Some(_), None) => Err("no pick from a set with candidates".into()),
+            (Some(t), Some(p)) if p.health != t => {
+                Err(format!("picked {} ({:?}) in tier {t:?}", p.id, p.health))
+            }
+            (Some(_), Some(p)) if free > 0 && avoid.contains(&p.id) => {
+                Err(format!("picked avoided {} with {free} others left", p.id))
+            }
+            (Some(_), Some(p)) if set.iter().all(|s| !Arc::ptr_eq(s, p)) => {
+                Err(format!("picked {} from outside the set", p.id))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// On versioned sets changed by a writer (mixed health, random avoid lists, with and
+    /// without a hash key), with every generation prepared or none: `pick` and `select_set`
+    /// follow the selection rules, and so do picks on the previous (older) set.
+    #[test]
+    fn set_picks_follow_the_rules_through_changes() {
+        use rand::{Rng, SeedableRng};
+        use Health::{Healthy as H, Unhealthy as D, Unknown as U};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for n in BALANCER_NAMES {
+            for prepare in [true, false] {
+                let lb = by_name(n).unwrap();
+                let mut w = testing::writer("w", &[U, H, D, U, H, H, D]);
+                let mut previous = Arc::clone(w.current());
+                for step in 0..300 {
+                    let id = format!("w-{}", rng.random_range(0..12));
+                    if rng.random_bool(0.3) {
+                        w.remove(&id);
+                    } else {
+                        let h = [H, U, D][rng.random_range(0..3)];
+                        let weight = 50 * rng.random_range(1..4);
+                        w.upsert(testing::instance("w", &id, h, weight));
+                    }
+                    let set = Arc::clone(w.current());
+                    if prepare {
+                        lb.prepare(&set);
+                    }
+                    let avoid: Vec<String> = (0..rng.random_range(0..3))
+                        .map(|_| format!("w-{}", rng.random_range(0..12)))
+                        .collect();
+                    for k in 0..20 {
+                        let key = format!("k{k}");
+                        let ctx = SelectContext {
+                            hash_key: (k % 2 == 0).then_some(key.as_bytes()),
+                            avoid: &avoid,
+                        };
+                        let picked = lb.pick(&set, &ctx).map(|(s, guard)| {
+                            guard.finish(waypost_core_types::Outcome::Success);
+                            s
+                        });
+                        let why = |e: String| format!("{n}, prepare {prepare}, step {step}: {e}");
+                        follows_rules(&set, &avoid, picked).map_err(why).unwrap();
+                        follows_rules(&set, &avoid, lb.select_set(&set, &ctx))
+                            .map_err(why)
+                            .unwrap();
+                        let old = lb.select_set(&previous, &ctx);
+                        follows_rules(&previous, &avoid, old).map_err(why).unwrap();
+                    }
+                    previous = set;
+                }
+                lb.forget("w");
+                let set = Arc::clone(w.current());
+                let picked = lb.select_set(&set, &SelectContext::default());
+                follows_rules(&set, &[], picked).unwrap();
+            }
+        }
+    }
+
+    /// The set path agrees with the slice path where both are deterministic.
+    #[test]
+    fn set_and_slice_agree() {
+        use Health::{Healthy as H, Unhealthy as D, Unknown as U};
+        let w = testing::writer("a", &[H, H, D, H, U]);
+        let set = Arc::clone(w.current());
+        let slice = set.to_vec();
+        for n in ["round_robin", "smooth_weighted_round_robin", "consistent_hash"] {
+            let (on_set, on_slice) = (by_name(n).unwrap(), by_name(n).unwrap());
+            on_set.prepare(&set);
+            for k in 0..50 {
+                let key = format!("user-{k}");
+                let ctx = SelectContext::with_hash_key(key.as_bytes());
+                let a = on_set.select_set(&set, &ctx).map(|s| s.id.clone());
+                let b = on_slice.select(&slice, &ctx).map(|s| s.id.clone());
+                assert_eq!(a, b, "{n}, pick {k}");
+            }
+        }
+    }
 }

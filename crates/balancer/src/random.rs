@@ -190,4 +190,21 @@ mod tests {
         };
         assert!(Random::new().select(&s, &ctx).unwrap().is_healthy());
     }
+
+    #[test]
+    fn set_picks_uniform_over_candidates() {
+        use waypost_core_types::Health::{Healthy as H, Unhealthy as D};
+        let w = crate::testing::writer("r", &[H, D, H, D, H, D, H, D]);
+        let set = w.current();
+        let lb = Random::new();
+        lb.prepare(set);
+        let mut counts = [0usize; 8];
+        for _ in 0..10_000 {
+            counts[index(lb.select_set(set, &SelectContext::default()).unwrap())] += 1;
+        }
+        assert!(counts.iter().skip(1).step_by(2).all(|c| *c == 0), "{counts:?}");
+        let healthy: Vec<usize> = counts.iter().step_by(2).copied().collect();
+        let chi2 = chi_square(&healthy);
+        assert!(chi2 < 21.11, "chi-square {chi2} over {healthy:?}");
+    }
 }

@@ -415,4 +415,35 @@ mod tests {
         // Every slot's sequence is an exact rotation, so the sum is exact.
         assert_eq!(total, [4000; 4]);
     }
+
+    #[test]
+    fn set_rotation_over_candidates_across_generations_and_forget() {
+        use crate::testing::{instance, writer};
+        use Health::{Healthy as H, Unhealthy as D};
+        let mut w = writer("rr", &[H, H, D, H]);
+        let rr = RoundRobin::new();
+        let ctx = SelectContext::default();
+        let set = Arc::clone(w.current());
+        rr.prepare(&set);
+        let picks = ids((0..4).map(|_| rr.select_set(&set, &ctx)));
+        assert_eq!(picks, ["rr-0", "rr-1", "rr-3", "rr-0"]);
+        // A new generation: the rotation goes on over the new candidates.
+        w.upsert(instance("rr", "rr-2", H, 100));
+        let set = Arc::clone(w.current());
+        rr.prepare(&set);
+        let picks = ids((0..4).map(|_| rr.select_set(&set, &ctx)));
+        assert_eq!(picks, ["rr-0", "rr-1", "rr-2", "rr-3"]);
+        // Avoided instances are stepped over, and the next pick starts after the one taken.
+        let avoid = vec!["rr-0".to_string(), "rr-1".to_string()];
+        let avoiding = SelectContext {
+            hash_key: None,
+            avoid: &avoid,
+        };
+        assert_eq!(rr.select_set(&set, &avoiding).unwrap().id, "rr-2");
+        assert_eq!(rr.select_set(&set, &ctx).unwrap().id, "rr-3");
+        // Forgetting the service drops its position.
+        rr.forget("rr");
+        assert_eq!(rr.sets.len(), 0);
+        assert_eq!(rr.select_set(&set, &ctx).unwrap().id, "rr-0");
+    }
 }

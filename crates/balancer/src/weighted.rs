@@ -317,4 +317,69 @@ mod tests {
         };
         assert_ne!(WeightedRandom::new().select(&s, &ctx).unwrap().id, "w-2");
     }
+
+    #[test]
+    fn set_shares_match_weights_and_zero_is_never_picked() {
+        use crate::testing::instance;
+        use waypost_core_types::Health::{Healthy as H, Unknown as U};
+        let set = InstanceSet::new(
+            "w",
+            [100, 200, 300, 400, 0]
+                .iter()
+                .enumerate()
+                .map(|(i, w)| instance("w", &format!("w-{i}"), H, *w)),
+        );
+        let lb = WeightedRandom::new();
+        lb.prepare(&set);
+        let mut counts = [0usize; 5];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[index(lb.select_set(&set, &SelectContext::default()).unwrap())] += 1;
+        }
+        assert_eq!(counts[4], 0);
+        for (i, want) in [0.1, 0.2, 0.3, 0.4].iter().enumerate() {
+            let got = counts[i] as f64 / n as f64;
+            assert!((got - want).abs() <= 0.02, "{i}: {got} vs {want} ({counts:?})");
+        }
+        // Healthy instances that all weigh 0: the unknown ones are used, as on a slice.
+        let set = InstanceSet::new(
+            "z",
+            [instance("z", "z-0", H, 0), instance("z", "z-1", U, 10)],
+        );
+        assert_eq!(lb.select_set(&set, &SelectContext::default()).unwrap().id, "z-1");
+        assert_eq!(
+            WeightedRandom::new()
+                .select(&set.to_vec(), &SelectContext::default())
+                .unwrap()
+                .id,
+            "z-1"
+        );
+    }
+
+    #[test]
+    fn alias_table_is_exact() {
+        // Summing each entry's share over the table gives back the weights exactly.
+        let weights = [3u64, 1, 7, 2, 11, 5];
+        let set = InstanceSet::new(
+            "a",
+            weights.iter().enumerate().map(|(i, w)| {
+                crate::testing::instance("a", &format!("a-{i}"), Health::Healthy, *w as u32)
+            }),
+        );
+        let alias = Alias::new(&set);
+        let m = alias.positions.len() as u128;
+        let mut share = vec![0u128; weights.len()];
+        for i in 0..alias.positions.len() {
+            let keep = u128::from(alias.keep[i]);
+            share[alias.positions[i] as usize] += keep;
+            share[alias.positions[alias.alias[i] as usize] as usize] +=
+                u128::from(alias.total) - keep;
+        }
+        let total: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+        for (i, w) in weights.iter().enumerate() {
+            // Entry i's probability is share / (m × total) = w / total.
+            assert_eq!(share[i], u128::from(*w) * m, "{i}");
+        }
+        assert_eq!(u128::from(alias.total), total);
+    }
 }
