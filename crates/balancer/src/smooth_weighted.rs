@@ -422,4 +422,121 @@ mod tests {
         };
         assert!(b.select(&s, &ctx).unwrap().is_healthy());
     }
+
+    /// The positions a schedule gives over `picks` picks.
+    fn run(schedule: &Schedule, picks: usize) -> Vec<usize> {
+        let counter = Striped::default();
+        (0..picks)
+            .map(|_| {
+                schedule
+                    .next(&counter, &SelectContext::default(), |_| None)
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Smoothness: over every stretch of picks from the start, each candidate's count stays
+    /// within one of its weight share (|count - picks × w / W| < 1); over any window anywhere
+    /// (the difference of two such stretches) within two; over a period, exact.
+    fn assert_smooth(weights: &[u64], seq: &[usize]) {
+        let total: u64 = weights.iter().sum();
+        let mut counts = vec![0u64; weights.len()];
+        let mut worst = 0f64;
+        for (t, p) in seq.iter().enumerate() {
+            counts[*p] += 1;
+            for (i, w) in weights.iter().enumerate() {
+                let share = (t + 1) as f64 * *w as f64 / total as f64;
+                let err = (counts[i] as f64 - share).abs();
+                worst = worst.max(err);
+                assert!(err < 1.0, "candidate {i} at pick {t}: {} vs {share}", counts[i]);
+            }
+        }
+        if seq.len() as u64 % total == 0 {
+            let rounds = seq.len() as u64 / total;
+            let want: Vec<u64> = weights.iter().map(|w| w * rounds).collect();
+            assert_eq!(counts, want);
+        }
+        assert!(worst < 1.0);
+    }
+
+    #[test]
+    fn nginx_and_deadline_schedules_are_smooth() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..20 {
+            let k = rng.random_range(2..40);
+            let weights: Vec<u64> = (0..k).map(|_| rng.random_range(1..20)).collect();
+            let candidates: Vec<(u32, u64)> =
+                weights.iter().enumerate().map(|(i, w)| (i as u32, *w)).collect();
+            let period: u64 = weights.iter().sum::<u64>() / weights.iter().fold(0, |g, w| gcd(g, *w));
+            let reduced: Vec<u64> = {
+                let g = weights.iter().fold(0, |g, w| gcd(g, *w));
+                weights.iter().map(|w| w / g).collect()
+            };
+            // nginx's own order (small: precomputed exactly).
+            let nginx_seq: Vec<usize> = nginx(&candidates, period)
+                .iter()
+                .map(|p| *p as usize)
+                .collect();
+            assert_smooth(&reduced, &nginx_seq);
+            assert_eq!(run(&Schedule::build(&candidates), period as usize), nginx_seq);
+            // The deadline order used for large sets.
+            let mut h = heap(&candidates);
+            let edf: Vec<usize> = (0..2 * period)
+                .map(|_| next_turn(&mut h).unwrap() as usize)
+                .collect();
+            assert_smooth(&reduced, &edf);
+        }
+    }
+
+    #[test]
+    fn large_sets_use_the_deadline_schedule_and_long_periods_run_live() {
+        // 10,000 candidates of weights 1..=4: period 25,000, too much work for nginx's O(n)
+        // steps, so the deadline schedule is precomputed.
+        let candidates: Vec<(u32, u64)> = (0..10_000u32).map(|i| (i, u64::from(i % 4 + 1))).collect();
+        let schedule = Schedule::build(&candidates);
+        assert!(matches!(schedule, Schedule::Fixed(ref s) if s.len() == 25_000));
+        let weights: Vec<u64> = candidates.iter().map(|c| c.1).collect();
+        assert_smooth(&weights, &run(&schedule, 25_000));
+        // A period longer than 2^20 picks: the scheduler runs live, just as smooth.
+        let candidates = [(0, 1_000_003), (1, 999_983), (2, 1_000_033)];
+        let schedule = Schedule::build(&candidates);
+        assert!(matches!(schedule, Schedule::Live(_)));
+        let weights: Vec<u64> = candidates.iter().map(|c| c.1).collect();
+        assert_smooth(&weights, &run(&schedule, 30_000));
+        // Live, avoided instances are stepped over.
+        let avoid = vec!["l-0".to_string()];
+        let ctx = SelectContext {
+            hash_key: None,
+            avoid: &avoid,
+        };
+        let ids: Vec<Arc<ServiceInfo>> = (0..3)
+            .map(|i| Arc::new(ServiceInfo::new(format!("l-{i}"), "l", "h", 1)))
+            .collect();
+        let counter = Striped::default();
+        for _ in 0..100 {
+            let p = schedule.next(&counter, &ctx, |i| ids.get(i).map(|s| &**s)).unwrap();
+            assert_ne!(p, 0);
+        }
+    }
+
+    #[test]
+    fn set_path_keeps_nginx_order_and_exact_shares() {
+        let b = SmoothWeightedRoundRobin::new();
+        let set = InstanceSet::new("n", weighted("n", &[5, 1, 1]));
+        b.prepare(&set);
+        let picks = ids((0..7).map(|_| b.select_set(&set, &SelectContext::default())));
+        assert_eq!(picks, ["n-0", "n-0", "n-1", "n-0", "n-2", "n-0", "n-0"]);
+        // 1,000 instances of weights 1..=4 through a set, unprepared: exact shares per period.
+        let w: Vec<u32> = (0..1000).map(|i| i % 4 + 1).collect();
+        let set = InstanceSet::new("m", weighted("m", &w));
+        let mut counts = vec![0u32; 1000];
+        for _ in 0..2500 {
+            counts[index(b.select_set(&set, &SelectContext::default()).unwrap())] += 1;
+        }
+        // Counted by the number in each id, like the weights.
+        assert_eq!(counts, w);
+        b.forget("m");
+        assert!(b.sets.latest("m").is_none());
+    }
 }
