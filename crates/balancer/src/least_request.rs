@@ -306,4 +306,62 @@ mod tests {
             assert_eq!(lb.select(&s, &SelectContext::default()).unwrap().id, "n-1");
         }
     }
+
+    /// Starts a call on the instance at position `i` of a prepared set.
+    fn begin_at(lb: &LeastRequest, set: &InstanceSet, i: usize) -> CallGuard {
+        lb.shared.sets.with(set, |t| t.slots[i].begin()).expect("prepared")
+    }
+
+    #[test]
+    fn set_counts_carry_over_by_id_and_leave_with_their_instance() {
+        use crate::testing::writer;
+        use waypost_core_types::Health::Healthy as H;
+        let mut w = writer("s", &[H; 4]);
+        let lb = LeastRequest::new();
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        let busy = begin_at(&lb, &set, 0);
+        let _busy2 = begin_at(&lb, &set, 0);
+        let gone = begin_at(&lb, &set, 1);
+        assert_eq!(lb.in_flight("s-0"), 2);
+        for _ in 0..500 {
+            let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
+            assert_ne!(p.id, "s-0");
+            drop(g);
+        }
+        // s-1 leaves (s-3 moves into its position): s-0 keeps its count, s-1's is dropped.
+        w.remove("s-1");
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        assert_eq!(lb.in_flight("s-0"), 2);
+        assert_eq!(lb.in_flight("s-1"), 0);
+        assert!(lb.shared.sets.latest("s").unwrap().find("s-1").is_none());
+        for _ in 0..500 {
+            let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
+            assert_ne!(p.id, "s-0");
+            g.finish(Outcome::Success);
+        }
+        // The guard of an instance that left still ends quietly.
+        gone.finish(Outcome::Failure);
+        busy.finish(Outcome::Success);
+        assert_eq!(lb.in_flight("s-0"), 1);
+        lb.forget("s");
+        assert_eq!(lb.shared.sets.len(), 0);
+        assert_eq!(lb.in_flight("s-0"), 0);
+    }
+
+    #[test]
+    fn slice_path_has_no_cliff_and_keeps_busy_counts() {
+        // Far more ids than the old 1,024 limit: a busy instance keeps its count.
+        let lb = LeastRequest::new();
+        let s = set("big", &[true; 5000]);
+        let busy = lb.begin(&s[7]);
+        for inst in &s {
+            lb.begin(inst).finish(Outcome::Success);
+        }
+        assert_eq!(lb.in_flight("big-7"), 1);
+        assert!(lb.shared.in_flight.len() < 5000, "idle ids are dropped");
+        busy.finish(Outcome::Success);
+        assert_eq!(lb.in_flight("big-7"), 0);
+    }
 }

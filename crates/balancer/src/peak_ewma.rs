@@ -609,4 +609,93 @@ mod tests {
         let s = set("n", &[true, false]);
         assert_eq!(lb.select(&s, &SelectContext::default()).unwrap().id, "n-0");
     }
+
+    /// Starts a call on the instance at position `i` of a prepared set.
+    fn begin_at(lb: &PeakEwma, set: &InstanceSet, i: usize) -> CallGuard {
+        lb.shared.sets.with(set, |t| t.slots[i].begin()).expect("prepared")
+    }
+
+    /// At 10,000 instances (past the old 1,024-id pruning that reset a failed instance's 1 s
+    /// estimate to 24 ms at 2,000), a failure's penalty is kept on the set path, through calls
+    /// to every other instance and a change of the set, and on the slice path.
+    #[tokio::test(start_paused = true)]
+    async fn failure_penalty_is_kept_at_ten_thousand_instances() {
+        use crate::testing::instance;
+        use waypost_core_types::Health::Healthy as H;
+        let mut w = waypost_core_types::InstanceSetWriter::new("big");
+        w.replace((0..10_000).map(|i| instance("big", &format!("big-{i}"), H, 100)));
+        let lb = PeakEwma::new();
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        let failed = set.position("big-42").unwrap();
+        begin_at(&lb, &set, failed).finish_with_latency(Outcome::Failure, Duration::from_millis(3));
+        for i in (0..set.len()).filter(|i| *i != failed) {
+            begin_at(&lb, &set, i).finish_with_latency(Outcome::Success, Duration::from_millis(10));
+        }
+        w.remove("big-7");
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        assert_eq!(lb.estimate("big-42"), Some(Duration::from_secs(1)));
+        for _ in 0..20_000 {
+            let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
+            assert_ne!(p.id, "big-42");
+            g.finish_with_latency(Outcome::Success, Duration::from_millis(10));
+        }
+        // The slice path: 10,000 ids, one of them failed first.
+        let lb = PeakEwma::new();
+        let all = set.to_vec();
+        lb.begin(&all[0]).finish_with_latency(Outcome::Failure, Duration::from_millis(3));
+        for s in &all[1..] {
+            lb.begin(s).finish_with_latency(Outcome::Success, Duration::from_millis(10));
+        }
+        assert_eq!(lb.estimate(&all[0].id), Some(Duration::from_secs(1)));
+    }
+
+    /// One failure keeps traffic away for a few seconds, not a minute: with the defaults
+    /// (1 s penalty fading with a 1 s time constant) next to 10 ms instances, the failed
+    /// instance gets nothing for 4 s and traffic again by 5 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_instance_gets_traffic_within_seconds() {
+        let s = InstanceSet::new("r", set("r", &[true; 3]));
+        let lb = PeakEwma::new();
+        lb.prepare(&s);
+        // All three answer in 10 ms, then r-0 fails once (in 10 ms too).
+        for i in 0..3 {
+            for _ in 0..10 {
+                begin_at(&lb, &s, i).finish_with_latency(Outcome::Success, Duration::from_millis(10));
+            }
+        }
+        let failed = s.position("r-0").unwrap();
+        begin_at(&lb, &s, failed).finish_with_latency(Outcome::Failure, Duration::from_millis(10));
+        let mut first_back = None;
+        for step in 0..100 {
+            // 100 ms of paused time per step, 20 calls of 10 ms each.
+            let mut to_failed = 0;
+            for _ in 0..20 {
+                let (p, g) = lb.pick(&s, &SelectContext::default()).unwrap();
+                to_failed += usize::from(p.id == "r-0");
+                g.finish_with_latency(Outcome::Success, Duration::from_millis(10));
+            }
+            if to_failed > 0 && first_back.is_none() {
+                first_back = Some(step);
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let back = Duration::from_millis(100 * first_back.expect("tried again") as u64);
+        assert!(
+            (Duration::from_secs(4)..=Duration::from_secs(5)).contains(&back),
+            "back after {back:?}"
+        );
+        // A longer penalty_decay keeps it away longer, as documented.
+        let lb = PeakEwma::builder()
+            .penalty_decay(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        lb.prepare(&s);
+        begin_at(&lb, &s, failed).finish_with_latency(Outcome::Failure, Duration::from_millis(10));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(lb.estimate("r-0").unwrap() > Duration::from_millis(100));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(lb.estimate("r-0").unwrap() < Duration::from_millis(10));
+    }
 }
