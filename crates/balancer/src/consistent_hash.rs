@@ -478,4 +478,110 @@ mod tests {
         }
         assert!(seen.iter().all(|x| *x), "no key: random over all");
     }
+
+    fn owners(lb: &ConsistentHash, set: &InstanceSet, keys: &[String]) -> Vec<String> {
+        keys.iter()
+            .map(|k| {
+                lb.select_set(set, &SelectContext::with_hash_key(k.as_bytes()))
+                    .unwrap()
+                    .id
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// 10,000 keys over 1,000 instances, changed through a writer and prepared incrementally:
+    /// removing one instance moves only its keys; adding one moves only the keys it now owns.
+    #[test]
+    fn set_changes_move_only_the_changed_instances_keys() {
+        let mut w = waypost_core_types::InstanceSetWriter::new("k");
+        w.replace(set("k", &[true; 1000]));
+        let lb = ConsistentHash::new();
+        lb.prepare(w.current());
+        let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
+        let before = owners(&lb, w.current(), &keys);
+        // The same mapping as the slice path's ring.
+        let slice = w.current().to_vec();
+        assert_eq!(before, keys.iter().map(|k| owner(&lb, &slice, k)).collect::<Vec<_>>());
+        w.remove("k-500");
+        lb.prepare(w.current());
+        let after = owners(&lb, w.current(), &keys);
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b == "k-500" {
+                moved += 1;
+                assert_ne!(a, "k-500");
+            } else {
+                assert_eq!(a, b, "a key of another instance moved");
+            }
+        }
+        assert!(moved > 0);
+        w.upsert(set("new", &[true]).remove(0));
+        lb.prepare(w.current());
+        let added = owners(&lb, w.current(), &keys);
+        let mut taken = 0;
+        for (b, a) in after.iter().zip(&added) {
+            if a != b {
+                assert_eq!(a, "new-0", "a key moved to an instance that did not change");
+                taken += 1;
+            }
+        }
+        assert!(taken > 0 && taken < 100, "{taken} keys taken");
+        // A health change is a change of the ring too: the keys come back on recovery.
+        let down = Arc::new((**w.get("k-3").unwrap()).clone().with_health(Health::Unhealthy));
+        let up = Arc::clone(w.get("k-3").unwrap());
+        w.upsert(down);
+        lb.prepare(w.current());
+        assert!(owners(&lb, w.current(), &keys).iter().all(|o| o != "k-3"));
+        w.upsert(up);
+        lb.prepare(w.current());
+        assert_eq!(owners(&lb, w.current(), &keys), added);
+    }
+
+    /// A pick on a large set nobody prepared uses the latest ring, mapped by id, and builds
+    /// nothing; a small one is prepared on the spot; `forget` drops the ring.
+    #[test]
+    fn unprepared_sets_use_the_latest_ring_or_build_when_small() {
+        let mut w = waypost_core_types::InstanceSetWriter::new("u");
+        w.replace(set("u", &[true; 200]));
+        let lb = ConsistentHash::new();
+        let first = Arc::clone(w.current());
+        lb.prepare(&first);
+        let keys: Vec<String> = (0..2000).map(|k| format!("user-{k}")).collect();
+        let before = owners(&lb, &first, &keys);
+        // "u-50" leaves; the set's last instance moves into its position.
+        let last = first.get(first.len() - 1).unwrap().id.clone();
+        w.remove("u-50");
+        let second = Arc::clone(w.current());
+        let during = owners(&lb, &second, &keys);
+        assert_eq!(
+            lb.sets.latest("u").unwrap().generation(),
+            first.generation(),
+            "nothing was built on the request path"
+        );
+        for (b, d) in before.iter().zip(&during) {
+            assert_ne!(d, "u-50");
+            if *b != "u-50" && *b != last {
+                assert_eq!(d, b);
+            }
+        }
+        lb.prepare(&second);
+        let prepared = owners(&lb, &second, &keys);
+        for (b, p) in before.iter().zip(&prepared) {
+            if *b != "u-50" {
+                assert_eq!(p, b);
+            }
+        }
+        // Small sets (at most SYNC_BUILD_MAX instances) are prepared by the pick.
+        let small = InstanceSet::new("small", set("small", &[true; 8]));
+        let ctx = SelectContext::with_hash_key(b"user-1");
+        assert!(lb.select_set(&small, &ctx).is_some());
+        assert_eq!(
+            lb.sets.latest("small").unwrap().generation(),
+            small.generation()
+        );
+        lb.forget("small");
+        assert!(lb.sets.latest("small").is_none());
+        assert!(lb.sets.latest("u").is_some());
+    }
 }
