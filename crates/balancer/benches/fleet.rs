@@ -9,17 +9,19 @@
 //! - `prepare_one_change/<balancer>/<n>`: one instance leaves or comes back (the writer's change,
 //!   a few microseconds, is included), then `prepare(&new_set)`: the work a change costs off the
 //!   request path;
-//! - `first_pick_after_change/<balancer>/<n>`: the first pick on a set changed by one instance
-//!   and prepared (set-up untimed): a pick never waits for a build;
-//! - `unprepared_pick_after_change/consistent_hash/<n>`: the same when nobody prepared the new
-//!   set: the latest ring is used, mapped to the set by id.
+//! - `first_pick_after_change/<balancer>/<n>`: the first pick (and finish) on a set changed by
+//!   one instance and prepared (the change and `prepare` untimed; 64 changes per sample, the
+//!   sum scaled to criterion's iteration count): a pick never waits for a build;
+//! - `first_pick_after_change/unprepared/consistent_hash/<n>`: the first pick when nobody
+//!   prepared the new set: the latest ring is used, mapped to the set by id (sets of at most
+//!   64 instances are prepared by that pick).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use waypost_balancer::{
     ConsistentHash, LeastRequest, PeakEwma, Random, RoundRobin, SmoothWeightedRoundRobin,
     WeightedRandom,
@@ -147,32 +149,55 @@ fn prepare_one_change(c: &mut Criterion) {
     g.finish();
 }
 
+/// Changes made per sample of the `first_pick_after_change` group: each change needs a
+/// `prepare` (milliseconds for a large ring) before the timed pick, so a sample times this many
+/// picks and scales the sum to the iteration count criterion asked for.
+const CHANGES_PER_SAMPLE: u64 = 64;
+
+/// Times `pick` on `CHANGES_PER_SAMPLE` fresh sets made by `change` (untimed), scaled to `iters`.
+fn timed_after_changes(
+    iters: u64,
+    mut change: impl FnMut() -> Arc<InstanceSet>,
+    mut pick: impl FnMut(&InstanceSet),
+) -> Duration {
+    let n = iters.clamp(1, CHANGES_PER_SAMPLE);
+    let mut total = Duration::ZERO;
+    for _ in 0..n {
+        let set = change();
+        let start = Instant::now();
+        pick(&set);
+        total += start.elapsed();
+    }
+    total.mul_f64(iters as f64 / n as f64)
+}
+
 fn first_pick_after_change(c: &mut Criterion) {
     let mut g = c.benchmark_group("first_pick_after_change");
-    g.sample_size(20);
-    g.measurement_time(Duration::from_secs(2));
-    g.warm_up_time(Duration::from_millis(500));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(1));
+    g.warm_up_time(Duration::from_millis(200));
     let ctx = SelectContext::with_hash_key(b"user-1");
     for n in SIZES {
         for lb in balancers() {
             let (mut w, moving) = writer(n);
             lb.prepare(w.current());
             g.bench_function(BenchmarkId::new(lb.name(), n), |b| {
-                b.iter_batched(
-                    || {
-                        let set = toggle(&mut w, &moving);
-                        lb.prepare(&set);
-                        set
-                    },
-                    |set| {
-                        if let Some((s, guard)) = lb.pick(&set, &ctx) {
-                            black_box(s);
-                            guard.finish(Outcome::Success);
-                        }
-                        set
-                    },
-                    BatchSize::PerIteration,
-                )
+                b.iter_custom(|iters| {
+                    timed_after_changes(
+                        iters,
+                        || {
+                            let set = toggle(&mut w, &moving);
+                            lb.prepare(&set);
+                            set
+                        },
+                        |set| {
+                            if let Some((s, guard)) = lb.pick(set, &ctx) {
+                                black_box(s);
+                                guard.finish(Outcome::Success);
+                            }
+                        },
+                    )
+                })
             });
         }
     }
@@ -180,19 +205,17 @@ fn first_pick_after_change(c: &mut Criterion) {
         let lb = ConsistentHash::new();
         let (mut w, moving) = writer(n);
         lb.prepare(w.current());
-        g.bench_function(
-            BenchmarkId::new("unprepared/consistent_hash", n),
-            |b| {
-                b.iter_batched(
+        g.bench_function(BenchmarkId::new("unprepared/consistent_hash", n), |b| {
+            b.iter_custom(|iters| {
+                timed_after_changes(
+                    iters,
                     || toggle(&mut w, &moving),
                     |set| {
-                        black_box(lb.select_set(&set, &ctx));
-                        set
+                        black_box(lb.select_set(set, &ctx));
                     },
-                    BatchSize::PerIteration,
                 )
-            },
-        );
+            })
+        });
     }
     g.finish();
 }

@@ -502,7 +502,12 @@ mod tests {
         let before = owners(&lb, w.current(), &keys);
         // The same mapping as the slice path's ring.
         let slice = w.current().to_vec();
-        assert_eq!(before, keys.iter().map(|k| owner(&lb, &slice, k)).collect::<Vec<_>>());
+        assert_eq!(
+            before,
+            keys.iter()
+                .map(|k| owner(&lb, &slice, k))
+                .collect::<Vec<_>>()
+        );
         w.remove("k-500");
         lb.prepare(w.current());
         let after = owners(&lb, w.current(), &keys);
@@ -528,7 +533,11 @@ mod tests {
         }
         assert!(taken > 0 && taken < 100, "{taken} keys taken");
         // A health change is a change of the ring too: the keys come back on recovery.
-        let down = Arc::new((**w.get("k-3").unwrap()).clone().with_health(Health::Unhealthy));
+        let down = Arc::new(
+            (**w.get("k-3").unwrap())
+                .clone()
+                .with_health(Health::Unhealthy),
+        );
         let up = Arc::clone(w.get("k-3").unwrap());
         w.upsert(down);
         lb.prepare(w.current());

@@ -69,7 +69,10 @@ impl Load {
     #[inline]
     fn begin(self: &Arc<Self>) -> CallGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        CallGuard::new(Arc::clone(self) as Arc<dyn CallObserver>, Arc::clone(&self.id))
+        CallGuard::new(
+            Arc::clone(self) as Arc<dyn CallObserver>,
+            Arc::clone(&self.id),
+        )
     }
 }
 
@@ -168,7 +171,11 @@ impl LeastRequest {
         ctx: &SelectContext<'_>,
     ) -> Option<(usize, CallGuard)> {
         self.prepare_set(set);
-        if let Some(r) = self.shared.sets.with(set, |t| Self::choose_and_begin(t, set, ctx)) {
+        if let Some(r) = self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
             return r;
         }
         let latest = self.shared.sets.latest(set.service());
@@ -267,7 +274,12 @@ mod tests {
         drop(g2);
         assert_eq!(lb.in_flight("g-0"), 0);
         // A stray report never underflows.
-        CallObserver::on_finish(&*lb.shared.slot("g-0"), "g-0", Outcome::Success, Duration::ZERO);
+        CallObserver::on_finish(
+            &*lb.shared.slot("g-0"),
+            "g-0",
+            Outcome::Success,
+            Duration::ZERO,
+        );
         assert_eq!(lb.in_flight("g-0"), 0);
     }
 
@@ -309,7 +321,10 @@ mod tests {
 
     /// Starts a call on the instance at position `i` of a prepared set.
     fn begin_at(lb: &LeastRequest, set: &InstanceSet, i: usize) -> CallGuard {
-        lb.shared.sets.with(set, |t| t.slots[i].begin()).expect("prepared")
+        lb.shared
+            .sets
+            .with(set, |t| t.slots[i].begin())
+            .expect("prepared")
     }
 
     #[test]

@@ -298,7 +298,11 @@ mod tests {
         let w = testing::writer("a", &[H, H, D, H, U]);
         let set = Arc::clone(w.current());
         let slice = set.to_vec();
-        for n in ["round_robin", "smooth_weighted_round_robin", "consistent_hash"] {
+        for n in [
+            "round_robin",
+            "smooth_weighted_round_robin",
+            "consistent_hash",
+        ] {
             let (on_set, on_slice) = (by_name(n).unwrap(), by_name(n).unwrap());
             on_set.prepare(&set);
             for k in 0..50 {

@@ -252,7 +252,10 @@ impl Estimate {
             return other.cost(now) < self.cost(now);
         }
         let decay = self.opts.decay;
-        let (at_a, at_b) = (self.at.load(Ordering::Relaxed), other.at.load(Ordering::Relaxed));
+        let (at_a, at_b) = (
+            self.at.load(Ordering::Relaxed),
+            other.at.load(Ordering::Relaxed),
+        );
         let t = at_a.max(at_b);
         let cost = |e: &Estimate, at: u64| {
             decayed(f64::from_bits(e.rtt.load(Ordering::Relaxed)), t - at, decay)
@@ -269,7 +272,10 @@ impl Estimate {
     #[inline]
     fn begin(self: &Arc<Self>) -> CallGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        CallGuard::new(Arc::clone(self) as Arc<dyn CallObserver>, Arc::clone(&self.id))
+        CallGuard::new(
+            Arc::clone(self) as Arc<dyn CallObserver>,
+            Arc::clone(&self.id),
+        )
     }
 
     /// Whether the slice path may drop it: no call in flight and idle for five time constants.
@@ -394,7 +400,11 @@ impl PeakEwma {
         ctx: &SelectContext<'_>,
     ) -> Option<(usize, CallGuard)> {
         prepare_tracked(&self.shared.sets, set, self.make());
-        if let Some(r) = self.shared.sets.with(set, |t| Self::choose_and_begin(t, set, ctx)) {
+        if let Some(r) = self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
             return r;
         }
         let latest = self.shared.sets.latest(set.service());
@@ -612,7 +622,10 @@ mod tests {
 
     /// Starts a call on the instance at position `i` of a prepared set.
     fn begin_at(lb: &PeakEwma, set: &InstanceSet, i: usize) -> CallGuard {
-        lb.shared.sets.with(set, |t| t.slots[i].begin()).expect("prepared")
+        lb.shared
+            .sets
+            .with(set, |t| t.slots[i].begin())
+            .expect("prepared")
     }
 
     /// At 10,000 instances (past the old 1,024-id pruning that reset a failed instance's 1 s
@@ -644,9 +657,11 @@ mod tests {
         // The slice path: 10,000 ids, one of them failed first.
         let lb = PeakEwma::new();
         let all = set.to_vec();
-        lb.begin(&all[0]).finish_with_latency(Outcome::Failure, Duration::from_millis(3));
+        lb.begin(&all[0])
+            .finish_with_latency(Outcome::Failure, Duration::from_millis(3));
         for s in &all[1..] {
-            lb.begin(s).finish_with_latency(Outcome::Success, Duration::from_millis(10));
+            lb.begin(s)
+                .finish_with_latency(Outcome::Success, Duration::from_millis(10));
         }
         assert_eq!(lb.estimate(&all[0].id), Some(Duration::from_secs(1)));
     }
@@ -662,7 +677,8 @@ mod tests {
         // All three answer in 10 ms, then r-0 fails once (in 10 ms too).
         for i in 0..3 {
             for _ in 0..10 {
-                begin_at(&lb, &s, i).finish_with_latency(Outcome::Success, Duration::from_millis(10));
+                begin_at(&lb, &s, i)
+                    .finish_with_latency(Outcome::Success, Duration::from_millis(10));
             }
         }
         let failed = s.position("r-0").unwrap();

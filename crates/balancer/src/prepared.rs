@@ -76,9 +76,10 @@ impl<T: Generational> PerService<T> {
         let mut f = Some(f);
         let hit = HELD.with(|held| {
             let held = held.try_borrow().ok()?;
-            let (_, _, _, value) = held.iter().flatten().find(|(owner, e, g, _)| {
-                *g == generation && *owner == self.owner && *e == epoch
-            })?;
+            let (_, _, _, value) = held
+                .iter()
+                .flatten()
+                .find(|(owner, e, g, _)| *g == generation && *owner == self.owner && *e == epoch)?;
             let value = value.downcast_ref::<T>()?;
             f.take().map(|f| f(value))
         });
@@ -90,7 +91,12 @@ impl<T: Generational> PerService<T> {
 
     #[cold]
     #[inline(never)]
-    fn with_shared<R>(&self, set: &InstanceSet, epoch: usize, f: impl FnOnce(&T) -> R) -> Option<R> {
+    fn with_shared<R>(
+        &self,
+        set: &InstanceSet,
+        epoch: usize,
+        f: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
         let latest = self.latest(set.service())?;
         if latest.generation() != set.generation() {
             return None;
@@ -123,15 +129,15 @@ impl<T: Generational> PerService<T> {
 
     /// The latest state prepared for `service`.
     pub(crate) fn latest(&self, service: &str) -> Option<Arc<T>> {
-        self.services.with(service, |slot| slot.load_full()).flatten()
+        self.services
+            .with(service, |slot| slot.load_full())
+            .flatten()
     }
 
     /// Makes `value` the state of `service`, unless a newer generation is already there.
     pub(crate) fn store(&self, service: &str, value: Arc<T>) {
         let _w = self.write.lock();
-        let slot = self
-            .services
-            .get_or_insert(service, ArcSwapOption::empty);
+        let slot = self.services.get_or_insert(service, ArcSwapOption::empty);
         if slot
             .load()
             .as_ref()

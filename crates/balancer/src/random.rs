@@ -170,7 +170,9 @@ mod tests {
 
     #[test]
     fn none_and_avoid() {
-        assert!(Random::new().select(&[], &SelectContext::default()).is_none());
+        assert!(Random::new()
+            .select(&[], &SelectContext::default())
+            .is_none());
         assert!(Random::new()
             .select(&set("r", &[false; 3]), &SelectContext::default())
             .is_none());
@@ -202,7 +204,10 @@ mod tests {
         for _ in 0..10_000 {
             counts[index(lb.select_set(set, &SelectContext::default()).unwrap())] += 1;
         }
-        assert!(counts.iter().skip(1).step_by(2).all(|c| *c == 0), "{counts:?}");
+        assert!(
+            counts.iter().skip(1).step_by(2).all(|c| *c == 0),
+            "{counts:?}"
+        );
         let healthy: Vec<usize> = counts.iter().step_by(2).copied().collect();
         let chi2 = chi_square(&healthy);
         assert!(chi2 < 21.11, "chi-square {chi2} over {healthy:?}");

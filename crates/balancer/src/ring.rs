@@ -65,7 +65,10 @@ struct Points {
 impl Points {
     fn build(mut all: Vec<Point>) -> Self {
         all.sort_unstable();
-        let chunks: Vec<(u64, Chunk)> = all.chunks(CHUNK).map(|c| (c[0].hash, Arc::from(c))).collect();
+        let chunks: Vec<(u64, Chunk)> = all
+            .chunks(CHUNK)
+            .map(|c| (c[0].hash, Arc::from(c)))
+            .collect();
         Self::of(chunks, all.len())
     }
 
@@ -175,7 +178,11 @@ impl Points {
                 }
                 k += 1;
             }
-            let pieces = if chunk.len() > 2 * CHUNK { CHUNK } else { chunk.len().max(1) };
+            let pieces = if chunk.len() > 2 * CHUNK {
+                CHUNK
+            } else {
+                chunk.len().max(1)
+            };
             out.extend(chunk.chunks(pieces).map(|p| (p[0].hash, Arc::from(p))));
             next = c + 1;
         }
@@ -215,7 +222,10 @@ impl SetRing {
         for (i, s) in set.iter().enumerate() {
             if on_ring(s) {
                 pos_slot[i] = i as u32;
-                all.extend(point_hashes(&s.id, replicas).map(|hash| Point { hash, slot: i as u32 }));
+                all.extend(point_hashes(&s.id, replicas).map(|hash| Point {
+                    hash,
+                    slot: i as u32,
+                }));
             }
         }
         let slot_pos = pos_slot.clone();
@@ -364,7 +374,12 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let mut w = waypost_core_types::InstanceSetWriter::new("r");
-        let healths = [Health::Healthy, Health::Healthy, Health::Healthy, Health::Unknown];
+        let healths = [
+            Health::Healthy,
+            Health::Healthy,
+            Health::Healthy,
+            Health::Unknown,
+        ];
         for i in 0..200 {
             w.upsert(Arc::new(
                 ServiceInfo::new(format!("i{i}"), "r", "h", 1).with_health(Health::Healthy),

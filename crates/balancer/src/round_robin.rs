@@ -100,7 +100,12 @@ impl Prepared {
     /// The first candidate after the `n`-th that is not avoided: among `avoid.len() + 1`
     /// consecutive candidates one is not avoided, if any is.
     #[cold]
-    fn next_not_avoided(&self, set: &InstanceSet, ctx: &SelectContext<'_>, n: usize) -> Option<usize> {
+    fn next_not_avoided(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+        n: usize,
+    ) -> Option<usize> {
         let k = self.candidates.len();
         (1..k.min(ctx.avoid.len() + 1)).find_map(|step| {
             let i = self.candidates.at((n + step) % k);

@@ -448,7 +448,11 @@ mod tests {
                 let share = (t + 1) as f64 * *w as f64 / total as f64;
                 let err = (counts[i] as f64 - share).abs();
                 worst = worst.max(err);
-                assert!(err < 1.0, "candidate {i} at pick {t}: {} vs {share}", counts[i]);
+                assert!(
+                    err < 1.0,
+                    "candidate {i} at pick {t}: {} vs {share}",
+                    counts[i]
+                );
             }
         }
         if seq.len() as u64 % total == 0 {
@@ -466,9 +470,13 @@ mod tests {
         for _ in 0..20 {
             let k = rng.random_range(2..40);
             let weights: Vec<u64> = (0..k).map(|_| rng.random_range(1..20)).collect();
-            let candidates: Vec<(u32, u64)> =
-                weights.iter().enumerate().map(|(i, w)| (i as u32, *w)).collect();
-            let period: u64 = weights.iter().sum::<u64>() / weights.iter().fold(0, |g, w| gcd(g, *w));
+            let candidates: Vec<(u32, u64)> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (i as u32, *w))
+                .collect();
+            let period: u64 =
+                weights.iter().sum::<u64>() / weights.iter().fold(0, |g, w| gcd(g, *w));
             let reduced: Vec<u64> = {
                 let g = weights.iter().fold(0, |g, w| gcd(g, *w));
                 weights.iter().map(|w| w / g).collect()
@@ -479,7 +487,10 @@ mod tests {
                 .map(|p| *p as usize)
                 .collect();
             assert_smooth(&reduced, &nginx_seq);
-            assert_eq!(run(&Schedule::build(&candidates), period as usize), nginx_seq);
+            assert_eq!(
+                run(&Schedule::build(&candidates), period as usize),
+                nginx_seq
+            );
             // The deadline order used for large sets.
             let mut h = heap(&candidates);
             let edf: Vec<usize> = (0..2 * period)
@@ -493,7 +504,8 @@ mod tests {
     fn large_sets_use_the_deadline_schedule_and_long_periods_run_live() {
         // 10,000 candidates of weights 1..=4: period 25,000, too much work for nginx's O(n)
         // steps, so the deadline schedule is precomputed.
-        let candidates: Vec<(u32, u64)> = (0..10_000u32).map(|i| (i, u64::from(i % 4 + 1))).collect();
+        let candidates: Vec<(u32, u64)> =
+            (0..10_000u32).map(|i| (i, u64::from(i % 4 + 1))).collect();
         let schedule = Schedule::build(&candidates);
         assert!(matches!(schedule, Schedule::Fixed(ref s) if s.len() == 25_000));
         let weights: Vec<u64> = candidates.iter().map(|c| c.1).collect();
@@ -515,7 +527,9 @@ mod tests {
             .collect();
         let counter = Striped::default();
         for _ in 0..100 {
-            let p = schedule.next(&counter, &ctx, |i| ids.get(i).map(|s| &**s)).unwrap();
+            let p = schedule
+                .next(&counter, &ctx, |i| ids.get(i).map(|s| &**s))
+                .unwrap();
             assert_ne!(p, 0);
         }
     }

@@ -339,14 +339,20 @@ mod tests {
         assert_eq!(counts[4], 0);
         for (i, want) in [0.1, 0.2, 0.3, 0.4].iter().enumerate() {
             let got = counts[i] as f64 / n as f64;
-            assert!((got - want).abs() <= 0.02, "{i}: {got} vs {want} ({counts:?})");
+            assert!(
+                (got - want).abs() <= 0.02,
+                "{i}: {got} vs {want} ({counts:?})"
+            );
         }
         // Healthy instances that all weigh 0: the unknown ones are used, as on a slice.
         let set = InstanceSet::new(
             "z",
             [instance("z", "z-0", H, 0), instance("z", "z-1", U, 10)],
         );
-        assert_eq!(lb.select_set(&set, &SelectContext::default()).unwrap().id, "z-1");
+        assert_eq!(
+            lb.select_set(&set, &SelectContext::default()).unwrap().id,
+            "z-1"
+        );
         assert_eq!(
             WeightedRandom::new()
                 .select(&set.to_vec(), &SelectContext::default())
