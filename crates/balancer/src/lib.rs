@@ -12,15 +12,68 @@
 //! | [`RoundRobin`] | `round_robin` | the Laravel-Go module's rotation, per service, lock-free |
 //! | [`Random`] | `random` | uniform, from a real RNG |
 //! | [`WeightedRandom`] | `weighted` | random in proportion to [`ServiceInfo::weight`] |
-//! | [`SmoothWeightedRoundRobin`] | `smooth_weighted` | nginx's deterministic weighted rotation |
+//! | [`SmoothWeightedRoundRobin`] | `smooth_weighted` | nginx's deterministic weighted rotation (an O(1) schedule at any size) |
 //! | [`LeastRequest`] | `least_request` | two random choices, fewer calls in flight wins |
 //! | [`PeakEwma`] | `peak_ewma` | two random choices, lower latency × load wins |
 //! | [`ConsistentHash`] | `consistent_hash` | a hash ring with virtual nodes on a caller's key |
 //!
-//! Balancers that learn from calls ([`LeastRequest`], [`PeakEwma`]) count them through
-//! [`LoadBalancer::begin`], whose [`CallGuard`](waypost_core_types::CallGuard) reports the
-//! outcome when finished or dropped. Most users reach the balancers through the `waypost` facade
-//! and `waypost-discovery`.
+//! Balancers that learn from calls ([`LeastRequest`], [`PeakEwma`]) count them through a
+//! [`CallGuard`](waypost_core_types::CallGuard) ([`LoadBalancer::pick`] on a set, or
+//! [`LoadBalancer::begin`] after a [`select`](LoadBalancer::select)), which reports the outcome
+//! when finished or dropped. Most users reach the balancers through the `waypost` facade and
+//! `waypost-discovery`.
+//!
+//! # Versioned sets: the same cost at 10 or 100,000 instances
+//!
+//! A discovery cache hands balancers an [`InstanceSet`](waypost_core_types::InstanceSet), whose
+//! generation changes with every change. On every change it calls [`LoadBalancer::prepare`]
+//! (off the request path, before it publishes the set), and per request
+//! [`LoadBalancer::pick`]. `prepare` builds what picks need, once per generation and per service:
+//! the positions of the selection tier when some instances are not of it, an alias table
+//! ([`WeightedRandom`]), one period of the schedule ([`SmoothWeightedRoundRobin`]), the
+//! per-instance state aligned with the set's positions, carried over by id ([`LeastRequest`],
+//! [`PeakEwma`]), the hash ring updated from the previous one ([`ConsistentHash`]). A pick finds
+//! it by the generation (one integer comparison, through a per-thread cache), so it costs the
+//! same at any size. A pick on a generation nobody prepared stays correct: the cheap balancers
+//! prepare it on the spot (O(n)), [`ConsistentHash`] looks it up on the latest ring it has
+//! (see [`SYNC_BUILD_MAX`]). [`LoadBalancer::forget`] drops a service's state.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use waypost_balancer::LeastRequest;
+//! use waypost_core_types::{
+//!     Health, InstanceSetWriter, LoadBalancer, Outcome, SelectContext, ServiceInfo,
+//! };
+//!
+//! let mut users = InstanceSetWriter::new("user-service");
+//! for i in 1..=3 {
+//!     users.upsert(Arc::new(
+//!         ServiceInfo::new(format!("user-{i}"), "user-service", "10.0.0.1", 8080 + i)
+//!             .with_health(Health::Healthy),
+//!     ));
+//! }
+//! let lb = LeastRequest::new();
+//! lb.prepare(users.current()); // on every change, off the request path
+//! let (picked, call) = lb
+//!     .pick(users.current(), &SelectContext::default())
+//!     .expect("a healthy instance");
+//! assert!(picked.id.starts_with("user-"));
+//! call.finish(Outcome::Success); // … after calling `picked`
+//! ```
+//!
+//! The slice API ([`LoadBalancer::select`], [`LoadBalancer::begin`]) stays for callers that hold
+//! a plain list; weighted, smooth weighted and consistent-hash picks on a slice compare the list
+//! with the last one they saw (O(n)). The two paths keep separate per-instance state: use one
+//! per balancer.
+//!
+//! # After a failure
+//!
+//! | balancer | what a failed call does | how long it lasts | what tunes it |
+//! |---|---|---|---|
+//! | [`RoundRobin`], [`Random`], [`WeightedRandom`], [`SmoothWeightedRoundRobin`] | nothing: they do not learn from calls; a retry skips the instance through [`SelectContext::avoid`] | until health checks mark it `Unhealthy` | the health monitor's interval and thresholds; the client's outlier ejection |
+//! | [`LeastRequest`] | ends its in-flight count, like a success | — | — |
+//! | [`PeakEwma`] | the instance costs at least the penalty (1 s), fading exponentially | about 4 s next to 20 ms instances, 2.3 s next to 100 ms ones; another failure renews it | [`PeakEwmaBuilder::failure_penalty`], [`PeakEwmaBuilder::penalty_decay`] (latency itself: [`PeakEwmaBuilder::decay`], 10 s) |
+//! | [`ConsistentHash`] | nothing; its keys go to the next instance on the ring only while it is avoided or not of the selection tier, and come back | until health checks mark it `Unhealthy`, then until it recovers | the health monitor |
 //!
 //! ```
 //! use std::sync::Arc;

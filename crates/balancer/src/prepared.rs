@@ -10,6 +10,10 @@
 //! Generations grow in the process, so a set older than the one prepared (a request that took
 //! the set just before a change) is recognised and never replaces the newer state.
 //!
+//! A thread that replaces the last reference to an older state does not drop it (that can take
+//! milliseconds for a large ring): it leaves it in its balancer's graveyard, which the next
+//! `prepare` (or `forget`) empties, off the request path.
+//!
 //! [`Candidates`] holds the positions of a set's selection tier when not every instance is of
 //! it, so uniform picks stay O(1) whatever the health mix.
 
@@ -36,8 +40,15 @@ pub(crate) trait Generational: Send + Sync + 'static {
 /// Prepared states each thread keeps at hand.
 const THREAD_SLOTS: usize = 8;
 
-/// (balancer id, balancer epoch, set generation, the prepared state).
-type Held = (usize, usize, u64, Arc<dyn Any + Send + Sync>);
+/// A prepared state, type-erased.
+type AnyState = Arc<dyn Any + Send + Sync>;
+
+/// Where a thread leaves a prepared state it held last, for `prepare` to drop off the request
+/// path (dropping a large ring or 100,000 per-instance states takes milliseconds).
+type Graveyard = Arc<Mutex<Vec<AnyState>>>;
+
+/// (balancer id, balancer epoch, set generation, the prepared state, its balancer's graveyard).
+type Held = (usize, usize, u64, AnyState, Graveyard);
 
 thread_local! {
     static HELD: RefCell<[Option<Held>; THREAD_SLOTS]> =
@@ -54,6 +65,7 @@ pub(crate) struct PerService<T> {
     epoch: AtomicUsize,
     services: StateMap<ArcSwapOption<T>>,
     write: Mutex<()>,
+    graveyard: Graveyard,
 }
 
 impl<T> Default for PerService<T> {
@@ -63,6 +75,7 @@ impl<T> Default for PerService<T> {
             epoch: AtomicUsize::new(0),
             services: StateMap::default(),
             write: Mutex::new(()),
+            graveyard: Graveyard::default(),
         }
     }
 }
@@ -76,10 +89,9 @@ impl<T: Generational> PerService<T> {
         let mut f = Some(f);
         let hit = HELD.with(|held| {
             let held = held.try_borrow().ok()?;
-            let (_, _, _, value) = held
-                .iter()
-                .flatten()
-                .find(|(owner, e, g, _)| *g == generation && *owner == self.owner && *e == epoch)?;
+            let (_, _, _, value, _) = held.iter().flatten().find(|(owner, e, g, _, _)| {
+                *g == generation && *owner == self.owner && *e == epoch
+            })?;
             let value = value.downcast_ref::<T>()?;
             f.take().map(|f| f(value))
         });
@@ -109,7 +121,7 @@ impl<T: Generational> PerService<T> {
             // Replace what this thread held for an older generation of the same balancer and
             // service, else the next slot in turn.
             let same = held.iter().position(|h| {
-                h.as_ref().is_some_and(|(owner, _, _, v)| {
+                h.as_ref().is_some_and(|(owner, _, _, v, _)| {
                     *owner == self.owner
                         && v.downcast_ref::<T>()
                             .is_some_and(|v| v.generation() < latest.generation())
@@ -122,9 +134,28 @@ impl<T: Generational> PerService<T> {
                     i
                 })
             });
-            held[slot] = Some((self.owner, epoch, latest.generation(), latest));
+            let generation = latest.generation();
+            let new: Held = (
+                self.owner,
+                epoch,
+                generation,
+                latest,
+                Arc::clone(&self.graveyard),
+            );
+            if let Some((_, _, _, old, graveyard)) = held[slot].replace(new) {
+                // The last holder of an older state leaves it to the next `prepare`.
+                if Arc::strong_count(&old) == 1 {
+                    graveyard.lock().push(old);
+                }
+            }
         });
         Some(r)
+    }
+
+    /// Drops the states threads left behind (outside the graveyard's lock).
+    fn bury(&self) {
+        let dead = std::mem::take(&mut *self.graveyard.lock());
+        drop(dead);
     }
 
     /// The latest state prepared for `service`.
@@ -136,6 +167,7 @@ impl<T: Generational> PerService<T> {
 
     /// Makes `value` the state of `service`, unless a newer generation is already there.
     pub(crate) fn store(&self, service: &str, value: Arc<T>) {
+        self.bury();
         let _w = self.write.lock();
         let slot = self.services.get_or_insert(service, ArcSwapOption::empty);
         if slot
@@ -150,6 +182,7 @@ impl<T: Generational> PerService<T> {
 
     /// Drops the state of `service`; threads stop using what they hold of it.
     pub(crate) fn forget(&self, service: &str) {
+        self.bury();
         let _w = self.write.lock();
         self.services.retain(|name, _| name != service);
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -157,6 +190,7 @@ impl<T: Generational> PerService<T> {
 
     /// Drops the state of services for which `keep` is false.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.bury();
         let _w = self.write.lock();
         self.services.retain(|name, _| keep(name));
         self.epoch.fetch_add(1, Ordering::AcqRel);
