@@ -25,9 +25,21 @@ pub const DEFAULT_REPLICAS: usize = 160;
 /// Each instance id is placed on a 64-bit ring at `replicas` points (virtual nodes); a key goes to
 /// the first point at or after its hash. Unhealthy or avoided instances stay on the ring and are
 /// stepped over, so a key whose instance is down goes to the next one and comes back when it
-/// recovers, without disturbing any other key. The ring is built once per instance set (per
-/// service) and reused while the set is unchanged (checked by identity, one pass); a pick is a
-/// binary search. Without a hash key the pick is uniformly random.
+/// recovers, without disturbing any other key. Without a hash key the pick is uniformly random.
+///
+/// On an [`InstanceSet`], the ring is prepared per generation in [`LoadBalancer::prepare`]:
+/// the first set of a service is built in full, each later one is derived from the previous
+/// generation's ring by adding and removing only the points of the instances that joined or
+/// left it (the ring is cut into chunks shared between generations, so a change of one instance
+/// copies only the few hundred small chunks its points fall in: well under a millisecond at
+/// 10,000 instances, where a full build takes about 100 ms). A pick is a bucket-indexed search,
+/// O(log n) and nothing built. A pick on a generation nobody prepared builds a ring only for
+/// sets of at most [`SYNC_BUILD_MAX`] instances (or for the service's very first set); larger
+/// ones are looked up on the latest ring, each point mapped to the set by id (instances that
+/// joined since, or moved position, are skipped until the set is prepared).
+///
+/// On a slice, the ring is built once per list (per service) and reused while the list is
+/// unchanged (checked by identity, one pass); a pick is a binary search.
 ///
 /// ```
 /// use std::sync::Arc;

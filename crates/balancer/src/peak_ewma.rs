@@ -291,7 +291,12 @@ impl Estimate {
 }
 
 impl CallObserver for Estimate {
-    fn on_finish(&self, _id: &str, outcome: Outcome, latency: Duration) {
+    fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration) {
+        self.on_finish_at(id, outcome, latency, Instant::now());
+    }
+
+    /// Uses the instant the guard read to measure the call (no second read of the clock).
+    fn on_finish_at(&self, _id: &str, outcome: Outcome, latency: Duration, now: Instant) {
         let _ = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
@@ -300,7 +305,7 @@ impl CallObserver for Estimate {
         }
         let sample = latency.as_nanos() as f64;
         let opts = &*self.opts;
-        let now = opts.stamp(Instant::now());
+        let now = opts.stamp(now);
         let _w = self.update.lock();
         let old = f64::from_bits(self.rtt.load(Ordering::Relaxed));
         let rtt = if sample > old {

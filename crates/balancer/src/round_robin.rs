@@ -47,6 +47,12 @@ thread_local! {
 /// line. Every thread's own sequence is an exact rotation; across
 /// threads the load is spread evenly but not interleaved in a global order.
 ///
+/// On an [`InstanceSet`] ([`LoadBalancer::select_set`], [`LoadBalancer::pick`]) the rotation
+/// runs over the set's candidates, whose positions are precomputed once per generation (in
+/// [`LoadBalancer::prepare`], or on the first pick of a generation nobody prepared) when some
+/// instances are not of the selection tier, so a pick is O(1) whatever the size and the health
+/// mix. Set and slice picks of one service share its position.
+///
 /// ```
 /// use std::sync::Arc;
 /// use waypost_balancer::RoundRobin;
