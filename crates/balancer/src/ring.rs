@@ -413,11 +413,17 @@ mod tests {
         pts.sort_unstable();
         for k in 0..20_000u64 {
             let h = pick::fmix64(k ^ 0xdead_beef);
-            assert_eq!(first_at_or_after(&pts, h), pts.partition_point(|p| p.hash < h));
+            assert_eq!(
+                first_at_or_after(&pts, h),
+                pts.partition_point(|p| p.hash < h)
+            );
         }
         for p in &pts {
             for h in [p.hash.wrapping_sub(1), p.hash, p.hash.wrapping_add(1)] {
-                assert_eq!(first_at_or_after(&pts, h), pts.partition_point(|q| q.hash < h));
+                assert_eq!(
+                    first_at_or_after(&pts, h),
+                    pts.partition_point(|q| q.hash < h)
+                );
             }
         }
         assert_eq!(first_at_or_after(&pts, u64::MAX), pts.len());

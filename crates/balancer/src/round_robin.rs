@@ -95,7 +95,7 @@ impl Prepared {
         if k == 0 {
             return None;
         }
-        let n = self.counter.next() % k;
+        let n = self.candidates.wrap(self.counter.next());
         let i = self.candidates.at(n);
         if ctx.avoid.is_empty() || !avoided(set, i, ctx) {
             return Some(i);

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use waypost_core_types::{Health, InstanceSet, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
-use crate::prepared::{Generational, PerService};
+use crate::prepared::{FastMod, Generational, PerService};
 use crate::state::{StateMap, Striped};
 
 /// Longest precomputed schedule, in picks (4 bytes each).
@@ -92,8 +92,8 @@ enum Schedule {
     /// Nothing to pick.
     #[default]
     Empty,
-    /// One period, precomputed.
-    Fixed(Box<[u32]>),
+    /// One period, precomputed, and its length's divisor.
+    Fixed(Box<[u32]>, FastMod),
     /// The deadline scheduler, run live (periods too long to precompute).
     Live(Mutex<BinaryHeap<Turn>>),
 }
@@ -130,6 +130,11 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl Schedule {
+    fn fixed(schedule: Box<[u32]>) -> Schedule {
+        let modulo = FastMod::new(schedule.len());
+        Schedule::Fixed(schedule, modulo)
+    }
+
     /// The schedule over `candidates` (position, weight > 0), in position order.
     fn build(candidates: &[(u32, u64)]) -> Schedule {
         if candidates.is_empty() {
@@ -140,10 +145,10 @@ impl Schedule {
         let period: u64 = reduced.iter().map(|c| c.1).sum();
         let k = reduced.len() as u64;
         if period <= MAX_PLAN && period.saturating_mul(k) <= MAX_NGINX_WORK {
-            Schedule::Fixed(nginx(&reduced, period))
+            Schedule::fixed(nginx(&reduced, period))
         } else if period <= MAX_PLAN {
             let mut heap = heap(&reduced);
-            Schedule::Fixed((0..period).filter_map(|_| next_turn(&mut heap)).collect())
+            Schedule::fixed((0..period).filter_map(|_| next_turn(&mut heap)).collect())
         } else {
             Schedule::Live(Mutex::new(heap(&reduced)))
         }
@@ -160,9 +165,9 @@ impl Schedule {
         let avoided = |i: usize| get(i).is_some_and(|s| ctx.avoids(s));
         match self {
             Schedule::Empty => None,
-            Schedule::Fixed(schedule) => {
+            Schedule::Fixed(schedule, modulo) => {
                 let len = schedule.len();
-                let n = counter.next() % len;
+                let n = modulo.of(counter.next());
                 let first = schedule[n] as usize;
                 if ctx.avoid.is_empty() || !avoided(first) {
                     return Some(first);
@@ -507,7 +512,7 @@ mod tests {
         let candidates: Vec<(u32, u64)> =
             (0..10_000u32).map(|i| (i, u64::from(i % 4 + 1))).collect();
         let schedule = Schedule::build(&candidates);
-        assert!(matches!(schedule, Schedule::Fixed(ref s) if s.len() == 25_000));
+        assert!(matches!(schedule, Schedule::Fixed(ref s, _) if s.len() == 25_000));
         let weights: Vec<u64> = candidates.iter().map(|c| c.1).collect();
         assert_smooth(&weights, &run(&schedule, 25_000));
         // A period longer than 2^20 picks: the scheduler runs live, just as smooth.
