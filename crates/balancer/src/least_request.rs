@@ -5,21 +5,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use waypost_core_types::{
-    CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext, ServiceInfo,
+    CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
+use crate::by_id::ById;
 use crate::pick;
-use crate::state::StateMap;
-
-/// Above this many tracked instances, idle entries are dropped when a new one is added.
-const PRUNE_ABOVE: usize = 1024;
+use crate::prepared::{prepare_tracked, PerService, Tracked};
 
 /// Draws two healthy instances at random and picks the one with fewer calls in flight.
 ///
-/// Calls are counted through [`LoadBalancer::begin`]: the returned [`CallGuard`] keeps the call
-/// in flight until it is finished or dropped, so a caller cannot leave a count behind. Two random
-/// choices avoid the herd behaviour of always taking the global minimum, and need no lock: counts
-/// live in a lock-free read map keyed by instance id.
+/// Calls are counted from the moment they begin until their [`CallGuard`] is finished or
+/// dropped, so a caller cannot leave a count behind. Two random choices avoid the herd
+/// behaviour of always taking the global minimum, and need no lock.
+///
+/// On an [`InstanceSet`] ([`LoadBalancer::pick`]), each instance's count lives in a per-service
+/// vector aligned with the set's positions, built in [`LoadBalancer::prepare`] (counts of the
+/// instances that stay are carried over by id, those of instances that left are dropped), so a
+/// pick and its guard cost the same at 10 or 100,000 instances and allocate nothing.
+/// [`LoadBalancer::forget`] drops a service's counts. On a slice ([`LoadBalancer::select`] then
+/// [`LoadBalancer::begin`]), counts are kept by instance id; ids with no call in flight are
+/// dropped now and then, in amortised O(1). The two paths count separately: use one of them
+/// per balancer.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -40,32 +46,78 @@ pub struct LeastRequest {
     shared: Arc<Counts>,
 }
 
+/// One instance's calls in flight; the observer of its calls' guards.
+pub(crate) struct Load {
+    id: Arc<str>,
+    in_flight: AtomicUsize,
+}
+
+impl Load {
+    fn new(id: &str) -> Self {
+        Load {
+            id: Arc::from(id),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call in flight until the guard ends.
+    #[inline]
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        CallGuard::new(
+            Arc::clone(self) as Arc<dyn CallObserver>,
+            Arc::clone(&self.id),
+        )
+    }
+}
+
+impl CallObserver for Load {
+    fn on_finish(&self, _id: &str, _outcome: Outcome, _latency: Duration) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+}
+
 #[derive(Default)]
 struct Counts {
-    in_flight: StateMap<AtomicUsize>,
+    /// The slice path's counts, by instance id.
+    in_flight: ById<Load>,
+    /// The set path's counts, per service, aligned with the prepared set.
+    sets: PerService<Tracked<Load>>,
 }
 
 impl std::fmt::Debug for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Counts")
             .field("instances", &self.in_flight.len())
+            .field("services", &self.sets.len())
             .finish()
     }
 }
 
 impl Counts {
     fn load(&self, id: &str) -> usize {
-        self.in_flight
-            .with(id, |c| c.load(Ordering::Relaxed))
+        if let Some(n) = self.in_flight.with(id, Load::load) {
+            return n;
+        }
+        self.sets
+            .all()
+            .iter()
+            .find_map(|t| t.find(id).map(|l| l.load()))
             .unwrap_or(0)
     }
-}
 
-impl CallObserver for Counts {
-    fn on_finish(&self, id: &str, _outcome: Outcome, _latency: Duration) {
-        self.in_flight.with(id, |c| {
-            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-        });
+    /// The slice path's count of `id`, created if needed (ids with no call in flight are
+    /// dropped now and then: their count is 0 either way).
+    fn slot(&self, id: &str) -> Arc<Load> {
+        self.in_flight
+            .get_or_insert(id, || Load::new(id), |l| l.load() > 0)
     }
 }
 
@@ -75,9 +127,60 @@ impl LeastRequest {
         Self::default()
     }
 
-    /// Calls currently in flight to instance `id`.
+    /// Calls currently in flight to instance `id` (on the set path, a scan of the services'
+    /// instances: for diagnostics).
     pub fn in_flight(&self, id: &str) -> usize {
         self.shared.load(id)
+    }
+
+    fn prepare_set(&self, set: &InstanceSet) {
+        prepare_tracked(&self.shared.sets, set, |s| Arc::new(Load::new(&s.id)));
+    }
+
+    /// The less loaded of two random candidates of the prepared generation.
+    #[inline]
+    fn choose(t: &Tracked<Load>, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
+        let Some(b) = b else {
+            return Some(a);
+        };
+        Some(if t.slots[b].load() < t.slots[a].load() {
+            b
+        } else {
+            a
+        })
+    }
+
+    #[inline]
+    fn choose_and_begin(
+        t: &Tracked<Load>,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        let i = Self::choose(t, set, ctx)?;
+        Some((i, t.slots[i].begin()))
+    }
+
+    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
+    /// than the prepared one, carries the state over into a copy made for this pick alone.
+    #[cold]
+    #[inline(never)]
+    fn pick_unprepared(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        self.prepare_set(set);
+        if let Some(r) = self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
+            return r;
+        }
+        let latest = self.shared.sets.latest(set.service());
+        let t = Tracked::new(set, latest.as_deref(), |s| Arc::new(Load::new(&s.id)));
+        Self::choose_and_begin(&t, set, ctx)
     }
 }
 
@@ -95,27 +198,52 @@ impl LoadBalancer for LeastRequest {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let load = |c: Option<&AtomicUsize>| c.map_or(0, |c| c.load(Ordering::Relaxed));
-        let (la, lb) = self
-            .shared
-            .in_flight
-            .with2(&instances[a].id, &instances[b].id, |ca, cb| {
-                (load(ca), load(cb))
-            });
+        let load = |s: &ServiceInfo| self.shared.in_flight.with(&s.id, Load::load).unwrap_or(0);
+        let (la, lb) = (load(&instances[a]), load(&instances[b]));
         Some(&instances[if lb < la { b } else { a }])
     }
 
     fn begin(&self, instance: &ServiceInfo) -> CallGuard {
-        let counts = &self.shared.in_flight;
-        if counts.with(&instance.id, |_| ()).is_none() && counts.len() >= PRUNE_ABOVE {
-            counts.retain(|_, c| c.load(Ordering::Relaxed) > 0);
-        }
-        counts.with_or_insert(
-            &instance.id,
-            || AtomicUsize::new(0),
-            |c| c.fetch_add(1, Ordering::Relaxed),
-        );
-        CallGuard::new(self.shared.clone(), instance.id.as_str())
+        self.shared.slot(&instance.id).begin()
+    }
+
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.shared.sets.with(set, |t| Self::choose(t, set, ctx)) {
+            Some(i) => i,
+            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
+        }?;
+        set.get(i)
+    }
+
+    /// O(1): two random candidates, their counts reached by position, and a guard whose
+    /// observer is the chosen instance's count (no lookup, no allocation).
+    #[inline]
+    fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let (i, guard) = match self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
+            Some(r) => r,
+            None => self.pick_unprepared(set, ctx),
+        }?;
+        Some((set.get(i)?, guard))
+    }
+
+    fn prepare(&self, set: &InstanceSet) {
+        self.prepare_set(set);
+    }
+
+    fn forget(&self, service: &str) {
+        self.shared.sets.forget(service);
     }
 }
 
@@ -146,7 +274,12 @@ mod tests {
         drop(g2);
         assert_eq!(lb.in_flight("g-0"), 0);
         // A stray report never underflows.
-        CallObserver::on_finish(&*lb.shared, "g-0", Outcome::Success, Duration::ZERO);
+        CallObserver::on_finish(
+            &*lb.shared.slot("g-0"),
+            "g-0",
+            Outcome::Success,
+            Duration::ZERO,
+        );
         assert_eq!(lb.in_flight("g-0"), 0);
     }
 
@@ -184,5 +317,66 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(lb.select(&s, &SelectContext::default()).unwrap().id, "n-1");
         }
+    }
+
+    /// Starts a call on the instance at position `i` of a prepared set.
+    fn begin_at(lb: &LeastRequest, set: &InstanceSet, i: usize) -> CallGuard {
+        lb.shared
+            .sets
+            .with(set, |t| t.slots[i].begin())
+            .expect("prepared")
+    }
+
+    #[test]
+    fn set_counts_carry_over_by_id_and_leave_with_their_instance() {
+        use crate::testing::writer;
+        use waypost_core_types::Health::Healthy as H;
+        let mut w = writer("s", &[H; 4]);
+        let lb = LeastRequest::new();
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        let busy = begin_at(&lb, &set, 0);
+        let _busy2 = begin_at(&lb, &set, 0);
+        let gone = begin_at(&lb, &set, 1);
+        assert_eq!(lb.in_flight("s-0"), 2);
+        for _ in 0..500 {
+            let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
+            assert_ne!(p.id, "s-0");
+            drop(g);
+        }
+        // s-1 leaves (s-3 moves into its position): s-0 keeps its count, s-1's is dropped.
+        w.remove("s-1");
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        assert_eq!(lb.in_flight("s-0"), 2);
+        assert_eq!(lb.in_flight("s-1"), 0);
+        assert!(lb.shared.sets.latest("s").unwrap().find("s-1").is_none());
+        for _ in 0..500 {
+            let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
+            assert_ne!(p.id, "s-0");
+            g.finish(Outcome::Success);
+        }
+        // The guard of an instance that left still ends quietly.
+        gone.finish(Outcome::Failure);
+        busy.finish(Outcome::Success);
+        assert_eq!(lb.in_flight("s-0"), 1);
+        lb.forget("s");
+        assert_eq!(lb.shared.sets.len(), 0);
+        assert_eq!(lb.in_flight("s-0"), 0);
+    }
+
+    #[test]
+    fn slice_path_has_no_cliff_and_keeps_busy_counts() {
+        // Far more ids than the old 1,024 limit: a busy instance keeps its count.
+        let lb = LeastRequest::new();
+        let s = set("big", &[true; 5000]);
+        let busy = lb.begin(&s[7]);
+        for inst in &s {
+            lb.begin(inst).finish(Outcome::Success);
+        }
+        assert_eq!(lb.in_flight("big-7"), 1);
+        assert!(lb.shared.in_flight.len() < 5000, "idle ids are dropped");
+        busy.finish(Outcome::Success);
+        assert_eq!(lb.in_flight("big-7"), 0);
     }
 }

@@ -1,32 +1,46 @@
 //! Latency-aware choice: peak EWMA with the power of two choices.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use waypost_core_types::{
-    CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext, ServiceInfo,
+    CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
+use crate::by_id::ById;
 use crate::pick;
-use crate::state::StateMap;
-
-/// Above this many tracked instances, idle entries are dropped when a new one is added.
-const PRUNE_ABOVE: usize = 1024;
+use crate::prepared::{prepare_tracked, PerService, Tracked};
 
 /// Draws two healthy instances at random and picks the one with the lower expected cost:
 /// its peak-sensitive moving average of latency times (calls in flight + 1), as in Finagle,
 /// linkerd and tower.
 ///
-/// Latency is learnt through [`LoadBalancer::begin`]: finish the returned [`CallGuard`] (or let it
+/// Latency is learnt from each call's [`CallGuard`] ([`LoadBalancer::pick`] on a set, or
+/// [`LoadBalancer::begin`] after a [`select`](LoadBalancer::select)): finish it (or let it
 /// drop, which reports [`Outcome::Ignored`]) and the balancer records how long the call took.
-/// The average jumps up at once to a slower sample (the *peak*) and decays towards faster samples
-/// and, while an instance is not used, towards zero with time constant
-/// [`decay`](PeakEwmaBuilder::decay), so a recovered instance is tried again. Failures count as
-/// at least [`failure_penalty`](PeakEwmaBuilder::failure_penalty); ignored outcomes only end the
-/// in-flight count. Instances never measured cost [`default_rtt`](PeakEwmaBuilder::default_rtt).
+/// The average jumps up at once to a slower sample (the *peak*) and decays towards faster
+/// samples and, while an instance is not used, towards zero with time constant
+/// [`decay`](PeakEwmaBuilder::decay), so a recovered instance is tried again. Ignored outcomes
+/// only end the in-flight count. Instances never measured cost
+/// [`default_rtt`](PeakEwmaBuilder::default_rtt).
+///
+/// A failure counts as its latency and also sets a *penalty*: the instance costs at least
+/// [`failure_penalty`](PeakEwmaBuilder::failure_penalty) (default 1 s), fading with time
+/// constant [`penalty_decay`](PeakEwmaBuilder::penalty_decay) (default 1 s). So one failure
+/// keeps traffic away from an instance for a few seconds (about 4 s next to 20 ms instances,
+/// 2.3 s next to 100 ms ones), then it is tried again; another failure renews the penalty.
+///
+/// On an [`InstanceSet`], each instance's estimate lives in a per-service vector aligned with
+/// the set's positions, built in [`LoadBalancer::prepare`] (estimates, penalties included, of the
+/// instances that stay are carried over by id; those of instances that left are dropped), so a
+/// pick and its guard cost the same at any size and allocate nothing; no estimate is ever
+/// dropped because the fleet is large. [`LoadBalancer::forget`] drops a service's estimates.
+/// On a slice, estimates are kept by instance id; ids with no call in flight and no update for
+/// five time constants are dropped now and then, in amortised O(1). The two paths keep
+/// separate estimates: use one of them per balancer.
 ///
 /// Time, for latencies and for the decay, is tokio's clock ([`tokio::time::Instant`]), as for
 /// [`CallGuard`]: the system's monotonic clock, or the paused clock of a test.
@@ -42,6 +56,7 @@ pub struct PeakEwmaBuilder {
     default_rtt: Duration,
     decay: Duration,
     failure_penalty: Duration,
+    penalty_decay: Duration,
 }
 
 impl Default for PeakEwmaBuilder {
@@ -50,6 +65,7 @@ impl Default for PeakEwmaBuilder {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
             failure_penalty: Duration::from_secs(1),
+            penalty_decay: Duration::from_secs(1),
         }
     }
 }
@@ -62,18 +78,27 @@ impl PeakEwmaBuilder {
         self
     }
 
-    /// The time constant of the moving average (default 10 s). `Duration::MAX` means estimates
-    /// never decay with time; zero is refused by [`build`](Self::build).
+    /// The time constant of the latency average (default 10 s). `Duration::MAX` means
+    /// estimates never decay with time; zero is refused by [`build`](Self::build).
     pub fn decay(mut self, decay: Duration) -> Self {
         self.decay = decay;
         self
     }
 
-    /// The latency a failed call counts as at least (default 1 s). Zero counts a failure as its
-    /// own latency; `Duration::MAX` makes a failed instance the last choice until faster
-    /// samples bring its estimate down.
+    /// The cost a failed call gives its instance at least (default 1 s), fading with
+    /// [`penalty_decay`](Self::penalty_decay). Zero: no penalty, a failure counts as its own
+    /// latency; `Duration::MAX`: a failed instance is the last choice until the penalty fades.
     pub fn failure_penalty(mut self, penalty: Duration) -> Self {
         self.failure_penalty = penalty;
+        self
+    }
+
+    /// The time constant with which a failure's penalty fades (default 1 s): after `t` it
+    /// counts `failure_penalty × e^(-t / penalty_decay)`, so with the defaults an instance
+    /// that failed once costs like a 20 ms instance again after about 4 s. Zero: the penalty
+    /// lasts only the instant of the failure; `Duration::MAX`: it never fades.
+    pub fn penalty_decay(mut self, decay: Duration) -> Self {
+        self.penalty_decay = decay;
         self
     }
 
@@ -89,87 +114,222 @@ impl PeakEwmaBuilder {
         }
         Ok(PeakEwma {
             shared: Arc::new(Shared {
-                opts: self,
-                instances: StateMap::default(),
+                opts: Arc::new(Opts::new(&self, Instant::now())),
+                builder: self,
+                instances: ById::default(),
+                sets: PerService::default(),
             }),
         })
     }
 }
 
+/// The options in the form the arithmetic uses (nanoseconds).
+struct Opts {
+    default_rtt: f64,
+    decay: f64,
+    failure_penalty: f64,
+    penalty_decay: f64,
+    /// Idle time after which the slice path may drop an estimate.
+    forget_after: Duration,
+    /// Times are kept as nanoseconds since this instant (the balancer's creation).
+    base: Instant,
+}
+
+impl Opts {
+    fn new(b: &PeakEwmaBuilder, base: Instant) -> Self {
+        Opts {
+            default_rtt: b.default_rtt.as_nanos() as f64,
+            decay: b.decay.as_nanos() as f64,
+            failure_penalty: b.failure_penalty.as_nanos() as f64,
+            penalty_decay: b.penalty_decay.as_nanos() as f64,
+            forget_after: b.decay.max(b.penalty_decay).saturating_mul(5),
+            base,
+        }
+    }
+
+    /// `now` in nanoseconds since `base`.
+    #[inline]
+    fn stamp(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// `value` after `elapsed` nanoseconds of exponential decay with time constant `tau`.
+#[inline]
+fn decayed(value: f64, elapsed: u64, tau: f64) -> f64 {
+    if elapsed == 0 {
+        value
+    } else if tau <= 0.0 {
+        0.0
+    } else {
+        value * (-(elapsed as f64) / tau).exp()
+    }
+}
+
 struct Shared {
-    opts: PeakEwmaBuilder,
-    instances: StateMap<Estimate>,
+    builder: PeakEwmaBuilder,
+    opts: Arc<Opts>,
+    /// The slice path's estimates, by instance id.
+    instances: ById<Estimate>,
+    /// The set path's estimates, per service, aligned with the prepared set.
+    sets: PerService<Tracked<Estimate>>,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("opts", &self.opts)
+            .field("opts", &self.builder)
             .field("instances", &self.instances.len())
+            .field("services", &self.sets.len())
             .finish()
     }
 }
 
-struct Estimate {
+/// One instance's estimate; the observer of its calls' guards.
+///
+/// Readers (picks) load the atomics without a lock; updates (finished calls) are serialised by
+/// a mutex, so a pick never waits for one.
+pub(crate) struct Estimate {
+    id: Arc<str>,
     in_flight: AtomicUsize,
-    /// (average latency in nanoseconds, when it was last updated)
-    rtt: Mutex<(f64, Instant)>,
+    /// The latency average in nanoseconds (`f64` bits), as of `at`.
+    rtt: AtomicU64,
+    /// When `rtt` was last updated (nanoseconds since `opts.base`).
+    at: AtomicU64,
+    /// The failure penalty in nanoseconds (`f64` bits), as of `penalty_at`.
+    penalty: AtomicU64,
+    penalty_at: AtomicU64,
+    update: Mutex<()>,
+    opts: Arc<Opts>,
 }
 
 impl Estimate {
-    fn new(default_rtt: Duration, now: Instant) -> Self {
+    fn new(id: &str, opts: &Arc<Opts>, now: Instant) -> Self {
+        let now = opts.stamp(now);
         Estimate {
+            id: Arc::from(id),
             in_flight: AtomicUsize::new(0),
-            rtt: Mutex::new((default_rtt.as_nanos() as f64, now)),
+            rtt: AtomicU64::new(opts.default_rtt.to_bits()),
+            at: AtomicU64::new(now),
+            penalty: AtomicU64::new(0f64.to_bits()),
+            penalty_at: AtomicU64::new(now),
+            update: Mutex::new(()),
+            opts: Arc::clone(opts),
         }
+    }
+
+    /// The latency estimate at `now` (nanoseconds since `opts.base`), penalty included.
+    #[inline]
+    fn rtt_at(&self, now: u64) -> f64 {
+        let opts = &*self.opts;
+        let rtt = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let at = self.at.load(Ordering::Relaxed);
+        let rtt = decayed(rtt, now.saturating_sub(at), opts.decay);
+        let penalty = f64::from_bits(self.penalty.load(Ordering::Relaxed));
+        if penalty > 0.0 {
+            let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
+            rtt.max(decayed(penalty, since, opts.penalty_decay))
+        } else {
+            rtt
+        }
+    }
+
+    /// Expected cost of one more call: latency estimate × (calls in flight + 1).
+    #[inline]
+    fn cost(&self, now: u64) -> f64 {
+        self.rtt_at(now) * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+    }
+
+    /// Whether `other` costs less than `self` now. Without a failure penalty on either, the
+    /// clock is not read: both averages decay at the same rate, so comparing them at the later
+    /// of their update times orders them as at any later time.
+    #[inline]
+    fn costlier_than(&self, other: &Estimate) -> bool {
+        let penalised = self.penalty.load(Ordering::Relaxed) != 0f64.to_bits()
+            || other.penalty.load(Ordering::Relaxed) != 0f64.to_bits();
+        if penalised {
+            let now = self.opts.stamp(Instant::now());
+            return other.cost(now) < self.cost(now);
+        }
+        let decay = self.opts.decay;
+        let (at_a, at_b) = (
+            self.at.load(Ordering::Relaxed),
+            other.at.load(Ordering::Relaxed),
+        );
+        let t = at_a.max(at_b);
+        let cost = |e: &Estimate, at: u64| {
+            decayed(f64::from_bits(e.rtt.load(Ordering::Relaxed)), t - at, decay)
+                * (e.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+        };
+        cost(other, at_b) < cost(self, at_a)
+    }
+
+    fn estimate(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.rtt_at(self.opts.stamp(now)) as u64)
+    }
+
+    /// Counts a call in flight until the guard ends.
+    #[inline]
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        CallGuard::new(
+            Arc::clone(self) as Arc<dyn CallObserver>,
+            Arc::clone(&self.id),
+        )
+    }
+
+    /// Whether the slice path may drop it: no call in flight and idle for five time constants.
+    fn idle(&self, now: Instant) -> bool {
+        let last = self
+            .at
+            .load(Ordering::Relaxed)
+            .max(self.penalty_at.load(Ordering::Relaxed));
+        let idle = self.opts.stamp(now).saturating_sub(last);
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && Duration::from_nanos(idle) > self.opts.forget_after
     }
 }
 
-impl Shared {
-    fn decayed(&self, rtt: f64, since: Instant, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(since).as_nanos() as f64;
-        rtt * (-elapsed / self.opts.decay.as_nanos() as f64).exp()
-    }
-
-    fn cost(&self, e: Option<&Estimate>, now: Instant) -> f64 {
-        match e {
-            Some(e) => {
-                let (rtt, at) = *e.rtt.lock();
-                let pending = e.in_flight.load(Ordering::Relaxed) as f64;
-                self.decayed(rtt, at, now) * (pending + 1.0)
-            }
-            None => self.opts.default_rtt.as_nanos() as f64,
-        }
-    }
-}
-
-impl CallObserver for Shared {
+impl CallObserver for Estimate {
     fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration) {
-        self.instances.with(id, |e| {
-            let _ = e
-                .in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-            let sample = match outcome {
-                Outcome::Ignored => return,
-                Outcome::Success => latency,
-                Outcome::Failure => latency.max(self.opts.failure_penalty),
-            }
-            .as_nanos() as f64;
-            let now = Instant::now();
-            let mut g = e.rtt.lock();
-            let (rtt, at) = *g;
-            let next = if sample > rtt {
-                sample
-            } else {
-                let elapsed = now.saturating_duration_since(at).as_nanos() as f64;
-                let w = (-elapsed / self.opts.decay.as_nanos() as f64).exp();
-                // A sample arriving with no time passed still moves the average a little, so a
-                // burst of fast answers is not ignored.
-                let w = w.min(0.9);
-                rtt * w + sample * (1.0 - w)
-            };
-            *g = (next, now);
-        });
+        self.on_finish_at(id, outcome, latency, Instant::now());
+    }
+
+    /// Uses the instant the guard read to measure the call (no second read of the clock).
+    fn on_finish_at(&self, _id: &str, outcome: Outcome, latency: Duration, now: Instant) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        if outcome == Outcome::Ignored {
+            return;
+        }
+        let sample = latency.as_nanos() as f64;
+        let opts = &*self.opts;
+        let now = opts.stamp(now);
+        let _w = self.update.lock();
+        let old = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+        let rtt = if sample > old {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed));
+            // A sample arriving with no time passed still moves the average a little, so a
+            // burst of fast answers is not ignored.
+            let w = decayed(1.0, elapsed, opts.decay).min(0.9);
+            old * w + sample * (1.0 - w)
+        };
+        self.rtt.store(rtt.to_bits(), Ordering::Relaxed);
+        self.at.store(now, Ordering::Relaxed);
+        if outcome == Outcome::Failure && opts.failure_penalty > 0.0 {
+            let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
+            let left = decayed(
+                f64::from_bits(self.penalty.load(Ordering::Relaxed)),
+                since,
+                opts.penalty_decay,
+            );
+            self.penalty
+                .store(left.max(opts.failure_penalty).to_bits(), Ordering::Relaxed);
+            self.penalty_at.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -192,13 +352,79 @@ impl PeakEwma {
         PeakEwmaBuilder::default()
     }
 
-    /// The current latency estimate of instance `id`, if it was ever used.
+    /// The current latency estimate of instance `id` (its failure penalty included), if it
+    /// was ever used (on the set path, a scan of the services' instances: for diagnostics).
     pub fn estimate(&self, id: &str) -> Option<Duration> {
         let now = Instant::now();
-        self.shared.instances.with(id, |e| {
-            let (rtt, at) = *e.rtt.lock();
-            Duration::from_nanos(self.shared.decayed(rtt, at, now) as u64)
+        if let Some(d) = self.shared.instances.with(id, |e| e.estimate(now)) {
+            return Some(d);
+        }
+        self.shared
+            .sets
+            .all()
+            .iter()
+            .find_map(|t| t.find(id).map(|e| e.estimate(now)))
+    }
+
+    fn make(&self) -> impl FnMut(&Arc<ServiceInfo>) -> Arc<Estimate> + '_ {
+        let now = Instant::now();
+        move |s| Arc::new(Estimate::new(&s.id, &self.shared.opts, now))
+    }
+
+    /// The cheaper of two random candidates of the prepared generation.
+    #[inline]
+    fn choose(t: &Tracked<Estimate>, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
+        let Some(b) = b else {
+            return Some(a);
+        };
+        Some(if t.slots[a].costlier_than(&t.slots[b]) {
+            b
+        } else {
+            a
         })
+    }
+
+    #[inline]
+    fn choose_and_begin(
+        t: &Tracked<Estimate>,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        let i = Self::choose(t, set, ctx)?;
+        Some((i, t.slots[i].begin()))
+    }
+
+    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
+    /// than the prepared one, carries the state over into a copy made for this pick alone.
+    #[cold]
+    #[inline(never)]
+    fn pick_unprepared(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        prepare_tracked(&self.shared.sets, set, self.make());
+        if let Some(r) = self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
+            return r;
+        }
+        let latest = self.shared.sets.latest(set.service());
+        let t = Tracked::new(set, latest.as_deref(), self.make());
+        Self::choose_and_begin(&t, set, ctx)
+    }
+
+    /// The slice path's estimate of `id`, created if needed (ids with no call in flight and
+    /// no update for five time constants are dropped now and then).
+    fn slot(&self, id: &str) -> Arc<Estimate> {
+        let now = Instant::now();
+        let opts = &self.shared.opts;
+        self.shared
+            .instances
+            .get_or_insert(id, || Estimate::new(id, opts, now), |e| !e.idle(now))
     }
 }
 
@@ -216,28 +442,59 @@ impl LoadBalancer for PeakEwma {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let now = Instant::now();
-        let (ca, cb) = self
-            .shared
-            .instances
-            .with2(&instances[a].id, &instances[b].id, |ea, eb| {
-                (self.shared.cost(ea, now), self.shared.cost(eb, now))
-            });
+        let now = self.shared.opts.stamp(Instant::now());
+        let default = self.shared.opts.default_rtt;
+        let cost = |s: &ServiceInfo| {
+            self.shared
+                .instances
+                .with(&s.id, |e| e.cost(now))
+                .unwrap_or(default)
+        };
+        let (ca, cb) = (cost(&instances[a]), cost(&instances[b]));
         Some(&instances[if cb < ca { b } else { a }])
     }
 
     fn begin(&self, instance: &ServiceInfo) -> CallGuard {
-        let map = &self.shared.instances;
-        if map.with(&instance.id, |_| ()).is_none() && map.len() >= PRUNE_ABOVE {
-            map.retain(|_, e| e.in_flight.load(Ordering::Relaxed) > 0);
-        }
-        let default_rtt = self.shared.opts.default_rtt;
-        map.with_or_insert(
-            &instance.id,
-            || Estimate::new(default_rtt, Instant::now()),
-            |e| e.in_flight.fetch_add(1, Ordering::Relaxed),
-        );
-        CallGuard::new(self.shared.clone(), instance.id.as_str())
+        self.slot(&instance.id).begin()
+    }
+
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.shared.sets.with(set, |t| Self::choose(t, set, ctx)) {
+            Some(i) => i,
+            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
+        }?;
+        set.get(i)
+    }
+
+    /// O(1): two random candidates, their estimates reached by position, and a guard whose
+    /// observer is the chosen instance's estimate (no lookup, no allocation).
+    #[inline]
+    fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let (i, guard) = match self
+            .shared
+            .sets
+            .with(set, |t| Self::choose_and_begin(t, set, ctx))
+        {
+            Some(r) => r,
+            None => self.pick_unprepared(set, ctx),
+        }?;
+        Some((set.get(i)?, guard))
+    }
+
+    fn prepare(&self, set: &InstanceSet) {
+        prepare_tracked(&self.shared.sets, set, self.make());
+    }
+
+    fn forget(&self, service: &str) {
+        self.shared.sets.forget(service);
     }
 }
 
@@ -325,6 +582,7 @@ mod tests {
         let lb = PeakEwma::builder()
             .decay(Duration::MAX)
             .failure_penalty(Duration::MAX)
+            .penalty_decay(Duration::MAX)
             .build()
             .unwrap();
         lb.begin(&s[0])
@@ -365,5 +623,100 @@ mod tests {
             .is_none());
         let s = set("n", &[true, false]);
         assert_eq!(lb.select(&s, &SelectContext::default()).unwrap().id, "n-0");
+    }
+
+    /// Starts a call on the instance at position `i` of a prepared set.
+    fn begin_at(lb: &PeakEwma, set: &InstanceSet, i: usize) -> CallGuard {
+        lb.shared
+            .sets
+            .with(set, |t| t.slots[i].begin())
+            .expect("prepared")
+    }
+
+    /// At 10,000 instances (past the old 1,024-id pruning that reset a failed instance's 1 s
+    /// estimate to 24 ms at 2,000), a failure's penalty is kept on the set path, through calls
+    /// to every other instance and a change of the set, and on the slice path.
+    #[tokio::test(start_paused = true)]
+    async fn failure_penalty_is_kept_at_ten_thousand_instances() {
+        use crate::testing::instance;
+        use waypost_core_types::Health::Healthy as H;
+        let mut w = waypost_core_types::InstanceSetWriter::new("big");
+        w.replace((0..10_000).map(|i| instance("big", &format!("big-{i}"), H, 100)));
+        let lb = PeakEwma::new();
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        let failed = set.position("big-42").unwrap();
+        begin_at(&lb, &set, failed).finish_with_latency(Outcome::Failure, Duration::from_millis(3));
+        for i in (0..set.len()).filter(|i| *i != failed) {
+            begin_at(&lb, &set, i).finish_with_latency(Outcome::Success, Duration::from_millis(10));
+        }
+        w.remove("big-7");
+        let set = Arc::clone(w.current());
+        lb.prepare(&set);
+        assert_eq!(lb.estimate("big-42"), Some(Duration::from_secs(1)));
+        for _ in 0..20_000 {
+            let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
+            assert_ne!(p.id, "big-42");
+            g.finish_with_latency(Outcome::Success, Duration::from_millis(10));
+        }
+        // The slice path: 10,000 ids, one of them failed first.
+        let lb = PeakEwma::new();
+        let all = set.to_vec();
+        lb.begin(&all[0])
+            .finish_with_latency(Outcome::Failure, Duration::from_millis(3));
+        for s in &all[1..] {
+            lb.begin(s)
+                .finish_with_latency(Outcome::Success, Duration::from_millis(10));
+        }
+        assert_eq!(lb.estimate(&all[0].id), Some(Duration::from_secs(1)));
+    }
+
+    /// One failure keeps traffic away for a few seconds, not a minute: with the defaults
+    /// (1 s penalty fading with a 1 s time constant) next to 10 ms instances, the failed
+    /// instance gets nothing for 4 s and traffic again by 5 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_instance_gets_traffic_within_seconds() {
+        let s = InstanceSet::new("r", set("r", &[true; 3]));
+        let lb = PeakEwma::new();
+        lb.prepare(&s);
+        // All three answer in 10 ms, then r-0 fails once (in 10 ms too).
+        for i in 0..3 {
+            for _ in 0..10 {
+                begin_at(&lb, &s, i)
+                    .finish_with_latency(Outcome::Success, Duration::from_millis(10));
+            }
+        }
+        let failed = s.position("r-0").unwrap();
+        begin_at(&lb, &s, failed).finish_with_latency(Outcome::Failure, Duration::from_millis(10));
+        let mut first_back = None;
+        for step in 0..100 {
+            // 100 ms of paused time per step, 20 calls of 10 ms each.
+            let mut to_failed = 0;
+            for _ in 0..20 {
+                let (p, g) = lb.pick(&s, &SelectContext::default()).unwrap();
+                to_failed += usize::from(p.id == "r-0");
+                g.finish_with_latency(Outcome::Success, Duration::from_millis(10));
+            }
+            if to_failed > 0 && first_back.is_none() {
+                first_back = Some(step);
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let back = Duration::from_millis(100 * first_back.expect("tried again") as u64);
+        assert!(
+            (Duration::from_secs(4)..=Duration::from_secs(5)).contains(&back),
+            "back after {back:?}"
+        );
+        // A longer penalty_decay keeps it away longer, as documented.
+        let lb = PeakEwma::builder()
+            .penalty_decay(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        lb.prepare(&s);
+        begin_at(&lb, &s, failed).finish_with_latency(Outcome::Failure, Duration::from_millis(10));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(lb.estimate("r-0").unwrap() > Duration::from_millis(100));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(lb.estimate("r-0").unwrap() < Duration::from_millis(10));
     }
 }

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use waypost_core_types::{Health, SelectContext, ServiceInfo};
 
 /// How many uniform draws over the whole slice are tried before counting candidates.
-const REJECTION_TRIES: usize = 4;
+pub(crate) const REJECTION_TRIES: usize = 4;
 
 /// Runs `pick` for each health tier of [`Health::SELECTION_ORDER`] until one gives a result:
 /// the `Unknown` instances are tried only when no `Healthy` one could be picked. The second try

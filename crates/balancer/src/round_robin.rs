@@ -4,9 +4,10 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use waypost_core_types::{Health, LoadBalancer, SelectContext, ServiceInfo};
+use waypost_core_types::{Health, InstanceSet, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
+use crate::prepared::{avoided, Candidates, Generational, PerService};
 use crate::state::{StateMap, Striped};
 
 /// Services remembered per thread, see [`RoundRobin`].
@@ -46,6 +47,12 @@ thread_local! {
 /// line. Every thread's own sequence is an exact rotation; across
 /// threads the load is spread evenly but not interleaved in a global order.
 ///
+/// On an [`InstanceSet`] ([`LoadBalancer::select_set`], [`LoadBalancer::pick`]) the rotation
+/// runs over the set's candidates, whose positions are precomputed once per generation (in
+/// [`LoadBalancer::prepare`], or on the first pick of a generation nobody prepared) when some
+/// instances are not of the selection tier, so a pick is O(1) whatever the size and the health
+/// mix. Set and slice picks of one service share its position.
+///
 /// ```
 /// use std::sync::Arc;
 /// use waypost_balancer::RoundRobin;
@@ -63,6 +70,57 @@ thread_local! {
 pub struct RoundRobin {
     id: usize,
     counters: StateMap<Striped>,
+    sets: PerService<Prepared>,
+}
+
+/// What a pick on one generation of a service's set needs.
+struct Prepared {
+    generation: u64,
+    /// The service's position, shared with the slice path and kept across generations.
+    counter: Arc<Striped>,
+    candidates: Candidates,
+}
+
+impl Generational for Prepared {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Prepared {
+    /// The next candidate in turn; avoided ones are stepped over while another is left.
+    #[inline]
+    fn next(&self, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        let k = self.candidates.len();
+        if k == 0 {
+            return None;
+        }
+        let n = self.candidates.wrap(self.counter.next());
+        let i = self.candidates.at(n);
+        if ctx.avoid.is_empty() || !avoided(set, i, ctx) {
+            return Some(i);
+        }
+        Some(self.next_not_avoided(set, ctx, n).unwrap_or(i))
+    }
+
+    /// The first candidate after the `n`-th that is not avoided: among `avoid.len() + 1`
+    /// consecutive candidates one is not avoided, if any is.
+    #[cold]
+    fn next_not_avoided(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+        n: usize,
+    ) -> Option<usize> {
+        let k = self.candidates.len();
+        (1..k.min(ctx.avoid.len() + 1)).find_map(|step| {
+            let i = self.candidates.at((n + step) % k);
+            (!avoided(set, i, ctx)).then(|| {
+                self.counter.advance(step);
+                i
+            })
+        })
+    }
 }
 
 impl Default for RoundRobin {
@@ -70,6 +128,7 @@ impl Default for RoundRobin {
         RoundRobin {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             counters: StateMap::default(),
+            sets: PerService::default(),
         }
     }
 }
@@ -115,7 +174,28 @@ impl RoundRobin {
 
     /// Forgets the position of services for which `keep` returns false (services that are gone).
     pub fn retain_services(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.sets.retain(&mut keep);
         self.counters.retain(|name, _| keep(name));
+    }
+
+    fn build(&self, set: &InstanceSet) -> Prepared {
+        Prepared {
+            generation: set.generation(),
+            counter: self.counters.get_or_insert(set.service(), Striped::default),
+            candidates: Candidates::new(set),
+        }
+    }
+
+    /// A pick on a set whose generation was not prepared: prepares it (O(n)), or, for a set
+    /// older than the prepared one, picks on a copy made for this pick alone.
+    #[cold]
+    #[inline(never)]
+    fn next_unprepared(&self, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+        self.prepare(set);
+        match self.sets.with(set, |p| p.next(set, ctx)) {
+            Some(r) => r,
+            None => self.build(set).next(set, ctx),
+        }
     }
 }
 
@@ -159,6 +239,36 @@ impl LoadBalancer for RoundRobin {
             found
         })
         .map(|i| &instances[i])
+    }
+
+    /// O(1): the next candidate of the prepared generation (the positions of the selection
+    /// tier are precomputed when some instances are not of it).
+    #[inline]
+    fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.sets.with(set, |p| p.next(set, ctx)) {
+            Some(i) => i,
+            None => self.next_unprepared(set, ctx),
+        }?;
+        set.get(i)
+    }
+
+    fn prepare(&self, set: &InstanceSet) {
+        let newer = self
+            .sets
+            .latest(set.service())
+            .is_none_or(|p| p.generation < set.generation());
+        if newer {
+            self.sets.store(set.service(), Arc::new(self.build(set)));
+        }
+    }
+
+    fn forget(&self, service: &str) {
+        self.sets.forget(service);
+        self.counters.retain(|name, _| name != service);
     }
 }
 
@@ -315,5 +425,36 @@ mod tests {
         }
         // Every slot's sequence is an exact rotation, so the sum is exact.
         assert_eq!(total, [4000; 4]);
+    }
+
+    #[test]
+    fn set_rotation_over_candidates_across_generations_and_forget() {
+        use crate::testing::{instance, writer};
+        use Health::{Healthy as H, Unhealthy as D};
+        let mut w = writer("rr", &[H, H, D, H]);
+        let rr = RoundRobin::new();
+        let ctx = SelectContext::default();
+        let set = Arc::clone(w.current());
+        rr.prepare(&set);
+        let picks = ids((0..4).map(|_| rr.select_set(&set, &ctx)));
+        assert_eq!(picks, ["rr-0", "rr-1", "rr-3", "rr-0"]);
+        // A new generation: the rotation goes on over the new candidates.
+        w.upsert(instance("rr", "rr-2", H, 100));
+        let set = Arc::clone(w.current());
+        rr.prepare(&set);
+        let picks = ids((0..4).map(|_| rr.select_set(&set, &ctx)));
+        assert_eq!(picks, ["rr-0", "rr-1", "rr-2", "rr-3"]);
+        // Avoided instances are stepped over, and the next pick starts after the one taken.
+        let avoid = vec!["rr-0".to_string(), "rr-1".to_string()];
+        let avoiding = SelectContext {
+            hash_key: None,
+            avoid: &avoid,
+        };
+        assert_eq!(rr.select_set(&set, &avoiding).unwrap().id, "rr-2");
+        assert_eq!(rr.select_set(&set, &ctx).unwrap().id, "rr-3");
+        // Forgetting the service drops its position.
+        rr.forget("rr");
+        assert_eq!(rr.sets.len(), 0);
+        assert_eq!(rr.select_set(&set, &ctx).unwrap().id, "rr-0");
     }
 }

@@ -106,17 +106,6 @@ impl<V: Send + Sync + 'static> StateMap<V> {
         self.read(|map| map.get(key).map(|v| f(v)))
     }
 
-    /// Runs `f` on the values for two keys, with one load of the map. Lock-free.
-    #[inline]
-    pub(crate) fn with2<R>(
-        &self,
-        a: &str,
-        b: &str,
-        f: impl FnOnce(Option<&V>, Option<&V>) -> R,
-    ) -> R {
-        self.read(|map| f(map.get(a).map(|v| &**v), map.get(b).map(|v| &**v)))
-    }
-
     /// Runs `f` on the value for `key`, creating it with `make` first if needed. Lock-free when
     /// the key exists.
     #[inline]
@@ -181,6 +170,13 @@ impl<V: Send + Sync + 'static> StateMap<V> {
             self.map.store(Arc::new(next));
             self.version.fetch_add(1, Ordering::AcqRel);
             self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Runs `f` on every entry.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, &V)) {
+        for (k, v) in self.map.load().iter() {
+            f(k, v);
         }
     }
 

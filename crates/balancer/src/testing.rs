@@ -49,3 +49,21 @@ pub(crate) fn index(s: &ServiceInfo) -> usize {
         .and_then(|n| n.parse().ok())
         .expect("test id")
 }
+
+/// An instance `id` of service `name` with `health` and `weight`.
+pub(crate) fn instance(name: &str, id: &str, health: Health, weight: u32) -> Arc<ServiceInfo> {
+    Arc::new(
+        ServiceInfo::new(id, name, "127.0.0.1", 8000)
+            .with_health(health)
+            .with_weight(weight),
+    )
+}
+
+/// A writer for `name` holding `name-0`, `name-1`, … with the given health.
+pub(crate) fn writer(name: &str, health: &[Health]) -> waypost_core_types::InstanceSetWriter {
+    let mut w = waypost_core_types::InstanceSetWriter::new(name);
+    for (i, h) in health.iter().enumerate() {
+        w.upsert(instance(name, &format!("{name}-{i}"), *h, 100));
+    }
+    w
+}

@@ -49,6 +49,15 @@ impl<'a> SelectContext<'a> {
 pub trait CallObserver: Send + Sync {
     /// A tracked call to instance `id` ended after `latency` with `outcome`.
     fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration);
+
+    /// Like [`on_finish`](Self::on_finish), with the instant the call ended on tokio's clock
+    /// (the one the guard read to measure `latency`), so that an observer that needs the time
+    /// does not read the clock again. [`CallGuard::finish`] and a dropped guard call this; the
+    /// default calls [`on_finish`](Self::on_finish).
+    fn on_finish_at(&self, id: &str, outcome: Outcome, latency: Duration, now: Instant) {
+        let _ = now;
+        self.on_finish(id, outcome, latency);
+    }
 }
 
 /// Tracks one call to one instance; reports its end to the balancer exactly once.
@@ -80,7 +89,8 @@ impl CallGuard {
     /// Reports the outcome, measuring latency from the guard's creation.
     pub fn finish(mut self, outcome: Outcome) {
         if let Some((obs, id, start)) = self.inner.take() {
-            obs.on_finish(&id, outcome, start.elapsed());
+            let now = Instant::now();
+            obs.on_finish_at(&id, outcome, now.saturating_duration_since(start), now);
         }
     }
 
@@ -95,7 +105,13 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if let Some((obs, id, start)) = self.inner.take() {
-            obs.on_finish(&id, Outcome::Ignored, start.elapsed());
+            let now = Instant::now();
+            obs.on_finish_at(
+                &id,
+                Outcome::Ignored,
+                now.saturating_duration_since(start),
+                now,
+            );
         }
     }
 }
@@ -268,6 +284,32 @@ mod tests {
         assert_eq!(
             *rec.0.lock().unwrap(),
             vec![Duration::from_millis(250), Duration::from_secs(2)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guard_passes_the_instant_it_read() {
+        #[derive(Default)]
+        struct At(Mutex<Vec<(Duration, Instant)>>);
+        impl CallObserver for At {
+            fn on_finish(&self, _id: &str, _outcome: Outcome, _latency: Duration) {
+                unreachable!("the guard calls on_finish_at");
+            }
+            fn on_finish_at(&self, _id: &str, _o: Outcome, latency: Duration, now: Instant) {
+                self.0.lock().unwrap().push((latency, now));
+            }
+        }
+        let rec = Arc::new(At::default());
+        let start = Instant::now();
+        let guard = CallGuard::new(rec.clone(), "a");
+        tokio::time::advance(Duration::from_millis(40)).await;
+        guard.finish(Outcome::Success);
+        drop(CallGuard::new(rec.clone(), "a"));
+        let got = rec.0.lock().unwrap().clone();
+        let end = start + Duration::from_millis(40);
+        assert_eq!(
+            got,
+            vec![(Duration::from_millis(40), end), (Duration::ZERO, end)]
         );
     }
 
