@@ -381,7 +381,9 @@ impl LoadBalancer for ConsistentHash {
 
     fn forget(&self, service: &str) {
         self.sets.forget(service);
-        self.rings.retain(|name, _| name != service);
+        if self.rings.with(service, |_| ()).is_some() {
+            self.rings.retain(|name, _| name != service);
+        }
     }
 }
 

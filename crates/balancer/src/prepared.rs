@@ -183,6 +183,11 @@ impl<T: Generational> PerService<T> {
     /// Drops the state of `service`; threads stop using what they hold of it.
     pub(crate) fn forget(&self, service: &str) {
         self.bury();
+        // A lock-free look first: forgetting a service with no state (most are) costs no copy
+        // of the map, so forgetting many names is not quadratic.
+        if self.services.with(service, |_| ()).is_none() {
+            return;
+        }
         let _w = self.write.lock();
         self.services.retain(|name, _| name != service);
         self.epoch.fetch_add(1, Ordering::AcqRel);

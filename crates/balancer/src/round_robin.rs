@@ -268,7 +268,9 @@ impl LoadBalancer for RoundRobin {
 
     fn forget(&self, service: &str) {
         self.sets.forget(service);
-        self.counters.retain(|name, _| name != service);
+        if self.counters.with(service, |_| ()).is_some() {
+            self.counters.retain(|name, _| name != service);
+        }
     }
 }
 

@@ -338,11 +338,17 @@ impl Entry {
 
     /// Prepares the writer's current set and publishes it. The balancer prepares every set
     /// before any lookup can see it; an entry out of the service map publishes (a lookup
-    /// filling it still answers) but prepares nothing, since the balancer forgets it.
+    /// filling it still answers) but prepares nothing, since the balancer forgets it. An empty
+    /// set has nothing to prepare: the balancer forgets the service instead (a name nobody
+    /// registered, looked up from request input, leaves no state in the balancer).
     fn publish(&self, w: &InstanceSetWriter) {
         let set = w.current();
         if self.version.load(Ordering::Acquire) & EVICTED == 0 {
-            self.balancer.prepare(set);
+            if set.is_empty() {
+                self.balancer.forget(&self.name);
+            } else {
+                self.balancer.prepare(set);
+            }
         }
         self.snap.store(Some(Arc::clone(set)));
         self.version.fetch_add(1, Ordering::Release);
