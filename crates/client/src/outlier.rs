@@ -92,26 +92,41 @@ pub(crate) struct OutlierDetector {
 
 /// A permit from one instance's breaker; records [`Outcome::Ignored`] if dropped unfinished.
 ///
-/// It holds the breaker itself, so finishing costs no second lookup. (Pruning only drops closed
-/// breakers without failures; an outcome recorded on one pruned meanwhile is not carried over.)
+/// While every breaker is closed (the common case), the permit holds no breaker: the outcome is
+/// recorded on the breaker found by id when the attempt ends, a read of the map that writes no
+/// shared reference count. A permit taken while some breaker is not closed (a probe among them)
+/// holds its breaker, so a probe's slot is given back even if the call is dropped. (Pruning only
+/// drops closed breakers without failures; an outcome recorded on one pruned meanwhile is not
+/// carried over.)
 pub(crate) struct InstancePermit {
-    breaker: Arc<SimpleCircuitBreaker>,
+    breaker: Option<Arc<SimpleCircuitBreaker>>,
     permit: Option<Permit>,
 }
 
 impl InstancePermit {
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        if let Some(p) = self.permit.take() {
-            // SimpleCircuitBreaker ignores the duration.
-            self.breaker.record(p, outcome, Duration::ZERO);
+    /// Records `outcome` for instance `id` (the one the permit was acquired for).
+    pub(crate) fn finish(mut self, detector: &OutlierDetector, id: &str, outcome: Outcome) {
+        let Some(p) = self.permit.take() else {
+            return;
+        };
+        // SimpleCircuitBreaker ignores the duration.
+        match &self.breaker {
+            Some(b) => b.record(p, outcome, Duration::ZERO),
+            None => {
+                if let Some(b) = detector.breakers.load().get(id) {
+                    b.record(p, outcome, Duration::ZERO);
+                }
+            }
         }
     }
 }
 
 impl Drop for InstancePermit {
     fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
-            self.breaker.record(p, Outcome::Ignored, Duration::ZERO);
+        // A permit of a closed breaker given back unused changes nothing (`Ignored` on a closed
+        // circuit is not recorded), so only a held breaker needs it.
+        if let (Some(b), Some(p)) = (&self.breaker, self.permit.take()) {
+            b.record(p, Outcome::Ignored, Duration::ZERO);
         }
     }
 }
@@ -159,8 +174,11 @@ impl OutlierDetector {
         loop {
             if let Some(b) = self.breakers.load().get(id) {
                 let permit = b.try_acquire()?;
+                // Read after the permit: zero means the breaker was closed when the permit was
+                // given (a probe's permit would have made it at least one until recorded).
+                let all_closed = self.not_closed.load(Ordering::Acquire) == 0;
                 return Ok(InstancePermit {
-                    breaker: b.clone(),
+                    breaker: (!all_closed).then(|| b.clone()),
                     permit: Some(permit),
                 });
             }
@@ -204,7 +222,7 @@ mod tests {
 
     fn fail(d: &OutlierDetector, id: &str) {
         if let Ok(p) = d.acquire(id) {
-            p.finish(Outcome::Failure);
+            p.finish(d, id, Outcome::Failure);
         }
     }
 
@@ -212,7 +230,9 @@ mod tests {
     async fn ejected_instances_are_listed_until_they_close_again() {
         let d = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
         let mut out = Vec::new();
-        d.acquire("a").expect("closed").finish(Outcome::Success);
+        d.acquire("a")
+            .expect("closed")
+            .finish(&d, "a", Outcome::Success);
         fail(&d, "b");
         d.ejected(&mut out);
         assert!(out.is_empty(), "one failure of two: nothing ejected");
@@ -228,7 +248,9 @@ mod tests {
         out.clear();
         d.ejected(&mut out);
         assert!(out.is_empty(), "b may be probed");
-        d.acquire("b").expect("probe").finish(Outcome::Success);
+        d.acquire("b")
+            .expect("probe")
+            .finish(&d, "b", Outcome::Success);
         assert_eq!(d.state("b"), CircuitState::Closed);
         assert_eq!(d.not_closed.load(Ordering::Acquire), 0);
 
