@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,19 +88,25 @@ pub(crate) struct OutlierDetector {
     /// Breakers not closed: while there are none, nothing is ejected and a pick looks at no
     /// breaker but its own.
     not_closed: Arc<AtomicUsize>,
+    /// Failures recorded through this detector's permits, ever.
+    failures: AtomicU64,
 }
 
 /// A permit from one instance's breaker; records [`Outcome::Ignored`] if dropped unfinished.
 ///
 /// While every breaker is closed (the common case), the permit holds no breaker: the outcome is
 /// recorded on the breaker found by id when the attempt ends, a read of the map that writes no
-/// shared reference count. A permit taken while some breaker is not closed (a probe among them)
-/// holds its breaker, so a probe's slot is given back even if the call is dropped. (Pruning only
-/// drops closed breakers without failures; an outcome recorded on one pruned meanwhile is not
-/// carried over.)
+/// shared reference count; and a success after a pick that saw no failure to reset, with no
+/// failure recorded by any call since, is not recorded at all (it would change nothing). A
+/// permit taken while some breaker is not closed (a probe among them) holds its breaker, so a
+/// probe's slot is given back even if the call is dropped. (Pruning only drops closed breakers
+/// without failures; an outcome recorded on one pruned meanwhile is not carried over.)
 pub(crate) struct InstancePermit {
     breaker: Option<Arc<SimpleCircuitBreaker>>,
     permit: Option<Permit>,
+    /// The detector's failure count when the permit was given, if the breaker then counted no
+    /// failure.
+    clean_since: Option<u64>,
 }
 
 impl InstancePermit {
@@ -109,6 +115,22 @@ impl InstancePermit {
         let Some(p) = self.permit.take() else {
             return;
         };
+        match outcome {
+            Outcome::Failure => {
+                // Counted before it is recorded: a pick that reads the count after this sees a
+                // breaker that may have a failure to reset.
+                detector.failures.fetch_add(1, Ordering::AcqRel);
+            }
+            Outcome::Success | Outcome::Ignored
+                if self.breaker.is_none()
+                    && self.clean_since == Some(detector.failures.load(Ordering::Acquire)) =>
+            {
+                // No failure anywhere since the pick, which saw none on this breaker: nothing
+                // to reset. (A failure recorded concurrently is ordered after this success.)
+                return;
+            }
+            _ => {}
+        }
         // SimpleCircuitBreaker ignores the duration.
         match &self.breaker {
             Some(b) => b.record(p, outcome, Duration::ZERO),
@@ -138,6 +160,7 @@ impl OutlierDetector {
             breakers: ArcSwap::from_pointee(Breakers::default()),
             insert: Mutex::new(()),
             not_closed: Arc::new(AtomicUsize::new(0)),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -173,6 +196,8 @@ impl OutlierDetector {
     pub(crate) fn acquire(&self, id: &str) -> Result<InstancePermit> {
         loop {
             if let Some(b) = self.breakers.load().get(id) {
+                // Read before the breaker's count (see `InstancePermit::finish`).
+                let failures = self.failures.load(Ordering::Acquire);
                 let permit = b.try_acquire()?;
                 // Read after the permit: zero means the breaker was closed when the permit was
                 // given (a probe's permit would have made it at least one until recorded).
@@ -180,6 +205,7 @@ impl OutlierDetector {
                 return Ok(InstancePermit {
                     breaker: (!all_closed).then(|| b.clone()),
                     permit: Some(permit),
+                    clean_since: (b.consecutive_failures() == 0).then_some(failures),
                 });
             }
             self.insert(id);
@@ -259,5 +285,27 @@ mod tests {
         fail(&d, "b");
         d.ejected(&mut out);
         assert_eq!(out, ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_failures_counted_since_its_pick() {
+        let d = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
+        // Picked while the instance had no failure; a failure is recorded before it ends.
+        let early = d.acquire("a").expect("closed");
+        fail(&d, "a");
+        early.finish(&d, "a", Outcome::Success);
+        fail(&d, "a");
+        assert_eq!(
+            d.state("a"),
+            CircuitState::Closed,
+            "the success between the two failures reset the count"
+        );
+        // Picked after a failure.
+        let after = d.acquire("a").expect("closed");
+        after.finish(&d, "a", Outcome::Success);
+        fail(&d, "a");
+        assert_eq!(d.state("a"), CircuitState::Closed);
+        fail(&d, "a");
+        assert_eq!(d.state("a"), CircuitState::Open, "two in a row eject");
     }
 }

@@ -95,3 +95,51 @@ impl Drop for AttemptTimer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn idle() -> usize {
+        IDLE.with(|i| i.borrow().len())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_kept_timer_fires_at_its_new_deadline() {
+        // On a worker thread, so it stays on one thread.
+        tokio::spawn(async {
+            let start = Instant::now();
+            let mut first = AttemptTimer::until(start + Duration::from_millis(20));
+            // Registered by a poll, then given back before its deadline.
+            let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut first).poll(cx)));
+            assert!(polled.await.is_pending());
+            let kept = idle();
+            drop(first);
+            assert_eq!(idle(), kept + 1, "kept by the thread");
+            // Moved on to a later deadline: it must not fire at the old one.
+            AttemptTimer::until(start + Duration::from_millis(80)).await;
+            assert_eq!(idle(), kept + 1, "taken and given back again");
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_millis(80), "{waited:?}");
+            // And to an earlier one than its last.
+            let start = Instant::now();
+            AttemptTimer::until(start + Duration::from_millis(10)).await;
+            let waited = start.elapsed();
+            assert!(
+                waited >= Duration::from_millis(10) && waited < Duration::from_secs(2),
+                "{waited:?}"
+            );
+        })
+        .await
+        .expect("timer task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn current_thread_runtimes_keep_no_timer() {
+        let kept = idle();
+        AttemptTimer::until(Instant::now() + Duration::from_millis(5)).await;
+        assert_eq!(idle(), kept);
+    }
+}

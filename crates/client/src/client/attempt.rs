@@ -165,7 +165,7 @@ impl ServiceClient {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn try_once(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         failed: &[String],
         attempt: u32,
         mut remaining: Option<Duration>,
@@ -208,13 +208,14 @@ impl ServiceClient {
             .send_once(spec, &selection.instance, t0, attempt_timeout)
             .instrument(span)
             .await;
-        let elapsed = t0.elapsed();
         let outcome = match &result {
             Attempt::Done(..) => Outcome::Success,
             Attempt::Fail { outcome, .. } => *outcome,
         };
         let Selection { instance, guard } = selection;
-        guard.finish_with_latency(outcome, elapsed);
+        // The guard measures its own latency (from the pick), and a guard that reports to
+        // nobody reads no clock.
+        guard.finish(outcome);
         if let (Some(p), Some(o)) = (permit, &self.inner.outliers) {
             p.finish(o, &instance.id, outcome);
         }
@@ -224,7 +225,7 @@ impl ServiceClient {
     /// [`pick`](Self::pick), within what is left of the call's deadline.
     async fn pick_within(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         failed: &[String],
         remaining: Option<Duration>,
         overall: Option<Duration>,
@@ -241,7 +242,7 @@ impl ServiceClient {
     /// ones that failed in this call, never to an ejected one.
     async fn pick(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         failed: &[String],
     ) -> Result<(Selection, Option<InstancePermit>)> {
         let discovery = &self.inner.discovery;
@@ -289,7 +290,7 @@ impl ServiceClient {
     /// Builds the request for `instance`.
     fn request_for(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
     ) -> Result<Request<Full<Bytes>>> {
         let scheme = match instance.protocol {
@@ -378,7 +379,7 @@ impl ServiceClient {
 
     async fn send_once(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
         start: Instant,
         timeout: Duration,
