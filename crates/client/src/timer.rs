@@ -89,6 +89,11 @@ impl Drop for AttemptTimer {
         };
         let _ = IDLE.try_with(|idle| {
             let mut idle = idle.borrow_mut();
+            // A thread keeps the timers of one runtime, the last it used: a runtime that is
+            // gone leaves none behind for long.
+            if idle.first().is_some_and(|(of, _)| *of != id) {
+                idle.clear();
+            }
             if idle.len() < KEPT {
                 idle.push((id, sleep));
             }
