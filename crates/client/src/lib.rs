@@ -99,6 +99,7 @@ mod http;
 mod outlier;
 mod retry;
 mod service;
+mod timer;
 
 pub use crate::body::DEFAULT_BODY_LIMIT;
 pub use crate::budget::RetryBudget;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,30 +88,67 @@ pub(crate) struct OutlierDetector {
     /// Breakers not closed: while there are none, nothing is ejected and a pick looks at no
     /// breaker but its own.
     not_closed: Arc<AtomicUsize>,
+    /// Failures recorded through this detector's permits, ever.
+    failures: AtomicU64,
 }
 
 /// A permit from one instance's breaker; records [`Outcome::Ignored`] if dropped unfinished.
 ///
-/// It holds the breaker itself, so finishing costs no second lookup. (Pruning only drops closed
-/// breakers without failures; an outcome recorded on one pruned meanwhile is not carried over.)
+/// While every breaker is closed (the common case), the permit holds no breaker: the outcome is
+/// recorded on the breaker found by id when the attempt ends, a read of the map that writes no
+/// shared reference count; and a success after a pick that saw no failure to reset, with no
+/// failure recorded by any call since, is not recorded at all (it would change nothing). A
+/// permit taken while some breaker is not closed (a probe among them) holds its breaker, so a
+/// probe's slot is given back even if the call is dropped. (Pruning only drops closed breakers
+/// without failures; an outcome recorded on one pruned meanwhile is not carried over.)
 pub(crate) struct InstancePermit {
-    breaker: Arc<SimpleCircuitBreaker>,
+    breaker: Option<Arc<SimpleCircuitBreaker>>,
     permit: Option<Permit>,
+    /// The detector's failure count when the permit was given, if the breaker then counted no
+    /// failure.
+    clean_since: Option<u64>,
 }
 
 impl InstancePermit {
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        if let Some(p) = self.permit.take() {
-            // SimpleCircuitBreaker ignores the duration.
-            self.breaker.record(p, outcome, Duration::ZERO);
+    /// Records `outcome` for instance `id` (the one the permit was acquired for).
+    pub(crate) fn finish(mut self, detector: &OutlierDetector, id: &str, outcome: Outcome) {
+        let Some(p) = self.permit.take() else {
+            return;
+        };
+        match outcome {
+            Outcome::Failure => {
+                // Counted before it is recorded: a pick that reads the count after this sees a
+                // breaker that may have a failure to reset.
+                detector.failures.fetch_add(1, Ordering::AcqRel);
+            }
+            Outcome::Success | Outcome::Ignored
+                if self.breaker.is_none()
+                    && self.clean_since == Some(detector.failures.load(Ordering::Acquire)) =>
+            {
+                // No failure anywhere since the pick, which saw none on this breaker: nothing
+                // to reset. (A failure recorded concurrently is ordered after this success.)
+                return;
+            }
+            _ => {}
+        }
+        // SimpleCircuitBreaker ignores the duration.
+        match &self.breaker {
+            Some(b) => b.record(p, outcome, Duration::ZERO),
+            None => {
+                if let Some(b) = detector.breakers.load().get(id) {
+                    b.record(p, outcome, Duration::ZERO);
+                }
+            }
         }
     }
 }
 
 impl Drop for InstancePermit {
     fn drop(&mut self) {
-        if let Some(p) = self.permit.take() {
-            self.breaker.record(p, Outcome::Ignored, Duration::ZERO);
+        // A permit of a closed breaker given back unused changes nothing (`Ignored` on a closed
+        // circuit is not recorded), so only a held breaker needs it.
+        if let (Some(b), Some(p)) = (&self.breaker, self.permit.take()) {
+            b.record(p, Outcome::Ignored, Duration::ZERO);
         }
     }
 }
@@ -123,6 +160,7 @@ impl OutlierDetector {
             breakers: ArcSwap::from_pointee(Breakers::default()),
             insert: Mutex::new(()),
             not_closed: Arc::new(AtomicUsize::new(0)),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -158,10 +196,16 @@ impl OutlierDetector {
     pub(crate) fn acquire(&self, id: &str) -> Result<InstancePermit> {
         loop {
             if let Some(b) = self.breakers.load().get(id) {
+                // Read before the breaker's count (see `InstancePermit::finish`).
+                let failures = self.failures.load(Ordering::Acquire);
                 let permit = b.try_acquire()?;
+                // Read after the permit: zero means the breaker was closed when the permit was
+                // given (a probe's permit would have made it at least one until recorded).
+                let all_closed = self.not_closed.load(Ordering::Acquire) == 0;
                 return Ok(InstancePermit {
-                    breaker: b.clone(),
+                    breaker: (!all_closed).then(|| b.clone()),
                     permit: Some(permit),
+                    clean_since: (b.consecutive_failures() == 0).then_some(failures),
                 });
             }
             self.insert(id);
@@ -204,7 +248,7 @@ mod tests {
 
     fn fail(d: &OutlierDetector, id: &str) {
         if let Ok(p) = d.acquire(id) {
-            p.finish(Outcome::Failure);
+            p.finish(d, id, Outcome::Failure);
         }
     }
 
@@ -212,7 +256,9 @@ mod tests {
     async fn ejected_instances_are_listed_until_they_close_again() {
         let d = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
         let mut out = Vec::new();
-        d.acquire("a").expect("closed").finish(Outcome::Success);
+        d.acquire("a")
+            .expect("closed")
+            .finish(&d, "a", Outcome::Success);
         fail(&d, "b");
         d.ejected(&mut out);
         assert!(out.is_empty(), "one failure of two: nothing ejected");
@@ -228,7 +274,9 @@ mod tests {
         out.clear();
         d.ejected(&mut out);
         assert!(out.is_empty(), "b may be probed");
-        d.acquire("b").expect("probe").finish(Outcome::Success);
+        d.acquire("b")
+            .expect("probe")
+            .finish(&d, "b", Outcome::Success);
         assert_eq!(d.state("b"), CircuitState::Closed);
         assert_eq!(d.not_closed.load(Ordering::Acquire), 0);
 
@@ -237,5 +285,27 @@ mod tests {
         fail(&d, "b");
         d.ejected(&mut out);
         assert_eq!(out, ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_failures_counted_since_its_pick() {
+        let d = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
+        // Picked while the instance had no failure; a failure is recorded before it ends.
+        let early = d.acquire("a").expect("closed");
+        fail(&d, "a");
+        early.finish(&d, "a", Outcome::Success);
+        fail(&d, "a");
+        assert_eq!(
+            d.state("a"),
+            CircuitState::Closed,
+            "the success between the two failures reset the count"
+        );
+        // Picked after a failure.
+        let after = d.acquire("a").expect("closed");
+        after.finish(&d, "a", Outcome::Success);
+        fail(&d, "a");
+        assert_eq!(d.state("a"), CircuitState::Closed);
+        fail(&d, "a");
+        assert_eq!(d.state("a"), CircuitState::Open, "two in a row eject");
     }
 }

@@ -3,14 +3,18 @@
 //! the instance's breaker.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::Full;
+use hyper_util::client::legacy::ResponseFuture;
 use tokio::time::Instant;
 use tracing::Instrument;
 use waypost_core_types::quote::{quoted, quoted_up_to};
@@ -19,9 +23,10 @@ use waypost_core_types::{
 };
 
 use super::execute::deadline_error;
-use super::{BoxFuture, CallSpec, ServiceClient};
+use super::{CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
 use crate::outlier::InstancePermit;
+use crate::timer::AttemptTimer;
 
 pub(super) enum Attempt {
     Done(StatusCode, HeaderMap, Bytes),
@@ -160,7 +165,7 @@ impl ServiceClient {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn try_once(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         failed: &[String],
         attempt: u32,
         mut remaining: Option<Duration>,
@@ -203,15 +208,16 @@ impl ServiceClient {
             .send_once(spec, &selection.instance, t0, attempt_timeout)
             .instrument(span)
             .await;
-        let elapsed = t0.elapsed();
         let outcome = match &result {
             Attempt::Done(..) => Outcome::Success,
             Attempt::Fail { outcome, .. } => *outcome,
         };
         let Selection { instance, guard } = selection;
-        guard.finish_with_latency(outcome, elapsed);
-        if let Some(p) = permit {
-            p.finish(outcome);
+        // The guard measures its own latency (from the pick), and a guard that reports to
+        // nobody reads no clock.
+        guard.finish(outcome);
+        if let (Some(p), Some(o)) = (permit, &self.inner.outliers) {
+            p.finish(o, &instance.id, outcome);
         }
         Ok((instance, result, capped_by_deadline))
     }
@@ -219,7 +225,7 @@ impl ServiceClient {
     /// [`pick`](Self::pick), within what is left of the call's deadline.
     async fn pick_within(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         failed: &[String],
         remaining: Option<Duration>,
         overall: Option<Duration>,
@@ -236,7 +242,7 @@ impl ServiceClient {
     /// ones that failed in this call, never to an ejected one.
     async fn pick(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         failed: &[String],
     ) -> Result<(Selection, Option<InstancePermit>)> {
         let discovery = &self.inner.discovery;
@@ -281,12 +287,12 @@ impl ServiceClient {
         Err(Error::CircuitOpen)
     }
 
-    /// Builds the request for `instance` and the future that sends it and reads the response.
-    fn exchange(
+    /// Builds the request for `instance`.
+    fn request_for(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
-    ) -> Result<BoxFuture<'_, Attempt>> {
+    ) -> Result<Request<Full<Bytes>>> {
         let scheme = match instance.protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
@@ -312,10 +318,14 @@ impl ServiceClient {
         if !spec.headers.is_empty() {
             *req.headers_mut() = spec.headers.clone();
         }
+        Ok(req)
+    }
+
+    /// Waits for the response to a request sent by `sent` and reads it.
+    async fn exchange(&self, sent: ResponseFuture) -> Attempt {
         let limit = self.inner.body_limit;
-        // Boxed on its own, for the same reason as the attempt.
-        Ok(Box::pin(async move {
-            let resp = match self.inner.http.request(req).await {
+        {
+            let resp = match sent.await {
                 Ok(r) => r,
                 Err(e) => {
                     // A connection that could not be opened carried no request.
@@ -364,19 +374,19 @@ impl ServiceClient {
                     timed_out: false,
                 },
             }
-        }))
+        }
     }
 
     async fn send_once(
         &self,
-        spec: &CallSpec,
+        spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
         start: Instant,
         timeout: Duration,
     ) -> Attempt {
-        // The request is built outside this future, so its 256 bytes take no room here.
-        let exchange = match self.exchange(spec, instance) {
-            Ok(exchange) => exchange,
+        // The request is built outside the exchange's future, so it is not held twice.
+        let req = match self.request_for(spec, instance) {
+            Ok(req) => req,
             Err(error) => {
                 return Attempt::Fail {
                     error,
@@ -387,13 +397,20 @@ impl ServiceClient {
             }
         };
         // A timeout too far to represent (`Duration::MAX`) is no timeout.
-        let timed = match start.checked_add(timeout) {
-            Some(at) => tokio::time::timeout_at(at, exchange).await,
-            None => Ok(exchange.await),
+        let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req)));
+        let Some(at) = start.checked_add(timeout) else {
+            return exchange.await;
         };
+        // The exchange first, as `tokio::time::timeout` does: a response that is ready wins.
+        let mut timer = AttemptTimer::until(at);
+        let timed = std::future::poll_fn(|cx| match exchange.as_mut().poll(cx) {
+            Poll::Ready(a) => Poll::Ready(Some(a)),
+            Poll::Pending => Pin::new(&mut timer).poll(cx).map(|()| None),
+        })
+        .await;
         match timed {
-            Ok(a) => a,
-            Err(_) => Attempt::Fail {
+            Some(a) => a,
+            None => Attempt::Fail {
                 error: Error::timeout(
                     format!(
                         "attempt to `{}` at {}",

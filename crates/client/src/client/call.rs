@@ -1,6 +1,7 @@
 //! One call: [`CallBuilder`] describes it (headers, body, per-call timeout, deadline and
 //! retries), `CallSpec` carries it through the retry loop, [`ServiceResponse`] is what it returns.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -61,12 +62,13 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
         .map_err(|e| Error::Codec(format!("request body: {e}")))
 }
 
-/// One call, as the retry loop needs it.
+/// One call, as the retry loop needs it. The service name and the path are borrowed when the
+/// caller's future borrows them anyway (`get`, `post`, …), and owned otherwise.
 #[derive(Debug, Clone)]
-pub(crate) struct CallSpec {
-    pub(crate) service: String,
+pub(crate) struct CallSpec<'a> {
+    pub(crate) service: Cow<'a, str>,
     pub(crate) method: Method,
-    pub(crate) path: String,
+    pub(crate) path: Cow<'a, str>,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(super) hash_key: Option<Vec<u8>>,
@@ -76,15 +78,47 @@ pub(crate) struct CallSpec {
     pub(super) max_retries: Option<u32>,
 }
 
-impl CallSpec {
+impl CallSpec<'static> {
+    /// A call that owns copies of `service` and `path`.
     pub(crate) fn new(service: &str, method: Method, path: &str) -> Self {
+        let CallSpec {
+            service,
+            method,
+            path,
+            headers,
+            body,
+            hash_key,
+            timeout,
+            deadline,
+            retry_non_idempotent,
+            max_retries,
+        } = CallSpec::borrowed(service, method, path);
+        CallSpec {
+            service: Cow::Owned(service.into_owned()),
+            method,
+            path: Cow::Owned(path.into_owned()),
+            headers,
+            body,
+            hash_key,
+            timeout,
+            deadline,
+            retry_non_idempotent,
+            max_retries,
+        }
+    }
+}
+
+impl<'a> CallSpec<'a> {
+    /// A call that borrows `service` and `path` (a path without its leading `/` gets one, in a
+    /// copy).
+    pub(crate) fn borrowed(service: &'a str, method: Method, path: &'a str) -> Self {
         let path = if path.starts_with('/') {
-            path.to_owned()
+            Cow::Borrowed(path)
         } else {
-            format!("/{path}")
+            Cow::Owned(format!("/{path}"))
         };
         CallSpec {
-            service: service.to_owned(),
+            service: Cow::Borrowed(service),
             method,
             path,
             headers: HeaderMap::new(),
@@ -114,7 +148,7 @@ pub(crate) fn path_for_logs(path: &str) -> &str {
 #[must_use = "a call does nothing until it is sent"]
 pub struct CallBuilder<'a> {
     pub(super) client: &'a ServiceClient,
-    pub(super) spec: CallSpec,
+    pub(super) spec: CallSpec<'static>,
     pub(super) error: Option<Error>,
 }
 

@@ -19,7 +19,10 @@ pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error 
 }
 
 impl ServiceClient {
-    pub(crate) fn execute(&self, spec: CallSpec) -> BoxFuture<'_, Result<ServiceResponse>> {
+    pub(crate) fn execute<'a>(
+        &'a self,
+        spec: CallSpec<'a>,
+    ) -> BoxFuture<'a, Result<ServiceResponse>> {
         // The path without its query string (it may carry a token), both bounded and escaped:
         // they can come from request input.
         let span = tracing::info_span!(
@@ -35,7 +38,7 @@ impl ServiceClient {
         Box::pin(async move { self.execute_in_span(&spec).await }.instrument(span))
     }
 
-    pub(super) async fn execute_in_span(&self, spec: &CallSpec) -> Result<ServiceResponse> {
+    pub(super) async fn execute_in_span(&self, spec: &CallSpec<'_>) -> Result<ServiceResponse> {
         let inner = &*self.inner;
         let overall = spec.deadline.or(inner.deadline);
         // One clock read per call only when there is a deadline to keep. A deadline too far to
@@ -135,7 +138,8 @@ impl ServiceClient {
                         // the pick is one that already failed.
                         backoff_if_again = Some(wait);
                     } else {
-                        tokio::time::sleep(wait).await;
+                        // Boxed: a timer takes room, and most calls never wait.
+                        Box::pin(tokio::time::sleep(wait)).await;
                     }
                 }
             }
