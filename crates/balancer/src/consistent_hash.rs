@@ -376,7 +376,7 @@ impl LoadBalancer for ConsistentHash {
             Some(l) => l.next(set, self.replicas),
             None => SetRing::build(set, self.replicas),
         };
-        self.sets.store(set.service(), Arc::new(ring));
+        self.sets.store_for(set, Arc::new(ring));
     }
 
     fn forget(&self, service: &str) {

@@ -1,7 +1,9 @@
 //! What balancers precompute per [`InstanceSet`] generation, and how a pick finds it.
 //!
 //! [`PerService`] keeps, for each service, the state prepared for the latest set it saw (an
-//! alias table, a schedule, per-instance state, a ring). A pick looks it up by the set's
+//! alias table, a schedule, per-instance state, a ring), and attaches it to the set it was
+//! prepared for ([`InstanceSet::attach`]): a pick on that set finds it with one load. For a set
+//! without it (prepared by another balancer, or cloned), the pick looks it up by the set's
 //! generation: each thread keeps the last few prepared states it used, keyed by (balancer,
 //! generation), so a pick on an unchanged set costs a short scan of a thread-local array and
 //! no hashing, no lock and no shared write. A miss reads the per-service map (lock-free); a
@@ -84,6 +86,13 @@ impl<T: Generational> PerService<T> {
     /// Runs `f` on the state prepared for `set`'s generation; `None` when there is none.
     #[inline]
     pub(crate) fn with<R>(&self, set: &InstanceSet, f: impl FnOnce(&T) -> R) -> Option<R> {
+        // The state this balancer attached to the set when it prepared it: one load.
+        if let Some(state) = set
+            .attachment(self.owner)
+            .and_then(|a| a.downcast_ref::<T>())
+        {
+            return Some(f(state));
+        }
         let epoch = self.epoch.load(Ordering::Acquire);
         let generation = set.generation();
         let mut f = Some(f);
@@ -163,6 +172,15 @@ impl<T: Generational> PerService<T> {
         self.services
             .with(service, |slot| slot.load_full())
             .flatten()
+    }
+
+    /// Makes `value`, prepared for `set`, the state of its service (unless a newer generation
+    /// is already there) and attaches it to `set`, where picks on that set find it first.
+    pub(crate) fn store_for(&self, set: &InstanceSet, value: Arc<T>) {
+        if value.generation() == set.generation() {
+            set.attach(self.owner, Arc::clone(&value) as AnyState);
+        }
+        self.store(set.service(), value);
     }
 
     /// Makes `value` the state of `service`, unless a newer generation is already there.
@@ -501,10 +519,7 @@ pub(crate) fn prepare_tracked<S: Send + Sync + 'static>(
     {
         return;
     }
-    sets.store(
-        set.service(),
-        Arc::new(Tracked::new(set, prev.as_deref(), make)),
-    );
+    sets.store_for(set, Arc::new(Tracked::new(set, prev.as_deref(), make)));
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ impl LoadBalancer for Random {
             .latest(set.service())
             .is_none_or(|p| p.generation < set.generation());
         if newer {
-            self.sets.store(set.service(), Arc::new(Self::build(set)));
+            self.sets.store_for(set, Arc::new(Self::build(set)));
         }
     }
 

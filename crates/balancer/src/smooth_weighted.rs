@@ -355,7 +355,7 @@ impl LoadBalancer for SmoothWeightedRoundRobin {
             .latest(set.service())
             .is_none_or(|p| p.generation < set.generation());
         if newer {
-            self.sets.store(set.service(), Arc::new(self.build(set)));
+            self.sets.store_for(set, Arc::new(self.build(set)));
         }
     }
 

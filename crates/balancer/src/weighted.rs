@@ -209,7 +209,7 @@ impl LoadBalancer for WeightedRandom {
             .latest(set.service())
             .is_none_or(|p| p.generation < set.generation());
         if newer {
-            self.sets.store(set.service(), Arc::new(Alias::new(set)));
+            self.sets.store_for(set, Arc::new(Alias::new(set)));
         }
     }
 

@@ -13,13 +13,17 @@
 //! O(1); a removal moves the last instance into the freed position, so the order of a set is
 //! its instances' order of arrival (a set built from a list starts sorted by id).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::{Health, ServiceInfo};
+
+/// State a balancer prepared for one set, with the balancer's key.
+type Attached = (usize, Arc<dyn Any + Send + Sync>);
 
 /// log2 of the number of instances per chunk.
 const CHUNK_SHIFT: usize = 6;
@@ -54,7 +58,6 @@ fn next_generation() -> u64 {
 /// assert_eq!(set.get(0).map(|s| s.id.as_str()), Some("user-1"));
 /// assert_eq!(set.selectable(), 3);
 /// ```
-#[derive(Clone)]
 pub struct InstanceSet {
     service: Arc<str>,
     generation: u64,
@@ -62,6 +65,8 @@ pub struct InstanceSet {
     chunks: Arc<[Chunk]>,
     healthy: usize,
     unknown: usize,
+    /// What the balancer of the cache that published the set prepared for it.
+    attached: OnceLock<Attached>,
 }
 
 impl InstanceSet {
@@ -101,6 +106,7 @@ impl InstanceSet {
             chunks,
             healthy,
             unknown,
+            attached: OnceLock::new(),
         }
     }
 
@@ -200,6 +206,40 @@ impl InstanceSet {
     #[inline]
     pub fn all_selectable(&self) -> bool {
         self.selectable() == self.len
+    }
+
+    /// Attaches `state` that the balancer keyed `owner` prepared for this very set (in
+    /// [`LoadBalancer::prepare`](crate::LoadBalancer::prepare)), so that its picks on the set
+    /// find it with one load instead of a lookup. A set has one slot: the first attachment
+    /// stays, and this returns whether `state` was attached. The state lives as long as the set.
+    pub fn attach(&self, owner: usize, state: Arc<dyn Any + Send + Sync>) -> bool {
+        self.attached.set((owner, state)).is_ok()
+    }
+
+    /// The state attached by the balancer keyed `owner`, if any.
+    #[inline]
+    pub fn attachment(&self, owner: usize) -> Option<&(dyn Any + Send + Sync)> {
+        match self.attached.get() {
+            Some((o, state)) if *o == owner => Some(&**state),
+            _ => None,
+        }
+    }
+}
+
+/// A clone is the same set (same generation, same instances) without the
+/// [attachment](InstanceSet::attach): state that holds a clone of its set can never keep itself
+/// alive through it.
+impl Clone for InstanceSet {
+    fn clone(&self) -> Self {
+        InstanceSet {
+            service: Arc::clone(&self.service),
+            generation: self.generation,
+            len: self.len,
+            chunks: Arc::clone(&self.chunks),
+            healthy: self.healthy,
+            unknown: self.unknown,
+            attached: OnceLock::new(),
+        }
     }
 }
 
@@ -433,6 +473,7 @@ impl InstanceSetWriter {
             chunks,
             healthy,
             unknown,
+            attached: OnceLock::new(),
         });
     }
 }
@@ -598,6 +639,34 @@ mod tests {
             }
             check(&w, &model);
         }
+    }
+
+    #[test]
+    fn one_attachment_per_set_found_by_its_owner() {
+        let set = InstanceSet::new("s", [svc("a", Health::Healthy)]);
+        assert!(set.attachment(7).is_none());
+        assert!(set.attach(7, Arc::new(41u32)));
+        assert!(
+            !set.attach(8, Arc::new(42u32)),
+            "the first attachment stays"
+        );
+        assert_eq!(
+            set.attachment(7).and_then(|a| a.downcast_ref::<u32>()),
+            Some(&41)
+        );
+        assert!(set.attachment(8).is_none());
+        assert!(
+            set.clone().attachment(7).is_none(),
+            "a clone carries no attachment"
+        );
+        let mut w = InstanceSetWriter::new("s");
+        w.upsert(svc("a", Health::Healthy));
+        assert!(w.current().attach(7, Arc::new(1u8)));
+        w.upsert(svc("b", Health::Healthy));
+        assert!(
+            w.current().attachment(7).is_none(),
+            "a new set starts without one"
+        );
     }
 
     #[test]
