@@ -381,9 +381,7 @@ impl LoadBalancer for ConsistentHash {
 
     fn forget(&self, service: &str) {
         self.sets.forget(service);
-        if self.rings.with(service, |_| ()).is_some() {
-            self.rings.retain(|name, _| name != service);
-        }
+        self.rings.remove(service);
     }
 }
 

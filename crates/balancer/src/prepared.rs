@@ -174,6 +174,17 @@ impl<T: Generational> PerService<T> {
             .flatten()
     }
 
+    /// Builds and stores the state for `set` with `build`, unless the same or a newer
+    /// generation of its service is already prepared.
+    pub(crate) fn prepare(&self, set: &InstanceSet, build: impl FnOnce() -> T) {
+        let newer = self
+            .latest(set.service())
+            .is_none_or(|p| p.generation() < set.generation());
+        if newer {
+            self.store_for(set, Arc::new(build()));
+        }
+    }
+
     /// Makes `value`, prepared for `set`, the state of its service (unless a newer generation
     /// is already there) and attaches it to `set`, where picks on that set find it first.
     pub(crate) fn store_for(&self, set: &InstanceSet, value: Arc<T>) {
@@ -201,14 +212,10 @@ impl<T: Generational> PerService<T> {
     /// Drops the state of `service`; threads stop using what they hold of it.
     pub(crate) fn forget(&self, service: &str) {
         self.bury();
-        // A lock-free look first: forgetting a service with no state (most are) costs no copy
-        // of the map, so forgetting many names is not quadratic.
-        if self.services.with(service, |_| ()).is_none() {
-            return;
-        }
         let _w = self.write.lock();
-        self.services.retain(|name, _| name != service);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if self.services.remove(service) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Drops the state of services for which `keep` is false.

@@ -99,13 +99,7 @@ impl LoadBalancer for Random {
     }
 
     fn prepare(&self, set: &InstanceSet) {
-        let newer = self
-            .sets
-            .latest(set.service())
-            .is_none_or(|p| p.generation < set.generation());
-        if newer {
-            self.sets.store_for(set, Arc::new(Self::build(set)));
-        }
+        self.sets.prepare(set, || Self::build(set));
     }
 
     fn forget(&self, service: &str) {

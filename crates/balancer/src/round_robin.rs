@@ -257,20 +257,12 @@ impl LoadBalancer for RoundRobin {
     }
 
     fn prepare(&self, set: &InstanceSet) {
-        let newer = self
-            .sets
-            .latest(set.service())
-            .is_none_or(|p| p.generation < set.generation());
-        if newer {
-            self.sets.store_for(set, Arc::new(self.build(set)));
-        }
+        self.sets.prepare(set, || self.build(set));
     }
 
     fn forget(&self, service: &str) {
         self.sets.forget(service);
-        if self.counters.with(service, |_| ()).is_some() {
-            self.counters.retain(|name, _| name != service);
-        }
+        self.counters.remove(service);
     }
 }
 

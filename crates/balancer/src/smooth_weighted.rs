@@ -350,18 +350,12 @@ impl LoadBalancer for SmoothWeightedRoundRobin {
     }
 
     fn prepare(&self, set: &InstanceSet) {
-        let newer = self
-            .sets
-            .latest(set.service())
-            .is_none_or(|p| p.generation < set.generation());
-        if newer {
-            self.sets.store_for(set, Arc::new(self.build(set)));
-        }
+        self.sets.prepare(set, || self.build(set));
     }
 
     fn forget(&self, service: &str) {
         self.sets.forget(service);
-        self.services.retain(|name, _| name != service);
+        self.services.remove(service);
     }
 }
 

@@ -157,6 +157,17 @@ impl<V: Send + Sync + 'static> StateMap<V> {
         v
     }
 
+    /// Drops the entry for `key`. A key that is not there costs a lock-free lookup and no copy
+    /// of the map, so removing many absent keys (names nobody registered) is not quadratic.
+    /// Returns whether there was an entry.
+    pub(crate) fn remove(&self, key: &str) -> bool {
+        if self.with(key, |_| ()).is_none() {
+            return false;
+        }
+        self.retain(|k, _| k != key);
+        true
+    }
+
     /// Drops every entry for which `keep` is false.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&str, &V) -> bool) {
         let _w = self.write.lock();

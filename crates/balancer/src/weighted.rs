@@ -204,13 +204,7 @@ impl LoadBalancer for WeightedRandom {
     }
 
     fn prepare(&self, set: &InstanceSet) {
-        let newer = self
-            .sets
-            .latest(set.service())
-            .is_none_or(|p| p.generation < set.generation());
-        if newer {
-            self.sets.store_for(set, Arc::new(Alias::new(set)));
-        }
+        self.sets.prepare(set, || Alias::new(set));
     }
 
     fn forget(&self, service: &str) {
