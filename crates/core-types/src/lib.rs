@@ -41,6 +41,7 @@ mod event;
 mod instances;
 mod metadata;
 pub mod quote;
+pub mod record;
 mod registry;
 pub mod secret;
 mod service;
