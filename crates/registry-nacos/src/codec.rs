@@ -19,8 +19,8 @@
 //!
 //! Next to these, a waypost instance carries the plain keys other Nacos clients read (`version`,
 //! `secure` for https, `tags`), listed in `waypost.plain` so that they are not read back as
-//! metadata; see [`conventions`](crate::conventions) for those keys, who writes them, and the
-//! rules for reading them.
+//! metadata; see the [`conventions` module](crate::conventions) for those keys, who writes
+//! them, and the rules for reading them.
 //!
 //! Instances registered by other Nacos clients (no `waypost.id`) get the id `ip:port` (plus
 //! `@cluster` outside the default cluster); their version, protocol and tags come from the plain
@@ -161,7 +161,7 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
         if let Some(orig) = k.strip_prefix(META_USER) {
             user.insert(orig.to_owned(), v.clone());
         } else if !k.starts_with(META_PREFIX)
-            && !(ours.is_some() && conventions::added_by_us(md, k))
+            && (ours.is_none() || !conventions::added_by_us(md, k))
         {
             user.insert(k.clone(), v.clone());
         }

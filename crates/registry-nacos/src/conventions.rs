@@ -12,7 +12,7 @@
 //! | [`VERSION`] `version` | `version` | yes | the version, when not empty | go-micro's Nacos registry (`micro/plugins`, `v4/registry/nacos/nacos.go`, `Register`), go-kratos' (`go-kratos/kratos`, `contrib/registry/nacos/registry.go`, `Register`), both on `nacos-sdk-go`; Spring Cloud Alibaba users through `spring.cloud.nacos.discovery.metadata.version` |
 //! | [`TAGS`] `tags` | `tags` | yes: a JSON array of strings or a comma-separated list | the tags joined with `,` (tags holding a `,` are left out), when there are any | no framework by itself: a user convention (`spring.cloud.nacos.discovery.metadata.tags=a,b`, or a Go client's `Metadata`) |
 //! | [`KIND`] `kind` | `protocol` (`http`, `grpc`, …) | yes | no | go-kratos (`go-kratos/kratos`, `contrib/registry/nacos/registry.go`: the endpoint's URL scheme) |
-//! | [`PROTOCOL`] `protocol` | `protocol` | yes | no | go-micro's servers (node metadata `protocol`); older waypost-compatible clients |
+//! | [`PROTOCOL`] `protocol` | `protocol` | yes | no | go-micro's servers, in every node's metadata (`micro/go-micro`, `server/rpc_server.go`, `newNodeMetadata`: `mucp`, which names no waypost protocol and is ignored) |
 //!
 //! `nacos-sdk-go` itself sends the metadata map as given, as one JSON object in the `metadata`
 //! form field of `POST /nacos/v1/ns/instance` (`nacos-group/nacos-sdk-go`,
