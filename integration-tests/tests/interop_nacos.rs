@@ -4,15 +4,18 @@
 //! Other clients' records are registered here by plain HTTP through the Nacos open API, in the
 //! exact shape those clients send:
 //!
-//! - `nacos-sdk-go` registers with `POST /nacos/v1/ns/instance` and the form fields
-//!   `namespaceId, serviceName (group@@name), groupName, app, clusterName, ip, port, weight,
-//!   enable, healthy, metadata (the map as one JSON object), ephemeral`, and keeps an ephemeral
-//!   instance alive with `PUT /nacos/v1/ns/instance/beat` (`namespaceId, serviceName, beat` =
-//!   the JSON of its `BeatInfo`) every 5 s (`nacos-group/nacos-sdk-go`,
-//!   `clients/naming_client/naming_http/naming_http_proxy.go` `RegisterInstance`,
-//!   `clients/naming_client/naming_http/beat_reactor.go` `SendBeat`, `model/service.go`
-//!   `BeatInfo`).
-//! - go-kratos' Nacos registry, on `nacos-sdk-go`, names the service `<name>.<scheme>` and adds
+//! - `nacos-sdk-go` 1.x registers every instance with `POST /nacos/v1/ns/instance` and the form
+//!   fields `namespaceId, serviceName (group@@name), groupName, app, clusterName, ip, port,
+//!   weight, enable, healthy, metadata (the map as one JSON object), ephemeral`, and keeps an
+//!   ephemeral instance alive with `PUT /nacos/v1/ns/instance/beat` (`namespaceId, serviceName,
+//!   beat` = the JSON of its `BeatInfo`), every 5 s by default (`nacos-group/nacos-sdk-go`, branch
+//!   `v1.x-dev`: `clients/naming_client/naming_client.go` `RegisterInstance`,
+//!   `clients/naming_client/naming_proxy.go` `RegisterInstance` and `SendBeat`). 2.x sends the
+//!   same fields for persistent instances (`clients/naming_client/naming_http/
+//!   naming_http_proxy.go` `RegisterInstance`) and ephemeral ones over gRPC
+//!   (`clients/naming_client/naming_proxy_delegate.go` `getExecuteClientProxy`); the server
+//!   stores the same instance either way.
+//! - go-kratos' Nacos registry, on `nacos-sdk-go` 1.x, names the service `<name>.<scheme>` and adds
 //!   the metadata `kind` (the endpoint's scheme) and `version` (`go-kratos/kratos`,
 //!   `contrib/registry/nacos/registry.go` `Register`). go-micro's adds `version`
 //!   (`micro/plugins`, `v4/registry/nacos/nacos.go` `Register`).
@@ -126,7 +129,7 @@ struct Foreign {
 }
 
 impl Foreign {
-    /// `POST /nacos/v1/ns/instance` with `nacos-sdk-go`'s form fields.
+    /// `POST /nacos/v1/ns/instance` with `nacos-sdk-go` 1.x's form fields.
     async fn register(&self, addr: &str) {
         let body = form(&[
             ("namespaceId", "public".into()),
@@ -146,7 +149,7 @@ impl Foreign {
         assert_eq!(status, 200, "register {}: {text}", self.service);
     }
 
-    /// `PUT /nacos/v1/ns/instance/beat` with `nacos-sdk-go`'s `BeatInfo`.
+    /// `PUT /nacos/v1/ns/instance/beat` with `nacos-sdk-go` 1.x's `BeatInfo` (`model/service.go`).
     async fn beat(&self, addr: &str) {
         let beat = json!({
             "ip": self.ip,
@@ -171,7 +174,7 @@ impl Foreign {
     }
 }
 
-/// Registers `instances` and beats for them every 5 s (as `nacos-sdk-go` does) until dropped.
+/// Registers `instances` and beats for them every 5 s (as `nacos-sdk-go` 1.x does) until dropped.
 struct Beats(tokio::task::JoinHandle<()>);
 
 impl Drop for Beats {

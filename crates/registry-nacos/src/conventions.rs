@@ -14,10 +14,11 @@
 //! | [`KIND`] `kind` | `protocol` (`http`, `grpc`, …) | yes | no | go-kratos (`go-kratos/kratos`, `contrib/registry/nacos/registry.go`: the endpoint's URL scheme) |
 //! | [`PROTOCOL`] `protocol` | `protocol` | yes | no | go-micro's servers, in every node's metadata (`micro/go-micro`, `server/rpc_server.go`, `newNodeMetadata`: `mucp`, which names no waypost protocol and is ignored) |
 //!
-//! `nacos-sdk-go` itself sends the metadata map as given, as one JSON object in the `metadata`
-//! form field of `POST /nacos/v1/ns/instance` (`nacos-group/nacos-sdk-go`,
-//! `clients/naming_client/naming_http/naming_http_proxy.go`, `RegisterInstance`), and writes no
-//! key of its own except the optional `preserved.*` heart-beat keys
+//! `nacos-sdk-go` itself sends the metadata map as given (over HTTP as one JSON object in the
+//! `metadata` form field of `POST /nacos/v1/ns/instance`: `nacos-group/nacos-sdk-go` 1.x
+//! `clients/naming_client/naming_proxy.go`, 2.x `clients/naming_client/naming_http/
+//! naming_http_proxy.go` for persistent instances; over gRPC for 2.x ephemeral ones), and writes
+//! no key of its own except the optional `preserved.*` heart-beat keys
 //! (`common/constant/preserved_metadata_keys.go`). Spring Cloud Alibaba also writes
 //! `preserved.register.source=SPRING_CLOUD`, `IPv6` and `management.*` keys; none of them maps to a
 //! field, so they stay in `metadata`.
