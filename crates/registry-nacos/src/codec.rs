@@ -17,18 +17,25 @@
 //! | `created_at`, `updated_at`, `last_check` | metadata `waypost.created_at`, … (RFC 3339) |
 //! | `metadata` | metadata; a user key that itself starts with `waypost.` is stored as `waypost.user.<key>` |
 //!
+//! Next to these, a waypost instance carries the plain keys other Nacos clients read (`version`,
+//! `secure` for https, `tags`), listed in `waypost.plain` so that they are not read back as
+//! metadata; see the [`conventions` module](crate::conventions) for those keys, who writes
+//! them, and the rules for reading them.
+//!
 //! Instances registered by other Nacos clients (no `waypost.id`) get the id `ip:port` (plus
-//! `@cluster` outside the default cluster), their `version` and `protocol` from the common
-//! metadata keys `version` and `protocol` when present, and are `Healthy` when Nacos says
-//! healthy and enabled.
+//! `@cluster` outside the default cluster); their version, protocol and tags come from the plain
+//! keys (`version`; `protocol`, `kind`, `secure`; `tags`), they keep every metadata key, and they
+//! are `Healthy` when Nacos says healthy and enabled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use nacos_sdk::api::naming::ServiceInstance;
+use waypost_core_types::quote::quoted;
 use waypost_core_types::{Health, Protocol, ServiceInfo, Timestamp, DEFAULT_WEIGHT};
 
 use crate::config::DEFAULT_CLUSTER;
+use crate::conventions;
 
 /// Prefix of every metadata key this crate owns.
 pub const META_PREFIX: &str = "waypost.";
@@ -47,7 +54,7 @@ const META_USER: &str = "waypost.user.";
 
 /// The Nacos instance for `s`, in `cluster`.
 pub(crate) fn to_instance(s: &ServiceInfo, cluster: &str) -> ServiceInstance {
-    let mut md: HashMap<String, String> = HashMap::with_capacity(s.metadata.len() + 11);
+    let mut md: HashMap<String, String> = HashMap::with_capacity(s.metadata.len() + 15);
     for (k, v) in &s.metadata {
         let key = if k.starts_with(META_PREFIX) {
             format!("{META_USER}{k}")
@@ -69,6 +76,7 @@ pub(crate) fn to_instance(s: &ServiceInfo, cluster: &str) -> ServiceInstance {
     md.insert(META_CHECKED.into(), s.last_check.to_go_string());
     md.insert(META_TTL.into(), s.ttl.as_nanos().to_string());
     md.insert(META_WEIGHT.into(), s.weight.to_string());
+    conventions::write_plain(s, &mut md);
     ServiceInstance {
         instance_id: None,
         ip: s.address.clone(),
@@ -108,21 +116,26 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
         None => foreign_id(&inst.ip, port, cluster),
     };
     let mut s = ServiceInfo::new(id, name, inst.ip.clone(), port);
-    let (version_key, protocol_key) = if ours.is_some() {
-        (META_VERSION, META_PROTOCOL)
-    } else {
-        ("version", "protocol")
+    // Our own keys win; the plain keys of other clients fill what they do not say.
+    match md.get(META_VERSION) {
+        Some(v) => s.version.clone_from(v),
+        None => s.version = conventions::plain_version(md).unwrap_or_default(),
+    }
+    s.protocol = match md.get(META_PROTOCOL) {
+        Some(p) => p.parse().unwrap_or(Protocol::Http),
+        None => conventions::plain_protocol(md),
     };
-    if let Some(v) = md.get(version_key) {
-        s.version = v.clone();
-    }
-    if let Some(p) = md.get(protocol_key) {
-        s.protocol = p.parse().unwrap_or(Protocol::Http);
-    }
     let stored: Option<Health> = md.get(META_HEALTH).and_then(|h| h.parse().ok());
     s.health = decode_health(inst.healthy, inst.enabled, stored);
-    if let Some(tags) = md.get(META_TAGS) {
-        s.tags = serde_json::from_str(tags).map_err(|e| format!("bad {META_TAGS}: {e}"))?;
+    match md.get(META_TAGS) {
+        Some(tags) => {
+            s.tags = serde_json::from_str(tags).map_err(|e| format!("bad {META_TAGS}: {e}"))?;
+        }
+        None => {
+            if let Some(tags) = md.get(conventions::TAGS) {
+                s.tags = conventions::parse_tags(tags);
+            }
+        }
     }
     let time = |key: &str| -> Result<Timestamp, String> {
         md.get(key)
@@ -134,7 +147,9 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
     s.updated_at = time(META_UPDATED)?;
     s.last_check = time(META_CHECKED)?;
     if let Some(ttl) = md.get(META_TTL) {
-        let nanos: u64 = ttl.parse().map_err(|_| format!("bad {META_TTL} `{ttl}`"))?;
+        let nanos: u64 = ttl
+            .parse()
+            .map_err(|_| format!("bad {META_TTL} `{}`", quoted(ttl)))?;
         s.ttl = Duration::from_nanos(nanos);
     }
     s.weight = decode_weight(
@@ -145,7 +160,9 @@ pub(crate) fn from_instance(inst: &ServiceInstance, name: &str) -> Result<Servic
     for (k, v) in md {
         if let Some(orig) = k.strip_prefix(META_USER) {
             user.insert(orig.to_owned(), v.clone());
-        } else if !k.starts_with(META_PREFIX) {
+        } else if !k.starts_with(META_PREFIX)
+            && (ours.is_none() || !conventions::added_by_us(md, k))
+        {
             user.insert(k.clone(), v.clone());
         }
     }
@@ -323,6 +340,122 @@ mod tests {
             from_instance(&other_cluster, "java-svc").unwrap().id,
             "192.168.1.9:9000@BLUE"
         );
+    }
+
+    #[test]
+    fn our_instances_carry_the_plain_keys_and_read_back_without_them() {
+        let s = full().with_protocol(Protocol::Https);
+        let inst = to_instance(&s, "DEFAULT");
+        assert_eq!(inst.metadata["version"], "1.2.3");
+        assert_eq!(inst.metadata["secure"], "true");
+        assert_eq!(inst.metadata["tags"], "api,v1");
+        assert_eq!(inst.metadata["waypost.plain"], "version,secure,tags");
+        let back = from_instance(&inst, "user-service").unwrap();
+        assert_eq!(back, s);
+        assert!(back.metadata.get("version").is_none());
+
+        // Plain http writes no `secure`, and nothing else the user did not have.
+        let inst = to_instance(&full(), "DEFAULT");
+        assert!(!inst.metadata.contains_key("secure"));
+        assert_eq!(inst.metadata["waypost.plain"], "version,tags");
+        assert_eq!(from_instance(&inst, "user-service").unwrap(), full());
+    }
+
+    #[test]
+    fn user_metadata_under_a_plain_key_is_kept_as_is() {
+        let s = full()
+            .with_metadata("version", "the-users-own")
+            .with_metadata("secure", "false")
+            .with_metadata("tags", "x,y")
+            .with_protocol(Protocol::Https);
+        let inst = to_instance(&s, "DEFAULT");
+        assert_eq!(inst.metadata["version"], "the-users-own");
+        assert_eq!(inst.metadata["secure"], "false");
+        assert_eq!(inst.metadata["tags"], "x,y");
+        assert!(!inst.metadata.contains_key("waypost.plain"));
+        let back = from_instance(&inst, "user-service").unwrap();
+        assert_eq!(back, s);
+        assert_eq!(
+            (back.version.as_str(), back.protocol),
+            ("1.2.3", Protocol::Https)
+        );
+    }
+
+    #[test]
+    fn our_keys_win_over_plain_keys_on_our_instances() {
+        let s = full().with_protocol(Protocol::Grpc);
+        let mut inst = to_instance(&s, "DEFAULT");
+        // Edited in the Nacos console after registration.
+        inst.metadata.insert("version".into(), "9.9.9".into());
+        inst.metadata.insert("secure".into(), "true".into());
+        inst.metadata.insert("tags".into(), "other".into());
+        let back = from_instance(&inst, "user-service").unwrap();
+        assert_eq!(
+            (back.version.as_str(), back.protocol, &back.tags),
+            ("1.2.3", Protocol::Grpc, &s.tags)
+        );
+        // `version` and `tags` were ours (listed in `waypost.plain`): not metadata. `secure`
+        // was not (a gRPC instance writes none): whoever added it, it is metadata now.
+        assert_eq!(back, s.with_metadata("secure", "true"));
+    }
+
+    fn foreign(pairs: &[(&str, &str)]) -> ServiceInstance {
+        ServiceInstance {
+            ip: "10.1.2.3".into(),
+            port: 8443,
+            metadata: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spring_cloud_alibaba_secure_instances_are_https() {
+        // The keys NacosDiscoveryProperties#init writes (alibaba/spring-cloud-alibaba,
+        // spring-cloud-alibaba-starters/spring-cloud-starter-alibaba-nacos-discovery/src/main/
+        // java/com/alibaba/cloud/nacos/NacosDiscoveryProperties.java), plus a user's version.
+        let inst = foreign(&[
+            ("preserved.register.source", "SPRING_CLOUD"),
+            ("secure", "true"),
+            ("version", "2.1.0"),
+            ("tags", "blue, canary"),
+        ]);
+        let s = from_instance(&inst, "orders").unwrap();
+        assert_eq!(s.protocol, Protocol::Https);
+        assert_eq!(s.version, "2.1.0");
+        assert_eq!(s.tags, ["blue", "canary"]);
+        assert_eq!(
+            s.metadata.len(),
+            4,
+            "every foreign key stays: {:?}",
+            s.metadata
+        );
+        assert_eq!(s.metadata.get("secure").map(String::as_str), Some("true"));
+    }
+
+    #[test]
+    fn garbage_in_plain_keys_never_rejects_a_foreign_instance() {
+        // Over the version limit, within the metadata value limit.
+        let long = "v".repeat(1000);
+        for pairs in [
+            vec![("secure", "maybe")],
+            vec![("tags", "[1,2,3]")],
+            vec![("tags", "{\"not\":\"a list\"}")],
+            vec![("tags", "[\"unterminated")],
+            vec![("version", long.as_str())],
+            vec![("version", "1\u{1b}[31m")],
+            vec![("kind", "carrier-pigeon"), ("protocol", "\u{0}")],
+        ] {
+            let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+            let s = from_instance(&foreign(&pairs), "svc")
+                .unwrap_or_else(|e| panic!("{keys:?} rejected: {e}"));
+            assert_eq!(s.protocol, Protocol::Http, "{keys:?}");
+            assert!(s.tags.is_empty(), "{keys:?}");
+            assert!(s.version.is_empty(), "{keys:?}");
+            assert_eq!(s.metadata.len(), pairs.len(), "{keys:?}: raw values stay");
+        }
     }
 
     #[test]

@@ -42,6 +42,11 @@
 //!   Nacos instance; give each instance its own address or port. Instances of other Nacos clients
 //!   can be listed, watched and fetched (their id is `ip:port`), but only their owner can change
 //!   them: `update`/`deregister` of such an id return [`Error::Unsupported`].
+//! - **Other clients**: instances registered by Spring Cloud Alibaba, `nacos-sdk-go` based
+//!   frameworks (go-kratos, go-micro) or any other Nacos client are read through the plain
+//!   metadata keys those clients use (`secure=true` is https; `version`; `tags`; `kind`,
+//!   `protocol`), and our instances carry `version`, `secure` and `tags` for them to read; see
+//!   [`conventions`].
 //! - **Watch**: subscriptions on the main connection; each push triggers a query whose answer
 //!   replaces the service in the watch hub of `waypost-core-types`, which tells every stream what
 //!   changed (and resyncs a stream that falls [`watch_buffer`](NacosConfig::watch_buffer) changes
@@ -87,6 +92,7 @@
 mod auth;
 pub mod codec;
 mod config;
+pub mod conventions;
 mod error;
 mod liveness;
 mod registry;
