@@ -202,9 +202,12 @@ async fn spring_records_created_by_zkcli_are_listed_watched_and_called() {
     }
 
     // Deleting the node (as Curator does when Spring deregisters) reaches the watch.
-    zk.zkcli(&["delete", &format!("{dir}/0f0a2cbc-4ba3-4ffa-9fcc-4daa8701a320")])
-        .await
-        .expect("zkCli delete");
+    zk.zkcli(&[
+        "delete",
+        &format!("{dir}/0f0a2cbc-4ba3-4ffa-9fcc-4daa8701a320"),
+    ])
+    .await
+    .expect("zkCli delete");
     match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
         Ok(Some(WatchEvent::Change(ev))) => {
             assert_eq!(ev.kind, ServiceEventType::Deleted);
@@ -287,13 +290,20 @@ async fn waypost_curator_records_read_back_with_zkcli_and_in_auto_format() {
         .await
         .expect("zkCli get go-1");
     assert!(
-        json_line(&out).starts_with(r#"{"id":"go-1","name":"spring-pay","version":"","address":"127.0.0.1","port":7070"#),
+        json_line(&out).starts_with(
+            r#"{"id":"go-1","name":"spring-pay","version":"","address":"127.0.0.1","port":7070"#
+        ),
         "{out}"
     );
     let seen = auto.list_instances(SERVICE).await.expect("auto list");
     let marks: Vec<(&str, Option<&str>)> = seen
         .iter()
-        .map(|s| (s.id.as_str(), s.metadata.get(FORMAT_KEY).map(String::as_str)))
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.metadata.get(FORMAT_KEY).map(String::as_str),
+            )
+        })
         .collect();
     assert_eq!(
         marks,

@@ -426,7 +426,11 @@ mod tests {
         let auto = ZookeeperConfig::default().with_format(RecordFormat::Auto);
         assert_eq!(auto.effective_prefix(), DEFAULT_PREFIX);
         // An explicit prefix wins, whichever the format, also the Laravel-Go one with curator.
-        for format in [RecordFormat::LaravelGo, RecordFormat::Curator, RecordFormat::Auto] {
+        for format in [
+            RecordFormat::LaravelGo,
+            RecordFormat::Curator,
+            RecordFormat::Auto,
+        ] {
             let c = ZookeeperConfig::default()
                 .with_format(format)
                 .with_prefix(DEFAULT_PREFIX);
@@ -450,7 +454,10 @@ mod tests {
         assert!(e.contains("unknown record format"), "{e}");
         // Serialized and read back: the same config (no prefix stays no prefix).
         let json = serde_json::to_string(&curator).unwrap();
-        assert!(json.contains(r#""format":"curator""#) && !json.contains("prefix"), "{json}");
+        assert!(
+            json.contains(r#""format":"curator""#) && !json.contains("prefix"),
+            "{json}"
+        );
         let back: ZookeeperConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, curator);
         // An invalid explicit prefix is still refused with the curator format.

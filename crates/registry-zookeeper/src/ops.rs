@@ -101,7 +101,10 @@ async fn put(
             Err(ZkError::NoNode) => continue,
             Err(e) => return Err(convert(e, &format!("get {path}"))),
         };
-        let previous = format.decode(name_of(path), id_of(path), &data).ok().map(|d| d.info);
+        let previous = format
+            .decode(name_of(path), id_of(path), &data)
+            .ok()
+            .map(|d| d.info);
         let info = make(previous.as_ref());
         let bytes = encode(&info)?;
         if stat.ephemeral_owner == session {

@@ -108,10 +108,26 @@ mod tests {
         for (url, format, prefix) in [
             ("zk://h?format=curator", RecordFormat::Curator, "/services"),
             ("zk://h/?format=curator", RecordFormat::Curator, "/services"),
-            ("zk://h/laravel-go/services?format=curator", RecordFormat::Curator, crate::DEFAULT_PREFIX),
-            ("zk://h/spring?format=CURATOR", RecordFormat::Curator, "/spring"),
-            ("zk://h?format=auto", RecordFormat::Auto, crate::DEFAULT_PREFIX),
-            ("zk://h?format=laravel-go", RecordFormat::LaravelGo, crate::DEFAULT_PREFIX),
+            (
+                "zk://h/laravel-go/services?format=curator",
+                RecordFormat::Curator,
+                crate::DEFAULT_PREFIX,
+            ),
+            (
+                "zk://h/spring?format=CURATOR",
+                RecordFormat::Curator,
+                "/spring",
+            ),
+            (
+                "zk://h?format=auto",
+                RecordFormat::Auto,
+                crate::DEFAULT_PREFIX,
+            ),
+            (
+                "zk://h?format=laravel-go",
+                RecordFormat::LaravelGo,
+                crate::DEFAULT_PREFIX,
+            ),
         ] {
             let c: ZookeeperConfig = url.parse().unwrap();
             assert_eq!((c.format, c.effective_prefix()), (format, prefix), "{url}");
@@ -133,7 +149,10 @@ mod tests {
             ),
             ("zk://h/a/../b", "`.` or `..` segment"),
             ("zk://u@h", "password is missing"),
-            ("zk://h?format=yaml", "parameter `format`: unknown record format yaml"),
+            (
+                "zk://h?format=yaml",
+                "parameter `format`: unknown record format yaml",
+            ),
             ("zk://h?format=", "unknown record format"),
         ] {
             let e = url.parse::<ZookeeperConfig>().unwrap_err().to_string();

@@ -72,14 +72,13 @@ const MAX_ENTRIES_READ: usize = MAX_METADATA_ENTRIES + 16;
 
 /// Decodes a Curator record at `<prefix>/<name>/<id>`.
 pub(super) fn decode(name: &str, id: &str, value: &[u8]) -> Result<ServiceInfo, String> {
-    let root: Value = serde_json::from_slice(value).map_err(|e| {
-        format!(
-            "not JSON: {}",
-            quoted_up_to(&e.to_string(), SHOWN * 2)
-        )
-    })?;
+    let root: Value = serde_json::from_slice(value)
+        .map_err(|e| format!("not JSON: {}", quoted_up_to(&e.to_string(), SHOWN * 2)))?;
     let Value::Object(root) = root else {
-        return Err(format!("a Curator record is a JSON object, not {}", kind(&root)));
+        return Err(format!(
+            "a Curator record is a JSON object, not {}",
+            kind(&root)
+        ));
     };
     let rec_name = required_str(&root, "name")?;
     let rec_id = required_str(&root, "id")?;
@@ -128,7 +127,10 @@ pub(super) fn decode(name: &str, id: &str, value: &[u8]) -> Result<ServiceInfo, 
     };
     let protocol = match metadata.remove(PROTOCOL_KEY) {
         Some(p) => p.parse::<Protocol>().map_err(|_| {
-            format!("{PROTOCOL_KEY} `{}` is not a protocol", quoted_up_to(&p, SHOWN))
+            format!(
+                "{PROTOCOL_KEY} `{}` is not a protocol",
+                quoted_up_to(&p, SHOWN)
+            )
         })?,
         None if ssl_port.is_some() => Protocol::Https,
         None => literal_scheme.unwrap_or(Protocol::Http),
@@ -143,9 +145,9 @@ pub(super) fn decode(name: &str, id: &str, value: &[u8]) -> Result<ServiceInfo, 
         None => Vec::new(),
     };
     let weight = match metadata.remove(WEIGHT_KEY) {
-        Some(w) => w.parse::<u32>().map_err(|_| {
-            format!("{WEIGHT_KEY} `{}` is not a weight", quoted_up_to(&w, SHOWN))
-        })?,
+        Some(w) => w
+            .parse::<u32>()
+            .map_err(|_| format!("{WEIGHT_KEY} `{}` is not a weight", quoted_up_to(&w, SHOWN)))?,
         None => DEFAULT_WEIGHT,
     };
     let ttl = match metadata.remove(TTL_KEY) {
@@ -412,20 +414,12 @@ fn uri_spec_scheme(spec: Option<&Value>) -> Result<Option<Protocol>, String> {
     let parts = match spec.get("parts") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(parts)) => parts,
-        Some(other) => {
-            return Err(format!(
-                "`uriSpec.parts` is {}, not an array",
-                kind(other)
-            ))
-        }
+        Some(other) => return Err(format!("`uriSpec.parts` is {}, not an array", kind(other))),
     };
     let mut first = None;
     for part in parts {
         let Value::Object(part) = part else {
-            return Err(format!(
-                "a `uriSpec` part is {}, not an object",
-                kind(part)
-            ));
+            return Err(format!("a `uriSpec` part is {}, not an object", kind(part)));
         };
         let value = optional_str(part, "value")?.unwrap_or_default();
         let variable = match part.get("variable") {
@@ -543,7 +537,11 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        assert_eq!(meta, [("zone", "eu-1")], "instance_status became the health");
+        assert_eq!(
+            meta,
+            [("zone", "eu-1")],
+            "instance_status became the health"
+        );
         assert_eq!(info.created_at.to_go_string(), "2020-11-20T11:53:08.009Z");
         assert_eq!(info.updated_at, info.created_at);
     }
@@ -709,45 +707,213 @@ mod tests {
             (b"\x00\xff".to_vec(), "not JSON"),
             (b"[1,2]".to_vec(), "not an array"),
             (b"{}".to_vec(), "`name` is missing"),
-            (spring(|r| { r.remove("id"); }), "`id` is missing"),
-            (spring(|r| { r.remove("serviceType"); }), "`serviceType` is missing"),
-            (spring(|r| { r.remove("registrationTimeUTC"); }), "`registrationTimeUTC` is missing"),
-            (spring(|r| { r.insert("name".into(), 5.into()); }), "`name` is a number"),
-            (spring(|r| { r.insert("id".into(), "other".into()); }), "not `b780fc19"),
-            (spring(|r| { r.insert("port".into(), 0.into()); }), "`port` 0 is not between"),
-            (spring(|r| { r.insert("port".into(), (-1).into()); }), "`port` -1"),
-            (spring(|r| { r.insert("port".into(), 65536.into()); }), "`port` 65536"),
-            (spring(|r| { r.insert("port".into(), 1.5.into()); }), "`port` 1.5"),
-            (spring(|r| { r.insert("port".into(), "8080".into()); }), "not a port number"),
-            (spring(|r| { r.insert("port".into(), Value::Null); }), "neither a port"),
-            (spring(|r| { r.insert("sslPort".into(), u64::MAX.into()); }), "`sslPort` 18446744073709551615"),
-            (SPRING_JSON.replace(r#""port":8004"#, r#""port":123456789012345678901234567890"#).into_bytes(), "`port` 1.2345678901234568e+29"),
-            (SPRING_JSON.replace(r#""port":8004"#, r#""port":1e400"#).into_bytes(), "not JSON"),
-            (spring(|r| { r.insert("address".into(), Value::Null); }), "address"),
-            (spring(|r| { r.insert("address".into(), long.clone().into()); }), "address"),
-            (spring(|r| { r.insert("registrationTimeUTC".into(), "yesterday".into()); }), "not a number"),
-            (spring(|r| { r.insert("registrationTimeUTC".into(), i64::MAX.into()); }), "out of range"),
-            (spring(|r| { r.insert("registrationTimeUTC".into(), 1e300.into()); }), "not a whole number"),
-            (spring(|r| { r.insert("serviceType".into(), "EPHEMERAL".into()); }), "serviceType `EPHEMERAL`"),
-            (spring(|r| { r.insert("uriSpec".into(), "{scheme}".into()); }), "`uriSpec` is a string"),
-            (spring(|r| { r["uriSpec"]["parts"][0]["variable"] = "yes".into(); }), "`variable` is a string"),
-            (spring(|r| { r.insert("payload".into(), "x".into()); }), "`payload` is a string"),
-            (spring(|r| { r["payload"]["@class"] = "com.example.Other".into(); }), "payload is a `com.example.Other`"),
-            (spring(|r| { r["payload"].as_object_mut().unwrap().remove("@class"); }), "no `@class`"),
-            (spring(|r| { r["payload"]["metadata"] = serde_json::json!([1]); }), "`payload.metadata` is an array"),
-            (spring(|r| { payload_meta(r).insert("n".into(), 1.into()); }), "value of `n` is a number"),
-            (spring(|r| { payload_meta(r).insert(TAGS_KEY.into(), "api".into()); }), "waypost.tags"),
-            (spring(|r| { payload_meta(r).insert(WEIGHT_KEY.into(), "-1".into()); }), "waypost.weight"),
-            (spring(|r| { payload_meta(r).insert(WEIGHT_KEY.into(), "99999999999".into()); }), "waypost.weight"),
-            (spring(|r| { payload_meta(r).insert(TTL_KEY.into(), "forever".into()); }), "waypost.ttl"),
-            (spring(|r| { payload_meta(r).insert(PROTOCOL_KEY.into(), "ftp".into()); }), "waypost.protocol"),
-            (spring(|r| {
-                let m = payload_meta(r);
-                for i in 0..MAX_ENTRIES_READ + 1 {
-                    m.insert(format!("k{i}"), "v".into());
-                }
-            }), "entries"),
-            (spring(|r| { payload_meta(r).insert(long.clone(), "v".into()); }), "metadata key"),
+            (
+                spring(|r| {
+                    r.remove("id");
+                }),
+                "`id` is missing",
+            ),
+            (
+                spring(|r| {
+                    r.remove("serviceType");
+                }),
+                "`serviceType` is missing",
+            ),
+            (
+                spring(|r| {
+                    r.remove("registrationTimeUTC");
+                }),
+                "`registrationTimeUTC` is missing",
+            ),
+            (
+                spring(|r| {
+                    r.insert("name".into(), 5.into());
+                }),
+                "`name` is a number",
+            ),
+            (
+                spring(|r| {
+                    r.insert("id".into(), "other".into());
+                }),
+                "not `b780fc19",
+            ),
+            (
+                spring(|r| {
+                    r.insert("port".into(), 0.into());
+                }),
+                "`port` 0 is not between",
+            ),
+            (
+                spring(|r| {
+                    r.insert("port".into(), (-1).into());
+                }),
+                "`port` -1",
+            ),
+            (
+                spring(|r| {
+                    r.insert("port".into(), 65536.into());
+                }),
+                "`port` 65536",
+            ),
+            (
+                spring(|r| {
+                    r.insert("port".into(), 1.5.into());
+                }),
+                "`port` 1.5",
+            ),
+            (
+                spring(|r| {
+                    r.insert("port".into(), "8080".into());
+                }),
+                "not a port number",
+            ),
+            (
+                spring(|r| {
+                    r.insert("port".into(), Value::Null);
+                }),
+                "neither a port",
+            ),
+            (
+                spring(|r| {
+                    r.insert("sslPort".into(), u64::MAX.into());
+                }),
+                "`sslPort` 18446744073709551615",
+            ),
+            (
+                SPRING_JSON
+                    .replace(r#""port":8004"#, r#""port":123456789012345678901234567890"#)
+                    .into_bytes(),
+                "`port` 1.2345678901234568e+29",
+            ),
+            (
+                SPRING_JSON
+                    .replace(r#""port":8004"#, r#""port":1e400"#)
+                    .into_bytes(),
+                "not JSON",
+            ),
+            (
+                spring(|r| {
+                    r.insert("address".into(), Value::Null);
+                }),
+                "address",
+            ),
+            (
+                spring(|r| {
+                    r.insert("address".into(), long.clone().into());
+                }),
+                "address",
+            ),
+            (
+                spring(|r| {
+                    r.insert("registrationTimeUTC".into(), "yesterday".into());
+                }),
+                "not a number",
+            ),
+            (
+                spring(|r| {
+                    r.insert("registrationTimeUTC".into(), i64::MAX.into());
+                }),
+                "out of range",
+            ),
+            (
+                spring(|r| {
+                    r.insert("registrationTimeUTC".into(), 1e300.into());
+                }),
+                "not a whole number",
+            ),
+            (
+                spring(|r| {
+                    r.insert("serviceType".into(), "EPHEMERAL".into());
+                }),
+                "serviceType `EPHEMERAL`",
+            ),
+            (
+                spring(|r| {
+                    r.insert("uriSpec".into(), "{scheme}".into());
+                }),
+                "`uriSpec` is a string",
+            ),
+            (
+                spring(|r| {
+                    r["uriSpec"]["parts"][0]["variable"] = "yes".into();
+                }),
+                "`variable` is a string",
+            ),
+            (
+                spring(|r| {
+                    r.insert("payload".into(), "x".into());
+                }),
+                "`payload` is a string",
+            ),
+            (
+                spring(|r| {
+                    r["payload"]["@class"] = "com.example.Other".into();
+                }),
+                "payload is a `com.example.Other`",
+            ),
+            (
+                spring(|r| {
+                    r["payload"].as_object_mut().unwrap().remove("@class");
+                }),
+                "no `@class`",
+            ),
+            (
+                spring(|r| {
+                    r["payload"]["metadata"] = serde_json::json!([1]);
+                }),
+                "`payload.metadata` is an array",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert("n".into(), 1.into());
+                }),
+                "value of `n` is a number",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert(TAGS_KEY.into(), "api".into());
+                }),
+                "waypost.tags",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert(WEIGHT_KEY.into(), "-1".into());
+                }),
+                "waypost.weight",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert(WEIGHT_KEY.into(), "99999999999".into());
+                }),
+                "waypost.weight",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert(TTL_KEY.into(), "forever".into());
+                }),
+                "waypost.ttl",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert(PROTOCOL_KEY.into(), "ftp".into());
+                }),
+                "waypost.protocol",
+            ),
+            (
+                spring(|r| {
+                    let m = payload_meta(r);
+                    for i in 0..MAX_ENTRIES_READ + 1 {
+                        m.insert(format!("k{i}"), "v".into());
+                    }
+                }),
+                "entries",
+            ),
+            (
+                spring(|r| {
+                    payload_meta(r).insert(long.clone(), "v".into());
+                }),
+                "metadata key",
+            ),
         ];
         for (bytes, want) in cases {
             let err = decode(NAME, ID, &bytes)
@@ -760,7 +926,10 @@ mod tests {
             r["payload"]["@class"] = "a\u{1b}[2J\u{202e}".into();
         });
         let err = decode(NAME, ID, &evil).unwrap_err();
-        assert!(!err.contains('\u{1b}') && !err.contains('\u{202e}'), "{err}");
+        assert!(
+            !err.contains('\u{1b}') && !err.contains('\u{202e}'),
+            "{err}"
+        );
         // A deeply nested document is refused by the parser, not a stack overflow.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(decode(NAME, ID, deep.as_bytes()).is_err());
