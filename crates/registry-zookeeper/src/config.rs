@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waypost_core_types::quote::quoted;
+use waypost_core_types::record::RecordFormat;
 use waypost_core_types::secret::RedactedList;
 use waypost_core_types::validate::{
     check_duration, check_endpoint, check_prefix, DurationBounds, COMPAT_TTL, TIMEOUT,
@@ -12,7 +13,9 @@ use waypost_core_types::{Error, Result, Secret};
 
 use crate::keys::validate_znode_path;
 
-/// The Go module's default prefix.
+/// The Go module's default prefix, used when no prefix is configured with the record formats
+/// `laravel-go` (the default) and `auto`; the `curator` format's default is `/services`
+/// (see [`RecordFormat::default_prefix`]).
 pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
 /// Default requested session timeout (the Go module's default).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +30,8 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 ///
 /// Field names follow the Go module's `ZookeeperConfig` (`servers`, `prefix`, `ttl`,
 /// `session_timeout`); durations are read as Go strings (`"10s"`) or integer nanoseconds.
+/// `format` chooses the record format (`laravel-go`, `curator` for Spring Cloud Zookeeper, or
+/// `auto`); without a `prefix` the registry uses that format's default prefix.
 /// `Debug` never shows the password, and serializing writes it as `"[redacted]"`. From a URL:
 /// `"zookeeper://user:pass@h1:2181,h2:2181/prefix?session_timeout=10s".parse()` (the
 /// parameters, one per field, are listed at its `FromStr` impl).
@@ -46,7 +51,11 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 ///     r#"{"servers":["zk1:2181","zk2:2181"],"session_timeout":"6s"}"#,
 /// ).unwrap();
 /// assert_eq!(from_json.session_timeout, Duration::from_secs(6));
-/// assert_eq!(from_json.prefix, "/laravel-go/services");
+/// assert_eq!(from_json.effective_prefix(), "/laravel-go/services");
+///
+/// let spring: ZookeeperConfig =
+///     serde_json::from_str(r#"{"servers":"zk1:2181","format":"curator"}"#).unwrap();
+/// assert_eq!(spring.effective_prefix(), "/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,9 +66,17 @@ pub struct ZookeeperConfig {
     /// file, a list or one string separated by commas.
     #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
     pub servers: Vec<String>,
-    /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. Default
-    /// `/laravel-go/services`.
-    pub prefix: String,
+    /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. `None` (the
+    /// default) means the record format's default: `/laravel-go/services` for `laravel-go` and
+    /// `auto`, `/services` for `curator` (see [`effective_prefix`](Self::effective_prefix)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// How instance records are read and written under the prefix: `laravel-go` (the Go
+    /// module's `ServiceInfo` JSON, the default), `curator` (Apache Curator's service-discovery
+    /// JSON as Spring Cloud Zookeeper writes it), or `auto` (reads both, marking instances read
+    /// from Curator records with [`FORMAT_KEY`](waypost_core_types::record::FORMAT_KEY);
+    /// writes `laravel-go`).
+    pub format: RecordFormat,
     /// Session timeout requested from the server (it may clamp it to its
     /// `minSessionTimeout`/`maxSessionTimeout`). Our instances vanish about this long after our
     /// process dies. Default 10 s.
@@ -97,6 +114,7 @@ impl std::fmt::Debug for ZookeeperConfig {
         f.debug_struct("ZookeeperConfig")
             .field("servers", &RedactedList(&self.servers))
             .field("prefix", &self.prefix)
+            .field("format", &self.format)
             .field("session_timeout", &self.session_timeout)
             .field("ttl", &self.ttl)
             .field("username", &self.username)
@@ -113,7 +131,8 @@ impl Default for ZookeeperConfig {
     fn default() -> Self {
         ZookeeperConfig {
             servers: vec!["127.0.0.1:2181".to_owned()],
-            prefix: DEFAULT_PREFIX.to_owned(),
+            prefix: None,
+            format: RecordFormat::LaravelGo,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             ttl: Duration::from_secs(30),
             username: None,
@@ -150,11 +169,25 @@ impl ZookeeperConfig {
         self
     }
 
-    /// Sets [`ZookeeperConfig::prefix`].
+    /// Sets [`ZookeeperConfig::prefix`] (it wins over the format's default prefix).
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = Some(prefix.into());
         self
+    }
+
+    /// Sets [`ZookeeperConfig::format`].
+    #[must_use]
+    pub fn with_format(mut self, format: RecordFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The prefix in use: the configured one, or the format's default.
+    pub fn effective_prefix(&self) -> &str {
+        self.prefix
+            .as_deref()
+            .unwrap_or_else(|| self.format.default_prefix())
     }
 
     /// Sets [`ZookeeperConfig::session_timeout`].
@@ -220,6 +253,7 @@ impl ZookeeperConfig {
     /// |---|---|
     /// | `servers` | at least one `host[:port]` |
     /// | `prefix`, `chroot` | an absolute path (`/…`), at most 512 bytes, no `.`/`..` or empty segment, no control character, not in `/zookeeper`; the prefix not `/` |
+    /// | `format` | `laravel-go`, `curator` or `auto` (formats of other registries are refused) |
     /// | `session_timeout` | 100 ms to 24 h (the server may narrow it further to its `minSessionTimeout`..`maxSessionTimeout`) |
     /// | `ttl` | 0 to 365 days (kept for compatibility) |
     /// | `connect_timeout`, `max_backoff` | 1 ms to 24 h |
@@ -244,8 +278,8 @@ impl ZookeeperConfig {
                 .and_then(|()| validate_znode_path(what, value))
                 .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))
         };
-        path("prefix", &self.prefix)?;
-        if self.prefix == "/" {
+        path("prefix", self.effective_prefix())?;
+        if self.effective_prefix() == "/" {
             return bad("prefix must not be the root `/`".into());
         }
         if let Some(chroot) = self.chroot.as_deref().filter(|c| !c.is_empty()) {
@@ -259,6 +293,15 @@ impl ZookeeperConfig {
         ] {
             if let Err(m) = check_duration(what, d, bounds) {
                 return bad(m);
+            }
+        }
+        match self.format {
+            RecordFormat::LaravelGo | RecordFormat::Curator | RecordFormat::Auto => {}
+            other => {
+                return bad(format!(
+                    "format `{other}` is not a ZooKeeper record format (use laravel-go, curator \
+                     or auto)"
+                ))
             }
         }
         if self.watch_buffer == 0 {
@@ -329,7 +372,9 @@ mod tests {
     #[test]
     fn defaults_match_the_go_module() {
         let c = ZookeeperConfig::default();
-        assert_eq!(c.prefix, "/laravel-go/services");
+        assert_eq!(c.prefix, None);
+        assert_eq!(c.format, RecordFormat::LaravelGo);
+        assert_eq!(c.effective_prefix(), "/laravel-go/services");
         assert_eq!(c.session_timeout, Duration::from_secs(10));
         assert_eq!(c.servers, vec!["127.0.0.1:2181".to_string()]);
         c.validate().unwrap();
@@ -347,7 +392,7 @@ mod tests {
             .with_max_backoff(Duration::from_secs(1))
             .with_watch_buffer(7);
         assert_eq!(c.connect_string(), "a:1,b:2");
-        assert_eq!(c.prefix, "/x/y");
+        assert_eq!(c.effective_prefix(), "/x/y");
         assert_eq!(c.session_timeout, Duration::from_secs(2));
         assert_eq!(c.ttl, Duration::from_secs(3));
         assert_eq!(c.digest().unwrap(), b"u:p");
@@ -371,6 +416,56 @@ mod tests {
         assert!(!pretty.contains("hunter2-secret"));
         let c = ZookeeperConfig::new(["alice:hunter2-secret@z:2181"]);
         assert!(!format!("{c:?}").contains("hunter2-secret"));
+    }
+
+    #[test]
+    fn the_format_picks_the_default_prefix_and_an_explicit_one_wins() {
+        let curator = ZookeeperConfig::default().with_format(RecordFormat::Curator);
+        assert_eq!(curator.effective_prefix(), "/services");
+        curator.validate().unwrap();
+        let auto = ZookeeperConfig::default().with_format(RecordFormat::Auto);
+        assert_eq!(auto.effective_prefix(), DEFAULT_PREFIX);
+        // An explicit prefix wins, whichever the format, also the Laravel-Go one with curator.
+        for format in [
+            RecordFormat::LaravelGo,
+            RecordFormat::Curator,
+            RecordFormat::Auto,
+        ] {
+            let c = ZookeeperConfig::default()
+                .with_format(format)
+                .with_prefix(DEFAULT_PREFIX);
+            assert_eq!(c.effective_prefix(), DEFAULT_PREFIX, "{format}");
+            let c = ZookeeperConfig::default()
+                .with_prefix("/mine")
+                .with_format(format);
+            assert_eq!(c.effective_prefix(), "/mine", "{format}");
+        }
+        let c: ZookeeperConfig =
+            serde_json::from_str(r#"{"format":"curator","prefix":"/spring"}"#).unwrap();
+        assert_eq!(
+            (c.format, c.effective_prefix()),
+            (RecordFormat::Curator, "/spring")
+        );
+        let c: ZookeeperConfig = serde_json::from_str(r#"{"format":"auto"}"#).unwrap();
+        assert_eq!(c.format, RecordFormat::Auto);
+        let e = serde_json::from_str::<ZookeeperConfig>(r#"{"format":"yaml"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown record format"), "{e}");
+        // Serialized and read back: the same config (no prefix stays no prefix).
+        let json = serde_json::to_string(&curator).unwrap();
+        assert!(
+            json.contains(r#""format":"curator""#) && !json.contains("prefix"),
+            "{json}"
+        );
+        let back: ZookeeperConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, curator);
+        // An invalid explicit prefix is still refused with the curator format.
+        assert!(ZookeeperConfig::default()
+            .with_format(RecordFormat::Curator)
+            .with_prefix("services")
+            .validate()
+            .is_err());
     }
 
     #[test]

@@ -3,9 +3,18 @@
 //!
 //! Most users want the `waypost` facade crate (feature `zookeeper`), which re-exports this.
 //!
-//! - Layout: `<prefix>/<name>/<id>` ephemeral znodes holding the Go module's `ServiceInfo` JSON
-//!   (default prefix `/laravel-go/services`), so Go services and waypost read each other's
-//!   registrations. Parents are persistent nodes, created safely when processes race.
+//! - Layout: `<prefix>/<name>/<id>` ephemeral znodes holding one record each, in the
+//!   configured [`format`](ZookeeperConfig::format) ([`RecordFormat`]):
+//!   - `laravel-go` (the default): the Go module's `ServiceInfo` JSON, default prefix
+//!     `/laravel-go/services`, so Go services and waypost read each other's registrations;
+//!   - `curator`: Apache Curator's service-discovery JSON as Spring Cloud Zookeeper writes it,
+//!     default prefix `/services`, so waypost sees and calls Spring services and they see
+//!     waypost's (the field mapping is in the crate README);
+//!   - `auto`: reads both (instances from Curator records carry the metadata entry
+//!     `waypost.format` = `curator`), writes `laravel-go`.
+//!
+//!   An explicit prefix always wins over the format's default. Parents are persistent nodes,
+//!   created safely when processes race.
 //! - Liveness is the session: our instances vanish about one session timeout after our process
 //!   dies. [`renew`](waypost_core_types::ServiceRegistry::renew) has nothing to refresh, and a
 //!   per-instance TTL is not enforced (the registry logs that once, at the first instance with
@@ -25,7 +34,8 @@
 //!   `Recovering` (connection lost, session expired, each failed attempt at a new one) and
 //!   `Closed`.
 //! - Digest auth: nodes are readable by anyone, writable only by the same credentials.
-//! - Foreign or corrupt data under the prefix is skipped with a warning.
+//! - Foreign or corrupt data under the prefix (what the format does not decode) is skipped with
+//!   one warning per path.
 //! - `close` deletes our nodes, stops every background task, ends every watch stream and the
 //!   session. Dropping a registry without `close` behaves the same on every backend: its tasks
 //!   are aborted, and the registry removes what it registered with one bounded clean-up task
@@ -70,3 +80,5 @@ pub use config::{
     DEFAULT_SESSION_TIMEOUT, DEFAULT_WATCH_BUFFER,
 };
 pub use registry::ZookeeperRegistry;
+/// The record formats, re-exported from `waypost_core_types::record`.
+pub use waypost_core_types::record::{RecordFormat, FORMAT_KEY};

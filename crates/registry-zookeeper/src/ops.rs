@@ -77,7 +77,8 @@ async fn put(
 ) -> Result<(ServiceInfo, bool)> {
     let opts = inner.acl.ephemeral();
     let session = client.session_id().0;
-    let encode = |info: &ServiceInfo| info.to_json_vec();
+    let format = inner.config.format;
+    let encode = |info: &ServiceInfo| format.encode(info);
     for _ in 0..WRITE_ATTEMPTS {
         if mode == WriteMode::Upsert {
             let info = make(None);
@@ -95,14 +96,15 @@ async fn put(
         let (data, stat) = match client.get_data(path).await {
             Ok(found) => found,
             Err(ZkError::NoNode) if mode == WriteMode::MustExist => {
-                return Err(Error::NotFound(
-                    path.rsplit('/').next().unwrap_or(path).to_owned(),
-                ))
+                return Err(Error::NotFound(id_of(path).to_owned()))
             }
             Err(ZkError::NoNode) => continue,
             Err(e) => return Err(convert(e, &format!("get {path}"))),
         };
-        let previous = ServiceInfo::from_json(&data).ok();
+        let previous = format
+            .decode(name_of(path), id_of(path), &data)
+            .ok()
+            .map(|d| d.info);
         let info = make(previous.as_ref());
         let bytes = encode(&info)?;
         if stat.ephemeral_owner == session {
@@ -121,6 +123,16 @@ async fn put(
     Err(Error::Unavailable(format!(
         "{BACKEND}: {path} kept changing; gave up after {WRITE_ATTEMPTS} attempts"
     )))
+}
+
+/// The `<name>` of `<prefix>/<name>/<id>`.
+fn name_of(path: &str) -> &str {
+    id_of(parent(path))
+}
+
+/// The last segment of a path (`<id>` of `<prefix>/<name>/<id>`).
+fn id_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Deletes another session's node and creates ours in one transaction.

@@ -20,7 +20,7 @@ use waypost_core_types::{
 use zookeeper_client::Client;
 
 use crate::acl::AclPolicy;
-use crate::codec::{decode_instance, ForeignLog};
+use crate::codec::ForeignLog;
 use crate::config::ZookeeperConfig;
 use crate::error::BACKEND;
 use crate::keys::Paths;
@@ -30,8 +30,10 @@ use crate::watch;
 
 /// A service registry on ZooKeeper.
 ///
-/// Each instance is an ephemeral znode `<prefix>/<name>/<id>` holding the Go-compatible
-/// [`ServiceInfo`] JSON, so it lives exactly as long as this registry's session. The parents are
+/// Each instance is an ephemeral znode `<prefix>/<name>/<id>` holding its record in the
+/// configured [`format`](ZookeeperConfig::format) (the Go-compatible [`ServiceInfo`] JSON by
+/// default, or Curator's JSON as Spring Cloud Zookeeper writes it), so it lives exactly as long
+/// as this registry's session. The parents are
 /// persistent nodes. When the session expires, a supervisor gets a new one (capped, jittered
 /// backoff, forever), creates our nodes again, replacing a stale node of the old session that
 /// may still exist, and every watch stream receives a `Snapshot { reason: Reconnected }`. A
@@ -184,8 +186,8 @@ impl Inner {
         id: &str,
         data: &[u8],
     ) -> Option<ServiceInfo> {
-        match decode_instance(name, id, data) {
-            Ok(info) => Some(info),
+        match self.config.format.decode(name, id, data) {
+            Ok(decoded) => Some(decoded.info),
             Err(problem) => {
                 self.foreign.skip(path, &problem);
                 None
@@ -223,7 +225,7 @@ impl ZookeeperRegistry {
     ///   let them register instances (wrong digest password).
     pub async fn connect(config: ZookeeperConfig) -> Result<Self> {
         config.validate()?;
-        let paths = Paths::new(&config.prefix);
+        let paths = Paths::new(config.effective_prefix());
         let acl = AclPolicy::new(config.digest().is_some());
         let limit = config.connect_timeout;
         let client =

@@ -12,9 +12,11 @@ use crate::ZookeeperConfig;
 ///
 /// - hosts: the ensemble (port 2181 when left out);
 /// - user and password: digest authentication (percent-encode `/`, `@`, `:`);
-/// - path: the prefix (default `/laravel-go/services`);
+/// - path: the prefix (default: the format's, `/laravel-go/services` or for `curator`
+///   `/services`);
 /// - parameters: `session_timeout`, `ttl`, `connect_timeout`, `max_backoff` (durations such as
-///   `500ms`, `10s`), `chroot` (a path), `watch_buffer` (a number).
+///   `500ms`, `10s`), `chroot` (a path), `watch_buffer` (a number), `format` (`laravel-go`,
+///   `curator` or `auto`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -23,6 +25,10 @@ use crate::ZookeeperConfig;
 /// let config: ZookeeperConfig = "zk://z1,z2:2182/svc?session_timeout=4s".parse()?;
 /// assert_eq!(config.servers, ["z1:2181", "z2:2182"]);
 /// assert_eq!(config.session_timeout, Duration::from_secs(4));
+///
+/// // Spring Cloud Zookeeper services, under Curator's default `/services`:
+/// let spring: ZookeeperConfig = "zk://z1?format=curator".parse()?;
+/// assert_eq!(spring.effective_prefix(), "/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
 ///
@@ -42,7 +48,7 @@ impl FromStr for ZookeeperConfig {
         }
         let mut config = ZookeeperConfig::new(url.hosts_with_port(2181)?);
         if let Some(prefix) = url.path_prefix() {
-            config.prefix = prefix;
+            config.prefix = Some(prefix);
         }
         (config.username, config.password) = url.take_credentials();
         for (key, field) in [
@@ -56,6 +62,12 @@ impl FromStr for ZookeeperConfig {
             }
         }
         config.chroot = url.take("chroot");
+        if let Some(format) = url.take("format") {
+            config.format = format.parse().map_err(|e| match e {
+                Error::InvalidConfig(why) => invalid(format!("parameter `format`: {why}")),
+                other => other,
+            })?;
+        }
         if let Some(n) = url.take_parsed("watch_buffer")? {
             config.watch_buffer = n;
         }
@@ -70,16 +82,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use waypost_core_types::record::RecordFormat;
     use waypost_core_types::Secret;
 
     #[test]
     fn every_parameter() {
         let c: ZookeeperConfig = "zookeeper://u:p%40w@z1:2181,z2/svc/?session_timeout=4s&ttl=20s\
-             &connect_timeout=3s&max_backoff=2s&chroot=/app&watch_buffer=32"
+             &connect_timeout=3s&max_backoff=2s&chroot=/app&watch_buffer=32&format=curator"
             .parse()
             .unwrap();
         assert_eq!(c.servers, ["z1:2181", "z2:2181"]);
-        assert_eq!(c.prefix, "/svc");
+        assert_eq!(c.prefix.as_deref(), Some("/svc"));
+        assert_eq!(c.format, RecordFormat::Curator);
         assert_eq!(c.username.as_deref(), Some("u"));
         assert_eq!(c.password.as_ref().map(Secret::expose), Some("p@w"));
         assert_eq!(c.session_timeout, Duration::from_secs(4));
@@ -89,7 +103,35 @@ mod tests {
         assert_eq!(c.chroot.as_deref(), Some("/app"));
         assert_eq!(c.watch_buffer, 32);
         let d: ZookeeperConfig = "zk://localhost".parse().unwrap();
-        assert_eq!(d.prefix, crate::DEFAULT_PREFIX);
+        assert_eq!(d.effective_prefix(), crate::DEFAULT_PREFIX);
+        assert_eq!(d.format, RecordFormat::LaravelGo);
+        for (url, format, prefix) in [
+            ("zk://h?format=curator", RecordFormat::Curator, "/services"),
+            ("zk://h/?format=curator", RecordFormat::Curator, "/services"),
+            (
+                "zk://h/laravel-go/services?format=curator",
+                RecordFormat::Curator,
+                crate::DEFAULT_PREFIX,
+            ),
+            (
+                "zk://h/spring?format=CURATOR",
+                RecordFormat::Curator,
+                "/spring",
+            ),
+            (
+                "zk://h?format=auto",
+                RecordFormat::Auto,
+                crate::DEFAULT_PREFIX,
+            ),
+            (
+                "zk://h?format=laravel-go",
+                RecordFormat::LaravelGo,
+                crate::DEFAULT_PREFIX,
+            ),
+        ] {
+            let c: ZookeeperConfig = url.parse().unwrap();
+            assert_eq!((c.format, c.effective_prefix()), (format, prefix), "{url}");
+        }
         assert_eq!(d.servers, ["localhost:2181"]);
     }
 
@@ -107,6 +149,11 @@ mod tests {
             ),
             ("zk://h/a/../b", "`.` or `..` segment"),
             ("zk://u@h", "password is missing"),
+            (
+                "zk://h?format=yaml",
+                "parameter `format`: unknown record format yaml",
+            ),
+            ("zk://h?format=", "unknown record format"),
         ] {
             let e = url.parse::<ZookeeperConfig>().unwrap_err().to_string();
             assert!(e.contains(want), "{url}: {e}");

@@ -26,6 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::quote::quoted_up_to;
 use crate::{Error, ServiceInfo};
 
+mod curator;
 mod laravel;
 
 /// The metadata key [`RecordFormat::Auto`] sets on an instance decoded from a format other than
@@ -42,6 +43,9 @@ pub enum RecordFormat {
     /// The Laravel-Go module's `ServiceInfo` JSON at `<prefix>/<name>/<id>` (the default).
     #[default]
     LaravelGo,
+    /// Apache Curator's service-discovery JSON as Spring Cloud Zookeeper writes it (ZooKeeper,
+    /// default prefix `/services`).
+    Curator,
     /// Reads every format the backend knows; writes [`RecordFormat::LaravelGo`]. Instances
     /// read from another format carry [`FORMAT_KEY`].
     Auto,
@@ -49,12 +53,21 @@ pub enum RecordFormat {
 
 impl RecordFormat {
     /// Every format, in the order [`RecordFormat::Auto`] tries them (itself last).
-    pub const ALL: &'static [RecordFormat] = &[RecordFormat::LaravelGo, RecordFormat::Auto];
+    /// [`RecordFormat::Curator`] comes before [`RecordFormat::LaravelGo`]: the Laravel-Go reader
+    /// ignores unknown fields and would take a Curator record (which has `name`, `id`,
+    /// `address` and `port` too) for its own, while the Curator reader needs Curator's
+    /// `registrationTimeUTC` and `serviceType`, which Laravel-Go JSON never has.
+    pub const ALL: &'static [RecordFormat] = &[
+        RecordFormat::Curator,
+        RecordFormat::LaravelGo,
+        RecordFormat::Auto,
+    ];
 
     /// The name used in URLs (`?format=`) and configs.
     pub fn as_str(self) -> &'static str {
         match self {
             RecordFormat::LaravelGo => "laravel-go",
+            RecordFormat::Curator => "curator",
             RecordFormat::Auto => "auto",
         }
     }
@@ -63,13 +76,14 @@ impl RecordFormat {
     pub fn default_prefix(self) -> &'static str {
         match self {
             RecordFormat::LaravelGo | RecordFormat::Auto => "/laravel-go/services",
+            RecordFormat::Curator => "/services",
         }
     }
 
     /// Whether waypost can register instances in this format.
     pub fn writes(self) -> bool {
         match self {
-            RecordFormat::LaravelGo | RecordFormat::Auto => true,
+            RecordFormat::LaravelGo | RecordFormat::Curator | RecordFormat::Auto => true,
         }
     }
 
@@ -85,6 +99,10 @@ impl RecordFormat {
                 info,
                 format: RecordFormat::LaravelGo,
             }),
+            RecordFormat::Curator => curator::decode(name, id, value).map(|info| Decoded {
+                info,
+                format: RecordFormat::Curator,
+            }),
             RecordFormat::Auto => decode_any(name, id, value),
         }
     }
@@ -97,6 +115,7 @@ impl RecordFormat {
     pub fn encode(self, info: &ServiceInfo) -> Result<Vec<u8>, Error> {
         match self {
             RecordFormat::LaravelGo | RecordFormat::Auto => info.to_json_vec(),
+            RecordFormat::Curator => curator::encode(info),
         }
     }
 }
@@ -211,11 +230,46 @@ mod tests {
     }
 
     #[test]
+    fn curator_names_its_prefix_and_auto_marks_it() {
+        assert_eq!(RecordFormat::Curator.as_str(), "curator");
+        assert_eq!(RecordFormat::Curator.default_prefix(), "/services");
+        assert!(RecordFormat::Curator.writes());
+        let info = ServiceInfo::new("c-1", "c", "10.0.0.1", 80).with_metadata("k", "v");
+        let bytes = RecordFormat::Curator.encode(&info).unwrap();
+        let d = RecordFormat::Auto.decode("c", "c-1", &bytes).unwrap();
+        assert_eq!(d.format, RecordFormat::Curator);
+        assert_eq!(
+            d.info.metadata.get(FORMAT_KEY).map(String::as_str),
+            Some("curator")
+        );
+        assert_eq!(d.info.metadata.get("k").map(String::as_str), Some("v"));
+        // What auto marked is written back without the mark.
+        let again = RecordFormat::Curator.encode(&d.info).unwrap();
+        assert_eq!(again, bytes);
+        // Laravel-Go JSON is not a Curator record: auto reads it as Laravel-Go, unmarked.
+        let go = RecordFormat::LaravelGo.encode(&info).unwrap();
+        assert!(RecordFormat::Curator.decode("c", "c-1", &go).is_err());
+        let d = RecordFormat::Auto.decode("c", "c-1", &go).unwrap();
+        assert_eq!(d.format, RecordFormat::LaravelGo);
+        assert_eq!(d.info, info);
+        // An https Curator record: auto takes its sslPort, not the Laravel-Go reading of `port`.
+        let https = info.clone().with_protocol(crate::Protocol::Https);
+        let mut bytes = RecordFormat::Curator.encode(&https).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        bytes = text
+            .replace(r#""port":80,"sslPort":80"#, r#""port":80,"sslPort":443"#)
+            .into_bytes();
+        let d = RecordFormat::Auto.decode("c", "c-1", &bytes).unwrap();
+        assert_eq!((d.format, d.info.port), (RecordFormat::Curator, 443));
+    }
+
+    #[test]
     fn auto_says_why_nothing_decodes() {
         let err = RecordFormat::Auto
             .decode("u", "u-1", b"\x00garbage")
             .unwrap_err();
         assert!(err.starts_with("no known format decodes it"), "{err}");
         assert!(err.contains("laravel-go:"), "{err}");
+        assert!(err.contains("curator:"), "{err}");
     }
 }
