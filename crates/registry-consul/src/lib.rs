@@ -78,6 +78,7 @@
 mod client;
 pub mod codec;
 mod config;
+pub mod identity;
 mod liveness;
 mod pacing;
 mod read;
