@@ -339,6 +339,9 @@ const CATALOG_DEREGISTER_FIELDS: &[&str] = &[
 
 /// Decodes `{"Node", "ServiceID"?, "CheckID"?, "Datacenter"?}`; the node is required.
 pub(crate) fn catalog_deregistration(body: &Bytes) -> Result<CatalogDeregistration, Resp> {
+    if body.is_empty() {
+        return Err(text(400, "Request decode failed: EOF"));
+    }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| text(400, format!("Request decode failed: {e}")))?;
     let Value::Object(obj) = &v else {
