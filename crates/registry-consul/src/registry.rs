@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
+use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, Health, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, SharedWatchStream,
     StateCell, StateStream, Tasks, Timestamp, WatchStream,
@@ -521,8 +521,21 @@ impl ServiceRegistry for ConsulRegistry {
 
     async fn renew(&self, id: &str) -> Result<()> {
         self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
         let inner = &self.inner;
+        // `<node>/<id>` (as a shared id is listed) renews the local agent's `<id>` when `<node>`
+        // is the agent's node; another node's instance is not this agent's to renew.
+        let id = match InstanceRef::parse(id)? {
+            InstanceRef::Plain(plain) => plain,
+            InstanceRef::OnNode {
+                node,
+                id: service_id,
+            } => {
+                if inner.local_node().await? != node {
+                    return Err(Error::NotFound(id.to_owned()));
+                }
+                service_id
+            }
+        };
         let owned = inner.owned.lock().get(id).cloned();
         let health = match &owned {
             Some(s) => s.health,

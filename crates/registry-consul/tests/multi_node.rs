@@ -198,6 +198,13 @@ async fn deregistering_one_node_s_instance_removes_only_that_one() {
         }
     }
 
+    // Renewing goes by the same ids: ours by node/id, never another node's.
+    registry.renew(&qualified[0]).await.unwrap();
+    assert!(matches!(
+        registry.renew("node-2/web-1").await,
+        Err(Error::NotFound(_))
+    ));
+
     // Another agent's instance: refused, clearly, and nothing is removed.
     match registry.deregister("node-2/web-1").await {
         Err(Error::Unsupported(m)) => {
