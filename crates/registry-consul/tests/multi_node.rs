@@ -343,6 +343,12 @@ async fn garbage_node_names_and_ids_are_bounded_and_never_panic() {
         add_web(&agent, node, "shared", 8081);
     }
     add_web(&agent, "bad/node", "lonely", 8090);
+    // Garbage service IDs from other tools are skipped, whatever their node.
+    let huge_id = "i".repeat(100_000);
+    for id in ["has/slash", "ctl\u{1b}[2J\r\nid", huge_id.as_str(), " "] {
+        add_web(&agent, "ok-node", id, 8091);
+        add_web(&agent, "other-node", id, 8092);
+    }
     let registry = connect(fast_config(&agent)).await;
     let web = registry.list_instances("web").await.unwrap();
     assert_eq!(
