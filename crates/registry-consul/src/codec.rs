@@ -311,11 +311,36 @@ fn parse_ts(meta: &BTreeMap<String, String>, key: &str) -> std::result::Result<T
     }
 }
 
+/// The node of one health entry: `Node.Node` ("" when absent or not a string) and whether the
+/// node runs a Consul agent (its checks include `serfHealth`, which only agents have).
+pub(crate) fn entry_node(value: &serde_json::Value) -> (String, bool) {
+    let name = value
+        .get("Node")
+        .and_then(|n| n.get("Node"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let agent = value
+        .get("Checks")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|checks| {
+            checks
+                .iter()
+                .any(|c| c.get("CheckID").and_then(serde_json::Value::as_str) == Some("serfHealth"))
+        });
+    (name, agent)
+}
+
 /// Decodes one health entry (a JSON value, so one odd entry cannot spoil a list).
 pub fn decode_entry(value: serde_json::Value, prefix: &str) -> Decoded {
     let entry: HealthEntry = match serde_json::from_value(value) {
         Ok(e) => e,
-        Err(e) => return Decoded::Invalid(format!("not a health entry: {e}")),
+        Err(e) => {
+            return Decoded::Invalid(format!(
+                "not a health entry: {}",
+                waypost_core_types::quote::quoted_up_to(&e.to_string(), 300)
+            ))
+        }
     };
     let s = entry.service;
     let checks = entry.checks.unwrap_or_default();
@@ -329,7 +354,8 @@ pub fn decode_entry(value: serde_json::Value, prefix: &str) -> Decoded {
         other => {
             return Decoded::Invalid(format!(
                 "service `{}` id `{}` has no usable port ({other:?})",
-                s.service, s.id
+                waypost_core_types::quote::quoted_up_to(&s.service, 128),
+                waypost_core_types::quote::quoted_up_to(&s.id, 256)
             ))
         }
     };
@@ -374,22 +400,31 @@ pub fn decode_entry(value: serde_json::Value, prefix: &str) -> Decoded {
         info.updated_at = parse_ts(&meta, META_UPDATED)?;
         info.last_check = info.updated_at;
         info.ttl = match meta.get(META_TTL) {
-            Some(t) => Duration::from_nanos(
-                t.parse::<u64>()
-                    .map_err(|_| format!("{META_TTL} `{t}` is not a number of nanoseconds"))?,
-            ),
+            Some(t) => Duration::from_nanos(t.parse::<u64>().map_err(|_| {
+                format!(
+                    "{META_TTL} `{}` is not a number of nanoseconds",
+                    waypost_core_types::quote::quoted_up_to(t, 64)
+                )
+            })?),
             None => Duration::ZERO,
         };
         info.weight = match meta.get(META_WEIGHT) {
-            Some(w) => w
-                .parse()
-                .map_err(|_| format!("{META_WEIGHT} `{w}` is not a number"))?,
+            Some(w) => w.parse().map_err(|_| {
+                format!(
+                    "{META_WEIGHT} `{}` is not a number",
+                    waypost_core_types::quote::quoted_up_to(w, 64)
+                )
+            })?,
             None => DEFAULT_WEIGHT,
         };
         for (k, v) in &meta {
             if let Some(esc) = k.strip_prefix(META_USER) {
-                let key = unescape_key(esc)
-                    .ok_or_else(|| format!("metadata key `{k}` is not a waypost-escaped key"))?;
+                let key = unescape_key(esc).ok_or_else(|| {
+                    format!(
+                        "metadata key `{}` is not a waypost-escaped key",
+                        waypost_core_types::quote::quoted_up_to(k, 160)
+                    )
+                })?;
                 info.metadata.insert(key, v.clone());
             }
         }
@@ -441,6 +476,27 @@ mod tests {
                 {"CheckID": format!("service:{}", info.id), "Status": status}
             ]
         })
+    }
+
+    #[test]
+    fn the_node_of_an_entry_is_read_tolerantly() {
+        let s = sample();
+        let meta = encode_meta(&s, "p").unwrap();
+        assert_eq!(
+            entry_node(&entry(&meta, "passing", &s)),
+            ("n1".into(), true)
+        );
+        let external = json!({"Node": {"Node": "ext-1"}, "Service": {}, "Checks": [
+            {"CheckID": "service:x", "Status": "passing"}]});
+        assert_eq!(entry_node(&external), ("ext-1".into(), false));
+        for odd in [
+            json!({}),
+            json!({"Node": 7}),
+            json!({"Node": {"Node": ["x"]}}),
+            json!(3),
+        ] {
+            assert_eq!(entry_node(&odd), (String::new(), false), "{odd}");
+        }
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct ConsulConfig {
     pub watch_buffer: usize,
     /// What to do with services waypost did not register.
     pub foreign_services: ForeignServices,
+    /// Whether the `consul` service (each Consul server registers itself under that name, on
+    /// port 8300) is listed, watched and discovered like an application service (default
+    /// `false`: it is left out).
+    pub include_consul_service: bool,
 }
 
 /// Like a derived `Debug`; the password shows as `[redacted]` (it is a [`Secret`]), and so does
@@ -122,6 +126,7 @@ impl std::fmt::Debug for ConsulConfig {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("watch_buffer", &self.watch_buffer)
             .field("foreign_services", &self.foreign_services)
+            .field("include_consul_service", &self.include_consul_service)
             .finish()
     }
 }
@@ -146,6 +151,7 @@ impl Default for ConsulConfig {
             max_response_bytes: 16 * 1024 * 1024,
             watch_buffer: 1024,
             foreign_services: ForeignServices::Include,
+            include_consul_service: false,
         }
     }
 }
@@ -261,6 +267,11 @@ impl ConsulConfig {
     with!(
         /// Sets what to do with services waypost did not register.
         with_foreign_services, foreign_services: ForeignServices
+    );
+    with!(
+        /// Sets whether the `consul` service of the Consul servers is listed, watched and
+        /// discovered (default `false`).
+        with_include_consul_service, include_consul_service: bool
     );
 
     /// Checks the configuration.
@@ -492,6 +503,12 @@ mod tests {
         assert_eq!(c.token.as_ref().map(Secret::expose), Some("t"));
         assert_eq!(c.foreign_services, ForeignServices::Skip);
         assert_eq!(c.prefix, DEFAULT_PREFIX, "unset fields keep defaults");
+        assert!(
+            !c.include_consul_service,
+            "the consul service is left out by default"
+        );
+        let c: ConsulConfig = serde_json::from_str(r#"{"include_consul_service":true}"#).unwrap();
+        assert!(c.include_consul_service);
         assert!(serde_json::from_str::<ConsulConfig>(r#"{"ttl":"10"}"#).is_err());
         assert!(serde_json::from_str::<ConsulConfig>(r#"{"adress":"x"}"#).is_err());
     }

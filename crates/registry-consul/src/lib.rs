@@ -55,8 +55,25 @@
 //!
 //! Reads (`get_service`, `list_*`, watches) use `/v1/health/service/:name` and
 //! `/v1/catalog/services` of the cluster, so instances registered through other agents are
-//! found. Writes go through the local agent, which owns what it registered: `deregister` and
-//! `update` apply to services of this agent.
+//! found. Writes go through the local agent, which owns what it registered: `register`,
+//! `update` and `renew` apply to services of this agent.
+//!
+//! # Instances across nodes
+//!
+//! A Consul service ID is unique per agent, not per cluster, and defaults to the service name.
+//! An instance read from Consul has the id `<node>/<service ID>` (`node-2/web`) when its service
+//! ID is on several nodes, or when it is Consul's default ID (the service name) of a service
+//! waypost did not register; otherwise its plain service ID, so waypost's own registrations
+//! keep their ids. The exact rule and why it is stable are in [`identity`].
+//!
+//! `deregister` takes a plain service ID of the local agent, or `<node>/<id>`: on the local
+//! agent's node it goes through the agent, on an external node (no Consul agent) through
+//! `PUT /v1/catalog/deregister`, and for another agent's service it fails with
+//! [`Error::Unsupported`](waypost_core_types::Error::Unsupported) (that agent's anti-entropy
+//! would put it back). Only the named instance is ever removed.
+//!
+//! The `consul` service of the Consul servers is left out of lists, watches and discovery
+//! unless [`ConsulConfig::include_consul_service`] is set.
 //!
 //! # Dropping without `close`
 //!
@@ -78,6 +95,7 @@
 mod client;
 pub mod codec;
 mod config;
+pub mod identity;
 mod liveness;
 mod pacing;
 mod read;

@@ -8,14 +8,32 @@ use tracing::{debug, warn};
 use waypost_core_types::{Result, ServiceInfo};
 
 use crate::client::{enc, ConsulClient};
-use crate::codec::{decode_entry, Decoded};
+use crate::codec::{decode_entry, entry_node, Decoded};
 use crate::config::{go_duration_string, ForeignServices};
+use crate::identity::{assign_ids, Instance};
 
-/// What reads keep: our prefix, and whether foreign services count.
+/// The service every Consul server registers itself as.
+pub(crate) const CONSUL_SERVICE: &str = "consul";
+
+/// What reads keep: our prefix, whether foreign services count, and whether the `consul`
+/// service does.
 #[derive(Debug, Clone)]
 pub(crate) struct Filter {
     pub(crate) prefix: String,
     pub(crate) foreign: ForeignServices,
+    pub(crate) include_consul: bool,
+}
+
+impl Filter {
+    /// Whether instances of service `name` are listed at all.
+    pub(crate) fn lists_name(&self, name: &str) -> bool {
+        self.include_consul || name != CONSUL_SERVICE
+    }
+}
+
+/// The instances of a read, as [`ServiceInfo`]s.
+pub(crate) fn infos(instances: BTreeMap<String, Instance>) -> Vec<ServiceInfo> {
+    instances.into_values().map(|i| i.info).collect()
 }
 
 /// A blocking query: wait for an index above `index`, at most `wait`.
@@ -53,13 +71,14 @@ fn join_query(parts: &[String]) -> String {
     }
 }
 
-/// The instances of one service name in scope, keyed by id, and the `X-Consul-Index`.
+/// The instances of one service name in scope, keyed by their waypost id (see
+/// [`identity`](crate::identity)), and the `X-Consul-Index`.
 pub(crate) async fn read_instances(
     client: &ConsulClient,
     filter: &Filter,
     name: &str,
     blocking: Option<Blocking>,
-) -> Result<(u64, BTreeMap<String, ServiceInfo>)> {
+) -> Result<(u64, BTreeMap<String, Instance>)> {
     let q = join_query(&[
         client.dc_param(),
         blocking.map(|b| b.query()).unwrap_or_default(),
@@ -72,17 +91,30 @@ pub(crate) async fn read_instances(
     }
     let index = reply.index.unwrap_or(1).max(1);
     let entries: Vec<serde_json::Value> = reply.json(&format!("reading service `{name}`"))?;
-    let mut out = BTreeMap::new();
+    if !filter.lists_name(name) {
+        // Read all the same: a watch on it still blocks on Consul's index.
+        debug!(service = %name, "consul: the consul service is left out (include_consul_service)");
+        return Ok((index, BTreeMap::new()));
+    }
+    let mut read = Vec::with_capacity(entries.len());
     for entry in entries {
+        let (node, agent_node) = entry_node(&entry);
+        let instance = |info: ServiceInfo, ours: bool| Instance {
+            node,
+            agent_node,
+            consul_id: info.id.clone(),
+            ours,
+            info,
+        };
         match decode_entry(entry, &filter.prefix) {
             Decoded::Ours(s) => {
                 if s.name == name {
-                    out.insert(s.id.clone(), s);
+                    read.push(instance(s, true));
                 }
             }
             Decoded::Foreign(s) => {
                 if filter.foreign == ForeignServices::Include && s.name == name {
-                    out.insert(s.id.clone(), s);
+                    read.push(instance(s, false));
                 } else {
                     debug!(service = %name, id = %s.id, "consul: skipping a service not registered by waypost");
                 }
@@ -95,12 +127,13 @@ pub(crate) async fn read_instances(
             }
         }
     }
-    Ok((index, out))
+    Ok((index, assign_ids(name, read)))
 }
 
-/// Every service name of the catalog, and the `X-Consul-Index`.
+/// Every service name of the catalog the filter lists, and the `X-Consul-Index`.
 pub(crate) async fn read_names(
     client: &ConsulClient,
+    filter: &Filter,
     blocking: Option<Blocking>,
 ) -> Result<(u64, Vec<String>)> {
     let q = join_query(&[
@@ -122,7 +155,7 @@ pub(crate) async fn read_names(
     let index = reply.index.unwrap_or(1).max(1);
     let map: BTreeMap<String, serde_json::Value> = reply.json("listing the catalog")?;
     let mut names = Vec::with_capacity(map.len());
-    for name in map.into_keys() {
+    for name in map.into_keys().filter(|n| filter.lists_name(n)) {
         match waypost_core_types::validate::validate_key_part(
             "name",
             &name,

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
-use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
+use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, Health, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, SharedWatchStream,
     StateCell, StateStream, Tasks, Timestamp, WatchStream,
@@ -21,7 +21,8 @@ use waypost_core_types::{
 use crate::client::{enc, ConsulClient, BACKEND};
 use crate::codec::{self, check_id, META_CREATED, META_HEALTH, META_PREFIX};
 use crate::config::ConsulConfig;
-use crate::read::{read_instances, read_names, Filter};
+use crate::identity::{not_ours_to_remove, Instance, InstanceRef};
+use crate::read::{infos, read_instances, read_names, Filter};
 use crate::watch::{WatchSettings, Watches};
 
 /// A service registry on a Consul agent.
@@ -49,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) writes: tokio::sync::Mutex<()>,
     /// Wakes the keep-alive after a registration.
     pub(crate) kick: Notify,
+    /// The local agent's node name, once asked for (`GET /v1/agent/self`).
+    node_name: tokio::sync::OnceCell<String>,
 }
 
 impl fmt::Debug for ConsulRegistry {
@@ -104,6 +107,7 @@ impl ConsulRegistry {
         let filter = Filter {
             prefix: cfg.prefix.clone(),
             foreign: cfg.foreign_services,
+            include_consul: cfg.include_consul_service,
         };
         let watches = Watches::new(
             client.clone(),
@@ -125,6 +129,7 @@ impl ConsulRegistry {
             state: StateCell::new(BACKEND),
             writes: tokio::sync::Mutex::new(()),
             kick: Notify::new(),
+            node_name: tokio::sync::OnceCell::new(),
         });
         let tasks = Tasks::new();
         tasks.spawn(crate::liveness::run(Arc::clone(&inner)));
@@ -353,31 +358,130 @@ impl Inner {
         Ok(())
     }
 
-    async fn find(&self, id: &str) -> Result<Option<ServiceInfo>> {
-        let name = self.owned.lock().get(id).map(|s| s.name.clone());
+    /// The instance `r` names, wherever it runs: first under the name the local agent knows
+    /// its service ID by, then through every service of the catalog.
+    async fn find(&self, r: InstanceRef<'_>) -> Result<Option<Instance>> {
+        fn pick(r: InstanceRef<'_>, read: BTreeMap<String, Instance>) -> Option<Instance> {
+            read.into_iter()
+                .find(|(listed, i)| r.matches(listed, i))
+                .map(|(_, i)| i)
+        }
+        let service_id = match r {
+            InstanceRef::Plain(id) | InstanceRef::OnNode { id, .. } => id,
+        };
+        let name = self.owned.lock().get(service_id).map(|s| s.name.clone());
         let name = match name {
             Some(n) => Some(n),
-            None => self.agent_service(id).await?.map(|a| a.service),
+            None => self.agent_service(service_id).await?.map(|a| a.service),
         };
         if let Some(name) = name {
-            let (_, inst) = read_instances(&self.client, &self.filter, &name, None).await?;
-            if let Some(s) = inst.get(id) {
-                return Ok(Some(s.clone()));
+            let (_, read) = read_instances(&self.client, &self.filter, &name, None).await?;
+            if let Some(i) = pick(r, read) {
+                return Ok(Some(i));
             }
         }
         // Registered through another agent: look through the cluster's catalog.
-        let (_, names) = read_names(&self.client, None).await?;
+        let (_, names) = read_names(&self.client, &self.filter, None).await?;
         let mut reads = futures_util::stream::iter(names)
             .map(
                 |name| async move { read_instances(&self.client, &self.filter, &name, None).await },
             )
             .buffer_unordered(8);
-        while let Some(r) = reads.next().await {
-            if let Some(s) = r?.1.remove(id) {
-                return Ok(Some(s));
+        while let Some(read) = reads.next().await {
+            if let Some(i) = pick(r, read?.1) {
+                return Ok(Some(i));
             }
         }
         Ok(None)
+    }
+
+    /// The local agent's node name (`Config.NodeName` of `GET /v1/agent/self`, which needs
+    /// `agent:read`), asked once.
+    async fn local_node(&self) -> Result<&str> {
+        let name = self
+            .node_name
+            .get_or_try_init(|| async {
+                let what = "asking the agent for its node name";
+                let reply = self.client.get("/v1/agent/self").await?;
+                if reply.status != StatusCode::OK {
+                    return Err(reply.error(what));
+                }
+                let v: serde_json::Value = reply.json(what)?;
+                match v.pointer("/Config/NodeName").and_then(|n| n.as_str()) {
+                    Some(n) if !n.is_empty() => Ok(n.to_owned()),
+                    _ => Err(Error::backend_msg(
+                        BACKEND,
+                        format!("{what}: the answer has no Config.NodeName"),
+                    )),
+                }
+            })
+            .await?;
+        Ok(name)
+    }
+
+    /// Deregisters service `id` of the local agent (an id it does not know is `NotFound`).
+    async fn deregister_local(&self, id: &str, shown: &str) -> Result<()> {
+        let name;
+        {
+            let _w = self.writes.lock().await;
+            let owned = self.owned.lock().remove(id);
+            name = match owned {
+                Some(s) => s.name,
+                // Older agents answer 200 for unknown ids: ask first.
+                None => match self.agent_service(id).await? {
+                    Some(a) => a.service,
+                    None => return Err(Error::NotFound(shown.to_owned())),
+                },
+            };
+            let reply = self
+                .client
+                .put(&format!("/v1/agent/service/deregister/{}", enc(id)), None)
+                .await?;
+            match reply.status {
+                StatusCode::OK => {}
+                // Already gone (the agent restarted): what we wanted.
+                StatusCode::NOT_FOUND => {
+                    debug!(id, "consul: deregister of an id the agent no longer knows")
+                }
+                _ => return Err(reply.error(&format!("deregistering `{id}`"))),
+            }
+        }
+        self.watches.refresh(&name).await;
+        Ok(())
+    }
+
+    /// Deregisters the instance with service ID `id` on `node`: through the local agent when
+    /// it is this agent's node; through `PUT /v1/catalog/deregister` when the node runs no
+    /// agent (a service registered through the catalog, which no agent would re-sync); and
+    /// never for a service of another agent, whose anti-entropy sync would put it back.
+    async fn deregister_on_node(&self, node: &str, id: &str, shown: &str) -> Result<()> {
+        let r = InstanceRef::OnNode { node, id };
+        let Some(found) = self.find(r).await? else {
+            return Err(Error::NotFound(shown.to_owned()));
+        };
+        if found.agent_node {
+            if self.local_node().await? == node {
+                return self.deregister_local(id, shown).await;
+            }
+            return Err(not_ours_to_remove(node, shown));
+        }
+        let mut body = serde_json::json!({"Node": node, "ServiceID": id});
+        if let Some(dc) = &self.cfg.datacenter {
+            body["Datacenter"] = serde_json::json!(dc);
+        }
+        let body = serde_json::to_vec(&body).map_err(|e| Error::Codec(e.to_string()))?;
+        {
+            let _w = self.writes.lock().await;
+            let reply = self
+                .client
+                .put("/v1/catalog/deregister", Some(body))
+                .await?;
+            if reply.status != StatusCode::OK {
+                return Err(reply.error(&format!("deregistering `{shown}` from the catalog")));
+            }
+        }
+        self.watches.refresh(&found.info.name).await;
+        Ok(())
     }
 }
 
@@ -401,37 +505,13 @@ impl ServiceRegistry for ConsulRegistry {
 
     async fn deregister(&self, id: &str) -> Result<()> {
         self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
-        let inner = &self.inner;
-        let name;
-        {
-            let _w = inner.writes.lock().await;
-            let owned = inner.owned.lock().remove(id);
-            name = match owned {
-                Some(s) => Some(s.name),
-                // Older agents answer 200 for unknown ids: ask first.
-                None => match inner.agent_service(id).await? {
-                    Some(a) => Some(a.service),
-                    None => return Err(Error::NotFound(id.to_owned())),
-                },
-            };
-            let reply = inner
-                .client
-                .put(&format!("/v1/agent/service/deregister/{}", enc(id)), None)
-                .await?;
-            match reply.status {
-                StatusCode::OK => {}
-                // Already gone (the agent restarted): what we wanted.
-                StatusCode::NOT_FOUND => {
-                    debug!(id, "consul: deregister of an id the agent no longer knows")
-                }
-                _ => return Err(reply.error(&format!("deregistering `{id}`"))),
-            }
+        match InstanceRef::parse(id)? {
+            InstanceRef::Plain(plain) => self.inner.deregister_local(plain, id).await,
+            InstanceRef::OnNode {
+                node,
+                id: service_id,
+            } => self.inner.deregister_on_node(node, service_id, id).await,
         }
-        if let Some(name) = name {
-            inner.watches.refresh(&name).await;
-        }
-        Ok(())
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
@@ -441,8 +521,21 @@ impl ServiceRegistry for ConsulRegistry {
 
     async fn renew(&self, id: &str) -> Result<()> {
         self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
         let inner = &self.inner;
+        // `<node>/<id>` (as a shared id is listed) renews the local agent's `<id>` when `<node>`
+        // is the agent's node; another node's instance is not this agent's to renew.
+        let id = match InstanceRef::parse(id)? {
+            InstanceRef::Plain(plain) => plain,
+            InstanceRef::OnNode {
+                node,
+                id: service_id,
+            } => {
+                if inner.local_node().await? != node {
+                    return Err(Error::NotFound(id.to_owned()));
+                }
+                service_id
+            }
+        };
         let owned = inner.owned.lock().get(id).cloned();
         let health = match &owned {
             Some(s) => s.health,
@@ -479,17 +572,17 @@ impl ServiceRegistry for ConsulRegistry {
 
     async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
         self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
-        self.inner
-            .find(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_owned()))
+        let r = InstanceRef::parse(id)?;
+        match self.inner.find(r).await? {
+            Some(found) => Ok(found.info),
+            None => Err(Error::NotFound(id.to_owned())),
+        }
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
         self.check_open()?;
         let inner = &self.inner;
-        let (_, names) = read_names(&inner.client, None).await?;
+        let (_, names) = read_names(&inner.client, &inner.filter, None).await?;
         let lists: Vec<Result<_>> =
             futures_util::stream::iter(names)
                 .map(|name| async move {
@@ -500,7 +593,7 @@ impl ServiceRegistry for ConsulRegistry {
                 .await;
         let mut out = Vec::new();
         for l in lists {
-            out.extend(l?.1.into_values());
+            out.extend(infos(l?.1));
         }
         out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
         Ok(out)
@@ -510,7 +603,7 @@ impl ServiceRegistry for ConsulRegistry {
         self.check_open()?;
         validate_key_part("name", name, MAX_NAME_LEN)?;
         let (_, inst) = read_instances(&self.inner.client, &self.inner.filter, name, None).await?;
-        Ok(inst.into_values().collect())
+        Ok(infos(inst))
     }
 
     async fn watch(&self) -> Result<WatchStream> {

@@ -15,7 +15,7 @@ use crate::{ConsulConfig, ForeignServices};
 ///   it are dropped);
 /// - parameters: `scheme` (`http` or `https`), `token`, `datacenter` (or `dc`), `ca_file`,
 ///   `ca_pem`, `max_response_bytes`, `watch_buffer` (numbers), `foreign_services` (`include` or
-///   `skip`), and the durations (`500ms`, `30s`, `1m`) `ttl`, `deregister_critical_after`,
+///   `skip`), `include_consul_service` (`true` or `false`), and the durations (`500ms`, `30s`, `1m`) `ttl`, `deregister_critical_after`,
 ///   `connect_timeout`, `request_timeout`, `watch_wait`, `watch_min_interval`,
 ///   `retry_initial_backoff`, `retry_max_backoff`.
 ///
@@ -110,6 +110,9 @@ impl FromStr for ConsulConfig {
         if let Some(f) = url.take_parsed("foreign_services")? {
             config.foreign_services = f;
         }
+        if let Some(b) = url.take_parsed("include_consul_service")? {
+            config.include_consul_service = b;
+        }
         url.finish()?;
         config.validate()?;
         Ok(config)
@@ -144,7 +147,7 @@ mod tests {
     fn every_parameter() {
         let c: ConsulConfig = "consul://agent:8501/team/services/?scheme=https&token=t%2Fk\
              &datacenter=dc2&ca_file=/ca.pem&ca_pem=PEM&max_response_bytes=4096&watch_buffer=8\
-             &foreign_services=skip&ttl=10s&deregister_critical_after=2m&connect_timeout=1s\
+             &foreign_services=skip&include_consul_service=true&ttl=10s&deregister_critical_after=2m&connect_timeout=1s\
              &request_timeout=2s&watch_wait=30s&watch_min_interval=250ms\
              &retry_initial_backoff=100ms&retry_max_backoff=5s"
             .parse()
@@ -158,6 +161,7 @@ mod tests {
         assert_eq!(c.max_response_bytes, 4096);
         assert_eq!(c.watch_buffer, 8);
         assert_eq!(c.foreign_services, ForeignServices::Skip);
+        assert!(c.include_consul_service);
         assert_eq!(c.ttl, Duration::from_secs(10));
         assert_eq!(c.deregister_critical_after, Duration::from_secs(120));
         assert_eq!(c.connect_timeout, Duration::from_secs(1));
@@ -176,6 +180,7 @@ mod tests {
         assert_eq!(c.datacenter.as_deref(), Some("dc1"));
         assert_eq!(c.prefix, crate::DEFAULT_PREFIX);
         assert_eq!(c.foreign_services, ForeignServices::Include);
+        assert!(!c.include_consul_service);
     }
 
     #[test]
@@ -187,6 +192,10 @@ mod tests {
             ("consul://h?scheme=ftp", "http or https"),
             ("consul://h?dc=a&datacenter=b", "not both"),
             ("consul://h?foreign_services=maybe", "`foreign_services`"),
+            (
+                "consul://h?include_consul_service=yes",
+                "`include_consul_service`",
+            ),
             ("consul://h?watch_wait=1h", "watch_wait"),
             ("consul://h?colour=blue", "unknown parameter `colour`"),
             ("consul://:SeCrEt@h/a/../b", "`.` or `..` segment"),

@@ -33,7 +33,7 @@ use waypost_core_types::{
 
 use crate::client::ConsulClient;
 use crate::pacing::TokenBucket;
-use crate::read::{read_instances, read_names, Blocking, Filter};
+use crate::read::{infos, read_instances, read_names, Blocking, Filter};
 
 /// Settings of the watch loops.
 #[derive(Debug, Clone)]
@@ -189,19 +189,15 @@ impl Watches {
                         Scope::Service(name) => {
                             let (index, list) =
                                 read_instances(&self.client, &self.filter, name, None).await?;
-                            feed.apply(
-                                name,
-                                index,
-                                list.into_values().collect(),
-                                Some(SnapshotReason::Initial),
-                            );
+                            feed.apply(name, index, infos(list), Some(SnapshotReason::Initial));
                             Arc::clone(self)
                                 .name_loop(Arc::clone(&feed), name.clone())
                                 .map(drop)
                                 .boxed()
                         }
                         Scope::All => {
-                            let (catalog_index, names) = read_names(&self.client, None).await?;
+                            let (catalog_index, names) =
+                                read_names(&self.client, &self.filter, None).await?;
                             let read = self.read_all(names.clone()).await?;
                             *feed.listed.lock() = names.iter().cloned().collect();
                             feed.apply_all(read, SnapshotReason::Initial);
@@ -246,7 +242,7 @@ impl Watches {
         }
         match read_instances(&self.client, &self.filter, name, None).await {
             Ok((index, list)) => {
-                let list: Vec<ServiceInfo> = list.into_values().collect();
+                let list = infos(list);
                 for feed in feeds {
                     feed.apply(name, index, list.clone(), None);
                 }
@@ -268,7 +264,7 @@ impl Watches {
         let read: Vec<Result<(String, u64, Vec<ServiceInfo>)>> = futures_util::stream::iter(names)
             .map(|name| async move {
                 let (index, list) = read_instances(&self.client, &self.filter, &name, None).await?;
-                Ok((name, index, list.into_values().collect()))
+                Ok((name, index, infos(list)))
             })
             .buffer_unordered(8)
             .collect()
@@ -302,7 +298,7 @@ impl Watches {
                     };
                     backoff.reset();
                     let empty = list.is_empty();
-                    feed.apply(&name, index, list.into_values().collect(), reason);
+                    feed.apply(&name, index, infos(list), reason);
                     if empty && !feed.still_listed(&name) {
                         return name;
                     }
@@ -408,7 +404,7 @@ fn catalog_answers(
                     index: requested,
                     wait: watches.settings.wait,
                 };
-                match read_names(&watches.client, Some(blocking)).await {
+                match read_names(&watches.client, &watches.filter, Some(blocking)).await {
                     Ok((index, names)) => {
                         let reason = (backoff.attempts() > 0 || index < requested)
                             .then_some(SnapshotReason::Reconnected);

@@ -491,3 +491,140 @@ async fn acl_tokens_are_checked() {
     let r = call(&a, "GET", "/v1/status/leader", None, None).await;
     assert_eq!((r.status, r.body.as_str()), (200, "\"127.0.0.1:8300\""));
 }
+
+/// Several nodes as Consul serves them (shapes from HashiCorp's API docs and
+/// `hashicorp/consul-api-double` `v1/health/service/_`, `v1/catalog/service/_`): the same service
+/// ID on three nodes gives three entries, each with its node's name in `Node.Node` (health) or
+/// `Node` (catalog); only nodes that run an agent have `serfHealth`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_service_id_on_several_nodes_is_served_once_per_node() {
+    let a = FakeConsul::start(FakeOptions::default()).await.unwrap();
+    for (node, addr) in [("node-1", "10.0.0.1"), ("node-2", "10.0.0.2")] {
+        a.add_remote_service(
+            node,
+            addr,
+            json!({"ID": "web", "Service": "web", "Port": 80}),
+            "passing",
+        );
+    }
+    a.add_external_service(
+        "ext-1",
+        "10.0.9.1",
+        json!({"ID": "web", "Service": "web", "Port": 81}),
+        "passing",
+    );
+    let r = call(&a, "GET", "/v1/health/service/web", None, None).await;
+    let v = r.json();
+    let entries = v.as_array().unwrap();
+    let nodes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["Node"]["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["ext-1", "node-1", "node-2"]);
+    for e in entries {
+        assert_eq!(e["Service"]["ID"], "web");
+        let first_check = e["Checks"][0]["CheckID"].as_str().unwrap();
+        let external = e["Node"]["Node"] == "ext-1";
+        assert_eq!(first_check == "serfHealth", !external, "{e}");
+        assert_eq!(e["Checks"][0]["Node"], e["Node"]["Node"]);
+    }
+    assert_eq!(entries[1]["Node"]["Address"], "10.0.0.1");
+
+    let r = call(&a, "GET", "/v1/catalog/service/web", None, None).await;
+    assert!(r.index() >= 1);
+    let v = r.json();
+    let flat = v.as_array().unwrap();
+    assert_eq!(flat.len(), 3);
+    let e = &flat[1];
+    assert_eq!(
+        (
+            &e["Node"],
+            &e["ServiceID"],
+            &e["ServiceName"],
+            &e["ServicePort"]
+        ),
+        (&json!("node-1"), &json!("web"), &json!("web"), &json!(80))
+    );
+    assert_eq!(e["Address"], "10.0.0.1");
+    assert!(e["ID"].as_str().unwrap().len() == 36, "the node UUID: {e}");
+    assert!(e.get("Checks").is_none(), "the catalog carries no health");
+    assert_eq!(
+        a.catalog_instances("WEB").len(),
+        3,
+        "names are case-insensitive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consul_service_of_each_server_is_in_the_catalog_not_in_the_agent() {
+    let a = FakeConsul::start(FakeOptions::default()).await.unwrap();
+    a.add_server_node("server-2", "10.0.0.2");
+    let r = call(&a, "GET", "/v1/health/service/consul", None, None).await;
+    let v = r.json();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert_eq!(
+            (
+                &e["Service"]["ID"],
+                &e["Service"]["Port"],
+                &e["Service"]["Address"]
+            ),
+            (&json!("consul"), &json!(8300), &json!(""))
+        );
+        assert_eq!(e["Checks"].as_array().unwrap().len(), 1, "serfHealth only");
+    }
+    assert_eq!(entries[0]["Node"]["Node"], a.node_name().as_str());
+    let r = call(&a, "GET", "/v1/catalog/services", None, None).await;
+    assert_eq!(r.json(), json!({"consul": []}));
+    let r = call(&a, "GET", "/v1/agent/services", None, None).await;
+    assert_eq!(r.json(), json!({}), "the agent does not list consul");
+    let r = call(&a, "PUT", "/v1/agent/service/deregister/consul", None, None).await;
+    assert_eq!(r.status, 404);
+    assert!(a.local_service_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_deregister_removes_one_node_s_instance() {
+    let a = FakeConsul::start(FakeOptions::default().with_acl_token("tok"))
+        .await
+        .unwrap();
+    for node in ["ext-1", "ext-2"] {
+        a.add_external_service(
+            node,
+            "10.0.9.1",
+            json!({"ID": "web", "Service": "web", "Port": 81}),
+            "passing",
+        );
+    }
+    let body = r#"{"Node": "ext-1", "ServiceID": "web"}"#;
+    let r = call(&a, "PUT", "/v1/catalog/deregister", Some(body), None).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.starts_with("Permission denied"), "{}", r.body);
+    let r = call(&a, "GET", "/v1/catalog/deregister", None, Some("tok")).await;
+    assert_eq!(r.status, 405);
+    for (bad, want) in [
+        (r#"{"ServiceID": "web"}"#, "Must provide node"),
+        (r#"{"Node": "ext-1", "Colour": "x"}"#, "unknown field"),
+        ("", "Request decode failed"),
+    ] {
+        let r = call(&a, "PUT", "/v1/catalog/deregister", Some(bad), Some("tok")).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.body.contains(want), "{bad}: {}", r.body);
+    }
+    let before = call(&a, "GET", "/v1/health/service/web", None, Some("tok"))
+        .await
+        .index();
+    let r = call(&a, "PUT", "/v1/catalog/deregister", Some(body), Some("tok")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "true"));
+    assert_eq!(
+        a.catalog_instances("web"),
+        vec![("ext-2".to_string(), "web".to_string())]
+    );
+    let r = call(&a, "GET", "/v1/health/service/web", None, Some("tok")).await;
+    assert!(r.index() > before, "a removal bumps the service's index");
+    // Again: nothing to remove, still `true`, nothing else touched.
+    let r = call(&a, "PUT", "/v1/catalog/deregister", Some(body), Some("tok")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "true"));
+    assert_eq!(a.catalog_instances("web").len(), 1);
+}

@@ -120,6 +120,7 @@ pub(crate) fn register(shared: &Arc<Shared>, q: &Query, caller: &Caller, body: &
                     svc,
                     create_index,
                     modify_index,
+                    server_entry: false,
                 },
             );
         }
@@ -144,6 +145,60 @@ pub(crate) fn deregister(shared: &Arc<Shared>, caller: &Caller, id: &str) -> Res
     }
     shared.notify();
     ok_empty()
+}
+
+/// `PUT /v1/catalog/deregister`: removes one service (`ServiceID`), one check (`CheckID`) or
+/// the whole node with its services, straight from the catalog. Removing what is not there
+/// changes nothing and still answers `true`, as Consul does. The fake has no anti-entropy: a
+/// service of the local agent removed this way stays removed (Consul's agent would sync it back).
+pub(crate) fn catalog_deregister(shared: &Arc<Shared>, caller: &Caller, body: &Bytes) -> Resp {
+    let req = match decode::catalog_deregistration(body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if *caller == Caller::Anonymous {
+        return denied("node:write", &req.node);
+    }
+    let changed = {
+        let mut st = shared.state.lock();
+        match (&req.service_id, &req.check_id) {
+            (Some(id), _) => st.remove_service(&req.node, id).is_some(),
+            (None, Some(check)) => {
+                let key = (req.node.clone(), check.clone());
+                match st.checks.remove(&key) {
+                    Some(c) => {
+                        let name = st
+                            .services
+                            .get(&(req.node.clone(), c.service_id.clone()))
+                            .map(|e| e.svc.name.clone())
+                            .unwrap_or_default();
+                        st.bump(&name, false);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            (None, None) => {
+                let ids: Vec<String> = st
+                    .services
+                    .keys()
+                    .filter(|(n, _)| n == &req.node)
+                    .map(|(_, id)| id.clone())
+                    .collect();
+                for id in &ids {
+                    st.remove_service(&req.node, id);
+                }
+                st.checks.retain(|(n, _), _| n != &req.node);
+                let removed_node =
+                    req.node != st.local_node && st.nodes.remove(&req.node).is_some();
+                !ids.is_empty() || removed_node
+            }
+        }
+    };
+    if changed {
+        shared.notify();
+    }
+    super::respond::json_resp(&Value::Bool(true))
 }
 
 pub(crate) fn check_update(
@@ -193,7 +248,16 @@ pub(crate) fn check_update(
     ok_empty()
 }
 
-pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Value, status: &str) {
+/// Puts a service of another node into the catalog: a node with an agent (`agent`, it gets a
+/// `serfHealth` check) or an external node registered through the catalog.
+pub(crate) fn add_remote(
+    shared: &Shared,
+    node: &str,
+    node_address: &str,
+    agent: bool,
+    v: Value,
+    status: &str,
+) {
     let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     let name = s("Service").or_else(|| s("Name")).unwrap_or_default();
     let id = s("ID").unwrap_or_else(|| name.clone());
@@ -226,13 +290,7 @@ pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Val
         enable_tag_override: false,
     };
     let mut st = shared.state.lock();
-    st.nodes
-        .entry(node.to_owned())
-        .or_insert_with(|| super::state::Node {
-            name: node.to_owned(),
-            address: node_address.to_owned(),
-            id: format!("5f8a0ad0-2c1b-4d0e-9d5e-{:012}", st_len_hint(node)),
-        });
+    st.ensure_node(node, node_address, agent);
     let idx = st.bump(&name, true);
     st.services.insert(
         (node.to_owned(), id.clone()),
@@ -241,6 +299,7 @@ pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Val
             svc,
             create_index: idx,
             modify_index: idx,
+            server_entry: false,
         },
     );
     st.checks.insert(
@@ -262,10 +321,4 @@ pub(crate) fn add_remote(shared: &Shared, node: &str, node_address: &str, v: Val
             modify_index: idx,
         },
     );
-}
-
-fn st_len_hint(node: &str) -> u64 {
-    node.bytes()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        % 1_000_000_000_000
 }

@@ -320,3 +320,41 @@ pub(crate) fn registration(body: &Bytes) -> Result<(Svc, Vec<CheckSpec>), Resp> 
         checks,
     ))
 }
+
+/// The body of `PUT /v1/catalog/deregister`.
+pub(crate) struct CatalogDeregistration {
+    pub(crate) node: String,
+    pub(crate) service_id: Option<String>,
+    pub(crate) check_id: Option<String>,
+}
+
+const CATALOG_DEREGISTER_FIELDS: &[&str] = &[
+    "node",
+    "datacenter",
+    "serviceid",
+    "checkid",
+    "namespace",
+    "partition",
+];
+
+/// Decodes `{"Node", "ServiceID"?, "CheckID"?, "Datacenter"?}`; the node is required.
+pub(crate) fn catalog_deregistration(body: &Bytes) -> Result<CatalogDeregistration, Resp> {
+    if body.is_empty() {
+        return Err(text(400, "Request decode failed: EOF"));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| text(400, format!("Request decode failed: {e}")))?;
+    let Value::Object(obj) = &v else {
+        return Err(type_err("", "structs.DeregisterRequest"));
+    };
+    let m = fields(obj, CATALOG_DEREGISTER_FIELDS)?;
+    let node = get_str(&m, "node", "Node")?.unwrap_or_default();
+    if node.is_empty() {
+        return Err(text(400, "Must provide node"));
+    }
+    Ok(CatalogDeregistration {
+        node,
+        service_id: get_str(&m, "serviceid", "ServiceID")?.filter(|s| !s.is_empty()),
+        check_id: get_str(&m, "checkid", "CheckID")?.filter(|s| !s.is_empty()),
+    })
+}

@@ -3,8 +3,17 @@
 //! response shapes, status codes and error texts, blocking queries with `X-Consul-Index`, TTL
 //! checks that go critical, `DeregisterCriticalServiceAfter` reaping, ACL token checks).
 //!
-//! It is **not** Consul: there is one agent (plus optional "remote" nodes whose services are only
-//! in the catalog), no Raft, TTL checks only (HTTP/TCP checks are refused), no `filter`. Timings
+//! It serves a cluster's catalog as Consul does: the local agent's node is a server (it lists
+//! the `consul` service, ID `consul`, port 8300), and tests add other nodes — with an agent
+//! ([`add_remote_service`](FakeConsul::add_remote_service), [`add_server_node`](FakeConsul::add_server_node))
+//! or external nodes registered through the catalog
+//! ([`add_external_service`](FakeConsul::add_external_service)). Instances are keyed by node
+//! and service ID, as in Consul, so the same service ID can run on many nodes; health entries
+//! carry the node in `Node.Node`, catalog entries in `Node`.
+//!
+//! It is **not** Consul: one agent answers (the other nodes' agents are not simulated: their
+//! services are only in the catalog, and there is no anti-entropy), no Raft, TTL checks only
+//! (HTTP/TCP checks are refused), no `filter`. Timings
 //! that are minutes in Consul (`DeregisterCriticalServiceAfter` ≥ 1 min, 30 s reaper) are
 //! options so tests need not wait minutes.
 //!
@@ -286,6 +295,8 @@ impl FakeConsul {
             *st = State::new(&node, &addr);
             st.index = 2;
             st.services_index = 2;
+            st.name_index.insert(state::CONSUL_SERVICE.into(), 2);
+            st.insert_server_entry(&node, 2);
         }
         self.shared.notify();
     }
@@ -337,18 +348,75 @@ impl FakeConsul {
         st.checks.get(&key).map(|c| c.status.clone())
     }
 
-    /// Ids of the local agent's services.
+    /// Ids of the local agent's services (the server's own `consul` entry is not one).
     pub fn local_service_ids(&self) -> Vec<String> {
         let st = self.shared.state.lock();
         st.services
-            .keys()
-            .filter(|(n, _)| n == &st.local_node)
-            .map(|(_, id)| id.clone())
+            .iter()
+            .filter(|((n, _), e)| n == &st.local_node && !e.server_entry)
+            .map(|((_, id), _)| id.clone())
             .collect()
     }
 
+    /// The name of the local agent's node.
+    pub fn node_name(&self) -> String {
+        self.shared.state.lock().local_node.clone()
+    }
+
+    /// `(node, service ID)` of every instance of service `name` in the catalog (name compared
+    /// case-insensitively, as Consul does), in node order.
+    pub fn catalog_instances(&self, name: &str) -> Vec<(String, String)> {
+        let st = self.shared.state.lock();
+        st.instances_of(name)
+            .into_iter()
+            .map(|e| (e.node.clone(), e.svc.id.clone()))
+            .collect()
+    }
+
+    /// Adds another Consul server node: a node with an agent that lists the `consul` service.
+    pub fn add_server_node(&self, node: &str, node_address: &str) {
+        {
+            let mut st = self.shared.state.lock();
+            st.ensure_node(node, node_address, true);
+            let idx = st.bump(state::CONSUL_SERVICE, true);
+            st.insert_server_entry(node, idx);
+        }
+        self.shared.notify();
+    }
+
+    /// Adds a service to the catalog on an external node (`node` at `node_address`), as
+    /// `PUT /v1/catalog/register` does for services no agent runs (consul-esm, Terraform, …):
+    /// the node has no agent, so no `serfHealth` check. Same `service` shape as
+    /// [`add_remote_service`](Self::add_remote_service).
+    pub fn add_external_service(
+        &self,
+        node: &str,
+        node_address: &str,
+        service: serde_json::Value,
+        status: &str,
+    ) {
+        agent::add_remote(&self.shared, node, node_address, false, service, status);
+        self.shared.notify();
+    }
+
+    /// Removes instance `service_id` of `node` from the catalog (as when that node's agent
+    /// deregisters it); returns whether it was there.
+    pub fn remove_remote_service(&self, node: &str, service_id: &str) -> bool {
+        let removed = self
+            .shared
+            .state
+            .lock()
+            .remove_service(node, service_id)
+            .is_some();
+        if removed {
+            self.shared.notify();
+        }
+        removed
+    }
+
     /// Adds a service to the catalog as if registered through the agent of another node
-    /// (`node` at `node_address`), with one check in `status`. `service` is a Consul service
+    /// (`node` at `node_address`; the node gets a passing `serfHealth` check), with one check in
+    /// `status`. The same service ID may be added on any number of nodes, as in Consul. `service` is a Consul service
     /// definition (`ID`, `Service`/`Name`, `Tags`, `Address`, `Port`, `Meta`, `Weights`); it is
     /// stored as given, however odd, like data written by other tools.
     pub fn add_remote_service(
@@ -358,7 +426,7 @@ impl FakeConsul {
         service: serde_json::Value,
         status: &str,
     ) {
-        agent::add_remote(&self.shared, node, node_address, service, status);
+        agent::add_remote(&self.shared, node, node_address, true, service, status);
         self.shared.notify();
     }
 }

@@ -206,7 +206,7 @@ fn agent_services(shared: &Shared, caller: &Caller) -> Resp {
     let mut m = Map::new();
     if *caller == Caller::Allowed {
         for ((node, id), e) in &st.services {
-            if node == &st.local_node {
+            if node == &st.local_node && !e.server_entry {
                 m.insert(id.clone(), State::agent_service_json(e));
             }
         }
@@ -233,9 +233,37 @@ fn agent_service(shared: &Shared, caller: &Caller, id: &str) -> Resp {
     }
 }
 
-/// Cluster reads with blocking-query support: `/v1/health/service/:name`,
-/// `/v1/catalog/services`.
+/// The catalog and cluster reads: `PUT /v1/catalog/deregister`, and, with blocking-query
+/// support, `/v1/health/service/:name`, `/v1/catalog/service/:name`, `/v1/catalog/services`.
 async fn read_endpoint(shared: &Arc<Shared>, call: Call) -> Option<Resp> {
+    if call.path == "/v1/catalog/deregister" {
+        return Some(
+            call.refuse_unless(Method::PUT)
+                .unwrap_or_else(|| agent::catalog_deregister(shared, &call.caller, &call.body)),
+        );
+    }
+    if let Some(name) = call.param("/v1/catalog/service/") {
+        if let Some(refused) = call.refuse_unless(Method::GET) {
+            return Some(refused);
+        }
+        let tags = call.q.all("tag");
+        let anonymous = call.caller == Caller::Anonymous;
+        let index_name = name.clone();
+        let resp = blocking(
+            shared,
+            &call.q,
+            move |st| st.health_index(&index_name),
+            move |st| {
+                if anonymous {
+                    json!([])
+                } else {
+                    st.catalog_service_entries(&name, &tags)
+                }
+            },
+        )
+        .await;
+        return Some(resp);
+    }
     if let Some(name) = call.param("/v1/health/service/") {
         if let Some(refused) = call.refuse_unless(Method::GET) {
             return Some(refused);

@@ -1,6 +1,8 @@
-//! The fake agent's catalog: one local node (plus optional "remote" nodes), services, TTL
-//! checks, and Consul's index model (a global raft index, a per-service-name index, the
-//! extinction index and the services-table index).
+//! The fake agent's catalog: the local node (a Consul server: it runs an agent and lists the
+//! `consul` service), other nodes (with an agent, as servers, or external nodes registered
+//! through the catalog, without an agent), services keyed by node and service ID as Consul keys
+//! them, TTL checks, and Consul's index model (a global raft index, a per-service-name index,
+//! the extinction index and the services-table index).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -28,7 +30,13 @@ pub(crate) struct Entry {
     pub(crate) svc: Svc,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
+    /// The `consul` service of a server node: in the catalog, not in the agent's own services.
+    pub(crate) server_entry: bool,
 }
+
+/// The service every Consul server registers itself as, and its port (the server RPC port).
+pub(crate) const CONSUL_SERVICE: &str = "consul";
+const CONSUL_SERVER_PORT: i64 = 8300;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Check {
@@ -55,6 +63,17 @@ pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) address: String,
     pub(crate) id: String,
+    /// Runs a Consul agent: has a `serfHealth` check. External nodes (registered through the
+    /// catalog) have none.
+    pub(crate) agent: bool,
+}
+
+/// A node UUID derived from its name (stable, distinct for distinct names in practice).
+pub(crate) fn node_uuid(node: &str) -> String {
+    let h = node
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    format!("5f8a0ad0-2c1b-4d0e-9d5e-{:012}", h % 1_000_000_000_000)
 }
 
 #[derive(Debug)]
@@ -80,9 +99,10 @@ impl State {
                 name: node.to_owned(),
                 address: address.to_owned(),
                 id: "5f8a0ad0-2c1b-4d0e-9d5e-000000000001".to_owned(),
+                agent: true,
             },
         );
-        State {
+        let mut st = State {
             index: 10,
             local_node: node.to_owned(),
             nodes,
@@ -91,7 +111,62 @@ impl State {
             name_index: HashMap::new(),
             extinction: 0,
             services_index: 10,
+        };
+        st.insert_server_entry(node, 9);
+        st.name_index.insert(CONSUL_SERVICE.into(), 9);
+        st
+    }
+
+    /// Lists node `node` as a Consul server: the `consul` service (ID `consul`, port 8300,
+    /// empty address, no service check), as every server registers itself.
+    pub(crate) fn insert_server_entry(&mut self, node: &str, index: u64) {
+        let svc = Svc {
+            id: CONSUL_SERVICE.into(),
+            name: CONSUL_SERVICE.into(),
+            tags: Vec::new(),
+            address: String::new(),
+            port: CONSUL_SERVER_PORT,
+            meta: Some(BTreeMap::from([("raft_version".into(), "3".into())])),
+            weights: (1, 1),
+            enable_tag_override: false,
+        };
+        self.services.insert(
+            (node.to_owned(), CONSUL_SERVICE.to_owned()),
+            Entry {
+                node: node.to_owned(),
+                svc,
+                create_index: index,
+                modify_index: index,
+                server_entry: true,
+            },
+        );
+    }
+
+    /// Adds node `node` if it is new; returns whether it was.
+    pub(crate) fn ensure_node(&mut self, node: &str, address: &str, agent: bool) -> bool {
+        if self.nodes.contains_key(node) {
+            return false;
         }
+        self.nodes.insert(
+            node.to_owned(),
+            Node {
+                name: node.to_owned(),
+                address: address.to_owned(),
+                id: node_uuid(node),
+                agent,
+            },
+        );
+        true
+    }
+
+    /// Removes the instance `id` of `node` and its checks, as `PUT /v1/catalog/deregister`
+    /// with `ServiceID` does; `None` when there is none.
+    pub(crate) fn remove_service(&mut self, node: &str, id: &str) -> Option<Entry> {
+        let e = self.services.remove(&(node.to_owned(), id.to_owned()))?;
+        self.checks
+            .retain(|(n, _), c| !(n == node && c.service_id == id));
+        self.after_removal(&e.svc.name);
+        Some(e)
     }
 
     /// Records an observable change of service `name`.
@@ -139,17 +214,17 @@ impl State {
         idx.max(1)
     }
 
+    /// A service of the local agent (the server's own `consul` entry is not one).
     pub(crate) fn local(&self, id: &str) -> Option<&Entry> {
-        self.services.get(&(self.local_node.clone(), id.to_owned()))
+        self.services
+            .get(&(self.local_node.clone(), id.to_owned()))
+            .filter(|e| !e.server_entry)
     }
 
     pub(crate) fn remove_local_service(&mut self, id: &str) -> Option<Entry> {
+        self.local(id)?;
         let node = self.local_node.clone();
-        let e = self.services.remove(&(node.clone(), id.to_owned()))?;
-        self.checks
-            .retain(|(n, _), c| !(n == &node && c.service_id == id));
-        self.after_removal(&e.svc.name);
-        Some(e)
+        self.remove_service(&node, id)
     }
 
     fn node_json(&self, node: &str) -> Value {
@@ -235,7 +310,10 @@ impl State {
             {
                 continue;
             }
-            let mut checks = vec![Self::serf_json(&e.node)];
+            let mut checks = Vec::new();
+            if self.nodes.get(&e.node).is_some_and(|n| n.agent) {
+                checks.push(Self::serf_json(&e.node));
+            }
             let mut statuses = Vec::new();
             for c in self
                 .checks
@@ -257,10 +335,64 @@ impl State {
         Value::Array(out)
     }
 
+    /// The body of `/v1/catalog/service/:name`: flat `ServiceNode` objects, one per instance,
+    /// with the node's name in `Node` and the node's UUID in `ID` (no health information).
+    pub(crate) fn catalog_service_entries(&self, name: &str, tags: &[String]) -> Value {
+        let mut out = Vec::new();
+        for e in self.instances_of(name) {
+            if !tags
+                .iter()
+                .all(|t| e.svc.tags.iter().any(|own| own.eq_ignore_ascii_case(t)))
+            {
+                continue;
+            }
+            let n = &self.nodes[&e.node];
+            let s = Self::service_json(e);
+            let mut m = Map::new();
+            m.insert("ID".into(), json!(n.id));
+            m.insert("Node".into(), json!(n.name));
+            m.insert("Address".into(), json!(n.address));
+            m.insert("Datacenter".into(), json!("dc1"));
+            m.insert(
+                "TaggedAddresses".into(),
+                json!({"lan": n.address, "lan_ipv4": n.address, "wan": n.address, "wan_ipv4": n.address}),
+            );
+            m.insert(
+                "NodeMeta".into(),
+                json!({"consul-network-segment": "", "consul-version": "1.18.0"}),
+            );
+            m.insert("ServiceKind".into(), json!(""));
+            m.insert("ServiceID".into(), s["ID"].clone());
+            m.insert("ServiceName".into(), s["Service"].clone());
+            m.insert("ServiceTags".into(), s["Tags"].clone());
+            m.insert("ServiceAddress".into(), s["Address"].clone());
+            if let Some(ta) = s.get("TaggedAddresses") {
+                m.insert("ServiceTaggedAddresses".into(), ta.clone());
+            }
+            m.insert("ServiceWeights".into(), s["Weights"].clone());
+            m.insert(
+                "ServiceMeta".into(),
+                json!(e.svc.meta.clone().unwrap_or_default()),
+            );
+            m.insert("ServicePort".into(), json!(e.svc.port));
+            m.insert("ServiceSocketPath".into(), json!(""));
+            m.insert(
+                "ServiceEnableTagOverride".into(),
+                json!(e.svc.enable_tag_override),
+            );
+            m.insert("ServiceProxy".into(), s["Proxy"].clone());
+            m.insert("ServiceConnect".into(), json!({}));
+            m.insert("ServiceLocality".into(), Value::Null);
+            m.insert("CreateIndex".into(), json!(e.create_index));
+            m.insert("ModifyIndex".into(), json!(e.modify_index));
+            out.push(Value::Object(m));
+        }
+        Value::Array(out)
+    }
+
     /// The body of `/v1/catalog/services`.
     pub(crate) fn catalog_services(&self) -> Value {
         let mut names: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        names.insert("consul".into(), BTreeSet::new());
         for e in self.services.values() {
             names
                 .entry(e.svc.name.clone())
