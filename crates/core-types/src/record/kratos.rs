@@ -14,7 +14,7 @@
 //! first `grpc`/`grpcs` one, else the first `tcp` one; endpoints that do not parse (no port, a
 //! path, credentials, another scheme) are passed over. The scheme gives the protocol (`grpcs`
 //! is [`Protocol::Grpc`]: waypost has no separate TLS gRPC value). A record kratos wrote has no
-//! health (it reads as [`Health::Unknown`]) and gets [`ENDPOINTS_KEY`] with every endpoint it
+//! health (it reads as [`Health::Unknown`](crate::Health::Unknown)) and gets [`ENDPOINTS_KEY`] with every endpoint it
 //! lists. Writing: kratos' JSON with one endpoint, `<protocol>://<address>:<port>`; what kratos
 //! has no field for goes into its metadata under the `waypost.*` keys of [`RESERVED`], which
 //! reading takes out again, so an instance waypost registered reads back as it was.
@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::quote::quoted_up_to;
 use crate::time::Timestamp;
-use crate::{Error, Health, Metadata, Protocol, ServiceInfo, DEFAULT_WEIGHT};
+use crate::{Error, Metadata, Protocol, ServiceInfo, DEFAULT_WEIGHT};
 
 use super::{host_port, SHOWN};
 
@@ -322,6 +322,7 @@ fn take_waypost_fields(metadata: &mut Metadata, info: &mut ServiceInfo) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Health;
 
     /// The bytes kratos' etcd registry writes (`go-kratos/kratos`
     /// `contrib/registry/etcd/service.go` `marshal`, i.e. `json.Marshal` of
