@@ -111,7 +111,12 @@ fn kratos_unmarshal(raw: &str) -> KratosInstance {
     let mut sorted = keys.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, ["endpoints", "id", "metadata", "name", "version"]);
-    let text = |k: &str| obj[k].as_str().unwrap_or_else(|| panic!("{k}: string")).to_owned();
+    let text = |k: &str| {
+        obj[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: string"))
+            .to_owned()
+    };
     KratosInstance {
         id: text("id"),
         name: text("name"),
@@ -170,7 +175,10 @@ async fn kratos_records_from_etcdctl_are_listed_watched_and_called() {
             "/microservices/users/broken-2",
             r#"{"id":"broken-2","name":"users","endpoints":["http://127.0.0.1"]}"#,
         ),
-        ("/microservices/users/broken-3", r#"{"id":"x","name":"users","endpoints":["http://h:1"]}"#),
+        (
+            "/microservices/users/broken-3",
+            r#"{"id":"x","name":"users","endpoints":["http://h:1"]}"#,
+        ),
     ] {
         etcd.etcdctl(&["put", k, v]).expect("put garbage");
     }
@@ -179,7 +187,10 @@ async fn kratos_records_from_etcdctl_are_listed_watched_and_called() {
     assert_eq!(kind, ServiceEventType::Created);
     assert_eq!(created.id, id);
     let (kind, orders) = next_change(&mut watch).await;
-    assert_eq!((kind, orders.id.as_str()), (ServiceEventType::Created, "orders-1"));
+    assert_eq!(
+        (kind, orders.id.as_str()),
+        (ServiceEventType::Created, "orders-1")
+    );
     assert_eq!(
         (orders.address.as_str(), orders.port, orders.protocol),
         ("127.0.0.1", 9001, Protocol::Grpc)
@@ -210,10 +221,7 @@ async fn kratos_records_from_etcdctl_are_listed_watched_and_called() {
             ("team", "accounts")
         ]
     );
-    assert_eq!(
-        registry.get_service(id).await.expect("get_service"),
-        *users
-    );
+    assert_eq!(registry.get_service(id).await.expect("get_service"), *users);
     assert_eq!(registry.list_services().await.expect("list all").len(), 2);
 
     // A ServiceClient built on the facade's registry calls the kratos instance.
@@ -270,7 +278,11 @@ async fn kratos_records_waypost_writes_decode_by_kratos_rules() {
     assert_eq!(kratos_parse_endpoint(&endpoints, "grpc"), None);
     let md = si.metadata.expect("metadata");
     // The exact bytes: field order as json.Marshal writes the struct, map keys sorted.
-    let t = |k: &str| md.get(k).cloned().unwrap_or_else(|| panic!("{k} in {md:?}"));
+    let t = |k: &str| {
+        md.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} in {md:?}"))
+    };
     let expected = format!(
         r#"{{"id":"users-w1","name":"users","version":"v2.0.0","metadata":{{"team":"core","waypost.created_at":"{}","waypost.health":"healthy","waypost.last_check":"{}","waypost.tags":"[\"api\"]","waypost.ttl":"10000000000","waypost.updated_at":"{}"}},"endpoints":["http://127.0.0.1:8080"]}}"#,
         t("waypost.created_at"),
@@ -282,8 +294,18 @@ async fn kratos_records_waypost_writes_decode_by_kratos_rules() {
     // Read back by waypost: what was registered.
     let back = registry.get_service("users-w1").await.expect("get");
     assert_eq!(
-        (back.version.as_str(), back.health, back.protocol, back.tags.clone()),
-        ("v2.0.0", Health::Healthy, Protocol::Http, vec!["api".to_owned()])
+        (
+            back.version.as_str(),
+            back.health,
+            back.protocol,
+            back.tags.clone()
+        ),
+        (
+            "v2.0.0",
+            Health::Healthy,
+            Protocol::Http,
+            vec!["api".to_owned()]
+        )
     );
     assert_eq!(back.metadata.len(), 1, "{:?}", back.metadata);
     assert_eq!(back.metadata.get("team").map(String::as_str), Some("core"));
@@ -339,22 +361,26 @@ async fn go_zero_records_from_etcdctl_are_listed_and_watched() {
     assert_eq!((second.address.as_str(), second.port), ("::1", 8081));
 
     let mut listed = registry.list_instances("user.rpc").await.expect("list");
-    listed.sort_by(|a, b| a.id.len().cmp(&b.id.len()));
+    listed.sort_by_key(|a| a.id.len());
     assert_eq!(listed.len(), 2, "garbage skipped: {listed:?}");
     let got = &listed[1];
     assert_eq!(got, &first, "watch and list agree");
-    assert_eq!((got.name.as_str(), got.address.as_str(), got.port), ("user.rpc", "127.0.0.1", port));
-    assert_eq!(got.protocol, Protocol::Grpc, "go-zero registers zrpc (gRPC) servers");
+    assert_eq!(
+        (got.name.as_str(), got.address.as_str(), got.port),
+        ("user.rpc", "127.0.0.1", port)
+    );
+    assert_eq!(
+        got.protocol,
+        Protocol::Grpc,
+        "go-zero registers zrpc (gRPC) servers"
+    );
     assert_eq!(got.health, Health::Unknown);
     assert!(got.metadata.is_empty() && got.version.is_empty() && got.tags.is_empty());
     assert_eq!(registry.list_services().await.expect("all").len(), 2);
 
     // The endpoint waypost lists is the listener go-zero registered.
     let discovery = CachedDiscovery::new(Arc::clone(&registry), Arc::new(RoundRobin::new()));
-    let one = discovery
-        .discover("user.rpc")
-        .await
-        .expect("discover");
+    let one = discovery.discover("user.rpc").await.expect("discover");
     let target = one
         .iter()
         .find(|s| s.id == lease.to_string())
@@ -375,7 +401,10 @@ async fn go_zero_records_from_etcdctl_are_listed_and_watched() {
 
     etcd.etcdctl(&["del", &key]).expect("del");
     let (kind, gone) = next_change(&mut watch).await;
-    assert_eq!((kind, gone.id), (ServiceEventType::Deleted, lease.to_string()));
+    assert_eq!(
+        (kind, gone.id),
+        (ServiceEventType::Deleted, lease.to_string())
+    );
     registry.close().await.expect("close");
 }
 
@@ -400,9 +429,15 @@ async fn go_zero_records_waypost_writes_are_what_go_zero_reads() {
         .collect();
     assert_eq!(
         pairs,
-        [("user.rpc/1001", "127.0.0.1:9090"), ("user.rpc/1002", "[::1]:9091")]
+        [
+            ("user.rpc/1001", "127.0.0.1:9090"),
+            ("user.rpc/1002", "[::1]:9091")
+        ]
     );
-    assert!(stored.iter().all(|s| s.lease != 0), "on a lease, as go-zero's publisher does");
+    assert!(
+        stored.iter().all(|s| s.lease != 0),
+        "on a lease, as go-zero's publisher does"
+    );
     // go-zero's extractId: the second `/`-separated field of the key.
     let ids: Vec<&str> = stored
         .iter()
@@ -426,7 +461,8 @@ async fn auto_reads_every_format_under_the_prefix() {
     let mut watch = registry.watch_service("mixed").await.expect("watch");
     assert!(initial_snapshot(&mut watch).await.is_empty());
     let kratos = r#"{"id":"k-1","name":"mixed","version":"v1","metadata":{"lang":"go"},"endpoints":["http://127.0.0.1:7001"]}"#;
-    etcd.etcdctl(&["put", "/shared/mixed/k-1", kratos]).expect("put");
+    etcd.etcdctl(&["put", "/shared/mixed/k-1", kratos])
+        .expect("put");
     etcd.etcdctl(&["put", "/shared/mixed/z-1", "127.0.0.1:7002"])
         .expect("put");
     etcd.etcdctl(&["put", "/shared/mixed/junk", "{\"id\":"])
@@ -447,7 +483,13 @@ async fn auto_reads_every_format_under_the_prefix() {
     listed.sort_by(|a, b| a.id.cmp(&b.id));
     let marks: Vec<(&str, Option<&str>, u16)> = listed
         .iter()
-        .map(|s| (s.id.as_str(), s.metadata.get(FORMAT_KEY).map(String::as_str), s.port))
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.metadata.get(FORMAT_KEY).map(String::as_str),
+                s.port,
+            )
+        })
         .collect();
     assert_eq!(
         marks,

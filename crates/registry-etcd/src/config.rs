@@ -611,7 +611,10 @@ mod tests {
         assert_eq!(read("{}").format, RecordFormat::LaravelGo);
         assert_eq!(read("{}").prefix, DEFAULT_PREFIX);
         let c = read(r#"{"format":"kratos"}"#);
-        assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::Kratos, "/microservices"));
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Kratos, "/microservices")
+        );
         let c = read(r#"{"format":"go-zero"}"#);
         assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::GoZero, ""));
         c.validate().unwrap();

@@ -259,14 +259,15 @@ async fn deletions_session(inner: &Inner, all: &str, backoff: &mut Backoff) {
         .with_filters([WatchFilterType::NoPut]);
     let timeout = inner.policy.attempt_timeout;
     let mut client = inner.client.watch_client();
-    let mut stream = match tokio::time::timeout(timeout, client.watch(range_start(all), Some(opts))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(target: "waypost::etcd", error = %e, "deletion watch not opened");
-            return;
-        }
-        Err(_) => return,
-    };
+    let mut stream =
+        match tokio::time::timeout(timeout, client.watch(range_start(all), Some(opts))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "waypost::etcd", error = %e, "deletion watch not opened");
+                return;
+            }
+            Err(_) => return,
+        };
     loop {
         let check = tokio::select! {
             msg = stream.message() => {

@@ -118,7 +118,13 @@ mod tests {
             k.parse(b"user.rpc/7587886412946786306"),
             Some(("user.rpc", "7587886412946786306"))
         );
-        for key in [&b"/user.rpc/1"[..], b"user.rpc", b"user.rpc/", b"a/b/c", b"/laravel-go/services/a/b"] {
+        for key in [
+            &b"/user.rpc/1"[..],
+            b"user.rpc",
+            b"user.rpc/",
+            b"a/b/c",
+            b"/laravel-go/services/a/b",
+        ] {
             assert_eq!(k.parse(key), None, "{:?}", String::from_utf8_lossy(key));
         }
         let k = KeyLayout::new("prod", RecordFormat::GoZero);

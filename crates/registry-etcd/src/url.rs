@@ -138,17 +138,34 @@ mod tests {
     #[test]
     fn format_parameter() {
         let c: EtcdConfig = "etcd://h?format=kratos".parse().unwrap();
-        assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::Kratos, "/microservices"));
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Kratos, "/microservices")
+        );
         let c: EtcdConfig = "etcd://h?format=go-zero".parse().unwrap();
         assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::GoZero, ""));
-        let c: EtcdConfig = "etcd://h/laravel-go/services?format=kratos".parse().unwrap();
-        assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::Kratos, "/laravel-go/services"));
+        let c: EtcdConfig = "etcd://h/laravel-go/services?format=kratos"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Kratos, "/laravel-go/services")
+        );
         let c: EtcdConfig = "etcd://h?format=auto".parse().unwrap();
-        assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::Auto, crate::DEFAULT_PREFIX));
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Auto, crate::DEFAULT_PREFIX)
+        );
         let c: EtcdConfig = "etcd://h?format=laravel-go".parse().unwrap();
         assert_eq!(c, "etcd://h".parse::<EtcdConfig>().unwrap());
-        let e = "etcd://h?format=protobuf".parse::<EtcdConfig>().unwrap_err().to_string();
-        assert!(e.contains("unknown record format") && e.contains("kratos"), "{e}");
+        let e = "etcd://h?format=protobuf"
+            .parse::<EtcdConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown record format") && e.contains("kratos"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -203,15 +203,19 @@ impl Feed<'_> {
             .with_progress_notify();
         let mut watch_client = self.inner.client.watch_client();
         let timeout = self.inner.policy.attempt_timeout;
-        let mut stream =
-            match tokio::time::timeout(timeout, watch_client.watch(range_start(self.range), Some(opts))).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(target: "waypost::etcd", error = %e, "watch not opened");
-                    return;
-                }
-                Err(_) => return,
-            };
+        let mut stream = match tokio::time::timeout(
+            timeout,
+            watch_client.watch(range_start(self.range), Some(opts)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "waypost::etcd", error = %e, "watch not opened");
+                return;
+            }
+            Err(_) => return,
+        };
         let mut created = false;
         loop {
             let resp = match stream.message().await {

@@ -437,7 +437,11 @@ async fn copies(registry: &dyn ServiceRegistry, kept: KeptFields) {
     got.health = Health::Unhealthy;
     let again = registry.get_service(&a.id).await.expect("get again");
     assert!(!again.tags.contains(&"mutated".to_string()));
-    assert_ne!(again.health, Health::Unhealthy, "a returned value is a copy");
+    assert_ne!(
+        again.health,
+        Health::Unhealthy,
+        "a returned value is a copy"
+    );
     if kept == KeptFields::All {
         assert_eq!(again.health, Health::Healthy, "a returned value is a copy");
     }

@@ -67,8 +67,7 @@ const MAX_ENDPOINTS: usize = 64;
 
 /// Decodes kratos' JSON stored at `<namespace>/<name>/<id>`.
 pub(super) fn decode(name: &str, id: &str, value: &[u8]) -> Result<ServiceInfo, String> {
-    let root: Value =
-        serde_json::from_slice(value).map_err(|e| format!("not kratos JSON: {e}"))?;
+    let root: Value = serde_json::from_slice(value).map_err(|e| format!("not kratos JSON: {e}"))?;
     let Value::Object(fields) = root else {
         return Err("not kratos JSON: not an object".into());
     };
@@ -250,9 +249,8 @@ fn choose(endpoints: &[String]) -> Result<(Protocol, String, u16), String> {
                 }
             }
             Err(why) => {
-                first_problem.get_or_insert_with(|| {
-                    format!("endpoint `{}` {why}", quoted_up_to(e, SHOWN))
-                });
+                first_problem
+                    .get_or_insert_with(|| format!("endpoint `{}` {why}", quoted_up_to(e, SHOWN)));
             }
         }
     }
@@ -339,7 +337,10 @@ mod tests {
         );
         assert_eq!(info.version, "v1.4.2");
         assert_eq!(info.health, Health::Unknown);
-        assert_eq!(info.metadata.get("region").map(String::as_str), Some("eu-west-1"));
+        assert_eq!(
+            info.metadata.get("region").map(String::as_str),
+            Some("eu-west-1")
+        );
         assert_eq!(
             info.metadata.get(ENDPOINTS_KEY).map(String::as_str),
             Some(r#"["http://10.0.0.7:8000","grpc://10.0.0.7:9000"]"#)
@@ -354,8 +355,7 @@ mod tests {
             format!(r#"{{"id":"i","name":"n","version":"","metadata":null,"endpoints":{eps}}}"#)
         };
         let pick = |eps: &str| {
-            decode("n", "i", rec(eps).as_bytes())
-                .map(|i| (i.protocol, i.address, i.port))
+            decode("n", "i", rec(eps).as_bytes()).map(|i| (i.protocol, i.address, i.port))
         };
         // gRPC only (a kratos app with just a gRPC server).
         assert_eq!(

@@ -259,17 +259,28 @@ mod tests {
         let kratos = br#"{"id":"k-1","name":"users","version":"v1","metadata":null,"endpoints":["grpc://10.0.0.7:9000"]}"#;
         let d = RecordFormat::Auto.decode("users", "k-1", kratos).unwrap();
         assert_eq!(d.format, RecordFormat::Kratos);
-        assert_eq!(d.info.metadata.get(FORMAT_KEY).map(String::as_str), Some("kratos"));
-        assert_eq!((d.info.port, d.info.protocol), (9000, crate::Protocol::Grpc));
+        assert_eq!(
+            d.info.metadata.get(FORMAT_KEY).map(String::as_str),
+            Some("kratos")
+        );
+        assert_eq!(
+            (d.info.port, d.info.protocol),
+            (9000, crate::Protocol::Grpc)
+        );
         // zeromicro/go-zero core/discov/publisher.go: the value is `host:port`.
         let d = RecordFormat::Auto
             .decode("user.rpc", "7587886412946786306", b"10.0.0.9:8080")
             .unwrap();
         assert_eq!(d.format, RecordFormat::GoZero);
-        assert_eq!(d.info.metadata.get(FORMAT_KEY).map(String::as_str), Some("go-zero"));
+        assert_eq!(
+            d.info.metadata.get(FORMAT_KEY).map(String::as_str),
+            Some("go-zero")
+        );
         assert_eq!(d.info.endpoint(), "10.0.0.9:8080");
         // Laravel-Go JSON is never taken for another format.
-        let laravel = ServiceInfo::new("u-1", "u", "10.0.0.1", 80).to_json_vec().unwrap();
+        let laravel = ServiceInfo::new("u-1", "u", "10.0.0.1", 80)
+            .to_json_vec()
+            .unwrap();
         let d = RecordFormat::Auto.decode("u", "u-1", &laravel).unwrap();
         assert_eq!(d.format, RecordFormat::LaravelGo);
     }
@@ -280,8 +291,14 @@ mod tests {
         assert_eq!(RecordFormat::GoZero.default_prefix(), "");
         assert_eq!(RecordFormat::Auto.default_prefix(), "/laravel-go/services");
         assert!(RecordFormat::ALL.iter().all(|f| f.writes()));
-        assert_eq!("go-zero".parse::<RecordFormat>().unwrap(), RecordFormat::GoZero);
-        assert_eq!("Kratos".parse::<RecordFormat>().unwrap(), RecordFormat::Kratos);
+        assert_eq!(
+            "go-zero".parse::<RecordFormat>().unwrap(),
+            RecordFormat::GoZero
+        );
+        assert_eq!(
+            "Kratos".parse::<RecordFormat>().unwrap(),
+            RecordFormat::Kratos
+        );
     }
 
     #[test]
