@@ -26,12 +26,14 @@ use serde_json::{Map, Value};
 
 use crate::quote::quoted_up_to;
 use crate::time::Timestamp;
+use crate::validate::{MAX_METADATA_ENTRIES, MAX_METADATA_VALUE_LEN};
 use crate::{Error, Metadata, Protocol, ServiceInfo, DEFAULT_WEIGHT};
 
 use super::{host_port, SHOWN};
 
 /// The metadata key holding every endpoint of a record kratos wrote, as a JSON array of
-/// strings (`["http://10.0.0.7:8000","grpc://10.0.0.7:9000"]`). Never written to etcd.
+/// strings (`["http://10.0.0.7:8000","grpc://10.0.0.7:9000"]`), when that fits the metadata
+/// bounds ([`MAX_METADATA_VALUE_LEN`], [`MAX_METADATA_ENTRIES`]). Never written to etcd.
 pub const ENDPOINTS_KEY: &str = "kratos.endpoints";
 
 /// `waypost.health`: [`ServiceInfo::health`] (`healthy`, `unhealthy`, `unknown`). Always written;
@@ -94,7 +96,10 @@ pub(super) fn decode(name: &str, id: &str, value: &[u8]) -> Result<ServiceInfo, 
     take_waypost_fields(&mut metadata, &mut info)?;
     if !ours || endpoints.len() != 1 {
         let list = serde_json::to_string(&endpoints).map_err(|e| e.to_string())?;
-        metadata.insert(ENDPOINTS_KEY.to_owned(), list);
+        // Only when it fits the metadata bounds: a long list must not make the record invalid.
+        if list.len() <= MAX_METADATA_VALUE_LEN && metadata.len() < MAX_METADATA_ENTRIES {
+            metadata.insert(ENDPOINTS_KEY.to_owned(), list);
+        }
     }
     info.metadata = metadata;
     info.validate().map_err(|e| e.to_string())?;
@@ -451,6 +456,27 @@ mod tests {
         assert!(!text.contains(ENDPOINTS_KEY), "{text}");
         let back = decode("users", ID, &bytes).unwrap();
         assert_eq!(back.metadata.get(ENDPOINTS_KEY), None);
+    }
+
+    #[test]
+    fn endpoint_list_only_when_it_fits() {
+        let many: Vec<String> = (0..300).map(|i| format!("http://host-{i}:80")).collect();
+        let json = format!(
+            r#"{{"id":"i","name":"n","endpoints":{}}}"#,
+            serde_json::to_string(&many).unwrap()
+        );
+        let info = decode("n", "i", json.as_bytes()).unwrap();
+        assert_eq!((info.address.as_str(), info.port), ("host-0", 80));
+        assert_eq!(info.metadata.get(ENDPOINTS_KEY), None);
+        let full: serde_json::Map<String, Value> = (0..MAX_METADATA_ENTRIES)
+            .map(|i| (format!("k{i}"), Value::from("v")))
+            .collect();
+        let json = format!(
+            r#"{{"id":"i","name":"n","metadata":{},"endpoints":["http://h:1"]}}"#,
+            Value::Object(full)
+        );
+        let info = decode("n", "i", json.as_bytes()).unwrap();
+        assert_eq!(info.metadata.len(), MAX_METADATA_ENTRIES);
     }
 
     #[test]
