@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waypost_core_types::quote::quoted;
+use waypost_core_types::record::RecordFormat;
 use waypost_core_types::secret::RedactedList;
 use waypost_core_types::time::config_duration;
 use waypost_core_types::validate::{
@@ -12,7 +13,8 @@ use waypost_core_types::validate::{
 };
 use waypost_core_types::{Error, Result, Secret};
 
-/// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`.
+/// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`. Other record
+/// formats have their own default ([`RecordFormat::default_prefix`]).
 pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
 /// Default lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -46,8 +48,26 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// config.validate()?;
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
+///
+/// The record format ([`EtcdConfig::format`]) says how instances are written and read: the
+/// Laravel-Go module's JSON (the default), go-kratos', go-zero's, or `auto`. A prefix given
+/// explicitly is always used; without one, the format's default applies (`/microservices` for
+/// kratos, the key space root for go-zero, `/laravel-go/services` otherwise):
+///
+/// ```
+/// use waypost_core_types::record::RecordFormat;
+/// use waypost_registry_etcd::EtcdConfig;
+///
+/// let kratos = EtcdConfig::new(["127.0.0.1:2379"]).with_format(RecordFormat::Kratos);
+/// assert_eq!(kratos.prefix, "/microservices");
+/// let file: EtcdConfig = serde_json::from_str(r#"{"format":"go-zero"}"#).unwrap();
+/// assert_eq!(file.prefix, "");
+/// let url: EtcdConfig = "etcd://h/svc?format=kratos".parse()?;
+/// assert_eq!((url.prefix.as_str(), url.format), ("/svc", RecordFormat::Kratos));
+/// # Ok::<(), waypost_core_types::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "ConfigFile")]
 #[non_exhaustive]
 pub struct EtcdConfig {
     /// Client URLs of the cluster members (`http://host:port`, `https://host:port`, or
@@ -58,8 +78,15 @@ pub struct EtcdConfig {
     pub username: Option<String>,
     /// Password for etcd authentication. Never shown (see [`Secret`]).
     pub password: Option<Secret>,
-    /// Key prefix; instances are stored at `<prefix>/<name>/<id>`.
+    /// Key prefix; instances are stored at `<prefix>/<name>/<id>`. With the go-zero format the
+    /// empty prefix means go-zero's keys at the root, `<name>/<id>` (no leading `/`), and a
+    /// prefix may be relative (`prod` gives `prod/<name>/<id>`); with any other format it
+    /// starts with `/` (the empty prefix gives `/<name>/<id>`).
     pub prefix: String,
+    /// How instances are written and read under the prefix (default
+    /// [`RecordFormat::LaravelGo`]); see the crate's README for each format's mapping. In a
+    /// config file and a URL: `laravel-go`, `kratos`, `go-zero` or `auto`.
+    pub format: RecordFormat,
     /// TTL of the registry's default lease: how long after this process dies its instances
     /// vanish (an instance with a [`ServiceInfo::ttl`](waypost_core_types::ServiceInfo::ttl) of
     /// its own gets a lease with that TTL instead, up to
@@ -92,6 +119,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("username", &self.username)
             .field("password", &self.password)
             .field("prefix", &self.prefix)
+            .field("format", &self.format)
             .field("ttl", &self.ttl)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -153,6 +181,7 @@ impl Default for EtcdConfig {
             username: None,
             password: None,
             prefix: DEFAULT_PREFIX.to_owned(),
+            format: RecordFormat::LaravelGo,
             ttl: DEFAULT_TTL,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -203,6 +232,19 @@ impl EtcdConfig {
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the record format. A prefix that is still the previous format's default becomes
+    /// the new format's default; any other prefix is kept (so call
+    /// [`with_prefix`](Self::with_prefix) after this to use, say, `/laravel-go/services` with
+    /// kratos records).
+    #[must_use]
+    pub fn with_format(mut self, format: RecordFormat) -> Self {
+        if self.prefix.trim_end_matches('/') == self.format.default_prefix() {
+            self.prefix = format.default_prefix().to_owned();
+        }
+        self.format = format;
         self
     }
 
@@ -268,7 +310,7 @@ impl EtcdConfig {
     /// | setting | accepted |
     /// |---|---|
     /// | `endpoints` | at least one; `host[:port]` with an optional `http://` or `https://` |
-    /// | `prefix` | empty, or starting with `/`; at most 512 bytes, no `.`/`..` or empty segment, no control character |
+    /// | `prefix` | empty, or starting with `/` (with the go-zero format also relative, as `prod`); at most 512 bytes, no `.`/`..` or empty segment, no control character |
     /// | `ttl` | 1 s to 365 days (etcd leases have second granularity) |
     /// | `connect_timeout`, `request_timeout`, `max_backoff` | 1 ms to 24 h |
     /// | `watch_buffer` | at least 1 |
@@ -292,7 +334,8 @@ impl EtcdConfig {
         if self.username.as_deref() == Some("") {
             return bad("username must not be empty".into());
         }
-        if !self.prefix.is_empty() && !self.prefix.starts_with('/') {
+        let relative_ok = self.format == RecordFormat::GoZero;
+        if !self.prefix.is_empty() && !self.prefix.starts_with('/') && !relative_ok {
             return bad(format!(
                 "prefix `{}` must start with `/`",
                 quoted(&self.prefix)
@@ -323,6 +366,68 @@ impl EtcdConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// What a config file holds: an [`EtcdConfig`] whose prefix may be left out, so that the
+/// format's default applies.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
+    endpoints: Vec<String>,
+    username: Option<String>,
+    password: Option<Secret>,
+    prefix: Option<String>,
+    format: RecordFormat,
+    #[serde(with = "config_duration")]
+    ttl: Duration,
+    #[serde(with = "config_duration")]
+    connect_timeout: Duration,
+    #[serde(with = "config_duration")]
+    request_timeout: Duration,
+    #[serde(with = "config_duration")]
+    max_backoff: Duration,
+    watch_buffer: usize,
+    tls: Option<EtcdTlsConfig>,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        let d = EtcdConfig::default();
+        ConfigFile {
+            endpoints: d.endpoints,
+            username: d.username,
+            password: d.password,
+            prefix: None,
+            format: d.format,
+            ttl: d.ttl,
+            connect_timeout: d.connect_timeout,
+            request_timeout: d.request_timeout,
+            max_backoff: d.max_backoff,
+            watch_buffer: d.watch_buffer,
+            tls: d.tls,
+        }
+    }
+}
+
+impl From<ConfigFile> for EtcdConfig {
+    fn from(f: ConfigFile) -> Self {
+        EtcdConfig {
+            endpoints: f.endpoints,
+            username: f.username,
+            password: f.password,
+            prefix: f
+                .prefix
+                .unwrap_or_else(|| f.format.default_prefix().to_owned()),
+            format: f.format,
+            ttl: f.ttl,
+            connect_timeout: f.connect_timeout,
+            request_timeout: f.request_timeout,
+            max_backoff: f.max_backoff,
+            watch_buffer: f.watch_buffer,
+            tls: f.tls,
+        }
     }
 }
 
@@ -497,6 +602,62 @@ mod tests {
         assert_eq!(c.clone().with_ttl(Duration::from_secs(3)).ttl_secs(), 3);
         assert_eq!(c.clone().with_ttl(Duration::MAX).ttl_secs(), 9_000_000_000);
         assert_eq!(c.with_ttl(Duration::ZERO).ttl_secs(), 1);
+    }
+
+    #[test]
+    fn format_and_its_default_prefix() {
+        let read = |json: &str| serde_json::from_str::<EtcdConfig>(json).unwrap();
+        // Existing configs keep their meaning.
+        assert_eq!(read("{}").format, RecordFormat::LaravelGo);
+        assert_eq!(read("{}").prefix, DEFAULT_PREFIX);
+        let c = read(r#"{"format":"kratos"}"#);
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Kratos, "/microservices")
+        );
+        let c = read(r#"{"format":"go-zero"}"#);
+        assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::GoZero, ""));
+        c.validate().unwrap();
+        let c = read(r#"{"format":"auto"}"#);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+        // An explicit prefix wins, even one equal to another format's default.
+        let c = read(r#"{"format":"kratos","prefix":"/laravel-go/services"}"#);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+        let c = read(r#"{"prefix":"/svc","format":"go-zero"}"#);
+        assert_eq!(c.prefix, "/svc");
+        assert!(serde_json::from_str::<EtcdConfig>(r#"{"format":"yaml"}"#).is_err());
+        // Serialized and read back: the same config.
+        let c = EtcdConfig::default().with_format(RecordFormat::GoZero);
+        let back: EtcdConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+
+        // Builders: a default prefix follows the format, a chosen one stays.
+        let c = EtcdConfig::default().with_format(RecordFormat::Kratos);
+        assert_eq!(c.prefix, "/microservices");
+        let c = c.with_format(RecordFormat::GoZero);
+        assert_eq!(c.prefix, "");
+        let c = EtcdConfig::default()
+            .with_prefix("/mine")
+            .with_format(RecordFormat::Kratos);
+        assert_eq!(c.prefix, "/mine");
+        let c = EtcdConfig::default()
+            .with_format(RecordFormat::Kratos)
+            .with_prefix(DEFAULT_PREFIX);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+
+        // Relative prefixes are go-zero's only.
+        let relative = EtcdConfig::default().with_prefix("prod");
+        assert!(relative.validate().is_err());
+        relative
+            .clone()
+            .with_format(RecordFormat::GoZero)
+            .validate()
+            .unwrap();
+        assert!(EtcdConfig::default()
+            .with_format(RecordFormat::GoZero)
+            .with_prefix("prod/../x")
+            .validate()
+            .is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use waypost_core_types::backoff::Backoff;
 use waypost_core_types::quote::quoted;
 use waypost_core_types::ServiceInfo;
 
-use crate::keys::prefix_end;
+use crate::keys::{prefix_end, range_start};
 use crate::lease::Lease;
 use crate::ops::{Inner, Trouble};
 
@@ -197,7 +197,7 @@ async fn restore(inner: &Inner, lease: &Lease, services: &[ServiceInfo]) -> Resu
     let mut ops = Vec::with_capacity(services.len());
     for s in services {
         let key = inner.keys.instance(&s.name, &s.id);
-        let value = s.to_json_vec().map_err(|e| e.to_string())?;
+        let value = inner.encode(s).map_err(|e| e.to_string())?;
         // Put only if absent; otherwise tell us who holds it.
         ops.push(TxnOp::txn(
             Txn::new()
@@ -259,14 +259,15 @@ async fn deletions_session(inner: &Inner, all: &str, backoff: &mut Backoff) {
         .with_filters([WatchFilterType::NoPut]);
     let timeout = inner.policy.attempt_timeout;
     let mut client = inner.client.watch_client();
-    let mut stream = match tokio::time::timeout(timeout, client.watch(all, Some(opts))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(target: "waypost::etcd", error = %e, "deletion watch not opened");
-            return;
-        }
-        Err(_) => return,
-    };
+    let mut stream =
+        match tokio::time::timeout(timeout, client.watch(range_start(all), Some(opts))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "waypost::etcd", error = %e, "deletion watch not opened");
+                return;
+            }
+            Err(_) => return,
+        };
     loop {
         let check = tokio::select! {
             msg = stream.message() => {

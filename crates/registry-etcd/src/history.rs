@@ -17,7 +17,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use etcd_client::{GetOptions, KeyValue, ResponseHeader};
 
 use crate::error;
-use crate::keys::prefix_end;
+use crate::keys::{prefix_end, range_start};
 use crate::ops::Inner;
 
 /// Who answered a request, from its response header.
@@ -204,7 +204,7 @@ async fn check_digest(
     let timeout = inner.policy.attempt_timeout;
     let end = prefix_end(range.as_bytes());
     let mut kv = inner.client.kv_client();
-    let mut from = range.as_bytes().to_vec();
+    let mut from = range_start(range);
     let (mut got, mut count) = (Digest::default(), 0i64);
     loop {
         let opts = GetOptions::new()
@@ -264,7 +264,7 @@ async fn check_count_and_anchor(
         .with_range(prefix_end(range.as_bytes()))
         .with_count_only()
         .with_revision(at.revision);
-    let resp = match tokio::time::timeout(timeout, kv.get(range, Some(count))).await {
+    let resp = match tokio::time::timeout(timeout, kv.get(range_start(range), Some(count))).await {
         Err(_) => return Verdict::Unreachable(format!("no answer within {timeout:?}")),
         Ok(Err(e)) => return failed(at, e),
         Ok(Ok(r)) => r,

@@ -1,39 +1,47 @@
-//! The key layout: `<prefix>/<name>/<id>`, as the Go module writes it.
+//! The key layout: `<prefix>/<name>/<id>`, as the Laravel-Go module and go-kratos write it, or
+//! go-zero's `<key>/<id>` (no leading `/` at the root).
+
+use waypost_core_types::record::RecordFormat;
 
 /// Builds and parses the keys of one registry prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyLayout {
-    /// The prefix without a trailing `/`.
-    prefix: String,
+    /// What comes before `<name>/`: the prefix and a `/`, or nothing (go-zero's keys at the
+    /// root of the key space).
+    head: String,
 }
 
 impl KeyLayout {
-    /// A layout under `prefix` (trailing `/` ignored).
-    pub(crate) fn new(prefix: &str) -> Self {
-        KeyLayout {
-            prefix: prefix.trim_end_matches('/').to_owned(),
-        }
+    /// A layout under `prefix` (trailing `/` ignored). The empty prefix is the root: keys
+    /// `/<name>/<id>`, except for go-zero, whose keys there are `<name>/<id>`.
+    pub(crate) fn new(prefix: &str, format: RecordFormat) -> Self {
+        let head = if prefix.is_empty() && format == RecordFormat::GoZero {
+            String::new()
+        } else {
+            format!("{}/", prefix.trim_end_matches('/'))
+        };
+        KeyLayout { head }
     }
 
-    /// `<prefix>/`: the range holding every instance.
+    /// `<prefix>/`: the range holding every instance (empty: the whole key space).
     pub(crate) fn all(&self) -> String {
-        format!("{}/", self.prefix)
+        self.head.clone()
     }
 
     /// `<prefix>/<name>/`: the range holding one service's instances.
     pub(crate) fn service(&self, name: &str) -> String {
-        format!("{}/{name}/", self.prefix)
+        format!("{}{name}/", self.head)
     }
 
     /// `<prefix>/<name>/<id>`: one instance.
     pub(crate) fn instance(&self, name: &str, id: &str) -> String {
-        format!("{}/{name}/{id}", self.prefix)
+        format!("{}{name}/{id}", self.head)
     }
 
     /// `(name, id)` of an instance key under this prefix; `None` for any other key.
     pub(crate) fn parse<'k>(&self, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
         let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;
+        let rest = key.strip_prefix(self.head.as_str())?;
         let (name, id) = rest.split_once('/')?;
         if name.is_empty() || id.is_empty() || id.contains('/') {
             return None;
@@ -48,7 +56,7 @@ mod tests {
 
     #[test]
     fn layout_matches_go() {
-        let k = KeyLayout::new("/laravel-go/services/");
+        let k = KeyLayout::new("/laravel-go/services/", RecordFormat::LaravelGo);
         assert_eq!(k.all(), "/laravel-go/services/");
         assert_eq!(k.service("user"), "/laravel-go/services/user/");
         assert_eq!(
@@ -63,7 +71,7 @@ mod tests {
 
     #[test]
     fn foreign_keys_do_not_parse() {
-        let k = KeyLayout::new("/p");
+        let k = KeyLayout::new("/p", RecordFormat::Kratos);
         for key in [
             &b"/p/user"[..],
             b"/p/user/",
@@ -80,7 +88,7 @@ mod tests {
     #[test]
     fn service_prefix_does_not_cover_longer_names() {
         // `user/` must not match `user-admin/...`: the trailing slash keeps ranges apart.
-        let k = KeyLayout::new("/p");
+        let k = KeyLayout::new("/p", RecordFormat::LaravelGo);
         assert!(!k
             .instance("user-admin", "x")
             .starts_with(&k.service("user")));
@@ -88,9 +96,51 @@ mod tests {
 
     #[test]
     fn empty_prefix_is_the_root() {
-        let k = KeyLayout::new("");
+        let k = KeyLayout::new("", RecordFormat::LaravelGo);
         assert_eq!(k.instance("a", "b"), "/a/b");
         assert_eq!(k.parse(b"/a/b"), Some(("a", "b")));
+        assert_eq!(k.parse(b"a/b"), None);
+        let k = KeyLayout::new("/", RecordFormat::GoZero);
+        assert_eq!(k.instance("a", "b"), "/a/b");
+    }
+
+    #[test]
+    fn go_zero_keys_at_the_root_and_relative() {
+        // zeromicro/go-zero core/discov/clients.go makeEtcdKey: `<key>/<id>`, Delimiter '/'.
+        let k = KeyLayout::new("", RecordFormat::GoZero);
+        assert_eq!(k.all(), "");
+        assert_eq!(k.service("user.rpc"), "user.rpc/");
+        assert_eq!(
+            k.instance("user.rpc", "7587886412946786306"),
+            "user.rpc/7587886412946786306"
+        );
+        assert_eq!(
+            k.parse(b"user.rpc/7587886412946786306"),
+            Some(("user.rpc", "7587886412946786306"))
+        );
+        for key in [
+            &b"/user.rpc/1"[..],
+            b"user.rpc",
+            b"user.rpc/",
+            b"a/b/c",
+            b"/laravel-go/services/a/b",
+        ] {
+            assert_eq!(k.parse(key), None, "{:?}", String::from_utf8_lossy(key));
+        }
+        let k = KeyLayout::new("prod", RecordFormat::GoZero);
+        assert_eq!(k.instance("user.rpc", "1"), "prod/user.rpc/1");
+        assert_eq!(k.parse(b"prod/user.rpc/1"), Some(("user.rpc", "1")));
+        assert_eq!(k.parse(b"production/user.rpc/1"), None);
+    }
+}
+
+/// The first key of the range of keys starting with `prefix`: etcd refuses an empty key in a
+/// read, so the whole key space starts at `\0`.
+pub(crate) fn range_start(prefix: &str) -> Vec<u8> {
+    if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.as_bytes().to_vec()
     }
 }
 

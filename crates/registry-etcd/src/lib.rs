@@ -4,7 +4,10 @@
 //!
 //! Instances are stored at `<prefix>/<name>/<id>` (prefix `/laravel-go/services` by default) as
 //! the Go module's JSON, so waypost and the Go laravel-go services read each other's
-//! registrations. Liveness comes from leases renewed by tasks the registry owns: its default
+//! registrations. Other record formats ([`EtcdConfig::format`], `?format=` in a URL) read and
+//! write go-kratos' records (`/microservices/<name>/<id>`, its `ServiceInstance` JSON) and
+//! go-zero's (`<key>/<id>` → `host:port`), or read every format at once (`auto`); the crate's
+//! README has each format's field mapping, with the frameworks' sources. Liveness comes from leases renewed by tasks the registry owns: its default
 //! lease ([`EtcdConfig::ttl`]) and one per other distinct [`ServiceInfo::ttl`] its instances
 //! ask for (whole seconds, 1 s to [`MAX_LEASE_TTL`]; beyond that a clear error). A lost lease is
 //! replaced and its instances are written again, forever, with backoff; instances of ours

@@ -10,14 +10,14 @@ use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
-use waypost_core_types::quote::{quoted, quoted_up_to};
+use waypost_core_types::quote::quoted_up_to;
 use waypost_core_types::tasks::StopSignal;
 use waypost_core_types::{Error, Result, ScopedHubs, ServiceInfo, StateCell};
 
 use crate::config::EtcdConfig;
 use crate::error::{self};
 use crate::history::{Anchor, Digest, ServerHeader};
-use crate::keys::{prefix_end, KeyLayout};
+use crate::keys::{prefix_end, range_start, KeyLayout};
 use crate::lease::{Lease, Leases, Ours};
 use crate::retry::{retry, AttemptError, RetryPolicy};
 use waypost_core_types::backoff::Backoff;
@@ -174,32 +174,29 @@ impl Inner {
             tracing::warn!(
                 target: "waypost::etcd",
                 key = %key,
+                format = %self.config.format,
                 "skipping a key that is not <prefix>/<name>/<id>"
             );
             return None;
         };
-        match ServiceInfo::from_json(value) {
-            Ok(info) if info.name == name && info.id == id => Some(info),
-            Ok(info) => {
+        match self.config.format.decode(name, id, value) {
+            Ok(decoded) => Some(decoded.info),
+            Err(reason) => {
                 tracing::warn!(
                     target: "waypost::etcd",
                     key = %key,
-                    json_name = %quoted(&info.name),
-                    json_id = %quoted(&info.id),
-                    "skipping a record whose name/id disagree with its key"
-                );
-                None
-            }
-            Err(e) => {
-                tracing::warn!(
-                    target: "waypost::etcd",
-                    key = %key,
-                    error = %e,
-                    "skipping a value that is not a ServiceInfo"
+                    format = %self.config.format,
+                    error = %reason,
+                    "skipping a value that is not an instance in the registry's record format"
                 );
                 None
             }
         }
+    }
+
+    /// The bytes stored for `info`, in the registry's record format.
+    pub(crate) fn encode(&self, info: &ServiceInfo) -> Result<Vec<u8>> {
+        self.config.format.encode(info)
     }
 
     /// Every valid instance under `range` (a key prefix) and the revision of that view, read in
@@ -214,7 +211,7 @@ impl Inner {
         let end = prefix_end(range.as_bytes());
         'restart: loop {
             let mut listing = Listing::default();
-            let mut from = range.as_bytes().to_vec();
+            let mut from = range_start(range);
             loop {
                 let revision = listing.revision;
                 let resp = self
@@ -296,7 +293,7 @@ impl Inner {
             .call("scan", || {
                 let mut kv = self.client.kv_client();
                 let opts = GetOptions::new().with_range(end.clone()).with_keys_only();
-                let all = all.clone();
+                let all = range_start(&all);
                 async move {
                     let r = kv.get(all, Some(opts)).await?;
                     Ok(r.kvs().iter().map(|kv| kv.key().to_vec()).collect())
@@ -362,7 +359,7 @@ impl Inner {
         for chunk in services.chunks(REPUT_BATCH) {
             let mut ops = Vec::with_capacity(chunk.len());
             for s in chunk {
-                let value = s.to_json_vec()?;
+                let value = self.encode(s)?;
                 ops.push(TxnOp::put(
                     self.keys.instance(&s.name, &s.id),
                     value,

@@ -139,7 +139,7 @@ impl EtcdRegistry {
         let tasks = Tasks::new();
         let inner = Arc::new(Inner {
             client,
-            keys: KeyLayout::new(&config.prefix),
+            keys: KeyLayout::new(&config.prefix, config.format),
             policy: RetryPolicy::new(config.request_timeout),
             hubs: ScopedHubs::new(config.watch_buffer),
             config,
@@ -239,7 +239,7 @@ impl EtcdRegistry {
                     }
                     let mut stored = wanted;
                     stored.stamp(Timestamp::now(), current.info.as_ref());
-                    let value = stored.to_json_vec()?;
+                    let value = inner.encode(&stored)?;
                     // `update` of an instance another process registered keeps it on that
                     // process's lease: its liveness stays tied to its owner, and this registry
                     // does not re-register it after a lease loss. `register` takes ownership.

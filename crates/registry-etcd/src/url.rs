@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 
+use waypost_core_types::record::RecordFormat;
 use waypost_core_types::url::{invalid, RegistryUrl};
 use waypost_core_types::{Error, Result};
 
@@ -12,8 +13,9 @@ use crate::{EtcdConfig, EtcdTlsConfig};
 ///
 /// - hosts: the cluster members (port 2379 when left out);
 /// - user and password: etcd authentication (percent-encode `/`, `@`, `:` as `%2F`, `%40`, `%3A`);
-/// - path: the key prefix (default `/laravel-go/services`);
-/// - parameters: `ttl`, `connect_timeout`, `request_timeout`, `max_backoff` (durations such as
+/// - path: the key prefix (default: the format's, `/laravel-go/services` for `laravel-go` and
+///   `auto`, `/microservices` for `kratos`, the key space root for `go-zero`);
+/// - parameters: `format` (`laravel-go`, `kratos`, `go-zero`, `auto`: the record format), `ttl`, `connect_timeout`, `request_timeout`, `max_backoff` (durations such as
 ///   `500ms`, `30s`, `1m30s`), `watch_buffer` (a number), and TLS: `ca_file`, `cert_file`,
 ///   `key_file`, `domain_name` (any of them turns TLS on), or `tls=true` to use TLS with the
 ///   system's roots only.
@@ -43,9 +45,13 @@ impl FromStr for EtcdConfig {
             )));
         }
         let mut config = EtcdConfig::new(url.hosts_with_port(2379)?);
-        if let Some(prefix) = url.path_prefix() {
-            config.prefix = prefix;
+        if let Some(format) = url.take("format") {
+            config.format = format.parse::<RecordFormat>()?;
         }
+        config.prefix = match url.path_prefix() {
+            Some(prefix) => prefix,
+            None => config.format.default_prefix().to_owned(),
+        };
         (config.username, config.password) = url.take_credentials();
         if let Some(d) = url.take_duration("ttl")? {
             config.ttl = d;
@@ -127,6 +133,39 @@ mod tests {
         assert_eq!(c.tls, Some(EtcdTlsConfig::default()));
         let c: EtcdConfig = "etcd://h?ca_file=ca.pem".parse().unwrap();
         assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn format_parameter() {
+        let c: EtcdConfig = "etcd://h?format=kratos".parse().unwrap();
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Kratos, "/microservices")
+        );
+        let c: EtcdConfig = "etcd://h?format=go-zero".parse().unwrap();
+        assert_eq!((c.format, c.prefix.as_str()), (RecordFormat::GoZero, ""));
+        let c: EtcdConfig = "etcd://h/laravel-go/services?format=kratos"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Kratos, "/laravel-go/services")
+        );
+        let c: EtcdConfig = "etcd://h?format=auto".parse().unwrap();
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Auto, crate::DEFAULT_PREFIX)
+        );
+        let c: EtcdConfig = "etcd://h?format=laravel-go".parse().unwrap();
+        assert_eq!(c, "etcd://h".parse::<EtcdConfig>().unwrap());
+        let e = "etcd://h?format=protobuf"
+            .parse::<EtcdConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown record format") && e.contains("kratos"),
+            "{e}"
+        );
     }
 
     #[test]

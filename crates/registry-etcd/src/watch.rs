@@ -22,7 +22,7 @@ use waypost_core_types::{
 };
 
 use crate::history::{self, Anchor, Digest, Identity, Position, ServerHeader, Verdict};
-use crate::keys::prefix_end;
+use crate::keys::{prefix_end, range_start};
 use crate::ops::{Inner, Listing};
 
 /// A stream over `scope`, from the scope's live feed or a new one.
@@ -203,15 +203,19 @@ impl Feed<'_> {
             .with_progress_notify();
         let mut watch_client = self.inner.client.watch_client();
         let timeout = self.inner.policy.attempt_timeout;
-        let mut stream =
-            match tokio::time::timeout(timeout, watch_client.watch(self.range, Some(opts))).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(target: "waypost::etcd", error = %e, "watch not opened");
-                    return;
-                }
-                Err(_) => return,
-            };
+        let mut stream = match tokio::time::timeout(
+            timeout,
+            watch_client.watch(range_start(self.range), Some(opts)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(target: "waypost::etcd", error = %e, "watch not opened");
+                return;
+            }
+            Err(_) => return,
+        };
         let mut created = false;
         loop {
             let resp = match stream.message().await {

@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::{assert_same_data, instance, unique_name};
+use super::{assert_same_data, instance, unique_name, KeptFields};
 use crate::{
     Error, InstanceView, RegistryState, Result, Scope, ServiceRegistry, SnapshotReason, WatchEvent,
     WatchStream,
@@ -773,6 +773,7 @@ async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> Recov
             s,
             &registered[&s.id],
             "the watch's instance after the fault",
+            KeptFields::All,
         );
     }
     for s in checker.list_instances(&name).await.expect("list") {
@@ -780,6 +781,7 @@ async fn outage_recovers(fixture: &mut dyn ServerFixture, fault: Fault) -> Recov
             &s,
             &registered[&s.id],
             "the server's instance after the fault",
+            KeptFields::All,
         );
     }
 

@@ -27,6 +27,8 @@ use crate::quote::quoted_up_to;
 use crate::{Error, ServiceInfo};
 
 mod curator;
+mod gozero;
+pub mod kratos;
 mod laravel;
 
 /// The metadata key [`RecordFormat::Auto`] sets on an instance decoded from a format other than
@@ -46,6 +48,12 @@ pub enum RecordFormat {
     /// Apache Curator's service-discovery JSON as Spring Cloud Zookeeper writes it (ZooKeeper,
     /// default prefix `/services`).
     Curator,
+    /// go-kratos' `registry.ServiceInstance` JSON at `<prefix>/<name>/<id>` (prefix
+    /// `/microservices`); see [`kratos`] for the mapping.
+    Kratos,
+    /// go-zero's `host:port` value at `<key>/<id>` (go-zero's keys have no leading `/`): the
+    /// address and port only, protocol gRPC (zrpc).
+    GoZero,
     /// Reads every format the backend knows; writes [`RecordFormat::LaravelGo`]. Instances
     /// read from another format carry [`FORMAT_KEY`].
     Auto,
@@ -60,6 +68,8 @@ impl RecordFormat {
     pub const ALL: &'static [RecordFormat] = &[
         RecordFormat::Curator,
         RecordFormat::LaravelGo,
+        RecordFormat::Kratos,
+        RecordFormat::GoZero,
         RecordFormat::Auto,
     ];
 
@@ -68,22 +78,31 @@ impl RecordFormat {
         match self {
             RecordFormat::LaravelGo => "laravel-go",
             RecordFormat::Curator => "curator",
+            RecordFormat::Kratos => "kratos",
+            RecordFormat::GoZero => "go-zero",
             RecordFormat::Auto => "auto",
         }
     }
 
-    /// The prefix the framework writes under when nobody configures one.
+    /// The prefix the framework writes under when nobody configures one (go-zero: the root of
+    /// the key space, its keys have no leading `/`).
     pub fn default_prefix(self) -> &'static str {
         match self {
             RecordFormat::LaravelGo | RecordFormat::Auto => "/laravel-go/services",
             RecordFormat::Curator => "/services",
+            RecordFormat::Kratos => "/microservices",
+            RecordFormat::GoZero => "",
         }
     }
 
     /// Whether waypost can register instances in this format.
     pub fn writes(self) -> bool {
         match self {
-            RecordFormat::LaravelGo | RecordFormat::Curator | RecordFormat::Auto => true,
+            RecordFormat::LaravelGo
+            | RecordFormat::Curator
+            | RecordFormat::Kratos
+            | RecordFormat::GoZero
+            | RecordFormat::Auto => true,
         }
     }
 
@@ -94,17 +113,14 @@ impl RecordFormat {
     /// # Errors
     /// Why the bytes are not an instance in this format (bounded, escaped: peer data).
     pub fn decode(self, name: &str, id: &str, value: &[u8]) -> Result<Decoded, String> {
-        match self {
-            RecordFormat::LaravelGo => laravel::decode(name, id, value).map(|info| Decoded {
-                info,
-                format: RecordFormat::LaravelGo,
-            }),
-            RecordFormat::Curator => curator::decode(name, id, value).map(|info| Decoded {
-                info,
-                format: RecordFormat::Curator,
-            }),
-            RecordFormat::Auto => decode_any(name, id, value),
-        }
+        let info = match self {
+            RecordFormat::LaravelGo => laravel::decode(name, id, value)?,
+            RecordFormat::Curator => curator::decode(name, id, value)?,
+            RecordFormat::Kratos => kratos::decode(name, id, value)?,
+            RecordFormat::GoZero => gozero::decode(name, id, value)?,
+            RecordFormat::Auto => return decode_any(name, id, value),
+        };
+        Ok(Decoded { info, format: self })
     }
 
     /// The bytes to store for `info` in this format.
@@ -116,8 +132,22 @@ impl RecordFormat {
         match self {
             RecordFormat::LaravelGo | RecordFormat::Auto => info.to_json_vec(),
             RecordFormat::Curator => curator::encode(info),
+            RecordFormat::Kratos => kratos::encode(info),
+            RecordFormat::GoZero => Ok(gozero::encode(info)),
         }
     }
+}
+
+/// `host:port` or `[ipv6]:port` (port required, 1–65535 without a leading zero), checked as
+/// [`check_endpoint`](crate::validate::check_endpoint) checks it; the host without brackets.
+fn host_port(text: &str) -> Result<(String, u16), &'static str> {
+    let (host, port) = crate::validate::check_endpoint(text)?;
+    let port = port.ok_or("no port")?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Ok((host.to_owned(), port))
 }
 
 /// One decoded record and the format it was in.
@@ -264,6 +294,54 @@ mod tests {
     }
 
     #[test]
+    fn auto_reads_kratos_and_go_zero_with_a_mark() {
+        // go-kratos/kratos contrib/registry/etcd/service.go (json.Marshal of ServiceInstance).
+        let kratos = br#"{"id":"k-1","name":"users","version":"v1","metadata":null,"endpoints":["grpc://10.0.0.7:9000"]}"#;
+        let d = RecordFormat::Auto.decode("users", "k-1", kratos).unwrap();
+        assert_eq!(d.format, RecordFormat::Kratos);
+        assert_eq!(
+            d.info.metadata.get(FORMAT_KEY).map(String::as_str),
+            Some("kratos")
+        );
+        assert_eq!(
+            (d.info.port, d.info.protocol),
+            (9000, crate::Protocol::Grpc)
+        );
+        // zeromicro/go-zero core/discov/publisher.go: the value is `host:port`.
+        let d = RecordFormat::Auto
+            .decode("user.rpc", "7587886412946786306", b"10.0.0.9:8080")
+            .unwrap();
+        assert_eq!(d.format, RecordFormat::GoZero);
+        assert_eq!(
+            d.info.metadata.get(FORMAT_KEY).map(String::as_str),
+            Some("go-zero")
+        );
+        assert_eq!(d.info.endpoint(), "10.0.0.9:8080");
+        // Laravel-Go JSON is never taken for another format.
+        let laravel = ServiceInfo::new("u-1", "u", "10.0.0.1", 80)
+            .to_json_vec()
+            .unwrap();
+        let d = RecordFormat::Auto.decode("u", "u-1", &laravel).unwrap();
+        assert_eq!(d.format, RecordFormat::LaravelGo);
+    }
+
+    #[test]
+    fn defaults_per_format() {
+        assert_eq!(RecordFormat::Kratos.default_prefix(), "/microservices");
+        assert_eq!(RecordFormat::GoZero.default_prefix(), "");
+        assert_eq!(RecordFormat::Auto.default_prefix(), "/laravel-go/services");
+        assert!(RecordFormat::ALL.iter().all(|f| f.writes()));
+        assert_eq!(
+            "go-zero".parse::<RecordFormat>().unwrap(),
+            RecordFormat::GoZero
+        );
+        assert_eq!(
+            "Kratos".parse::<RecordFormat>().unwrap(),
+            RecordFormat::Kratos
+        );
+    }
+
+    #[test]
     fn auto_says_why_nothing_decodes() {
         let err = RecordFormat::Auto
             .decode("u", "u-1", b"\x00garbage")
@@ -271,5 +349,6 @@ mod tests {
         assert!(err.starts_with("no known format decodes it"), "{err}");
         assert!(err.contains("laravel-go:"), "{err}");
         assert!(err.contains("curator:"), "{err}");
+        assert!(err.contains("kratos:") && err.contains("go-zero:"), "{err}");
     }
 }
