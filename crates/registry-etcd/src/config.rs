@@ -311,6 +311,7 @@ impl EtcdConfig {
     /// |---|---|
     /// | `endpoints` | at least one; `host[:port]` with an optional `http://` or `https://` |
     /// | `prefix` | empty, or starting with `/` (with the go-zero format also relative, as `prod`); at most 512 bytes, no `.`/`..` or empty segment, no control character |
+    /// | `format` | `laravel-go`, `kratos`, `go-zero` or `auto` (the `curator` format is ZooKeeper's) |
     /// | `ttl` | 1 s to 365 days (etcd leases have second granularity) |
     /// | `connect_timeout`, `request_timeout`, `max_backoff` | 1 ms to 24 h |
     /// | `watch_buffer` | at least 1 |
@@ -333,6 +334,13 @@ impl EtcdConfig {
         }
         if self.username.as_deref() == Some("") {
             return bad("username must not be empty".into());
+        }
+        if !FORMATS.contains(&self.format) {
+            return bad(format!(
+                "format `{}` is not an etcd record format (use laravel-go, kratos, go-zero or \
+                 auto)",
+                self.format
+            ));
         }
         let relative_ok = self.format == RecordFormat::GoZero;
         if !self.prefix.is_empty() && !self.prefix.starts_with('/') && !relative_ok {
@@ -368,6 +376,14 @@ impl EtcdConfig {
         Ok(())
     }
 }
+
+/// The record formats an etcd registry reads and writes (`auto` reads the other three).
+pub(crate) const FORMATS: &[RecordFormat] = &[
+    RecordFormat::LaravelGo,
+    RecordFormat::Kratos,
+    RecordFormat::GoZero,
+    RecordFormat::Auto,
+];
 
 /// What a config file holds: an [`EtcdConfig`] whose prefix may be left out, so that the
 /// format's default applies.
@@ -644,6 +660,17 @@ mod tests {
             .with_format(RecordFormat::Kratos)
             .with_prefix(DEFAULT_PREFIX);
         assert_eq!(c.prefix, DEFAULT_PREFIX);
+
+        // ZooKeeper's format is refused, with the formats etcd takes.
+        let err = EtcdConfig::default()
+            .with_format(RecordFormat::Curator)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`curator` is not an etcd record format"),
+            "{err}"
+        );
 
         // Relative prefixes are go-zero's only.
         let relative = EtcdConfig::default().with_prefix("prod");

@@ -179,7 +179,11 @@ impl Inner {
             );
             return None;
         };
-        match self.config.format.decode(name, id, value) {
+        match self
+            .config
+            .format
+            .decode_among(crate::config::FORMATS, name, id, value)
+        {
             Ok(decoded) => Some(decoded.info),
             Err(reason) => {
                 tracing::warn!(

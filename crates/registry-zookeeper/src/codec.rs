@@ -4,8 +4,16 @@
 use std::collections::HashSet;
 
 use parking_lot::Mutex;
+use waypost_core_types::record::RecordFormat;
 
 use crate::error::BACKEND;
+
+/// The record formats a ZooKeeper registry reads and writes (`auto` reads the other two).
+pub(crate) const FORMATS: &[RecordFormat] = &[
+    RecordFormat::LaravelGo,
+    RecordFormat::Curator,
+    RecordFormat::Auto,
+];
 
 /// Most distinct foreign paths remembered as already reported.
 const MAX_REMEMBERED: usize = 1024;

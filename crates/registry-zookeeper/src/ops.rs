@@ -102,7 +102,7 @@ async fn put(
             Err(e) => return Err(convert(e, &format!("get {path}"))),
         };
         let previous = format
-            .decode(name_of(path), id_of(path), &data)
+            .decode_among(crate::codec::FORMATS, name_of(path), id_of(path), &data)
             .ok()
             .map(|d| d.info);
         let info = make(previous.as_ref());

@@ -186,7 +186,11 @@ impl Inner {
         id: &str,
         data: &[u8],
     ) -> Option<ServiceInfo> {
-        match self.config.format.decode(name, id, data) {
+        match self
+            .config
+            .format
+            .decode_among(crate::codec::FORMATS, name, id, data)
+        {
             Ok(decoded) => Some(decoded.info),
             Err(problem) => {
                 self.foreign.skip(path, &problem);

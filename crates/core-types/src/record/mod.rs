@@ -3,7 +3,7 @@
 //!
 //! Every format maps a stored record to a [`ServiceInfo`] and, where it supports writes, a
 //! `ServiceInfo` to the bytes that framework's own clients decode. [`RecordFormat::Auto`] reads
-//! every format the backend knows and marks each instance that did not come from waypost's own
+//! every format the backend knows ([`RecordFormat::decode_among`]) and marks each instance that did not come from waypost's own
 //! format with [`FORMAT_KEY`] in its metadata, so a reader can tell where it came from.
 //!
 //! ```
@@ -118,9 +118,28 @@ impl RecordFormat {
             RecordFormat::Curator => curator::decode(name, id, value)?,
             RecordFormat::Kratos => kratos::decode(name, id, value)?,
             RecordFormat::GoZero => gozero::decode(name, id, value)?,
-            RecordFormat::Auto => return decode_any(name, id, value),
+            RecordFormat::Auto => return decode_any(RecordFormat::ALL, name, id, value),
         };
         Ok(Decoded { info, format: self })
+    }
+
+    /// Like [`decode`](Self::decode), except that [`RecordFormat::Auto`] tries only the formats
+    /// in `known` (in the order of [`ALL`](Self::ALL)): what a backend reads, so that, say, a
+    /// ZooKeeper registry in `auto` never takes a `host:port` node for a go-zero instance.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    pub fn decode_among(
+        self,
+        known: &[RecordFormat],
+        name: &str,
+        id: &str,
+        value: &[u8],
+    ) -> Result<Decoded, String> {
+        match self {
+            RecordFormat::Auto => decode_any(known, name, id, value),
+            format => format.decode(name, id, value),
+        }
     }
 
     /// The bytes to store for `info` in this format.
@@ -159,12 +178,17 @@ pub struct Decoded {
     pub format: RecordFormat,
 }
 
-/// [`RecordFormat::Auto`]: the first format that decodes the record; every format's reason
-/// when none does.
-fn decode_any(name: &str, id: &str, value: &[u8]) -> Result<Decoded, String> {
+/// [`RecordFormat::Auto`]: the first format of `known` (in the order of [`RecordFormat::ALL`])
+/// that decodes the record; every format's reason when none does.
+fn decode_any(
+    known: &[RecordFormat],
+    name: &str,
+    id: &str,
+    value: &[u8],
+) -> Result<Decoded, String> {
     let mut reasons = Vec::new();
     for &format in RecordFormat::ALL {
-        if format == RecordFormat::Auto {
+        if format == RecordFormat::Auto || !known.contains(&format) {
             continue;
         }
         match format.decode(name, id, value) {
@@ -339,6 +363,31 @@ mod tests {
             "Kratos".parse::<RecordFormat>().unwrap(),
             RecordFormat::Kratos
         );
+    }
+
+    #[test]
+    fn auto_among_a_backends_formats_tries_only_those() {
+        let zk = [
+            RecordFormat::LaravelGo,
+            RecordFormat::Curator,
+            RecordFormat::Auto,
+        ];
+        let err = RecordFormat::Auto
+            .decode_among(&zk, "user.rpc", "1", b"10.0.0.9:8080")
+            .unwrap_err();
+        assert!(
+            err.contains("curator:") && !err.contains("go-zero"),
+            "{err}"
+        );
+        let d = RecordFormat::Auto
+            .decode_among(&[RecordFormat::GoZero], "user.rpc", "1", b"10.0.0.9:8080")
+            .unwrap();
+        assert_eq!(d.format, RecordFormat::GoZero);
+        // A named format decodes as itself, whatever the list.
+        let d = RecordFormat::GoZero
+            .decode_among(&zk, "user.rpc", "1", b"10.0.0.9:8080")
+            .unwrap();
+        assert_eq!(d.format, RecordFormat::GoZero);
     }
 
     #[test]
