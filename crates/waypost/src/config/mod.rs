@@ -159,6 +159,12 @@ impl FromStr for RegistryType {
 /// | `consul://:TOKEN@localhost:8500/laravel-go/services?datacenter=dc1&scheme=https` | Consul |
 /// | `nacos://user:pass@h1:8848,h2:8848?namespace=public&group=DEFAULT_GROUP` | Nacos |
 /// | `zookeeper://user:pass@h1:2181,h2:2181/laravel-go/services?session_timeout=10s` (or `zk://`) | ZooKeeper |
+///
+/// etcd and ZooKeeper take a record format (`?format=`): go-kratos' (`kratos`) and go-zero's
+/// (`go-zero`) records in etcd, Spring Cloud Zookeeper's (`curator`) in ZooKeeper, or `auto` to
+/// read every format of the backend under the prefix; without a path, the prefix is the format's
+/// default (`etcd://h:2379?format=kratos` reads `/microservices`). See the README's "Mixed
+/// fleets".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type")]
 #[non_exhaustive]
