@@ -344,7 +344,8 @@ async fn conformance_suite_in_curator_and_auto_formats() {
     let test = "conformance_suite_in_curator_and_auto_formats";
     let Some(zk) = server(test).await else { return };
     for format in [RecordFormat::Curator, RecordFormat::Auto] {
-        // No prefix: each format's default (`/services`, `/laravel-go/services`).
+        // No prefix set: `with_format` gives each format's default (`/services`,
+        // `/laravel-go/services`).
         let config = ZookeeperConfig::new([zk.addr()])
             .with_format(format)
             .with_session_timeout(Duration::from_secs(2))

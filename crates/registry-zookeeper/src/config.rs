@@ -13,9 +13,8 @@ use waypost_core_types::{Error, Result, Secret};
 
 use crate::keys::validate_znode_path;
 
-/// The Go module's default prefix, used when no prefix is configured with the record formats
-/// `laravel-go` (the default) and `auto`; the `curator` format's default is `/services`
-/// (see [`RecordFormat::default_prefix`]).
+/// The key prefix the Go module uses: instances live at `<prefix>/<name>/<id>`. Other record
+/// formats have their own default ([`RecordFormat::default_prefix`]).
 pub const DEFAULT_PREFIX: &str = "/laravel-go/services";
 /// Default requested session timeout (the Go module's default).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +29,6 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 ///
 /// Field names follow the Go module's `ZookeeperConfig` (`servers`, `prefix`, `ttl`,
 /// `session_timeout`); durations are read as Go strings (`"10s"`) or integer nanoseconds.
-/// `format` chooses the record format (`laravel-go`, `curator` for Spring Cloud Zookeeper, or
-/// `auto`); without a `prefix` the registry uses that format's default prefix.
 /// `Debug` never shows the password, and serializing writes it as `"[redacted]"`. From a URL:
 /// `"zookeeper://user:pass@h1:2181,h2:2181/prefix?session_timeout=10s".parse()` (the
 /// parameters, one per field, are listed at its `FromStr` impl).
@@ -51,31 +48,48 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 ///     r#"{"servers":["zk1:2181","zk2:2181"],"session_timeout":"6s"}"#,
 /// ).unwrap();
 /// assert_eq!(from_json.session_timeout, Duration::from_secs(6));
-/// assert_eq!(from_json.effective_prefix(), "/laravel-go/services");
+/// assert_eq!(from_json.prefix, "/laravel-go/services");
+/// # Ok::<(), waypost_core_types::Error>(())
+/// ```
 ///
-/// let spring: ZookeeperConfig =
+/// The record format ([`ZookeeperConfig::format`]) says how instances are written and read: the
+/// Laravel-Go module's JSON (the default), Apache Curator's JSON as Spring Cloud Zookeeper
+/// writes it (`curator`), or `auto`. A prefix given explicitly is always used; without one, the
+/// format's default applies (`/services` for curator, `/laravel-go/services` otherwise):
+///
+/// ```
+/// use waypost_core_types::record::RecordFormat;
+/// use waypost_registry_zookeeper::ZookeeperConfig;
+///
+/// let spring = ZookeeperConfig::new(["zk1:2181"]).with_format(RecordFormat::Curator);
+/// assert_eq!(spring.prefix, "/services");
+/// let file: ZookeeperConfig =
 ///     serde_json::from_str(r#"{"servers":"zk1:2181","format":"curator"}"#).unwrap();
-/// assert_eq!(spring.effective_prefix(), "/services");
+/// assert_eq!(file.prefix, "/services");
+/// let url: ZookeeperConfig = "zk://zk1/svc?format=curator".parse()?;
+/// assert_eq!((url.prefix.as_str(), url.format), ("/svc", RecordFormat::Curator));
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "ConfigFile")]
 #[non_exhaustive]
 pub struct ZookeeperConfig {
     /// `host:port` of every server of the ensemble (the port defaults to 2181). In a config
     /// file, a list or one string separated by commas.
     #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
     pub servers: Vec<String>,
-    /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. `None` (the
-    /// default) means the record format's default: `/laravel-go/services` for `laravel-go` and
-    /// `auto`, `/services` for `curator` (see [`effective_prefix`](Self::effective_prefix)).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    /// How instance records are read and written under the prefix: `laravel-go` (the Go
-    /// module's `ServiceInfo` JSON, the default), `curator` (Apache Curator's service-discovery
-    /// JSON as Spring Cloud Zookeeper writes it), or `auto` (reads both, marking instances read
-    /// from Curator records with [`FORMAT_KEY`](waypost_core_types::record::FORMAT_KEY);
-    /// writes `laravel-go`).
+    /// Root path of the registry; instances live at `<prefix>/<name>/<id>`. Default
+    /// [`DEFAULT_PREFIX`], the default of the `laravel-go` and `auto` formats;
+    /// [`with_format`](Self::with_format), and a config file or URL without a prefix, use the
+    /// format's default instead (`/services` for `curator`).
+    pub prefix: String,
+    /// How instance records are read and written under the prefix (default
+    /// [`RecordFormat::LaravelGo`], the Go module's `ServiceInfo` JSON): `curator` is Apache
+    /// Curator's service-discovery JSON as Spring Cloud Zookeeper writes it, and `auto` reads
+    /// both, marking instances read from Curator records with
+    /// [`FORMAT_KEY`](waypost_core_types::record::FORMAT_KEY), and writes `laravel-go`; see the
+    /// crate's README for the mapping. In a config file and a URL: `laravel-go`, `curator` or
+    /// `auto`.
     pub format: RecordFormat,
     /// Session timeout requested from the server (it may clamp it to its
     /// `minSessionTimeout`/`maxSessionTimeout`). Our instances vanish about this long after our
@@ -131,7 +145,7 @@ impl Default for ZookeeperConfig {
     fn default() -> Self {
         ZookeeperConfig {
             servers: vec!["127.0.0.1:2181".to_owned()],
-            prefix: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
             format: RecordFormat::LaravelGo,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             ttl: Duration::from_secs(30),
@@ -169,25 +183,24 @@ impl ZookeeperConfig {
         self
     }
 
-    /// Sets [`ZookeeperConfig::prefix`] (it wins over the format's default prefix).
+    /// Sets [`ZookeeperConfig::prefix`] (a trailing `/` is ignored).
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Some(prefix.into());
+        self.prefix = prefix.into();
         self
     }
 
-    /// Sets [`ZookeeperConfig::format`].
+    /// Sets the record format. A prefix that is still the previous format's default becomes
+    /// the new format's default; any other prefix is kept (so call
+    /// [`with_prefix`](Self::with_prefix) after this to use, say, `/laravel-go/services` with
+    /// curator records).
     #[must_use]
     pub fn with_format(mut self, format: RecordFormat) -> Self {
+        if self.prefix.trim_end_matches('/') == self.format.default_prefix() {
+            self.prefix = format.default_prefix().to_owned();
+        }
         self.format = format;
         self
-    }
-
-    /// The prefix in use: the configured one, or the format's default.
-    pub fn effective_prefix(&self) -> &str {
-        self.prefix
-            .as_deref()
-            .unwrap_or_else(|| self.format.default_prefix())
     }
 
     /// Sets [`ZookeeperConfig::session_timeout`].
@@ -278,8 +291,8 @@ impl ZookeeperConfig {
                 .and_then(|()| validate_znode_path(what, value))
                 .map_err(|e| Error::InvalidConfig(format!("zookeeper: {e}")))
         };
-        path("prefix", self.effective_prefix())?;
-        if self.effective_prefix() == "/" {
+        path("prefix", &self.prefix)?;
+        if self.prefix == "/" {
             return bad("prefix must not be the root `/`".into());
         }
         if let Some(chroot) = self.chroot.as_deref().filter(|c| !c.is_empty()) {
@@ -350,6 +363,68 @@ impl ZookeeperConfig {
     }
 }
 
+/// What a config file holds: a [`ZookeeperConfig`] whose prefix may be left out, so that the
+/// format's default applies.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(deserialize_with = "waypost_core_types::validate::host_list")]
+    servers: Vec<String>,
+    prefix: Option<String>,
+    format: RecordFormat,
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    session_timeout: Duration,
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    ttl: Duration,
+    username: Option<String>,
+    password: Option<Secret>,
+    chroot: Option<String>,
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    connect_timeout: Duration,
+    #[serde(with = "waypost_core_types::time::config_duration")]
+    max_backoff: Duration,
+    watch_buffer: usize,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        let d = ZookeeperConfig::default();
+        ConfigFile {
+            servers: d.servers,
+            prefix: None,
+            format: d.format,
+            session_timeout: d.session_timeout,
+            ttl: d.ttl,
+            username: d.username,
+            password: d.password,
+            chroot: d.chroot,
+            connect_timeout: d.connect_timeout,
+            max_backoff: d.max_backoff,
+            watch_buffer: d.watch_buffer,
+        }
+    }
+}
+
+impl From<ConfigFile> for ZookeeperConfig {
+    fn from(f: ConfigFile) -> Self {
+        ZookeeperConfig {
+            servers: f.servers,
+            prefix: f
+                .prefix
+                .unwrap_or_else(|| f.format.default_prefix().to_owned()),
+            format: f.format,
+            session_timeout: f.session_timeout,
+            ttl: f.ttl,
+            username: f.username,
+            password: f.password,
+            chroot: f.chroot,
+            connect_timeout: f.connect_timeout,
+            max_backoff: f.max_backoff,
+            watch_buffer: f.watch_buffer,
+        }
+    }
+}
+
 /// The session timeouts we ask for.
 pub const SESSION_TIMEOUT: DurationBounds =
     DurationBounds::new(Duration::from_millis(100), Duration::from_secs(24 * 3600));
@@ -372,9 +447,8 @@ mod tests {
     #[test]
     fn defaults_match_the_go_module() {
         let c = ZookeeperConfig::default();
-        assert_eq!(c.prefix, None);
+        assert_eq!(c.prefix, "/laravel-go/services");
         assert_eq!(c.format, RecordFormat::LaravelGo);
-        assert_eq!(c.effective_prefix(), "/laravel-go/services");
         assert_eq!(c.session_timeout, Duration::from_secs(10));
         assert_eq!(c.servers, vec!["127.0.0.1:2181".to_string()]);
         c.validate().unwrap();
@@ -392,7 +466,7 @@ mod tests {
             .with_max_backoff(Duration::from_secs(1))
             .with_watch_buffer(7);
         assert_eq!(c.connect_string(), "a:1,b:2");
-        assert_eq!(c.effective_prefix(), "/x/y");
+        assert_eq!(c.prefix, "/x/y");
         assert_eq!(c.session_timeout, Duration::from_secs(2));
         assert_eq!(c.ttl, Duration::from_secs(3));
         assert_eq!(c.digest().unwrap(), b"u:p");
@@ -420,52 +494,93 @@ mod tests {
 
     #[test]
     fn the_format_picks_the_default_prefix_and_an_explicit_one_wins() {
+        // Builders: a default prefix follows the format, a chosen one stays.
+        assert_eq!(ZookeeperConfig::default().prefix, DEFAULT_PREFIX);
         let curator = ZookeeperConfig::default().with_format(RecordFormat::Curator);
-        assert_eq!(curator.effective_prefix(), "/services");
+        assert_eq!(curator.prefix, "/services");
         curator.validate().unwrap();
-        let auto = ZookeeperConfig::default().with_format(RecordFormat::Auto);
-        assert_eq!(auto.effective_prefix(), DEFAULT_PREFIX);
-        // An explicit prefix wins, whichever the format, also the Laravel-Go one with curator.
+        let auto = curator.clone().with_format(RecordFormat::Auto);
+        assert_eq!(auto.prefix, DEFAULT_PREFIX);
+        let c = ZookeeperConfig::default()
+            .with_prefix("/laravel-go/services/")
+            .with_format(RecordFormat::Curator);
+        assert_eq!(c.prefix, "/services", "a trailing `/` is ignored");
         for format in [
             RecordFormat::LaravelGo,
             RecordFormat::Curator,
             RecordFormat::Auto,
         ] {
             let c = ZookeeperConfig::default()
-                .with_format(format)
-                .with_prefix(DEFAULT_PREFIX);
-            assert_eq!(c.effective_prefix(), DEFAULT_PREFIX, "{format}");
-            let c = ZookeeperConfig::default()
                 .with_prefix("/mine")
                 .with_format(format);
-            assert_eq!(c.effective_prefix(), "/mine", "{format}");
+            assert_eq!(c.prefix, "/mine", "{format}");
+            let c = ZookeeperConfig::default()
+                .with_format(format)
+                .with_prefix("/mine");
+            assert_eq!(c.prefix, "/mine", "{format}");
         }
-        let c: ZookeeperConfig =
-            serde_json::from_str(r#"{"format":"curator","prefix":"/spring"}"#).unwrap();
+        // Also the Laravel-Go prefix with curator records, when set after the format.
+        let c = ZookeeperConfig::default()
+            .with_format(RecordFormat::Curator)
+            .with_prefix(DEFAULT_PREFIX);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+
+        // Config files: without a prefix the format's default, an explicit prefix wins, even
+        // one equal to another format's default.
+        let read = |json: &str| serde_json::from_str::<ZookeeperConfig>(json).unwrap();
+        assert_eq!(read("{}"), ZookeeperConfig::default());
+        let c = read(r#"{"format":"curator"}"#);
         assert_eq!(
-            (c.format, c.effective_prefix()),
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Curator, "/services")
+        );
+        let c = read(r#"{"format":"curator","prefix":"/spring"}"#);
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
             (RecordFormat::Curator, "/spring")
         );
-        let c: ZookeeperConfig = serde_json::from_str(r#"{"format":"auto"}"#).unwrap();
-        assert_eq!(c.format, RecordFormat::Auto);
+        let c = read(r#"{"prefix":"/laravel-go/services","format":"curator"}"#);
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Curator, DEFAULT_PREFIX)
+        );
+        let c = read(r#"{"format":"auto"}"#);
+        assert_eq!(
+            (c.format, c.prefix.as_str()),
+            (RecordFormat::Auto, DEFAULT_PREFIX)
+        );
         let e = serde_json::from_str::<ZookeeperConfig>(r#"{"format":"yaml"}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown record format"), "{e}");
-        // Serialized and read back: the same config (no prefix stays no prefix).
-        let json = serde_json::to_string(&curator).unwrap();
-        assert!(
-            json.contains(r#""format":"curator""#) && !json.contains("prefix"),
-            "{json}"
-        );
-        let back: ZookeeperConfig = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, curator);
+
+        // Serialized and read back: the same config, the prefix written out.
+        for c in [
+            curator.clone(),
+            auto,
+            ZookeeperConfig::default(),
+            ZookeeperConfig::default()
+                .with_format(RecordFormat::Curator)
+                .with_prefix(DEFAULT_PREFIX),
+        ] {
+            let json = serde_json::to_string(&c).unwrap();
+            assert!(json.contains(r#""prefix":""#), "{json}");
+            let back: ZookeeperConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, c, "{json}");
+        }
+
         // An invalid explicit prefix is still refused with the curator format.
-        assert!(ZookeeperConfig::default()
-            .with_format(RecordFormat::Curator)
-            .with_prefix("services")
-            .validate()
-            .is_err());
+        assert!(curator.with_prefix("services").validate().is_err());
+        // Formats of other registries are refused.
+        for format in [RecordFormat::Kratos, RecordFormat::GoZero] {
+            let e = ZookeeperConfig::default()
+                .with_format(format)
+                .with_prefix(DEFAULT_PREFIX)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a ZooKeeper record format"), "{e}");
+        }
     }
 
     #[test]

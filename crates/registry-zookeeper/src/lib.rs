@@ -13,8 +13,10 @@
 //!   - `auto`: reads both (instances from Curator records carry the metadata entry
 //!     `waypost.format` = `curator`), writes `laravel-go`.
 //!
-//!   An explicit prefix always wins over the format's default. Parents are persistent nodes,
-//!   created safely when processes race.
+//!   A prefix given explicitly is always used; without one, the format's default applies
+//!   ([`ZookeeperConfig::with_format`] replaces a prefix that is still the previous format's
+//!   default and keeps any other). Parents are persistent nodes, created safely when processes
+//!   race.
 //! - Liveness is the session: our instances vanish about one session timeout after our process
 //!   dies. [`renew`](waypost_core_types::ServiceRegistry::renew) has nothing to refresh, and a
 //!   per-instance TTL is not enforced (the registry logs that once, at the first instance with

@@ -229,7 +229,7 @@ impl ZookeeperRegistry {
     ///   let them register instances (wrong digest password).
     pub async fn connect(config: ZookeeperConfig) -> Result<Self> {
         config.validate()?;
-        let paths = Paths::new(config.effective_prefix());
+        let paths = Paths::new(&config.prefix);
         let acl = AclPolicy::new(config.digest().is_some());
         let limit = config.connect_timeout;
         let client =

@@ -12,11 +12,11 @@ use crate::ZookeeperConfig;
 ///
 /// - hosts: the ensemble (port 2181 when left out);
 /// - user and password: digest authentication (percent-encode `/`, `@`, `:`);
-/// - path: the prefix (default: the format's, `/laravel-go/services` or for `curator`
-///   `/services`);
-/// - parameters: `session_timeout`, `ttl`, `connect_timeout`, `max_backoff` (durations such as
-///   `500ms`, `10s`), `chroot` (a path), `watch_buffer` (a number), `format` (`laravel-go`,
-///   `curator` or `auto`).
+/// - path: the prefix (default: the format's, `/laravel-go/services` for `laravel-go` and
+///   `auto`, `/services` for `curator`);
+/// - parameters: `format` (`laravel-go`, `curator`, `auto`: the record format),
+///   `session_timeout`, `ttl`, `connect_timeout`, `max_backoff` (durations such as `500ms`,
+///   `10s`), `chroot` (a path), `watch_buffer` (a number).
 ///
 /// ```
 /// use std::time::Duration;
@@ -28,7 +28,7 @@ use crate::ZookeeperConfig;
 ///
 /// // Spring Cloud Zookeeper services, under Curator's default `/services`:
 /// let spring: ZookeeperConfig = "zk://z1?format=curator".parse()?;
-/// assert_eq!(spring.effective_prefix(), "/services");
+/// assert_eq!(spring.prefix, "/services");
 /// # Ok::<(), waypost_core_types::Error>(())
 /// ```
 ///
@@ -47,9 +47,16 @@ impl FromStr for ZookeeperConfig {
             )));
         }
         let mut config = ZookeeperConfig::new(url.hosts_with_port(2181)?);
-        if let Some(prefix) = url.path_prefix() {
-            config.prefix = Some(prefix);
+        if let Some(format) = url.take("format") {
+            config.format = format.parse().map_err(|e| match e {
+                Error::InvalidConfig(why) => invalid(format!("parameter `format`: {why}")),
+                other => other,
+            })?;
         }
+        config.prefix = match url.path_prefix() {
+            Some(prefix) => prefix,
+            None => config.format.default_prefix().to_owned(),
+        };
         (config.username, config.password) = url.take_credentials();
         for (key, field) in [
             ("session_timeout", &mut config.session_timeout),
@@ -62,12 +69,6 @@ impl FromStr for ZookeeperConfig {
             }
         }
         config.chroot = url.take("chroot");
-        if let Some(format) = url.take("format") {
-            config.format = format.parse().map_err(|e| match e {
-                Error::InvalidConfig(why) => invalid(format!("parameter `format`: {why}")),
-                other => other,
-            })?;
-        }
         if let Some(n) = url.take_parsed("watch_buffer")? {
             config.watch_buffer = n;
         }
@@ -92,7 +93,7 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(c.servers, ["z1:2181", "z2:2181"]);
-        assert_eq!(c.prefix.as_deref(), Some("/svc"));
+        assert_eq!(c.prefix, "/svc");
         assert_eq!(c.format, RecordFormat::Curator);
         assert_eq!(c.username.as_deref(), Some("u"));
         assert_eq!(c.password.as_ref().map(Secret::expose), Some("p@w"));
@@ -103,10 +104,11 @@ mod tests {
         assert_eq!(c.chroot.as_deref(), Some("/app"));
         assert_eq!(c.watch_buffer, 32);
         let d: ZookeeperConfig = "zk://localhost".parse().unwrap();
-        assert_eq!(d.effective_prefix(), crate::DEFAULT_PREFIX);
+        assert_eq!(d.prefix, crate::DEFAULT_PREFIX);
         assert_eq!(d.format, RecordFormat::LaravelGo);
         for (url, format, prefix) in [
             ("zk://h?format=curator", RecordFormat::Curator, "/services"),
+            ("zk://h/svc?format=curator", RecordFormat::Curator, "/svc"),
             ("zk://h/?format=curator", RecordFormat::Curator, "/services"),
             (
                 "zk://h/laravel-go/services?format=curator",
@@ -130,7 +132,7 @@ mod tests {
             ),
         ] {
             let c: ZookeeperConfig = url.parse().unwrap();
-            assert_eq!((c.format, c.effective_prefix()), (format, prefix), "{url}");
+            assert_eq!((c.format, c.prefix.as_str()), (format, prefix), "{url}");
         }
         assert_eq!(d.servers, ["localhost:2181"]);
     }
@@ -173,6 +175,12 @@ mod tests {
             Some("[redacted]")
         );
         back.password = c.password.clone();
+        assert_eq!(back, c);
+        // Without a path: the format's default prefix, written out and read back as such.
+        let c: ZookeeperConfig = "zk://z1?format=curator".parse().unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""prefix":"/services""#), "{json}");
+        let back: ZookeeperConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
     }
 }

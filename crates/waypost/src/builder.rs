@@ -242,7 +242,7 @@ impl RegistryBuilder {
             .set("with_zookeeper", "zookeeper", |config| match config {
                 #[cfg(feature = "zookeeper")]
                 RegistryConfig::Zookeeper(c) => {
-                    (c.servers, c.prefix) = (servers, Some(prefix));
+                    (c.servers, c.prefix) = (servers, prefix);
                     true
                 }
                 #[allow(unreachable_patterns)] // when only this backend is compiled in
