@@ -262,3 +262,49 @@ fn reads_from_a_non_json_format() {
     let c = RegistryConfig::deserialize(de).unwrap();
     assert_eq!(c, "memory://?default_ttl=30s".parse().unwrap());
 }
+
+#[cfg(feature = "full")]
+#[test]
+fn urls_and_files_choose_a_record_format_and_its_prefix() {
+    use waypost_core_types::record::RecordFormat;
+    let etcd = |url: &str| match url.parse::<RegistryConfig>().unwrap() {
+        RegistryConfig::Etcd(c) => (c.format, c.prefix),
+        other => panic!("{url}: {other:?}"),
+    };
+    let zk = |url: &str| match url.parse::<RegistryConfig>().unwrap() {
+        RegistryConfig::Zookeeper(c) => (c.format, c.prefix),
+        other => panic!("{url}: {other:?}"),
+    };
+    assert_eq!(
+        etcd("etcd://h:2379?format=kratos"),
+        (RecordFormat::Kratos, "/microservices".to_owned())
+    );
+    assert_eq!(
+        etcd("etcd://h:2379/laravel-go/services?format=kratos"),
+        (RecordFormat::Kratos, "/laravel-go/services".to_owned())
+    );
+    assert_eq!(
+        etcd("etcd://h:2379?format=go-zero"),
+        (RecordFormat::GoZero, String::new())
+    );
+    assert_eq!(
+        zk("zk://h:2181?format=curator"),
+        (RecordFormat::Curator, "/services".to_owned())
+    );
+    assert_eq!(
+        zk("zk://h:2181/spring?format=curator"),
+        (RecordFormat::Curator, "/spring".to_owned())
+    );
+    // A config file without a prefix gets the format's default, too.
+    match read(r#"{"type":"zookeeper","zookeeper":{"format":"curator"}}"#) {
+        RegistryConfig::Zookeeper(c) => assert_eq!(c.prefix, "/services"),
+        other => panic!("{other:?}"),
+    }
+    // Each backend takes only its own formats.
+    for bad in ["etcd://h?format=curator", "zk://h?format=kratos"] {
+        let err = bad
+            .parse::<RegistryConfig>()
+            .and_then(|c| c.validate().map(|()| c));
+        assert!(err.is_err(), "{bad} was accepted");
+    }
+}
