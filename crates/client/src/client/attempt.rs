@@ -178,8 +178,8 @@ where
 /// reason another attempt may not meet: shutting down (`NO_ERROR`), refusing the stream
 /// (`REFUSED_STREAM`), cancelling it, failing inside (`INTERNAL_ERROR`) or shedding load
 /// (`ENHANCE_YOUR_CALM`). Protocol errors, either side's, are not transient: like an answer that
-/// is not HTTP/1, they say the two ends do not understand each other (an h2c request to a server
-/// that speaks only HTTP/1.1 fails that way).
+/// is not HTTP/1, they say the two ends do not understand each other (an h2c request answered
+/// in HTTP/1.1 fails that way).
 fn h2_ended_by_server(e: &h2::Error) -> bool {
     use h2::Reason;
     (e.is_reset() || e.is_go_away())
