@@ -279,3 +279,52 @@ impl HttpClientBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use waypost_core_types::ServiceInfo;
+
+    use super::*;
+
+    fn wire(value: Option<&str>) -> Wire {
+        let mut i = ServiceInfo::new("a", "svc", "127.0.0.1", 80);
+        if let Some(v) = value {
+            i = i.with_metadata(HTTP2_METADATA_KEY, v);
+        }
+        Wire::plain_for(&i)
+    }
+
+    #[test]
+    fn metadata_chooses_the_plain_wire() {
+        assert_eq!(wire(None), Wire::Plain);
+        assert_eq!(wire(Some("prior-knowledge")), Wire::H2c);
+        assert_eq!(wire(Some(" Prior-Knowledge\t")), Wire::H2c);
+        assert_eq!(wire(Some("off")), Wire::Http1);
+        assert_eq!(wire(Some("OFF")), Wire::Http1);
+        // Unknown, empty, hostile or huge values: ignored, the client's setting applies.
+        for v in [
+            "",
+            "true",
+            "h2",
+            "prior knowledge",
+            "off\u{1b}[2J",
+            &"x".repeat(1 << 20),
+        ] {
+            assert_eq!(wire(Some(v)), Wire::Plain, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn prior_knowledge_is_off_by_default_and_kept_by_clones() {
+        let http = HttpClient::new().unwrap();
+        assert!(!http.http2_prior_knowledge());
+        let h2 = http.clone().with_prior_knowledge(true);
+        assert!(h2.http2_prior_knowledge());
+        assert!(!http.http2_prior_knowledge());
+        assert!(HttpClient::builder()
+            .http2_prior_knowledge(true)
+            .build()
+            .unwrap()
+            .http2_prior_knowledge());
+    }
+}
