@@ -19,30 +19,103 @@ type Plain = Client<HttpConnector, Full<Bytes>>;
 const IDLE_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 type Tls = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A pooled HTTP/1.1 client for http and https (rustls with the ring provider). Cheap to clone;
+/// A pooled HTTP client for http and https (rustls with the ring provider). Cheap to clone;
 /// clones share the connection pools.
 /// [`ServiceClientBuilder::http_client`](crate::ServiceClientBuilder::http_client) (the Laravel-Go
 /// module's `WithHTTPClient`) takes one of these.
 ///
-/// Plain http and https use two hyper clients: the TLS connector's futures are large, and
+/// * https offers `h2` and `http/1.1` in ALPN and speaks what the server picks: HTTP/2 on one
+///   multiplexed connection per instance, or HTTP/1.1 on a pool of connections.
+/// * Plain http speaks HTTP/1.1, or HTTP/2 with prior knowledge (h2c: the connection starts
+///   with the HTTP/2 preface, no upgrade) when the client is built with
+///   [`http2_prior_knowledge`](HttpClientBuilder::http2_prior_knowledge) or the instance's
+///   metadata says so ([`HTTP2_METADATA_KEY`]).
+///
+/// Plain http and https use separate hyper clients: the TLS connector's futures are large, and
 /// keeping them out of plain-http requests saves copying them on every call.
 #[derive(Clone)]
 pub struct HttpClient {
     plain: Plain,
+    h2c: Plain,
     tls: Tls,
+    prior_knowledge: bool,
+}
+
+/// The instance metadata key that chooses HTTP/2 with prior knowledge (h2c) for an `http`
+/// instance: `waypost.http2`.
+///
+/// | value | plain http |
+/// |---|---|
+/// | `prior-knowledge` | HTTP/2 with prior knowledge (h2c) |
+/// | `off` | HTTP/1.1, even on a client built with [`HttpClientBuilder::http2_prior_knowledge`] |
+/// | absent | the client's setting (HTTP/1.1 unless `http2_prior_knowledge`) |
+///
+/// Values are matched ignoring ASCII case and surrounding spaces. Any other value is ignored
+/// (the instance gets the client's setting) and logged at debug level, quoted and bounded:
+/// metadata is written by whoever registered the instance, and one record this client does not
+/// understand must not make a service uncallable. For an `https` instance the key is not read:
+/// ALPN decides.
+pub const HTTP2_METADATA_KEY: &str = "waypost.http2";
+
+/// Which HTTP an instance asks for, from its metadata ([`HTTP2_METADATA_KEY`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// https: ALPN decides.
+    Tls,
+    /// Plain http, as the client is configured.
+    Plain,
+    /// Plain http, HTTP/2 with prior knowledge.
+    H2c,
+    /// Plain http, HTTP/1.1.
+    Http1,
+}
+
+impl Wire {
+    /// The wire of a plain-http instance, from its metadata.
+    pub(crate) fn plain_for(instance: &waypost_core_types::ServiceInfo) -> Wire {
+        let Some(value) = instance.metadata.get(HTTP2_METADATA_KEY) else {
+            return Wire::Plain;
+        };
+        let v = value.trim();
+        if v.eq_ignore_ascii_case("prior-knowledge") {
+            Wire::H2c
+        } else if v.eq_ignore_ascii_case("off") {
+            Wire::Http1
+        } else {
+            tracing::debug!(
+                instance = %waypost_core_types::quote::quoted_up_to(&instance.id, 128),
+                value = %waypost_core_types::quote::quoted_up_to(value, 64),
+                "ignoring metadata `{HTTP2_METADATA_KEY}`: expected `prior-knowledge` or `off`"
+            );
+            Wire::Plain
+        }
+    }
 }
 
 impl HttpClient {
-    /// Sends `req` (absolute URI, `http` or `https`) on the matching pool.
+    /// Sends `req` (absolute URI, `http` or `https` as `wire` says) on the matching pool.
     pub(crate) fn request(
         &self,
         req: http::Request<Full<Bytes>>,
+        wire: Wire,
     ) -> hyper_util::client::legacy::ResponseFuture {
-        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
-            self.tls.request(req)
-        } else {
-            self.plain.request(req)
+        match wire {
+            Wire::Tls => self.tls.request(req),
+            Wire::Plain if !self.prior_knowledge => self.plain.request(req),
+            Wire::Http1 => self.plain.request(req),
+            Wire::Plain | Wire::H2c => self.h2c.request(req),
         }
+    }
+
+    /// Whether plain http uses HTTP/2 with prior knowledge unless an instance says otherwise.
+    pub fn http2_prior_knowledge(&self) -> bool {
+        self.prior_knowledge
+    }
+
+    /// This client (sharing its pools) with plain http over HTTP/2 with prior knowledge, or not.
+    pub(crate) fn with_prior_knowledge(mut self, yes: bool) -> Self {
+        self.prior_knowledge = yes;
+        self
     }
 }
 
@@ -63,7 +136,9 @@ impl HttpClient {
 
 impl fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpClient").finish_non_exhaustive()
+        f.debug_struct("HttpClient")
+            .field("http2_prior_knowledge", &self.prior_knowledge)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,6 +151,7 @@ pub struct HttpClientBuilder {
     pool_max_idle_per_host: usize,
     tls: Option<rustls::ClientConfig>,
     roots: Option<rustls::RootCertStore>,
+    prior_knowledge: bool,
 }
 
 impl Default for HttpClientBuilder {
@@ -86,6 +162,7 @@ impl Default for HttpClientBuilder {
             pool_max_idle_per_host: 64,
             tls: None,
             roots: None,
+            prior_knowledge: false,
         }
     }
 }
@@ -120,7 +197,17 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Uses this rustls configuration as is (overrides [`root_certificates`](Self::root_certificates)).
+    /// Plain http over HTTP/2 with prior knowledge (h2c, like reqwest's
+    /// `http2_prior_knowledge`): every connection starts with the HTTP/2 preface, so the servers
+    /// must speak HTTP/2 without negotiation. Default `false`: HTTP/1.1. An instance's metadata
+    /// ([`HTTP2_METADATA_KEY`]) overrides this either way; https is not affected (ALPN decides).
+    pub fn http2_prior_knowledge(mut self, yes: bool) -> Self {
+        self.prior_knowledge = yes;
+        self
+    }
+
+    /// Uses this rustls configuration (overrides [`root_certificates`](Self::root_certificates)).
+    /// Its ALPN protocols must be left empty: the client offers `h2` and `http/1.1` itself.
     pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
         self.tls = Some(config);
         self
@@ -129,8 +216,8 @@ impl HttpClientBuilder {
     /// Builds the client.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a zero connect timeout, or if the TLS configuration cannot
-    /// be built.
+    /// [`Error::InvalidConfig`] for a zero connect timeout, for a [`tls_config`](Self::tls_config)
+    /// with ALPN protocols of its own, or if the TLS configuration cannot be built.
     pub fn build(self) -> Result<HttpClient> {
         if self.connect_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::InvalidConfig(
@@ -140,6 +227,17 @@ impl HttpClientBuilder {
         }
         // hyper's pool adds the idle timeout to the current time: beyond 100 years it is no
         // limit at all (and could overflow the clock).
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|c| !c.alpn_protocols.is_empty())
+        {
+            return Err(Error::InvalidConfig(
+                "HTTP client: the TLS configuration must leave alpn_protocols empty (the client \
+                 offers h2 and http/1.1 itself)"
+                    .into(),
+            ));
+        }
         let idle = Some(self.pool_idle_timeout).filter(|t| *t <= IDLE_FOREVER);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls_err = |e: rustls::Error| Error::InvalidConfig(format!("TLS: {e}"));
@@ -163,15 +261,70 @@ impl HttpClientBuilder {
         };
         let connector = builder
             .https_only()
-            .enable_http1()
+            .enable_all_versions()
             .wrap_connector(http.clone());
         let mut pool = Client::builder(TokioExecutor::new());
         pool.pool_idle_timeout(idle)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new());
+        let plain = pool.build(http.clone());
+        let tls = pool.build(connector);
+        // Prior knowledge: one multiplexed HTTP/2 connection per instance.
+        pool.http2_only(true);
         Ok(HttpClient {
-            plain: pool.build(http),
-            tls: pool.build(connector),
+            plain,
+            h2c: pool.build(http),
+            tls,
+            prior_knowledge: self.prior_knowledge,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use waypost_core_types::ServiceInfo;
+
+    use super::*;
+
+    fn wire(value: Option<&str>) -> Wire {
+        let mut i = ServiceInfo::new("a", "svc", "127.0.0.1", 80);
+        if let Some(v) = value {
+            i = i.with_metadata(HTTP2_METADATA_KEY, v);
+        }
+        Wire::plain_for(&i)
+    }
+
+    #[test]
+    fn metadata_chooses_the_plain_wire() {
+        assert_eq!(wire(None), Wire::Plain);
+        assert_eq!(wire(Some("prior-knowledge")), Wire::H2c);
+        assert_eq!(wire(Some(" Prior-Knowledge\t")), Wire::H2c);
+        assert_eq!(wire(Some("off")), Wire::Http1);
+        assert_eq!(wire(Some("OFF")), Wire::Http1);
+        // Unknown, empty, hostile or huge values: ignored, the client's setting applies.
+        for v in [
+            "",
+            "true",
+            "h2",
+            "prior knowledge",
+            "off\u{1b}[2J",
+            &"x".repeat(1 << 20),
+        ] {
+            assert_eq!(wire(Some(v)), Wire::Plain, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn prior_knowledge_is_off_by_default_and_kept_by_clones() {
+        let http = HttpClient::new().unwrap();
+        assert!(!http.http2_prior_knowledge());
+        let h2 = http.clone().with_prior_knowledge(true);
+        assert!(h2.http2_prior_knowledge());
+        assert!(!http.http2_prior_knowledge());
+        assert!(HttpClient::builder()
+            .http2_prior_knowledge(true)
+            .build()
+            .unwrap()
+            .http2_prior_knowledge());
     }
 }

@@ -15,6 +15,12 @@
 //! * bounds each attempt with a timeout and the whole call with a deadline (which also caps the
 //!   backoff);
 //! * ejects failing instances (one breaker per instance, [`OutlierConfig`]) and probes them back;
+//! * speaks HTTP/1.1 or HTTP/2: https offers both in ALPN and uses what the server picks; plain
+//!   http is HTTP/1.1 unless the client is built with
+//!   [`http2_prior_knowledge`](ServiceClientBuilder::http2_prior_knowledge) or the instance's
+//!   metadata asks for it ([`HTTP2_METADATA_KEY`], `waypost.http2` = `prior-knowledge` or
+//!   `off`); an HTTP/2 stream the server refused (`REFUSED_STREAM`) was not processed, and is
+//!   retried on another instance for every method;
 //! * refuses response bodies above a limit (default 10 MiB) without buffering them;
 //! * reports each attempt's outcome to the balancer, and traces a span per call and per attempt;
 //!   the call span records the path without its query string and fragment (they may carry a
@@ -106,7 +112,7 @@ pub use crate::budget::RetryBudget;
 pub use crate::client::{
     CallBuilder, ServiceClient, ServiceClientBuilder, ServiceResponse, DEFAULT_TIMEOUT,
 };
-pub use crate::http::{HttpClient, HttpClientBuilder};
+pub use crate::http::{HttpClient, HttpClientBuilder, HTTP2_METADATA_KEY};
 pub use crate::outlier::OutlierConfig;
 pub use crate::retry::{is_idempotent, RetryPolicy};
 pub use ::http::Method;

@@ -1,5 +1,7 @@
 //! The service client against loopback hyper servers that answer 5xx, drop connections, stall
-//! and send huge bodies.
+//! and send huge bodies. Every test runs three times (`in_every_mode!`): over HTTP/1.1, over h2c
+//! (prior knowledge) and over h2 chosen by ALPN on TLS; the servers refuse, and the test fails
+//! on, a request that comes in another HTTP version than the mode's.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,22 +11,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{dead_addr, instance, Pick, Reply, StaticDiscovery, TestServer};
+use common::{dead_addr, Mode, Pick, Reply, StaticDiscovery};
 use http::Method;
-use waypost_client::{OutlierConfig, RetryBudget, ServiceClient, ServiceClientBuilder};
+use waypost_client::{OutlierConfig, RetryBudget, ServiceClientBuilder};
 use waypost_core_types::{CircuitState, Error, Outcome};
 
-fn builder(d: &Arc<StaticDiscovery>) -> ServiceClientBuilder {
-    ServiceClient::builder(d.clone())
+fn builder(m: Mode, d: &Arc<StaticDiscovery>) -> ServiceClientBuilder {
+    m.builder(d.clone())
         .timeout(Duration::from_secs(5))
         .retry(3, Duration::from_millis(1))
 }
 
-#[tokio::test]
-async fn get_returns_the_body_and_reports_success() {
-    let a = TestServer::start(Reply::Status(200, "hello")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
-    let client = builder(&d).build().unwrap();
+in_every_mode!(
+    #[tokio::test]
+    get_returns_the_body_and_reports_success
+);
+async fn get_returns_the_body_and_reports_success(m: Mode) {
+    let a = m.server(Reply::Status(200, "hello")).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
     assert_eq!(client.get("svc", "/hello?x=1").await.unwrap(), "hello");
     assert_eq!(a.state.requests.lock()[0].1, "/hello?x=1");
     assert_eq!(
@@ -35,15 +40,18 @@ async fn get_returns_the_body_and_reports_success() {
     assert!(matches!(err, Error::ServiceNotFound(_)), "{err}");
 }
 
-#[tokio::test]
-async fn status_4xx_is_an_error_with_the_body_and_is_not_retried() {
-    let a = TestServer::start(Reply::Status(404, "no such user")).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    status_4xx_is_an_error_with_the_body_and_is_not_retried
+);
+async fn status_4xx_is_an_error_with_the_body_and_is_not_retried(m: Mode) {
+    let a = m.server(Reply::Status(404, "no such user")).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     let err = client.get("svc", "/users/9").await.unwrap_err();
     match err {
         Error::Http { status, body } => {
@@ -55,17 +63,20 @@ async fn status_4xx_is_an_error_with_the_body_and_is_not_retried() {
     assert_eq!((a.hits(), b.hits()), (1, 0));
 }
 
-#[tokio::test]
-async fn get_is_retried_on_5xx_on_another_instance() {
-    let a = TestServer::start(Reply::Status(503, "down")).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    get_is_retried_on_5xx_on_another_instance
+);
+async fn get_is_retried_on_5xx_on_another_instance(m: Mode) {
+    let a = m.server(Reply::Status(503, "down")).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     // `First` always returns instance a unless it is avoided: the retry reaching b proves the
     // client passes the failed instance in `avoid`.
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     let resp = client
         .request(Method::GET, "svc", "/")
         .send()
@@ -84,15 +95,18 @@ async fn get_is_retried_on_5xx_on_another_instance() {
     );
 }
 
-#[tokio::test]
-async fn post_is_not_retried_on_5xx_unless_opted_in() {
-    let a = TestServer::start(Reply::Status(500, "boom")).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    post_is_not_retried_on_5xx_unless_opted_in
+);
+async fn post_is_not_retried_on_5xx_unless_opted_in(m: Mode) {
+    let a = m.server(Reply::Status(500, "boom")).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     let err = client.post("svc", "/orders", "{}").await.unwrap_err();
     assert!(matches!(err, Error::Http { status: 500, .. }), "{err}");
     assert_eq!((a.hits(), b.hits()), (1, 0));
@@ -107,25 +121,28 @@ async fn post_is_not_retried_on_5xx_unless_opted_in() {
         .unwrap();
     assert_eq!(resp.attempts, 2);
     // For the whole client.
-    let client = builder(&d).retry_non_idempotent(true).build().unwrap();
+    let client = builder(m, &d).retry_non_idempotent(true).build().unwrap();
     assert_eq!(client.post("svc", "/orders", "{}").await.unwrap(), "ok");
     assert_eq!((a.hits(), b.hits()), (3, 2));
 }
 
-#[tokio::test]
-async fn request_body_is_replayed_byte_for_byte() {
-    let a = TestServer::start(Reply::Status(502, "bad gateway")).await;
-    let b = TestServer::start(Reply::Status(503, "unavailable")).await;
-    let c = TestServer::start(Reply::Status(201, "created")).await;
+in_every_mode!(
+    #[tokio::test]
+    request_body_is_replayed_byte_for_byte
+);
+async fn request_body_is_replayed_byte_for_byte(m: Mode) {
+    let a = m.server(Reply::Status(502, "bad gateway")).await;
+    let b = m.server(Reply::Status(503, "unavailable")).await;
+    let c = m.server(Reply::Status(201, "created")).await;
     let d = StaticDiscovery::new(
         vec![
-            instance("a", a.addr),
-            instance("b", b.addr),
-            instance("c", c.addr),
+            m.instance("a", a.addr),
+            m.instance("b", b.addr),
+            m.instance("c", c.addr),
         ],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     let body: Bytes = (0..70_000u32)
         .map(|i| (i * 7 % 256) as u8)
         .collect::<Vec<_>>()
@@ -143,15 +160,18 @@ async fn request_body_is_replayed_byte_for_byte() {
     }
 }
 
-#[tokio::test]
-async fn connection_refused_is_retried_for_every_method() {
+in_every_mode!(
+    #[tokio::test]
+    connection_refused_is_retried_for_every_method
+);
+async fn connection_refused_is_retried_for_every_method(m: Mode) {
     let dead = dead_addr().await;
-    let b = TestServer::start(Reply::Echo).await;
+    let b = m.server(Reply::Echo).await;
     let d = StaticDiscovery::new(
-        vec![instance("dead", dead), instance("b", b.addr)],
+        vec![m.instance("dead", dead), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     let resp = client
         .request(Method::POST, "svc", "/")
         .body("payload")
@@ -162,15 +182,18 @@ async fn connection_refused_is_retried_for_every_method() {
     assert_eq!(resp.attempts, 2);
 }
 
-#[tokio::test]
-async fn dropped_connection_is_retried_for_get_but_not_post() {
-    let a = TestServer::start(Reply::Close).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    dropped_connection_is_retried_for_get_but_not_post
+);
+async fn dropped_connection_is_retried_for_get_but_not_post(m: Mode) {
+    let a = m.server(Reply::Close).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
     // The POST reached a server that may have acted on it: not retried.
     let err = client.post("svc", "/", "x").await.unwrap_err();
@@ -188,7 +211,9 @@ async fn dropped_connection_is_retried_for_get_but_not_post() {
 }
 
 /// A loopback server that answers every connection with `answer` (not HTTP) and closes it;
-/// counts connections.
+/// counts connections. It reads what the client sends until the client closes, so closing
+/// never resets the connection (a reset would be a transient failure, not an undecodable answer:
+/// an HTTP/2 client sends its preface, settings and request in several writes).
 async fn not_http_server(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -202,21 +227,25 @@ async fn not_http_server(answer: &'static [u8]) -> (std::net::SocketAddr, Arc<At
             let _ = stream.read(&mut request).await;
             let _ = stream.write_all(answer).await;
             let _ = stream.shutdown().await;
+            while let Ok(1..) = stream.read(&mut request).await {}
         }
     });
     (addr, hits)
 }
 
-#[tokio::test]
-async fn undecodable_responses_are_not_retried() {
+in_every_mode!(
+    #[tokio::test]
+    undecodable_responses_are_not_retried
+);
+async fn undecodable_responses_are_not_retried(m: Mode) {
     // An answer that is not HTTP: the attempt fails, and no other instance is tried.
     let (garbage, garbage_hits) = not_http_server(b"SSH-2.0-OpenSSH_9.6\r\n").await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("garbage", garbage), instance("b", b.addr)],
+        vec![m.instance("garbage", garbage), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     let err = client.get("svc", "/").await.unwrap_err();
     assert!(
         matches!(
@@ -233,9 +262,9 @@ async fn undecodable_responses_are_not_retried() {
     assert_eq!(d.outcomes.0.lock().len(), 1, "one attempt");
 
     // A 200 whose body is not the expected JSON: the exchange succeeded once, decoding failed.
-    let a = TestServer::start(Reply::Status(200, "<html>not json</html>")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
-    let client = builder(&d).build().unwrap();
+    let a = m.server(Reply::Status(200, "<html>not json</html>")).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
     let err = client
         .get_json::<serde_json::Value>("svc", "/")
         .await
@@ -245,15 +274,18 @@ async fn undecodable_responses_are_not_retried() {
     assert_eq!(a.hits(), 1);
 }
 
-#[tokio::test]
-async fn attempt_timeout_moves_on_to_another_instance() {
-    let a = TestServer::start(Reply::Stall).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    attempt_timeout_moves_on_to_another_instance
+);
+async fn attempt_timeout_moves_on_to_another_instance(m: Mode) {
+    let a = m.server(Reply::Stall).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d)
+    let client = builder(m, &d)
         .timeout(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -270,18 +302,21 @@ async fn attempt_timeout_moves_on_to_another_instance() {
     assert_eq!(b.hits(), 1);
 }
 
-#[tokio::test]
-async fn overall_deadline_holds() {
+in_every_mode!(
+    #[tokio::test]
+    overall_deadline_holds
+);
+async fn overall_deadline_holds(m: Mode) {
     const TOLERANCE: Duration = Duration::from_millis(100);
     // Every instance stalls; each attempt could wait 10 s.
-    let a = TestServer::start(Reply::Stall).await;
-    let b = TestServer::start(Reply::Stall).await;
+    let a = m.server(Reply::Stall).await;
+    let b = m.server(Reply::Stall).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::RoundRobin,
     );
     let deadline = Duration::from_millis(300);
-    let client = builder(&d)
+    let client = builder(m, &d)
         .timeout(Duration::from_secs(10))
         .deadline(deadline)
         .no_retry_budget()
@@ -301,7 +336,7 @@ async fn overall_deadline_holds() {
     for s in [&a, &b] {
         s.set(Reply::Status(503, "down"));
     }
-    let client = builder(&d)
+    let client = builder(m, &d)
         .retry(50, Duration::from_millis(100))
         .deadline(deadline)
         .no_retry_budget()
@@ -318,11 +353,14 @@ async fn overall_deadline_holds() {
     assert!(took <= deadline + TOLERANCE, "took {took:?}");
 }
 
-#[tokio::test]
-async fn oversized_bodies_are_refused() {
-    let big = TestServer::start(Reply::Sized(10 * 1024 * 1024 + 1)).await;
-    let d = StaticDiscovery::new(vec![instance("big", big.addr)], Pick::First);
-    let client = builder(&d).build().unwrap();
+in_every_mode!(
+    #[tokio::test]
+    oversized_bodies_are_refused
+);
+async fn oversized_bodies_are_refused(m: Mode) {
+    let big = m.server(Reply::Sized(10 * 1024 * 1024 + 1)).await;
+    let d = StaticDiscovery::new(vec![m.instance("big", big.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
     let err = client.get("svc", "/").await.unwrap_err();
     assert!(
         matches!(err, Error::BodyTooLarge { limit } if limit == 10 * 1024 * 1024),
@@ -332,7 +370,7 @@ async fn oversized_bodies_are_refused() {
 
     // Exactly at the limit is fine.
     big.set(Reply::Sized(1024));
-    let client = builder(&d).body_limit(1024).build().unwrap();
+    let client = builder(m, &d).body_limit(1024).build().unwrap();
     assert_eq!(client.get("svc", "/").await.unwrap().len(), 1024);
     big.set(Reply::Sized(1025));
     assert!(matches!(
@@ -343,7 +381,10 @@ async fn oversized_bodies_are_refused() {
     // A declared length above the limit fails before any byte of the body is awaited (this
     // body never comes: without the Content-Length check the attempt would time out).
     big.set(Reply::Declared(1 << 30));
-    let client = builder(&d).timeout(Duration::from_secs(3)).build().unwrap();
+    let client = builder(m, &d)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
     let t0 = Instant::now();
     let err = client.get("svc", "/").await.unwrap_err();
     assert!(matches!(err, Error::BodyTooLarge { .. }), "{err}");
@@ -351,7 +392,7 @@ async fn oversized_bodies_are_refused() {
 
     // No Content-Length and a body that never ends: counted while streaming, stops at the limit.
     big.set(Reply::Endless);
-    let client = builder(&d).body_limit(1024 * 1024).build().unwrap();
+    let client = builder(m, &d).body_limit(1024 * 1024).build().unwrap();
     let t0 = Instant::now();
     let err = client.get("svc", "/").await.unwrap_err();
     assert!(
@@ -361,15 +402,18 @@ async fn oversized_bodies_are_refused() {
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
 
-#[tokio::test]
-async fn failing_instance_is_ejected_then_probed_back() {
-    let a = TestServer::start(Reply::Status(503, "sick")).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    failing_instance_is_ejected_then_probed_back
+);
+async fn failing_instance_is_ejected_then_probed_back(m: Mode) {
+    let a = m.server(Reply::Status(503, "sick")).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = builder(&d)
+    let client = builder(m, &d)
         .outlier_detection(OutlierConfig::new(3, Duration::from_millis(300)))
         .no_retry_budget()
         .build()
@@ -392,11 +436,14 @@ async fn failing_instance_is_ejected_then_probed_back() {
     assert_eq!(client.instance_state("a"), CircuitState::Closed);
 }
 
-#[tokio::test]
-async fn every_instance_ejected_fails_fast() {
-    let a = TestServer::start(Reply::Status(503, "sick")).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
-    let client = builder(&d)
+in_every_mode!(
+    #[tokio::test]
+    every_instance_ejected_fails_fast
+);
+async fn every_instance_ejected_fails_fast(m: Mode) {
+    let a = m.server(Reply::Status(503, "sick")).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d)
         .retry(0, Duration::ZERO)
         .outlier_detection(OutlierConfig::new(2, Duration::from_secs(60)))
         .build()
@@ -414,15 +461,18 @@ async fn every_instance_ejected_fails_fast() {
     assert_eq!(a.hits(), 2);
 }
 
-#[tokio::test]
-async fn retry_budget_caps_retries_in_an_outage() {
-    let a = TestServer::start(Reply::Status(503, "down")).await;
-    let b = TestServer::start(Reply::Status(503, "down")).await;
+in_every_mode!(
+    #[tokio::test]
+    retry_budget_caps_retries_in_an_outage
+);
+async fn retry_budget_caps_retries_in_an_outage(m: Mode) {
+    let a = m.server(Reply::Status(503, "down")).await;
+    let b = m.server(Reply::Status(503, "down")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::RoundRobin,
     );
-    let client = builder(&d)
+    let client = builder(m, &d)
         .retry(3, Duration::ZERO)
         .retry_budget(RetryBudget::new(Duration::from_secs(10), 0, 0.1))
         .no_outlier_detection()
@@ -436,16 +486,19 @@ async fn retry_budget_caps_retries_in_an_outage() {
     assert_eq!(sent, 55, "a={} b={}", a.hits(), b.hits());
 }
 
-#[tokio::test]
-async fn json_helpers() {
+in_every_mode!(
+    #[tokio::test]
+    json_helpers
+);
+async fn json_helpers(m: Mode) {
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
     struct User {
         name: String,
         email: String,
     }
-    let a = TestServer::start(Reply::Echo).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
-    let client = builder(&d).build().unwrap();
+    let a = m.server(Reply::Echo).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
     let u = User {
         name: "张三".into(),
         email: "zhangsan@example.com".into(),
@@ -463,12 +516,15 @@ async fn json_helpers() {
     assert!(matches!(err, Error::Codec(_)), "{err}");
 }
 
-#[tokio::test]
-async fn tower_service_form() {
+in_every_mode!(
+    #[tokio::test]
+    tower_service_form
+);
+async fn tower_service_form(m: Mode) {
     use tower::ServiceExt;
-    let a = TestServer::start(Reply::Echo).await;
-    let d = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
-    let client = builder(&d).build().unwrap();
+    let a = m.server(Reply::Echo).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
     let req = http::Request::post("http://svc/echo?q=1")
         .header("x-trace", "7")
         .body(Bytes::from_static(b"{\"a\":1}"))
@@ -487,14 +543,19 @@ async fn tower_service_form() {
     ));
 }
 
-#[tokio::test]
-async fn unsupported_protocol_is_refused() {
-    let a = TestServer::start(Reply::Status(200, "ok")).await;
+in_every_mode!(
+    #[tokio::test]
+    unsupported_protocol_is_refused
+);
+async fn unsupported_protocol_is_refused(m: Mode) {
+    let a = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
-        vec![instance("a", a.addr).with_protocol(waypost_core_types::Protocol::Grpc)],
+        vec![m
+            .instance("a", a.addr)
+            .with_protocol(waypost_core_types::Protocol::Grpc)],
         Pick::First,
     );
-    let client = builder(&d).build().unwrap();
+    let client = builder(m, &d).build().unwrap();
     assert!(matches!(
         client.get("svc", "/").await,
         Err(Error::Unsupported(_))
@@ -502,18 +563,22 @@ async fn unsupported_protocol_is_refused() {
     assert_eq!(a.hits(), 0);
 }
 
+in_every_mode!(
+    #[tokio::test(start_paused = true)]
+    first_retry_to_another_instance_does_not_wait_for_the_backoff
+);
 /// The first retry to another instance goes out at once; one to an instance that already failed
 /// (here the only one) waits its backoff; `immediate_failover = false` waits before every retry.
 /// Paused time: a backoff shows as virtual time passing, the loopback exchanges take none.
-#[tokio::test(start_paused = true)]
-async fn first_retry_to_another_instance_does_not_wait_for_the_backoff() {
-    let a = TestServer::start(Reply::Status(503, "down")).await;
-    let b = TestServer::start(Reply::Status(200, "ok")).await;
+async fn first_retry_to_another_instance_does_not_wait_for_the_backoff(m: Mode) {
+    let a = m.server(Reply::Status(503, "down")).await;
+    let b = m.server(Reply::Status(200, "ok")).await;
     let two = StaticDiscovery::new(
-        vec![instance("a", a.addr), instance("b", b.addr)],
+        vec![m.instance("a", a.addr), m.instance("b", b.addr)],
         Pick::First,
     );
-    let client = ServiceClient::builder(two.clone())
+    let client = m
+        .builder(two.clone())
         .retry(2, Duration::from_secs(1))
         .build()
         .unwrap();
@@ -536,8 +601,9 @@ async fn first_retry_to_another_instance_does_not_wait_for_the_backoff() {
     assert_eq!(two.outcomes.0.lock().len(), 6);
 
     // One instance: the retry goes to the instance that just failed, after its backoff.
-    let one = StaticDiscovery::new(vec![instance("a", a.addr)], Pick::First);
-    let client = ServiceClient::builder(one.clone())
+    let one = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = m
+        .builder(one.clone())
         .retry(1, Duration::from_secs(1))
         .no_outlier_detection()
         .build()
@@ -564,30 +630,31 @@ async fn first_retry_to_another_instance_does_not_wait_for_the_backoff() {
     // Opted out: the failover waits too.
     let mut policy = waypost_client::RetryPolicy::new(2, Duration::from_secs(1));
     policy.immediate_failover = false;
-    let client = ServiceClient::builder(two.clone())
-        .retry_policy(policy)
-        .build()
-        .unwrap();
+    let client = m.builder(two.clone()).retry_policy(policy).build().unwrap();
     let t0 = tokio::time::Instant::now();
     assert_eq!(client.get("svc", "/").await.unwrap(), "ok");
     assert!(t0.elapsed() > Duration::ZERO);
 }
 
+in_every_mode!(
+    #[tokio::test(start_paused = true)]
+    second_retry_waits_its_backoff
+);
 /// Later retries keep their exponential backoff, even to an instance that has not failed.
-#[tokio::test(start_paused = true)]
-async fn second_retry_waits_its_backoff() {
-    let a = TestServer::start(Reply::Status(503, "down")).await;
-    let b = TestServer::start(Reply::Status(503, "down")).await;
-    let c = TestServer::start(Reply::Status(200, "ok")).await;
+async fn second_retry_waits_its_backoff(m: Mode) {
+    let a = m.server(Reply::Status(503, "down")).await;
+    let b = m.server(Reply::Status(503, "down")).await;
+    let c = m.server(Reply::Status(200, "ok")).await;
     let d = StaticDiscovery::new(
         vec![
-            instance("a", a.addr),
-            instance("b", b.addr),
-            instance("c", c.addr),
+            m.instance("a", a.addr),
+            m.instance("b", b.addr),
+            m.instance("c", c.addr),
         ],
         Pick::First,
     );
-    let client = ServiceClient::builder(d)
+    let client = m
+        .builder(d)
         .retry(2, Duration::from_secs(1))
         .no_outlier_detection()
         .build()

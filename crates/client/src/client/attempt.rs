@@ -25,6 +25,7 @@ use waypost_core_types::{
 use super::execute::deadline_error;
 use super::{CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
+use crate::http::Wire;
 use crate::outlier::InstancePermit;
 use crate::timer::AttemptTimer;
 
@@ -56,25 +57,31 @@ fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
 /// Instances whose scheme and authority a thread keeps parsed.
 const ENDPOINTS: usize = 8;
 
-/// An instance's scheme and authority, parsed once. The `Weak` keeps the instance's allocation
-/// (not the instance) alive, so its address names this instance as long as the entry exists.
-type Endpoint = (Weak<ServiceInfo>, Scheme, Authority);
+/// An instance's scheme and authority, parsed once, and the HTTP its metadata asks for. The
+/// `Weak` keeps the instance's allocation (not the instance) alive, so its address names this
+/// instance as long as the entry exists.
+type Endpoint = (Weak<ServiceInfo>, Scheme, Authority, Wire);
 
 thread_local! {
     static PARSED: RefCell<(usize, Vec<Endpoint>)> = const { RefCell::new((0, Vec::new())) };
 }
 
-/// The URI of `path` on `instance`. The scheme and authority come from a small per-thread cache
-/// keyed by the instance's `Arc` (an instance is immutable), so a request to an instance this
-/// thread has sent to before only parses its path.
-fn instance_uri(scheme: &str, instance: &Arc<ServiceInfo>, path: &str) -> Result<Uri, String> {
+/// The URI of `path` on `instance`, and the wire to send it on. The scheme, authority and wire
+/// come from a small per-thread cache keyed by the instance's `Arc` (an instance is immutable),
+/// so a request to an instance this thread has sent to before only parses its path (and reads
+/// no metadata).
+fn instance_uri(
+    scheme: &str,
+    instance: &Arc<ServiceInfo>,
+    path: &str,
+) -> Result<(Uri, Wire), String> {
     let cached = PARSED.with(|p| {
         let p = p.borrow();
         p.1.iter()
             .find(|(w, ..)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(instance)))
-            .map(|(_, s, a)| (s.clone(), a.clone()))
+            .map(|(_, s, a, wire)| (s.clone(), a.clone(), *wire))
     });
-    let (scheme, authority) = match cached {
+    let (scheme, authority, wire) = match cached {
         Some(parts) => parts,
         None => {
             // Parsed as a whole, as before there was a cache: the same URIs are accepted.
@@ -84,9 +91,14 @@ fn instance_uri(scheme: &str, instance: &Arc<ServiceInfo>, path: &str) -> Result
             let (Some(s), Some(a)) = (parts.scheme, parts.authority) else {
                 return Err("no scheme or authority".into());
             };
+            let wire = if s == Scheme::HTTPS {
+                Wire::Tls
+            } else {
+                Wire::plain_for(instance)
+            };
             PARSED.with(|p| {
                 let mut p = p.borrow_mut();
-                let entry = (Arc::downgrade(instance), s.clone(), a.clone());
+                let entry = (Arc::downgrade(instance), s.clone(), a.clone(), wire);
                 if p.1.len() < ENDPOINTS {
                     p.1.push(entry);
                 } else {
@@ -95,7 +107,7 @@ fn instance_uri(scheme: &str, instance: &Arc<ServiceInfo>, path: &str) -> Result
                     p.0 = i + 1;
                 }
             });
-            (s, a)
+            (s, a, wire)
         }
     };
     let path = PathAndQuery::try_from(path).map_err(|e| e.to_string())?;
@@ -103,7 +115,9 @@ fn instance_uri(scheme: &str, instance: &Arc<ServiceInfo>, path: &str) -> Result
     parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
-    Uri::from_parts(parts).map_err(|e| e.to_string())
+    Uri::from_parts(parts)
+        .map(|uri| (uri, wire))
+        .map_err(|e| e.to_string())
 }
 
 fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
@@ -123,7 +137,8 @@ fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
 ///
 /// hyper reports a connection that closed before the response was complete (a server closing an
 /// idle keep-alive connection as the request arrived, or going down) with no I/O error under
-/// it: that one is given the I/O kind `ConnectionAborted`, the transient failure it is.
+/// it: that one is given the I/O kind `ConnectionAborted`, the transient failure it is. So is an
+/// HTTP/2 stream or connection the server ended ([`h2_ended_by_server`]).
 fn transport_failure<E>(e: E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
@@ -137,6 +152,12 @@ where
         }
         if let Some(h) = c.downcast_ref::<hyper::Error>() {
             closed = h.is_incomplete_message() || h.is_closed() || h.is_canceled();
+            if closed {
+                break;
+            }
+        }
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            closed = h2_ended_by_server(h2);
             break;
         }
         cause = c.source();
@@ -151,6 +172,46 @@ where
         message,
         source: Some(source),
     }
+}
+
+/// Whether the server ended an HTTP/2 stream (RST_STREAM) or the connection (GOAWAY) for a
+/// reason another attempt may not meet: shutting down (`NO_ERROR`), refusing the stream
+/// (`REFUSED_STREAM`), cancelling it, failing inside (`INTERNAL_ERROR`) or shedding load
+/// (`ENHANCE_YOUR_CALM`). Protocol errors, either side's, are not transient: like an answer that
+/// is not HTTP/1, they say the two ends do not understand each other (an h2c request answered
+/// in HTTP/1.1 fails that way).
+fn h2_ended_by_server(e: &h2::Error) -> bool {
+    use h2::Reason;
+    (e.is_reset() || e.is_go_away())
+        && e.is_remote()
+        && e.reason().is_some_and(|r| {
+            [
+                Reason::NO_ERROR,
+                Reason::REFUSED_STREAM,
+                Reason::CANCEL,
+                Reason::INTERNAL_ERROR,
+                Reason::ENHANCE_YOUR_CALM,
+            ]
+            .contains(&r)
+        })
+}
+
+/// Whether the server refused the request's HTTP/2 stream (RST_STREAM with `REFUSED_STREAM`):
+/// RFC 9113 §8.7 says such a request was not processed at all, so it is retried as a connection
+/// that could not be opened is, for every method. (A stream above a GOAWAY's last stream id was
+/// not processed either, but hyper reports it as it reports streams the same GOAWAY cut while
+/// they were processed: that one counts as sent, like a dropped HTTP/1 connection.)
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_reset()
+                && h2.is_remote()
+                && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl ServiceClient {
@@ -292,7 +353,7 @@ impl ServiceClient {
         &self,
         spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
-    ) -> Result<Request<Full<Bytes>>> {
+    ) -> Result<(Request<Full<Bytes>>, Wire)> {
         let scheme = match instance.protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
@@ -303,8 +364,8 @@ impl ServiceClient {
                 )))
             }
         };
-        let uri = match instance_uri(scheme, instance, &spec.path) {
-            Ok(uri) => uri,
+        let (uri, wire) = match instance_uri(scheme, instance, &spec.path) {
+            Ok(found) => found,
             Err(e) => {
                 return Err(Error::InvalidConfig(format!(
                     "request to `{}`: {e}",
@@ -318,7 +379,7 @@ impl ServiceClient {
         if !spec.headers.is_empty() {
             *req.headers_mut() = spec.headers.clone();
         }
-        Ok(req)
+        Ok((req, wire))
     }
 
     /// Waits for the response to a request sent by `sent` and reads it.
@@ -328,8 +389,9 @@ impl ServiceClient {
             let resp = match sent.await {
                 Ok(r) => r,
                 Err(e) => {
-                    // A connection that could not be opened carried no request.
-                    let sent = !e.is_connect();
+                    // A connection that could not be opened carried no request; nor did an
+                    // HTTP/2 stream the server refused.
+                    let sent = !e.is_connect() && !refused_stream(&e);
                     return Attempt::Fail {
                         error: transport_failure(e),
                         outcome: Outcome::Failure,
@@ -385,8 +447,8 @@ impl ServiceClient {
         timeout: Duration,
     ) -> Attempt {
         // The request is built outside the exchange's future, so it is not held twice.
-        let req = match self.request_for(spec, instance) {
-            Ok(req) => req,
+        let (req, wire) = match self.request_for(spec, instance) {
+            Ok(found) => found,
             Err(error) => {
                 return Attempt::Fail {
                     error,
@@ -397,7 +459,7 @@ impl ServiceClient {
             }
         };
         // A timeout too far to represent (`Duration::MAX`) is no timeout.
-        let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req)));
+        let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req, wire)));
         let Some(at) = start.checked_add(timeout) else {
             return exchange.await;
         };

@@ -21,6 +21,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServiceClientBuilder {
     discovery: Arc<dyn ServiceDiscovery>,
     http: Option<HttpClient>,
+    http2_prior_knowledge: Option<bool>,
     timeout: Duration,
     deadline: Option<Duration>,
     retry: RetryPolicy,
@@ -38,6 +39,7 @@ impl fmt::Debug for ServiceClientBuilder {
             .field("budget", &self.budget)
             .field("body_limit", &self.body_limit)
             .field("outlier", &self.outlier)
+            .field("http2_prior_knowledge", &self.http2_prior_knowledge)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +103,17 @@ impl ServiceClientBuilder {
         self
     }
 
+    /// Plain http over HTTP/2 with prior knowledge (h2c), for every instance whose metadata does
+    /// not say otherwise ([`HTTP2_METADATA_KEY`](crate::HTTP2_METADATA_KEY)); `false` keeps
+    /// HTTP/1.1, the default. Applies to the [`http_client`](Self::http_client) given too (the
+    /// same pools, this setting); without this call, that client's own
+    /// [`HttpClientBuilder::http2_prior_knowledge`](crate::HttpClientBuilder::http2_prior_knowledge)
+    /// holds. https is not affected: ALPN decides.
+    pub fn http2_prior_knowledge(mut self, yes: bool) -> Self {
+        self.http2_prior_knowledge = Some(yes);
+        self
+    }
+
     /// Largest response body accepted, in bytes (default 10 MiB).
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.body_limit = limit;
@@ -139,6 +152,10 @@ impl ServiceClientBuilder {
             Some(h) => h,
             None => HttpClient::new()?,
         };
+        let http = match self.http2_prior_knowledge {
+            Some(yes) => http.with_prior_knowledge(yes),
+            None => http,
+        };
         Ok(ServiceClient {
             inner: Arc::new(Inner {
                 discovery: self.discovery,
@@ -160,6 +177,7 @@ impl ServiceClient {
         ServiceClientBuilder {
             discovery,
             http: None,
+            http2_prior_knowledge: None,
             timeout: DEFAULT_TIMEOUT,
             deadline: None,
             retry: RetryPolicy::default(),

@@ -1,23 +1,26 @@
 //! Test doubles: a discovery over a fixed instance list, and loopback hyper servers that
-//! misbehave on demand.
+//! misbehave on demand, over HTTP/1.1, h2c or h2 over TLS ([`Mode`]).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
+use waypost_client::{HttpClient, ServiceClient, ServiceClientBuilder};
 use waypost_core_types::{
     async_trait, CallGuard, CallObserver, Error, Health, Outcome, Protocol, Result, SelectContext,
     Selection, ServiceDiscovery, ServiceEventStream, ServiceInfo,
@@ -116,6 +119,138 @@ pub fn instance(id: &str, addr: SocketAddr) -> ServiceInfo {
         .with_protocol(Protocol::Http)
 }
 
+/// How a test's client and servers talk; the behaviour tests run in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain http, HTTP/1.1 (the default).
+    Http1,
+    /// Plain http, HTTP/2 with prior knowledge (the client's `http2_prior_knowledge`).
+    H2c,
+    /// https, HTTP/2 chosen by ALPN (the server offers `h2` and `http/1.1`).
+    H2Tls,
+}
+
+impl Mode {
+    /// The HTTP version the servers of this mode must see.
+    pub fn version(self) -> Version {
+        match self {
+            Mode::Http1 => Version::HTTP_11,
+            Mode::H2c | Mode::H2Tls => Version::HTTP_2,
+        }
+    }
+
+    /// A server that answers `reply` and refuses (505) any request of another version.
+    pub async fn server(self, reply: Reply) -> TestServer {
+        let tls = match self {
+            Mode::H2Tls => Some(pki().acceptor(&[b"h2", b"http/1.1"])),
+            Mode::Http1 | Mode::H2c => None,
+        };
+        TestServer::serve(reply, tls, Some(self.version())).await
+    }
+
+    /// An instance of service `svc` at `addr` that this mode's client reaches.
+    pub fn instance(self, id: &str, addr: SocketAddr) -> ServiceInfo {
+        match self {
+            Mode::Http1 | Mode::H2c => instance(id, addr),
+            // By IP (the certificate names 127.0.0.1 too): no resolver on a blocking thread,
+            // which would let a paused clock jump to the attempt's timeout.
+            Mode::H2Tls => instance(id, addr).with_protocol(Protocol::Https),
+        }
+    }
+
+    /// A client builder over `d` that speaks this mode (trusting the test CA).
+    pub fn builder(self, d: Arc<dyn ServiceDiscovery>) -> ServiceClientBuilder {
+        let b = ServiceClient::builder(d).http_client(trusting_client());
+        match self {
+            Mode::H2c => b.http2_prior_knowledge(true),
+            Mode::Http1 | Mode::H2Tls => b,
+        }
+    }
+}
+
+/// Runs `async fn $name(mode: Mode)` as three tests, `$name::http1`, `$name::h2c` and
+/// `$name::h2_tls`, with the given test attribute.
+#[macro_export]
+macro_rules! in_every_mode {
+    ($(#[$test:meta])* $name:ident) => {
+        mod $name {
+            $(#[$test])*
+            async fn http1() {
+                super::$name($crate::common::Mode::Http1).await
+            }
+            $(#[$test])*
+            async fn h2c() {
+                super::$name($crate::common::Mode::H2c).await
+            }
+            $(#[$test])*
+            async fn h2_tls() {
+                super::$name($crate::common::Mode::H2Tls).await
+            }
+        }
+    };
+}
+
+/// A test CA and a certificate for `localhost` and `127.0.0.1` it signed, one per test binary.
+pub struct TestPki {
+    pub ca: CertificateDer<'static>,
+    leaf: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+pub fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        TestPki {
+            ca: ca_cert.der().clone(),
+            leaf: leaf.der().clone(),
+            key: leaf_key.serialize_der(),
+        }
+    })
+}
+
+impl TestPki {
+    /// A TLS acceptor for `localhost` and `127.0.0.1` offering these ALPN protocols (none: no ALPN).
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.leaf.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone())),
+            )
+            .unwrap();
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(server))
+    }
+
+    /// The test CA as a root store.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        roots
+    }
+}
+
+/// An `HttpClient` that trusts the test CA.
+pub fn trusting_client() -> HttpClient {
+    HttpClient::builder()
+        .root_certificates(pki().roots())
+        .build()
+        .unwrap()
+}
+
 /// What a test server does with a request.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -139,9 +274,16 @@ pub enum Reply {
 pub struct ServerState {
     pub reply: Mutex<Reply>,
     pub requests: Mutex<Vec<(Method, String, Bytes)>>,
+    /// The HTTP version every request must come in (505 otherwise).
+    pub expect: Option<Version>,
+    /// The versions of the requests that came in another one.
+    pub wrong_versions: Mutex<Vec<Version>>,
+    /// Connections accepted.
+    pub connections: AtomicUsize,
 }
 
-/// A loopback HTTP/1.1 server on a free port; stops when dropped.
+/// A loopback server on a free port (HTTP/1.1 and HTTP/2, plain or TLS); stops when dropped.
+/// One that expects a version and saw another fails the test when dropped.
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -152,6 +294,16 @@ pub struct TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
+        if !std::thread::panicking() {
+            let wrong = self.state.wrong_versions.lock();
+            assert!(
+                wrong.is_empty(),
+                "server at {} expected {:?} and got {:?}",
+                self.addr,
+                self.state.expect,
+                *wrong
+            );
+        }
     }
 }
 
@@ -160,12 +312,27 @@ impl TestServer {
         Self::start_with(reply, None).await
     }
 
+    /// An HTTP/1.1 server (plain, or TLS through `tls`) that takes any version.
     pub async fn start_with(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> TestServer {
+        Self::serve(reply, tls, None).await
+    }
+
+    /// A server that speaks HTTP/1.1 and HTTP/2 (hyper-util's `auto` builder: HTTP/2 when the
+    /// connection starts with its preface), over TLS through `tls`, and answers 505 to a request
+    /// not in `expect` (recording it).
+    pub async fn serve(
+        reply: Reply,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        expect: Option<Version>,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ServerState {
             reply: Mutex::new(reply),
             requests: Mutex::new(Vec::new()),
+            expect,
+            wrong_versions: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -173,11 +340,15 @@ impl TestServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                // No Nagle delay: under a paused clock a reply held back by the kernel would
+                // let the clock jump to the attempt's timeout.
+                let _ = stream.set_nodelay(true);
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
-                    let http = hyper::server::conn::http1::Builder::new();
+                    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     match tls {
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(stream).await {
@@ -218,6 +389,17 @@ async fn handle(
     st: Arc<ServerState>,
     req: Request<Incoming>,
 ) -> std::result::Result<Reply_, std::io::Error> {
+    if let Some(expected) = st.expect {
+        if req.version() != expected {
+            st.wrong_versions.lock().push(req.version());
+            return Ok(Response::builder()
+                .status(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+                .body(TestBody::Full(Full::new(Bytes::from_static(
+                    b"wrong HTTP version",
+                ))))
+                .unwrap());
+        }
+    }
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
