@@ -78,7 +78,8 @@ mod tests {
 
     #[test]
     fn encodes_the_finest_unit_that_fits_rounding_up() {
-        assert_eq!(encode(Duration::from_millis(100)), "100000000n");
+        assert_eq!(encode(Duration::from_millis(100)), "100000u");
+        assert_eq!(encode(Duration::from_micros(1500)), "1500000n");
         assert_eq!(encode(Duration::from_millis(250)), "250000u");
         assert_eq!(encode(Duration::from_secs(30)), "30000000u");
         assert_eq!(encode(Duration::from_secs(3600 * 24)), "86400000m");
