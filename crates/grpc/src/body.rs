@@ -15,9 +15,10 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 use waypost_client::{InstancePermit, OutlierDetector};
-use waypost_core_types::{CallGuard, Outcome};
+use waypost_core_types::{CallGuard, Outcome, ServiceInfo};
 
-use crate::status::{code_of, counts_as_failure};
+use crate::pool::StreamGuard;
+use crate::status::{counts_as_failure, instance_part, missing_status, normalize};
 
 /// The boxed error of the bodies here.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -188,6 +189,8 @@ pub(crate) struct Finish {
     pub(crate) guard: CallGuard,
     pub(crate) permit: Option<(InstancePermit, Arc<OutlierDetector>)>,
     pub(crate) instance: String,
+    /// Held while the call runs on a connection, so that a draining connection closes after it.
+    pub(crate) stream: Option<StreamGuard>,
 }
 
 impl Finish {
@@ -196,7 +199,9 @@ impl Finish {
             guard,
             permit,
             instance,
+            stream,
         } = self;
+        drop(stream);
         guard.finish(outcome);
         if let Some((p, d)) = permit {
             p.finish(&d, &instance, outcome);
@@ -210,6 +215,11 @@ pub struct ResponseBody {
     inner: Incoming,
     finish: Option<Finish>,
     deadline: Option<(Pin<Box<Sleep>>, String)>,
+    /// Whether a status came (in the headers, or in trailers): if the body ends without one,
+    /// trailers saying so are added.
+    status_seen: bool,
+    /// The service and the instance the response came from, named in error statuses.
+    origin: (String, Arc<ServiceInfo>),
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -224,11 +234,15 @@ impl ResponseBody {
         inner: Incoming,
         finish: Finish,
         deadline: Option<(Instant, String)>,
+        status_seen: bool,
+        origin: (String, Arc<ServiceInfo>),
     ) -> Self {
         ResponseBody {
             inner,
             finish: Some(finish),
             deadline: deadline.map(|(at, msg)| (Box::pin(tokio::time::sleep_until(at)), msg)),
+            status_seen,
+            origin,
         }
     }
 
@@ -251,21 +265,36 @@ impl Body for ResponseBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.deadline = None;
-                this.report(Outcome::Success);
-                Poll::Ready(None)
+                if this.status_seen {
+                    this.report(Outcome::Success);
+                    return Poll::Ready(None);
+                }
+                // Not a gRPC response: no status at all. The caller gets one naming the origin.
+                this.status_seen = true;
+                this.report(Outcome::Failure);
+                let at = instance_part(&this.origin.0, &this.origin.1);
+                Poll::Ready(Some(Ok(Frame::trailers(missing_status(&at)))))
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = frame.trailers_ref() {
-                    let failed = code_of(t).is_some_and(counts_as_failure);
+            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(mut t) => {
+                    let mut code = normalize(&mut t, None, &this.origin.0, &this.origin.1);
+                    if code.is_none() && !this.status_seen {
+                        let at = instance_part(&this.origin.0, &this.origin.1);
+                        t.extend(missing_status(&at));
+                        code = Some(tonic::Code::Internal);
+                    }
+                    let failed = code.is_some_and(counts_as_failure);
+                    this.status_seen = this.status_seen || code.is_some();
                     this.deadline = None;
                     this.report(if failed {
                         Outcome::Failure
                     } else {
                         Outcome::Success
                     });
+                    Poll::Ready(Some(Ok(Frame::trailers(t))))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
             Poll::Ready(Some(Err(e))) => {
                 this.deadline = None;
                 this.report(Outcome::Failure);
@@ -286,11 +315,15 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.status_seen && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.status_seen {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

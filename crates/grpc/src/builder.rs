@@ -15,6 +15,10 @@ use crate::retry::{MethodMatch, RetryPolicy, RetryTable};
 /// Request bodies up to this size are kept to be sent again (64 KiB).
 pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 
+/// How long the connection of an instance that left discovery is kept for its running calls
+/// when the channel has no timeout (30 s); see [`ChannelBuilder::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Builds a [`Channel`]; see the crate docs for the defaults.
 #[must_use]
 pub struct ChannelBuilder {
@@ -32,6 +36,7 @@ pub struct ChannelBuilder {
     budget: Option<Arc<RetryBudget>>,
     outlier: Option<OutlierConfig>,
     sweep_interval: Duration,
+    drain_timeout: Option<Duration>,
     tls: Option<rustls::ClientConfig>,
     roots: Option<rustls::RootCertStore>,
 }
@@ -64,6 +69,7 @@ impl ChannelBuilder {
             budget: Some(Arc::new(RetryBudget::default())),
             outlier: Some(OutlierConfig::default()),
             sweep_interval: Duration::from_secs(5),
+            drain_timeout: None,
             tls: None,
             roots: None,
         }
@@ -177,6 +183,16 @@ impl ChannelBuilder {
         self
     }
 
+    /// How long the connection of an instance that left discovery stays open for the calls
+    /// still running on it (a removed instance is usually draining). It is closed when its
+    /// last call ends, or at the first sweep after this bound (the calls still running then
+    /// fail with `UNAVAILABLE`). Default: the channel's [`timeout`](Self::timeout) if set,
+    /// else [`DEFAULT_DRAIN_TIMEOUT`] (30 s).
+    pub fn drain_timeout(mut self, bound: Duration) -> Self {
+        self.drain_timeout = Some(bound);
+        self
+    }
+
     /// Trusts these roots for TLS instances instead of the bundled webpki (Mozilla) roots.
     pub fn root_certificates(mut self, roots: rustls::RootCertStore) -> Self {
         self.roots = Some(roots);
@@ -228,6 +244,9 @@ impl ChannelBuilder {
                     connector,
                     self.reconnect_backoff.0,
                     self.reconnect_backoff.1,
+                    self.drain_timeout
+                        .or(self.timeout)
+                        .unwrap_or(DEFAULT_DRAIN_TIMEOUT),
                 ),
                 sweep_interval: self.sweep_interval,
                 sweeper: std::sync::OnceLock::new(),

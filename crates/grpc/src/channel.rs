@@ -22,9 +22,9 @@ use waypost_core_types::{
 use crate::body::{prepare, Finish, ResponseBody};
 use crate::builder::ChannelBuilder;
 use crate::connect::uses_tls;
-use crate::pool::{ConnError, Pool};
+use crate::pool::{ConnError, Pool, StreamGuard};
 use crate::retry::RetryTable;
-use crate::status::{code_of, counts_as_failure, deadline_exceeded, service_part, unavailable};
+use crate::status::{counts_as_failure, deadline_exceeded, normalize, service_part, unavailable};
 use crate::timeout::{self, GRPC_TIMEOUT};
 
 /// A consistent-hash key for one call, as a request extension (it wins over the channel's
@@ -93,6 +93,12 @@ impl Channel {
     /// The ids of the instances this channel has an open connection to, sorted.
     pub fn connected_instances(&self) -> Vec<String> {
         self.inner.pool.connected()
+    }
+
+    /// The ids of the instances that left discovery whose connection is still open because
+    /// calls run on it (see [`ChannelBuilder::drain_timeout`]), sorted.
+    pub fn draining_instances(&self) -> Vec<String> {
+        self.inner.pool.draining()
     }
 
     /// The state of instance `id`'s outlier breaker (`Closed` when it has none).
@@ -298,10 +304,11 @@ impl Inner {
             };
             let Selection { instance, guard } = selection;
             *last_instance.lock() = Some(instance.clone());
-            let finish = Finish {
+            let mut finish = Finish {
                 guard,
                 permit: permit.zip(self.outliers.clone()),
                 instance: instance.id.clone(),
+                stream: None,
             };
             if let Last::Unsent(s) = &last {
                 if failed.contains(&instance.id) {
@@ -311,7 +318,10 @@ impl Inner {
                 }
             }
             let send = match self.pool.connection(&instance, fallback).await {
-                Ok((send, _slot)) => send,
+                Ok((send, slot)) => {
+                    finish.stream = Some(StreamGuard::new(slot));
+                    send
+                }
                 Err(e) => {
                     let (why, outcome) = match e {
                         ConnError::Failed(why) => (why, Outcome::Failure),
@@ -411,20 +421,25 @@ impl Inner {
                     }
                 }
                 Ok(resp) => {
-                    let code = code_of(resp.headers()).filter(|c| *c != Code::Ok);
-                    let Some(code) = code else {
-                        let deadline = deadline.map(|at| {
+                    let (mut head, incoming) = resp.into_parts();
+                    let code = normalize(&mut head.headers, Some(head.status), service, &instance);
+                    let Some(code) = code.filter(|c| *c != Code::Ok) else {
+                        let at = crate::status::instance_part(service, &instance);
+                        let deadline = deadline.map(|at_| {
                             (
-                                at,
+                                at_,
                                 format!(
-                                    "{}: deadline of {:?} exceeded",
-                                    crate::status::instance_part(service, &instance),
-                                    at.saturating_duration_since(Instant::now())
+                                    "deadline of {:?} exceeded ({at})",
+                                    at_.saturating_duration_since(Instant::now())
                                 ),
                             )
                         });
-                        let (head, incoming) = resp.into_parts();
-                        let body = ResponseBody::new(incoming, finish, deadline);
+                        // A status in the headers (trailers-only OK) ends the call; else the
+                        // trailers must bring one.
+                        let status_seen = code.is_some();
+                        let origin = (self.service.clone(), instance.clone());
+                        let body =
+                            ResponseBody::new(incoming, finish, deadline, status_seen, origin);
                         return Ok(Response::from_parts(head, body));
                     };
                     // Trailers-only: the status is in the headers, no message came.
@@ -434,7 +449,7 @@ impl Inner {
                         Outcome::Success
                     });
                     sent_attempts += 1;
-                    let pushback = resp.headers().get("grpc-retry-pushback-ms").cloned();
+                    let pushback = head.headers.get("grpc-retry-pushback-ms").cloned();
                     match self.retry_delay(
                         policy.as_ref(),
                         code,
@@ -450,22 +465,16 @@ impl Inner {
                                 failed.push(instance.id.clone());
                             }
                             last = Last::Retried(
-                                crate::status::from_server(service, &instance, resp.headers())
+                                crate::status::from_server(&head.headers)
                                     .unwrap_or_else(|| unavailable(service, &instance, "retried")),
                             );
                             continue;
                         }
                         None => {
-                            let (head, incoming) = resp.into_parts();
-                            let finish = Finish {
-                                guard: waypost_core_types::CallGuard::noop(),
-                                permit: None,
-                                instance: instance.id.clone(),
-                            };
-                            return Ok(Response::from_parts(
-                                head,
-                                ResponseBody::new(incoming, finish, None),
-                            ));
+                            // The status, named after its instance, goes to the caller; the
+                            // body (empty, or a non-gRPC page) is not read.
+                            return Err(crate::status::from_server(&head.headers)
+                                .unwrap_or_else(|| unavailable(service, &instance, "no status")));
                         }
                     }
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hyper::body::Body;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -62,16 +62,40 @@ pub(crate) struct Connector {
     pub(crate) keep_alive: Option<Duration>,
 }
 
-/// An open connection: the handle to send on, and the task that drives it (aborted, which
-/// closes the connection, when the connection is dropped).
+/// An open connection: the handle to send on, the task that drives it, and the tasks hyper
+/// spawned for it (the HTTP/2 connection itself, request bodies); all aborted when the
+/// connection is dropped, which closes its socket at once.
 pub(crate) struct Conn<B> {
     pub(crate) send: SendRequest<B>,
     pub(crate) task: JoinHandle<()>,
+    pub(crate) spawned: Tracked,
 }
 
 impl<B> Drop for Conn<B> {
     fn drop(&mut self) {
         self.task.abort();
+        for h in self.spawned.0.lock().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// hyper's executor for one connection: spawns on tokio and keeps the tasks' abort handles, so
+/// that dropping the connection ends them (with tokio's executor the HTTP/2 connection task
+/// would live on until the server closed it).
+#[derive(Clone, Default)]
+pub(crate) struct Tracked(Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>>);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let handle = tokio::spawn(fut).abort_handle();
+        let mut tasks = self.0.lock();
+        tasks.retain(|h| !h.is_finished());
+        tasks.push(handle);
     }
 }
 
@@ -113,7 +137,8 @@ impl Connector {
             .await
             .map_err(|e| err("connect", &e))?;
         let _ = tcp.set_nodelay(true);
-        let mut h2 = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        let spawned = Tracked::default();
+        let mut h2 = hyper::client::conn::http2::Builder::new(spawned.clone());
         h2.timer(TokioTimer::new());
         if let Some(interval) = self.keep_alive {
             h2.keep_alive_interval(interval)
@@ -141,6 +166,7 @@ impl Connector {
                 task: tokio::spawn(async move {
                     let _ = conn.await;
                 }),
+                spawned,
             })
         } else {
             let (send, conn) = h2
@@ -152,6 +178,7 @@ impl Connector {
                 task: tokio::spawn(async move {
                     let _ = conn.await;
                 }),
+                spawned,
             })
         }
     }

@@ -23,8 +23,14 @@
 //! ends. Each instance has one HTTP/2 connection, multiplexing every call to it: opened on
 //! first use; opened again after it closed, and after a failed attempt once a backoff has
 //! elapsed (100 ms growing to 10 s; an instance picked as the only one left is tried at once),
-//! never dropped for good; closed when the instance leaves discovery (checked every sweep
-//! interval, 5 s).
+//! never dropped for good.
+//!
+//! When an instance leaves discovery, no new call goes to it and its connection drains: the
+//! calls running on it finish (a removed instance is usually draining too), and the connection
+//! is closed when the last one ends, or at the first sweep (every [`ChannelBuilder::sweep_interval`],
+//! 5 s) after the drain bound ([`ChannelBuilder::drain_timeout`]: the channel's timeout if set,
+//! else [`DEFAULT_DRAIN_TIMEOUT`], 30 s), the calls still running then failing with
+//! `UNAVAILABLE`.
 //!
 //! # Behaviour on failures
 //! * **Failover** (any method): a request that never left — the connection could not be
@@ -52,7 +58,18 @@
 //!   [`ChannelBuilder::timeout`], whichever is shorter, bounds every attempt and backoff and the
 //!   response body; each attempt sends what is left of it as `grpc-timeout`. When it passes the
 //!   call ends with `DEADLINE_EXCEEDED` naming the service and instance.
-//! * Statuses of servers are passed on as they are (the retried ones, when the retries end).
+//! * **Statuses of servers** are passed on (the retried ones when the retries end) with their
+//!   code and details, and ``(service `greeter`, instance `g-1` (127.0.0.1:50051))`` appended
+//!   to their message, which is bounded (256 characters) and escaped. So every error a call
+//!   returns names the service and, when one was picked, the instance.
+//! * **Hostile or non-gRPC answers** give clear errors, never a panic: a `grpc-status` that is
+//!   not a code from 0 to 16 becomes `UNKNOWN` (``invalid grpc-status `…` ``); a
+//!   `grpc-status-details-bin` that is not base64 is dropped; a response without `grpc-status`
+//!   whose HTTP status is not 200, or whose content type is not `application/grpc…`, gets the
+//!   code gRPC maps it to (`grpc/grpc doc/http-grpc-status-mapping.md`: 404 `UNIMPLEMENTED`,
+//!   429, 502, 503, 504 `UNAVAILABLE`, …) with ``not a gRPC response: HTTP 404, content type
+//!   `text/html` ``; a response that ends without a status gets `INTERNAL`; response headers
+//!   above HTTP/2's 16 KiB header list limit fail the attempt as a transport error.
 //!
 //! # TLS
 //! `https` instances, and `grpc` instances whose metadata has `tls` = `true` (or `1`), are
@@ -75,7 +92,7 @@ mod timeout;
 use std::sync::Arc;
 
 pub use crate::body::{RequestBody, ResponseBody};
-pub use crate::builder::{ChannelBuilder, DEFAULT_REPLAY_LIMIT};
+pub use crate::builder::{ChannelBuilder, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REPLAY_LIMIT};
 pub use crate::channel::{Channel, HashKey};
 pub use crate::connect::uses_tls;
 pub use crate::health::{GrpcHealthChecker, HealthService};

@@ -1,8 +1,11 @@
 //! One HTTP/2 connection per instance: opened on first use, shared by every call to the
 //! instance (HTTP/2 multiplexes them), opened again after it closed or failed (with a backoff
-//! between failed attempts, never given up), closed when the instance leaves discovery.
+//! between failed attempts, never given up). When the instance leaves discovery its connection
+//! drains: no new call uses it, the calls on it finish, and it is closed when the last one ends
+//! or when the drain bound passes, whichever comes first.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +43,47 @@ pub(crate) struct Slot {
     /// Until when no new connection is tried (after a failed one), outside the async lock so
     /// that picks can read it.
     down_until: Mutex<Option<Instant>>,
+    /// Calls sent on this slot's connection whose response has not ended.
+    streams: AtomicUsize,
+    /// The instance left discovery: close the connection when `streams` reaches zero.
+    draining: AtomicBool,
+}
+
+impl Slot {
+    /// Closes the connection now (aborting whatever still runs on it). When a connection is
+    /// being opened on the slot at this moment, the next sweep closes it.
+    fn close(&self) {
+        if let Ok(mut state) = self.state.try_lock() {
+            state.conn = None;
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.state
+            .try_lock()
+            .is_ok_and(|st| st.conn.as_ref().is_some_and(|c| !c.send.is_closed()))
+    }
+}
+
+/// One call in flight on a slot's connection, from the moment it is sent until its response
+/// ends (or is dropped): a draining connection is closed when the last one ends.
+pub(crate) struct StreamGuard(Arc<Slot>);
+
+impl StreamGuard {
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        slot.streams.fetch_add(1, Ordering::SeqCst);
+        StreamGuard(slot)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.draining.load(Ordering::SeqCst)
+        {
+            self.0.close();
+        }
+    }
 }
 
 struct SlotState {
@@ -62,7 +106,10 @@ pub(crate) struct Pool {
     connector: Connector,
     backoff_initial: Duration,
     backoff_max: Duration,
+    drain_timeout: Duration,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Slots of instances that left, with calls still running, and when they are closed anyway.
+    draining: Mutex<Vec<(String, Arc<Slot>, Instant)>>,
 }
 
 impl Pool {
@@ -70,12 +117,15 @@ impl Pool {
         connector: Connector,
         backoff_initial: Duration,
         backoff_max: Duration,
+        drain_timeout: Duration,
     ) -> Self {
         Pool {
             connector,
             backoff_initial,
             backoff_max,
+            drain_timeout,
             slots: Mutex::new(HashMap::new()),
+            draining: Mutex::new(Vec::new()),
         }
     }
 
@@ -95,6 +145,8 @@ impl Pool {
                 last_error: String::new(),
             }),
             down_until: Mutex::new(None),
+            streams: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
         });
         slots.insert(instance.id.clone(), slot.clone());
         slot
@@ -151,9 +203,11 @@ impl Pool {
         }
     }
 
-    /// Drops the connections of the instances not in `live` (or at another endpoint now).
+    /// Stops using the connections of the instances not in `live` (or at another endpoint
+    /// now): each is closed at once when no call runs on it, else when its last call ends, or
+    /// when the drain bound passes. Also closes the draining connections whose bound passed.
     pub(crate) fn retain(&self, live: &[Arc<ServiceInfo>]) {
-        let removed: Vec<Arc<Slot>> = {
+        let removed: Vec<(String, Arc<Slot>)> = {
             let mut slots = self.slots.lock();
             let ids: Vec<String> = slots
                 .iter()
@@ -164,14 +218,48 @@ impl Pool {
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
-            ids.iter().filter_map(|id| slots.remove(id)).collect()
+            ids.into_iter()
+                .filter_map(|id| slots.remove(&id).map(|s| (id, s)))
+                .collect()
         };
-        if !removed.is_empty() {
-            tracing::debug!(
-                count = removed.len(),
-                "closing the connections of instances that left"
-            );
+        let now = Instant::now();
+        let until = now.checked_add(self.drain_timeout).unwrap_or(now);
+        let mut draining = self.draining.lock();
+        for (id, slot) in removed {
+            slot.draining.store(true, Ordering::SeqCst);
+            if slot.streams.load(Ordering::SeqCst) == 0 {
+                tracing::debug!(instance = %waypost_core_types::quote::quoted(&id), "instance left: connection closed");
+                slot.close();
+            } else {
+                tracing::debug!(instance = %waypost_core_types::quote::quoted(&id), "instance left: connection draining");
+                draining.push((id, slot, until));
+            }
         }
+        draining.retain(|(id, slot, until)| {
+            let idle = slot.streams.load(Ordering::SeqCst) == 0;
+            if idle || now >= *until {
+                if !idle {
+                    tracing::debug!(instance = %waypost_core_types::quote::quoted(id), "drain bound passed: connection closed with calls running");
+                }
+                slot.close();
+                return slot.is_open();
+            }
+            true
+        });
+    }
+
+    /// Ids of the instances that left discovery whose connection is still open, draining the
+    /// calls that run on it, sorted.
+    pub(crate) fn draining(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .draining
+            .lock()
+            .iter()
+            .filter(|(_, s, _)| s.is_open())
+            .map(|(id, _, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 
     /// Ids of the instances with an open connection, sorted.
@@ -180,11 +268,7 @@ impl Pool {
             .slots
             .lock()
             .iter()
-            .filter(|(_, s)| {
-                s.state
-                    .try_lock()
-                    .is_ok_and(|st| st.conn.as_ref().is_some_and(|c| !c.send.is_closed()))
-            })
+            .filter(|(_, s)| s.is_open())
             .map(|(id, _)| id.clone())
             .collect();
         ids.sort();

@@ -1,20 +1,13 @@
 //! gRPC statuses: reading them from headers, and the channel's own errors, which name the
 //! service and the instance.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue, StatusCode};
 use tonic::{Code, Status};
 use waypost_core_types::quote::{quoted, quoted_up_to};
 use waypost_core_types::ServiceInfo;
 
 /// Characters of a peer's text (a transport error, a status message) kept in an error.
 const PEER_TEXT_CHARS: usize = 256;
-
-/// The status code in `grpc-status`, if there is a valid one.
-pub(crate) fn code_of(headers: &HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?;
-    let n: i32 = v.to_str().ok()?.parse().ok()?;
-    Some(Code::from_i32(n))
-}
 
 /// Whether a call that ended with `code` says the instance failed (for the balancer and the
 /// outlier detector): `UNAVAILABLE`, `INTERNAL`, `DATA_LOSS` and `UNKNOWN` do, the way a 5xx
@@ -74,23 +67,131 @@ pub(crate) fn deadline_exceeded(
     Status::deadline_exceeded(format!("{at}: deadline of {timeout:?} exceeded"))
 }
 
-/// A status from a server, with the instance it came from prefixed to its message (bounded
-/// and escaped), its code, details and metadata kept.
-pub(crate) fn from_server(
+/// A status from a server (trailers-only headers or trailers, as [`normalize`] left them),
+/// its code, message, details and metadata kept.
+pub(crate) fn from_server(headers: &HeaderMap) -> Option<Status> {
+    Status::from_header_map(headers)
+}
+
+/// The `grpc-status` of a server as read here: a number from 0 to 16, else `None`.
+fn parse_code(v: &HeaderValue) -> Option<Code> {
+    let n: u8 = v.to_str().ok()?.parse().ok()?;
+    (n <= 16).then(|| Code::from_i32(i32::from(n)))
+}
+
+/// The code gRPC maps a non-gRPC HTTP status to (`grpc/grpc doc/http-grpc-status-mapping.md`).
+fn code_of_http(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// Makes a server's status safe to hand to tonic and names where it came from, in place, in
+/// response headers (`http` = the response's HTTP status) or trailers (`http` = `None`):
+///
+/// * a `grpc-status` that is not a code (not a number, above 16) becomes `UNKNOWN` saying so;
+/// * a `grpc-status-details-bin` that is not base64 is dropped (tonic would panic on it);
+/// * an error status gets `(service `x`, instance `y` (address:port))` appended to its message,
+///   which is bounded (256 characters) and escaped;
+/// * a response that is not gRPC (HTTP status other than 200, or a content type other than
+///   `application/grpc…`, and no `grpc-status`) gets the status gRPC maps it to, naming what
+///   came.
+///
+/// Returns the status code the headers now carry, if any.
+pub(crate) fn normalize(
+    map: &mut HeaderMap,
+    http: Option<StatusCode>,
     service: &str,
     instance: &ServiceInfo,
-    headers: &HeaderMap,
-) -> Option<Status> {
-    let status = Status::from_header_map(headers)?;
-    let message = format!(
-        "{}: {}",
-        instance_part(service, instance),
-        quoted_up_to(status.message(), PEER_TEXT_CHARS)
-    );
-    Some(Status::with_details_and_metadata(
-        status.code(),
-        message,
-        status.details().to_vec().into(),
-        status.metadata().clone(),
-    ))
+) -> Option<Code> {
+    let at = instance_part(service, instance);
+    let Some(raw) = map.get(GRPC_STATUS).cloned() else {
+        let http = http?;
+        let content_type = map
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let grpc = content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/grpc"));
+        if http == StatusCode::OK && grpc {
+            return None;
+        }
+        let code = if http == StatusCode::OK {
+            Code::Unknown
+        } else {
+            code_of_http(http)
+        };
+        let message = format!(
+            "not a gRPC response: HTTP {}, content type `{}` ({at})",
+            http.as_u16(),
+            quoted_up_to(content_type.as_deref().unwrap_or(""), 64)
+        );
+        write(map, &Status::new(code, message));
+        return Some(code);
+    };
+    if let Some(details) = map.get(GRPC_DETAILS) {
+        if base64::Engine::decode(&DETAILS_BASE64, details.as_bytes()).is_err() {
+            tracing::debug!(instance = %quoted(&instance.id), "grpc-status-details-bin is not base64: dropped");
+            map.remove(GRPC_DETAILS);
+        }
+    }
+    let Some(code) = parse_code(&raw) else {
+        let message = format!(
+            "invalid grpc-status `{}` ({at})",
+            quoted_up_to(&String::from_utf8_lossy(raw.as_bytes()), 32)
+        );
+        map.remove(GRPC_DETAILS);
+        write(map, &Status::new(Code::Unknown, message));
+        return Some(Code::Unknown);
+    };
+    if code == Code::Ok {
+        return Some(code);
+    }
+    let server = Status::from_header_map(map).map(|s| s.message().to_owned());
+    let message = match server.as_deref() {
+        None | Some("") => format!("({at})"),
+        Some(m) => format!("{} ({at})", quoted_up_to(m, PEER_TEXT_CHARS)),
+    };
+    let details = map
+        .get(GRPC_DETAILS)
+        .and_then(|d| base64::Engine::decode(&DETAILS_BASE64, d.as_bytes()).ok())
+        .unwrap_or_default();
+    write(map, &Status::with_details(code, message, details.into()));
+    Some(code)
 }
+
+/// The trailers a response that ended without any get: `INTERNAL`, naming where it came from.
+pub(crate) fn missing_status(at: &str) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    write(
+        &mut map,
+        &Status::internal(format!("the response ended without a grpc-status ({at})")),
+    );
+    map
+}
+
+/// Replaces the status headers of `map` with `status`'s.
+fn write(map: &mut HeaderMap, status: &Status) {
+    map.remove(GRPC_STATUS);
+    map.remove(GRPC_MESSAGE);
+    map.remove(GRPC_DETAILS);
+    if status.add_header(map).is_err() {
+        map.insert(GRPC_STATUS, HeaderValue::from(status.code() as i32));
+    }
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+const GRPC_MESSAGE: &str = "grpc-message";
+const GRPC_DETAILS: &str = "grpc-status-details-bin";
+
+/// base64 as gRPC writes binary metadata: standard alphabet, padding optional.
+const DETAILS_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);

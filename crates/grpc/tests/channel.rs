@@ -2,167 +2,21 @@
 //! `CachedDiscovery`: tonic-health's generated client calls tonic-health's server, and a raw
 //! HTTP/2 responder (for statuses and delays on demand, and for counting).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming};
-use parking_lot::Mutex;
+use common::{check, dead_port, instance, responder, responder_on, setup, Mode};
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use waypost_balancer::{ConsistentHash, RoundRobin};
 use waypost_client::{OutlierConfig, RetryBudget};
-use waypost_core_types::{
-    CircuitState, Health, LoadBalancer, Protocol, ServiceInfo, ServiceRegistry,
-};
-use waypost_discovery::CachedDiscovery;
+use waypost_core_types::{CircuitState, ServiceRegistry};
 use waypost_grpc::{Channel, RetryPolicy};
-use waypost_registry_memory::MemoryRegistry;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Serving,
-    Unavailable,
-    Slow(Duration),
-}
-
-/// A raw HTTP/2 gRPC responder: answers `Check` with SERVING, a trailers-only UNAVAILABLE, or
-/// SERVING after a delay; counts calls and open connections, keeps the `grpc-timeout` seen.
-struct Responder {
-    addr: SocketAddr,
-    calls: Arc<AtomicUsize>,
-    open: Arc<AtomicUsize>,
-    timeouts: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-struct Reply(Option<Frame<Bytes>>, Option<Frame<Bytes>>);
-
-impl Body for Reply {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        Poll::Ready(this.0.take().or_else(|| this.1.take()).map(Ok))
-    }
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none() && self.1.is_none()
-    }
-}
-
-async fn responder_on(listener: TcpListener, mode: Mode) -> Responder {
-    let addr = listener.local_addr().expect("addr");
-    let calls = Arc::new(AtomicUsize::new(0));
-    let open = Arc::new(AtomicUsize::new(0));
-    let timeouts = Arc::new(Mutex::new(Vec::new()));
-    let mode = Arc::new(Mutex::new(mode));
-    let (c, o, t, m) = (calls.clone(), open.clone(), timeouts.clone(), mode.clone());
-    let task = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let Ok((io, _)) = listener.accept().await else {
-                break;
-            };
-            let (c, o, t, m) = (c.clone(), o.clone(), t.clone(), m.clone());
-            o.fetch_add(1, Ordering::SeqCst);
-            conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    let (c, t, m) = (c.clone(), t.clone(), m.clone());
-                    async move {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        if let Some(v) = req.headers().get("grpc-timeout") {
-                            t.lock().push(v.to_str().unwrap_or("?").to_owned());
-                        }
-                        let mode = *m.lock();
-                        let mut resp =
-                            hyper::Response::builder().header("content-type", "application/grpc");
-                        let body = match mode {
-                            Mode::Unavailable => {
-                                resp = resp
-                                    .header("grpc-status", "14")
-                                    .header("grpc-message", "down");
-                                Reply(None, None)
-                            }
-                            Mode::Serving | Mode::Slow(_) => {
-                                if let Mode::Slow(d) = mode {
-                                    tokio::time::sleep(d).await;
-                                }
-                                // A HealthCheckResponse { status: SERVING } message.
-                                let msg = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", "0".parse().expect("value"));
-                                Reply(Some(Frame::data(msg)), Some(Frame::trailers(trailers)))
-                            }
-                        };
-                        Ok::<_, Infallible>(resp.body(body).expect("response"))
-                    }
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-                        .await;
-                o.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    Responder {
-        addr,
-        calls,
-        open,
-        timeouts,
-        task,
-    }
-}
-
-async fn responder(mode: Mode) -> Responder {
-    responder_on(TcpListener::bind("127.0.0.1:0").await.expect("bind"), mode).await
-}
-
-/// A port nothing listens on (bound, then released).
-async fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn instance(id: &str, port: u16) -> ServiceInfo {
-    ServiceInfo::new(id, "greeter", "127.0.0.1", port)
-        .with_protocol(Protocol::Grpc)
-        .with_health(Health::Healthy)
-}
-
-async fn setup(
-    instances: &[ServiceInfo],
-    balancer: Arc<dyn LoadBalancer>,
-) -> (Arc<MemoryRegistry>, Arc<CachedDiscovery>) {
-    let registry = Arc::new(MemoryRegistry::new());
-    for i in instances {
-        registry.register(i).await.expect("register");
-    }
-    let discovery = Arc::new(CachedDiscovery::new(registry.clone(), balancer));
-    (registry, discovery)
-}
-
-fn check() -> HealthCheckRequest {
-    HealthCheckRequest {
-        service: String::new(),
-    }
-}
 
 #[tokio::test]
 async fn tonic_health_client_reaches_tonic_health_servers() {
@@ -470,4 +324,127 @@ async fn the_callers_deadline_is_sent_and_bounds_the_call() {
         sent.ends_with('u') || sent.ends_with('n') || sent.ends_with('m'),
         "{sent}"
     );
+}
+
+#[tokio::test]
+async fn a_removed_instance_finishes_its_calls_in_flight_then_its_connection_closes() {
+    let slow = responder(Mode::Slow(Duration::from_millis(700))).await;
+    let fast = responder(Mode::Serving).await;
+    let (r, d) = setup(
+        &[instance("slow", slow.addr.port())],
+        Arc::new(RoundRobin::new()),
+    )
+    .await;
+    let channel = Channel::builder(d.clone(), "greeter")
+        .sweep_interval(Duration::from_millis(20))
+        .build()
+        .expect("channel");
+    let mut client = HealthClient::new(channel.clone());
+    let in_flight = tokio::spawn(async move { client.check(check()).await });
+    common::wait_until("the slow call reached its server", 5, || {
+        slow.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    r.register(&instance("fast", fast.addr.port()))
+        .await
+        .expect("register");
+    r.deregister("slow").await.expect("deregister");
+    common::wait_discovered(&d, &["fast"]).await;
+    // Swept: the connection is draining, not closed.
+    common::wait_until("slow is draining", 5, || {
+        channel.draining_instances() == ["slow"]
+    })
+    .await;
+    assert_eq!(slow.open.load(Ordering::SeqCst), 1);
+
+    let mut client = HealthClient::new(channel.clone());
+    client.check(check()).await.expect("a new call");
+    assert_eq!(fast.calls.load(Ordering::SeqCst), 1, "the new call went to fast");
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+
+    let reply = in_flight
+        .await
+        .expect("task")
+        .expect("the call in flight on the removed instance completes");
+    assert_eq!(reply.into_inner().status, 1, "SERVING");
+    common::wait_until("slow's connection closed", 5, || {
+        slow.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert!(channel.draining_instances().is_empty());
+    assert_eq!(channel.connected_instances(), ["fast"]);
+}
+
+#[tokio::test]
+async fn a_draining_connection_is_closed_at_the_drain_bound() {
+    let slow = responder(Mode::Slow(Duration::from_secs(30))).await;
+    let (r, d) = setup(
+        &[instance("slow", slow.addr.port())],
+        Arc::new(RoundRobin::new()),
+    )
+    .await;
+    let channel = Channel::builder(d.clone(), "greeter")
+        .sweep_interval(Duration::from_millis(20))
+        .drain_timeout(Duration::from_millis(200))
+        .build()
+        .expect("channel");
+    let mut client = HealthClient::new(channel.clone());
+    let in_flight = tokio::spawn(async move { client.check(check()).await });
+    common::wait_until("the call reached its server", 5, || {
+        slow.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    r.deregister("slow").await.expect("deregister");
+    let err = in_flight
+        .await
+        .expect("task")
+        .expect_err("cut at the drain bound");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("service `greeter`, instance `slow` (127.0.0.1:"),
+        "{}",
+        err.message()
+    );
+    common::wait_until("slow's connection closed", 5, || {
+        slow.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_status_passed_on_after_the_retries_names_service_and_instance() {
+    let down = responder(Mode::Unavailable).await;
+    let (_r, d) = setup(
+        &[instance("down", down.addr.port())],
+        Arc::new(RoundRobin::new()),
+    )
+    .await;
+    let policy =
+        RetryPolicy::new(2).with_backoff(Duration::from_millis(1), Duration::from_millis(5), 2.0);
+    let mut client = HealthClient::new(
+        Channel::builder(d.clone(), "greeter")
+            .retry_all(policy)
+            .no_retry_budget()
+            .no_outlier_detection()
+            .build()
+            .expect("channel"),
+    );
+    let err = client.check(check()).await.expect_err("down");
+    assert_eq!(down.calls.load(Ordering::SeqCst), 2, "retried once");
+    assert_eq!(err.code(), Code::Unavailable);
+    let expected = format!(
+        "down (service `greeter`, instance `down` (127.0.0.1:{}))",
+        down.addr.port()
+    );
+    assert_eq!(err.message(), expected);
+
+    // Not retryable: the same.
+    let mut client = HealthClient::new(waypost_grpc::channel(d, "greeter").expect("channel"));
+    let err = client.check(check()).await.expect_err("down");
+    assert_eq!(err.message(), expected);
 }
