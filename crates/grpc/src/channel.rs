@@ -101,6 +101,12 @@ impl Channel {
         self.inner.pool.draining()
     }
 
+    /// How many calls run on instance `id` now: sent (or being sent) on its connection, their
+    /// response not ended yet.
+    pub fn in_flight(&self, id: &str) -> usize {
+        self.inner.pool.in_flight(id)
+    }
+
     /// The state of instance `id`'s outlier breaker (`Closed` when it has none).
     pub fn instance_state(&self, id: &str) -> CircuitState {
         self.inner

@@ -262,6 +262,23 @@ impl Pool {
         ids
     }
 
+    /// Calls running on instance `id`'s connections (its current one and a draining one).
+    pub(crate) fn in_flight(&self, id: &str) -> usize {
+        let current = self
+            .slots
+            .lock()
+            .get(id)
+            .map_or(0, |s| s.streams.load(Ordering::SeqCst));
+        let draining: usize = self
+            .draining
+            .lock()
+            .iter()
+            .filter(|(i, _, _)| i == id)
+            .map(|(_, s, _)| s.streams.load(Ordering::SeqCst))
+            .sum();
+        current + draining
+    }
+
     /// Ids of the instances with an open connection, sorted.
     pub(crate) fn connected(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
