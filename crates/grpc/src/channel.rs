@@ -323,10 +323,10 @@ impl Inner {
                     return Err(s.clone());
                 }
             }
-            let send = match self.pool.connection(&instance, fallback).await {
+            let (send, slot) = match self.pool.connection(&instance, fallback).await {
                 Ok((send, slot)) => {
-                    finish.stream = Some(StreamGuard::new(slot));
-                    send
+                    finish.stream = Some(StreamGuard::new(slot.clone()));
+                    (send, slot)
                 }
                 Err(e) => {
                     let (why, outcome) = match e {
@@ -388,11 +388,10 @@ impl Inner {
                         // Never sent: the connection closed before it could be.
                         body.give_back(req.into_body());
                         finish.report(Outcome::Ignored);
-                        let status = unavailable(
-                            service,
-                            &instance,
-                            &format!("connection lost: {}", crate::status::error_text(e.error())),
-                        );
+                        let why =
+                            format!("connection lost: {}", crate::status::error_text(e.error()));
+                        slot.lost(&why);
+                        let status = unavailable(service, &instance, &why);
                         failovers += 1;
                         if failovers > self.max_failovers {
                             return Err(status);
@@ -404,8 +403,9 @@ impl Inner {
                         continue;
                     }
                     finish.report(Outcome::Failure);
-                    let status =
-                        unavailable(service, &instance, &crate::status::error_text(e.error()));
+                    let why = crate::status::error_text(e.error());
+                    slot.lost(&why);
+                    let status = unavailable(service, &instance, &why);
                     sent_attempts += 1;
                     match self.retry_delay(
                         policy.as_ref(),
@@ -427,6 +427,7 @@ impl Inner {
                     }
                 }
                 Ok(resp) => {
+                    slot.answered();
                     let (mut head, incoming) = resp.into_parts();
                     let code = normalize(&mut head.headers, Some(head.status), service, &instance);
                     let Some(code) = code.filter(|c| *c != Code::Ok) else {

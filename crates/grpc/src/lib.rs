@@ -22,7 +22,8 @@
 //! and those waiting to reconnect, and reports the outcome to the balancer when the response
 //! ends. Each instance has one HTTP/2 connection, multiplexing every call to it: opened on
 //! first use; opened again after it closed, and after a failed attempt once a backoff has
-//! elapsed (100 ms growing to 10 s; an instance picked as the only one left is tried at once),
+//! elapsed (100 ms growing to 10 s; a connection lost before it brought any response counts
+//! as a failed one; an instance picked as the only one left is tried at once),
 //! never dropped for good.
 //!
 //! When an instance leaves discovery, no new call goes to it and its connection drains: the

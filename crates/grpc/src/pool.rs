@@ -47,6 +47,12 @@ pub(crate) struct Slot {
     streams: AtomicUsize,
     /// The instance left discovery: close the connection when `streams` reaches zero.
     draining: AtomicBool,
+    /// Whether the current connection has brought a response: until it has, its loss counts
+    /// as a failed connection (a peer that accepts and closes gets the backoff too).
+    answered: AtomicBool,
+    /// The reconnect backoff and the last failure, outside the async lock so that a call can
+    /// report a lost connection without waiting for it.
+    failures: Mutex<(Backoff, String)>,
 }
 
 impl Slot {
@@ -56,6 +62,25 @@ impl Slot {
         if let Ok(mut state) = self.state.try_lock() {
             state.conn = None;
         }
+    }
+
+    /// A response came on the current connection: it works, the backoff starts over.
+    pub(crate) fn answered(&self) {
+        if !self.answered.swap(true, Ordering::SeqCst) {
+            self.failures.lock().0.reset();
+        }
+    }
+
+    /// The current connection was lost: if it never brought a response, no new connection is
+    /// tried before the next backoff delay.
+    pub(crate) fn lost(&self, why: &str) {
+        if self.answered.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut f = self.failures.lock();
+        let wait = f.0.next_delay();
+        f.1 = why.to_owned();
+        *self.down_until.lock() = Instant::now().checked_add(wait);
     }
 
     fn is_open(&self) -> bool {
@@ -88,8 +113,6 @@ impl Drop for StreamGuard {
 
 struct SlotState {
     conn: Option<Conn<RequestBody>>,
-    backoff: Backoff,
-    last_error: String,
 }
 
 /// Why no connection could be had.
@@ -139,14 +162,15 @@ impl Pool {
         }
         let slot = Arc::new(Slot {
             endpoint,
-            state: tokio::sync::Mutex::new(SlotState {
-                conn: None,
-                backoff: Backoff::new(self.backoff_initial, self.backoff_max),
-                last_error: String::new(),
-            }),
+            state: tokio::sync::Mutex::new(SlotState { conn: None }),
             down_until: Mutex::new(None),
             streams: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
+            failures: Mutex::new((
+                Backoff::new(self.backoff_initial, self.backoff_max),
+                String::new(),
+            )),
         });
         slots.insert(instance.id.clone(), slot.clone());
         slot
@@ -172,22 +196,23 @@ impl Pool {
         }
         let waiting = (*slot.down_until.lock()).is_some_and(|t| Instant::now() < t);
         if waiting && !force {
-            return Err(ConnError::Waiting(state.last_error.clone()));
+            return Err(ConnError::Waiting(slot.failures.lock().1.clone()));
         }
         match self.connector.connect::<RequestBody>(instance).await {
             Ok(conn) => {
                 let send = conn.send.clone();
                 state.conn = Some(conn);
-                state.backoff.reset();
+                slot.answered.store(false, Ordering::SeqCst);
                 *slot.down_until.lock() = None;
                 drop(state);
                 tracing::debug!(instance = %waypost_core_types::quote::quoted(&instance.id), "connected");
                 Ok((send, slot))
             }
             Err(e) => {
-                let wait = state.backoff.next_delay();
+                let mut f = slot.failures.lock();
+                let wait = f.0.next_delay();
                 *slot.down_until.lock() = Instant::now().checked_add(wait);
-                state.last_error.clone_from(&e.0);
+                f.1.clone_from(&e.0);
                 Err(ConnError::Failed(e.0))
             }
         }
