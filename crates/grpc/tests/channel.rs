@@ -359,7 +359,11 @@ async fn a_removed_instance_finishes_its_calls_in_flight_then_its_connection_clo
 
     let mut client = HealthClient::new(channel.clone());
     client.check(check()).await.expect("a new call");
-    assert_eq!(fast.calls.load(Ordering::SeqCst), 1, "the new call went to fast");
+    assert_eq!(
+        fast.calls.load(Ordering::SeqCst),
+        1,
+        "the new call went to fast"
+    );
     assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
 
     let reply = in_flight

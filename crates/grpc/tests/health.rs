@@ -80,3 +80,129 @@ async fn a_server_that_never_answers_times_out() {
     assert!(err.to_string().contains("mute"), "{err}");
     hold.abort();
 }
+
+/// With discovery's `HealthMonitor`: an instance whose server turns NOT_SERVING is marked
+/// unhealthy in the registry and stops getting the channel's calls; SERVING again, it is back.
+#[tokio::test]
+async fn the_health_monitor_takes_a_not_serving_instance_out_of_the_channel() {
+    use std::sync::Arc;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use waypost_core_types::{Health, ServiceRegistry};
+
+    let mut reporters = Vec::new();
+    let mut servers = Vec::new();
+    let registry = Arc::new(waypost_registry_memory::MemoryRegistry::new());
+    for id in ["m-0", "m-1"] {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("greeter", tonic_health::ServingStatus::Serving)
+            .await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        ));
+        reporters.push(reporter);
+        registry
+            .register(
+                &ServiceInfo::new(id, "greeter", "127.0.0.1", port)
+                    .with_protocol(Protocol::Grpc)
+                    .with_health(Health::Healthy),
+            )
+            .await
+            .expect("register");
+    }
+    let monitor = waypost_discovery::HealthMonitor::builder(
+        registry.clone(),
+        Arc::new(GrpcHealthChecker::new().expect("checker")),
+    )
+    .service("greeter")
+    .interval(Duration::from_millis(50))
+    .failure_threshold(2)
+    .success_threshold(1)
+    .start()
+    .expect("monitor");
+    let discovery = Arc::new(waypost_discovery::CachedDiscovery::new(
+        registry.clone(),
+        Arc::new(waypost_balancer::RoundRobin::new()),
+    ));
+    let mut client =
+        HealthClient::new(waypost_grpc::channel(discovery, "greeter").expect("channel"));
+    let ask = || HealthCheckRequest {
+        service: "greeter".into(),
+    };
+    // The calls ask the servers the same question: the NOT_SERVING one answers NOT_SERVING (2).
+    let answers = |client: &mut HealthClient<waypost_grpc::Channel>| {
+        let mut client = client.clone();
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..10 {
+                out.push(
+                    client
+                        .check(ask())
+                        .await
+                        .expect("check")
+                        .into_inner()
+                        .status,
+                );
+            }
+            out
+        }
+    };
+    assert!(answers(&mut client).await.iter().all(|s| *s == 1));
+
+    reporters[1]
+        .set_service_status("greeter", tonic_health::ServingStatus::NotServing)
+        .await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let unhealthy = monitor
+            .status()
+            .iter()
+            .any(|h| h.id == "m-1" && h.health == Health::Unhealthy);
+        if unhealthy {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "m-1 not marked unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = registry.get_service("m-1").await.expect("get");
+    assert_eq!(stored.health, Health::Unhealthy, "written to the registry");
+    // Discovery follows the registry's watch: once it has, no call reaches m-1.
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = answers(&mut client).await;
+        if got.iter().all(|s| *s == 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "m-1 still picked: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answers(&mut client).await.iter().all(|s| *s == 1));
+
+    reporters[1]
+        .set_service_status("greeter", tonic_health::ServingStatus::Serving)
+        .await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !monitor
+        .status()
+        .iter()
+        .any(|h| h.id == "m-1" && h.health == Health::Healthy)
+    {
+        assert!(tokio::time::Instant::now() < until, "m-1 not healthy again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    monitor.stop();
+    for s in servers {
+        s.abort();
+    }
+}

@@ -138,9 +138,14 @@ async fn a_garbage_status_in_trailers_is_unknown() {
 
 #[tokio::test]
 async fn a_response_without_any_status_is_internal() {
-    let e = call(|| (grpc_head(), Reply(Some(Frame::data(serving_message())), None)))
-        .await
-        .expect_err("no status");
+    let e = call(|| {
+        (
+            grpc_head(),
+            Reply(Some(Frame::data(serving_message())), None),
+        )
+    })
+    .await
+    .expect_err("no status");
     assert_clear(&e, Code::Internal, "ended without a grpc-status");
 }
 

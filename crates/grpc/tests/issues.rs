@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    check, dead_port, health_server_on, instance, responder, responder_on, setup, wait_until,
-    Mode,
+    check, dead_port, health_server_on, instance, responder, responder_on, setup, wait_until, Mode,
 };
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -133,7 +132,10 @@ async fn b_an_instance_killed_mid_load_fails_only_its_calls_in_flight() {
         // No call starts while the victim is killed, so that the calls running on it are
         // known; the others keep running.
         hold.store(true, Ordering::SeqCst);
-        wait_until("a call runs on the victim", 5, || channel.in_flight("k-1") > 0).await;
+        wait_until("a call runs on the victim", 5, || {
+            channel.in_flight("k-1") > 0
+        })
+        .await;
         let in_flight = channel.in_flight("k-1");
         let victim = servers.remove(1);
         drop(victim);
@@ -180,8 +182,14 @@ async fn c_an_instance_started_after_a_failed_connect_is_used_by_the_next_call()
     let mut client = HealthClient::new(waypost_grpc::channel(d, "greeter").expect("channel"));
     let err = client.check(check()).await.expect_err("not started");
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("instance `late`"), "{}", err.message());
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("rebind");
+    assert!(
+        err.message().contains("instance `late`"),
+        "{}",
+        err.message()
+    );
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind");
     let (_reporter, server) = health_server_on(listener).await;
     let reply = client.check(check()).await.expect("the next call");
     assert_eq!(reply.into_inner().status, 1);
@@ -290,7 +298,11 @@ async fn e_tls_and_plaintext_instances_of_one_service() {
     for _ in 0..10 {
         client.check(check()).await.expect("check");
     }
-    assert_eq!(plain.calls.load(Ordering::SeqCst), 5, "the other 5 went over TLS");
+    assert_eq!(
+        plain.calls.load(Ordering::SeqCst),
+        5,
+        "the other 5 went over TLS"
+    );
     assert_eq!(channel.connected_instances(), ["plain", "tls"]);
 
     // Without the root, the TLS instance fails its handshake and is failed over, naming it.
@@ -323,7 +335,10 @@ async fn f_an_instance_back_on_its_port_is_used_again() {
     let port = listener.local_addr().expect("addr").port();
     let phoenix = responder_on(listener, Mode::Serving).await;
     let (_r, d) = setup(
-        &[instance("phoenix", port), instance("other", other.addr.port())],
+        &[
+            instance("phoenix", port),
+            instance("other", other.addr.port()),
+        ],
         Arc::new(RoundRobin::new()),
     )
     .await;
@@ -337,11 +352,16 @@ async fn f_an_instance_back_on_its_port_is_used_again() {
     for _ in 0..4 {
         client.check(check()).await.expect("failed over");
     }
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("rebind");
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind");
     let back = responder_on(listener, Mode::Serving).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(5);
     while back.calls.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < until, "phoenix not used again");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "phoenix not used again"
+        );
         client.check(check()).await.expect("check");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

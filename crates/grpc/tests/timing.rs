@@ -62,7 +62,11 @@ async fn a_failed_instance_is_tried_again_after_a_growing_backoff() {
 
     advance(Duration::from_millis(450)).await;
     calls(&mut client, 4).await;
-    assert_eq!(accepts.load(Ordering::SeqCst), 1, "within the first backoff");
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        1,
+        "within the first backoff"
+    );
 
     advance(Duration::from_millis(600)).await; // t0 + 1.05 s
     calls(&mut client, 2).await;
@@ -70,14 +74,21 @@ async fn a_failed_instance_is_tried_again_after_a_growing_backoff() {
 
     advance(Duration::from_millis(950)).await;
     calls(&mut client, 4).await;
-    assert_eq!(accepts.load(Ordering::SeqCst), 2, "the second backoff is longer");
+    assert_eq!(
+        accepts.load(Ordering::SeqCst),
+        2,
+        "the second backoff is longer"
+    );
 
     advance(Duration::from_millis(1100)).await; // t1 + 2.05 s
     calls(&mut client, 2).await;
     assert_eq!(accepts.load(Ordering::SeqCst), 3);
 
     let took = t0.elapsed();
-    assert!(took < Duration::from_millis(3200), "the clock jumped: {took:?}");
+    assert!(
+        took < Duration::from_millis(3200),
+        "the clock jumped: {took:?}"
+    );
     assert_eq!(good.calls.load(Ordering::SeqCst), 14);
     task.abort();
 }
@@ -126,7 +137,14 @@ async fn an_ejected_instance_gets_one_probe_after_the_ejection_time() {
     }
     assert_eq!(bad.calls.load(Ordering::SeqCst), 3, "one probe");
     assert_eq!(errors, 1);
-    assert_eq!(channel.instance_state("bad"), CircuitState::Open, "ejected again");
+    assert_eq!(
+        channel.instance_state("bad"),
+        CircuitState::Open,
+        "ejected again"
+    );
     let took = t0.elapsed();
-    assert!(took < Duration::from_millis(10_500), "the clock jumped: {took:?}");
+    assert!(
+        took < Duration::from_millis(10_500),
+        "the clock jumped: {took:?}"
+    );
 }
