@@ -95,7 +95,10 @@ pub(crate) async fn run(registry: Arc<dyn ServiceRegistry>) -> DemoResult {
                     .with_health(Health::Healthy),
             )
             .await?;
-        println!("  {} serves grpc.health.v1.Health on 127.0.0.1:{}", server.id, server.port);
+        println!(
+            "  {} serves grpc.health.v1.Health on 127.0.0.1:{}",
+            server.id, server.port
+        );
         servers.push(server);
     }
     let discovery = Arc::new(CachedDiscovery::new(
@@ -149,7 +152,10 @@ pub(crate) async fn run(registry: Arc<dyn ServiceRegistry>) -> DemoResult {
         println!("  failed: {f}");
     }
     println!("  failures: {}", failed.len());
-    check(failed.is_empty(), "every gRPC call succeeded with an instance killed mid-way")?;
+    check(
+        failed.is_empty(),
+        "every gRPC call succeeded with an instance killed mid-way",
+    )?;
     let connected = channel.connected_instances();
     check(
         connected == ["greeter-1", "greeter-3"],
