@@ -199,6 +199,6 @@ async fn an_enormous_header_fails_the_call_clearly() {
     })
     .await
     .expect_err("headers above the limit");
-    eprintln!("{e:?}");
-    assert_clear(&e, Code::Unavailable, "");
+    // hyper's HTTP/2 client refuses header lists above 16 KiB (a connection error).
+    assert_clear(&e, Code::Unavailable, "http2 error");
 }
