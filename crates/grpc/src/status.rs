@@ -75,6 +75,11 @@ pub(crate) fn from_server(headers: &HeaderMap) -> Option<Status> {
 
 /// The `grpc-status` of a server as read here: a number from 0 to 16, else `None`.
 fn parse_code(v: &HeaderValue) -> Option<Code> {
+    // `1*DIGIT` (grpc/grpc doc/PROTOCOL-HTTP2.md); two digits at most for 0–16.
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 2 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
     let n: u8 = v.to_str().ok()?.parse().ok()?;
     (n <= 16).then(|| Code::from_i32(i32::from(n)))
 }
@@ -195,3 +200,91 @@ const DETAILS_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPu
     base64::engine::GeneralPurposeConfig::new()
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> ServiceInfo {
+        ServiceInfo::new("g-1", "greeter", "127.0.0.1", 50051)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_str(v).expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn codes_are_0_to_16_and_anything_else_is_unknown() {
+        for (raw, code) in [
+            ("0", Some(Code::Ok)),
+            ("16", Some(Code::Unauthenticated)),
+            ("17", None),
+            ("-1", None),
+            ("+3", None),
+            ("03", Some(Code::InvalidArgument)),
+            ("3 ", None),
+            ("99999999999999999999", None),
+        ] {
+            assert_eq!(parse_code(&HeaderValue::from_static(raw)), code, "{raw}");
+        }
+        let mut map = headers(&[("grpc-status", "x"), ("grpc-status-details-bin", "AAAA")]);
+        assert_eq!(
+            normalize(&mut map, None, "greeter", &at()),
+            Some(Code::Unknown)
+        );
+        let status = Status::from_header_map(&map).expect("status");
+        assert_eq!(
+            status.message(),
+            "invalid grpc-status `x` (service `greeter`, instance `g-1` (127.0.0.1:50051))"
+        );
+        assert!(map.get("grpc-status-details-bin").is_none());
+    }
+
+    #[test]
+    fn details_are_kept_when_base64_and_dropped_otherwise() {
+        let mut map = headers(&[("grpc-status", "0"), ("grpc-status-details-bin", "@@")]);
+        assert_eq!(normalize(&mut map, None, "greeter", &at()), Some(Code::Ok));
+        assert!(map.get("grpc-status-details-bin").is_none());
+        let mut map = headers(&[
+            ("grpc-status", "9"),
+            ("grpc-message", "later"),
+            ("grpc-status-details-bin", "AQID"),
+        ]);
+        assert_eq!(
+            normalize(&mut map, None, "greeter", &at()),
+            Some(Code::FailedPrecondition)
+        );
+        let status = Status::from_header_map(&map).expect("status");
+        assert_eq!(status.details(), [1, 2, 3]);
+        assert!(status.message().starts_with("later (service `greeter`"));
+    }
+
+    #[test]
+    fn non_grpc_responses_get_the_mapped_code() {
+        for (http, content_type, code) in [
+            (200, Some("application/grpc+proto"), None),
+            (200, Some("text/html"), Some(Code::Unknown)),
+            (200, None, Some(Code::Unknown)),
+            (401, Some("text/plain"), Some(Code::Unauthenticated)),
+            (404, Some("text/html"), Some(Code::Unimplemented)),
+            (429, None, Some(Code::Unavailable)),
+            (500, None, Some(Code::Unknown)),
+            (503, None, Some(Code::Unavailable)),
+        ] {
+            let mut map = HeaderMap::new();
+            if let Some(c) = content_type {
+                map.insert("content-type", HeaderValue::from_static(c));
+            }
+            let http = StatusCode::from_u16(http).expect("status");
+            assert_eq!(
+                normalize(&mut map, Some(http), "greeter", &at()),
+                code,
+                "{http}"
+            );
+        }
+    }
+}

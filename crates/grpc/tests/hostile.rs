@@ -137,6 +137,29 @@ async fn a_garbage_status_in_trailers_is_unknown() {
 }
 
 #[tokio::test]
+async fn an_error_status_in_trailers_names_the_instance() {
+    let e = call(|| {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().expect("value"));
+        trailers.insert("grpc-message", "no%20such%20user".parse().expect("value"));
+        (
+            grpc_head(),
+            Reply(
+                Some(Frame::data(serving_message())),
+                Some(Frame::trailers(trailers)),
+            ),
+        )
+    })
+    .await
+    .expect_err("not found");
+    assert_clear(
+        &e,
+        Code::NotFound,
+        "no such user (service `greeter`, instance `h`",
+    );
+}
+
+#[tokio::test]
 async fn a_response_without_any_status_is_internal() {
     let e = call(|| {
         (

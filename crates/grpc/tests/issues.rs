@@ -403,6 +403,7 @@ async fn g_consistent_hash_keeps_a_key_on_one_instance() {
     let mut targets = std::collections::HashSet::new();
     for key in 0..12 {
         let key = format!("user-{key}");
+        let mut by_mode = Vec::new();
         for by_header in [true, false] {
             let before = counts(&servers);
             for _ in 0..5 {
@@ -423,7 +424,9 @@ async fn g_consistent_hash_keeps_a_key_on_one_instance() {
             let target = grew.iter().position(|n| *n == 5);
             assert!(target.is_some(), "{key} spread: {grew:?}");
             targets.insert(target);
+            by_mode.push(target);
         }
+        assert_eq!(by_mode[0], by_mode[1], "{key}: header and extension agree");
     }
     assert!(targets.len() > 1, "twelve keys all on one instance");
 }
