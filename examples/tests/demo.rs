@@ -36,6 +36,8 @@ fn demo_runs_to_its_success_line() {
         "call 4: refused without running",
         "POST /users (JSON) -> created user",
         "etcd: not tried; set ETCD_ENDPOINTS",
+        "ok: every gRPC call succeeded with an instance killed mid-way",
+        "failures: 0",
         "✔ microservice demo finished",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");

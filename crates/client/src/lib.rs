@@ -113,7 +113,7 @@ pub use crate::client::{
     CallBuilder, ServiceClient, ServiceClientBuilder, ServiceResponse, DEFAULT_TIMEOUT,
 };
 pub use crate::http::{HttpClient, HttpClientBuilder, HTTP2_METADATA_KEY};
-pub use crate::outlier::OutlierConfig;
+pub use crate::outlier::{InstancePermit, OutlierConfig, OutlierDetector};
 pub use crate::retry::{is_idempotent, RetryPolicy};
 pub use ::http::Method;
 pub use bytes::Bytes;

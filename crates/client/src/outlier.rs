@@ -76,12 +76,36 @@ impl Hasher for Fnv {
 
 type Breakers = HashMap<String, Arc<SimpleCircuitBreaker>, BuildHasherDefault<Fnv>>;
 
-/// Per-instance breakers, keyed by instance id.
+/// Per-instance breakers, keyed by instance id: the outlier ejection of a
+/// [`ServiceClient`](crate::ServiceClient), public so that other clients (the gRPC channel of
+/// `waypost-grpc`) eject instances by the same rules ([`OutlierConfig`]).
+///
+/// Per attempt: [`ejected`](Self::ejected) lists the instances to put on the balancer's avoid
+/// list, [`acquire`](Self::acquire) asks the picked instance's breaker for a permit (refused while
+/// it is ejected, or while its one probe is out), and [`InstancePermit::finish`] records how the
+/// attempt ended.
+///
+/// ```
+/// use std::time::Duration;
+/// use waypost_client::{OutlierConfig, OutlierDetector};
+/// use waypost_core_types::{CircuitState, Outcome};
+///
+/// let detector = OutlierDetector::new(OutlierConfig::new(2, Duration::from_secs(10)));
+/// for _ in 0..2 {
+///     let permit = detector.acquire("a").expect("not ejected yet");
+///     permit.finish(&detector, "a", Outcome::Failure);
+/// }
+/// assert_eq!(detector.state("a"), CircuitState::Open);
+/// assert!(detector.acquire("a").is_err());
+/// let mut ejected = Vec::new();
+/// detector.ejected(&mut ejected);
+/// assert_eq!(ejected, ["a"]);
+/// ```
 ///
 /// The map is a copy-on-write snapshot (`ArcSwap`): the per-call reads take no lock and write no
 /// shared counter, so calls on different threads do not contend; a new instance copies the map
 /// once.
-pub(crate) struct OutlierDetector {
+pub struct OutlierDetector {
     config: OutlierConfig,
     breakers: ArcSwap<Breakers>,
     insert: Mutex<()>,
@@ -101,7 +125,7 @@ pub(crate) struct OutlierDetector {
 /// permit taken while some breaker is not closed (a probe among them) holds its breaker, so a
 /// probe's slot is given back even if the call is dropped. (Pruning only drops closed breakers
 /// without failures; an outcome recorded on one pruned meanwhile is not carried over.)
-pub(crate) struct InstancePermit {
+pub struct InstancePermit {
     breaker: Option<Arc<SimpleCircuitBreaker>>,
     permit: Option<Permit>,
     /// The detector's failure count when the permit was given, if the breaker then counted no
@@ -111,7 +135,7 @@ pub(crate) struct InstancePermit {
 
 impl InstancePermit {
     /// Records `outcome` for instance `id` (the one the permit was acquired for).
-    pub(crate) fn finish(mut self, detector: &OutlierDetector, id: &str, outcome: Outcome) {
+    pub fn finish(mut self, detector: &OutlierDetector, id: &str, outcome: Outcome) {
         let Some(p) = self.permit.take() else {
             return;
         };
@@ -154,7 +178,9 @@ impl Drop for InstancePermit {
 }
 
 impl OutlierDetector {
-    pub(crate) fn new(config: OutlierConfig) -> Self {
+    /// A detector with no instance yet: each instance gets its breaker on its first
+    /// [`acquire`](Self::acquire).
+    pub fn new(config: OutlierConfig) -> Self {
         OutlierDetector {
             config,
             breakers: ArcSwap::from_pointee(Breakers::default()),
@@ -193,7 +219,11 @@ impl OutlierDetector {
     }
 
     /// Asks instance `id`'s breaker for a permit.
-    pub(crate) fn acquire(&self, id: &str) -> Result<InstancePermit> {
+    ///
+    /// # Errors
+    /// [`Error::CircuitOpen`](waypost_core_types::Error::CircuitOpen) while the instance is
+    /// ejected, or while its one probe call is out.
+    pub fn acquire(&self, id: &str) -> Result<InstancePermit> {
         loop {
             if let Some(b) = self.breakers.load().get(id) {
                 // Read before the breaker's count (see `InstancePermit::finish`).
@@ -213,7 +243,7 @@ impl OutlierDetector {
     }
 
     /// Adds the ids of the instances that would refuse a call now.
-    pub(crate) fn ejected(&self, out: &mut Vec<String>) {
+    pub fn ejected(&self, out: &mut Vec<String>) {
         if self.not_closed.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -225,11 +255,19 @@ impl OutlierDetector {
     }
 
     /// The state of instance `id`'s breaker (`Closed` when it has none yet).
-    pub(crate) fn state(&self, id: &str) -> CircuitState {
+    pub fn state(&self, id: &str) -> CircuitState {
         self.breakers
             .load()
             .get(id)
             .map_or(CircuitState::Closed, |b| b.state())
+    }
+}
+
+impl fmt::Debug for InstancePermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstancePermit")
+            .field("holds_breaker", &self.breaker.is_some())
+            .finish_non_exhaustive()
     }
 }
 

@@ -2,7 +2,8 @@
 //! ZooKeeper), watch them, and build the registry a config or URL describes.
 //!
 //! This facade re-exports the waypost crates behind features: `memory` and `lifecycle`
-//! (default), `etcd`, `consul`, `nacos`, `zookeeper`, `client`, and `full` for all of them.
+//! (default), `etcd`, `consul`, `nacos`, `zookeeper`, `client`, `grpc` (a tonic channel over
+//! discovery, and a gRPC health checker), and `full` for all of them.
 //!
 //! A service joins the fleet through [`Announcer`] (feature `lifecycle`): it registers once the
 //! listener is bound, keeps the registration alive, and on SIGTERM deregisters, drains and
@@ -150,6 +151,9 @@ pub use waypost_breaker::{
 pub use waypost_client as client;
 #[cfg(feature = "client")]
 pub use waypost_client::{ServiceClient, ServiceClientBuilder};
+/// gRPC over discovery: a tonic channel and a `grpc.health.v1` health checker (feature `grpc`).
+#[cfg(feature = "grpc")]
+pub use waypost_grpc as grpc;
 
 /// The service lifecycle: [`Announcer`] registers a service once its listener is bound, keeps it
 /// registered, and deregisters, drains and stops it on SIGTERM (feature `lifecycle`).

@@ -25,7 +25,7 @@ pub struct ServiceClientBuilder {
     timeout: Duration,
     deadline: Option<Duration>,
     retry: RetryPolicy,
-    budget: Option<RetryBudget>,
+    budget: Option<Arc<RetryBudget>>,
     body_limit: usize,
     outlier: Option<OutlierConfig>,
 }
@@ -87,6 +87,14 @@ impl ServiceClientBuilder {
     /// The retry budget (default [`RetryBudget::default`]: 20 % of requests plus 10 per second
     /// over 10 s).
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// A retry budget shared with other clients (another `ServiceClient`, or a gRPC channel of
+    /// `waypost-grpc`): their requests fill it and their retries draw on it together, so an
+    /// outage cannot multiply the load through any of them.
+    pub fn shared_retry_budget(mut self, budget: Arc<RetryBudget>) -> Self {
         self.budget = Some(budget);
         self
     }
@@ -181,7 +189,7 @@ impl ServiceClient {
             timeout: DEFAULT_TIMEOUT,
             deadline: None,
             retry: RetryPolicy::default(),
-            budget: Some(RetryBudget::default()),
+            budget: Some(Arc::new(RetryBudget::default())),
             body_limit: DEFAULT_BODY_LIMIT,
             outlier: Some(OutlierConfig::default()),
         }

@@ -50,7 +50,7 @@ pub(crate) struct Inner {
     timeout: Duration,
     deadline: Option<Duration>,
     retry: RetryPolicy,
-    budget: Option<RetryBudget>,
+    budget: Option<Arc<RetryBudget>>,
     body_limit: usize,
     outliers: Option<OutlierDetector>,
 }

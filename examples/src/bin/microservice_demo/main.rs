@@ -4,13 +4,16 @@
 //! 1. registration and discovery, 2. load balancing, 3. service calls (GET, POST, POST with JSON)
 //!    against real local HTTP servers the demo starts, 4. the circuit breaker, 5. registries built
 //!    from config and from the builder (memory always; etcd, Consul, Nacos or ZooKeeper when
-//!    their address is in the environment and the demo is built with `--features remote`).
+//!    their address is in the environment and the demo is built with `--features remote`),
+//!    6. gRPC: three tonic servers of `grpc.health.v1.Health` (tonic-health's service, no
+//!    protoc) called through `waypost::grpc`'s channel, one killed mid-way, no call failing.
 //!
 //! `cargo run -p waypost-examples --bin microservice_demo` runs it once;
 //! `… -- --serve [--port 8080] [--ttl 10s] [--drain 100ms]` then keeps serving `/health`,
 //! `/users`, `/orders` and `/services` through waypost's `Announcer`, which keeps its
 //! registration alive and, on SIGTERM or Ctrl-C, deregisters, drains and stops.
 
+mod grpc;
 mod server;
 
 use std::collections::BTreeMap;
@@ -404,12 +407,15 @@ async fn run_demo() -> DemoResult {
         return Err(format!("remote registries failed: {remote_failures:?}").into());
     }
 
+    section("6. gRPC over discovery");
+    grpc::run(Arc::clone(&registry)).await?;
+
     discovery.close().await?;
     registry.close().await?;
     drop((s1, s2, orders));
     println!(
         "\n✔ microservice demo finished: registration, discovery, load balancing, service calls, \
-         circuit breaker and registry configs all worked"
+         circuit breaker, registry configs and gRPC calls all worked"
     );
     Ok(())
 }
