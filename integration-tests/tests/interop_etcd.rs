@@ -321,8 +321,10 @@ async fn kratos_records_waypost_writes_decode_by_kratos_rules() {
 }
 
 #[tokio::test]
-async fn go_zero_records_from_etcdctl_are_listed_and_watched() {
-    let Some(etcd) = server("go_zero_records_from_etcdctl_are_listed_and_watched").await else {
+async fn go_zero_records_from_etcdctl_are_listed_watched_and_called_over_grpc() {
+    let Some(etcd) =
+        server("go_zero_records_from_etcdctl_are_listed_watched_and_called_over_grpc").await
+    else {
         return;
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -378,19 +380,32 @@ async fn go_zero_records_from_etcdctl_are_listed_and_watched() {
     assert!(got.metadata.is_empty() && got.version.is_empty() && got.tags.is_empty());
     assert_eq!(registry.list_services().await.expect("all").len(), 2);
 
-    // The endpoint waypost lists is the listener go-zero registered.
-    let discovery = CachedDiscovery::new(Arc::clone(&registry), Arc::new(RoundRobin::new()));
-    let one = discovery.discover("user.rpc").await.expect("discover");
-    let target = one
-        .iter()
-        .find(|s| s.id == lease.to_string())
-        .expect("the lease's instance")
-        .endpoint();
-    let (conn, accepted) = tokio::join!(tokio::net::TcpStream::connect(&target), listener.accept());
-    conn.expect("connect to the discovered endpoint");
-    accepted.expect("accepted by the go-zero listener");
+    // The record go-zero registered is called over gRPC through waypost's channel: a gRPC
+    // server (tonic-health's service) on the listener, and only the lease's record in the
+    // service (the `[::1]:8081` one has no server behind it).
+    let server = grpc_health_server(listener);
+    etcd.etcdctl(&["del", "user.rpc/7"])
+        .expect("del the second record");
+    let (kind, _) = next_change(&mut watch).await;
+    assert_eq!(kind, ServiceEventType::Deleted);
+    let discovery: Arc<dyn ServiceDiscovery> = Arc::new(CachedDiscovery::new(
+        Arc::clone(&registry),
+        Arc::new(RoundRobin::new()),
+    ));
+    let channel = waypost::grpc::channel(Arc::clone(&discovery), "user.rpc").expect("channel");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("a gRPC call to the go-zero record");
+    assert_eq!(
+        answer.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     // The HTTP service client says plainly that it does not speak gRPC.
-    let client = ServiceClient::builder(Arc::new(discovery) as Arc<dyn ServiceDiscovery>)
+    let client = ServiceClient::builder(discovery)
         .timeout(Duration::from_secs(2))
         .build()
         .expect("client");
@@ -405,7 +420,22 @@ async fn go_zero_records_from_etcdctl_are_listed_and_watched() {
         (kind, gone.id),
         (ServiceEventType::Deleted, lease.to_string())
     );
+    server.abort();
     registry.close().await.expect("close");
+}
+
+/// tonic-health's gRPC service on `listener`, SERVING; abort the handle to stop it.
+fn grpc_health_server(listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    })
 }
 
 #[tokio::test]

@@ -13,7 +13,8 @@
 //! Reading: one instance per record. The endpoint is the first `http`/`https` one, else the
 //! first `grpc`/`grpcs` one, else the first `tcp` one; endpoints that do not parse (no port, a
 //! path, credentials, another scheme) are passed over. The scheme gives the protocol (`grpcs`
-//! is [`Protocol::Grpc`]: waypost has no separate TLS gRPC value). A record kratos wrote has no
+//! is [`Protocol::Grpc`] with metadata [`TLS_KEY`] = `true`, which waypost's gRPC channel reads
+//! as "call it over TLS"; a `grpc` instance with that key is written back as `grpcs`). A record kratos wrote has no
 //! health (it reads as [`Health::Unknown`](crate::Health::Unknown)) and gets [`ENDPOINTS_KEY`] with every endpoint it
 //! lists. Writing: kratos' JSON with one endpoint, `<protocol>://<address>:<port>`; what kratos
 //! has no field for goes into its metadata under the `waypost.*` keys of [`RESERVED`], which
@@ -35,6 +36,9 @@ use super::{host_port, SHOWN};
 /// strings (`["http://10.0.0.7:8000","grpc://10.0.0.7:9000"]`), when that fits the metadata
 /// bounds ([`MAX_METADATA_VALUE_LEN`], [`MAX_METADATA_ENTRIES`]). Never written to etcd.
 pub const ENDPOINTS_KEY: &str = "kratos.endpoints";
+/// The metadata key saying a `grpc` instance is called over TLS (`true`), as waypost's gRPC
+/// channel reads it: set when the chosen endpoint is `grpcs://`, and written back as `grpcs://`.
+pub const TLS_KEY: &str = "tls";
 
 /// `waypost.health`: [`ServiceInfo::health`] (`healthy`, `unhealthy`, `unknown`). Always written;
 /// its presence marks a record waypost wrote.
@@ -87,11 +91,15 @@ pub(super) fn decode(name: &str, id: &str, value: &[u8]) -> Result<ServiceInfo, 
     let version = string_field(&fields, "version")?;
     let mut metadata = metadata_field(&fields)?;
     let endpoints = endpoints_field(&fields)?;
-    let (protocol, host, port) = choose(&endpoints)?;
+    let (protocol, secure, host, port) = choose(&endpoints)?;
 
     let mut info = ServiceInfo::new(rec_id, rec_name, host, port);
     info.version = version;
     info.protocol = protocol;
+    // A `grpcs` endpoint: gRPC over TLS, which waypost's gRPC channel reads from `tls`.
+    if secure && protocol == Protocol::Grpc && !metadata.contains_key(TLS_KEY) {
+        metadata.insert(TLS_KEY.to_owned(), "true".to_owned());
+    }
     let ours = metadata.contains_key(HEALTH_KEY);
     take_waypost_fields(&mut metadata, &mut info)?;
     if !ours || endpoints.len() != 1 {
@@ -139,7 +147,15 @@ pub(super) fn encode(info: &ServiceInfo) -> Result<Vec<u8>, Error> {
             metadata.insert(key.to_owned(), at.to_go_string());
         }
     }
-    let endpoint = format!("{}://{}", info.protocol.as_str(), info.endpoint());
+    let tls = info
+        .metadata
+        .get(TLS_KEY)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let scheme = match info.protocol {
+        Protocol::Grpc if tls => "grpcs",
+        other => other.as_str(),
+    };
+    let endpoint = format!("{scheme}://{}", info.endpoint());
 
     // Field order and escaping as Go's encoding/json writes the struct: declaration order,
     // map keys sorted (Metadata iterates sorted), HTML-safe string escapes.
@@ -243,14 +259,14 @@ fn endpoints_field(fields: &Map<String, Value>) -> Result<Vec<String>, String> {
 }
 
 /// The endpoint to call, by the rule in the module docs.
-fn choose(endpoints: &[String]) -> Result<(Protocol, String, u16), String> {
-    let mut best: Option<(u8, Protocol, String, u16)> = None;
+fn choose(endpoints: &[String]) -> Result<(Protocol, bool, String, u16), String> {
+    let mut best: Option<(u8, Protocol, bool, String, u16)> = None;
     let mut first_problem: Option<String> = None;
     for e in endpoints.iter().take(MAX_ENDPOINTS) {
         match parse_endpoint(e) {
-            Ok((rank, protocol, host, port)) => {
+            Ok((rank, protocol, secure, host, port)) => {
                 if best.as_ref().is_none_or(|b| rank < b.0) {
-                    best = Some((rank, protocol, host, port));
+                    best = Some((rank, protocol, secure, host, port));
                 }
             }
             Err(why) => {
@@ -260,21 +276,23 @@ fn choose(endpoints: &[String]) -> Result<(Protocol, String, u16), String> {
         }
     }
     match (best, first_problem) {
-        (Some((_, protocol, host, port)), _) => Ok((protocol, host, port)),
+        (Some((_, protocol, secure, host, port)), _) => Ok((protocol, secure, host, port)),
         (None, Some(problem)) => Err(format!("no usable endpoint ({problem})")),
         (None, None) => Err("no endpoints".into()),
     }
 }
 
 /// `scheme://host:port` (a query such as kratos' legacy `?isSecure=false` is allowed and
-/// ignored): rank, protocol, host (IPv6 without brackets) and port.
-fn parse_endpoint(e: &str) -> Result<(u8, Protocol, String, u16), &'static str> {
+/// ignored): rank, protocol, whether the scheme says TLS (`grpcs`), host (IPv6 without
+/// brackets) and port.
+fn parse_endpoint(e: &str) -> Result<(u8, Protocol, bool, String, u16), &'static str> {
     let (scheme, rest) = e.split_once("://").ok_or("has no scheme")?;
-    let (rank, protocol) = match scheme.to_ascii_lowercase().as_str() {
-        "http" => (0, Protocol::Http),
-        "https" => (0, Protocol::Https),
-        "grpc" | "grpcs" => (1, Protocol::Grpc),
-        "tcp" => (2, Protocol::Tcp),
+    let (rank, protocol, secure) = match scheme.to_ascii_lowercase().as_str() {
+        "http" => (0, Protocol::Http, false),
+        "https" => (0, Protocol::Https, true),
+        "grpc" => (1, Protocol::Grpc, false),
+        "grpcs" => (1, Protocol::Grpc, true),
+        "tcp" => (2, Protocol::Tcp, false),
         _ => return Err("has a scheme other than http, https, grpc, grpcs or tcp"),
     };
     let authority = rest.split(['?', '#']).next().unwrap_or(rest);
@@ -286,7 +304,7 @@ fn parse_endpoint(e: &str) -> Result<(u8, Protocol, String, u16), &'static str> 
         return Err("has credentials");
     }
     let (host, port) = host_port(authority)?;
-    Ok((rank, protocol, host, port))
+    Ok((rank, protocol, secure, host, port))
 }
 
 /// Moves the `waypost.*` keys of a record waypost wrote into their fields.
@@ -376,6 +394,25 @@ mod tests {
             pick(r#"["grpcs://h:9443"]"#).unwrap(),
             (Protocol::Grpc, "h".into(), 9443)
         );
+        // `grpcs` is gRPC over TLS: `tls` = `true` for waypost's gRPC channel, written back as
+        // `grpcs`; a plain `grpc` endpoint gets no `tls`.
+        let secure = decode("n", "i", rec(r#"["grpcs://h:9443"]"#).as_bytes()).unwrap();
+        assert_eq!(
+            secure.metadata.get(TLS_KEY).map(String::as_str),
+            Some("true")
+        );
+        let again = String::from_utf8(encode(&secure).unwrap()).unwrap();
+        assert!(
+            again.contains(r#""endpoints":["grpcs://h:9443"]"#),
+            "{again}"
+        );
+        let plain = decode("n", "i", rec(r#"["grpc://h:9000"]"#).as_bytes()).unwrap();
+        assert_eq!(plain.metadata.get(TLS_KEY), None);
+        let ours = crate::ServiceInfo::new("i", "n", "h", 9443)
+            .with_protocol(Protocol::Grpc)
+            .with_metadata(TLS_KEY, "true");
+        let back = decode("n", "i", &encode(&ours).unwrap()).unwrap();
+        assert_eq!(back, ours, "a waypost gRPC-over-TLS instance round-trips");
         // Legacy `?isSecure=false`, IPv6, upper-case scheme.
         assert_eq!(
             pick(r#"["HTTP://[::1]:8000?isSecure=false"]"#).unwrap(),
