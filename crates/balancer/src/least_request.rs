@@ -65,11 +65,12 @@ impl Load {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts a call in flight until the guard ends.
+    /// Counts a call in flight until the guard ends. The guard is untimed: a count needs no
+    /// latency, so a call reads no clock.
     #[inline]
     fn begin(self: &Arc<Self>) -> CallGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        CallGuard::new(
+        CallGuard::untimed(
             Arc::clone(self) as Arc<dyn CallObserver>,
             Arc::clone(&self.id),
         )
