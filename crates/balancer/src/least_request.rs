@@ -10,7 +10,7 @@ use waypost_core_types::{
 
 use crate::by_id::ById;
 use crate::pick;
-use crate::prepared::{prepare_tracked, PerService, Tracked};
+use crate::prepared::{pick_two, prepare_tracked, select_two, PerService, Tracked, TwoChoices};
 
 /// Draws two healthy instances at random and picks the one with fewer calls in flight.
 ///
@@ -77,6 +77,24 @@ impl Load {
     }
 }
 
+/// A new count for `instance` (no call in flight).
+fn make_load(instance: &Arc<ServiceInfo>) -> Arc<Load> {
+    Arc::new(Load::new(&instance.id))
+}
+
+impl TwoChoices for Load {
+    /// The less loaded one.
+    #[inline]
+    fn prefers(a: &Self, b: &Self) -> bool {
+        b.load() < a.load()
+    }
+
+    #[inline]
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        Load::begin(self)
+    }
+}
+
 impl CallObserver for Load {
     fn on_finish(&self, _id: &str, _outcome: Outcome, _latency: Duration) {
         let _ = self
@@ -135,53 +153,7 @@ impl LeastRequest {
     }
 
     fn prepare_set(&self, set: &InstanceSet) {
-        prepare_tracked(&self.shared.sets, set, |s| Arc::new(Load::new(&s.id)));
-    }
-
-    /// The less loaded of two random candidates of the prepared generation.
-    #[inline]
-    fn choose(t: &Tracked<Load>, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
-        let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
-        let Some(b) = b else {
-            return Some(a);
-        };
-        Some(if t.slots[b].load() < t.slots[a].load() {
-            b
-        } else {
-            a
-        })
-    }
-
-    #[inline]
-    fn choose_and_begin(
-        t: &Tracked<Load>,
-        set: &InstanceSet,
-        ctx: &SelectContext<'_>,
-    ) -> Option<(usize, CallGuard)> {
-        let i = Self::choose(t, set, ctx)?;
-        Some((i, t.slots[i].begin()))
-    }
-
-    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
-    /// than the prepared one, carries the state over into a copy made for this pick alone.
-    #[cold]
-    #[inline(never)]
-    fn pick_unprepared(
-        &self,
-        set: &InstanceSet,
-        ctx: &SelectContext<'_>,
-    ) -> Option<(usize, CallGuard)> {
-        self.prepare_set(set);
-        if let Some(r) = self
-            .shared
-            .sets
-            .with(set, |t| Self::choose_and_begin(t, set, ctx))
-        {
-            return r;
-        }
-        let latest = self.shared.sets.latest(set.service());
-        let t = Tracked::new(set, latest.as_deref(), |s| Arc::new(Load::new(&s.id)));
-        Self::choose_and_begin(&t, set, ctx)
+        prepare_tracked(&self.shared.sets, set, make_load);
     }
 }
 
@@ -213,11 +185,7 @@ impl LoadBalancer for LeastRequest {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        let i = match self.shared.sets.with(set, |t| Self::choose(t, set, ctx)) {
-            Some(i) => i,
-            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
-        }?;
-        set.get(i)
+        set.get(select_two(&self.shared.sets, set, ctx, || make_load)?)
     }
 
     /// O(1): two random candidates, their counts reached by position, and a guard whose
@@ -228,14 +196,7 @@ impl LoadBalancer for LeastRequest {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = match self
-            .shared
-            .sets
-            .with(set, |t| Self::choose_and_begin(t, set, ctx))
-        {
-            Some(r) => r,
-            None => self.pick_unprepared(set, ctx),
-        }?;
+        let (i, guard) = pick_two(&self.shared.sets, set, ctx, || make_load)?;
         Some((set.get(i)?, guard))
     }
 

@@ -12,7 +12,7 @@ use waypost_core_types::{
 
 use crate::by_id::ById;
 use crate::pick;
-use crate::prepared::{prepare_tracked, PerService, Tracked};
+use crate::prepared::{pick_two, prepare_tracked, select_two, PerService, Tracked, TwoChoices};
 
 /// Draws two healthy instances at random and picks the one with the lower expected cost:
 /// its peak-sensitive moving average of latency times (calls in flight + 1), as in Finagle,
@@ -290,6 +290,19 @@ impl Estimate {
     }
 }
 
+impl TwoChoices for Estimate {
+    /// The cheaper one.
+    #[inline]
+    fn prefers(a: &Self, b: &Self) -> bool {
+        a.costlier_than(b)
+    }
+
+    #[inline]
+    fn begin(self: &Arc<Self>) -> CallGuard {
+        Estimate::begin(self)
+    }
+}
+
 impl CallObserver for Estimate {
     fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration) {
         self.on_finish_at(id, outcome, latency, Instant::now());
@@ -371,52 +384,6 @@ impl PeakEwma {
         move |s| Arc::new(Estimate::new(&s.id, &self.shared.opts, now))
     }
 
-    /// The cheaper of two random candidates of the prepared generation.
-    #[inline]
-    fn choose(t: &Tracked<Estimate>, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
-        let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
-        let Some(b) = b else {
-            return Some(a);
-        };
-        Some(if t.slots[a].costlier_than(&t.slots[b]) {
-            b
-        } else {
-            a
-        })
-    }
-
-    #[inline]
-    fn choose_and_begin(
-        t: &Tracked<Estimate>,
-        set: &InstanceSet,
-        ctx: &SelectContext<'_>,
-    ) -> Option<(usize, CallGuard)> {
-        let i = Self::choose(t, set, ctx)?;
-        Some((i, t.slots[i].begin()))
-    }
-
-    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
-    /// than the prepared one, carries the state over into a copy made for this pick alone.
-    #[cold]
-    #[inline(never)]
-    fn pick_unprepared(
-        &self,
-        set: &InstanceSet,
-        ctx: &SelectContext<'_>,
-    ) -> Option<(usize, CallGuard)> {
-        prepare_tracked(&self.shared.sets, set, self.make());
-        if let Some(r) = self
-            .shared
-            .sets
-            .with(set, |t| Self::choose_and_begin(t, set, ctx))
-        {
-            return r;
-        }
-        let latest = self.shared.sets.latest(set.service());
-        let t = Tracked::new(set, latest.as_deref(), self.make());
-        Self::choose_and_begin(&t, set, ctx)
-    }
-
     /// The slice path's estimate of `id`, created if needed (ids with no call in flight and
     /// no update for five time constants are dropped now and then).
     fn slot(&self, id: &str) -> Arc<Estimate> {
@@ -463,11 +430,7 @@ impl LoadBalancer for PeakEwma {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        let i = match self.shared.sets.with(set, |t| Self::choose(t, set, ctx)) {
-            Some(i) => i,
-            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
-        }?;
-        set.get(i)
+        set.get(select_two(&self.shared.sets, set, ctx, || self.make())?)
     }
 
     /// O(1): two random candidates, their estimates reached by position, and a guard whose
@@ -478,14 +441,7 @@ impl LoadBalancer for PeakEwma {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = match self
-            .shared
-            .sets
-            .with(set, |t| Self::choose_and_begin(t, set, ctx))
-        {
-            Some(r) => r,
-            None => self.pick_unprepared(set, ctx),
-        }?;
+        let (i, guard) = pick_two(&self.shared.sets, set, ctx, || self.make())?;
         Some((set.get(i)?, guard))
     }
 

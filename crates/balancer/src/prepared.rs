@@ -28,9 +28,9 @@ use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use waypost_core_types::{InstanceSet, SelectContext, ServiceInfo};
+use waypost_core_types::{CallGuard, InstanceSet, SelectContext, ServiceInfo};
 
-use crate::pick::REJECTION_TRIES;
+use crate::pick::{self, REJECTION_TRIES};
 use crate::state::StateMap;
 
 /// State prepared for one generation of one service's set.
@@ -527,6 +527,104 @@ pub(crate) fn prepare_tracked<S: Send + Sync + 'static>(
         return;
     }
     sets.store_for(set, Arc::new(Tracked::new(set, prev.as_deref(), make)));
+}
+
+/// The per-instance state of a balancer that picks the better of two random candidates and
+/// tracks the call it starts (least request, peak EWMA).
+pub(crate) trait TwoChoices: Send + Sync + 'static {
+    /// Whether `b` is a better pick than `a`.
+    fn prefers(a: &Self, b: &Self) -> bool;
+
+    /// Starts tracking a call to this instance.
+    fn begin(self: &Arc<Self>) -> CallGuard;
+}
+
+/// The better of two random candidates of `t`'s generation.
+#[inline]
+pub(crate) fn choose_two<S: TwoChoices>(
+    t: &Tracked<S>,
+    set: &InstanceSet,
+    ctx: &SelectContext<'_>,
+) -> Option<usize> {
+    let (a, b) = pick::with_rng(|rng| t.candidates.random_pair(set, ctx, rng))?;
+    let Some(b) = b else {
+        return Some(a);
+    };
+    Some(if S::prefers(&t.slots[a], &t.slots[b]) {
+        b
+    } else {
+        a
+    })
+}
+
+#[inline]
+fn choose_two_and_begin<S: TwoChoices>(
+    t: &Tracked<S>,
+    set: &InstanceSet,
+    ctx: &SelectContext<'_>,
+) -> Option<(usize, CallGuard)> {
+    let i = choose_two(t, set, ctx)?;
+    Some((i, t.slots[i].begin()))
+}
+
+/// [`LoadBalancer::select_set`](waypost_core_types::LoadBalancer::select_set) of a
+/// two-choices balancer: the position it picks in `set`.
+pub(crate) fn select_two<S: TwoChoices, F>(
+    sets: &PerService<Tracked<S>>,
+    set: &InstanceSet,
+    ctx: &SelectContext<'_>,
+    make: impl Fn() -> F,
+) -> Option<usize>
+where
+    F: FnMut(&Arc<ServiceInfo>) -> Arc<S>,
+{
+    match sets.with(set, |t| choose_two(t, set, ctx)) {
+        Some(i) => i,
+        None => pick_two_unprepared(sets, set, ctx, make).map(|(i, _guard)| i),
+    }
+}
+
+/// [`LoadBalancer::pick`](waypost_core_types::LoadBalancer::pick) of a two-choices balancer,
+/// O(1) on a prepared set: two random candidates, their state reached by position, and a
+/// guard whose observer is the chosen instance's state (no lookup, no allocation). `make`
+/// gives the function that makes an instance's state; it is called only when `set` was not
+/// prepared.
+#[inline]
+pub(crate) fn pick_two<S: TwoChoices, F>(
+    sets: &PerService<Tracked<S>>,
+    set: &InstanceSet,
+    ctx: &SelectContext<'_>,
+    make: impl Fn() -> F,
+) -> Option<(usize, CallGuard)>
+where
+    F: FnMut(&Arc<ServiceInfo>) -> Arc<S>,
+{
+    match sets.with(set, |t| choose_two_and_begin(t, set, ctx)) {
+        Some(r) => r,
+        None => pick_two_unprepared(sets, set, ctx, make),
+    }
+}
+
+/// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older than
+/// the prepared one, carries the state over into a copy made for this pick alone.
+#[cold]
+#[inline(never)]
+fn pick_two_unprepared<S: TwoChoices, F>(
+    sets: &PerService<Tracked<S>>,
+    set: &InstanceSet,
+    ctx: &SelectContext<'_>,
+    make: impl Fn() -> F,
+) -> Option<(usize, CallGuard)>
+where
+    F: FnMut(&Arc<ServiceInfo>) -> Arc<S>,
+{
+    prepare_tracked(sets, set, make());
+    if let Some(r) = sets.with(set, |t| choose_two_and_begin(t, set, ctx)) {
+        return r;
+    }
+    let latest = sets.latest(set.service());
+    let t = Tracked::new(set, latest.as_deref(), make());
+    choose_two_and_begin(&t, set, ctx)
 }
 
 #[cfg(test)]
