@@ -1,7 +1,7 @@
 //! The resilience lab: five local HTTP instances of one service on loopback, registered in the
-//! in-memory registry (three normal, one slow, one that answers 503 to every request), and the
-//! same bounded load sent through `ServiceClient` with round robin, least request and peak EWMA,
-//! each with and without outlier ejection. It prints a table of p50/p90/p99 latency, error rate
+//! in-memory registry (three normal, one slow, one that answers 503 to every request at once),
+//! and the same bounded load sent through `ServiceClient` with round robin, least request and
+//! peak EWMA, each with and without outlier ejection. It prints a table of p50/p90/p99 latency, error rate
 //! and where the attempts went, per configuration, and writes an SVG chart of them.
 //!
 //! `cargo run --release -p waypost-examples --bin resilience_lab` writes
@@ -220,18 +220,21 @@ async fn start_server(kind: Kind, seed: u64) -> std::io::Result<LabServer> {
 
 async fn answer(behaviour: Arc<Behaviour>) -> Result<Response<Full<Bytes>>, Infallible> {
     behaviour.received.fetch_add(1, Ordering::Relaxed);
-    let jitter = match behaviour.rng.lock() {
-        Ok(mut rng) => rng.random_range(0..=JITTER_MICROS),
-        Err(poisoned) => poisoned.into_inner().random_range(0..=JITTER_MICROS),
-    };
-    let mut time = BASE_TIME + Duration::from_micros(jitter);
-    if behaviour.kind == Kind::Slow {
-        time += SLOW_EXTRA;
-    }
-    tokio::time::sleep(time).await;
     let (status, body) = match behaviour.kind {
+        // A broken instance answers at once: it does no work.
         Kind::Failing => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        Kind::Normal | Kind::Slow => (StatusCode::OK, "ok"),
+        Kind::Normal | Kind::Slow => {
+            let jitter = match behaviour.rng.lock() {
+                Ok(mut rng) => rng.random_range(0..=JITTER_MICROS),
+                Err(poisoned) => poisoned.into_inner().random_range(0..=JITTER_MICROS),
+            };
+            let mut time = BASE_TIME + Duration::from_micros(jitter);
+            if behaviour.kind == Kind::Slow {
+                time += SLOW_EXTRA;
+            }
+            tokio::time::sleep(time).await;
+            (StatusCode::OK, "ok")
+        }
     };
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
@@ -619,7 +622,7 @@ async fn run() -> LabResult {
     }
 
     let setup = format!(
-        "5 instances: 3 normal (1-2 ms), 1 slow (+{} ms), 1 failing (503 to every request); \
+        "5 instances: 3 normal (1-2 ms), 1 slow (+{} ms), 1 failing (503 at once to every request); \
          {} calls at concurrency {}, seed {}",
         SLOW_EXTRA.as_millis(),
         args.requests,
