@@ -236,15 +236,15 @@ fn serve_answers_metrics_in_the_prometheus_text_format() {
     // POSTs (one raw, one JSON), one 404, one GET /orders; and the health check above.
     for (series, value) in [
         (
-            r#"waypost_demo_requests_total{method="POST",route="/users",status="2xx"}"#,
+            r#"waypost_demo_requests_total{method="POST",route="/users",outcome="success"}"#,
             2.0,
         ),
         (
-            r#"waypost_demo_requests_total{method="GET",route="other",status="4xx"}"#,
+            r#"waypost_demo_requests_total{method="GET",route="other",outcome="client_error"}"#,
             1.0,
         ),
         (
-            r#"waypost_demo_requests_total{method="GET",route="/orders",status="2xx"}"#,
+            r#"waypost_demo_requests_total{method="GET",route="/orders",outcome="success"}"#,
             1.0,
         ),
         (
@@ -262,7 +262,7 @@ fn serve_answers_metrics_in_the_prometheus_text_format() {
             "{series} in:\n{scrape}"
         );
     }
-    let health = r#"waypost_demo_requests_total{method="GET",route="/health",status="2xx"}"#;
+    let health = r#"waypost_demo_requests_total{method="GET",route="/health",outcome="success"}"#;
     assert!(
         sample(scrape, health).is_some_and(|n| n >= 1.0),
         "{health} in:\n{scrape}"
@@ -275,7 +275,7 @@ fn serve_answers_metrics_in_the_prometheus_text_format() {
     assert!(!scrape.contains("quantile="), "{scrape}");
     // The scrape itself is counted by the next one.
     let again = http_get(port, "/metrics").expect("GET /metrics again");
-    let scraped = r#"waypost_demo_requests_total{method="GET",route="/metrics",status="2xx"}"#;
+    let scraped = r#"waypost_demo_requests_total{method="GET",route="/metrics",outcome="success"}"#;
     assert!(
         sample(&again, scraped).is_some_and(|n| n >= 1.0),
         "{scraped} in:\n{again}"

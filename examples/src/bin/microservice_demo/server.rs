@@ -159,13 +159,14 @@ fn labels(method: &Method, path: &str) -> (&'static str, &'static str) {
     (method, route)
 }
 
-fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+/// The `outcome` label of an answer, from the fixed set the waypost crates use.
+fn outcome(status: StatusCode) -> &'static str {
+    if status.is_server_error() {
+        "server_error"
+    } else if status.is_client_error() {
+        "client_error"
+    } else {
+        "success"
     }
 }
 
@@ -181,7 +182,7 @@ async fn handle(
         telemetry::REQUESTS_TOTAL,
         "method" => method,
         "route" => route,
-        "status" => status_class(resp.status()),
+        "outcome" => outcome(resp.status()),
     )
     .increment(1);
     metrics::histogram!(

@@ -25,7 +25,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How often the recorder's histograms are drained into their buckets when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Requests the demo's HTTP servers answered: counter, labels `method`, `route`, `status`.
+/// Requests the demo's HTTP servers answered: counter, labels `method`, `route`, `outcome`
+/// (`success`, `client_error`, `server_error`).
 pub const REQUESTS_TOTAL: &str = "waypost_demo_requests_total";
 /// Time the demo's HTTP servers took to answer: histogram in seconds, labels `method`, `route`.
 pub const REQUEST_DURATION_SECONDS: &str = "waypost_demo_request_duration_seconds";
@@ -42,7 +43,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         REQUESTS_TOTAL,
         Unit::Count,
         "Requests the demo's HTTP servers answered, by method, route (a fixed set; `other` for \
-         any unknown path) and status class"
+         any unknown path) and outcome (success, client_error, server_error)"
     );
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
