@@ -180,6 +180,114 @@ fn sigterm_deregisters_first_keeps_serving_through_the_drain_then_exits_cleanly(
     );
 }
 
+/// Metrics the waypost crates emit during the demo's run (its client calls, discovery, the
+/// in-memory registry, the announcer), as they appear in the scrape: each must be in `/metrics`.
+/// The demo's own metrics are checked line by line below; this list names the libraries' ones.
+const LIBRARY_METRICS: &[&str] = &[];
+
+/// The value of the sample `series` (name and labels, exactly as rendered) in a scrape.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+#[test]
+fn serve_answers_metrics_in_the_prometheus_text_format() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = demo()
+        .args(["--serve", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo server");
+    let _child = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/health").is_none() {
+        assert!(Instant::now() < deadline, "demo server never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let response = http_get(port, "/metrics").expect("GET /metrics");
+    let (head, scrape) = response
+        .split_once("\r\n\r\n")
+        .expect("an HTTP response with a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.lines().any(|h| h
+            .to_ascii_lowercase()
+            .starts_with("content-type: text/plain; version=0.0.4")),
+        "not the Prometheus text format: {head}"
+    );
+    for line in [
+        "# TYPE waypost_demo_requests_total counter",
+        "# HELP waypost_demo_requests_total Requests the demo's HTTP servers answered",
+        "# TYPE waypost_demo_request_duration_seconds histogram",
+    ] {
+        assert!(
+            scrape.lines().any(|l| l.starts_with(line)),
+            "missing `{line}` in:\n{scrape}"
+        );
+    }
+    // What the demo's run did before serving, counted by its servers in the same process: two
+    // POSTs (one raw, one JSON), one 404, one GET /orders; and the health check above.
+    for (series, value) in [
+        (
+            r#"waypost_demo_requests_total{method="POST",route="/users",outcome="success"}"#,
+            2.0,
+        ),
+        (
+            r#"waypost_demo_requests_total{method="GET",route="other",outcome="client_error"}"#,
+            1.0,
+        ),
+        (
+            r#"waypost_demo_requests_total{method="GET",route="/orders",outcome="success"}"#,
+            1.0,
+        ),
+        (
+            r#"waypost_demo_request_duration_seconds_count{method="POST",route="/users"}"#,
+            2.0,
+        ),
+        (
+            r#"waypost_demo_request_duration_seconds_bucket{method="POST",route="/users",le="+Inf"}"#,
+            2.0,
+        ),
+    ] {
+        assert_eq!(
+            sample(scrape, series),
+            Some(value),
+            "{series} in:\n{scrape}"
+        );
+    }
+    let health = r#"waypost_demo_requests_total{method="GET",route="/health",outcome="success"}"#;
+    assert!(
+        sample(scrape, health).is_some_and(|n| n >= 1.0),
+        "{health} in:\n{scrape}"
+    );
+    // Histograms render as buckets from 0.5 ms, not as summaries.
+    assert!(
+        scrape.contains(r#"waypost_demo_request_duration_seconds_bucket{method="GET",route="/health",le="0.0005"}"#),
+        "{scrape}"
+    );
+    assert!(!scrape.contains("quantile="), "{scrape}");
+    // The scrape itself is counted by the next one.
+    let again = http_get(port, "/metrics").expect("GET /metrics again");
+    let scraped = r#"waypost_demo_requests_total{method="GET",route="/metrics",outcome="success"}"#;
+    assert!(
+        sample(&again, scraped).is_some_and(|n| n >= 1.0),
+        "{scraped} in:\n{again}"
+    );
+    for name in LIBRARY_METRICS {
+        assert!(
+            scrape.lines().any(|l| l.starts_with(name)),
+            "library metric `{name}` missing in:\n{scrape}"
+        );
+    }
+}
+
 /// Kills the child if the test fails before it exits.
 struct Guard(std::process::Child);
 

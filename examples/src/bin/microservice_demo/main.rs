@@ -10,11 +10,13 @@
 //!
 //! `cargo run -p waypost-examples --bin microservice_demo` runs it once;
 //! `… -- --serve [--port 8080] [--ttl 10s] [--drain 100ms]` then keeps serving `/health`,
-//! `/users`, `/orders` and `/services` through waypost's `Announcer`, which keeps its
-//! registration alive and, on SIGTERM or Ctrl-C, deregisters, drains and stops.
+//! `/users`, `/orders`, `/services` and `/metrics` (the Prometheus text format) through
+//! waypost's `Announcer`, which keeps its registration alive and, on SIGTERM or Ctrl-C,
+//! deregisters, drains and stops.
 
 mod grpc;
 mod server;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use waypost::{
     CachedDiscovery, CircuitState, Error, Health, LoadBalancer, Random, RegistryBuilder,
     RegistryConfig, RegistryType, RoundRobin, SelectContext, ServiceClient, ServiceDiscovery,
@@ -93,10 +96,12 @@ fn parse_args() -> DemoResult<Args> {
 #[tokio::main]
 async fn main() {
     let result = async {
+        // First of all: the libraries take their metric handles when their objects are built.
+        let metrics = telemetry::install()?;
         let args = parse_args()?;
-        run_demo().await?;
+        run_demo(&metrics).await?;
         if args.serve {
-            serve(args).await?;
+            serve(args, metrics).await?;
         }
         DemoResult::Ok(())
     }
@@ -123,7 +128,7 @@ fn user_instance(i: u16, addr: SocketAddr) -> ServiceInfo {
     .with_ttl(Duration::from_secs(30))
 }
 
-async fn run_demo() -> DemoResult {
+async fn run_demo(metrics: &PrometheusHandle) -> DemoResult {
     let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
     let registry: Arc<dyn ServiceRegistry> = RegistryBuilder::new()
         .with_type(RegistryType::Memory)
@@ -132,9 +137,27 @@ async fn run_demo() -> DemoResult {
         .await?;
 
     section("1. Service registration and discovery");
-    let s1 = server::start(any_port, "user-service-1", Arc::clone(&registry)).await?;
-    let s2 = server::start(any_port, "user-service-2", Arc::clone(&registry)).await?;
-    let orders = server::start(any_port, "order-service-1", Arc::clone(&registry)).await?;
+    let s1 = server::start(
+        any_port,
+        "user-service-1",
+        Arc::clone(&registry),
+        metrics.clone(),
+    )
+    .await?;
+    let s2 = server::start(
+        any_port,
+        "user-service-2",
+        Arc::clone(&registry),
+        metrics.clone(),
+    )
+    .await?;
+    let orders = server::start(
+        any_port,
+        "order-service-1",
+        Arc::clone(&registry),
+        metrics.clone(),
+    )
+    .await?;
     for (i, s) in [(1, &s1), (2, &s2)] {
         let svc = user_instance(i, s.addr);
         registry.register(&svc).await?;
@@ -434,7 +457,7 @@ async fn smoke(label: &str, registry: &dyn ServiceRegistry) -> DemoResult {
     check(n >= 1, &format!("{label} works"))
 }
 
-async fn serve(args: Args) -> DemoResult {
+async fn serve(args: Args, metrics: PrometheusHandle) -> DemoResult {
     section("Demo server");
     // The embedded registry, unless WAYPOST_REGISTRY names another one.
     let registry: Arc<dyn ServiceRegistry> = if std::env::var_os(waypost::REGISTRY_ENV).is_some() {
@@ -447,9 +470,10 @@ async fn serve(args: Args) -> DemoResult {
             .await?
     };
     let addr: SocketAddr = ([127, 0, 0, 1], args.port).into();
-    let server = server::start(addr, "demo-service-1", Arc::clone(&registry)).await?;
+    let upkeep = telemetry::spawn_upkeep(metrics.clone());
+    let server = server::start(addr, "demo-service-1", Arc::clone(&registry), metrics).await?;
     println!(
-        "  serving http://{} (/health, /users, /orders, /services)",
+        "  serving http://{} (/health, /users, /orders, /services, /metrics)",
         server.addr
     );
     println!(
@@ -461,7 +485,7 @@ async fn serve(args: Args) -> DemoResult {
         args.drain,
     );
     let bound = server.addr;
-    waypost::Announcer::new(registry, "demo-service")
+    let served = waypost::Announcer::new(registry, "demo-service")
         .with_id("demo-service-1")
         .with_version("1.0.0")
         .with_ttl(args.ttl)
@@ -472,7 +496,9 @@ async fn serve(args: Args) -> DemoResult {
             server.shutdown().await;
             Ok::<(), std::io::Error>(())
         })
-        .await?;
+        .await;
+    upkeep.abort();
+    served?;
     println!("  deregistered, drained and stopped");
     Ok(())
 }

@@ -1,9 +1,10 @@
-//! The demo's HTTP service: `/health`, `/users`, `/orders`, `/services`, on hyper.
+//! The demo's HTTP service: `/health`, `/users`, `/orders`, `/services`, `/metrics`, on hyper.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -12,10 +13,13 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use waypost::ServiceRegistry;
+
+use crate::telemetry;
 
 /// A user, as the Laravel-Go module's demo has it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +39,7 @@ pub struct User {
 struct State {
     instance: String,
     registry: Arc<dyn ServiceRegistry>,
+    metrics: PrometheusHandle,
     next_id: AtomicU64,
     requests: AtomicU64,
 }
@@ -69,11 +74,13 @@ impl Drop for DemoServer {
     }
 }
 
-/// Starts a server for instance `instance` on `addr` (port 0 for any free port).
+/// Starts a server for instance `instance` on `addr` (port 0 for any free port); `/metrics`
+/// renders `metrics`.
 pub async fn start(
     addr: SocketAddr,
     instance: &str,
     registry: Arc<dyn ServiceRegistry>,
+    metrics: PrometheusHandle,
 ) -> std::io::Result<DemoServer> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
@@ -82,6 +89,7 @@ pub async fn start(
     let state = Arc::new(State {
         instance: instance.to_owned(),
         registry,
+        metrics,
         next_id: AtomicU64::new(1),
         requests: AtomicU64::new(0),
     });
@@ -132,13 +140,64 @@ fn json(status: StatusCode, value: &serde_json::Value, instance: &str) -> Respon
     resp
 }
 
+/// The method and route labels of a request: fixed sets, whatever the request says, so that a
+/// client cannot grow the number of series (`other` for anything else).
+fn labels(method: &Method, path: &str) -> (&'static str, &'static str) {
+    let method = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        _ => "other",
+    };
+    let route = match path {
+        "/health" => "/health",
+        "/users" => "/users",
+        "/orders" => "/orders",
+        "/services" => "/services",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    (method, route)
+}
+
+/// The `outcome` label of an answer, from the fixed set the waypost crates use.
+fn outcome(status: StatusCode) -> &'static str {
+    if status.is_server_error() {
+        "server_error"
+    } else if status.is_client_error() {
+        "client_error"
+    } else {
+        "success"
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let (method, route) = labels(req.method(), req.uri().path());
+    let resp = respond(req, &state).await;
+    // Static label values: recording builds no owned key.
+    metrics::counter!(
+        telemetry::REQUESTS_TOTAL,
+        "method" => method,
+        "route" => route,
+        "outcome" => outcome(resp.status()),
+    )
+    .increment(1);
+    metrics::histogram!(
+        telemetry::REQUEST_DURATION_SECONDS,
+        "method" => method,
+        "route" => route,
+    )
+    .record(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+async fn respond(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let me = state.instance.as_str();
-    let resp = match (req.method(), req.uri().path()) {
+    match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => json(
             StatusCode::OK,
             &serde_json::json!({ "status": "healthy", "instance": me }),
@@ -184,6 +243,14 @@ async fn handle(
             ]),
             me,
         ),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(telemetry::CONTENT_TYPE),
+            );
+            resp
+        }
         (&Method::GET, "/services") => match state.registry.list_services().await {
             Ok(mut list) => {
                 list.sort_by(|a, b| a.id.cmp(&b.id));
@@ -204,6 +271,5 @@ async fn handle(
             &serde_json::json!({ "error": "not found" }),
             me,
         ),
-    };
-    Ok(resp)
+    }
 }
