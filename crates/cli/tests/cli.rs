@@ -431,6 +431,12 @@ fn scenario(url: &str, backend: &str, plain: Plain) {
     assert_eq!(run.code, 0, "{run:?}");
     let items = run.json_lines();
     assert_eq!(items.len(), 1, "{run:?}");
+    // The Go-compatible ServiceInfo JSON, keys in the Laravel-Go module's order.
+    assert!(
+        run.stdout
+            .starts_with(&format!(r#"{{"id":"{id}","name":"{svc}","version":"1.2.3","address":"127.0.0.1","port":18080,"protocol":"http","health":"healthy","metadata":{{"team":"core","zone":"eu-1"}},"tags":["api"],"created_at":"#)),
+        "{run:?}"
+    );
     assert_eq!(items[0]["id"], id.as_str());
     assert_eq!(items[0]["name"], svc.as_str());
     assert_eq!(items[0]["port"], 18080);

@@ -109,14 +109,37 @@ pub fn good_or_bad(printer: &Printer, ok: bool, text: &str) -> String {
     }
 }
 
-/// The JSON of an instance: waypost's Go-compatible `ServiceInfo` JSON (the keys of the
-/// Laravel-Go module, `ttl` in nanoseconds, RFC 3339 times, `weight` only when not 100).
+/// The JSON of an instance: waypost's Go-compatible `ServiceInfo` JSON, byte for byte as the
+/// Laravel-Go module writes it (its keys in its order, `ttl` in nanoseconds, RFC 3339 times;
+/// `weight` only when not 100).
 #[must_use]
-pub fn instance_json(info: &ServiceInfo) -> serde_json::Value {
-    serde_json::to_value(info).unwrap_or_else(|e| {
+pub fn instance_json(info: &ServiceInfo) -> String {
+    info.to_json().unwrap_or_else(|e| {
         // A ServiceInfo always serialises; should that ever change, say so instead of failing.
-        serde_json::json!({ "id": info.id, "error": e.to_string() })
+        serde_json::json!({ "id": info.id, "error": e.to_string() }).to_string()
     })
+}
+
+/// A JSON object on one line from `fields` (each value already JSON text), in this order.
+#[must_use]
+pub fn json_object(fields: &[(&str, String)]) -> String {
+    let mut out = String::from("{");
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::from(*key).to_string());
+        out.push(':');
+        out.push_str(value);
+    }
+    out.push('}');
+    out
+}
+
+/// A JSON string's text.
+#[must_use]
+pub fn json_str(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
 }
 
 /// `address:port`, IPv6 in brackets.
@@ -231,6 +254,22 @@ mod tests {
             assert_eq!(exact_duration(d), text);
             assert_eq!(crate::parse_duration(text), Ok(d));
         }
+    }
+
+    #[test]
+    fn instance_json_keeps_the_go_key_order_and_objects_nest_it_as_is() {
+        let info = ServiceInfo::new("a-1", "a", "10.0.0.1", 80).with_weight(3);
+        let text = instance_json(&info);
+        assert!(
+            text.starts_with(r#"{"id":"a-1","name":"a","version":"","address":"10.0.0.1""#),
+            "{text}"
+        );
+        assert!(text.ends_with(r#""weight":3}"#), "{text}");
+        let obj = json_object(&[("type", json_str("created")), ("instance", text.clone())]);
+        assert_eq!(obj, format!(r#"{{"type":"created","instance":{text}}}"#));
+        let v: serde_json::Value = serde_json::from_str(&obj).unwrap();
+        assert_eq!(v["instance"]["weight"], 3);
+        assert_eq!(json_str("q\"\n"), r#""q\"\n""#);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub async fn run(ctx: &Context, args: Args) -> CliResult {
     let info = found?;
     let p = &ctx.printer;
     if p.json() {
-        p.json_line(&common::instance_json(&info));
+        p.line(&common::instance_json(&info));
         return Ok(Exit::Ok);
     }
     let time = |t: &waypost::Timestamp| {

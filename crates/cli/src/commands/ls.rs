@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use waypost::{Error, Health, ServiceInfo};
 
-use super::common::{self, bounded, cell};
+use super::common::{self, bounded, cell, json_object, json_str};
 use crate::output::Table;
 use crate::{CliResult, Context, Exit};
 
@@ -85,15 +85,19 @@ fn services(ctx: &Context, all: &[ServiceInfo]) {
     let p = &ctx.printer;
     if p.json() {
         for (name, s) in &by_name {
-            p.json_line(&serde_json::json!({
-                "service": name,
-                "instances": s.instances,
-                "healthy": s.healthy,
-                "unhealthy": s.unhealthy,
-                "unknown": s.unknown,
-                "protocols": s.protocols,
-                "versions": s.versions,
-            }));
+            let list = |set: Vec<&str>| serde_json::Value::from(set).to_string();
+            p.line(&json_object(&[
+                ("service", json_str(name)),
+                ("instances", s.instances.to_string()),
+                ("healthy", s.healthy.to_string()),
+                ("unhealthy", s.unhealthy.to_string()),
+                ("unknown", s.unknown.to_string()),
+                ("protocols", list(s.protocols.iter().copied().collect())),
+                (
+                    "versions",
+                    list(s.versions.iter().map(String::as_str).collect()),
+                ),
+            ]));
         }
         return;
     }
@@ -138,7 +142,7 @@ fn instances(ctx: &Context, mut list: Vec<ServiceInfo>) {
     let p = &ctx.printer;
     if p.json() {
         for info in &list {
-            p.json_line(&common::instance_json(info));
+            p.line(&common::instance_json(info));
         }
         return;
     }

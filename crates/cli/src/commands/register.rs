@@ -43,8 +43,8 @@ pub struct Args {
     /// The service name.
     #[arg(long, value_name = "NAME")]
     pub name: String,
-    /// The instance id [default: <name>-<address>-<port>, characters other than letters,
-    /// digits, `-`, `_`, `.` and `:` replaced by `-`].
+    /// The instance id (default: `NAME-ADDRESS-PORT`, characters other than ASCII letters,
+    /// digits and `- _ . : @` replaced by `-`).
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
     /// The host name or IP address callers use.

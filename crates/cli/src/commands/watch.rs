@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use waypost::{ServiceEventType, ServiceInfo, SnapshotReason, Timestamp, WatchEvent};
 
-use super::common::{self, bounded, cell, Shutdown};
+use super::common::{self, bounded, cell, json_object, json_str, Shutdown};
 use crate::output::Printer;
 use crate::{CliError, CliResult, Context, Exit};
 
@@ -106,15 +106,14 @@ fn now() -> String {
 fn snapshot(p: &Printer, reason: SnapshotReason, services: &[ServiceInfo]) {
     let time = now();
     if p.json() {
-        let instances: Vec<serde_json::Value> =
-            services.iter().map(common::instance_json).collect();
-        p.json_line(&serde_json::json!({
-            "time": time,
-            "type": "snapshot",
-            "reason": reason_str(reason),
-            "count": services.len(),
-            "instances": instances,
-        }));
+        let instances: Vec<String> = services.iter().map(common::instance_json).collect();
+        p.line(&json_object(&[
+            ("time", json_str(&time)),
+            ("type", json_str("snapshot")),
+            ("reason", json_str(reason_str(reason))),
+            ("count", services.len().to_string()),
+            ("instances", format!("[{}]", instances.join(","))),
+        ]));
         return;
     }
     let mut text = format!(
@@ -143,16 +142,16 @@ fn row(p: &Printer, time: &str, kind: &str, info: &ServiceInfo) -> String {
 fn change_line(p: &Printer, kind: &str, info: &ServiceInfo) {
     let time = now();
     if p.json() {
-        p.json_line(&serde_json::json!({
-            "time": time,
-            "type": kind.to_ascii_lowercase(),
-            "service": info.name,
-            "id": info.id,
-            "address": info.address,
-            "port": info.port,
-            "health": info.health.as_str(),
-            "instance": common::instance_json(info),
-        }));
+        p.line(&json_object(&[
+            ("time", json_str(&time)),
+            ("type", json_str(&kind.to_ascii_lowercase())),
+            ("service", json_str(&info.name)),
+            ("id", json_str(&info.id)),
+            ("address", json_str(&info.address)),
+            ("port", info.port.to_string()),
+            ("health", json_str(info.health.as_str())),
+            ("instance", common::instance_json(info)),
+        ]));
     } else {
         p.line(&row(p, &time, kind, info));
     }
