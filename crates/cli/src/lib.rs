@@ -7,6 +7,9 @@
 //! or one JSON object per line with `-o json`. Exit codes are listed in [`Exit`].
 //!
 //! Most users run the binary; the library exists so the binary's parts can be tested.
+//!
+//! The rest of this page is the command's reference (the crate README).
+#![doc = include_str!("../README.md")]
 
 use std::process::ExitCode;
 use std::time::Duration;
