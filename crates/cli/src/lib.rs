@@ -62,7 +62,7 @@ pub struct Cli {
     pub color: ColorChoice,
 
     /// Time limit for connecting to the registry and for each call (`500ms`, `10s`, `1m30s`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// What to do.
@@ -101,6 +101,17 @@ pub enum Command {
 /// A message saying what is wrong.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     waypost::core::time::parse_duration(text)
+}
+
+/// Parses `--timeout`: a duration above zero.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("the timeout must be above zero".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// The clap command, for completions and the man page.

@@ -70,6 +70,17 @@ impl Printer {
         let _ = out.flush();
     }
 
+    /// Prints a line of text and flushes, saying whether it could: a stream (`watch`) stops
+    /// when its reader has gone (`waypost watch | head -3`).
+    ///
+    /// # Errors
+    /// The write error (a closed pipe: `BrokenPipe`).
+    pub fn try_line(&self, text: &str) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()
+    }
+
     /// Prints a line of text and flushes.
     pub fn line(&self, text: &str) {
         let mut out = io::stdout().lock();

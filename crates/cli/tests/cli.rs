@@ -548,6 +548,20 @@ fn scenario(url: &str, backend: &str, plain: Plain) {
     assert_eq!(watch_json.interrupt(), 0, "{}", watch_json.stderr.get());
     assert_eq!(watch_table.interrupt(), 0, "{}", watch_table.stderr.get());
 
+    // A watcher whose reader goes away (`waypost watch | head -1`) ends at its next event.
+    let mut headless = StdCommand::new(assert_cmd::cargo::cargo_bin("waypost"))
+        .args(["--registry", url, "watch", &svc])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn waypost watch");
+    {
+        let mut first = String::new();
+        let mut out = BufReader::new(headless.stdout.take().expect("stdout"));
+        out.read_line(&mut first).expect("the snapshot line");
+        assert!(first.contains("SNAPSHOT"), "{first}");
+    } // the pipe's read end is closed here
+
     // A plain register.
     let plain_id = format!("{svc}-plain");
     let run = waypost(
@@ -568,6 +582,8 @@ fn scenario(url: &str, backend: &str, plain: Plain) {
     );
     match plain {
         Plain::Refuses => {
+            let _ = headless.kill();
+            let _ = headless.wait();
             assert_eq!(run.code, 2, "{run:?}");
             run.assert_one_line_error();
             assert!(run.stderr.contains("--keep"), "{run:?}");
@@ -578,6 +594,16 @@ fn scenario(url: &str, backend: &str, plain: Plain) {
                 run.stdout.starts_with(&format!("registered {plain_id} ")),
                 "{run:?}"
             );
+            // The headless watcher saw the event, could not write it, and exited 0.
+            let end = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(status) = headless.try_wait().expect("wait") {
+                    break status;
+                }
+                assert!(Instant::now() < end, "watch kept running without a reader");
+                thread::sleep(Duration::from_millis(20));
+            };
+            assert_eq!(status.code(), Some(0));
             // The instance outlives the command...
             let run = waypost(Some(url), &["-o", "json", "get", &plain_id]);
             assert_eq!(run.code, 0, "{run:?}");
@@ -869,12 +895,13 @@ fn help_of_every_command_mentions_every_flag() {
 
 #[test]
 fn bad_input_gives_one_line_and_a_non_zero_exit() {
-    let cases: [(&[&str], i32, Option<&str>); 8] = [
+    let cases: [(&[&str], i32, Option<&str>); 9] = [
         (&["ls"], 2, None),                                // no registry
         (&["ls"], 2, Some("bogus://127.0.0.1:1")),         // unknown scheme
         (&["get"], 2, Some("memory://")),                  // missing argument
         (&["nope"], 2, Some("memory://")),                 // unknown subcommand
         (&["--timeout", "x", "ls"], 2, Some("memory://")), // bad duration
+        (&["--timeout", "0", "ls"], 2, Some("memory://")), // zero timeout
         (
             &[
                 "register",

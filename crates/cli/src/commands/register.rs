@@ -183,7 +183,7 @@ pub async fn run(ctx: &Context, args: Args) -> CliResult {
                 common::exact_duration(ttl),
                 common::exact_duration(c.deregister_critical_after.max(Duration::from_secs(60)))
             ),
-            ttl + c.deregister_critical_after.max(Duration::from_secs(60)),
+            ttl.saturating_add(c.deregister_critical_after.max(Duration::from_secs(60))),
         ),
         _ => (
             format!(

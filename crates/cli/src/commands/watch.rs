@@ -20,8 +20,9 @@ use crate::{CliError, CliResult, Context, Exit};
                         \"updated\"|\"deleted\",\"service\",\"id\",\"address\",\"port\",\
                         \"health\",\"instance\"}, or {\"time\",\"type\":\"snapshot\",\"reason\",\
                         \"count\",\"instances\":[…]}. Each line is flushed as it is written.\n\
-                        Ctrl-C or SIGTERM ends it with 0; the stream ending on the registry's \
-                        side is an error (exit 4)."
+                        Ctrl-C or SIGTERM ends it with 0, and so does its reader going away \
+                        (`waypost watch | head -5` ends at the first event it cannot write); \
+                        the stream ending on the registry's side is an error (exit 4)."
 )]
 pub struct Args {
     /// Watch only this service.
@@ -78,20 +79,28 @@ pub async fn run(ctx: &Context, args: Args) -> CliResult {
     let outcome = loop {
         tokio::select! {
             _ = shutdown.recv() => break Ok(Exit::Ok),
-            event = stream.next() => match event {
-                Some(WatchEvent::Snapshot { mut services, reason }) => {
-                    services.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-                    snapshot(&p, reason, &services);
+            event = stream.next() => {
+                let written = match event {
+                    Some(WatchEvent::Snapshot { mut services, reason }) => {
+                        services.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+                        snapshot(&p, reason, &services)
+                    }
+                    Some(WatchEvent::Change(change)) => {
+                        change_line(&p, kind_str(change.kind), &change.service)
+                    }
+                    Some(_) => Ok(()),
+                    None => break Err(CliError::new(
+                        Exit::Unavailable,
+                        "watching: the registry ended the stream (closed or lost)",
+                    )),
+                };
+                match written {
+                    Ok(()) => {}
+                    // The reader has gone (`| head`): done, as it would be on Ctrl-C.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(Exit::Ok),
+                    Err(e) => break Err(CliError::new(Exit::Failure, format!("writing: {e}"))),
                 }
-                Some(WatchEvent::Change(change)) => {
-                    change_line(&p, kind_str(change.kind), &change.service);
-                }
-                Some(_) => {}
-                None => break Err(CliError::new(
-                    Exit::Unavailable,
-                    "watching: the registry ended the stream (closed or lost)",
-                )),
-            },
+            }
         }
     };
     drop(stream);
@@ -103,30 +112,29 @@ fn now() -> String {
     Timestamp::now().to_go_string()
 }
 
-fn snapshot(p: &Printer, reason: SnapshotReason, services: &[ServiceInfo]) {
+fn snapshot(p: &Printer, reason: SnapshotReason, services: &[ServiceInfo]) -> std::io::Result<()> {
     let time = now();
     if p.json() {
         let instances: Vec<String> = services.iter().map(common::instance_json).collect();
-        p.line(&json_object(&[
+        return p.try_line(&json_object(&[
             ("time", json_str(&time)),
             ("type", json_str("snapshot")),
             ("reason", json_str(reason_str(reason))),
             ("count", services.len().to_string()),
             ("instances", format!("[{}]", instances.join(","))),
         ]));
-        return;
     }
     let mut text = format!(
-        "{time}  SNAPSHOT (reason: {}) {} instance{}\n",
+        "{time}  SNAPSHOT (reason: {}) {} instance{}",
         reason_str(reason),
         services.len(),
         if services.len() == 1 { "" } else { "s" }
     );
     for info in services {
-        text.push_str(&row(p, &time, "INSTANCE", info));
         text.push('\n');
+        text.push_str(&row(p, &time, "INSTANCE", info));
     }
-    p.text(&text);
+    p.try_line(&text)
 }
 
 fn row(p: &Printer, time: &str, kind: &str, info: &ServiceInfo) -> String {
@@ -139,10 +147,10 @@ fn row(p: &Printer, time: &str, kind: &str, info: &ServiceInfo) -> String {
     )
 }
 
-fn change_line(p: &Printer, kind: &str, info: &ServiceInfo) {
+fn change_line(p: &Printer, kind: &str, info: &ServiceInfo) -> std::io::Result<()> {
     let time = now();
     if p.json() {
-        p.line(&json_object(&[
+        p.try_line(&json_object(&[
             ("time", json_str(&time)),
             ("type", json_str(&kind.to_ascii_lowercase())),
             ("service", json_str(&info.name)),
@@ -151,8 +159,8 @@ fn change_line(p: &Printer, kind: &str, info: &ServiceInfo) {
             ("port", info.port.to_string()),
             ("health", json_str(info.health.as_str())),
             ("instance", common::instance_json(info)),
-        ]));
+        ]))
     } else {
-        p.line(&row(p, &time, kind, info));
+        p.try_line(&row(p, &time, kind, info))
     }
 }
