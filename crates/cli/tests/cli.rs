@@ -767,6 +767,63 @@ fn health_and_call(url: &str, backend: &str) {
     assert_eq!(run.code, 3, "{run:?}");
 }
 
+/// `-o json register --keep`: one object per phase, and SIGTERM works as SIGINT does.
+fn keep_phases_in_json(url: &str, backend: &str) {
+    let svc = format!("cli-json-{backend}-{}", std::process::id());
+    let mut keeper = Spawned::start(
+        url,
+        &[
+            "-o",
+            "json",
+            "register",
+            "--keep",
+            "--name",
+            &svc,
+            "--address",
+            "10.0.0.9",
+            "--port",
+            "9000",
+        ],
+    );
+    let id = format!("{svc}-10.0.0.9-9000");
+    let first: Value =
+        serde_json::from_str(&keeper.line_where(Duration::from_secs(30), |_| true)).expect("JSON");
+    assert_eq!(
+        first,
+        serde_json::json!({"phase": "registered", "id": id, "service": svc, "backend": backend})
+    );
+    let run = waypost(Some(url), &["-o", "json", "get", &id]);
+    assert_eq!(
+        run.json_lines()[0]["health"],
+        "unknown",
+        "the default health: {run:?}"
+    );
+    let status = StdCommand::new("kill")
+        .args(["-TERM", &keeper.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let phases: Vec<Value> = (0..2)
+        .map(|_| {
+            serde_json::from_str(&keeper.line_where(Duration::from_secs(20), |_| true))
+                .expect("JSON")
+        })
+        .collect();
+    assert_eq!(phases[0]["phase"], "deregistering");
+    assert_eq!(phases[0]["signal"], "SIGTERM");
+    assert_eq!(phases[1]["phase"], "deregistered");
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = keeper.child.try_wait().expect("wait") {
+            break status.code();
+        }
+        assert!(Instant::now() < end, "no exit after SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
+    assert_eq!(waypost(Some(url), &["get", &id]).code, 3);
+}
+
 /// A background runtime for the in-process fake Consul agent and for starting servers.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -834,6 +891,7 @@ fn consul_fake_agent_every_subcommand() {
     let url = format!("consul://{}?ttl=5s&connect_timeout=5s", agent.addr());
     scenario(&url, "consul", Plain::Registers);
     health_and_call(&url, "consul");
+    keep_phases_in_json(&url, "consul");
     agent.stop();
     drop(agent);
 }
