@@ -7,6 +7,9 @@
 //! or one JSON object per line with `-o json`. Exit codes are listed in [`Exit`].
 //!
 //! Most users run the binary; the library exists so the binary's parts can be tested.
+//!
+//! The rest of this page is the command's reference (the crate README).
+#![doc = include_str!("../README.md")]
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -59,7 +62,7 @@ pub struct Cli {
     pub color: ColorChoice,
 
     /// Time limit for connecting to the registry and for each call (`500ms`, `10s`, `1m30s`).
-    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true, value_name = "DURATION")]
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// What to do.
@@ -100,6 +103,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     waypost::core::time::parse_duration(text)
 }
 
+/// Parses `--timeout`: a duration above zero.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("the timeout must be above zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
 /// The clap command, for completions and the man page.
 #[must_use]
 pub fn command() -> clap::Command {
@@ -109,16 +123,17 @@ pub fn command() -> clap::Command {
 /// Runs the command line of this process and returns its exit status.
 #[must_use]
 pub fn main() -> ExitCode {
+    install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            // Usage errors: one line on stderr, status 2.
+            return report(&CliError::usage(usage_error_line(&err.to_string())));
+        }
         Err(err) => {
-            // Help and version go to stdout with status 0; usage errors to stderr with 2.
+            // Help and version go to stdout with status 0.
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() {
-                Exit::Usage.code()
-            } else {
-                0
-            });
+            return ExitCode::SUCCESS;
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -138,6 +153,43 @@ pub fn main() -> ExitCode {
         Ok(exit) => exit.into(),
         Err(err) => report(&err),
     }
+}
+
+/// Reports a panic (which is a bug) on one line and exits with status 1: never a backtrace or a
+/// half-written table with a second error after it.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let err = CliError::new(Exit::Failure, format!("internal error{at}: {payload}"));
+        eprintln!("waypost: error: {err}");
+        std::process::exit(i32::from(Exit::Failure.code()));
+    }));
+}
+
+/// clap's usage error on one line: its message up to the usage block, without its `error:`
+/// prefix, with a pointer to `--help`.
+#[must_use]
+pub fn usage_error_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.strip_prefix("error:").unwrap_or(line).trim());
+        }
+    }
+    format!("{} (see --help)", parts.join(" "))
 }
 
 fn report(err: &CliError) -> ExitCode {

@@ -63,12 +63,37 @@ impl Printer {
         let _ = out.flush();
     }
 
+    /// Prints text as it is (a rendered table) and flushes.
+    pub fn text(&self, text: &str) {
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+
+    /// Prints a line of text and flushes, saying whether it could: a stream (`watch`) stops
+    /// when its reader has gone (`waypost watch | head -3`).
+    ///
+    /// # Errors
+    /// The write error (a closed pipe: `BrokenPipe`).
+    pub fn try_line(&self, text: &str) -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()
+    }
+
     /// Prints a line of text and flushes.
     pub fn line(&self, text: &str) {
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     }
+}
+
+/// Writes bytes to stdout as they are and flushes; a closed pipe is ignored.
+pub fn write_stdout(bytes: &[u8]) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
 }
 
 /// An aligned table: a header row and rows of cells, columns padded to their widest cell.
@@ -119,10 +144,10 @@ impl Table {
     /// trailing spaces trimmed.
     #[must_use]
     pub fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| visible_width(h)).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(visible_width(cell));
             }
         }
         let mut out = String::new();
@@ -133,7 +158,7 @@ impl Table {
                     line.push_str("  ");
                 }
                 line.push_str(cell);
-                line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+                line.extend(std::iter::repeat_n(' ', w - visible_width(cell)));
             }
             out.push_str(line.trim_end());
             out.push('\n');
@@ -142,9 +167,39 @@ impl Table {
     }
 }
 
+/// The characters of `cell` a terminal shows: ANSI colour sequences (`ESC [ … m`) take no room.
+fn visible_width(cell: &str) -> usize {
+    let mut width = 0;
+    let mut chars = cell.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            width += 1;
+        }
+    }
+    width
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coloured_cells_are_padded_by_what_the_terminal_shows() {
+        let mut t = Table::new(["ID", "HEALTH", "X"]);
+        t.row(["a", "\u{1b}[32mhealthy\u{1b}[0m", "1"]);
+        t.row(["b", "down", "2"]);
+        let text = t.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ID  HEALTH   X");
+        assert_eq!(lines[1], "a   \u{1b}[32mhealthy\u{1b}[0m  1");
+        assert_eq!(lines[2], "b   down     2");
+    }
 
     #[test]
     fn a_table_pads_columns_to_the_widest_cell_and_trims_line_ends() {
