@@ -54,8 +54,8 @@ mod throttle;
 
 pub use execute::{CircuitBreakerExt, Classify, Execute, ExecuteError, FailOnError, PermitGuard};
 pub use failure_rate::{FailureRateBreaker, FailureRateBuilder, FailureRateConfig, SlidingWindow};
-pub use metrics::{describe_metrics, TransitionMetrics};
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService, ResponseFuture};
+pub use metrics::{describe_metrics, TransitionMetrics};
 pub use simple::SimpleCircuitBreaker;
 pub use state::StateChange;
 pub use throttle::AdaptiveThrottle;

@@ -78,7 +78,8 @@ impl TransitionMetrics {
     pub fn new(service: &str, instance: &str) -> Self {
         let service = SharedString::from(service.to_owned());
         let instance = SharedString::from(instance.to_owned());
-        let state = metrics::gauge!(STATE, "service" => service.clone(), "instance" => instance.clone());
+        let state =
+            metrics::gauge!(STATE, "service" => service.clone(), "instance" => instance.clone());
         state.set(0.0);
         TransitionMetrics {
             service,

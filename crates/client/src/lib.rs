@@ -102,6 +102,7 @@ mod body;
 mod budget;
 mod client;
 mod http;
+mod metrics;
 mod outlier;
 mod retry;
 mod service;
@@ -113,6 +114,7 @@ pub use crate::client::{
     CallBuilder, ServiceClient, ServiceClientBuilder, ServiceResponse, DEFAULT_TIMEOUT,
 };
 pub use crate::http::{HttpClient, HttpClientBuilder, HTTP2_METADATA_KEY};
+pub use crate::metrics::describe_metrics;
 pub use crate::outlier::{InstancePermit, OutlierConfig, OutlierDetector};
 pub use crate::retry::{is_idempotent, RetryPolicy};
 pub use ::http::Method;

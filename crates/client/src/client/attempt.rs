@@ -26,6 +26,7 @@ use super::execute::deadline_error;
 use super::{CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
 use crate::http::Wire;
+use crate::metrics::{CallOutcome, MethodMetrics};
 use crate::outlier::InstancePermit;
 use crate::timer::AttemptTimer;
 
@@ -214,6 +215,24 @@ fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Counts an attempt that took `took`, and the body bytes it sent and received.
+fn record_attempt(m: &MethodMetrics, spec: &CallSpec<'_>, result: &Attempt, took: Duration) {
+    let outcome = match result {
+        Attempt::Done(_, _, body) => {
+            m.sent(spec.body.len());
+            m.received(body.len());
+            CallOutcome::Success
+        }
+        Attempt::Fail { error, sent, .. } => {
+            if *sent {
+                m.sent(spec.body.len());
+            }
+            CallOutcome::of(error)
+        }
+    };
+    m.attempt(outcome, took.as_secs_f64());
+}
+
 impl ServiceClient {
     /// One attempt: picks an instance, sends, and reports the outcome to the balancer's guard
     /// and to the instance's breaker. Returns the instance, what happened, and whether the
@@ -249,6 +268,7 @@ impl ServiceClient {
                 if let Some(r) = &mut remaining {
                     *r = r.saturating_sub(wait);
                     if r.is_zero() {
+                        spec.count_deadline_exceeded();
                         return Err(deadline_error(&spec.service, overall));
                     }
                 }
@@ -265,7 +285,7 @@ impl ServiceClient {
             endpoint = %selection.instance.endpoint(),
         );
         let t0 = started.unwrap_or_else(Instant::now);
-        let result = self
+        let (result, took) = self
             .send_once(spec, &selection.instance, t0, attempt_timeout)
             .instrument(span)
             .await;
@@ -273,6 +293,9 @@ impl ServiceClient {
             Attempt::Done(..) => Outcome::Success,
             Attempt::Fail { outcome, .. } => *outcome,
         };
+        if let Some(m) = spec.method_metrics() {
+            record_attempt(m, spec, &result, took);
+        }
         let Selection { instance, guard } = selection;
         // The guard measures its own latency (from the pick), and a guard that reports to
         // nobody reads no clock.
@@ -294,7 +317,10 @@ impl ServiceClient {
         match remaining {
             Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
                 .await
-                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall))),
+                .unwrap_or_else(|_| {
+                    spec.count_deadline_exceeded();
+                    Err(deadline_error(&spec.service, overall))
+                }),
             None => self.pick(spec, failed).await,
         }
     }
@@ -325,7 +351,7 @@ impl ServiceClient {
                 avoid: &avoid,
             };
             let selection = discovery.select(&spec.service, &ctx).await?;
-            match outliers.acquire(&selection.instance.id) {
+            match outliers.acquire_for(&spec.service, &selection.instance.id) {
                 Ok(permit) => return Ok((selection, Some(permit))),
                 Err(_) => {
                     let id = selection.instance.id.clone();
@@ -445,23 +471,25 @@ impl ServiceClient {
         instance: &Arc<ServiceInfo>,
         start: Instant,
         timeout: Duration,
-    ) -> Attempt {
+    ) -> (Attempt, Duration) {
         // The request is built outside the exchange's future, so it is not held twice.
         let (req, wire) = match self.request_for(spec, instance) {
             Ok(found) => found,
             Err(error) => {
-                return Attempt::Fail {
+                let failed = Attempt::Fail {
                     error,
                     outcome: Outcome::Ignored,
                     sent: false,
                     timed_out: false,
-                }
+                };
+                return (failed, start.elapsed());
             }
         };
         // A timeout too far to represent (`Duration::MAX`) is no timeout.
         let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req, wire)));
         let Some(at) = start.checked_add(timeout) else {
-            return exchange.await;
+            let done = exchange.await;
+            return (done, start.elapsed());
         };
         // The exchange first, as `tokio::time::timeout` does: a response that is ready wins.
         let mut timer = AttemptTimer::until(at);
@@ -470,7 +498,12 @@ impl ServiceClient {
             Poll::Pending => Pin::new(&mut timer).poll(cx).map(|()| None),
         })
         .await;
-        match timed {
+        // The time taken, from the timer's deadline (`start` is not kept across the wait: the
+        // attempt's future stays as small as it was).
+        let took = timeout.saturating_sub(timer.deadline().map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        }));
+        let attempt = match timed {
             Some(a) => a,
             None => Attempt::Fail {
                 error: Error::timeout(
@@ -485,6 +518,7 @@ impl ServiceClient {
                 sent: true,
                 timed_out: true,
             },
-        }
+        };
+        (attempt, took)
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use waypost_core_types::{Error, Result, ServiceInfo};
 
 use super::ServiceClient;
+use crate::metrics::{MethodMetrics, ServiceMetrics};
 
 /// A successful response (status below 400).
 #[derive(Debug, Clone)]
@@ -76,6 +77,8 @@ pub(crate) struct CallSpec<'a> {
     pub(super) deadline: Option<Duration>,
     pub(super) retry_non_idempotent: Option<bool>,
     pub(super) max_retries: Option<u32>,
+    /// The service's metric handles, set when the call starts.
+    pub(super) metrics: Option<Arc<ServiceMetrics>>,
 }
 
 impl CallSpec<'static> {
@@ -92,6 +95,7 @@ impl CallSpec<'static> {
             deadline,
             retry_non_idempotent,
             max_retries,
+            metrics,
         } = CallSpec::borrowed(service, method, path);
         CallSpec {
             service: Cow::Owned(service.into_owned()),
@@ -104,6 +108,7 @@ impl CallSpec<'static> {
             deadline,
             retry_non_idempotent,
             max_retries,
+            metrics,
         }
     }
 }
@@ -128,6 +133,19 @@ impl<'a> CallSpec<'a> {
             deadline: None,
             retry_non_idempotent: None,
             max_retries: None,
+            metrics: None,
+        }
+    }
+
+    /// The handles of this call's service and method.
+    pub(super) fn method_metrics(&self) -> Option<&MethodMetrics> {
+        self.metrics.as_ref().map(|m| m.method(&self.method))
+    }
+
+    /// Counts a call that ran out of its deadline.
+    pub(super) fn count_deadline_exceeded(&self) {
+        if let Some(m) = &self.metrics {
+            m.deadline_exceeded();
         }
     }
 

@@ -20,6 +20,7 @@ use waypost_core_types::{Result, ServiceDiscovery};
 
 use crate::budget::RetryBudget;
 use crate::http::HttpClient;
+use crate::metrics::ClientMetrics;
 use crate::outlier::OutlierDetector;
 use crate::retry::RetryPolicy;
 
@@ -53,6 +54,7 @@ pub(crate) struct Inner {
     budget: Option<Arc<RetryBudget>>,
     body_limit: usize,
     outliers: Option<OutlierDetector>,
+    metrics: ClientMetrics,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
