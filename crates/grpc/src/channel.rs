@@ -22,6 +22,7 @@ use waypost_core_types::{
 use crate::body::{prepare, Finish, ResponseBody};
 use crate::builder::ChannelBuilder;
 use crate::connect::uses_tls;
+use crate::metrics::{CallOutcome, CallRecord, ChannelMetrics, MethodMetrics};
 use crate::pool::{ConnError, Pool, StreamGuard};
 use crate::retry::RetryTable;
 use crate::status::{counts_as_failure, deadline_exceeded, normalize, service_part, unavailable};
@@ -60,6 +61,7 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) sweep_interval: Duration,
     pub(crate) sweeper: OnceLock<Sweeper>,
+    pub(crate) metrics: ChannelMetrics,
 }
 
 /// The task that closes the connections of instances that left; it ends with the channel.
@@ -137,6 +139,15 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
     }
 }
 
+/// One call's state that outlives its retry loop (which a deadline may cut short).
+struct Call<'a> {
+    start: Instant,
+    deadline: Option<Instant>,
+    last_instance: &'a Mutex<Option<Arc<ServiceInfo>>>,
+    metrics: &'a Arc<MethodMetrics>,
+    seen: &'a Mutex<Option<CallOutcome>>,
+}
+
 /// What the previous attempt of a call left.
 enum Last {
     /// Nothing yet.
@@ -205,7 +216,7 @@ impl Inner {
             };
             let sel = self.discovery.select(&self.service, &ctx).await?;
             let id = sel.instance.id.clone();
-            match outliers.acquire(&id) {
+            match outliers.acquire_for(&self.service, &id) {
                 Ok(permit) => {
                     let fallback = avoid.contains(&id);
                     return Ok((sel, Some(permit), fallback));
@@ -242,8 +253,19 @@ impl Inner {
         };
         let deadline = timeout.and_then(|t| start.checked_add(t));
         let last_instance: Mutex<Option<Arc<ServiceInfo>>> = Mutex::new(None);
-        let run = self.run(parts, body, deadline, &last_instance);
-        match (deadline, timeout) {
+        let metrics = self.metrics.method(parts.uri.path());
+        // What the channel saw, when the status alone does not say it (a connection that
+        // failed, every instance ejected, …).
+        let seen: Mutex<Option<CallOutcome>> = Mutex::new(None);
+        let call = Call {
+            start,
+            deadline,
+            last_instance: &last_instance,
+            metrics: &metrics,
+            seen: &seen,
+        };
+        let run = self.run(parts, body, call);
+        let result = match (deadline, timeout) {
             (Some(at), Some(t)) => match tokio::time::timeout_at(at, run).await {
                 Ok(r) => r,
                 Err(_) => Err(deadline_exceeded(
@@ -253,16 +275,35 @@ impl Inner {
                 )),
             },
             _ => run.await,
+        };
+        if let Err(status) = &result {
+            let outcome = seen
+                .lock()
+                .take()
+                .unwrap_or_else(|| CallOutcome::of(status.code()));
+            metrics.request(outcome, start.elapsed().as_secs_f64());
+            if outcome == CallOutcome::Timeout {
+                metrics.deadline_exceeded();
+            }
         }
+        result
     }
 
     async fn run(
         self: &Arc<Self>,
         parts: http::request::Parts,
         body: tonic::body::Body,
-        deadline: Option<Instant>,
-        last_instance: &Mutex<Option<Arc<ServiceInfo>>>,
+        call: Call<'_>,
     ) -> Result<Response<ResponseBody>, Status> {
+        let Call {
+            start,
+            deadline,
+            last_instance,
+            metrics,
+            seen,
+        } = call;
+        // The outcome of a call that ends in the channel: recorded by `call`.
+        let saw = |outcome: CallOutcome| *seen.lock() = Some(outcome);
         let service = self.service.as_str();
         let path = parts
             .uri
@@ -290,11 +331,22 @@ impl Inner {
         let mut failovers = 0u32;
         let mut sent_attempts = 0u32;
         let mut last = Last::None;
+        // The outcome of the last attempt that failed in the channel (not with a server's
+        // status).
+        let mut last_outcome: Option<CallOutcome> = None;
         loop {
             let (selection, permit, fallback) = match self.pick(hash_key.as_deref(), &failed).await
             {
                 Ok(p) => p,
                 Err(e) => {
+                    match (&last, last_outcome) {
+                        (Last::None, _) if matches!(e, Error::CircuitOpen) => {
+                            saw(CallOutcome::CircuitOpen)
+                        }
+                        (Last::None, _) => saw(CallOutcome::NoInstance),
+                        (_, Some(o)) => saw(o),
+                        (_, None) => {}
+                    }
                     return Err(match last {
                         Last::Unsent(s) | Last::Retried(s) => s,
                         Last::None if matches!(e, Error::CircuitOpen) => Status::unavailable(
@@ -305,11 +357,13 @@ impl Inner {
                             service_part(service),
                             quoted(&e.to_string())
                         )),
-                    })
+                    });
                 }
             };
             let Selection { instance, guard } = selection;
             *last_instance.lock() = Some(instance.clone());
+            let attempt_start = Instant::now();
+            let took = || attempt_start.elapsed().as_secs_f64();
             let mut finish = Finish {
                 guard,
                 permit: permit.zip(self.outliers.clone()),
@@ -320,8 +374,15 @@ impl Inner {
                 if failed.contains(&instance.id) {
                     // Every instance was tried: the last failure is the answer.
                     finish.report(Outcome::Ignored);
+                    if let Some(o) = last_outcome {
+                        saw(o);
+                    }
                     return Err(s.clone());
                 }
+            }
+            if !matches!(last, Last::None) {
+                // Another attempt after a failed one: a failover or a retry.
+                metrics.retry();
             }
             let (send, slot) = match self.pool.connection(&instance, fallback).await {
                 Ok((send, slot)) => {
@@ -338,9 +399,12 @@ impl Inner {
                     };
                     finish.report(outcome);
                     tracing::debug!(instance = %quoted(&instance.id), reason = %why, "connection failed: failing over");
+                    metrics.attempt(CallOutcome::ConnectError, took());
+                    last_outcome = Some(CallOutcome::ConnectError);
                     let status = unavailable(service, &instance, &why);
                     failovers += 1;
                     if failovers > self.max_failovers {
+                        saw(CallOutcome::ConnectError);
                         return Err(status);
                     }
                     if !failed.contains(&instance.id) {
@@ -382,6 +446,7 @@ impl Inner {
                     .insert(GRPC_TIMEOUT, timeout::encode(left));
             }
             let mut send = send;
+            let body_len = body.replayable_len();
             match send.try_send_request(req).await {
                 Err(mut e) => {
                     if let Some(req) = e.take_message() {
@@ -391,9 +456,12 @@ impl Inner {
                         let why =
                             format!("connection lost: {}", crate::status::error_text(e.error()));
                         slot.lost(&why);
+                        metrics.attempt(CallOutcome::TransportError, took());
+                        last_outcome = Some(CallOutcome::TransportError);
                         let status = unavailable(service, &instance, &why);
                         failovers += 1;
                         if failovers > self.max_failovers {
+                            saw(CallOutcome::TransportError);
                             return Err(status);
                         }
                         if !failed.contains(&instance.id) {
@@ -403,6 +471,9 @@ impl Inner {
                         continue;
                     }
                     finish.report(Outcome::Failure);
+                    metrics.sent(body_len);
+                    metrics.attempt(CallOutcome::TransportError, took());
+                    last_outcome = Some(CallOutcome::TransportError);
                     let why = crate::status::error_text(e.error());
                     slot.lost(&why);
                     let status = unavailable(service, &instance, &why);
@@ -423,11 +494,15 @@ impl Inner {
                             last = Last::Retried(status);
                             continue;
                         }
-                        None => return Err(status),
+                        None => {
+                            saw(CallOutcome::TransportError);
+                            return Err(status);
+                        }
                     }
                 }
                 Ok(resp) => {
                     slot.answered();
+                    metrics.sent(body_len);
                     let (mut head, incoming) = resp.into_parts();
                     let code = normalize(&mut head.headers, Some(head.status), service, &instance);
                     let Some(code) = code.filter(|c| *c != Code::Ok) else {
@@ -445,11 +520,25 @@ impl Inner {
                         // trailers must bring one.
                         let status_seen = code.is_some();
                         let origin = (self.service.clone(), instance.clone());
-                        let body =
-                            ResponseBody::new(incoming, finish, deadline, status_seen, origin);
+                        let record = CallRecord {
+                            metrics: metrics.clone(),
+                            call_start: start,
+                            attempt_start,
+                            received: 0,
+                        };
+                        let body = ResponseBody::new(
+                            incoming,
+                            finish,
+                            deadline,
+                            status_seen,
+                            origin,
+                            record,
+                        );
                         return Ok(Response::from_parts(head, body));
                     };
                     // Trailers-only: the status is in the headers, no message came.
+                    metrics.attempt(CallOutcome::of(code), took());
+                    last_outcome = None;
                     finish.report(if counts_as_failure(code) {
                         Outcome::Failure
                     } else {
@@ -519,6 +608,7 @@ impl Inner {
         }
         if let Some(b) = &self.budget {
             if !b.try_withdraw() {
+                self.metrics.budget_exhausted();
                 tracing::debug!("retry budget exhausted");
                 return None;
             }

@@ -85,6 +85,7 @@ mod builder;
 mod channel;
 mod connect;
 mod health;
+mod metrics;
 mod pool;
 mod retry;
 mod status;
@@ -97,6 +98,7 @@ pub use crate::builder::{ChannelBuilder, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REPLAY_L
 pub use crate::channel::{Channel, HashKey};
 pub use crate::connect::uses_tls;
 pub use crate::health::{GrpcHealthChecker, HealthService};
+pub use crate::metrics::describe_metrics;
 pub use crate::retry::RetryPolicy;
 pub use tonic::Code;
 
