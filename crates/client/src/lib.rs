@@ -103,6 +103,8 @@ mod budget;
 mod client;
 mod http;
 mod metrics;
+#[doc(hidden)]
+pub mod otel;
 mod outlier;
 mod retry;
 mod service;

@@ -27,6 +27,7 @@ use super::{CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
 use crate::http::Wire;
 use crate::metrics::{CallOutcome, MethodMetrics};
+use crate::otel::AttemptSpan;
 use crate::outlier::InstancePermit;
 use crate::timer::AttemptTimer;
 
@@ -285,8 +286,9 @@ impl ServiceClient {
             endpoint = %selection.instance.endpoint(),
         );
         let t0 = started.unwrap_or_else(Instant::now);
+        let trace = AttemptSpan::start(&spec.trace, &spec.service, &selection.instance.id, attempt);
         let (result, took) = self
-            .send_once(spec, &selection.instance, t0, attempt_timeout)
+            .send_once(spec, &selection.instance, trace, t0, attempt_timeout)
             .instrument(span)
             .await;
         let outcome = match &result {
@@ -374,11 +376,14 @@ impl ServiceClient {
         Err(Error::CircuitOpen)
     }
 
-    /// Builds the request for `instance`.
+    /// Builds the request for `instance`, with the attempt's trace context in its headers.
+    /// (Written here, not in the async caller: a request borrowed there would be kept in its
+    /// future across the wait.)
     fn request_for(
         &self,
         spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
+        trace: &AttemptSpan,
     ) -> Result<(Request<Full<Bytes>>, Wire)> {
         let scheme = match instance.protocol {
             Protocol::Http => "http",
@@ -405,6 +410,7 @@ impl ServiceClient {
         if !spec.headers.is_empty() {
             *req.headers_mut() = spec.headers.clone();
         }
+        trace.inject(req.headers_mut());
         Ok((req, wire))
     }
 
@@ -469,11 +475,12 @@ impl ServiceClient {
         &self,
         spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
+        trace: AttemptSpan,
         start: Instant,
         timeout: Duration,
     ) -> (Attempt, Duration) {
         // The request is built outside the exchange's future, so it is not held twice.
-        let (req, wire) = match self.request_for(spec, instance) {
+        let (req, wire) = match self.request_for(spec, instance, &trace) {
             Ok(found) => found,
             Err(error) => {
                 let failed = Attempt::Fail {
@@ -482,6 +489,7 @@ impl ServiceClient {
                     sent: false,
                     timed_out: false,
                 };
+                end_span(trace, &failed);
                 return (failed, start.elapsed());
             }
         };
@@ -489,6 +497,7 @@ impl ServiceClient {
         let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req, wire)));
         let Some(at) = start.checked_add(timeout) else {
             let done = exchange.await;
+            end_span(trace, &done);
             return (done, start.elapsed());
         };
         // The exchange first, as `tokio::time::timeout` does: a response that is ready wins.
@@ -503,7 +512,7 @@ impl ServiceClient {
         let took = timeout.saturating_sub(timer.deadline().map_or(Duration::ZERO, |d| {
             d.saturating_duration_since(Instant::now())
         }));
-        let attempt = match timed {
+        let done = match timed {
             Some(a) => a,
             None => Attempt::Fail {
                 error: Error::timeout(
@@ -519,6 +528,15 @@ impl ServiceClient {
                 timed_out: true,
             },
         };
-        (attempt, took)
+        end_span(trace, &done);
+        (done, took)
+    }
+}
+
+/// Ends an attempt's span with its outcome.
+fn end_span(span: AttemptSpan, attempt: &Attempt) {
+    match attempt {
+        Attempt::Done(..) => span.end(CallOutcome::Success.label(), false),
+        Attempt::Fail { error, .. } => span.end(CallOutcome::of(error).label(), true),
     }
 }

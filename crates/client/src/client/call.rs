@@ -16,6 +16,7 @@ use waypost_core_types::{Error, Result, ServiceInfo};
 
 use super::ServiceClient;
 use crate::metrics::{MethodMetrics, ServiceMetrics};
+use crate::otel::TraceParent;
 
 /// A successful response (status below 400).
 #[derive(Debug, Clone)]
@@ -79,6 +80,8 @@ pub(crate) struct CallSpec<'a> {
     pub(super) max_retries: Option<u32>,
     /// The service's metric handles, set when the call starts.
     pub(super) metrics: Option<Arc<ServiceMetrics>>,
+    /// The caller's trace context, taken when the call starts (empty without `otel`).
+    pub(super) trace: TraceParent,
 }
 
 impl CallSpec<'static> {
@@ -96,6 +99,7 @@ impl CallSpec<'static> {
             retry_non_idempotent,
             max_retries,
             metrics,
+            trace,
         } = CallSpec::borrowed(service, method, path);
         CallSpec {
             service: Cow::Owned(service.into_owned()),
@@ -109,6 +113,7 @@ impl CallSpec<'static> {
             retry_non_idempotent,
             max_retries,
             metrics,
+            trace,
         }
     }
 }
@@ -134,6 +139,7 @@ impl<'a> CallSpec<'a> {
             retry_non_idempotent: None,
             max_retries: None,
             metrics: None,
+            trace: TraceParent::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use waypost_core_types::{Error, Result};
 use super::attempt::Attempt;
 use super::{BoxFuture, CallSpec, ServiceClient, ServiceResponse};
 use crate::metrics::CallOutcome;
+use crate::otel::TraceParent;
 use crate::retry::is_idempotent;
 
 pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error {
@@ -25,6 +26,8 @@ impl ServiceClient {
         mut spec: CallSpec<'a>,
     ) -> BoxFuture<'a, Result<ServiceResponse>> {
         spec.metrics = Some(self.inner.metrics.service(&spec.service));
+        // Taken before the call's span is entered: the caller's span is the attempts' parent.
+        spec.trace = TraceParent::current();
         // The path without its query string (it may carry a token), both bounded and escaped:
         // they can come from request input.
         let span = tracing::info_span!(
