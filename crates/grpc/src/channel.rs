@@ -27,6 +27,7 @@ use crate::pool::{ConnError, Pool, StreamGuard};
 use crate::retry::RetryTable;
 use crate::status::{counts_as_failure, deadline_exceeded, normalize, service_part, unavailable};
 use crate::timeout::{self, GRPC_TIMEOUT};
+use waypost_client::otel::{AttemptSpan, TraceParent};
 
 /// A consistent-hash key for one call, as a request extension (it wins over the channel's
 /// [`hash_key_header`](ChannelBuilder::hash_key_header)):
@@ -135,7 +136,9 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
 
     fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.call(req).await })
+        // The caller's trace context (feature `otel`), the parent of every attempt's span.
+        let trace = TraceParent::current();
+        Box::pin(async move { inner.call(req, trace).await })
     }
 }
 
@@ -146,6 +149,7 @@ struct Call<'a> {
     last_instance: &'a Mutex<Option<Arc<ServiceInfo>>>,
     metrics: &'a Arc<MethodMetrics>,
     seen: &'a Mutex<Option<CallOutcome>>,
+    trace: &'a TraceParent,
 }
 
 /// What the previous attempt of a call left.
@@ -242,6 +246,7 @@ impl Inner {
     async fn call(
         self: &Arc<Self>,
         req: Request<tonic::body::Body>,
+        trace: TraceParent,
     ) -> Result<Response<ResponseBody>, Status> {
         self.ensure_sweeper();
         let start = Instant::now();
@@ -263,6 +268,7 @@ impl Inner {
             last_instance: &last_instance,
             metrics: &metrics,
             seen: &seen,
+            trace: &trace,
         };
         let run = self.run(parts, body, call);
         let result = match (deadline, timeout) {
@@ -301,6 +307,7 @@ impl Inner {
             last_instance,
             metrics,
             seen,
+            trace,
         } = call;
         // The outcome of a call that ends in the channel: recorded by `call`.
         let saw = |outcome: CallOutcome| *seen.lock() = Some(outcome);
@@ -334,6 +341,7 @@ impl Inner {
         // The outcome of the last attempt that failed in the channel (not with a server's
         // status).
         let mut last_outcome: Option<CallOutcome> = None;
+        let mut attempts = 0u32;
         loop {
             let (selection, permit, fallback) = match self.pick(hash_key.as_deref(), &failed).await
             {
@@ -384,6 +392,8 @@ impl Inner {
                 // Another attempt after a failed one: a failover or a retry.
                 metrics.retry();
             }
+            attempts += 1;
+            let span = AttemptSpan::start(trace, service, &instance.id, attempts);
             let (send, slot) = match self.pool.connection(&instance, fallback).await {
                 Ok((send, slot)) => {
                     finish.stream = Some(StreamGuard::new(slot.clone()));
@@ -400,6 +410,7 @@ impl Inner {
                     finish.report(outcome);
                     tracing::debug!(instance = %quoted(&instance.id), reason = %why, "connection failed: failing over");
                     metrics.attempt(CallOutcome::ConnectError, took());
+                    span.end(CallOutcome::ConnectError.label(), true);
                     last_outcome = Some(CallOutcome::ConnectError);
                     let status = unavailable(service, &instance, &why);
                     failovers += 1;
@@ -440,6 +451,7 @@ impl Inner {
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_2;
             *req.headers_mut() = parts.headers.clone();
+            span.inject(req.headers_mut());
             if let Some(at) = deadline {
                 let left = at.saturating_duration_since(Instant::now());
                 req.headers_mut()
@@ -457,6 +469,7 @@ impl Inner {
                             format!("connection lost: {}", crate::status::error_text(e.error()));
                         slot.lost(&why);
                         metrics.attempt(CallOutcome::TransportError, took());
+                        span.end(CallOutcome::TransportError.label(), true);
                         last_outcome = Some(CallOutcome::TransportError);
                         let status = unavailable(service, &instance, &why);
                         failovers += 1;
@@ -473,6 +486,7 @@ impl Inner {
                     finish.report(Outcome::Failure);
                     metrics.sent(body_len);
                     metrics.attempt(CallOutcome::TransportError, took());
+                    span.end(CallOutcome::TransportError.label(), true);
                     last_outcome = Some(CallOutcome::TransportError);
                     let why = crate::status::error_text(e.error());
                     slot.lost(&why);
@@ -525,6 +539,7 @@ impl Inner {
                             call_start: start,
                             attempt_start,
                             received: 0,
+                            span,
                         };
                         let body = ResponseBody::new(
                             incoming,
@@ -538,6 +553,7 @@ impl Inner {
                     };
                     // Trailers-only: the status is in the headers, no message came.
                     metrics.attempt(CallOutcome::of(code), took());
+                    span.end(CallOutcome::of(code).label(), true);
                     last_outcome = None;
                     finish.report(if counts_as_failure(code) {
                         Outcome::Failure

@@ -125,7 +125,7 @@ pub(crate) enum CallOutcome {
 const OUTCOMES: usize = 9;
 
 impl CallOutcome {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CallOutcome::Success => "success",
             CallOutcome::ClientError => "client_error",
@@ -307,6 +307,8 @@ pub(crate) struct CallRecord {
     pub(crate) attempt_start: tokio::time::Instant,
     /// Response body bytes so far.
     pub(crate) received: u64,
+    /// The attempt's span (feature `otel`).
+    pub(crate) span: waypost_client::otel::AttemptSpan,
 }
 
 impl CallRecord {
@@ -327,6 +329,8 @@ impl CallRecord {
         if outcome == CallOutcome::Timeout {
             m.deadline_exceeded();
         }
+        self.span
+            .end(outcome.label(), outcome != CallOutcome::Success);
     }
 }
 
