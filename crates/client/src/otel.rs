@@ -107,25 +107,25 @@ mod imp {
 
     /// Empty without the `otel` feature.
     #[derive(Debug, Clone, Copy, Default)]
-    pub struct TraceParent;
+    pub struct TraceParent(());
 
     impl TraceParent {
         /// Nothing to take.
         #[inline]
         pub fn current() -> Self {
-            TraceParent
+            TraceParent(())
         }
     }
 
     /// Empty without the `otel` feature.
     #[derive(Debug)]
-    pub struct AttemptSpan;
+    pub struct AttemptSpan(());
 
     impl AttemptSpan {
         /// No span.
         #[inline]
         pub fn start(_: &TraceParent, _: &str, _: &str, _: u32) -> Self {
-            AttemptSpan
+            AttemptSpan(())
         }
 
         /// Nothing to write.
