@@ -14,6 +14,10 @@
 //! `subscribe()` (a `tokio::sync::watch` receiver) or `on_state_change` callbacks. All time is tokio
 //! time, so `tokio::time::pause()` drives the open timeout in tests.
 //!
+//! Metrics: a [`TransitionMetrics`] listener records a breaker's state transitions through the
+//! `metrics` facade, named by service and instance ([`metrics`] lists them;
+//! [`describe_metrics`] registers their descriptions).
+//!
 //! Most users want the `waypost` facade crate, which re-exports this one.
 //!
 //! ```
@@ -42,6 +46,7 @@
 mod execute;
 mod failure_rate;
 mod layer;
+pub mod metrics;
 mod simple;
 mod state;
 mod stripes;
@@ -50,6 +55,7 @@ mod throttle;
 pub use execute::{CircuitBreakerExt, Classify, Execute, ExecuteError, FailOnError, PermitGuard};
 pub use failure_rate::{FailureRateBreaker, FailureRateBuilder, FailureRateConfig, SlidingWindow};
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService, ResponseFuture};
+pub use metrics::{describe_metrics, TransitionMetrics};
 pub use simple::SimpleCircuitBreaker;
 pub use state::StateChange;
 pub use throttle::AdaptiveThrottle;

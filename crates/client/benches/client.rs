@@ -9,7 +9,12 @@
 //! per slice (default 0.5), `WAYPOST_BENCH_ROUNDS` the number of rounds (default 20).
 //! `WAYPOST_BENCH_HTTP=1` (the default) compares the two clients over HTTP/1.1, `h2c` over h2c,
 //! and `both` runs the four in each round and also prints ServiceClient over h2c against
-//! ServiceClient over HTTP/1.1.
+//! ServiceClient over HTTP/1.1. `metrics` runs raw hyper, ServiceClient and a second
+//! ServiceClient whose metrics go to a real recorder (`metrics-exporter-prometheus`'s
+//! `PrometheusRecorder`, installed as the global recorder) over HTTP/1.1, and prints the
+//! throughput ratio of the two clients: the cost of the metrics. The first client made its first
+//! call before the recorder was installed, so its handles are no-ops: it measures the client as
+//! an application without a recorder runs it.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -198,7 +203,8 @@ fn main() {
         "1" => &[0, 1],
         "h2c" => &[2, 3],
         "both" => &[0, 1, 2, 3],
-        other => panic!("WAYPOST_BENCH_HTTP: `1`, `h2c` or `both`, not {other:?}"),
+        "metrics" => &[0, 1, 4],
+        other => panic!("WAYPOST_BENCH_HTTP: `1`, `h2c`, `both` or `metrics`, not {other:?}"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -241,6 +247,17 @@ fn main() {
         };
         let client = service_client(addr.port(), false);
         let client_h2 = service_client(h2_addr.port(), true);
+        // Their first calls register their metric handles: before any recorder, no-ops.
+        client.get("user-service", "/users/1").await.unwrap();
+        client_h2.get("user-service", "/users/1").await.unwrap();
+        let recorder = active.contains(&4).then(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).unwrap();
+            waypost_client::describe_metrics();
+            handle
+        });
+        let client_recorded = service_client(addr.port(), false);
 
         let raw_call = |raw: Client<HttpConnector, Empty<Bytes>>, uri: hyper::Uri| {
             move || {
@@ -264,14 +281,22 @@ fn main() {
         };
         let (raw1, wp1) = (raw_call(raw, uri), wp_call(client));
         let (raw2, wp2) = (raw_call(raw_h2, h2_uri), wp_call(client_h2));
+        let rec1 = wp_call(client_recorded);
         let slice = |i: usize, secs: f64| {
-            let (raw1, wp1, raw2, wp2) = (raw1.clone(), wp1.clone(), raw2.clone(), wp2.clone());
+            let (raw1, wp1, raw2, wp2, rec1) = (
+                raw1.clone(),
+                wp1.clone(),
+                raw2.clone(),
+                wp2.clone(),
+                rec1.clone(),
+            );
             async move {
                 match i {
                     0 => run(secs, raw1).await,
                     1 => run(secs, wp1).await,
                     2 => run(secs, raw2).await,
-                    _ => run(secs, wp2).await,
+                    3 => run(secs, wp2).await,
+                    _ => run(secs, rec1).await,
                 }
             }
         };
@@ -289,10 +314,10 @@ fn main() {
             slice(i, 0.5).await;
         }
 
-        let mut samples: [Sample; 4] = Default::default();
-        let mut ratios: [Vec<f64>; 3] = Default::default();
+        let mut samples: [Sample; 5] = Default::default();
+        let mut ratios: [Vec<f64>; 4] = Default::default();
         for round in 0..rounds {
-            let mut this: [Option<Sample>; 4] = Default::default();
+            let mut this: [Option<Sample>; 5] = Default::default();
             let order: Vec<usize> = if round % 2 == 0 {
                 active.to_vec()
             } else {
@@ -311,13 +336,16 @@ fn main() {
             if let (Some(h1), Some(h2)) = (tp(1), tp(3)) {
                 ratios[2].push(h2 / h1);
             }
+            if let (Some(plain), Some(recorded)) = (tp(1), tp(4)) {
+                ratios[3].push(recorded / plain);
+            }
             for (total, s) in samples.iter_mut().zip(this) {
                 if let Some(s) = s {
                     total.add(s);
                 }
             }
         }
-        let [raw1, wp1, raw2, wp2] = &mut samples;
+        let [raw1, wp1, raw2, wp2, rec1] = &mut samples;
         if active.contains(&0) {
             report("raw hyper HTTP/1.1:", raw1);
             report("ServiceClient HTTP/1.1:", wp1);
@@ -341,6 +369,23 @@ fn main() {
                 rounds,
                 secs,
             );
+        }
+        if let Some(handle) = recorder {
+            report("ServiceClient + recorder:", rec1);
+            ratio(
+                "client: throughput ratio ServiceClient with a recorder / without (HTTP/1.1)",
+                rec1,
+                wp1,
+                &mut ratios[3],
+                rounds,
+                secs,
+            );
+            let text = handle.render();
+            let calls = text
+                .lines()
+                .find(|l| l.starts_with("waypost_client_requests_total{"))
+                .unwrap_or("waypost_client_requests_total: not recorded");
+            println!("recorder: {calls}");
         }
         if active.len() == 4 {
             ratio(

@@ -29,6 +29,22 @@
 //!
 //! It is also a `tower::Service<http::Request<Bytes>>` (see [`ServiceClient`]'s `Service` impl).
 //!
+//! # Observability
+//! Metrics go through the `metrics` facade: calls and attempts by service, method and outcome,
+//! their latency, retries, retry-budget refusals, deadlines exceeded, body bytes, and per
+//! instance the outlier detection's ejections, probes and breaker transitions
+//! ([`describe_metrics`] lists them). Install the recorder before building the client: the
+//! handles of a service are registered on its first call, and with no recorder they record
+//! nothing.
+//!
+//! With the feature `otel`, each attempt is an OpenTelemetry span `waypost.attempt` (attributes
+//! `waypost.service`, `waypost.instance`, `waypost.attempt`, `waypost.outcome`), a child of the
+//! caller's span: the current `tracing` span's OpenTelemetry context (the `tracing-opentelemetry`
+//! layer) or else the current OpenTelemetry `Context`. The request carries the attempt span's
+//! W3C `traceparent` and `tracestate`, written by the global text-map propagator
+//! (`opentelemetry::global::set_text_map_propagator`); spans come from the global tracer
+//! provider (tracer `waypost`).
+//!
 //! Most users want the `waypost` facade crate, which re-exports this one.
 //!
 //! ```
@@ -102,6 +118,9 @@ mod body;
 mod budget;
 mod client;
 mod http;
+mod metrics;
+#[doc(hidden)]
+pub mod otel;
 mod outlier;
 mod retry;
 mod service;
@@ -113,6 +132,7 @@ pub use crate::client::{
     CallBuilder, ServiceClient, ServiceClientBuilder, ServiceResponse, DEFAULT_TIMEOUT,
 };
 pub use crate::http::{HttpClient, HttpClientBuilder, HTTP2_METADATA_KEY};
+pub use crate::metrics::describe_metrics;
 pub use crate::outlier::{InstancePermit, OutlierConfig, OutlierDetector};
 pub use crate::retry::{is_idempotent, RetryPolicy};
 pub use ::http::Method;

@@ -12,6 +12,8 @@ use parking_lot::Mutex;
 use waypost_breaker::SimpleCircuitBreaker;
 use waypost_core_types::{CircuitBreaker, CircuitState, Outcome, Permit, Result};
 
+use crate::metrics::OutlierMetrics;
+
 /// How instances are ejected.
 ///
 /// An instance that fails `consecutive_failures` calls in a row (transport errors, timeouts,
@@ -53,7 +55,7 @@ const PRUNE_ABOVE: usize = 4096;
 /// FNV-1a: instance ids are short and not chosen by an attacker who could aim at collisions
 /// (they come from the registry), and SipHash costs more than the rest of the lookup.
 #[derive(Default)]
-struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Hasher for Fnv {
     fn finish(&self) -> u64 {
@@ -190,7 +192,7 @@ impl OutlierDetector {
         }
     }
 
-    fn insert(&self, id: &str) {
+    fn insert(&self, service: &str, id: &str) {
         let _one_writer = self.insert.lock();
         let current = self.breakers.load();
         if current.contains_key(id) {
@@ -203,7 +205,9 @@ impl OutlierDetector {
         let breaker =
             SimpleCircuitBreaker::new(self.config.consecutive_failures, self.config.ejection_time);
         let not_closed = self.not_closed.clone();
+        let metrics = OutlierMetrics::new(service, id);
         breaker.on_state_change(move |change| {
+            metrics.record(change);
             match (change.from, change.to) {
                 (CircuitState::Closed, to) if to != CircuitState::Closed => {
                     not_closed.fetch_add(1, Ordering::AcqRel);
@@ -224,6 +228,16 @@ impl OutlierDetector {
     /// [`Error::CircuitOpen`](waypost_core_types::Error::CircuitOpen) while the instance is
     /// ejected, or while its one probe call is out.
     pub fn acquire(&self, id: &str) -> Result<InstancePermit> {
+        self.acquire_for("", id)
+    }
+
+    /// [`acquire`](Self::acquire) for instance `id` of `service`: an instance's breaker made by
+    /// this call labels its metrics (`waypost_outlier_*`, `waypost_breaker_*`) with `service`
+    /// and `id`; one made by [`acquire`](Self::acquire) has an empty `service` label.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    pub fn acquire_for(&self, service: &str, id: &str) -> Result<InstancePermit> {
         loop {
             if let Some(b) = self.breakers.load().get(id) {
                 // Read before the breaker's count (see `InstancePermit::finish`).
@@ -238,7 +252,7 @@ impl OutlierDetector {
                     clean_since: (b.consecutive_failures() == 0).then_some(failures),
                 });
             }
-            self.insert(id);
+            self.insert(service, id);
         }
     }
 

@@ -38,6 +38,11 @@ pub(crate) struct AttemptTimer {
 impl AttemptTimer {
     /// A timer until `deadline`. Panics outside a tokio runtime with a time driver, as
     /// `tokio::time::sleep_until` does.
+    /// When it fires.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.sleep.as_ref().map(|s| s.deadline())
+    }
+
     pub(crate) fn until(deadline: Instant) -> Self {
         let keep_for = Handle::try_current()
             .ok()

@@ -8,6 +8,11 @@
 //!    p50/p99 through waypost with peak EWMA, through the 4 fast instances alone (the floor),
 //!    and through tonic's `Channel::balance_channel` (tower's power of two choices over
 //!    pending requests).
+//!
+//! With `WAYPOST_BENCH_METRICS=1`, the overhead rounds also run a second waypost channel whose
+//! metrics go to a real recorder (`metrics-exporter-prometheus`'s, installed as the global
+//! recorder after the first channel took its handles, which stay no-ops) and print the
+//! throughput ratio of the two channels: the cost of the metrics.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -147,8 +152,30 @@ async fn overhead() {
     // Warm-up: connections open, allocators settle.
     load(waypost.clone(), 2_000).await;
     load(tonic.clone(), 2_000).await;
+    let recorded = if std::env::var_os("WAYPOST_BENCH_METRICS").is_some() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::set_global_recorder(recorder).expect("first recorder");
+        waypost_grpc::describe_metrics();
+        let recorded =
+            HealthClient::new(waypost_channel(&[port], Arc::new(RoundRobin::new())).await);
+        load(recorded.clone(), 2_000).await;
+        Some(recorded)
+    } else {
+        None
+    };
+    let mut metric_ratios = Vec::new();
     let (mut ratios, mut w_rates, mut t_rates) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
+        if let Some(recorded) = &recorded {
+            let (plain, with) = if round % 2 == 0 {
+                let p = load(waypost.clone(), CALLS).await.0;
+                (p, load(recorded.clone(), CALLS).await.0)
+            } else {
+                let r = load(recorded.clone(), CALLS).await.0;
+                (load(waypost.clone(), CALLS).await.0, r)
+            };
+            metric_ratios.push(plain.as_secs_f64() / with.as_secs_f64());
+        }
         let (w, t) = if round % 2 == 0 {
             let w = load(waypost.clone(), CALLS).await.0;
             (w, load(tonic.clone(), CALLS).await.0)
@@ -173,6 +200,12 @@ async fn overhead() {
         median(&mut t_rates),
         median(&mut ratios)
     );
+    if !metric_ratios.is_empty() {
+        println!(
+            "  waypost channel with a recorder / without, throughput ratio, median of rounds: {:.3}",
+            median(&mut metric_ratios)
+        );
+    }
 }
 
 async fn slow_instance() {

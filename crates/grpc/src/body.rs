@@ -17,6 +17,7 @@ use tokio::time::{Instant, Sleep};
 use waypost_client::{InstancePermit, OutlierDetector};
 use waypost_core_types::{CallGuard, Outcome, ServiceInfo};
 
+use crate::metrics::{CallOutcome, CallRecord};
 use crate::pool::StreamGuard;
 use crate::status::{counts_as_failure, instance_part, missing_status, normalize};
 
@@ -111,6 +112,15 @@ impl Prepared {
     pub(crate) fn give_back(&mut self, body: RequestBody) {
         if let Prepared::Once(slot) = self {
             *slot = Some(body);
+        }
+    }
+
+    /// The length of a replayable body (what every attempt sends), zero for a one-shot body
+    /// (its length is not known before it is sent).
+    pub(crate) fn replayable_len(&self) -> u64 {
+        match self {
+            Prepared::Replayable(data, _) => data.len() as u64,
+            Prepared::Once(_) => 0,
         }
     }
 
@@ -220,6 +230,8 @@ pub struct ResponseBody {
     status_seen: bool,
     /// The service and the instance the response came from, named in error statuses.
     origin: (String, Arc<ServiceInfo>),
+    /// The call's metrics, recorded when the response ends.
+    record: Option<CallRecord>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -236,6 +248,7 @@ impl ResponseBody {
         deadline: Option<(Instant, String)>,
         status_seen: bool,
         origin: (String, Arc<ServiceInfo>),
+        record: CallRecord,
     ) -> Self {
         ResponseBody {
             inner,
@@ -243,6 +256,7 @@ impl ResponseBody {
             deadline: deadline.map(|(at, msg)| (Box::pin(tokio::time::sleep_until(at)), msg)),
             status_seen,
             origin,
+            record: Some(record),
         }
     }
 
@@ -250,6 +264,20 @@ impl ResponseBody {
         if let Some(f) = self.finish.take() {
             f.report(outcome);
         }
+    }
+
+    /// Records the call's end (once).
+    fn record(&mut self, outcome: CallOutcome) {
+        if let Some(r) = self.record.take() {
+            r.end(outcome);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the caller gave up on the call.
+        self.record(CallOutcome::Cancelled);
     }
 }
 
@@ -267,11 +295,13 @@ impl Body for ResponseBody {
                 this.deadline = None;
                 if this.status_seen {
                     this.report(Outcome::Success);
+                    this.record(CallOutcome::Success);
                     return Poll::Ready(None);
                 }
                 // Not a gRPC response: no status at all. The caller gets one naming the origin.
                 this.status_seen = true;
                 this.report(Outcome::Failure);
+                this.record(CallOutcome::of(tonic::Code::Internal));
                 let at = instance_part(&this.origin.0, &this.origin.1);
                 Poll::Ready(Some(Ok(Frame::trailers(missing_status(&at)))))
             }
@@ -291,13 +321,20 @@ impl Body for ResponseBody {
                     } else {
                         Outcome::Success
                     });
+                    this.record(CallOutcome::of(code.unwrap_or(tonic::Code::Ok)));
                     Poll::Ready(Some(Ok(Frame::trailers(t))))
                 }
-                Err(frame) => Poll::Ready(Some(Ok(frame))),
+                Err(frame) => {
+                    if let (Some(data), Some(r)) = (frame.data_ref(), &mut this.record) {
+                        r.received += data.len() as u64;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
             },
             Poll::Ready(Some(Err(e))) => {
                 this.deadline = None;
                 this.report(Outcome::Failure);
+                this.record(CallOutcome::TransportError);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Pending => {
@@ -306,6 +343,7 @@ impl Body for ResponseBody {
                         let status = tonic::Status::deadline_exceeded(std::mem::take(msg));
                         this.deadline = None;
                         this.report(Outcome::Failure);
+                        this.record(CallOutcome::Timeout);
                         return Poll::Ready(Some(Err(Box::new(status))));
                     }
                 }

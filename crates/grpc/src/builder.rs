@@ -9,6 +9,7 @@ use waypost_core_types::{Error, Result, ServiceDiscovery};
 
 use crate::channel::{Channel, Inner};
 use crate::connect::{tls_config, Connector};
+use crate::metrics::ChannelMetrics;
 use crate::pool::Pool;
 use crate::retry::{MethodMatch, RetryPolicy, RetryTable};
 
@@ -229,8 +230,10 @@ impl ChannelBuilder {
             tls: tls_config(self.tls, self.roots)?,
             keep_alive: self.keep_alive,
         };
+        let metrics = ChannelMetrics::new(&self.service);
         Ok(Channel {
             inner: Arc::new(Inner {
+                metrics,
                 discovery: self.discovery,
                 service: self.service,
                 hash_key_header: self.hash_key_header,

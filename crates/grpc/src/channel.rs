@@ -22,10 +22,12 @@ use waypost_core_types::{
 use crate::body::{prepare, Finish, ResponseBody};
 use crate::builder::ChannelBuilder;
 use crate::connect::uses_tls;
+use crate::metrics::{CallOutcome, CallRecord, ChannelMetrics, MethodMetrics};
 use crate::pool::{ConnError, Pool, StreamGuard};
 use crate::retry::RetryTable;
 use crate::status::{counts_as_failure, deadline_exceeded, normalize, service_part, unavailable};
 use crate::timeout::{self, GRPC_TIMEOUT};
+use waypost_client::otel::{AttemptSpan, TraceParent};
 
 /// A consistent-hash key for one call, as a request extension (it wins over the channel's
 /// [`hash_key_header`](ChannelBuilder::hash_key_header)):
@@ -60,6 +62,7 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) sweep_interval: Duration,
     pub(crate) sweeper: OnceLock<Sweeper>,
+    pub(crate) metrics: ChannelMetrics,
 }
 
 /// The task that closes the connections of instances that left; it ends with the channel.
@@ -133,8 +136,20 @@ impl tower_service::Service<Request<tonic::body::Body>> for Channel {
 
     fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.call(req).await })
+        // The caller's trace context (feature `otel`), the parent of every attempt's span.
+        let trace = TraceParent::current();
+        Box::pin(async move { inner.call(req, trace).await })
     }
+}
+
+/// One call's state that outlives its retry loop (which a deadline may cut short).
+struct Call<'a> {
+    start: Instant,
+    deadline: Option<Instant>,
+    last_instance: &'a Mutex<Option<Arc<ServiceInfo>>>,
+    metrics: &'a Arc<MethodMetrics>,
+    seen: &'a Mutex<Option<CallOutcome>>,
+    trace: &'a TraceParent,
 }
 
 /// What the previous attempt of a call left.
@@ -205,7 +220,7 @@ impl Inner {
             };
             let sel = self.discovery.select(&self.service, &ctx).await?;
             let id = sel.instance.id.clone();
-            match outliers.acquire(&id) {
+            match outliers.acquire_for(&self.service, &id) {
                 Ok(permit) => {
                     let fallback = avoid.contains(&id);
                     return Ok((sel, Some(permit), fallback));
@@ -231,6 +246,7 @@ impl Inner {
     async fn call(
         self: &Arc<Self>,
         req: Request<tonic::body::Body>,
+        trace: TraceParent,
     ) -> Result<Response<ResponseBody>, Status> {
         self.ensure_sweeper();
         let start = Instant::now();
@@ -242,8 +258,20 @@ impl Inner {
         };
         let deadline = timeout.and_then(|t| start.checked_add(t));
         let last_instance: Mutex<Option<Arc<ServiceInfo>>> = Mutex::new(None);
-        let run = self.run(parts, body, deadline, &last_instance);
-        match (deadline, timeout) {
+        let metrics = self.metrics.method(parts.uri.path());
+        // What the channel saw, when the status alone does not say it (a connection that
+        // failed, every instance ejected, …).
+        let seen: Mutex<Option<CallOutcome>> = Mutex::new(None);
+        let call = Call {
+            start,
+            deadline,
+            last_instance: &last_instance,
+            metrics: &metrics,
+            seen: &seen,
+            trace: &trace,
+        };
+        let run = self.run(parts, body, call);
+        let result = match (deadline, timeout) {
             (Some(at), Some(t)) => match tokio::time::timeout_at(at, run).await {
                 Ok(r) => r,
                 Err(_) => Err(deadline_exceeded(
@@ -253,16 +281,36 @@ impl Inner {
                 )),
             },
             _ => run.await,
+        };
+        if let Err(status) = &result {
+            let outcome = seen
+                .lock()
+                .take()
+                .unwrap_or_else(|| CallOutcome::of(status.code()));
+            metrics.request(outcome, start.elapsed().as_secs_f64());
+            if outcome == CallOutcome::Timeout {
+                metrics.deadline_exceeded();
+            }
         }
+        result
     }
 
     async fn run(
         self: &Arc<Self>,
         parts: http::request::Parts,
         body: tonic::body::Body,
-        deadline: Option<Instant>,
-        last_instance: &Mutex<Option<Arc<ServiceInfo>>>,
+        call: Call<'_>,
     ) -> Result<Response<ResponseBody>, Status> {
+        let Call {
+            start,
+            deadline,
+            last_instance,
+            metrics,
+            seen,
+            trace,
+        } = call;
+        // The outcome of a call that ends in the channel: recorded by `call`.
+        let saw = |outcome: CallOutcome| *seen.lock() = Some(outcome);
         let service = self.service.as_str();
         let path = parts
             .uri
@@ -290,11 +338,23 @@ impl Inner {
         let mut failovers = 0u32;
         let mut sent_attempts = 0u32;
         let mut last = Last::None;
+        // The outcome of the last attempt that failed in the channel (not with a server's
+        // status).
+        let mut last_outcome: Option<CallOutcome> = None;
+        let mut attempts = 0u32;
         loop {
             let (selection, permit, fallback) = match self.pick(hash_key.as_deref(), &failed).await
             {
                 Ok(p) => p,
                 Err(e) => {
+                    match (&last, last_outcome) {
+                        (Last::None, _) if matches!(e, Error::CircuitOpen) => {
+                            saw(CallOutcome::CircuitOpen)
+                        }
+                        (Last::None, _) => saw(CallOutcome::NoInstance),
+                        (_, Some(o)) => saw(o),
+                        (_, None) => {}
+                    }
                     return Err(match last {
                         Last::Unsent(s) | Last::Retried(s) => s,
                         Last::None if matches!(e, Error::CircuitOpen) => Status::unavailable(
@@ -305,11 +365,13 @@ impl Inner {
                             service_part(service),
                             quoted(&e.to_string())
                         )),
-                    })
+                    });
                 }
             };
             let Selection { instance, guard } = selection;
             *last_instance.lock() = Some(instance.clone());
+            let attempt_start = Instant::now();
+            let took = || attempt_start.elapsed().as_secs_f64();
             let mut finish = Finish {
                 guard,
                 permit: permit.zip(self.outliers.clone()),
@@ -320,9 +382,18 @@ impl Inner {
                 if failed.contains(&instance.id) {
                     // Every instance was tried: the last failure is the answer.
                     finish.report(Outcome::Ignored);
+                    if let Some(o) = last_outcome {
+                        saw(o);
+                    }
                     return Err(s.clone());
                 }
             }
+            if !matches!(last, Last::None) {
+                // Another attempt after a failed one: a failover or a retry.
+                metrics.retry();
+            }
+            attempts += 1;
+            let span = AttemptSpan::start(trace, service, &instance.id, attempts);
             let (send, slot) = match self.pool.connection(&instance, fallback).await {
                 Ok((send, slot)) => {
                     finish.stream = Some(StreamGuard::new(slot.clone()));
@@ -338,9 +409,13 @@ impl Inner {
                     };
                     finish.report(outcome);
                     tracing::debug!(instance = %quoted(&instance.id), reason = %why, "connection failed: failing over");
+                    metrics.attempt(CallOutcome::ConnectError, took());
+                    span.end(CallOutcome::ConnectError.label(), true);
+                    last_outcome = Some(CallOutcome::ConnectError);
                     let status = unavailable(service, &instance, &why);
                     failovers += 1;
                     if failovers > self.max_failovers {
+                        saw(CallOutcome::ConnectError);
                         return Err(status);
                     }
                     if !failed.contains(&instance.id) {
@@ -376,12 +451,14 @@ impl Inner {
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_2;
             *req.headers_mut() = parts.headers.clone();
+            span.inject(req.headers_mut());
             if let Some(at) = deadline {
                 let left = at.saturating_duration_since(Instant::now());
                 req.headers_mut()
                     .insert(GRPC_TIMEOUT, timeout::encode(left));
             }
             let mut send = send;
+            let body_len = body.replayable_len();
             match send.try_send_request(req).await {
                 Err(mut e) => {
                     if let Some(req) = e.take_message() {
@@ -391,9 +468,13 @@ impl Inner {
                         let why =
                             format!("connection lost: {}", crate::status::error_text(e.error()));
                         slot.lost(&why);
+                        metrics.attempt(CallOutcome::TransportError, took());
+                        span.end(CallOutcome::TransportError.label(), true);
+                        last_outcome = Some(CallOutcome::TransportError);
                         let status = unavailable(service, &instance, &why);
                         failovers += 1;
                         if failovers > self.max_failovers {
+                            saw(CallOutcome::TransportError);
                             return Err(status);
                         }
                         if !failed.contains(&instance.id) {
@@ -403,6 +484,10 @@ impl Inner {
                         continue;
                     }
                     finish.report(Outcome::Failure);
+                    metrics.sent(body_len);
+                    metrics.attempt(CallOutcome::TransportError, took());
+                    span.end(CallOutcome::TransportError.label(), true);
+                    last_outcome = Some(CallOutcome::TransportError);
                     let why = crate::status::error_text(e.error());
                     slot.lost(&why);
                     let status = unavailable(service, &instance, &why);
@@ -423,11 +508,15 @@ impl Inner {
                             last = Last::Retried(status);
                             continue;
                         }
-                        None => return Err(status),
+                        None => {
+                            saw(CallOutcome::TransportError);
+                            return Err(status);
+                        }
                     }
                 }
                 Ok(resp) => {
                     slot.answered();
+                    metrics.sent(body_len);
                     let (mut head, incoming) = resp.into_parts();
                     let code = normalize(&mut head.headers, Some(head.status), service, &instance);
                     let Some(code) = code.filter(|c| *c != Code::Ok) else {
@@ -445,11 +534,27 @@ impl Inner {
                         // trailers must bring one.
                         let status_seen = code.is_some();
                         let origin = (self.service.clone(), instance.clone());
-                        let body =
-                            ResponseBody::new(incoming, finish, deadline, status_seen, origin);
+                        let record = CallRecord {
+                            metrics: metrics.clone(),
+                            call_start: start,
+                            attempt_start,
+                            received: 0,
+                            span,
+                        };
+                        let body = ResponseBody::new(
+                            incoming,
+                            finish,
+                            deadline,
+                            status_seen,
+                            origin,
+                            record,
+                        );
                         return Ok(Response::from_parts(head, body));
                     };
                     // Trailers-only: the status is in the headers, no message came.
+                    metrics.attempt(CallOutcome::of(code), took());
+                    span.end(CallOutcome::of(code).label(), true);
+                    last_outcome = None;
                     finish.report(if counts_as_failure(code) {
                         Outcome::Failure
                     } else {
@@ -519,6 +624,7 @@ impl Inner {
         }
         if let Some(b) = &self.budget {
             if !b.try_withdraw() {
+                self.metrics.budget_exhausted();
                 tracing::debug!("retry budget exhausted");
                 return None;
             }

@@ -72,6 +72,15 @@
 //!   `text/html` ``; a response that ends without a status gets `INTERNAL`; response headers
 //!   above HTTP/2's 16 KiB header list limit fail the attempt as a transport error.
 //!
+//! # Observability
+//! Metrics through the `metrics` facade, per channel and full method path: calls and attempts
+//! by the class of their status code, latency to the end of the response, failovers and
+//! retries, budget refusals, deadlines, body bytes, and the outlier detection's ejections,
+//! probes and breaker transitions per instance ([`describe_metrics`]; install the recorder
+//! before building the channel). With the feature `otel`, each attempt is an OpenTelemetry span
+//! (`waypost.attempt`) under the caller's span and the request carries its W3C `traceparent`
+//! from the global propagator (see `waypost-client`'s docs).
+//!
 //! # TLS
 //! `https` instances, and `grpc` instances whose metadata has `tls` = `true` (or `1`), are
 //! called over rustls with ALPN `h2`, the server name being the instance's address; roots are
@@ -85,6 +94,7 @@ mod builder;
 mod channel;
 mod connect;
 mod health;
+mod metrics;
 mod pool;
 mod retry;
 mod status;
@@ -97,6 +107,7 @@ pub use crate::builder::{ChannelBuilder, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REPLAY_L
 pub use crate::channel::{Channel, HashKey};
 pub use crate::connect::uses_tls;
 pub use crate::health::{GrpcHealthChecker, HealthService};
+pub use crate::metrics::describe_metrics;
 pub use crate::retry::RetryPolicy;
 pub use tonic::Code;
 

@@ -5,6 +5,12 @@
 //! (default), `etcd`, `consul`, `nacos`, `zookeeper`, `client`, `grpc` (a tonic channel over
 //! discovery, and a gRPC health checker), and `full` for all of them.
 //!
+//! Observability: the crates emit metrics through the `metrics` facade (install an exporter's
+//! recorder, then call [`describe_metrics`]; every metric is listed in `docs/metrics.md`), and
+//! the feature `otel` makes the `client` and `grpc` calls carry W3C trace context
+//! (`traceparent`) from the caller's span, each attempt an OpenTelemetry span (it turns on the
+//! `otel` feature of whichever of the two is enabled).
+//!
 //! A service joins the fleet through [`Announcer`] (feature `lifecycle`): it registers once the
 //! listener is bound, keeps the registration alive, and on SIGTERM deregisters, drains and
 //! stops; [`RegistryBuilder::from_env`] takes the registry from `WAYPOST_REGISTRY`.
@@ -122,6 +128,16 @@ pub use waypost_core_types::{
     ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason, Timestamp, WatchEvent,
     WatchStream,
 };
+
+/// Registers the descriptions (HELP and unit) of the metrics of the enabled crates with the
+/// installed recorder (see `docs/metrics.md`).
+pub fn describe_metrics() {
+    waypost_breaker::describe_metrics();
+    #[cfg(feature = "client")]
+    waypost_client::describe_metrics();
+    #[cfg(feature = "grpc")]
+    waypost_grpc::describe_metrics();
+}
 
 /// The core types crate, whole (validation limits, time helpers, …).
 pub use waypost_core_types as core;

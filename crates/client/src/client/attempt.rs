@@ -26,6 +26,8 @@ use super::execute::deadline_error;
 use super::{CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
 use crate::http::Wire;
+use crate::metrics::{CallOutcome, MethodMetrics};
+use crate::otel::AttemptSpan;
 use crate::outlier::InstancePermit;
 use crate::timer::AttemptTimer;
 
@@ -214,6 +216,24 @@ fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Counts an attempt that took `took`, and the body bytes it sent and received.
+fn record_attempt(m: &MethodMetrics, spec: &CallSpec<'_>, result: &Attempt, took: Duration) {
+    let outcome = match result {
+        Attempt::Done(_, _, body) => {
+            m.sent(spec.body.len());
+            m.received(body.len());
+            CallOutcome::Success
+        }
+        Attempt::Fail { error, sent, .. } => {
+            if *sent {
+                m.sent(spec.body.len());
+            }
+            CallOutcome::of(error)
+        }
+    };
+    m.attempt(outcome, took.as_secs_f64());
+}
+
 impl ServiceClient {
     /// One attempt: picks an instance, sends, and reports the outcome to the balancer's guard
     /// and to the instance's breaker. Returns the instance, what happened, and whether the
@@ -249,6 +269,7 @@ impl ServiceClient {
                 if let Some(r) = &mut remaining {
                     *r = r.saturating_sub(wait);
                     if r.is_zero() {
+                        spec.count_deadline_exceeded();
                         return Err(deadline_error(&spec.service, overall));
                     }
                 }
@@ -265,14 +286,18 @@ impl ServiceClient {
             endpoint = %selection.instance.endpoint(),
         );
         let t0 = started.unwrap_or_else(Instant::now);
-        let result = self
-            .send_once(spec, &selection.instance, t0, attempt_timeout)
+        let trace = AttemptSpan::start(&spec.trace, &spec.service, &selection.instance.id, attempt);
+        let (result, took) = self
+            .send_once(spec, &selection.instance, trace, t0, attempt_timeout)
             .instrument(span)
             .await;
         let outcome = match &result {
             Attempt::Done(..) => Outcome::Success,
             Attempt::Fail { outcome, .. } => *outcome,
         };
+        if let Some(m) = spec.method_metrics() {
+            record_attempt(m, spec, &result, took);
+        }
         let Selection { instance, guard } = selection;
         // The guard measures its own latency (from the pick), and a guard that reports to
         // nobody reads no clock.
@@ -294,7 +319,10 @@ impl ServiceClient {
         match remaining {
             Some(r) => tokio::time::timeout(r, self.pick(spec, failed))
                 .await
-                .unwrap_or_else(|_| Err(deadline_error(&spec.service, overall))),
+                .unwrap_or_else(|_| {
+                    spec.count_deadline_exceeded();
+                    Err(deadline_error(&spec.service, overall))
+                }),
             None => self.pick(spec, failed).await,
         }
     }
@@ -325,7 +353,7 @@ impl ServiceClient {
                 avoid: &avoid,
             };
             let selection = discovery.select(&spec.service, &ctx).await?;
-            match outliers.acquire(&selection.instance.id) {
+            match outliers.acquire_for(&spec.service, &selection.instance.id) {
                 Ok(permit) => return Ok((selection, Some(permit))),
                 Err(_) => {
                     let id = selection.instance.id.clone();
@@ -348,11 +376,14 @@ impl ServiceClient {
         Err(Error::CircuitOpen)
     }
 
-    /// Builds the request for `instance`.
+    /// Builds the request for `instance`, with the attempt's trace context in its headers.
+    /// (Written here, not in the async caller: a request borrowed there would be kept in its
+    /// future across the wait.)
     fn request_for(
         &self,
         spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
+        trace: &AttemptSpan,
     ) -> Result<(Request<Full<Bytes>>, Wire)> {
         let scheme = match instance.protocol {
             Protocol::Http => "http",
@@ -379,6 +410,7 @@ impl ServiceClient {
         if !spec.headers.is_empty() {
             *req.headers_mut() = spec.headers.clone();
         }
+        trace.inject(req.headers_mut());
         Ok((req, wire))
     }
 
@@ -443,25 +475,30 @@ impl ServiceClient {
         &self,
         spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
+        trace: AttemptSpan,
         start: Instant,
         timeout: Duration,
-    ) -> Attempt {
+    ) -> (Attempt, Duration) {
         // The request is built outside the exchange's future, so it is not held twice.
-        let (req, wire) = match self.request_for(spec, instance) {
+        let (req, wire) = match self.request_for(spec, instance, &trace) {
             Ok(found) => found,
             Err(error) => {
-                return Attempt::Fail {
+                let failed = Attempt::Fail {
                     error,
                     outcome: Outcome::Ignored,
                     sent: false,
                     timed_out: false,
-                }
+                };
+                end_span(trace, &failed);
+                return (failed, start.elapsed());
             }
         };
         // A timeout too far to represent (`Duration::MAX`) is no timeout.
         let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req, wire)));
         let Some(at) = start.checked_add(timeout) else {
-            return exchange.await;
+            let done = exchange.await;
+            end_span(trace, &done);
+            return (done, start.elapsed());
         };
         // The exchange first, as `tokio::time::timeout` does: a response that is ready wins.
         let mut timer = AttemptTimer::until(at);
@@ -470,7 +507,12 @@ impl ServiceClient {
             Poll::Pending => Pin::new(&mut timer).poll(cx).map(|()| None),
         })
         .await;
-        match timed {
+        // The time taken, from the timer's deadline (`start` is not kept across the wait: the
+        // attempt's future stays as small as it was).
+        let took = timeout.saturating_sub(timer.deadline().map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        }));
+        let done = match timed {
             Some(a) => a,
             None => Attempt::Fail {
                 error: Error::timeout(
@@ -485,6 +527,16 @@ impl ServiceClient {
                 sent: true,
                 timed_out: true,
             },
-        }
+        };
+        end_span(trace, &done);
+        (done, took)
+    }
+}
+
+/// Ends an attempt's span with its outcome.
+fn end_span(span: AttemptSpan, attempt: &Attempt) {
+    match attempt {
+        Attempt::Done(..) => span.end(CallOutcome::Success.label(), false),
+        Attempt::Fail { error, .. } => span.end(CallOutcome::of(error).label(), true),
     }
 }

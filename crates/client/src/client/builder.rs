@@ -10,6 +10,7 @@ use super::{Inner, ServiceClient};
 use crate::body::DEFAULT_BODY_LIMIT;
 use crate::budget::RetryBudget;
 use crate::http::HttpClient;
+use crate::metrics::ClientMetrics;
 use crate::outlier::{OutlierConfig, OutlierDetector};
 use crate::retry::RetryPolicy;
 
@@ -174,6 +175,7 @@ impl ServiceClientBuilder {
                 budget: self.budget,
                 body_limit: self.body_limit,
                 outliers: self.outlier.map(OutlierDetector::new),
+                metrics: ClientMetrics::new(),
             }),
         })
     }

@@ -15,6 +15,8 @@ use serde::Serialize;
 use waypost_core_types::{Error, Result, ServiceInfo};
 
 use super::ServiceClient;
+use crate::metrics::{MethodMetrics, ServiceMetrics};
+use crate::otel::TraceParent;
 
 /// A successful response (status below 400).
 #[derive(Debug, Clone)]
@@ -76,6 +78,10 @@ pub(crate) struct CallSpec<'a> {
     pub(super) deadline: Option<Duration>,
     pub(super) retry_non_idempotent: Option<bool>,
     pub(super) max_retries: Option<u32>,
+    /// The service's metric handles, set when the call starts.
+    pub(super) metrics: Option<Arc<ServiceMetrics>>,
+    /// The caller's trace context, taken when the call starts (empty without `otel`).
+    pub(super) trace: TraceParent,
 }
 
 impl CallSpec<'static> {
@@ -92,6 +98,8 @@ impl CallSpec<'static> {
             deadline,
             retry_non_idempotent,
             max_retries,
+            metrics,
+            trace,
         } = CallSpec::borrowed(service, method, path);
         CallSpec {
             service: Cow::Owned(service.into_owned()),
@@ -104,6 +112,8 @@ impl CallSpec<'static> {
             deadline,
             retry_non_idempotent,
             max_retries,
+            metrics,
+            trace,
         }
     }
 }
@@ -128,6 +138,20 @@ impl<'a> CallSpec<'a> {
             deadline: None,
             retry_non_idempotent: None,
             max_retries: None,
+            metrics: None,
+            trace: TraceParent::default(),
+        }
+    }
+
+    /// The handles of this call's service and method.
+    pub(super) fn method_metrics(&self) -> Option<&MethodMetrics> {
+        self.metrics.as_ref().map(|m| m.method(&self.method))
+    }
+
+    /// Counts a call that ran out of its deadline.
+    pub(super) fn count_deadline_exceeded(&self) {
+        if let Some(m) = &self.metrics {
+            m.deadline_exceeded();
         }
     }
 

@@ -9,6 +9,8 @@ use waypost_core_types::{Error, Result};
 
 use super::attempt::Attempt;
 use super::{BoxFuture, CallSpec, ServiceClient, ServiceResponse};
+use crate::metrics::CallOutcome;
+use crate::otel::TraceParent;
 use crate::retry::is_idempotent;
 
 pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error {
@@ -21,8 +23,11 @@ pub(super) fn deadline_error(service: &str, overall: Option<Duration>) -> Error 
 impl ServiceClient {
     pub(crate) fn execute<'a>(
         &'a self,
-        spec: CallSpec<'a>,
+        mut spec: CallSpec<'a>,
     ) -> BoxFuture<'a, Result<ServiceResponse>> {
+        spec.metrics = Some(self.inner.metrics.service(&spec.service));
+        // Taken before the call's span is entered: the caller's span is the attempts' parent.
+        spec.trace = TraceParent::current();
         // The path without its query string (it may carry a token), both bounded and escaped:
         // they can come from request input.
         let span = tracing::info_span!(
@@ -39,20 +44,37 @@ impl ServiceClient {
     }
 
     pub(super) async fn execute_in_span(&self, spec: &CallSpec<'_>) -> Result<ServiceResponse> {
+        // One clock read per call: it starts the call's latency, the deadline, the retry
+        // budget's window and the first attempt's clock.
+        let start = Instant::now();
+        let result = self.run(spec, start).await;
+        if let Some(m) = spec.method_metrics() {
+            let outcome = match &result {
+                Ok(_) => CallOutcome::Success,
+                Err(e) => CallOutcome::of(e),
+            };
+            m.request(outcome, start.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// The retry loop of a call that started at `start`.
+    async fn run(&self, spec: &CallSpec<'_>, start: Instant) -> Result<ServiceResponse> {
         let inner = &*self.inner;
         let overall = spec.deadline.or(inner.deadline);
-        // One clock read per call only when there is a deadline to keep. A deadline too far to
-        // represent (`Duration::MAX`) is no deadline.
-        // The same reading serves the retry budget and starts the first attempt's clock.
-        let start = (overall.is_some() || inner.budget.is_some()).then(Instant::now);
-        let deadline = overall.and_then(|d| start.and_then(|s| s.checked_add(d)));
+        // A deadline too far to represent (`Duration::MAX`) is no deadline.
+        let deadline = overall.and_then(|d| start.checked_add(d));
+        let start = Some(start);
         let per_attempt = spec.timeout.unwrap_or(inner.timeout);
         let max_retries = spec.max_retries.unwrap_or(inner.retry.max_retries);
         let retry_unsafe = spec
             .retry_non_idempotent
             .unwrap_or(inner.retry.retry_non_idempotent);
         let idempotent = is_idempotent(&spec.method);
-        let deadline_error = || deadline_error(&spec.service, overall);
+        let deadline_error = || {
+            spec.count_deadline_exceeded();
+            deadline_error(&spec.service, overall)
+        };
         if let (Some(b), Some(start)) = (&inner.budget, start) {
             b.deposit_at(start);
         }
@@ -119,6 +141,9 @@ impl ServiceClient {
                     }
                     if let Some(b) = &inner.budget {
                         if !b.try_withdraw() {
+                            if let Some(m) = &spec.metrics {
+                                m.budget_exhausted();
+                            }
                             tracing::debug!("retry budget exhausted");
                             return Err(error);
                         }
@@ -132,6 +157,9 @@ impl ServiceClient {
                         if Instant::now().checked_add(wait).is_none_or(|end| end >= d) {
                             return Err(error);
                         }
+                    }
+                    if let Some(m) = spec.method_metrics() {
+                        m.retry();
                     }
                     if attempt == 1 && inner.retry.immediate_failover {
                         // Another instance needs no time to recover: `try_once` waits only if

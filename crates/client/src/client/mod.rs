@@ -20,6 +20,7 @@ use waypost_core_types::{Result, ServiceDiscovery};
 
 use crate::budget::RetryBudget;
 use crate::http::HttpClient;
+use crate::metrics::ClientMetrics;
 use crate::outlier::OutlierDetector;
 use crate::retry::RetryPolicy;
 
@@ -53,6 +54,7 @@ pub(crate) struct Inner {
     budget: Option<Arc<RetryBudget>>,
     body_limit: usize,
     outliers: Option<OutlierDetector>,
+    metrics: ClientMetrics,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -272,8 +274,10 @@ mod tests {
 
     /// Every future of a call is built on the stack and moved into its place (or its box), so
     /// its size is copied on every call; the boxes must also stay within glibc's per-thread
-    /// cache (1032 bytes) to be cheap to allocate. Measured with rustc 1.95: `get` 328, the
-    /// call box about 770, an attempt (with its exchange inline, no box of its own) 1008.
+    /// cache (1032 bytes) to be cheap to allocate. Measured with rustc 1.95: `get` 480, the
+    /// call box about 780, an attempt (with its exchange inline, no box of its own) 1024.
+    /// With the `otel` feature the attempt's span takes 16 bytes more: tracing costs that
+    /// allocation.
     #[test]
     fn call_futures_stay_small() {
         let client = ServiceClient::new(Arc::new(Nowhere)).unwrap();
@@ -294,6 +298,7 @@ mod tests {
         ));
         assert!(get <= 512, "get future: {get} bytes");
         assert!(call_box <= 1000, "call box: about {call_box} bytes");
-        assert!(attempt <= 1032, "attempt box: {attempt} bytes");
+        let attempt_limit = if cfg!(feature = "otel") { 1048 } else { 1032 };
+        assert!(attempt <= attempt_limit, "attempt box: {attempt} bytes");
     }
 }
