@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::observe::RegistryMetrics;
 use crate::RegistryState;
 
 /// Holds a registry's [`RegistryState`], makes its transitions the same way for every backend,
@@ -16,10 +17,13 @@ use crate::RegistryState;
 /// - [`close`](Self::close) is final: nothing moves a closed cell again.
 ///
 /// Each transition is logged once (a warning on trouble, info on recovery); repeated failures
-/// are logged at debug level.
+/// are logged at debug level, and counted in `waypost_registry_state_transitions_total{backend,
+/// state}` with the gauge `waypost_registry_connected{backend}` (see [`RegistryMetrics`], which
+/// the cell holds for its registry: [`metrics`](Self::metrics)).
 pub struct StateCell {
     backend: &'static str,
     tx: watch::Sender<RegistryState>,
+    metrics: RegistryMetrics,
 }
 
 impl fmt::Debug for StateCell {
@@ -32,12 +36,21 @@ impl fmt::Debug for StateCell {
 }
 
 impl StateCell {
-    /// A `Connected` cell for a registry of `backend`.
+    /// A `Connected` cell for a registry of `backend`. Takes the registry's metric handles
+    /// from the recorder installed now (see [`crate::observe`]).
     pub fn new(backend: &'static str) -> Self {
         StateCell {
             backend,
             tx: watch::Sender::new(RegistryState::Connected),
+            metrics: RegistryMetrics::new(backend),
         }
+    }
+
+    /// The registry's metric handles: its backend calls go through
+    /// [`RegistryMetrics::observe`], its re-registrations through
+    /// [`RegistryMetrics::reregistered`].
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
     }
 
     /// The current state.
@@ -78,7 +91,7 @@ impl StateCell {
     /// The backend reached its server and our registrations are in place.
     pub fn connected(&self) {
         let backend = self.backend;
-        self.tx.send_if_modified(|state| match state {
+        let moved = self.tx.send_if_modified(|state| match state {
             RegistryState::Recovering {
                 attempts, since, ..
             } => {
@@ -94,11 +107,15 @@ impl StateCell {
             }
             RegistryState::Connected | RegistryState::Closed => false,
         });
+        if moved {
+            self.metrics.entered(&RegistryState::Connected);
+        }
     }
 
     /// One attempt to reach the server or restore our registrations failed with `error`.
     pub fn failed(&self, error: &dyn fmt::Display) {
         let backend = self.backend;
+        let mut entered = None;
         self.tx.send_if_modified(|state| match state {
             RegistryState::Connected => {
                 let last_error = error.to_string();
@@ -108,6 +125,7 @@ impl StateCell {
                     attempts: 1,
                     last_error,
                 };
+                entered = Some(state.clone());
                 true
             }
             RegistryState::Recovering {
@@ -122,19 +140,26 @@ impl StateCell {
             }
             RegistryState::Closed => false,
         });
+        if let Some(state) = entered {
+            self.metrics.entered(&state);
+        }
     }
 
     /// The registry closed. Final. Returns whether this call closed it (`false` if it was
     /// closed already), so that of two concurrent `close` calls exactly one cleans up.
     pub fn close(&self) -> bool {
-        self.tx.send_if_modified(|state| {
+        let closed = self.tx.send_if_modified(|state| {
             if matches!(state, RegistryState::Closed) {
                 false
             } else {
                 *state = RegistryState::Closed;
                 true
             }
-        })
+        });
+        if closed {
+            self.metrics.entered(&RegistryState::Closed);
+        }
+        closed
     }
 }
 

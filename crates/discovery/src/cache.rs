@@ -22,6 +22,7 @@ use waypost_core_types::{
 
 use waypost_core_types::quote::quoted;
 
+use crate::observe::EntryMetrics;
 use crate::options::Options;
 
 use crate::stats::{CacheStats, StripedCounter};
@@ -85,6 +86,8 @@ pub(crate) struct Entry {
     balancer: Arc<dyn LoadBalancer>,
     pub(crate) hits: StripedCounter,
     pub(crate) misses: AtomicU64,
+    /// The service's metric handles (see [`crate::observe`]).
+    pub(crate) metrics: EntryMetrics,
     /// Held while the first fill runs, so concurrent first lookups wait for one fill.
     pub(crate) fill: tokio::sync::Mutex<()>,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
@@ -111,11 +114,25 @@ impl Entry {
             version: AtomicU64::new(0),
             hits: StripedCounter::default(),
             misses: AtomicU64::new(0),
+            metrics: EntryMetrics::new(&name),
             fill: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
             idle: Mutex::new((0, Instant::now())),
             status: Mutex::new(Status::default()),
         }
+    }
+
+    /// One lookup answered from the cache.
+    #[inline]
+    pub(crate) fn hit(&self) {
+        self.hits.incr();
+        self.metrics.hits.increment(1);
+    }
+
+    /// One lookup that found no cached set.
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.misses.increment(1);
     }
 
     /// Whether nobody looked the service up for `idle` (or `empty_idle`, when its cached set is
@@ -350,6 +367,7 @@ impl Entry {
                 self.balancer.prepare(set);
             }
         }
+        self.metrics.published(set);
         self.snap.store(Some(Arc::clone(set)));
         self.version.fetch_add(1, Ordering::Release);
     }
@@ -436,6 +454,7 @@ impl Entry {
         self.abort_task();
         let _applying = self.writer.lock();
         self.balancer.forget(&self.name);
+        self.metrics.cleared();
     }
 }
 

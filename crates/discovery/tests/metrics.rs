@@ -1,0 +1,275 @@
+//! The discovery cache's metrics, recorded by a `DebuggingRecorder`: names, labels and values
+//! exactly as `docs/metrics.md` ("Discovery (waypost-discovery)") lists them.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use waypost_balancer::RoundRobin;
+use waypost_core_types::{Health, ServiceDiscovery, ServiceInfo, ServiceRegistry};
+use waypost_discovery::CachedDiscovery;
+use waypost_registry_memory::MemoryRegistry;
+
+/// What a `DebuggingRecorder` holds, keyed by name and labels (labels in any order). Taking it
+/// resets the recorder's counters and gauges (`Snapshotter::snapshot` swaps them to zero), so
+/// each take holds what happened since the last one.
+#[derive(Debug)]
+struct Recorded(std::collections::HashMap<(String, Vec<(String, String)>), DebugValue>);
+
+// Not every test file reads every kind of metric.
+#[allow(dead_code)]
+impl Recorded {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        let mut all = std::collections::HashMap::new();
+        for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
+            let (_kind, key) = key.into_parts();
+            let mut labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort();
+            all.insert((key.name().to_owned(), labels), value);
+        }
+        Recorded(all)
+    }
+
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        let mut labels: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        labels.sort();
+        self.0.get(&(name.to_owned(), labels))
+    }
+
+    /// A counter's increase since the last take (0 when it was not registered).
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.get(name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            None => 0,
+            Some(other) => panic!("{name} {labels:?} is not a counter: {other:?}"),
+        }
+    }
+
+    /// A gauge's value if it was set since the last take (a gauge not set reads 0).
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.get(name, labels) {
+            Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
+            None => None,
+            Some(other) => panic!("{name} {labels:?} is not a gauge: {other:?}"),
+        }
+    }
+
+    /// A histogram's samples since the last take.
+    fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        match self.get(name, labels) {
+            Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect(),
+            None => Vec::new(),
+            Some(other) => panic!("{name} {labels:?} is not a histogram: {other:?}"),
+        }
+    }
+
+    /// The label names every series of metric `name` carries (sorted), one entry per distinct
+    /// set: a metric documented with labels `{a,b}` gives exactly `[["a","b"]]`.
+    fn label_names(&self, name: &str) -> Vec<Vec<String>> {
+        let mut sets: Vec<Vec<String>> = self
+            .0
+            .keys()
+            .filter(|(n, _)| n == name)
+            .map(|(_, labels)| labels.iter().map(|(k, _)| k.clone()).collect())
+            .collect();
+        sets.sort();
+        sets.dedup();
+        sets
+    }
+}
+
+const HITS: &str = "waypost_discovery_cache_hits_total";
+const MISSES: &str = "waypost_discovery_cache_misses_total";
+const INSTANCES: &str = "waypost_discovery_instances";
+const RESYNCS: &str = "waypost_discovery_watch_resyncs_total";
+const EVENT_TO_CACHE: &str = "waypost_discovery_event_to_cache_seconds";
+
+fn svc(id: &str, port: u16, health: Health) -> ServiceInfo {
+    ServiceInfo::new(id, "orders", "10.0.0.1", port).with_health(health)
+}
+
+/// The instance gauges of `orders` (healthy, unhealthy, unknown), when set since the last take.
+fn instances(m: &Recorded) -> [Option<f64>; 3] {
+    ["healthy", "unhealthy", "unknown"]
+        .map(|health| m.gauge(INSTANCES, &[("service", "orders"), ("health", health)]))
+}
+
+/// Yields to the discovery's task until the cache holds `n` instances of `orders` (2 s at most).
+async fn cached(d: &CachedDiscovery, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while d.service_stats("orders").map(|s| s.instances) != Some(n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cache never held {n} instances: {:?}",
+            d.service_stats("orders")
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Hits, misses, instances by health, a lagged resync and the event-to-cache histogram, on
+/// one service over the memory registry (a watch buffer of 1, so that two changes in a row
+/// make the discovery's watch fall behind).
+#[test]
+fn hits_misses_instances_resyncs_and_event_to_cache() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let orders = [("service", "orders")];
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let registry = Arc::new(MemoryRegistry::builder().watch_buffer(1).build().unwrap());
+            registry.register(&svc("o1", 81, Health::Healthy)).await.unwrap();
+            registry.register(&svc("o2", 82, Health::Healthy)).await.unwrap();
+            registry.register(&svc("o3", 83, Health::Unhealthy)).await.unwrap();
+            let d = CachedDiscovery::new(registry.clone(), Arc::new(RoundRobin::new()));
+            Recorded::take(&snap);
+
+            // The first lookup waits for the registry: a miss; the cache holds 2 + 1.
+            d.discover_one("orders").await.unwrap();
+            let m = Recorded::take(&snap);
+            assert_eq!(m.counter(MISSES, &orders), 1);
+            assert_eq!(m.counter(HITS, &orders), 0);
+            assert_eq!(instances(&m), [Some(2.0), Some(1.0), Some(0.0)]);
+            assert!(
+                m.histogram(EVENT_TO_CACHE, &orders).is_empty(),
+                "the first fill is not a watch event"
+            );
+            assert_eq!(m.label_names(HITS), [["service"]]);
+            assert_eq!(m.label_names(MISSES), [["service"]]);
+            assert_eq!(m.label_names(INSTANCES), [["health", "service"]]);
+            assert_eq!(m.label_names(RESYNCS), [["reason", "service"]]);
+            assert_eq!(m.label_names(EVENT_TO_CACHE), [["service"]]);
+
+            // Cached lookups, through every path: hits.
+            for _ in 0..3 {
+                d.discover_one("orders").await.unwrap();
+            }
+            d.discover("orders").await.unwrap();
+            let m = Recorded::take(&snap);
+            assert_eq!(m.counter(HITS, &orders), 4);
+            assert_eq!(m.counter(MISSES, &orders), 0);
+            let stats = d.service_stats("orders").unwrap();
+            assert_eq!((stats.hits, stats.misses), (4, 1), "the same counts as the stats");
+
+            // Two changes before the discovery's task runs: its watch (1 item of buffer) falls
+            // behind and gets a `Lagged` snapshot, applied as one item.
+            registry.register(&svc("o4", 84, Health::Healthy)).await.unwrap();
+            registry.register(&svc("o5", 85, Health::Unknown)).await.unwrap();
+            cached(&d, 5).await;
+            let m = Recorded::take(&snap);
+            assert_eq!(m.counter(RESYNCS, &[("service", "orders"), ("reason", "lagged")]), 1);
+            assert_eq!(
+                m.counter(RESYNCS, &[("service", "orders"), ("reason", "reconnected")]),
+                0
+            );
+            assert_eq!(
+                m.counter(RESYNCS, &[("service", "orders"), ("reason", "restarted")]),
+                0
+            );
+            let samples = m.histogram(EVENT_TO_CACHE, &orders);
+            assert_eq!(samples.len(), 1, "one item (the snapshot): {samples:?}");
+            assert!(samples[0] >= 0.0 && samples[0] < 1.0, "{samples:?}");
+            assert_eq!(instances(&m), [Some(3.0), Some(1.0), Some(1.0)]);
+
+            // One change: one sample, the gauges follow.
+            registry.deregister("o5").await.unwrap();
+            cached(&d, 4).await;
+            let m = Recorded::take(&snap);
+            assert_eq!(m.histogram(EVENT_TO_CACHE, &orders).len(), 1);
+            assert_eq!(instances(&m), [Some(3.0), Some(1.0), Some(0.0)]);
+            assert_eq!(m.counter(RESYNCS, &[("service", "orders"), ("reason", "lagged")]), 0);
+
+            // A service that is not registered: a miss, then hits of its empty set.
+            assert!(d.discover_one("nobody").await.is_err());
+            assert!(d.discover_one("nobody").await.is_err());
+            let m = Recorded::take(&snap);
+            assert_eq!(m.counter(MISSES, &[("service", "nobody")]), 1);
+            assert_eq!(m.counter(HITS, &[("service", "nobody")]), 1);
+
+            // The service leaves the cache: its gauges read 0.
+            d.close().await.unwrap();
+            let m = Recorded::take(&snap);
+            assert_eq!(instances(&m), [Some(0.0), Some(0.0), Some(0.0)]);
+            registry.close().await.unwrap();
+        })
+    });
+}
+
+/// Handles taken with no recorder installed record nothing, and cost nothing to keep.
+#[test]
+fn without_a_recorder_nothing_is_recorded() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let registry = Arc::new(MemoryRegistry::new());
+        registry.register(&svc("o1", 81, Health::Healthy)).await.unwrap();
+        let d = CachedDiscovery::new(registry, Arc::new(RoundRobin::new()));
+        d.discover_one("orders").await.unwrap();
+        // Installed after the entry was built: its handles are the no-op ones.
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..3 {
+                assert!(d.select_cached("orders", &Default::default()).is_some());
+            }
+        });
+        assert_eq!(d.service_stats("orders").unwrap().hits, 3);
+        d.close().await.unwrap();
+    });
+    let m = Recorded::take(&snap);
+    assert_eq!(m.counter(HITS, &[("service", "orders")]), 0);
+    assert!(m.label_names(HITS).is_empty());
+}
+
+#[test]
+fn describe_metrics_describes_every_discovery_metric() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        waypost_discovery::describe_metrics();
+        rt.block_on(async {
+            let registry = Arc::new(MemoryRegistry::new());
+            let d = CachedDiscovery::new(registry, Arc::new(RoundRobin::new()));
+            let _ = d.discover("orders").await;
+            d.close().await.unwrap();
+        })
+    });
+    let described: std::collections::BTreeMap<String, Option<metrics::Unit>> = snap
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(_, _, desc, _)| desc.is_some())
+        .map(|(key, unit, _, _)| (key.key().name().to_owned(), unit))
+        .collect();
+    let expected = [
+        (HITS, metrics::Unit::Count),
+        (MISSES, metrics::Unit::Count),
+        (EVENT_TO_CACHE, metrics::Unit::Seconds),
+        (INSTANCES, metrics::Unit::Count),
+        (RESYNCS, metrics::Unit::Count),
+    ];
+    assert_eq!(
+        described,
+        expected
+            .into_iter()
+            .map(|(n, u)| (n.to_owned(), Some(u)))
+            .collect()
+    );
+}
