@@ -107,6 +107,7 @@ impl Entry {
     pub(crate) fn new(name: &str, balancer: Arc<dyn LoadBalancer>) -> Self {
         let name: Arc<str> = Arc::from(name);
         Entry {
+            metrics: EntryMetrics::new(&name),
             writer: Mutex::new(InstanceSetWriter::new(name.clone())),
             balancer,
             name,
@@ -114,7 +115,6 @@ impl Entry {
             version: AtomicU64::new(0),
             hits: StripedCounter::default(),
             misses: AtomicU64::new(0),
-            metrics: EntryMetrics::new(&name),
             fill: tokio::sync::Mutex::new(()),
             task: Mutex::new(None),
             idle: Mutex::new((0, Instant::now())),
@@ -122,11 +122,18 @@ impl Entry {
         }
     }
 
-    /// One lookup answered from the cache.
+    /// One lookup answered from the cache. The metric gets it in a batch (see
+    /// [`report_hits`](Self::report_hits)).
     #[inline]
     pub(crate) fn hit(&self) {
-        self.hits.incr();
-        self.metrics.hits.increment(1);
+        self.hits.incr(&self.metrics.hits);
+    }
+
+    /// Adds the hits not yet in the hits metric to it (they are added in batches of
+    /// [`REPORT_EVERY`](crate::stats::REPORT_EVERY) per thread stripe as they happen, and
+    /// here: when statistics are read, at each idle sweep, when the entry retires).
+    pub(crate) fn report_hits(&self) {
+        self.hits.report(&self.metrics.hits);
     }
 
     /// One lookup that found no cached set.
@@ -147,6 +154,7 @@ impl Entry {
         let Some(snap) = self.snap.load_full() else {
             return false;
         };
+        self.report_hits();
         let uses = self
             .hits
             .sum()
@@ -406,6 +414,7 @@ impl Entry {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
+        self.report_hits();
         let snap = self.snap.load();
         let st = self.status.lock();
         CacheStats {
@@ -455,6 +464,7 @@ impl Entry {
         let _applying = self.writer.lock();
         self.balancer.forget(&self.name);
         self.metrics.cleared();
+        self.report_hits();
     }
 }
 

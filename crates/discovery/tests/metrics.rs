@@ -156,11 +156,14 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
                 d.discover_one("orders").await.unwrap();
             }
             d.discover("orders").await.unwrap();
+            // Hits reach the metric in batches; reading the statistics adds the rest.
             let m = Recorded::take(&snap);
-            assert_eq!(m.counter(HITS, &orders), 4);
-            assert_eq!(m.counter(MISSES, &orders), 0);
+            assert_eq!(m.counter(HITS, &orders), 0);
             let stats = d.service_stats("orders").unwrap();
-            assert_eq!((stats.hits, stats.misses), (4, 1), "the same counts as the stats");
+            assert_eq!((stats.hits, stats.misses), (4, 1));
+            let m = Recorded::take(&snap);
+            assert_eq!(m.counter(HITS, &orders), 4, "the same count as the stats");
+            assert_eq!(m.counter(MISSES, &orders), 0);
 
             // Two changes before the discovery's task runs: its watch (1 item of buffer) falls
             // behind and gets a `Lagged` snapshot, applied as one item.
@@ -193,6 +196,7 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
             // A service that is not registered: a miss, then hits of its empty set.
             assert!(d.discover_one("nobody").await.is_err());
             assert!(d.discover_one("nobody").await.is_err());
+            assert_eq!(d.service_stats("nobody").unwrap().hits, 1);
             let m = Recorded::take(&snap);
             assert_eq!(m.counter(MISSES, &[("service", "nobody")]), 1);
             assert_eq!(m.counter(HITS, &[("service", "nobody")]), 1);
@@ -201,6 +205,42 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
             d.close().await.unwrap();
             let m = Recorded::take(&snap);
             assert_eq!(instances(&m), [Some(0.0), Some(0.0), Some(0.0)]);
+            registry.close().await.unwrap();
+        })
+    });
+}
+
+/// Hits reach the metric every 64 hits of a thread without anything else happening, the rest
+/// when the statistics are read or the service leaves the cache.
+#[test]
+fn hits_reach_the_metric_in_batches_of_64_per_thread() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let orders = [("service", "orders")];
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let registry = Arc::new(MemoryRegistry::new());
+            registry.register(&svc("o1", 81, Health::Healthy)).await.unwrap();
+            let d = CachedDiscovery::new(registry.clone(), Arc::new(RoundRobin::new()));
+            d.discover_one("orders").await.unwrap();
+            for _ in 0..63 {
+                d.discover_one("orders").await.unwrap();
+            }
+            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 0);
+            d.discover_one("orders").await.unwrap();
+            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 64);
+            for _ in 0..100 {
+                d.discover_one("orders").await.unwrap();
+            }
+            // 128 reached: another batch; 36 wait.
+            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 64);
+            // Leaving the cache adds the rest; nothing is counted twice.
+            d.close().await.unwrap();
+            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 36);
             registry.close().await.unwrap();
         })
     });
