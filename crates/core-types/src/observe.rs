@@ -128,9 +128,9 @@ impl RegistryOp {
 }
 
 #[cfg(feature = "backend")]
-pub use backend::RegistryMetrics;
-#[cfg(feature = "backend")]
 pub(crate) use backend::HubMetrics;
+#[cfg(feature = "backend")]
+pub use backend::RegistryMetrics;
 
 #[cfg(feature = "backend")]
 mod backend {
@@ -244,8 +244,9 @@ mod backend {
             HubMetrics {
                 events: ["created", "updated", "deleted", "snapshot"]
                     .map(|event| counter!(WATCH_EVENTS, "backend" => backend, "event" => event)),
-                resyncs: ["lagged", "reconnected"]
-                    .map(|reason| counter!(WATCH_RESYNCS, "backend" => backend, "reason" => reason)),
+                resyncs: ["lagged", "reconnected"].map(
+                    |reason| counter!(WATCH_RESYNCS, "backend" => backend, "reason" => reason),
+                ),
             }
         }
 

@@ -1,39 +1,152 @@
-//! The registry metrics of the shared core, recorded by a `DebuggingRecorder`: names, labels
+//! The registry metrics of the shared core, recorded by a recording recorder: names, labels
 //! and values exactly as `docs/metrics.md` ("Registries (every backend)") lists them.
 #![cfg(feature = "backend")]
 #![allow(clippy::unwrap_used)]
 
 use futures_util::StreamExt;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use waypost_core_types::observe::RegistryOp;
 use waypost_core_types::{
     Error, Scope, ServiceEvent, ServiceInfo, SnapshotReason, StateCell, WatchEvent, WatchHub,
 };
 
-/// What a `DebuggingRecorder` holds, keyed by name and labels (labels in any order). Taking it
-/// resets the recorder's counters and gauges (`Snapshotter::snapshot` swaps them to zero), so
-/// each take holds what happened since the last one.
+/// A recording recorder (on `metrics-util`'s registry and atomic storage) that can be read
+/// without resetting it: `metrics_util::debugging::Snapshotter` swaps gauges to zero when it
+/// reads them, so a gauge the code left alone would read 0 at the next snapshot, and "set to
+/// 0" could not be told from "not set". [`Recording::take`] gives counters and histograms as
+/// what happened since the last take, and gauges as their current value.
+#[derive(Clone, Default)]
+struct Recording(std::sync::Arc<RecordingInner>);
+
+struct RecordingInner {
+    registry: metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
+    described: std::sync::Mutex<std::collections::BTreeMap<String, Option<metrics::Unit>>>,
+    counted: std::sync::Mutex<std::collections::HashMap<metrics::Key, u64>>,
+}
+
+impl Default for RecordingInner {
+    fn default() -> Self {
+        RecordingInner {
+            registry: metrics_util::registry::Registry::atomic(),
+            described: Default::default(),
+            counted: Default::default(),
+        }
+    }
+}
+
+impl metrics::Recorder for Recording {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.0
+            .described
+            .lock()
+            .unwrap()
+            .insert(key.as_str().to_owned(), unit);
+    }
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.0
+            .described
+            .lock()
+            .unwrap()
+            .insert(key.as_str().to_owned(), unit);
+    }
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.0
+            .described
+            .lock()
+            .unwrap()
+            .insert(key.as_str().to_owned(), unit);
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.0
+            .registry
+            .get_or_create_counter(key, |c| metrics::Counter::from_arc(c.clone()))
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0
+            .registry
+            .get_or_create_gauge(key, |g| metrics::Gauge::from_arc(g.clone()))
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.0
+            .registry
+            .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
+    }
+}
+
 #[derive(Debug)]
-struct Recorded(std::collections::HashMap<(String, Vec<(String, String)>), DebugValue>);
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Vec<f64>),
+}
+
+/// What a [`Recording`] held at a take, keyed by name and labels (labels in any order).
+#[derive(Debug)]
+struct Recorded(std::collections::HashMap<(String, Vec<(String, String)>), Value>);
+
+fn key_parts(key: &metrics::Key) -> (String, Vec<(String, String)>) {
+    let mut labels: Vec<(String, String)> = key
+        .labels()
+        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+        .collect();
+    labels.sort();
+    (key.name().to_owned(), labels)
+}
 
 // Not every test file reads every kind of metric.
 #[allow(dead_code)]
-impl Recorded {
-    fn take(snapshotter: &Snapshotter) -> Self {
+impl Recording {
+    /// Counters: their increase since the last take; gauges: their value now; histograms: the
+    /// samples recorded since the last take.
+    fn take(&self) -> Recorded {
+        use std::sync::atomic::Ordering;
         let mut all = std::collections::HashMap::new();
-        for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
-            let (_kind, key) = key.into_parts();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            all.insert((key.name().to_owned(), labels), value);
+        let mut counted = self.0.counted.lock().unwrap();
+        for (key, c) in self.0.registry.get_counter_handles() {
+            let now = c.load(Ordering::SeqCst);
+            let before = counted.insert(key.clone(), now).unwrap_or(0);
+            all.insert(key_parts(&key), Value::Counter(now - before));
+        }
+        for (key, g) in self.0.registry.get_gauge_handles() {
+            let value = f64::from_bits(g.load(Ordering::SeqCst));
+            all.insert(key_parts(&key), Value::Gauge(value));
+        }
+        for (key, h) in self.0.registry.get_histogram_handles() {
+            let mut samples = Vec::new();
+            h.clear_with(|xs| samples.extend_from_slice(xs));
+            all.insert(key_parts(&key), Value::Histogram(samples));
         }
         Recorded(all)
     }
 
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+    /// The metrics described so far, with their units.
+    fn described(&self) -> std::collections::BTreeMap<String, Option<metrics::Unit>> {
+        self.0.described.lock().unwrap().clone()
+    }
+}
+
+// Not every test file reads every kind of metric.
+#[allow(dead_code)]
+impl Recorded {
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
         let mut labels: Vec<(String, String)> = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -42,19 +155,19 @@ impl Recorded {
         self.0.get(&(name.to_owned(), labels))
     }
 
-    /// A counter's increase since the last take (0 when it was not registered).
+    /// A counter's increase since the last take (0 when it was never registered).
     fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         match self.get(name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
+            Some(Value::Counter(n)) => *n,
             None => 0,
             Some(other) => panic!("{name} {labels:?} is not a counter: {other:?}"),
         }
     }
 
-    /// A gauge's value if it was set since the last take (a gauge not set reads 0).
+    /// A gauge's value, `None` when it was never registered.
     fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         match self.get(name, labels) {
-            Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
+            Some(Value::Gauge(v)) => Some(*v),
             None => None,
             Some(other) => panic!("{name} {labels:?} is not a gauge: {other:?}"),
         }
@@ -63,7 +176,7 @@ impl Recorded {
     /// A histogram's samples since the last take.
     fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
         match self.get(name, labels) {
-            Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect(),
+            Some(Value::Histogram(v)) => v.clone(),
             None => Vec::new(),
             Some(other) => panic!("{name} {labels:?} is not a histogram: {other:?}"),
         }
@@ -85,7 +198,7 @@ impl Recorded {
 }
 
 /// Runs `f` on a current-thread runtime with `recorder` as this thread's recorder.
-fn recorded<T>(recorder: &DebuggingRecorder, f: impl std::future::Future<Output = T>) -> T {
+fn recorded<T>(recorder: &Recording, f: impl std::future::Future<Output = T>) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -98,21 +211,27 @@ const CONNECTED: &str = "waypost_registry_connected";
 
 #[test]
 fn state_transitions_connected_gauge_and_reregistrations() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     let cell = metrics::with_local_recorder(&recorder, || StateCell::new("etcd"));
     let etcd = [("backend", "etcd")];
-    let m = Recorded::take(&snap);
-    assert_eq!(m.gauge(CONNECTED, &etcd), Some(1.0), "a new registry is connected");
+    let m = recorder.take();
+    assert_eq!(
+        m.gauge(CONNECTED, &etcd),
+        Some(1.0),
+        "a new registry is connected"
+    );
     for state in ["connected", "recovering", "closed"] {
-        assert_eq!(m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", state)]), 0);
+        assert_eq!(
+            m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", state)]),
+            0
+        );
     }
     assert_eq!(m.label_names(TRANSITIONS), [["backend", "state"]]);
     assert_eq!(m.label_names(CONNECTED), [["backend"]]);
 
     cell.failed(&"connection refused");
     cell.failed(&"still refused");
-    let m = Recorded::take(&snap);
+    let m = recorder.take();
     assert_eq!(
         m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "recovering")]),
         1,
@@ -124,11 +243,20 @@ fn state_transitions_connected_gauge_and_reregistrations() {
     cell.connected();
     cell.metrics().reregistered(3);
     cell.metrics().reregistered(0);
-    let m = Recorded::take(&snap);
-    assert_eq!(m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "connected")]), 1);
-    assert_eq!(m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "recovering")]), 0);
+    let m = recorder.take();
+    assert_eq!(
+        m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "connected")]),
+        1
+    );
+    assert_eq!(
+        m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "recovering")]),
+        0
+    );
     assert_eq!(m.gauge(CONNECTED, &etcd), Some(1.0));
-    assert_eq!(m.counter("waypost_registry_reregistrations_total", &etcd), 3);
+    assert_eq!(
+        m.counter("waypost_registry_reregistrations_total", &etcd),
+        3
+    );
     assert_eq!(
         m.label_names("waypost_registry_reregistrations_total"),
         [["backend"]]
@@ -137,16 +265,21 @@ fn state_transitions_connected_gauge_and_reregistrations() {
     assert!(cell.close());
     assert!(!cell.close());
     cell.failed(&"after close");
-    let m = Recorded::take(&snap);
-    assert_eq!(m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "closed")]), 1);
-    assert_eq!(m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "recovering")]), 0);
+    let m = recorder.take();
+    assert_eq!(
+        m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "closed")]),
+        1
+    );
+    assert_eq!(
+        m.counter(TRANSITIONS, &[("backend", "etcd"), ("state", "recovering")]),
+        0
+    );
     assert_eq!(m.gauge(CONNECTED, &etcd), Some(0.0));
 }
 
 #[test]
 fn calls_are_timed_by_op_and_errors_counted() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     recorded(&recorder, async {
         let cell = StateCell::new("consul");
         let m = cell.metrics();
@@ -162,7 +295,7 @@ fn calls_are_timed_by_op_and_errors_counted() {
         assert!(matches!(slow, Err(Error::NotFound(_))));
         m.observe(RegistryOp::Get, async { Ok(()) }).await.unwrap();
     });
-    let m = Recorded::take(&snap);
+    let m = recorder.take();
     let op = |op: &'static str| [("backend", "consul"), ("op", op)];
     const DURATION: &str = "waypost_registry_call_duration_seconds";
     const ERRORS: &str = "waypost_registry_call_errors_total";
@@ -204,18 +337,24 @@ fn watch_events_by_type_and_resyncs_by_reason() {
     const RESYNCS: &str = "waypost_registry_watch_resyncs_total";
     let ev = |event: &'static str| [("backend", "memory"), ("event", event)];
     let why = |reason: &'static str| [("backend", "memory"), ("reason", reason)];
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     recorded(&recorder, async {
         // Streams may fall 2 items behind.
         let hub = WatchHub::new("memory", 2);
         let mut stream = hub.subscribe(Scope::Service("web".into())).unwrap();
         assert!(matches!(
             stream.next().await,
-            Some(WatchEvent::Snapshot { reason: SnapshotReason::Initial, .. })
+            Some(WatchEvent::Snapshot {
+                reason: SnapshotReason::Initial,
+                ..
+            })
         ));
-        let m = Recorded::take(&snap);
-        assert_eq!(m.counter(EVENTS, &ev("snapshot")), 1, "the initial snapshot");
+        let m = recorder.take();
+        assert_eq!(
+            m.counter(EVENTS, &ev("snapshot")),
+            1,
+            "the initial snapshot"
+        );
         assert_eq!(m.label_names(EVENTS), [["backend", "event"]]);
         assert_eq!(m.label_names(RESYNCS), [["backend", "reason"]]);
 
@@ -233,7 +372,7 @@ fn watch_events_by_type_and_resyncs_by_reason() {
             }) => assert_eq!(services.len(), 1),
             other => panic!("expected a lagged snapshot, got {other:?}"),
         }
-        let m = Recorded::take(&snap);
+        let m = recorder.take();
         assert_eq!(m.counter(EVENTS, &ev("created")), 2);
         assert_eq!(m.counter(EVENTS, &ev("updated")), 1);
         assert_eq!(m.counter(EVENTS, &ev("deleted")), 1);
@@ -250,9 +389,12 @@ fn watch_events_by_type_and_resyncs_by_reason() {
         );
         assert!(matches!(
             stream.next().await,
-            Some(WatchEvent::Snapshot { reason: SnapshotReason::Reconnected, .. })
+            Some(WatchEvent::Snapshot {
+                reason: SnapshotReason::Reconnected,
+                ..
+            })
         ));
-        let m = Recorded::take(&snap);
+        let m = recorder.take();
         assert_eq!(m.counter(RESYNCS, &why("reconnected")), 1);
         assert_eq!(m.counter(RESYNCS, &why("lagged")), 0);
         assert_eq!(m.counter(EVENTS, &ev("snapshot")), 1);
@@ -261,7 +403,7 @@ fn watch_events_by_type_and_resyncs_by_reason() {
 
         // An initial fill (a backend's first list) is not a resync.
         hub.replace(&Scope::All, vec![svc("c")], Some(SnapshotReason::Initial));
-        let m = Recorded::take(&snap);
+        let m = recorder.take();
         assert_eq!(m.counter(RESYNCS, &why("reconnected")), 0);
         assert_eq!(m.counter(RESYNCS, &why("lagged")), 0);
     });
@@ -269,26 +411,28 @@ fn watch_events_by_type_and_resyncs_by_reason() {
 
 #[test]
 fn describe_metrics_describes_every_registry_metric() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     metrics::with_local_recorder(&recorder, || {
         waypost_core_types::describe_metrics();
         let _cell = StateCell::new("memory");
         let _hub = WatchHub::new("memory", 4);
     });
-    let described: std::collections::BTreeMap<String, Option<metrics::Unit>> = snap
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(_, _, desc, _)| desc.is_some())
-        .map(|(key, unit, _, _)| (key.key().name().to_owned(), unit))
-        .collect();
+    let described = recorder.described();
     let expected = [
-        ("waypost_registry_call_duration_seconds", metrics::Unit::Seconds),
+        (
+            "waypost_registry_call_duration_seconds",
+            metrics::Unit::Seconds,
+        ),
         ("waypost_registry_call_errors_total", metrics::Unit::Count),
         ("waypost_registry_connected", metrics::Unit::Count),
-        ("waypost_registry_reregistrations_total", metrics::Unit::Count),
-        ("waypost_registry_state_transitions_total", metrics::Unit::Count),
+        (
+            "waypost_registry_reregistrations_total",
+            metrics::Unit::Count,
+        ),
+        (
+            "waypost_registry_state_transitions_total",
+            metrics::Unit::Count,
+        ),
         ("waypost_registry_watch_events_total", metrics::Unit::Count),
         ("waypost_registry_watch_resyncs_total", metrics::Unit::Count),
     ];

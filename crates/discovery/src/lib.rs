@@ -57,8 +57,8 @@ pub use cache::EntryHarness;
 pub use discovery::CachedDiscovery;
 pub use filter::Filter;
 pub use http_check::HttpHealthChecker;
-pub use observe::describe_metrics;
 pub use monitor::{HealthMonitor, HealthMonitorBuilder, InstanceHealth};
+pub use observe::describe_metrics;
 pub use options::{
     DiscoveryBuilder, DEFAULT_EMPTY_IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_GRACE,
 };

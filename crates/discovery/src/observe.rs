@@ -114,7 +114,6 @@ impl EntryMetrics {
 
     /// The item received at `received` is in the cache.
     pub(crate) fn applied(&self, received: Instant) {
-        self.event_to_cache
-            .record(received.elapsed().as_secs_f64());
+        self.event_to_cache.record(received.elapsed().as_secs_f64());
     }
 }

@@ -1,40 +1,153 @@
-//! The discovery cache's metrics, recorded by a `DebuggingRecorder`: names, labels and values
+//! The discovery cache's metrics, recorded by a recording recorder: names, labels and values
 //! exactly as `docs/metrics.md` ("Discovery (waypost-discovery)") lists them.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use waypost_balancer::RoundRobin;
 use waypost_core_types::{Health, ServiceDiscovery, ServiceInfo, ServiceRegistry};
 use waypost_discovery::CachedDiscovery;
 use waypost_registry_memory::MemoryRegistry;
 
-/// What a `DebuggingRecorder` holds, keyed by name and labels (labels in any order). Taking it
-/// resets the recorder's counters and gauges (`Snapshotter::snapshot` swaps them to zero), so
-/// each take holds what happened since the last one.
+/// A recording recorder (on `metrics-util`'s registry and atomic storage) that can be read
+/// without resetting it: `metrics_util::debugging::Snapshotter` swaps gauges to zero when it
+/// reads them, so a gauge the code left alone would read 0 at the next snapshot, and "set to
+/// 0" could not be told from "not set". [`Recording::take`] gives counters and histograms as
+/// what happened since the last take, and gauges as their current value.
+#[derive(Clone, Default)]
+struct Recording(std::sync::Arc<RecordingInner>);
+
+struct RecordingInner {
+    registry: metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
+    described: std::sync::Mutex<std::collections::BTreeMap<String, Option<metrics::Unit>>>,
+    counted: std::sync::Mutex<std::collections::HashMap<metrics::Key, u64>>,
+}
+
+impl Default for RecordingInner {
+    fn default() -> Self {
+        RecordingInner {
+            registry: metrics_util::registry::Registry::atomic(),
+            described: Default::default(),
+            counted: Default::default(),
+        }
+    }
+}
+
+impl metrics::Recorder for Recording {
+    fn describe_counter(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.0
+            .described
+            .lock()
+            .unwrap()
+            .insert(key.as_str().to_owned(), unit);
+    }
+    fn describe_gauge(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.0
+            .described
+            .lock()
+            .unwrap()
+            .insert(key.as_str().to_owned(), unit);
+    }
+    fn describe_histogram(
+        &self,
+        key: metrics::KeyName,
+        unit: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+        self.0
+            .described
+            .lock()
+            .unwrap()
+            .insert(key.as_str().to_owned(), unit);
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.0
+            .registry
+            .get_or_create_counter(key, |c| metrics::Counter::from_arc(c.clone()))
+    }
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0
+            .registry
+            .get_or_create_gauge(key, |g| metrics::Gauge::from_arc(g.clone()))
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.0
+            .registry
+            .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
+    }
+}
+
 #[derive(Debug)]
-struct Recorded(std::collections::HashMap<(String, Vec<(String, String)>), DebugValue>);
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(Vec<f64>),
+}
+
+/// What a [`Recording`] held at a take, keyed by name and labels (labels in any order).
+#[derive(Debug)]
+struct Recorded(std::collections::HashMap<(String, Vec<(String, String)>), Value>);
+
+fn key_parts(key: &metrics::Key) -> (String, Vec<(String, String)>) {
+    let mut labels: Vec<(String, String)> = key
+        .labels()
+        .map(|l| (l.key().to_owned(), l.value().to_owned()))
+        .collect();
+    labels.sort();
+    (key.name().to_owned(), labels)
+}
 
 // Not every test file reads every kind of metric.
 #[allow(dead_code)]
-impl Recorded {
-    fn take(snapshotter: &Snapshotter) -> Self {
+impl Recording {
+    /// Counters: their increase since the last take; gauges: their value now; histograms: the
+    /// samples recorded since the last take.
+    fn take(&self) -> Recorded {
+        use std::sync::atomic::Ordering;
         let mut all = std::collections::HashMap::new();
-        for (key, _unit, _desc, value) in snapshotter.snapshot().into_vec() {
-            let (_kind, key) = key.into_parts();
-            let mut labels: Vec<(String, String)> = key
-                .labels()
-                .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                .collect();
-            labels.sort();
-            all.insert((key.name().to_owned(), labels), value);
+        let mut counted = self.0.counted.lock().unwrap();
+        for (key, c) in self.0.registry.get_counter_handles() {
+            let now = c.load(Ordering::SeqCst);
+            let before = counted.insert(key.clone(), now).unwrap_or(0);
+            all.insert(key_parts(&key), Value::Counter(now - before));
+        }
+        for (key, g) in self.0.registry.get_gauge_handles() {
+            let value = f64::from_bits(g.load(Ordering::SeqCst));
+            all.insert(key_parts(&key), Value::Gauge(value));
+        }
+        for (key, h) in self.0.registry.get_histogram_handles() {
+            let mut samples = Vec::new();
+            h.clear_with(|xs| samples.extend_from_slice(xs));
+            all.insert(key_parts(&key), Value::Histogram(samples));
         }
         Recorded(all)
     }
 
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+    /// The metrics described so far, with their units.
+    fn described(&self) -> std::collections::BTreeMap<String, Option<metrics::Unit>> {
+        self.0.described.lock().unwrap().clone()
+    }
+}
+
+// Not every test file reads every kind of metric.
+#[allow(dead_code)]
+impl Recorded {
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Value> {
         let mut labels: Vec<(String, String)> = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -43,19 +156,19 @@ impl Recorded {
         self.0.get(&(name.to_owned(), labels))
     }
 
-    /// A counter's increase since the last take (0 when it was not registered).
+    /// A counter's increase since the last take (0 when it was never registered).
     fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         match self.get(name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
+            Some(Value::Counter(n)) => *n,
             None => 0,
             Some(other) => panic!("{name} {labels:?} is not a counter: {other:?}"),
         }
     }
 
-    /// A gauge's value if it was set since the last take (a gauge not set reads 0).
+    /// A gauge's value, `None` when it was never registered.
     fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         match self.get(name, labels) {
-            Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
+            Some(Value::Gauge(v)) => Some(*v),
             None => None,
             Some(other) => panic!("{name} {labels:?} is not a gauge: {other:?}"),
         }
@@ -64,7 +177,7 @@ impl Recorded {
     /// A histogram's samples since the last take.
     fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
         match self.get(name, labels) {
-            Some(DebugValue::Histogram(v)) => v.iter().map(|x| x.into_inner()).collect(),
+            Some(Value::Histogram(v)) => v.clone(),
             None => Vec::new(),
             Some(other) => panic!("{name} {labels:?} is not a histogram: {other:?}"),
         }
@@ -95,7 +208,7 @@ fn svc(id: &str, port: u16, health: Health) -> ServiceInfo {
     ServiceInfo::new(id, "orders", "10.0.0.1", port).with_health(health)
 }
 
-/// The instance gauges of `orders` (healthy, unhealthy, unknown), when set since the last take.
+/// The instance gauges of `orders` (healthy, unhealthy, unknown).
 fn instances(m: &Recorded) -> [Option<f64>; 3] {
     ["healthy", "unhealthy", "unknown"]
         .map(|health| m.gauge(INSTANCES, &[("service", "orders"), ("health", health)]))
@@ -119,8 +232,7 @@ async fn cached(d: &CachedDiscovery, n: usize) {
 /// make the discovery's watch fall behind).
 #[test]
 fn hits_misses_instances_resyncs_and_event_to_cache() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -129,15 +241,24 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
     metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
             let registry = Arc::new(MemoryRegistry::builder().watch_buffer(1).build().unwrap());
-            registry.register(&svc("o1", 81, Health::Healthy)).await.unwrap();
-            registry.register(&svc("o2", 82, Health::Healthy)).await.unwrap();
-            registry.register(&svc("o3", 83, Health::Unhealthy)).await.unwrap();
+            registry
+                .register(&svc("o1", 81, Health::Healthy))
+                .await
+                .unwrap();
+            registry
+                .register(&svc("o2", 82, Health::Healthy))
+                .await
+                .unwrap();
+            registry
+                .register(&svc("o3", 83, Health::Unhealthy))
+                .await
+                .unwrap();
             let d = CachedDiscovery::new(registry.clone(), Arc::new(RoundRobin::new()));
-            Recorded::take(&snap);
+            recorder.take();
 
             // The first lookup waits for the registry: a miss; the cache holds 2 + 1.
             d.discover_one("orders").await.unwrap();
-            let m = Recorded::take(&snap);
+            let m = recorder.take();
             assert_eq!(m.counter(MISSES, &orders), 1);
             assert_eq!(m.counter(HITS, &orders), 0);
             assert_eq!(instances(&m), [Some(2.0), Some(1.0), Some(0.0)]);
@@ -157,21 +278,30 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
             }
             d.discover("orders").await.unwrap();
             // Hits reach the metric in batches; reading the statistics adds the rest.
-            let m = Recorded::take(&snap);
+            let m = recorder.take();
             assert_eq!(m.counter(HITS, &orders), 0);
             let stats = d.service_stats("orders").unwrap();
             assert_eq!((stats.hits, stats.misses), (4, 1));
-            let m = Recorded::take(&snap);
+            let m = recorder.take();
             assert_eq!(m.counter(HITS, &orders), 4, "the same count as the stats");
             assert_eq!(m.counter(MISSES, &orders), 0);
 
             // Two changes before the discovery's task runs: its watch (1 item of buffer) falls
             // behind and gets a `Lagged` snapshot, applied as one item.
-            registry.register(&svc("o4", 84, Health::Healthy)).await.unwrap();
-            registry.register(&svc("o5", 85, Health::Unknown)).await.unwrap();
+            registry
+                .register(&svc("o4", 84, Health::Healthy))
+                .await
+                .unwrap();
+            registry
+                .register(&svc("o5", 85, Health::Unknown))
+                .await
+                .unwrap();
             cached(&d, 5).await;
-            let m = Recorded::take(&snap);
-            assert_eq!(m.counter(RESYNCS, &[("service", "orders"), ("reason", "lagged")]), 1);
+            let m = recorder.take();
+            assert_eq!(
+                m.counter(RESYNCS, &[("service", "orders"), ("reason", "lagged")]),
+                1
+            );
             assert_eq!(
                 m.counter(RESYNCS, &[("service", "orders"), ("reason", "reconnected")]),
                 0
@@ -188,22 +318,25 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
             // One change: one sample, the gauges follow.
             registry.deregister("o5").await.unwrap();
             cached(&d, 4).await;
-            let m = Recorded::take(&snap);
+            let m = recorder.take();
             assert_eq!(m.histogram(EVENT_TO_CACHE, &orders).len(), 1);
             assert_eq!(instances(&m), [Some(3.0), Some(1.0), Some(0.0)]);
-            assert_eq!(m.counter(RESYNCS, &[("service", "orders"), ("reason", "lagged")]), 0);
+            assert_eq!(
+                m.counter(RESYNCS, &[("service", "orders"), ("reason", "lagged")]),
+                0
+            );
 
             // A service that is not registered: a miss, then hits of its empty set.
             assert!(d.discover_one("nobody").await.is_err());
             assert!(d.discover_one("nobody").await.is_err());
             assert_eq!(d.service_stats("nobody").unwrap().hits, 1);
-            let m = Recorded::take(&snap);
+            let m = recorder.take();
             assert_eq!(m.counter(MISSES, &[("service", "nobody")]), 1);
             assert_eq!(m.counter(HITS, &[("service", "nobody")]), 1);
 
             // The service leaves the cache: its gauges read 0.
             d.close().await.unwrap();
-            let m = Recorded::take(&snap);
+            let m = recorder.take();
             assert_eq!(instances(&m), [Some(0.0), Some(0.0), Some(0.0)]);
             registry.close().await.unwrap();
         })
@@ -214,8 +347,7 @@ fn hits_misses_instances_resyncs_and_event_to_cache() {
 /// when the statistics are read or the service leaves the cache.
 #[test]
 fn hits_reach_the_metric_in_batches_of_64_per_thread() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -224,23 +356,26 @@ fn hits_reach_the_metric_in_batches_of_64_per_thread() {
     metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
             let registry = Arc::new(MemoryRegistry::new());
-            registry.register(&svc("o1", 81, Health::Healthy)).await.unwrap();
+            registry
+                .register(&svc("o1", 81, Health::Healthy))
+                .await
+                .unwrap();
             let d = CachedDiscovery::new(registry.clone(), Arc::new(RoundRobin::new()));
             d.discover_one("orders").await.unwrap();
             for _ in 0..63 {
                 d.discover_one("orders").await.unwrap();
             }
-            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 0);
+            assert_eq!(recorder.take().counter(HITS, &orders), 0);
             d.discover_one("orders").await.unwrap();
-            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 64);
+            assert_eq!(recorder.take().counter(HITS, &orders), 64);
             for _ in 0..100 {
                 d.discover_one("orders").await.unwrap();
             }
             // 128 reached: another batch; 36 wait.
-            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 64);
+            assert_eq!(recorder.take().counter(HITS, &orders), 64);
             // Leaving the cache adds the rest; nothing is counted twice.
             d.close().await.unwrap();
-            assert_eq!(Recorded::take(&snap).counter(HITS, &orders), 36);
+            assert_eq!(recorder.take().counter(HITS, &orders), 36);
             registry.close().await.unwrap();
         })
     });
@@ -249,15 +384,17 @@ fn hits_reach_the_metric_in_batches_of_64_per_thread() {
 /// Handles taken with no recorder installed record nothing, and cost nothing to keep.
 #[test]
 fn without_a_recorder_nothing_is_recorded() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let registry = Arc::new(MemoryRegistry::new());
-        registry.register(&svc("o1", 81, Health::Healthy)).await.unwrap();
+        registry
+            .register(&svc("o1", 81, Health::Healthy))
+            .await
+            .unwrap();
         let d = CachedDiscovery::new(registry, Arc::new(RoundRobin::new()));
         d.discover_one("orders").await.unwrap();
         // Installed after the entry was built: its handles are the no-op ones.
@@ -269,15 +406,14 @@ fn without_a_recorder_nothing_is_recorded() {
         assert_eq!(d.service_stats("orders").unwrap().hits, 3);
         d.close().await.unwrap();
     });
-    let m = Recorded::take(&snap);
+    let m = recorder.take();
     assert_eq!(m.counter(HITS, &[("service", "orders")]), 0);
     assert!(m.label_names(HITS).is_empty());
 }
 
 #[test]
 fn describe_metrics_describes_every_discovery_metric() {
-    let recorder = DebuggingRecorder::new();
-    let snap = recorder.snapshotter();
+    let recorder = Recording::default();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -291,13 +427,7 @@ fn describe_metrics_describes_every_discovery_metric() {
             d.close().await.unwrap();
         })
     });
-    let described: std::collections::BTreeMap<String, Option<metrics::Unit>> = snap
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(_, _, desc, _)| desc.is_some())
-        .map(|(key, unit, _, _)| (key.key().name().to_owned(), unit))
-        .collect();
+    let described = recorder.described();
     let expected = [
         (HITS, metrics::Unit::Count),
         (MISSES, metrics::Unit::Count),

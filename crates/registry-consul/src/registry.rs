@@ -609,14 +609,13 @@ impl ServiceRegistry for ConsulRegistry {
             self.check_open()?;
             let inner = &self.inner;
             let (_, names) = read_names(&inner.client, &inner.filter, None).await?;
-            let lists: Vec<Result<_>> =
-                futures_util::stream::iter(names)
-                    .map(|name| async move {
-                        read_instances(&inner.client, &inner.filter, &name, None).await
-                    })
-                    .buffer_unordered(8)
-                    .collect()
-                    .await;
+            let lists: Vec<Result<_>> = futures_util::stream::iter(names)
+                .map(|name| async move {
+                    read_instances(&inner.client, &inner.filter, &name, None).await
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
             let mut out = Vec::new();
             for l in lists {
                 out.extend(infos(l?.1));
@@ -631,7 +630,8 @@ impl ServiceRegistry for ConsulRegistry {
         self.observe(RegistryOp::List, async {
             self.check_open()?;
             validate_key_part("name", name, MAX_NAME_LEN)?;
-            let (_, inst) = read_instances(&self.inner.client, &self.inner.filter, name, None).await?;
+            let (_, inst) =
+                read_instances(&self.inner.client, &self.inner.filter, name, None).await?;
             Ok(infos(inst))
         })
         .await

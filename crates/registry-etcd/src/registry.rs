@@ -352,10 +352,8 @@ impl ServiceRegistry for EtcdRegistry {
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
-        self.observe(RegistryOp::Update, async {
-            self.put(service, true).await
-        })
-        .await
+        self.observe(RegistryOp::Update, async { self.put(service, true).await })
+            .await
     }
 
     async fn renew(&self, id: &str) -> Result<()> {

@@ -66,7 +66,9 @@ impl Inner {
     async fn resync(&self) {
         match self.audit(None).await {
             Ok(n) => self.cell.metrics().reregistered(n),
-            Err(e) => tracing::warn!(target: "waypost::nacos", "re-registration after reconnect: {e}"),
+            Err(e) => {
+                tracing::warn!(target: "waypost::nacos", "re-registration after reconnect: {e}")
+            }
         }
         self.resnapshot().await;
     }

@@ -398,7 +398,8 @@ impl ServiceRegistry for ZookeeperRegistry {
                     let mut moved = service.clone();
                     moved.created_at = e.info.created_at;
                     let (stored, _) =
-                        ops::write_instance(&self.inner, &client, &moved, WriteMode::Upsert).await?;
+                        ops::write_instance(&self.inner, &client, &moved, WriteMode::Upsert)
+                            .await?;
                     ops::delete(&client, &e.path).await?;
                     stored
                 }
