@@ -5,8 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
 use waypost_balancer::RoundRobin;
-use waypost_core_types::{Health, ServiceDiscovery, ServiceInfo, ServiceRegistry};
+use waypost_core_types::{
+    Error, Health, Result, ServiceDiscovery, ServiceInfo, ServiceRegistry, SnapshotReason,
+    WatchEvent, WatchStream,
+};
 use waypost_discovery::CachedDiscovery;
 use waypost_registry_memory::MemoryRegistry;
 
@@ -377,6 +383,135 @@ fn hits_reach_the_metric_in_batches_of_64_per_thread() {
             d.close().await.unwrap();
             assert_eq!(recorder.take().counter(HITS, &orders), 36);
             registry.close().await.unwrap();
+        })
+    });
+}
+
+/// A registry whose watch streams the test feeds: each new stream starts with an `Initial`
+/// snapshot of `list`; `send` adds to the current stream, `cut` ends it.
+#[derive(Debug, Default)]
+struct Scripted {
+    list: Mutex<Vec<ServiceInfo>>,
+    feed: Mutex<Option<mpsc::UnboundedSender<WatchEvent>>>,
+    watches: std::sync::atomic::AtomicUsize,
+}
+
+impl Scripted {
+    fn send(&self, ev: WatchEvent) {
+        self.feed.lock().as_ref().unwrap().send(ev).unwrap();
+    }
+    fn cut(&self) {
+        self.feed.lock().take();
+    }
+}
+
+#[async_trait]
+impl ServiceRegistry for Scripted {
+    fn backend(&self) -> &'static str {
+        "scripted"
+    }
+    async fn register(&self, _: &ServiceInfo) -> Result<()> {
+        Err(Error::Unsupported("test".into()))
+    }
+    async fn deregister(&self, _: &str) -> Result<()> {
+        Err(Error::Unsupported("test".into()))
+    }
+    async fn update(&self, _: &ServiceInfo) -> Result<()> {
+        Err(Error::Unsupported("test".into()))
+    }
+    async fn renew(&self, _: &str) -> Result<()> {
+        Err(Error::Unsupported("test".into()))
+    }
+    async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
+        Err(Error::NotFound(id.into()))
+    }
+    async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
+        Ok(self.list.lock().clone())
+    }
+    async fn list_instances(&self, _: &str) -> Result<Vec<ServiceInfo>> {
+        Ok(self.list.lock().clone())
+    }
+    async fn watch(&self) -> Result<WatchStream> {
+        Err(Error::Unsupported("use watch_service".into()))
+    }
+    async fn watch_service(&self, _: &str) -> Result<WatchStream> {
+        self.watches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(WatchEvent::Snapshot {
+            services: self.list.lock().clone(),
+            reason: SnapshotReason::Initial,
+        })
+        .unwrap();
+        *self.feed.lock() = Some(tx);
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Resyncs by reason: a `Reconnected` snapshot, and the first snapshot of a watch started
+/// again after it ended (`restarted`); the polls in between are not resyncs.
+#[test]
+fn resyncs_reconnected_and_restarted() {
+    let recorder = Recording::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let reason = |r: &'static str| [("service", "orders"), ("reason", r)];
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let registry = Arc::new(Scripted::default());
+            *registry.list.lock() = vec![svc("o1", 81, Health::Healthy)];
+            let d = CachedDiscovery::builder(registry.clone())
+                .refresh_interval(Duration::from_secs(1))
+                .build()
+                .unwrap();
+            d.discover_one("orders").await.unwrap();
+            recorder.take();
+
+            registry.send(WatchEvent::Snapshot {
+                services: vec![
+                    svc("o1", 81, Health::Healthy),
+                    svc("o2", 82, Health::Healthy),
+                ],
+                reason: SnapshotReason::Reconnected,
+            });
+            cached(&d, 2).await;
+            let m = recorder.take();
+            assert_eq!(m.counter(RESYNCS, &reason("reconnected")), 1);
+            assert_eq!(m.counter(RESYNCS, &reason("restarted")), 0);
+            assert_eq!(
+                m.histogram(EVENT_TO_CACHE, &[("service", "orders")]).len(),
+                1
+            );
+
+            // The watch ends: the discovery polls, then watches again; the new watch's first
+            // snapshot is a restart.
+            *registry.list.lock() = vec![
+                svc("o1", 81, Health::Healthy),
+                svc("o2", 82, Health::Healthy),
+                svc("o3", 83, Health::Healthy),
+            ];
+            registry.cut();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while registry.watches.load(std::sync::atomic::Ordering::SeqCst) < 2
+                || !d.service_stats("orders").unwrap().watching
+            {
+                assert!(tokio::time::Instant::now() < deadline, "no new watch");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cached(&d, 3).await;
+            let m = recorder.take();
+            assert_eq!(m.counter(RESYNCS, &reason("restarted")), 1);
+            assert_eq!(m.counter(RESYNCS, &reason("reconnected")), 0);
+            assert_eq!(m.counter(RESYNCS, &reason("lagged")), 0);
+            d.close().await.unwrap();
         })
     });
 }
