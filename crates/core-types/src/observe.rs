@@ -3,7 +3,7 @@
 //!
 //! They are emitted through the [`metrics`] facade: the application installs a recorder (an
 //! exporter) and sees them; without one they cost next to nothing. Handles are taken when a
-//! registry is built (its [`StateCell`](crate::StateCell) and watch hubs), so a recorder must be
+//! registry is built (its `StateCell` and watch hubs), so a recorder must be
 //! installed **before** registries are built; one installed later sees nothing of the
 //! registries that already exist. The names, types and labels are listed in `docs/metrics.md`
 //! ("Registries (every backend)"); [`describe_metrics`] gives an exporter their descriptions.
@@ -89,7 +89,7 @@ pub enum RegistryOp {
 }
 
 impl RegistryOp {
-    /// Every op, in the order of [`index`](Self::index).
+    /// Every op, in declaration order.
     pub const ALL: [RegistryOp; 7] = [
         RegistryOp::Register,
         RegistryOp::Deregister,
