@@ -91,7 +91,8 @@ impl StateCell {
     /// The backend reached its server and our registrations are in place.
     pub fn connected(&self) {
         let backend = self.backend;
-        let moved = self.tx.send_if_modified(|state| match state {
+        // Metrics are updated under the cell's lock, so that the gauge ends as the state does.
+        self.tx.send_if_modified(|state| match state {
             RegistryState::Recovering {
                 attempts, since, ..
             } => {
@@ -103,19 +104,16 @@ impl StateCell {
                     "registry connected again"
                 );
                 *state = RegistryState::Connected;
+                self.metrics.entered(state);
                 true
             }
             RegistryState::Connected | RegistryState::Closed => false,
         });
-        if moved {
-            self.metrics.entered(&RegistryState::Connected);
-        }
     }
 
     /// One attempt to reach the server or restore our registrations failed with `error`.
     pub fn failed(&self, error: &dyn fmt::Display) {
         let backend = self.backend;
-        let mut entered = None;
         self.tx.send_if_modified(|state| match state {
             RegistryState::Connected => {
                 let last_error = error.to_string();
@@ -125,7 +123,7 @@ impl StateCell {
                     attempts: 1,
                     last_error,
                 };
-                entered = Some(state.clone());
+                self.metrics.entered(state);
                 true
             }
             RegistryState::Recovering {
@@ -140,26 +138,20 @@ impl StateCell {
             }
             RegistryState::Closed => false,
         });
-        if let Some(state) = entered {
-            self.metrics.entered(&state);
-        }
     }
 
     /// The registry closed. Final. Returns whether this call closed it (`false` if it was
     /// closed already), so that of two concurrent `close` calls exactly one cleans up.
     pub fn close(&self) -> bool {
-        let closed = self.tx.send_if_modified(|state| {
+        self.tx.send_if_modified(|state| {
             if matches!(state, RegistryState::Closed) {
                 false
             } else {
                 *state = RegistryState::Closed;
+                self.metrics.entered(state);
                 true
             }
-        });
-        if closed {
-            self.metrics.entered(&RegistryState::Closed);
-        }
-        closed
+        })
     }
 }
 
