@@ -27,7 +27,9 @@
 //!
 //! With the feature `backend`, the parts every registry backend shares: the watch hub
 //! (`WatchHub`, `ScopedHubs`), the registry-state cell (`StateCell`) and task ownership
-//! (`Tasks`). With the feature `conformance`, the module `conformance` holds the registry
+//! (`Tasks`). The metrics they emit (state transitions, re-registrations, watch events and
+//! resyncs, backend call latency and errors) are described in [`observe`]; install a
+//! `metrics` recorder before building registries to see them. With the feature `conformance`, the module `conformance` holds the registry
 //! conformance suite.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -40,6 +42,7 @@ mod error;
 mod event;
 mod instances;
 mod metadata;
+pub mod observe;
 pub mod quote;
 pub mod record;
 mod registry;
@@ -70,6 +73,7 @@ pub use event::{
 };
 pub use instances::{InstanceSet, InstanceSetWriter, SetChange};
 pub use metadata::{Iter as MetadataIter, Metadata};
+pub use observe::describe_metrics;
 pub use registry::{RegistryState, ServiceRegistry, StateStream};
 pub use secret::{Secret, REDACTED};
 pub use service::{Health, Protocol, ServiceInfo, DEFAULT_WEIGHT};

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::observe::RegistryMetrics;
 use crate::RegistryState;
 
 /// Holds a registry's [`RegistryState`], makes its transitions the same way for every backend,
@@ -16,10 +17,13 @@ use crate::RegistryState;
 /// - [`close`](Self::close) is final: nothing moves a closed cell again.
 ///
 /// Each transition is logged once (a warning on trouble, info on recovery); repeated failures
-/// are logged at debug level.
+/// are logged at debug level, and counted in `waypost_registry_state_transitions_total{backend,
+/// state}` with the gauge `waypost_registry_connected{backend}` (see [`RegistryMetrics`], which
+/// the cell holds for its registry: [`metrics`](Self::metrics)).
 pub struct StateCell {
     backend: &'static str,
     tx: watch::Sender<RegistryState>,
+    metrics: RegistryMetrics,
 }
 
 impl fmt::Debug for StateCell {
@@ -32,12 +36,21 @@ impl fmt::Debug for StateCell {
 }
 
 impl StateCell {
-    /// A `Connected` cell for a registry of `backend`.
+    /// A `Connected` cell for a registry of `backend`. Takes the registry's metric handles
+    /// from the recorder installed now (see [`crate::observe`]).
     pub fn new(backend: &'static str) -> Self {
         StateCell {
             backend,
             tx: watch::Sender::new(RegistryState::Connected),
+            metrics: RegistryMetrics::new(backend),
         }
+    }
+
+    /// The registry's metric handles: its backend calls go through
+    /// [`RegistryMetrics::observe`], its re-registrations through
+    /// [`RegistryMetrics::reregistered`].
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
     }
 
     /// The current state.
@@ -78,6 +91,7 @@ impl StateCell {
     /// The backend reached its server and our registrations are in place.
     pub fn connected(&self) {
         let backend = self.backend;
+        // Metrics are updated under the cell's lock, so that the gauge ends as the state does.
         self.tx.send_if_modified(|state| match state {
             RegistryState::Recovering {
                 attempts, since, ..
@@ -90,6 +104,7 @@ impl StateCell {
                     "registry connected again"
                 );
                 *state = RegistryState::Connected;
+                self.metrics.entered(state);
                 true
             }
             RegistryState::Connected | RegistryState::Closed => false,
@@ -108,6 +123,7 @@ impl StateCell {
                     attempts: 1,
                     last_error,
                 };
+                self.metrics.entered(state);
                 true
             }
             RegistryState::Recovering {
@@ -132,6 +148,7 @@ impl StateCell {
                 false
             } else {
                 *state = RegistryState::Closed;
+                self.metrics.entered(state);
                 true
             }
         })

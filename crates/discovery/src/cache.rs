@@ -22,6 +22,7 @@ use waypost_core_types::{
 
 use waypost_core_types::quote::quoted;
 
+use crate::observe::EntryMetrics;
 use crate::options::Options;
 
 use crate::stats::{CacheStats, StripedCounter};
@@ -85,6 +86,8 @@ pub(crate) struct Entry {
     balancer: Arc<dyn LoadBalancer>,
     pub(crate) hits: StripedCounter,
     pub(crate) misses: AtomicU64,
+    /// The service's metric handles (see [`crate::observe`]).
+    pub(crate) metrics: EntryMetrics,
     /// Held while the first fill runs, so concurrent first lookups wait for one fill.
     pub(crate) fill: tokio::sync::Mutex<()>,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
@@ -104,6 +107,7 @@ impl Entry {
     pub(crate) fn new(name: &str, balancer: Arc<dyn LoadBalancer>) -> Self {
         let name: Arc<str> = Arc::from(name);
         Entry {
+            metrics: EntryMetrics::new(&name),
             writer: Mutex::new(InstanceSetWriter::new(name.clone())),
             balancer,
             name,
@@ -118,6 +122,26 @@ impl Entry {
         }
     }
 
+    /// One lookup answered from the cache. The metric gets it in a batch (see
+    /// [`report_hits`](Self::report_hits)).
+    #[inline]
+    pub(crate) fn hit(&self) {
+        self.hits.incr(&self.metrics.hits);
+    }
+
+    /// Adds the hits not yet in the hits metric to it (they are added in batches of
+    /// [`REPORT_EVERY`](crate::stats::REPORT_EVERY) per thread stripe as they happen, and
+    /// here: when statistics are read, at each idle sweep, when the entry retires).
+    pub(crate) fn report_hits(&self) {
+        self.hits.report(&self.metrics.hits);
+    }
+
+    /// One lookup that found no cached set.
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.misses.increment(1);
+    }
+
     /// Whether nobody looked the service up for `idle` (or `empty_idle`, when its cached set is
     /// empty) as of `now`, counting from the sweeps that saw its lookup count unchanged. An entry
     /// still being filled is never idle.
@@ -130,6 +154,7 @@ impl Entry {
         let Some(snap) = self.snap.load_full() else {
             return false;
         };
+        self.report_hits();
         let uses = self
             .hits
             .sum()
@@ -350,6 +375,7 @@ impl Entry {
                 self.balancer.prepare(set);
             }
         }
+        self.metrics.published(set);
         self.snap.store(Some(Arc::clone(set)));
         self.version.fetch_add(1, Ordering::Release);
     }
@@ -388,6 +414,7 @@ impl Entry {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
+        self.report_hits();
         let snap = self.snap.load();
         let st = self.status.lock();
         CacheStats {
@@ -436,6 +463,8 @@ impl Entry {
         self.abort_task();
         let _applying = self.writer.lock();
         self.balancer.forget(&self.name);
+        self.metrics.cleared();
+        self.report_hits();
     }
 }
 

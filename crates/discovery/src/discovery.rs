@@ -293,7 +293,7 @@ impl CachedDiscovery {
         self.inner.services.with(name, |entry| {
             let version = entry.version.load(Ordering::Acquire);
             let set = entry.snap.load_full()?;
-            entry.hits.incr();
+            entry.hit();
             let done = self.pick(name, &set, &[], ctx);
             self.remember(entry, version, set);
             Some(done)
@@ -325,7 +325,7 @@ impl CachedDiscovery {
                 h.set = set;
                 h.version = version;
             }
-            h.entry.hits.incr();
+            h.entry.hit();
             Some(self.pick(name, &h.set, &h.mirror, ctx))
         })
     }
@@ -414,7 +414,7 @@ impl CachedDiscovery {
         }
         let cached = self.inner.services.with(name, |entry| {
             let snap = entry.snap.load_full()?;
-            entry.hits.incr();
+            entry.hit();
             Some(snap)
         });
         if let Some(Some(snap)) = cached {
@@ -430,7 +430,7 @@ impl CachedDiscovery {
             .inner
             .services
             .get_or_insert(name, || Entry::new(name, self.inner.balancer.clone()));
-        entry.misses.fetch_add(1, Ordering::Relaxed);
+        entry.miss();
         let _filling = entry.fill.lock().await;
         if let Some(snap) = entry.snap.load_full() {
             return Ok(snap);

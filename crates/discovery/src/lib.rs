@@ -34,6 +34,10 @@
 //! discovery.close().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The cache emits metrics through the `metrics` facade (hits, misses, instances, watch
+//! resyncs, event-to-cache latency): see [`observe`]. Install a recorder before building the
+//! discovery.
 
 mod cache;
 mod discovery;
@@ -42,6 +46,7 @@ mod filter;
 mod http_check;
 mod map;
 mod monitor;
+pub mod observe;
 mod options;
 mod refresh;
 mod stats;
@@ -53,6 +58,7 @@ pub use discovery::CachedDiscovery;
 pub use filter::Filter;
 pub use http_check::HttpHealthChecker;
 pub use monitor::{HealthMonitor, HealthMonitorBuilder, InstanceHealth};
+pub use observe::describe_metrics;
 pub use options::{
     DiscoveryBuilder, DEFAULT_EMPTY_IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RECONNECT_GRACE,
 };

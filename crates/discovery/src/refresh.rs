@@ -96,12 +96,17 @@ pub(crate) async fn run(
                     _ = grace_ends(&entry) => entry.expire_grace(Instant::now()),
                     ev = s.next() => match ev {
                         Some(SharedWatchEvent::Snapshot { services, reason }) => {
+                            let received = std::time::Instant::now();
+                            entry.metrics.snapshot(reason, fresh_watch);
                             let after_gap = reason == SnapshotReason::Reconnected || fresh_watch;
                             fresh_watch = false;
                             entry.apply_full(services, &opts, true, after_gap);
+                            entry.metrics.applied(received);
                         }
                         Some(SharedWatchEvent::Change { kind, service }) => {
-                            entry.apply_change(kind, service, &opts)
+                            let received = std::time::Instant::now();
+                            entry.apply_change(kind, service, &opts);
+                            entry.metrics.applied(received);
                         }
                         Some(_) => {}
                         None => break,

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
+use metrics::Counter;
+
 /// What the cache knows about one service (the Laravel-Go module's `GetCacheStats`, extended).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -35,13 +37,37 @@ pub struct CacheStats {
     pub stale_instances: usize,
 }
 
+/// One stripe: its count, and how much of it was added to the metric so far (same cache line,
+/// written by the same threads).
 #[repr(align(128))]
 #[derive(Default)]
-struct Padded(AtomicU64);
+struct Padded {
+    count: AtomicU64,
+    reported: AtomicU64,
+}
+
+impl Padded {
+    /// Adds what this stripe counted since its last report to `metric`. Concurrent reports
+    /// add each hit once (`fetch_max` hands each a disjoint range).
+    #[cold]
+    fn report(&self, metric: &Counter) {
+        let now = self.count.load(Ordering::Relaxed);
+        let before = self.reported.fetch_max(now, Ordering::Relaxed);
+        if now > before {
+            metric.increment(now - before);
+        }
+    }
+}
 
 const STRIPES: usize = 16;
 
+/// A stripe adds its hits to the metric every this many hits (and whenever
+/// [`StripedCounter::report`] runs), so that a lookup does not write the metric's shared
+/// atomic every time.
+pub(crate) const REPORT_EVERY: u64 = 64;
+
 /// A hit counter spread over cache-padded slots so that threads do not share a cache line.
+/// It feeds a metric counter in batches (see [`REPORT_EVERY`]).
 #[derive(Default)]
 pub(crate) struct StripedCounter {
     slots: [Padded; STRIPES],
@@ -54,16 +80,29 @@ thread_local! {
 }
 
 impl StripedCounter {
+    /// Counts one hit; every [`REPORT_EVERY`] hits of this thread's stripe, adds the stripe's
+    /// unreported hits to `metric`.
     #[inline]
-    pub(crate) fn incr(&self) {
+    pub(crate) fn incr(&self, metric: &Counter) {
         let i = SLOT.with(|s| *s);
-        self.slots[i].0.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.slots[i];
+        let n = slot.count.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if n % REPORT_EVERY == 0 {
+            slot.report(metric);
+        }
+    }
+
+    /// Adds every stripe's unreported hits to `metric`.
+    pub(crate) fn report(&self, metric: &Counter) {
+        for slot in &self.slots {
+            slot.report(metric);
+        }
     }
 
     pub(crate) fn sum(&self) -> u64 {
         self.slots
             .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
+            .map(|s| s.count.load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
     }
 }

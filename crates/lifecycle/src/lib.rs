@@ -13,14 +13,16 @@
 //!    in-flight requests, up to a deadline;
 //! 4. **close** the registry.
 //!
-//! A second signal stops at once. Each step is logged through `tracing` and can be followed
-//! as a [`Phase`].
+//! A second signal stops at once. Each step is logged through `tracing`, can be followed
+//! as a [`Phase`], and is shown by the gauge `waypost_lifecycle_phase{service,phase}` (see
+//! [`observe`]).
 //!
 //! Most users want the `waypost` facade, which re-exports this crate as `waypost::lifecycle`
 //! (feature `lifecycle`).
 
 pub mod address;
 mod announcer;
+pub mod observe;
 mod phase;
 mod run;
 #[cfg(feature = "signal")]
@@ -31,5 +33,6 @@ pub use announcer::{
     default_drain_delay, Announcer, DEFAULT_READINESS_INTERVAL, DEFAULT_RENEW_INTERVAL,
     DEFAULT_STOP_DEADLINE, REGISTRY_CALL_BOUND,
 };
+pub use observe::describe_metrics;
 pub use phase::Phase;
 pub use run::Stop;

@@ -155,7 +155,8 @@ struct Run {
 
 impl Run {
     fn enter(&self, phase: Phase) {
-        self.phase.send_replace(phase);
+        let left = self.phase.send_replace(phase);
+        crate::observe::moved(&self.info.name, left, phase);
         info!(service = %self.info.name, id = %self.info.id, %phase, "lifecycle: {phase}");
     }
 

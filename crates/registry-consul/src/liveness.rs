@@ -95,6 +95,7 @@ async fn beat(inner: &Inner, info: &ServiceInfo) -> Result<()> {
             }
             info!(id = %info.id, "consul: the agent lost `{}` ({why}); registering it again", info.id);
             inner.put_registration(&current, false).await?;
+            inner.state.metrics().reregistered(1);
             drop(writes);
             inner.watches.refresh(&current.name).await;
             Ok(())

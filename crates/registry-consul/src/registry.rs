@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
+use waypost_core_types::observe::RegistryOp;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, Health, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, SharedWatchStream,
@@ -75,6 +76,15 @@ struct AgentService {
 }
 
 impl ConsulRegistry {
+    /// Runs one call, timed and counted (see [`waypost_core_types::observe`]).
+    async fn observe<T>(
+        &self,
+        op: RegistryOp,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.inner.state.metrics().observe(op, call).await
+    }
+
     /// Connects to the agent: validates the configuration and checks, within
     /// `connect_timeout`, that the agent answers (`GET /v1/status/leader`).
     ///
@@ -499,133 +509,163 @@ impl ServiceRegistry for ConsulRegistry {
     }
 
     async fn register(&self, service: &ServiceInfo) -> Result<()> {
-        self.check_open()?;
-        self.inner.upsert(service, false).await
+        self.observe(RegistryOp::Register, async {
+            self.check_open()?;
+            self.inner.upsert(service, false).await
+        })
+        .await
     }
 
     async fn deregister(&self, id: &str) -> Result<()> {
-        self.check_open()?;
-        match InstanceRef::parse(id)? {
-            InstanceRef::Plain(plain) => self.inner.deregister_local(plain, id).await,
-            InstanceRef::OnNode {
-                node,
-                id: service_id,
-            } => self.inner.deregister_on_node(node, service_id, id).await,
-        }
+        self.observe(RegistryOp::Deregister, async {
+            self.check_open()?;
+            match InstanceRef::parse(id)? {
+                InstanceRef::Plain(plain) => self.inner.deregister_local(plain, id).await,
+                InstanceRef::OnNode {
+                    node,
+                    id: service_id,
+                } => self.inner.deregister_on_node(node, service_id, id).await,
+            }
+        })
+        .await
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
-        self.check_open()?;
-        self.inner.upsert(service, true).await
+        self.observe(RegistryOp::Update, async {
+            self.check_open()?;
+            self.inner.upsert(service, true).await
+        })
+        .await
     }
 
     async fn renew(&self, id: &str) -> Result<()> {
-        self.check_open()?;
-        let inner = &self.inner;
-        // `<node>/<id>` (as a shared id is listed) renews the local agent's `<id>` when `<node>`
-        // is the agent's node; another node's instance is not this agent's to renew.
-        let id = match InstanceRef::parse(id)? {
-            InstanceRef::Plain(plain) => plain,
-            InstanceRef::OnNode {
-                node,
-                id: service_id,
-            } => {
-                if inner.local_node().await? != node {
-                    return Err(Error::NotFound(id.to_owned()));
-                }
-                service_id
-            }
-        };
-        let owned = inner.owned.lock().get(id).cloned();
-        let health = match &owned {
-            Some(s) => s.health,
-            None => match inner.agent_service(id).await? {
-                Some(a) => a
-                    .meta
-                    .and_then(|m| m.get(META_HEALTH).and_then(|h| h.parse().ok()))
-                    .unwrap_or(Health::Healthy),
-                None => return Err(Error::NotFound(id.to_owned())),
-            },
-        };
-        match inner.pass_check(id, health).await? {
-            CheckOutcome::Done => Ok(()),
-            CheckOutcome::Lost(why) => match owned {
-                Some(info) => {
-                    info!(
-                        id,
-                        "consul: the agent forgot `{id}` ({why}); registering it again"
-                    );
-                    {
-                        let _w = inner.writes.lock().await;
-                        if !inner.owned.lock().contains_key(id) {
-                            return Err(Error::NotFound(id.to_owned()));
-                        }
-                        inner.put_registration(&info, false).await?;
+        self.observe(RegistryOp::Renew, async {
+            self.check_open()?;
+            let inner = &self.inner;
+            // `<node>/<id>` (as a shared id is listed) renews the local agent's `<id>` when `<node>`
+            // is the agent's node; another node's instance is not this agent's to renew.
+            let id = match InstanceRef::parse(id)? {
+                InstanceRef::Plain(plain) => plain,
+                InstanceRef::OnNode {
+                    node,
+                    id: service_id,
+                } => {
+                    if inner.local_node().await? != node {
+                        return Err(Error::NotFound(id.to_owned()));
                     }
-                    inner.watches.refresh(&info.name).await;
-                    Ok(())
+                    service_id
                 }
-                None => Err(Error::NotFound(id.to_owned())),
-            },
-        }
+            };
+            let owned = inner.owned.lock().get(id).cloned();
+            let health = match &owned {
+                Some(s) => s.health,
+                None => match inner.agent_service(id).await? {
+                    Some(a) => a
+                        .meta
+                        .and_then(|m| m.get(META_HEALTH).and_then(|h| h.parse().ok()))
+                        .unwrap_or(Health::Healthy),
+                    None => return Err(Error::NotFound(id.to_owned())),
+                },
+            };
+            match inner.pass_check(id, health).await? {
+                CheckOutcome::Done => Ok(()),
+                CheckOutcome::Lost(why) => match owned {
+                    Some(info) => {
+                        info!(
+                            id,
+                            "consul: the agent forgot `{id}` ({why}); registering it again"
+                        );
+                        {
+                            let _w = inner.writes.lock().await;
+                            if !inner.owned.lock().contains_key(id) {
+                                return Err(Error::NotFound(id.to_owned()));
+                            }
+                            inner.put_registration(&info, false).await?;
+                        }
+                        inner.watches.refresh(&info.name).await;
+                        Ok(())
+                    }
+                    None => Err(Error::NotFound(id.to_owned())),
+                },
+            }
+        })
+        .await
     }
 
     async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
-        self.check_open()?;
-        let r = InstanceRef::parse(id)?;
-        match self.inner.find(r).await? {
-            Some(found) => Ok(found.info),
-            None => Err(Error::NotFound(id.to_owned())),
-        }
+        self.observe(RegistryOp::Get, async {
+            self.check_open()?;
+            let r = InstanceRef::parse(id)?;
+            match self.inner.find(r).await? {
+                Some(found) => Ok(found.info),
+                None => Err(Error::NotFound(id.to_owned())),
+            }
+        })
+        .await
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
-        self.check_open()?;
-        let inner = &self.inner;
-        let (_, names) = read_names(&inner.client, &inner.filter, None).await?;
-        let lists: Vec<Result<_>> =
-            futures_util::stream::iter(names)
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            let inner = &self.inner;
+            let (_, names) = read_names(&inner.client, &inner.filter, None).await?;
+            let lists: Vec<Result<_>> = futures_util::stream::iter(names)
                 .map(|name| async move {
                     read_instances(&inner.client, &inner.filter, &name, None).await
                 })
                 .buffer_unordered(8)
                 .collect()
                 .await;
-        let mut out = Vec::new();
-        for l in lists {
-            out.extend(infos(l?.1));
-        }
-        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-        Ok(out)
+            let mut out = Vec::new();
+            for l in lists {
+                out.extend(infos(l?.1));
+            }
+            out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+            Ok(out)
+        })
+        .await
     }
 
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        let (_, inst) = read_instances(&self.inner.client, &self.inner.filter, name, None).await?;
-        Ok(infos(inst))
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            let (_, inst) =
+                read_instances(&self.inner.client, &self.inner.filter, name, None).await?;
+            Ok(infos(inst))
+        })
+        .await
     }
 
     async fn watch(&self) -> Result<WatchStream> {
-        self.check_open()?;
-        self.inner.watches.subscribe(&self.tasks, Scope::All).await
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            self.inner.watches.subscribe(&self.tasks, Scope::All).await
+        })
+        .await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        let scope = Scope::Service(name.to_owned());
-        self.inner.watches.subscribe(&self.tasks, scope).await
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            let scope = Scope::Service(name.to_owned());
+            self.inner.watches.subscribe(&self.tasks, scope).await
+        })
+        .await
     }
 
     async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        let scope = Scope::Service(name.to_owned());
-        self.inner
-            .watches
-            .subscribe_shared(&self.tasks, scope)
-            .await
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            let scope = Scope::Service(name.to_owned());
+            self.inner
+                .watches
+                .subscribe_shared(&self.tasks, scope)
+                .await
+        })
+        .await
     }
 
     fn state(&self) -> RegistryState {

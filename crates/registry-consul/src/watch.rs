@@ -145,7 +145,7 @@ impl Feed {
 impl Watches {
     pub(crate) fn new(client: ConsulClient, filter: Filter, settings: WatchSettings) -> Self {
         Watches {
-            hubs: ScopedHubs::new(settings.buffer),
+            hubs: ScopedHubs::new(crate::client::BACKEND, settings.buffer),
             client,
             filter,
             settings,
@@ -448,7 +448,7 @@ mod tests {
 
     /// A feed of `scope` holding `web` = [a@1] at index 10, and one stream past its snapshot.
     fn feed_with_stream(scope: Scope, capacity: usize) -> (Feed, WatchStream) {
-        let feed = Feed::new(scope.clone(), WatchHub::new(capacity));
+        let feed = Feed::new(scope.clone(), WatchHub::new("test", capacity));
         feed.apply("web", 10, list(&[svc("web", "a", "1")]), None);
         let mut stream = feed.hub.subscribe(scope).unwrap();
         assert!(matches!(

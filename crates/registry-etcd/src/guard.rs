@@ -134,6 +134,7 @@ async fn repair(
                 restored += restore(inner, &lease, chunk).await?;
             }
             lease.keys_missing.store(false, Ordering::Relaxed);
+            inner.state.metrics().reregistered(restored);
             tracing::info!(target: "waypost::etcd", lease = lease.id(), restored, "missing instances put back");
         }
     }

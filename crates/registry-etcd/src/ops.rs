@@ -347,6 +347,7 @@ impl Inner {
             return Err(e);
         }
         lease.replace(new_id);
+        self.state.metrics().reregistered(ours.len());
         tracing::info!(
             target: "waypost::etcd",
             lease = new_id,

@@ -12,6 +12,7 @@ use etcd_client::{
 };
 use parking_lot::Mutex;
 use tokio::sync::RwLock;
+use waypost_core_types::observe::RegistryOp;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, RegistryState, Result, Scope, ScopedHubs, ServiceInfo, ServiceRegistry,
@@ -93,6 +94,15 @@ fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions> {
 }
 
 impl EtcdRegistry {
+    /// Runs one call, timed and counted (see [`waypost_core_types::observe`]).
+    async fn observe<T>(
+        &self,
+        op: RegistryOp,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.inner.state.metrics().observe(op, call).await
+    }
+
     /// Connects to the cluster, proves the connection by granting the registry's lease, and
     /// starts the keep-alive task.
     ///
@@ -141,7 +151,7 @@ impl EtcdRegistry {
             client,
             keys: KeyLayout::new(&config.prefix, config.format),
             policy: RetryPolicy::new(config.request_timeout),
-            hubs: ScopedHubs::new(config.watch_buffer),
+            hubs: ScopedHubs::new(BACKEND, config.watch_buffer),
             config,
             stop: tasks.signal(),
             ours: Mutex::new(Ours::default()),
@@ -295,112 +305,140 @@ impl ServiceRegistry for EtcdRegistry {
     }
 
     async fn register(&self, service: &ServiceInfo) -> Result<()> {
-        self.put(service, false).await
+        self.observe(RegistryOp::Register, async {
+            self.put(service, false).await
+        })
+        .await
     }
 
     async fn deregister(&self, id: &str) -> Result<()> {
-        self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
-        let inner = &*self.inner;
-        let Some(key) = inner.find_key(id).await? else {
-            inner.ours.lock().remove(id);
-            inner.release_idle_leases().await;
-            return Err(Error::NotFound(id.to_owned()));
-        };
-        // Forgotten before the delete, so the watch of deletions does not take our own
-        // deregistration for a loss; remembered again if the delete fails.
-        let owned = inner.ours.lock().remove(id);
-        let was_ours = owned.is_some();
-        let deleted = inner
-            .call("deregister", || {
-                let key = key.clone();
-                async move {
-                    let _shared = inner.gate.read().await;
-                    let mut kv = inner.client.kv_client();
-                    let r = kv.delete(key, None::<DeleteOptions>).await?;
-                    Ok(r.deleted())
+        self.observe(RegistryOp::Deregister, async {
+            self.check_open()?;
+            validate_key_part("id", id, MAX_ID_LEN)?;
+            let inner = &*self.inner;
+            let Some(key) = inner.find_key(id).await? else {
+                inner.ours.lock().remove(id);
+                inner.release_idle_leases().await;
+                return Err(Error::NotFound(id.to_owned()));
+            };
+            // Forgotten before the delete, so the watch of deletions does not take our own
+            // deregistration for a loss; remembered again if the delete fails.
+            let owned = inner.ours.lock().remove(id);
+            let was_ours = owned.is_some();
+            let deleted = inner
+                .call("deregister", || {
+                    let key = key.clone();
+                    async move {
+                        let _shared = inner.gate.read().await;
+                        let mut kv = inner.client.kv_client();
+                        let r = kv.delete(key, None::<DeleteOptions>).await?;
+                        Ok(r.deleted())
+                    }
+                })
+                .await;
+            if let (Err(_), Some(owned)) = (&deleted, owned) {
+                if !inner.is_closed() {
+                    inner.ours.lock().insert(owned);
                 }
-            })
-            .await;
-        if let (Err(_), Some(owned)) = (&deleted, owned) {
-            if !inner.is_closed() {
-                inner.ours.lock().insert(owned);
             }
-        }
-        inner.release_idle_leases().await;
-        // Ours, and gone meanwhile (its lease released by a concurrent call): deregistered.
-        if deleted? == 0 && !was_ours {
-            return Err(Error::NotFound(id.to_owned()));
-        }
-        Ok(())
+            inner.release_idle_leases().await;
+            // Ours, and gone meanwhile (its lease released by a concurrent call): deregistered.
+            if deleted? == 0 && !was_ours {
+                return Err(Error::NotFound(id.to_owned()));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
-        self.put(service, true).await
+        self.observe(RegistryOp::Update, async { self.put(service, true).await })
+            .await
     }
 
     async fn renew(&self, id: &str) -> Result<()> {
-        self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
-        match self.inner.find_key(id).await? {
-            Some(_) => {
-                let secs = self.inner.ours.lock().get(id).map(|o| o.lease_secs);
-                if let Some(lease) = secs.and_then(|s| self.inner.leases.get(s)) {
-                    lease.renew_now.notify_one();
+        self.observe(RegistryOp::Renew, async {
+            self.check_open()?;
+            validate_key_part("id", id, MAX_ID_LEN)?;
+            match self.inner.find_key(id).await? {
+                Some(_) => {
+                    let secs = self.inner.ours.lock().get(id).map(|o| o.lease_secs);
+                    if let Some(lease) = secs.and_then(|s| self.inner.leases.get(s)) {
+                        lease.renew_now.notify_one();
+                    }
+                    Ok(())
                 }
-                Ok(())
+                None => Err(Error::NotFound(id.to_owned())),
             }
-            None => Err(Error::NotFound(id.to_owned())),
-        }
+        })
+        .await
     }
 
     async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
-        self.check_open()?;
-        validate_key_part("id", id, MAX_ID_LEN)?;
-        let inner = &*self.inner;
-        let Some(key) = inner.find_key(id).await? else {
-            return Err(Error::NotFound(id.to_owned()));
-        };
-        let found = inner
-            .call("get", || {
-                let key = key.clone();
-                async move { inner.read(&key).await }
-            })
-            .await?;
-        found.info.ok_or_else(|| Error::NotFound(id.to_owned()))
+        self.observe(RegistryOp::Get, async {
+            self.check_open()?;
+            validate_key_part("id", id, MAX_ID_LEN)?;
+            let inner = &*self.inner;
+            let Some(key) = inner.find_key(id).await? else {
+                return Err(Error::NotFound(id.to_owned()));
+            };
+            let found = inner
+                .call("get", || {
+                    let key = key.clone();
+                    async move { inner.read(&key).await }
+                })
+                .await?;
+            found.info.ok_or_else(|| Error::NotFound(id.to_owned()))
+        })
+        .await
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
-        self.check_open()?;
-        Ok(self.inner.list_range(&self.inner.keys.all()).await?.0)
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            Ok(self.inner.list_range(&self.inner.keys.all()).await?.0)
+        })
+        .await
     }
 
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        Ok(self
-            .inner
-            .list_range(&self.inner.keys.service(name))
-            .await?
-            .0)
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            Ok(self
+                .inner
+                .list_range(&self.inner.keys.service(name))
+                .await?
+                .0)
+        })
+        .await
     }
 
     async fn watch(&self) -> Result<WatchStream> {
-        self.check_open()?;
-        crate::watch::subscribe(&self.inner, &self.tasks, Scope::All).await
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            crate::watch::subscribe(&self.inner, &self.tasks, Scope::All).await
+        })
+        .await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        crate::watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            crate::watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+        })
+        .await
     }
 
     async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        let scope = Scope::Service(name.to_owned());
-        crate::watch::subscribe_shared(&self.inner, &self.tasks, scope).await
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            let scope = Scope::Service(name.to_owned());
+            crate::watch::subscribe_shared(&self.inner, &self.tasks, scope).await
+        })
+        .await
     }
 
     fn state(&self) -> RegistryState {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use waypost_core_types::observe::RegistryOp;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
     Error, RegistryState, Result, Scope, ServiceInfo, ServiceRegistry, SharedWatchStream,
@@ -131,6 +132,15 @@ impl MemoryRegistry {
         self.inner.store.expire(tokio::time::Instant::now())
     }
 
+    /// Runs one call, timed and counted (see [`waypost_core_types::observe`]).
+    async fn observe<T>(
+        &self,
+        op: RegistryOp,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.inner.state.metrics().observe(op, call).await
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
@@ -160,71 +170,104 @@ impl ServiceRegistry for MemoryRegistry {
     }
 
     async fn register(&self, service: &ServiceInfo) -> Result<()> {
-        self.check_open()?;
-        self.inner.store.register(service)
+        self.observe(RegistryOp::Register, async {
+            self.check_open()?;
+            self.inner.store.register(service)
+        })
+        .await
     }
 
     async fn deregister(&self, id: &str) -> Result<()> {
-        self.check_open()?;
-        self.inner.store.deregister(id)
+        self.observe(RegistryOp::Deregister, async {
+            self.check_open()?;
+            self.inner.store.deregister(id)
+        })
+        .await
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
-        self.check_open()?;
-        self.inner.store.update(service)
+        self.observe(RegistryOp::Update, async {
+            self.check_open()?;
+            self.inner.store.update(service)
+        })
+        .await
     }
 
     async fn renew(&self, id: &str) -> Result<()> {
-        self.check_open()?;
-        self.inner.store.renew(id)
+        self.observe(RegistryOp::Renew, async {
+            self.check_open()?;
+            self.inner.store.renew(id)
+        })
+        .await
     }
 
     async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
-        self.check_open()?;
-        self.inner.store.get(id)
+        self.observe(RegistryOp::Get, async {
+            self.check_open()?;
+            self.inner.store.get(id)
+        })
+        .await
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
-        self.check_open()?;
-        Ok(self.inner.store.list_all())
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            Ok(self.inner.store.list_all())
+        })
+        .await
     }
 
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        Ok(self.inner.store.list_name(name))
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            Ok(self.inner.store.list_name(name))
+        })
+        .await
     }
 
     async fn list_instances_shared(&self, name: &str) -> Result<Vec<Arc<ServiceInfo>>> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        Ok(self.inner.store.shared_name(name))
+        self.observe(RegistryOp::List, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            Ok(self.inner.store.shared_name(name))
+        })
+        .await
     }
 
     async fn watch(&self) -> Result<WatchStream> {
-        self.check_open()?;
-        self.inner.store.hub.subscribe(Scope::All)
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            self.inner.store.hub.subscribe(Scope::All)
+        })
+        .await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        self.inner
-            .store
-            .hub
-            .subscribe(Scope::Service(name.to_owned()))
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            self.inner
+                .store
+                .hub
+                .subscribe(Scope::Service(name.to_owned()))
+        })
+        .await
     }
 
     /// The registry's own instances: the `Arc`s of every snapshot and change are the ones
     /// [`list_instances_shared`](ServiceRegistry::list_instances_shared) hands out, so a cache
     /// fed by this stream holds no copy of its own.
     async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
-        self.check_open()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        self.inner
-            .store
-            .hub
-            .subscribe_shared(Scope::Service(name.to_owned()))
+        self.observe(RegistryOp::Watch, async {
+            self.check_open()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            self.inner
+                .store
+                .hub
+                .subscribe_shared(Scope::Service(name.to_owned()))
+        })
+        .await
     }
 
     fn state(&self) -> RegistryState {

@@ -47,7 +47,7 @@ impl Store {
         Store {
             ids: DashMap::new(),
             names: DashMap::new(),
-            hub: WatchHub::new(watch_buffer),
+            hub: WatchHub::new("memory", watch_buffer),
             default_ttl,
         }
     }

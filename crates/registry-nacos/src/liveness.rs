@@ -50,6 +50,7 @@ pub(crate) async fn probe_loop(inner: Arc<Inner>) {
             match inner.audit(None).await {
                 Ok(0) => {}
                 Ok(n) => {
+                    inner.cell.metrics().reregistered(n);
                     tracing::info!(target: "waypost::nacos", "re-registered {n} lost instance(s)");
                     inner.resync().await;
                 }
@@ -63,8 +64,11 @@ pub(crate) async fn probe_loop(inner: Arc<Inner>) {
 impl Inner {
     /// After a reconnect: our instances back, every watch stream resynced.
     async fn resync(&self) {
-        if let Err(e) = self.audit(None).await {
-            tracing::warn!(target: "waypost::nacos", "re-registration after reconnect: {e}");
+        match self.audit(None).await {
+            Ok(n) => self.cell.metrics().reregistered(n),
+            Err(e) => {
+                tracing::warn!(target: "waypost::nacos", "re-registration after reconnect: {e}")
+            }
         }
         self.resnapshot().await;
     }

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::warn;
+use waypost_core_types::observe::RegistryOp;
 use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::{validate_key_part, MAX_NAME_LEN};
 use waypost_core_types::{
@@ -81,6 +82,15 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 }
 
 impl NacosRegistry {
+    /// Runs one call, timed and counted (see [`waypost_core_types::observe`]).
+    async fn observe<T>(
+        &self,
+        op: RegistryOp,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.inner.cell.metrics().observe(op, call).await
+    }
+
     /// Connects to Nacos and checks the connection with a real request.
     ///
     /// # Errors
@@ -151,7 +161,7 @@ impl NacosRegistry {
 
         let inner = Arc::new(Inner {
             slots: Slots::new(config.clone(), servers, plugin, main),
-            hubs: ScopedHubs::new(config.watch_buffer),
+            hubs: ScopedHubs::new(BACKEND, config.watch_buffer),
             config,
             ops: tokio::sync::Mutex::new(()),
             subscribe_lock: tokio::sync::Mutex::new(()),
@@ -411,90 +421,121 @@ impl ServiceRegistry for NacosRegistry {
     }
 
     async fn register(&self, service: &ServiceInfo) -> Result<()> {
-        self.inner.upsert(service, false).await
+        self.observe(RegistryOp::Register, async {
+            self.inner.upsert(service, false).await
+        })
+        .await
     }
 
     async fn deregister(&self, id: &str) -> Result<()> {
-        self.inner.deregister(id).await
+        self.observe(RegistryOp::Deregister, async {
+            self.inner.deregister(id).await
+        })
+        .await
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
-        self.inner.upsert(service, true).await
+        self.observe(RegistryOp::Update, async {
+            self.inner.upsert(service, true).await
+        })
+        .await
     }
 
     /// Nacos keeps our instances alive through the connection; a renew checks that the server
     /// still has the instance (registering it again if not) and records the check time.
     async fn renew(&self, id: &str) -> Result<()> {
-        self.inner.check_open()?;
-        let ours = self.inner.state.lock().ours.contains_key(id);
-        if !ours {
-            return match self.inner.find_foreign(id).await? {
-                Some(_) => Ok(()),
-                None => Err(Error::NotFound(id.to_owned())),
-            };
-        }
-        self.inner.audit(Some(id)).await?;
-        let mut st = self.inner.state.lock();
-        if let Some(r) = st.ours.get_mut(id) {
-            r.info.last_check = Timestamp::now();
-        }
-        Ok(())
+        self.observe(RegistryOp::Renew, async {
+            self.inner.check_open()?;
+            let ours = self.inner.state.lock().ours.contains_key(id);
+            if !ours {
+                return match self.inner.find_foreign(id).await? {
+                    Some(_) => Ok(()),
+                    None => Err(Error::NotFound(id.to_owned())),
+                };
+            }
+            let put_back = self.inner.audit(Some(id)).await?;
+            self.inner.cell.metrics().reregistered(put_back);
+            let mut st = self.inner.state.lock();
+            if let Some(r) = st.ours.get_mut(id) {
+                r.info.last_check = Timestamp::now();
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
-        self.inner.check_open()?;
-        if let Some(r) = self.inner.state.lock().ours.get(id) {
-            return Ok(r.info.clone());
-        }
-        self.inner
-            .find_foreign(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_owned()))
+        self.observe(RegistryOp::Get, async {
+            self.inner.check_open()?;
+            if let Some(r) = self.inner.state.lock().ours.get(id) {
+                return Ok(r.info.clone());
+            }
+            self.inner
+                .find_foreign(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(id.to_owned()))
+        })
+        .await
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
-        self.inner.check_open()?;
-        let mut names = self.inner.slots.service_names().await?;
-        names.extend(
-            self.inner
-                .state
-                .lock()
-                .ours
-                .values()
-                .map(|r| r.info.name.clone()),
-        );
-        names.sort();
-        names.dedup();
-        let mut out = Vec::new();
-        for name in names {
-            if check_name(&name).is_err() {
-                continue;
+        self.observe(RegistryOp::List, async {
+            self.inner.check_open()?;
+            let mut names = self.inner.slots.service_names().await?;
+            names.extend(
+                self.inner
+                    .state
+                    .lock()
+                    .ours
+                    .values()
+                    .map(|r| r.info.name.clone()),
+            );
+            names.sort();
+            names.dedup();
+            let mut out = Vec::new();
+            for name in names {
+                if check_name(&name).is_err() {
+                    continue;
+                }
+                out.extend(self.inner.list_instances(&name).await?);
             }
-            out.extend(self.inner.list_instances(&name).await?);
-        }
-        self.inner.check_open()?;
-        Ok(out)
+            self.inner.check_open()?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
-        check_name(name)?;
-        self.inner.check_open()?;
-        self.inner.list_instances(name).await
+        self.observe(RegistryOp::List, async {
+            check_name(name)?;
+            self.inner.check_open()?;
+            self.inner.list_instances(name).await
+        })
+        .await
     }
 
     async fn watch(&self) -> Result<WatchStream> {
-        watch::subscribe(&self.inner, &self.tasks, Scope::All).await
+        self.observe(RegistryOp::Watch, async {
+            watch::subscribe(&self.inner, &self.tasks, Scope::All).await
+        })
+        .await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
-        check_name(name)?;
-        watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+        self.observe(RegistryOp::Watch, async {
+            check_name(name)?;
+            watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+        })
+        .await
     }
 
     async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
-        check_name(name)?;
-        let scope = Scope::Service(name.to_owned());
-        watch::subscribe_shared(&self.inner, &self.tasks, scope).await
+        self.observe(RegistryOp::Watch, async {
+            check_name(name)?;
+            let scope = Scope::Service(name.to_owned());
+            watch::subscribe_shared(&self.inner, &self.tasks, scope).await
+        })
+        .await
     }
 
     fn state(&self) -> RegistryState {

@@ -214,7 +214,7 @@ mod tests {
             fn event(&self, _: Arc<nacos_sdk::api::naming::NamingChangeEvent>) {}
         }
         let mut st = State::default();
-        let hub = WatchHub::new(16);
+        let hub = WatchHub::new("test", 16);
         let mut watch = hub.subscribe(Scope::Service("svc".into())).unwrap();
         st.feeds.push(Feed {
             id: 0,

@@ -199,6 +199,7 @@ async fn recover(inner: &Arc<Inner>) {
                     return;
                 }
                 inner.state.connected();
+                inner.state.metrics().reregistered(restored);
                 tracing::info!(
                     backend = BACKEND,
                     %session,

@@ -11,6 +11,7 @@ use futures_util::future::join_all;
 use parking_lot::Mutex;
 use tokio::sync::watch as channel;
 use tracing::warn;
+use waypost_core_types::observe::RegistryOp;
 use waypost_core_types::quote::quoted;
 use waypost_core_types::validate::{validate_key_part, MAX_ID_LEN, MAX_NAME_LEN};
 use waypost_core_types::{
@@ -81,7 +82,7 @@ pub(crate) struct Inner {
 
 impl Inner {
     fn new(config: ZookeeperConfig, paths: Paths, acl: AclPolicy, client: Client) -> Self {
-        let hubs = ScopedHubs::new(config.watch_buffer);
+        let hubs = ScopedHubs::new(BACKEND, config.watch_buffer);
         Inner {
             config,
             paths,
@@ -217,6 +218,15 @@ async fn remove_owned(client: &Client, paths: &[String], limit: Duration) -> Res
 }
 
 impl ZookeeperRegistry {
+    /// Runs one call, timed and counted (see [`waypost_core_types::observe`]).
+    async fn observe<T>(
+        &self,
+        op: RegistryOp,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.inner.state.metrics().observe(op, call).await
+    }
+
     /// Validates `config`, establishes a session (bounded by
     /// [`connect_timeout`](ZookeeperConfig::connect_timeout)), creates the chroot and the prefix
     /// if missing, and starts the session supervisor. Must be called within a tokio runtime.
@@ -315,160 +325,191 @@ impl ServiceRegistry for ZookeeperRegistry {
     }
 
     async fn register(&self, service: &ServiceInfo) -> Result<()> {
-        self.client()?;
-        service.validate()?;
-        self.inner.note_ttl(service);
-        let _shared = self.inner.gate.read().await;
-        let client = self.client()?;
-        let previous = self.inner.owned(&service.id);
-        let (stored, _) =
-            ops::write_instance(&self.inner, &client, service, WriteMode::Upsert).await?;
-        self.inner.own(stored);
-        if let Some(prev) = previous.filter(|p| p.name != service.name) {
-            // The id moved to another service name: remove the old node.
-            ops::delete(&client, &self.inner.paths.instance(&prev.name, &prev.id)).await?;
-        }
-        Ok(())
+        self.observe(RegistryOp::Register, async {
+            self.client()?;
+            service.validate()?;
+            self.inner.note_ttl(service);
+            let _shared = self.inner.gate.read().await;
+            let client = self.client()?;
+            let previous = self.inner.owned(&service.id);
+            let (stored, _) =
+                ops::write_instance(&self.inner, &client, service, WriteMode::Upsert).await?;
+            self.inner.own(stored);
+            if let Some(prev) = previous.filter(|p| p.name != service.name) {
+                // The id moved to another service name: remove the old node.
+                ops::delete(&client, &self.inner.paths.instance(&prev.name, &prev.id)).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn deregister(&self, id: &str) -> Result<()> {
-        self.client()?;
-        known_id_shape(id)?;
-        let _shared = self.inner.gate.read().await;
-        let client = self.client()?;
-        let owned = self.inner.owned(id);
-        let path = match &owned {
-            Some(o) => Some(self.inner.paths.instance(&o.name, id)),
-            None => ops::find(&self.inner, &client, id, None)
-                .await?
-                .map(|e| e.path),
-        };
-        let Some(path) = path else {
-            return Err(Error::NotFound(id.to_owned()));
-        };
-        let existed = ops::delete(&client, &path).await?;
-        self.inner.disown(id);
-        if existed || owned.is_some() {
-            Ok(())
-        } else {
-            Err(Error::NotFound(id.to_owned()))
-        }
+        self.observe(RegistryOp::Deregister, async {
+            self.client()?;
+            known_id_shape(id)?;
+            let _shared = self.inner.gate.read().await;
+            let client = self.client()?;
+            let owned = self.inner.owned(id);
+            let path = match &owned {
+                Some(o) => Some(self.inner.paths.instance(&o.name, id)),
+                None => ops::find(&self.inner, &client, id, None)
+                    .await?
+                    .map(|e| e.path),
+            };
+            let Some(path) = path else {
+                return Err(Error::NotFound(id.to_owned()));
+            };
+            let existed = ops::delete(&client, &path).await?;
+            self.inner.disown(id);
+            if existed || owned.is_some() {
+                Ok(())
+            } else {
+                Err(Error::NotFound(id.to_owned()))
+            }
+        })
+        .await
     }
 
     async fn update(&self, service: &ServiceInfo) -> Result<()> {
-        self.client()?;
-        service.validate()?;
-        self.inner.note_ttl(service);
-        let _shared = self.inner.gate.read().await;
-        let client = self.client()?;
-        let owned = self.inner.owned(&service.id);
-        let hint = owned
-            .as_ref()
-            .map_or(service.name.as_str(), |o| o.name.as_str());
-        let existing = ops::find(&self.inner, &client, &service.id, Some(hint)).await?;
-        let stored = match existing {
-            Some(e) if e.info.name == service.name => {
-                ops::write_instance(&self.inner, &client, service, WriteMode::MustExist)
-                    .await
-                    .map_err(|err| match err {
-                        Error::NotFound(_) => Error::NotFound(service.id.clone()),
-                        other => other,
-                    })?
-                    .0
-            }
-            Some(e) => {
-                // The instance moves to another service name; it keeps its creation time.
-                let mut moved = service.clone();
-                moved.created_at = e.info.created_at;
-                let (stored, _) =
-                    ops::write_instance(&self.inner, &client, &moved, WriteMode::Upsert).await?;
-                ops::delete(&client, &e.path).await?;
-                stored
-            }
-            // Ours, but its node is missing while the session is being replaced.
-            None if owned.is_some() => {
-                ops::write_instance(&self.inner, &client, service, WriteMode::Upsert)
-                    .await?
-                    .0
-            }
-            None => return Err(Error::NotFound(service.id.clone())),
-        };
-        self.inner.own(stored);
-        Ok(())
+        self.observe(RegistryOp::Update, async {
+            self.client()?;
+            service.validate()?;
+            self.inner.note_ttl(service);
+            let _shared = self.inner.gate.read().await;
+            let client = self.client()?;
+            let owned = self.inner.owned(&service.id);
+            let hint = owned
+                .as_ref()
+                .map_or(service.name.as_str(), |o| o.name.as_str());
+            let existing = ops::find(&self.inner, &client, &service.id, Some(hint)).await?;
+            let stored = match existing {
+                Some(e) if e.info.name == service.name => {
+                    ops::write_instance(&self.inner, &client, service, WriteMode::MustExist)
+                        .await
+                        .map_err(|err| match err {
+                            Error::NotFound(_) => Error::NotFound(service.id.clone()),
+                            other => other,
+                        })?
+                        .0
+                }
+                Some(e) => {
+                    // The instance moves to another service name; it keeps its creation time.
+                    let mut moved = service.clone();
+                    moved.created_at = e.info.created_at;
+                    let (stored, _) =
+                        ops::write_instance(&self.inner, &client, &moved, WriteMode::Upsert)
+                            .await?;
+                    ops::delete(&client, &e.path).await?;
+                    stored
+                }
+                // Ours, but its node is missing while the session is being replaced.
+                None if owned.is_some() => {
+                    ops::write_instance(&self.inner, &client, service, WriteMode::Upsert)
+                        .await?
+                        .0
+                }
+                None => return Err(Error::NotFound(service.id.clone())),
+            };
+            self.inner.own(stored);
+            Ok(())
+        })
+        .await
     }
 
     async fn renew(&self, id: &str) -> Result<()> {
-        let client = self.client()?;
-        known_id_shape(id)?;
-        // Our instances live as long as our session: nothing to refresh, but a node that was
-        // deleted behind our back (an operator, another tool) is put back.
-        if let Some(info) = self.inner.owned(id) {
-            let path = self.inner.paths.instance(&info.name, id);
-            if ops::exists(&client, &path).await? {
+        self.observe(RegistryOp::Renew, async {
+            let client = self.client()?;
+            known_id_shape(id)?;
+            // Our instances live as long as our session: nothing to refresh, but a node that was
+            // deleted behind our back (an operator, another tool) is put back.
+            if let Some(info) = self.inner.owned(id) {
+                let path = self.inner.paths.instance(&info.name, id);
+                if ops::exists(&client, &path).await? {
+                    return Ok(());
+                }
+                let _shared = self.inner.gate.read().await;
+                let client = self.client()?;
+                if self.inner.owned(id).is_some() {
+                    ops::restore_all(&self.inner, &client, &[info]).await?;
+                }
                 return Ok(());
             }
-            let _shared = self.inner.gate.read().await;
-            let client = self.client()?;
-            if self.inner.owned(id).is_some() {
-                ops::restore_all(&self.inner, &client, &[info]).await?;
+            match ops::find(&self.inner, &client, id, None).await? {
+                Some(_) => Ok(()),
+                None => Err(Error::NotFound(id.to_owned())),
             }
-            return Ok(());
-        }
-        match ops::find(&self.inner, &client, id, None).await? {
-            Some(_) => Ok(()),
-            None => Err(Error::NotFound(id.to_owned())),
-        }
+        })
+        .await
     }
 
     async fn get_service(&self, id: &str) -> Result<ServiceInfo> {
-        let client = self.client()?;
-        known_id_shape(id)?;
-        let hint = self.inner.owned(id).map(|o| o.name);
-        ops::find(&self.inner, &client, id, hint.as_deref())
-            .await?
-            .map(|e| e.info)
-            .ok_or_else(|| Error::NotFound(id.to_owned()))
+        self.observe(RegistryOp::Get, async {
+            let client = self.client()?;
+            known_id_shape(id)?;
+            let hint = self.inner.owned(id).map(|o| o.name);
+            ops::find(&self.inner, &client, id, hint.as_deref())
+                .await?
+                .map(|e| e.info)
+                .ok_or_else(|| Error::NotFound(id.to_owned()))
+        })
+        .await
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceInfo>> {
-        let client = self.client()?;
-        let mut all: Vec<ServiceInfo> = ops::list_all(&self.inner, &client)
-            .await?
-            .into_iter()
-            .map(|e| e.info)
-            .collect();
-        all.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-        Ok(all)
+        self.observe(RegistryOp::List, async {
+            let client = self.client()?;
+            let mut all: Vec<ServiceInfo> = ops::list_all(&self.inner, &client)
+                .await?
+                .into_iter()
+                .map(|e| e.info)
+                .collect();
+            all.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+            Ok(all)
+        })
+        .await
     }
 
     async fn list_instances(&self, name: &str) -> Result<Vec<ServiceInfo>> {
-        let client = self.client()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        let mut all: Vec<ServiceInfo> = ops::list_service(&self.inner, &client, name)
-            .await?
-            .into_iter()
-            .map(|e| e.info)
-            .collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(all)
+        self.observe(RegistryOp::List, async {
+            let client = self.client()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            let mut all: Vec<ServiceInfo> = ops::list_service(&self.inner, &client, name)
+                .await?
+                .into_iter()
+                .map(|e| e.info)
+                .collect();
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(all)
+        })
+        .await
     }
 
     async fn watch(&self) -> Result<WatchStream> {
-        self.client()?;
-        watch::subscribe(&self.inner, &self.tasks, Scope::All).await
+        self.observe(RegistryOp::Watch, async {
+            self.client()?;
+            watch::subscribe(&self.inner, &self.tasks, Scope::All).await
+        })
+        .await
     }
 
     async fn watch_service(&self, name: &str) -> Result<WatchStream> {
-        self.client()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+        self.observe(RegistryOp::Watch, async {
+            self.client()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            watch::subscribe(&self.inner, &self.tasks, Scope::Service(name.to_owned())).await
+        })
+        .await
     }
 
     async fn watch_service_shared(&self, name: &str) -> Result<SharedWatchStream> {
-        self.client()?;
-        validate_key_part("name", name, MAX_NAME_LEN)?;
-        let scope = Scope::Service(name.to_owned());
-        watch::subscribe_shared(&self.inner, &self.tasks, scope).await
+        self.observe(RegistryOp::Watch, async {
+            self.client()?;
+            validate_key_part("name", name, MAX_NAME_LEN)?;
+            let scope = Scope::Service(name.to_owned());
+            watch::subscribe_shared(&self.inner, &self.tasks, scope).await
+        })
+        .await
     }
 
     fn state(&self) -> RegistryState {

@@ -215,6 +215,17 @@ pub fn new_service_discovery(
     CachedDiscovery::new(registry, balancer)
 }
 
+/// Registers the descriptions (HELP and unit) of every metric the enabled crates emit with the
+/// installed `metrics` recorder (see `docs/metrics.md`). Install the recorder first, then call
+/// this, then build registries, discoveries and clients: handles taken before a recorder exists
+/// record nothing.
+pub fn describe_metrics() {
+    waypost_core_types::describe_metrics();
+    waypost_discovery::describe_metrics();
+    #[cfg(feature = "lifecycle")]
+    waypost_lifecycle::describe_metrics();
+}
+
 /// The README's examples, compiled and run as doctests (with every feature on, as CI runs them).
 #[cfg(all(doctest, feature = "full"))]
 #[doc = include_str!("../../../README.md")]

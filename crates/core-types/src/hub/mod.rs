@@ -13,6 +13,10 @@
 //! - dropping a stream unsubscribes it; [`WatchHub::close`] ends every stream after what is
 //!   already queued for it.
 //!
+//! Each hub counts, for its backend, the changes its view applied and the snapshots it queued
+//! (`waypost_registry_watch_events_total{backend,event}`) and its resyncs
+//! (`waypost_registry_watch_resyncs_total{backend,reason}`): see [`crate::observe`].
+//!
 //! [`ScopedHubs`] keeps one hub per scope for backends that run one server-side watch per scope
 //! (etcd, ZooKeeper): the watch starts with the first stream of a scope and stops after the last
 //! one is dropped.
@@ -27,6 +31,7 @@ use futures_core::Stream;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
+use crate::observe::HubMetrics;
 use crate::view::{InstanceView, Scope};
 
 mod scoped;
@@ -57,6 +62,7 @@ struct Shared {
     capacity: usize,
     /// Woken when the last stream is dropped or the hub closes.
     idle: Notify,
+    metrics: HubMetrics,
 }
 
 #[derive(Default)]
@@ -196,14 +202,15 @@ impl std::fmt::Debug for WatchHub {
 }
 
 impl WatchHub {
-    /// A hub whose streams may each fall `capacity` items behind before they are resynced
-    /// (at least 1).
-    pub fn new(capacity: usize) -> Self {
+    /// A hub of a registry of `backend` (the `backend` label of its metrics) whose streams
+    /// may each fall `capacity` items behind before they are resynced (at least 1).
+    pub fn new(backend: &'static str, capacity: usize) -> Self {
         WatchHub {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner::default()),
                 capacity: capacity.max(1),
                 idle: Notify::new(),
+                metrics: HubMetrics::new(backend),
             }),
         }
     }
@@ -256,6 +263,7 @@ impl WatchHub {
             inner.subscribers += 1;
             sub
         };
+        self.shared.metrics.snapshots(1);
         Ok(HubStream {
             sub,
             hub: Arc::downgrade(&self.shared),
@@ -282,6 +290,8 @@ impl WatchHub {
         }
         let (kind, service) = inner.view.apply_shared(kind, service)?;
         inner.fan_out(kind, &service);
+        drop(inner);
+        self.shared.metrics.change(kind);
         Some(kind)
     }
 
@@ -313,15 +323,21 @@ impl WatchHub {
         let diff = inner
             .view
             .replace_shared(scope, services.into_iter().map(Arc::new).collect());
+        let metrics = &self.shared.metrics;
+        for (kind, _) in &diff {
+            metrics.change(*kind);
+        }
         let Some(reason) = reason else {
             for (kind, service) in &diff {
                 inner.fan_out(*kind, service);
             }
             return diff.len();
         };
+        metrics.resync(reason);
         for sub in inner.subs() {
             if scope.contains(&sub.scope) {
                 sub.push_snapshot(inner.view.snapshot_shared(&sub.scope), reason);
+                metrics.snapshots(1);
             } else {
                 for (kind, service) in &diff {
                     if sub.scope.covers(&service.name) {
@@ -431,6 +447,10 @@ impl Shared {
         q.items.clear();
         q.lagged = false;
         q.items.push_back(Item::Snapshot(snapshot, reason));
+        drop(q);
+        drop(inner);
+        self.metrics.snapshots(1);
+        self.metrics.resync(reason);
     }
 }
 

@@ -20,15 +20,18 @@ use crate::{Error, Result, SharedWatchStream, WatchStream};
 #[derive(Debug)]
 pub struct ScopedHubs {
     hubs: Mutex<HashMap<Scope, WatchHub>>,
+    backend: &'static str,
     capacity: usize,
     closed: AtomicBool,
 }
 
 impl ScopedHubs {
-    /// No hub yet; each hub's streams may fall `capacity` items behind.
-    pub fn new(capacity: usize) -> Self {
+    /// No hub yet; each hub is one of a registry of `backend` (see [`WatchHub::new`]) whose
+    /// streams may fall `capacity` items behind.
+    pub fn new(backend: &'static str, capacity: usize) -> Self {
         ScopedHubs {
             hubs: Mutex::new(HashMap::new()),
+            backend,
             capacity,
             closed: AtomicBool::new(false),
         }
@@ -86,7 +89,7 @@ impl ScopedHubs {
         if let Some(stream) = self.subscribe_live(&scope, open)? {
             return Ok(stream);
         }
-        let hub = WatchHub::new(self.capacity);
+        let hub = WatchHub::new(self.backend, self.capacity);
         // Subscribed before `start`, so the feed task `start` spawns cannot find the hub unused.
         let stream = open(&hub, scope.clone())?;
         if let Err(e) = start(hub.clone()).await {
@@ -183,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn scoped_hubs_share_a_feed_and_stop_it_after_the_last_stream() {
-        let hubs = Arc::new(ScopedHubs::new(16));
+        let hubs = Arc::new(ScopedHubs::new("test", 16));
         let scope = Scope::Service("a".into());
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (stopped_tx, mut stopped_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -27,7 +27,7 @@ fn change(ev: WatchEvent) -> (ServiceEventType, String) {
 
 #[tokio::test]
 async fn snapshot_then_changes_in_scope() {
-    let hub = WatchHub::new(16);
+    let hub = WatchHub::new("test", 16);
     hub.apply(ServiceEvent::created(svc("a", "a1")));
     hub.apply(ServiceEvent::created(svc("b", "b1")));
     let mut all = hub.subscribe(Scope::All).unwrap();
@@ -76,7 +76,7 @@ async fn snapshot_then_changes_in_scope() {
 
 #[tokio::test]
 async fn a_lagging_stream_gets_a_snapshot_of_the_current_view() {
-    let hub = WatchHub::new(2);
+    let hub = WatchHub::new("test", 2);
     let mut s = hub.subscribe(Scope::All).unwrap();
     for i in 0..5 {
         hub.apply(ServiceEvent::created(svc("a", &format!("x{i}"))));
@@ -113,7 +113,7 @@ async fn a_lagging_stream_gets_a_snapshot_of_the_current_view() {
 
 #[tokio::test]
 async fn replace_with_a_reason_resyncs_streams_in_scope_and_diffs_wider_ones() {
-    let hub = WatchHub::new(16);
+    let hub = WatchHub::new("test", 16);
     hub.replace(&Scope::All, vec![svc("a", "a1"), svc("b", "b1")], None);
     let mut all = hub.subscribe(Scope::All).unwrap();
     let mut only_a = hub.subscribe(Scope::Service("a".into())).unwrap();
@@ -163,7 +163,7 @@ async fn replace_with_a_reason_resyncs_streams_in_scope_and_diffs_wider_ones() {
 
 #[tokio::test]
 async fn close_ends_streams_after_their_backlog_and_refuses_new_ones() {
-    let hub = WatchHub::new(16);
+    let hub = WatchHub::new("test", 16);
     let mut s = hub.subscribe(Scope::All).unwrap();
     hub.apply(ServiceEvent::created(svc("a", "a1")));
     let idle = hub.clone();
@@ -180,7 +180,7 @@ async fn close_ends_streams_after_their_backlog_and_refuses_new_ones() {
 #[tokio::test]
 async fn streams_of_other_services_are_not_touched_by_a_change() {
     // Capacity 1: one change queued for a stream of another service would already lag it.
-    let hub = WatchHub::new(1);
+    let hub = WatchHub::new("test", 1);
     hub.apply(ServiceEvent::created(svc("b", "b1")));
     let mut others: Vec<WatchStream> = (0..10)
         .map(|i| hub.subscribe(Scope::Service(format!("other{i}"))).unwrap())
@@ -215,7 +215,7 @@ async fn streams_of_other_services_are_not_touched_by_a_change() {
 
 #[tokio::test]
 async fn shared_streams_hand_out_the_view_s_own_instances() {
-    let hub = WatchHub::new(16);
+    let hub = WatchHub::new("test", 16);
     hub.apply(ServiceEvent::created(svc("a", "a1")));
     let mut shared = hub.subscribe_shared(Scope::Service("a".into())).unwrap();
     let held = hub.with_view(|v| Arc::clone(v.get("a", "a1").unwrap()));
