@@ -129,16 +129,6 @@ pub use waypost_core_types::{
     WatchStream,
 };
 
-/// Registers the descriptions (HELP and unit) of the metrics of the enabled crates with the
-/// installed recorder (see `docs/metrics.md`).
-pub fn describe_metrics() {
-    waypost_breaker::describe_metrics();
-    #[cfg(feature = "client")]
-    waypost_client::describe_metrics();
-    #[cfg(feature = "grpc")]
-    waypost_grpc::describe_metrics();
-}
-
 /// The core types crate, whole (validation limits, time helpers, …).
 pub use waypost_core_types as core;
 
@@ -222,6 +212,11 @@ pub fn new_service_discovery(
 pub fn describe_metrics() {
     waypost_core_types::describe_metrics();
     waypost_discovery::describe_metrics();
+    waypost_breaker::describe_metrics();
+    #[cfg(feature = "client")]
+    waypost_client::describe_metrics();
+    #[cfg(feature = "grpc")]
+    waypost_grpc::describe_metrics();
     #[cfg(feature = "lifecycle")]
     waypost_lifecycle::describe_metrics();
 }
