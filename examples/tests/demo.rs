@@ -183,7 +183,21 @@ fn sigterm_deregisters_first_keeps_serving_through_the_drain_then_exits_cleanly(
 /// Metrics the waypost crates emit during the demo's run (its client calls, discovery, the
 /// in-memory registry, the announcer), as they appear in the scrape: each must be in `/metrics`.
 /// The demo's own metrics are checked line by line below; this list names the libraries' ones.
-const LIBRARY_METRICS: &[&str] = &[];
+const LIBRARY_METRICS: &[&str] = &[
+    "# HELP waypost_client_requests_total ",
+    "waypost_client_requests_total{service=\"user-service\",method=\"POST\",outcome=\"success\"} 2",
+    "waypost_client_request_duration_seconds_bucket{",
+    "waypost_client_attempts_total{",
+    "waypost_grpc_requests_total{service=\"greeter\",method=\"/grpc.health.v1.Health/Check\",outcome=\"success\"}",
+    "waypost_outlier_ejections_total{service=\"greeter\",",
+    "waypost_discovery_cache_misses_total{service=\"user-service\"} 1",
+    "waypost_discovery_cache_hits_total{service=\"user-service\"}",
+    "waypost_discovery_instances{",
+    "waypost_registry_call_duration_seconds_bucket{backend=\"memory\",op=\"register\",",
+    "waypost_registry_watch_events_total{backend=\"memory\",event=\"created\"}",
+    "waypost_registry_connected{backend=\"memory\"} 1",
+    "waypost_lifecycle_phase{service=\"demo-service\",phase=\"serving\"} 1",
+];
 
 /// The value of the sample `series` (name and labels, exactly as rendered) in a scrape.
 fn sample(scrape: &str, series: &str) -> Option<f64> {

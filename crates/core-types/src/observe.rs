@@ -12,7 +12,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// `counter{backend, state}`: transitions of a registry's state, by the state entered.
 pub const STATE_TRANSITIONS: &str = "waypost_registry_state_transitions_total";
-/// `gauge{backend}`: 1 while the registry is connected, 0 while it recovers or after close.
+/// `gauge{backend}`: how many registries of the backend are connected (1 for the usual one
+/// registry per backend: 0 while it recovers or after close).
 pub const CONNECTED: &str = "waypost_registry_connected";
 /// `counter{backend}`: instances registered again after an outage, a lost lease or session.
 pub const REREGISTRATIONS: &str = "waypost_registry_reregistrations_total";
@@ -38,7 +39,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         CONNECTED,
         Unit::Count,
-        "1 while the registry is connected to its server, 0 while it recovers or after it closed."
+        "Registries of the backend connected to their server (1 for one registry that is connected; 0 while it recovers or after it closed)."
     );
     describe_counter!(
         REREGISTRATIONS,
@@ -164,7 +165,7 @@ mod backend {
 
     impl RegistryMetrics {
         /// The handles of a registry of `backend` (`memory`, `etcd`, `consul`, `nacos`,
-        /// `zookeeper`), from the recorder installed now; the connected gauge starts at 1.
+        /// `zookeeper`), from the recorder installed now; the registry counts as connected.
         pub fn new(backend: &'static str) -> Self {
             let calls = RegistryOp::ALL.map(|op| {
                 (
@@ -175,7 +176,7 @@ mod backend {
             let transitions = ["connected", "recovering", "closed"]
                 .map(|state| counter!(STATE_TRANSITIONS, "backend" => backend, "state" => state));
             let connected = gauge!(CONNECTED, "backend" => backend);
-            connected.set(1.0);
+            connected.increment(1.0);
             RegistryMetrics {
                 backend,
                 calls,
@@ -220,14 +221,26 @@ mod backend {
         }
 
         /// The state changed to `state`.
-        pub(crate) fn entered(&self, state: &RegistryState) {
-            let (i, up) = match state {
-                RegistryState::Connected => (0, 1.0),
-                RegistryState::Recovering { .. } => (1, 0.0),
-                RegistryState::Closed => (2, 0.0),
+        ///
+        /// The connected gauge counts the connected registries of the backend: +1 on entering
+        /// `Connected`, -1 on leaving it (for `Recovering`, or `Closed` from `Connected`).
+        pub(crate) fn entered(&self, was_connected: bool, state: &RegistryState) {
+            let i = match state {
+                RegistryState::Connected => 0,
+                RegistryState::Recovering { .. } => 1,
+                RegistryState::Closed => 2,
             };
             self.transitions[i].increment(1);
-            self.connected.set(up);
+            match state {
+                RegistryState::Connected => self.connected.increment(1.0),
+                _ if was_connected => self.connected.decrement(1.0),
+                _ => {}
+            }
+        }
+
+        /// A registry dropped without `close` while connected leaves the count.
+        pub(crate) fn dropped_connected(&self) {
+            self.connected.decrement(1.0);
         }
     }
 

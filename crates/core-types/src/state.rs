@@ -104,7 +104,7 @@ impl StateCell {
                     "registry connected again"
                 );
                 *state = RegistryState::Connected;
-                self.metrics.entered(state);
+                self.metrics.entered(false, state);
                 true
             }
             RegistryState::Connected | RegistryState::Closed => false,
@@ -123,7 +123,7 @@ impl StateCell {
                     attempts: 1,
                     last_error,
                 };
-                self.metrics.entered(state);
+                self.metrics.entered(true, state);
                 true
             }
             RegistryState::Recovering {
@@ -147,11 +147,20 @@ impl StateCell {
             if matches!(state, RegistryState::Closed) {
                 false
             } else {
+                let was_connected = matches!(state, RegistryState::Connected);
                 *state = RegistryState::Closed;
-                self.metrics.entered(state);
+                self.metrics.entered(was_connected, state);
                 true
             }
         })
+    }
+}
+
+impl Drop for StateCell {
+    fn drop(&mut self) {
+        if matches!(*self.tx.borrow(), RegistryState::Connected) {
+            self.metrics.dropped_connected();
+        }
     }
 }
 

@@ -278,6 +278,31 @@ fn state_transitions_connected_gauge_and_reregistrations() {
 }
 
 #[test]
+fn the_connected_gauge_counts_the_connected_registries_of_a_backend() {
+    let recorder = Recording::default();
+    let nacos = [("backend", "nacos")];
+    let (a, b) = metrics::with_local_recorder(&recorder, || {
+        (StateCell::new("nacos"), StateCell::new("nacos"))
+    });
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(2.0));
+    a.failed(&"connection refused");
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(1.0));
+    // Closing a recovering registry leaves the count; closing a connected one lowers it.
+    assert!(a.close());
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(1.0));
+    let c = metrics::with_local_recorder(&recorder, || StateCell::new("nacos"));
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(2.0));
+    assert!(b.close());
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(1.0));
+    // Dropped without close while connected.
+    drop(c);
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(0.0));
+    drop(a);
+    drop(b);
+    assert_eq!(recorder.take().gauge(CONNECTED, &nacos), Some(0.0));
+}
+
+#[test]
 fn calls_are_timed_by_op_and_errors_counted() {
     let recorder = Recording::default();
     recorded(&recorder, async {

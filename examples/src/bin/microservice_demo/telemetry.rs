@@ -39,6 +39,8 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)?
         .install_recorder()?;
+    // HELP and TYPE lines for every metric of the waypost crates.
+    waypost::describe_metrics();
     describe_counter!(
         REQUESTS_TOTAL,
         Unit::Count,
