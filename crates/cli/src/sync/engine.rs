@@ -399,8 +399,6 @@ impl Engine {
                 let held = self
                     .state
                     .target_listing(self.target_scope.as_ref(), ours, others);
-                let conflicts: Vec<String> =
-                    self.refused_by_conflict().into_iter().take(10).collect();
                 self.s.log.info(
                     "target-listed",
                     &[
@@ -410,18 +408,6 @@ impl Engine {
                         ("pending", json!(self.state.pending())),
                     ],
                 );
-                for id in conflicts {
-                    self.s.log.warn(
-                        "skipped",
-                        &[
-                            ("id", peer(&id)),
-                            (
-                                "why",
-                                json!("the target has an instance with this id that no syncer of this source mirrored"),
-                            ),
-                        ],
-                    );
-                }
                 true
             }
             Err(e) => {
@@ -437,10 +423,6 @@ impl Engine {
         }
     }
 
-    fn refused_by_conflict(&self) -> Vec<String> {
-        self.state.conflicts()
-    }
-
     fn dispatch(
         &mut self,
         writes: &mut JoinSet<(Op, WriteResult)>,
@@ -449,12 +431,15 @@ impl Engine {
         while writes.len() < self.s.concurrency {
             match self.state.next_op() {
                 None => break,
-                Some(Err((id, why))) => {
-                    self.stats.rejected += 1;
-                    self.metrics.write("register", "rejected");
-                    self.s
-                        .log
-                        .warn("skipped", &[("id", peer(&id)), ("why", message(&why))]);
+                Some(Err(skip)) => {
+                    if skip.rejected {
+                        self.stats.rejected += 1;
+                        self.metrics.write("register", "rejected");
+                    }
+                    self.s.log.warn(
+                        "skipped",
+                        &[("id", peer(&skip.id)), ("why", message(&skip.why))],
+                    );
                 }
                 Some(Ok(op)) => {
                     let target = self.s.target.clone();

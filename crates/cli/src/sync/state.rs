@@ -104,7 +104,25 @@ pub struct State {
     waiting: HashMap<String, (Instant, u32)>,
     /// `(name, address, port)` → id, when the target keeps one instance per endpoint (Nacos).
     endpoints: Option<HashMap<(String, String, u16), String>>,
+    /// Foreign conflicts already reported.
+    reported: HashSet<String>,
 }
+
+/// A desired mirror that is not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    /// The instance id.
+    pub id: String,
+    /// Why, for the log.
+    pub why: String,
+    /// Whether it counts as a refused write (`rejected`) rather than a conflict with an
+    /// instance someone else registered on the target.
+    pub rejected: bool,
+}
+
+/// Why a conflicting id is not mirrored.
+pub const CONFLICT: &str =
+    "the target has an instance with this id that no syncer of this source mirrored";
 
 /// First retry delay of a failed write.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -127,6 +145,7 @@ impl State {
             in_flight: HashSet::new(),
             waiting: HashMap::new(),
             endpoints: one_per_endpoint.then(HashMap::new),
+            reported: HashSet::new(),
         }
     }
 
@@ -268,6 +287,7 @@ impl State {
                 self.foreign.insert(id);
             }
         }
+        self.reported.retain(|id| self.foreign.contains(id));
         let all: Vec<String> = self
             .desired
             .keys()
@@ -345,8 +365,9 @@ impl State {
 
     /// The next write to send, if any id needs one and none is in flight for it. A Register
     /// that collides with another desired instance at the same endpoint on a one-per-endpoint
-    /// target is returned as `Err((id, why))`: refused without a write.
-    pub fn next_op(&mut self) -> Option<Result<Op, (String, String)>> {
+    /// target, and (once) a desired id that a foreign target instance holds, are returned as
+    /// `Err`: not written.
+    pub fn next_op(&mut self) -> Option<Result<Op, Skip>> {
         while let Some(id) = self.ready.pop_front() {
             self.queued.remove(&id);
             if self.in_flight.contains(&id) {
@@ -356,6 +377,16 @@ impl State {
                 // Converged, moot or blocked: nothing to wait for any more.
                 self.waiting.remove(&id);
                 self.since.remove(&id);
+                if self.desired.contains_key(&id)
+                    && self.is_foreign(&id)
+                    && self.reported.insert(id.clone())
+                {
+                    return Some(Err(Skip {
+                        id,
+                        why: CONFLICT.to_owned(),
+                        rejected: false,
+                    }));
+                }
                 continue;
             };
             if let (Op::Register(m), Some(map)) = (&op, &mut self.endpoints) {
@@ -370,7 +401,11 @@ impl State {
                         let hash = m.metadata.get(META_HASH).cloned().unwrap_or_default();
                         self.rejected.insert(id.clone(), hash);
                         self.since.remove(&id);
-                        return Some(Err((id, why)));
+                        return Some(Err(Skip {
+                            id,
+                            why,
+                            rejected: true,
+                        }));
                     }
                     _ => {
                         map.insert(key, id.clone());
@@ -493,7 +528,9 @@ mod tests {
     fn drain(state: &mut State) -> Vec<Op> {
         let mut ops = Vec::new();
         while let Some(op) = state.next_op() {
-            ops.push(op.unwrap());
+            if let Ok(op) = op {
+                ops.push(op);
+            }
         }
         ops
     }
@@ -568,10 +605,14 @@ mod tests {
         assert_eq!(count, 2);
         s.replace_scope(None, vec![("svc".into(), mirror("a", 1))], t0);
         s.upsert("svc", mirror("c", 9), t0);
-        let mut ops: Vec<(String, &str)> = drain(&mut s)
-            .iter()
-            .map(|o| (o.id().to_owned(), o.name()))
-            .collect();
+        let mut ops = Vec::new();
+        let mut skips = Vec::new();
+        while let Some(next) = s.next_op() {
+            match next {
+                Ok(op) => ops.push((op.id().to_owned(), op.name())),
+                Err(skip) => skips.push(skip),
+            }
+        }
         ops.sort();
         // a is registered again under this syncer's liveness; b is removed; c is not ours.
         assert_eq!(
@@ -579,6 +620,18 @@ mod tests {
             vec![("a".into(), "register"), ("b".into(), "deregister")]
         );
         assert!(s.is_foreign("c"));
+        assert_eq!(s.conflicts(), vec!["c".to_owned()]);
+        assert_eq!(
+            skips,
+            vec![Skip {
+                id: "c".into(),
+                why: CONFLICT.into(),
+                rejected: false
+            }]
+        );
+        // Reported once, not at every change.
+        s.upsert("svc", mirror("c", 10), t0);
+        assert!(s.next_op().is_none());
     }
 
     #[test]
@@ -603,9 +656,10 @@ mod tests {
         s.upsert("svc", mirror("b", 1), t0);
         let first = s.next_op().unwrap().unwrap();
         assert_eq!(first.id(), "a");
-        let (id, why) = s.next_op().unwrap().unwrap_err();
-        assert_eq!(id, "b");
-        assert!(why.contains("10.0.0.1:1"), "{why}");
+        let skip = s.next_op().unwrap().unwrap_err();
+        assert_eq!(skip.id, "b");
+        assert!(skip.rejected);
+        assert!(skip.why.contains("10.0.0.1:1"), "{}", skip.why);
         assert!(s.next_op().is_none());
     }
 
