@@ -73,6 +73,9 @@ pub struct Engine {
     target_scope: Option<HashSet<String>>,
     batch: Option<Batch>,
     target_connected: bool,
+    /// The kind of state last logged per side (0 connected, 1 recovering, 2 closed).
+    source_kind: Option<u8>,
+    target_kind: Option<u8>,
 }
 
 impl Engine {
@@ -91,6 +94,8 @@ impl Engine {
             target_scope,
             batch: None,
             target_connected: true,
+            source_kind: None,
+            target_kind: None,
             s,
         }
     }
@@ -556,12 +561,23 @@ impl Engine {
     }
 
     fn on_state(&mut self, side: &str, state: &RegistryState) {
-        let connected = state.is_connected();
+        let kind = match state {
+            RegistryState::Connected => 0,
+            RegistryState::Recovering { .. } => 1,
+            _ => 2,
+        };
+        // One line per change of kind, not one per reconnection attempt.
+        let last = if side == "target" {
+            &mut self.target_kind
+        } else {
+            &mut self.source_kind
+        };
+        if *last == Some(kind) {
+            return;
+        }
+        *last = Some(kind);
         if side == "target" {
-            if connected == self.target_connected {
-                return;
-            }
-            self.target_connected = connected;
+            self.target_connected = state.is_connected();
         }
         match state {
             RegistryState::Connected => {
