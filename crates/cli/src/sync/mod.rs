@@ -179,11 +179,19 @@ async fn shutdown_signal() -> &'static str {
         use tokio::signal::unix::{signal, SignalKind};
         if let Ok(mut term) = signal(SignalKind::terminate()) {
             return tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
+                () = ctrl_c() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
             };
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    ctrl_c().await;
     "SIGINT"
+}
+
+/// Resolves on Ctrl-C; never when the handler cannot be installed (then only SIGTERM or a
+/// kill stops the syncer, rather than it stopping at once).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

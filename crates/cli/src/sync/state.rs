@@ -7,7 +7,7 @@
 //! down is not queued behind others: only the newest desired state of each id is written, and
 //! nothing is lost when writes fail and are retried.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,8 +100,11 @@ pub struct State {
     ready: VecDeque<String>,
     queued: HashSet<String>,
     in_flight: HashSet<String>,
-    /// Ids waiting for a retry: (when, attempts so far).
+    /// Ids waiting for a retry: (when, attempts so far). Kept until a write succeeds, for the
+    /// backoff.
     waiting: HashMap<String, (Instant, u32)>,
+    /// The retry times in order (entries whose time no longer matches `waiting` are stale).
+    timers: BTreeSet<(Instant, String)>,
     /// `(name, address, port)` → id, when the target keeps one instance per endpoint (Nacos).
     endpoints: Option<HashMap<(String, String, u16), String>>,
     /// Foreign conflicts already reported.
@@ -144,6 +147,7 @@ impl State {
             queued: HashSet::new(),
             in_flight: HashSet::new(),
             waiting: HashMap::new(),
+            timers: BTreeSet::new(),
             endpoints: one_per_endpoint.then(HashMap::new),
             reported: HashSet::new(),
         }
@@ -344,23 +348,19 @@ impl State {
 
     /// Ids whose retry time has come go back to the queue; returns the next retry time.
     pub fn wake(&mut self, now: Instant) -> Option<Instant> {
-        let due: Vec<String> = self
-            .waiting
-            .iter()
-            .filter(|(_, (at, _))| *at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            // The attempts are kept until a write succeeds, for the backoff.
-            if self.queued.insert(id.clone()) {
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((at, id)) = self.timers.pop_first() else {
+                break;
+            };
+            let current = self.waiting.get(&id).is_some_and(|(when, _)| *when == at);
+            if current && !self.in_flight.contains(&id) && self.queued.insert(id.clone()) {
                 self.ready.push_back(id);
             }
         }
-        self.waiting
-            .iter()
-            .filter(|(id, _)| !self.queued.contains(*id) && !self.in_flight.contains(*id))
-            .map(|(_, (at, _))| *at)
-            .min()
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// The next write to send, if any id needs one and none is in flight for it. A Register
@@ -456,6 +456,7 @@ impl State {
             Outcome::Retry => {
                 let attempts = self.waiting.get(&id).map_or(0, |(_, n)| *n) + 1;
                 let at = now + backoff(&id, attempts);
+                self.timers.insert((at, id.clone()));
                 self.waiting.insert(id, (at, attempts));
                 None
             }
@@ -475,8 +476,9 @@ impl State {
 
     /// Makes every waiting id due now (the target is back).
     pub fn retry_now(&mut self, now: Instant) {
-        for (at, _) in self.waiting.values_mut() {
+        for (id, (at, _)) in &mut self.waiting {
             *at = now;
+            self.timers.insert((now, id.clone()));
         }
     }
 
@@ -588,6 +590,14 @@ mod tests {
         for n in 1..40 {
             assert!(backoff("a", n) <= RETRY_MAX + RETRY_MAX / 4);
         }
+        // The target is back: waiting writes go now, not at their retry time.
+        s.upsert("svc", mirror("b", 1), t0);
+        let op = drain(&mut s).remove(0);
+        s.finish(&op, Outcome::Retry, t0);
+        assert!(drain(&mut s).is_empty());
+        s.retry_now(t0);
+        s.wake(t0);
+        assert_eq!(drain(&mut s).len(), 1);
         assert!(backoff("a", 30) >= RETRY_MAX);
     }
 
