@@ -442,3 +442,56 @@ async fn http_get(port: u16, path: &str) -> String {
     stream.read_to_string(&mut out).await.expect("read");
     out
 }
+
+#[test]
+fn bad_input_gives_one_line_errors_and_exit_codes() {
+    let port = free_port(); // nothing listens there
+    let unreachable = format!("etcd://127.0.0.1:{port}/x");
+    let cases: Vec<(Vec<String>, i32, &str)> =
+        vec![
+        (
+            args(&["etdc://root:s3cret@h:2379", "etcd://h:2379"]),
+            2,
+            "waypost: error: SRC_URL: invalid configuration: registry URL: unknown scheme `etdc`",
+        ),
+        (
+            args(&["etcd://h:2379/a", "etcd://h:2379/a"]),
+            2,
+            "waypost: error: the source and the target are the same registry (etcd://h:2379/a)",
+        ),
+        (
+            args(&["etcd://h:2379/a", "etcd://h:2379/b", "--ttl", "100ms"]),
+            2,
+            "waypost: error: --ttl must be at least 1s",
+        ),
+        (
+            args(&["etcd://h:2379/a", "etcd://h:2379/b", "--prefix-map", "a/b=c"]),
+            2,
+            "error: invalid value 'a/b=c' for '--prefix-map <FROM=TO>'",
+        ),
+        (
+            args(&[&unreachable, "etcd://127.0.0.1:1/y", "--timeout", "1s"]),
+            4,
+            "waypost: error: source: connecting to etcd",
+        ),
+        (args(&["etcd://h:2379/a"]), 2, "error: the following required arguments"),
+    ];
+    for (argv, code, start) in cases {
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("waypost"))
+            .arg("sync")
+            .args(&argv)
+            .output()
+            .expect("run waypost");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{argv:?}: {stderr}");
+        assert!(stderr.starts_with(start), "{argv:?}: {stderr}");
+        assert!(
+            !stderr.contains("s3cret") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        if code != 2 || start.starts_with("waypost:") {
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{argv:?}: {stderr}");
+        }
+        assert!(out.stdout.is_empty(), "{argv:?}");
+    }
+}

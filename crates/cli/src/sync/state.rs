@@ -285,12 +285,8 @@ impl State {
         for id in vanished {
             self.held.remove(&id);
         }
-        self.foreign.retain(|id| !others.contains(id));
-        for id in others {
-            if !seen.contains(&id) {
-                self.foreign.insert(id);
-            }
-        }
+        // Only desired ids (in scope) are ever checked against it, so the listing replaces it.
+        self.foreign = others.into_iter().filter(|id| !seen.contains(id)).collect();
         self.reported.retain(|id| self.foreign.contains(id));
         let all: Vec<String> = self
             .desired
