@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
-use waypost_core_types::{Protocol, ServiceInfo, ServiceRegistry};
+use waypost_core_types::{Health, Protocol, ServiceInfo, ServiceRegistry};
 
 use crate::Phase;
 
@@ -146,7 +146,7 @@ impl Announcer {
     pub fn new(registry: Arc<dyn ServiceRegistry>, name: impl Into<String>) -> Self {
         Announcer {
             registry,
-            template: ServiceInfo::new("", name, "", 0),
+            template: ServiceInfo::new("", name, "", 0).with_health(Health::Healthy),
             id: None,
             advertise: None,
             allow_loopback: false,
@@ -202,6 +202,16 @@ impl Announcer {
     /// Adds a tag.
     pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
         self.template.tags.push(tag.into());
+        self
+    }
+
+    /// The health registered while serving (default [`Health::Healthy`]). With a readiness
+    /// check the instance is registered `Unhealthy` first and takes this health once the check
+    /// passes. `Unknown` suits a registration made on behalf of a process that does not vouch
+    /// for its own health (waypost's balancers pick `Unknown` instances only when none is
+    /// `Healthy`, and `Unhealthy` ones never).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.template.health = health;
         self
     }
 

@@ -236,11 +236,10 @@ impl Announcer {
         info.id = id.unwrap_or_else(|| default_id(&info.name, &advertised.host, advertised.port));
         info.address = advertised.host.clone();
         info.port = advertised.port;
-        info.health = if readiness.is_some() {
-            Health::Unhealthy
-        } else {
-            Health::Healthy
-        };
+        let serving_health = info.health;
+        if readiness.is_some() {
+            info.health = Health::Unhealthy;
+        }
         info.validate()?;
         let mut requests = Requests::new(trigger)?;
         let run = Run {
@@ -292,7 +291,15 @@ impl Announcer {
             .or_else(|| ttl.map(|t| t / 3))
             .unwrap_or(DEFAULT_RENEW_INTERVAL)
             .clamp(MIN_RENEW_INTERVAL, MAX_INTERVAL);
-        let ended = serving(&run, &mut server, &mut requests, readiness, every).await;
+        let ended = serving(
+            &run,
+            &mut server,
+            &mut requests,
+            readiness,
+            serving_health,
+            every,
+        )
+        .await;
         let reason = match ended {
             Ended::Server(result) => {
                 // Nothing to drain: the server is gone. Take the instance out at once.
@@ -348,6 +355,7 @@ async fn serving<E>(
     server: &mut JoinHandle<std::result::Result<(), E>>,
     requests: &mut Requests,
     readiness: Option<(Readiness, Duration)>,
+    serving_health: Health,
     every: Duration,
 ) -> Ended
 where
@@ -397,7 +405,7 @@ where
             ready = check => {
                 let interval = ready_check.as_ref().map_or(Duration::ZERO, |(_, i)| *i);
                 if ready {
-                    current.health = Health::Healthy;
+                    current.health = serving_health;
                     match run.register(&current).await {
                         Ok(()) => {
                             ready_check = None;

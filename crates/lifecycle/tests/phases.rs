@@ -201,6 +201,63 @@ async fn readiness_holds_the_instance_unhealthy_until_it_passes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_health_is_the_health_registered_once_serving() {
+    // Without a readiness check: registered with that health straight away.
+    let registry = MemoryRegistry::new();
+    let (tx, rx) = oneshot::channel();
+    let a = announcer(&registry, rx)
+        .with_advertise_addr(ADDR)
+        .with_health(Health::Unknown)
+        .with_drain_delay(Duration::ZERO);
+    let mut phases = a.phases();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stopped);
+    let run = tokio::spawn(a.serve(ADDR.parse().unwrap(), move |stop| {
+        server(stop, Some(Duration::ZERO), s)
+    }));
+    phases.wait_for(|p| *p == Phase::Serving).await.unwrap();
+    assert_eq!(
+        registry.list_instances("users").await.unwrap()[0].health,
+        Health::Unknown
+    );
+    tx.send(()).unwrap();
+    run.await.unwrap().unwrap();
+
+    // With one: `Unhealthy` until it passes, then the health given.
+    let registry = MemoryRegistry::new();
+    let (tx, rx) = oneshot::channel();
+    let ready = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&ready);
+    let a = announcer(&registry, rx)
+        .with_advertise_addr(ADDR)
+        .with_health(Health::Unknown)
+        .with_readiness(Duration::from_millis(100), move || {
+            let r = Arc::clone(&r);
+            async move { r.load(Ordering::SeqCst) }
+        });
+    let mut phases = a.phases();
+    let s = Arc::clone(&stopped);
+    let run = tokio::spawn(a.serve(ADDR.parse().unwrap(), move |stop| {
+        server(stop, Some(Duration::ZERO), s)
+    }));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(*phases.borrow_and_update(), Phase::WaitingReady);
+    assert_eq!(
+        registry.list_instances("users").await.unwrap()[0].health,
+        Health::Unhealthy
+    );
+    ready.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(101)).await;
+    assert_eq!(*phases.borrow_and_update(), Phase::Serving);
+    assert_eq!(
+        registry.list_instances("users").await.unwrap()[0].health,
+        Health::Unknown
+    );
+    tx.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn keeps_the_registration_alive_and_puts_it_back() {
     let registry = MemoryRegistry::builder()
         .default_ttl(Some(Duration::from_secs(3)))

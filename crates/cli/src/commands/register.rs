@@ -13,18 +13,20 @@
 //! | Nacos | refused (exit 2): an ephemeral instance lives as long as the connection that registered it |
 //! | memory | refused (exit 2): the registry lives inside this process |
 
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use tokio::sync::watch;
+use tracing_subscriber::layer::SubscriberExt as _;
 use waypost::core::validate::is_safe_name_char;
-use waypost::{Error, Health, Protocol, RegistryConfig, RegistryState, ServiceInfo};
+use waypost::lifecycle::DEFAULT_RENEW_INTERVAL;
+use waypost::{Announcer, Health, Phase, Protocol, RegistryConfig, ServiceInfo};
 
 use super::common::{self, bounded, cell, Shutdown};
 use crate::{CliError, CliResult, Context, Exit};
-
-/// How often a kept registration is renewed when neither the instance nor the registry has a
-/// TTL.
-const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The arguments of `waypost register`.
 #[derive(Debug, clap::Args)]
@@ -35,9 +37,10 @@ const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(10);
                         it deregister_critical_after later; ZooKeeper, Nacos and the in-memory \
                         registry tie an instance to the process that registered it, so there \
                         --keep is required (exit 2 without it).\n\
-                        With --keep: registers, renews the registration (at a third of the TTL, \
-                        registering again if the registry lost it), and on Ctrl-C or SIGTERM \
-                        deregisters and exits 0, printing one line per phase."
+                        With --keep: the lifecycle announcer registers, renews the registration \
+                        (at a third of the TTL, registering again if the registry lost it), and \
+                        on Ctrl-C or SIGTERM deregisters and exits 0, printing one line per \
+                        phase; a second signal stops at once."
 )]
 pub struct Args {
     /// The service name.
@@ -227,7 +230,10 @@ fn effective_ttl(info: &ServiceInfo, registry_default: Option<Duration>) -> Dura
     }
 }
 
-/// `register --keep`.
+/// `register --keep`: the lifecycle [`Announcer`] registers the instance, renews it (at a third
+/// of the TTL, registering it again if the registry lost it or came back after an outage) and
+/// deregisters it on the first SIGINT or SIGTERM; a second one stops at once. There is no
+/// server behind it, so no drain delay.
 async fn keep(ctx: &Context, info: ServiceInfo) -> CliResult {
     // Installed first: a Ctrl-C from now on is ours to handle, not the end of the process.
     let mut shutdown = Shutdown::install()?;
@@ -237,14 +243,64 @@ async fn keep(ctx: &Context, info: ServiceInfo) -> CliResult {
             return Err(CliError::new(Exit::Failure, format!("{sig} while connecting; nothing was registered")));
         }
     };
+    let backend = registry.backend();
+    let ttl = effective_ttl(&info, registry.default_ttl());
+    let every = if ttl.is_zero() {
+        DEFAULT_RENEW_INTERVAL
+    } else {
+        (ttl / 3).clamp(Duration::from_millis(50), Duration::from_secs(24 * 3600))
+    };
+
+    // Each signal becomes a stop request of the announcer; the first one's name is kept for
+    // the output.
+    let first_signal: Arc<OnceLock<&'static str>> = Arc::default();
+    let (requests_tx, requests) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let forward = {
+        let first_signal = Arc::clone(&first_signal);
+        tokio::spawn(async move {
+            loop {
+                let sig = shutdown.recv().await;
+                let _ = first_signal.set(sig);
+                if requests_tx.send(()).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let requests = futures_util::stream::unfold(requests, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
+
+    let mut announcer = Announcer::new(registry, info.name.clone())
+        .with_id(info.id.clone())
+        .with_version(info.version.clone())
+        .with_protocol(info.protocol)
+        .with_weight(info.weight)
+        .with_health(info.health)
+        .with_ttl(info.ttl)
+        .with_renew_interval(every)
+        .with_advertise_addr(info.address.clone())
+        .allow_loopback(true)
+        .with_drain_delay(Duration::ZERO)
+        .with_shutdown_requests(requests)
+        .close_registry(true);
+    for (key, value) in &info.metadata {
+        announcer = announcer.with_metadata(key.clone(), value.clone());
+    }
+    for tag in &info.tags {
+        announcer = announcer.with_tag(tag.clone());
+    }
+    let mut phases = announcer.phases();
+    let warnings = LifecycleLog::install(phases.clone());
+
     let p = ctx.printer;
-    let phase = |phase: &str, text: String, extra: Option<(&str, &str)>| {
+    let say = |phase: &str, text: String, extra: Option<(&str, &str)>| {
         if p.json() {
             let mut value = serde_json::json!({
                 "phase": phase,
                 "id": info.id,
                 "service": info.name,
-                "backend": registry.backend(),
+                "backend": backend,
             });
             if let (Some((k, v)), Some(map)) = (extra, value.as_object_mut()) {
                 map.insert(k.to_owned(), serde_json::Value::from(v));
@@ -254,115 +310,136 @@ async fn keep(ctx: &Context, info: ServiceInfo) -> CliResult {
             p.line(&text);
         }
     };
-    let what = format!("registering `{}`", cell(&info.id));
-    if let Err(e) = bounded(&what, ctx.timeout, registry.register(&info)).await {
-        common::close(&registry, ctx.timeout).await;
-        return Err(e);
-    }
-    let ttl = effective_ttl(&info, registry.default_ttl());
-    let every = if ttl.is_zero() {
-        DEFAULT_RENEW_INTERVAL
-    } else {
-        (ttl / 3).clamp(Duration::from_millis(50), Duration::from_secs(24 * 3600))
-    };
-    phase(
-        "registered",
-        format!(
-            "registered {} ({} at {}) in {}; keeping it alive (renewed every {}) until Ctrl-C or SIGTERM",
-            cell(&info.id),
-            cell(&info.name),
-            common::endpoint(&info),
-            registry.backend(),
-            common::exact_duration(every)
-        ),
-        None,
-    );
-
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut states = registry.state_changes();
-    let mut states_open = true;
-    let mut was_connected = true;
-    let mut failing = false;
-    let signal = loop {
+    // The port comes from the advertised address's default: the "listener's" port.
+    let bound = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), info.port);
+    let run = announcer.serve(bound, |stop| async move {
+        stop.await;
+        Ok::<(), Infallible>(())
+    });
+    tokio::pin!(run);
+    let mut phases_open = true;
+    let result = loop {
         tokio::select! {
-            sig = shutdown.recv() => break sig,
-            _ = tick.tick() => keep_alive(ctx, &*registry, &info, &mut failing).await,
-            state = states.next(), if states_open => match state {
-                Some(RegistryState::Connected) => {
-                    // Back after an outage: check the registration at once.
-                    if !std::mem::replace(&mut was_connected, true) {
-                        keep_alive(ctx, &*registry, &info, &mut failing).await;
+            result = &mut run => break result,
+            changed = phases.changed(), if phases_open => {
+                if changed.is_err() {
+                    phases_open = false;
+                    continue;
+                }
+                let phase = *phases.borrow_and_update();
+                match phase {
+                    Phase::Serving => say(
+                        "registered",
+                        format!(
+                            "registered {} ({} at {}) in {backend}; keeping it alive (renewed every {}) until Ctrl-C or SIGTERM",
+                            cell(&info.id),
+                            cell(&info.name),
+                            common::endpoint(&info),
+                            common::exact_duration(every)
+                        ),
+                        None,
+                    ),
+                    Phase::Deregistering => {
+                        let signal = first_signal.get().copied().unwrap_or("stop");
+                        say(
+                            "deregistering",
+                            format!("{signal}: deregistering {}", cell(&info.id)),
+                            Some(("signal", signal)),
+                        );
                     }
+                    Phase::Draining if !warnings.deregistering_failed() => say(
+                        "deregistered",
+                        format!("deregistered {}", cell(&info.id)),
+                        None,
+                    ),
+                    _ => {}
                 }
-                Some(RegistryState::Closed) => {
-                    return Err(CliError::new(Exit::Failure, "the registry closed; the registration is gone"));
-                }
-                Some(_) => was_connected = false,
-                None => states_open = false,
-            },
+            }
         }
     };
-    phase(
-        "deregistering",
-        format!("{signal}: deregistering {}", cell(&info.id)),
-        Some(("signal", signal)),
-    );
-    let what = format!("deregistering `{}`", cell(&info.id));
-    let done = bounded(&what, ctx.timeout, registry.deregister(&info.id)).await;
-    common::close(&registry, ctx.timeout).await;
-    match done {
-        // Already gone (expired during an outage, or removed by someone else): nothing to do.
-        Ok(())
-        | Err(CliError {
-            exit: Exit::NotFound,
-            ..
-        }) => {
-            phase(
-                "deregistered",
-                format!("deregistered {}", cell(&info.id)),
-                None,
-            );
-            Ok(Exit::Ok)
+    forward.abort();
+    result.map_err(|e| CliError::from(e).context(format!("registering `{}`", cell(&info.id))))?;
+    if warnings.deregistering_failed() {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!(
+                "deregistering `{}` failed (see the warning above); the registry removes it when its TTL or session ends",
+                cell(&info.id)
+            ),
+        ));
+    }
+    Ok(Exit::Ok)
+}
+
+/// The lifecycle's warnings on stderr, one line each (`waypost: warning: …`), and whether one
+/// came while deregistering (the announcer logs a failed deregistration and goes on).
+struct LifecycleLog {
+    deregistering_failed: Arc<AtomicBool>,
+}
+
+impl LifecycleLog {
+    /// Installs the process's tracing subscriber: warnings and errors of the lifecycle crate.
+    fn install(phases: watch::Receiver<Phase>) -> Self {
+        let deregistering_failed = Arc::new(AtomicBool::new(false));
+        let layer = WarningLayer {
+            phases,
+            deregistering_failed: Arc::clone(&deregistering_failed),
+        };
+        // Another subscriber already set (only in tests that call this twice) keeps its place.
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer));
+        LifecycleLog {
+            deregistering_failed,
         }
-        Err(e) => Err(e),
+    }
+
+    fn deregistering_failed(&self) -> bool {
+        self.deregistering_failed.load(Ordering::Acquire)
     }
 }
 
-/// One keep-alive: renew, and register again if the registry lost the instance. Failures are
-/// reported on stderr once per streak, and retried at the next tick.
-async fn keep_alive(
-    ctx: &Context,
-    registry: &dyn waypost::ServiceRegistry,
-    info: &ServiceInfo,
-    failing: &mut bool,
-) {
-    let outcome = match tokio::time::timeout(ctx.timeout, registry.renew(&info.id)).await {
-        Ok(Err(Error::NotFound(_))) => {
-            eprintln!(
-                "waypost: warning: the registry lost `{}`; registering it again",
-                cell(&info.id)
-            );
-            tokio::time::timeout(ctx.timeout, registry.register(info))
-                .await
-                .unwrap_or_else(|_| Err(Error::timeout("registering again", ctx.timeout)))
+struct WarningLayer {
+    phases: watch::Receiver<Phase>,
+    deregistering_failed: Arc<AtomicBool>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WarningLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > tracing::Level::WARN || !meta.target().starts_with("waypost_lifecycle") {
+            return;
         }
-        Ok(other) => other,
-        Err(_) => Err(Error::timeout("renewing", ctx.timeout)),
-    };
-    match outcome {
-        Ok(()) if std::mem::take(failing) => {
-            eprintln!("waypost: keep-alive of `{}` works again", cell(&info.id));
+        if *self.phases.borrow() == Phase::Deregistering {
+            self.deregistering_failed.store(true, Ordering::Release);
         }
-        Ok(()) => {}
-        Err(e) if !*failing => {
-            *failing = true;
-            eprintln!(
-                "waypost: warning: keep-alive of `{}` failed (retrying): {}",
-                cell(&info.id),
-                CliError::from(e)
-            );
+        let mut line = Line::default();
+        event.record(&mut line);
+        eprintln!("waypost: warning: {}{}", line.message, line.fields);
+    }
+}
+
+/// An event as one line: its message, then ` key=value` for each other field.
+#[derive(Default)]
+struct Line {
+    message: String,
+    fields: String,
+}
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
         }
-        Err(_) => {}
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={}", field.name(), cell(value));
+        }
     }
 }
