@@ -703,6 +703,25 @@ fn health_and_call(url: &str, backend: &str) {
 
     // A tcp instance beside it: probed by connecting.
     register("tcp", &port, "tcp");
+    // A gRPC one: probed with the grpc.health.v1 Check of its service name.
+    let rt = runtime();
+    let (reporter, grpc_port) = rt.block_on(async {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(&svc, tonic_health::ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (reporter, port)
+    });
+    register("rpc", &grpc_port.to_string(), "grpc");
 
     // Every instance healthy: exit 0.
     let run = waypost(Some(url), &["health", &svc]);
@@ -712,16 +731,36 @@ fn health_and_call(url: &str, backend: &str) {
         lines[0].split_whitespace().collect::<Vec<_>>(),
         ["ID", "ADDRESS", "PROTOCOL", "RESULT", "LATENCY"]
     );
-    assert_eq!(lines.len(), 3, "{run:?}");
-    for (line, id, proto) in [(lines[1], "tcp", "tcp"), (lines[2], "web", "http")] {
+    assert_eq!(lines.len(), 4, "{run:?}");
+    for (line, id, proto, at) in [
+        (lines[1], "rpc", "grpc", grpc_port),
+        (lines[2], "tcp", "tcp", server.port),
+        (lines[3], "web", "http", server.port),
+    ] {
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(
             cols[..4],
-            [id, &format!("127.0.0.1:{port}"), proto, "healthy"],
+            [id, &format!("127.0.0.1:{at}"), proto, "healthy"],
             "{line}"
         );
         assert!(cols[4].ends_with("ms"), "{line}");
     }
+    // The gRPC server reports the service NOT_SERVING: unhealthy, exit 5, and why.
+    rt.block_on(reporter.set_service_status(&svc, tonic_health::ServingStatus::NotServing));
+    let run = waypost(Some(url), &["-o", "json", "health", &svc]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let rpc = run
+        .json_lines()
+        .into_iter()
+        .find(|p| p["id"] == "rpc")
+        .expect("the gRPC instance");
+    assert_eq!(rpc["healthy"], false, "{rpc}");
+    assert!(
+        rpc["error"].as_str().unwrap_or_default().contains("NOT_SERVING"),
+        "{rpc}"
+    );
+    assert_eq!(waypost(Some(url), &["deregister", "rpc"]).code, 0);
+    drop(rt);
 
     // An instance that does not answer: health exits 5 and says why; a call to a service
     // whose only instance is down exits 4.
