@@ -756,7 +756,10 @@ fn health_and_call(url: &str, backend: &str) {
         .expect("the gRPC instance");
     assert_eq!(rpc["healthy"], false, "{rpc}");
     assert!(
-        rpc["error"].as_str().unwrap_or_default().contains("NOT_SERVING"),
+        rpc["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NOT_SERVING"),
         "{rpc}"
     );
     assert_eq!(waypost(Some(url), &["deregister", "rpc"]).code, 0);

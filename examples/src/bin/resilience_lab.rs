@@ -422,6 +422,21 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         SegmentValue::CenterOf(y) if *y < n => outcomes[row(*y)].label.clone(),
         _ => String::new(),
     };
+    // One configuration's bar from 0 to `end`, `margin` pixels in from its row's edges.
+    let bar = |i: usize, end: f64, color: RGBColor, margin: u32| {
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(row(i))),
+                (end, SegmentValue::Exact(row(i) + 1)),
+            ],
+            color.filled(),
+        );
+        bar.set_margin(margin, margin, 0, 0);
+        bar
+    };
+    let legend = |color: RGBColor| {
+        move |(x, y): (i32, i32)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
+    };
     let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 16))?;
@@ -448,48 +463,23 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         .x_desc("ms (retries and their waits included)")
         .label_style(("sans-serif", 13))
         .draw()?;
-    latency
-        .draw_series(outcomes.iter().enumerate().map(|(i, o)| {
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(row(i))),
-                    (o.p99_ms, SegmentValue::Exact(row(i) + 1)),
-                ],
-                P99_COLOR.filled(),
-            );
-            bar.set_margin(8, 8, 0, 0);
-            bar
-        }))?
-        .label("p99")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], P99_COLOR.filled()));
-    latency
-        .draw_series(outcomes.iter().enumerate().map(|(i, o)| {
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(row(i))),
-                    (o.p90_ms, SegmentValue::Exact(row(i) + 1)),
-                ],
-                P90_COLOR.filled(),
-            );
-            bar.set_margin(12, 12, 0, 0);
-            bar
-        }))?
-        .label("p90")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], P90_COLOR.filled()));
-    latency
-        .draw_series(outcomes.iter().enumerate().map(|(i, o)| {
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(row(i))),
-                    (o.p50_ms, SegmentValue::Exact(row(i) + 1)),
-                ],
-                P50_COLOR.filled(),
-            );
-            bar.set_margin(17, 17, 0, 0);
-            bar
-        }))?
-        .label("p50")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], P50_COLOR.filled()));
+    // The p99 bar drawn first, the p90 and p50 bars inside it (narrower, on top).
+    let latency_bars: [(&str, RGBColor, u32, fn(&Outcome) -> f64); 3] = [
+        ("p99", P99_COLOR, 8, |o| o.p99_ms),
+        ("p90", P90_COLOR, 12, |o| o.p90_ms),
+        ("p50", P50_COLOR, 17, |o| o.p50_ms),
+    ];
+    for (label, color, margin, value) in latency_bars {
+        latency
+            .draw_series(
+                outcomes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| bar(i, value(o), color, margin)),
+            )?
+            .label(label)
+            .legend(legend(color));
+    }
     latency.draw_series(outcomes.iter().enumerate().map(|(i, o)| {
         EmptyElement::at((o.p99_ms, SegmentValue::CenterOf(row(i))))
             + Text::new(
@@ -530,34 +520,26 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         .x_desc("% of calls")
         .label_style(("sans-serif", 13))
         .draw()?;
-    failures
-        .draw_series(outcomes.iter().enumerate().map(|(i, o)| {
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(row(i))),
-                    (o.failing_pct(), SegmentValue::Exact(row(i) + 1)),
-                ],
-                FAILING_COLOR.filled(),
-            );
-            bar.set_margin(8, 8, 0, 0);
-            bar
-        }))?
-        .label("attempts on the failing one")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], FAILING_COLOR.filled()));
-    failures
-        .draw_series(outcomes.iter().enumerate().map(|(i, o)| {
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(row(i))),
-                    (o.error_rate_pct(), SegmentValue::Exact(row(i) + 1)),
-                ],
-                ERROR_COLOR.filled(),
-            );
-            bar.set_margin(16, 16, 0, 0);
-            bar
-        }))?
-        .label("failed calls")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], ERROR_COLOR.filled()));
+    let failure_bars: [(&str, RGBColor, u32, fn(&Outcome) -> f64); 2] = [
+        (
+            "attempts on the failing one",
+            FAILING_COLOR,
+            8,
+            Outcome::failing_pct,
+        ),
+        ("failed calls", ERROR_COLOR, 16, Outcome::error_rate_pct),
+    ];
+    for (label, color, margin, value) in failure_bars {
+        failures
+            .draw_series(
+                outcomes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| bar(i, value(o), color, margin)),
+            )?
+            .label(label)
+            .legend(legend(color));
+    }
     failures.draw_series(outcomes.iter().enumerate().map(|(i, o)| {
         EmptyElement::at((
             o.failing_pct().max(o.error_rate_pct()),
