@@ -40,6 +40,7 @@ use std::sync::Arc;
 
 use waypost::{RegistryConfig, ServiceRegistry};
 
+use crate::commands::common::Shutdown;
 use crate::error::{CliError, CliResult, Exit};
 use crate::Context;
 
@@ -125,7 +126,10 @@ pub async fn run(ctx: &Context, args: Args) -> CliResult {
         status_every: args.status_every,
         log,
     });
-    let result = engine.run(shutdown_signal()).await;
+    let result = match Shutdown::install() {
+        Ok(mut shutdown) => engine.run(async move { shutdown.recv().await }).await,
+        Err(e) => Err(e),
+    };
     if let Some(server) = server {
         server.abort();
     }
@@ -169,29 +173,5 @@ async fn open(
                 ctx.timeout
             ),
         )),
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM, with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            return tokio::select! {
-                () = ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            };
-        }
-    }
-    ctrl_c().await;
-    "SIGINT"
-}
-
-/// Resolves on Ctrl-C; never when the handler cannot be installed (then only SIGTERM or a
-/// kill stops the syncer, rather than it stopping at once).
-async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
