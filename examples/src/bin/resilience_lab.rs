@@ -398,6 +398,9 @@ fn print_table(outcomes: &[Outcome]) {
     }
 }
 
+/// One series of bars: its legend, colour, inset from the row's edges (pixels) and value.
+type Bars = (&'static str, RGBColor, u32, fn(&Outcome) -> f64);
+
 const P50_COLOR: RGBColor = RGBColor(150, 195, 240);
 const P90_COLOR: RGBColor = RGBColor(65, 120, 200);
 const P99_COLOR: RGBColor = RGBColor(25, 70, 150);
@@ -464,7 +467,7 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         .label_style(("sans-serif", 13))
         .draw()?;
     // The p99 bar drawn first, the p90 and p50 bars inside it (narrower, on top).
-    let latency_bars: [(&str, RGBColor, u32, fn(&Outcome) -> f64); 3] = [
+    let latency_bars: [Bars; 3] = [
         ("p99", P99_COLOR, 8, |o| o.p99_ms),
         ("p90", P90_COLOR, 12, |o| o.p90_ms),
         ("p50", P50_COLOR, 17, |o| o.p50_ms),
@@ -520,7 +523,7 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         .x_desc("% of calls")
         .label_style(("sans-serif", 13))
         .draw()?;
-    let failure_bars: [(&str, RGBColor, u32, fn(&Outcome) -> f64); 2] = [
+    let failure_bars: [Bars; 2] = [
         (
             "attempts on the failing one",
             FAILING_COLOR,
