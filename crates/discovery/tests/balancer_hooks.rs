@@ -116,8 +116,11 @@ async fn every_set_picked_in_was_prepared_first() {
     }
     looking.await.unwrap();
     assert_eq!(balancer.unprepared_picks.load(Ordering::SeqCst), 0);
+    // At least the 100 sets this task picked in after its changes (each a new set); the looker
+    // adds the sets in between when it ran at the right moments, which a loaded machine does
+    // not promise.
     let picked = balancer.picked.lock().len();
-    assert!(picked > 100, "picked in {picked} sets");
+    assert!(picked >= 100, "picked in {picked} sets");
     d.close().await.unwrap();
 }
 

@@ -317,6 +317,44 @@ async fn keep(ctx: &Context, info: ServiceInfo) -> CliResult {
         Ok::<(), Infallible>(())
     });
     tokio::pin!(run);
+    // One line per step, in order, even when the announcer went through several phases
+    // between two looks (the phase is a watch: only its latest value is seen).
+    let mut said = Said::Nothing;
+    let mut tell = |upto: Phase| {
+        if upto >= Phase::Serving && said < Said::Registered {
+            said = Said::Registered;
+            say(
+                "registered",
+                format!(
+                    "registered {} ({} at {}) in {backend}; keeping it alive (renewed every {}) until Ctrl-C or SIGTERM",
+                    cell(&info.id),
+                    cell(&info.name),
+                    common::endpoint(&info),
+                    common::exact_duration(every)
+                ),
+                None,
+            );
+        }
+        if upto >= Phase::Deregistering && said < Said::Deregistering {
+            said = Said::Deregistering;
+            let signal = first_signal.get().copied().unwrap_or("stop");
+            say(
+                "deregistering",
+                format!("{signal}: deregistering {}", cell(&info.id)),
+                Some(("signal", signal)),
+            );
+        }
+        if upto >= Phase::Draining && said < Said::Deregistered {
+            said = Said::Deregistered;
+            if !warnings.deregistering_failed() {
+                say(
+                    "deregistered",
+                    format!("deregistered {}", cell(&info.id)),
+                    None,
+                );
+            }
+        }
+    };
     let mut phases_open = true;
     let result = loop {
         tokio::select! {
@@ -326,37 +364,17 @@ async fn keep(ctx: &Context, info: ServiceInfo) -> CliResult {
                     phases_open = false;
                     continue;
                 }
+                // `Stopped` is also where a failed registration ends: told after the result.
                 let phase = *phases.borrow_and_update();
-                match phase {
-                    Phase::Serving => say(
-                        "registered",
-                        format!(
-                            "registered {} ({} at {}) in {backend}; keeping it alive (renewed every {}) until Ctrl-C or SIGTERM",
-                            cell(&info.id),
-                            cell(&info.name),
-                            common::endpoint(&info),
-                            common::exact_duration(every)
-                        ),
-                        None,
-                    ),
-                    Phase::Deregistering => {
-                        let signal = first_signal.get().copied().unwrap_or("stop");
-                        say(
-                            "deregistering",
-                            format!("{signal}: deregistering {}", cell(&info.id)),
-                            Some(("signal", signal)),
-                        );
-                    }
-                    Phase::Draining if !warnings.deregistering_failed() => say(
-                        "deregistered",
-                        format!("deregistered {}", cell(&info.id)),
-                        None,
-                    ),
-                    _ => {}
+                if phase < Phase::Stopped {
+                    tell(phase);
                 }
             }
         }
     };
+    if result.is_ok() {
+        tell(Phase::Stopped);
+    }
     forward.abort();
     result.map_err(|e| CliError::from(e).context(format!("registering `{}`", cell(&info.id))))?;
     if warnings.deregistering_failed() {
@@ -369,6 +387,15 @@ async fn keep(ctx: &Context, info: ServiceInfo) -> CliResult {
         ));
     }
     Ok(Exit::Ok)
+}
+
+/// The steps of `register --keep` told so far, in their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Said {
+    Nothing,
+    Registered,
+    Deregistering,
+    Deregistered,
 }
 
 /// The lifecycle's warnings on stderr, one line each (`waypost: warning: …`), and whether one
