@@ -165,44 +165,55 @@ async fn zero_drain_and_max_deadline() {
     );
 }
 
+/// With a readiness check: `Unhealthy` until it passes, then the health given by `with_health`
+/// (`Healthy` when none is).
 #[tokio::test(start_paused = true)]
 async fn readiness_holds_the_instance_unhealthy_until_it_passes() {
-    let registry = MemoryRegistry::new();
-    let (tx, rx) = oneshot::channel();
-    let ready = Arc::new(AtomicBool::new(false));
-    let r = Arc::clone(&ready);
-    let a = announcer(&registry, rx)
-        .with_advertise_addr(ADDR)
-        .with_readiness(Duration::from_millis(500), move || {
-            let r = Arc::clone(&r);
-            async move { r.load(Ordering::SeqCst) }
-        });
-    let mut phases = a.phases();
-    let stopped = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stopped);
-    let run = tokio::spawn(a.serve(ADDR.parse().unwrap(), move |stop| {
-        server(stop, Some(Duration::ZERO), s)
-    }));
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(*phases.borrow_and_update(), Phase::WaitingReady);
-    assert_eq!(
-        registry.list_instances("users").await.unwrap()[0].health,
-        Health::Unhealthy
-    );
-    ready.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(501)).await;
-    assert_eq!(*phases.borrow_and_update(), Phase::Serving);
-    assert_eq!(
-        registry.list_instances("users").await.unwrap()[0].health,
-        Health::Healthy
-    );
-    tx.send(()).unwrap();
-    run.await.unwrap().unwrap();
+    for (given, serving) in [
+        (None, Health::Healthy),
+        (Some(Health::Unknown), Health::Unknown),
+    ] {
+        let registry = MemoryRegistry::new();
+        let (tx, rx) = oneshot::channel();
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&ready);
+        let mut a = announcer(&registry, rx)
+            .with_advertise_addr(ADDR)
+            .with_readiness(Duration::from_millis(500), move || {
+                let r = Arc::clone(&r);
+                async move { r.load(Ordering::SeqCst) }
+            });
+        if let Some(health) = given {
+            a = a.with_health(health);
+        }
+        let mut phases = a.phases();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stopped);
+        let run = tokio::spawn(a.serve(ADDR.parse().unwrap(), move |stop| {
+            server(stop, Some(Duration::ZERO), s)
+        }));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*phases.borrow_and_update(), Phase::WaitingReady);
+        assert_eq!(
+            registry.list_instances("users").await.unwrap()[0].health,
+            Health::Unhealthy
+        );
+        ready.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(501)).await;
+        assert_eq!(*phases.borrow_and_update(), Phase::Serving);
+        assert_eq!(
+            registry.list_instances("users").await.unwrap()[0].health,
+            serving,
+            "with_health({given:?})"
+        );
+        tx.send(()).unwrap();
+        run.await.unwrap().unwrap();
+    }
 }
 
+/// Without a readiness check: registered with the health given by `with_health` straight away.
 #[tokio::test(start_paused = true)]
 async fn with_health_is_the_health_registered_once_serving() {
-    // Without a readiness check: registered with that health straight away.
     let registry = MemoryRegistry::new();
     let (tx, rx) = oneshot::channel();
     let a = announcer(&registry, rx)
@@ -216,39 +227,6 @@ async fn with_health_is_the_health_registered_once_serving() {
         server(stop, Some(Duration::ZERO), s)
     }));
     phases.wait_for(|p| *p == Phase::Serving).await.unwrap();
-    assert_eq!(
-        registry.list_instances("users").await.unwrap()[0].health,
-        Health::Unknown
-    );
-    tx.send(()).unwrap();
-    run.await.unwrap().unwrap();
-
-    // With one: `Unhealthy` until it passes, then the health given.
-    let registry = MemoryRegistry::new();
-    let (tx, rx) = oneshot::channel();
-    let ready = Arc::new(AtomicBool::new(false));
-    let r = Arc::clone(&ready);
-    let a = announcer(&registry, rx)
-        .with_advertise_addr(ADDR)
-        .with_health(Health::Unknown)
-        .with_readiness(Duration::from_millis(100), move || {
-            let r = Arc::clone(&r);
-            async move { r.load(Ordering::SeqCst) }
-        });
-    let mut phases = a.phases();
-    let s = Arc::clone(&stopped);
-    let run = tokio::spawn(a.serve(ADDR.parse().unwrap(), move |stop| {
-        server(stop, Some(Duration::ZERO), s)
-    }));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(*phases.borrow_and_update(), Phase::WaitingReady);
-    assert_eq!(
-        registry.list_instances("users").await.unwrap()[0].health,
-        Health::Unhealthy
-    );
-    ready.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(101)).await;
-    assert_eq!(*phases.borrow_and_update(), Phase::Serving);
     assert_eq!(
         registry.list_instances("users").await.unwrap()[0].health,
         Health::Unknown
