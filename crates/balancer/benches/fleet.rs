@@ -1,9 +1,9 @@
 //! The balancers' hot path as the fleet grows: 10, 1,000, 10,000 and 100,000 instances of one
 //! service.
 //!
-//! - `set_pick/<balancer>/<n>`: on an [`InstanceSet`] prepared once (`prepare(&set)`), one
-//!   `pick(&set, &ctx)` and `guard.finish(Outcome::Success)` per iteration: what the discovery
-//!   cache and the client do per request;
+//! - `set_pick/<balancer>/<n>`: on an [`InstanceSet`] prepared once by that balancer
+//!   (`prepare(&set)`), one `pick(&set, &ctx)` and `guard.finish(Outcome::Success)` per
+//!   iteration: what the discovery cache and the client do per request;
 //! - `slice_call/<balancer>/<n>`: the slice API for comparison: `select(&slice, &ctx)`, then
 //!   `begin` and finish;
 //! - `prepare_one_change/<balancer>/<n>`: one instance leaves or comes back (the writer's change,
@@ -72,8 +72,13 @@ fn set_pick(c: &mut Criterion) {
     g.warm_up_time(Duration::from_millis(500));
     let keys = keys();
     for n in SIZES {
-        let set = InstanceSet::new("bench-service", instances(n, "set"));
+        let shared = InstanceSet::new("bench-service", instances(n, "set"));
         for lb in balancers() {
+            // Each balancer gets its own copy of the set (same generation, same instances), as
+            // each discovery cache's sets are prepared by its one balancer: a set keeps the
+            // state of the first balancer that prepares it, and the others would find theirs
+            // by a lookup instead.
+            let set = shared.clone();
             lb.prepare(&set);
             let mut k = 0usize;
             g.bench_with_input(BenchmarkId::new(lb.name(), n), &set, |b, set| {

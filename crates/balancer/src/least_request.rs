@@ -1,16 +1,18 @@
 //! Least request by the power of two choices.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use waypost_core_types::{
     CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
 
 use crate::by_id::ById;
 use crate::pick;
-use crate::prepared::{pick_two, prepare_tracked, select_two, PerService, Tracked, TwoChoices};
+use crate::prepared::PerService;
+use crate::tracked::{self, Entry, Table};
 
 /// Draws two healthy instances at random and picks the one with fewer calls in flight.
 ///
@@ -18,10 +20,11 @@ use crate::prepared::{pick_two, prepare_tracked, select_two, PerService, Tracked
 /// dropped, so a caller cannot leave a count behind. Two random choices avoid the herd
 /// behaviour of always taking the global minimum, and need no lock.
 ///
-/// On an [`InstanceSet`] ([`LoadBalancer::pick`]), each instance's count lives in a per-service
-/// vector aligned with the set's positions, built in [`LoadBalancer::prepare`] (counts of the
-/// instances that stay are carried over by id, those of instances that left are dropped), so a
-/// pick and its guard cost the same at 10 or 100,000 instances and allocate nothing.
+/// On an [`InstanceSet`] ([`LoadBalancer::pick`]), each instance's count is a 4-byte entry in a
+/// per-service table that [`LoadBalancer::prepare`] maps to the set's positions (an instance
+/// keeps its entry while it stays in the service; an entry of one that left is reused by a new
+/// one once no call is in flight on it), so a pick and its guard cost the same at 10 or 100,000
+/// instances, allocate nothing and read no clock.
 /// [`LoadBalancer::forget`] drops a service's counts. On a slice ([`LoadBalancer::select`] then
 /// [`LoadBalancer::begin`]), counts are kept by instance id; ids with no call in flight are
 /// dropped now and then, in amortised O(1). The two paths count separately: use one of them
@@ -77,21 +80,43 @@ impl Load {
     }
 }
 
-/// A new count for `instance` (no call in flight).
-fn make_load(instance: &Arc<ServiceInfo>) -> Arc<Load> {
-    Arc::new(Load::new(&instance.id))
-}
+/// An instance's calls in flight on the set path: an entry of the service's table.
+pub(crate) struct Count(AtomicU32);
 
-impl TwoChoices for Load {
-    /// The less loaded one.
-    #[inline]
-    fn prefers(a: &Self, b: &Self) -> bool {
-        b.load() < a.load()
+impl Entry for Count {
+    type Opts = ();
+    const TIMED: bool = false;
+
+    fn new((): &(), _now: Instant) -> Self {
+        Count(AtomicU32::new(0))
+    }
+
+    fn reset(&self, (): &(), _now: Instant) {
+        self.0.store(0, Ordering::Relaxed);
     }
 
     #[inline]
-    fn begin(self: &Arc<Self>) -> CallGuard {
-        Load::begin(self)
+    fn in_flight(&self) -> usize {
+        self.0.load(Ordering::Relaxed) as usize
+    }
+
+    /// The less loaded one.
+    #[inline]
+    fn prefers((): &(), a: &Self, b: &Self) -> bool {
+        b.0.load(Ordering::Relaxed) < a.0.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn begin(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn finish(&self, (): &(), _outcome: Outcome, _latency: Duration, _now: Option<Instant>) {
+        // A stray report never underflows.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 }
 
@@ -107,8 +132,10 @@ impl CallObserver for Load {
 struct Counts {
     /// The slice path's counts, by instance id.
     in_flight: ById<Load>,
-    /// The set path's counts, per service, aligned with the prepared set.
-    sets: PerService<Tracked<Load>>,
+    /// The set path's counts, per service.
+    sets: PerService<Table<Count>>,
+    /// The set path's options (none).
+    opts: Arc<()>,
 }
 
 impl std::fmt::Debug for Counts {
@@ -128,7 +155,7 @@ impl Counts {
         self.sets
             .all()
             .iter()
-            .find_map(|t| t.find(id).map(|l| l.load()))
+            .find_map(|t| t.find(id).map(Count::in_flight))
             .unwrap_or(0)
     }
 
@@ -153,7 +180,7 @@ impl LeastRequest {
     }
 
     fn prepare_set(&self, set: &InstanceSet) {
-        prepare_tracked(&self.shared.sets, set, make_load);
+        tracked::prepare(&self.shared.sets, set, &self.shared.opts);
     }
 }
 
@@ -185,18 +212,23 @@ impl LoadBalancer for LeastRequest {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        set.get(select_two(&self.shared.sets, set, ctx, || make_load)?)
+        set.get(tracked::select_two(
+            &self.shared.sets,
+            set,
+            ctx,
+            &self.shared.opts,
+        )?)
     }
 
-    /// O(1): two random candidates, their counts reached by position, and a guard whose
-    /// observer is the chosen instance's count (no lookup, no allocation).
+    /// O(1): two random candidates, their counts reached by position, and a guard holding the
+    /// chosen count's chunk and index (no lookup, no allocation, no clock).
     #[inline]
     fn pick<'a>(
         &self,
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = pick_two(&self.shared.sets, set, ctx, || make_load)?;
+        let (i, guard) = tracked::pick_two(&self.shared.sets, set, ctx, &self.shared.opts)?;
         Some((set.get(i)?, guard))
     }
 
@@ -283,10 +315,7 @@ mod tests {
 
     /// Starts a call on the instance at position `i` of a prepared set.
     fn begin_at(lb: &LeastRequest, set: &InstanceSet, i: usize) -> CallGuard {
-        lb.shared
-            .sets
-            .with(set, |t| t.slots[i].begin())
-            .expect("prepared")
+        lb.shared.sets.with(set, |t| t.begin(i)).expect("prepared")
     }
 
     #[test]

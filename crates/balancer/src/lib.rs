@@ -30,9 +30,9 @@
 //! (off the request path, before it publishes the set), and per request
 //! [`LoadBalancer::pick`]. `prepare` builds what picks need, once per generation and per service:
 //! the positions of the selection tier when some instances are not of it, an alias table
-//! ([`WeightedRandom`]), one period of the schedule ([`SmoothWeightedRoundRobin`]), the
-//! per-instance state aligned with the set's positions, carried over by id ([`LeastRequest`],
-//! [`PeakEwma`]), the hash ring updated from the previous one ([`ConsistentHash`]). A pick finds
+//! ([`WeightedRandom`]), one period of the schedule ([`SmoothWeightedRoundRobin`]), the map
+//! from the set's positions to per-instance entries that stay put while their instance stays
+//! ([`LeastRequest`], [`PeakEwma`]), the hash ring updated from the previous one ([`ConsistentHash`]). A pick finds
 //! it by the generation (one integer comparison, through a per-thread cache), so it costs the
 //! same at any size. A pick on a generation nobody prepared stays correct: the cheap balancers
 //! prepare it on the spot (O(n)), [`ConsistentHash`] looks it up on the latest ring it has
@@ -104,6 +104,7 @@ mod smooth_weighted;
 mod state;
 #[cfg(test)]
 mod testing;
+mod tracked;
 mod weighted;
 
 use std::sync::Arc;

@@ -1,10 +1,9 @@
 //! Latency-aware choice: peak EWMA with the power of two choices.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::time::Instant;
 use waypost_core_types::{
     CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
@@ -12,7 +11,8 @@ use waypost_core_types::{
 
 use crate::by_id::ById;
 use crate::pick;
-use crate::prepared::{pick_two, prepare_tracked, select_two, PerService, Tracked, TwoChoices};
+use crate::prepared::PerService;
+use crate::tracked::{self, Entry, Table};
 
 /// Draws two healthy instances at random and picks the one with the lower expected cost:
 /// its peak-sensitive moving average of latency times (calls in flight + 1), as in Finagle,
@@ -33,11 +33,14 @@ use crate::prepared::{pick_two, prepare_tracked, select_two, PerService, Tracked
 /// keeps traffic away from an instance for a few seconds (about 4 s next to 20 ms instances,
 /// 2.3 s next to 100 ms ones), then it is tried again; another failure renews the penalty.
 ///
-/// On an [`InstanceSet`], each instance's estimate lives in a per-service vector aligned with
-/// the set's positions, built in [`LoadBalancer::prepare`] (estimates, penalties included, of the
-/// instances that stay are carried over by id; those of instances that left are dropped), so a
-/// pick and its guard cost the same at any size and allocate nothing; no estimate is ever
-/// dropped because the fleet is large. [`LoadBalancer::forget`] drops a service's estimates.
+/// On an [`InstanceSet`], each instance's estimate is one cache line in a per-service table that
+/// [`LoadBalancer::prepare`] maps to the set's positions (an instance keeps its entry, penalty
+/// included, while it stays in the service; an entry of one that left goes to a newcomer once no
+/// call is in flight on it), so a pick and its guard cost the same at any size and allocate
+/// nothing; no estimate is ever dropped because the fleet is large. The calls in flight and the
+/// average share one word (the average as an `f32`: 24 bits of precision). A guard reads
+/// tokio's clock when the call begins and when it ends. [`LoadBalancer::forget`] drops a
+/// service's estimates.
 /// On a slice, estimates are kept by instance id; ids with no call in flight and no update for
 /// five time constants are dropped now and then, in amortised O(1). The two paths keep
 /// separate estimates: use one of them per balancer.
@@ -124,8 +127,10 @@ impl PeakEwmaBuilder {
 }
 
 /// The options in the form the arithmetic uses (nanoseconds).
-struct Opts {
+pub(crate) struct Opts {
     default_rtt: f64,
+    /// The reciprocals of the time constants (a multiplication per decay instead of a
+    /// division; infinite for a zero time constant, which decays everything at once).
     decay: f64,
     failure_penalty: f64,
     penalty_decay: f64,
@@ -139,9 +144,9 @@ impl Opts {
     fn new(b: &PeakEwmaBuilder, base: Instant) -> Self {
         Opts {
             default_rtt: b.default_rtt.as_nanos() as f64,
-            decay: b.decay.as_nanos() as f64,
+            decay: 1.0 / b.decay.as_nanos() as f64,
             failure_penalty: b.failure_penalty.as_nanos() as f64,
-            penalty_decay: b.penalty_decay.as_nanos() as f64,
+            penalty_decay: 1.0 / b.penalty_decay.as_nanos() as f64,
             forget_after: b.decay.max(b.penalty_decay).saturating_mul(5),
             base,
         }
@@ -150,19 +155,32 @@ impl Opts {
     /// `now` in nanoseconds since `base`.
     #[inline]
     fn stamp(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        let d = now.saturating_duration_since(self.base);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
     }
 }
 
-/// `value` after `elapsed` nanoseconds of exponential decay with time constant `tau`.
+/// `value` after `elapsed` nanoseconds of exponential decay with time constant `1 / rate`.
 #[inline]
-fn decayed(value: f64, elapsed: u64, tau: f64) -> f64 {
+fn decayed(value: f64, elapsed: u64, rate: f64) -> f64 {
     if elapsed == 0 {
         value
-    } else if tau <= 0.0 {
-        0.0
     } else {
-        value * (-(elapsed as f64) / tau).exp()
+        value * decay_factor(elapsed as f64 * rate)
+    }
+}
+
+/// `e^(-x)` for `x ≥ 0`. Between two calls to an instance, `x` is usually tiny (a few
+/// milliseconds over seconds), where five terms of the series are exact to 3·10⁻¹⁰ relative and
+/// cost a few multiplications instead of `exp`.
+#[inline]
+fn decay_factor(x: f64) -> f64 {
+    if x < 1.0 / 32.0 {
+        1.0 - x * (1.0 - x * (0.5 - x * (1.0 / 6.0 - x * (1.0 / 24.0))))
+    } else {
+        (-x).exp()
     }
 }
 
@@ -171,8 +189,8 @@ struct Shared {
     opts: Arc<Opts>,
     /// The slice path's estimates, by instance id.
     instances: ById<Estimate>,
-    /// The set path's estimates, per service, aligned with the prepared set.
-    sets: PerService<Tracked<Estimate>>,
+    /// The set path's estimates, per service.
+    sets: PerService<Table<Cell>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -185,121 +203,245 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// One instance's estimate; the observer of its calls' guards.
+/// One instance's estimate: an entry of its service's table on the set path (one cache line).
 ///
-/// Readers (picks) load the atomics without a lock; updates (finished calls) are serialised by
-/// a mutex, so a pick never waits for one.
-pub(crate) struct Estimate {
-    id: Arc<str>,
-    in_flight: AtomicUsize,
-    /// The latency average in nanoseconds (`f64` bits), as of `at`.
-    rtt: AtomicU64,
-    /// When `rtt` was last updated (nanoseconds since `opts.base`).
+/// The calls in flight and the latency average share one word, so that a pick reads both with
+/// one load and a finished call updates both with one compare-and-swap: concurrent calls of one
+/// instance neither wait for each other nor lose a peak.
+#[repr(align(64))]
+pub(crate) struct Cell {
+    /// Calls in flight (low 32 bits) and the latency average in nanoseconds (`f32` bits, high
+    /// 32 bits; 24 bits of precision), as of `at`.
+    load: AtomicU64,
+    /// When the average was last updated (nanoseconds since `opts.base`).
     at: AtomicU64,
     /// The failure penalty in nanoseconds (`f64` bits), as of `penalty_at`.
     penalty: AtomicU64,
     penalty_at: AtomicU64,
-    update: Mutex<()>,
-    opts: Arc<Opts>,
 }
 
-impl Estimate {
-    fn new(id: &str, opts: &Arc<Opts>, now: Instant) -> Self {
+/// The word of a [`Cell`]: `rtt` and calls in flight.
+#[inline]
+fn pack(rtt: f64, in_flight: u32) -> u64 {
+    u64::from((rtt as f32).to_bits()) << 32 | u64::from(in_flight)
+}
+
+/// The latency average and the calls in flight of a [`Cell`]'s word.
+#[inline]
+fn unpack(word: u64) -> (f64, u32) {
+    (f64::from(f32::from_bits((word >> 32) as u32)), word as u32)
+}
+
+impl Cell {
+    fn fresh(opts: &Opts, now: Instant) -> Self {
         let now = opts.stamp(now);
-        Estimate {
-            id: Arc::from(id),
-            in_flight: AtomicUsize::new(0),
-            rtt: AtomicU64::new(opts.default_rtt.to_bits()),
+        Cell {
+            load: AtomicU64::new(pack(opts.default_rtt, 0)),
             at: AtomicU64::new(now),
             penalty: AtomicU64::new(0f64.to_bits()),
             penalty_at: AtomicU64::new(now),
-            update: Mutex::new(()),
-            opts: Arc::clone(opts),
         }
     }
 
-    /// The latency estimate at `now` (nanoseconds since `opts.base`), penalty included.
+    /// The latency estimate at `now` (nanoseconds since `opts.base`), penalty included, and
+    /// the calls in flight.
     #[inline]
-    fn rtt_at(&self, now: u64) -> f64 {
-        let opts = &*self.opts;
-        let rtt = f64::from_bits(self.rtt.load(Ordering::Relaxed));
+    fn rtt_at(&self, opts: &Opts, now: u64) -> (f64, u32) {
+        let (rtt, in_flight) = unpack(self.load.load(Ordering::Relaxed));
         let at = self.at.load(Ordering::Relaxed);
         let rtt = decayed(rtt, now.saturating_sub(at), opts.decay);
         let penalty = f64::from_bits(self.penalty.load(Ordering::Relaxed));
-        if penalty > 0.0 {
+        let rtt = if penalty > 0.0 {
             let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
             rtt.max(decayed(penalty, since, opts.penalty_decay))
         } else {
             rtt
-        }
+        };
+        (rtt, in_flight)
     }
 
     /// Expected cost of one more call: latency estimate × (calls in flight + 1).
     #[inline]
-    fn cost(&self, now: u64) -> f64 {
-        self.rtt_at(now) * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+    fn cost(&self, opts: &Opts, now: u64) -> f64 {
+        let (rtt, in_flight) = self.rtt_at(opts, now);
+        rtt * (f64::from(in_flight) + 1.0)
     }
 
     /// Whether `other` costs less than `self` now. Without a failure penalty on either, the
     /// clock is not read: both averages decay at the same rate, so comparing them at the later
     /// of their update times orders them as at any later time.
     #[inline]
-    fn costlier_than(&self, other: &Estimate) -> bool {
+    fn costlier_than(&self, other: &Cell, opts: &Opts) -> bool {
         let penalised = self.penalty.load(Ordering::Relaxed) != 0f64.to_bits()
             || other.penalty.load(Ordering::Relaxed) != 0f64.to_bits();
         if penalised {
-            let now = self.opts.stamp(Instant::now());
-            return other.cost(now) < self.cost(now);
+            let now = opts.stamp(Instant::now());
+            return other.cost(opts, now) < self.cost(opts, now);
         }
-        let decay = self.opts.decay;
         let (at_a, at_b) = (
             self.at.load(Ordering::Relaxed),
             other.at.load(Ordering::Relaxed),
         );
         let t = at_a.max(at_b);
-        let cost = |e: &Estimate, at: u64| {
-            decayed(f64::from_bits(e.rtt.load(Ordering::Relaxed)), t - at, decay)
-                * (e.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+        let cost = |e: &Cell, at: u64| {
+            let (rtt, in_flight) = unpack(e.load.load(Ordering::Relaxed));
+            decayed(rtt, t - at, opts.decay) * (f64::from(in_flight) + 1.0)
         };
         cost(other, at_b) < cost(self, at_a)
     }
 
-    fn estimate(&self, now: Instant) -> Duration {
-        Duration::from_nanos(self.rtt_at(self.opts.stamp(now)) as u64)
+    fn estimate(&self, opts: &Opts, now: Instant) -> Duration {
+        Duration::from_nanos(self.rtt_at(opts, opts.stamp(now)).0 as u64)
     }
 
-    /// Counts a call in flight until the guard ends.
+    /// Calls in flight.
     #[inline]
-    fn begin(self: &Arc<Self>) -> CallGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        CallGuard::new(
-            Arc::clone(self) as Arc<dyn CallObserver>,
-            Arc::clone(&self.id),
-        )
+    fn in_flight(&self) -> u32 {
+        self.load.load(Ordering::Relaxed) as u32
     }
 
     /// Whether the slice path may drop it: no call in flight and idle for five time constants.
-    fn idle(&self, now: Instant) -> bool {
+    fn idle(&self, opts: &Opts, now: Instant) -> bool {
         let last = self
             .at
             .load(Ordering::Relaxed)
             .max(self.penalty_at.load(Ordering::Relaxed));
-        let idle = self.opts.stamp(now).saturating_sub(last);
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && Duration::from_nanos(idle) > self.opts.forget_after
+        let idle = opts.stamp(now).saturating_sub(last);
+        self.in_flight() == 0 && Duration::from_nanos(idle) > opts.forget_after
+    }
+
+    /// Counts a call in flight (in the low half of the word: 2^32 calls in flight at once
+    /// would be needed to reach the average's bits).
+    #[inline]
+    fn begin(&self) {
+        self.load.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call ended at `now` after `latency`: the in-flight count goes down, and unless the
+    /// outcome is ignored, the average takes the sample (at once if it is a peak) and a failure
+    /// sets the penalty.
+    #[inline]
+    fn finish(&self, opts: &Opts, outcome: Outcome, latency: Duration, now: Instant) {
+        if outcome == Outcome::Ignored {
+            let _ = self
+                .load
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                    let (_, in_flight) = unpack(word);
+                    (in_flight > 0).then(|| word - 1)
+                });
+            return;
+        }
+        // Nanoseconds, without the 128-bit integer of `as_nanos`.
+        let sample = latency.as_secs() as f64 * 1e9 + f64::from(latency.subsec_nanos());
+        let now = opts.stamp(now);
+        // The old average's weight. A sample arriving with no time passed still moves the
+        // average a little, so a burst of fast answers is not ignored.
+        let w = decayed(
+            1.0,
+            now.saturating_sub(self.at.load(Ordering::Relaxed)),
+            opts.decay,
+        )
+        .min(0.9);
+        let _ = self
+            .load
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let (old, in_flight) = unpack(word);
+                let rtt = if sample > old {
+                    sample
+                } else {
+                    old * w + sample * (1.0 - w)
+                };
+                Some(pack(rtt, in_flight.saturating_sub(1)))
+            });
+        self.at.store(now, Ordering::Relaxed);
+        if outcome == Outcome::Failure && opts.failure_penalty > 0.0 {
+            self.penalise(opts, now);
+        }
+    }
+
+    /// Sets the failure penalty at `now`: at least `failure_penalty`, more if what is left of
+    /// an earlier one is more.
+    #[cold]
+    fn penalise(&self, opts: &Opts, now: u64) {
+        let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
+        let _ = self
+            .penalty
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let left = decayed(f64::from_bits(bits), since, opts.penalty_decay);
+                Some(left.max(opts.failure_penalty).to_bits())
+            });
+        self.penalty_at.store(now, Ordering::Relaxed);
     }
 }
 
-impl TwoChoices for Estimate {
-    /// The cheaper one.
-    #[inline]
-    fn prefers(a: &Self, b: &Self) -> bool {
-        a.costlier_than(b)
+impl Entry for Cell {
+    type Opts = Opts;
+    const TIMED: bool = true;
+
+    fn new(opts: &Opts, now: Instant) -> Self {
+        Cell::fresh(opts, now)
+    }
+
+    fn reset(&self, opts: &Opts, now: Instant) {
+        let now = opts.stamp(now);
+        self.load
+            .store(pack(opts.default_rtt, 0), Ordering::Relaxed);
+        self.at.store(now, Ordering::Relaxed);
+        self.penalty.store(0f64.to_bits(), Ordering::Relaxed);
+        self.penalty_at.store(now, Ordering::Relaxed);
     }
 
     #[inline]
+    fn in_flight(&self) -> usize {
+        Cell::in_flight(self) as usize
+    }
+
+    /// The cheaper one.
+    #[inline]
+    fn prefers(opts: &Opts, a: &Self, b: &Self) -> bool {
+        a.costlier_than(b, opts)
+    }
+
+    #[inline]
+    fn begin(&self) {
+        Cell::begin(self);
+    }
+
+    #[inline]
+    fn finish(&self, opts: &Opts, outcome: Outcome, latency: Duration, now: Option<Instant>) {
+        Cell::finish(
+            self,
+            opts,
+            outcome,
+            latency,
+            now.unwrap_or_else(Instant::now),
+        );
+    }
+}
+
+/// The slice path's estimate of one instance, kept by id; the observer of its calls' guards.
+pub(crate) struct Estimate {
+    id: Arc<str>,
+    cell: Cell,
+    opts: Arc<Opts>,
+}
+
+impl Estimate {
+    fn new(id: &str, opts: &Arc<Opts>, now: Instant) -> Self {
+        Estimate {
+            id: Arc::from(id),
+            cell: Cell::fresh(opts, now),
+            opts: Arc::clone(opts),
+        }
+    }
+
+    /// Counts a call in flight until the guard ends.
     fn begin(self: &Arc<Self>) -> CallGuard {
-        Estimate::begin(self)
+        self.cell.begin();
+        CallGuard::new(
+            Arc::clone(self) as Arc<dyn CallObserver>,
+            Arc::clone(&self.id),
+        )
     }
 }
 
@@ -310,39 +452,7 @@ impl CallObserver for Estimate {
 
     /// Uses the instant the guard read to measure the call (no second read of the clock).
     fn on_finish_at(&self, _id: &str, outcome: Outcome, latency: Duration, now: Instant) {
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-        if outcome == Outcome::Ignored {
-            return;
-        }
-        let sample = latency.as_nanos() as f64;
-        let opts = &*self.opts;
-        let now = opts.stamp(now);
-        let _w = self.update.lock();
-        let old = f64::from_bits(self.rtt.load(Ordering::Relaxed));
-        let rtt = if sample > old {
-            sample
-        } else {
-            let elapsed = now.saturating_sub(self.at.load(Ordering::Relaxed));
-            // A sample arriving with no time passed still moves the average a little, so a
-            // burst of fast answers is not ignored.
-            let w = decayed(1.0, elapsed, opts.decay).min(0.9);
-            old * w + sample * (1.0 - w)
-        };
-        self.rtt.store(rtt.to_bits(), Ordering::Relaxed);
-        self.at.store(now, Ordering::Relaxed);
-        if outcome == Outcome::Failure && opts.failure_penalty > 0.0 {
-            let since = now.saturating_sub(self.penalty_at.load(Ordering::Relaxed));
-            let left = decayed(
-                f64::from_bits(self.penalty.load(Ordering::Relaxed)),
-                since,
-                opts.penalty_decay,
-            );
-            self.penalty
-                .store(left.max(opts.failure_penalty).to_bits(), Ordering::Relaxed);
-            self.penalty_at.store(now, Ordering::Relaxed);
-        }
+        self.cell.finish(&self.opts, outcome, latency, now);
     }
 }
 
@@ -369,19 +479,19 @@ impl PeakEwma {
     /// was ever used (on the set path, a scan of the services' instances: for diagnostics).
     pub fn estimate(&self, id: &str) -> Option<Duration> {
         let now = Instant::now();
-        if let Some(d) = self.shared.instances.with(id, |e| e.estimate(now)) {
+        let opts = &*self.shared.opts;
+        if let Some(d) = self
+            .shared
+            .instances
+            .with(id, |e| e.cell.estimate(opts, now))
+        {
             return Some(d);
         }
         self.shared
             .sets
             .all()
             .iter()
-            .find_map(|t| t.find(id).map(|e| e.estimate(now)))
-    }
-
-    fn make(&self) -> impl FnMut(&Arc<ServiceInfo>) -> Arc<Estimate> + '_ {
-        let now = Instant::now();
-        move |s| Arc::new(Estimate::new(&s.id, &self.shared.opts, now))
+            .find_map(|t| t.find(id).map(|e| e.estimate(opts, now)))
     }
 
     /// The slice path's estimate of `id`, created if needed (ids with no call in flight and
@@ -389,9 +499,11 @@ impl PeakEwma {
     fn slot(&self, id: &str) -> Arc<Estimate> {
         let now = Instant::now();
         let opts = &self.shared.opts;
-        self.shared
-            .instances
-            .get_or_insert(id, || Estimate::new(id, opts, now), |e| !e.idle(now))
+        self.shared.instances.get_or_insert(
+            id,
+            || Estimate::new(id, opts, now),
+            |e| !e.cell.idle(opts, now),
+        )
     }
 }
 
@@ -414,7 +526,7 @@ impl LoadBalancer for PeakEwma {
         let cost = |s: &ServiceInfo| {
             self.shared
                 .instances
-                .with(&s.id, |e| e.cost(now))
+                .with(&s.id, |e| e.cell.cost(&self.shared.opts, now))
                 .unwrap_or(default)
         };
         let (ca, cb) = (cost(&instances[a]), cost(&instances[b]));
@@ -430,7 +542,12 @@ impl LoadBalancer for PeakEwma {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        set.get(select_two(&self.shared.sets, set, ctx, || self.make())?)
+        set.get(tracked::select_two(
+            &self.shared.sets,
+            set,
+            ctx,
+            &self.shared.opts,
+        )?)
     }
 
     /// O(1): two random candidates, their estimates reached by position, and a guard whose
@@ -441,12 +558,12 @@ impl LoadBalancer for PeakEwma {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = pick_two(&self.shared.sets, set, ctx, || self.make())?;
+        let (i, guard) = tracked::pick_two(&self.shared.sets, set, ctx, &self.shared.opts)?;
         Some((set.get(i)?, guard))
     }
 
     fn prepare(&self, set: &InstanceSet) {
-        prepare_tracked(&self.shared.sets, set, self.make());
+        tracked::prepare(&self.shared.sets, set, &self.shared.opts);
     }
 
     fn forget(&self, service: &str) {
@@ -583,10 +700,7 @@ mod tests {
 
     /// Starts a call on the instance at position `i` of a prepared set.
     fn begin_at(lb: &PeakEwma, set: &InstanceSet, i: usize) -> CallGuard {
-        lb.shared
-            .sets
-            .with(set, |t| t.slots[i].begin())
-            .expect("prepared")
+        lb.shared.sets.with(set, |t| t.begin(i)).expect("prepared")
     }
 
     /// At 10,000 instances (past the old 1,024-id pruning that reset a failed instance's 1 s

@@ -60,6 +60,19 @@ pub trait CallObserver: Send + Sync {
     }
 }
 
+/// Receives the end of calls to instances whose state the observer keeps in one table (a
+/// balancer's per-instance state), each call told by the index of its instance's entry: a guard
+/// made with [`CallGuard::for_slot`] holds one reference to the table and that index, so that
+/// starting and ending a call costs no lookup, no allocation and no reference to the instance's
+/// id.
+pub trait SlotObserver: Send + Sync {
+    /// A call tracked for entry `slot` ended after `latency` with `outcome`; `now` is the
+    /// instant on tokio's clock the guard read to measure it (`None` for an
+    /// [untimed](CallGuard::for_slot_untimed) guard, whose latency is zero, and for
+    /// [`CallGuard::finish_with_latency`]).
+    fn on_slot_finish(&self, slot: u32, outcome: Outcome, latency: Duration, now: Option<Instant>);
+}
+
 /// Tracks one call to one instance; reports its end to the balancer exactly once.
 ///
 /// Finish it with [`CallGuard::finish`]; a guard dropped unfinished (a cancelled future, an early
@@ -73,8 +86,11 @@ pub struct CallGuard {
     inner: Option<Tracked>,
 }
 
-/// The observer, the instance, and when the call began (`None`: not timed).
-type Tracked = (Arc<dyn CallObserver>, Arc<str>, Option<Instant>);
+/// Whom to tell, about which instance, and when the call began (`None`: not timed).
+enum Tracked {
+    Id(Arc<dyn CallObserver>, Arc<str>, Option<Instant>),
+    Slot(Arc<dyn SlotObserver>, u32, Option<Instant>),
+}
 
 impl CallGuard {
     /// A guard that reports to nobody (for balancers that do not track calls).
@@ -85,7 +101,7 @@ impl CallGuard {
     /// A guard reporting to `observer` for instance `id`, starting now.
     pub fn new(observer: Arc<dyn CallObserver>, id: impl Into<Arc<str>>) -> Self {
         CallGuard {
-            inner: Some((observer, id.into(), Some(Instant::now()))),
+            inner: Some(Tracked::Id(observer, id.into(), Some(Instant::now()))),
         }
     }
 
@@ -94,51 +110,82 @@ impl CallGuard {
     /// that only count calls (least request), it saves reading the clock twice per call.
     pub fn untimed(observer: Arc<dyn CallObserver>, id: impl Into<Arc<str>>) -> Self {
         CallGuard {
-            inner: Some((observer, id.into(), None)),
+            inner: Some(Tracked::Id(observer, id.into(), None)),
+        }
+    }
+
+    /// A guard reporting to `observer` for its entry `slot`, starting now.
+    pub fn for_slot(observer: Arc<dyn SlotObserver>, slot: u32) -> Self {
+        CallGuard {
+            inner: Some(Tracked::Slot(observer, slot, Some(Instant::now()))),
+        }
+    }
+
+    /// A guard reporting to `observer` for its entry `slot` without measuring the call (a
+    /// latency of zero, no clock read).
+    pub fn for_slot_untimed(observer: Arc<dyn SlotObserver>, slot: u32) -> Self {
+        CallGuard {
+            inner: Some(Tracked::Slot(observer, slot, None)),
         }
     }
 
     /// Reports the outcome, measuring latency from the guard's creation (zero for an
-    /// [`untimed`](Self::untimed) guard).
+    /// untimed guard).
     pub fn finish(mut self, outcome: Outcome) {
-        if let Some((obs, id, start)) = self.inner.take() {
-            report(&*obs, &id, outcome, start);
+        if let Some(tracked) = self.inner.take() {
+            report(tracked, outcome);
         }
     }
 
     /// Reports the outcome with a latency the caller measured.
     pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
-        if let Some((obs, id, _)) = self.inner.take() {
-            obs.on_finish(&id, outcome, latency);
+        match self.inner.take() {
+            Some(Tracked::Id(obs, id, _)) => obs.on_finish(&id, outcome, latency),
+            Some(Tracked::Slot(obs, slot, _)) => obs.on_slot_finish(slot, outcome, latency, None),
+            None => {}
         }
     }
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if let Some((obs, id, start)) = self.inner.take() {
-            report(&*obs, &id, Outcome::Ignored, start);
+        if let Some(tracked) = self.inner.take() {
+            report(tracked, Outcome::Ignored);
         }
     }
 }
 
-/// Tells `obs` a call ended: timed from `start` on tokio's clock, or untimed.
+/// Tells the observer a call ended: timed from its start on tokio's clock, or untimed.
 #[inline]
-fn report(obs: &dyn CallObserver, id: &str, outcome: Outcome, start: Option<Instant>) {
-    match start {
-        Some(start) => {
+fn report(tracked: Tracked, outcome: Outcome) {
+    match tracked {
+        Tracked::Id(obs, id, Some(start)) => {
             let now = Instant::now();
-            obs.on_finish_at(id, outcome, now.saturating_duration_since(start), now);
+            obs.on_finish_at(&id, outcome, now.saturating_duration_since(start), now);
         }
-        None => obs.on_finish(id, outcome, Duration::ZERO),
+        Tracked::Id(obs, id, None) => obs.on_finish(&id, outcome, Duration::ZERO),
+        Tracked::Slot(obs, slot, Some(start)) => {
+            let now = Instant::now();
+            obs.on_slot_finish(
+                slot,
+                outcome,
+                now.saturating_duration_since(start),
+                Some(now),
+            );
+        }
+        Tracked::Slot(obs, slot, None) => obs.on_slot_finish(slot, outcome, Duration::ZERO, None),
     }
 }
 
 impl fmt::Debug for CallGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallGuard")
-            .field("instance", &self.inner.as_ref().map(|(_, id, _)| id))
-            .finish()
+        let mut d = f.debug_struct("CallGuard");
+        match &self.inner {
+            Some(Tracked::Id(_, id, _)) => d.field("instance", &Some(id)),
+            Some(Tracked::Slot(_, slot, _)) => d.field("slot", slot),
+            None => d.field("instance", &None::<&str>),
+        };
+        d.finish()
     }
 }
 

@@ -63,7 +63,7 @@ pub mod validate;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use balancer::{CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext};
+pub use balancer::{CallGuard, CallObserver, LoadBalancer, Outcome, SelectContext, SlotObserver};
 pub use breaker::{CircuitBreaker, CircuitState, Permit};
 pub use discovery::{HealthChecker, Selection, ServiceDiscovery};
 pub use error::{BoxError, Error, Result, MAX_MESSAGE_CHARS};

@@ -125,8 +125,8 @@ pub use waypost_core_types::{
     async_trait, CallGuard, CallObserver, CircuitBreaker, CircuitState, Error, Health,
     HealthChecker, LoadBalancer, Metadata, Outcome, Permit, Protocol, RegistryState, Result,
     Secret, SelectContext, Selection, ServiceDiscovery, ServiceEvent, ServiceEventStream,
-    ServiceEventType, ServiceInfo, ServiceRegistry, SnapshotReason, Timestamp, WatchEvent,
-    WatchStream,
+    ServiceEventType, ServiceInfo, ServiceRegistry, SlotObserver, SnapshotReason, Timestamp,
+    WatchEvent, WatchStream,
 };
 
 /// The core types crate, whole (validation limits, time helpers, …).
