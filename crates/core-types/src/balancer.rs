@@ -330,6 +330,38 @@ mod tests {
         );
     }
 
+    /// Slot guards report once, to their entry, timed (with the instant they read) or not.
+    #[tokio::test(start_paused = true)]
+    async fn slot_guards_report_once_with_their_slot() {
+        type Report = (u32, Outcome, Duration, Option<Instant>);
+        #[derive(Default)]
+        struct Slots(Mutex<Vec<Report>>);
+        impl SlotObserver for Slots {
+            fn on_slot_finish(&self, slot: u32, o: Outcome, l: Duration, now: Option<Instant>) {
+                self.0.lock().unwrap().push((slot, o, l, now));
+            }
+        }
+        let rec = Arc::new(Slots::default());
+        let start = Instant::now();
+        let timed = CallGuard::for_slot(rec.clone(), 7);
+        let untimed = CallGuard::for_slot_untimed(rec.clone(), 8);
+        assert_eq!(format!("{timed:?}"), "CallGuard { slot: 7 }");
+        tokio::time::advance(Duration::from_millis(30)).await;
+        timed.finish(Outcome::Failure);
+        drop(untimed);
+        CallGuard::for_slot(rec.clone(), 9)
+            .finish_with_latency(Outcome::Success, Duration::from_millis(5));
+        let end = start + Duration::from_millis(30);
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                (7, Outcome::Failure, Duration::from_millis(30), Some(end)),
+                (8, Outcome::Ignored, Duration::ZERO, None),
+                (9, Outcome::Success, Duration::from_millis(5), None),
+            ]
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn guard_measures_latency_on_tokios_clock() {
         #[derive(Default)]
