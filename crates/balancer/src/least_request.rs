@@ -11,8 +11,7 @@ use waypost_core_types::{
 
 use crate::by_id::ById;
 use crate::pick;
-use crate::prepared::PerService;
-use crate::tracked::{self, Entry, Table};
+use crate::tracked::{Entry, Tables};
 
 /// Draws two healthy instances at random and picks the one with fewer calls in flight.
 ///
@@ -133,16 +132,14 @@ struct Counts {
     /// The slice path's counts, by instance id.
     in_flight: ById<Load>,
     /// The set path's counts, per service.
-    sets: PerService<Table<Count>>,
-    /// The set path's options (none).
-    opts: Arc<()>,
+    sets: Tables<Count>,
 }
 
 impl std::fmt::Debug for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Counts")
             .field("instances", &self.in_flight.len())
-            .field("services", &self.sets.len())
+            .field("services", &self.sets.sets.len())
             .finish()
     }
 }
@@ -152,11 +149,7 @@ impl Counts {
         if let Some(n) = self.in_flight.with(id, Load::load) {
             return n;
         }
-        self.sets
-            .all()
-            .iter()
-            .find_map(|t| t.find(id).map(Count::in_flight))
-            .unwrap_or(0)
+        self.sets.find(id, Count::in_flight).unwrap_or(0)
     }
 
     /// The slice path's count of `id`, created if needed (ids with no call in flight are
@@ -180,7 +173,7 @@ impl LeastRequest {
     }
 
     fn prepare_set(&self, set: &InstanceSet) {
-        tracked::prepare(&self.shared.sets, set, &self.shared.opts);
+        self.shared.sets.prepare(set);
     }
 }
 
@@ -212,12 +205,7 @@ impl LoadBalancer for LeastRequest {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        set.get(tracked::select_two(
-            &self.shared.sets,
-            set,
-            ctx,
-            &self.shared.opts,
-        )?)
+        self.shared.sets.select_set(set, ctx)
     }
 
     /// O(1): two random candidates, their counts reached by position, and a guard holding the
@@ -228,8 +216,7 @@ impl LoadBalancer for LeastRequest {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = tracked::pick_two(&self.shared.sets, set, ctx, &self.shared.opts)?;
-        Some((set.get(i)?, guard))
+        self.shared.sets.pick(set, ctx)
     }
 
     fn prepare(&self, set: &InstanceSet) {
@@ -315,7 +302,11 @@ mod tests {
 
     /// Starts a call on the instance at position `i` of a prepared set.
     fn begin_at(lb: &LeastRequest, set: &InstanceSet, i: usize) -> CallGuard {
-        lb.shared.sets.with(set, |t| t.begin(i)).expect("prepared")
+        lb.shared
+            .sets
+            .sets
+            .with(set, |t| t.begin(i))
+            .expect("prepared")
     }
 
     #[test]
@@ -341,7 +332,14 @@ mod tests {
         lb.prepare(&set);
         assert_eq!(lb.in_flight("s-0"), 2);
         assert_eq!(lb.in_flight("s-1"), 0);
-        assert!(lb.shared.sets.latest("s").unwrap().find("s-1").is_none());
+        assert!(lb
+            .shared
+            .sets
+            .sets
+            .latest("s")
+            .unwrap()
+            .find("s-1")
+            .is_none());
         for _ in 0..500 {
             let (p, g) = lb.pick(&set, &SelectContext::default()).unwrap();
             assert_ne!(p.id, "s-0");
@@ -352,7 +350,7 @@ mod tests {
         busy.finish(Outcome::Success);
         assert_eq!(lb.in_flight("s-0"), 1);
         lb.forget("s");
-        assert_eq!(lb.shared.sets.len(), 0);
+        assert_eq!(lb.shared.sets.sets.len(), 0);
         assert_eq!(lb.in_flight("s-0"), 0);
     }
 

@@ -11,8 +11,7 @@ use waypost_core_types::{
 
 use crate::by_id::ById;
 use crate::pick;
-use crate::prepared::PerService;
-use crate::tracked::{self, Entry, Table};
+use crate::tracked::{Entry, Tables};
 
 /// Draws two healthy instances at random and picks the one with the lower expected cost:
 /// its peak-sensitive moving average of latency times (calls in flight + 1), as in Finagle,
@@ -115,12 +114,13 @@ impl PeakEwmaBuilder {
                 "peak EWMA decay must be positive".into(),
             ));
         }
+        let opts = Arc::new(Opts::new(&self, Instant::now()));
         Ok(PeakEwma {
             shared: Arc::new(Shared {
-                opts: Arc::new(Opts::new(&self, Instant::now())),
+                sets: Tables::new(Arc::clone(&opts)),
+                opts,
                 builder: self,
                 instances: ById::default(),
-                sets: PerService::default(),
             }),
         })
     }
@@ -190,7 +190,7 @@ struct Shared {
     /// The slice path's estimates, by instance id.
     instances: ById<Estimate>,
     /// The set path's estimates, per service.
-    sets: PerService<Table<Cell>>,
+    sets: Tables<Cell>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -198,7 +198,7 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("opts", &self.builder)
             .field("instances", &self.instances.len())
-            .field("services", &self.sets.len())
+            .field("services", &self.sets.sets.len())
             .finish()
     }
 }
@@ -487,11 +487,7 @@ impl PeakEwma {
         {
             return Some(d);
         }
-        self.shared
-            .sets
-            .all()
-            .iter()
-            .find_map(|t| t.find(id).map(|e| e.estimate(opts, now)))
+        self.shared.sets.find(id, |e| e.estimate(opts, now))
     }
 
     /// The slice path's estimate of `id`, created if needed (ids with no call in flight and
@@ -542,28 +538,22 @@ impl LoadBalancer for PeakEwma {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        set.get(tracked::select_two(
-            &self.shared.sets,
-            set,
-            ctx,
-            &self.shared.opts,
-        )?)
+        self.shared.sets.select_set(set, ctx)
     }
 
-    /// O(1): two random candidates, their estimates reached by position, and a guard whose
-    /// observer is the chosen instance's estimate (no lookup, no allocation).
+    /// O(1): two random candidates, their estimates reached by position, and a guard holding the
+    /// chosen estimate's chunk and index (no lookup, no allocation).
     #[inline]
     fn pick<'a>(
         &self,
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = tracked::pick_two(&self.shared.sets, set, ctx, &self.shared.opts)?;
-        Some((set.get(i)?, guard))
+        self.shared.sets.pick(set, ctx)
     }
 
     fn prepare(&self, set: &InstanceSet) {
-        tracked::prepare(&self.shared.sets, set, &self.shared.opts);
+        self.shared.sets.prepare(set);
     }
 
     fn forget(&self, service: &str) {
@@ -700,7 +690,11 @@ mod tests {
 
     /// Starts a call on the instance at position `i` of a prepared set.
     fn begin_at(lb: &PeakEwma, set: &InstanceSet, i: usize) -> CallGuard {
-        lb.shared.sets.with(set, |t| t.begin(i)).expect("prepared")
+        lb.shared
+            .sets
+            .sets
+            .with(set, |t| t.begin(i))
+            .expect("prepared")
     }
 
     /// At 10,000 instances (past the old 1,024-id pruning that reset a failed instance's 1 s

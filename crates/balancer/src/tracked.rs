@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use waypost_core_types::{CallGuard, InstanceSet, Outcome, SelectContext, SlotObserver};
+use waypost_core_types::{
+    CallGuard, InstanceSet, Outcome, SelectContext, ServiceInfo, SlotObserver,
+};
 
 use crate::pick;
 use crate::prepared::{Candidates, Generational, PerService};
@@ -245,7 +247,7 @@ impl<E: Entry> Table<E> {
     }
 
     #[inline]
-    fn choose_two_and_begin(
+    pub(crate) fn choose_two_and_begin(
         &self,
         set: &InstanceSet,
         ctx: &SelectContext<'_>,
@@ -261,69 +263,101 @@ impl<E: Entry> Table<E> {
     }
 }
 
-/// Prepares `set` in `sets` unless the same or a newer generation is there, carrying the
-/// entries of the latest generation over.
-pub(crate) fn prepare<E: Entry>(
-    sets: &PerService<Table<E>>,
-    set: &InstanceSet,
-    opts: &Arc<E::Opts>,
-) {
-    let prev = sets.latest(set.service());
-    if prev
-        .as_ref()
-        .is_some_and(|p| p.generation >= set.generation())
-    {
-        return;
-    }
-    sets.store_for(set, Arc::new(Table::new(set, prev.as_deref(), opts)));
+/// A balancer's tables: the latest generation's of each service, and the options of their
+/// entries.
+pub(crate) struct Tables<E: Entry> {
+    pub(crate) sets: PerService<Table<E>>,
+    opts: Arc<E::Opts>,
 }
 
-/// [`LoadBalancer::select_set`](waypost_core_types::LoadBalancer::select_set) of a
-/// two-choices balancer: the position it picks in `set`.
-pub(crate) fn select_two<E: Entry>(
-    sets: &PerService<Table<E>>,
-    set: &InstanceSet,
-    ctx: &SelectContext<'_>,
-    opts: &Arc<E::Opts>,
-) -> Option<usize> {
-    match sets.with(set, |t| t.choose_two(set, ctx)) {
-        Some(i) => i,
-        None => pick_two_unprepared(sets, set, ctx, opts).map(|(i, _guard)| i),
+impl<E: Entry> Default for Tables<E>
+where
+    E::Opts: Default,
+{
+    fn default() -> Self {
+        Tables::new(Arc::default())
     }
 }
 
-/// [`LoadBalancer::pick`](waypost_core_types::LoadBalancer::pick) of a two-choices balancer,
-/// O(1) on a prepared set: two random candidates, their entries reached by position, and a
-/// guard holding the chosen entry's chunk and index.
-#[inline]
-pub(crate) fn pick_two<E: Entry>(
-    sets: &PerService<Table<E>>,
-    set: &InstanceSet,
-    ctx: &SelectContext<'_>,
-    opts: &Arc<E::Opts>,
-) -> Option<(usize, CallGuard)> {
-    match sets.with(set, |t| t.choose_two_and_begin(set, ctx)) {
-        Some(r) => r,
-        None => pick_two_unprepared(sets, set, ctx, opts),
+impl<E: Entry> Tables<E> {
+    pub(crate) fn new(opts: Arc<E::Opts>) -> Self {
+        Tables {
+            sets: PerService::default(),
+            opts,
+        }
     }
-}
 
-/// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older than
-/// the prepared one, makes a table for this pick alone from the latest one.
-#[cold]
-#[inline(never)]
-fn pick_two_unprepared<E: Entry>(
-    sets: &PerService<Table<E>>,
-    set: &InstanceSet,
-    ctx: &SelectContext<'_>,
-    opts: &Arc<E::Opts>,
-) -> Option<(usize, CallGuard)> {
-    prepare(sets, set, opts);
-    if let Some(r) = sets.with(set, |t| t.choose_two_and_begin(set, ctx)) {
-        return r;
+    /// Prepares `set` unless the same or a newer generation of its service is prepared,
+    /// carrying the entries of the latest generation over.
+    pub(crate) fn prepare(&self, set: &InstanceSet) {
+        let prev = self.sets.latest(set.service());
+        if prev
+            .as_ref()
+            .is_some_and(|p| p.generation >= set.generation())
+        {
+            return;
+        }
+        let table = Table::new(set, prev.as_deref(), &self.opts);
+        self.sets.store_for(set, Arc::new(table));
     }
-    let latest = sets.latest(set.service());
-    Table::new(set, latest.as_deref(), opts).choose_two_and_begin(set, ctx)
+
+    /// [`LoadBalancer::select_set`](waypost_core_types::LoadBalancer::select_set) of a
+    /// two-choices balancer.
+    pub(crate) fn select_set<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'a Arc<ServiceInfo>> {
+        let i = match self.sets.with(set, |t| t.choose_two(set, ctx)) {
+            Some(i) => i,
+            None => self.pick_unprepared(set, ctx).map(|(i, _guard)| i),
+        };
+        set.get(i?)
+    }
+
+    /// [`LoadBalancer::pick`](waypost_core_types::LoadBalancer::pick) of a two-choices
+    /// balancer, O(1) on a prepared set: two random candidates, their entries reached by
+    /// position, and a guard holding the chosen entry's chunk and index.
+    #[inline]
+    pub(crate) fn pick<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let (i, guard) = match self.sets.with(set, |t| t.choose_two_and_begin(set, ctx)) {
+            Some(r) => r,
+            None => self.pick_unprepared(set, ctx),
+        }?;
+        Some((set.get(i)?, guard))
+    }
+
+    /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
+    /// than the prepared one, makes a table for this pick alone from the latest one.
+    #[cold]
+    #[inline(never)]
+    fn pick_unprepared(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        self.prepare(set);
+        if let Some(r) = self.sets.with(set, |t| t.choose_two_and_begin(set, ctx)) {
+            return r;
+        }
+        let latest = self.sets.latest(set.service());
+        Table::new(set, latest.as_deref(), &self.opts).choose_two_and_begin(set, ctx)
+    }
+
+    /// Drops the tables of `service`.
+    pub(crate) fn forget(&self, service: &str) {
+        self.sets.forget(service);
+    }
+
+    /// `f` of the entry of instance `id` in the first service that has it (a scan: for
+    /// diagnostics).
+    pub(crate) fn find<R>(&self, id: &str, f: impl Fn(&E) -> R) -> Option<R> {
+        self.sets.all().iter().find_map(|t| t.find(id).map(&f))
+    }
 }
 
 #[cfg(test)]
