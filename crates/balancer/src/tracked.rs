@@ -112,7 +112,7 @@ impl<E: Entry> Table<E> {
         let mut slot_of = Vec::with_capacity(set.len());
         let mut pending = Vec::new();
         for (i, s) in set.iter().enumerate() {
-            let kept = prev.and_then(|p| p.slot_for(i, &s.id, &mut by_id));
+            let kept = prev.and_then(|p| p.slot_for(i, s, &mut by_id));
             match kept {
                 Some(slot) if !taken[slot as usize] => {
                     taken[slot as usize] = true;
@@ -179,15 +179,20 @@ impl<E: Entry> Table<E> {
     fn slot_for<'a>(
         &'a self,
         position: usize,
-        id: &str,
+        instance: &Arc<ServiceInfo>,
         by_id: &mut Option<HashMap<&'a str, u32>>,
     ) -> Option<u32> {
         let last = self.set.len().wrapping_sub(1);
         for at in [position, last] {
-            if self.set.get(at).is_some_and(|s| s.id == id) {
+            if self
+                .set
+                .get(at)
+                .is_some_and(|s| Arc::ptr_eq(s, instance) || s.id == instance.id)
+            {
                 return self.slot_of.get(at).copied();
             }
         }
+        let id = instance.id.as_str();
         by_id
             .get_or_insert_with(|| {
                 self.set
