@@ -2,6 +2,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -87,6 +89,29 @@ fn position_of(set: &InstanceSet, picked: &Arc<ServiceInfo>) -> Option<usize> {
         let at = start + offset;
         (offset < CHUNK && set.get(at).is_some_and(|s| std::ptr::eq(s, picked))).then_some(at)
     })
+}
+
+/// `a == b`, for the per-thread shortcut's name check: names of up to 32 bytes (most service
+/// names) are compared as two overlapping words or vectors read from both ends, without the
+/// call to `memcmp` that a slice comparison makes.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        4..8 => ends::<4>(a) == ends::<4>(b),
+        8..16 => ends::<8>(a) == ends::<8>(b),
+        16..=32 => ends::<16>(a) == ends::<16>(b),
+        _ => a == b,
+    }
+}
+
+/// The first and the last `N` bytes of `s` (they overlap when `s` is shorter than `2 * N`).
+#[inline]
+fn ends<const N: usize>(s: &[u8]) -> (Option<&[u8; N]>, Option<&[u8; N]>) {
+    (s.first_chunk::<N>(), s.last_chunk::<N>())
 }
 
 thread_local! {
@@ -310,7 +335,7 @@ impl CachedDiscovery {
             let mut hot = hot.try_borrow_mut().ok()?;
             let slot = hot.iter_mut().find(|slot| {
                 slot.as_ref()
-                    .is_some_and(|h| h.owner == self.inner.id && *h.name == *name)
+                    .is_some_and(|h| h.owner == self.inner.id && same_name(&h.name, name))
             })?;
             let h = slot.as_mut()?;
             let version = h.entry.version.load(Ordering::Acquire);
@@ -492,6 +517,37 @@ impl CachedDiscovery {
         *slot = Some(tokio::spawn(sweep_idle(Arc::downgrade(&self.inner), tick)));
     }
 
+    /// One instance of `name` chosen by the balancer: [`ServiceDiscovery::discover_one`]
+    /// without the box the trait method puts its future in. When the service is cached the
+    /// future is ready at its first poll and allocates nothing; the first lookup of a service
+    /// fills the cache as the trait method does. Callers holding the concrete type (or
+    /// `Arc<CachedDiscovery>`) get this one; through `dyn ServiceDiscovery` the trait method
+    /// runs the same code in a boxed future.
+    ///
+    /// # Errors
+    /// As [`select`](ServiceDiscovery::select).
+    pub async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
+        if let Some(done) = self.select_cached(name, &SelectContext::default()) {
+            return done.map(|sel| sel.instance);
+        }
+        self.fill_and_pick(name).await
+    }
+
+    /// The first lookup of `name` by `discover_one`: fills the cache, then picks. Boxed, so
+    /// that the fill's state does not make the future of every `discover_one` (which a hit
+    /// moves and polls) several times larger.
+    #[cold]
+    fn fill_and_pick<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Arc<ServiceInfo>>> + Send + 'a>> {
+        Box::pin(async move {
+            let set = self.fill(name).await?;
+            self.pick(name, &set, &[], &SelectContext::default())
+                .map(|sel| sel.instance)
+        })
+    }
+
     /// How many services are cached.
     pub fn cached_services(&self) -> usize {
         self.inner.services.len()
@@ -597,15 +653,7 @@ impl ServiceDiscovery for CachedDiscovery {
     }
 
     async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
-        let ctx = SelectContext::default();
-        let sel = match self.select_cached(name, &ctx) {
-            Some(done) => done?,
-            None => {
-                let set = self.fill(name).await?;
-                self.pick(name, &set, &[], &ctx)?
-            }
-        };
-        Ok(sel.instance)
+        CachedDiscovery::discover_one(self, name).await
     }
 
     async fn watch(&self, name: &str) -> Result<ServiceEventStream> {
@@ -642,6 +690,33 @@ mod tests {
 
     fn svc(i: usize) -> Arc<ServiceInfo> {
         Arc::new(ServiceInfo::new(format!("i{i:03}"), "s", "10.0.0.1", 80))
+    }
+
+    #[tokio::test]
+    async fn the_discover_one_future_is_small() {
+        let registry = Arc::new(waypost_registry_memory::MemoryRegistry::new());
+        let d = CachedDiscovery::new(registry, Arc::new(waypost_balancer::RoundRobin::new()));
+        let size = std::mem::size_of_val(&d.discover_one("s"));
+        assert!(size <= 64, "{size} bytes");
+    }
+
+    #[test]
+    fn names_compare_as_strings() {
+        let base: String = ('a'..='z').chain('0'..='9').chain('A'..='J').collect();
+        for len in 0..=base.len() {
+            let a = &base[..len];
+            assert!(same_name(a, &a.to_owned()), "{len}");
+            // A different byte at every position, and every other length, is a different name.
+            for at in 0..len {
+                let mut b = a.as_bytes().to_vec();
+                b[at] = b'-';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_name(a, &b), "{len} at {at}");
+            }
+            for other in 0..=base.len() {
+                assert_eq!(same_name(a, &base[..other]), other == len, "{len} {other}");
+            }
+        }
     }
 
     #[test]
