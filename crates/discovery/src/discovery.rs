@@ -114,6 +114,40 @@ fn ends<const N: usize>(s: &[u8]) -> (Option<&[u8; N]>, Option<&[u8; N]>) {
     (s.first_chunk::<N>(), s.last_chunk::<N>())
 }
 
+impl Hot {
+    /// Takes the entry's current set, published as `version`; false when the entry is out of
+    /// the service map (or has no set).
+    #[cold]
+    fn reload(&mut self, version: u64) -> bool {
+        if version & EVICTED != 0 {
+            return false;
+        }
+        let Some(set) = self.entry.snap.load_full() else {
+            return false;
+        };
+        self.mirror = mirror(&set, Some(&self.set), &self.mirror);
+        self.set = set;
+        self.version = version;
+        true
+    }
+}
+
+/// This thread's copy of `picked` (an instance of `set`) from `mirror`, or `picked` when
+/// there is none (see [`mirror`]).
+#[inline]
+fn own_copy<'a>(
+    set: &InstanceSet,
+    mirror: &'a [Arc<ServiceInfo>],
+    picked: &'a Arc<ServiceInfo>,
+) -> &'a Arc<ServiceInfo> {
+    if mirror.is_empty() {
+        return picked;
+    }
+    position_of(set, picked)
+        .and_then(|at| mirror.get(at))
+        .unwrap_or(picked)
+}
+
 thread_local! {
     static HOT: RefCell<[Option<Hot>; HOT_SLOTS]> = const { RefCell::new([None, None, None, None]) };
     static HOT_NEXT: Cell<usize> = const { Cell::new(0) };
@@ -330,6 +364,39 @@ impl CachedDiscovery {
     /// evicted). No shared write, no hashing; a changed snapshot is reloaded.
     #[inline]
     fn select_hot(&self, name: &str, ctx: &SelectContext<'_>) -> Option<Result<Selection>> {
+        self.with_hot(name, |h| {
+            h.entry.hit();
+            Some(self.pick(name, &h.set, &h.mirror, ctx))
+        })
+    }
+
+    /// `discover_one` through the per-thread shortcut, when it picks an instance: the result
+    /// fits in a register. `None` (and no hit counted) when the shortcut does not know the
+    /// service or the lookup ends in an error; [`select_cached`](Self::select_cached) then
+    /// answers.
+    #[inline]
+    fn discover_hot(&self, name: &str) -> Option<Arc<ServiceInfo>> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.with_hot(name, |h| {
+            // Empty, or nothing to pick: the errors come from `select_cached`.
+            if h.set.selectable() == 0 {
+                return None;
+            }
+            let (picked, _guard) = self
+                .inner
+                .balancer
+                .pick(&h.set, &SelectContext::default())?;
+            h.entry.hit();
+            Some(Arc::clone(own_copy(&h.set, &h.mirror, picked)))
+        })
+    }
+
+    /// Runs `f` on this thread's shortcut to `name`, brought up to date with the entry's
+    /// current set; `None` when this thread has none (or the entry left the service map).
+    #[inline]
+    fn with_hot<R>(&self, name: &str, f: impl FnOnce(&Hot) -> Option<R>) -> Option<R> {
         HOT.with(|hot| {
             // A balancer that calls back into discovery finds the cell borrowed: slow path.
             let mut hot = hot.try_borrow_mut().ok()?;
@@ -339,19 +406,14 @@ impl CachedDiscovery {
             })?;
             let h = slot.as_mut()?;
             let version = h.entry.version.load(Ordering::Acquire);
-            if version & EVICTED != 0 {
-                // Out of the map: forget it, the slow path finds the current entry.
-                *slot = None;
+            if version != h.version && !h.reload(version) {
+                if version & EVICTED != 0 {
+                    // Out of the map: forget it, the slow path finds the current entry.
+                    *slot = None;
+                }
                 return None;
             }
-            if version != h.version {
-                let set = h.entry.snap.load_full()?;
-                h.mirror = mirror(&set, Some(&h.set), &h.mirror);
-                h.set = set;
-                h.version = version;
-            }
-            h.entry.hit();
-            Some(self.pick(name, &h.set, &h.mirror, ctx))
+            f(h)
         })
     }
 
@@ -394,17 +456,10 @@ impl CachedDiscovery {
             return Err(Error::NoHealthyInstance(name.to_owned()));
         }
         match self.inner.balancer.pick(set, ctx) {
-            Some((picked, guard)) => {
-                let own = if mirror.is_empty() {
-                    None
-                } else {
-                    position_of(set, picked).and_then(|at| mirror.get(at))
-                };
-                Ok(Selection {
-                    instance: Arc::clone(own.unwrap_or(picked)),
-                    guard,
-                })
-            }
+            Some((picked, guard)) => Ok(Selection {
+                instance: Arc::clone(own_copy(set, mirror, picked)),
+                guard,
+            }),
             None => Err(Error::NoHealthyInstance(name.to_owned())),
         }
     }
@@ -527,6 +582,9 @@ impl CachedDiscovery {
     /// # Errors
     /// As [`select`](ServiceDiscovery::select).
     pub async fn discover_one(&self, name: &str) -> Result<Arc<ServiceInfo>> {
+        if let Some(found) = self.discover_hot(name) {
+            return Ok(found);
+        }
         if let Some(done) = self.select_cached(name, &SelectContext::default()) {
             return done.map(|sel| sel.instance);
         }

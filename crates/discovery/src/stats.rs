@@ -1,6 +1,6 @@
 //! Cache statistics.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use metrics::Counter;
@@ -59,34 +59,87 @@ impl Padded {
     }
 }
 
-const STRIPES: usize = 16;
+/// Stripes a thread can own: while it owns one, no other thread writes it.
+const OWNED: usize = 16;
 
 /// A stripe adds its hits to the metric every this many hits (and whenever
 /// [`StripedCounter::report`] runs), so that a lookup does not write the metric's shared
 /// atomic every time.
 pub(crate) const REPORT_EVERY: u64 = 64;
 
-/// A hit counter spread over cache-padded slots so that threads do not share a cache line.
-/// It feeds a metric counter in batches (see [`REPORT_EVERY`]).
+/// A hit counter spread over cache-padded slots, so that threads do not share a cache line,
+/// feeding a metric counter in batches (see [`REPORT_EVERY`]). Each of up to 16 threads at a
+/// time owns a slot (in every counter; it gives it back when it exits): no other thread
+/// writes it, so counting a hit is a plain load and store, no locked instruction. Threads
+/// beyond those share one more slot, with atomic adds.
 #[derive(Default)]
 pub(crate) struct StripedCounter {
-    slots: [Padded; STRIPES],
+    slots: [Padded; OWNED + 1],
 }
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
+/// The slots owned by a thread, one bit each.
+static OWNED_SLOTS: AtomicU32 = AtomicU32::new(0);
+
+/// A thread's slot, if it got one; given back when the thread exits.
+struct Lease(Option<usize>);
+
+impl Lease {
+    /// The lowest slot nobody owns, if any. The acquire pairs with the release of the thread
+    /// that owned it before: its last counts are visible to the next owner's loads.
+    fn claim() -> Self {
+        let mut taken = OWNED_SLOTS.load(Ordering::Relaxed);
+        loop {
+            let free = (!taken).trailing_zeros() as usize;
+            if free >= OWNED {
+                return Lease(None);
+            }
+            match OWNED_SLOTS.compare_exchange_weak(
+                taken,
+                taken | 1 << free,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Lease(Some(free)),
+                Err(now) => taken = now,
+            }
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            OWNED_SLOTS.fetch_and(!(1 << i), Ordering::Release);
+        }
+    }
+}
 
 thread_local! {
-    static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    static LEASE: Lease = Lease::claim();
 }
 
 impl StripedCounter {
-    /// Counts one hit; every [`REPORT_EVERY`] hits of this thread's stripe, adds the stripe's
+    /// Counts one hit; every [`REPORT_EVERY`] hits of this thread's slot, adds the slot's
     /// unreported hits to `metric`.
     #[inline]
     pub(crate) fn incr(&self, metric: &Counter) {
-        let i = SLOT.with(|s| *s);
-        let slot = &self.slots[i];
-        let n = slot.count.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        // No slot of its own (more threads than slots, or the thread is exiting): the shared one.
+        let (slot, n) = match LEASE.try_with(|l| l.0) {
+            Ok(Some(i)) => {
+                let slot = &self.slots[i];
+                // Only this thread writes the slot: no read-modify-write needed.
+                let n = slot.count.load(Ordering::Relaxed).wrapping_add(1);
+                slot.count.store(n, Ordering::Relaxed);
+                (slot, n)
+            }
+            _ => {
+                let slot = &self.slots[OWNED];
+                (
+                    slot,
+                    slot.count.fetch_add(1, Ordering::Relaxed).wrapping_add(1),
+                )
+            }
+        };
         if n % REPORT_EVERY == 0 {
             slot.report(metric);
         }
@@ -104,5 +157,45 @@ impl StripedCounter {
             .iter()
             .map(|s| s.count.load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use waypost_test_metrics::Recording;
+
+    use super::*;
+
+    /// More threads than slots, counting at once, threads exiting and others taking their
+    /// slots: every hit is counted once, and reaches the metric once.
+    #[test]
+    fn every_hit_is_counted_once_by_any_number_of_threads() {
+        let recorder = Recording::default();
+        let metric = metrics::with_local_recorder(&recorder, || metrics::counter!("hits"));
+        let metric = Arc::new(metric);
+        let counter = Arc::new(StripedCounter::default());
+        let (threads, each) = (3 * OWNED, 10_000u64);
+        for round in 0..2 {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (counter, metric) = (counter.clone(), metric.clone());
+                    std::thread::spawn(move || {
+                        for _ in 0..each {
+                            counter.incr(&metric);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            let total = (round + 1) * threads as u64 * each;
+            assert_eq!(counter.sum(), total);
+            counter.report(&metric);
+            counter.report(&metric);
+            assert_eq!(recorder.take().counter("hits", &[]), threads as u64 * each);
+        }
     }
 }
