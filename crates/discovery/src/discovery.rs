@@ -751,11 +751,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_discover_one_future_is_small() {
+    async fn the_discover_one_future_is_small_and_send() {
         let registry = Arc::new(waypost_registry_memory::MemoryRegistry::new());
         let d = CachedDiscovery::new(registry, Arc::new(waypost_balancer::RoundRobin::new()));
         let size = std::mem::size_of_val(&d.discover_one("s"));
         assert!(size <= 64, "{size} bytes");
+        // And `Send`, as the trait's boxed one: callers spawn it.
+        fn send<T: Send>(t: T) -> T {
+            t
+        }
+        let err = send(d.discover_one("s")).await.unwrap_err();
+        assert!(
+            matches!(err, Error::ServiceNotFound(ref n) if n == "s"),
+            "{err:?}"
+        );
     }
 
     #[test]
