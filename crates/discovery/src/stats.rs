@@ -1,6 +1,6 @@
 //! Cache statistics.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use metrics::Counter;
@@ -62,6 +62,9 @@ impl Padded {
 /// Stripes a thread can own: while it owns one, no other thread writes it.
 const OWNED: usize = 16;
 
+/// Stripes shared, with atomic adds, by the threads beyond the owners.
+const SHARED: usize = 8;
+
 /// A stripe adds its hits to the metric every this many hits (and whenever
 /// [`StripedCounter::report`] runs), so that a lookup does not write the metric's shared
 /// atomic every time.
@@ -71,17 +74,23 @@ pub(crate) const REPORT_EVERY: u64 = 64;
 /// feeding a metric counter in batches (see [`REPORT_EVERY`]). Each of up to 16 threads at a
 /// time owns a slot (in every counter; it gives it back when it exits): no other thread
 /// writes it, so counting a hit is a plain load and store, no locked instruction. Threads
-/// beyond those share one more slot, with atomic adds.
+/// beyond those are spread over 8 more slots, which they add to atomically.
 #[derive(Default)]
 pub(crate) struct StripedCounter {
-    slots: [Padded; OWNED + 1],
+    slots: [Padded; OWNED + SHARED],
 }
 
 /// The slots owned by a thread, one bit each.
 static OWNED_SLOTS: AtomicU32 = AtomicU32::new(0);
 
-/// A thread's slot, if it got one; given back when the thread exits.
-struct Lease(Option<usize>);
+/// Spreads the threads without a slot of their own over the shared ones.
+static NEXT_SHARED: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's slot: its own (given back when the thread exits), or a shared one.
+enum Lease {
+    Owned(usize),
+    Shared(usize),
+}
 
 impl Lease {
     /// The lowest slot nobody owns, if any. The acquire pairs with the release of the thread
@@ -91,7 +100,7 @@ impl Lease {
         loop {
             let free = (!taken).trailing_zeros() as usize;
             if free >= OWNED {
-                return Lease(None);
+                return Lease::Shared(OWNED + NEXT_SHARED.fetch_add(1, Ordering::Relaxed) % SHARED);
             }
             match OWNED_SLOTS.compare_exchange_weak(
                 taken,
@@ -99,7 +108,7 @@ impl Lease {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Lease(Some(free)),
+                Ok(_) => return Lease::Owned(free),
                 Err(now) => taken = now,
             }
         }
@@ -108,7 +117,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(i) = self.0 {
+        if let Lease::Owned(i) = *self {
             OWNED_SLOTS.fetch_and(!(1 << i), Ordering::Release);
         }
     }
@@ -123,22 +132,21 @@ impl StripedCounter {
     /// unreported hits to `metric`.
     #[inline]
     pub(crate) fn incr(&self, metric: &Counter) {
-        // No slot of its own (more threads than slots, or the thread is exiting): the shared one.
-        let (slot, n) = match LEASE.try_with(|l| l.0) {
-            Ok(Some(i)) => {
-                let slot = &self.slots[i];
-                // Only this thread writes the slot: no read-modify-write needed.
-                let n = slot.count.load(Ordering::Relaxed).wrapping_add(1);
-                slot.count.store(n, Ordering::Relaxed);
-                (slot, n)
-            }
-            _ => {
-                let slot = &self.slots[OWNED];
-                (
-                    slot,
-                    slot.count.fetch_add(1, Ordering::Relaxed).wrapping_add(1),
-                )
-            }
+        // While the thread exits, its lease may be gone: the first shared slot.
+        let (owned, i) = LEASE
+            .try_with(|l| match *l {
+                Lease::Owned(i) => (true, i),
+                Lease::Shared(i) => (false, i),
+            })
+            .unwrap_or((false, OWNED));
+        let slot = &self.slots[i];
+        let n = if owned {
+            // Only this thread writes the slot: no read-modify-write needed.
+            let n = slot.count.load(Ordering::Relaxed).wrapping_add(1);
+            slot.count.store(n, Ordering::Relaxed);
+            n
+        } else {
+            slot.count.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
         };
         if n % REPORT_EVERY == 0 {
             slot.report(metric);
