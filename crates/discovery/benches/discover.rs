@@ -1,6 +1,7 @@
 //! `discover_one` on a warm cache with round robin: at 10, 1,000, 10,000 and 100,000 instances,
-//! and at 10 instances from two threads too (an iteration is one call on every thread, so equal
-//! times mean 2× throughput). The `*_recorder` variants run the same calls on a discovery built
+//! and at 10 instances through `dyn ServiceDiscovery` too (the trait's boxed future) and from
+//! two threads (an iteration is one call on every thread, so equal times mean 2× throughput).
+//! The `*_recorder` variants run the same calls on a discovery built
 //! with a Prometheus recorder installed (`metrics-exporter-prometheus`), so that its cache-hit
 //! counter records into it: the cost of the metrics when someone collects them.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -68,6 +69,12 @@ fn discover_one(c: &mut Criterion) {
     // The future of a warm lookup is ready at its first poll; poll it in place.
     g.bench_function("discover_one", |b| {
         b.iter(|| black_box(d.discover_one(black_box("bench-service")).now_or_never()))
+    });
+    // Through the trait object, as code holding `Arc<dyn ServiceDiscovery>` calls it: the
+    // trait method's boxed future, where the call above gets the inherent method's.
+    g.bench_function("discover_one_dyn", |b| {
+        let dd: &dyn ServiceDiscovery = &d;
+        b.iter(|| black_box(dd.discover_one(black_box("bench-service")).now_or_never()))
     });
     g.bench_function("select_cached", |b| {
         b.iter(|| black_box(d.select_cached(black_box("bench-service"), &SelectContext::default())))
