@@ -1,10 +1,13 @@
 //! The consistent-hash ring of a versioned [`InstanceSet`], updated in place of a rebuild.
 //!
-//! The ring's points are sorted by hash and cut into chunks of about [`CHUNK`] points, each
-//! behind its own `Arc`, with the first hash of every chunk in a small index. A change of one
-//! instance adds or removes its `replicas` points: only the chunks those points fall in are
-//! copied (copy-on-write), the others are shared with the previous ring, so one change in
-//! 10,000 instances copies a few hundred small chunks instead of sorting 1.6 million points.
+//! The ring's points are sorted by hash and cut by the top bits of their hash into `2^bits`
+//! chunks of about [`TARGET`] points each, every chunk behind its own `Arc`. A lookup reads its
+//! chunk straight from the table (indexed by its hash's top bits), guesses its position by
+//! interpolation and scans a few words: two or three cache lines, at 10 instances or 100,000.
+//! A change of one instance adds or removes its `replicas` points: only the chunks those points
+//! fall in are copied (copy-on-write), the others are shared with the previous ring, so one
+//! change in 10,000 instances copies about 160 chunks of 512 bytes instead of sorting 1.6
+//! million points.
 //!
 //! A point names a *slot*, not a position: an instance keeps its slot for as long as it is on
 //! the ring, and a per-generation table maps slots to the set's positions (a removal moves the
@@ -21,8 +24,14 @@ use waypost_core_types::{Health, InstanceSet, ServiceInfo};
 use crate::pick;
 use crate::prepared::{Candidates, Generational};
 
-/// Points per chunk when a ring is built; a chunk that grows past twice this is split.
-const CHUNK: usize = 256;
+/// The average number of points per chunk a layout aims at. A chunk of 64 points is 512 bytes:
+/// a lookup's interpolated guess is within a few points (one or two cache lines) of the
+/// answer, and a change copies only small chunks.
+const TARGET: usize = 64;
+
+/// How far (in bits, so a factor of 4) the average chunk may drift from [`TARGET`] through
+/// updates before the ring is laid out again.
+const SLACK: u32 = 2;
 
 /// No slot (a position whose instance is not on the ring) or no position (a free slot).
 pub(crate) const NONE: u32 = u32::MAX;
@@ -39,84 +48,116 @@ pub(crate) fn point_hashes(id: &str, replicas: usize) -> impl Iterator<Item = u6
     })
 }
 
-/// One point of the ring: a hash and the slot of the instance it belongs to.
+/// One point of the ring: a hash and the slot of the instance it belongs to. Points are
+/// ordered by hash, then slot.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Point {
     hash: u64,
     slot: u32,
 }
 
-/// A chunk: sorted points (by hash, then slot), right behind its `Arc` (one indirection from
-/// the table).
-type Chunk = Arc<[Point]>;
+/// The number of bits that index `n` distinct values (0 for at most one).
+fn bits_to_index(n: usize) -> u32 {
+    usize::BITS - n.saturating_sub(1).leading_zeros()
+}
 
-/// The sorted points, in shared chunks.
+/// The layout for `len` points and `slots` slots: about [`TARGET`] points per chunk, and
+/// enough bits for every slot (a slot is stored in the low `bits` bits of its point).
+fn layout_bits(len: usize, slots: usize) -> u32 {
+    bits_to_index(len.div_ceil(TARGET)).max(bits_to_index(slots))
+}
+
+/// The sorted points in `1 << bits` chunks, each behind its own `Arc`: chunk `b` holds the
+/// points whose hash starts with the `bits` bits of `b`, so a lookup goes straight to its
+/// chunk (no search) and a change copies only the chunks its points fall in.
+///
+/// Inside a chunk, the top `bits` bits of a hash are known, so a point is one word:
+/// `hash << bits | slot`, and the words sort like the points. A lookup guesses the position of
+/// its hash by interpolation (hashes are uniform) and corrects the guess by a short scan;
+/// eight points share a cache line.
 #[derive(Clone)]
 struct Points {
-    /// Each chunk with its first hash (read together: one cache line for both).
-    chunks: Vec<(u64, Chunk)>,
-    /// `buckets[b]` = the number of chunks whose first hash is below `b << (64 - bits)`, so a
-    /// lookup searches only the few chunks of its bucket; one extra entry at the end.
-    buckets: Vec<u32>,
+    chunks: Vec<Arc<[u64]>>,
     bits: u32,
     len: usize,
 }
 
 impl Points {
-    fn build(mut all: Vec<Point>) -> Self {
-        all.sort_unstable();
-        let chunks: Vec<(u64, Chunk)> = all
-            .chunks(CHUNK)
-            .map(|c| (c[0].hash, Arc::from(c)))
-            .collect();
-        Self::of(chunks, all.len())
+    /// The chunk of `hash`.
+    #[inline]
+    fn chunk_index(&self, hash: u64) -> usize {
+        // Through u128: a shift by 64 (no bits, one chunk) is 0.
+        ((hash as u128) >> (64 - self.bits)) as usize
     }
 
-    fn of(chunks: Vec<(u64, Chunk)>, len: usize) -> Self {
-        // About one chunk per bucket.
-        let bits = (usize::BITS - chunks.len().leading_zeros()).clamp(1, 20);
-        let mut buckets = Vec::with_capacity((1 << bits) + 1);
-        let mut i = 0usize;
-        for b in 0..1u64 << bits {
-            while i < chunks.len() && (chunks[i].0 >> (64 - bits)) < b {
+    /// `p` as stored in its chunk.
+    #[inline]
+    fn pack(&self, p: Point) -> u64 {
+        (p.hash << self.bits) | u64::from(p.slot)
+    }
+
+    /// The slot of a stored point.
+    #[inline]
+    fn slot(&self, word: u64) -> u32 {
+        // The low `bits` bits: the slot, which is below `1 << bits`.
+        (word & ((1u64 << self.bits) - 1)) as u32
+    }
+
+    /// The points, sorted, laid out for `slots` slots.
+    fn build(mut all: Vec<Point>, slots: usize) -> Self {
+        all.sort_unstable();
+        Self::lay_out(&all, layout_bits(all.len(), slots))
+    }
+
+    /// Sorted points cut into `1 << bits` chunks.
+    fn lay_out(all: &[Point], bits: u32) -> Self {
+        let mut points = Points {
+            chunks: Vec::with_capacity(1 << bits),
+            bits,
+            len: all.len(),
+        };
+        let mut i = 0;
+        for b in 0..1usize << bits {
+            let from = i;
+            while i < all.len() && points.chunk_index(all[i].hash) == b {
                 i += 1;
             }
-            buckets.push(i as u32);
+            let chunk: Arc<[u64]> = all[from..i].iter().map(|p| points.pack(*p)).collect();
+            points.chunks.push(chunk);
         }
-        buckets.push(chunks.len() as u32);
-        Points {
-            chunks,
-            buckets,
-            bits,
-            len,
-        }
+        points
     }
 
-    /// The chunk a point with `hash` belongs in: the last whose first hash is `<= hash`
-    /// (the first chunk for a hash below every point).
-    #[inline]
-    fn chunk_of(&self, hash: u64) -> usize {
-        let b = (hash >> (64 - self.bits)) as usize;
-        let lo = self.buckets[b] as usize;
-        let hi = self.buckets[b + 1] as usize;
-        (lo + self.chunks[lo..hi].partition_point(|c| c.0 <= hash)).saturating_sub(1)
+    /// Every point, in order.
+    fn unpack(&self) -> Vec<Point> {
+        let mut all = Vec::with_capacity(self.len);
+        for (b, chunk) in self.chunks.iter().enumerate() {
+            let top = ((b as u128) << (64 - self.bits)) as u64;
+            all.extend(chunk.iter().map(|w| Point {
+                hash: top | w.checked_shr(self.bits).unwrap_or(0),
+                slot: self.slot(*w),
+            }));
+        }
+        all
     }
 
-    /// The first point at or after `hash`, as (chunk, index), wrapping to the first point.
+    /// The first point at or after `hash`, as (chunk, index), wrapping to the first point;
+    /// the ring must not be empty.
     #[inline]
     fn start(&self, hash: u64) -> (usize, usize) {
-        if self.chunks.is_empty() {
-            return (0, 0);
+        let mut c = self.chunk_index(hash);
+        let i = first_at_or_after(&self.chunks[c], hash << self.bits);
+        if i < self.chunks[c].len() {
+            return (c, i);
         }
-        let c = self.chunk_of(hash);
-        let chunk = &self.chunks[c].1;
-        let i = first_at_or_after(chunk, hash);
-        if i < chunk.len() {
-            (c, i)
-        } else if c + 1 < self.chunks.len() {
-            (c + 1, 0)
-        } else {
-            (0, 0)
+        loop {
+            c += 1;
+            if c == self.chunks.len() {
+                c = 0;
+            }
+            if !self.chunks[c].is_empty() {
+                return (c, 0);
+            }
         }
     }
 
@@ -130,8 +171,8 @@ impl Points {
         let (mut c, mut i) = self.start(hash);
         let mut left = self.len;
         loop {
-            for p in &self.chunks[c].1[i..] {
-                if let Some(t) = f(p.slot) {
+            for w in &self.chunks[c][i..] {
+                if let Some(t) = f(self.slot(*w)) {
                     return Some(t);
                 }
                 left -= 1;
@@ -147,75 +188,68 @@ impl Points {
         }
     }
 
-    /// A copy with `ops` applied ((point, add?)): only the chunks they fall in are copied; the
-    /// others are shared.
-    fn apply(&self, mut ops: Vec<(Point, bool)>) -> Self {
-        if self.chunks.is_empty() {
-            return Points::build(ops.iter().filter(|o| o.1).map(|o| o.0).collect());
-        }
+    /// A copy with `ops` applied ((point, add?)), for `slots` slots: only the chunks they fall
+    /// in are copied; the others are shared. The ring is laid out again (O(points), no sort)
+    /// when a slot would not fit in its chunks' words, or when the average chunk has drifted
+    /// past [`SLACK`] bits from [`TARGET`] points.
+    fn apply(&self, mut ops: Vec<(Point, bool)>, slots: usize) -> Self {
+        let mut out = if bits_to_index(slots) > self.bits {
+            Self::lay_out(&self.unpack(), layout_bits(self.len, slots))
+        } else {
+            self.clone()
+        };
         ops.sort_unstable();
-        let mut out: Vec<(u64, Chunk)> = Vec::with_capacity(self.chunks.len() + 8);
-        let mut len = self.len;
-        let mut next = 0usize;
-        let mut k = 0usize;
+        let mut k = 0;
         while k < ops.len() {
-            let c = self.chunk_of(ops[k].0.hash);
-            out.extend(self.chunks[next..c].iter().cloned());
-            let mut chunk: Vec<Point> = self.chunks[c].1.to_vec();
-            while k < ops.len() && self.chunk_of(ops[k].0.hash) == c {
+            let c = out.chunk_index(ops[k].0.hash);
+            let mut chunk = out.chunks[c].to_vec();
+            while k < ops.len() && out.chunk_index(ops[k].0.hash) == c {
                 let (point, add) = ops[k];
-                match (chunk.binary_search(&point), add) {
+                match (chunk.binary_search(&out.pack(point)), add) {
                     (Err(i), true) => {
-                        chunk.insert(i, point);
-                        len += 1;
+                        chunk.insert(i, out.pack(point));
+                        out.len += 1;
                     }
                     (Ok(i), false) => {
                         chunk.remove(i);
-                        len -= 1;
+                        out.len -= 1;
                     }
                     // Adding a point that is there or removing one that is not: nothing to do.
                     _ => {}
                 }
                 k += 1;
             }
-            let pieces = if chunk.len() > 2 * CHUNK {
-                CHUNK
-            } else {
-                chunk.len().max(1)
-            };
-            out.extend(chunk.chunks(pieces).map(|p| (p[0].hash, Arc::from(p))));
-            next = c + 1;
+            out.chunks[c] = Arc::from(chunk);
         }
-        out.extend(self.chunks[next..].iter().cloned());
-        Points::of(out, len)
+        let bits = layout_bits(out.len, slots);
+        if out.bits + SLACK < bits || out.bits > bits + SLACK {
+            out = Self::lay_out(&out.unpack(), bits);
+        }
+        out
+    }
+
+    /// The bytes the points and their chunk table take (allocator overhead aside).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        let header = 2 * std::mem::size_of::<usize>();
+        self.chunks.len() * (std::mem::size_of::<Arc<[u64]>>() + header) + self.len * 8
     }
 }
 
-/// The index of the first point of `chunk` whose hash is `>= hash` (`chunk.len()` if none).
+/// The index of the first word of `chunk` that is `>= key` (`chunk.len()` if none).
 ///
-/// Point hashes are uniform, so the position is first guessed by interpolation between the
-/// chunk's first and last hash, then corrected by a short scan (a few entries, one or two cache
-/// lines, where a binary search over a 4 KiB chunk touches six or more).
+/// Stored points are uniform over the words, so the position is first guessed by
+/// interpolation, then corrected by a short scan (a few words, one or two cache lines).
 #[inline]
-fn first_at_or_after(chunk: &[Point], hash: u64) -> usize {
+fn first_at_or_after(chunk: &[u64], key: u64) -> usize {
     let n = chunk.len();
-    let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
-        return 0;
-    };
-    if hash <= first.hash {
-        return 0;
-    }
-    if hash > last.hash {
-        return n;
-    }
-    let span = (last.hash - first.hash) as f64;
-    let guess = (((hash - first.hash) as f64 / span) * (n - 1) as f64) as usize;
-    let mut i = guess.min(n - 1);
-    // Invariant wanted: chunk[i - 1].hash < hash <= chunk[i].hash.
-    while i > 0 && chunk[i - 1].hash >= hash {
+    let guess = ((u128::from(key) * n as u128) >> 64) as usize;
+    let mut i = guess;
+    // Invariant wanted: chunk[i - 1] < key <= chunk[i].
+    while i > 0 && chunk[i - 1] >= key {
         i -= 1;
     }
-    while i < n && chunk[i].hash < hash {
+    while i < n && chunk[i] < key {
         i += 1;
     }
     i
@@ -266,7 +300,7 @@ impl SetRing {
             generation: set.generation(),
             set: set.clone(),
             tier,
-            points: Arc::new(Points::build(all)),
+            points: Arc::new(Points::build(all, set.len())),
             pos_slot,
             slot_pos,
             free,
@@ -346,7 +380,7 @@ impl SetRing {
         let points = if ops.is_empty() {
             Arc::clone(&self.points)
         } else {
-            Arc::new(self.points.apply(ops))
+            Arc::new(self.points.apply(ops, slot_pos.len()))
         };
         SetRing {
             generation: set.generation(),
@@ -399,35 +433,111 @@ impl SetRing {
 mod tests {
     use super::*;
 
-    #[test]
-    fn interpolation_finds_the_same_point_as_a_binary_search() {
-        let mut pts: Vec<Point> = (0..CHUNK as u64)
-            .map(|i| Point {
-                hash: pick::fmix64(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-                slot: i as u32,
-            })
+    /// `n` uniform sorted words, with one duplicate.
+    fn words(n: u64, seed: u64) -> Vec<u64> {
+        let mut w: Vec<u64> = (0..n)
+            .map(|i| pick::fmix64((i ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
             .collect();
-        pts.sort_unstable();
-        // Duplicate hashes too.
-        pts[10].hash = pts[11].hash;
-        pts.sort_unstable();
-        for k in 0..20_000u64 {
-            let h = pick::fmix64(k ^ 0xdead_beef);
-            assert_eq!(
-                first_at_or_after(&pts, h),
-                pts.partition_point(|p| p.hash < h)
-            );
+        if n > 11 {
+            w[10] = w[11];
         }
-        for p in &pts {
-            for h in [p.hash.wrapping_sub(1), p.hash, p.hash.wrapping_add(1)] {
-                assert_eq!(
-                    first_at_or_after(&pts, h),
-                    pts.partition_point(|q| q.hash < h)
-                );
+        w.sort_unstable();
+        w
+    }
+
+    #[test]
+    fn interpolation_finds_the_same_word_as_a_binary_search() {
+        for n in [1, 2, 7, TARGET as u64, 4 * TARGET as u64, 3000] {
+            let chunk = words(n, n);
+            for k in 0..5_000u64 {
+                let key = pick::fmix64(k ^ 0xdead_beef);
+                let want = chunk.partition_point(|w| *w < key);
+                assert_eq!(first_at_or_after(&chunk, key), want, "n {n}");
+            }
+            for w in &chunk {
+                for key in [w.wrapping_sub(1), *w, w.wrapping_add(1)] {
+                    let want = chunk.partition_point(|x| *x < key);
+                    assert_eq!(first_at_or_after(&chunk, key), want, "n {n}");
+                }
+            }
+            assert_eq!(first_at_or_after(&chunk, 0), 0);
+            assert_eq!(first_at_or_after(&chunk, u64::MAX), chunk.len());
+        }
+        assert_eq!(first_at_or_after(&[], 5), 0);
+    }
+
+    /// The slot of the first point at or after `hash` in a plain sorted list, wrapping.
+    fn first_slot(sorted: &[Point], hash: u64) -> Option<u32> {
+        let i = sorted.partition_point(|p| p.hash < hash);
+        sorted.get(i).or(sorted.first()).map(|p| p.slot)
+    }
+
+    #[test]
+    fn chunked_lookups_equal_a_search_of_the_sorted_points() {
+        for (n, slots) in [
+            (0, 1),
+            (1, 1),
+            (3, 3),
+            (100, 10),
+            (5_000, 40),
+            (20_000, 2_000),
+        ] {
+            let mut all: Vec<Point> = words(n, 7)
+                .into_iter()
+                .enumerate()
+                .map(|(i, hash)| Point {
+                    hash,
+                    slot: (i % slots) as u32,
+                })
+                .collect();
+            // Points right at chunk borders and at both ends of the ring.
+            if n > 0 {
+                all.push(Point { hash: 0, slot: 0 });
+                all.push(Point {
+                    hash: u64::MAX,
+                    slot: 0,
+                });
+                all.push(Point {
+                    hash: 1 << 63,
+                    slot: 0,
+                });
+            }
+            let points = Points::build(all.clone(), slots);
+            all.sort_unstable();
+            assert_eq!(points.len, all.len());
+            assert!(points.bits >= bits_to_index(slots));
+            assert!(all == points.unpack(), "n {n}");
+            let mut keys: Vec<u64> = (0..5_000u64).map(|k| pick::fmix64(k ^ 99)).collect();
+            keys.extend(all.iter().flat_map(|p| [p.hash.wrapping_sub(1), p.hash]));
+            for key in keys {
+                let got = points.find_map(key, Some);
+                assert_eq!(got, first_slot(&all, key), "n {n} key {key:x}");
+            }
+            // Stepping over slots: the walk visits every point once, in ring order.
+            if let Some(first) = all.first() {
+                let mut seen = 0;
+                let none: Option<()> = points.find_map(first.hash, |_| {
+                    seen += 1;
+                    None
+                });
+                assert!(none.is_none());
+                assert_eq!(seen, all.len());
             }
         }
-        assert_eq!(first_at_or_after(&pts, u64::MAX), pts.len());
-        assert_eq!(first_at_or_after(&[], 5), 0);
+    }
+
+    /// Points take one word each, plus a chunk table entry per 32 to 64 points.
+    #[test]
+    fn a_point_takes_about_nine_bytes() {
+        let mut w = waypost_core_types::InstanceSetWriter::new("m");
+        for i in 0..1_000 {
+            w.upsert(Arc::new(
+                ServiceInfo::new(format!("m{i}"), "m", "h", 1).with_health(Health::Healthy),
+            ));
+        }
+        let ring = SetRing::build(w.current(), 160);
+        let bytes = ring.points.bytes() as f64 / ring.points() as f64;
+        assert!((8.0..9.5).contains(&bytes), "{bytes} bytes per point");
     }
 
     #[test]
@@ -466,6 +576,50 @@ mod tests {
                 let b = fresh.lookup(h, |_| true).map(|p| &set.get(p).unwrap().id);
                 assert_eq!(a, b, "step {step} key {k}");
             }
+        }
+    }
+
+    /// A ring grown one instance at a time from empty, then emptied again, is laid out again
+    /// as it goes (more slots than its chunks' words hold, chunks too full or too empty) and
+    /// always finds what a ring built from scratch finds.
+    #[test]
+    fn growing_and_shrinking_lay_the_ring_out_again() {
+        for replicas in [1, 40] {
+            let mut w = waypost_core_types::InstanceSetWriter::new("g");
+            let mut ring = SetRing::build(w.current(), replicas);
+            let mut layouts = vec![ring.points.bits];
+            let ids: Vec<String> = (0..700).map(|i| format!("g{i}")).collect();
+            let steps = ids
+                .iter()
+                .map(|id| (id, true))
+                .chain(ids.iter().rev().map(|id| (id, false)));
+            for (step, (id, add)) in steps.enumerate() {
+                if add {
+                    w.upsert(Arc::new(
+                        ServiceInfo::new(id.clone(), "g", "h", 1).with_health(Health::Healthy),
+                    ));
+                } else {
+                    w.remove(id);
+                }
+                let set = w.current();
+                ring = ring.next(set, replicas);
+                if layouts.last() != Some(&ring.points.bits) {
+                    layouts.push(ring.points.bits);
+                }
+                let fresh = SetRing::build(set, replicas);
+                assert_eq!(ring.points(), fresh.points(), "step {step}");
+                for k in 0..50u64 {
+                    let h = pick::fmix64(k ^ (step as u64) << 20);
+                    let a = ring.lookup(h, |_| true).map(|p| &set.get(p).unwrap().id);
+                    let b = fresh.lookup(h, |_| true).map(|p| &set.get(p).unwrap().id);
+                    assert_eq!(a, b, "replicas {replicas} step {step} key {k}");
+                }
+            }
+            // Up, then down (slots stay: the ring keeps enough bits for 700 of them).
+            let top = *layouts.iter().max().unwrap();
+            assert!(top >= bits_to_index(700), "{layouts:?}");
+            assert!(layouts.len() >= 3, "{layouts:?}");
+            assert_eq!(ring.points(), 0);
         }
     }
 }
