@@ -1,20 +1,21 @@
 //! The consistent-hash ring of a versioned [`InstanceSet`], updated in place of a rebuild.
 //!
 //! The ring's points are sorted by hash and cut by the top bits of their hash into `2^bits`
-//! chunks of about [`TARGET`] points each, every chunk behind its own `Arc`. A lookup reads its
-//! chunk straight from the table (indexed by its hash's top bits), guesses its position by
-//! interpolation and scans a few words: two or three cache lines, at 10 instances or 100,000.
-//! A change of one instance adds or removes its `replicas` points: only the chunks those points
-//! fall in are copied (copy-on-write), the others are shared with the previous ring, so one
-//! change in 10,000 instances copies about 160 chunks of 512 bytes instead of sorting 1.6
-//! million points.
+//! chunks of at most about [`TARGET`] points each, every chunk behind its own `Arc`. A lookup
+//! reads its chunk straight from the table (indexed by its hash's top bits), guesses its
+//! position by interpolation and scans a few words: two or three cache lines, at 10 instances
+//! or 100,000. A change of one instance adds or removes its `replicas` points: only the chunks
+//! those points fall in are copied (copy-on-write), the others are shared with the previous
+//! ring, so one change in 10,000 instances (16,384 chunks of about 100 points) copies about
+//! 160 chunks of 800 bytes instead of sorting 1.6 million points.
 //!
-//! A point names a *slot*, not a position: an instance keeps its slot for as long as it is on
-//! the ring, and a per-generation table maps slots to the set's positions (a removal moves the
-//! set's last instance into the freed position: only that table changes for it). The ring holds
-//! the instances of the set's selection tier only, so a lookup's first point is the answer
-//! unless the caller avoids it; the keys an instance owns do not depend on the other
-//! instances' health, exactly as when unhealthy instances are stepped over.
+//! A point names the position of its instance in the set, so a lookup's answer needs no
+//! further table. An instance that moves (a removal moves the set's last instance into the
+//! freed position) has its points placed again: a removal changes up to three times
+//! `replicas` points. The ring holds the instances of the set's selection tier only, so a
+//! lookup's first point is the answer unless the caller avoids it; the keys an instance owns
+//! do not depend on the other instances' health, exactly as when unhealthy instances are
+//! stepped over.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,17 +25,16 @@ use waypost_core_types::{Health, InstanceSet, ServiceInfo};
 use crate::pick;
 use crate::prepared::{Candidates, Generational};
 
-/// The average number of points per chunk a layout aims at. A chunk of 64 points is 512 bytes:
-/// a lookup's interpolated guess is within a few points (one or two cache lines) of the
-/// answer, and a change copies only small chunks.
-const TARGET: usize = 64;
+/// The most points per chunk, on average, a layout aims at (fewer when the set's positions
+/// need more bits). A chunk of 128 points is 1 KiB: a lookup's interpolated guess is within a
+/// few points (one or two cache lines) of the answer, and a change copies only small chunks.
+const TARGET: usize = 128;
 
-/// How far (in bits, so a factor of 4) the average chunk may drift from [`TARGET`] through
-/// updates before the ring is laid out again.
+/// How far (in bits: a factor of 4 in the number of chunks) the layout may drift through
+/// updates from the one a build would choose before the ring is laid out again. A set that
+/// grows past a power of two instances is laid out again at once (a position must fit in its
+/// points' words): one O(points) pass, no sort, once per doubling.
 const SLACK: u32 = 2;
-
-/// No slot (a position whose instance is not on the ring) or no position (a free slot).
-pub(crate) const NONE: u32 = u32::MAX;
 
 /// The hashes of the points of instance `id`: the same in every process and release.
 pub(crate) fn point_hashes(id: &str, replicas: usize) -> impl Iterator<Item = u64> + '_ {
@@ -48,12 +48,12 @@ pub(crate) fn point_hashes(id: &str, replicas: usize) -> impl Iterator<Item = u6
     })
 }
 
-/// One point of the ring: a hash and the slot of the instance it belongs to. Points are
-/// ordered by hash, then slot.
+/// One point of the ring: a hash and the position in the set of the instance it belongs to.
+/// Points are ordered by hash, then position.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Point {
     hash: u64,
-    slot: u32,
+    pos: u32,
 }
 
 /// The number of bits that index `n` distinct values (0 for at most one).
@@ -61,10 +61,10 @@ fn bits_to_index(n: usize) -> u32 {
     usize::BITS - n.saturating_sub(1).leading_zeros()
 }
 
-/// The layout for `len` points and `slots` slots: about [`TARGET`] points per chunk, and
-/// enough bits for every slot (a slot is stored in the low `bits` bits of its point).
-fn layout_bits(len: usize, slots: usize) -> u32 {
-    bits_to_index(len.div_ceil(TARGET)).max(bits_to_index(slots))
+/// The layout for `len` points on a set of `positions` instances: about [`TARGET`] points per
+/// chunk, and enough bits for every position (stored in the low `bits` bits of its points).
+fn layout_bits(len: usize, positions: usize) -> u32 {
+    bits_to_index(len.div_ceil(TARGET)).max(bits_to_index(positions))
 }
 
 /// The sorted points in `1 << bits` chunks, each behind its own `Arc`: chunk `b` holds the
@@ -72,7 +72,7 @@ fn layout_bits(len: usize, slots: usize) -> u32 {
 /// chunk (no search) and a change copies only the chunks its points fall in.
 ///
 /// Inside a chunk, the top `bits` bits of a hash are known, so a point is one word:
-/// `hash << bits | slot`, and the words sort like the points. A lookup guesses the position of
+/// `hash << bits | pos`, and the words sort like the points. A lookup guesses the position of
 /// its hash by interpolation (hashes are uniform) and corrects the guess by a short scan;
 /// eight points share a cache line.
 #[derive(Clone)]
@@ -93,20 +93,20 @@ impl Points {
     /// `p` as stored in its chunk.
     #[inline]
     fn pack(&self, p: Point) -> u64 {
-        (p.hash << self.bits) | u64::from(p.slot)
+        (p.hash << self.bits) | u64::from(p.pos)
     }
 
-    /// The slot of a stored point.
+    /// The position of a stored point.
     #[inline]
-    fn slot(&self, word: u64) -> u32 {
-        // The low `bits` bits: the slot, which is below `1 << bits`.
+    fn pos(&self, word: u64) -> u32 {
+        // The low `bits` bits: the position, which is below `1 << bits`.
         (word & ((1u64 << self.bits) - 1)) as u32
     }
 
-    /// The points, sorted, laid out for `slots` slots.
-    fn build(mut all: Vec<Point>, slots: usize) -> Self {
+    /// The points, sorted, laid out for a set of `positions` instances.
+    fn build(mut all: Vec<Point>, positions: usize) -> Self {
         all.sort_unstable();
-        Self::lay_out(&all, layout_bits(all.len(), slots))
+        Self::lay_out(&all, layout_bits(all.len(), positions))
     }
 
     /// Sorted points cut into `1 << bits` chunks.
@@ -135,7 +135,7 @@ impl Points {
             let top = ((b as u128) << (64 - self.bits)) as u64;
             all.extend(chunk.iter().map(|w| Point {
                 hash: top | w.checked_shr(self.bits).unwrap_or(0),
-                slot: self.slot(*w),
+                pos: self.pos(*w),
             }));
         }
         all
@@ -161,7 +161,7 @@ impl Points {
         }
     }
 
-    /// The first slot clockwise from `hash` (once around the ring) for which `f` gives a
+    /// The first position clockwise from `hash` (once around the ring) for which `f` gives a
     /// value, and that value.
     #[inline]
     fn find_map<T>(&self, hash: u64, mut f: impl FnMut(u32) -> Option<T>) -> Option<T> {
@@ -172,7 +172,7 @@ impl Points {
         let mut left = self.len;
         loop {
             for w in &self.chunks[c][i..] {
-                if let Some(t) = f(self.slot(*w)) {
+                if let Some(t) = f(self.pos(*w)) {
                     return Some(t);
                 }
                 left -= 1;
@@ -188,13 +188,13 @@ impl Points {
         }
     }
 
-    /// A copy with `ops` applied ((point, add?)), for `slots` slots: only the chunks they fall
-    /// in are copied; the others are shared. The ring is laid out again (O(points), no sort)
-    /// when a slot would not fit in its chunks' words, or when the average chunk has drifted
-    /// past [`SLACK`] bits from [`TARGET`] points.
-    fn apply(&self, mut ops: Vec<(Point, bool)>, slots: usize) -> Self {
-        let mut out = if bits_to_index(slots) > self.bits {
-            Self::lay_out(&self.unpack(), layout_bits(self.len, slots))
+    /// A copy with `ops` applied ((point, add?)), for a set of `positions` instances: only the
+    /// chunks they fall in are copied; the others are shared. The ring is laid out again
+    /// (O(points), no sort) when a position would not fit in its chunks' words, or when the
+    /// layout has drifted more than [`SLACK`] bits from the one a build would choose.
+    fn apply(&self, mut ops: Vec<(Point, bool)>, positions: usize) -> Self {
+        let mut out = if bits_to_index(positions) > self.bits {
+            Self::lay_out(&self.unpack(), layout_bits(self.len, positions))
         } else {
             self.clone()
         };
@@ -221,7 +221,7 @@ impl Points {
             }
             out.chunks[c] = Arc::from(chunk);
         }
-        let bits = layout_bits(out.len, slots);
+        let bits = layout_bits(out.len, positions);
         if out.bits + SLACK < bits || out.bits > bits + SLACK {
             out = Self::lay_out(&out.unpack(), bits);
         }
@@ -262,11 +262,6 @@ pub(crate) struct SetRing {
     /// The health of the instances on the ring (the set's selection tier).
     tier: Option<Health>,
     points: Arc<Points>,
-    /// Position → slot (`NONE` when that instance is not on the ring).
-    pos_slot: Vec<u32>,
-    /// Slot → position (`NONE` for a free slot).
-    slot_pos: Vec<u32>,
-    free: Vec<u32>,
     pub(crate) candidates: Candidates,
 }
 
@@ -280,37 +275,29 @@ impl SetRing {
     /// The ring of `set` from scratch: O(n × replicas × log).
     pub(crate) fn build(set: &InstanceSet, replicas: usize) -> Self {
         let tier = set.selection_tier();
-        let on_ring = |s: &ServiceInfo| Some(s.health) == tier;
         let mut all = Vec::with_capacity(set.selectable() * replicas);
-        let mut pos_slot = vec![NONE; set.len()];
         for (i, s) in set.iter().enumerate() {
-            if on_ring(s) {
-                pos_slot[i] = i as u32;
+            if Some(s.health) == tier {
                 all.extend(point_hashes(&s.id, replicas).map(|hash| Point {
                     hash,
-                    slot: i as u32,
+                    pos: i as u32,
                 }));
             }
         }
-        let slot_pos = pos_slot.clone();
-        let free = (0..set.len() as u32)
-            .filter(|i| pos_slot[*i as usize] == NONE)
-            .collect();
         SetRing {
             generation: set.generation(),
             set: set.clone(),
             tier,
             points: Arc::new(Points::build(all, set.len())),
-            pos_slot,
-            slot_pos,
-            free,
             candidates: Candidates::new(set),
         }
     }
 
     /// The ring of `set` from `self`'s: the points of the instances that joined or left the
-    /// ring are added or removed (O(changes × replicas + chunks)), plus an O(n) pass over
-    /// pointers to find the changes. A change of tier rebuilds.
+    /// ring are added or removed, and those of an instance that moved to another position
+    /// (a removal moves the set's last instance into the freed one) are placed again
+    /// (O(changes × replicas + chunks)), plus an O(n) pass over pointers to find the changes.
+    /// A change of tier rebuilds.
     pub(crate) fn next(&self, set: &InstanceSet, replicas: usize) -> Self {
         let tier = set.selection_tier();
         if tier != self.tier {
@@ -318,14 +305,15 @@ impl SetRing {
         }
         let old = &self.set;
         let on_ring = |s: &ServiceInfo| Some(s.health) == tier;
-        // Positions whose instance changed, old and new.
+        // Positions whose instance changed: the old ones that were on the ring by id, and the
+        // new ones.
         let mut gone: HashMap<&str, usize> = HashMap::new();
         let mut came: Vec<usize> = Vec::new();
         for i in 0..old.len().max(set.len()) {
             match (old.get(i), set.get(i)) {
                 (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
                 (a, b) => {
-                    if let Some(a) = a {
+                    if let Some(a) = a.filter(|a| on_ring(a)) {
                         gone.insert(a.id.as_str(), i);
                     }
                     if b.is_some() {
@@ -334,62 +322,38 @@ impl SetRing {
                 }
             }
         }
-        let mut pos_slot = self.pos_slot.clone();
-        pos_slot.resize(set.len(), NONE);
-        let mut slot_pos = self.slot_pos.clone();
-        let mut free = self.free.clone();
         let mut ops: Vec<(Point, bool)> = Vec::new();
-        let mut unplace = |slot: u32, id: &str, slot_pos: &mut Vec<u32>, free: &mut Vec<u32>| {
-            ops.extend(point_hashes(id, replicas).map(|hash| (Point { hash, slot }, false)));
-            slot_pos[slot as usize] = NONE;
-            free.push(slot);
+        let mut place = |id: &str, at: usize, add: bool| {
+            let pos = at as u32;
+            ops.extend(point_hashes(id, replicas).map(|hash| (Point { hash, pos }, add)));
         };
-        let mut added: Vec<(usize, &Arc<ServiceInfo>)> = Vec::new();
         for &i in &came {
             let Some(s) = set.get(i) else { continue };
             let was = gone.remove(s.id.as_str());
-            let old_slot = was.map_or(NONE, |p| self.pos_slot[p]);
-            match (old_slot != NONE, on_ring(s)) {
-                (true, true) => {
-                    pos_slot[i] = old_slot;
-                    slot_pos[old_slot as usize] = i as u32;
+            match (was, on_ring(s)) {
+                (Some(p), true) if p == i => {}
+                (Some(p), true) => {
+                    place(&s.id, p, false);
+                    place(&s.id, i, true);
                 }
-                (true, false) => {
-                    unplace(old_slot, &s.id, &mut slot_pos, &mut free);
-                    pos_slot[i] = NONE;
-                }
-                (false, true) => added.push((i, s)),
-                (false, false) => pos_slot[i] = NONE,
+                (Some(p), false) => place(&s.id, p, false),
+                (None, true) => place(&s.id, i, true),
+                (None, false) => {}
             }
         }
         for (id, p) in gone {
-            let slot = self.pos_slot[p];
-            if slot != NONE {
-                unplace(slot, id, &mut slot_pos, &mut free);
-            }
-        }
-        for (i, s) in added {
-            let slot = free.pop().unwrap_or_else(|| {
-                slot_pos.push(NONE);
-                (slot_pos.len() - 1) as u32
-            });
-            slot_pos[slot as usize] = i as u32;
-            pos_slot[i] = slot;
-            ops.extend(point_hashes(&s.id, replicas).map(|hash| (Point { hash, slot }, true)));
+            place(id, p, false);
         }
         let points = if ops.is_empty() {
             Arc::clone(&self.points)
         } else {
-            Arc::new(self.points.apply(ops, slot_pos.len()))
+            Arc::new(self.points.apply(ops, set.len()))
         };
         SetRing {
             generation: set.generation(),
             set: set.clone(),
             tier,
             points,
-            pos_slot,
-            slot_pos,
-            free,
             candidates: Candidates::new(set),
         }
     }
@@ -398,10 +362,8 @@ impl SetRing {
     /// set this ring was prepared for.
     #[inline]
     pub(crate) fn lookup(&self, hash: u64, mut usable: impl FnMut(usize) -> bool) -> Option<usize> {
-        self.points.find_map(hash, |slot| {
-            let p = self.slot_pos.get(slot as usize).copied().unwrap_or(NONE);
-            (p != NONE && usable(p as usize)).then_some(p as usize)
-        })
+        self.points
+            .find_map(hash, |p| usable(p as usize).then_some(p as usize))
     }
 
     /// Like [`lookup`](Self::lookup) on `other`, a set this ring was not prepared for: each
@@ -466,15 +428,15 @@ mod tests {
         assert_eq!(first_at_or_after(&[], 5), 0);
     }
 
-    /// The slot of the first point at or after `hash` in a plain sorted list, wrapping.
+    /// The position of the first point at or after `hash` in a plain sorted list, wrapping.
     fn first_slot(sorted: &[Point], hash: u64) -> Option<u32> {
         let i = sorted.partition_point(|p| p.hash < hash);
-        sorted.get(i).or(sorted.first()).map(|p| p.slot)
+        sorted.get(i).or(sorted.first()).map(|p| p.pos)
     }
 
     #[test]
     fn chunked_lookups_equal_a_search_of_the_sorted_points() {
-        for (n, slots) in [
+        for (n, positions) in [
             (0, 1),
             (1, 1),
             (3, 3),
@@ -487,25 +449,25 @@ mod tests {
                 .enumerate()
                 .map(|(i, hash)| Point {
                     hash,
-                    slot: (i % slots) as u32,
+                    pos: (i % positions) as u32,
                 })
                 .collect();
             // Points right at chunk borders and at both ends of the ring.
             if n > 0 {
-                all.push(Point { hash: 0, slot: 0 });
+                all.push(Point { hash: 0, pos: 0 });
                 all.push(Point {
                     hash: u64::MAX,
-                    slot: 0,
+                    pos: 0,
                 });
                 all.push(Point {
                     hash: 1 << 63,
-                    slot: 0,
+                    pos: 0,
                 });
             }
-            let points = Points::build(all.clone(), slots);
+            let points = Points::build(all.clone(), positions);
             all.sort_unstable();
             assert_eq!(points.len, all.len());
-            assert!(points.bits >= bits_to_index(slots));
+            assert!(points.bits >= bits_to_index(positions));
             assert!(all == points.unpack(), "n {n}");
             let mut keys: Vec<u64> = (0..5_000u64).map(|k| pick::fmix64(k ^ 99)).collect();
             keys.extend(all.iter().flat_map(|p| [p.hash.wrapping_sub(1), p.hash]));
@@ -513,7 +475,7 @@ mod tests {
                 let got = points.find_map(key, Some);
                 assert_eq!(got, first_slot(&all, key), "n {n} key {key:x}");
             }
-            // Stepping over slots: the walk visits every point once, in ring order.
+            // Stepping over every point: the walk visits each once.
             if let Some(first) = all.first() {
                 let mut seen = 0;
                 let none: Option<()> = points.find_map(first.hash, |_| {
@@ -526,7 +488,8 @@ mod tests {
         }
     }
 
-    /// Points take one word each, plus a chunk table entry per 32 to 64 points.
+    /// Points take one word each, plus a chunk (its table entry and `Arc` counts) per 64 to
+    /// 128 points.
     #[test]
     fn a_point_takes_about_nine_bytes() {
         let mut w = waypost_core_types::InstanceSetWriter::new("m");
@@ -580,7 +543,7 @@ mod tests {
     }
 
     /// A ring grown one instance at a time from empty, then emptied again, is laid out again
-    /// as it goes (more slots than its chunks' words hold, chunks too full or too empty) and
+    /// as it goes (more positions than its chunks' words hold, chunks too full or too empty) and
     /// always finds what a ring built from scratch finds.
     #[test]
     fn growing_and_shrinking_lay_the_ring_out_again() {
@@ -615,7 +578,7 @@ mod tests {
                     assert_eq!(a, b, "replicas {replicas} step {step} key {k}");
                 }
             }
-            // Up, then down (slots stay: the ring keeps enough bits for 700 of them).
+            // Up, then down.
             let top = *layouts.iter().max().unwrap();
             assert!(top >= bits_to_index(700), "{layouts:?}");
             assert!(layouts.len() >= 3, "{layouts:?}");
