@@ -29,11 +29,15 @@ pub const DEFAULT_REPLICAS: usize = 160;
 ///
 /// On an [`InstanceSet`], the ring is prepared per generation in [`LoadBalancer::prepare`]:
 /// the first set of a service is built in full, each later one is derived from the previous
-/// generation's ring by adding and removing only the points of the instances that joined or
-/// left it (the ring is cut into chunks shared between generations, so a change of one instance
-/// copies only the few hundred small chunks its points fall in: well under a millisecond at
-/// 10,000 instances, where a full build takes about 100 ms). A pick is a bucket-indexed search,
-/// O(log n) and nothing built. A pick on a generation nobody prepared builds a ring only for
+/// generation's ring by adding and removing only the points of the instances that joined,
+/// left or moved in it (the ring is cut by the top bits of the hash into chunks of at most
+/// about 128 points, shared between generations, so a change of one instance copies only the
+/// few hundred small chunks its points fall in: well under a millisecond at 10,000 instances,
+/// where a full build takes about 100 ms). A pick reads the chunk of its key's hash straight
+/// from the chunk table, guesses the position in it by interpolation and scans a few words:
+/// O(1), the same few cache lines at 10 or 100,000 instances, and nothing built. A point is
+/// one 8-byte word (128 MB for the 16 million points of 100,000 instances at 160 replicas).
+/// A pick on a generation nobody prepared builds a ring only for
 /// sets of at most [`SYNC_BUILD_MAX`] instances (or for the service's very first set); larger
 /// ones are looked up on the latest ring, each point mapped to the set by id (instances that
 /// joined since, or moved position, are skipped until the set is prepared).
@@ -205,7 +209,8 @@ impl ConsistentHash {
     }
 
     /// A consistent-hash balancer with `replicas` virtual nodes per instance (at least 1). More
-    /// replicas spread keys more evenly and cost memory: `12 × replicas` bytes per instance.
+    /// replicas spread keys more evenly and cost memory: about `8.5 × replicas` bytes per
+    /// instance on a prepared set's ring, `12 × replicas` on the slice API's.
     pub fn with_replicas(replicas: usize) -> Self {
         ConsistentHash {
             replicas: replicas.max(1),
@@ -351,8 +356,8 @@ impl LoadBalancer for ConsistentHash {
         Some(&instances[i])
     }
 
-    /// A lookup on the ring prepared for the set's generation: O(log n), no ring is ever built
-    /// here for a prepared set.
+    /// A lookup on the ring prepared for the set's generation: O(1) (a chunk read from a table,
+    /// a short scan in it), no ring is ever built here for a prepared set.
     #[inline]
     fn select_set<'a>(
         &self,
