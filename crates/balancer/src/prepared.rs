@@ -83,14 +83,17 @@ impl<T> Default for PerService<T> {
 }
 
 impl<T: Generational> PerService<T> {
+    /// The state this balancer attached to `set` when it prepared it (one load), if it did.
+    #[inline]
+    pub(crate) fn attached<'a>(&self, set: &'a InstanceSet) -> Option<&'a T> {
+        set.attachment(self.owner)
+            .and_then(|a| a.downcast_ref::<T>())
+    }
+
     /// Runs `f` on the state prepared for `set`'s generation; `None` when there is none.
     #[inline]
     pub(crate) fn with<R>(&self, set: &InstanceSet, f: impl FnOnce(&T) -> R) -> Option<R> {
-        // The state this balancer attached to the set when it prepared it: one load.
-        if let Some(state) = set
-            .attachment(self.owner)
-            .and_then(|a| a.downcast_ref::<T>())
-        {
+        if let Some(state) = self.attached(set) {
             return Some(f(state));
         }
         let epoch = self.epoch.load(Ordering::Acquire);

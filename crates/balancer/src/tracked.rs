@@ -329,11 +329,28 @@ impl<E: Entry> Tables<E> {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let (i, guard) = match self.sets.with(set, |t| t.choose_two_and_begin(set, ctx)) {
-            Some(r) => r,
-            None => self.pick_unprepared(set, ctx),
+        // The table attached to the set, in straight-line code (the usual case: the discovery
+        // cache prepared the set it hands out).
+        let (i, guard) = match self.sets.attached(set) {
+            Some(t) => t.choose_two_and_begin(set, ctx),
+            None => self.pick_unattached(set, ctx),
         }?;
         Some((set.get(i)?, guard))
+    }
+
+    /// A pick on a set this balancer did not attach its table to: the table of its generation
+    /// held by this thread or the service, else [`pick_unprepared`](Self::pick_unprepared).
+    #[cold]
+    #[inline(never)]
+    fn pick_unattached(
+        &self,
+        set: &InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(usize, CallGuard)> {
+        match self.sets.with(set, |t| t.choose_two_and_begin(set, ctx)) {
+            Some(r) => r,
+            None => self.pick_unprepared(set, ctx),
+        }
     }
 
     /// A pick on a generation that was not prepared: prepares it (O(n)), or, for a set older
