@@ -6,7 +6,7 @@ use arc_swap::ArcSwap;
 use waypost_core_types::{Health, InstanceSet, LoadBalancer, SelectContext, ServiceInfo};
 
 use crate::pick;
-use crate::prepared::{Generational, PerService};
+use crate::prepared::PerService;
 use crate::ring::SetRing;
 use crate::state::StateMap;
 
@@ -375,13 +375,10 @@ impl LoadBalancer for ConsistentHash {
     /// joined or left are added or removed (a full build for the service's first set, or when
     /// the selection tier changed).
     fn prepare(&self, set: &InstanceSet) {
-        let latest = self.sets.latest(set.service());
-        let ring = match latest {
-            Some(l) if l.generation() >= set.generation() => return,
+        self.sets.prepare_from(set, |latest| match latest {
             Some(l) => l.next(set, self.replicas),
             None => SetRing::build(set, self.replicas),
-        };
-        self.sets.store_for(set, Arc::new(ring));
+        });
     }
 
     fn forget(&self, service: &str) {
@@ -393,6 +390,7 @@ impl LoadBalancer for ConsistentHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prepared::Generational;
     use crate::testing::{index, set};
     use waypost_core_types::Health;
 

@@ -180,12 +180,20 @@ impl<T: Generational> PerService<T> {
     /// Builds and stores the state for `set` with `build`, unless the same or a newer
     /// generation of its service is already prepared.
     pub(crate) fn prepare(&self, set: &InstanceSet, build: impl FnOnce() -> T) {
-        let newer = self
-            .latest(set.service())
-            .is_none_or(|p| p.generation() < set.generation());
-        if newer {
-            self.store_for(set, Arc::new(build()));
+        self.prepare_from(set, |_| build());
+    }
+
+    /// Like [`prepare`](Self::prepare), `build` given the service's latest state (older than
+    /// `set`), for state derived from the previous generation's.
+    pub(crate) fn prepare_from(&self, set: &InstanceSet, build: impl FnOnce(Option<&T>) -> T) {
+        let latest = self.latest(set.service());
+        if latest
+            .as_ref()
+            .is_some_and(|p| p.generation() >= set.generation())
+        {
+            return;
         }
+        self.store_for(set, Arc::new(build(latest.as_deref())));
     }
 
     /// Makes `value`, prepared for `set`, the state of its service (unless a newer generation

@@ -295,15 +295,8 @@ impl<E: Entry> Tables<E> {
     /// Prepares `set` unless the same or a newer generation of its service is prepared,
     /// carrying the entries of the latest generation over.
     pub(crate) fn prepare(&self, set: &InstanceSet) {
-        let prev = self.sets.latest(set.service());
-        if prev
-            .as_ref()
-            .is_some_and(|p| p.generation >= set.generation())
-        {
-            return;
-        }
-        let table = Table::new(set, prev.as_deref(), &self.opts);
-        self.sets.store_for(set, Arc::new(table));
+        self.sets
+            .prepare_from(set, |prev| Table::new(set, prev, &self.opts));
     }
 
     /// [`LoadBalancer::select_set`](waypost_core_types::LoadBalancer::select_set) of a
