@@ -25,6 +25,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -401,6 +403,10 @@ fn print_table(outcomes: &[Outcome]) {
 /// One series of bars: its legend, colour, inset from the row's edges (pixels) and value.
 type Bars = (&'static str, RGBColor, u32, fn(&Outcome) -> f64);
 
+/// A panel of the chart: values across, one segment per configuration down.
+type Chart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, SegmentedCoord<RangedCoordusize>>>;
+
 const P50_COLOR: RGBColor = RGBColor(150, 195, 240);
 const P90_COLOR: RGBColor = RGBColor(65, 120, 200);
 const P99_COLOR: RGBColor = RGBColor(25, 70, 150);
@@ -440,6 +446,21 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
     let legend = |color: RGBColor| {
         move |(x, y): (i32, i32)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled())
     };
+    // Each series of bars, one bar per configuration, with its legend entry.
+    let draw_bars = |chart: &mut Chart<'_, '_>, series: &[Bars]| -> LabResult {
+        for &(label, color, margin, value) in series {
+            chart
+                .draw_series(
+                    outcomes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, o)| bar(i, value(o), color, margin)),
+                )?
+                .label(label)
+                .legend(legend(color));
+        }
+        Ok(())
+    };
     let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 16))?;
@@ -472,17 +493,7 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         ("p90", P90_COLOR, 12, |o| o.p90_ms),
         ("p50", P50_COLOR, 17, |o| o.p50_ms),
     ];
-    for (label, color, margin, value) in latency_bars {
-        latency
-            .draw_series(
-                outcomes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, o)| bar(i, value(o), color, margin)),
-            )?
-            .label(label)
-            .legend(legend(color));
-    }
+    draw_bars(&mut latency, &latency_bars)?;
     latency.draw_series(outcomes.iter().enumerate().map(|(i, o)| {
         EmptyElement::at((o.p99_ms, SegmentValue::CenterOf(row(i))))
             + Text::new(
@@ -532,17 +543,7 @@ fn draw_chart(path: &Path, outcomes: &[Outcome], title: &str) -> LabResult {
         ),
         ("failed calls", ERROR_COLOR, 16, Outcome::error_rate_pct),
     ];
-    for (label, color, margin, value) in failure_bars {
-        failures
-            .draw_series(
-                outcomes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, o)| bar(i, value(o), color, margin)),
-            )?
-            .label(label)
-            .legend(legend(color));
-    }
+    draw_bars(&mut failures, &failure_bars)?;
     failures.draw_series(outcomes.iter().enumerate().map(|(i, o)| {
         EmptyElement::at((
             o.failing_pct().max(o.error_rate_pct()),
