@@ -4,7 +4,9 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use waypost_core_types::{Health, InstanceSet, LoadBalancer, SelectContext, ServiceInfo};
+use waypost_core_types::{
+    CallGuard, Health, InstanceSet, LoadBalancer, SelectContext, ServiceInfo,
+};
 
 use crate::pick;
 use crate::prepared::{avoided, Candidates, Generational, PerService};
@@ -14,6 +16,14 @@ use crate::state::{StateMap, Striped};
 const THREAD_CACHE: usize = 4;
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// From how many candidates a prepared pick warms the instances of its next turns: below,
+/// they stay in the CPU's caches anyway.
+const WARM_FROM: usize = 4096;
+
+/// Turns per warm-up: every `WARM_BATCH`-th turn of a thread reads the next batch's
+/// instances.
+const WARM_BATCH: usize = 32;
 
 /// A per-thread shortcut from an instance set to its service's counter.
 struct Cached {
@@ -90,17 +100,44 @@ impl Generational for Prepared {
 impl Prepared {
     /// The next candidate in turn; avoided ones are stepped over while another is left.
     #[inline]
-    fn next(&self, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
+    fn next(&self, set: &InstanceSet, ctx: &SelectContext<'_>, warm: bool) -> Option<usize> {
         let k = self.candidates.len();
         if k == 0 {
             return None;
         }
-        let n = self.candidates.wrap(self.counter.next());
+        let turn = self.counter.next();
+        let n = self.candidates.wrap(turn);
+        if warm && k >= WARM_FROM && turn % WARM_BATCH == 0 {
+            self.warm(set, n);
+        }
         let i = self.candidates.at(n);
         if ctx.avoid.is_empty() || !avoided(set, i, ctx) {
             return Some(i);
         }
         Some(self.next_not_avoided(set, ctx, n).unwrap_or(i))
+    }
+
+    /// Reads the reference counts of the candidates this thread picks after the next
+    /// [`WARM_BATCH`] (its turns are consecutive), so that they are in the CPU's cache when
+    /// the caller of [`LoadBalancer::pick_warming`] clones or reads them. The reads of one batch
+    /// overlap: one wait for memory per batch instead of one per pick.
+    #[cold]
+    #[inline(never)]
+    fn warm(&self, set: &InstanceSet, n: usize) {
+        let k = self.candidates.len();
+        // `n < k` and `k ≥ WARM_FROM > 2 * WARM_BATCH`: one subtraction wraps a turn.
+        let mut turn = n + WARM_BATCH;
+        let mut sum = 0usize;
+        for _ in 0..WARM_BATCH {
+            if turn >= k {
+                turn -= k;
+            }
+            if let Some(s) = set.get(self.candidates.at(turn)) {
+                sum = sum.wrapping_add(Arc::strong_count(s));
+            }
+            turn += 1;
+        }
+        std::hint::black_box(sum);
     }
 
     /// The first candidate after the `n`-th that is not avoided: among `avoid.len() + 1`
@@ -192,9 +229,9 @@ impl RoundRobin {
     #[inline(never)]
     fn next_unprepared(&self, set: &InstanceSet, ctx: &SelectContext<'_>) -> Option<usize> {
         self.prepare(set);
-        match self.sets.with(set, |p| p.next(set, ctx)) {
+        match self.sets.with(set, |p| p.next(set, ctx, false)) {
             Some(r) => r,
-            None => self.build(set).next(set, ctx),
+            None => self.build(set).next(set, ctx, false),
         }
     }
 }
@@ -249,11 +286,26 @@ impl LoadBalancer for RoundRobin {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        let i = match self.sets.with(set, |p| p.next(set, ctx)) {
+        let i = match self.sets.with(set, |p| p.next(set, ctx, false)) {
             Some(i) => i,
             None => self.next_unprepared(set, ctx),
         }?;
         set.get(i)
+    }
+
+    /// [`select_set`](Self::select_set) that, in a set of 4,096 candidates or more, reads the
+    /// instances of the thread's next turns ahead: 32 of them every 32 turns.
+    #[inline]
+    fn pick_warming<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        let i = match self.sets.with(set, |p| p.next(set, ctx, true)) {
+            Some(i) => i,
+            None => self.next_unprepared(set, ctx),
+        }?;
+        Some((set.get(i)?, CallGuard::noop()))
     }
 
     fn prepare(&self, set: &InstanceSet) {
@@ -362,6 +414,26 @@ mod tests {
         // Two balancers never share positions.
         let other = RoundRobin::new();
         assert_eq!(other.select(&a, &ctx).unwrap().id, "p-0");
+    }
+
+    #[test]
+    fn warming_picks_keep_the_rotation() {
+        // Large enough to warm (every 32nd turn reads the next 32 candidates), with unhealthy
+        // instances so that candidates are not positions, over the wrap-around twice.
+        let health: Vec<bool> = (0..WARM_FROM + 300).map(|i| i % 7 != 3).collect();
+        let s = InstanceSet::new("w", set("w", &health));
+        let plain = RoundRobin::new();
+        let warming: Arc<dyn LoadBalancer> = Arc::new(RoundRobin::new());
+        plain.prepare(&s);
+        warming.prepare(&s);
+        let ctx = SelectContext::default();
+        let healthy = health.iter().filter(|h| **h).count();
+        for _ in 0..2 * healthy + 100 {
+            let (a, _) = plain.pick(&s, &ctx).unwrap();
+            let (b, _) = Arc::clone(&warming).pick_warming(&s, &ctx).unwrap();
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.health, Health::Healthy);
+        }
     }
 
     #[test]

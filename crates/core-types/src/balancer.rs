@@ -245,6 +245,19 @@ pub trait LoadBalancer: Send + Sync + fmt::Debug {
         Some((picked, self.begin(picked)))
     }
 
+    /// [`pick`](Self::pick), for a caller that goes on to clone or read the picked instance
+    /// (the discovery cache, the client). A balancer that knows which instances its next picks
+    /// return (round robin, in a set too large for the CPU's caches) may read them ahead, so that
+    /// their callers find them in the cache; a caller that only picks would pay for those reads
+    /// for nothing. The default is [`pick`](Self::pick).
+    fn pick_warming<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        self.pick(set, ctx)
+    }
+
     /// Tells the balancer that `set` is (or is about to become) its service's current set, so
     /// that it can build what picks on it need (an alias table, a hash ring, per-instance state)
     /// off the request path. A discovery cache calls it on every change, before it publishes
@@ -291,6 +304,14 @@ impl<T: LoadBalancer + ?Sized> LoadBalancer for Arc<T> {
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
         (**self).pick(set, ctx)
+    }
+
+    fn pick_warming<'a>(
+        &self,
+        set: &'a InstanceSet,
+        ctx: &SelectContext<'_>,
+    ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
+        (**self).pick_warming(set, ctx)
     }
 
     fn prepare(&self, set: &InstanceSet) {

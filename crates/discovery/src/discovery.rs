@@ -387,7 +387,7 @@ impl CachedDiscovery {
             let (picked, _guard) = self
                 .inner
                 .balancer
-                .pick(&h.set, &SelectContext::default())?;
+                .pick_warming(&h.set, &SelectContext::default())?;
             h.entry.hit();
             Some(Arc::clone(own_copy(&h.set, &h.mirror, picked)))
         })
@@ -455,7 +455,7 @@ impl CachedDiscovery {
         if set.selectable() == 0 {
             return Err(Error::NoHealthyInstance(name.to_owned()));
         }
-        match self.inner.balancer.pick(set, ctx) {
+        match self.inner.balancer.pick_warming(set, ctx) {
             Some((picked, guard)) => Ok(Selection {
                 instance: Arc::clone(own_copy(set, mirror, picked)),
                 guard,
