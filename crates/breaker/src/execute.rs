@@ -129,6 +129,7 @@ where
         Self::acquire_timed(breaker, false)
     }
 
+    #[inline]
     fn acquire_timed(breaker: R, timed: bool) -> Result<Self, Error> {
         let permit = breaker.try_acquire()?;
         Ok(PermitGuard {
@@ -138,11 +139,13 @@ where
         })
     }
 
+    #[inline]
     fn elapsed(&self) -> Duration {
         self.start.map_or(Duration::ZERO, |s| s.elapsed())
     }
 
     /// Records `outcome` with the time since [`acquire`](Self::acquire).
+    #[inline]
     pub fn finish(mut self, outcome: Outcome) {
         if let Some(p) = self.permit.take() {
             let elapsed = self.elapsed();
@@ -156,6 +159,7 @@ where
     R: Deref,
     R::Target: CircuitBreaker,
 {
+    #[inline]
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
             let elapsed = self.elapsed();
@@ -288,6 +292,7 @@ where
     }
 }
 
+#[inline]
 pub(crate) fn execute_sync_impl<R, T, E>(
     breaker: R,
     timed: bool,

@@ -126,13 +126,14 @@ impl Clock {
         }
     }
 
+    /// Nanoseconds since the clock was made (without the 128-bit arithmetic of `as_nanos`;
+    /// `u64::MAX` after 584 years).
+    #[inline]
     pub(crate) fn now_nanos(&self) -> u64 {
-        u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX)
+        let d = Instant::now().saturating_duration_since(self.epoch);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
     }
 }
 

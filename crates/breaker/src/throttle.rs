@@ -340,6 +340,7 @@ impl CircuitBreaker for AdaptiveThrottle {
     /// While the backend accepts enough calls that none could be refused, a permit costs one
     /// clock read and one increment of this thread's own counter; otherwise (throttling, a new
     /// bucket, a thread that used up its share of the headroom) it is decided under a mutex.
+    #[inline]
     fn try_acquire(&self) -> Result<Permit> {
         let nanos = self.clock.now_nanos();
         loop {
@@ -361,6 +362,7 @@ impl CircuitBreaker for AdaptiveThrottle {
 
     /// An accept is counted in the bucket of its request (so the two leave the window
     /// together); without throttling it is one increment of this thread's own counter.
+    #[inline]
     fn record(&self, permit: Permit, outcome: Outcome, _elapsed: Duration) {
         let tag = permit.token() as u32;
         let fast = self.fast.load(Ordering::Acquire);
