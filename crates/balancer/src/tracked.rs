@@ -324,10 +324,15 @@ impl<E: Entry> Tables<E> {
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
         // The table attached to the set, in straight-line code (the usual case: the discovery
         // cache prepared the set it hands out).
-        let (i, guard) = match self.sets.attached(set) {
-            Some(t) => t.choose_two_and_begin(set, ctx),
-            None => self.pick_unattached(set, ctx),
-        }?;
+        // The guard is made last, so that it is built where the result goes (a guard built
+        // before and moved in was reread from the stack wider than it was written, which the
+        // CPU cannot forward from its stores).
+        if let Some(t) = self.sets.attached(set) {
+            let i = t.choose_two(set, ctx)?;
+            let picked = set.get(i)?;
+            return Some((picked, t.begin(i)));
+        }
+        let (i, guard) = self.pick_unattached(set, ctx)?;
         Some((set.get(i)?, guard))
     }
 

@@ -94,6 +94,7 @@ enum Tracked {
 
 impl CallGuard {
     /// A guard that reports to nobody (for balancers that do not track calls).
+    #[inline]
     pub fn noop() -> Self {
         CallGuard { inner: None }
     }
@@ -115,6 +116,7 @@ impl CallGuard {
     }
 
     /// A guard reporting to `observer` for its entry `slot`, starting now.
+    #[inline]
     pub fn for_slot(observer: Arc<dyn SlotObserver>, slot: u32) -> Self {
         CallGuard {
             inner: Some(Tracked::Slot(observer, slot, Some(Instant::now()))),
@@ -123,6 +125,7 @@ impl CallGuard {
 
     /// A guard reporting to `observer` for its entry `slot` without measuring the call (a
     /// latency of zero, no clock read).
+    #[inline]
     pub fn for_slot_untimed(observer: Arc<dyn SlotObserver>, slot: u32) -> Self {
         CallGuard {
             inner: Some(Tracked::Slot(observer, slot, None)),
@@ -131,6 +134,7 @@ impl CallGuard {
 
     /// Reports the outcome, measuring latency from the guard's creation (zero for an
     /// untimed guard).
+    #[inline]
     pub fn finish(mut self, outcome: Outcome) {
         if let Some(tracked) = self.inner.take() {
             report(tracked, outcome);
@@ -148,6 +152,7 @@ impl CallGuard {
 }
 
 impl Drop for CallGuard {
+    #[inline]
     fn drop(&mut self) {
         if let Some(tracked) = self.inner.take() {
             report(tracked, Outcome::Ignored);
