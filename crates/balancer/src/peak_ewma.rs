@@ -308,10 +308,10 @@ impl Cell {
     /// Whether the slice path may drop it: no call in flight and idle for five time constants.
     fn idle(&self, opts: &Opts, now: Instant) -> bool {
         let failed_at = self.failed_at.load(Ordering::Relaxed);
-        let last = self
-            .at
-            .load(Ordering::Relaxed)
-            .max(if failed_at == NEVER { 0 } else { failed_at });
+        let last =
+            self.at
+                .load(Ordering::Relaxed)
+                .max(if failed_at == NEVER { 0 } else { failed_at });
         let idle = opts.stamp(now).saturating_sub(last);
         self.in_flight() == 0 && Duration::from_nanos(idle) > opts.forget_after
     }
