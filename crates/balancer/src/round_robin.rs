@@ -420,14 +420,15 @@ mod tests {
     fn warming_picks_keep_the_rotation() {
         // Large enough to warm (every 32nd turn reads the next 32 candidates), with unhealthy
         // instances so that candidates are not positions, over the wrap-around twice.
-        let health: Vec<bool> = (0..WARM_FROM + 300).map(|i| i % 7 != 3).collect();
+        let health: Vec<bool> = (0..WARM_FROM * 2 + 300).map(|i| i % 7 != 3).collect();
+        let healthy = health.iter().filter(|h| **h).count();
+        assert!(healthy >= WARM_FROM, "{healthy} candidates: too few to warm");
         let s = InstanceSet::new("w", set("w", &health));
         let plain = RoundRobin::new();
         let warming: Arc<dyn LoadBalancer> = Arc::new(RoundRobin::new());
         plain.prepare(&s);
         warming.prepare(&s);
         let ctx = SelectContext::default();
-        let healthy = health.iter().filter(|h| **h).count();
         for _ in 0..2 * healthy + 100 {
             let (a, _) = plain.pick(&s, &ctx).unwrap();
             let (b, _) = Arc::clone(&warming).pick_warming(&s, &ctx).unwrap();
