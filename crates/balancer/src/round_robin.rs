@@ -422,7 +422,10 @@ mod tests {
         // instances so that candidates are not positions, over the wrap-around twice.
         let health: Vec<bool> = (0..WARM_FROM * 2 + 300).map(|i| i % 7 != 3).collect();
         let healthy = health.iter().filter(|h| **h).count();
-        assert!(healthy >= WARM_FROM, "{healthy} candidates: too few to warm");
+        assert!(
+            healthy >= WARM_FROM,
+            "{healthy} candidates: too few to warm"
+        );
         let s = InstanceSet::new("w", set("w", &health));
         let plain = RoundRobin::new();
         let warming: Arc<dyn LoadBalancer> = Arc::new(RoundRobin::new());
