@@ -125,17 +125,17 @@ impl Prepared {
     #[inline(never)]
     fn warm(&self, set: &InstanceSet, n: usize) {
         let k = self.candidates.len();
-        // `n < k` and `k ≥ WARM_FROM > 2 * WARM_BATCH`: one subtraction wraps a turn.
-        let mut turn = n + WARM_BATCH;
+        // `n < k` and `k ≥ WARM_FROM > 2 * WARM_BATCH`: one subtraction wraps a candidate.
+        let mut c = n + WARM_BATCH;
         let mut sum = 0usize;
         for _ in 0..WARM_BATCH {
-            if turn >= k {
-                turn -= k;
+            if c >= k {
+                c -= k;
             }
-            if let Some(s) = set.get(self.candidates.at(turn)) {
+            if let Some(s) = set.get(self.candidates.at(c)) {
                 sum = sum.wrapping_add(Arc::strong_count(s));
             }
-            turn += 1;
+            c += 1;
         }
         std::hint::black_box(sum);
     }
@@ -223,6 +223,16 @@ impl RoundRobin {
         }
     }
 
+    /// The position of the next pick on `set`: on its prepared generation (reading the next
+    /// turns' instances ahead when `warm`), else on one prepared now.
+    #[inline]
+    fn next_on(&self, set: &InstanceSet, ctx: &SelectContext<'_>, warm: bool) -> Option<usize> {
+        match self.sets.with(set, |p| p.next(set, ctx, warm)) {
+            Some(i) => i,
+            None => self.next_unprepared(set, ctx),
+        }
+    }
+
     /// A pick on a set whose generation was not prepared: prepares it (O(n)), or, for a set
     /// older than the prepared one, picks on a copy made for this pick alone.
     #[cold]
@@ -286,11 +296,7 @@ impl LoadBalancer for RoundRobin {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<&'a Arc<ServiceInfo>> {
-        let i = match self.sets.with(set, |p| p.next(set, ctx, false)) {
-            Some(i) => i,
-            None => self.next_unprepared(set, ctx),
-        }?;
-        set.get(i)
+        set.get(self.next_on(set, ctx, false)?)
     }
 
     /// [`select_set`](Self::select_set) that, in a set of 4,096 candidates or more, reads the
@@ -301,11 +307,7 @@ impl LoadBalancer for RoundRobin {
         set: &'a InstanceSet,
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
-        let i = match self.sets.with(set, |p| p.next(set, ctx, true)) {
-            Some(i) => i,
-            None => self.next_unprepared(set, ctx),
-        }?;
-        Some((set.get(i)?, CallGuard::noop()))
+        Some((set.get(self.next_on(set, ctx, true)?)?, CallGuard::noop()))
     }
 
     fn prepare(&self, set: &InstanceSet) {

@@ -323,10 +323,9 @@ impl<E: Entry> Tables<E> {
         ctx: &SelectContext<'_>,
     ) -> Option<(&'a Arc<ServiceInfo>, CallGuard)> {
         // The table attached to the set, in straight-line code (the usual case: the discovery
-        // cache prepared the set it hands out).
-        // The guard is made last, so that it is built where the result goes (a guard built
-        // before and moved in was reread from the stack wider than it was written, which the
-        // CPU cannot forward from its stores).
+        // cache prepared the set it hands out). The guard is made last, so that it is built
+        // where the result goes: a guard built before and moved in was reread from the stack
+        // wider than it was written, which the CPU cannot forward from its stores.
         if let Some(t) = self.sets.attached(set) {
             let i = t.choose_two(set, ctx)?;
             let picked = set.get(i)?;
