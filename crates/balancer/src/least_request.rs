@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use waypost_core_types::{
     CallGuard, CallObserver, InstanceSet, LoadBalancer, Outcome, SelectContext, ServiceInfo,
 };
@@ -84,13 +83,18 @@ pub(crate) struct Count(AtomicU32);
 
 impl Entry for Count {
     type Opts = ();
-    const TIMED: bool = false;
 
-    fn new((): &(), _now: Instant) -> Self {
+    /// Calls are counted, not timed.
+    #[inline]
+    fn now((): &()) -> Option<u64> {
+        None
+    }
+
+    fn new((): &(), _now: u64) -> Self {
         Count(AtomicU32::new(0))
     }
 
-    fn reset(&self, (): &(), _now: Instant) {
+    fn reset(&self, (): &(), _now: u64) {
         self.0.store(0, Ordering::Relaxed);
     }
 
@@ -111,7 +115,7 @@ impl Entry for Count {
     }
 
     #[inline]
-    fn finish(&self, (): &(), _outcome: Outcome, _latency: Duration, _now: Option<Instant>) {
+    fn finish(&self, (): &(), _outcome: Outcome, _latency: Duration) {
         // A stray report never underflows.
         let _ = self
             .0

@@ -111,7 +111,7 @@ use std::sync::Arc;
 
 pub use consistent_hash::{ConsistentHash, DEFAULT_REPLICAS, SYNC_BUILD_MAX};
 pub use least_request::LeastRequest;
-pub use peak_ewma::{PeakEwma, PeakEwmaBuilder};
+pub use peak_ewma::{PeakEwma, PeakEwmaBuilder, TimeSource};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use smooth_weighted::SmoothWeightedRoundRobin;

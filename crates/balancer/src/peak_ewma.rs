@@ -37,15 +37,18 @@ use crate::tracked::{Entry, Tables};
 /// included, while it stays in the service; an entry of one that left goes to a newcomer once no
 /// call is in flight on it), so a pick and its guard cost the same at any size and allocate
 /// nothing; no estimate is ever dropped because the fleet is large. The calls in flight and the
-/// average share one word (the average as an `f32`: 24 bits of precision). A guard reads
-/// tokio's clock when the call begins and when it ends. [`LoadBalancer::forget`] drops a
-/// service's estimates.
+/// average share one word (the average as an `f32`: 24 bits of precision). A pick reads the
+/// balancer's clock when the call begins (the guard keeps the reading) and again when it ends.
+/// [`LoadBalancer::forget`] drops a service's estimates.
 /// On a slice, estimates are kept by instance id; ids with no call in flight and no update for
 /// five time constants are dropped now and then, in amortised O(1). The two paths keep
 /// separate estimates: use one of them per balancer.
 ///
-/// Time, for latencies and for the decay, is tokio's clock ([`tokio::time::Instant`]), as for
-/// [`CallGuard`]: the system's monotonic clock, or the paused clock of a test.
+/// Time, for latencies and for the decay, is the balancer's [`TimeSource`]: by default tokio's
+/// clock ([`tokio::time::Instant`], which a test can pause) when the balancer is built inside a
+/// current-thread runtime, where tokio lets a test pause time, and otherwise the CPU's
+/// time-stamp counter calibrated to nanoseconds, a quarter of the cost of the system clock
+/// here and not waiting for the loads before it.
 #[derive(Debug, Clone)]
 pub struct PeakEwma {
     shared: Arc<Shared>,
@@ -59,6 +62,28 @@ pub struct PeakEwmaBuilder {
     decay: Duration,
     failure_penalty: Duration,
     penalty_decay: Duration,
+    time: TimeSource,
+}
+
+/// The clock a [`PeakEwma`] measures calls and ages its estimates with
+/// ([`PeakEwmaBuilder::time_source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TimeSource {
+    /// [`Tokio`](Self::Tokio) when the balancer is built inside a current-thread tokio runtime
+    /// (the only kind on which a test can pause time, as `#[tokio::test]` builds), else
+    /// [`Counter`](Self::Counter). The default.
+    #[default]
+    Auto,
+    /// tokio's clock ([`tokio::time::Instant`]): the system's monotonic clock, or the paused
+    /// clock of a test. Each read is a read of the system clock (about 25 ns alone here, and it
+    /// waits for the loads before it).
+    Tokio,
+    /// The CPU's time-stamp counter calibrated to nanoseconds against the system's monotonic
+    /// clock (the [`quanta`](https://docs.rs/quanta) crate; calibrated once per process, about
+    /// 1 ms), where the CPU has an invariant one; else the system's monotonic clock. It does
+    /// not follow tokio's paused time.
+    Counter,
 }
 
 impl Default for PeakEwmaBuilder {
@@ -68,6 +93,7 @@ impl Default for PeakEwmaBuilder {
             decay: Duration::from_secs(10),
             failure_penalty: Duration::from_secs(1),
             penalty_decay: Duration::from_secs(1),
+            time: TimeSource::Auto,
         }
     }
 }
@@ -104,6 +130,12 @@ impl PeakEwmaBuilder {
         self
     }
 
+    /// The clock calls are measured and estimates aged with (default [`TimeSource::Auto`]).
+    pub fn time_source(mut self, time: TimeSource) -> Self {
+        self.time = time;
+        self
+    }
+
     /// The balancer.
     ///
     /// # Errors
@@ -114,15 +146,20 @@ impl PeakEwmaBuilder {
                 "peak EWMA decay must be positive".into(),
             ));
         }
-        let opts = Arc::new(Opts::new(&self, Instant::now()));
-        Ok(PeakEwma {
+        let clock = Clock::of(self.time);
+        Ok(self.build_on(clock))
+    }
+
+    fn build_on(self, clock: Clock) -> PeakEwma {
+        let opts = Arc::new(Opts::new(&self, clock));
+        PeakEwma {
             shared: Arc::new(Shared {
                 sets: Tables::new(Arc::clone(&opts)),
                 opts,
                 builder: self,
                 instances: ById::default(),
             }),
-        })
+        }
     }
 }
 
@@ -136,30 +173,84 @@ pub(crate) struct Opts {
     penalty_decay: f64,
     /// Idle time after which the slice path may drop an estimate.
     forget_after: Duration,
-    /// Times are kept as nanoseconds since this instant (the balancer's creation).
-    base: Instant,
+    /// Times are kept as nanoseconds since the balancer's creation, on this clock.
+    clock: Clock,
 }
 
 impl Opts {
-    fn new(b: &PeakEwmaBuilder, base: Instant) -> Self {
+    fn new(b: &PeakEwmaBuilder, clock: Clock) -> Self {
         Opts {
             default_rtt: b.default_rtt.as_nanos() as f64,
             decay: 1.0 / b.decay.as_nanos() as f64,
             failure_penalty: b.failure_penalty.as_nanos() as f64,
             penalty_decay: 1.0 / b.penalty_decay.as_nanos() as f64,
             forget_after: b.decay.max(b.penalty_decay).saturating_mul(5),
-            base,
+            clock,
         }
     }
 
-    /// `now` in nanoseconds since `base`.
+    /// Now, in nanoseconds since the balancer's creation.
     #[inline]
-    fn stamp(&self, now: Instant) -> u64 {
-        let d = now.saturating_duration_since(self.base);
-        d.as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()))
+    fn now(&self) -> u64 {
+        self.clock.now()
     }
+}
+
+/// A [`TimeSource`] once chosen, with its reading at the balancer's creation.
+#[derive(Clone)]
+enum Clock {
+    Tokio(Instant),
+    Counter(quanta::Clock, u64),
+}
+
+/// The counter clock, calibrated once for the process.
+static COUNTER: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+
+impl Clock {
+    /// The clock `time` stands for, as of now.
+    fn of(time: TimeSource) -> Self {
+        let tokio = match time {
+            TimeSource::Tokio => true,
+            TimeSource::Counter => false,
+            TimeSource::Auto => tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
+        };
+        if tokio {
+            Clock::Tokio(Instant::now())
+        } else {
+            Clock::counter(COUNTER.get_or_init(quanta::Clock::new).clone())
+        }
+    }
+
+    fn counter(clock: quanta::Clock) -> Self {
+        let base = clock.raw();
+        Clock::Counter(clock, base)
+    }
+
+    /// Nanoseconds since the clock's base.
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            Clock::Tokio(base) => nanos(Instant::now().saturating_duration_since(*base)),
+            Clock::Counter(clock, base) => clock.delta_as_nanos(*base, clock.raw()),
+        }
+    }
+
+    /// [`now`](Self::now), from tokio's `now` if that is this clock.
+    fn at(&self, now: Instant) -> u64 {
+        match self {
+            Clock::Tokio(base) => nanos(now.saturating_duration_since(*base)),
+            Clock::Counter(..) => self.now(),
+        }
+    }
+}
+
+/// `d` in nanoseconds (saturating), without the 128-bit integer of `as_nanos`.
+#[inline]
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// `value` after `elapsed` nanoseconds of exponential decay with time constant `1 / rate`.
@@ -239,8 +330,7 @@ fn unpack(word: u64) -> (f64, u32) {
 }
 
 impl Cell {
-    fn fresh(opts: &Opts, now: Instant) -> Self {
-        let now = opts.stamp(now);
+    fn fresh(opts: &Opts, now: u64) -> Self {
         Cell {
             load: AtomicU64::new(pack(opts.default_rtt, 0)),
             at: AtomicU64::new(now),
@@ -280,7 +370,7 @@ impl Cell {
         let penalised = self.failed_at.load(Ordering::Relaxed) != NEVER
             || other.failed_at.load(Ordering::Relaxed) != NEVER;
         if penalised {
-            let now = opts.stamp(Instant::now());
+            let now = opts.now();
             return other.cost(opts, now) < self.cost(opts, now);
         }
         let (at_a, at_b) = (
@@ -295,8 +385,8 @@ impl Cell {
         cost(other, at_b) < cost(self, at_a)
     }
 
-    fn estimate(&self, opts: &Opts, now: Instant) -> Duration {
-        Duration::from_nanos(self.rtt_at(opts, opts.stamp(now)).0 as u64)
+    fn estimate(&self, opts: &Opts, now: u64) -> Duration {
+        Duration::from_nanos(self.rtt_at(opts, now).0 as u64)
     }
 
     /// Calls in flight.
@@ -306,13 +396,13 @@ impl Cell {
     }
 
     /// Whether the slice path may drop it: no call in flight and idle for five time constants.
-    fn idle(&self, opts: &Opts, now: Instant) -> bool {
+    fn idle(&self, opts: &Opts, now: u64) -> bool {
         let failed_at = self.failed_at.load(Ordering::Relaxed);
         let last =
             self.at
                 .load(Ordering::Relaxed)
                 .max(if failed_at == NEVER { 0 } else { failed_at });
-        let idle = opts.stamp(now).saturating_sub(last);
+        let idle = now.saturating_sub(last);
         self.in_flight() == 0 && Duration::from_nanos(idle) > opts.forget_after
     }
 
@@ -323,23 +413,27 @@ impl Cell {
         self.load.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A call ended at `now` after `latency`: the in-flight count goes down, and unless the
-    /// outcome is ignored, the average takes the sample (at once if it is a peak) and a failure
-    /// sets the penalty.
+    /// A call ended with an ignored outcome: only the in-flight count goes down.
     #[inline]
-    fn finish(&self, opts: &Opts, outcome: Outcome, latency: Duration, now: Instant) {
+    fn release(&self) {
+        let _ = self
+            .load
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let (_, in_flight) = unpack(word);
+                (in_flight > 0).then(|| word - 1)
+            });
+    }
+
+    /// A call ended at `now` after `latency` nanoseconds: the in-flight count goes down, and
+    /// unless the outcome is ignored, the average takes the sample (at once if it is a peak)
+    /// and a failure sets the penalty.
+    #[inline]
+    fn finish(&self, opts: &Opts, outcome: Outcome, latency: u64, now: u64) {
         if outcome == Outcome::Ignored {
-            let _ = self
-                .load
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
-                    let (_, in_flight) = unpack(word);
-                    (in_flight > 0).then(|| word - 1)
-                });
+            self.release();
             return;
         }
-        // Nanoseconds, without the 128-bit integer of `as_nanos`.
-        let sample = latency.as_secs() as f64 * 1e9 + f64::from(latency.subsec_nanos());
-        let now = opts.stamp(now);
+        let sample = latency as f64;
         // The old average's weight. A sample arriving with no time passed still moves the
         // average a little, so a burst of fast answers is not ignored.
         let w = decayed(
@@ -378,14 +472,17 @@ impl Cell {
 
 impl Entry for Cell {
     type Opts = Opts;
-    const TIMED: bool = true;
 
-    fn new(opts: &Opts, now: Instant) -> Self {
+    #[inline]
+    fn now(opts: &Opts) -> Option<u64> {
+        Some(opts.now())
+    }
+
+    fn new(opts: &Opts, now: u64) -> Self {
         Cell::fresh(opts, now)
     }
 
-    fn reset(&self, opts: &Opts, now: Instant) {
-        let now = opts.stamp(now);
+    fn reset(&self, opts: &Opts, now: u64) {
         self.load
             .store(pack(opts.default_rtt, 0), Ordering::Relaxed);
         self.at.store(now, Ordering::Relaxed);
@@ -408,15 +505,20 @@ impl Entry for Cell {
         Cell::begin(self);
     }
 
+    /// A call whose caller measured its latency.
+    fn finish(&self, opts: &Opts, outcome: Outcome, latency: Duration) {
+        Cell::finish(self, opts, outcome, nanos(latency), opts.now());
+    }
+
+    /// A call measured on the balancer's clock from `stamp`.
     #[inline]
-    fn finish(&self, opts: &Opts, outcome: Outcome, latency: Duration, now: Option<Instant>) {
-        Cell::finish(
-            self,
-            opts,
-            outcome,
-            latency,
-            now.unwrap_or_else(Instant::now),
-        );
+    fn finish_stamped(&self, opts: &Opts, outcome: Outcome, stamp: u64) {
+        if outcome == Outcome::Ignored {
+            self.release();
+            return;
+        }
+        let now = opts.now();
+        Cell::finish(self, opts, outcome, now.saturating_sub(stamp), now);
     }
 }
 
@@ -428,7 +530,7 @@ pub(crate) struct Estimate {
 }
 
 impl Estimate {
-    fn new(id: &str, opts: &Arc<Opts>, now: Instant) -> Self {
+    fn new(id: &str, opts: &Arc<Opts>, now: u64) -> Self {
         Estimate {
             id: Arc::from(id),
             cell: Cell::fresh(opts, now),
@@ -447,13 +549,16 @@ impl Estimate {
 }
 
 impl CallObserver for Estimate {
-    fn on_finish(&self, id: &str, outcome: Outcome, latency: Duration) {
-        self.on_finish_at(id, outcome, latency, Instant::now());
+    fn on_finish(&self, _id: &str, outcome: Outcome, latency: Duration) {
+        let now = self.opts.now();
+        self.cell.finish(&self.opts, outcome, nanos(latency), now);
     }
 
-    /// Uses the instant the guard read to measure the call (no second read of the clock).
+    /// Uses the instant the guard read to measure the call if it is of the balancer's clock (no
+    /// second read of tokio's clock).
     fn on_finish_at(&self, _id: &str, outcome: Outcome, latency: Duration, now: Instant) {
-        self.cell.finish(&self.opts, outcome, latency, now);
+        let now = self.opts.clock.at(now);
+        self.cell.finish(&self.opts, outcome, nanos(latency), now);
     }
 }
 
@@ -479,7 +584,7 @@ impl PeakEwma {
     /// The current latency estimate of instance `id` (its failure penalty included), if it
     /// was ever used (on the set path, a scan of the services' instances: for diagnostics).
     pub fn estimate(&self, id: &str) -> Option<Duration> {
-        let now = Instant::now();
+        let now = self.shared.opts.now();
         let opts = &*self.shared.opts;
         if let Some(d) = self
             .shared
@@ -494,7 +599,7 @@ impl PeakEwma {
     /// The slice path's estimate of `id`, created if needed (ids with no call in flight and
     /// no update for five time constants are dropped now and then).
     fn slot(&self, id: &str) -> Arc<Estimate> {
-        let now = Instant::now();
+        let now = self.shared.opts.now();
         let opts = &self.shared.opts;
         self.shared.instances.get_or_insert(
             id,
@@ -518,7 +623,7 @@ impl LoadBalancer for PeakEwma {
         let Some(b) = b else {
             return Some(&instances[a]);
         };
-        let now = self.shared.opts.stamp(Instant::now());
+        let now = self.shared.opts.now();
         let default = self.shared.opts.default_rtt;
         let cost = |s: &ServiceInfo| {
             self.shared
@@ -681,8 +786,8 @@ mod tests {
     #[test]
     fn an_entry_is_half_a_cache_line_and_keeps_the_latest_failure() {
         assert_eq!(std::mem::size_of::<Cell>(), 32);
-        let opts = Opts::new(&PeakEwmaBuilder::default(), Instant::now());
-        let cell = Cell::fresh(&opts, opts.base);
+        let opts = Opts::new(&PeakEwmaBuilder::default(), Clock::of(TimeSource::Tokio));
+        let cell = Cell::fresh(&opts, 0);
         assert_eq!(cell.failed_at.load(Ordering::Relaxed), NEVER);
         // Two concurrent failures whose stores land out of order: the later moment stays.
         cell.penalise(2_000);
@@ -692,6 +797,82 @@ mod tests {
         assert_eq!(cell.rtt_at(&opts, 2_000).0, 1e9);
         let later = cell.rtt_at(&opts, 2_000 + 1_000_000_000).0;
         assert!((later - 1e9 / std::f64::consts::E).abs() < 1.0, "{later}");
+    }
+
+    /// `Auto` is tokio's clock on a current-thread runtime (where `#[tokio::test]` can pause
+    /// time), the counter elsewhere; the explicit choices are kept.
+    #[test]
+    fn auto_time_source_follows_the_runtime() {
+        let tokio = |time| matches!(Clock::of(time), Clock::Tokio(_));
+        assert!(!tokio(TimeSource::Auto));
+        assert!(tokio(TimeSource::Tokio));
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        current.block_on(async {
+            assert!(tokio(TimeSource::Auto));
+            assert!(!tokio(TimeSource::Counter));
+        });
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        multi.block_on(async {
+            assert!(!tokio(TimeSource::Auto));
+            assert!(tokio(TimeSource::Tokio));
+        });
+    }
+
+    /// On the counter, a pick's guard is measured from its stamp: latency, failure penalty and
+    /// its decay all on the counter (here a mock one), ignored outcomes only end the call.
+    #[test]
+    fn the_counter_times_calls_from_the_picks_stamp() {
+        let (clock, mock) = quanta::Clock::mock();
+        mock.increment(Duration::from_secs(5));
+        let lb = PeakEwma::builder().build_on(Clock::counter(clock));
+        let s = InstanceSet::new("c", set("c", &[true; 2]));
+        lb.prepare(&s);
+        let (p, g) = lb.pick(&s, &SelectContext::default()).unwrap();
+        let id = p.id.clone();
+        mock.increment(Duration::from_millis(40));
+        g.finish(Outcome::Success);
+        assert_eq!(lb.estimate(&id), Some(Duration::from_millis(40)));
+        let (p, g) = lb.pick(&s, &SelectContext::default()).unwrap();
+        let other = p.id.clone();
+        assert_ne!(other, id, "the unmeasured one (30 ms) is cheaper");
+        mock.increment(Duration::from_millis(2));
+        g.finish(Outcome::Failure);
+        assert_eq!(lb.estimate(&other), Some(Duration::from_secs(1)));
+        mock.increment(Duration::from_secs(1));
+        let faded = lb.estimate(&other).unwrap().as_secs_f64();
+        assert!((faded - 1.0 / std::f64::consts::E).abs() < 1e-6, "{faded}");
+        // A dropped guard: no sample, the call is no longer in flight.
+        let (p, g) = lb.pick(&s, &SelectContext::default()).unwrap();
+        let before = lb.estimate(&p.id);
+        let cell = |id: &str| lb.shared.sets.find(id, |e| e.in_flight()).unwrap();
+        assert_eq!(cell(&p.id), 1);
+        mock.increment(Duration::from_secs(3));
+        drop(g);
+        assert_eq!(cell(&p.id), 0);
+        assert!(lb.estimate(&p.id) <= before);
+    }
+
+    /// The real counter measures real time.
+    #[test]
+    fn the_counter_measures_real_time() {
+        let lb = PeakEwma::builder()
+            .time_source(TimeSource::Counter)
+            .build()
+            .unwrap();
+        let s = InstanceSet::new("t", set("t", &[true]));
+        let (p, g) = lb.pick(&s, &SelectContext::default()).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        g.finish(Outcome::Success);
+        let measured = lb.estimate(&p.id).unwrap();
+        assert!(
+            (Duration::from_millis(60)..Duration::from_secs(10)).contains(&measured),
+            "{measured:?}"
+        );
     }
 
     #[test]

@@ -37,14 +37,16 @@ pub(crate) trait Entry: Send + Sync + Sized + 'static {
     /// What the entries' arithmetic needs (the balancer's options).
     type Opts: Send + Sync + 'static;
 
-    /// Whether calls are timed (their guards read the clock when they begin and end).
-    const TIMED: bool;
+    /// The entries' clock, read when a call begins: a stamp that the call's guard hands back
+    /// to [`finish_stamped`](Self::finish_stamped). `None` for entries that keep no time (their
+    /// calls are not timed).
+    fn now(opts: &Self::Opts) -> Option<u64>;
 
-    /// A fresh entry (no call in flight).
-    fn new(opts: &Self::Opts, now: Instant) -> Self;
+    /// A fresh entry (no call in flight); `now` is [`now`](Self::now) or zero.
+    fn new(opts: &Self::Opts, now: u64) -> Self;
 
     /// Makes a free entry (no call in flight) fresh again, for a new instance.
-    fn reset(&self, opts: &Self::Opts, now: Instant);
+    fn reset(&self, opts: &Self::Opts, now: u64);
 
     /// Calls in flight.
     fn in_flight(&self) -> usize;
@@ -55,8 +57,14 @@ pub(crate) trait Entry: Send + Sync + Sized + 'static {
     /// Counts a call in flight.
     fn begin(&self);
 
-    /// A call ended (`now`: when, if the guard read the clock).
-    fn finish(&self, opts: &Self::Opts, outcome: Outcome, latency: Duration, now: Option<Instant>);
+    /// A call ended after `latency` (zero for an untimed call; else measured by the caller).
+    fn finish(&self, opts: &Self::Opts, outcome: Outcome, latency: Duration);
+
+    /// A call that began at `stamp` (a reading of [`now`](Self::now)) ended now.
+    fn finish_stamped(&self, opts: &Self::Opts, outcome: Outcome, stamp: u64) {
+        let _ = stamp;
+        self.finish(opts, outcome, Duration::ZERO);
+    }
 }
 
 /// [`CHUNK`] entries, and the options their arithmetic uses; the observer of their calls.
@@ -66,7 +74,7 @@ pub(crate) struct Chunk<E: Entry> {
 }
 
 impl<E: Entry> Chunk<E> {
-    fn new(opts: &Arc<E::Opts>, now: Instant) -> Self {
+    fn new(opts: &Arc<E::Opts>, now: u64) -> Self {
         Chunk {
             entries: std::array::from_fn(|_| E::new(opts, now)),
             opts: Arc::clone(opts),
@@ -75,9 +83,18 @@ impl<E: Entry> Chunk<E> {
 }
 
 impl<E: Entry> SlotObserver for Chunk<E> {
-    fn on_slot_finish(&self, slot: u32, outcome: Outcome, latency: Duration, now: Option<Instant>) {
+    /// The end of an untimed call, or of one whose caller measured it (the instant of a guard
+    /// that read tokio's clock is not used: timed entries keep time on their own clock).
+    fn on_slot_finish(&self, slot: u32, outcome: Outcome, latency: Duration, _: Option<Instant>) {
         if let Some(e) = self.entries.get(slot as usize) {
-            e.finish(&self.opts, outcome, latency, now);
+            e.finish(&self.opts, outcome, latency);
+        }
+    }
+
+    #[inline]
+    fn on_stamped_finish(&self, slot: u32, outcome: Outcome, stamp: u64) {
+        if let Some(e) = self.entries.get(slot as usize) {
+            e.finish_stamped(&self.opts, outcome, stamp);
         }
     }
 }
@@ -105,7 +122,7 @@ impl<E: Entry> Table<E> {
     /// The table of `set`: the instances `prev` had keep their slots (found by position, else
     /// by id), new ones take free slots with no call in flight, else slots of new chunks.
     pub(crate) fn new(set: &InstanceSet, prev: Option<&Table<E>>, opts: &Arc<E::Opts>) -> Self {
-        let now = Instant::now();
+        let now = E::now(opts).unwrap_or(0);
         let capacity = prev.map_or(0, |p| p.chunks.len() * CHUNK);
         let mut taken = vec![false; capacity];
         let mut by_id: Option<HashMap<&str, u32>> = None;
@@ -225,10 +242,9 @@ impl<E: Entry> Table<E> {
         let index = (slot & (CHUNK - 1)) as u32;
         chunk.entries[index as usize].begin();
         let observer = Arc::clone(chunk) as Arc<dyn SlotObserver>;
-        if E::TIMED {
-            CallGuard::for_slot(observer, index)
-        } else {
-            CallGuard::for_slot_untimed(observer, index)
+        match E::now(&self.opts) {
+            Some(stamp) => CallGuard::for_slot_stamped(observer, index, stamp),
+            None => CallGuard::for_slot_untimed(observer, index),
         }
     }
 

@@ -71,6 +71,16 @@ pub trait SlotObserver: Send + Sync {
     /// [untimed](CallGuard::for_slot_untimed) guard, whose latency is zero, and for
     /// [`CallGuard::finish_with_latency`]).
     fn on_slot_finish(&self, slot: u32, outcome: Outcome, latency: Duration, now: Option<Instant>);
+
+    /// A call tracked by a [stamped](CallGuard::for_slot_stamped) guard for entry `slot` ended
+    /// with `outcome`; `stamp` is the value the observer gave the guard when the call began
+    /// (its reading of its own clock), so that the observer measures the call on that clock
+    /// and the guard reads none. The default reports an untimed end to
+    /// [`on_slot_finish`](Self::on_slot_finish).
+    fn on_stamped_finish(&self, slot: u32, outcome: Outcome, stamp: u64) {
+        let _ = stamp;
+        self.on_slot_finish(slot, outcome, Duration::ZERO, None);
+    }
 }
 
 /// Tracks one call to one instance; reports its end to the balancer exactly once.
@@ -86,10 +96,12 @@ pub struct CallGuard {
     inner: Option<Tracked>,
 }
 
-/// Whom to tell, about which instance, and when the call began (`None`: not timed).
+/// Whom to tell, about which instance, and when the call began (`None`: not timed; a stamp:
+/// on the observer's own clock).
 enum Tracked {
     Id(Arc<dyn CallObserver>, Arc<str>, Option<Instant>),
     Slot(Arc<dyn SlotObserver>, u32, Option<Instant>),
+    Stamped(Arc<dyn SlotObserver>, u32, u64),
 }
 
 impl CallGuard {
@@ -132,8 +144,18 @@ impl CallGuard {
         }
     }
 
+    /// A guard reporting to `observer` for its entry `slot`, for a call the observer times on
+    /// a clock of its own: the guard reads no clock and hands `stamp` (the observer's reading
+    /// when the call began) back to [`SlotObserver::on_stamped_finish`] when the call ends.
+    #[inline]
+    pub fn for_slot_stamped(observer: Arc<dyn SlotObserver>, slot: u32, stamp: u64) -> Self {
+        CallGuard {
+            inner: Some(Tracked::Stamped(observer, slot, stamp)),
+        }
+    }
+
     /// Reports the outcome, measuring latency from the guard's creation (zero for an
-    /// untimed guard).
+    /// untimed guard; measured by the observer for a stamped one).
     #[inline]
     pub fn finish(mut self, outcome: Outcome) {
         if let Some(tracked) = self.inner.take() {
@@ -145,7 +167,9 @@ impl CallGuard {
     pub fn finish_with_latency(mut self, outcome: Outcome, latency: Duration) {
         match self.inner.take() {
             Some(Tracked::Id(obs, id, _)) => obs.on_finish(&id, outcome, latency),
-            Some(Tracked::Slot(obs, slot, _)) => obs.on_slot_finish(slot, outcome, latency, None),
+            Some(Tracked::Slot(obs, slot, _) | Tracked::Stamped(obs, slot, _)) => {
+                obs.on_slot_finish(slot, outcome, latency, None);
+            }
             None => {}
         }
     }
@@ -179,6 +203,7 @@ fn report(tracked: Tracked, outcome: Outcome) {
             );
         }
         Tracked::Slot(obs, slot, None) => obs.on_slot_finish(slot, outcome, Duration::ZERO, None),
+        Tracked::Stamped(obs, slot, stamp) => obs.on_stamped_finish(slot, outcome, stamp),
     }
 }
 
@@ -187,7 +212,7 @@ impl fmt::Debug for CallGuard {
         let mut d = f.debug_struct("CallGuard");
         match &self.inner {
             Some(Tracked::Id(_, id, _)) => d.field("instance", &Some(id)),
-            Some(Tracked::Slot(_, slot, _)) => d.field("slot", slot),
+            Some(Tracked::Slot(_, slot, _) | Tracked::Stamped(_, slot, _)) => d.field("slot", slot),
             None => d.field("instance", &None::<&str>),
         };
         d.finish()
@@ -385,6 +410,57 @@ mod tests {
                 (8, Outcome::Ignored, Duration::ZERO, None),
                 (9, Outcome::Success, Duration::from_millis(5), None),
             ]
+        );
+    }
+
+    /// A stamped guard reads no clock and hands its stamp back once: finished, dropped (as
+    /// ignored), or with a caller's latency (then as a slot report without stamp). An observer
+    /// that does not take stamps gets untimed reports.
+    #[test]
+    fn stamped_guards_hand_their_stamp_back_once() {
+        type Stamped = (u32, Outcome, Option<u64>, Duration);
+        #[derive(Default)]
+        struct Stamps(Mutex<Vec<Stamped>>);
+        impl SlotObserver for Stamps {
+            fn on_slot_finish(&self, slot: u32, o: Outcome, l: Duration, now: Option<Instant>) {
+                assert_eq!(now, None);
+                self.0.lock().unwrap().push((slot, o, None, l));
+            }
+            fn on_stamped_finish(&self, slot: u32, o: Outcome, stamp: u64) {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push((slot, o, Some(stamp), Duration::ZERO));
+            }
+        }
+        let rec = Arc::new(Stamps::default());
+        let g = CallGuard::for_slot_stamped(rec.clone(), 3, 1_234);
+        assert_eq!(format!("{g:?}"), "CallGuard { slot: 3 }");
+        g.finish(Outcome::Failure);
+        drop(CallGuard::for_slot_stamped(rec.clone(), 4, u64::MAX));
+        CallGuard::for_slot_stamped(rec.clone(), 5, 9)
+            .finish_with_latency(Outcome::Success, Duration::from_millis(7));
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                (3, Outcome::Failure, Some(1_234), Duration::ZERO),
+                (4, Outcome::Ignored, Some(u64::MAX), Duration::ZERO),
+                (5, Outcome::Success, None, Duration::from_millis(7)),
+            ]
+        );
+
+        type Report = (u32, Outcome, Duration, Option<Instant>);
+        struct Plain(Mutex<Vec<Report>>);
+        impl SlotObserver for Plain {
+            fn on_slot_finish(&self, slot: u32, o: Outcome, l: Duration, now: Option<Instant>) {
+                self.0.lock().unwrap().push((slot, o, l, now));
+            }
+        }
+        let plain = Arc::new(Plain(Mutex::default()));
+        CallGuard::for_slot_stamped(plain.clone(), 1, 77).finish(Outcome::Success);
+        assert_eq!(
+            *plain.0.lock().unwrap(),
+            vec![(1, Outcome::Success, Duration::ZERO, None)]
         );
     }
 
