@@ -1,7 +1,6 @@
-//! Peak EWMA measured on tokio's clock: with the clock paused, the guards see the time a call
-//! took on it. Here rather than in `waypost-balancer`, so that the balancer's own benchmarks build
-//! without tokio's `test-util` (whose clock lookup costs a few nanoseconds per read), as users'
-//! builds do.
+//! Peak EWMA measured on tokio's clock: built inside the test's runtime (current-thread, as
+//! `#[tokio::test]` makes it), its default time source is tokio's clock, so with the clock paused
+//! the guards see the time a call took on it.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -80,8 +80,9 @@ pub enum TimeSource {
     /// waits for the loads before it).
     Tokio,
     /// The CPU's time-stamp counter calibrated to nanoseconds against the system's monotonic
-    /// clock (the [`quanta`](https://docs.rs/quanta) crate; calibrated once per process, about
-    /// 1 ms), where the CPU has an invariant one; else the system's monotonic clock. It does
+    /// clock (the [`quanta`](https://docs.rs/quanta) crate), where the CPU has an invariant
+    /// one; else the system's monotonic clock. The first such balancer of the process
+    /// calibrates it, in its `build` (about 1 ms here; quanta gives up after 200 ms). It does
     /// not follow tokio's paused time.
     Counter,
 }
