@@ -45,10 +45,10 @@ use crate::tracked::{Entry, Tables};
 /// separate estimates: use one of them per balancer.
 ///
 /// Time, for latencies and for the decay, is the balancer's [`TimeSource`]: by default tokio's
-/// clock ([`tokio::time::Instant`], which a test can pause) when the balancer is built inside a
-/// current-thread runtime, where tokio lets a test pause time, and otherwise the CPU's
-/// time-stamp counter calibrated to nanoseconds, a quarter of the cost of the system clock
-/// here and not waiting for the loads before it.
+/// clock ([`tokio::time::Instant`]) when the balancer is built inside a current-thread runtime,
+/// the only kind on which a test can pause time, and otherwise the CPU's time-stamp counter
+/// calibrated to nanoseconds, which costs less than half a read of the system clock here and
+/// does not wait for the loads before it.
 #[derive(Debug, Clone)]
 pub struct PeakEwma {
     shared: Arc<Shared>,
