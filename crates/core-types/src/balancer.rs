@@ -90,7 +90,9 @@ pub trait SlotObserver: Send + Sync {
 ///
 /// Latency is measured on tokio's clock ([`tokio::time::Instant`]): the system's monotonic clock,
 /// also outside a runtime, except in a test that paused time, where it follows
-/// `tokio::time::advance` like every other timer of waypost.
+/// `tokio::time::advance` like every other timer of waypost. A
+/// [stamped](CallGuard::for_slot_stamped) guard reads no clock: its observer measures the call
+/// on a clock of its own (peak EWMA's time source).
 #[must_use = "a call guard reports the call's outcome; finish it or let it drop when the call ends"]
 pub struct CallGuard {
     inner: Option<Tracked>,
