@@ -204,9 +204,6 @@ enum Clock {
     Counter(quanta::Clock, u64),
 }
 
-/// The counter clock, calibrated once for the process.
-static COUNTER: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
-
 impl Clock {
     /// The clock `time` stands for, as of now.
     fn of(time: TimeSource) -> Self {
@@ -219,7 +216,8 @@ impl Clock {
         if tokio {
             Clock::Tokio(Instant::now())
         } else {
-            Clock::counter(COUNTER.get_or_init(quanta::Clock::new).clone())
+            // quanta calibrates the counter once per process, in its first `Clock::new`.
+            Clock::counter(quanta::Clock::new())
         }
     }
 
