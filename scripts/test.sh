@@ -30,6 +30,11 @@ if ! command -v rnacos >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/rnacos" ]; th
   cargo install rnacos --locked --version "${RNACOS_VERSION}"
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
+# One build from scratch: an incremental cache would only take disk (about 5 GB here).
+export CARGO_INCREMENTAL=0
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+step "disk: $(df -h --output=avail "$target_dir" | tail -1 | tr -d ' ') free where the build goes ($target_dir)"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -43,4 +48,4 @@ CI=true cargo test --workspace --all-features
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 
-step "all checks passed"
+step "all checks passed (the build takes $(du -sh "$target_dir" 2>/dev/null | cut -f1) in $target_dir)"
