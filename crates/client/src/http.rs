@@ -2,22 +2,115 @@
 //! [`ServiceClient`](crate::ServiceClient).
 
 use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body_util::Full;
+use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower_service::Service;
 use waypost_core_types::{Error, Result};
 
-type Plain = Client<HttpConnector, Full<Bytes>>;
+type Plain = Client<TcpConnector, Full<Bytes>>;
 
 /// Idle timeouts above this mean "keep idle connections without a limit".
 const IDLE_FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-type Tls = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Tls = Client<HttpsConnector<TcpConnector>, Full<Bytes>>;
+
+/// hyper's TCP connector, whose connections attach nothing to their responses.
+///
+/// hyper's own TCP connection puts an `HttpInfo` (the two socket addresses) into the extensions
+/// of every response it carries: an allocation and a map per request, for data a
+/// [`ServiceResponse`](crate::ServiceResponse) does not carry (it names the instance that
+/// answered instead). Connecting, its timeout and its errors are hyper's.
+#[derive(Clone)]
+pub(crate) struct TcpConnector(HttpConnector);
+
+type Connecting = <HttpConnector as Service<Uri>>::Future;
+
+impl Service<Uri> for TcpConnector {
+    type Response = TcpConnection;
+    type Error = <HttpConnector as Service<Uri>>::Error;
+    type Future = TcpConnecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        TcpConnecting(self.0.call(dst))
+    }
+}
+
+/// A connection being opened by [`TcpConnector`].
+pub(crate) struct TcpConnecting(Connecting);
+
+impl Future for TcpConnecting {
+    type Output = Result<TcpConnection, <HttpConnector as Service<Uri>>::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map_ok(TcpConnection)
+    }
+}
+
+/// A TCP connection of [`TcpConnector`].
+pub(crate) struct TcpConnection(TokioIo<TcpStream>);
+
+impl Connection for TcpConnection {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl Read for TcpConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl Write for TcpConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
 
 /// A pooled HTTP client for http and https (rustls with the ring provider). Cheap to clone;
 /// clones share the connection pools.
@@ -104,6 +197,16 @@ impl HttpClient {
             Wire::Plain if !self.prior_knowledge => self.plain.request(req),
             Wire::Http1 => self.plain.request(req),
             Wire::Plain | Wire::H2c => self.h2c.request(req),
+        }
+    }
+
+    /// Whether a request on `wire` goes out over HTTP/1.1 for certain (for https, ALPN decides
+    /// later).
+    pub(crate) fn speaks_http1(&self, wire: Wire) -> bool {
+        match wire {
+            Wire::Http1 => true,
+            Wire::Plain => !self.prior_knowledge,
+            Wire::Tls | Wire::H2c => false,
         }
     }
 
@@ -259,21 +362,22 @@ impl HttpClientBuilder {
                 .with_provider_and_webpki_roots(provider)
                 .map_err(tls_err)?,
         };
+        let tcp = TcpConnector(http);
         let connector = builder
             .https_only()
             .enable_all_versions()
-            .wrap_connector(http.clone());
+            .wrap_connector(tcp.clone());
         let mut pool = Client::builder(TokioExecutor::new());
         pool.pool_idle_timeout(idle)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new());
-        let plain = pool.build(http.clone());
+        let plain = pool.build(tcp.clone());
         let tls = pool.build(connector);
         // Prior knowledge: one multiplexed HTTP/2 connection per instance.
         pool.http2_only(true);
         Ok(HttpClient {
             plain,
-            h2c: pool.build(http),
+            h2c: pool.build(tcp),
             tls,
             prior_knowledge: self.prior_knowledge,
         })

@@ -42,6 +42,41 @@ async fn get_returns_the_body_and_reports_success(m: Mode) {
 
 in_every_mode!(
     #[tokio::test]
+    host_is_the_instance_authority_or_the_callers
+);
+/// HTTP/1.1 requests carry one `Host` header, the instance's address and port (as hyper writes
+/// it), or the caller's own; HTTP/2 requests name the instance in `:authority` and carry no
+/// `host` header of the client's.
+async fn host_is_the_instance_authority_or_the_callers(m: Mode) {
+    let a = m.server(Reply::Host).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
+    let authority = a.addr.to_string();
+    // Twice: the second request takes the header from the client's per-thread cache.
+    for _ in 0..2 {
+        let seen = client.get("svc", "/").await.unwrap();
+        let expected = match m {
+            Mode::Http1 => format!("host=[{authority}] authority=-"),
+            Mode::H2c | Mode::H2Tls => format!("host=[] authority={authority}"),
+        };
+        assert_eq!(seen, expected);
+    }
+    let seen = client
+        .request(Method::GET, "svc", "/")
+        .header("host", "api.example.test")
+        .send()
+        .await
+        .unwrap()
+        .body;
+    let expected = match m {
+        Mode::Http1 => "host=[api.example.test] authority=-".to_string(),
+        Mode::H2c | Mode::H2Tls => format!("host=[api.example.test] authority={authority}"),
+    };
+    assert_eq!(seen, expected);
+}
+
+in_every_mode!(
+    #[tokio::test]
     status_4xx_is_an_error_with_the_body_and_is_not_retried
 );
 async fn status_4xx_is_an_error_with_the_body_and_is_not_retried(m: Mode) {

@@ -11,6 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::Full;
@@ -59,31 +60,49 @@ fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
 /// Instances whose scheme and authority a thread keeps parsed.
 const ENDPOINTS: usize = 8;
 
-/// An instance's scheme and authority, parsed once, and the HTTP its metadata asks for. The
-/// `Weak` keeps the instance's allocation (not the instance) alive, so its address names this
-/// instance as long as the entry exists.
-type Endpoint = (Weak<ServiceInfo>, Scheme, Authority, Wire);
+/// An instance's scheme and authority, parsed once, the `Host` header an HTTP/1.1 request to it
+/// carries, and the HTTP its metadata asks for. The `Weak` keeps the instance's allocation (not
+/// the instance) alive, so its address names this instance as long as the entry exists.
+type Endpoint = (
+    Weak<ServiceInfo>,
+    Scheme,
+    Authority,
+    Option<HeaderValue>,
+    Wire,
+);
 
 thread_local! {
     static PARSED: RefCell<(usize, Vec<Endpoint>)> = const { RefCell::new((0, Vec::new())) };
 }
 
-/// The URI of `path` on `instance`, and the wire to send it on. The scheme, authority and wire
-/// come from a small per-thread cache keyed by the instance's `Arc` (an instance is immutable),
-/// so a request to an instance this thread has sent to before only parses its path (and reads
-/// no metadata).
+/// The `Host` header hyper writes on an HTTP/1.1 request to `authority`: its host, and its port
+/// unless that is the scheme's default.
+fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(port) if port != default_port => {
+            HeaderValue::try_from(format!("{}:{port}", authority.host())).ok()
+        }
+        _ => HeaderValue::from_str(authority.host()).ok(),
+    }
+}
+
+/// The URI of `path` on `instance`, the `Host` header for HTTP/1.1, and the wire to send it
+/// on. The scheme, authority, header and wire come from a small per-thread cache keyed by the
+/// instance's `Arc` (an instance is immutable), so a request to an instance this thread has sent
+/// to before only parses its path (and reads no metadata).
 fn instance_uri(
     scheme: &str,
     instance: &Arc<ServiceInfo>,
     path: &str,
-) -> Result<(Uri, Wire), String> {
+) -> Result<(Uri, Option<HeaderValue>, Wire), String> {
     let cached = PARSED.with(|p| {
         let p = p.borrow();
         p.1.iter()
             .find(|(w, ..)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(instance)))
-            .map(|(_, s, a, wire)| (s.clone(), a.clone(), *wire))
+            .map(|(_, s, a, h, wire)| (s.clone(), a.clone(), h.clone(), *wire))
     });
-    let (scheme, authority, wire) = match cached {
+    let (scheme, authority, host, wire) = match cached {
         Some(parts) => parts,
         None => {
             // Parsed as a whole, as before there was a cache: the same URIs are accepted.
@@ -98,9 +117,16 @@ fn instance_uri(
             } else {
                 Wire::plain_for(instance)
             };
+            let host = host_header(&s, &a);
             PARSED.with(|p| {
                 let mut p = p.borrow_mut();
-                let entry = (Arc::downgrade(instance), s.clone(), a.clone(), wire);
+                let entry = (
+                    Arc::downgrade(instance),
+                    s.clone(),
+                    a.clone(),
+                    host.clone(),
+                    wire,
+                );
                 if p.1.len() < ENDPOINTS {
                     p.1.push(entry);
                 } else {
@@ -109,7 +135,7 @@ fn instance_uri(
                     p.0 = i + 1;
                 }
             });
-            (s, a, wire)
+            (s, a, host, wire)
         }
     };
     let path = PathAndQuery::try_from(path).map_err(|e| e.to_string())?;
@@ -118,7 +144,7 @@ fn instance_uri(
     parts.authority = Some(authority);
     parts.path_and_query = Some(path);
     Uri::from_parts(parts)
-        .map(|uri| (uri, wire))
+        .map(|uri| (uri, host, wire))
         .map_err(|e| e.to_string())
 }
 
@@ -395,7 +421,7 @@ impl ServiceClient {
                 )))
             }
         };
-        let (uri, wire) = match instance_uri(scheme, instance, &spec.path) {
+        let (uri, host, wire) = match instance_uri(scheme, instance, &spec.path) {
             Ok(found) => found,
             Err(e) => {
                 return Err(Error::InvalidConfig(format!(
@@ -409,6 +435,11 @@ impl ServiceClient {
         *req.uri_mut() = uri;
         if !spec.headers.is_empty() {
             *req.headers_mut() = spec.headers.clone();
+        }
+        // The `Host` header hyper would write on HTTP/1.1 (and the caller's, if it set one),
+        // without formatting it again on every request.
+        if let Some(host) = host.filter(|_| self.inner.http.speaks_http1(wire)) {
+            req.headers_mut().entry(HOST).or_insert(host);
         }
         trace.inject(req.headers_mut());
         Ok((req, wire))
@@ -538,5 +569,33 @@ fn end_span(span: AttemptSpan, attempt: &Attempt) {
     match attempt {
         Attempt::Done(..) => span.end(CallOutcome::Success.label(), false),
         Attempt::Fail { error, .. } => span.end(CallOutcome::of(error).label(), true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(uri: &str) -> Option<HeaderValue> {
+        let parts = Uri::try_from(uri).unwrap().into_parts();
+        host_header(&parts.scheme.unwrap(), &parts.authority.unwrap())
+    }
+
+    #[test]
+    fn host_header_omits_only_the_schemes_default_port() {
+        assert_eq!(host("http://10.0.0.1:8080/").unwrap(), "10.0.0.1:8080");
+        assert_eq!(host("http://10.0.0.1:80/").unwrap(), "10.0.0.1");
+        assert_eq!(host("http://10.0.0.1:443/").unwrap(), "10.0.0.1:443");
+        assert_eq!(
+            host("https://api.example.test:443/").unwrap(),
+            "api.example.test"
+        );
+        assert_eq!(
+            host("https://api.example.test:80/").unwrap(),
+            "api.example.test:80"
+        );
+        assert_eq!(host("http://[::1]:8080/").unwrap(), "[::1]:8080");
+        assert_eq!(host("http://[::1]:80/").unwrap(), "[::1]");
+        assert_eq!(host("http://svc.local/").unwrap(), "svc.local");
     }
 }

@@ -258,6 +258,9 @@ pub enum Reply {
     Status(u16, &'static str),
     /// Echo the request body with status 200 and `content-type: application/json`.
     Echo,
+    /// A 200 whose body names the request's `host` headers and its URI's authority:
+    /// `host=[a|b] authority=x` (`-` for none).
+    Host,
     /// Never answer.
     Stall,
     /// Drop the connection without answering.
@@ -401,6 +404,17 @@ async fn handle(
         }
     }
     let (parts, body) = req.into_parts();
+    let hosts: Vec<&str> = parts
+        .headers
+        .get_all(http::header::HOST)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .collect();
+    let host_line = format!(
+        "host=[{}] authority={}",
+        hosts.join("|"),
+        parts.uri.authority().map_or("-", |a| a.as_str())
+    );
     let body = body
         .collect()
         .await
@@ -420,6 +434,9 @@ async fn handle(
                 text.as_bytes(),
             ))))
             .unwrap()),
+        Reply::Host => Ok(Response::new(TestBody::Full(Full::new(Bytes::from(
+            host_line,
+        ))))),
         Reply::Echo => Ok(Response::builder()
             .header("content-type", "application/json")
             .body(TestBody::Full(Full::new(body)))
