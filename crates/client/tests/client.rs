@@ -42,6 +42,39 @@ async fn get_returns_the_body_and_reports_success(m: Mode) {
 
 in_every_mode!(
     #[tokio::test]
+    every_request_goes_to_its_own_path
+);
+/// More distinct paths than a thread keeps parsed, each sent twice, with and without a query
+/// string, shorter and longer than the longest path kept: every request reaches the server with
+/// its own path.
+async fn every_request_goes_to_its_own_path(m: Mode) {
+    let a = m.server(Reply::Status(200, "ok")).await;
+    let d = StaticDiscovery::new(vec![m.instance("a", a.addr)], Pick::First);
+    let client = builder(m, &d).build().unwrap();
+    let mut sent = Vec::new();
+    for round in 0..2 {
+        for i in 0..12 {
+            let path = match i % 3 {
+                0 => format!("/users/{i}"),
+                1 => format!("/users/{i}?round={round}"),
+                _ => format!("/{}", "p".repeat(120 + i)),
+            };
+            client.get("svc", &path).await.unwrap();
+            sent.push(path);
+        }
+    }
+    let seen: Vec<String> = a
+        .state
+        .requests
+        .lock()
+        .iter()
+        .map(|r| r.1.clone())
+        .collect();
+    assert_eq!(seen, sent);
+}
+
+in_every_mode!(
+    #[tokio::test]
     host_is_the_instance_authority_or_the_callers
 );
 /// HTTP/1.1 requests carry one `Host` header, the instance's address and port (as hyper writes

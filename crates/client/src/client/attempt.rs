@@ -60,6 +60,13 @@ fn request_uri(scheme: &str, instance: &ServiceInfo, path: &str) -> String {
 /// Instances whose scheme and authority a thread keeps parsed.
 const ENDPOINTS: usize = 8;
 
+/// Paths a thread keeps parsed.
+const PATHS: usize = 8;
+
+/// The longest path a thread keeps parsed. Paths with a query string are not kept: they change
+/// from call to call, and may carry a secret (`?access_token=…`).
+const PATH_KEPT_MAX: usize = 128;
+
 /// An instance's scheme and authority, parsed once, the `Host` header an HTTP/1.1 request to it
 /// carries, and the HTTP its metadata asks for. The `Weak` keeps the instance's allocation (not
 /// the instance) alive, so its address names this instance as long as the entry exists.
@@ -71,8 +78,44 @@ type Endpoint = (
     Wire,
 );
 
+/// The last few entries of a kind, the oldest replaced first.
+struct Recent<T> {
+    items: Vec<T>,
+    next: usize,
+}
+
+impl<T> Recent<T> {
+    const fn new() -> Self {
+        Recent {
+            items: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn put(&mut self, item: T, keep: usize) {
+        if self.items.len() < keep {
+            self.items.push(item);
+        } else {
+            let i = self.next % keep;
+            self.items[i] = item;
+            self.next = i + 1;
+        }
+    }
+}
+
+/// What a thread keeps parsed.
+struct Parsed {
+    endpoints: Recent<Endpoint>,
+    paths: Recent<(Box<str>, PathAndQuery)>,
+}
+
 thread_local! {
-    static PARSED: RefCell<(usize, Vec<Endpoint>)> = const { RefCell::new((0, Vec::new())) };
+    static PARSED: RefCell<Parsed> = const {
+        RefCell::new(Parsed {
+            endpoints: Recent::new(),
+            paths: Recent::new(),
+        })
+    };
 }
 
 /// The `Host` header hyper writes on an HTTP/1.1 request to `authority`: its host, and its port
@@ -87,58 +130,77 @@ fn host_header(scheme: &Scheme, authority: &Authority) -> Option<HeaderValue> {
     }
 }
 
+/// An instance's scheme, authority, `Host` header and wire, parsed and kept by the thread.
+fn parse_endpoint(
+    scheme: &str,
+    instance: &Arc<ServiceInfo>,
+) -> Result<(Scheme, Authority, Option<HeaderValue>, Wire), String> {
+    // Parsed as a whole, as before there was a cache: the same URIs are accepted.
+    let uri = Uri::try_from(request_uri(scheme, instance, "/")).map_err(|e| e.to_string())?;
+    let parts = uri.into_parts();
+    let (Some(s), Some(a)) = (parts.scheme, parts.authority) else {
+        return Err("no scheme or authority".into());
+    };
+    let wire = if s == Scheme::HTTPS {
+        Wire::Tls
+    } else {
+        Wire::plain_for(instance)
+    };
+    let host = host_header(&s, &a);
+    let entry = (
+        Arc::downgrade(instance),
+        s.clone(),
+        a.clone(),
+        host.clone(),
+        wire,
+    );
+    PARSED.with(|p| p.borrow_mut().endpoints.put(entry, ENDPOINTS));
+    Ok((s, a, host, wire))
+}
+
+/// `path` parsed, and kept by the thread when it is short and has no query string.
+fn parse_path(path: &str) -> Result<PathAndQuery, String> {
+    let parsed = PathAndQuery::try_from(path).map_err(|e| e.to_string())?;
+    if path.len() <= PATH_KEPT_MAX && parsed.query().is_none() {
+        let entry = (Box::from(path), parsed.clone());
+        PARSED.with(|p| p.borrow_mut().paths.put(entry, PATHS));
+    }
+    Ok(parsed)
+}
+
 /// The URI of `path` on `instance`, the `Host` header for HTTP/1.1, and the wire to send it
 /// on. The scheme, authority, header and wire come from a small per-thread cache keyed by the
-/// instance's `Arc` (an instance is immutable), so a request to an instance this thread has sent
-/// to before only parses its path (and reads no metadata).
+/// instance's `Arc` (an instance is immutable), and so does a short path without a query: a
+/// request this thread has sent before parses nothing (and reads no metadata).
 fn instance_uri(
     scheme: &str,
     instance: &Arc<ServiceInfo>,
     path: &str,
 ) -> Result<(Uri, Option<HeaderValue>, Wire), String> {
-    let cached = PARSED.with(|p| {
+    let (endpoint, kept_path) = PARSED.with(|p| {
         let p = p.borrow();
-        p.1.iter()
+        let endpoint = p
+            .endpoints
+            .items
+            .iter()
             .find(|(w, ..)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(instance)))
-            .map(|(_, s, a, h, wire)| (s.clone(), a.clone(), h.clone(), *wire))
+            .map(|(_, s, a, h, wire)| (s.clone(), a.clone(), h.clone(), *wire));
+        let kept_path = p
+            .paths
+            .items
+            .iter()
+            .find(|(kept, _)| **kept == *path)
+            .map(|(_, parsed)| parsed.clone());
+        (endpoint, kept_path)
     });
-    let (scheme, authority, host, wire) = match cached {
+    let (scheme, authority, host, wire) = match endpoint {
         Some(parts) => parts,
-        None => {
-            // Parsed as a whole, as before there was a cache: the same URIs are accepted.
-            let uri =
-                Uri::try_from(request_uri(scheme, instance, "/")).map_err(|e| e.to_string())?;
-            let parts = uri.into_parts();
-            let (Some(s), Some(a)) = (parts.scheme, parts.authority) else {
-                return Err("no scheme or authority".into());
-            };
-            let wire = if s == Scheme::HTTPS {
-                Wire::Tls
-            } else {
-                Wire::plain_for(instance)
-            };
-            let host = host_header(&s, &a);
-            PARSED.with(|p| {
-                let mut p = p.borrow_mut();
-                let entry = (
-                    Arc::downgrade(instance),
-                    s.clone(),
-                    a.clone(),
-                    host.clone(),
-                    wire,
-                );
-                if p.1.len() < ENDPOINTS {
-                    p.1.push(entry);
-                } else {
-                    let i = p.0 % ENDPOINTS;
-                    p.1[i] = entry;
-                    p.0 = i + 1;
-                }
-            });
-            (s, a, host, wire)
-        }
+        None => parse_endpoint(scheme, instance)?,
     };
-    let path = PathAndQuery::try_from(path).map_err(|e| e.to_string())?;
+    let path = match kept_path {
+        Some(parsed) => parsed,
+        None => parse_path(path)?,
+    };
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(scheme);
     parts.authority = Some(authority);
