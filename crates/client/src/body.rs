@@ -67,8 +67,9 @@ where
 }
 
 /// Reads at most `max` bytes of the body (for error messages), lossily decoded. Errors while
-/// reading end the prefix early.
-pub(crate) async fn read_prefix<B>(mut body: B, max: usize) -> String
+/// reading end the prefix early. The body is borrowed: its caller can tell whether it was read to
+/// its end (`is_end_stream`).
+pub(crate) async fn read_prefix<B>(body: &mut B, max: usize) -> String
 where
     B: Body<Data = Bytes> + Unpin,
 {

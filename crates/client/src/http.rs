@@ -10,8 +10,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::Uri;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -20,6 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 use waypost_core_types::{Error, Result};
+
+use crate::pool::{Http1Pool, Lease, PoolError};
 
 type Plain = Client<TcpConnector, Full<Bytes>>;
 
@@ -38,9 +42,12 @@ pub(crate) struct TcpConnector(HttpConnector);
 
 type Connecting = <HttpConnector as Service<Uri>>::Future;
 
+/// Why hyper's TCP connector could not connect.
+pub(crate) type ConnectError = <HttpConnector as Service<Uri>>::Error;
+
 impl Service<Uri> for TcpConnector {
     type Response = TcpConnection;
-    type Error = <HttpConnector as Service<Uri>>::Error;
+    type Error = ConnectError;
     type Future = TcpConnecting;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -52,11 +59,17 @@ impl Service<Uri> for TcpConnector {
     }
 }
 
+impl TcpConnector {
+    pub(crate) fn new(http: HttpConnector) -> Self {
+        TcpConnector(http)
+    }
+}
+
 /// A connection being opened by [`TcpConnector`].
 pub(crate) struct TcpConnecting(Connecting);
 
 impl Future for TcpConnecting {
-    type Output = Result<TcpConnection, <HttpConnector as Service<Uri>>::Error>;
+    type Output = Result<TcpConnection, ConnectError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map_ok(TcpConnection)
@@ -124,14 +137,72 @@ impl Write for TcpConnection {
 ///   [`http2_prior_knowledge`](HttpClientBuilder::http2_prior_knowledge) or the instance's
 ///   metadata says so ([`HTTP2_METADATA_KEY`]).
 ///
-/// Plain http and https use separate hyper clients: the TLS connector's futures are large, and
-/// keeping them out of plain-http requests saves copying them on every call.
+/// Plain HTTP/1.1 goes through the client's own pool of hyper connections (see the crate's
+/// README, "Connections"); h2c and https through hyper's pool. The TLS connector's futures are
+/// large: keeping them out of plain-http requests saves copying them on every call.
 #[derive(Clone)]
 pub struct HttpClient {
+    http1: Arc<Http1Pool>,
+    /// hyper's pool for plain HTTP/1.1, for what the client's own pool does not send (`CONNECT`).
     plain: Plain,
     h2c: Plain,
     tls: Tls,
     prior_knowledge: bool,
+}
+
+/// Where a request goes: the client's own HTTP/1.1 pool (the request in origin form with its
+/// `Host` header, to this authority), or hyper's pool on a wire (the request's URI absolute).
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    Http1(Authority),
+    Hyper(Wire),
+}
+
+type PoolSending<'a> =
+    Pin<Box<dyn Future<Output = Result<(http::Response<Incoming>, Lease), PoolError>> + Send + 'a>>;
+
+/// A request on its way: the response, and the lease of its connection when it came from the
+/// client's own pool. Both are boxes (hyper's pool boxes its requests): the exchange's future
+/// stays small.
+pub(crate) enum Sending<'a> {
+    Http1(PoolSending<'a>),
+    Hyper(hyper_util::client::legacy::ResponseFuture),
+}
+
+impl Future for Sending<'_> {
+    type Output = Result<(http::Response<Incoming>, Option<Lease>), SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Http1(f) => f
+                .as_mut()
+                .poll(cx)
+                .map_ok(|(response, lease)| (response, Some(lease)))
+                .map_err(SendError::Pool),
+            Sending::Hyper(f) => Pin::new(f)
+                .poll(cx)
+                .map_ok(|response| (response, None))
+                .map_err(SendError::Hyper),
+        }
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    Pool(PoolError),
+    Hyper(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be opened (the request was not sent).
+    pub(crate) fn is_connect(&self) -> bool {
+        match self {
+            SendError::Pool(PoolError::Connect(_)) => true,
+            SendError::Pool(PoolError::Send(_)) => false,
+            SendError::Hyper(e) => e.is_connect(),
+        }
+    }
 }
 
 /// The instance metadata key that chooses HTTP/2 with prior knowledge (h2c) for an `http`
@@ -186,27 +257,33 @@ impl Wire {
 }
 
 impl HttpClient {
-    /// Sends `req` (absolute URI, `http` or `https` as `wire` says) on the matching pool.
-    pub(crate) fn request(
-        &self,
-        req: http::Request<Full<Bytes>>,
-        wire: Wire,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        match wire {
-            Wire::Tls => self.tls.request(req),
-            Wire::Plain if !self.prior_knowledge => self.plain.request(req),
-            Wire::Http1 => self.plain.request(req),
-            Wire::Plain | Wire::H2c => self.h2c.request(req),
+    /// Sends `req` as `route` says. The lease, for a response from the client's own pool, gives
+    /// its connection back once the response was read whole.
+    pub(crate) fn send(&self, req: http::Request<Full<Bytes>>, route: Route) -> Sending<'_> {
+        match route {
+            Route::Http1(authority) => Sending::Http1(Box::pin(self.http1.send(authority, req))),
+            Route::Hyper(wire) => Sending::Hyper(match wire {
+                Wire::Tls => self.tls.request(req),
+                Wire::Plain if !self.prior_knowledge => self.plain.request(req),
+                Wire::Http1 => self.plain.request(req),
+                Wire::Plain | Wire::H2c => self.h2c.request(req),
+            }),
         }
     }
 
-    /// Whether a request on `wire` goes out over HTTP/1.1 for certain (for https, ALPN decides
-    /// later).
-    pub(crate) fn speaks_http1(&self, wire: Wire) -> bool {
-        match wire {
+    /// Where a `method` request to `authority` on `wire` goes: plain HTTP/1.1 through the
+    /// client's own pool (but `CONNECT`, which hyper's pool writes in authority form), the rest
+    /// through hyper's.
+    pub(crate) fn route(&self, wire: Wire, method: &http::Method, authority: &Authority) -> Route {
+        let http1 = match wire {
             Wire::Http1 => true,
             Wire::Plain => !self.prior_knowledge,
             Wire::Tls | Wire::H2c => false,
+        };
+        if http1 && method != http::Method::CONNECT {
+            Route::Http1(authority.clone())
+        } else {
+            Route::Hyper(wire)
         }
     }
 
@@ -362,7 +439,7 @@ impl HttpClientBuilder {
                 .with_provider_and_webpki_roots(provider)
                 .map_err(tls_err)?,
         };
-        let tcp = TcpConnector(http);
+        let tcp = TcpConnector::new(http);
         let connector = builder
             .https_only()
             .enable_all_versions()
@@ -371,11 +448,17 @@ impl HttpClientBuilder {
         pool.pool_idle_timeout(idle)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new());
+        let http1 = Arc::new(Http1Pool::new(
+            tcp.clone(),
+            idle,
+            self.pool_max_idle_per_host,
+        ));
         let plain = pool.build(tcp.clone());
         let tls = pool.build(connector);
         // Prior knowledge: one multiplexed HTTP/2 connection per instance.
         pool.http2_only(true);
         Ok(HttpClient {
+            http1,
             plain,
             h2c: pool.build(tcp),
             tls,

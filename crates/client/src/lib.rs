@@ -122,6 +122,7 @@ mod metrics;
 #[doc(hidden)]
 pub mod otel;
 mod outlier;
+mod pool;
 mod retry;
 mod service;
 mod timer;

@@ -177,8 +177,9 @@ impl CallOutcome {
                 ..
             } => {
                 let connect = source.as_deref().is_some_and(|s| {
-                    s.downcast_ref::<hyper_util::client::legacy::Error>()
-                        .is_some_and(|e| e.is_connect())
+                    s.is::<crate::pool::ConnectFailed>()
+                        || s.downcast_ref::<hyper_util::client::legacy::Error>()
+                            .is_some_and(|e| e.is_connect())
                 });
                 if connect {
                     CallOutcome::ConnectError

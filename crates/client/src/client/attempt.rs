@@ -15,7 +15,7 @@ use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::ResponseFuture;
+use hyper::body::Body;
 use tokio::time::Instant;
 use tracing::Instrument;
 use waypost_core_types::quote::{quoted, quoted_up_to};
@@ -26,10 +26,11 @@ use waypost_core_types::{
 use super::execute::deadline_error;
 use super::{CallSpec, ServiceClient};
 use crate::body::{read_limited, read_prefix, ReadError, ERROR_BODY_CHARS, ERROR_BODY_PREFIX};
-use crate::http::Wire;
+use crate::http::{Route, SendError, Sending, Wire};
 use crate::metrics::{CallOutcome, MethodMetrics};
 use crate::otel::AttemptSpan;
 use crate::outlier::InstancePermit;
+use crate::pool::PoolError;
 use crate::timer::AttemptTimer;
 
 pub(super) enum Attempt {
@@ -168,15 +169,25 @@ fn parse_path(path: &str) -> Result<PathAndQuery, String> {
     Ok(parsed)
 }
 
-/// The URI of `path` on `instance`, the `Host` header for HTTP/1.1, and the wire to send it
-/// on. The scheme, authority, header and wire come from a small per-thread cache keyed by the
-/// instance's `Arc` (an instance is immutable), and so does a short path without a query: a
-/// request this thread has sent before parses nothing (and reads no metadata).
-fn instance_uri(
+/// Where a request to `path` on `instance` goes, parsed.
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    path: PathAndQuery,
+    /// The `Host` header of an HTTP/1.1 request.
+    host: Option<HeaderValue>,
+    wire: Wire,
+}
+
+/// `path` on `instance`. The scheme, authority, `Host` header and wire come from a small
+/// per-thread cache keyed by the instance's `Arc` (an instance is immutable), and so does a short
+/// path without a query: a request this thread has sent before parses nothing (and reads no
+/// metadata).
+fn instance_target(
     scheme: &str,
     instance: &Arc<ServiceInfo>,
     path: &str,
-) -> Result<(Uri, Option<HeaderValue>, Wire), String> {
+) -> Result<Target, String> {
     let (endpoint, kept_path) = PARSED.with(|p| {
         let p = p.borrow();
         let endpoint = p
@@ -201,13 +212,13 @@ fn instance_uri(
         Some(parsed) => parsed,
         None => parse_path(path)?,
     };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(scheme);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(path);
-    Uri::from_parts(parts)
-        .map(|uri| (uri, host, wire))
-        .map_err(|e| e.to_string())
+    Ok(Target {
+        scheme,
+        authority,
+        path,
+        host,
+        wire,
+    })
 }
 
 fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
@@ -464,15 +475,16 @@ impl ServiceClient {
         Err(Error::CircuitOpen)
     }
 
-    /// Builds the request for `instance`, with the attempt's trace context in its headers.
-    /// (Written here, not in the async caller: a request borrowed there would be kept in its
-    /// future across the wait.)
+    /// Builds the request for `instance`, with the attempt's trace context in its headers, and
+    /// says where it goes: in origin form with its `Host` header to the client's own HTTP/1.1
+    /// pool, or with an absolute URI to hyper's. (Written here, not in the async caller: a
+    /// request borrowed there would be kept in its future across the wait.)
     fn request_for(
         &self,
         spec: &CallSpec<'_>,
         instance: &Arc<ServiceInfo>,
         trace: &AttemptSpan,
-    ) -> Result<(Request<Full<Bytes>>, Wire)> {
+    ) -> Result<(Request<Full<Bytes>>, Route)> {
         let scheme = match instance.protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
@@ -483,13 +495,22 @@ impl ServiceClient {
                 )))
             }
         };
-        let (uri, host, wire) = match instance_uri(scheme, instance, &spec.path) {
-            Ok(found) => found,
-            Err(e) => {
-                return Err(Error::InvalidConfig(format!(
-                    "request to `{}`: {e}",
-                    quoted(&spec.service)
-                )))
+        let invalid = |e: String| {
+            Error::InvalidConfig(format!("request to `{}`: {e}", quoted(&spec.service)))
+        };
+        let target = instance_target(scheme, instance, &spec.path).map_err(invalid)?;
+        let route = self
+            .inner
+            .http
+            .route(target.wire, &spec.method, &target.authority);
+        let uri = match route {
+            Route::Http1(_) => Uri::from(target.path),
+            Route::Hyper(_) => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(target.scheme);
+                parts.authority = Some(target.authority);
+                parts.path_and_query = Some(target.path);
+                Uri::from_parts(parts).map_err(|e| invalid(e.to_string()))?
             }
         };
         let mut req = Request::new(Full::new(spec.body.clone()));
@@ -498,69 +519,89 @@ impl ServiceClient {
         if !spec.headers.is_empty() {
             *req.headers_mut() = spec.headers.clone();
         }
-        // The `Host` header hyper would write on HTTP/1.1 (and the caller's, if it set one),
-        // without formatting it again on every request.
-        if let Some(host) = host.filter(|_| self.inner.http.speaks_http1(wire)) {
+        // HTTP/1.1 needs a `Host` header: the caller's, or the one hyper's pool would write.
+        if let (Route::Http1(_), Some(host)) = (&route, target.host) {
             req.headers_mut().entry(HOST).or_insert(host);
         }
         trace.inject(req.headers_mut());
-        Ok((req, wire))
+        Ok((req, route))
     }
 
-    /// Waits for the response to a request sent by `sent` and reads it.
-    async fn exchange(&self, sent: ResponseFuture) -> Attempt {
-        let limit = self.inner.body_limit;
-        {
-            let resp = match sent.await {
-                Ok(r) => r,
-                Err(e) => {
-                    // A connection that could not be opened carried no request; nor did an
-                    // HTTP/2 stream the server refused.
-                    let sent = !e.is_connect() && !refused_stream(&e);
-                    return Attempt::Fail {
-                        error: transport_failure(e),
-                        outcome: Outcome::Failure,
-                        sent,
-                        timed_out: false,
-                    };
-                }
-            };
-            let (parts, body) = resp.into_parts();
-            if parts.status.as_u16() >= 400 {
-                let text = read_prefix(body, ERROR_BODY_PREFIX).await;
-                // Peer bytes in an error text: escaped and bounded, so a body cannot forge a
-                // log line or drive a terminal.
-                let text = quoted_up_to(&text, ERROR_BODY_CHARS).to_string();
-                let server_error = parts.status.is_server_error();
+    /// Waits for the response to a request `sent` and reads it. A connection of the client's
+    /// own pool goes back to it only when the response was read whole.
+    async fn exchange(&self, sent: Sending<'_>) -> Attempt {
+        let (resp, lease) = match sent.await {
+            Ok(r) => r,
+            Err(e) => {
+                // A connection that could not be opened carried no request; nor did an
+                // HTTP/2 stream the server refused.
+                let sent =
+                    !e.is_connect() && !matches!(&e, SendError::Hyper(h) if refused_stream(h));
+                let error = match e {
+                    SendError::Pool(PoolError::Connect(e)) => transport_failure(e),
+                    SendError::Pool(PoolError::Send(e)) => transport_failure(e),
+                    SendError::Hyper(e) => transport_failure(e),
+                };
                 return Attempt::Fail {
-                    error: Error::Http {
-                        status: parts.status.as_u16(),
-                        body: text,
-                    },
-                    outcome: if server_error {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    },
-                    sent: true,
+                    error,
+                    outcome: Outcome::Failure,
+                    sent,
                     timed_out: false,
                 };
             }
-            match read_limited(body, limit).await {
-                Ok(body) => Attempt::Done(parts.status, parts.headers, body),
-                Err(ReadError::TooLarge) => Attempt::Fail {
-                    error: Error::BodyTooLarge { limit },
-                    outcome: Outcome::Success,
-                    sent: true,
-                    timed_out: false,
-                },
-                Err(ReadError::Body(e)) => Attempt::Fail {
-                    error: transport_failure(e),
-                    outcome: Outcome::Failure,
-                    sent: true,
-                    timed_out: false,
-                },
+        };
+        // Only what the answer keeps lives on across the reads below.
+        let (
+            http::response::Parts {
+                status, headers, ..
+            },
+            mut body,
+        ) = resp.into_parts();
+        if status.as_u16() >= 400 {
+            let text = read_prefix(&mut body, ERROR_BODY_PREFIX).await;
+            if let Some(lease) = lease.filter(|_| body.is_end_stream()) {
+                lease.release();
             }
+            // Peer bytes in an error text: escaped and bounded, so a body cannot forge a
+            // log line or drive a terminal.
+            let text = quoted_up_to(&text, ERROR_BODY_CHARS).to_string();
+            let server_error = status.is_server_error();
+            return Attempt::Fail {
+                error: Error::Http {
+                    status: status.as_u16(),
+                    body: text,
+                },
+                outcome: if server_error {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+                sent: true,
+                timed_out: false,
+            };
+        }
+        // The limit is read from the client again after the read, not kept in this future.
+        match read_limited(body, self.inner.body_limit).await {
+            Ok(body) => {
+                if let Some(lease) = lease {
+                    lease.release();
+                }
+                Attempt::Done(status, headers, body)
+            }
+            Err(ReadError::TooLarge) => Attempt::Fail {
+                error: Error::BodyTooLarge {
+                    limit: self.inner.body_limit,
+                },
+                outcome: Outcome::Success,
+                sent: true,
+                timed_out: false,
+            },
+            Err(ReadError::Body(e)) => Attempt::Fail {
+                error: transport_failure(e),
+                outcome: Outcome::Failure,
+                sent: true,
+                timed_out: false,
+            },
         }
     }
 
@@ -573,7 +614,7 @@ impl ServiceClient {
         timeout: Duration,
     ) -> (Attempt, Duration) {
         // The request is built outside the exchange's future, so it is not held twice.
-        let (req, wire) = match self.request_for(spec, instance, &trace) {
+        let (req, route) = match self.request_for(spec, instance, &trace) {
             Ok(found) => found,
             Err(error) => {
                 let failed = Attempt::Fail {
@@ -587,7 +628,7 @@ impl ServiceClient {
             }
         };
         // A timeout too far to represent (`Duration::MAX`) is no timeout.
-        let mut exchange = std::pin::pin!(self.exchange(self.inner.http.request(req, wire)));
+        let mut exchange = std::pin::pin!(self.exchange(self.inner.http.send(req, route)));
         let Some(at) = start.checked_add(timeout) else {
             let done = exchange.await;
             end_span(trace, &done);

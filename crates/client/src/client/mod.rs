@@ -275,7 +275,8 @@ mod tests {
     /// Every future of a call is built on the stack and moved into its place (or its box), so
     /// its size is copied on every call; the boxes must also stay within glibc's per-thread
     /// cache (1032 bytes) to be cheap to allocate. Measured with rustc 1.95: `get` 480, the
-    /// call box about 780, an attempt (with its exchange inline, no box of its own) 1024.
+    /// call box about 780, an attempt (with its exchange inline; the request on its way and its
+    /// connection's lease are boxed) 1024.
     /// With the `otel` feature the attempt's span takes 16 bytes more: tracing costs that
     /// allocation.
     #[test]
