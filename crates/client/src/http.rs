@@ -137,8 +137,11 @@ impl Write for TcpConnection {
 ///   [`http2_prior_knowledge`](HttpClientBuilder::http2_prior_knowledge) or the instance's
 ///   metadata says so ([`HTTP2_METADATA_KEY`]).
 ///
-/// Plain HTTP/1.1 goes through the client's own pool of hyper connections (see the crate's
-/// README, "Connections"); h2c and https through hyper's pool. The TLS connector's futures are
+/// Plain HTTP/1.1 goes through the client's own pool of hyper connections, per instance
+/// address: a connection goes back once its response was read whole; a request that a reused
+/// connection could not send (it closed meanwhile) goes out on another; the idle limits below
+/// apply, and a timer closes connections idle too long (the crate's README, "Connections", has
+/// the rules). h2c and https go through hyper-util's pool. The TLS connector's futures are
 /// large: keeping them out of plain-http requests saves copying them on every call.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -356,9 +359,10 @@ impl HttpClientBuilder {
         self
     }
 
-    /// Closes pooled connections idle this long (default 90 s). Zero keeps no idle connection
-    /// (every request opens a new one); `Duration::MAX` (or anything above 100 years) keeps
-    /// them without an idle limit.
+    /// Closes pooled connections idle this long (default 90 s): a connection found expired is
+    /// not used, and while an instance has idle connections a timer closes the expired ones.
+    /// Zero keeps no idle connection (every request opens a new one); `Duration::MAX` (or
+    /// anything above 100 years) keeps them without an idle limit.
     pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
         self.pool_idle_timeout = timeout;
         self

@@ -1,7 +1,7 @@
 //! The waypost service client: call a service by name.
 //!
 //! [`ServiceClient`] asks a [`ServiceDiscovery`](waypost_core_types::ServiceDiscovery) for an
-//! instance on every attempt, sends the request over a pooled hyper client (http, or https with
+//! instance on every attempt, sends the request over pooled hyper connections (http, or https with
 //! rustls, from the instance's protocol), and
 //!
 //! * retries what may succeed on another try
@@ -21,6 +21,13 @@
 //!   metadata asks for it ([`HTTP2_METADATA_KEY`], `waypost.http2` = `prior-knowledge` or
 //!   `off`); an HTTP/2 stream the server refused (`REFUSED_STREAM`) was not processed, and is
 //!   retried on another instance for every method;
+//! * keeps plain HTTP/1.1 connections in a pool of its own, per instance address (hyper's
+//!   connections, `hyper::client::conn::http1`; h2c and https use hyper-util's pool): a
+//!   connection goes back once its response was read whole, a request a reused connection could
+//!   not send goes out on another, at most
+//!   [`pool_max_idle_per_host`](HttpClientBuilder::pool_max_idle_per_host) idle connections per
+//!   instance stay open, none longer than
+//!   [`pool_idle_timeout`](HttpClientBuilder::pool_idle_timeout);
 //! * refuses response bodies above a limit (default 10 MiB) without buffering them;
 //! * reports each attempt's outcome to the balancer, and traces a span per call and per attempt;
 //!   the call span records the path without its query string and fragment (they may carry a

@@ -150,7 +150,8 @@ impl Lease {
     }
 }
 
-/// Closes `endpoint`'s connections that stay idle past `timeout`, until it has none left.
+/// Closes `endpoint`'s connections that stay idle past `timeout` (and drops the ones the server
+/// closed), until it has none left.
 fn spawn_reaper(endpoint: &Arc<Endpoint>, timeout: Duration) {
     let endpoint = Arc::downgrade(endpoint);
     tokio::spawn(async move {
@@ -161,7 +162,9 @@ fn spawn_reaper(endpoint: &Arc<Endpoint>, timeout: Duration) {
             };
             let mut idle = endpoint.idle.lock();
             let now = Instant::now();
-            idle.retain(|i| now.saturating_duration_since(i.since) < timeout);
+            idle.retain(|i| {
+                now.saturating_duration_since(i.since) < timeout && !i.sender.is_closed()
+            });
             if idle.is_empty() {
                 // Under the lock: a connection given back from now on starts a new timer.
                 endpoint.reaping.store(false, Ordering::Release);
