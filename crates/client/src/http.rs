@@ -267,10 +267,19 @@ impl HttpClient {
             Route::Http1(authority) => Sending::Http1(Box::pin(self.http1.send(authority, req))),
             Route::Hyper(wire) => Sending::Hyper(match wire {
                 Wire::Tls => self.tls.request(req),
-                Wire::Plain if !self.prior_knowledge => self.plain.request(req),
-                Wire::Http1 => self.plain.request(req),
-                Wire::Plain | Wire::H2c => self.h2c.request(req),
+                _ if self.speaks_http1(wire) => self.plain.request(req),
+                Wire::Plain | Wire::Http1 | Wire::H2c => self.h2c.request(req),
             }),
+        }
+    }
+
+    /// Whether a request on plain-http `wire` goes out over HTTP/1.1 (for https, ALPN decides
+    /// later).
+    fn speaks_http1(&self, wire: Wire) -> bool {
+        match wire {
+            Wire::Http1 => true,
+            Wire::Plain => !self.prior_knowledge,
+            Wire::Tls | Wire::H2c => false,
         }
     }
 
@@ -278,12 +287,7 @@ impl HttpClient {
     /// client's own pool (but `CONNECT`, which hyper's pool writes in authority form), the rest
     /// through hyper's.
     pub(crate) fn route(&self, wire: Wire, method: &http::Method, authority: &Authority) -> Route {
-        let http1 = match wire {
-            Wire::Http1 => true,
-            Wire::Plain => !self.prior_knowledge,
-            Wire::Tls | Wire::H2c => false,
-        };
-        if http1 && method != http::Method::CONNECT {
+        if self.speaks_http1(wire) && method != http::Method::CONNECT {
             Route::Http1(authority.clone())
         } else {
             Route::Hyper(wire)
